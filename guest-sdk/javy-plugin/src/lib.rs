@@ -1,0 +1,627 @@
+//! Mizzen's Javy plugin: QuickJS, Brigade's script API and the host imports,
+//! built for wasm32-wasip1.
+//!
+//! The host pre-initialises this module once with Wizer (`initialize-runtime`
+//! evaluates `guest-sdk/js/brigadier.js`, so the whole library is part of the
+//! snapshot), then gives every event a fresh instance of the snapshot:
+//!
+//! - `mizzen-compile(kind, buf, name_len, src_len) -> *const [u32; 3]` turns a
+//!   script into QuickJS bytecode. `buf` holds the file name then the source;
+//!   the result area holds a status (0 = ok), a pointer and a length (the
+//!   bytecode, or the error message).
+//! - `mizzen-run(kind, buf, name_len, bytecode_len) -> i32` runs the bytecode
+//!   and drives the event loop until nothing is left to do: whenever the
+//!   microtask queue is empty it blocks in the host's `wait_any` until one of
+//!   its outstanding operations (a job, a timer) completes, resolves that
+//!   promise and goes on. Returns 0 when the script succeeded, 1 when it
+//!   failed (the error has been reported to the host).
+//!
+//! `kind` is 0 for a CommonJS script (wrapped like Node's modules, sloppy mode
+//! allowed) and 1 for an ES module. The standard Javy plugin exports
+//! (`compile-src`, `invoke`, `cabi_realloc`) come from javy-plugin-api.
+
+use std::cell::{OnceCell, RefCell};
+use std::ffi::CString;
+
+use javy_plugin_api::Config;
+use javy_plugin_api::import_namespace;
+use javy_plugin_api::javy::Runtime;
+use javy_plugin_api::javy::quickjs::context::EvalOptions;
+use javy_plugin_api::javy::quickjs::function::{Func, This};
+use javy_plugin_api::javy::quickjs::module::{Declarations, Exports, ModuleDef};
+use javy_plugin_api::javy::quickjs::{
+    self as qjs_rs, CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object,
+    Persistent, Value, WriteOptions, qjs,
+};
+
+import_namespace!("mizzen_plugin_v1");
+
+/// The Brigadier library, evaluated once during pre-initialisation.
+const SDK_SOURCE: &str = include_str!("../../js/brigadier.js");
+const SDK_FILE_NAME: &str = "mizzen:brigadier.js";
+
+/// The module names scripts import the library under.
+const MODULE_NAMES: [&str; 2] = ["@brigadecore/brigadier", "brigadier"];
+/// What the ES module exports (the library's own names plus `default`).
+const MODULE_EXPORTS: [&str; 10] = [
+    "events",
+    "EventRegistry",
+    "Job",
+    "Container",
+    "JobHost",
+    "SerialGroup",
+    "ConcurrentGroup",
+    "ImagePullPolicy",
+    "logger",
+    "Logger",
+];
+
+const KIND_SCRIPT: u32 = 0;
+const KIND_MODULE: u32 = 1;
+
+/// Node wraps CommonJS files in a function; so do we. The wrapper's first
+/// line is numbered 0, so lines and columns in errors are those of the file.
+const CJS_PREFIX: &str = "(function (exports, require, module, __filename, __dirname) {\n";
+const CJS_SUFFIX: &str = "\n})";
+
+/// Cyclic garbage is collected once the heap grows past this; below it,
+/// reference counting alone frees memory, and short scripts never pay for a
+/// collection.
+const GC_THRESHOLD_BYTES: usize = 4 * 1024 * 1024;
+/// QuickJS's own guard against deep JS recursion, well inside the 1 MiB stack
+/// of the module, so that runaway recursion is a catchable RangeError.
+const JS_STACK_BYTES: usize = 256 * 1024;
+
+mod host {
+    #[link(wasm_import_module = "mizzen:host/v1")]
+    unsafe extern "C" {
+        pub fn call(op: u32, request_ptr: *const u8, request_len: usize) -> i64;
+        pub fn take_reply(buffer_ptr: *mut u8, buffer_len: usize) -> i32;
+    }
+}
+
+/// `Op::WaitAny` in host-api.
+const OP_WAIT_ANY: u32 = 30;
+
+/// Calls the host. `Ok` carries the reply, `Err` the error code and the
+/// error's JSON.
+fn host_call(op: u32, request: &[u8]) -> Result<String, (u32, String)> {
+    // SAFETY: the host reads `request_len` bytes at `request_ptr`, which
+    // `request` owns for the duration of the call.
+    let raw = unsafe { host::call(op, request.as_ptr(), request.len()) };
+    let status = (raw >> 32) as u32;
+    let len = raw as u32 as usize;
+    let mut reply = vec![0u8; len];
+    if len > 0 {
+        // SAFETY: `reply` has room for exactly `len` bytes.
+        let copied = unsafe { host::take_reply(reply.as_mut_ptr(), len) };
+        if copied < 0 || copied as usize != len {
+            return Err((
+                10,
+                r#"{"code":"internal","message":"the host reply could not be read"}"#.into(),
+            ));
+        }
+    }
+    let reply = String::from_utf8(reply)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    if status == 0 {
+        Ok(reply)
+    } else {
+        Err((status, reply))
+    }
+}
+
+/// What the plugin keeps between initialisation and runs.
+struct State {
+    context: Context,
+    /// The object brigadier.js returned: `brigadier`, `require`, `complete`,
+    /// `reportError`, `exitCode`, `setScriptName`.
+    internals: Persistent<Object<'static>>,
+}
+
+thread_local! {
+    static STATE: OnceCell<State> = const { OnceCell::new() };
+    /// Rejected promises nothing has handled yet, with their reasons.
+    static UNHANDLED: RefCell<Vec<(Persistent<Value<'static>>, Persistent<Value<'static>>)>> =
+        const { RefCell::new(Vec::new()) };
+    /// Keeps the last compile result alive until the host has read it.
+    static COMPILE_RESULT: RefCell<(Vec<u8>, [u32; 3])> = const { RefCell::new((Vec::new(), [0; 3])) };
+}
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config
+        .text_encoding(true)
+        .gc_threshold(GC_THRESHOLD_BYTES)
+        .max_stack_size(JS_STACK_BYTES);
+    config
+}
+
+fn modify_runtime(runtime: Runtime) -> Runtime {
+    let context = runtime.context().clone();
+    let internals = context
+        .with(|ctx| -> qjs_rs::Result<Persistent<Object<'static>>> {
+            let host = Object::new(ctx.clone())?;
+            host.set(
+                "call",
+                Func::from(
+                    |ctx: Ctx<'_>, op: u32, request: String| -> qjs_rs::Result<String> {
+                        host_call(op, request.as_bytes())
+                            .map_err(|(_, error)| throw_host_error(&ctx, &error))
+                    },
+                ),
+            )?;
+            let mut options = EvalOptions::default();
+            options.global = true;
+            options.strict = false;
+            options.filename = Some(SDK_FILE_NAME.into());
+            let factory: Function = ctx.eval_with_options(SDK_SOURCE, options)?;
+            let internals: Object = factory.call((host,))?;
+            let saved = Persistent::save(&ctx, internals);
+            Ok(saved)
+        })
+        .unwrap_or_else(|e| panic!("the Brigadier library failed to initialise: {e}"));
+    STATE.with(|state| {
+        let _ = state.set(State {
+            context: context.clone(),
+            internals,
+        });
+    });
+    context
+        .with(|ctx| -> qjs_rs::Result<()> {
+            for name in MODULE_NAMES {
+                Module::declare_def::<BrigadierModule, _>(ctx.clone(), name)?.eval()?;
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("the Brigadier modules failed to initialise: {e}"));
+    context
+        .runtime()
+        .set_host_promise_rejection_tracker(Some(Box::new(track_rejection)));
+    runtime
+}
+
+/// Throws the host's error JSON as a string; brigadier.js turns it into an
+/// `Error` with a `code` property.
+fn throw_host_error(ctx: &Ctx<'_>, error_json: &str) -> qjs_rs::Error {
+    match qjs_rs::String::from_str(ctx.clone(), error_json) {
+        Ok(text) => ctx.throw(text.into_value()),
+        Err(e) => e,
+    }
+}
+
+fn track_rejection<'js>(ctx: Ctx<'js>, promise: Value<'js>, reason: Value<'js>, is_handled: bool) {
+    UNHANDLED.with(|unhandled| {
+        let mut unhandled = unhandled.borrow_mut();
+        if is_handled {
+            unhandled.retain(|(p, _)| {
+                p.clone()
+                    .restore(&ctx)
+                    .map(|p| p != promise)
+                    .unwrap_or(true)
+            });
+        } else {
+            unhandled.push((
+                Persistent::save(&ctx, promise),
+                Persistent::save(&ctx, reason),
+            ));
+        }
+    });
+}
+
+/// The ES module `@brigadecore/brigadier` (and `brigadier`): the library's
+/// exports, plus the whole library as `default`.
+struct BrigadierModule;
+
+impl ModuleDef for BrigadierModule {
+    fn declare<'js>(declarations: &Declarations<'js>) -> qjs_rs::Result<()> {
+        for name in MODULE_EXPORTS {
+            declarations.declare(name)?;
+        }
+        declarations.declare("default")?;
+        Ok(())
+    }
+
+    fn evaluate<'js>(ctx: &Ctx<'js>, exports: &Exports<'js>) -> qjs_rs::Result<()> {
+        let internals = internals(ctx)?;
+        let brigadier: Object = internals.get("brigadier")?;
+        for name in MODULE_EXPORTS {
+            exports.export(name, brigadier.get::<_, Value>(name)?)?;
+        }
+        exports.export("default", brigadier)?;
+        Ok(())
+    }
+}
+
+fn internals<'js>(ctx: &Ctx<'js>) -> qjs_rs::Result<Object<'js>> {
+    STATE.with(|state| {
+        let state = state.get().expect("the plugin is initialised");
+        state.internals.clone().restore(ctx)
+    })
+}
+
+fn context() -> Context {
+    STATE.with(|state| {
+        state
+            .get()
+            .expect("the plugin is initialised")
+            .context
+            .clone()
+    })
+}
+
+#[unsafe(export_name = "initialize-runtime")]
+pub extern "C" fn initialize_runtime() {
+    javy_plugin_api::initialize_runtime(config, modify_runtime).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Splits the host's buffer into the file name and the payload after it.
+///
+/// # Safety
+/// `buf` must point to `name_len + rest_len` readable bytes.
+unsafe fn split_buffer<'a>(
+    buf: *const u8,
+    name_len: usize,
+    rest_len: usize,
+) -> (&'a str, &'a [u8]) {
+    // SAFETY: guaranteed by the caller.
+    let all = unsafe { std::slice::from_raw_parts(buf, name_len + rest_len) };
+    let (name, rest) = all.split_at(name_len);
+    (std::str::from_utf8(name).unwrap_or("script"), rest)
+}
+
+#[unsafe(export_name = "mizzen-compile")]
+pub unsafe extern "C" fn mizzen_compile(
+    kind: u32,
+    buf: *const u8,
+    name_len: usize,
+    src_len: usize,
+) -> *const u32 {
+    // SAFETY: the host wrote `name_len + src_len` bytes at `buf`.
+    let (name, source) = unsafe { split_buffer(buf, name_len, src_len) };
+    let source = String::from_utf8_lossy(source);
+    let result = context().with(|ctx| compile(&ctx, kind, name, &source).map_err(describe_caught));
+    COMPILE_RESULT.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let (status, bytes) = match result {
+            Ok(bytecode) => (0, bytecode),
+            Err(message) => (1, message.into_bytes()),
+        };
+        cell.0 = bytes;
+        cell.1 = [status, cell.0.as_ptr() as u32, cell.0.len() as u32];
+        cell.1.as_ptr()
+    })
+}
+
+fn compile<'js>(
+    ctx: &Ctx<'js>,
+    kind: u32,
+    name: &str,
+    source: &str,
+) -> Result<Vec<u8>, CaughtError<'js>> {
+    let options = WriteOptions {
+        strip_source: true,
+        ..WriteOptions::default()
+    };
+    if kind == KIND_MODULE {
+        return Module::declare(ctx.clone(), name, source)
+            .and_then(|module| module.write(options))
+            .catch(ctx);
+    }
+    let mut wrapped = String::with_capacity(CJS_PREFIX.len() + source.len() + CJS_SUFFIX.len() + 1);
+    wrapped.push_str(CJS_PREFIX);
+    wrapped.push_str(source);
+    wrapped.push_str(CJS_SUFFIX);
+    let len = wrapped.len();
+    let input = CString::new(wrapped).map_err(|_| nul_error(ctx))?;
+    let file = CString::new(name).map_err(|_| nul_error(ctx))?;
+    // SAFETY: `input` is NUL-terminated with `len` bytes before the NUL, as
+    // JS_Eval requires; the returned value is freed below.
+    unsafe {
+        let raw = ctx.as_raw().as_ptr();
+        let mut options = qjs::JSEvalOptions {
+            version: qjs::JS_EVAL_OPTIONS_VERSION as i32,
+            eval_flags: (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32,
+            filename: file.as_ptr(),
+            line_num: 0,
+        };
+        let function = qjs::JS_Eval2(raw, input.as_ptr(), len as _, &mut options);
+        if qjs::JS_IsException(function) {
+            return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception));
+        }
+        let mut size = 0;
+        let flags = qjs::JS_WRITE_OBJ_BYTECODE as i32 | qjs::JS_WRITE_OBJ_STRIP_SOURCE as i32;
+        let bytes = qjs::JS_WriteObject(raw, &mut size, function, flags);
+        qjs::JS_FreeValue(raw, function);
+        if bytes.is_null() {
+            return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception));
+        }
+        let bytecode = std::slice::from_raw_parts(bytes, size as usize).to_vec();
+        qjs::js_free(raw, bytes.cast());
+        Ok(bytecode)
+    }
+}
+
+fn nul_error<'js>(ctx: &Ctx<'js>) -> CaughtError<'js> {
+    CaughtError::from_error(
+        ctx,
+        qjs_rs::Error::new_from_js_message("source", "script", "the script contains a NUL byte"),
+    )
+}
+
+/// `file:line:col: Name: message` for a compile error.
+fn describe_caught(error: CaughtError<'_>) -> String {
+    match error {
+        CaughtError::Exception(exception) => {
+            let message = exception.message().unwrap_or_default();
+            let name: String = exception
+                .as_object()
+                .get::<_, Option<String>>("name")
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "Error".into());
+            let location = exception
+                .stack()
+                .and_then(|stack| stack.lines().find_map(stack_location))
+                .unwrap_or_default();
+            if location.is_empty() {
+                format!("{name}: {message}")
+            } else {
+                format!("{location}: {name}: {message}")
+            }
+        }
+        CaughtError::Value(value) => format!("non-error value thrown: {value:?}"),
+        CaughtError::Error(error) => error.to_string(),
+    }
+}
+
+/// `file:line:col` of a stack line such as `    at foo (brigade.js:3:5)`.
+fn stack_location(line: &str) -> Option<String> {
+    let line = line.trim().strip_prefix("at ")?;
+    let inner = match (line.rfind('('), line.rfind(')')) {
+        (Some(open), Some(close)) if open < close => &line[open + 1..close],
+        _ => line,
+    };
+    (!inner.is_empty() && inner.contains(':')).then(|| inner.to_string())
+}
+
+#[unsafe(export_name = "mizzen-run")]
+pub unsafe extern "C" fn mizzen_run(
+    kind: u32,
+    buf: *const u8,
+    name_len: usize,
+    bytecode_len: usize,
+) -> i32 {
+    // SAFETY: the host wrote `name_len + bytecode_len` bytes at `buf`.
+    let (name, bytecode) = unsafe { split_buffer(buf, name_len, bytecode_len) };
+    let failed = context().with(|ctx| run(&ctx, kind, name, bytecode));
+    i32::from(failed)
+}
+
+/// Runs the script and its event loop. Returns true when the script failed.
+fn run<'js>(ctx: &Ctx<'js>, kind: u32, name: &str, bytecode: &[u8]) -> bool {
+    let internals = match internals(ctx) {
+        Ok(internals) => internals,
+        Err(e) => return report(ctx, "uncaught", &e.to_string()),
+    };
+    if let Ok(set_name) = internals.get::<_, Function>("setScriptName") {
+        let _ = set_name.call::<_, ()>((name,));
+    }
+    let main = match kind {
+        KIND_MODULE => start_module(ctx, bytecode),
+        KIND_SCRIPT => start_script(ctx, &internals, name, bytecode).map(|()| None),
+        other => return report(ctx, "uncaught", &format!("unknown script kind {other}")),
+    };
+    let main = match main {
+        Ok(main) => main,
+        // Node ends the process on an exception at top level.
+        Err(caught) => return report_caught(ctx, &internals, "uncaught", caught),
+    };
+    let mut failed = false;
+    loop {
+        if let Err(caught) = drain_jobs(ctx) {
+            return report_caught(ctx, &internals, "uncaught", caught) || true;
+        }
+        failed |= report_unhandled_rejections(ctx, &internals);
+        if let Some(module_promise) = &main {
+            if let Some(Err(caught)) = module_promise
+                .clone()
+                .restore(ctx)
+                .ok()
+                .and_then(|p| p.result::<Value>().map(|r| r.catch(ctx)))
+            {
+                return report_caught(ctx, &internals, "uncaught", caught) || true;
+            }
+        }
+        match host_call(OP_WAIT_ANY, b"") {
+            Ok(reply) => {
+                let Some(ticket) = completed_ticket(&reply) else {
+                    break; // idle: nothing outstanding, nothing will ever run again
+                };
+                let complete = internals.get::<_, Function>("complete");
+                if let Err(caught) = complete
+                    .and_then(|f| f.call::<_, ()>((ticket, reply)))
+                    .catch(ctx)
+                {
+                    return report_caught(ctx, &internals, "uncaught", caught) || true;
+                }
+            }
+            Err((_, error)) => {
+                return report(
+                    ctx,
+                    "uncaught",
+                    &format!("waiting for the host failed: {error}"),
+                );
+            }
+        }
+    }
+    let exit_code: i32 = internals
+        .get::<_, Function>("exitCode")
+        .and_then(|f| f.call(()))
+        .unwrap_or(0);
+    if exit_code != 0 && !failed {
+        report(
+            ctx,
+            "uncaught",
+            &format!("the script set process.exitCode to {exit_code}"),
+        );
+        failed = true;
+    }
+    failed
+}
+
+/// The ticket of a `completed`/`failed` reply; `None` for `idle`.
+fn completed_ticket(reply: &str) -> Option<f64> {
+    let start = reply.find(r#""ticket":"#)? + r#""ticket":"#.len();
+    let digits: String = reply[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// Loads and evaluates an ES module; its evaluation promise settles when any
+/// top-level await finishes.
+fn start_module<'js>(
+    ctx: &Ctx<'js>,
+    bytecode: &[u8],
+) -> Result<Option<Persistent<qjs_rs::Promise<'static>>>, CaughtError<'js>> {
+    // SAFETY: the bytecode was produced by `mizzen-compile` of this same
+    // plugin build (the host caches it by the plugin's hash).
+    let module = unsafe { Module::load(ctx.clone(), bytecode) }.catch(ctx)?;
+    let (_, promise) = module.eval().catch(ctx)?;
+    Ok(Some(Persistent::save(ctx, promise)))
+}
+
+/// Loads a CommonJS script and calls its wrapper function.
+fn start_script<'js>(
+    ctx: &Ctx<'js>,
+    internals: &Object<'js>,
+    name: &str,
+    bytecode: &[u8],
+) -> Result<(), CaughtError<'js>> {
+    // SAFETY: as in `start_module`; the returned values are owned by
+    // rquickjs wrappers from here on.
+    let wrapper: Function = unsafe {
+        let raw = ctx.as_raw().as_ptr();
+        let object = qjs::JS_ReadObject(
+            raw,
+            bytecode.as_ptr(),
+            bytecode.len() as _,
+            qjs::JS_READ_OBJ_BYTECODE as i32,
+        );
+        if qjs::JS_IsException(object) {
+            return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception));
+        }
+        let value = qjs::JS_EvalFunction(raw, object);
+        if qjs::JS_IsException(value) {
+            return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception));
+        }
+        Value::from_raw(ctx.clone(), value)
+    }
+    .into_function()
+    .ok_or_else(|| CaughtError::from_error(ctx, qjs_rs::Error::new_from_js("value", "function")))?;
+    let module = Object::new(ctx.clone()).catch(ctx)?;
+    let exports = Object::new(ctx.clone()).catch(ctx)?;
+    module.set("exports", exports.clone()).catch(ctx)?;
+    let require: Function = internals.get("require").catch(ctx)?;
+    let dirname = name.rsplit_once('/').map(|(dir, _)| dir).unwrap_or(".");
+    wrapper
+        .call::<_, ()>((
+            This(exports.clone()),
+            exports,
+            require,
+            module,
+            name,
+            dirname,
+        ))
+        .catch(ctx)
+}
+
+/// Runs every queued microtask.
+fn drain_jobs<'js>(ctx: &Ctx<'js>) -> Result<(), CaughtError<'js>> {
+    loop {
+        let mut job_ctx = std::ptr::null_mut();
+        // SAFETY: the runtime is this context's and is locked by `with`; the
+        // returned context pointer is not used.
+        let status = unsafe {
+            qjs::JS_ExecutePendingJob(qjs::JS_GetRuntime(ctx.as_raw().as_ptr()), &mut job_ctx)
+        };
+        match status {
+            0 => return Ok(()),
+            // There is one context, so the job's exception is pending in `ctx`.
+            s if s < 0 => return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception)),
+            _ => continue,
+        }
+    }
+}
+
+/// Reports each rejection nothing handled; returns whether there was any.
+fn report_unhandled_rejections<'js>(ctx: &Ctx<'js>, internals: &Object<'js>) -> bool {
+    let rejections = UNHANDLED.with(|unhandled| std::mem::take(&mut *unhandled.borrow_mut()));
+    let any = !rejections.is_empty();
+    for (_, reason) in rejections {
+        if let Ok(reason) = reason.restore(ctx) {
+            report_value(ctx, internals, "unhandled_rejection", reason);
+        }
+    }
+    any
+}
+
+fn report_caught<'js>(
+    ctx: &Ctx<'js>,
+    internals: &Object<'js>,
+    kind: &str,
+    caught: CaughtError<'js>,
+) -> bool {
+    match caught {
+        CaughtError::Exception(exception) => {
+            report_value(ctx, internals, kind, exception.into_value())
+        }
+        CaughtError::Value(value) => report_value(ctx, internals, kind, value),
+        CaughtError::Error(error) => report(ctx, kind, &error.to_string()),
+    }
+}
+
+fn report_value<'js>(
+    ctx: &Ctx<'js>,
+    internals: &Object<'js>,
+    kind: &str,
+    value: Value<'js>,
+) -> bool {
+    let reported = internals
+        .get::<_, Function>("reportError")
+        .and_then(|f| f.call::<_, ()>((kind, value)))
+        .catch(ctx);
+    if let Err(e) = reported {
+        report(ctx, kind, &e.to_string());
+    }
+    true
+}
+
+/// Reports an error from Rust, when JS cannot format it.
+fn report(_ctx: &Ctx<'_>, kind: &str, message: &str) -> bool {
+    let mut request = String::from(r#"{"kind":""#);
+    request.push_str(kind);
+    request.push_str(r#"","message":"#);
+    push_json_string(&mut request, message);
+    request.push('}');
+    let _ = host_call(5, request.as_bytes());
+    true
+}
+
+fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}

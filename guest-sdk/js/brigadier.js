@@ -1,0 +1,542 @@
+// Mizzen's implementation of Brigade v2's script API (`@brigadecore/brigadier`
+// as Brigade's worker provided it), running inside the Wasm sandbox.
+//
+// The Javy plugin evaluates this file once, when it is pre-initialised, as a
+// function expression and calls it with `host`, whose `call(op, json)` is the
+// only way out of the sandbox (see host-api). What the function returns is
+// kept by the plugin's driver loop: the module object, `require`, the ticket
+// completion hook and the error reporter. Nothing else is left on the global
+// object except what Node scripts expect (`console`, timers, `process`).
+//
+// Nothing here may call the host or Math.random while it is evaluated: it runs
+// in the snapshot, before any event exists.
+(function (host) {
+  "use strict";
+
+  // Op codes: must match host-api/src/op.rs.
+  const OP = {
+    EventGet: 1,
+    Log: 2,
+    SummarySet: 3,
+    Exit: 4,
+    ScriptError: 5,
+    SecretGet: 6,
+    JobStart: 10,
+    JobWait: 11,
+    JobCancel: 12,
+    JobLogs: 13,
+    Sleep: 20,
+    TicketCancel: 21,
+  };
+
+  // Brigade's worker never printed lines longer than a container log line;
+  // the host caps the whole log, and a single huge line is cut here so that
+  // one call cannot carry megabytes across the boundary.
+  const MAX_LINE_CHARS = 64 * 1024;
+
+  // The host answers with the reply's JSON, or throws the error's JSON as a
+  // string: {code, message}.
+  function call(op, request) {
+    let reply;
+    try {
+      reply = host.call(op, request === undefined ? "" : JSON.stringify(request));
+    } catch (thrown) {
+      throw typeof thrown === "string" ? hostError(JSON.parse(thrown)) : thrown;
+    }
+    return reply === "" ? undefined : JSON.parse(reply);
+  }
+
+  // ---------------------------------------------------------------- tickets
+  // Operations that take time return a ticket; the plugin's driver loop waits
+  // on the host for any ticket to complete and hands the result to complete().
+  const pending = new Map();
+
+  function submit(op, request) {
+    const { ticket } = call(op, request);
+    return new Promise((resolve, reject) => {
+      pending.set(ticket, { resolve, reject });
+    });
+  }
+
+  function complete(ticket, reply) {
+    const waiter = pending.get(ticket);
+    if (waiter === undefined) {
+      return; // cancelled (clearTimeout) or never asked for
+    }
+    pending.delete(ticket);
+    const outcome = JSON.parse(reply);
+    if (outcome.status === "failed") {
+      waiter.reject(hostError(outcome.error));
+    } else {
+      waiter.resolve(outcome.result);
+    }
+  }
+
+  function hostError(error) {
+    const e = new Error(error.message);
+    e.code = error.code;
+    return e;
+  }
+
+  // ------------------------------------------------------------ formatting
+  // A small version of Node's util.format / util.inspect, so that
+  // `console.log("x", obj)` prints what a Node user expects.
+  function inspect(value, depth, seen) {
+    if (depth === undefined) depth = 2;
+    if (seen === undefined) seen = [];
+    switch (typeof value) {
+      case "string":
+        return seen.length === 0 ? value : quote(value);
+      case "number":
+        return Object.is(value, -0) ? "-0" : String(value);
+      case "bigint":
+        return `${value}n`;
+      case "undefined":
+      case "boolean":
+        return String(value);
+      case "symbol":
+        return value.toString();
+      case "function": {
+        const kind = /^class\s/.test(Function.prototype.toString.call(value)) ? "class" : "Function";
+        return value.name ? `[${kind}: ${value.name}]` : `[${kind} (anonymous)]`;
+      }
+    }
+    if (value === null) return "null";
+    if (value instanceof Error) {
+      return value.stack ? `${value.name}: ${value.message}\n${value.stack}`.trimEnd() : String(value);
+    }
+    if (value instanceof Date) return isNaN(value) ? "Invalid Date" : value.toISOString();
+    if (value instanceof RegExp) return String(value);
+    if (seen.includes(value)) return "[Circular]";
+    if (value instanceof Promise) return "Promise { <pending> }";
+    const inner = seen.concat([value]);
+    if (Array.isArray(value)) {
+      if (depth < 0) return "[Array]";
+      const items = value.slice(0, 100).map((v) => inspect(v, depth - 1, inner));
+      if (value.length > 100) items.push(`... ${value.length - 100} more items`);
+      return items.length === 0 ? "[]" : `[ ${items.join(", ")} ]`;
+    }
+    if (value instanceof Map) {
+      if (depth < 0) return "[Map]";
+      const items = [...value].map(([k, v]) => `${inspect(k, depth - 1, inner)} => ${inspect(v, depth - 1, inner)}`);
+      return `Map(${value.size}) {${items.length ? ` ${items.join(", ")} ` : ""}}`;
+    }
+    if (value instanceof Set) {
+      if (depth < 0) return "[Set]";
+      const items = [...value].map((v) => inspect(v, depth - 1, inner));
+      return `Set(${value.size}) {${items.length ? ` ${items.join(", ")} ` : ""}}`;
+    }
+    const ctor = value.constructor && value.constructor !== Object ? value.constructor.name : "";
+    if (depth < 0) return ctor ? `[${ctor}]` : "[Object]";
+    const entries = Object.keys(value).map((k) => `${propertyKey(k)}: ${inspect(value[k], depth - 1, inner)}`);
+    const body = entries.length === 0 ? "{}" : `{ ${entries.join(", ")} }`;
+    return ctor ? `${ctor} ${body}` : body;
+  }
+
+  function quote(s) {
+    return `'${s.replace(/\\/g, "\\\\").replace(/'/g, "\\'").replace(/\n/g, "\\n")}'`;
+  }
+
+  function propertyKey(k) {
+    return /^[A-Za-z_$][\w$]*$/.test(k) ? k : quote(k);
+  }
+
+  function format(args) {
+    if (args.length === 0) return "";
+    let first = args[0];
+    let rest = 1;
+    let out;
+    if (typeof first === "string") {
+      out = first.replace(/%[sdifjoOc%]/g, (spec) => {
+        if (spec === "%%") return "%";
+        if (rest >= args.length) return spec;
+        const arg = args[rest++];
+        switch (spec) {
+          case "%s":
+            return typeof arg === "string" ? arg : inspect(arg, 1, []);
+          case "%d":
+          case "%i": {
+            const n = spec === "%i" ? parseInt(arg, 10) : Number(arg);
+            return String(n);
+          }
+          case "%f":
+            return String(parseFloat(arg));
+          case "%j":
+            try {
+              return JSON.stringify(arg);
+            } catch (e) {
+              return "[Circular]";
+            }
+          case "%c":
+            return "";
+          default:
+            return inspect(arg, 4, [null]);
+        }
+      });
+    } else {
+      out = inspect(first);
+    }
+    for (; rest < args.length; rest++) {
+      const arg = args[rest];
+      out += " " + (typeof arg === "string" ? arg : inspect(arg));
+    }
+    return out;
+  }
+
+  function emit(level, message, job, console) {
+    if (message.length > MAX_LINE_CHARS) {
+      const cut = message.length - MAX_LINE_CHARS;
+      message = `${message.slice(0, MAX_LINE_CHARS)}... [line truncated: ${cut} more characters]`;
+    }
+    call(OP.Log, { level, message, job: job || null, console });
+  }
+
+  // ---------------------------------------------------------------- console
+  const consoleObject = {
+    log: (...args) => emit("info", format(args), null, true),
+    info: (...args) => emit("info", format(args), null, true),
+    debug: (...args) => emit("debug", format(args), null, true),
+    warn: (...args) => emit("warn", format(args), null, true),
+    error: (...args) => emit("error", format(args), null, true),
+    trace: (...args) => emit("error", `Trace: ${format(args)}\n${new Error().stack || ""}`.trimEnd(), null, true),
+    dir: (value) => emit("info", inspect(value), null, true),
+    assert: (condition, ...args) => {
+      if (!condition) emit("error", `Assertion failed${args.length ? ": " + format(args) : ""}`, null, true);
+    },
+  };
+
+  // ----------------------------------------------------------------- logger
+  // Brigade's worker used winston: levels error < warn < info < debug, lines
+  // `<time> LEVEL: message`, `[job: name]` for a job's child logger. The
+  // threshold starts at the event's worker.logLevel and can be changed by
+  // assigning `logger.level`, as with winston.
+  const LEVELS = { error: 0, warn: 1, info: 2, debug: 3 };
+  let threshold;
+
+  function currentThreshold() {
+    if (threshold === undefined) {
+      threshold = LEVELS[String(workerEvent().worker.logLevel || "info").toLowerCase()];
+      if (threshold === undefined) threshold = LEVELS.info;
+    }
+    return threshold;
+  }
+
+  class Logger {
+    constructor(job) {
+      this._job = job;
+    }
+    get level() {
+      return Object.keys(LEVELS)[currentThreshold()];
+    }
+    set level(value) {
+      const n = LEVELS[String(value).toLowerCase()];
+      if (n === undefined) throw new Error(`unknown log level "${value}" (use error, warn, info or debug)`);
+      threshold = n;
+    }
+    log(level, ...args) {
+      const n = LEVELS[String(level).toLowerCase()];
+      if (n === undefined) throw new Error(`unknown log level "${level}" (use error, warn, info or debug)`);
+      if (n <= currentThreshold()) emit(Object.keys(LEVELS)[n], format(args), this._job, false);
+      return this;
+    }
+    error(...args) {
+      return this.log("error", ...args);
+    }
+    warn(...args) {
+      return this.log("warn", ...args);
+    }
+    info(...args) {
+      return this.log("info", ...args);
+    }
+    debug(...args) {
+      return this.log("debug", ...args);
+    }
+    child(meta) {
+      return new Logger(meta && meta.job !== undefined ? String(meta.job) : this._job);
+    }
+  }
+  const logger = new Logger(null);
+
+  // ----------------------------------------------------------------- events
+  let cachedEvent;
+  function workerEvent() {
+    if (cachedEvent === undefined) cachedEvent = call(OP.EventGet);
+    return cachedEvent;
+  }
+
+  class EventRegistry {
+    constructor() {
+      this.handlers = {};
+    }
+    on(eventSource, eventType, eventHandler) {
+      this.handlers[`${eventSource}:${eventType}`] = eventHandler;
+      return this;
+    }
+    async process() {
+      // A fresh parse for the script: handlers may change the object freely.
+      const event = JSON.parse(JSON.stringify(workerEvent()));
+      const summary = await this.fire(event);
+      if (summary) {
+        const text = typeof summary === "string" ? summary : typeof summary === "object" ? JSON.stringify(summary) : String(summary);
+        call(OP.SummarySet, { text });
+      }
+    }
+    fire(event) {
+      const handler = this.handlers[`${event.source}:${event.type}`] || this.handlers[`${event.source}:*`];
+      if (handler === undefined) {
+        logger.debug(`no handler for events of source "${event.source}" and type "${event.type}"`);
+        return undefined;
+      }
+      return handler(event);
+    }
+  }
+  const events = new EventRegistry();
+
+  // ------------------------------------------------------------------- jobs
+  const ImagePullPolicy = Object.freeze({ IfNotPresent: "IfNotPresent", Always: "Always" });
+
+  class Container {
+    constructor(image) {
+      this.image = image;
+      this.imagePullPolicy = "IfNotPresent";
+      this.workingDirectory = "";
+      this.command = [];
+      this.arguments = [];
+      this.environment = {};
+      this.workspaceMountPath = "";
+      this.sourceMountPath = "";
+      this.privileged = false;
+      this.useHostDockerSocket = false;
+    }
+  }
+
+  class JobHost {
+    constructor() {
+      this.nodeSelector = {};
+    }
+  }
+
+  const PHASE_ERRORS = {
+    ABORTED: "was aborted",
+    CANCELED: "was canceled before starting",
+    FAILED: "failed",
+    SCHEDULING_FAILED: "scheduling failed",
+    TIMED_OUT: "timed out",
+  };
+
+  class Job {
+    constructor(name, image, event) {
+      this.name = name;
+      this.primaryContainer = new Container(image);
+      this.sidecarContainers = {};
+      this.timeoutSeconds = 900;
+      this.host = new JobHost();
+      this.fallible = false;
+      Object.defineProperty(this, "event", { value: event, writable: true, enumerable: false });
+      Object.defineProperty(this, "logger", { value: logger.child({ job: name }), writable: true, enumerable: false });
+    }
+
+    async run() {
+      this.logger.info(`Creating job ${this.name}`);
+      try {
+        call(OP.JobStart, {
+          name: this.name,
+          spec: {
+            primaryContainer: this.primaryContainer,
+            sidecarContainers: this.sidecarContainers,
+            timeoutSeconds: this.timeoutSeconds,
+            host: this.host,
+            fallible: this.fallible,
+          },
+        });
+      } catch (e) {
+        throw new Error(`Error creating job "${this.name}": ${e.message}`);
+      }
+      const result = await submit(OP.JobWait, { name: this.name });
+      this.logger.debug(`Job ${this.name} ended ${result.phase}`);
+      if (this.fallible || result.phase === "SUCCEEDED") return;
+      const what = PHASE_ERRORS[result.phase] || `ended ${result.phase}`;
+      const error = new Error(`Job "${this.name}" ${what}`);
+      error.phase = result.phase;
+      if (result.exitCode !== undefined && result.exitCode !== null) error.exitCode = result.exitCode;
+      if (result.reason) error.reason = result.reason;
+      throw error;
+    }
+
+    async logs() {
+      const result = await submit(OP.JobLogs, { name: this.name });
+      return result.lines.join("\n");
+    }
+
+    static container(name, image, event) {
+      return new Job(name, image, event);
+    }
+
+    static sequence(...runnables) {
+      return new SerialGroup(...runnables);
+    }
+
+    static concurrent(...runnables) {
+      return new ConcurrentGroup(...runnables);
+    }
+  }
+
+  class Group {
+    constructor(...runnables) {
+      this.runnables = runnables;
+    }
+    add(...runnables) {
+      this.runnables.push(...runnables);
+    }
+    length() {
+      return this.runnables.length;
+    }
+  }
+
+  class SerialGroup extends Group {
+    async run() {
+      for (const runnable of this.runnables) {
+        await runnable.run();
+      }
+    }
+  }
+
+  class ConcurrentGroup extends Group {
+    async run() {
+      await Promise.all(this.runnables.map((runnable) => runnable.run()));
+    }
+  }
+
+  const brigadier = Object.freeze({
+    events,
+    EventRegistry,
+    Job,
+    Container,
+    JobHost,
+    SerialGroup,
+    ConcurrentGroup,
+    ImagePullPolicy,
+    logger,
+    Logger,
+  });
+
+  // ---------------------------------------------------------------- require
+  const builtinModules = {
+    "@brigadecore/brigadier": brigadier,
+    brigadier: brigadier,
+  };
+
+  function require(name) {
+    if (Object.prototype.hasOwnProperty.call(builtinModules, name)) {
+      return builtinModules[name];
+    }
+    const e = new Error(`Cannot find module '${name}'`);
+    e.code = "MODULE_NOT_FOUND";
+    throw e;
+  }
+
+  // ----------------------------------------------------------------- timers
+  // Timer ids are the host tickets of their Sleep operations; an interval
+  // keeps its first id while each period gets a new ticket.
+  const intervals = new Map();
+
+  function schedule(ms, callback) {
+    const delay = Math.max(0, Number(ms) || 0);
+    const { ticket } = call(OP.Sleep, { ms: delay });
+    pending.set(ticket, { resolve: callback, reject: () => {} });
+    return ticket;
+  }
+
+  function setTimeout(callback, ms, ...args) {
+    if (typeof callback !== "function") throw new TypeError("setTimeout: callback must be a function");
+    return schedule(ms, () => callback(...args));
+  }
+
+  function clearTimeout(id) {
+    const ticket = intervals.has(id) ? intervals.get(id) : id;
+    intervals.delete(id);
+    if (pending.delete(ticket)) call(OP.TicketCancel, { ticket });
+  }
+
+  function setInterval(callback, ms, ...args) {
+    if (typeof callback !== "function") throw new TypeError("setInterval: callback must be a function");
+    let id;
+    const tick = () => {
+      intervals.set(id, schedule(ms, tick));
+      callback(...args);
+    };
+    id = schedule(ms, tick);
+    intervals.set(id, id);
+    return id;
+  }
+
+  // ---------------------------------------------------------------- process
+  // A script may end itself with process.exit(code) or set process.exitCode.
+  // There is no environment: the sandbox grants none.
+  const processObject = {
+    env: {},
+    argv: [],
+    platform: "wasi",
+    exitCode: undefined,
+    exit(code) {
+      const n = code === undefined ? Number(processObject.exitCode || 0) : Number(code);
+      call(OP.Exit, { code: Number.isInteger(n) ? n : 1 });
+    },
+  };
+
+  // ----------------------------------------------------------------- errors
+  let scriptName = "";
+
+  // The location of an error in the user's script, from its stack.
+  function location(error) {
+    if (!error || typeof error.stack !== "string" || scriptName === "") return "";
+    for (const line of error.stack.split("\n")) {
+      const at = line.indexOf(scriptName + ":");
+      if (at >= 0) {
+        const m = /^([^):]+:\d+(:\d+)?)/.exec(line.slice(at));
+        if (m) return m[1];
+      }
+    }
+    return "";
+  }
+
+  function describe(reason) {
+    if (reason instanceof Error) {
+      const where = location(reason);
+      const text = `${reason.name || "Error"}: ${reason.message}`;
+      return { message: where ? `${where}: ${text}` : text, stack: reason.stack || null };
+    }
+    return { message: `non-error value thrown: ${inspect(reason)}`, stack: null };
+  }
+
+  function reportError(kind, reason) {
+    const { message, stack } = describe(reason);
+    call(OP.ScriptError, { kind, message, stack });
+  }
+
+  Object.assign(globalThis, {
+    console: consoleObject,
+    setTimeout,
+    clearTimeout,
+    setInterval,
+    clearInterval: clearTimeout,
+    setImmediate: (callback, ...args) => setTimeout(callback, 0, ...args),
+    clearImmediate: clearTimeout,
+    queueMicrotask: (callback) => {
+      Promise.resolve().then(callback);
+    },
+    process: processObject,
+    require,
+  });
+
+  return {
+    brigadier,
+    require,
+    complete,
+    reportError,
+    exitCode: () => Number(processObject.exitCode || 0),
+    setScriptName: (name) => {
+      scriptName = name;
+    },
+  };
+});

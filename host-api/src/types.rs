@@ -1,0 +1,567 @@
+//! The JSON shapes that cross the boundary. Field names follow Brigade v2's
+//! wire format (camelCase), so an event or a job spec reads the same here as
+//! in Brigade's `event.json` and job API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::HostError;
+
+/// Brigade's schema caps an event summary at 4096 characters; a longer one is
+/// an error rather than a silent cut, because gateways display it as is.
+pub const SUMMARY_MAX_CHARS: usize = 4096;
+
+/// The event a worker handles: the contents of Brigade's `event.json`. Every
+/// key is always present, as in Brigade (maps may be `null`, strings `""`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// The event's id (a UUID).
+    pub id: String,
+    /// The project whose worker handles this copy of the event.
+    pub project: EventProject,
+    /// Who created the event, e.g. `brigade.sh/cli`.
+    pub source: String,
+    /// What happened, e.g. `exec`; meaning depends on the source.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Qualifiers the subscription matched exactly.
+    pub qualifiers: Option<BTreeMap<String, String>>,
+    /// Labels the subscription matched.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// A short title for lists; may be empty.
+    pub short_title: String,
+    /// A longer title; may be empty.
+    pub long_title: String,
+    /// The payload, an opaque string (scripts `JSON.parse` it themselves).
+    pub payload: String,
+    /// The worker's settings for this event.
+    pub worker: EventWorker,
+}
+
+/// The project part of an [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventProject {
+    /// The project's id.
+    pub id: String,
+    /// Where the project's Kubernetes resources live (empty when it has none).
+    pub kubernetes: ProjectKubernetes,
+    /// The project's secrets, and only this project's.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// The Kubernetes settings of a project, as Brigade exposed them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectKubernetes {
+    /// The namespace of the project's jobs; empty when no cluster is used.
+    pub namespace: String,
+}
+
+/// The worker part of an [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventWorker {
+    /// The API server's address; empty in a local run, which has none.
+    pub api_address: String,
+    /// The worker's API token; empty in a local run.
+    pub api_token: String,
+    /// The level below which `logger.*` lines are dropped.
+    pub log_level: LogLevel,
+    /// Where the project's config files live, relative to its source.
+    pub config_files_directory: String,
+    /// Config files given inline in the project definition.
+    pub default_config_files: Option<BTreeMap<String, String>>,
+    /// The project's git settings, with the event's overrides applied.
+    pub git: Option<GitConfig>,
+}
+
+/// Where a project's source lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GitConfig {
+    /// The repository URL.
+    #[serde(rename = "cloneURL")]
+    pub clone_url: String,
+    /// A commit to check out; wins over `ref`.
+    pub commit: String,
+    /// A branch or tag (`refs/heads/x`, `refs/tags/x` or a short name).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Whether to check out submodules too.
+    pub init_submodules: bool,
+}
+
+/// Log levels, ordered from most to least severe. Upper case on the wire (as
+/// Brigade's `worker.logLevel`); lower case is accepted too.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    /// Something failed.
+    #[serde(alias = "error")]
+    Error,
+    /// Something looks wrong.
+    #[serde(alias = "warn")]
+    Warn,
+    /// The default.
+    #[default]
+    #[serde(alias = "info")]
+    Info,
+    /// Details for whoever debugs the script.
+    #[serde(alias = "debug")]
+    Debug,
+}
+
+impl LogLevel {
+    /// The upper-case name, as printed in log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "ERROR",
+            LogLevel::Warn => "WARN",
+            LogLevel::Info => "INFO",
+            LogLevel::Debug => "DEBUG",
+        }
+    }
+
+    /// Parses a level in any case (`info`, `INFO`, `Info`).
+    pub fn parse(text: &str) -> Option<LogLevel> {
+        match text.to_ascii_uppercase().as_str() {
+            "ERROR" => Some(LogLevel::Error),
+            "WARN" => Some(LogLevel::Warn),
+            "INFO" => Some(LogLevel::Info),
+            "DEBUG" => Some(LogLevel::Debug),
+            _ => None,
+        }
+    }
+
+    /// Whether a line at `self` passes a filter set at `threshold`.
+    pub fn passes(self, threshold: LogLevel) -> bool {
+        self <= threshold
+    }
+}
+
+/// Request of [`crate::Op::Log`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogRequest {
+    /// The line's level.
+    pub level: LogLevel,
+    /// The text, one line or several.
+    pub message: String,
+    /// Set when the line is about a job (Brigade's `[job: name]` prefix).
+    #[serde(default)]
+    pub job: Option<String>,
+    /// True for `console.*` output: printed as is and never filtered by level,
+    /// as in Brigade's worker. False for `logger.*`: timestamped, levelled and
+    /// filtered.
+    #[serde(default)]
+    pub console: bool,
+}
+
+/// Request of [`crate::Op::SummarySet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummaryRequest {
+    /// The summary text.
+    pub text: String,
+}
+
+/// Request of [`crate::Op::Exit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitRequest {
+    /// 0 for success.
+    pub code: i32,
+}
+
+/// Request of [`crate::Op::ScriptError`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScriptError {
+    /// How the error escaped.
+    pub kind: ScriptErrorKind,
+    /// The error, led by its location when known: `brigade.js:3:9: Error: boom`.
+    pub message: String,
+    /// The JavaScript stack, when there is one.
+    #[serde(default)]
+    pub stack: Option<String>,
+}
+
+/// How a script error escaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScriptErrorKind {
+    /// Thrown while the script's top level ran.
+    Uncaught,
+    /// A promise rejected and nothing handled it (including a handler that
+    /// threw or rejected).
+    UnhandledRejection,
+}
+
+/// Request of [`crate::Op::SecretGet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRequest {
+    /// The secret's key.
+    pub key: String,
+}
+
+/// Reply of [`crate::Op::SecretGet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretValue {
+    /// The secret's value.
+    pub value: String,
+}
+
+/// Request of [`crate::Op::JobStart`]: Brigade's job body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobStartRequest {
+    /// Unique within the event; `^[a-z][a-z\d-]*[a-z\d]$`, at most 63
+    /// characters.
+    pub name: String,
+    /// What to run.
+    pub spec: JobSpec,
+}
+
+/// Default job timeout, as in Brigade's brigadier: 15 minutes.
+pub const DEFAULT_JOB_TIMEOUT_SECONDS: f64 = 900.0;
+
+fn default_job_timeout() -> f64 {
+    DEFAULT_JOB_TIMEOUT_SECONDS
+}
+
+/// A job: a primary container that decides the outcome, and sidecars that are
+/// stopped when it exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobSpec {
+    /// The container whose exit code decides the job.
+    pub primary_container: ContainerSpec,
+    /// Containers that run beside the primary, by name.
+    #[serde(default)]
+    pub sidecar_containers: BTreeMap<String, ContainerSpec>,
+    /// After this long the job ends TIMED_OUT.
+    #[serde(default = "default_job_timeout")]
+    pub timeout_seconds: f64,
+    /// Where the job must run.
+    #[serde(default)]
+    pub host: JobHost,
+    /// When true, the job's failure does not fail `run()`.
+    #[serde(default)]
+    pub fallible: bool,
+}
+
+/// One container of a job: Brigade's `Container` class, field for field.
+/// Unknown fields are rejected, as Brigade's schema did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// The OCI image reference.
+    pub image: String,
+    /// When to pull the image.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
+    /// The process's working directory; empty for the image's default.
+    #[serde(default)]
+    pub working_directory: String,
+    /// Overrides the image's entrypoint.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Arguments to the command.
+    #[serde(default)]
+    pub arguments: Vec<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub environment: BTreeMap<String, String>,
+    /// Where to mount the event's shared workspace; empty for nowhere.
+    #[serde(default)]
+    pub workspace_mount_path: String,
+    /// Where to mount a checkout of the project's source; empty for nowhere.
+    #[serde(default)]
+    pub source_mount_path: String,
+    /// Whether the container runs privileged (needs the project's policy).
+    #[serde(default)]
+    pub privileged: bool,
+    /// Whether to mount the host's Docker socket (needs the project's policy).
+    #[serde(default)]
+    pub use_host_docker_socket: bool,
+}
+
+/// When an image is pulled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImagePullPolicy {
+    /// Pull only when the image is not present (Brigade's default; `""` means
+    /// this too).
+    #[default]
+    #[serde(alias = "")]
+    IfNotPresent,
+    /// Pull every time.
+    Always,
+}
+
+/// Where a job must run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobHost {
+    /// `linux` or `windows`; empty for linux.
+    #[serde(default)]
+    pub os: Option<String>,
+    /// Labels the node must carry.
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// Request naming a job of this worker's event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRef {
+    /// The job's name.
+    pub name: String,
+}
+
+/// How a job ended: the completion of a [`crate::Op::JobWait`] ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    /// A terminal phase.
+    pub phase: Phase,
+    /// The primary container's exit code, when it exited.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why, when the phase alone does not say (the engine's reason for a
+    /// failed start, the timeout...).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Request of [`crate::Op::JobLogs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobLogsRequest {
+    /// The job's name.
+    pub name: String,
+    /// The container; the primary when absent.
+    #[serde(default)]
+    pub container: Option<String>,
+}
+
+/// The completion of a [`crate::Op::JobLogs`] ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLogs {
+    /// The container's output, one entry per line, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// Request of [`crate::Op::Sleep`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepRequest {
+    /// How long, in milliseconds.
+    pub ms: f64,
+}
+
+/// A pending result: the reply of every operation that takes time, and the
+/// request of [`crate::Op::TicketCancel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ticket {
+    /// Unique within a worker.
+    pub ticket: u64,
+}
+
+/// Reply of [`crate::Op::WaitAny`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum WaitAnyReply {
+    /// No ticket is outstanding: nothing will ever complete.
+    Idle,
+    /// A ticket completed with a result.
+    Completed {
+        /// Which ticket.
+        ticket: u64,
+        /// The operation's result (its type depends on the operation).
+        result: serde_json::Value,
+    },
+    /// A ticket's operation failed.
+    Failed {
+        /// Which ticket.
+        ticket: u64,
+        /// Why.
+        error: HostError,
+    },
+}
+
+/// Worker and job phases, as in Brigade (the same set for both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// Accepted, waiting to be scheduled.
+    Pending,
+    /// Being started.
+    Starting,
+    /// Running.
+    Running,
+    /// Ended well.
+    Succeeded,
+    /// Ended badly.
+    Failed,
+    /// Stopped while starting or running.
+    Aborted,
+    /// Stopped while pending.
+    Canceled,
+    /// Ran past its deadline.
+    TimedOut,
+    /// Could not be scheduled.
+    SchedulingFailed,
+    /// The state could not be determined.
+    Unknown,
+}
+
+impl Phase {
+    /// The upper-case name, as in Brigade.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "PENDING",
+            Phase::Starting => "STARTING",
+            Phase::Running => "RUNNING",
+            Phase::Succeeded => "SUCCEEDED",
+            Phase::Failed => "FAILED",
+            Phase::Aborted => "ABORTED",
+            Phase::Canceled => "CANCELED",
+            Phase::TimedOut => "TIMED_OUT",
+            Phase::SchedulingFailed => "SCHEDULING_FAILED",
+            Phase::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// Whether the phase is final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded
+                | Phase::Failed
+                | Phase::Aborted
+                | Phase::Canceled
+                | Phase::TimedOut
+                | Phase::SchedulingFailed
+        )
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Request naming a path in the event's workspace: relative, `/`-separated,
+/// without `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspacePath {
+    /// The path.
+    pub path: String,
+}
+
+/// A workspace file: the reply of [`crate::Op::WorkspaceRead`] and the
+/// request of [`crate::Op::WorkspaceWrite`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceFile {
+    /// The path, as in [`WorkspacePath`].
+    pub path: String,
+    /// The contents, in `encoding`.
+    pub contents: String,
+    /// How `contents` is encoded.
+    #[serde(default)]
+    pub encoding: ContentEncoding,
+}
+
+/// How file contents travel in JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentEncoding {
+    /// UTF-8 text.
+    #[default]
+    Utf8,
+    /// Base64 (standard alphabet, padded), for binary contents.
+    Base64,
+}
+
+/// Reply of [`crate::Op::WorkspaceList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceListing {
+    /// The directory's entries, sorted by name.
+    pub entries: Vec<WorkspaceEntry>,
+}
+
+/// One entry of a [`WorkspaceListing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceEntry {
+    /// The entry's name (not its path).
+    pub name: String,
+    /// Whether it is a directory.
+    pub directory: bool,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_reject_unknown_fields_by_name() {
+        let err = serde_json::from_str::<ContainerSpec>(r#"{"image":"debian","env":{}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `env`"), "{err}");
+    }
+
+    #[test]
+    fn brigade_defaults_apply_to_a_bare_job() {
+        let job: JobSpec =
+            serde_json::from_str(r#"{"primaryContainer":{"image":"debian"}}"#).unwrap();
+        assert_eq!(job.timeout_seconds, 900.0);
+        assert_eq!(
+            job.primary_container.image_pull_policy,
+            ImagePullPolicy::IfNotPresent
+        );
+        assert!(!job.fallible);
+    }
+
+    #[test]
+    fn an_empty_pull_policy_means_if_not_present() {
+        let c: ContainerSpec =
+            serde_json::from_str(r#"{"image":"x","imagePullPolicy":""}"#).unwrap();
+        assert_eq!(c.image_pull_policy, ImagePullPolicy::IfNotPresent);
+    }
+
+    #[test]
+    fn log_levels_accept_either_case_and_order_by_severity() {
+        let lower: LogRequest = serde_json::from_str(r#"{"level":"debug","message":"m"}"#).unwrap();
+        assert_eq!(lower.level, LogLevel::Debug);
+        assert!(LogLevel::Error.passes(LogLevel::Info));
+        assert!(!LogLevel::Debug.passes(LogLevel::Info));
+        assert_eq!(LogLevel::parse("Warn"), Some(LogLevel::Warn));
+    }
+
+    #[test]
+    fn wait_any_replies_are_tagged_by_status() {
+        let idle = serde_json::to_string(&WaitAnyReply::Idle).unwrap();
+        assert_eq!(idle, r#"{"status":"idle"}"#);
+        let done = WaitAnyReply::Completed {
+            ticket: 3,
+            result: serde_json::Value::Null,
+        };
+        assert_eq!(
+            serde_json::to_string(&done).unwrap(),
+            r#"{"status":"completed","ticket":3,"result":null}"#
+        );
+    }
+}

@@ -1,0 +1,2 @@
+//! Placeholder until the sandbox benchmark lands.
+fn main() {}

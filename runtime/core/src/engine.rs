@@ -1,0 +1,476 @@
+//! The sandbox: one wasmtime engine per process, the pre-initialised plugin,
+//! the bytecode cache, and a fresh Store and instance for every event.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mizzen_host_api::types::{Event, LogLevel, LogRequest, ScriptErrorKind};
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, InstancePre, Linker, Memory, Store, Trap, UpdateDeadline};
+
+use crate::limits::{EPOCH_TICK, WorkerLimits};
+use crate::log::LogSink;
+use crate::script::{self, Language, PositionMap, ScriptKind, ScriptSource};
+use crate::worker::{Stop, WorkerContext, WorkerFailure, WorkerOutcome, WorkerState};
+use crate::{SandboxError, host, plugin, wasi};
+
+/// Limits of the instances that pre-initialise the plugin and compile
+/// scripts: compilation is linear in the source (capped at
+/// [`script::MAX_SCRIPT_BYTES`]) and takes well under a second, so these stop
+/// only a pathological input.
+pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
+    memory_bytes: crate::limits::DEFAULT_MEMORY_BYTES,
+    cpu_time: Duration::from_secs(5),
+    wall_time: Duration::from_secs(30),
+    log_bytes: 0,
+    request_bytes: crate::limits::DEFAULT_REQUEST_BYTES,
+};
+
+/// Compiled scripts kept in memory. Bytecode is tens of kilobytes, so a
+/// thousand scripts (a thousand projects' current versions) cost tens of
+/// megabytes at most.
+const SCRIPT_CACHE_ENTRIES: usize = 1024;
+
+/// What a worker reports as its version on its first log line. Brigade's
+/// worker printed `brigade-worker version: <v>`, and Brigade's own
+/// integration tests look for that prefix.
+const WORKER_VERSION_LINE: &str =
+    concat!("brigade-worker version: mizzen ", env!("CARGO_PKG_VERSION"));
+
+/// How a [`Sandbox`] is set up.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    /// Where the compiled plugin is cached between processes; `None` compiles
+    /// it in every process.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl SandboxConfig {
+    /// The cache in `$MIZZEN_CACHE_DIR`, or else the user's cache directory
+    /// (`~/.cache/mizzen` on Linux).
+    pub fn from_env() -> Self {
+        let cache_dir = std::env::var_os("MIZZEN_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| dirs::cache_dir().map(|dir| dir.join("mizzen")));
+        Self { cache_dir }
+    }
+}
+
+/// One event for one worker.
+pub struct WorkerRequest {
+    /// The project's script.
+    pub script: ScriptSource,
+    /// The event, with the project's secrets.
+    pub event: Event,
+    /// The worker's limits.
+    pub limits: WorkerLimits,
+    /// Where the worker's log lines go.
+    pub log: Arc<dyn LogSink>,
+}
+
+/// A script compiled to QuickJS bytecode by the plugin.
+#[derive(Debug)]
+pub struct CompiledScript {
+    name: String,
+    kind: ScriptKind,
+    bytecode: Vec<u8>,
+    positions: Option<PositionMap>,
+}
+
+impl CompiledScript {
+    /// Rewrites positions in the transpiled JavaScript to positions in the
+    /// script's source (TypeScript); other scripts are returned unchanged.
+    pub(crate) fn source_positions(&self, text: &str) -> String {
+        match &self.positions {
+            Some(positions) => positions.rewrite(&self.name, text),
+            None => text.to_string(),
+        }
+    }
+
+    /// The size of the bytecode, in bytes.
+    pub fn bytecode_len(&self) -> usize {
+        self.bytecode.len()
+    }
+}
+
+/// Runs scripts, each event in a fresh instance. Create one per process and
+/// share it: the engine, the compiled plugin and the bytecode cache are
+/// shared by every worker; nothing of one worker's instance is.
+pub struct Sandbox {
+    engine: Engine,
+    plugin: InstancePre<WorkerState>,
+    scripts: Mutex<ScriptCache>,
+    /// Stops advancing the epoch when the sandbox is dropped.
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    /// Sets up the engine and the plugin (from the cache when it can).
+    pub async fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine = new_engine()?;
+        let ticker = EpochTicker::start(engine.clone());
+        let mut linker = Linker::new(&engine);
+        wasi::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let module = plugin::load(
+            &engine,
+            &linker,
+            |state| new_store(&engine, state),
+            config.cache_dir.as_deref(),
+        )
+        .await?;
+        let plugin = linker.instantiate_pre(&module).map_err(|e| {
+            SandboxError::Plugin(format!("the plugin does not link with the host: {e:#}"))
+        })?;
+        Ok(Self {
+            engine,
+            plugin,
+            scripts: Mutex::new(ScriptCache::default()),
+            _ticker: ticker,
+        })
+    }
+
+    /// Compiles a script to bytecode, or returns it from the cache. Errors
+    /// name the file, line and column.
+    pub async fn compile(
+        &self,
+        source: &ScriptSource,
+    ) -> Result<Arc<CompiledScript>, WorkerFailure> {
+        let key = ScriptCache::key(source);
+        if let Some(script) = self
+            .scripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(script);
+        }
+        let prepared =
+            script::prepare(source).map_err(|message| WorkerFailure::Script { message })?;
+        let mut store = self.store(WorkerState::new(INITIALISATION_LIMITS, None));
+        let limits = INITIALISATION_LIMITS;
+        let compiled = tokio::time::timeout(
+            limits.wall_time,
+            self.call_plugin::<u32>(
+                &mut store,
+                "mizzen-compile",
+                prepared.kind as u32,
+                &prepared.name,
+                prepared.javascript.as_bytes(),
+            ),
+        )
+        .await;
+        let (memory, area) = match compiled {
+            Err(_) => {
+                return Err(WorkerFailure::WallTime {
+                    limit: limits.wall_time,
+                });
+            }
+            Ok(Err(error)) => return Err(classify(error, store.data())),
+            Ok(Ok(result)) => result,
+        };
+        let read = |at: u32, len: usize| -> Option<Vec<u8>> {
+            memory
+                .data(&store)
+                .get(at as usize..at as usize + len)
+                .map(<[u8]>::to_vec)
+        };
+        let header = read(area, 12).ok_or_else(|| WorkerFailure::Trap {
+            message: "the plugin returned a compile result outside its memory".into(),
+        })?;
+        let word =
+            |i: usize| u32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+        let (status, at, len) = (word(0), word(1), word(2));
+        let bytes = read(at, len as usize).ok_or_else(|| WorkerFailure::Trap {
+            message: "the plugin returned compile output outside its memory".into(),
+        })?;
+        if status != 0 {
+            let message = String::from_utf8_lossy(&bytes).into_owned();
+            let message = match &prepared.positions {
+                Some(positions) => positions.rewrite(&prepared.name, &message),
+                None => message,
+            };
+            return Err(WorkerFailure::Script { message });
+        }
+        let script = Arc::new(CompiledScript {
+            name: prepared.name,
+            kind: prepared.kind,
+            bytecode: bytes,
+            positions: prepared.positions,
+        });
+        self.scripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, script.clone());
+        Ok(script)
+    }
+
+    /// Runs one event's worker to the end and says how it ended. The host
+    /// and other workers are unaffected by whatever the script does.
+    pub async fn run(&self, request: WorkerRequest) -> WorkerOutcome {
+        let script = match self.compile(&request.script).await {
+            Ok(script) => script,
+            Err(failure) => {
+                let message = format!("{failure}");
+                request.log.record(crate::log::LogRecord::new(
+                    LogLevel::Error,
+                    &message,
+                    None,
+                    false,
+                ));
+                return WorkerOutcome::failed(failure);
+            }
+        };
+        self.run_compiled(&script, request.event, request.limits, request.log)
+            .await
+    }
+
+    /// Runs one event's worker with an already compiled script.
+    pub async fn run_compiled(
+        &self,
+        script: &Arc<CompiledScript>,
+        event: Event,
+        limits: WorkerLimits,
+        log: Arc<dyn LogSink>,
+    ) -> WorkerOutcome {
+        let event_json = serde_json::to_vec(&event).expect("events serialise");
+        let context = WorkerContext {
+            event_json,
+            event,
+            log,
+            script: script.clone(),
+        };
+        let mut store = self.store(WorkerState::new(limits, Some(context)));
+        let _ = store.data_mut().log(LogRequest {
+            level: LogLevel::Info,
+            message: WORKER_VERSION_LINE.into(),
+            job: None,
+            console: false,
+        });
+        let run = tokio::time::timeout(
+            limits.wall_time,
+            self.call_plugin::<i32>(
+                &mut store,
+                "mizzen-run",
+                script.kind as u32,
+                &script.name,
+                &script.bytecode,
+            ),
+        )
+        .await;
+        store.data_mut().flush_output();
+        let state = store.data();
+        let outcome = match run {
+            Err(_) => WorkerOutcome::failed(WorkerFailure::WallTime {
+                limit: limits.wall_time,
+            }),
+            Ok(Err(error)) => match error.downcast_ref::<Stop>() {
+                Some(Stop::Exit(code)) => exit_outcome(*code, state),
+                _ => WorkerOutcome::failed(classify(error, state)),
+            },
+            Ok(Ok(_)) => exit_outcome(0, state),
+        };
+        if let Some(failure) = outcome
+            .failure
+            .as_ref()
+            .filter(|f| !matches!(f, WorkerFailure::Uncaught { .. }))
+        {
+            let _ = store.data_mut().log(LogRequest {
+                level: LogLevel::Error,
+                message: failure.to_string(),
+                job: None,
+                console: false,
+            });
+        }
+        outcome
+    }
+
+    /// A store with the worker's limits: memory through the resource
+    /// limiter, CPU through epoch ticks (yielding to other tasks each tick).
+    fn store(&self, state: WorkerState) -> Store<WorkerState> {
+        new_store(&self.engine, state)
+    }
+
+    /// Instantiates the plugin in `store`, copies `name` and `payload` into
+    /// its memory and calls `export(kind, buffer, name_len, payload_len)`.
+    async fn call_plugin<R: wasmtime::WasmResults + Send + Sync>(
+        &self,
+        store: &mut Store<WorkerState>,
+        export: &str,
+        kind: u32,
+        name: &str,
+        payload: &[u8],
+    ) -> wasmtime::Result<(Memory, R)> {
+        let instance = self.plugin.instantiate_async(&mut *store).await?;
+        let memory = instance
+            .get_memory(&mut *store, "memory")
+            .ok_or_else(|| wasmtime::Error::msg("the plugin exports no memory"))?;
+        let realloc =
+            instance.get_typed_func::<(u32, u32, u32, u32), u32>(&mut *store, "cabi_realloc")?;
+        let len = u32::try_from(name.len() + payload.len())
+            .map_err(|_| wasmtime::Error::msg("the script is too large for the sandbox"))?;
+        let buffer = realloc.call_async(&mut *store, (0, 0, 1, len)).await?;
+        memory.write(&mut *store, buffer as usize, name.as_bytes())?;
+        memory.write(&mut *store, buffer as usize + name.len(), payload)?;
+        let function = instance.get_typed_func::<(u32, u32, u32, u32), R>(&mut *store, export)?;
+        let result = function
+            .call_async(
+                &mut *store,
+                (kind, buffer, name.len() as u32, payload.len() as u32),
+            )
+            .await?;
+        Ok((memory, result))
+    }
+}
+
+fn new_engine() -> Result<Engine, SandboxError> {
+    let mut config = wasmtime::Config::new();
+    config
+        .epoch_interruption(true)
+        .strategy(wasmtime::Strategy::Cranelift)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    Engine::new(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+}
+
+fn new_store(engine: &Engine, state: WorkerState) -> Store<WorkerState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| state);
+    store.epoch_deadline_callback(|mut context| {
+        let state = context.data_mut();
+        state.cpu_ticks += 1;
+        if state.cpu_ticks > state.limits.cpu_ticks() {
+            return Err(wasmtime::Error::new(Stop::CpuLimit));
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store.set_epoch_deadline(1);
+    store
+}
+
+/// The outcome of a run that ended on its own (or by `process.exit(code)`).
+fn exit_outcome(code: i32, state: &WorkerState) -> WorkerOutcome {
+    if let Some(error) = state.errors.first() {
+        return WorkerOutcome::failed(WorkerFailure::Uncaught {
+            message: error.message.clone(),
+            kind: error.kind,
+        });
+    }
+    if code != 0 {
+        return WorkerOutcome::failed(WorkerFailure::Exit { code });
+    }
+    WorkerOutcome {
+        phase: mizzen_host_api::types::Phase::Succeeded,
+        summary: state.summary.clone(),
+        failure: None,
+    }
+}
+
+/// Names the reason execution stopped.
+fn classify(error: wasmtime::Error, state: &WorkerState) -> WorkerFailure {
+    let limits = &state.limits;
+    match error.downcast_ref::<Stop>() {
+        Some(Stop::CpuLimit) => {
+            return WorkerFailure::CpuTime {
+                limit: limits.cpu_time,
+            };
+        }
+        Some(Stop::MemoryLimit) => {
+            return WorkerFailure::Memory {
+                limit: limits.memory_bytes,
+            };
+        }
+        Some(Stop::LogLimit) => {
+            return WorkerFailure::Log {
+                limit: limits.log_bytes,
+            };
+        }
+        Some(Stop::Exit(code)) => return WorkerFailure::Exit { code: *code },
+        None => {}
+    }
+    // QuickJS turns a failed allocation into an exception or an abort; the
+    // limiter saw the attempt either way.
+    if state.memory_limit_hit {
+        return WorkerFailure::Memory {
+            limit: limits.memory_bytes,
+        };
+    }
+    if let Some(first) = state.errors.first() {
+        return WorkerFailure::Uncaught {
+            message: first.message.clone(),
+            kind: ScriptErrorKind::Uncaught,
+        };
+    }
+    let message = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    WorkerFailure::Trap { message }
+}
+
+/// Compiled scripts by the hash of their language, name and text; the oldest
+/// is dropped when the cache is full.
+#[derive(Default)]
+struct ScriptCache {
+    scripts: HashMap<[u8; 32], Arc<CompiledScript>>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl ScriptCache {
+    fn key(source: &ScriptSource) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update([match source.language {
+            Language::JavaScript => b'j',
+            Language::TypeScript => b't',
+        }]);
+        hash.update((source.name.len() as u64).to_le_bytes());
+        hash.update(source.name.as_bytes());
+        hash.update(source.text.as_bytes());
+        hash.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<CompiledScript>> {
+        self.scripts.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: [u8; 32], script: Arc<CompiledScript>) {
+        if self.scripts.insert(key, script).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > SCRIPT_CACHE_ENTRIES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.scripts.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("mizzen-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("the epoch thread starts");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

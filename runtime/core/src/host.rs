@@ -1,0 +1,224 @@
+//! The host side of `mizzen:host/v1`: reads a request from guest memory,
+//! performs the operation against the worker's own state, leaves the reply.
+//!
+//! Every answer is decided from [`WorkerState`], never from what the guest
+//! claims: the event, the project and its secrets are the worker's own.
+
+use std::time::Duration;
+
+use mizzen_host_api::abi::{self, CallResult};
+use mizzen_host_api::types::{
+    ExitRequest, LogRequest, SUMMARY_MAX_CHARS, ScriptError, SecretRequest, SecretValue,
+    SleepRequest, SummaryRequest, Ticket,
+};
+use mizzen_host_api::{ErrorCode, HostError, Op};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wasmtime::{Caller, Linker};
+
+use crate::wasi::memory;
+use crate::worker::{Stop, WorkerState};
+
+/// A call either fails the guest's way (an error it receives) or stops the
+/// worker (a trap, e.g. a limit).
+type CallOutcome = wasmtime::Result<Result<Option<Vec<u8>>, HostError>>;
+
+/// Adds `call` and `take_reply` to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<WorkerState>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        abi::IMPORT_MODULE,
+        abi::CALL,
+        |mut caller: Caller<'_, WorkerState>, (op, ptr, len): (u32, u32, u32)| {
+            Box::new(async move { call(&mut caller, op, ptr, len).await })
+        },
+    )?;
+    linker.func_wrap(
+        abi::IMPORT_MODULE,
+        abi::TAKE_REPLY,
+        |mut caller: Caller<'_, WorkerState>, ptr: u32, len: u32| -> wasmtime::Result<i32> {
+            let Some(reply) = caller.data_mut().reply.take() else {
+                return Ok(-1);
+            };
+            if reply.len() > len as usize {
+                caller.data_mut().reply = Some(reply);
+                return Ok(-1);
+            }
+            let memory = memory(&mut caller)?;
+            match memory
+                .data_mut(&mut caller)
+                .get_mut(ptr as usize..ptr as usize + reply.len())
+            {
+                Some(target) => {
+                    target.copy_from_slice(&reply);
+                    Ok(reply.len() as i32)
+                }
+                None => Ok(-1),
+            }
+        },
+    )?;
+    Ok(())
+}
+
+async fn call(
+    caller: &mut Caller<'_, WorkerState>,
+    op: u32,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<i64> {
+    let outcome = match read_request(caller, ptr, len)? {
+        Err(error) => Ok(Err(error)),
+        Ok(request) => match Op::from_u32(op) {
+            Some(op) => dispatch(caller, op, &request).await,
+            None => Ok(Err(HostError::new(
+                ErrorCode::UnknownOperation,
+                format!(
+                    "operation {op} is not part of {} (version {})",
+                    abi::IMPORT_MODULE,
+                    abi::VERSION
+                ),
+            ))),
+        },
+    }?;
+    let state = caller.data_mut();
+    let result = match outcome {
+        Ok(None) => {
+            state.reply = None;
+            CallResult {
+                error: None,
+                reply_len: 0,
+            }
+        }
+        Ok(Some(reply)) => {
+            let reply_len = reply.len() as u32;
+            state.reply = Some(reply);
+            CallResult {
+                error: None,
+                reply_len,
+            }
+        }
+        Err(error) => {
+            let reply = serde_json::to_vec(&error).expect("errors serialise");
+            let reply_len = reply.len() as u32;
+            state.reply = Some(reply);
+            CallResult {
+                error: Some(error.code),
+                reply_len,
+            }
+        }
+    };
+    Ok(result.encode())
+}
+
+/// Copies the request out of guest memory, within the request size limit.
+fn read_request(
+    caller: &mut Caller<'_, WorkerState>,
+    ptr: u32,
+    len: u32,
+) -> wasmtime::Result<Result<Vec<u8>, HostError>> {
+    let limit = caller.data().limits.request_bytes;
+    if len > limit {
+        return Ok(Err(HostError::new(
+            ErrorCode::LimitExceeded,
+            format!("a request of {len} bytes exceeds the limit of {limit} bytes per host call"),
+        )));
+    }
+    let memory = memory(caller)?;
+    Ok(memory
+        .data(&*caller)
+        .get(ptr as usize..ptr as usize + len as usize)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            HostError::invalid(format!(
+                "the request at {ptr}+{len} lies outside the guest's memory"
+            ))
+        }))
+}
+
+async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) -> CallOutcome {
+    let state = caller.data_mut();
+    let Some(context) = &state.context else {
+        return Ok(Err(HostError::not_configured(format!(
+            "{} is not available while scripts are compiled or the plugin is initialised",
+            op.name()
+        ))));
+    };
+    Ok(match op {
+        Op::EventGet => Ok(Some(context.event_json.clone())),
+        Op::Log => match parse::<LogRequest>(op, request) {
+            Ok(log) => {
+                state.log(log).map_err(wasmtime::Error::new)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
+        Op::SummarySet => parse::<SummaryRequest>(op, request).and_then(|summary| {
+            let chars = summary.text.chars().count();
+            if chars > SUMMARY_MAX_CHARS {
+                return Err(HostError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("a summary of {chars} characters exceeds the limit of {SUMMARY_MAX_CHARS} characters"),
+                ));
+            }
+            state.summary = Some(summary.text);
+            Ok(None)
+        }),
+        Op::Exit => match parse::<ExitRequest>(op, request) {
+            Ok(exit) => {
+                state.exit_code = Some(exit.code);
+                return Err(wasmtime::Error::new(Stop::Exit(exit.code)));
+            }
+            Err(e) => Err(e),
+        },
+        Op::ScriptError => match parse::<ScriptError>(op, request) {
+            Ok(error) => {
+                state.report_error(error).map_err(wasmtime::Error::new)?;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
+        Op::SecretGet => parse::<SecretRequest>(op, request).and_then(|secret| {
+            match context.event.project.secrets.get(&secret.key) {
+                Some(value) => reply(&SecretValue { value: value.clone() }),
+                None => Err(HostError::new(
+                    ErrorCode::NotFound,
+                    format!("project \"{}\" has no secret \"{}\"", context.event.project.id, secret.key),
+                )),
+            }
+        }),
+        Op::JobStart | Op::JobWait | Op::JobCancel | Op::JobLogs => Err(HostError::not_configured(
+            "no job executor is configured for this run, so jobs cannot run",
+        )),
+        Op::Sleep => parse::<SleepRequest>(op, request).and_then(|sleep| {
+            let wall = state.limits.wall_time;
+            let delay = if sleep.ms.is_finite() && sleep.ms > 0.0 {
+                Duration::try_from_secs_f64(sleep.ms / 1000.0).unwrap_or(wall).min(wall)
+            } else {
+                Duration::ZERO
+            };
+            let ticket = state.tickets.sleep(delay)?;
+            reply(&Ticket { ticket })
+        }),
+        Op::TicketCancel => parse::<Ticket>(op, request).map(|ticket| {
+            state.tickets.cancel(ticket.ticket);
+            None
+        }),
+        Op::WaitAny => reply(&state.tickets.wait_any().await),
+        Op::WorkspaceRead | Op::WorkspaceWrite | Op::WorkspaceList | Op::WorkspaceRemove => {
+            Err(HostError::not_configured("this worker has no workspace"))
+        }
+    })
+}
+
+fn parse<T: DeserializeOwned>(op: Op, request: &[u8]) -> Result<T, HostError> {
+    serde_json::from_slice(request)
+        .map_err(|e| HostError::invalid(format!("invalid {} request: {e}", op.name())))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, HostError> {
+    serde_json::to_vec(value).map(Some).map_err(|e| {
+        HostError::new(
+            ErrorCode::Internal,
+            format!("the reply could not be encoded: {e}"),
+        )
+    })
+}

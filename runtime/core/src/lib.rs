@@ -1,0 +1,66 @@
+//! Mizzen's host: runs Brigade scripts in a WebAssembly sandbox.
+//!
+//! An event arrives for a project; the project's script (JavaScript or
+//! TypeScript) runs in a fresh wasmtime instance of the Javy plugin, and can
+//! reach nothing but the host API ([`mizzen_host_api`]): its own event, its
+//! project's secrets, its log, its summary, jobs and timers.
+//!
+//! # Layout
+//! - [`Sandbox`] (`engine`): the wasmtime engine, the pre-initialised plugin
+//!   (`plugin`), the bytecode cache, and [`Sandbox::run`], which gives every
+//!   event a fresh Store and instance under [`WorkerLimits`].
+//! - `host`: the `mizzen:host/v1` functions, answered from the worker's own
+//!   state (`worker`); `wasi`: the few WASI functions a guest gets.
+//! - [`project`]: Brigade v2 project files, subscriptions, events.
+//! - [`script`]: script sources, TypeScript stripping, module detection.
+//! - [`log`]: worker log records and sinks.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits, WorkerRequest};
+//! use mizzen_runtime::log::MemoryLog;
+//! use mizzen_runtime::project::{EventDetails, ProjectDir};
+//!
+//! let sandbox = Sandbox::new(SandboxConfig::from_env()).await?;
+//! let dir = ProjectDir::load("examples/02-first-event".as_ref())?;
+//! let event = dir.project.event(
+//!     EventDetails { source: "brigade.sh/cli".into(), event_type: "exec".into(), ..Default::default() },
+//!     Default::default(),
+//! );
+//! let log = MemoryLog::new();
+//! let outcome = sandbox
+//!     .run(WorkerRequest { script: dir.script()?, event, limits: WorkerLimits::default(), log: Arc::new(log.clone()) })
+//!     .await;
+//! assert!(outcome.succeeded());
+//! # Ok(()) }
+//! ```
+
+mod duration;
+mod engine;
+mod host;
+pub mod limits;
+pub mod log;
+mod plugin;
+pub mod project;
+pub mod script;
+mod wasi;
+mod worker;
+
+pub use duration::parse_go_duration;
+pub use engine::{CompiledScript, Sandbox, SandboxConfig, WorkerRequest};
+pub use limits::WorkerLimits;
+pub use worker::{WorkerFailure, WorkerOutcome};
+
+/// Why the sandbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// wasmtime rejected the configuration or the host functions.
+    #[error("could not set up the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The Javy plugin could not be pre-initialised or compiled.
+    #[error("could not prepare the Javy plugin: {0}")]
+    Plugin(String),
+}

@@ -1,0 +1,162 @@
+//! The Javy plugin: pre-initialised with Wizer and compiled once per process,
+//! and cached on disk between processes.
+//!
+//! Pre-initialisation runs the plugin's `initialize-runtime` (QuickJS plus the
+//! whole Brigadier library) and snapshots its memory into a new module, so a
+//! fresh instance starts with everything ready. Compiling that module with
+//! Cranelift takes seconds on a small machine; the compiled artifact is
+//! therefore kept in the cache directory, keyed by the plugin's hash and the
+//! engine's configuration, so that only the first run on a machine pays.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
+use wasmtime_wizer::{InstanceState, SnapshotVal, ValType, Wizer};
+
+use crate::SandboxError;
+use crate::worker::WorkerState;
+
+/// The plugin, built by guest-sdk/javy-plugin/build.sh from
+/// guest-sdk/js/brigadier.js and guest-sdk/javy-plugin/src.
+pub(crate) const PLUGIN_WASM: &[u8] =
+    include_bytes!("../../../guest-sdk/javy-plugin/mizzen_plugin.wasm");
+
+/// The plugin's initialisation export, removed from the snapshot.
+const INIT_FUNCTION: &str = "initialize-runtime";
+
+/// The pre-initialised, compiled plugin: from the cache directory when a
+/// matching artifact is there, otherwise built and stored there.
+pub(crate) async fn load(
+    engine: &Engine,
+    linker: &Linker<WorkerState>,
+    new_store: impl Fn(WorkerState) -> Store<WorkerState>,
+    cache_dir: Option<&Path>,
+) -> Result<Module, SandboxError> {
+    let cached = cache_dir.map(|dir| dir.join(artifact_name(engine)));
+    if let Some(path) = cached.as_ref().filter(|path| path.is_file()) {
+        match deserialize(engine, path) {
+            Ok(module) => return Ok(module),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring an unusable cached plugin");
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let snapshot = preinitialise(engine, linker, new_store).await?;
+    let module = Module::new(engine, &snapshot).map_err(|e| {
+        SandboxError::Plugin(format!(
+            "compiling the pre-initialised plugin failed: {e:#}"
+        ))
+    })?;
+    if let Some(path) = &cached
+        && let Err(error) = store_artifact(&module, path)
+    {
+        tracing::warn!(path = %path.display(), %error, "could not cache the compiled plugin");
+    }
+    Ok(module)
+}
+
+/// `plugin-<plugin hash>-<engine hash>.cwasm`: a new plugin build or another
+/// wasmtime version or configuration never picks up a stale artifact.
+fn artifact_name(engine: &Engine) -> String {
+    let plugin = Sha256::digest(PLUGIN_WASM);
+    let mut hasher = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let hex: String = plugin[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("plugin-{hex}-{:016x}.cwasm", hasher.finish())
+}
+
+#[expect(
+    unsafe_code,
+    reason = "deserialising a compiled module trusts the file; it is ours, written by store_artifact \
+              into the user's own cache directory, and named by the hashes of the plugin and the engine"
+)]
+fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
+    // SAFETY: see the reason above; wasmtime also checks that the artifact
+    // was compiled by this wasmtime version with a compatible configuration.
+    unsafe { Module::deserialize_file(engine, path) }
+}
+
+fn store_artifact(module: &Module, path: &PathBuf) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .expect("artifact paths are inside the cache directory");
+    std::fs::create_dir_all(dir)?;
+    let bytes = module.serialize().map_err(std::io::Error::other)?;
+    // Written under a temporary name and renamed, so that a concurrent reader
+    // never sees half a file.
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut file, &bytes)?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Runs the plugin's initialisation and snapshots the result.
+async fn preinitialise(
+    engine: &Engine,
+    linker: &Linker<WorkerState>,
+    new_store: impl Fn(WorkerState) -> Store<WorkerState>,
+) -> Result<Vec<u8>, SandboxError> {
+    let fail = |what: &str, e: wasmtime::Error| SandboxError::Plugin(format!("{what}: {e:#}"));
+    let mut wizer = Wizer::new();
+    wizer.init_func(INIT_FUNCTION);
+    let (context, instrumented) = wizer
+        .instrument(PLUGIN_WASM)
+        .map_err(|e| fail("the plugin is not a valid module", e))?;
+    let module =
+        Module::new(engine, &instrumented).map_err(|e| fail("compiling the plugin failed", e))?;
+    let mut store = new_store(WorkerState::new(crate::engine::INITIALISATION_LIMITS, None));
+    let instance = linker
+        .instantiate_async(&mut store, &module)
+        .await
+        .map_err(|e| fail("instantiating the plugin failed", e))?;
+    instance
+        .get_typed_func::<(), ()>(&mut store, INIT_FUNCTION)
+        .map_err(|e| fail("the plugin has no initialisation function", e))?
+        .call_async(&mut store, ())
+        .await
+        .map_err(|e| fail("initialising the plugin failed", e))?;
+    wizer
+        .snapshot(
+            &context,
+            &mut Snapshot {
+                store: &mut store,
+                instance,
+            },
+        )
+        .await
+        .map_err(|e| fail("snapshotting the plugin failed", e))
+}
+
+/// Gives Wizer the initialised instance's globals and memory.
+struct Snapshot<'a> {
+    store: &'a mut Store<WorkerState>,
+    instance: Instance,
+}
+
+impl InstanceState for Snapshot<'_> {
+    async fn global_get(&mut self, name: &str, _type_hint: ValType) -> SnapshotVal {
+        let global = self
+            .instance
+            .get_global(&mut *self.store, name)
+            .expect("Wizer asks only for globals it exported");
+        match global.get(&mut *self.store) {
+            Val::I32(x) => SnapshotVal::I32(x),
+            Val::I64(x) => SnapshotVal::I64(x),
+            Val::F32(x) => SnapshotVal::F32(x),
+            Val::F64(x) => SnapshotVal::F64(x),
+            Val::V128(x) => SnapshotVal::V128(x.as_u128()),
+            other => panic!("the plugin has a global of an unsupported type: {other:?}"),
+        }
+    }
+
+    async fn memory_contents(&mut self, name: &str, contents: impl FnOnce(&[u8]) + Send) {
+        let memory = self
+            .instance
+            .get_memory(&mut *self.store, name)
+            .expect("Wizer asks only for memories it exported");
+        contents(memory.data(&*self.store));
+    }
+}

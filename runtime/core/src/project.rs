@@ -1,0 +1,810 @@
+//! Brigade v2 projects (`apiVersion: brigade.sh/v2`, `kind: Project`): parsing,
+//! validation, subscriptions, the script to run and the events it gets.
+//!
+//! A project directory holds `project.yaml` and, unless the script is inline
+//! (`spec.workerTemplate.defaultConfigFiles`), the config files directory
+//! (`.brigade` by default) with `brigade.ts` or `brigade.js`. In a local run
+//! the directory stands for the project's repository.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use mizzen_host_api::types::{
+    Event, EventProject, EventWorker, GitConfig, LogLevel, ProjectKubernetes,
+};
+use serde::Deserialize;
+
+use crate::duration::parse_go_duration;
+use crate::script::{MAX_SCRIPT_BYTES, ScriptSource};
+
+/// The project file's name inside a project directory.
+pub const PROJECT_FILE: &str = "project.yaml";
+
+/// A project file holds settings and perhaps a few inline scripts; a file
+/// larger than this is refused before it is parsed (YAML parsing of hostile
+/// input is where memory blows up).
+pub const MAX_PROJECT_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Brigade's default for `configFilesDirectory`.
+pub const DEFAULT_CONFIG_FILES_DIRECTORY: &str = ".brigade";
+
+/// Why a project could not be loaded or run. Every message names the file and
+/// the field or rule at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// The file could not be read.
+    #[error("{}: cannot read the project: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of a project's shape.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the field and the line.
+        message: String,
+    },
+    /// A field breaks one of the schema's rules.
+    #[error("{}: {field}: {problem}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The field, e.g. `metadata.id`.
+        field: String,
+        /// The rule it breaks.
+        problem: String,
+    },
+    /// Neither `brigade.ts` nor `brigade.js` could be found.
+    #[error("found nothing to run: {0}")]
+    NoScript(String),
+    /// The script file exists but cannot be read.
+    #[error("{}: cannot read the script: {source}", path.display())]
+    ScriptUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A validated project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    /// `metadata.id`.
+    pub id: String,
+    /// `description`.
+    pub description: String,
+    /// `spec.eventSubscriptions`.
+    pub event_subscriptions: Vec<EventSubscription>,
+    /// `spec.workerTemplate`.
+    pub worker: WorkerTemplate,
+}
+
+/// Events a project wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSubscription {
+    /// The source, e.g. `brigade.sh/cli`.
+    pub source: String,
+    /// The types, or `*` for all.
+    pub types: Vec<String>,
+    /// Qualifiers an event must match exactly.
+    pub qualifiers: BTreeMap<String, String>,
+    /// Labels an event must carry.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How the project's workers run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerTemplate {
+    /// Whether each event gets a workspace shared by its jobs.
+    pub use_workspace: bool,
+    /// The workspace's size (a Kubernetes quantity), when set.
+    pub workspace_size: Option<String>,
+    /// Where the project's source lives.
+    pub git: Option<GitConfig>,
+    /// Image pull secrets for job pods.
+    pub image_pull_secrets: Vec<String>,
+    /// What jobs may do.
+    pub job_policies: JobPolicies,
+    /// The log level of the worker's `logger`.
+    pub log_level: LogLevel,
+    /// Where config files live, relative to the source.
+    pub config_files_directory: String,
+    /// Config files given inline.
+    pub default_config_files: BTreeMap<String, String>,
+    /// The worker's lifetime, when set.
+    pub timeout: Option<Duration>,
+}
+
+/// What a project allows its jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobPolicies {
+    /// Privileged containers.
+    pub allow_privileged: bool,
+    /// Mounting the host's Docker socket.
+    pub allow_docker_socket_mount: bool,
+}
+
+/// What an event says about itself, before it is given to a project.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventDetails {
+    /// The source.
+    pub source: String,
+    /// The type.
+    pub event_type: String,
+    /// Qualifiers.
+    pub qualifiers: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// A short title.
+    pub short_title: String,
+    /// A long title.
+    pub long_title: String,
+    /// The payload.
+    pub payload: String,
+}
+
+impl Project {
+    /// Parses and validates a project definition; `path` is used in errors.
+    pub fn parse(path: &Path, yaml: &str) -> Result<Self, ProjectError> {
+        let file: ProjectFile = serde_norway::from_str(yaml).map_err(|e| ProjectError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Validator { path }.project(file)
+    }
+
+    /// Whether the project subscribes to an event (Brigade's rule: same
+    /// source; the type listed or `*`; qualifiers exactly equal; every
+    /// subscription label present on the event with the same value).
+    pub fn subscribes_to(&self, event: &EventDetails) -> bool {
+        self.event_subscriptions.iter().any(|s| {
+            s.source == event.source
+                && s.types.iter().any(|t| t == "*" || *t == event.event_type)
+                && s.qualifiers == event.qualifiers
+                && s.labels.iter().all(|(k, v)| event.labels.get(k) == Some(v))
+        })
+    }
+
+    /// The event this project's worker receives, with a new id and the
+    /// project's secrets (only this project's).
+    pub fn event(&self, details: EventDetails, secrets: BTreeMap<String, String>) -> Event {
+        let optional = |map: BTreeMap<String, String>| (!map.is_empty()).then_some(map);
+        Event {
+            id: uuid::Uuid::new_v4().to_string(),
+            project: EventProject {
+                id: self.id.clone(),
+                kubernetes: ProjectKubernetes::default(),
+                secrets,
+            },
+            source: details.source,
+            event_type: details.event_type,
+            qualifiers: optional(details.qualifiers),
+            labels: optional(details.labels),
+            short_title: details.short_title,
+            long_title: details.long_title,
+            payload: details.payload,
+            worker: EventWorker {
+                api_address: String::new(),
+                api_token: String::new(),
+                log_level: self.worker.log_level,
+                config_files_directory: self.worker.config_files_directory.clone(),
+                default_config_files: optional(self.worker.default_config_files.clone()),
+                git: self.worker.git.clone(),
+            },
+        }
+    }
+}
+
+/// A project loaded from a directory.
+#[derive(Debug, Clone)]
+pub struct ProjectDir {
+    /// The project.
+    pub project: Project,
+    /// The directory that stands for the project's repository.
+    pub root: PathBuf,
+    /// The project file.
+    pub file: PathBuf,
+}
+
+impl ProjectDir {
+    /// Loads `path`: a project file, or a directory holding `project.yaml`.
+    pub fn load(path: &Path) -> Result<Self, ProjectError> {
+        let file = if path.is_dir() {
+            path.join(PROJECT_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let read_error = |source| ProjectError::Read {
+            path: file.clone(),
+            source,
+        };
+        let size = std::fs::metadata(&file).map_err(read_error)?.len();
+        if size > MAX_PROJECT_FILE_BYTES {
+            return Err(ProjectError::Invalid {
+                path: file,
+                field: "(file)".into(),
+                problem: format!(
+                    "the file is {size} bytes; the limit is {MAX_PROJECT_FILE_BYTES} bytes"
+                ),
+            });
+        }
+        let yaml = std::fs::read_to_string(&file).map_err(read_error)?;
+        let project = Project::parse(&file, &yaml)?;
+        let root = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Ok(Self {
+            project,
+            root,
+            file,
+        })
+    }
+
+    /// The script to run, as Brigade's worker chose it: `brigade.ts` before
+    /// `brigade.js`, and a file in the config files directory before an
+    /// inline one of the same name.
+    pub fn script(&self) -> Result<ScriptSource, ProjectError> {
+        let worker = &self.project.worker;
+        let dir = self.root.join(&worker.config_files_directory);
+        for name in ["brigade.ts", "brigade.js"] {
+            let path = dir.join(name);
+            if path.is_file() {
+                let too_big = std::fs::metadata(&path).map(|m| m.len() > MAX_SCRIPT_BYTES as u64);
+                if let Ok(true) = too_big {
+                    return Err(ProjectError::ScriptUnreadable {
+                        path,
+                        source: std::io::Error::other(format!(
+                            "the script is larger than {MAX_SCRIPT_BYTES} bytes"
+                        )),
+                    });
+                }
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ProjectError::ScriptUnreadable { path, source })?;
+                return Ok(ScriptSource::new(name, text));
+            }
+            if let Some(text) = worker.default_config_files.get(name) {
+                return Ok(ScriptSource::new(name, text.clone()));
+            }
+        }
+        Err(ProjectError::NoScript(format!(
+            "neither brigade.ts nor brigade.js is in {} or in spec.workerTemplate.defaultConfigFiles of {}",
+            dir.display(),
+            self.file.display()
+        )))
+    }
+}
+
+/// `^[a-zA-Z]\w*$`, at most 50 characters: Brigade's rule for secret keys.
+pub fn validate_secret_key(key: &str) -> Result<(), String> {
+    let mut chars = key.chars();
+    let starts_well = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    if !starts_well || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || key.len() > 50 {
+        return Err(format!(
+            "secret key {key:?} must start with a letter, hold only letters, digits and '_' (^[a-zA-Z]\\w*$) and be at most 50 characters"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The file's shape. Unknown fields are errors, as in Brigade's JSON schema.
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProjectFile {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    #[serde(default)]
+    description: String,
+    spec: Spec,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Spec {
+    #[serde(default)]
+    event_subscriptions: Option<Vec<SubscriptionFile>>,
+    worker_template: WorkerTemplateFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionFile {
+    source: String,
+    types: Vec<String>,
+    #[serde(default)]
+    qualifiers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WorkerTemplateFile {
+    #[serde(default)]
+    container: Option<serde_norway::Value>,
+    #[serde(default)]
+    use_workspace: bool,
+    #[serde(default)]
+    workspace_size: Option<String>,
+    #[serde(default)]
+    git: Option<GitFile>,
+    #[serde(default)]
+    kubernetes: Option<KubernetesFile>,
+    #[serde(default)]
+    job_policies: Option<JobPoliciesFile>,
+    #[serde(default)]
+    log_level: Option<String>,
+    #[serde(default)]
+    config_files_directory: Option<String>,
+    #[serde(default)]
+    default_config_files: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    timeout_duration: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GitFile {
+    #[serde(rename = "cloneURL", default)]
+    clone_url: String,
+    #[serde(default)]
+    commit: String,
+    #[serde(rename = "ref", default)]
+    git_ref: String,
+    #[serde(default)]
+    init_submodules: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct KubernetesFile {
+    #[serde(default)]
+    image_pull_secrets: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobPoliciesFile {
+    #[serde(default)]
+    allow_privileged: bool,
+    #[serde(default)]
+    allow_docker_socket_mount: bool,
+    /// Accepted for compatibility; Brigade ignored it too.
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "schema-only field that Brigade accepted and ignored"
+    )]
+    kubernetes: Option<serde_norway::Value>,
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, field: impl Into<String>, problem: impl Into<String>) -> ProjectError {
+        ProjectError::Invalid {
+            path: self.path.to_path_buf(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn project(&self, file: ProjectFile) -> Result<Project, ProjectError> {
+        if file.api_version != "brigade.sh/v2" {
+            return Err(self.invalid(
+                "apiVersion",
+                format!("must be \"brigade.sh/v2\", found {:?}", file.api_version),
+            ));
+        }
+        if file.kind != "Project" {
+            return Err(self.invalid(
+                "kind",
+                format!("must be \"Project\", found {:?}", file.kind),
+            ));
+        }
+        let id = file.metadata.id;
+        if !is_dns_label(&id) || !(3..=63).contains(&id.len()) {
+            return Err(self.invalid(
+                "metadata.id",
+                format!("{id:?} must match ^[a-z][a-z\\d-]*[a-z\\d]$ and be 3 to 63 characters"),
+            ));
+        }
+        let description = file.description;
+        if !description.is_empty() && !(3..=80).contains(&description.chars().count()) {
+            return Err(self.invalid("description", "must be empty or 3 to 80 characters"));
+        }
+        let mut event_subscriptions = Vec::new();
+        for (i, s) in file
+            .spec
+            .event_subscriptions
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            event_subscriptions.push(self.subscription(i, s)?);
+        }
+        let worker = self.worker(file.spec.worker_template)?;
+        Ok(Project {
+            id,
+            description,
+            event_subscriptions,
+            worker,
+        })
+    }
+
+    fn subscription(
+        &self,
+        i: usize,
+        s: SubscriptionFile,
+    ) -> Result<EventSubscription, ProjectError> {
+        let field = |name: &str| format!("spec.eventSubscriptions[{i}].{name}");
+        if !(5..=63).contains(&s.source.len())
+            || !s
+                .source
+                .chars()
+                .all(|c| is_word(c) || ":/-.?=@".contains(c))
+        {
+            return Err(self.invalid(
+                field("source"),
+                format!(
+                    "{:?} must match ^[\\w:/\\-\\.\\?=@]*$ and be 5 to 63 characters",
+                    s.source
+                ),
+            ));
+        }
+        if s.types.is_empty() {
+            return Err(self.invalid(
+                field("types"),
+                "must list at least one type (\"*\" for all)",
+            ));
+        }
+        for (j, t) in s.types.iter().enumerate() {
+            if !(1..=255).contains(&t.len())
+                || !t.chars().all(|c| is_word(c) || ":/-.?=*".contains(c))
+            {
+                return Err(self.invalid(
+                    format!("{}[{j}]", field("types")),
+                    format!("{t:?} must match ^[\\w:/\\-\\.\\?=\\*]*$ and be 1 to 255 characters"),
+                ));
+            }
+        }
+        let qualifiers = s.qualifiers.unwrap_or_default();
+        let labels = s.labels.unwrap_or_default();
+        for (what, map) in [("qualifiers", &qualifiers), ("labels", &labels)] {
+            for (key, value) in map {
+                if !is_label_key(key) {
+                    return Err(self.invalid(
+                        format!("{}.{key}", field(what)),
+                        "keys must match ^[a-zA-Z][a-zA-Z\\d-]*[a-zA-Z\\d]$",
+                    ));
+                }
+                if value.len() > 255 {
+                    return Err(self.invalid(
+                        format!("{}.{key}", field(what)),
+                        "values must be at most 255 characters",
+                    ));
+                }
+            }
+        }
+        Ok(EventSubscription {
+            source: s.source,
+            types: s.types,
+            qualifiers,
+            labels,
+        })
+    }
+
+    fn worker(&self, w: WorkerTemplateFile) -> Result<WorkerTemplate, ProjectError> {
+        const FIELD: &str = "spec.workerTemplate";
+        if w.container.is_some() {
+            return Err(self.invalid(
+                format!("{FIELD}.container"),
+                "custom worker images are not supported: Mizzen runs the project's script in its Wasm sandbox",
+            ));
+        }
+        if let Some(size) = w.workspace_size.as_ref().filter(|size| !is_quantity(size)) {
+            return Err(self.invalid(
+                format!("{FIELD}.workspaceSize"),
+                format!("{size:?} must be a size such as 10Gi or 500Mi"),
+            ));
+        }
+        let git = match w.git {
+            None => None,
+            Some(g) => {
+                if !g.clone_url.is_empty() && !is_clone_url(&g.clone_url) {
+                    return Err(self.invalid(
+                        format!("{FIELD}.git.cloneURL"),
+                        format!(
+                            "{:?} must match ^(https?://|git@)[\\w:/\\-\\.\\?=@&%]+$",
+                            g.clone_url
+                        ),
+                    ));
+                }
+                if !g.commit.is_empty()
+                    && (!(8..=40).contains(&g.commit.len())
+                        || !g.commit.chars().all(|c| c.is_ascii_hexdigit()))
+                {
+                    return Err(self.invalid(
+                        format!("{FIELD}.git.commit"),
+                        format!("{:?} must be 8 to 40 hexadecimal characters", g.commit),
+                    ));
+                }
+                Some(GitConfig {
+                    clone_url: g.clone_url,
+                    commit: g.commit,
+                    git_ref: g.git_ref,
+                    init_submodules: g.init_submodules,
+                })
+            }
+        };
+        let image_pull_secrets = w
+            .kubernetes
+            .map(|k| k.image_pull_secrets)
+            .unwrap_or_default();
+        for (i, secret) in image_pull_secrets.iter().enumerate() {
+            if !is_dns_label(secret) {
+                return Err(self.invalid(
+                    format!("{FIELD}.kubernetes.imagePullSecrets[{i}]"),
+                    format!(
+                        "{secret:?} must be a Kubernetes secret name (^[a-z][a-z\\d-]*[a-z\\d]$)"
+                    ),
+                ));
+            }
+        }
+        let log_level = match w.log_level.as_deref() {
+            None | Some("") => LogLevel::Info,
+            Some(level) => match level {
+                "DEBUG" | "INFO" | "WARN" | "ERROR" => {
+                    LogLevel::parse(level).expect("listed above")
+                }
+                other => {
+                    return Err(self.invalid(
+                        format!("{FIELD}.logLevel"),
+                        format!("{other:?} must be one of DEBUG, INFO, WARN, ERROR"),
+                    ));
+                }
+            },
+        };
+        let config_files_directory = w
+            .config_files_directory
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| DEFAULT_CONFIG_FILES_DIRECTORY.to_string());
+        if !is_relative_inside(&config_files_directory) {
+            return Err(self.invalid(
+                format!("{FIELD}.configFilesDirectory"),
+                format!("{config_files_directory:?} must be a relative path that stays inside the repository (no '..')"),
+            ));
+        }
+        let default_config_files = w.default_config_files.unwrap_or_default();
+        for name in default_config_files.keys() {
+            if name.is_empty() || !is_relative_inside(name) {
+                return Err(self.invalid(
+                    format!("{FIELD}.defaultConfigFiles.{name}"),
+                    "file names must be relative paths that stay inside the config files directory (no '..')",
+                ));
+            }
+        }
+        let timeout = match w.timeout_duration.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(parse_go_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
+                self.invalid(
+                    format!("{FIELD}.timeoutDuration"),
+                    format!("{text:?} must be a positive duration such as 10m or 1h30m (^([0-9]+(\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$)"),
+                )
+            })?),
+        };
+        let job_policies = w
+            .job_policies
+            .map(|p| JobPolicies {
+                allow_privileged: p.allow_privileged,
+                allow_docker_socket_mount: p.allow_docker_socket_mount,
+            })
+            .unwrap_or_default();
+        Ok(WorkerTemplate {
+            use_workspace: w.use_workspace,
+            workspace_size: w.workspace_size,
+            git,
+            image_pull_secrets,
+            job_policies,
+            log_level,
+            config_files_directory,
+            default_config_files,
+            timeout,
+        })
+    }
+}
+
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// `^[a-z][a-z\d-]*[a-z\d]$`.
+pub(crate) fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.len() >= 2
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// `^[a-zA-Z][a-zA-Z\d-]*[a-zA-Z\d]$`.
+fn is_label_key(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.len() >= 2
+        && bytes[0].is_ascii_alphabetic()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+/// `^(https?://|git@)[\w:/\-\.\?=@&%]+$`.
+fn is_clone_url(s: &str) -> bool {
+    let rest = ["https://", "http://", "git@"]
+        .iter()
+        .find_map(|prefix| s.strip_prefix(prefix));
+    rest.is_some_and(|r| !r.is_empty() && r.chars().all(|c| is_word(c) || ":/-.?=@&%".contains(c)))
+}
+
+/// A Kubernetes quantity as used for sizes: digits, an optional fraction and
+/// an optional unit.
+fn is_quantity(s: &str) -> bool {
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    !number.is_empty()
+        && number.parse::<f64>().is_ok()
+        && [
+            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+        ]
+        .contains(&unit)
+}
+
+/// A relative path with no `..`, root or prefix component.
+fn is_relative_inside(path: &str) -> bool {
+    !path.contains('\\')
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Project, ProjectError> {
+        Project::parse(Path::new("project.yaml"), yaml)
+    }
+
+    const MINIMAL: &str = "apiVersion: brigade.sh/v2\nkind: Project\nmetadata:\n  id: hello-world\nspec:\n  workerTemplate: {}\n";
+
+    #[test]
+    fn a_minimal_project_gets_brigades_defaults() {
+        let project = parse(MINIMAL).unwrap();
+        assert_eq!(project.id, "hello-world");
+        assert_eq!(project.worker.log_level, LogLevel::Info);
+        assert_eq!(project.worker.config_files_directory, ".brigade");
+        assert!(project.event_subscriptions.is_empty());
+        assert_eq!(project.worker.timeout, None);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_rule() {
+        let err = parse(&MINIMAL.replace("hello-world", "Hello_World"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metadata.id") && err.contains("^[a-z]"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("{}", "\n    logLevel: LOUD"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.workerTemplate.logLevel") && err.contains("DEBUG, INFO"),
+            "{err}"
+        );
+        let err = parse(&MINIMAL.replace("{}", "\n    timeoutDuration: 10 minutes"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeoutDuration"), "{err}");
+        let err = parse(&MINIMAL.replace("{}", "\n    configFilesDirectory: ../elsewhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("configFilesDirectory"), "{err}");
+        let err = parse(&MINIMAL.replace("v2", "v1")).unwrap_err().to_string();
+        assert!(err.contains("apiVersion"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_place() {
+        let err = parse(&MINIMAL.replace("{}", "\n    logLevl: DEBUG"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `logLevl`"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn subscriptions_match_as_brigade_matched_them() {
+        let yaml = MINIMAL.replace(
+            "spec:\n",
+            "spec:\n  eventSubscriptions:\n  - source: brigade.sh/github\n    types: [push]\n    qualifiers: {repo: a/b}\n  - source: brigade.sh/cli\n    types: ['*']\n",
+        );
+        let project = parse(&yaml).unwrap();
+        let event = |source: &str, t: &str, q: &[(&str, &str)]| EventDetails {
+            source: source.into(),
+            event_type: t.into(),
+            qualifiers: q
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(project.subscribes_to(&event("brigade.sh/cli", "anything", &[])));
+        assert!(project.subscribes_to(&event("brigade.sh/github", "push", &[("repo", "a/b")])));
+        assert!(!project.subscribes_to(&event("brigade.sh/github", "push", &[])));
+        assert!(!project.subscribes_to(&event(
+            "brigade.sh/github",
+            "push",
+            &[("repo", "a/b"), ("x", "y")]
+        )));
+        assert!(!project.subscribes_to(&event(
+            "brigade.sh/github",
+            "pull_request",
+            &[("repo", "a/b")]
+        )));
+    }
+
+    #[test]
+    fn events_carry_the_projects_settings_and_secrets() {
+        let project = parse(&MINIMAL.replace("{}", "\n    logLevel: DEBUG")).unwrap();
+        let secrets = BTreeMap::from([("token".to_string(), "s3cret".to_string())]);
+        let event = project.event(
+            EventDetails {
+                source: "brigade.sh/cli".into(),
+                event_type: "exec".into(),
+                payload: "Brigade".into(),
+                ..Default::default()
+            },
+            secrets.clone(),
+        );
+        assert_eq!(event.project.id, "hello-world");
+        assert_eq!(event.project.secrets, secrets);
+        assert_eq!(event.worker.log_level, LogLevel::Debug);
+        assert_eq!(event.qualifiers, None);
+        assert_eq!(event.id.len(), 36);
+    }
+
+    #[test]
+    fn secret_keys_follow_brigades_rule() {
+        assert!(validate_secret_key("gitPassword").is_ok());
+        assert!(validate_secret_key("a_1").is_ok());
+        for bad in ["", "1abc", "a-b", "a b", &"a".repeat(51)] {
+            assert!(validate_secret_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

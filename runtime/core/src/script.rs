@@ -1,0 +1,306 @@
+//! Scripts: what a project runs, and how its source becomes JavaScript the
+//! plugin compiles.
+//!
+//! JavaScript is checked with oxc's parser, which also tells CommonJS
+//! (`require`) from ES modules (`import`). TypeScript has its types stripped
+//! by oxc's transformer (as Brigade's worker ran `tsc`, but without type
+//! checking: a type error does not fail the run, a syntax error does). A
+//! source map takes TypeScript error positions back to the `.ts` file.
+
+use std::path::Path;
+
+use oxc_allocator::Allocator;
+use oxc_codegen::{Codegen, CodegenOptions};
+use oxc_parser::Parser;
+use oxc_semantic::SemanticBuilder;
+use oxc_span::SourceType;
+use oxc_transformer::{TransformOptions, Transformer};
+
+/// Brigade scripts are kilobytes; a bundled script with its dependencies may
+/// reach a few megabytes. Anything larger is refused before it is parsed, so
+/// that compilation time and memory stay bounded.
+pub const MAX_SCRIPT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The language of a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Language {
+    /// `brigade.js`.
+    JavaScript,
+    /// `brigade.ts`.
+    TypeScript,
+}
+
+/// A script to run: its file name (used in error locations) and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptSource {
+    /// The file name, e.g. `brigade.js`.
+    pub name: String,
+    /// The source text.
+    pub text: String,
+    /// JavaScript or TypeScript.
+    pub language: Language,
+}
+
+impl ScriptSource {
+    /// A script whose language follows its name's extension (`.ts` is
+    /// TypeScript, anything else JavaScript).
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        let name = name.into();
+        let language = if name.ends_with(".ts") {
+            Language::TypeScript
+        } else {
+            Language::JavaScript
+        };
+        Self {
+            name,
+            text: text.into(),
+            language,
+        }
+    }
+}
+
+/// How the plugin loads a script (the numbers are the plugin's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScriptKind {
+    /// Wrapped in a function like Node's CommonJS modules.
+    CommonJs = 0,
+    /// An ES module.
+    Module = 1,
+}
+
+/// A script ready for the plugin's compiler.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedScript {
+    pub name: String,
+    pub javascript: String,
+    pub kind: ScriptKind,
+    /// For TypeScript: generated positions back to the `.ts` file.
+    pub positions: Option<PositionMap>,
+}
+
+/// Parses (and for TypeScript, transpiles) a script. Errors read
+/// `brigade.ts:3:7: SyntaxError: Expected ...`.
+pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, String> {
+    if source.text.len() > MAX_SCRIPT_BYTES {
+        return Err(format!(
+            "{}: the script is {} bytes; the limit is {MAX_SCRIPT_BYTES} bytes",
+            source.name,
+            source.text.len()
+        ));
+    }
+    let allocator = Allocator::default();
+    let source_type = match source.language {
+        Language::JavaScript => SourceType::unambiguous(),
+        Language::TypeScript => SourceType::ts().with_unambiguous(true),
+    };
+    let parsed = Parser::new(&allocator, &source.text, source_type).parse();
+    if let Some(error) = parsed.diagnostics.first() {
+        let at = error
+            .labels
+            .first()
+            .map_or(0, |label| label.offset() as usize);
+        let (line, column) = line_and_column(&source.text, at);
+        return Err(format!(
+            "{}:{line}:{column}: SyntaxError: {}",
+            source.name, error.message
+        ));
+    }
+    let kind = if parsed.module_record.has_module_syntax {
+        ScriptKind::Module
+    } else {
+        ScriptKind::CommonJs
+    };
+    if source.language == Language::JavaScript {
+        return Ok(PreparedScript {
+            name: source.name.clone(),
+            javascript: source.text.clone(),
+            kind,
+            positions: None,
+        });
+    }
+
+    let mut program = parsed.program;
+    let scoping = SemanticBuilder::new()
+        .build(&program)
+        .semantic
+        .into_scoping();
+    let transformed = Transformer::new(
+        &allocator,
+        Path::new(&source.name),
+        &TransformOptions::default(),
+    )
+    .build_with_scoping(scoping, &mut program);
+    if let Some(error) = transformed.diagnostics.first() {
+        let at = error
+            .labels
+            .first()
+            .map_or(0, |label| label.offset() as usize);
+        let (line, column) = line_and_column(&source.text, at);
+        return Err(format!(
+            "{}:{line}:{column}: {}",
+            source.name, error.message
+        ));
+    }
+    let generated = Codegen::new()
+        .with_options(CodegenOptions {
+            source_map_path: Some(Path::new(&source.name).to_path_buf()),
+            ..CodegenOptions::default()
+        })
+        .with_source_text(&source.text)
+        .build(&program);
+    let positions = generated.map.map(|map| PositionMap {
+        tokens: map
+            .get_tokens()
+            .map(|t| {
+                (
+                    t.get_dst_line(),
+                    t.get_dst_col(),
+                    t.get_src_line(),
+                    t.get_src_col(),
+                )
+            })
+            .collect(),
+    });
+    Ok(PreparedScript {
+        name: source.name.clone(),
+        javascript: generated.code,
+        kind,
+        positions,
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Maps positions in transpiled JavaScript back to the TypeScript source.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PositionMap {
+    /// (generated line, generated column, source line, source column), all
+    /// 0-based, sorted by generated position.
+    tokens: Vec<(u32, u32, u32, u32)>,
+}
+
+impl PositionMap {
+    /// The source position (1-based) of a generated position (1-based).
+    fn lookup(&self, line: u32, column: u32) -> Option<(u32, u32)> {
+        let key = (line.checked_sub(1)?, column.saturating_sub(1));
+        let index = self
+            .tokens
+            .partition_point(|(l, c, _, _)| (*l, *c) <= key)
+            .checked_sub(1)?;
+        let (gen_line, _, src_line, src_col) = self.tokens[index];
+        (gen_line == key.0).then_some((src_line + 1, src_col + 1))
+    }
+
+    /// Rewrites every `name:line:col` in `text` to the source position.
+    pub fn rewrite(&self, name: &str, text: &str) -> String {
+        let needle = format!("{name}:");
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find(&needle) {
+            let after = &rest[at + needle.len()..];
+            out.push_str(&rest[..at + needle.len()]);
+            let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let line_len = digits(after);
+            let col_start = line_len + 1;
+            let col_len = after
+                .get(col_start..)
+                .filter(|_| after[line_len..].starts_with(':'))
+                .map_or(0, digits);
+            let mapped = (line_len > 0 && col_len > 0)
+                .then(|| {
+                    let line = after[..line_len].parse().ok()?;
+                    let col = after[col_start..col_start + col_len].parse().ok()?;
+                    self.lookup(line, col)
+                })
+                .flatten();
+            match mapped {
+                Some((line, col)) => {
+                    out.push_str(&format!("{line}:{col}"));
+                    rest = &after[col_start + col_len..];
+                }
+                None => rest = after,
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_scripts_are_commonjs_and_imports_are_modules() {
+        let cjs = prepare(&ScriptSource::new(
+            "brigade.js",
+            "const { events } = require(\"brigadier\");",
+        ))
+        .unwrap();
+        assert_eq!(cjs.kind, ScriptKind::CommonJs);
+        let esm = prepare(&ScriptSource::new(
+            "brigade.js",
+            "import { events } from \"brigadier\";",
+        ))
+        .unwrap();
+        assert_eq!(esm.kind, ScriptKind::Module);
+    }
+
+    #[test]
+    fn typescript_loses_its_types_and_keeps_its_code() {
+        let ts = prepare(&ScriptSource::new(
+            "brigade.ts",
+            "const greeting: string = \"hi\";\ninterface X { a: number }\nconsole.log(greeting as string);\n",
+        ))
+        .unwrap();
+        assert!(!ts.javascript.contains(": string"), "{}", ts.javascript);
+        assert!(!ts.javascript.contains("interface"), "{}", ts.javascript);
+        assert!(
+            ts.javascript.contains("console.log(greeting)"),
+            "{}",
+            ts.javascript
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_file_line_and_column() {
+        let err =
+            prepare(&ScriptSource::new("brigade.ts", "let a = 1;\nlet b = (;\n")).unwrap_err();
+        assert!(err.starts_with("brigade.ts:2:"), "{err}");
+        assert!(err.contains("SyntaxError"), "{err}");
+        let err = prepare(&ScriptSource::new("brigade.js", "\n\nfunction (\n")).unwrap_err();
+        assert!(err.starts_with("brigade.js:3:"), "{err}");
+    }
+
+    #[test]
+    fn typescript_positions_map_back_to_the_source() {
+        let source = "type A = {\n  x: number;\n};\n\n\nthrow new Error(\"boom\");\n";
+        let ts = prepare(&ScriptSource::new("brigade.ts", source)).unwrap();
+        let generated_line = ts
+            .javascript
+            .lines()
+            .position(|l| l.contains("throw"))
+            .unwrap()
+            + 1;
+        let positions = ts.positions.unwrap();
+        let text = format!("at brigade.ts:{generated_line}:1)");
+        assert_eq!(positions.rewrite("brigade.ts", &text), "at brigade.ts:6:1)");
+        assert_eq!(
+            positions.rewrite("brigade.ts", "brigade.ts:x"),
+            "brigade.ts:x"
+        );
+    }
+
+    #[test]
+    fn oversized_scripts_are_refused_before_parsing() {
+        let text = "x".repeat(MAX_SCRIPT_BYTES + 1);
+        let err = prepare(&ScriptSource::new("brigade.js", text)).unwrap_err();
+        assert!(err.contains("limit"), "{err}");
+    }
+}
