@@ -538,5 +538,16 @@
     setScriptName: (name) => {
       scriptName = name;
     },
+    // A CommonJS script runs as a global script and finds Node's module
+    // variables as globals.
+    defineCommonJsGlobals: (name) => {
+      const module = { exports: {}, id: ".", filename: name, loaded: false };
+      Object.assign(globalThis, {
+        module,
+        exports: module.exports,
+        __filename: name,
+        __dirname: ".",
+      });
+    },
   };
 });

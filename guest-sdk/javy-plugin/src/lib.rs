@@ -16,8 +16,10 @@
 //!   promise and goes on. Returns 0 when the script succeeded, 1 when it
 //!   failed (the error has been reported to the host).
 //!
-//! `kind` is 0 for a CommonJS script (wrapped like Node's modules, sloppy mode
-//! allowed) and 1 for an ES module. The standard Javy plugin exports
+//! `kind` is 0 for a CommonJS script and 1 for an ES module. A CommonJS script
+//! is compiled as a global script (sloppy mode allowed) and finds `require`,
+//! `module`, `exports`, `__filename` and `__dirname` as globals, so that
+//! positions in its errors are exactly those of the file. The standard Javy plugin exports
 //! (`compile-src`, `invoke`, `cabi_realloc`) come from javy-plugin-api.
 
 use std::cell::{OnceCell, RefCell};
@@ -27,7 +29,7 @@ use javy_plugin_api::Config;
 use javy_plugin_api::import_namespace;
 use javy_plugin_api::javy::Runtime;
 use javy_plugin_api::javy::quickjs::context::EvalOptions;
-use javy_plugin_api::javy::quickjs::function::{Func, This};
+use javy_plugin_api::javy::quickjs::function::Func;
 use javy_plugin_api::javy::quickjs::module::{Declarations, Exports, ModuleDef};
 use javy_plugin_api::javy::quickjs::{
     self as qjs_rs, CatchResultExt, CaughtError, Context, Ctx, Function, Module, Object,
@@ -58,11 +60,6 @@ const MODULE_EXPORTS: [&str; 10] = [
 
 const KIND_SCRIPT: u32 = 0;
 const KIND_MODULE: u32 = 1;
-
-/// Node wraps CommonJS files in a function; so do we. The wrapper's first
-/// line is numbered 0, so lines and columns in errors are those of the file.
-const CJS_PREFIX: &str = "(function (exports, require, module, __filename, __dirname) {\n";
-const CJS_SUFFIX: &str = "\n})";
 
 /// Cyclic garbage is collected once the heap grows past this; below it,
 /// reference counting alone frees memory, and short scripts never pay for a
@@ -308,24 +305,19 @@ fn compile<'js>(
             .and_then(|module| module.write(options))
             .catch(ctx);
     }
-    let mut wrapped = String::with_capacity(CJS_PREFIX.len() + source.len() + CJS_SUFFIX.len() + 1);
-    wrapped.push_str(CJS_PREFIX);
-    wrapped.push_str(source);
-    wrapped.push_str(CJS_SUFFIX);
-    let len = wrapped.len();
-    let input = CString::new(wrapped).map_err(|_| nul_error(ctx))?;
+    let input = CString::new(source).map_err(|_| nul_error(ctx))?;
     let file = CString::new(name).map_err(|_| nul_error(ctx))?;
-    // SAFETY: `input` is NUL-terminated with `len` bytes before the NUL, as
+    // SAFETY: `input` is NUL-terminated after `source.len()` bytes, as
     // JS_Eval requires; the returned value is freed below.
     unsafe {
         let raw = ctx.as_raw().as_ptr();
-        let mut options = qjs::JSEvalOptions {
-            version: qjs::JS_EVAL_OPTIONS_VERSION as i32,
-            eval_flags: (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32,
-            filename: file.as_ptr(),
-            line_num: 0,
-        };
-        let function = qjs::JS_Eval2(raw, input.as_ptr(), len as _, &mut options);
+        let function = qjs::JS_Eval(
+            raw,
+            input.as_ptr(),
+            source.len() as _,
+            file.as_ptr(),
+            (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32,
+        );
         if qjs::JS_IsException(function) {
             return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception));
         }
@@ -493,16 +485,18 @@ fn start_module<'js>(
     Ok(Some(Persistent::save(ctx, promise)))
 }
 
-/// Loads a CommonJS script and calls its wrapper function.
+/// Defines the CommonJS globals and runs a script.
 fn start_script<'js>(
     ctx: &Ctx<'js>,
     internals: &Object<'js>,
     name: &str,
     bytecode: &[u8],
 ) -> Result<(), CaughtError<'js>> {
-    // SAFETY: as in `start_module`; the returned values are owned by
-    // rquickjs wrappers from here on.
-    let wrapper: Function = unsafe {
+    let define: Function = internals.get("defineCommonJsGlobals").catch(ctx)?;
+    define.call::<_, ()>((name,)).catch(ctx)?;
+    // SAFETY: the bytecode was produced by `mizzen-compile` of this same
+    // plugin build; JS_EvalFunction takes ownership of the object it is given.
+    unsafe {
         let raw = ctx.as_raw().as_ptr();
         let object = qjs::JS_ReadObject(
             raw,
@@ -513,29 +507,13 @@ fn start_script<'js>(
         if qjs::JS_IsException(object) {
             return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception));
         }
-        let value = qjs::JS_EvalFunction(raw, object);
-        if qjs::JS_IsException(value) {
+        let result = qjs::JS_EvalFunction(raw, object);
+        if qjs::JS_IsException(result) {
             return Err(CaughtError::from_error(ctx, qjs_rs::Error::Exception));
         }
-        Value::from_raw(ctx.clone(), value)
+        qjs::JS_FreeValue(raw, result);
     }
-    .into_function()
-    .ok_or_else(|| CaughtError::from_error(ctx, qjs_rs::Error::new_from_js("value", "function")))?;
-    let module = Object::new(ctx.clone()).catch(ctx)?;
-    let exports = Object::new(ctx.clone()).catch(ctx)?;
-    module.set("exports", exports.clone()).catch(ctx)?;
-    let require: Function = internals.get("require").catch(ctx)?;
-    let dirname = name.rsplit_once('/').map(|(dir, _)| dir).unwrap_or(".");
-    wrapper
-        .call::<_, ()>((
-            This(exports.clone()),
-            exports,
-            require,
-            module,
-            name,
-            dirname,
-        ))
-        .catch(ctx)
+    Ok(())
 }
 
 /// Runs every queued microtask.

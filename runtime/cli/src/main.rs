@@ -169,7 +169,7 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     let script = dir.script().map_err(|e| Failure {
         code: EXIT_FAILED,
-        error: anyhow::anyhow!("worker FAILED: {e}"),
+        error: anyhow::Error::new(e).context("worker FAILED"),
     })?;
     let mut limits = WorkerLimits::default();
     if let Some(timeout) = args.timeout.or(dir.project.worker.timeout) {

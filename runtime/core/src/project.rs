@@ -34,7 +34,7 @@ pub const DEFAULT_CONFIG_FILES_DIRECTORY: &str = ".brigade";
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
     /// The file could not be read.
-    #[error("{}: cannot read the project: {source}", path.display())]
+    #[error("{}: cannot read the project", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -64,7 +64,7 @@ pub enum ProjectError {
     #[error("found nothing to run: {0}")]
     NoScript(String),
     /// The script file exists but cannot be read.
-    #[error("{}: cannot read the script: {source}", path.display())]
+    #[error("{}: cannot read the script", path.display())]
     ScriptUnreadable {
         /// The file.
         path: PathBuf,

@@ -1,0 +1,226 @@
+//! Hostile or broken scripts: each fails alone, with a named error, and the
+//! sandbox goes on serving other workers.
+
+use std::time::{Duration, Instant};
+
+use mizzen_host_api::types::Phase;
+use mizzen_runtime::script::ScriptSource;
+use mizzen_runtime::{WorkerFailure, WorkerLimits};
+
+use crate::util::{event, run, run_js};
+
+#[tokio::test]
+async fn a_javascript_syntax_error_names_the_file_line_and_column() {
+    let run = run_js("const { events } = require(\"brigadier\");\n\nevents.on(\"brigade.sh/cli\", \"exec\", async () => {\n  console.log(\"unclosed\";\n});\n").await;
+    run.assert_failed_with("brigade.js:4:");
+    run.assert_failed_with("SyntaxError");
+    assert!(matches!(
+        run.outcome.failure,
+        Some(WorkerFailure::Script { .. })
+    ));
+    assert!(
+        run.log.text().contains("brigade.js:4:"),
+        "the error is logged too"
+    );
+}
+
+#[tokio::test]
+async fn a_typescript_syntax_error_names_the_file_line_and_column() {
+    let run = run(
+        ScriptSource::new(
+            "brigade.ts",
+            "const a: number = 1;\nfunction broken(: string) {}\n",
+        ),
+        event(),
+        WorkerLimits::default(),
+    )
+    .await;
+    run.assert_failed_with("brigade.ts:2:");
+    run.assert_failed_with("SyntaxError");
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_stopped_at_its_cpu_limit_while_other_workers_carry_on() {
+    let limits = WorkerLimits {
+        cpu_time: Duration::from_millis(300),
+        ..WorkerLimits::default()
+    };
+    let started = Instant::now();
+    let runaway = tokio::spawn(async move {
+        let run = run(
+            ScriptSource::new("brigade.js", "while (true) {}\n"),
+            event(),
+            limits,
+        )
+        .await;
+        (run, started.elapsed())
+    });
+    // Well-behaved workers in the same process while the loop spins.
+    let mut others = Vec::new();
+    for i in 0..5 {
+        others.push(tokio::spawn(async move {
+            let run = run_js(&format!(
+                "const sleep = (ms) => new Promise((r) => setTimeout(r, ms));\nsleep(20).then(() => console.log(\"worker {i} done\"));\n"
+            ))
+            .await;
+            (run, started.elapsed())
+        }));
+    }
+    for (i, other) in others.into_iter().enumerate() {
+        let (run, finished) = other.await.unwrap();
+        run.assert_succeeded();
+        assert_eq!(run.messages(), [format!("worker {i} done")]);
+        assert!(
+            finished < Duration::from_secs(2),
+            "worker {i} was held up for {finished:?}"
+        );
+    }
+    let (run, stopped) = runaway.await.unwrap();
+    run.assert_failed_with("CPU time limit of 300ms exceeded");
+    assert!(matches!(
+        run.outcome.failure,
+        Some(WorkerFailure::CpuTime { .. })
+    ));
+    assert!(
+        stopped < Duration::from_secs(5),
+        "the loop ran for {stopped:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_loop_inside_a_timer_callback_is_stopped_too() {
+    let limits = WorkerLimits {
+        cpu_time: Duration::from_millis(200),
+        ..WorkerLimits::default()
+    };
+    let run = run(
+        ScriptSource::new("brigade.js", "setTimeout(() => { for (;;) {} }, 10);\n"),
+        event(),
+        limits,
+    )
+    .await;
+    run.assert_failed_with("CPU time limit of 200ms exceeded");
+}
+
+#[tokio::test]
+async fn a_memory_bomb_hits_the_named_memory_limit() {
+    let limits = WorkerLimits {
+        memory_bytes: 32 * 1024 * 1024,
+        ..WorkerLimits::default()
+    };
+    let run = run(
+        ScriptSource::new(
+            "brigade.js",
+            "const hoard = [];\nwhile (true) { hoard.push(\"x\".repeat(1024 * 1024) + hoard.length); }\n",
+        ),
+        event(),
+        limits,
+    )
+    .await;
+    run.assert_failed_with("memory limit of 32 MiB exceeded");
+    assert!(
+        matches!(run.outcome.failure, Some(WorkerFailure::Memory { limit }) if limit == 32 * 1024 * 1024)
+    );
+    // And the next worker gets a fresh instance with memory to spare.
+    run_js("console.log(\"x\".repeat(1000).length);\n")
+        .await
+        .assert_succeeded();
+}
+
+#[tokio::test]
+async fn a_flood_of_log_output_is_capped_marked_and_fails_the_worker() {
+    let limits = WorkerLimits {
+        log_bytes: 1024 * 1024,
+        ..WorkerLimits::default()
+    };
+    // 100 MB of console.log: 100 000 lines of 1000 characters.
+    let run = run(
+        ScriptSource::new(
+            "brigade.js",
+            "const line = \"y\".repeat(999);\nfor (let i = 0; i < 100000; i++) console.log(line);\n",
+        ),
+        event(),
+        limits,
+    )
+    .await;
+    run.assert_failed_with("log limit of 1 MiB exceeded (output truncated)");
+    let records = run.log.records();
+    let logged: usize = records.iter().map(|r| r.message.len() + 1).sum();
+    assert!(logged <= 1024 * 1024 + 4096, "{logged} bytes were logged");
+    assert!(
+        records
+            .iter()
+            .any(|r| r.message.contains("log output truncated")),
+        "the truncation is marked"
+    );
+}
+
+#[tokio::test]
+async fn one_enormous_line_is_cut_with_a_marker() {
+    let run = run_js("console.log(\"z\".repeat(10 * 1024 * 1024));\n").await;
+    run.assert_succeeded();
+    let line = &run.messages()[0];
+    assert!(line.len() < 100 * 1024, "the line was {} bytes", line.len());
+    assert!(
+        line.ends_with("more characters]"),
+        "{}",
+        &line[line.len() - 60..]
+    );
+}
+
+#[tokio::test]
+async fn terminal_escape_sequences_in_logs_are_neutralised() {
+    let run = run_js("console.log(\"\\u001b[2J\\u001b[31mred\\u0007 and \\u202e\");\n").await;
+    run.assert_succeeded();
+    assert_eq!(run.messages(), ["\\x1b[2J\\x1b[31mred\\x07 and \\x202e"]);
+}
+
+#[tokio::test]
+async fn deep_recursion_is_an_error_not_a_crash() {
+    let run = run_js("function down(n) { return down(n + 1) + 1; }\ndown(0);\n").await;
+    assert_eq!(run.outcome.phase, Phase::Failed, "{:?}", run.outcome);
+    assert!(
+        run.failure().contains("RangeError") || run.failure().contains("stack"),
+        "{}",
+        run.failure()
+    );
+    run_js("console.log(\"still here\");\n")
+        .await
+        .assert_succeeded();
+}
+
+#[tokio::test]
+async fn a_worker_that_outlives_its_wall_time_times_out() {
+    let limits = WorkerLimits {
+        wall_time: Duration::from_millis(300),
+        ..WorkerLimits::default()
+    };
+    let started = Instant::now();
+    let run = run(
+        ScriptSource::new(
+            "brigade.js",
+            "setTimeout(() => console.log(\"too late\"), 60000);\n",
+        ),
+        event(),
+        limits,
+    )
+    .await;
+    assert_eq!(run.outcome.phase, Phase::TimedOut);
+    run.assert_failed_with("timed out after 300ms");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_script_larger_than_the_limit_is_refused_before_compiling() {
+    let text = format!(
+        "// {}\n",
+        "x".repeat(mizzen_runtime::script::MAX_SCRIPT_BYTES)
+    );
+    let run = run(
+        ScriptSource::new("brigade.js", text),
+        event(),
+        WorkerLimits::default(),
+    )
+    .await;
+    run.assert_failed_with("the limit is");
+}

@@ -1,0 +1,6 @@
+//! Scripts run through the real sandbox: the committed Javy plugin in
+//! wasmtime, the host API, the limits. Each test states one behaviour.
+
+mod bad_input;
+mod semantics;
+mod util;
