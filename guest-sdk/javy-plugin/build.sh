@@ -77,9 +77,14 @@ build_into() {
   export RQUICKJS_SYS_NO_WASI_SDK=1
   export CC_wasm32_wasip1=clang-16 AR_wasm32_wasip1=llvm-ar-16
   local maps="-ffile-prefix-map=$cargo_home=/cargo -ffile-prefix-map=$here=/plugin -ffile-prefix-map=$target_dir=/target"
-  export CFLAGS_wasm32_wasip1="--sysroot=$sysroot $maps"
+  # WebAssembly features every current engine has (wasmtime among them): bulk
+  # memory turns memcpy/memset into single instructions, sign extension and
+  # non-trapping conversions avoid emulation sequences.
+  local features="-mbulk-memory -msign-ext -mnontrapping-fptoint -mmutable-globals"
+  export CFLAGS_wasm32_wasip1="--sysroot=$sysroot $features $maps"
   export BINDGEN_EXTRA_CLANG_ARGS_wasm32_wasip1="--sysroot=$sysroot --target=wasm32-wasi"
   export RUSTFLAGS="-C linker=/usr/bin/wasm-ld-16 -C link-self-contained=no \
+-C target-feature=+bulk-memory,+sign-ext,+nontrapping-fptoint,+mutable-globals \
 -L /usr/lib/wasm32-wasi -L /usr/lib/llvm-16/lib/clang/16/lib/wasi \
 --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$here=/plugin \
 --remap-path-prefix=$target_dir=/target --remap-path-prefix=$repo=/mizzen"

@@ -34,16 +34,14 @@
   // one call cannot carry megabytes across the boundary.
   const MAX_LINE_CHARS = 64 * 1024;
 
-  // The host answers with the reply's JSON, or throws the error's JSON as a
-  // string: {code, message}.
+  // The host answers with the parsed reply (undefined when there is none),
+  // or throws the error's JSON as a string: {code, message}.
   function call(op, request) {
-    let reply;
     try {
-      reply = host.call(op, request === undefined ? "" : JSON.stringify(request));
+      return host.call(op, request === undefined ? "" : JSON.stringify(request));
     } catch (thrown) {
       throw typeof thrown === "string" ? hostError(JSON.parse(thrown)) : thrown;
     }
-    return reply === "" ? undefined : JSON.parse(reply);
   }
 
   // ---------------------------------------------------------------- tickets
@@ -58,13 +56,12 @@
     });
   }
 
-  function complete(ticket, reply) {
+  function complete(ticket, outcome) {
     const waiter = pending.get(ticket);
     if (waiter === undefined) {
       return; // cancelled (clearTimeout) or never asked for
     }
     pending.delete(ticket);
-    const outcome = JSON.parse(reply);
     if (outcome.status === "failed") {
       waiter.reject(hostError(outcome.error));
     } else {
@@ -272,14 +269,18 @@
       this.handlers[`${eventSource}:${eventType}`] = eventHandler;
       return this;
     }
-    async process() {
-      // A fresh parse for the script: handlers may change the object freely.
-      const event = JSON.parse(JSON.stringify(workerEvent()));
-      const summary = await this.fire(event);
-      if (summary) {
-        const text = typeof summary === "string" ? summary : typeof summary === "object" ? JSON.stringify(summary) : String(summary);
-        call(OP.SummarySet, { text });
+    // Runs the handler for this worker's event and sets the summary from
+    // what it returns. Like Brigade's, it returns a promise the script need
+    // not await: a handler that throws or rejects rejects it, and nothing
+    // handles that rejection, so the worker fails.
+    process() {
+      let result;
+      try {
+        result = this.fire(workerEvent());
+      } catch (e) {
+        return Promise.reject(e);
       }
+      return Promise.resolve(result).then(setSummary);
     }
     fire(event) {
       const handler = this.handlers[`${event.source}:${event.type}`] || this.handlers[`${event.source}:*`];
@@ -290,6 +291,13 @@
       return handler(event);
     }
   }
+  function setSummary(summary) {
+    if (summary) {
+      const text = typeof summary === "string" ? summary : typeof summary === "object" ? JSON.stringify(summary) : String(summary);
+      call(OP.SummarySet, { text });
+    }
+  }
+
   const events = new EventRegistry();
 
   // ------------------------------------------------------------------- jobs
@@ -527,27 +535,48 @@
     },
     process: processObject,
     require,
+    __filename: "",
+    __dirname: ".",
+  });
+  // A CommonJS script runs as a global script and finds Node's `module` and
+  // `exports` as globals, made on first use (few Brigade scripts export).
+  let currentModule;
+  const moduleObject = () => {
+    if (currentModule === undefined) {
+      currentModule = { exports: {}, id: ".", filename: scriptName, loaded: false };
+    }
+    return currentModule;
+  };
+  Object.defineProperties(globalThis, {
+    module: { get: moduleObject, set: (value) => (currentModule = value), configurable: true },
+    exports: { get: () => moduleObject().exports, set: (value) => (moduleObject().exports = value), configurable: true },
   });
 
+  // An event's property names and object shapes, created once here so that
+  // they are part of the snapshot: parsing each event's JSON then reuses them
+  // instead of building them anew. The keys are in the host's order.
+  const eventTemplate = JSON.parse(
+    '{"id":"","project":{"id":"","kubernetes":{"namespace":""},"secrets":{}},"source":"","type":"",' +
+      '"qualifiers":null,"labels":null,"shortTitle":"","longTitle":"","payload":"",' +
+      '"worker":{"apiAddress":"","apiToken":"","logLevel":"INFO","configFilesDirectory":"",' +
+      '"defaultConfigFiles":null,"git":{"cloneURL":"","commit":"","ref":"","initSubmodules":false}}}',
+  );
+
   return {
+    eventTemplate,
     brigadier,
     require,
     complete,
     reportError,
     exitCode: () => Number(processObject.exitCode || 0),
-    setScriptName: (name) => {
+    // Whether any ticket is still wanted. Every ticket the script holds is
+    // in `pending`, so when it is empty waiting on the host is pointless.
+    waiting: () => pending.size > 0,
+    // Called before each script runs.
+    beginScript: (name) => {
       scriptName = name;
-    },
-    // A CommonJS script runs as a global script and finds Node's module
-    // variables as globals.
-    defineCommonJsGlobals: (name) => {
-      const module = { exports: {}, id: ".", filename: name, loaded: false };
-      Object.assign(globalThis, {
-        module,
-        exports: module.exports,
-        __filename: name,
-        __dirname: ".",
-      });
+      currentModule = undefined;
+      globalThis.__filename = name;
     },
   };
 });

@@ -19,6 +19,7 @@ pub async fn sandbox() -> &'static Sandbox {
             let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache");
             Sandbox::new(SandboxConfig {
                 cache_dir: Some(cache),
+                ..SandboxConfig::default()
             })
             .await
             .expect("the sandbox starts")

@@ -108,12 +108,34 @@ fn host_call(op: u32, request: &[u8]) -> Result<String, (u32, String)> {
     }
 }
 
-/// What the plugin keeps between initialisation and runs.
+/// What the plugin keeps between initialisation and runs: the context and
+/// what brigadier.js returned, its functions looked up once.
 struct State {
     context: Context,
-    /// The object brigadier.js returned: `brigadier`, `require`, `complete`,
-    /// `reportError`, `exitCode`, `setScriptName`.
-    internals: Persistent<Object<'static>>,
+    /// The library's exports.
+    brigadier: Persistent<Object<'static>>,
+    /// `beginScript(name)`: called before each script.
+    begin_script: Persistent<Function<'static>>,
+    /// `complete(ticket, outcome)`: resolves a ticket's promise.
+    complete: Persistent<Function<'static>>,
+    /// `reportError(kind, value)`: reports an error to the host.
+    report_error: Persistent<Function<'static>>,
+    /// `waiting()`: whether any ticket is still wanted.
+    waiting: Persistent<Function<'static>>,
+    /// `exitCode()`: the script's `process.exitCode`.
+    exit_code: Persistent<Function<'static>>,
+}
+
+/// A function of the library's internals, for this context.
+fn hook<'js>(
+    ctx: &Ctx<'js>,
+    pick: impl FnOnce(&State) -> &Persistent<Function<'static>>,
+) -> qjs_rs::Result<Function<'js>> {
+    STATE.with(|state| {
+        pick(state.get().expect("the plugin is initialised"))
+            .clone()
+            .restore(ctx)
+    })
 }
 
 thread_local! {
@@ -136,33 +158,32 @@ fn config() -> Config {
 
 fn modify_runtime(runtime: Runtime) -> Runtime {
     let context = runtime.context().clone();
-    let internals = context
-        .with(|ctx| -> qjs_rs::Result<Persistent<Object<'static>>> {
+    let state = context
+        .with(|ctx| -> qjs_rs::Result<State> {
             let host = Object::new(ctx.clone())?;
-            host.set(
-                "call",
-                Func::from(
-                    |ctx: Ctx<'_>, op: u32, request: String| -> qjs_rs::Result<String> {
-                        host_call(op, request.as_bytes())
-                            .map_err(|(_, error)| throw_host_error(&ctx, &error))
-                    },
-                ),
-            )?;
+            host.set("call", Func::from(call_host))?;
             let mut options = EvalOptions::default();
             options.global = true;
             options.strict = false;
             options.filename = Some(SDK_FILE_NAME.into());
             let factory: Function = ctx.eval_with_options(SDK_SOURCE, options)?;
             let internals: Object = factory.call((host,))?;
-            let saved = Persistent::save(&ctx, internals);
-            Ok(saved)
+            let function = |name: &str| -> qjs_rs::Result<Persistent<Function<'static>>> {
+                Ok(Persistent::save(&ctx, internals.get::<_, Function>(name)?))
+            };
+            Ok(State {
+                context: context.clone(),
+                brigadier: Persistent::save(&ctx, internals.get::<_, Object>("brigadier")?),
+                begin_script: function("beginScript")?,
+                complete: function("complete")?,
+                report_error: function("reportError")?,
+                waiting: function("waiting")?,
+                exit_code: function("exitCode")?,
+            })
         })
         .unwrap_or_else(|e| panic!("the Brigadier library failed to initialise: {e}"));
-    STATE.with(|state| {
-        let _ = state.set(State {
-            context: context.clone(),
-            internals,
-        });
+    STATE.with(|cell| {
+        let _ = cell.set(state);
     });
     context
         .with(|ctx| -> qjs_rs::Result<()> {
@@ -175,7 +196,22 @@ fn modify_runtime(runtime: Runtime) -> Runtime {
     context
         .runtime()
         .set_host_promise_rejection_tracker(Some(Box::new(track_rejection)));
+    // Collect what initialisation left behind, so that the snapshot's heap is
+    // compact and each run's allocations land on fewer pages (every page a
+    // run writes is copied back when its instance is recycled).
+    context.runtime().run_gc();
     runtime
+}
+
+/// `host.call(op, request)` for brigadier.js: the reply's JSON becomes a
+/// value without passing through a JS string first; `undefined` when there
+/// is no reply.
+fn call_host<'js>(ctx: Ctx<'js>, op: u32, request: String) -> qjs_rs::Result<Value<'js>> {
+    match host_call(op, request.as_bytes()) {
+        Ok(reply) if reply.is_empty() => Ok(Value::new_undefined(ctx)),
+        Ok(reply) => ctx.json_parse(reply),
+        Err((_, error)) => Err(throw_host_error(&ctx, &error)),
+    }
 }
 
 /// Throws the host's error JSON as a string; brigadier.js turns it into an
@@ -220,21 +256,20 @@ impl ModuleDef for BrigadierModule {
     }
 
     fn evaluate<'js>(ctx: &Ctx<'js>, exports: &Exports<'js>) -> qjs_rs::Result<()> {
-        let internals = internals(ctx)?;
-        let brigadier: Object = internals.get("brigadier")?;
+        let brigadier = STATE.with(|state| {
+            state
+                .get()
+                .expect("the plugin is initialised")
+                .brigadier
+                .clone()
+                .restore(ctx)
+        })?;
         for name in MODULE_EXPORTS {
             exports.export(name, brigadier.get::<_, Value>(name)?)?;
         }
         exports.export("default", brigadier)?;
         Ok(())
     }
-}
-
-fn internals<'js>(ctx: &Ctx<'js>) -> qjs_rs::Result<Object<'js>> {
-    STATE.with(|state| {
-        let state = state.get().expect("the plugin is initialised");
-        state.internals.clone().restore(ctx)
-    })
 }
 
 fn context() -> Context {
@@ -392,52 +427,41 @@ pub unsafe extern "C" fn mizzen_run(
 
 /// Runs the script and its event loop. Returns true when the script failed.
 fn run<'js>(ctx: &Ctx<'js>, kind: u32, name: &str, bytecode: &[u8]) -> bool {
-    let internals = match internals(ctx) {
-        Ok(internals) => internals,
-        Err(e) => return report(ctx, "uncaught", &e.to_string()),
-    };
-    if let Ok(set_name) = internals.get::<_, Function>("setScriptName") {
-        let _ = set_name.call::<_, ()>((name,));
+    let begin = hook(ctx, |s| &s.begin_script).and_then(|f| f.call::<_, ()>((name,)));
+    if let Err(caught) = begin.catch(ctx) {
+        return report_caught(ctx, "uncaught", caught);
     }
     let main = match kind {
         KIND_MODULE => start_module(ctx, bytecode),
-        KIND_SCRIPT => start_script(ctx, &internals, name, bytecode).map(|()| None),
+        KIND_SCRIPT => start_script(ctx, bytecode).map(|()| None),
         other => return report(ctx, "uncaught", &format!("unknown script kind {other}")),
     };
     let main = match main {
         Ok(main) => main,
         // Node ends the process on an exception at top level.
-        Err(caught) => return report_caught(ctx, &internals, "uncaught", caught),
+        Err(caught) => return report_caught(ctx, "uncaught", caught),
     };
     let mut failed = false;
     loop {
         if let Err(caught) = drain_jobs(ctx) {
-            return report_caught(ctx, &internals, "uncaught", caught) || true;
+            return report_caught(ctx, "uncaught", caught);
         }
-        failed |= report_unhandled_rejections(ctx, &internals);
-        if let Some(module_promise) = &main {
-            if let Some(Err(caught)) = module_promise
-                .clone()
-                .restore(ctx)
-                .ok()
-                .and_then(|p| p.result::<Value>().map(|r| r.catch(ctx)))
-            {
-                return report_caught(ctx, &internals, "uncaught", caught) || true;
-            }
+        failed |= report_unhandled_rejections(ctx);
+        let module_failure = main.as_ref().and_then(|promise| {
+            let promise = promise.clone().restore(ctx).ok()?;
+            promise.result::<Value>()?.catch(ctx).err()
+        });
+        if let Some(caught) = module_failure {
+            return report_caught(ctx, "uncaught", caught);
         }
-        match host_call(OP_WAIT_ANY, b"") {
-            Ok(reply) => {
-                let Some(ticket) = completed_ticket(&reply) else {
-                    break; // idle: nothing outstanding, nothing will ever run again
-                };
-                let complete = internals.get::<_, Function>("complete");
-                if let Err(caught) = complete
-                    .and_then(|f| f.call::<_, ()>((ticket, reply)))
-                    .catch(ctx)
-                {
-                    return report_caught(ctx, &internals, "uncaught", caught) || true;
-                }
-            }
+        // Every ticket the script still wants is in brigadier.js's table;
+        // when it is empty, nothing will ever run again.
+        let waiting = hook(ctx, |s| &s.waiting).and_then(|f| f.call::<_, bool>(()));
+        if !waiting.unwrap_or(true) {
+            break;
+        }
+        let reply = match host_call(OP_WAIT_ANY, b"") {
+            Ok(reply) => reply,
             Err((_, error)) => {
                 return report(
                     ctx,
@@ -445,10 +469,17 @@ fn run<'js>(ctx: &Ctx<'js>, kind: u32, name: &str, bytecode: &[u8]) -> bool {
                     &format!("waiting for the host failed: {error}"),
                 );
             }
+        };
+        let Some(ticket) = completed_ticket(&reply) else {
+            break; // idle: the host has nothing outstanding either
+        };
+        let completed = hook(ctx, |s| &s.complete)
+            .and_then(|f| f.call::<_, ()>((ticket, ctx.json_parse(reply)?)));
+        if let Err(caught) = completed.catch(ctx) {
+            return report_caught(ctx, "uncaught", caught);
         }
     }
-    let exit_code: i32 = internals
-        .get::<_, Function>("exitCode")
+    let exit_code: i32 = hook(ctx, |s| &s.exit_code)
         .and_then(|f| f.call(()))
         .unwrap_or(0);
     if exit_code != 0 && !failed {
@@ -485,15 +516,8 @@ fn start_module<'js>(
     Ok(Some(Persistent::save(ctx, promise)))
 }
 
-/// Defines the CommonJS globals and runs a script.
-fn start_script<'js>(
-    ctx: &Ctx<'js>,
-    internals: &Object<'js>,
-    name: &str,
-    bytecode: &[u8],
-) -> Result<(), CaughtError<'js>> {
-    let define: Function = internals.get("defineCommonJsGlobals").catch(ctx)?;
-    define.call::<_, ()>((name,)).catch(ctx)?;
+/// Runs a CommonJS script (compiled as a global script).
+fn start_script<'js>(ctx: &Ctx<'js>, bytecode: &[u8]) -> Result<(), CaughtError<'js>> {
     // SAFETY: the bytecode was produced by `mizzen-compile` of this same
     // plugin build; JS_EvalFunction takes ownership of the object it is given.
     unsafe {
@@ -535,43 +559,29 @@ fn drain_jobs<'js>(ctx: &Ctx<'js>) -> Result<(), CaughtError<'js>> {
 }
 
 /// Reports each rejection nothing handled; returns whether there was any.
-fn report_unhandled_rejections<'js>(ctx: &Ctx<'js>, internals: &Object<'js>) -> bool {
+fn report_unhandled_rejections(ctx: &Ctx<'_>) -> bool {
     let rejections = UNHANDLED.with(|unhandled| std::mem::take(&mut *unhandled.borrow_mut()));
     let any = !rejections.is_empty();
     for (_, reason) in rejections {
         if let Ok(reason) = reason.restore(ctx) {
-            report_value(ctx, internals, "unhandled_rejection", reason);
+            report_value(ctx, "unhandled_rejection", reason);
         }
     }
     any
 }
 
-fn report_caught<'js>(
-    ctx: &Ctx<'js>,
-    internals: &Object<'js>,
-    kind: &str,
-    caught: CaughtError<'js>,
-) -> bool {
+fn report_caught<'js>(ctx: &Ctx<'js>, kind: &str, caught: CaughtError<'js>) -> bool {
     match caught {
-        CaughtError::Exception(exception) => {
-            report_value(ctx, internals, kind, exception.into_value())
-        }
-        CaughtError::Value(value) => report_value(ctx, internals, kind, value),
+        CaughtError::Exception(exception) => report_value(ctx, kind, exception.into_value()),
+        CaughtError::Value(value) => report_value(ctx, kind, value),
         CaughtError::Error(error) => report(ctx, kind, &error.to_string()),
     }
 }
 
-fn report_value<'js>(
-    ctx: &Ctx<'js>,
-    internals: &Object<'js>,
-    kind: &str,
-    value: Value<'js>,
-) -> bool {
-    let reported = internals
-        .get::<_, Function>("reportError")
-        .and_then(|f| f.call::<_, ()>((kind, value)))
-        .catch(ctx);
-    if let Err(e) = reported {
+/// Reports an error through brigadier.js, which formats it with its location.
+fn report_value<'js>(ctx: &Ctx<'js>, kind: &str, value: Value<'js>) -> bool {
+    let reported = hook(ctx, |s| &s.report_error).and_then(|f| f.call::<_, ()>((kind, value)));
+    if let Err(e) = reported.catch(ctx) {
         report(ctx, kind, &e.to_string());
     }
     true

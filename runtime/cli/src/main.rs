@@ -23,6 +23,10 @@ use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, parse_
 /// Payloads travel inside the event; Brigade's gateways accepted up to
 /// GitHub's 25 MB, and the CLI allows as much.
 const MAX_PAYLOAD_BYTES: u64 = 25 * 1024 * 1024;
+/// `mizzen run` handles one event: its worker and the script's compilation
+/// need two instances; a few more leave room without reserving address space
+/// for a server's thousand.
+const CLI_MAX_INSTANCES: u32 = 8;
 /// A secrets file is a flat map of a few keys; 1 MiB is generous.
 const MAX_SECRETS_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -182,12 +186,14 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
         limits.memory_bytes = mib.saturating_mul(1024 * 1024);
     }
 
-    let sandbox = Sandbox::new(SandboxConfig::from_env())
-        .await
-        .map_err(|e| Failure {
-            code: EXIT_FAILED,
-            error: e.into(),
-        })?;
+    let config = SandboxConfig {
+        max_instances: CLI_MAX_INSTANCES,
+        ..SandboxConfig::from_env()
+    };
+    let sandbox = Sandbox::new(config).await.map_err(|e| Failure {
+        code: EXIT_FAILED,
+        error: e.into(),
+    })?;
     let outcome = sandbox
         .run(WorkerRequest {
             script,

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mizzen_host_api::types::{Event, LogLevel, LogRequest, ScriptErrorKind};
 use sha2::{Digest, Sha256};
@@ -34,6 +34,21 @@ pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
 /// megabytes at most.
 const SCRIPT_CACHE_ENTRIES: usize = 1024;
 
+/// Memory a recycled slot keeps resident and resets by copying instead of
+/// unmapping: the pre-initialised plugin's whole memory (1.4 MiB) fits, so a
+/// worker never faults its pages in again; only the pages it wrote are
+/// copied back. Beyond this, pages are handed back to the kernel.
+const POOL_KEEP_RESIDENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The table's resident part: the plugin's ~2,000 function references.
+const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
+
+/// Instances alive at once in one sandbox by default: a server's workers
+/// (each waiting on its jobs holds one) plus the compilations under way.
+/// Each slot reserves 4 GiB of address space (guard pages instead of bounds
+/// checks), so 1,000 slots reserve 4 TiB of the 128 TiB a process has.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
+
 /// What a worker reports as its version on its first log line. Brigade's
 /// worker printed `brigade-worker version: <v>`, and Brigade's own
 /// integration tests look for that prefix.
@@ -41,11 +56,22 @@ const WORKER_VERSION_LINE: &str =
     concat!("brigade-worker version: mizzen ", env!("CARGO_PKG_VERSION"));
 
 /// How a [`Sandbox`] is set up.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Where the compiled plugin is cached between processes; `None` compiles
     /// it in every process.
     pub cache_dir: Option<PathBuf>,
+    /// How many instances (workers and compilations) may be alive at once.
+    pub max_instances: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: DEFAULT_MAX_INSTANCES,
+        }
+    }
 }
 
 impl SandboxConfig {
@@ -55,7 +81,10 @@ impl SandboxConfig {
         let cache_dir = std::env::var_os("MIZZEN_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| dirs::cache_dir().map(|dir| dir.join("mizzen")));
-        Self { cache_dir }
+        Self {
+            cache_dir,
+            ..Self::default()
+        }
     }
 }
 
@@ -101,7 +130,13 @@ impl CompiledScript {
 /// shared by every worker; nothing of one worker's instance is.
 pub struct Sandbox {
     engine: Engine,
+    /// Instances that run events.
     plugin: InstancePre<WorkerState>,
+    /// Instances that compile scripts: the same plugin under a separate
+    /// module, so that the pooling allocator keeps their memory slots apart
+    /// from the workers' (a slot resets every page any earlier use wrote, and
+    /// compiling writes many more pages than running).
+    compiler: InstancePre<WorkerState>,
     scripts: Mutex<ScriptCache>,
     /// Stops advancing the epoch when the sandbox is dropped.
     _ticker: EpochTicker,
@@ -110,7 +145,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// Sets up the engine and the plugin (from the cache when it can).
     pub async fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let engine = new_engine()?;
+        let engine = new_engine(&config)?;
         let ticker = EpochTicker::start(engine.clone());
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
@@ -122,12 +157,17 @@ impl Sandbox {
             config.cache_dir.as_deref(),
         )
         .await?;
-        let plugin = linker.instantiate_pre(&module).map_err(|e| {
-            SandboxError::Plugin(format!("the plugin does not link with the host: {e:#}"))
-        })?;
+        let link = |module: &wasmtime::Module| {
+            linker.instantiate_pre(module).map_err(|e| {
+                SandboxError::Plugin(format!("the plugin does not link with the host: {e:#}"))
+            })
+        };
+        let plugin = link(&module)?;
+        let compiler = link(&plugin::duplicate(&engine, &module)?)?;
         Ok(Self {
             engine,
             plugin,
+            compiler,
             scripts: Mutex::new(ScriptCache::default()),
             _ticker: ticker,
         })
@@ -151,26 +191,19 @@ impl Sandbox {
         let prepared =
             script::prepare(source).map_err(|message| WorkerFailure::Script { message })?;
         let mut store = self.store(WorkerState::new(INITIALISATION_LIMITS, None));
-        let limits = INITIALISATION_LIMITS;
-        let compiled = tokio::time::timeout(
-            limits.wall_time,
-            self.call_plugin::<u32>(
+        let compiled = self
+            .call_plugin::<u32>(
+                &self.compiler,
                 &mut store,
                 "mizzen-compile",
                 prepared.kind as u32,
                 &prepared.name,
                 prepared.javascript.as_bytes(),
-            ),
-        )
-        .await;
+            )
+            .await;
         let (memory, area) = match compiled {
-            Err(_) => {
-                return Err(WorkerFailure::WallTime {
-                    limit: limits.wall_time,
-                });
-            }
-            Ok(Err(error)) => return Err(classify(error, store.data())),
-            Ok(Ok(result)) => result,
+            Err(error) => return Err(classify(error, store.data())),
+            Ok(result) => result,
         };
         let read = |at: u32, len: usize| -> Option<Vec<u8>> {
             memory
@@ -250,28 +283,24 @@ impl Sandbox {
             job: None,
             console: false,
         });
-        let run = tokio::time::timeout(
-            limits.wall_time,
-            self.call_plugin::<i32>(
+        let run = self
+            .call_plugin::<i32>(
+                &self.plugin,
                 &mut store,
                 "mizzen-run",
                 script.kind as u32,
                 &script.name,
                 &script.bytecode,
-            ),
-        )
-        .await;
+            )
+            .await;
         store.data_mut().flush_output();
         let state = store.data();
         let outcome = match run {
-            Err(_) => WorkerOutcome::failed(WorkerFailure::WallTime {
-                limit: limits.wall_time,
-            }),
-            Ok(Err(error)) => match error.downcast_ref::<Stop>() {
+            Err(error) => match error.downcast_ref::<Stop>() {
                 Some(Stop::Exit(code)) => exit_outcome(*code, state),
                 _ => WorkerOutcome::failed(classify(error, state)),
             },
-            Ok(Ok(_)) => exit_outcome(0, state),
+            Ok(_) => exit_outcome(0, state),
         };
         if let Some(failure) = outcome
             .failure
@@ -298,13 +327,14 @@ impl Sandbox {
     /// its memory and calls `export(kind, buffer, name_len, payload_len)`.
     async fn call_plugin<R: wasmtime::WasmResults + Send + Sync>(
         &self,
+        plugin: &InstancePre<WorkerState>,
         store: &mut Store<WorkerState>,
         export: &str,
         kind: u32,
         name: &str,
         payload: &[u8],
     ) -> wasmtime::Result<(Memory, R)> {
-        let instance = self.plugin.instantiate_async(&mut *store).await?;
+        let instance = plugin.instantiate_async(&mut *store).await?;
         let memory = instance
             .get_memory(&mut *store, "memory")
             .ok_or_else(|| wasmtime::Error::msg("the plugin exports no memory"))?;
@@ -326,13 +356,28 @@ impl Sandbox {
     }
 }
 
-fn new_engine() -> Result<Engine, SandboxError> {
-    let mut config = wasmtime::Config::new();
-    config
+fn new_engine(config: &SandboxConfig) -> Result<Engine, SandboxError> {
+    let mut engine = wasmtime::Config::new();
+    engine
         .epoch_interruption(true)
         .strategy(wasmtime::Strategy::Cranelift)
         .cranelift_opt_level(wasmtime::OptLevel::Speed);
-    Engine::new(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+    // Instances come from a pool of pre-reserved slots: creating and
+    // dropping one then costs no mmap or munmap, and a recycled slot keeps
+    // its pages resident and restores only those the last worker wrote (the
+    // kernel's PAGEMAP_SCAN finds them). This is what makes a fresh instance
+    // per event cost microseconds.
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_core_instances(config.max_instances)
+        .total_memories(config.max_instances)
+        .total_tables(config.max_instances)
+        .total_stacks(config.max_instances)
+        .table_elements(crate::worker::MAX_TABLE_ELEMENTS)
+        .linear_memory_keep_resident(POOL_KEEP_RESIDENT_BYTES)
+        .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    engine.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))
 }
 
 fn new_store(engine: &Engine, state: WorkerState) -> Store<WorkerState> {
@@ -343,6 +388,9 @@ fn new_store(engine: &Engine, state: WorkerState) -> Store<WorkerState> {
         state.cpu_ticks += 1;
         if state.cpu_ticks > state.limits.cpu_ticks() {
             return Err(wasmtime::Error::new(Stop::CpuLimit));
+        }
+        if Instant::now() >= state.deadline {
+            return Err(wasmtime::Error::new(Stop::WallTime));
         }
         Ok(UpdateDeadline::Yield(1))
     });
@@ -387,6 +435,11 @@ fn classify(error: wasmtime::Error, state: &WorkerState) -> WorkerFailure {
                 limit: limits.log_bytes,
             };
         }
+        Some(Stop::WallTime) => {
+            return WorkerFailure::WallTime {
+                limit: limits.wall_time,
+            };
+        }
         Some(Stop::Exit(code)) => return WorkerFailure::Exit { code: *code },
         None => {}
     }
@@ -401,6 +454,14 @@ fn classify(error: wasmtime::Error, state: &WorkerState) -> WorkerFailure {
         return WorkerFailure::Uncaught {
             message: first.message.clone(),
             kind: ScriptErrorKind::Uncaught,
+        };
+    }
+    if error
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        return WorkerFailure::Capacity {
+            message: format!("{error:#}"),
         };
     }
     let message = match error.downcast_ref::<Trap>() {

@@ -202,7 +202,13 @@ async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) 
             state.tickets.cancel(ticket.ticket);
             None
         }),
-        Op::WaitAny => reply(&state.tickets.wait_any().await),
+        Op::WaitAny => {
+            let deadline = tokio::time::Instant::from_std(state.deadline);
+            match tokio::time::timeout_at(deadline, state.tickets.wait_any()).await {
+                Ok(next) => reply(&next),
+                Err(_) => return Err(wasmtime::Error::new(Stop::WallTime)),
+            }
+        }
         Op::WorkspaceRead | Op::WorkspaceWrite | Op::WorkspaceList | Op::WorkspaceRemove => {
             Err(HostError::not_configured("this worker has no workspace"))
         }

@@ -79,6 +79,21 @@ fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
     unsafe { Module::deserialize_file(engine, path) }
 }
 
+/// A second, independent `Module` of the same compiled plugin (its own id,
+/// hence its own memory slots in the pooling allocator).
+#[expect(
+    unsafe_code,
+    reason = "deserialising trusts the bytes; they were serialised from a module of this engine just now"
+)]
+pub(crate) fn duplicate(engine: &Engine, module: &Module) -> Result<Module, SandboxError> {
+    let bytes = module
+        .serialize()
+        .map_err(|e| SandboxError::Plugin(format!("serialising the plugin failed: {e:#}")))?;
+    // SAFETY: see the reason above.
+    unsafe { Module::deserialize(engine, &bytes) }
+        .map_err(|e| SandboxError::Plugin(format!("copying the plugin failed: {e:#}")))
+}
+
 fn store_artifact(module: &Module, path: &PathBuf) -> std::io::Result<()> {
     let dir = path
         .parent()

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mizzen_host_api::types::{
     Event, LogLevel, LogRequest, Phase, ScriptError, ScriptErrorKind, WaitAnyReply,
@@ -18,7 +18,7 @@ use crate::log::{LogRecord, LogSink};
 
 /// The plugin's function table has about 2,000 entries; no guest has a reason
 /// to grow a table at run time, so growth beyond this is refused.
-const MAX_TABLE_ELEMENTS: usize = 10_000;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 10_000;
 
 /// Timers and job waits one worker may have outstanding at once. A script
 /// with more is leaking them; the cap bounds the host tasks one worker owns.
@@ -44,6 +44,9 @@ pub(crate) enum Stop {
     /// The guest wrote more log output than allowed.
     #[error("log limit exceeded")]
     LogLimit,
+    /// The worker outlived its wall-clock limit.
+    #[error("wall-clock limit exceeded")]
+    WallTime,
 }
 
 /// What a worker may do and where its output goes. `None` for the instances
@@ -71,6 +74,9 @@ pub(crate) struct WorkerState {
     pub exit_code: Option<i32>,
     pub memory_limit_hit: bool,
     pub cpu_ticks: u64,
+    /// When the worker's wall-clock limit runs out. Checked on every epoch
+    /// tick while the guest runs, and bounds every wait in a host call.
+    pub deadline: Instant,
     pub tickets: Tickets,
     log_bytes: u64,
     /// Output written to fd 1 or 2 without its newline yet.
@@ -89,6 +95,7 @@ impl WorkerState {
             exit_code: None,
             memory_limit_hit: false,
             cpu_ticks: 0,
+            deadline: deadline_after(limits.wall_time),
             tickets: Tickets::new(),
             log_bytes: 0,
             partial_output: [Vec::new(), Vec::new()],
@@ -195,6 +202,13 @@ impl WorkerState {
     }
 }
 
+/// `now + limit`, or a century from now for limits too large to add.
+fn deadline_after(limit: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 60 * 60))
+}
+
 impl ResourceLimiter for WorkerState {
     fn memory_growing(
         &mut self,
@@ -234,22 +248,27 @@ impl ResourceLimiter for WorkerState {
 }
 
 /// Operations that complete later. Each runs as its own task and reports to a
-/// channel; `wait_any` takes the next report for a ticket still wanted.
+/// channel; `wait_any` takes the next report for a ticket still wanted. The
+/// channel is made with the first ticket: most workers never need one.
 pub(crate) struct Tickets {
     next: u64,
     outstanding: HashMap<u64, AbortHandle>,
-    sender: mpsc::UnboundedSender<(u64, Result<serde_json::Value, HostError>)>,
-    receiver: mpsc::UnboundedReceiver<(u64, Result<serde_json::Value, HostError>)>,
+    channel: Option<TicketChannel>,
+}
+
+type TicketReport = (u64, Result<serde_json::Value, HostError>);
+
+struct TicketChannel {
+    sender: mpsc::UnboundedSender<TicketReport>,
+    receiver: mpsc::UnboundedReceiver<TicketReport>,
 }
 
 impl Tickets {
     fn new() -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
         Self {
             next: 1,
             outstanding: HashMap::new(),
-            sender,
-            receiver,
+            channel: None,
         }
     }
 
@@ -268,7 +287,11 @@ impl Tickets {
         }
         let ticket = self.next;
         self.next += 1;
-        let sender = self.sender.clone();
+        let channel = self.channel.get_or_insert_with(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            TicketChannel { sender, receiver }
+        });
+        let sender = channel.sender.clone();
         let task = tokio::spawn(async move {
             let result = operation.await;
             let _ = sender.send((ticket, result));
@@ -299,11 +322,15 @@ impl Tickets {
     /// Waits for the next outstanding ticket to complete.
     pub async fn wait_any(&mut self) -> WaitAnyReply {
         loop {
-            if self.outstanding.is_empty() {
+            let Some(channel) = self
+                .channel
+                .as_mut()
+                .filter(|_| !self.outstanding.is_empty())
+            else {
                 return WaitAnyReply::Idle;
-            }
-            let Some((ticket, result)) = self.receiver.recv().await else {
-                return WaitAnyReply::Idle; // unreachable: we hold a sender
+            };
+            let Some((ticket, result)) = channel.receiver.recv().await else {
+                return WaitAnyReply::Idle; // unreachable: the channel holds a sender
             };
             if self.outstanding.remove(&ticket).is_none() {
                 continue; // cancelled while its result was on the way
@@ -400,6 +427,13 @@ pub enum WorkerFailure {
     Log {
         /// The limit in bytes.
         limit: u64,
+    },
+    /// The sandbox had no free instance slot: more workers were alive at
+    /// once than it was configured for.
+    #[error("the sandbox is at capacity: {message}")]
+    Capacity {
+        /// wasmtime's account of the limit.
+        message: String,
     },
     /// WebAssembly trapped (stack exhausted, unreachable...).
     #[error("the sandbox stopped the script: {message}")]
