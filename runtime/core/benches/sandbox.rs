@@ -10,7 +10,10 @@
 //!
 //! Set `MIZZEN_BENCH_EVENTS` and `MIZZEN_BENCH_IDLE` to change the sizes.
 
-#![expect(clippy::print_stdout, reason = "a benchmark reports its figures on stdout")]
+#![expect(
+    clippy::print_stdout,
+    reason = "a benchmark reports its figures on stdout"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,7 +76,7 @@ async fn bench() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "wasmtime 48, plugin {} bytes of bytecode for the handler",
+        "no-op handler: {} bytes of QuickJS bytecode",
         script.bytecode_len()
     );
 

@@ -1,0 +1,267 @@
+// TypeScript declarations for the script API that Mizzen provides to
+// brigade.ts / brigade.js: Brigade v2's `@brigadecore/brigadier`, as Brigade's
+// worker implemented it, plus the small superset Mizzen adds (ImagePullPolicy,
+// EventRegistry and Logger at run time, a default export).
+//
+// Both module names resolve to the same library, whatever a package.json pins:
+//   import { events, Job } from "@brigadecore/brigadier"
+//   const { events, Job } = require("brigadier")
+
+declare module "@brigadecore/brigadier" {
+  /** A string-to-string map, as Brigade's API uses for secrets and labels. */
+  export interface StringMap {
+    [key: string]: string;
+  }
+
+  /** The event a worker handles (Brigade's `event.json`). */
+  export interface Event {
+    /** The event's id (a UUID). */
+    id: string;
+    /** The project whose worker handles this copy of the event. */
+    project: Project;
+    /** Who created the event, e.g. `brigade.sh/cli` or `brigade.sh/github`. */
+    source: string;
+    /** What happened, e.g. `exec` or `push`; meaning depends on the source. */
+    type: string;
+    /** Qualifiers the project's subscription matched exactly. */
+    qualifiers: StringMap | null;
+    /** Labels the project's subscription matched. */
+    labels: StringMap | null;
+    /** A short title for lists; may be empty. */
+    shortTitle: string;
+    /** A longer title; may be empty. */
+    longTitle: string;
+    /** The payload: an opaque string (JSON.parse it when it is JSON). */
+    payload: string;
+    /** The worker's settings for this event. */
+    worker: Worker;
+  }
+
+  /** The project part of an event. */
+  export interface Project {
+    /** The project's id. */
+    id: string;
+    /** Where the project's jobs run in Kubernetes (empty without a cluster). */
+    kubernetes: { namespace: string };
+    /** The project's secrets, and only this project's. */
+    secrets: StringMap;
+  }
+
+  /** The worker part of an event. */
+  export interface Worker {
+    /** The API server's address; empty in a local run. */
+    apiAddress: string;
+    /** The worker's API token; empty in a local run. */
+    apiToken: string;
+    /** The level below which `logger` lines are dropped. */
+    logLevel: "DEBUG" | "INFO" | "WARN" | "ERROR";
+    /** Where config files live, relative to the project's source. */
+    configFilesDirectory: string;
+    /** Config files given inline in the project definition. */
+    defaultConfigFiles: StringMap | null;
+    /** The project's git settings, with the event's overrides. */
+    git: GitConfig | null;
+  }
+
+  /** Where a project's source lives. */
+  export interface GitConfig {
+    /** The repository URL. */
+    cloneURL: string;
+    /** A commit to check out; wins over `ref`. */
+    commit: string;
+    /** A branch or tag. */
+    ref: string;
+    /** Whether to check out submodules too. */
+    initSubmodules: boolean;
+  }
+
+  /**
+   * Handles an event. A truthy return value (or resolved value) becomes the
+   * event's summary, at most 4096 characters.
+   */
+  export type EventHandler = (event: Event) => unknown;
+
+  /** Handler registrations for a script; use the `events` object. */
+  export class EventRegistry {
+    /**
+     * Registers `eventHandler` for events of `eventSource` and `eventType`
+     * (`"*"` for every type of that source). The last registration for a
+     * source and type wins.
+     */
+    on(eventSource: string, eventType: string, eventHandler: EventHandler): this;
+    /**
+     * Runs the handler for this worker's event, if one matches, and sets the
+     * summary from its result. A handler that throws or rejects fails the
+     * worker; an event with no matching handler succeeds.
+     */
+    process(): Promise<void>;
+  }
+
+  /** The script's event registry. */
+  export const events: EventRegistry;
+
+  /** Anything that can be run: jobs, groups, or your own objects. */
+  export interface Runnable {
+    run(): Promise<void>;
+  }
+
+  /** When an image is pulled. */
+  export const ImagePullPolicy: {
+    readonly IfNotPresent: "IfNotPresent";
+    readonly Always: "Always";
+  };
+
+  /** One container of a job. Unknown properties are rejected when the job runs. */
+  export class Container {
+    constructor(image: string);
+    /** The OCI image reference. */
+    image: string;
+    /** `IfNotPresent` (the default) or `Always`. */
+    imagePullPolicy: string;
+    /** The process's working directory; empty for the image's default. */
+    workingDirectory: string;
+    /** Overrides the image's entrypoint. */
+    command: string[];
+    /** Arguments to the command. */
+    arguments: string[];
+    /** Environment variables. */
+    environment: StringMap;
+    /** Where to mount the event's shared workspace (needs `useWorkspace`). */
+    workspaceMountPath: string;
+    /** Where to mount a checkout of the project's source. */
+    sourceMountPath: string;
+    /** Run privileged (needs `jobPolicies.allowPrivileged`). */
+    privileged: boolean;
+    /** Mount the host's Docker socket (needs `jobPolicies.allowDockerSocketMount`). */
+    useHostDockerSocket: boolean;
+  }
+
+  /** Where a job must run. */
+  export class JobHost {
+    /** `linux` (the default when empty) or `windows`. */
+    os?: string;
+    /** Labels the node must carry. */
+    nodeSelector: StringMap;
+  }
+
+  /** A job: a primary container that decides the outcome, plus sidecars. */
+  export class Job implements Runnable {
+    constructor(name: string, image: string, event: Event);
+    /** Unique within the event; `^[a-z][a-z\d-]*[a-z\d]$`, at most 63 characters. */
+    name: string;
+    /** The container whose exit code decides the job. */
+    primaryContainer: Container;
+    /** Containers stopped when the primary exits, by name. */
+    sidecarContainers: { [name: string]: Container };
+    /** After this long the job ends TIMED_OUT (default 900). */
+    timeoutSeconds: number;
+    /** Where the job must run. */
+    host: JobHost;
+    /** When true, the job's failure does not reject `run()`. */
+    fallible: boolean;
+    /** The event that triggered the job. */
+    protected event: Event;
+    /** A logger whose lines carry `[job: <name>]`. */
+    logger: Logger;
+    /**
+     * Runs the job; resolves when the primary container exits 0, rejects with
+     * `Job "<name>" failed`, `timed out`, `was aborted`... otherwise.
+     */
+    run(): Promise<void>;
+    /** The primary container's output, lines joined with "\n". */
+    logs(): Promise<string>;
+    /** The same as `new Job(name, image, event)`. */
+    static container(name: string, image: string, event: Event): Job;
+    /** Runs `runnables` one after another, stopping at the first failure. */
+    static sequence(...runnables: Runnable[]): SerialGroup;
+    /** Runs `runnables` at the same time; rejects when any rejects. */
+    static concurrent(...runnables: Runnable[]): ConcurrentGroup;
+  }
+
+  /** Runnables run one after another. */
+  export class SerialGroup implements Runnable {
+    constructor(...runnables: Runnable[]);
+    add(...runnables: Runnable[]): void;
+    length(): number;
+    run(): Promise<void>;
+  }
+
+  /** Runnables run at the same time. */
+  export class ConcurrentGroup implements Runnable {
+    constructor(...runnables: Runnable[]);
+    add(...runnables: Runnable[]): void;
+    length(): number;
+    run(): Promise<void>;
+  }
+
+  /** Levelled log lines: `<time> LEVEL: message`. */
+  export class Logger {
+    /** The lowest level printed; starts at the worker's logLevel. */
+    level: "error" | "warn" | "info" | "debug";
+    log(level: "error" | "warn" | "info" | "debug", ...args: unknown[]): this;
+    error(...args: unknown[]): this;
+    warn(...args: unknown[]): this;
+    info(...args: unknown[]): this;
+    debug(...args: unknown[]): this;
+    /** A logger for a job: its lines carry `[job: <job>]`. */
+    child(meta: { job?: string }): Logger;
+  }
+
+  /** The worker's logger. */
+  export const logger: Logger;
+
+  const brigadier: {
+    events: EventRegistry;
+    EventRegistry: typeof EventRegistry;
+    Job: typeof Job;
+    Container: typeof Container;
+    JobHost: typeof JobHost;
+    SerialGroup: typeof SerialGroup;
+    ConcurrentGroup: typeof ConcurrentGroup;
+    ImagePullPolicy: typeof ImagePullPolicy;
+    logger: Logger;
+    Logger: typeof Logger;
+  };
+  export default brigadier;
+}
+
+declare module "brigadier" {
+  export * from "@brigadecore/brigadier";
+  import brigadier from "@brigadecore/brigadier";
+  export default brigadier;
+}
+
+// What the sandbox offers of Node's globals.
+declare function require(name: "@brigadecore/brigadier" | "brigadier"): typeof import("@brigadecore/brigadier");
+declare function require(name: string): never;
+declare const module: { exports: unknown; id: string; filename: string; loaded: boolean };
+declare let exports: unknown;
+declare const __filename: string;
+declare const __dirname: string;
+declare const process: {
+  /** Empty: the sandbox has no environment. */
+  env: { [key: string]: string | undefined };
+  argv: string[];
+  platform: string;
+  /** A non-zero value fails the worker when the script ends. */
+  exitCode: number | undefined;
+  /** Ends the worker at once with this code (non-zero fails it). */
+  exit(code?: number): never;
+};
+declare function setTimeout<A extends unknown[]>(callback: (...args: A) => void, ms?: number, ...args: A): number;
+declare function clearTimeout(id: number | undefined): void;
+declare function setInterval<A extends unknown[]>(callback: (...args: A) => void, ms?: number, ...args: A): number;
+declare function clearInterval(id: number | undefined): void;
+declare function setImmediate<A extends unknown[]>(callback: (...args: A) => void, ...args: A): number;
+declare function clearImmediate(id: number | undefined): void;
+declare function queueMicrotask(callback: () => void): void;
+declare const console: {
+  log(...args: unknown[]): void;
+  info(...args: unknown[]): void;
+  debug(...args: unknown[]): void;
+  warn(...args: unknown[]): void;
+  error(...args: unknown[]): void;
+  trace(...args: unknown[]): void;
+  dir(value: unknown): void;
+  assert(condition: unknown, ...args: unknown[]): void;
+};

@@ -1,0 +1,27 @@
+// Exercises the declarations the way Brigade scripts use the API; `npm run
+// typecheck` (in CI) fails when index.d.ts stops describing them.
+import { events, Job, Container, logger, Event, ImagePullPolicy } from "@brigadecore/brigadier";
+import brigadier from "brigadier";
+
+class MyJob extends Job {
+  constructor(event: Event) {
+    super("my-job", "debian", event);
+    this.primaryContainer.command = ["echo"];
+    this.primaryContainer.arguments = [event.payload];
+    this.primaryContainer.imagePullPolicy = ImagePullPolicy.Always;
+  }
+}
+
+events.on("brigade.sh/cli", "exec", async (event: Event) => {
+  const job = new MyJob(event);
+  job.sidecarContainers = { db: new Container("postgres") };
+  job.timeoutSeconds = 60;
+  job.fallible = true;
+  await Job.sequence(job, Job.concurrent(new Job("a", "alpine", event), new Job("b", "alpine", event))).run();
+  const output: string = await job.logs();
+  logger.child({ job: job.name }).info(output);
+  const secret: string | undefined = event.project.secrets["token"];
+  return secret ? "done" : "no secret";
+});
+brigadier.events.process();
+setTimeout(() => process.exit(0), 10);
