@@ -40,6 +40,42 @@ pub struct Event {
     pub worker: EventWorker,
 }
 
+impl Event {
+    /// An event with Brigade's defaults: no secrets, qualifiers or labels,
+    /// empty titles and payload, log level INFO, config files in `.brigade`,
+    /// no git settings and no API (a local run has none).
+    pub fn new(
+        id: impl Into<String>,
+        project_id: impl Into<String>,
+        source: impl Into<String>,
+        event_type: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            project: EventProject {
+                id: project_id.into(),
+                kubernetes: ProjectKubernetes::default(),
+                secrets: BTreeMap::new(),
+            },
+            source: source.into(),
+            event_type: event_type.into(),
+            qualifiers: None,
+            labels: None,
+            short_title: String::new(),
+            long_title: String::new(),
+            payload: String::new(),
+            worker: EventWorker {
+                api_address: String::new(),
+                api_token: String::new(),
+                log_level: LogLevel::Info,
+                config_files_directory: ".brigade".into(),
+                default_config_files: None,
+                git: None,
+            },
+        }
+    }
+}
+
 /// The project part of an [`Event`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,10 +1,9 @@
 //! A shared sandbox and helpers to run a script for an event.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use mizzen_host_api::types::{Event, EventProject, EventWorker, LogLevel, ProjectKubernetes};
+use mizzen_host_api::types::Event;
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::script::ScriptSource;
 use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits, WorkerOutcome, WorkerRequest};
@@ -29,29 +28,12 @@ pub async fn sandbox() -> &'static Sandbox {
 
 /// An event of `brigade.sh/cli`/`exec` for project `test-project`.
 pub fn event() -> Event {
-    Event {
-        id: "2f9ff7b3-8a5c-4c1f-9f1e-3a4b5c6d7e8f".into(),
-        project: EventProject {
-            id: "test-project".into(),
-            kubernetes: ProjectKubernetes::default(),
-            secrets: BTreeMap::new(),
-        },
-        source: "brigade.sh/cli".into(),
-        event_type: "exec".into(),
-        qualifiers: None,
-        labels: None,
-        short_title: String::new(),
-        long_title: String::new(),
-        payload: String::new(),
-        worker: EventWorker {
-            api_address: String::new(),
-            api_token: String::new(),
-            log_level: LogLevel::Info,
-            config_files_directory: ".brigade".into(),
-            default_config_files: None,
-            git: None,
-        },
-    }
+    Event::new(
+        "2f9ff7b3-8a5c-4c1f-9f1e-3a4b5c6d7e8f",
+        "test-project",
+        "brigade.sh/cli",
+        "exec",
+    )
 }
 
 /// What a run left behind.

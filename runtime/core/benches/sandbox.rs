@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mizzen_host_api::types::{Event, EventProject, EventWorker, LogLevel, ProjectKubernetes};
+use mizzen_host_api::types::Event;
 use mizzen_runtime::log::{LogRecord, LogSink};
 use mizzen_runtime::script::ScriptSource;
 use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits};
@@ -174,29 +174,12 @@ fn micros(d: Duration) -> f64 {
 }
 
 fn event() -> Event {
-    Event {
-        id: "00000000-0000-4000-8000-000000000000".into(),
-        project: EventProject {
-            id: "bench".into(),
-            kubernetes: ProjectKubernetes::default(),
-            secrets: Default::default(),
-        },
-        source: "brigade.sh/cli".into(),
-        event_type: "exec".into(),
-        qualifiers: None,
-        labels: None,
-        short_title: String::new(),
-        long_title: String::new(),
-        payload: String::new(),
-        worker: EventWorker {
-            api_address: String::new(),
-            api_token: String::new(),
-            log_level: LogLevel::Info,
-            config_files_directory: ".brigade".into(),
-            default_config_files: None,
-            git: None,
-        },
-    }
+    Event::new(
+        "00000000-0000-4000-8000-000000000000",
+        "bench",
+        "brigade.sh/cli",
+        "exec",
+    )
 }
 
 /// Resident set size of this process, from /proc/self/statm.

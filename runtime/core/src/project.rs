@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use mizzen_host_api::types::{
-    Event, EventProject, EventWorker, GitConfig, LogLevel, ProjectKubernetes,
-};
+use mizzen_host_api::types::{Event, GitConfig, LogLevel};
 use serde::Deserialize;
 
 use crate::duration::parse_go_duration;
@@ -177,29 +175,23 @@ impl Project {
     /// project's secrets (only this project's).
     pub fn event(&self, details: EventDetails, secrets: BTreeMap<String, String>) -> Event {
         let optional = |map: BTreeMap<String, String>| (!map.is_empty()).then_some(map);
-        Event {
-            id: uuid::Uuid::new_v4().to_string(),
-            project: EventProject {
-                id: self.id.clone(),
-                kubernetes: ProjectKubernetes::default(),
-                secrets,
-            },
-            source: details.source,
-            event_type: details.event_type,
-            qualifiers: optional(details.qualifiers),
-            labels: optional(details.labels),
-            short_title: details.short_title,
-            long_title: details.long_title,
-            payload: details.payload,
-            worker: EventWorker {
-                api_address: String::new(),
-                api_token: String::new(),
-                log_level: self.worker.log_level,
-                config_files_directory: self.worker.config_files_directory.clone(),
-                default_config_files: optional(self.worker.default_config_files.clone()),
-                git: self.worker.git.clone(),
-            },
-        }
+        let mut event = Event::new(
+            uuid::Uuid::new_v4().to_string(),
+            &self.id,
+            details.source,
+            details.event_type,
+        );
+        event.project.secrets = secrets;
+        event.qualifiers = optional(details.qualifiers);
+        event.labels = optional(details.labels);
+        event.short_title = details.short_title;
+        event.long_title = details.long_title;
+        event.payload = details.payload;
+        event.worker.log_level = self.worker.log_level;
+        event.worker.config_files_directory = self.worker.config_files_directory.clone();
+        event.worker.default_config_files = optional(self.worker.default_config_files.clone());
+        event.worker.git = self.worker.git.clone();
+        event
     }
 }
 
