@@ -247,13 +247,16 @@ impl Sandbox {
         let script = match self.compile(&request.script).await {
             Ok(script) => script,
             Err(failure) => {
-                let message = format!("{failure}");
-                request.log.record(crate::log::LogRecord::new(
-                    LogLevel::Error,
-                    &message,
-                    None,
-                    false,
-                ));
+                // The log reads as for any other failed worker: the version
+                // line first, then why.
+                for (level, message) in [
+                    (LogLevel::Info, WORKER_VERSION_LINE.to_string()),
+                    (LogLevel::Error, failure.to_string()),
+                ] {
+                    request
+                        .log
+                        .record(crate::log::LogRecord::new(level, &message, None, false));
+                }
                 return WorkerOutcome::failed(failure);
             }
         };
