@@ -494,6 +494,8 @@
 
   // ----------------------------------------------------------------- errors
   let scriptName = "";
+  // The name this file is evaluated under (guest-sdk/javy-plugin).
+  const SDK_FILE = "mizzen:brigadier.js";
 
   // The location of an error in the user's script, from its stack.
   function location(error) {
@@ -508,11 +510,19 @@
     return "";
   }
 
+  // The stack without the library's own frames, which tell a script's
+  // author nothing; null when nothing is left.
+  function scriptStack(error) {
+    if (typeof error.stack !== "string") return null;
+    const frames = error.stack.split("\n").filter((line) => line.trim() !== "" && !line.includes(SDK_FILE));
+    return frames.length > 0 ? frames.join("\n") : null;
+  }
+
   function describe(reason) {
     if (reason instanceof Error) {
       const where = location(reason);
       const text = `${reason.name || "Error"}: ${reason.message}`;
-      return { message: where ? `${where}: ${text}` : text, stack: reason.stack || null };
+      return { message: where ? `${where}: ${text}` : text, stack: scriptStack(reason) };
     }
     return { message: `non-error value thrown: ${inspect(reason)}`, stack: null };
   }

@@ -294,7 +294,7 @@ pub struct JobSpec {
 
 /// One container of a job: Brigade's `Container` class, field for field.
 /// Unknown fields are rejected, as Brigade's schema did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
     /// The OCI image reference.
@@ -326,6 +326,32 @@ pub struct ContainerSpec {
     /// Whether to mount the host's Docker socket (needs the project's policy).
     #[serde(default)]
     pub use_host_docker_socket: bool,
+    /// For a sidecar: when it counts as ready. The primary container starts
+    /// only once every sidecar that declares readiness is ready. (Mizzen's
+    /// addition; Brigade left start-up ordering to the script.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
+}
+
+/// How long a sidecar may take to become ready when it does not say, in
+/// seconds: long enough for a database to initialise its files.
+pub const DEFAULT_READINESS_TIMEOUT_SECONDS: f64 = 60.0;
+
+/// When a sidecar is ready: exactly one of `tcpPort` and `exited`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Readiness {
+    /// Ready once something accepts TCP connections on this port of the
+    /// job's localhost (a service such as a database).
+    #[serde(default)]
+    pub tcp_port: Option<u16>,
+    /// Ready once the container has exited with code 0 (a one-shot setup
+    /// container); a non-zero exit fails the job.
+    #[serde(default)]
+    pub exited: bool,
+    /// How long to wait before the job fails, in seconds (default 60).
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
 }
 
 /// When an image is pulled.
@@ -569,6 +595,17 @@ mod tests {
             ImagePullPolicy::IfNotPresent
         );
         assert!(!job.fallible);
+    }
+
+    #[test]
+    fn sidecars_may_declare_readiness() {
+        let c: ContainerSpec =
+            serde_json::from_str(r#"{"image":"redis","readiness":{"tcpPort":6379}}"#).unwrap();
+        assert_eq!(c.readiness.and_then(|r| r.tcp_port), Some(6379));
+        let err = serde_json::from_str::<ContainerSpec>(r#"{"image":"x","readiness":{"port":1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `port`"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use mizzen_host_api::types::Event;
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::script::ScriptSource;
-use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits, WorkerOutcome, WorkerRequest};
+use mizzen_runtime::{
+    JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerOutcome, WorkerRequest,
+};
 use tokio::sync::OnceCell;
 
 /// One sandbox for the whole test binary, as a server would have; its
@@ -99,12 +101,15 @@ pub async fn run(script: ScriptSource, event: Event, limits: WorkerLimits) -> Ru
     let log = MemoryLog::new();
     let outcome = sandbox()
         .await
-        .run(WorkerRequest {
-            script,
-            event,
-            limits,
-            log: Arc::new(log.clone()),
-        })
+        .run(
+            &script,
+            WorkerRequest {
+                event,
+                limits,
+                log: Arc::new(log.clone()),
+                jobs: JobCapability::none(),
+            },
+        )
         .await;
     Run { outcome, log }
 }

@@ -1,34 +1,23 @@
 //! `mizzen`: runs Brigade projects in Mizzen's WebAssembly sandbox.
 //!
 //! `mizzen run <PROJECT>` handles one event for a project on this machine,
-//! with no server and no cluster, and prints the worker's log as Brigade's
-//! worker did. Exit codes: 0 the worker SUCCEEDED; 1 it FAILED or TIMED_OUT;
-//! 2 the command's input was wrong (project file, payload, secrets); 3 the
-//! project does not subscribe to the event, so nothing ran.
+//! with no server and no cluster, runs its jobs on a local container engine,
+//! and prints the worker's log as Brigade's worker did. Exit codes: 0 the
+//! worker SUCCEEDED; 1 it FAILED or TIMED_OUT; 2 the command's input was
+//! wrong (project file, payload, secrets, `--executor docker` without an
+//! engine); 3 the project does not subscribe to the event, so nothing ran;
+//! 130 interrupted (the event's containers are removed first).
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod output;
+mod run;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use mizzen_host_api::types::LogLevel;
-use mizzen_runtime::log::{LogRecord, LogSink};
-use mizzen_runtime::project::{EventDetails, ProjectDir, validate_secret_key};
-use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, parse_go_duration};
-
-/// Payloads travel inside the event; Brigade's gateways accepted up to
-/// GitHub's 25 MB, and the CLI allows as much.
-const MAX_PAYLOAD_BYTES: u64 = 25 * 1024 * 1024;
-/// `mizzen run` handles one event: its worker and the script's compilation
-/// need two instances; a few more leave room without reserving address space
-/// for a server's thousand.
-const CLI_MAX_INSTANCES: u32 = 8;
-/// A secrets file is a flat map of a few keys; 1 MiB is generous.
-const MAX_SECRETS_FILE_BYTES: u64 = 1024 * 1024;
+use mizzen_runtime::parse_go_duration;
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +70,23 @@ struct RunArgs {
     /// Memory the script may use, in MiB
     #[arg(long, value_name = "MIB")]
     memory_limit: Option<u64>,
+    /// What runs the jobs: a local container engine, or nothing; by default
+    /// the engine found at DOCKER_HOST, Docker's or Podman's socket
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorKind>,
+    /// Where logs and the jobs' scratch files are kept
+    /// [default: $MIZZEN_DATA_DIR, else ~/.local/share/mizzen]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// What runs a worker's jobs.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorKind {
+    /// Containers on Docker Engine or Podman (DOCKER_HOST, Docker's socket, Podman's)
+    Docker,
+    /// No executor: jobs fail to start
+    None,
 }
 
 fn parse_log_level(text: &str) -> Result<LogLevel, String> {
@@ -111,6 +117,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 const EXIT_FAILED: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_NOT_SUBSCRIBED: u8 = 3;
+/// As shells report a process ended by SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -130,7 +138,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run::run(args).await,
         }
     });
     match result {
@@ -138,139 +146,6 @@ fn main() -> ExitCode {
         Err(Failure { code, error }) => {
             eprintln!("mizzen: {error:#}");
             ExitCode::from(code)
-        }
-    }
-}
-
-async fn run(args: RunArgs) -> Result<(), Failure> {
-    let dir = ProjectDir::load(&args.project)?;
-    let payload = match &args.payload_file {
-        Some(path) => read_limited(path, MAX_PAYLOAD_BYTES)
-            .with_context(|| format!("cannot read the payload file {}", path.display()))?,
-        None => args.payload.clone().unwrap_or_default(),
-    };
-    let secrets = secrets(&args)?;
-    let details = EventDetails {
-        source: args.source.clone(),
-        event_type: args.event_type.clone(),
-        payload,
-        ..EventDetails::default()
-    };
-    if !dir.project.subscribes_to(&details) {
-        return Err(Failure {
-            code: EXIT_NOT_SUBSCRIBED,
-            error: anyhow::anyhow!(
-                "project \"{}\" does not subscribe to events of source \"{}\" and type \"{}\"; no worker ran",
-                dir.project.id,
-                details.source,
-                details.event_type
-            ),
-        });
-    }
-    let mut event = dir.project.event(details, secrets);
-    if let Some(level) = args.log_level {
-        event.worker.log_level = level;
-    }
-    let script = dir.script().map_err(|e| Failure {
-        code: EXIT_FAILED,
-        error: anyhow::Error::new(e).context("worker FAILED"),
-    })?;
-    let mut limits = WorkerLimits::default();
-    if let Some(timeout) = args.timeout.or(dir.project.worker.timeout) {
-        limits.wall_time = timeout;
-    }
-    if let Some(cpu) = args.cpu_limit {
-        limits.cpu_time = cpu;
-    }
-    if let Some(mib) = args.memory_limit {
-        limits.memory_bytes = mib.saturating_mul(1024 * 1024);
-    }
-
-    let config = SandboxConfig {
-        max_instances: CLI_MAX_INSTANCES,
-        ..SandboxConfig::from_env()
-    };
-    let sandbox = Sandbox::new(config).await.map_err(|e| Failure {
-        code: EXIT_FAILED,
-        error: e.into(),
-    })?;
-    let outcome = sandbox
-        .run(WorkerRequest {
-            script,
-            event,
-            limits,
-            log: Arc::new(TerminalLog),
-        })
-        .await;
-    if let Some(summary) = &outcome.summary {
-        let _ = writeln!(std::io::stdout(), "Summary: {summary}");
-    }
-    match outcome.failure {
-        None => Ok(()),
-        Some(failure) => Err(Failure {
-            code: EXIT_FAILED,
-            error: anyhow::anyhow!("worker {}: {failure}", outcome.phase),
-        }),
-    }
-}
-
-/// `--secret KEY=VALUE` flags over the `--secrets-file` map.
-fn secrets(args: &RunArgs) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut secrets = BTreeMap::new();
-    if let Some(path) = &args.secrets_file {
-        let text = read_limited(path, MAX_SECRETS_FILE_BYTES)
-            .with_context(|| format!("cannot read the secrets file {}", path.display()))?;
-        let map: BTreeMap<String, serde_norway::Value> = serde_norway::from_str(&text)
-            .with_context(|| {
-                format!(
-                    "{}: expected a flat map of secret names to values",
-                    path.display()
-                )
-            })?;
-        for (key, value) in map {
-            let value = match value {
-                serde_norway::Value::String(s) => s,
-                serde_norway::Value::Number(n) => n.to_string(),
-                serde_norway::Value::Bool(b) => b.to_string(),
-                _ => bail!(
-                    "{}: secret {key:?} must be a string, number or boolean",
-                    path.display()
-                ),
-            };
-            validate_secret_key(&key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            secrets.insert(key, value);
-        }
-    }
-    for pair in &args.secrets {
-        let Some((key, value)) = pair.split_once('=') else {
-            bail!("--secret {pair:?} must have the form KEY=VALUE");
-        };
-        validate_secret_key(key).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
-        secrets.insert(key.to_string(), value.to_string());
-    }
-    Ok(secrets)
-}
-
-/// Reads a UTF-8 file of at most `limit` bytes.
-fn read_limited(path: &Path, limit: u64) -> anyhow::Result<String> {
-    let size = std::fs::metadata(path)?.len();
-    if size > limit {
-        bail!("the file is {size} bytes; the limit is {limit} bytes");
-    }
-    Ok(std::fs::read_to_string(path)?)
-}
-
-/// Prints worker log lines as they come: `console.warn`/`console.error` to
-/// stderr, everything else to stdout.
-struct TerminalLog;
-
-impl LogSink for TerminalLog {
-    fn record(&self, record: LogRecord) {
-        let line = record.to_line();
-        if record.console && record.level <= LogLevel::Warn {
-            let _ = writeln!(std::io::stderr(), "{line}");
-        } else {
-            let _ = writeln!(std::io::stdout(), "{line}");
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use mizzen_host_api::types::Event;
 use mizzen_runtime::log::{LogRecord, LogSink};
 use mizzen_runtime::script::ScriptSource;
-use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits};
+use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest};
 
 const NO_OP_HANDLER: &str = r#"const { events } = require("@brigadecore/brigadier");
 events.on("brigade.sh/cli", "exec", async (event) => {});
@@ -95,18 +95,14 @@ async fn bench() {
     ] {
         // Warm up caches, allocator and branch predictors.
         for _ in 0..2_000 {
-            let outcome = sandbox
-                .run_compiled(script, event(), limits, log.clone())
-                .await;
+            let outcome = sandbox.run_compiled(script, request(limits, &log)).await;
             assert!(outcome.succeeded(), "{outcome:?}");
         }
         let mut samples = Vec::with_capacity(events);
         let started = Instant::now();
         for _ in 0..events {
             let begin = Instant::now();
-            let outcome = sandbox
-                .run_compiled(script, event(), limits, log.clone())
-                .await;
+            let outcome = sandbox.run_compiled(script, request(limits, &log)).await;
             samples.push(begin.elapsed());
             debug_assert!(outcome.succeeded());
         }
@@ -148,7 +144,7 @@ async fn bench() {
                 let script = idle_script.clone();
                 let log = log.clone();
                 workers.push(tokio::task::spawn_local(async move {
-                    sandbox.run_compiled(&script, event(), limits, log).await
+                    sandbox.run_compiled(&script, request(limits, &log)).await
                 }));
             }
             // Let every worker start and block on its timer.
@@ -171,6 +167,15 @@ async fn bench() {
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+fn request(limits: WorkerLimits, log: &Arc<dyn LogSink>) -> WorkerRequest {
+    WorkerRequest {
+        event: event(),
+        limits,
+        log: log.clone(),
+        jobs: JobCapability::none(),
+    }
 }
 
 fn event() -> Event {

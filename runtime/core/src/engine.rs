@@ -11,8 +11,9 @@ use mizzen_host_api::types::{Event, LogLevel, LogRequest, ScriptErrorKind};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Memory, Store, Trap, UpdateDeadline};
 
+use crate::jobs::{JobCapability, WorkerJobs};
 use crate::limits::{EPOCH_TICK, WorkerLimits};
-use crate::log::LogSink;
+use crate::log::{LogRecord, LogSink};
 use crate::script::{self, Language, PositionMap, ScriptKind, ScriptSource};
 use crate::worker::{Stop, WorkerContext, WorkerFailure, WorkerOutcome, WorkerState};
 use crate::{SandboxError, host, plugin, wasi};
@@ -90,14 +91,14 @@ impl SandboxConfig {
 
 /// One event for one worker.
 pub struct WorkerRequest {
-    /// The project's script.
-    pub script: ScriptSource,
     /// The event, with the project's secrets.
     pub event: Event,
     /// The worker's limits.
     pub limits: WorkerLimits,
-    /// Where the worker's log lines go.
+    /// Where the worker's log lines (and its jobs' output) go.
     pub log: Arc<dyn LogSink>,
+    /// Whether, and on what, the worker's jobs run.
+    pub jobs: JobCapability,
 }
 
 /// A script compiled to QuickJS bytecode by the plugin.
@@ -190,7 +191,7 @@ impl Sandbox {
         }
         let prepared =
             script::prepare(source).map_err(|message| WorkerFailure::Script { message })?;
-        let mut store = self.store(WorkerState::new(INITIALISATION_LIMITS, None));
+        let mut store = self.store(WorkerState::new(INITIALISATION_LIMITS, None, None));
         let compiled = self
             .call_plugin::<u32>(
                 &self.compiler,
@@ -243,8 +244,8 @@ impl Sandbox {
 
     /// Runs one event's worker to the end and says how it ended. The host
     /// and other workers are unaffected by whatever the script does.
-    pub async fn run(&self, request: WorkerRequest) -> WorkerOutcome {
-        let script = match self.compile(&request.script).await {
+    pub async fn run(&self, script: &ScriptSource, request: WorkerRequest) -> WorkerOutcome {
+        let script = match self.compile(script).await {
             Ok(script) => script,
             Err(failure) => {
                 // The log reads as for any other failed worker: the version
@@ -253,33 +254,37 @@ impl Sandbox {
                     (LogLevel::Info, WORKER_VERSION_LINE.to_string()),
                     (LogLevel::Error, failure.to_string()),
                 ] {
-                    request
-                        .log
-                        .record(crate::log::LogRecord::new(level, &message, None, false));
+                    request.log.record(LogRecord::logger(level, &message, None));
                 }
                 return WorkerOutcome::failed(failure);
             }
         };
-        self.run_compiled(&script, request.event, request.limits, request.log)
-            .await
+        self.run_compiled(&script, request).await
     }
 
-    /// Runs one event's worker with an already compiled script.
+    /// Runs one event's worker with an already compiled script. Whatever
+    /// way the worker ends, its jobs are stopped and everything the executor
+    /// made for the event is removed before this returns.
     pub async fn run_compiled(
         &self,
         script: &Arc<CompiledScript>,
-        event: Event,
-        limits: WorkerLimits,
-        log: Arc<dyn LogSink>,
+        request: WorkerRequest,
     ) -> WorkerOutcome {
+        let WorkerRequest {
+            event,
+            limits,
+            log,
+            jobs,
+        } = request;
         let event_json = serde_json::to_vec(&event).expect("events serialise");
+        let jobs = WorkerJobs::new(jobs, log.clone(), event.worker.log_level);
         let context = WorkerContext {
             event_json,
             event,
             log,
             script: script.clone(),
         };
-        let mut store = self.store(WorkerState::new(limits, Some(context)));
+        let mut store = self.store(WorkerState::new(limits, Some(context), Some(jobs)));
         let _ = store.data_mut().log(LogRequest {
             level: LogLevel::Info,
             message: WORKER_VERSION_LINE.into(),
@@ -297,6 +302,9 @@ impl Sandbox {
             )
             .await;
         store.data_mut().flush_output();
+        if let Some(jobs) = store.data_mut().jobs.as_mut() {
+            jobs.finish().await;
+        }
         let state = store.data();
         let outcome = match run {
             Err(error) => match error.downcast_ref::<Stop>() {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use mizzen_host_api::abi::{self, CallResult};
 use mizzen_host_api::types::{
-    ExitRequest, LogRequest, SUMMARY_MAX_CHARS, ScriptError, SecretRequest, SecretValue,
-    SleepRequest, SummaryRequest, Ticket,
+    ExitRequest, JobLogsRequest, JobRef, LogRequest, SUMMARY_MAX_CHARS, ScriptError, SecretRequest,
+    SecretValue, SleepRequest, SummaryRequest, Ticket,
 };
 use mizzen_host_api::{ErrorCode, HostError, Op};
 use serde::Serialize;
@@ -185,9 +185,38 @@ async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) 
                 )),
             }
         }),
-        Op::JobStart | Op::JobWait | Op::JobCancel | Op::JobLogs => Err(HostError::not_configured(
-            "no job executor is configured for this run, so jobs cannot run",
-        )),
+        Op::JobStart | Op::JobWait | Op::JobCancel | Op::JobLogs => {
+            let Some(jobs) = state.jobs.as_mut() else {
+                return Ok(Err(HostError::not_configured("this instance runs no jobs")));
+            };
+            match op {
+                Op::JobStart => jobs.start(request).await.map(|()| None),
+                Op::JobWait => parse::<JobRef>(op, request)
+                    .and_then(|job| jobs.running(&job.name))
+                    .and_then(|running| {
+                        let ticket = state.tickets.start(async move {
+                            serde_json::to_value(running.wait().await).map_err(|e| {
+                                HostError::new(ErrorCode::Internal, format!("a job result could not be encoded: {e}"))
+                            })
+                        })?;
+                        reply(&Ticket { ticket })
+                    }),
+                Op::JobCancel => match parse::<JobRef>(op, request).and_then(|job| jobs.running(&job.name)) {
+                    Ok(running) => {
+                        running.cancel().await;
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                },
+                _ => parse::<JobLogsRequest>(op, request)
+                    .and_then(|logs| jobs.logs(&logs.name, logs.container.as_deref()))
+                    .and_then(|logs| {
+                        let logs = serde_json::to_value(logs).expect("logs serialise");
+                        let ticket = state.tickets.start(async move { Ok(logs) })?;
+                        reply(&Ticket { ticket })
+                    }),
+            }
+        }
         Op::Sleep => parse::<SleepRequest>(op, request).and_then(|sleep| {
             let wall = state.limits.wall_time;
             let delay = if sleep.ms.is_finite() && sleep.ms > 0.0 {

@@ -12,6 +12,9 @@
 //! - `host`: the `mizzen:host/v1` functions, answered from the worker's own
 //!   state (`worker`); `wasi`: the few WASI functions a guest gets.
 //! - [`project`]: Brigade v2 project files, subscriptions, events.
+//! - [`jobs`]: the rules a job must follow, a worker's job table and output;
+//!   [`executor`]: the trait that runs jobs (containers, Pods, Wasm);
+//!   [`source`]: git checkouts and project directories for jobs.
 //! - [`script`]: script sources, TypeScript stripping, module detection.
 //! - [`log`]: worker log records and sinks.
 //!
@@ -20,7 +23,7 @@
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits, WorkerRequest};
+//! use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest};
 //! use mizzen_runtime::log::MemoryLog;
 //! use mizzen_runtime::project::{EventDetails, ProjectDir};
 //!
@@ -31,26 +34,34 @@
 //!     Default::default(),
 //! );
 //! let log = MemoryLog::new();
-//! let outcome = sandbox
-//!     .run(WorkerRequest { script: dir.script()?, event, limits: WorkerLimits::default(), log: Arc::new(log.clone()) })
-//!     .await;
+//! let request = WorkerRequest {
+//!     event,
+//!     limits: WorkerLimits::default(),
+//!     log: Arc::new(log.clone()),
+//!     jobs: JobCapability::none(),
+//! };
+//! let outcome = sandbox.run(&dir.script()?, request).await;
 //! assert!(outcome.succeeded());
 //! # Ok(()) }
 //! ```
 
 mod duration;
 mod engine;
+pub mod executor;
 mod host;
+pub mod jobs;
 pub mod limits;
 pub mod log;
 mod plugin;
 pub mod project;
 pub mod script;
+pub mod source;
 mod wasi;
 mod worker;
 
 pub use duration::parse_go_duration;
 pub use engine::{CompiledScript, Sandbox, SandboxConfig, WorkerRequest};
+pub use jobs::JobCapability;
 pub use limits::WorkerLimits;
 pub use worker::{WorkerFailure, WorkerOutcome};
 

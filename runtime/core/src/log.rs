@@ -1,10 +1,24 @@
-//! Worker log records: what a worker printed, where it goes, how it reads.
+//! Worker log records: what a worker and its jobs printed, where it goes, how
+//! it reads.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use mizzen_host_api::types::LogLevel;
+
+/// Who produced a log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSource {
+    /// The script's `console.*` (or a guest's stdout/stderr): printed as is
+    /// and never filtered, as in Brigade's worker.
+    Console,
+    /// The script's `logger.*`, or the host speaking about the worker:
+    /// timestamped and levelled.
+    Logger,
+    /// A container of a job: the sidecar's name, or `None` for the primary.
+    Container(Option<String>),
+}
 
 /// One line (or several, for a multi-line message) of a worker's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,34 +32,60 @@ pub struct LogRecord {
     pub message: String,
     /// The job it is about, for `[job: name]` lines.
     pub job: Option<String>,
-    /// True for `console.*` output, which Brigade printed as is.
-    pub console: bool,
+    /// Who produced it.
+    pub source: LogSource,
 }
 
 impl LogRecord {
     /// A record stamped now, with its message made safe to print.
-    pub fn new(level: LogLevel, message: &str, job: Option<String>, console: bool) -> Self {
+    pub fn new(level: LogLevel, message: &str, job: Option<String>, source: LogSource) -> Self {
         Self {
             time: SystemTime::now(),
             level,
             message: escape_control_characters(message),
             job,
-            console,
+            source,
         }
     }
 
+    /// A `logger.*` line, or the host's own.
+    pub fn logger(level: LogLevel, message: &str, job: Option<String>) -> Self {
+        Self::new(level, message, job, LogSource::Logger)
+    }
+
+    /// A line a job's container printed.
+    pub fn container(job: &str, sidecar: Option<String>, line: &str) -> Self {
+        Self::new(
+            LogLevel::Info,
+            line,
+            Some(job.to_string()),
+            LogSource::Container(sidecar),
+        )
+    }
+
     /// The line as Brigade's worker printed it: `console.*` output as is,
-    /// `logger.*` lines as `<RFC 3339 time> [job: name] LEVEL: message`.
+    /// `logger.*` lines as `<RFC 3339 time> [job: name] LEVEL: message`, and a
+    /// job's output as `[job: name] line` (`[job: name/sidecar] line` for a
+    /// sidecar).
     pub fn to_line(&self) -> String {
-        if self.console {
-            return self.message.clone();
+        match &self.source {
+            LogSource::Console => self.message.clone(),
+            LogSource::Container(sidecar) => {
+                let job = self.job.as_deref().unwrap_or_default();
+                match sidecar {
+                    Some(sidecar) => format!("[job: {job}/{sidecar}] {}", self.message),
+                    None => format!("[job: {job}] {}", self.message),
+                }
+            }
+            LogSource::Logger => {
+                let mut line = humantime::format_rfc3339_millis(self.time).to_string();
+                if let Some(job) = &self.job {
+                    let _ = write!(line, " [job: {job}]");
+                }
+                let _ = write!(line, " {}: {}", self.level.as_str(), self.message);
+                line
+            }
         }
-        let mut line = humantime::format_rfc3339_millis(self.time).to_string();
-        if let Some(job) = &self.job {
-            let _ = write!(line, " [job: {job}]");
-        }
-        let _ = write!(line, " {}: {}", self.level.as_str(), self.message);
-        line
     }
 }
 
@@ -70,7 +110,8 @@ fn needs_escape(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}'
 }
 
-/// Where a worker's log records go. Called in order, from the worker's task.
+/// Where a worker's log records go. Called from the worker's task and from
+/// its jobs' output streams.
 pub trait LogSink: Send + Sync {
     /// Takes one record.
     fn record(&self, record: LogRecord);
@@ -127,16 +168,23 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
-    fn logger_lines_read_like_brigades() {
-        let mut record =
-            LogRecord::new(LogLevel::Info, "Creating job j1", Some("j1".into()), false);
+    fn lines_read_like_brigades() {
+        let mut record = LogRecord::logger(LogLevel::Info, "Creating job j1", Some("j1".into()));
         record.time = UNIX_EPOCH + Duration::from_millis(1_632_176_112_047);
         assert_eq!(
             record.to_line(),
             "2021-09-20T22:15:12.047Z [job: j1] INFO: Creating job j1"
         );
-        record.console = true;
+        record.source = LogSource::Console;
         assert_eq!(record.to_line(), "Creating job j1");
+        assert_eq!(
+            LogRecord::container("build", None, "compiling").to_line(),
+            "[job: build] compiling"
+        );
+        assert_eq!(
+            LogRecord::container("build", Some("redis".into()), "ready").to_line(),
+            "[job: build/redis] ready"
+        );
     }
 
     #[test]

@@ -122,7 +122,11 @@ async fn preinitialise(
         .map_err(|e| fail("the plugin is not a valid module", e))?;
     let module =
         Module::new(engine, &instrumented).map_err(|e| fail("compiling the plugin failed", e))?;
-    let mut store = new_store(WorkerState::new(crate::engine::INITIALISATION_LIMITS, None));
+    let mut store = new_store(WorkerState::new(
+        crate::engine::INITIALISATION_LIMITS,
+        None,
+        None,
+    ));
     let instance = linker
         .instantiate_async(&mut store, &module)
         .await

@@ -14,6 +14,7 @@ use mizzen_host_api::types::{Event, GitConfig, LogLevel};
 use serde::Deserialize;
 
 use crate::duration::parse_go_duration;
+use crate::executor::Source;
 use crate::script::{MAX_SCRIPT_BYTES, ScriptSource};
 
 /// The project file's name inside a project directory.
@@ -240,6 +241,16 @@ impl ProjectDir {
             root,
             file,
         })
+    }
+
+    /// Where jobs' `sourceMountPath` checkouts come from: the project's git
+    /// settings when it has a `cloneURL`, otherwise this directory, which
+    /// stands for the repository in a local run.
+    pub fn source(&self) -> Source {
+        match &self.project.worker.git {
+            Some(git) if !git.clone_url.is_empty() => Source::Git(git.clone()),
+            _ => Source::Directory(self.root.clone()),
+        }
     }
 
     /// The script to run, as Brigade's worker chose it: `brigade.ts` before
@@ -527,7 +538,7 @@ impl Validator<'_> {
                     return Err(self.invalid(
                         format!("{FIELD}.git.cloneURL"),
                         format!(
-                            "{:?} must match ^(https?://|git@)[\\w:/\\-\\.\\?=@&%]+$",
+                            "{:?} must match ^(https?://|git@|file://)[\\w:/\\-\\.\\?=@&%]+$",
                             g.clone_url
                         ),
                     ));
@@ -652,9 +663,10 @@ fn is_label_key(s: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// `^(https?://|git@)[\w:/\-\.\?=@&%]+$`.
+/// `^(https?://|git@)[\w:/\-\.\?=@&%]+$`, and `file://` for repositories on
+/// this machine (Mizzen's addition, for local runs).
 fn is_clone_url(s: &str) -> bool {
-    let rest = ["https://", "http://", "git@"]
+    let rest = ["https://", "http://", "git@", "file://"]
         .iter()
         .find_map(|prefix| s.strip_prefix(prefix));
     rest.is_some_and(|r| !r.is_empty() && r.chars().all(|c| is_word(c) || ":/-.?=@&%".contains(c)))

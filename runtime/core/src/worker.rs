@@ -13,8 +13,9 @@ use tokio::task::AbortHandle;
 use wasmtime::ResourceLimiter;
 
 use crate::engine::CompiledScript;
+use crate::jobs::WorkerJobs;
 use crate::limits::WorkerLimits;
-use crate::log::{LogRecord, LogSink};
+use crate::log::{LogRecord, LogSink, LogSource};
 
 /// The plugin's function table has about 2,000 entries; no guest has a reason
 /// to grow a table at run time, so growth beyond this is refused.
@@ -67,6 +68,8 @@ pub(crate) struct WorkerContext {
 pub(crate) struct WorkerState {
     pub limits: WorkerLimits,
     pub context: Option<WorkerContext>,
+    /// The worker's jobs; `None` where there is no worker (compilation).
+    pub jobs: Option<WorkerJobs>,
     /// The reply of the last `call`, until `take_reply` collects it.
     pub reply: Option<Vec<u8>>,
     pub summary: Option<String>,
@@ -85,10 +88,15 @@ pub(crate) struct WorkerState {
 
 impl WorkerState {
     /// A worker for an event.
-    pub fn new(limits: WorkerLimits, context: Option<WorkerContext>) -> Self {
+    pub fn new(
+        limits: WorkerLimits,
+        context: Option<WorkerContext>,
+        jobs: Option<WorkerJobs>,
+    ) -> Self {
         Self {
             limits,
             context,
+            jobs,
             reply: None,
             summary: None,
             errors: Vec::new(),
@@ -111,23 +119,27 @@ impl WorkerState {
         let size = request.message.len() as u64 + 1;
         if self.log_bytes + size > self.limits.log_bytes {
             self.log_bytes = self.limits.log_bytes;
-            context.log.record(LogRecord::new(
+            context.log.record(LogRecord::logger(
                 LogLevel::Error,
                 &format!(
                     "log output truncated: the worker's log limit of {} was reached",
                     human_bytes(self.limits.log_bytes)
                 ),
                 None,
-                false,
             ));
             return Err(Stop::LogLimit);
         }
         self.log_bytes += size;
+        let source = if request.console {
+            LogSource::Console
+        } else {
+            LogSource::Logger
+        };
         context.log.record(LogRecord::new(
             request.level,
             &request.message,
             request.job,
-            request.console,
+            source,
         ));
         Ok(())
     }

@@ -1,0 +1,106 @@
+//! What `mizzen run` prints, and keeps: every worker and job line goes to the
+//! terminal as it comes and to the event's log files under the data
+//! directory (`events/<event>/logs/worker.log`,
+//! `events/<event>/logs/jobs/<job>/<container>.log`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{LineWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use mizzen_host_api::types::LogLevel;
+use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
+
+/// Prints worker and job lines (`console.warn` and `console.error` to
+/// stderr, the rest to stdout) and stores them.
+pub struct RunLog {
+    dir: PathBuf,
+    worker: Mutex<Option<LineWriter<File>>>,
+    jobs: Mutex<HashMap<(String, String), LineWriter<File>>>,
+    /// Whether any job printed anything.
+    jobs_ran: std::sync::atomic::AtomicBool,
+}
+
+impl RunLog {
+    /// A log for an event, kept under `dir` (created on first use).
+    pub fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            worker: Mutex::new(None),
+            jobs: Mutex::new(HashMap::new()),
+            jobs_ran: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Where the files are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether any job printed anything.
+    pub fn jobs_ran(&self) -> bool {
+        self.jobs_ran.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn store(&self, record: &LogRecord, line: &str) {
+        let stored = match &record.source {
+            LogSource::Container(sidecar) => {
+                self.jobs_ran
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let job = record.job.clone().unwrap_or_default();
+                let container = sidecar.clone().unwrap_or_else(|| job.clone());
+                let path = self
+                    .dir
+                    .join("jobs")
+                    .join(&job)
+                    .join(format!("{container}.log"));
+                let mut files = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                let file = match files.entry((job, container)) {
+                    std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        open(&path).map(|f| entry.insert(f))
+                    }
+                };
+                file.map(|f| writeln!(f, "{}", record.message))
+            }
+            _ => {
+                let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+                if worker.is_none() {
+                    *worker = open(&self.dir.join("worker.log"));
+                }
+                worker.as_mut().map(|f| writeln!(f, "{line}"))
+            }
+        };
+        if let Some(Err(e)) = stored {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not store a log line");
+        }
+    }
+}
+
+fn open(path: &Path) -> Option<LineWriter<File>> {
+    let opened = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| File::create(path));
+    match opened {
+        Ok(file) => Some(LineWriter::new(file)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "could not create a log file");
+            None
+        }
+    }
+}
+
+impl LogSink for RunLog {
+    fn record(&self, record: LogRecord) {
+        let line = record.to_line();
+        let to_stderr = record.source == LogSource::Console && record.level <= LogLevel::Warn;
+        if to_stderr {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        } else {
+            let _ = writeln!(std::io::stdout(), "{line}");
+        }
+        self.store(&record, &line);
+    }
+}

@@ -1,0 +1,246 @@
+//! `mizzen run`: one event for one project, on this machine.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
+use mizzen_runtime::executor::{EventContext, JobExecutor, Source};
+use mizzen_runtime::project::{EventDetails, ProjectDir, validate_secret_key};
+use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
+
+use crate::output::RunLog;
+use crate::{
+    EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_SUBSCRIBED, ExecutorKind, Failure,
+    RunArgs,
+};
+
+/// Payloads travel inside the event; Brigade's gateways accepted up to
+/// GitHub's 25 MB, and the CLI allows as much.
+const MAX_PAYLOAD_BYTES: u64 = 25 * 1024 * 1024;
+/// `mizzen run` handles one event: its worker and the script's compilation
+/// need two instances; a few more leave room without reserving address space
+/// for a server's thousand.
+const CLI_MAX_INSTANCES: u32 = 8;
+/// A secrets file is a flat map of a few keys; 1 MiB is generous.
+const MAX_SECRETS_FILE_BYTES: u64 = 1024 * 1024;
+
+pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    let dir = ProjectDir::load(&args.project)?;
+    let payload = match &args.payload_file {
+        Some(path) => read_limited(path, MAX_PAYLOAD_BYTES)
+            .with_context(|| format!("cannot read the payload file {}", path.display()))?,
+        None => args.payload.clone().unwrap_or_default(),
+    };
+    let secrets = secrets(&args)?;
+    let details = EventDetails {
+        source: args.source.clone(),
+        event_type: args.event_type.clone(),
+        payload,
+        ..EventDetails::default()
+    };
+    if !dir.project.subscribes_to(&details) {
+        return Err(Failure {
+            code: EXIT_NOT_SUBSCRIBED,
+            error: anyhow::anyhow!(
+                "project \"{}\" does not subscribe to events of source \"{}\" and type \"{}\"; no worker ran",
+                dir.project.id,
+                details.source,
+                details.event_type
+            ),
+        });
+    }
+    let mut event = dir.project.event(details, secrets);
+    if let Some(level) = args.log_level {
+        event.worker.log_level = level;
+    }
+    let mut limits = WorkerLimits::default();
+    if let Some(timeout) = args.timeout.or(dir.project.worker.timeout) {
+        limits.wall_time = timeout;
+    }
+    if let Some(cpu) = args.cpu_limit {
+        limits.cpu_time = cpu;
+    }
+    if let Some(mib) = args.memory_limit {
+        limits.memory_bytes = mib.saturating_mul(1024 * 1024);
+    }
+
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let executor = executor(args.executor, &data_dir).await?;
+    // A project whose scripts live in its repository: check it out and read
+    // them from there (as Brigade's worker read them from /var/vcs).
+    let worker_failed = |error: anyhow::Error| Failure {
+        code: EXIT_FAILED,
+        error: error.context("worker FAILED"),
+    };
+    let checkout = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let dir = match dir.source() {
+        Source::Git(git) => {
+            let root = checkout.path().join("source");
+            source::checkout(&Source::Git(git), &root)
+                .await
+                .map_err(|e| worker_failed(e.into()))?;
+            ProjectDir { root, ..dir }
+        }
+        Source::Directory(_) => dir,
+    };
+    let script = dir.script().map_err(|e| worker_failed(e.into()))?;
+
+    let context = Arc::new(EventContext {
+        event_id: event.id.clone(),
+        project_id: dir.project.id.clone(),
+        use_workspace: dir.project.worker.use_workspace,
+        source: Some(dir.source()),
+        policies: dir.project.worker.job_policies,
+    });
+    let jobs = match &executor {
+        Some(executor) => JobCapability::Executor {
+            executor: executor.clone(),
+            event: context.clone(),
+        },
+        None => {
+            JobCapability::Unavailable("jobs are disabled for this run (--executor none)".into())
+        }
+    };
+    let log = Arc::new(RunLog::new(
+        data_dir.join("events").join(&event.id).join("logs"),
+    ));
+    let config = SandboxConfig {
+        max_instances: CLI_MAX_INSTANCES,
+        ..SandboxConfig::from_env()
+    };
+    let sandbox = Sandbox::new(config).await.map_err(|e| Failure {
+        code: EXIT_FAILED,
+        error: e.into(),
+    })?;
+    let request = WorkerRequest {
+        event,
+        limits,
+        log: log.clone(),
+        jobs,
+    };
+    let outcome = tokio::select! {
+        outcome = sandbox.run(&script, request) => outcome,
+        signal = interrupted() => {
+            // The worker was dropped mid-run; its jobs' containers are still
+            // there until the executor removes the event's.
+            if let Some(executor) = &executor {
+                executor.finish_event(&context).await;
+            }
+            return Err(Failure {
+                code: EXIT_INTERRUPTED,
+                error: anyhow::anyhow!("{signal}: the worker was stopped and the event's containers were removed"),
+            });
+        }
+    };
+    if let Some(summary) = &outcome.summary {
+        let _ = writeln!(std::io::stdout(), "Summary: {summary}");
+    }
+    if log.jobs_ran() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "mizzen: logs kept in {}",
+            log.dir().display()
+        );
+    }
+    match outcome.failure {
+        None => Ok(()),
+        Some(failure) => Err(Failure {
+            code: EXIT_FAILED,
+            error: anyhow::anyhow!("worker {}: {failure}", outcome.phase),
+        }),
+    }
+}
+
+/// The executor `--executor` asks for: `docker` connects now and fails at
+/// once when no engine answers; `none` runs no jobs; without the flag, jobs
+/// run on the engine that answers when the first job starts (a script
+/// without jobs never looks for one).
+async fn executor(
+    kind: Option<ExecutorKind>,
+    data_dir: &Path,
+) -> Result<Option<Arc<dyn JobExecutor>>, Failure> {
+    let config = DockerConfig {
+        data_dir: data_dir.to_path_buf(),
+    };
+    Ok(match kind {
+        Some(ExecutorKind::Docker) => {
+            let executor = DockerExecutor::connect(config).await.map_err(|e| Failure {
+                code: EXIT_BAD_INPUT,
+                error: anyhow::Error::new(e).context("--executor docker"),
+            })?;
+            Some(Arc::new(executor))
+        }
+        Some(ExecutorKind::None) => None,
+        None => Some(Arc::new(LazyDockerExecutor::new(config))),
+    })
+}
+
+/// `$MIZZEN_DATA_DIR`, else the user's data directory (`~/.local/share/mizzen`).
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("MIZZEN_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(|| dirs::data_dir().map(|dir| dir.join("mizzen")))
+        .unwrap_or_else(|| PathBuf::from(".mizzen"))
+}
+
+/// Resolves on Ctrl-C or SIGTERM, saying which.
+async fn interrupted() -> &'static str {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = terminate.recv() => "terminated",
+    }
+}
+
+/// `--secret KEY=VALUE` flags over the `--secrets-file` map.
+fn secrets(args: &RunArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut secrets = BTreeMap::new();
+    if let Some(path) = &args.secrets_file {
+        let text = read_limited(path, MAX_SECRETS_FILE_BYTES)
+            .with_context(|| format!("cannot read the secrets file {}", path.display()))?;
+        let map: BTreeMap<String, serde_norway::Value> = serde_norway::from_str(&text)
+            .with_context(|| {
+                format!(
+                    "{}: expected a flat map of secret names to values",
+                    path.display()
+                )
+            })?;
+        for (key, value) in map {
+            let value = match value {
+                serde_norway::Value::String(s) => s,
+                serde_norway::Value::Number(n) => n.to_string(),
+                serde_norway::Value::Bool(b) => b.to_string(),
+                _ => bail!(
+                    "{}: secret {key:?} must be a string, number or boolean",
+                    path.display()
+                ),
+            };
+            validate_secret_key(&key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            secrets.insert(key, value);
+        }
+    }
+    for pair in &args.secrets {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--secret {pair:?} must have the form KEY=VALUE");
+        };
+        validate_secret_key(key).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+        secrets.insert(key.to_string(), value.to_string());
+    }
+    Ok(secrets)
+}
+
+/// Reads a UTF-8 file of at most `limit` bytes.
+fn read_limited(path: &Path, limit: u64) -> anyhow::Result<String> {
+    let size = std::fs::metadata(path)?.len();
+    if size > limit {
+        bail!("the file is {size} bytes; the limit is {limit} bytes");
+    }
+    Ok(std::fs::read_to_string(path)?)
+}

@@ -1,0 +1,389 @@
+//! `mizzen run` with jobs on the machine's container engine (Podman in CI,
+//! set up by scripts/setup-engine): the examples end to end, and what users
+//! see when the engine is missing or a run is interrupted.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::ListContainersOptionsBuilder;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn command(args: &[&str]) -> Command {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mizzen"));
+    command
+        .args(args)
+        .current_dir(repo())
+        .env("MIZZEN_CACHE_DIR", tmp.join("mizzen-cache"))
+        .env("MIZZEN_DATA_DIR", tmp.join("mizzen-cli-data"));
+    command
+}
+
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn finished(output: Output) -> Ran {
+    Ran {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn run(args: &[&str]) -> Ran {
+    finished(command(args).output().expect("mizzen runs"))
+}
+
+/// Containers on the engine labelled with a project.
+fn containers_of_project(project: &str) -> Vec<String> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = mizzen_docker::engine::connect()
+            .await
+            .expect("an engine answers");
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("sh.mizzen.project={project}")],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        engine
+            .docker
+            .list_containers(Some(options))
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .collect()
+    })
+}
+
+fn project(id: &str, script: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let indented: String = script.lines().map(|l| format!("        {l}\n")).collect();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        format!(
+            "apiVersion: brigade.sh/v2\nkind: Project\nmetadata:\n  id: {id}\nspec:\n  eventSubscriptions:\n  - source: brigade.sh/cli\n    types: [exec]\n  workerTemplate:\n    defaultConfigFiles:\n      brigade.js: |\n{indented}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn first_job_runs_a_container_and_prints_its_output() {
+    let ran = run(&["run", "examples/03-first-job"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("[job: my-first-job] INFO: Creating job my-first-job\n"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout.contains("[job: my-first-job] My first job!\n"),
+        "{ran:?}"
+    );
+    assert!(ran.stderr.contains("mizzen: logs kept in "), "{ran:?}");
+}
+
+#[test]
+fn simple_pipeline_runs_its_jobs_in_order() {
+    let ran = run(&["run", "examples/04-simple-pipeline"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let first = ran
+        .stdout
+        .find("[job: my-first-job] My first job!")
+        .expect("first job's output");
+    let second = ran
+        .stdout
+        .find("Creating job my-second-job")
+        .expect("second job created");
+    assert!(first < second, "{ran:?}");
+    assert!(
+        ran.stdout.contains("[job: my-second-job] My second job!"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn groups_run_two_sequences_concurrently() {
+    let ran = run(&["run", "examples/05-groups"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    for line in ["My first job!", "My second job!", "My A job!", "My B job!"] {
+        assert!(ran.stdout.contains(line), "{line}: {ran:?}");
+    }
+    // Both sequences start before either ends.
+    let a = ran.stdout.find("Creating job my-a-job").unwrap();
+    let second = ran.stdout.find("Creating job my-second-job").unwrap();
+    assert!(a < second, "{ran:?}");
+}
+
+#[test]
+fn git_example_reads_its_script_from_the_repository_and_mounts_the_source() {
+    let ran = run(&["run", "examples/06-git"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("Hello, Git!\n"), "{ran:?}");
+    assert!(
+        ran.stdout.contains("[job: list-source] brigade.js\n"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout
+            .contains("Summary: listed 3 entries of the source"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn shared_workspace_passes_a_file_between_jobs() {
+    let ran = run(&["run", "examples/08-shared-workspace"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("[job: second-job] Hello!\n"), "{ran:?}");
+}
+
+#[test]
+fn sidecar_container_example_runs_both_containers() {
+    let ran = run(&["run", "examples/14-sidecar-container"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("-> sidecar: debian:latest"), "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("[job: my-job] Hello from the primary container!"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout
+            .contains("[job: my-job/sidecar] Hello from the sidecar container!"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn sidecar_service_example_tests_against_a_ready_database() {
+    let ran = run(&["run", "examples/15-sidecar-service"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("[job: integration-test] Hello from a sidecar service!"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout.contains("Summary: integration test passed"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn job_logs_are_kept_in_the_data_directory() {
+    let data = tempfile::tempdir().unwrap();
+    let ran = finished(
+        command(&["run", "examples/14-sidecar-container"])
+            .env("MIZZEN_DATA_DIR", data.path())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let events: Vec<_> = std::fs::read_dir(data.path().join("events"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(events.len(), 1);
+    let logs = events[0].path().join("logs");
+    assert_eq!(
+        std::fs::read_to_string(logs.join("jobs/my-job/my-job.log")).unwrap(),
+        "Hello from the primary container!\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(logs.join("jobs/my-job/sidecar.log")).unwrap(),
+        "Hello from the sidecar container!\n"
+    );
+    let worker = std::fs::read_to_string(logs.join("worker.log")).unwrap();
+    assert!(worker.contains("INFO: Creating job my-job"), "{worker}");
+    assert!(
+        !data
+            .path()
+            .join("work")
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false),
+        "scratch removed"
+    );
+}
+
+#[test]
+fn a_missing_engine_is_one_clear_message() {
+    let missing = "unix:///nonexistent/docker.sock";
+    let ran = finished(
+        command(&["run", "examples/03-first-job"])
+            .env("DOCKER_HOST", missing)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        ran.stderr.contains(&format!(
+            "mizzen: worker FAILED: brigade.js:7:13: Error: Error creating job \"my-first-job\": no container engine answered ({missing}: no such socket); start Docker or Podman (podman system service), or set DOCKER_HOST"
+        )),
+        "{ran:?}"
+    );
+    let ran = finished(
+        command(&["run", "examples/03-first-job", "--executor", "docker"])
+            .env("DOCKER_HOST", missing)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert_eq!(
+        ran.stderr,
+        format!(
+            "mizzen: --executor docker: no container engine answered ({missing}: no such socket); start Docker or Podman (podman system service), or set DOCKER_HOST\n"
+        )
+    );
+    // A script without jobs does not need an engine at all.
+    let ran = finished(
+        command(&["run", "examples/02-first-event"])
+            .env("DOCKER_HOST", missing)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+}
+
+/// Starts `mizzen run` on a project whose job prints "started" and sleeps,
+/// and returns once the job has started.
+fn start_sleeping_job(id: &str) -> (std::process::Child, tempfile::TempDir) {
+    let dir = project(
+        id,
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {
+  const job = new Job("sleeper", "localhost/busybox", event);
+  job.primaryContainer.command = ["sh", "-c", "echo started; sleep 600"];
+  await job.run();
+});
+events.process();"#,
+    );
+    let mut child = command(&["run", dir.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .next()
+            .expect("mizzen printed the job's start")
+            .unwrap();
+        if line == "[job: sleeper] started" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not start");
+    }
+    // Keep reading, so that mizzen never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, dir)
+}
+
+#[test]
+fn ctrl_c_removes_the_events_containers_before_exiting() {
+    let (mut child, _dir) = start_sleeping_job("interrupted-run");
+    assert_eq!(containers_of_project("interrupted-run").len(), 1);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(130));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(
+        containers_of_project("interrupted-run"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn the_next_run_removes_what_a_killed_run_left_behind() {
+    let (mut child, _dir) = start_sleeping_job("killed-run");
+    Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        containers_of_project("killed-run").len(),
+        1,
+        "a SIGKILL leaves the container"
+    );
+    // Any later run that uses the engine sweeps it away.
+    let ran = run(&["run", "examples/03-first-job"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert_eq!(containers_of_project("killed-run"), Vec::<String>::new());
+}
+
+#[test]
+fn a_script_kept_in_a_git_repository_is_read_from_its_checkout() {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    std::fs::create_dir_all(repo.path().join("ci")).unwrap();
+    std::fs::write(
+        repo.path().join("ci/brigade.js"),
+        "console.log(\"from the pinned commit\");\n",
+    )
+    .unwrap();
+    git(&["add", "."]);
+    git(&["commit", "--quiet", "-m", "pinned"]);
+    let pinned = git(&["rev-parse", "HEAD"]);
+    std::fs::write(
+        repo.path().join("ci/brigade.js"),
+        "console.log(\"from a later commit\");\n",
+    )
+    .unwrap();
+    git(&["commit", "--quiet", "-am", "later"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        format!(
+            "apiVersion: brigade.sh/v2\nkind: Project\nmetadata:\n  id: from-git\nspec:\n  eventSubscriptions:\n  - source: brigade.sh/cli\n    types: [exec]\n  workerTemplate:\n    configFilesDirectory: ci\n    git:\n      cloneURL: file://{}\n      commit: {pinned}\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let ran = run(&["run", dir.path().to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("from the pinned commit\n"), "{ran:?}");
+}

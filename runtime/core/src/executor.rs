@@ -1,0 +1,97 @@
+//! Job executors: what runs a worker's jobs (containers on a local engine, Pods
+//! on Kubernetes, Wasm modules in-process).
+//!
+//! The host validates a job against its project's policies before an executor
+//! sees it ([`crate::jobs`]); the executor turns it into running containers,
+//! sends every line they print to the job's [`JobOutput`], and reports how the
+//! job ended. When the event ends the host calls
+//! [`JobExecutor::finish_event`], which removes whatever the executor made
+//! for it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mizzen_host_api::types::{GitConfig, JobResult, JobSpec};
+
+use crate::project::JobPolicies;
+
+/// What an executor needs to know about the event a job belongs to.
+#[derive(Debug, Clone)]
+pub struct EventContext {
+    /// The event's id.
+    pub event_id: String,
+    /// The project's id.
+    pub project_id: String,
+    /// Whether jobs may mount the event's shared workspace.
+    pub use_workspace: bool,
+    /// What `sourceMountPath` mounts, when the project has a source.
+    pub source: Option<Source>,
+    /// What the project allows its jobs.
+    pub policies: JobPolicies,
+}
+
+/// Where a job's source checkout comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A git repository, checked out fresh for each job.
+    Git(GitConfig),
+    /// A directory (a local project standing for its repository), copied
+    /// fresh for each job.
+    Directory(PathBuf),
+}
+
+/// Where a job's containers' output goes, line by line.
+pub trait JobOutput: Send + Sync {
+    /// One line (without its newline) printed by `container`: the job's name
+    /// for the primary container, the sidecar's name otherwise.
+    fn line(&self, container: &str, line: &str);
+}
+
+/// A job to start: validated, with its event and its output.
+pub struct JobRequest {
+    /// The event the job belongs to.
+    pub event: Arc<EventContext>,
+    /// The job's name, unique within the event.
+    pub name: String,
+    /// What to run.
+    pub spec: JobSpec,
+    /// Where its output goes.
+    pub output: Arc<dyn JobOutput>,
+}
+
+/// Runs jobs. One executor serves every worker of a process.
+#[async_trait]
+pub trait JobExecutor: Send + Sync {
+    /// Starts a job and returns as soon as the executor has accepted it; the
+    /// job then runs on its own. An error here means the job was refused (it
+    /// never ran); failures while it runs end it FAILED instead.
+    async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError>;
+
+    /// Removes everything the executor made for `event` (containers,
+    /// networks, workspace, checkouts). Called once, when the event ends,
+    /// however it ended.
+    async fn finish_event(&self, event: &EventContext);
+}
+
+/// A job that was accepted.
+#[async_trait]
+pub trait RunningJob: Send + Sync {
+    /// Waits for the job to end; any number of callers get the same result.
+    async fn wait(&self) -> JobResult;
+
+    /// Stops the job: ABORTED when it had started, CANCELED when it had not.
+    /// Does nothing to a job that has ended.
+    async fn cancel(&self);
+}
+
+/// Why an executor refused a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecutorError {
+    /// The executor cannot run jobs of this kind (e.g. Windows containers).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The executor's backend (container engine, cluster) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+}

@@ -1,0 +1,700 @@
+//! A worker's jobs: the rules a job must follow before an executor sees it,
+//! and the table of the worker's jobs, their output and their end.
+//!
+//! The rules are Brigade's (job and container names, unknown container
+//! properties rejected), the project's policies (privileged containers, the
+//! host's Docker socket, the shared workspace) and the host's own safety rules
+//! (absolute mount paths without `..`, well-formed image references). A broken
+//! rule is an error the script can catch; it names the job, the container and
+//! the rule.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use mizzen_host_api::types::{
+    ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, JobLogs, JobResult, JobSpec, JobStartRequest,
+    LogLevel, Phase,
+};
+use mizzen_host_api::{ErrorCode, HostError};
+use serde_json::Value;
+
+use crate::executor::{
+    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob,
+};
+use crate::log::{LogRecord, LogSink};
+use crate::project::is_dns_label;
+
+/// Brigade's observer killed jobs after 24 hours at the latest
+/// (`MAX_JOB_LIFETIME`); a longer timeout is refused rather than silently cut.
+pub const MAX_JOB_TIMEOUT_SECONDS: f64 = 24.0 * 60.0 * 60.0;
+
+/// Sidecars per job. Kubernetes has no fixed limit, but a pod of more than a
+/// few containers is a design smell, and each sidecar costs a container.
+pub const MAX_SIDECARS: usize = 16;
+
+/// Output kept per job (all its containers): a build's output can be long,
+/// and 16 MiB is several hundred thousand lines. Past it, a line says the
+/// output was cut and the rest is dropped.
+pub const DEFAULT_JOB_LOG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Whether, and on what, a worker's jobs run.
+#[derive(Clone)]
+pub enum JobCapability {
+    /// Jobs run on this executor, for this event.
+    Executor {
+        /// What runs the containers.
+        executor: Arc<dyn JobExecutor>,
+        /// The event, its project's policies and source.
+        event: Arc<EventContext>,
+    },
+    /// Jobs cannot run; the text says why and what would configure them.
+    Unavailable(String),
+}
+
+impl JobCapability {
+    /// No executor, with the usual explanation.
+    pub fn none() -> Self {
+        JobCapability::Unavailable("no job executor is configured for this run".into())
+    }
+}
+
+/// The jobs of one worker.
+pub(crate) struct WorkerJobs {
+    capability: JobCapability,
+    log: Arc<dyn LogSink>,
+    /// The worker's log level: the host's own lines about jobs obey it too.
+    level: LogLevel,
+    log_limit: u64,
+    jobs: HashMap<String, StartedJob>,
+}
+
+struct StartedJob {
+    running: Arc<dyn RunningJob>,
+    output: Arc<JobRecorder>,
+}
+
+impl WorkerJobs {
+    pub fn new(capability: JobCapability, log: Arc<dyn LogSink>, level: LogLevel) -> Self {
+        Self {
+            capability,
+            log,
+            level,
+            log_limit: DEFAULT_JOB_LOG_BYTES,
+            jobs: HashMap::new(),
+        }
+    }
+
+    /// Validates and starts a job (`Op::JobStart`).
+    pub async fn start(&mut self, request: &[u8]) -> Result<(), HostError> {
+        let (executor, event) = match &self.capability {
+            JobCapability::Executor { executor, event } => (executor.clone(), event.clone()),
+            JobCapability::Unavailable(why) => {
+                return Err(HostError::not_configured(format!(
+                    "{why}, so jobs cannot run"
+                )));
+            }
+        };
+        let job = parse_start(request)?;
+        validate(&job, &event)?;
+        if self.jobs.contains_key(&job.name) {
+            return Err(HostError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "a job named \"{}\" already exists in this event (job names are unique within an event, and a job runs once)",
+                    job.name
+                ),
+            ));
+        }
+        let output = Arc::new(JobRecorder {
+            job: job.name.clone(),
+            log: self.log.clone(),
+            limit: self.log_limit,
+            state: Mutex::default(),
+        });
+        let running = executor
+            .start(JobRequest {
+                event,
+                name: job.name.clone(),
+                spec: job.spec,
+                output: output.clone(),
+            })
+            .await
+            .map_err(|e| match e {
+                ExecutorError::Unsupported(m) => HostError::invalid(m),
+                ExecutorError::Unavailable(m) => HostError::new(ErrorCode::Unavailable, m),
+            })?;
+        // Say how the job ended, with its reason: the script only learns the
+        // phase.
+        let (watched, log, name, level) = (
+            running.clone(),
+            self.log.clone(),
+            job.name.clone(),
+            self.level,
+        );
+        tokio::spawn(async move {
+            let record = end_record(&name, &watched.wait().await);
+            if record.level.passes(level) {
+                log.record(record);
+            }
+        });
+        self.jobs.insert(job.name, StartedJob { running, output });
+        Ok(())
+    }
+
+    /// The job named `name`, for `Op::JobWait` and `Op::JobCancel`.
+    pub fn running(&self, name: &str) -> Result<Arc<dyn RunningJob>, HostError> {
+        self.jobs
+            .get(name)
+            .map(|job| job.running.clone())
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// A container's output so far (`Op::JobLogs`); the primary's by default.
+    pub fn logs(&self, name: &str, container: Option<&str>) -> Result<JobLogs, HostError> {
+        let job = self.jobs.get(name).ok_or_else(|| not_found(name))?;
+        let container = container.unwrap_or(name);
+        let state = job.output.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(JobLogs {
+            lines: state.lines.get(container).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Ends the worker's jobs: stops those still running (ABORTED) and has
+    /// the executor remove everything it made for the event.
+    pub async fn finish(&mut self) {
+        let JobCapability::Executor { executor, event } = &self.capability else {
+            return;
+        };
+        for job in self.jobs.values() {
+            job.running.cancel().await;
+        }
+        executor.finish_event(event).await;
+    }
+}
+
+fn not_found(name: &str) -> HostError {
+    HostError::new(
+        ErrorCode::NotFound,
+        format!("this event has no job named \"{name}\""),
+    )
+}
+
+fn end_record(name: &str, result: &JobResult) -> LogRecord {
+    let mut message = format!("job {name} ended {}", result.phase);
+    if let Some(code) = result.exit_code {
+        message.push_str(&format!(" (exit code {code})"));
+    }
+    if let Some(reason) = &result.reason {
+        message.push_str(&format!(": {reason}"));
+    }
+    let level = if result.phase == Phase::Succeeded {
+        LogLevel::Debug
+    } else {
+        LogLevel::Warn
+    };
+    LogRecord::logger(level, &message, Some(name.to_string()))
+}
+
+/// Collects a job's output: keeps each container's lines for `job.logs()`
+/// and passes them to the worker's log, up to the job's log limit.
+struct JobRecorder {
+    job: String,
+    log: Arc<dyn LogSink>,
+    limit: u64,
+    state: Mutex<RecorderState>,
+}
+
+#[derive(Default)]
+struct RecorderState {
+    bytes: u64,
+    truncated: bool,
+    lines: BTreeMap<String, Vec<String>>,
+}
+
+impl JobOutput for JobRecorder {
+    fn line(&self, container: &str, line: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.truncated {
+            return;
+        }
+        let size = line.len() as u64 + 1;
+        if state.bytes + size > self.limit {
+            state.truncated = true;
+            self.log.record(LogRecord::logger(
+                LogLevel::Warn,
+                &format!(
+                    "output of job {} truncated: its log limit of {} bytes was reached",
+                    self.job, self.limit
+                ),
+                Some(self.job.clone()),
+            ));
+            return;
+        }
+        state.bytes += size;
+        state
+            .lines
+            .entry(container.to_string())
+            .or_default()
+            .push(line.to_string());
+        let container = (container != self.job).then(|| container.to_string());
+        self.log
+            .record(LogRecord::container(&self.job, container, line));
+    }
+}
+
+/// Parses a `job.start` request, naming the container whose fields are wrong
+/// (Brigade rejected unknown container properties through its schema).
+fn parse_start(request: &[u8]) -> Result<JobStartRequest, HostError> {
+    let invalid = |what: &str, e: serde_json::Error| HostError::invalid(format!("{what}: {e}"));
+    let mut value: Value =
+        serde_json::from_slice(request).map_err(|e| invalid("invalid job.start request", e))?;
+    let name = value
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let job = format!("job \"{name}\"");
+    // Check each container on its own, so that the error says which.
+    if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut) {
+        if let Some(primary) = spec.get("primaryContainer") {
+            serde_json::from_value::<ContainerSpec>(primary.clone())
+                .map_err(|e| invalid(&format!("{job}: primaryContainer"), e))?;
+        }
+        if let Some(Value::Object(sidecars)) = spec.get("sidecarContainers") {
+            for (sidecar, container) in sidecars {
+                serde_json::from_value::<ContainerSpec>(container.clone())
+                    .map_err(|e| invalid(&format!("{job}: sidecar \"{sidecar}\""), e))?;
+            }
+        }
+    }
+    serde_json::from_value(value).map_err(|e| invalid(&job, e))
+}
+
+/// Checks a job against Brigade's rules, the project's policies and the
+/// host's safety rules.
+pub(crate) fn validate(job: &JobStartRequest, event: &EventContext) -> Result<(), HostError> {
+    let name = &job.name;
+    if !is_dns_label(name) || name.len() > 63 {
+        return Err(HostError::invalid(format!(
+            "job name {name:?} must match ^[a-z][a-z\\d-]*[a-z\\d]$ and be at most 63 characters"
+        )));
+    }
+    let spec: &JobSpec = &job.spec;
+    let timeout = spec.timeout_seconds;
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= MAX_JOB_TIMEOUT_SECONDS) {
+        return Err(HostError::invalid(format!(
+            "job \"{name}\": timeoutSeconds must be more than 0 and at most {MAX_JOB_TIMEOUT_SECONDS} (24 hours), not {timeout}"
+        )));
+    }
+    match spec.host.os.as_deref() {
+        None | Some("") | Some("linux") | Some("windows") => {}
+        Some(other) => {
+            return Err(HostError::invalid(format!(
+                "job \"{name}\": host.os {other:?} must be \"linux\" or \"windows\""
+            )));
+        }
+    }
+    if spec.sidecar_containers.len() > MAX_SIDECARS {
+        return Err(HostError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "job \"{name}\" has {} sidecars; the limit is {MAX_SIDECARS}",
+                spec.sidecar_containers.len()
+            ),
+        ));
+    }
+    validate_container(name, "primaryContainer", &spec.primary_container, event)?;
+    if spec.primary_container.readiness.is_some() {
+        return Err(HostError::invalid(format!(
+            "job \"{name}\": readiness applies to sidecars; the primary container starts when they are ready"
+        )));
+    }
+    for (sidecar, container) in &spec.sidecar_containers {
+        let place = format!("sidecar \"{sidecar}\"");
+        if !is_dns_label(sidecar) || sidecar.len() > 63 {
+            return Err(HostError::invalid(format!(
+                "job \"{name}\": sidecar name {sidecar:?} must match ^[a-z][a-z\\d-]*[a-z\\d]$ and be at most 63 characters"
+            )));
+        }
+        if sidecar == name {
+            return Err(HostError::invalid(format!(
+                "job \"{name}\": {place} has the job's name, which is the primary container's"
+            )));
+        }
+        validate_container(name, &place, container, event)?;
+        if let Some(readiness) = &container.readiness {
+            let timeout = readiness
+                .timeout_seconds
+                .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS);
+            let one_kind = readiness.tcp_port.is_some() != readiness.exited;
+            if !one_kind || readiness.tcp_port == Some(0) {
+                return Err(HostError::invalid(format!(
+                    "job \"{name}\": {place}: readiness must be either {{ tcpPort: <1-65535> }} or {{ exited: true }}"
+                )));
+            }
+            if !(timeout.is_finite() && timeout > 0.0 && timeout <= spec.timeout_seconds) {
+                return Err(HostError::invalid(format!(
+                    "job \"{name}\": {place}: readiness.timeoutSeconds must be more than 0 and at most the job's timeoutSeconds"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_container(
+    job: &str,
+    place: &str,
+    container: &ContainerSpec,
+    event: &EventContext,
+) -> Result<(), HostError> {
+    let fail = |problem: String| HostError::invalid(format!("job \"{job}\": {place}: {problem}"));
+    let deny = |problem: String| {
+        HostError::new(
+            ErrorCode::PermissionDenied,
+            format!("job \"{job}\": {place}: {problem}"),
+        )
+    };
+    validate_image(&container.image).map_err(fail)?;
+    for (field, path) in [
+        ("workspaceMountPath", &container.workspace_mount_path),
+        ("sourceMountPath", &container.source_mount_path),
+        ("workingDirectory", &container.working_directory),
+    ] {
+        if !path.is_empty() {
+            validate_container_path(path).map_err(|p| fail(format!("{field} {path:?} {p}")))?;
+        }
+    }
+    if !container.workspace_mount_path.is_empty() && !event.use_workspace {
+        return Err(deny(
+            "asks for the shared workspace (workspaceMountPath), but the project does not set spec.workerTemplate.useWorkspace: true".into(),
+        ));
+    }
+    if !container.source_mount_path.is_empty() && event.source.is_none() {
+        return Err(deny(
+            "asks for the project's source (sourceMountPath), but the project has no source (spec.workerTemplate.git)".into(),
+        ));
+    }
+    if container.privileged && !event.policies.allow_privileged {
+        return Err(deny(
+            "is privileged, which the project's policy forbids (spec.workerTemplate.jobPolicies.allowPrivileged is not true)".into(),
+        ));
+    }
+    if container.use_host_docker_socket && !event.policies.allow_docker_socket_mount {
+        return Err(deny(
+            "mounts the host's Docker socket, which the project's policy forbids (spec.workerTemplate.jobPolicies.allowDockerSocketMount is not true); a Docker-in-Docker sidecar is the safer way".into(),
+        ));
+    }
+    for (key, value) in &container.environment {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            return Err(fail(format!(
+                "environment variable {key:?} must have a non-empty name without '=' or NUL, and a value without NUL"
+            )));
+        }
+    }
+    for arg in container.command.iter().chain(&container.arguments) {
+        if arg.contains('\0') {
+            return Err(fail("command and arguments must not contain NUL".into()));
+        }
+    }
+    Ok(())
+}
+
+/// A path inside a container: absolute, not `/`, no `..`, no control
+/// characters, and none of `:` and `,` (which bind-mount syntaxes split on).
+fn validate_container_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must be an absolute path");
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err("must not contain '..'");
+    }
+    if path.trim_end_matches('/').is_empty() {
+        return Err("must not be the root directory");
+    }
+    if path.chars().any(|c| c.is_control() || c == ':' || c == ',') {
+        return Err("must not contain control characters, ':' or ','");
+    }
+    Ok(())
+}
+
+/// An OCI image reference, by the grammar of distribution/reference:
+/// `[host[:port]/]path[:tag][@algorithm:hex]`, path components lowercase.
+pub fn validate_image(reference: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("image {reference:?} {why}"));
+    if reference.is_empty() {
+        return bad("is empty");
+    }
+    if reference.len() > 512
+        || reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return bad("is not an image reference (spaces, control characters or too long)");
+    }
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let valid = digest.split_once(':').is_some_and(|(algorithm, hex)| {
+            !algorithm.is_empty()
+                && algorithm
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
+                && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !valid {
+            return bad("has a malformed digest (expected @sha256:<64 hex digits>)");
+        }
+    }
+    // A tag follows the last ':' that comes after the last '/'.
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let valid = !tag.is_empty()
+            && tag.len() <= 128
+            && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !valid {
+            return bad("has a malformed tag (letters, digits, '_', '.', '-', at most 128)");
+        }
+    }
+    if name.len() > 255 {
+        return bad("has a name longer than 255 characters");
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    let first = components[0];
+    let has_domain = components.len() > 1
+        && (first.contains('.')
+            || first.contains(':')
+            || first == "localhost"
+            || first.chars().any(|c| c.is_ascii_uppercase()));
+    if has_domain {
+        let (host, port) = first.split_once(':').unwrap_or((first, ""));
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !host_ok || !(port.is_empty() || port.parse::<u16>().is_ok()) {
+            return bad("has a malformed registry host");
+        }
+        components.remove(0);
+    }
+    for component in components {
+        if !is_path_component(component) {
+            return bad(
+                "has a malformed name: each part must be lowercase letters and digits, joined by '.', '_', '__' or '-'",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn is_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        if !(separator == "."
+            || separator == "_"
+            || separator == "__"
+            || separator.bytes().all(|b| b == b'-'))
+        {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::JobPolicies;
+
+    fn event() -> EventContext {
+        EventContext {
+            event_id: "e".into(),
+            project_id: "p".into(),
+            use_workspace: false,
+            source: None,
+            policies: JobPolicies::default(),
+        }
+    }
+
+    fn job(json: &str) -> Result<JobStartRequest, HostError> {
+        parse_start(json.as_bytes()).and_then(|job| validate(&job, &event()).map(|()| job))
+    }
+
+    fn error(json: &str) -> String {
+        job(json).unwrap_err().message
+    }
+
+    #[test]
+    fn a_plain_job_is_valid() {
+        job(r#"{"name":"build","spec":{"primaryContainer":{"image":"debian"}}}"#).unwrap();
+    }
+
+    #[test]
+    fn job_and_sidecar_names_follow_brigades_rule() {
+        for bad in [
+            "", "a", "Build", "build_1", "-build", "build-", "bu ild", "bаd",
+        ] {
+            let message = error(&format!(
+                r#"{{"name":"{bad}","spec":{{"primaryContainer":{{"image":"debian"}}}}}}"#
+            ));
+            assert!(message.contains("must match"), "{bad:?}: {message}");
+        }
+        let long = "a".repeat(64);
+        assert!(
+            error(&format!(
+                r#"{{"name":"{long}","spec":{{"primaryContainer":{{"image":"debian"}}}}}}"#
+            ))
+            .contains("at most 63")
+        );
+        let message = error(
+            r#"{"name":"build","spec":{"primaryContainer":{"image":"x"},"sidecarContainers":{"Redis":{"image":"redis"}}}}"#,
+        );
+        assert!(message.contains("sidecar name \"Redis\""), "{message}");
+    }
+
+    #[test]
+    fn unknown_container_properties_are_named_with_their_container() {
+        let message =
+            error(r#"{"name":"build","spec":{"primaryContainer":{"image":"x","env":{}}}}"#);
+        assert!(
+            message.starts_with("job \"build\": primaryContainer: unknown field `env`"),
+            "{message}"
+        );
+        let message = error(
+            r#"{"name":"build","spec":{"primaryContainer":{"image":"x"},"sidecarContainers":{"db":{"image":"y","ports":[1]}}}}"#,
+        );
+        assert!(
+            message.starts_with("job \"build\": sidecar \"db\": unknown field `ports`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn mount_paths_must_be_absolute_and_stay_put() {
+        for (path, expected) in [
+            ("share", "absolute"),
+            ("/a/../b", "'..'"),
+            ("/", "root"),
+            ("/a:b", "':'"),
+        ] {
+            let message = error(&format!(
+                r#"{{"name":"build","spec":{{"primaryContainer":{{"image":"x","sourceMountPath":"{path}"}}}}}}"#
+            ));
+            assert!(message.contains(expected), "{path}: {message}");
+        }
+    }
+
+    #[test]
+    fn policies_and_project_settings_are_named_when_they_refuse() {
+        let denied = |json: &str| job(json).unwrap_err();
+        let e = denied(
+            r#"{"name":"dind","spec":{"primaryContainer":{"image":"docker","privileged":true}}}"#,
+        );
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        assert!(
+            e.message.contains("jobPolicies.allowPrivileged"),
+            "{}",
+            e.message
+        );
+        let e = denied(
+            r#"{"name":"dood","spec":{"primaryContainer":{"image":"docker","useHostDockerSocket":true}}}"#,
+        );
+        assert!(
+            e.message.contains("jobPolicies.allowDockerSocketMount"),
+            "{}",
+            e.message
+        );
+        let e = denied(
+            r#"{"name":"ws","spec":{"primaryContainer":{"image":"x","workspaceMountPath":"/share"}}}"#,
+        );
+        assert!(e.message.contains("useWorkspace"), "{}", e.message);
+    }
+
+    #[test]
+    fn readiness_is_for_sidecars_and_of_one_kind() {
+        let message = error(
+            r#"{"name":"jb","spec":{"primaryContainer":{"image":"x","readiness":{"exited":true}}}}"#,
+        );
+        assert!(
+            message.contains("readiness applies to sidecars"),
+            "{message}"
+        );
+        let message = error(
+            r#"{"name":"jb","spec":{"primaryContainer":{"image":"x"},"sidecarContainers":{"db":{"image":"y","readiness":{"tcpPort":5432,"exited":true}}}}}"#,
+        );
+        assert!(message.contains("either"), "{message}");
+        job(r#"{"name":"jb","spec":{"primaryContainer":{"image":"x"},"sidecarContainers":{"db":{"image":"y","readiness":{"tcpPort":5432}}}}}"#).unwrap();
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_and_at_most_a_day() {
+        for bad in ["0", "-1", "86401"] {
+            let message = error(&format!(
+                r#"{{"name":"jb","spec":{{"primaryContainer":{{"image":"x"}},"timeoutSeconds":{bad}}}}}"#
+            ));
+            assert!(message.contains("timeoutSeconds"), "{message}");
+        }
+    }
+
+    #[test]
+    fn image_references_follow_the_distribution_grammar() {
+        for good in [
+            "debian",
+            "debian:12",
+            "library/debian:latest",
+            "docker.io/library/debian:bookworm-slim",
+            "localhost:5000/team/app:1.0",
+            "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "my_repo/some-app__x",
+        ] {
+            assert!(
+                validate_image(good).is_ok(),
+                "{good}: {:?}",
+                validate_image(good)
+            );
+        }
+        for bad in [
+            "",
+            "Debian",
+            "debian:",
+            "a:b:c",
+            "debian latest",
+            "--privileged",
+            "$(touch /x)",
+            "debian\nlatest",
+            "debian@sha256:short",
+            &format!("debian:{}", "t".repeat(129)),
+            "registry..io/x",
+        ] {
+            assert!(validate_image(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

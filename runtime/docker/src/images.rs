@@ -1,0 +1,161 @@
+//! Images: present or pulled as the pull policy says, and the pod helper's
+//! image, imported from the binary this crate embeds.
+
+use bollard::Docker;
+use bollard::query_parameters::CreateImageOptionsBuilder;
+use futures_util::StreamExt;
+use mizzen_host_api::types::ImagePullPolicy;
+use sha2::{Digest, Sha256};
+
+/// The pod helper (helper/mizzen-pause.c), built statically by build.rs.
+const POD_HELPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mizzen-pause"));
+
+/// The helper's path inside its image.
+pub(crate) const POD_HELPER_PATH: &str = "/mizzen-pause";
+
+/// Makes `image` available as `policy` says: `IfNotPresent` uses a local copy
+/// when there is one, `Always` pulls. The error is the engine's reason.
+pub(crate) async fn ensure(
+    docker: &Docker,
+    image: &str,
+    policy: ImagePullPolicy,
+) -> Result<(), String> {
+    if policy == ImagePullPolicy::IfNotPresent && docker.inspect_image(image).await.is_ok() {
+        return Ok(());
+    }
+    let (from_image, tag) = split_tag(image);
+    let mut options = CreateImageOptionsBuilder::default().from_image(from_image);
+    if let Some(tag) = tag {
+        options = options.tag(tag);
+    }
+    let mut progress = docker.create_image(Some(options.build()), None, None);
+    while let Some(item) = progress.next().await {
+        match item {
+            Err(e) => {
+                return Err(format!(
+                    "image {image:?} could not be pulled: {}",
+                    engine_message(&e)
+                ));
+            }
+            Ok(info) => {
+                if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                    return Err(format!("image {image:?} could not be pulled: {error}"));
+                }
+            }
+        }
+    }
+    // Some engines end a failed pull without an error item; a missing image
+    // afterwards is the same failure.
+    docker.inspect_image(image).await.map(|_| ()).map_err(|e| {
+        format!(
+            "image {image:?} is not available after pulling: {}",
+            engine_message(&e)
+        )
+    })
+}
+
+/// `repo` and its tag for the pull API, which pulls every tag when none is
+/// given: `debian` becomes `debian` + `latest`; a digest stays in the name.
+fn split_tag(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], Some(&image[last_slash + i + 1..])),
+        None => (image, Some("latest")),
+    }
+}
+
+/// The pod helper's image, imported from the embedded binary when the engine
+/// does not have it yet. Its tag is the binary's hash, so a new helper gets a
+/// new image.
+pub(crate) async fn pod_helper(docker: &Docker) -> Result<String, String> {
+    if POD_HELPER.is_empty() {
+        return Err(
+            "jobs with sidecars need the pod helper, which is built only on Linux hosts".into(),
+        );
+    }
+    let hash = Sha256::digest(POD_HELPER);
+    let tag: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let image = format!("localhost/mizzen-pause:{tag}");
+    if docker.inspect_image(&image).await.is_ok() {
+        return Ok(image);
+    }
+    let archive = helper_archive().map_err(|e| format!("packing the pod helper failed: {e}"))?;
+    // The tag goes in `repo`: Podman ignores `tag` when importing.
+    let options = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(&image)
+        .build();
+    let mut progress = docker.create_image(
+        Some(options),
+        Some(bollard::body_full(archive.into())),
+        None,
+    );
+    while let Some(item) = progress.next().await {
+        let info =
+            item.map_err(|e| format!("importing the pod helper failed: {}", engine_message(&e)))?;
+        if let Some(error) = info.error_detail.and_then(|d| d.message) {
+            return Err(format!("importing the pod helper failed: {error}"));
+        }
+    }
+    Ok(image)
+}
+
+/// A tar archive holding the helper, executable, at the root.
+fn helper_archive() -> std::io::Result<Vec<u8>> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(POD_HELPER.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    archive.append_data(
+        &mut header,
+        POD_HELPER_PATH.trim_start_matches('/'),
+        POD_HELPER,
+    )?;
+    archive.into_inner()
+}
+
+/// The engine's own words for an error, without the client's wrapping.
+pub(crate) fn engine_message(error: &bollard::errors::Error) -> String {
+    match error {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untagged_images_pull_latest() {
+        assert_eq!(split_tag("debian"), ("debian", Some("latest")));
+        assert_eq!(split_tag("debian:12"), ("debian", Some("12")));
+        assert_eq!(
+            split_tag("localhost:5000/app"),
+            ("localhost:5000/app", Some("latest"))
+        );
+        assert_eq!(
+            split_tag("localhost:5000/app:v1"),
+            ("localhost:5000/app", Some("v1"))
+        );
+        let pinned = "app@sha256:0123456789abcdef0123456789abcdef";
+        assert_eq!(split_tag(pinned), (pinned, None));
+    }
+
+    #[test]
+    fn the_helper_is_built_and_packed() {
+        assert!(
+            POD_HELPER.starts_with(b"\x7fELF"),
+            "a static Linux executable"
+        );
+        let archive = helper_archive().unwrap();
+        let mut entries = tar::Archive::new(&archive[..]);
+        let entry = entries.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str(), Some("mizzen-pause"));
+        assert_eq!(entry.header().mode().unwrap(), 0o755);
+    }
+}

@@ -1,0 +1,675 @@
+//! One job on the engine, with Kubernetes pod semantics.
+//!
+//! A job without sidecars is one container. A job with sidecars gets a pod:
+//! an infra container (the pod helper) holds a network namespace that the
+//! sidecars and the primary join, so they reach each other on `localhost`
+//! and, through the infra container's hosts file, by name. Sidecars start
+//! first; those that declare readiness must be ready before the primary
+//! starts. The primary's exit code decides the job; when it exits, the
+//! sidecars are stopped and every container of the job is removed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use mizzen_host_api::types::{
+    ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, JobResult, Phase, Readiness,
+};
+use mizzen_runtime::executor::{JobOutput, JobRequest, RunningJob};
+use mizzen_runtime::source;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::images::{self, POD_HELPER_PATH, engine_message};
+use crate::{Labels, SharedState};
+
+/// How often a sidecar's TCP readiness is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long a container's output stream may take to end after the container
+/// stops. Engines end it within milliseconds, but Podman sometimes leaves a
+/// stream open that began as its container exited; after this the stream is
+/// dropped and the rest of the output fetched again (nothing is lost).
+const LOG_DRAIN_WAIT: Duration = Duration::from_millis(300);
+
+/// A line longer than this is passed on in pieces, so that a container that
+/// never prints a newline cannot make the host buffer without end.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Capabilities dropped from Docker's default set unless the container is
+/// privileged: raw sockets (packet spoofing), device nodes, audit writes and
+/// file capabilities are not needed to build, test or deploy.
+const DROPPED_CAPABILITIES: [&str; 4] = ["NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP"];
+
+/// A started job, as the worker sees it.
+pub(crate) struct DockerJob {
+    result: watch::Receiver<Option<JobResult>>,
+    cancel: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl RunningJob for DockerJob {
+    async fn wait(&self) -> JobResult {
+        let mut result = self.result.clone();
+        loop {
+            if let Some(result) = result.borrow_and_update().clone() {
+                return result;
+            }
+            if result.changed().await.is_err() {
+                return ended(
+                    Phase::Unknown,
+                    None,
+                    "the job's task ended without a result".into(),
+                );
+            }
+        }
+    }
+
+    async fn cancel(&self) {
+        let _ = self.cancel.send(true);
+        // Returns once the containers are gone.
+        self.wait().await;
+    }
+}
+
+/// What a job needs besides its request.
+pub(crate) struct JobContext {
+    pub request: JobRequest,
+    pub state: Arc<SharedState>,
+    /// The event's scratch directory (workspace, checkouts).
+    pub work_dir: PathBuf,
+}
+
+/// Starts the job's task and returns its handle.
+pub(crate) fn spawn(context: JobContext) -> Arc<DockerJob> {
+    let (result_sender, result) = watch::channel(None);
+    let (cancel, cancelled) = watch::channel(false);
+    tokio::spawn(async move {
+        let result = run(context, cancelled).await;
+        let _ = result_sender.send(Some(result));
+    });
+    Arc::new(DockerJob { result, cancel })
+}
+
+fn ended(phase: Phase, exit_code: Option<i64>, reason: String) -> JobResult {
+    JobResult {
+        phase,
+        exit_code,
+        reason: Some(reason),
+    }
+}
+
+async fn run(context: JobContext, mut cancelled: watch::Receiver<bool>) -> JobResult {
+    let pod = Pod {
+        docker: context.state.engine.docker.clone(),
+        containers: Mutex::new(Vec::new()),
+        followers: Mutex::new(Vec::new()),
+        primary_started: std::sync::atomic::AtomicBool::new(false),
+    };
+    let timeout = Duration::from_secs_f64(context.request.spec.timeout_seconds);
+    let result = tokio::select! {
+        result = pod.run(&context) => result,
+        _ = tokio::time::sleep(timeout) => ended(
+            Phase::TimedOut,
+            None,
+            format!("the job ran longer than its timeout of {}s", context.request.spec.timeout_seconds),
+        ),
+        _ = cancelled.wait_for(|cancel| *cancel) => {
+            if pod.primary_started.load(std::sync::atomic::Ordering::SeqCst) {
+                ended(Phase::Aborted, None, "the job was stopped".into())
+            } else {
+                ended(Phase::Canceled, None, "the job was cancelled before it started".into())
+            }
+        }
+    };
+    pod.remove_all().await;
+    result
+}
+
+struct Pod {
+    docker: Docker,
+    /// Containers created so far, in order (the infra container first).
+    containers: Mutex<Vec<String>>,
+    /// The output streams of the sidecars.
+    followers: Mutex<Vec<Follower>>,
+    primary_started: std::sync::atomic::AtomicBool,
+}
+
+impl Pod {
+    async fn run(&self, context: &JobContext) -> JobResult {
+        match self.run_containers(context).await {
+            Ok(result) => result,
+            Err(reason) => ended(Phase::Failed, None, reason),
+        }
+    }
+
+    async fn run_containers(&self, context: &JobContext) -> Result<JobResult, String> {
+        let request = &context.request;
+        let spec = &request.spec;
+        let mounts = prepare_mounts(context).await?;
+
+        let mut pulled = BTreeMap::new();
+        for container in
+            std::iter::once(&spec.primary_container).chain(spec.sidecar_containers.values())
+        {
+            if pulled.insert(container.image.clone(), ()).is_none() {
+                images::ensure(&self.docker, &container.image, container.image_pull_policy).await?;
+            }
+        }
+
+        let labels = Labels::new(&context.state, &request.event, &request.name);
+        let base_name = format!("mizzen_{}_{}", request.event.event_id, request.name);
+        let mut network_mode = None;
+        let mut infra = None;
+        if !spec.sidecar_containers.is_empty() {
+            let helper = images::pod_helper(&self.docker).await?;
+            // Every name the job's containers use resolves to the pod's
+            // localhost, as `redis:6379` does in a Kubernetes pod with
+            // hostAliases.
+            let extra_hosts = std::iter::once(&request.name)
+                .chain(spec.sidecar_containers.keys())
+                .map(|name| format!("{name}:127.0.0.1"))
+                .collect();
+            let body = ContainerCreateBody {
+                image: Some(helper),
+                cmd: Some(vec![POD_HELPER_PATH.to_string()]),
+                labels: Some(labels.for_container("pod")),
+                host_config: Some(HostConfig {
+                    extra_hosts: Some(extra_hosts),
+                    security_opt: Some(vec!["no-new-privileges".into()]),
+                    cap_drop: Some(vec!["ALL".into()]),
+                    ..HostConfig::default()
+                }),
+                ..ContainerCreateBody::default()
+            };
+            let id = self.create_and_start(&base_name, "pod", body).await?;
+            network_mode = Some(format!("container:{id}"));
+            infra = Some(id);
+        }
+
+        let mut sidecar_ids = BTreeMap::new();
+        for (name, container) in &spec.sidecar_containers {
+            let body = container_body(
+                container,
+                &labels.for_container(name),
+                network_mode.clone(),
+                &mounts,
+                context,
+            )?;
+            let id = self
+                .create_and_start(&format!("{base_name}_{name}"), name, body)
+                .await?;
+            let follower = Follower::start(&self.docker, &id, name, request.output.clone());
+            self.followers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(follower);
+            sidecar_ids.insert(name.clone(), id);
+        }
+
+        let checks = spec
+            .sidecar_containers
+            .iter()
+            .filter_map(|(name, container)| {
+                let readiness = container.readiness?;
+                let sidecar = sidecar_ids.get(name)?.clone();
+                Some(self.ready(name, sidecar, infra.clone(), readiness))
+            });
+        for check in futures_util::future::join_all(checks).await {
+            check?;
+        }
+
+        let primary = &spec.primary_container;
+        let body = container_body(
+            primary,
+            &labels.for_container(&request.name),
+            network_mode,
+            &mounts,
+            context,
+        )?;
+        let id = self
+            .create_and_start(
+                &format!("{base_name}_{}", request.name),
+                &request.name,
+                body,
+            )
+            .await?;
+        self.primary_started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let primary_output =
+            Follower::start(&self.docker, &id, &request.name, request.output.clone());
+        let code = exit_code(&self.docker, &id).await?;
+        // `job.logs()` right after `run()` must see every line.
+        primary_output.drain(&self.docker).await;
+        Ok(if code == 0 {
+            JobResult {
+                phase: Phase::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+            }
+        } else {
+            ended(
+                Phase::Failed,
+                Some(code),
+                format!("the primary container exited with code {code}"),
+            )
+        })
+    }
+
+    async fn create_and_start(
+        &self,
+        name: &str,
+        container: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, String> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| {
+                format!(
+                    "creating container {container:?} failed: {}",
+                    engine_message(&e)
+                )
+            })?;
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(created.id.clone());
+        self.docker
+            .start_container(&created.id, None)
+            .await
+            .map_err(|e| {
+                format!(
+                    "starting container {container:?} failed: {}",
+                    engine_message(&e)
+                )
+            })?;
+        Ok(created.id)
+    }
+
+    /// Waits until a sidecar is ready, within its readiness timeout.
+    async fn ready(
+        &self,
+        name: &str,
+        sidecar: String,
+        infra: Option<String>,
+        readiness: Readiness,
+    ) -> Result<(), String> {
+        let seconds = readiness
+            .timeout_seconds
+            .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS);
+        let check = async {
+            if readiness.exited {
+                return match exit_code(&self.docker, &sidecar).await? {
+                    0 => Ok(()),
+                    code => Err(format!(
+                        "sidecar \"{name}\" exited with code {code} before the primary container started"
+                    )),
+                };
+            }
+            let port = readiness.tcp_port.unwrap_or_default();
+            let infra = infra.as_deref().unwrap_or(&sidecar);
+            loop {
+                if self.probe_tcp(infra, port).await? {
+                    return Ok(());
+                }
+                if let Some(code) = self.exited(&sidecar).await {
+                    return Err(format!(
+                        "sidecar \"{name}\" exited with code {code} before it accepted connections on port {port}"
+                    ));
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs_f64(seconds), check).await {
+            Ok(ready) => ready,
+            Err(_) => Err(match readiness.tcp_port {
+                Some(port) => format!(
+                    "sidecar \"{name}\" was not ready after {seconds}s: nothing accepted connections on port {port}"
+                ),
+                None => {
+                    format!("sidecar \"{name}\" was not ready after {seconds}s: it had not exited")
+                }
+            }),
+        }
+    }
+
+    /// Runs the pod helper's probe inside the pod's network namespace.
+    async fn probe_tcp(&self, infra: &str, port: u16) -> Result<bool, String> {
+        let failed =
+            |e: bollard::errors::Error| format!("probing a sidecar failed: {}", engine_message(&e));
+        let exec = self
+            .docker
+            .create_exec(
+                infra,
+                ExecConfig {
+                    cmd: Some(vec![
+                        POD_HELPER_PATH.into(),
+                        "probe-tcp".into(),
+                        port.to_string(),
+                    ]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..ExecConfig::default()
+                },
+            )
+            .await
+            .map_err(failed)?;
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(failed)?
+        {
+            while output.next().await.is_some() {}
+        }
+        let inspected = self.docker.inspect_exec(&exec.id).await.map_err(failed)?;
+        Ok(inspected.exit_code == Some(0))
+    }
+
+    /// The container's exit code if it has exited.
+    async fn exited(&self, id: &str) -> Option<i64> {
+        let state = self.docker.inspect_container(id, None).await.ok()?.state?;
+        if state.running == Some(true) {
+            return None;
+        }
+        state.exit_code
+    }
+
+    /// Stops every container of the job (the sidecars when the primary has
+    /// exited), collects the rest of their output, and removes them, the
+    /// infra container last (its network namespace is the others').
+    async fn remove_all(&self) {
+        let containers =
+            std::mem::take(&mut *self.containers.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in containers.iter().rev() {
+            let options = StopContainerOptionsBuilder::default().t(0).build();
+            let _ = self.docker.stop_container(id, Some(options)).await;
+        }
+        let followers =
+            std::mem::take(&mut *self.followers.lock().unwrap_or_else(|e| e.into_inner()));
+        for follower in followers {
+            follower.drain(&self.docker).await;
+        }
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        for id in containers.iter().rev() {
+            if let Err(e) = self
+                .docker
+                .remove_container(id, Some(options.clone()))
+                .await
+            {
+                tracing::warn!(container = %id, error = %engine_message(&e), "could not remove a job's container");
+            }
+        }
+    }
+}
+
+/// The bind mounts a job's containers may ask for, prepared on the host.
+struct Mounts {
+    workspace: Option<PathBuf>,
+    source: Option<PathBuf>,
+}
+
+async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
+    let spec = &context.request.spec;
+    let containers: Vec<&ContainerSpec> = std::iter::once(&spec.primary_container)
+        .chain(spec.sidecar_containers.values())
+        .collect();
+    let workspace = if containers
+        .iter()
+        .any(|c| !c.workspace_mount_path.is_empty())
+    {
+        let dir = context.work_dir.join("workspace");
+        create_shared_dir(&dir)
+            .map_err(|e| format!("creating the workspace {} failed: {e}", dir.display()))?;
+        Some(dir)
+    } else {
+        None
+    };
+    let source = match &context.request.event.source {
+        Some(project_source) if containers.iter().any(|c| !c.source_mount_path.is_empty()) => {
+            let dir = context
+                .work_dir
+                .join("jobs")
+                .join(&context.request.name)
+                .join("source");
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("clearing {} failed: {e}", dir.display()))?;
+            }
+            source::checkout(project_source, &dir)
+                .await
+                .map_err(|e| format!("checking out the project's source failed: {e}"))?;
+            make_shared(&dir)
+                .map_err(|e| format!("opening {} to the job failed: {e}", dir.display()))?;
+            Some(dir)
+        }
+        _ => None,
+    };
+    Ok(Mounts { workspace, source })
+}
+
+/// Creates a directory every user of the job's containers can write: images
+/// run as whatever user they choose.
+fn create_shared_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    make_shared(dir)
+}
+
+fn make_shared(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+}
+
+/// The engine's view of one of the job's containers.
+fn container_body(
+    container: &ContainerSpec,
+    labels: &std::collections::HashMap<String, String>,
+    network_mode: Option<String>,
+    mounts: &Mounts,
+    context: &JobContext,
+) -> Result<ContainerCreateBody, String> {
+    let mut binds = Vec::new();
+    let mut bind = |source: &Path, target: &str| {
+        binds.push(Mount {
+            target: Some(target.to_string()),
+            source: Some(source.to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(false),
+            ..Mount::default()
+        });
+    };
+    if let (Some(dir), false) = (&mounts.workspace, container.workspace_mount_path.is_empty()) {
+        bind(dir, &container.workspace_mount_path);
+    }
+    if let (Some(dir), false) = (&mounts.source, container.source_mount_path.is_empty()) {
+        bind(dir, &container.source_mount_path);
+    }
+    if container.use_host_docker_socket {
+        let socket = context
+            .state
+            .engine
+            .socket
+            .as_ref()
+            .ok_or("the host's Docker socket can be mounted only from a local engine")?;
+        bind(socket, "/var/run/docker.sock");
+    }
+    let (entrypoint, cmd) = match (container.command.is_empty(), container.arguments.is_empty()) {
+        // As in Kubernetes: `command` replaces the image's entrypoint (and
+        // its default arguments), `arguments` replaces its arguments.
+        (false, _) => (
+            Some(container.command.clone()),
+            Some(container.arguments.clone()),
+        ),
+        (true, false) => (None, Some(container.arguments.clone())),
+        (true, true) => (None, None),
+    };
+    let env = container
+        .environment
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    let (security_opt, cap_drop) = if container.privileged {
+        (None, None)
+    } else {
+        (
+            Some(vec!["no-new-privileges".to_string()]),
+            Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+        )
+    };
+    Ok(ContainerCreateBody {
+        image: Some(container.image.clone()),
+        entrypoint,
+        cmd,
+        env: Some(env),
+        working_dir: (!container.working_directory.is_empty())
+            .then(|| container.working_directory.clone()),
+        labels: Some(labels.clone()),
+        host_config: Some(HostConfig {
+            network_mode,
+            mounts: Some(binds),
+            privileged: Some(container.privileged),
+            security_opt,
+            cap_drop,
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    })
+}
+
+/// Passes a container's output, line by line, to the job's output, while it
+/// runs.
+struct Follower {
+    id: String,
+    task: JoinHandle<()>,
+    lines: Arc<Mutex<Lines>>,
+}
+
+impl Follower {
+    fn start(docker: &Docker, id: &str, container: &str, output: Arc<dyn JobOutput>) -> Self {
+        let lines = Arc::new(Mutex::new(Lines {
+            container: container.to_string(),
+            output,
+            partial: Vec::new(),
+            received: 0,
+        }));
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut stream = docker.logs(id, Some(options));
+        let shared = lines.clone();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(chunk)) = stream.next().await {
+                shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .feed(&chunk.into_bytes());
+            }
+        });
+        Self {
+            id: id.to_string(),
+            task,
+            lines,
+        }
+    }
+
+    /// Once the container has stopped: waits for the end of its output, or
+    /// fetches what the stream did not deliver.
+    async fn drain(mut self, docker: &Docker) {
+        if tokio::time::timeout(LOG_DRAIN_WAIT, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let options = LogsOptionsBuilder::default()
+                .follow(false)
+                .stdout(true)
+                .stderr(true)
+                .build();
+            let mut stream = docker.logs(&self.id, Some(options));
+            let mut all = Vec::new();
+            while let Some(Ok(chunk)) = stream.next().await {
+                all.extend_from_slice(&chunk.into_bytes());
+            }
+            let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = usize::try_from(lines.received)
+                .unwrap_or(usize::MAX)
+                .min(all.len());
+            lines.feed(&all[seen..]);
+        }
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish();
+    }
+}
+
+/// Splits a container's byte stream into lines.
+struct Lines {
+    container: String,
+    output: Arc<dyn JobOutput>,
+    partial: Vec<u8>,
+    /// Bytes received so far (to resume after a stream is replaced).
+    received: u64,
+}
+
+impl Lines {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.received += bytes.len() as u64;
+        self.partial.extend_from_slice(bytes);
+        while let Some(newline) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=newline).collect();
+            self.emit(&line[..line.len() - 1]);
+        }
+        if self.partial.len() > MAX_LINE_BYTES {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line);
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.emit(&line);
+        }
+    }
+
+    fn emit(&self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        self.output
+            .line(&self.container, text.trim_end_matches('\r'));
+    }
+}
+
+/// Waits for a container to stop and returns its exit code.
+async fn exit_code(docker: &Docker, id: &str) -> Result<i64, String> {
+    let options = WaitContainerOptionsBuilder::default()
+        .condition("not-running")
+        .build();
+    match docker.wait_container(id, Some(options)).next().await {
+        Some(Ok(response)) => Ok(response.status_code),
+        // bollard reports a non-zero exit as an error carrying the code.
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(format!(
+            "waiting for a container failed: {}",
+            engine_message(&e)
+        )),
+        None => Err("the engine stopped reporting on a container".into()),
+    }
+}

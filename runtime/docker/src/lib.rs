@@ -1,0 +1,353 @@
+//! Mizzen's job executor for a local container engine: Docker Engine, or
+//! Podman through its Docker-compatible API.
+//!
+//! Jobs keep Kubernetes pod semantics on one machine ([`job`]): sidecars share
+//! the primary's network namespace and are reachable on `localhost` and by
+//! name; the primary's exit code decides the job; the event's workspace and
+//! each job's source checkout are host directories mounted where the job asks.
+//!
+//! Everything the executor creates carries labels (`sh.mizzen.*`) naming the
+//! event, the job and the process that made it. When an event ends its
+//! containers and scratch directory are removed; when an executor starts it
+//! removes what processes that died (a crash, a kill) left behind.
+//!
+//! # Layout
+//! - [`engine`]: finding and connecting to the engine.
+//! - `images`: pulling images, importing the pod helper's image.
+//! - `job`: running one job as a pod.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
+
+pub mod engine;
+mod images;
+mod job;
+
+pub use engine::{Engine, EngineNotFound};
+
+/// Label on everything this executor creates.
+const LABEL_MANAGED: &str = "sh.mizzen.managed";
+/// The process that created it (`host:pid:start-time`).
+const LABEL_OWNER: &str = "sh.mizzen.owner";
+const LABEL_EVENT: &str = "sh.mizzen.event";
+const LABEL_PROJECT: &str = "sh.mizzen.project";
+const LABEL_JOB: &str = "sh.mizzen.job";
+const LABEL_CONTAINER: &str = "sh.mizzen.container";
+
+/// Name of the file in an event's scratch directory that names its owner.
+const OWNER_FILE: &str = "owner";
+
+/// How the executor is set up.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    /// Where events' scratch directories (workspaces, checkouts) live, under
+    /// `work/`. They are bind-mounted into containers, so the engine must
+    /// share this machine's file system.
+    pub data_dir: PathBuf,
+}
+
+/// Runs jobs as containers on a local engine.
+pub struct DockerExecutor {
+    state: Arc<SharedState>,
+}
+
+/// What every job of the executor shares.
+pub(crate) struct SharedState {
+    pub engine: Engine,
+    pub owner: String,
+    pub work_root: PathBuf,
+}
+
+impl DockerExecutor {
+    /// Connects to the engine (see [`engine::connect`]) and removes what
+    /// earlier, dead processes left behind.
+    pub async fn connect(config: DockerConfig) -> Result<Self, EngineNotFound> {
+        let engine = engine::connect().await?;
+        Ok(Self::with_engine(engine, config).await)
+    }
+
+    /// An executor on an already connected engine.
+    pub async fn with_engine(engine: Engine, config: DockerConfig) -> Self {
+        let executor = Self {
+            state: Arc::new(SharedState {
+                engine,
+                owner: owner_of_this_process(),
+                work_root: config.data_dir.join("work"),
+            }),
+        };
+        executor.sweep().await;
+        executor
+    }
+
+    /// Where the engine answered.
+    pub fn endpoint(&self) -> &str {
+        &self.state.engine.endpoint
+    }
+
+    /// The engine's client.
+    pub fn docker(&self) -> &Docker {
+        &self.state.engine.docker
+    }
+
+    fn event_dir(&self, event_id: &str) -> PathBuf {
+        self.state.work_root.join(event_id)
+    }
+
+    /// Removes containers and scratch directories whose owner process is no
+    /// longer alive on this host.
+    async fn sweep(&self) {
+        let docker = &self.state.engine.docker;
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = match docker.list_containers(Some(options)).await {
+            Ok(containers) => containers,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list containers to remove leftovers");
+                return;
+            }
+        };
+        let mut leftovers: Vec<(String, bool)> = containers
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let owner = labels.get(LABEL_OWNER)?;
+                let infra = labels.get(LABEL_CONTAINER).map(String::as_str) == Some("pod");
+                (!owner_is_alive(owner)).then_some((c.id?, infra))
+            })
+            .collect();
+        // Pods' infra containers last: the others are in their namespaces.
+        leftovers.sort_by_key(|(_, infra)| *infra);
+        let remove = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        for (id, _) in leftovers {
+            tracing::info!(container = %id, "removing a container left behind by a process that ended");
+            let _ = docker.remove_container(&id, Some(remove.clone())).await;
+        }
+        if let Ok(dirs) = std::fs::read_dir(&self.state.work_root) {
+            for dir in dirs.flatten() {
+                let owner =
+                    std::fs::read_to_string(dir.path().join(OWNER_FILE)).unwrap_or_default();
+                if !owner_is_alive(owner.trim()) {
+                    let _ = std::fs::remove_dir_all(dir.path());
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl JobExecutor for DockerExecutor {
+    async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+        if job.spec.host.os.as_deref() == Some("windows") {
+            return Err(ExecutorError::Unsupported(format!(
+                "job \"{}\" asks for a Windows host; this executor runs Linux containers on {}",
+                job.name, self.state.engine.endpoint
+            )));
+        }
+        let containers = std::iter::once(&job.spec.primary_container)
+            .chain(job.spec.sidecar_containers.values());
+        if containers.into_iter().any(|c| c.use_host_docker_socket)
+            && self.state.engine.socket.is_none()
+        {
+            return Err(ExecutorError::Unsupported(format!(
+                "job \"{}\" mounts the host's Docker socket, but the engine at {} is not a local socket",
+                job.name, self.state.engine.endpoint
+            )));
+        }
+        let work_dir = self.event_dir(&job.event.event_id);
+        std::fs::create_dir_all(&work_dir)
+            .and_then(|()| std::fs::write(work_dir.join(OWNER_FILE), &self.state.owner))
+            .map_err(|e| {
+                ExecutorError::Unavailable(format!(
+                    "cannot create the event's scratch directory {}: {e}",
+                    work_dir.display()
+                ))
+            })?;
+        Ok(job::spawn(job::JobContext {
+            request: job,
+            state: self.state.clone(),
+            work_dir,
+        }))
+    }
+
+    async fn finish_event(&self, event: &EventContext) {
+        let docker = &self.state.engine.docker;
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_EVENT}={}", event.event_id)],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        if let Ok(containers) = docker.list_containers(Some(options)).await {
+            let remove = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            let mut ids: Vec<(String, bool)> = containers
+                .into_iter()
+                .filter_map(|c| {
+                    let infra = c
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(LABEL_CONTAINER))
+                        .map(String::as_str)
+                        == Some("pod");
+                    Some((c.id?, infra))
+                })
+                .collect();
+            ids.sort_by_key(|(_, infra)| *infra);
+            for (id, _) in ids {
+                let _ = docker.remove_container(&id, Some(remove.clone())).await;
+            }
+        }
+        let dir = self.event_dir(&event.event_id);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove an event's scratch directory");
+        }
+    }
+}
+
+/// The labels of a job's containers.
+pub(crate) struct Labels {
+    common: HashMap<String, String>,
+}
+
+impl Labels {
+    pub fn new(state: &SharedState, event: &EventContext, job: &str) -> Self {
+        let common = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_OWNER.to_string(), state.owner.clone()),
+            (LABEL_EVENT.to_string(), event.event_id.clone()),
+            (LABEL_PROJECT.to_string(), event.project_id.clone()),
+            (LABEL_JOB.to_string(), job.to_string()),
+        ]);
+        Self { common }
+    }
+
+    pub fn for_container(&self, container: &str) -> HashMap<String, String> {
+        let mut labels = self.common.clone();
+        labels.insert(LABEL_CONTAINER.to_string(), container.to_string());
+        labels
+    }
+}
+
+/// `host:pid:start-time`: unique to this process even after its pid is reused.
+fn owner_of_this_process() -> String {
+    let pid = std::process::id();
+    format!(
+        "{}:{pid}:{}",
+        host_name(),
+        start_time(pid).unwrap_or_default()
+    )
+}
+
+/// Whether the process an owner label names is still running. Owners on
+/// other hosts are assumed alive: only their host can tell.
+fn owner_is_alive(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if host != host_name() {
+        return true;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    start_time(pid).as_deref() == Some(start)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The process's start time in clock ticks since boot (field 22 of
+/// /proc/PID/stat), which tells a live process from a later one that reused
+/// its pid.
+fn start_time(pid: u32) -> Option<String> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// A Docker executor that connects on the first job: a worker that starts
+/// no job never touches the engine, and one that does learns why none
+/// answered from the job's error.
+pub struct LazyDockerExecutor {
+    config: DockerConfig,
+    executor: tokio::sync::OnceCell<Result<DockerExecutor, EngineNotFound>>,
+}
+
+impl LazyDockerExecutor {
+    /// An executor that will connect with `config` when first needed.
+    pub fn new(config: DockerConfig) -> Self {
+        Self {
+            config,
+            executor: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn connected(&self) -> &Result<DockerExecutor, EngineNotFound> {
+        self.executor
+            .get_or_init(|| DockerExecutor::connect(self.config.clone()))
+            .await
+    }
+}
+
+#[async_trait]
+impl JobExecutor for LazyDockerExecutor {
+    async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+        match self.connected().await {
+            Ok(executor) => executor.start(job).await,
+            Err(e) => Err(ExecutorError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn finish_event(&self, event: &EventContext) {
+        if let Some(Ok(executor)) = self.executor.get() {
+            executor.finish_event(event).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_dead_one_is_not() {
+        let me = owner_of_this_process();
+        assert!(owner_is_alive(&me), "{me}");
+        let host = host_name();
+        assert!(!owner_is_alive(&format!("{host}:999999999:1")));
+        let pid = std::process::id();
+        assert!(
+            !owner_is_alive(&format!("{host}:{pid}:0")),
+            "same pid, another start time"
+        );
+        assert!(
+            owner_is_alive("another-host:1:1"),
+            "other hosts are not judged here"
+        );
+        assert!(!owner_is_alive("garbage"));
+    }
+}

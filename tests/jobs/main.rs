@@ -1,0 +1,10 @@
+//! Jobs through the real path: a script in the sandbox starts jobs, the
+//! Docker executor runs them on the machine's container engine (Podman in
+//! CI, set up by scripts/setup-engine). Every test also checks that nothing
+//! of its event is left on the engine or on disk.
+
+mod bad_input;
+mod mounts;
+mod running;
+mod sidecars;
+mod util;

@@ -1,0 +1,215 @@
+//! How jobs run and end, as Brigade's scripts expect.
+
+use crate::util::{Project, run_js};
+
+#[tokio::test]
+async fn a_job_runs_its_command_and_logs_returns_the_primarys_lines() {
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("greet", "localhost/busybox", event);
+          job.primaryContainer.command = ["sh", "-c"];
+          job.primaryContainer.arguments = ["echo first; echo second; echo to stderr >&2"];
+          await job.run();
+          return JSON.stringify((await job.logs()).split("\n").sort());
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_succeeded();
+    // Both streams are kept; the engine keeps no order between them.
+    assert_eq!(
+        run.outcome.summary.as_deref(),
+        Some(r#"["first","second","to stderr"]"#)
+    );
+    let mut lines = run.job_lines();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["[greet] first", "[greet] second", "[greet] to stderr"]
+    );
+    assert!(
+        run.worker_lines()
+            .contains(&"Creating job greet".to_string())
+    );
+}
+
+#[tokio::test]
+async fn environment_variables_reach_the_container() {
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("env", "localhost/busybox", event);
+          job.primaryContainer.environment = { GREETING: "hello from the script", EMPTY: "" };
+          job.primaryContainer.command = ["sh", "-c", "echo \"$GREETING|${EMPTY-unset}|$(id -u)\""];
+          await job.run();
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_succeeded();
+    assert_eq!(run.job_lines(), ["[env] hello from the script||0"]);
+}
+
+#[tokio::test]
+async fn a_failing_job_rejects_with_brigades_message_and_fails_the_worker() {
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("job-fails", "localhost/busybox", event);
+          job.primaryContainer.command = ["sh", "-c", "echo Goodbye World; exit 3"];
+          await job.run();
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_failed_with(r#"Error: Job "job-fails" failed"#);
+    assert_eq!(run.job_lines(), ["[job-fails] Goodbye World"]);
+    run.assert_logged("job job-fails ended FAILED (exit code 3)");
+}
+
+#[tokio::test]
+async fn a_failure_the_script_catches_leaves_the_worker_succeeded() {
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("will-fail", "localhost/busybox", event);
+          job.primaryContainer.command = ["false"];
+          try { await job.run(); } catch (e) { return "caught: " + e.message + " (exit code " + e.exitCode + ")"; }
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_succeeded();
+    assert_eq!(
+        run.outcome.summary.as_deref(),
+        Some(r#"caught: Job "will-fail" failed (exit code 1)"#)
+    );
+}
+
+#[tokio::test]
+async fn a_sequence_stops_at_its_first_failure() {
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const step = (name, command) => {
+            const job = new Job(name, "localhost/busybox", event);
+            job.primaryContainer.command = ["sh", "-c", command];
+            return job;
+          };
+          await Job.sequence(step("one", "echo one"), step("two", "echo two; exit 1"), step("three", "echo three")).run();
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_failed_with(r#"Job "two" failed"#);
+    assert_eq!(run.job_lines(), ["[one] one", "[two] two"]);
+    assert!(
+        !run.worker_lines()
+            .iter()
+            .any(|l| l.contains("Creating job three"))
+    );
+}
+
+#[tokio::test]
+async fn a_fallible_job_resolves_even_when_it_fails() {
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const fails = new Job("fallible-fails", "localhost/busybox", event);
+          fails.primaryContainer.command = ["false"];
+          fails.fallible = true;
+          await fails.run();
+          const passes = new Job("then-passes", "localhost/busybox", event);
+          passes.primaryContainer.command = ["true"];
+          await passes.run();
+          return "both ran";
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_succeeded();
+    assert_eq!(run.outcome.summary.as_deref(), Some("both ran"));
+    run.assert_logged("job fallible-fails ended FAILED (exit code 1)");
+}
+
+#[tokio::test]
+async fn a_job_that_runs_past_its_timeout_times_out_and_fails_the_worker() {
+    let started = std::time::Instant::now();
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("job-times-out", "localhost/busybox", event);
+          job.primaryContainer.command = ["sleep", "60"];
+          job.timeoutSeconds = 2;
+          await job.run();
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_failed_with(r#"Job "job-times-out" timed out"#);
+    run.assert_logged(
+        "job job-times-out ended TIMED_OUT: the job ran longer than its timeout of 2s",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn jobs_still_running_when_the_worker_ends_are_stopped() {
+    // A pending job.run() keeps the worker alive, as it kept Node's; a worker
+    // that ends anyway (here by process.exit) stops the jobs it leaves.
+    let started = std::time::Instant::now();
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("left-running", "localhost/busybox", event);
+          job.primaryContainer.command = ["sleep", "600"];
+          job.run();
+          await new Promise((resolve) => setTimeout(resolve, 1500));
+          process.exit(0);
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_succeeded();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // run_js checks that no container of the event is left.
+}
+
+#[tokio::test]
+async fn a_subclassed_job_runs() {
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        class EchoJob extends Job {
+          constructor(name, text, event) {
+            super(name, "localhost/busybox", event);
+            this.primaryContainer.command = ["echo"];
+            this.primaryContainer.arguments = [text];
+          }
+        }
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          await new EchoJob("subclassed", "from a subclass", event).run();
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_succeeded();
+    assert_eq!(run.job_lines(), ["[subclassed] from a subclass"]);
+}
