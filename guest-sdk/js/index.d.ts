@@ -134,7 +134,20 @@ declare module "@brigadecore/brigadier" {
     privileged: boolean;
     /** Mount the host's Docker socket (needs `jobPolicies.allowDockerSocketMount`). */
     useHostDockerSocket: boolean;
+    /**
+     * For a sidecar: when it counts as ready. The primary container starts
+     * only once every sidecar that declares readiness is ready, or the job
+     * fails after the timeout (default 60 s). Mizzen's addition to Brigade.
+     */
+    readiness?: Readiness;
   }
+
+  /** When a sidecar is ready. */
+  export type Readiness =
+    /** Something accepts TCP connections on this port of the job's localhost. */
+    | { tcpPort: number; timeoutSeconds?: number }
+    /** The container has exited with code 0 (a one-shot setup container). */
+    | { exited: true; timeoutSeconds?: number };
 
   /** Where a job must run. */
   export class JobHost {

@@ -15,6 +15,7 @@ class MyJob extends Job {
 events.on("brigade.sh/cli", "exec", async (event: Event) => {
   const job = new MyJob(event);
   job.sidecarContainers = { db: new Container("postgres") };
+  job.sidecarContainers.db.readiness = { tcpPort: 5432, timeoutSeconds: 30 };
   job.timeoutSeconds = 60;
   job.fallible = true;
   await Job.sequence(job, Job.concurrent(new Job("a", "alpine", event), new Job("b", "alpine", event))).run();
