@@ -36,10 +36,13 @@ use crate::{Labels, SharedState};
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How long a container's output stream may take to end after the container
-/// stops. Engines end it within milliseconds, but Podman sometimes leaves a
-/// stream open that began as its container exited; after this the stream is
-/// dropped and the rest of the output fetched again (nothing is lost).
-const LOG_DRAIN_WAIT: Duration = Duration::from_millis(300);
+/// stops. A stream that ends at all ends within a millisecond of the exit,
+/// but Podman sometimes keeps one open for a few hundred milliseconds more
+/// (or for good, when it began as the container exited). After this wait the
+/// stream is dropped and the output after the bytes already seen fetched in
+/// one request, which takes a few milliseconds: nothing is lost, and a short
+/// job does not pay for the engine's delay.
+const LOG_DRAIN_WAIT: Duration = Duration::from_millis(20);
 
 /// A line longer than this is passed on in pieces, so that a container that
 /// never prints a newline cannot make the host buffer without end.
