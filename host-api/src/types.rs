@@ -515,6 +515,16 @@ impl Phase {
     }
 }
 
+impl std::str::FromStr for Phase {
+    type Err = String;
+
+    /// Parses the upper-case name (`PENDING`, `TIMED_OUT`...).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(text.to_string()))
+            .map_err(|_| format!("{text:?} is not a phase (PENDING, STARTING, RUNNING, SUCCEEDED, FAILED, ABORTED, CANCELED, TIMED_OUT, SCHEDULING_FAILED, UNKNOWN)"))
+    }
+}
+
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -1,0 +1,182 @@
+//! `mizzen server`: accepts events for many projects (tenants) through
+//! Brigade v2's REST API and webhook gateways, stores them durably, and runs
+//! their workers in this process's sandbox within global and per-project
+//! limits.
+//!
+//! The parts: [`store`] (SQLite or PostgreSQL through one code path),
+//! [`scheduler`] (claims with leases, limits, fairness, recovery), [`api`]
+//! (the REST API, streams and gateways' HTTP side), [`auth`] (principals and
+//! roles), [`gateways`] (webhook parsing and authentication), [`redact`]
+//! (secret values out of logs) and [`metrics`].
+
+pub mod api;
+pub mod auth;
+pub mod gateways;
+pub mod metrics;
+pub mod redact;
+pub mod scheduler;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mizzen_runtime::executor::JobExecutor;
+use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+pub use api::GatewayConfig;
+pub use scheduler::SchedulerConfig;
+
+/// How often old logs are looked for when a retention is set.
+const RETENTION_SWEEP: Duration = Duration::from_secs(60 * 60);
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The listen address could not be bound or served.
+    #[error("{address}: {source}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// How the server runs.
+pub struct ServerConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where the embedded database and scratch files live.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL (or SQLite) URL instead of the embedded database.
+    pub database_url: Option<String>,
+    /// Root's password; `None` disables root login.
+    pub root_password: Option<String>,
+    /// The webhook gateways' credentials.
+    pub gateways: GatewayConfig,
+    /// The scheduler's limits and leases.
+    pub scheduler: SchedulerConfig,
+    /// What runs jobs; `None` refuses them with a message.
+    pub executor: Option<Arc<dyn JobExecutor>>,
+    /// How long logs are kept after their event ended; `None` keeps them.
+    pub log_retention: Option<Duration>,
+    /// How long running workers may finish when the server stops before
+    /// they go back to the queue.
+    pub shutdown_grace: Duration,
+}
+
+/// A server bound to its address, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<api::AppState>,
+    scheduler: Arc<scheduler::Scheduler>,
+    config: ServerConfig,
+}
+
+impl Server {
+    /// Opens the store, prepares the sandbox and binds the address.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Listen {
+            address: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let store = store::Store::open(config.database_url.as_deref(), &config.data_dir).await?;
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::from_env()).await?);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let scheduler = scheduler::Scheduler::new(
+            store.clone(),
+            sandbox,
+            config.executor.clone(),
+            config.scheduler.clone(),
+            metrics.clone(),
+            Arc::new(Notify::new()),
+        );
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    address: config.listen.to_string(),
+                    source,
+                })?;
+        let state = Arc::new(api::AppState {
+            store,
+            scheduler: scheduler.clone(),
+            metrics,
+            root_password: config.root_password.clone(),
+            gateways: config.gateways.clone(),
+        });
+        Ok(Self {
+            listener,
+            state,
+            scheduler,
+            config,
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking requests, lets
+    /// running workers finish for the grace period and re-queues the rest.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let scheduler = tokio::spawn(
+            self.scheduler
+                .clone()
+                .run(stop_rx.clone(), self.config.shutdown_grace),
+        );
+        if let Some(retention) = self.config.log_retention {
+            tokio::spawn(expire_logs(
+                self.state.store.clone(),
+                retention,
+                stop_rx.clone(),
+            ));
+        }
+        let address = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let app = api::router(self.state.clone());
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!(
+                    "shutting down: no new requests; running workers get their grace period"
+                );
+                let _ = stop_tx.send(true);
+            })
+            .await;
+        // Streams may keep the HTTP side open; the scheduler decides when
+        // the workers are done.
+        let _ = scheduler.await;
+        served.map_err(|source| ServerError::Listen { address, source })
+    }
+}
+
+async fn expire_logs(store: store::Store, retention: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        let before = store::now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        match store.expire_logs(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(lines = n, "deleted logs past their retention"),
+            Err(e) => tracing::error!(error = %e, "deleting old logs failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_SWEEP) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

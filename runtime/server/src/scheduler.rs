@@ -1,0 +1,647 @@
+//! The scheduler: claims PENDING events from the store within the limits,
+//! runs each one's worker in the sandbox of this process, records its jobs,
+//! logs and outcome, and keeps its lease alive so that another replica (or
+//! this one after a restart) takes the event over if this process dies.
+//!
+//! Delivery is at least once: an event whose worker was cut short by a crash
+//! runs again from the start, inheriting the jobs that had SUCCEEDED without
+//! a workspace (the rule Brigade applied to retries); after
+//! [`SchedulerConfig::max_attempts`] workers it ends FAILED, so nothing
+//! stays non-terminal forever.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mizzen_host_api::types::{JobResult, LogLevel, Phase};
+use mizzen_runtime::executor::{
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
+};
+use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
+use mizzen_runtime::project::{EventDetails, Project, ProjectDir};
+use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest, source};
+use serde_json::Value;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::metrics::Metrics;
+use crate::redact::Redactor;
+use crate::store::{self, EventRecord, JobRecord, LogLine, Store, now_micros};
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// This replica's name in leases.
+    pub replica: String,
+    /// How long a claim lasts without renewal. A crashed replica's events
+    /// wait this long before another replica takes them.
+    pub lease: Duration,
+    /// Workers running at once: across replicas, and per project.
+    pub workers: store::WorkerLimits,
+    /// Workers this process runs at once (its sandbox's capacity).
+    pub local_workers: usize,
+    /// Jobs running at once in this process, and per project.
+    pub jobs: usize,
+    /// Jobs of one project running at once in this process.
+    pub jobs_per_project: usize,
+    /// Workers started for one event at most (crash recovery re-runs).
+    pub max_attempts: i64,
+}
+
+/// Workers and jobs running in this process, and what wakes the scheduler.
+pub struct Scheduler {
+    store: Store,
+    sandbox: Arc<Sandbox>,
+    executor: Option<Arc<dyn JobExecutor>>,
+    config: SchedulerConfig,
+    metrics: Arc<Metrics>,
+    running: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Wakes the scheduler: new events, freed capacity.
+    wake: Arc<Notify>,
+    job_slots: Arc<JobSlots>,
+}
+
+/// Claims are retried this often even when nothing woke the scheduler:
+/// events other replicas accepted, and leases to check.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+impl Scheduler {
+    /// A scheduler over `store`, running workers in `sandbox` and their jobs
+    /// on `executor` (none: jobs fail with a message saying so).
+    pub fn new(
+        store: Store,
+        sandbox: Arc<Sandbox>,
+        executor: Option<Arc<dyn JobExecutor>>,
+        config: SchedulerConfig,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Arc<Self> {
+        let job_slots = Arc::new(JobSlots::new(config.jobs, config.jobs_per_project));
+        Arc::new(Self {
+            store,
+            sandbox,
+            executor,
+            config,
+            metrics,
+            running: Mutex::default(),
+            wake,
+            job_slots,
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then lets running workers finish
+    /// for up to `grace` and gives the rest back to the queue.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        // A SQLite store belongs to this process alone: whatever it shows as
+        // running was cut short when the previous process stopped.
+        let everything = self.store.backend() == store::Backend::Sqlite;
+        self.recover(everything).await;
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_renewal = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = poll.tick() => {
+                    if last_renewal.elapsed() >= self.config.lease / 3 {
+                        last_renewal = tokio::time::Instant::now();
+                        self.housekeeping().await;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+            self.claim().await;
+        }
+        self.drain(grace).await;
+    }
+
+    async fn claim(self: &Arc<Self>) {
+        let room = self
+            .config
+            .local_workers
+            .saturating_sub(self.running_count());
+        let claimed = match self
+            .store
+            .claim(
+                &self.config.replica,
+                self.config.lease,
+                self.config.workers,
+                room,
+            )
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::error!(error = %e, "claiming events failed; retrying");
+                return;
+            }
+        };
+        for event in claimed {
+            let cancel = Arc::new(Notify::new());
+            self.lock_running().insert(event.id.clone(), cancel.clone());
+            let scheduler = self.clone();
+            tokio::spawn(async move {
+                let id = event.id.clone();
+                scheduler.run_worker(event, cancel).await;
+                scheduler.lock_running().remove(&id);
+                scheduler.wake.notify_one();
+            });
+        }
+    }
+
+    /// Renews this replica's leases, takes over events whose replica
+    /// stopped, and aborts events cancelled through another replica.
+    async fn housekeeping(&self) {
+        if let Err(e) = self
+            .store
+            .renew_leases(&self.config.replica, self.config.lease)
+            .await
+        {
+            tracing::error!(error = %e, "renewing leases failed");
+        }
+        self.recover(false).await;
+        match self.store.cancel_requests(&self.config.replica).await {
+            Ok(ids) => {
+                for id in ids {
+                    self.abort_local(&id);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading cancellations failed"),
+        }
+    }
+
+    async fn recover(&self, everything: bool) {
+        match self
+            .store
+            .recover(&self.config.replica, everything, self.config.max_attempts)
+            .await
+        {
+            Ok((requeued, failed)) => {
+                for id in &requeued {
+                    tracing::warn!(event = %id, "worker was cut short (its replica stopped); running it again");
+                    self.note(id, LogLevel::Warn, "the worker was cut short because its server stopped; the event runs again (jobs that succeeded without a workspace are kept)");
+                }
+                for id in &failed {
+                    tracing::warn!(event = %id, "worker was cut short too often; FAILED");
+                    self.note(id, LogLevel::Error, &format!(
+                        "the worker was cut short by a stopping server {} times; the event is FAILED",
+                        self.config.max_attempts
+                    ));
+                }
+                if !requeued.is_empty() {
+                    self.wake.notify_one();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "recovering events failed"),
+        }
+    }
+
+    /// A line in an event's worker log from the host.
+    fn note(&self, event_id: &str, level: LogLevel, message: &str) {
+        let record = LogRecord::logger(level, message, None);
+        self.store.append_log(LogLine {
+            seq: 0,
+            event_id: event_id.to_string(),
+            job: String::new(),
+            container: WORKER_CONTAINER.to_string(),
+            time: micros(record.time),
+            message: record.to_line(),
+        });
+    }
+
+    /// Aborts a worker running in this process; `false` when it runs
+    /// elsewhere or not at all.
+    pub fn abort_local(&self, event_id: &str) -> bool {
+        match self.lock_running().get(event_id) {
+            Some(cancel) => {
+                cancel.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wakes the claim loop (new events were stored).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn running_count(&self) -> usize {
+        self.lock_running().len()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Graceful shutdown: waits for running workers up to `grace`, then
+    /// puts the rest back in the queue for the next replica.
+    async fn drain(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.running_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left: Vec<String> = self.lock_running().keys().cloned().collect();
+        for id in left {
+            tracing::info!(event = %id, "shutting down: handing the event back to the queue");
+            self.note(
+                &id,
+                LogLevel::Warn,
+                "the server is shutting down; the event goes back to the queue and runs again",
+            );
+            if let Err(e) = self.store.release(&self.config.replica, &id).await {
+                tracing::error!(event = %id, error = %e, "could not hand the event back; its lease will run out");
+            }
+        }
+    }
+
+    async fn run_worker(&self, event: EventRecord, cancel: Arc<Notify>) {
+        let id = event.id.clone();
+        let started = std::time::Instant::now();
+        let ended = match self.work(&event, cancel).await {
+            Ok(Some(ended)) => ended,
+            Ok(None) => return,
+            Err(message) => {
+                self.note(&id, LogLevel::Error, &format!("worker FAILED: {message}"));
+                WorkerEnd {
+                    phase: Phase::Failed,
+                    summary: None,
+                }
+            }
+        };
+        self.metrics
+            .worker_ended(ended.phase, started.elapsed().as_secs_f64());
+        match self
+            .store
+            .worker_ended(
+                &self.config.replica,
+                &id,
+                ended.phase,
+                ended.summary.as_deref(),
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(event = %id, "the worker ended after its event was taken over")
+            }
+            Err(e) => tracing::error!(event = %id, error = %e, "recording the worker's end failed"),
+        }
+    }
+
+    /// Runs one worker. `Ok(None)`: the event is no longer this replica's.
+    async fn work(
+        &self,
+        event: &EventRecord,
+        cancel: Arc<Notify>,
+    ) -> Result<Option<WorkerEnd>, String> {
+        let project_text = event.document.project.to_string();
+        let project = Project::parse(
+            Path::new(&format!("project \"{}\"", event.project_id)),
+            &project_text,
+        )
+        .map_err(|e| e.to_string())?;
+        let secrets = self
+            .store
+            .secrets(&event.project_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let redactor = Arc::new(Redactor::new(secrets.values()));
+        let details = EventDetails {
+            source: event.source.clone(),
+            event_type: event.event_type.clone(),
+            qualifiers: event.document.qualifiers.clone(),
+            labels: event.document.labels.clone(),
+            short_title: event.document.short_title.clone(),
+            long_title: event.document.long_title.clone(),
+            payload: event.document.payload.clone(),
+        };
+        let mut worker_event = project.event(details, secrets);
+        worker_event.id = event.id.clone();
+        apply_git_overrides(&mut worker_event.worker.git, event.document.git.as_ref());
+
+        match self
+            .store
+            .worker_running(&self.config.replica, &event.id)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }
+        self.metrics.worker_started(micros_since(event.created));
+
+        let log = Arc::new(EventLog {
+            store: self.store.clone(),
+            event_id: event.id.clone(),
+            redactor: redactor.clone(),
+        });
+        let git = worker_event
+            .worker
+            .git
+            .clone()
+            .filter(|g| !g.clone_url.is_empty());
+        let checkout =
+            tempfile::tempdir().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        let root = checkout.path().join("source");
+        if let Some(git) = &git {
+            source::checkout(&Source::Git(git.clone()), &root)
+                .await
+                .map_err(|e| e.to_string())?;
+        } else {
+            std::fs::create_dir_all(&root)
+                .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+        }
+        let mut project_for_script = project.clone();
+        project_for_script.worker.git = worker_event.worker.git.clone();
+        let dir = ProjectDir {
+            project: project_for_script,
+            root,
+            file: Path::new(&format!("project \"{}\"", event.project_id)).to_path_buf(),
+        };
+        let script = dir.script().map_err(|e| e.to_string())?;
+
+        let mut limits = WorkerLimits::default();
+        if let Some(timeout) = project.worker.timeout {
+            limits.wall_time = timeout;
+        }
+        let context = Arc::new(EventContext {
+            event_id: event.id.clone(),
+            project_id: event.project_id.clone(),
+            use_workspace: project.worker.use_workspace,
+            source: git.map(Source::Git),
+            policies: project.worker.job_policies,
+        });
+        let inherited = self
+            .store
+            .jobs(&event.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|job| job.phase == Phase::Succeeded && !job.uses_workspace)
+            .map(|job| (job.name, job.spec))
+            .collect();
+        let jobs = match &self.executor {
+            Some(executor) => JobCapability::Executor {
+                executor: Arc::new(RecordedExecutor {
+                    inner: executor.clone(),
+                    store: self.store.clone(),
+                    slots: self.job_slots.clone(),
+                    metrics: self.metrics.clone(),
+                    inherited: Mutex::new(inherited),
+                }),
+                event: context.clone(),
+            },
+            None => JobCapability::Unavailable(
+                "this server has no job executor (start `mizzen server` where a container engine answers)".into(),
+            ),
+        };
+        let request = WorkerRequest {
+            event: worker_event,
+            limits,
+            log: log.clone(),
+            jobs,
+        };
+        let outcome = tokio::select! {
+            outcome = self.sandbox.run(&script, request) => outcome,
+            _ = cancel.notified() => {
+                if let Some(executor) = &self.executor {
+                    executor.finish_event(&context).await;
+                }
+                self.note(&event.id, LogLevel::Warn, "the event was cancelled; its worker and jobs were stopped");
+                return Ok(Some(WorkerEnd { phase: Phase::Aborted, summary: None }));
+            }
+        };
+        if let Some(failure) = &outcome.failure {
+            log.record(LogRecord::logger(
+                LogLevel::Error,
+                &format!("worker {}: {failure}", outcome.phase),
+                None,
+            ));
+        }
+        Ok(Some(WorkerEnd {
+            phase: outcome.phase,
+            summary: outcome.summary.map(|s| redactor.redact(&s).into_owned()),
+        }))
+    }
+}
+
+struct WorkerEnd {
+    phase: Phase,
+    summary: Option<String>,
+}
+
+/// The container name of the worker's own log.
+pub const WORKER_CONTAINER: &str = "worker";
+
+/// An event's `git` (from the event creator) overrides the project's
+/// `cloneURL`, `commit` and `ref` where non-empty, as in Brigade.
+fn apply_git_overrides(
+    git: &mut Option<mizzen_host_api::types::GitConfig>,
+    overrides: Option<&Value>,
+) {
+    let Some(overrides) = overrides else { return };
+    let field = |name: &str| {
+        overrides
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let (url, commit, git_ref) = (field("cloneURL"), field("commit"), field("ref"));
+    if url.is_none() && commit.is_none() && git_ref.is_none() {
+        return;
+    }
+    let git = git.get_or_insert_with(Default::default);
+    if let Some(url) = url {
+        git.clone_url = url;
+    }
+    if let Some(commit) = commit {
+        git.commit = commit;
+    }
+    if let Some(git_ref) = git_ref {
+        git.git_ref = git_ref;
+    }
+}
+
+fn micros(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn micros_since(then: i64) -> f64 {
+    (now_micros() - then).max(0) as f64 / 1e6
+}
+
+/// An event's log: every record of its worker and jobs goes to the store,
+/// with the project's secret values replaced by `***`.
+struct EventLog {
+    store: Store,
+    event_id: String,
+    redactor: Arc<Redactor>,
+}
+
+impl LogSink for EventLog {
+    fn record(&self, record: LogRecord) {
+        let (job, container, message) = match &record.source {
+            LogSource::Container(sidecar) => {
+                let job = record.job.clone().unwrap_or_default();
+                let container = sidecar.clone().unwrap_or_else(|| job.clone());
+                (job, container, record.message.clone())
+            }
+            LogSource::Console | LogSource::Logger => (
+                String::new(),
+                WORKER_CONTAINER.to_string(),
+                record.to_line(),
+            ),
+        };
+        self.store.append_log(LogLine {
+            seq: 0,
+            event_id: self.event_id.clone(),
+            job,
+            container,
+            time: micros(record.time),
+            message: self.redactor.redact(&message).into_owned(),
+        });
+    }
+}
+
+/// Job capacity of this process: a global semaphore and one per project, so
+/// that one project's jobs cannot take every slot.
+struct JobSlots {
+    global: Arc<Semaphore>,
+    per_project: usize,
+    projects: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl JobSlots {
+    fn new(global: usize, per_project: usize) -> Self {
+        Self {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            per_project: per_project.max(1),
+            projects: Mutex::default(),
+        }
+    }
+
+    /// Waits for a slot of the project and a global one (in that order, so
+    /// that a project at its limit does not hold global slots).
+    async fn acquire(&self, project: &str) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let semaphore = self
+            .projects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(project.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_project)))
+            .clone();
+        // The semaphores are never closed, so acquiring cannot fail.
+        let project = semaphore
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|_| unreachable!("job semaphores are never closed"));
+        let global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap_or_else(|_| unreachable!("job semaphores are never closed"));
+        (project, global)
+    }
+}
+
+/// Wraps the process's executor for one event: records each job's phases in
+/// the store, waits for job capacity, and answers a job inherited from an
+/// earlier run (same name, same spec) without running it again.
+struct RecordedExecutor {
+    inner: Arc<dyn JobExecutor>,
+    store: Store,
+    slots: Arc<JobSlots>,
+    metrics: Arc<Metrics>,
+    inherited: Mutex<BTreeMap<String, Value>>,
+}
+
+#[async_trait]
+impl JobExecutor for RecordedExecutor {
+    async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+        let spec = serde_json::to_value(&job.spec).unwrap_or_default();
+        let inherited = self
+            .inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job.name);
+        if inherited.as_ref() == Some(&spec) {
+            return Ok(Arc::new(InheritedJob));
+        }
+        let event_id = job.event.event_id.clone();
+        let name = job.name.clone();
+        let uses_workspace = !job.spec.primary_container.workspace_mount_path.is_empty()
+            || job
+                .spec
+                .sidecar_containers
+                .values()
+                .any(|c| !c.workspace_mount_path.is_empty());
+        let record = JobRecord {
+            event_id: event_id.clone(),
+            name: name.clone(),
+            created: now_micros(),
+            spec,
+            phase: Phase::Pending,
+            started: None,
+            ended: None,
+            logs_event_id: event_id.clone(),
+            uses_workspace,
+        };
+        let unavailable = |e: store::StoreError| {
+            ExecutorError::Unavailable(format!("cannot record job \"{name}\": {e}"))
+        };
+        self.store.create_job(&record).await.map_err(unavailable)?;
+        let permits = self.slots.acquire(&job.event.project_id).await;
+        self.store
+            .job_phase(&event_id, &name, Phase::Starting)
+            .await
+            .map_err(unavailable)?;
+        let running = match self.inner.start(job).await {
+            Ok(running) => running,
+            Err(e) => {
+                let _ = self.store.job_phase(&event_id, &name, Phase::Failed).await;
+                return Err(e);
+            }
+        };
+        self.store
+            .job_phase(&event_id, &name, Phase::Running)
+            .await
+            .map_err(unavailable)?;
+        self.metrics.job_started();
+        let (store, watched, metrics) = (self.store.clone(), running.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            let result = watched.wait().await;
+            drop(permits);
+            metrics.job_ended(result.phase);
+            if let Err(e) = store.job_phase(&event_id, &name, result.phase).await {
+                tracing::error!(event = %event_id, job = %name, error = %e, "recording the job's end failed");
+            }
+        });
+        Ok(running)
+    }
+
+    async fn finish_event(&self, event: &EventContext) {
+        self.inner.finish_event(event).await;
+    }
+}
+
+/// A job that SUCCEEDED in an earlier run of the event, with the same spec.
+struct InheritedJob;
+
+#[async_trait]
+impl RunningJob for InheritedJob {
+    async fn wait(&self) -> JobResult {
+        JobResult {
+            phase: Phase::Succeeded,
+            exit_code: Some(0),
+            reason: Some("inherited from an earlier run of this event".into()),
+        }
+    }
+
+    async fn cancel(&self) {}
+}

@@ -1,0 +1,1659 @@
+//! The durable store: projects, secrets, events, jobs, logs and principals in
+//! SQLite (embedded, the default) or PostgreSQL (shared by several replicas),
+//! through one code path (sqlx's `Any` driver and SQL both understand).
+//!
+//! Events are written by one task that commits many requests in one
+//! transaction (group commit): each request is durable when its caller is
+//! answered, and a busy server pays one disk sync per batch, not per event.
+//! Log lines are batched the same way.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mizzen_host_api::types::Phase;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row, SqlSafeStr};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Requests the event writer commits in one transaction at most. Beyond a
+/// few hundred, a bigger batch no longer saves disk syncs but makes the
+/// first caller of the batch wait longer.
+const MAX_EVENT_BATCH: usize = 512;
+
+/// Log lines written in one transaction at most (5 parameters each; SQLite
+/// allows 32,766 per statement).
+const MAX_LOG_BATCH: usize = 1_000;
+
+/// Connections to the database. SQLite writes one at a time anyway; the rest
+/// serve reads (WAL lets readers run beside the writer). PostgreSQL replicas
+/// each hold this many.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored document is not what this version of Mizzen wrote.
+    #[error("stored {what} is corrupt: {message}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The database URL is not one Mizzen can use.
+    #[error("{0}")]
+    Url(String),
+    /// The event writer has stopped (the server is shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// Microseconds since the Unix epoch, the store's clock.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The RFC 3339 form of a store time, as Brigade's API shows times.
+pub fn rfc3339(micros: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// A project as stored: its definition as the API received it (JSON).
+#[derive(Debug, Clone)]
+pub struct ProjectRecord {
+    /// `metadata.id`.
+    pub id: String,
+    /// When it was created.
+    pub created: i64,
+    /// The definition.
+    pub document: Value,
+}
+
+/// What an event carries besides its indexed columns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventDocument {
+    /// Qualifiers.
+    #[serde(default)]
+    pub qualifiers: BTreeMap<String, String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// A short title.
+    #[serde(default)]
+    pub short_title: String,
+    /// A long title.
+    #[serde(default)]
+    pub long_title: String,
+    /// Git overrides (`cloneURL`, `commit`, `ref`).
+    #[serde(default)]
+    pub git: Option<Value>,
+    /// The payload.
+    #[serde(default)]
+    pub payload: String,
+    /// State a gateway keeps on the event.
+    #[serde(default)]
+    pub source_state: BTreeMap<String, String>,
+    /// The project's definition when the event was created: later edits do
+    /// not change an existing event's worker (as in Brigade).
+    pub project: Value,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    /// Insertion order; newer events have larger numbers.
+    pub seq: i64,
+    /// The id (a UUID).
+    pub id: String,
+    /// The project whose copy this is.
+    pub project_id: String,
+    /// When it was accepted.
+    pub created: i64,
+    /// The source.
+    pub source: String,
+    /// The type.
+    pub event_type: String,
+    /// The rest.
+    pub document: EventDocument,
+    /// The worker's summary.
+    pub summary: String,
+    /// The worker's phase.
+    pub phase: Phase,
+    /// When the worker started running.
+    pub started: Option<i64>,
+    /// When it ended.
+    pub ended: Option<i64>,
+    /// How many times a worker was started for it.
+    pub attempts: i64,
+}
+
+/// A new event, before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The id.
+    pub id: String,
+    /// The project.
+    pub project_id: String,
+    /// When it was accepted.
+    pub created: i64,
+    /// The source.
+    pub source: String,
+    /// The type.
+    pub event_type: String,
+    /// The rest.
+    pub document: EventDocument,
+    /// Jobs inherited from the event it retries (SUCCEEDED, no workspace).
+    pub inherited_jobs: Vec<JobRecord>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// The event.
+    pub event_id: String,
+    /// The job's name.
+    pub name: String,
+    /// When the worker created it.
+    pub created: i64,
+    /// Its spec (Brigade's JobSpec JSON).
+    pub spec: Value,
+    /// Its phase.
+    pub phase: Phase,
+    /// When it started running.
+    pub started: Option<i64>,
+    /// When it ended.
+    pub ended: Option<i64>,
+    /// The event whose logs hold its output (itself unless inherited).
+    pub logs_event_id: String,
+    /// Whether it mounted the workspace (such jobs are not inherited).
+    pub uses_workspace: bool,
+}
+
+/// One line of a log.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// Order within the store; resumes a stream.
+    pub seq: i64,
+    /// The event.
+    pub event_id: String,
+    /// The job, or empty for the worker.
+    pub job: String,
+    /// The container: `worker`, the job's name for its primary, a sidecar's name.
+    pub container: String,
+    /// When it was produced.
+    pub time: i64,
+    /// The text.
+    pub message: String,
+}
+
+/// Filters of an event list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this project's.
+    pub project_id: Option<String>,
+    /// Only these projects' (the caller's visibility); `None` for all.
+    pub visible_projects: Option<Vec<String>>,
+    /// Only this source.
+    pub source: Option<String>,
+    /// Only this type.
+    pub event_type: Option<String>,
+    /// Only workers in these phases.
+    pub phases: Vec<Phase>,
+    /// Only events with these qualifiers.
+    pub qualifiers: BTreeMap<String, String>,
+    /// Only events with these labels.
+    pub labels: BTreeMap<String, String>,
+    /// Only events whose source state has these values.
+    pub source_state: BTreeMap<String, String>,
+}
+
+/// A page of a list.
+#[derive(Debug)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Where the next page starts, when there is one.
+    pub next: Option<String>,
+    /// How many items follow this page.
+    pub remaining: i64,
+}
+
+/// A role held by a principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleAssignment {
+    /// The role, e.g. `READER` or `PROJECT_USER`.
+    pub role: String,
+    /// `USER` or `SERVICE_ACCOUNT`.
+    pub principal_type: String,
+    /// The principal's id.
+    pub principal_id: String,
+    /// The source (EVENT_CREATOR), the project (project roles), `*`, or
+    /// empty.
+    pub scope: String,
+}
+
+/// A service account as stored.
+#[derive(Debug, Clone)]
+pub struct ServiceAccountRecord {
+    /// The id.
+    pub id: String,
+    /// What it is for.
+    pub description: String,
+    /// When it was created.
+    pub created: i64,
+    /// When it was locked.
+    pub locked: Option<i64>,
+}
+
+/// An event the scheduler claimed for this replica.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The event.
+    pub event: EventRecord,
+}
+
+/// Concurrency limits the scheduler claims within.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerLimits {
+    /// Workers starting or running at once, across all replicas.
+    pub global: i64,
+    /// Workers of one project starting or running at once.
+    pub per_project: i64,
+}
+
+type EventBatch = (Vec<NewEvent>, oneshot::Sender<Result<(), String>>);
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    events: mpsc::Sender<EventBatch>,
+    logs: mpsc::UnboundedSender<LogLine>,
+    /// Bumped after each log batch is committed: followers wake on it.
+    logs_written: watch::Receiver<u64>,
+    /// Bumped after a worker's or job's status changes on this replica.
+    changes: watch::Sender<u64>,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the store at `url`: `sqlite://PATH` or
+    /// `postgres://...`; without a URL, `mizzen.db` in `data_dir`.
+    pub async fn open(url: Option<&str>, data_dir: &Path) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = match url {
+            None => (
+                format!("sqlite://{}?mode=rwc", data_dir.join("mizzen.db").display()),
+                Backend::Sqlite,
+            ),
+            Some(url) if url.starts_with("sqlite:") => (url.to_string(), Backend::Sqlite),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                (url.to_string(), Backend::Postgres)
+            }
+            Some(url) => {
+                return Err(StoreError::Url(format!(
+                    "--database-url {:?}: expected sqlite://PATH or postgres://USER@HOST/DB",
+                    redact_url(url)
+                )));
+            }
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes
+                        // each commit durable before it returns; the busy
+                        // timeout lets writers queue instead of failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        migrator(backend).run(&pool).await?;
+
+        let (events, event_rx) = mpsc::channel(4 * MAX_EVENT_BATCH);
+        let (logs, log_rx) = mpsc::unbounded_channel();
+        let (logs_written_tx, logs_written) = watch::channel(0);
+        tokio::spawn(write_events(pool.clone(), event_rx));
+        tokio::spawn(write_logs(pool.clone(), log_rx, logs_written_tx));
+        let (changes, _) = watch::channel(0);
+        Ok(Self {
+            pool,
+            backend,
+            events,
+            logs,
+            logs_written,
+            changes,
+        })
+    }
+
+    /// Which database is behind the store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A receiver that changes whenever a log batch was committed.
+    pub fn log_updates(&self) -> watch::Receiver<u64> {
+        self.logs_written.clone()
+    }
+
+    /// A receiver that changes whenever a status changed on this replica.
+    pub fn status_updates(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    // ----- projects -------------------------------------------------------
+
+    /// Stores a new project; `false` when the id is taken.
+    pub async fn create_project(&self, id: &str, document: &Value) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO projects (id, created, document) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(now_micros())
+        .bind(document.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Replaces a project's definition; `false` when there is no such project.
+    pub async fn update_project(&self, id: &str, document: &Value) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE projects SET document = $1 WHERE id = $2")
+            .bind(document.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// A project.
+    pub async fn project(&self, id: &str) -> Result<Option<ProjectRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, created, document FROM projects WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| project_record(&row)).transpose()
+    }
+
+    /// Projects in id order, after `after`, limited to `visible` when given.
+    pub async fn projects(
+        &self,
+        after: &str,
+        limit: i64,
+        visible: Option<&[String]>,
+    ) -> Result<Page<ProjectRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, created, document FROM projects WHERE id > $1 ORDER BY id")
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut all = Vec::new();
+        for row in &rows {
+            let record = project_record(row)?;
+            if visible.is_none_or(|v| v.contains(&record.id)) {
+                all.push(record);
+            }
+        }
+        Ok(paginate(all, limit, |p| p.id.clone()))
+    }
+
+    /// Deletes a project with its events, jobs, logs, secrets and project
+    /// role assignments; `false` when there is no such project.
+    pub async fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for sql in [
+            "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+            "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+            "DELETE FROM events WHERE project_id = $1",
+            "DELETE FROM secrets WHERE project_id = $1",
+            "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        let deleted = sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    // ----- secrets --------------------------------------------------------
+
+    /// Sets a secret.
+    pub async fn set_secret(
+        &self,
+        project: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (project_id, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (project_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(project)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a secret; `false` when it was not set.
+    pub async fn unset_secret(&self, project: &str, key: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query("DELETE FROM secrets WHERE project_id = $1 AND key = $2")
+            .bind(project)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// A project's secrets.
+    pub async fn secrets(&self, project: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let rows = sqlx::query("SELECT key, value FROM secrets WHERE project_id = $1 ORDER BY key")
+            .bind(project)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("key")?, row.try_get("value")?)))
+            .collect()
+    }
+
+    // ----- events ---------------------------------------------------------
+
+    /// Stores events durably (group commit) and wakes the scheduler.
+    pub async fn insert_events(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (done, result) = oneshot::channel();
+        self.events
+            .send((events, done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match result.await {
+            Ok(Ok(())) => {
+                self.changed();
+                Ok(())
+            }
+            Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// An event.
+    pub async fn event(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| event_record(&row)).transpose()
+    }
+
+    /// Events newest first, after the `after` cursor, matching `filter`.
+    pub async fn events(
+        &self,
+        filter: &EventFilter,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Page<EventRecord>, StoreError> {
+        let (sql, binds) = event_query(filter, after);
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for bind in binds {
+            query = match bind {
+                Bind::Text(s) => query.bind(s),
+                Bind::Int(i) => query.bind(i),
+            };
+        }
+        // Qualifier, label and source-state filters look into documents, so
+        // they are applied here; the rest is in SQL.
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut matched = Vec::new();
+        for row in &rows {
+            let event = event_record(row)?;
+            let doc = &event.document;
+            let contains = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
+                want.iter().all(|(k, v)| have.get(k) == Some(v))
+            };
+            if contains(&doc.qualifiers, &filter.qualifiers)
+                && contains(&doc.labels, &filter.labels)
+                && contains(&doc.source_state, &filter.source_state)
+            {
+                matched.push(event);
+            }
+        }
+        Ok(paginate(matched, limit, |e| e.seq.to_string()))
+    }
+
+    /// Deletes an event with its jobs and logs; `false` when there was none.
+    pub async fn delete_event(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM logs WHERE event_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM jobs WHERE event_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM events WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    /// Sets a worker's summary.
+    pub async fn set_summary(&self, id: &str, summary: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE events SET summary = $1 WHERE id = $2")
+            .bind(summary)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces an event's source state.
+    pub async fn set_source_state(
+        &self,
+        event: &EventRecord,
+        state: BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let mut document = event.document.clone();
+        document.source_state = state;
+        sqlx::query("UPDATE events SET document = $1 WHERE id = $2")
+            .bind(to_json(&document))
+            .bind(&event.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Cancels an event: a PENDING worker becomes CANCELED at once; a
+    /// STARTING or RUNNING one is flagged for its replica to abort. Returns
+    /// the phase the worker had, `None` when there is no such event.
+    pub async fn cancel_event(&self, id: &str) -> Result<Option<Phase>, StoreError> {
+        let Some(event) = self.event(id).await? else {
+            return Ok(None);
+        };
+        match event.phase {
+            Phase::Pending => {
+                let now = now_micros();
+                let result = sqlx::query(
+                    "UPDATE events SET phase = 'CANCELED', ended = $1 WHERE id = $2 AND phase = 'PENDING'",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                if result.rows_affected() == 0 {
+                    // It was claimed meanwhile: cancel it as a running one.
+                    return Box::pin(self.cancel_event(id)).await;
+                }
+                self.changed();
+            }
+            Phase::Starting | Phase::Running => {
+                sqlx::query("UPDATE events SET cancel_requested = 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(Some(event.phase))
+    }
+
+    /// Ids of this replica's running events whose cancellation was asked
+    /// for (possibly through another replica).
+    pub async fn cancel_requests(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM events WHERE lease_owner = $1 AND cancel_requested = 1
+             AND phase IN ('STARTING', 'RUNNING')",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("id").map_err(Into::into))
+            .collect()
+    }
+
+    // ----- the scheduler's side --------------------------------------------
+
+    /// Claims up to `room` PENDING events for `owner` within `limits`,
+    /// fairly between projects: each round gives one worker to every
+    /// project with work, fewest running first, oldest event first.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limits: WorkerLimits,
+        room: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE scheduler_lock SET holder = $1 WHERE id = 1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT project_id, COUNT(*) AS n FROM events WHERE phase IN ('STARTING', 'RUNNING') GROUP BY project_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut running: HashMap<String, i64> = HashMap::new();
+        for row in &rows {
+            running.insert(row.try_get("project_id")?, row.try_get("n")?);
+        }
+        let total: i64 = running.values().sum();
+        let free = usize::try_from((limits.global - total).max(0)).unwrap_or(0);
+        let room = room.min(free);
+        if room == 0 {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        // Oldest pending events; enough of them to fill the room from
+        // several projects.
+        let candidates = sqlx::query(
+            "SELECT id, project_id FROM events WHERE phase = 'PENDING' ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::try_from(room.saturating_mul(8).max(64)).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut queues: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for row in &candidates {
+            let project: String = row.try_get("project_id")?;
+            if !queues.contains_key(&project) {
+                order.push(project.clone());
+            }
+            queues.entry(project).or_default().push(row.try_get("id")?);
+        }
+        // Fewest running first; ties keep the oldest-event order.
+        order.sort_by_key(|p| running.get(p).copied().unwrap_or(0));
+        let mut picked = Vec::new();
+        let mut cursor: HashMap<&str, usize> = HashMap::new();
+        'rounds: loop {
+            let mut progressed = false;
+            for project in &order {
+                if picked.len() >= room {
+                    break 'rounds;
+                }
+                let count = running.entry(project.clone()).or_insert(0);
+                if *count >= limits.per_project {
+                    continue;
+                }
+                let next = cursor.entry(project.as_str()).or_insert(0);
+                if let Some(id) = queues[project].get(*next) {
+                    picked.push(id.clone());
+                    *next += 1;
+                    *count += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let lease_until = now_micros() + micros(lease);
+        let mut claimed = Vec::new();
+        for id in picked {
+            let result = sqlx::query(
+                "UPDATE events SET phase = 'STARTING', lease_owner = $1, lease_until = $2,
+                 attempts = attempts + 1 WHERE id = $3 AND phase = 'PENDING'",
+            )
+            .bind(owner)
+            .bind(lease_until)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            if result.rows_affected() == 1 {
+                claimed.push(id);
+            }
+        }
+        tx.commit().await?;
+        let mut events = Vec::new();
+        for id in claimed {
+            if let Some(event) = self.event(&id).await? {
+                events.push(event);
+            }
+        }
+        if !events.is_empty() {
+            self.changed();
+        }
+        Ok(events)
+    }
+
+    /// Extends the leases of `owner`'s events.
+    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE events SET lease_until = $1 WHERE lease_owner = $2 AND phase IN ('STARTING', 'RUNNING')",
+        )
+        .bind(now_micros() + micros(lease))
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes back events whose worker's replica stopped: with `all`, every
+    /// STARTING or RUNNING event not owned by `owner` (a single SQLite server
+    /// starting up knows nobody else runs them); otherwise those whose lease
+    /// ran out. Each goes back to PENDING to run again, keeping the jobs that
+    /// SUCCEEDED without a workspace, unless it already had `max_attempts`
+    /// workers: then it ends FAILED. Returns the events re-queued and failed.
+    pub async fn recover(
+        &self,
+        owner: &str,
+        all: bool,
+        max_attempts: i64,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let now = now_micros();
+        let rows = if all {
+            sqlx::query(
+                "SELECT id, attempts FROM events WHERE phase IN ('STARTING', 'RUNNING')
+                 AND (lease_owner IS NULL OR lease_owner <> $1)",
+            )
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            sqlx::query(
+                "SELECT id, attempts FROM events WHERE phase IN ('STARTING', 'RUNNING') AND lease_until < $1",
+            )
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?
+        };
+        let (mut requeued, mut failed) = (Vec::new(), Vec::new());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            let give_up = attempts >= max_attempts;
+            let mut tx = self.pool.begin().await?;
+            let sql = if give_up {
+                "UPDATE events SET phase = 'FAILED', ended = $1, lease_owner = NULL, lease_until = NULL
+                 WHERE id = $2 AND phase IN ('STARTING', 'RUNNING')"
+            } else {
+                "UPDATE events SET phase = 'PENDING', started = NULL, lease_owner = NULL, lease_until = NULL,
+                 ended = $1 WHERE id = $2 AND phase IN ('STARTING', 'RUNNING')"
+            };
+            let updated = sqlx::query(sql)
+                .bind(if give_up { Some(now) } else { None })
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if updated == 1 {
+                end_open_jobs(&mut tx, &id, now).await?;
+                if give_up {
+                    failed.push(id);
+                } else {
+                    forget_unfinished_jobs(&mut tx, &id).await?;
+                    requeued.push(id);
+                }
+            }
+            tx.commit().await?;
+        }
+        if !requeued.is_empty() || !failed.is_empty() {
+            self.changed();
+        }
+        Ok((requeued, failed))
+    }
+
+    /// Gives `owner`'s running events back (graceful shutdown): PENDING
+    /// again, not counted as an attempt.
+    pub async fn release(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE events SET phase = 'PENDING', started = NULL, lease_owner = NULL, lease_until = NULL,
+             attempts = attempts - 1 WHERE id = $1 AND lease_owner = $2 AND phase IN ('STARTING', 'RUNNING')",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            forget_unfinished_jobs(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// STARTING → RUNNING for `owner`'s event; `false` when it is no longer
+    /// this replica's (re-queued after its lease ran out, or cancelled).
+    pub async fn worker_running(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE events SET phase = 'RUNNING', started = $1 WHERE id = $2 AND lease_owner = $3 AND phase = 'STARTING'",
+        )
+        .bind(now_micros())
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        self.changed();
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Ends `owner`'s worker with `phase` (the first terminal phase wins) and
+    /// ends its jobs that are still open: PENDING ones CANCELED, the rest
+    /// ABORTED (Brigade left them PENDING forever, #1902).
+    pub async fn worker_ended(
+        &self,
+        owner: &str,
+        id: &str,
+        phase: Phase,
+        summary: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = now_micros();
+        let mut tx = self.pool.begin().await?;
+        let result = sqlx::query(
+            "UPDATE events SET phase = $1, ended = $2, summary = COALESCE($3, summary),
+             lease_owner = NULL, lease_until = NULL
+             WHERE id = $4 AND lease_owner = $5 AND phase IN ('STARTING', 'RUNNING')",
+        )
+        .bind(phase.as_str())
+        .bind(now)
+        .bind(summary)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        end_open_jobs(&mut tx, id, now).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Events waiting for a worker, and workers running, for the metrics.
+    pub async fn phase_counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT phase, COUNT(*) AS n FROM events WHERE phase IN ('PENDING', 'STARTING', 'RUNNING') GROUP BY phase",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("phase")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    // ----- jobs -----------------------------------------------------------
+
+    /// An event's jobs in creation order.
+    pub async fn jobs(&self, event_id: &str) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE event_id = $1 ORDER BY created, name"
+        )))
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_record).collect()
+    }
+
+    /// A job.
+    pub async fn job(&self, event_id: &str, name: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE event_id = $1 AND name = $2"
+        )))
+        .bind(event_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_record).transpose()
+    }
+
+    /// Records a new PENDING job (replacing an inherited one of the same
+    /// name whose spec differs).
+    pub async fn create_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM jobs WHERE event_id = $1 AND name = $2")
+            .bind(&job.event_id)
+            .bind(&job.name)
+            .execute(&mut *tx)
+            .await?;
+        insert_job(&mut tx, job).await?;
+        tx.commit().await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Moves a job to `phase`, stamping its start or end; a job that has
+    /// ended stays as it ended.
+    pub async fn job_phase(
+        &self,
+        event_id: &str,
+        name: &str,
+        phase: Phase,
+    ) -> Result<(), StoreError> {
+        let now = now_micros();
+        let (started, ended) = match phase {
+            Phase::Running => (Some(now), None),
+            p if p.is_terminal() => (None, Some(now)),
+            _ => (None, None),
+        };
+        sqlx::query(
+            "UPDATE jobs SET phase = $1, started = COALESCE(started, $2), ended = COALESCE($3, ended)
+             WHERE event_id = $4 AND name = $5
+             AND phase NOT IN ('SUCCEEDED', 'FAILED', 'ABORTED', 'CANCELED', 'TIMED_OUT', 'SCHEDULING_FAILED')",
+        )
+        .bind(phase.as_str())
+        .bind(started)
+        .bind(ended)
+        .bind(event_id)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        self.changed();
+        Ok(())
+    }
+
+    // ----- logs -----------------------------------------------------------
+
+    /// Queues a log line; it is committed with the next batch.
+    pub fn append_log(&self, line: LogLine) {
+        // The writer only stops when the process does.
+        let _ = self.logs.send(line);
+    }
+
+    /// Up to `limit` lines of one stream after `after`.
+    pub async fn logs(
+        &self,
+        event_id: &str,
+        job: &str,
+        container: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, job, container, time, message FROM logs
+             WHERE event_id = $1 AND job = $2 AND container = $3 AND seq > $4 ORDER BY seq LIMIT $5",
+        )
+        .bind(event_id)
+        .bind(job)
+        .bind(container)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LogLine {
+                    seq: row.try_get("seq")?,
+                    event_id: row.try_get("event_id")?,
+                    job: row.try_get("job")?,
+                    container: row.try_get("container")?,
+                    time: row.try_get("time")?,
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the logs of events that ended before `before`; returns how
+    /// many lines went.
+    pub async fn expire_logs(&self, before: i64) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE ended IS NOT NULL AND ended < $1)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    // ----- principals -----------------------------------------------------
+
+    /// Stores a session token's hash.
+    pub async fn create_session(
+        &self,
+        token_hash: &str,
+        principal_type: &str,
+        principal_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, principal_type, principal_id, created, expires) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash)
+        .bind(principal_type)
+        .bind(principal_id)
+        .bind(now)
+        .bind(now + micros(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The principal of an unexpired session.
+    pub async fn session(&self, token_hash: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT principal_type, principal_id FROM sessions WHERE token_hash = $1 AND expires > $2",
+        )
+        .bind(token_hash)
+        .bind(now_micros())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("principal_type")?, r.try_get("principal_id")?)))
+            .transpose()
+    }
+
+    /// Ends a session.
+    pub async fn delete_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1 OR expires < $2")
+            .bind(token_hash)
+            .bind(now_micros())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a service account; `false` when the id is taken.
+    pub async fn create_service_account(
+        &self,
+        id: &str,
+        description: &str,
+        token_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO service_accounts (id, description, created, token_hash) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(description)
+        .bind(now_micros())
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// A service account by id.
+    pub async fn service_account(
+        &self,
+        id: &str,
+    ) -> Result<Option<ServiceAccountRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, description, created, locked FROM service_accounts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(service_account_record).transpose()
+    }
+
+    /// A service account by its token's hash.
+    pub async fn service_account_by_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<ServiceAccountRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, description, created, locked FROM service_accounts WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(service_account_record).transpose()
+    }
+
+    /// Service accounts in id order.
+    pub async fn service_accounts(
+        &self,
+        after: &str,
+        limit: i64,
+    ) -> Result<Page<ServiceAccountRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, description, created, locked FROM service_accounts WHERE id > $1 ORDER BY id",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let all = rows
+            .iter()
+            .map(service_account_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(all, limit, |s| s.id.clone()))
+    }
+
+    /// Locks (with no new token) or unlocks (with a new token's hash) a
+    /// service account; `false` when there is none.
+    pub async fn lock_service_account(
+        &self,
+        id: &str,
+        unlock_with: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let result = match unlock_with {
+            None => {
+                sqlx::query("UPDATE service_accounts SET locked = $1 WHERE id = $2")
+                    .bind(now_micros())
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Some(hash) => {
+                sqlx::query(
+                    "UPDATE service_accounts SET locked = NULL, token_hash = $1 WHERE id = $2",
+                )
+                .bind(hash)
+                .bind(id)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Deletes a service account and its roles; `false` when there is none.
+    pub async fn delete_service_account(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM role_assignments WHERE principal_type = 'SERVICE_ACCOUNT' AND principal_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM service_accounts WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    /// Grants a role (idempotent).
+    pub async fn grant(&self, role: &RoleAssignment) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO role_assignments (role, principal_type, principal_id, scope) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (role, principal_type, principal_id, scope) DO NOTHING",
+        )
+        .bind(&role.role)
+        .bind(&role.principal_type)
+        .bind(&role.principal_id)
+        .bind(&role.scope)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Revokes a role (idempotent).
+    pub async fn revoke(&self, role: &RoleAssignment) -> Result<(), StoreError> {
+        sqlx::query(
+            "DELETE FROM role_assignments WHERE role = $1 AND principal_type = $2 AND principal_id = $3 AND scope = $4",
+        )
+        .bind(&role.role)
+        .bind(&role.principal_type)
+        .bind(&role.principal_id)
+        .bind(&role.scope)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Role assignments, all or one principal's.
+    pub async fn role_assignments(
+        &self,
+        principal: Option<(&str, &str)>,
+    ) -> Result<Vec<RoleAssignment>, StoreError> {
+        let rows = match principal {
+            Some((kind, id)) => {
+                sqlx::query(
+                    "SELECT role, principal_type, principal_id, scope FROM role_assignments
+                     WHERE principal_type = $1 AND principal_id = $2 ORDER BY role, scope",
+                )
+                .bind(kind)
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT role, principal_type, principal_id, scope FROM role_assignments
+                     ORDER BY role, principal_type, principal_id, scope",
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(RoleAssignment {
+                    role: r.try_get("role")?,
+                    principal_type: r.try_get("principal_type")?,
+                    principal_id: r.try_get("principal_id")?,
+                    scope: r.try_get("scope")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Records a webhook delivery; `false` when it was seen before.
+    pub async fn record_delivery(
+        &self,
+        gateway: &str,
+        delivery_id: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO deliveries (gateway, delivery_id, created) VALUES ($1, $2, $3)
+             ON CONFLICT (gateway, delivery_id) DO NOTHING",
+        )
+        .bind(gateway)
+        .bind(delivery_id)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Forgets a delivery whose event could not be stored, so that GitHub's
+    /// redelivery is accepted.
+    pub async fn forget_delivery(
+        &self,
+        gateway: &str,
+        delivery_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM deliveries WHERE gateway = $1 AND delivery_id = $2")
+            .bind(gateway)
+            .bind(delivery_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The schema, from the SQL files of the store's backend.
+fn migrator(backend: Backend) -> Migrator {
+    let sql = match backend {
+        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
+        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            AssertSqlSafe(sql).into_sql_str(),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}
+
+/// A database URL with its password hidden, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+const EVENT_COLUMNS: &str = "seq, id, project_id, created, source, event_type, document, summary, phase, started, ended, attempts";
+const JOB_COLUMNS: &str =
+    "event_id, name, created, spec, phase, started, ended, logs_event_id, uses_workspace";
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+fn event_query(filter: &EventFilter, after: Option<i64>) -> (String, Vec<Bind>) {
+    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
+    let mut binds = Vec::new();
+    let mut push = |sql: &mut String, clause: &str, bind: Bind| {
+        binds.push(bind);
+        sql.push_str(&clause.replace('?', &format!("${}", binds.len())));
+    };
+    if let Some(project) = &filter.project_id {
+        push(&mut sql, " AND project_id = ?", Bind::Text(project.clone()));
+    }
+    if let Some(visible) = &filter.visible_projects {
+        if visible.is_empty() {
+            sql.push_str(" AND 1 = 0");
+        } else {
+            sql.push_str(" AND project_id IN (");
+            for (i, project) in visible.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                push(&mut sql, "?", Bind::Text(project.clone()));
+            }
+            sql.push(')');
+        }
+    }
+    if let Some(source) = &filter.source {
+        push(&mut sql, " AND source = ?", Bind::Text(source.clone()));
+    }
+    if let Some(event_type) = &filter.event_type {
+        push(
+            &mut sql,
+            " AND event_type = ?",
+            Bind::Text(event_type.clone()),
+        );
+    }
+    if !filter.phases.is_empty() {
+        sql.push_str(" AND phase IN (");
+        for (i, phase) in filter.phases.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            push(&mut sql, "?", Bind::Text(phase.as_str().to_string()));
+        }
+        sql.push(')');
+    }
+    if let Some(after) = after {
+        push(&mut sql, " AND seq < ?", Bind::Int(after));
+    }
+    sql.push_str(" ORDER BY seq DESC");
+    (sql, binds)
+}
+
+fn paginate<T>(mut all: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
+    let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+    let remaining = all.len().saturating_sub(limit);
+    all.truncate(limit);
+    let next = (remaining > 0).then(|| all.last().map(&key)).flatten();
+    Page {
+        items: all,
+        next,
+        remaining: i64::try_from(remaining).unwrap_or(i64::MAX),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Serialising plain data structures to JSON cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn corrupt(what: &str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn phase(text: &str) -> Result<Phase, StoreError> {
+    Phase::from_str(text).map_err(|e| corrupt("phase", e))
+}
+
+fn project_record(row: &AnyRow) -> Result<ProjectRecord, StoreError> {
+    let document: String = row.try_get("document")?;
+    Ok(ProjectRecord {
+        id: row.try_get("id")?,
+        created: row.try_get("created")?,
+        document: serde_json::from_str(&document).map_err(|e| corrupt("project", e))?,
+    })
+}
+
+fn event_record(row: &AnyRow) -> Result<EventRecord, StoreError> {
+    let document: String = row.try_get("document")?;
+    let phase_text: String = row.try_get("phase")?;
+    Ok(EventRecord {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        created: row.try_get("created")?,
+        source: row.try_get("source")?,
+        event_type: row.try_get("event_type")?,
+        document: serde_json::from_str(&document).map_err(|e| corrupt("event", e))?,
+        summary: row.try_get("summary")?,
+        phase: phase(&phase_text)?,
+        started: row.try_get("started")?,
+        ended: row.try_get("ended")?,
+        attempts: row.try_get("attempts")?,
+    })
+}
+
+fn job_record(row: &AnyRow) -> Result<JobRecord, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    let phase_text: String = row.try_get("phase")?;
+    let uses_workspace: i64 = row.try_get("uses_workspace")?;
+    Ok(JobRecord {
+        event_id: row.try_get("event_id")?,
+        name: row.try_get("name")?,
+        created: row.try_get("created")?,
+        spec: serde_json::from_str(&spec).map_err(|e| corrupt("job", e))?,
+        phase: phase(&phase_text)?,
+        started: row.try_get("started")?,
+        ended: row.try_get("ended")?,
+        logs_event_id: row.try_get("logs_event_id")?,
+        uses_workspace: uses_workspace != 0,
+    })
+}
+
+fn service_account_record(row: &AnyRow) -> Result<ServiceAccountRecord, StoreError> {
+    Ok(ServiceAccountRecord {
+        id: row.try_get("id")?,
+        description: row.try_get("description")?,
+        created: row.try_get("created")?,
+        locked: row.try_get("locked")?,
+    })
+}
+
+async fn insert_job(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job: &JobRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO jobs (event_id, name, created, spec, phase, started, ended, logs_event_id, uses_workspace)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&job.event_id)
+    .bind(&job.name)
+    .bind(job.created)
+    .bind(job.spec.to_string())
+    .bind(job.phase.as_str())
+    .bind(job.started)
+    .bind(job.ended)
+    .bind(&job.logs_event_id)
+    .bind(i64::from(job.uses_workspace))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Before an event runs again, forgets its jobs except those that
+/// SUCCEEDED and used no workspace: the next worker inherits those.
+async fn forget_unfinished_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM jobs WHERE event_id = $1 AND NOT (phase = 'SUCCEEDED' AND uses_workspace = 0)",
+    )
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends an event's open jobs: PENDING ones CANCELED, the rest ABORTED.
+async fn end_open_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event_id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE jobs SET phase = 'CANCELED', ended = $1 WHERE event_id = $2 AND phase = 'PENDING'",
+    )
+    .bind(now)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE jobs SET phase = 'ABORTED', ended = $1 WHERE event_id = $2 AND phase IN ('STARTING', 'RUNNING', 'UNKNOWN')",
+    )
+    .bind(now)
+    .bind(event_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The event writer: commits whatever requests are waiting in one
+/// transaction, then answers each.
+async fn write_events(pool: AnyPool, mut requests: mpsc::Receiver<EventBatch>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_EVENT_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let result = commit_events(&pool, &batch).await;
+        for (_, done) in batch {
+            let _ = done.send(result.clone().map_err(|e| e.to_string()));
+        }
+    }
+}
+
+async fn commit_events(pool: &AnyPool, batch: &[EventBatch]) -> Result<(), String> {
+    let attempt = async {
+        let mut tx = pool.begin().await?;
+        for (events, _) in batch {
+            for event in events {
+                sqlx::query(
+                    "INSERT INTO events (id, project_id, created, source, event_type, document, phase)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'PENDING')",
+                )
+                .bind(&event.id)
+                .bind(&event.project_id)
+                .bind(event.created)
+                .bind(&event.source)
+                .bind(&event.event_type)
+                .bind(to_json(&event.document))
+                .execute(&mut *tx)
+                .await?;
+                for job in &event.inherited_jobs {
+                    insert_job(&mut tx, job).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok::<(), StoreError>(())
+    };
+    attempt.await.map_err(|e| {
+        tracing::error!(error = %e, "storing events failed");
+        e.to_string()
+    })
+}
+
+/// The log writer: commits waiting lines in batches and tells followers.
+async fn write_logs(
+    pool: AnyPool,
+    mut lines: mpsc::UnboundedReceiver<LogLine>,
+    written: watch::Sender<u64>,
+) {
+    let mut batch = Vec::with_capacity(MAX_LOG_BATCH);
+    while lines.recv_many(&mut batch, MAX_LOG_BATCH).await > 0 {
+        let mut sql =
+            String::from("INSERT INTO logs (event_id, job, container, time, message) VALUES ");
+        for i in 0..batch.len() {
+            let n = i * 5;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            ));
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for line in &batch {
+            query = query
+                .bind(line.event_id.clone())
+                .bind(line.job.clone())
+                .bind(line.container.clone())
+                .bind(line.time)
+                .bind(line.message.clone());
+        }
+        if let Err(e) = query.execute(&pool).await {
+            tracing::error!(error = %e, lines = batch.len(), "storing log lines failed");
+        }
+        batch.clear();
+        written.send_modify(|n| *n += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_are_not_repeated() {
+        assert_eq!(
+            redact_url("postgres://mizzen:hunter2@db:5432/mizzen"),
+            "postgres://mizzen:***@db:5432/mizzen"
+        );
+        assert_eq!(redact_url("mysql://db/x"), "mysql://db/x");
+    }
+
+    #[test]
+    fn pages_say_where_the_next_starts() {
+        let page = paginate(vec![1, 2, 3, 4, 5], 2, |n| n.to_string());
+        assert_eq!(page.items, vec![1, 2]);
+        assert_eq!(page.next.as_deref(), Some("2"));
+        assert_eq!(page.remaining, 3);
+        let last = paginate(vec![1], 2, |n| n.to_string());
+        assert_eq!(last.next, None);
+    }
+}
