@@ -8,8 +8,10 @@
 //! engine); 3 the project does not subscribe to the event, so nothing ran;
 //! 130 interrupted (the event's containers are removed first).
 
+mod client;
 mod output;
 mod run;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,10 @@ struct Cli {
 enum Command {
     /// Handle one event for a project on this machine (no server, no cluster)
     Run(RunArgs),
+    /// Serve the REST API, the scheduler and the webhook gateways
+    Server(server::ServerArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 #[derive(Args)]
@@ -122,10 +128,15 @@ const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server reports what it does; the other commands only problems.
+    let default_filter = match cli.command {
+        Command::Server(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MIZZEN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -139,6 +150,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Server(args) => server::serve(args).await,
+            Command::Client(command) => client::run(command).await,
         }
     });
     match result {

@@ -179,7 +179,7 @@ async fn executor(
 }
 
 /// `$MIZZEN_DATA_DIR`, else the user's data directory (`~/.local/share/mizzen`).
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     std::env::var_os("MIZZEN_DATA_DIR")
         .map(PathBuf::from)
         .or_else(|| dirs::data_dir().map(|dir| dir.join("mizzen")))

@@ -1,0 +1,175 @@
+//! `mizzen server`: the API server, scheduler and gateways in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use mizzen_docker::{DockerConfig, LazyDockerExecutor};
+use mizzen_runtime::executor::JobExecutor;
+use mizzen_server::store::WorkerLimits;
+use mizzen_server::{GatewayConfig, SchedulerConfig, Server, ServerConfig};
+
+use crate::{ExecutorKind, Failure, parse_duration};
+
+/// Workers (scripts) alive at once in this process: each idle one costs
+/// about half a MiB, and the sandbox reserves address space per slot.
+const DEFAULT_LOCAL_WORKERS: usize = 500;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Where to listen
+    #[arg(long, default_value = "127.0.0.1:7744", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Where the embedded database and the jobs' scratch files live
+    /// [default: $MIZZEN_DATA_DIR, else ~/.local/share/mizzen]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL (postgres://user:password@host/db) to share the work
+    /// between replicas, instead of the embedded SQLite database
+    #[arg(
+        long,
+        env = "MIZZEN_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+    /// Workers running at once, across all replicas
+    #[arg(long, default_value_t = 100)]
+    max_workers: i64,
+    /// Workers of one project running at once, across all replicas
+    #[arg(long, default_value_t = 10)]
+    max_workers_per_project: i64,
+    /// Jobs running at once in this process
+    #[arg(long, default_value_t = 32)]
+    max_jobs: usize,
+    /// Jobs of one project running at once in this process
+    #[arg(long, default_value_t = 8)]
+    max_jobs_per_project: usize,
+    /// How long a claimed event stays this replica's without renewal: the
+    /// time another replica waits before taking over a dead one's events
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    lease: Duration,
+    /// What runs the jobs (default: the container engine found when the
+    /// first job starts)
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorKind>,
+    /// Delete logs this long after their event ended (e.g. 720h); kept
+    /// forever by default
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    log_retention: Option<Duration>,
+    /// On SIGTERM, how long running workers may finish before they go back
+    /// to the queue
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// GitHub webhook secret; enables POST /gateways/github
+    #[arg(long, env = "MIZZEN_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    github_webhook_secret: Option<String>,
+    /// Tokens Docker Hub webhooks present (?access_token=); enables POST
+    /// /gateways/dockerhub
+    #[arg(
+        long,
+        env = "MIZZEN_DOCKERHUB_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    dockerhub_token: Vec<String>,
+    /// Tokens ACR webhooks present (Authorization: Bearer); enables POST
+    /// /gateways/acr
+    #[arg(
+        long,
+        env = "MIZZEN_ACR_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    acr_token: Vec<String>,
+    /// Tokens CloudEvents producers present; enables POST
+    /// /gateways/cloudevents
+    #[arg(
+        long,
+        env = "MIZZEN_CLOUDEVENTS_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    cloudevents_token: Vec<String>,
+}
+
+pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
+    let data_dir = args.data_dir.unwrap_or_else(crate::run::default_data_dir);
+    let executor: Option<Arc<dyn JobExecutor>> = match args.executor {
+        Some(ExecutorKind::None) => None,
+        _ => Some(Arc::new(LazyDockerExecutor::new(DockerConfig {
+            data_dir: data_dir.clone(),
+        }))),
+    };
+    let root_password = std::env::var("MIZZEN_ROOT_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if root_password.is_none() {
+        tracing::warn!("MIZZEN_ROOT_PASSWORD is not set: root login is disabled");
+    }
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir,
+        database_url: args.database_url,
+        root_password,
+        gateways: GatewayConfig {
+            github_secret: args.github_webhook_secret.filter(|s| !s.is_empty()),
+            dockerhub_tokens: nonempty(args.dockerhub_token),
+            acr_tokens: nonempty(args.acr_token),
+            cloudevents_tokens: nonempty(args.cloudevents_token),
+        },
+        scheduler: SchedulerConfig {
+            replica: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "mizzen".into()),
+                uuid::Uuid::new_v4()
+            ),
+            lease: args.lease,
+            workers: WorkerLimits {
+                global: args.max_workers.max(1),
+                per_project: args.max_workers_per_project.max(1),
+            },
+            local_workers: DEFAULT_LOCAL_WORKERS,
+            jobs: args.max_jobs,
+            jobs_per_project: args.max_jobs_per_project,
+            max_attempts: MAX_ATTEMPTS,
+        },
+        executor,
+        log_retention: args.log_retention,
+        shutdown_grace: args.shutdown_grace,
+    };
+    let server = Server::bind(config)
+        .await
+        .context("mizzen server cannot start")?;
+    if let Some(address) = server.local_addr() {
+        eprintln!("mizzen server listening on http://{address}");
+    }
+    server
+        .run(shutdown_signal())
+        .await
+        .context("mizzen server stopped")?;
+    Ok(())
+}
+
+/// Workers started for one event at most: a worker cut short by a crash
+/// runs again, but an event that keeps killing its server must end.
+const MAX_ATTEMPTS: i64 = 3;
+
+fn nonempty(tokens: Vec<String>) -> Vec<String> {
+    tokens.into_iter().filter(|t| !t.is_empty()).collect()
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => return std::future::pending().await,
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

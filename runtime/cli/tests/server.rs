@@ -1,0 +1,794 @@
+//! `mizzen server` and the `mizzen` client as users run them: a server on a
+//! loopback port, projects from examples/ created with the CLI, events
+//! followed to their end, logs read by job and container — on the embedded
+//! SQLite store and on PostgreSQL — plus the API's authentication, tenant
+//! isolation, secret redaction and webhook checks over raw HTTP.
+//!
+//! The PostgreSQL runs need `MIZZEN_TEST_DATABASE_URL` (a maintenance
+//! database the tests may create databases from; `scripts/test` starts one
+//! with `scripts/setup-postgres`). Without it they say so and do nothing.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const ROOT_PASSWORD: &str = "test-root-password";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A running `mizzen server` with its own data and client config.
+struct TestServer {
+    child: Child,
+    url: String,
+    data_dir: tempfile::TempDir,
+    config_dir: tempfile::TempDir,
+    log: PathBuf,
+    args: Vec<String>,
+    database_url: Option<String>,
+}
+
+impl TestServer {
+    fn start(database_url: Option<String>, extra: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let config_dir = tempfile::tempdir().unwrap();
+        let log = data_dir.path().join("server.log");
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url) = spawn(data_dir.path(), &log, database_url.as_deref(), &args, None);
+        let server = Self {
+            child,
+            url,
+            data_dir,
+            config_dir,
+            log,
+            args,
+            database_url,
+        };
+        let login = server.cli(&[
+            "login",
+            "--server",
+            &server.url,
+            "--root",
+            "--password",
+            ROOT_PASSWORD,
+        ]);
+        assert_eq!(login.code, 0, "{login:?}");
+        server
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same port
+    /// and store.
+    fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let port = self.url.rsplit(':').next().unwrap().to_string();
+        let (child, url) = spawn(
+            self.data_dir.path(),
+            &self.log,
+            self.database_url.as_deref(),
+            &self.args,
+            Some(&port),
+        );
+        self.child = child;
+        self.url = url;
+    }
+
+    fn cli(&self, args: &[&str]) -> Ran {
+        let output = Command::new(env!("CARGO_BIN_EXE_mizzen"))
+            .args(args)
+            .current_dir(repo())
+            .env("MIZZEN_CONFIG_DIR", self.config_dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("mizzen runs");
+        Ran {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let ran = self.cli(args);
+        assert_eq!(
+            ran.code,
+            0,
+            "mizzen {}: {ran:?}\n--- server log\n{}",
+            args.join(" "),
+            self.server_log()
+        );
+        ran.stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("JSON output")
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn root_token(&self) -> String {
+        let config = std::fs::read_to_string(self.config_dir.path().join("config")).unwrap();
+        let config: Value = serde_json::from_str(&config).unwrap();
+        config["apiToken"].as_str().unwrap().to_string()
+    }
+
+    /// The id in `Created event "<id>".`
+    fn create_event(&self, project: &str, extra: &[&str]) -> String {
+        let mut args = vec!["event", "create", "--project", project];
+        args.extend(extra);
+        let out = self.ok(&args);
+        created_id(&out)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn created_id(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("Created event \""))
+        .and_then(|l| l.split('"').next())
+        .unwrap_or_else(|| panic!("no event created: {out}"))
+        .to_string()
+}
+
+fn spawn(
+    data_dir: &Path,
+    log: &Path,
+    database_url: Option<&str>,
+    extra: &[String],
+    port: Option<&str>,
+) -> (Child, String) {
+    let listen = format!("127.0.0.1:{}", port.unwrap_or("0"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mizzen"));
+    command
+        .args(["server", "--listen", &listen, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("MIZZEN_ROOT_PASSWORD", ROOT_PASSWORD)
+        .env(
+            "MIZZEN_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
+        )
+        .env("MIZZEN_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    let mut child = command.spawn().expect("mizzen server starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = log.to_path_buf();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("mizzen server listening on ") {
+                let _ = tx.send(url.to_string());
+            }
+            let _ = writeln!(file, "{line}");
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server says where it listens");
+    (child, url)
+}
+
+/// A fresh PostgreSQL database for one test, or `None` (with a message)
+/// when no server is configured.
+fn postgres_database(test: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("MIZZEN_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED {test}: MIZZEN_TEST_DATABASE_URL is not set (scripts/test sets it)");
+        return None;
+    };
+    let name = format!("mizzen_test_{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("psql")
+        .args([&admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "cannot create database {name}");
+    let base = admin.rsplit_once('/').expect("URL with a database").0;
+    Some(format!("{base}/{name}"))
+}
+
+/// The walk-through of the issue: projects from examples/, events
+/// followed, job logs by job and by container.
+fn examples_end_to_end(server: &TestServer) {
+    for example in [
+        "01-hello-world",
+        "03-first-job",
+        "15-sidecar-service",
+        "11-typescript",
+    ] {
+        server.ok(&["project", "create", "-f", &format!("examples/{example}")]);
+    }
+    let projects = server.json(&["project", "list"]);
+    assert_eq!(projects["items"].as_array().unwrap().len(), 4, "{projects}");
+
+    let hello = server.cli(&["event", "create", "--project", "hello-world", "--follow"]);
+    assert_eq!(hello.code, 0, "{hello:?}");
+    assert!(hello.stdout.contains("Hello, World!"), "{hello:?}");
+
+    let ts = server.cli(&[
+        "event",
+        "create",
+        "--project",
+        "hello-typescript",
+        "--follow",
+    ]);
+    assert_eq!(ts.code, 0, "{ts:?}");
+
+    let id = server.create_event("first-job", &[]);
+    let followed = server.ok(&["event", "logs", "--id", &id, "--follow"]);
+    assert!(followed.contains("Creating job my-first-job"), "{followed}");
+    let job_log = server.ok(&["event", "logs", "--id", &id, "--job", "my-first-job"]);
+    assert_eq!(job_log.trim(), "My first job!");
+    let event = server.json(&["event", "get", "--id", &id]);
+    assert_eq!(event["worker"]["status"]["phase"], "SUCCEEDED", "{event}");
+    assert_eq!(event["worker"]["jobs"][0]["name"], "my-first-job");
+    assert_eq!(event["worker"]["jobs"][0]["status"]["phase"], "SUCCEEDED");
+
+    let id = server.create_event("sidecar-service", &["--follow"]);
+    let primary = server.ok(&["event", "logs", "--id", &id, "--job", "integration-test"]);
+    assert!(
+        primary.contains("Hello from a sidecar service!"),
+        "{primary}"
+    );
+    let sidecar = server.ok(&[
+        "event",
+        "logs",
+        "--id",
+        &id,
+        "--job",
+        "integration-test",
+        "--container",
+        "redis",
+    ]);
+    assert!(
+        sidecar
+            .to_lowercase()
+            .contains("ready to accept connections"),
+        "{sidecar}"
+    );
+    let event = server.json(&["event", "get", "--id", &id]);
+    assert_eq!(event["summary"], "integration test passed", "{event}");
+
+    let missing = server.cli(&["event", "logs", "--id", &id, "--job", "no-such-job"]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.stderr.contains("NotFoundError"), "{missing:?}");
+}
+
+#[test]
+fn examples_run_end_to_end_on_sqlite() {
+    let server = TestServer::start(None, &[]);
+    examples_end_to_end(&server);
+}
+
+#[test]
+fn examples_run_end_to_end_on_postgres() {
+    let Some(url) = postgres_database("examples_run_end_to_end_on_postgres") else {
+        return;
+    };
+    let server = TestServer::start(Some(url), &[]);
+    examples_end_to_end(&server);
+}
+
+const SECRET: &str = "s3cr3t-value-9f8e";
+
+fn secret_project(id: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: {id}
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/cli
+    types: [exec]
+  workerTemplate:
+    defaultConfigFiles:
+      brigade.js: |
+        const {{ events, Job }} = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async event => {{
+          const secret = event.project.secrets.password;
+          console.log("the password is " + secret);
+          const job = new Job("leak", "busybox", event);
+          job.primaryContainer.environment = {{ PASSWORD: secret }};
+          job.primaryContainer.command = ["sh", "-c", "echo job sees $PASSWORD"];
+          await job.run();
+          return "summary with " + secret;
+        }});
+        events.process();
+"#
+    );
+    std::fs::write(dir.path().join("project.yaml"), yaml).unwrap();
+    dir
+}
+
+#[test]
+fn secret_values_never_leave_the_server() {
+    let server = TestServer::start(None, &[]);
+    let dir = secret_project("vault");
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    server.ok(&[
+        "project",
+        "secret",
+        "set",
+        "--project",
+        "vault",
+        "-s",
+        &format!("password={SECRET}"),
+    ]);
+    let listed = server.ok(&[
+        "project",
+        "secret",
+        "list",
+        "--project",
+        "vault",
+        "-o",
+        "json",
+    ]);
+    assert!(!listed.contains(SECRET), "{listed}");
+
+    let followed = server.cli(&["event", "create", "--project", "vault", "--follow"]);
+    assert_eq!(followed.code, 0, "{followed:?}");
+    let id = created_id(&followed.stdout);
+    assert!(
+        followed.stdout.contains("the password is ***"),
+        "{followed:?}"
+    );
+    let job = server.ok(&["event", "logs", "--id", &id, "--job", "leak"]);
+    assert_eq!(job.trim(), "job sees ***");
+    let event = server.ok(&["event", "get", "--id", &id, "-o", "json"]);
+    assert!(event.contains("summary with ***"), "{event}");
+    let all = server.ok(&["event", "list", "-o", "json"]);
+    for text in [&followed.stdout, &job, &event, &all] {
+        assert!(!text.contains(SECRET), "secret leaked: {text}");
+    }
+}
+
+/// Raw HTTP for what the CLI does not show: status codes and error bodies.
+async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    // The client is built with TLS support whose crypto provider is chosen
+    // at run time.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let mut request = client.request(method.parse().unwrap(), url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the server answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Every endpoint, as (method, path).
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/v2/whoami"),
+    ("DELETE", "/v2/session"),
+    ("GET", "/v2/projects"),
+    ("POST", "/v2/projects"),
+    ("GET", "/v2/projects/alpha"),
+    ("PUT", "/v2/projects/alpha"),
+    ("DELETE", "/v2/projects/alpha"),
+    ("GET", "/v2/projects/alpha/secrets"),
+    ("PUT", "/v2/projects/alpha/secrets/key"),
+    ("DELETE", "/v2/projects/alpha/secrets/key"),
+    ("GET", "/v2/projects/alpha/role-assignments"),
+    ("POST", "/v2/projects/alpha/role-assignments"),
+    ("DELETE", "/v2/projects/alpha/role-assignments"),
+    ("GET", "/v2/project-role-assignments"),
+    ("GET", "/v2/events"),
+    ("POST", "/v2/events"),
+    ("DELETE", "/v2/events"),
+    ("POST", "/v2/events/cancellations"),
+    ("GET", "/v2/events/x"),
+    ("DELETE", "/v2/events/x"),
+    ("PUT", "/v2/events/x/cancellation"),
+    ("POST", "/v2/events/x/retries"),
+    ("POST", "/v2/events/x/clones"),
+    ("PUT", "/v2/events/x/source-state"),
+    ("GET", "/v2/events/x/worker/status"),
+    ("GET", "/v2/events/x/worker/jobs/j/status"),
+    ("GET", "/v2/events/x/logs"),
+    ("GET", "/v2/service-accounts"),
+    ("POST", "/v2/service-accounts"),
+    ("GET", "/v2/service-accounts/x"),
+    ("DELETE", "/v2/service-accounts/x"),
+    ("PUT", "/v2/service-accounts/x/lock"),
+    ("DELETE", "/v2/service-accounts/x/lock"),
+    ("GET", "/v2/role-assignments"),
+    ("POST", "/v2/role-assignments"),
+    ("DELETE", "/v2/role-assignments"),
+    ("GET", "/v2/users"),
+    ("GET", "/v2/users/x"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_endpoint_refuses_missing_and_forged_tokens() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start(None, &[]))
+        .await
+        .unwrap();
+    let forged = "f".repeat(64);
+    for (method, path) in ENDPOINTS {
+        let url = format!("{}{path}", server.url);
+        for token in [None, Some(forged.as_str()), Some("")] {
+            let (status, body) = call(method, &url, token, Some(json!({}))).await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
+            assert_eq!(
+                body["kind"], "AuthenticationError",
+                "{method} {path}: {body}"
+            );
+        }
+    }
+    let (status, body) = call("GET", &format!("{}/healthz", server.url), None, None).await;
+    assert_eq!((status, body), (200, Value::String("ok".into())));
+    // A wrong root password gets no session.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let wrong = reqwest::Client::new()
+        .post(format!("{}/v2/sessions?root=true", server.url))
+        .basic_auth("root", Some("not-the-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_sees_only_its_own_project() {
+    let server = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(None, &[]);
+        for id in ["alpha", "beta"] {
+            let dir = secret_project(id);
+            server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+            server.ok(&[
+                "project",
+                "secret",
+                "set",
+                "--project",
+                id,
+                "-s",
+                &format!("password={SECRET}-{id}"),
+            ]);
+        }
+        server
+    })
+    .await
+    .unwrap();
+    let root = server.root_token();
+    let base = server.url.clone();
+    // A service account that is PROJECT_USER of alpha only.
+    let (status, token) = call(
+        "POST",
+        &format!("{base}/v2/service-accounts"),
+        Some(&root),
+        Some(
+            json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                    "metadata": {"id": "alice"}, "description": "tenant alpha"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{token}");
+    let alice = token["value"].as_str().unwrap().to_string();
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v2/projects/alpha/role-assignments"),
+        Some(&root),
+        Some(json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": "alice"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let event = |project: &str| {
+        json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
+        "projectID": project, "source": "brigade.sh/cli", "type": "exec"})
+    };
+    let (status, created) = call(
+        "POST",
+        &format!("{base}/v2/events"),
+        Some(&root),
+        Some(event("beta")),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let beta_event = created["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, created) = call(
+        "POST",
+        &format!("{base}/v2/events"),
+        Some(&alice),
+        Some(event("alpha")),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let alpha_event = created["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Alice cannot reach beta in any way; each answer is "not found".
+    for (method, path) in [
+        ("GET", "/v2/projects/beta".to_string()),
+        ("GET", "/v2/projects/beta/secrets".to_string()),
+        ("GET", format!("/v2/events/{beta_event}")),
+        ("GET", format!("/v2/events/{beta_event}/logs")),
+        ("GET", format!("/v2/events/{beta_event}/worker/status")),
+        ("PUT", format!("/v2/events/{beta_event}/cancellation")),
+        ("DELETE", format!("/v2/events/{beta_event}")),
+        ("POST", format!("/v2/events/{beta_event}/retries")),
+        ("DELETE", "/v2/projects/beta".to_string()),
+    ] {
+        let (status, body) = call(method, &format!("{base}{path}"), Some(&alice), None).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert!(!body.to_string().contains(SECRET), "{body}");
+    }
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v2/events"),
+        Some(&alice),
+        Some(event("beta")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // Her lists hold alpha only.
+    let (_, projects) = call("GET", &format!("{base}/v2/projects"), Some(&alice), None).await;
+    let ids: Vec<&str> = projects["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alpha"]);
+    let (_, events) = call("GET", &format!("{base}/v2/events"), Some(&alice), None).await;
+    let ids: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["metadata"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [alpha_event.as_str()]);
+    // Her own project's secrets are listed without values.
+    let (status, secrets) = call(
+        "GET",
+        &format!("{base}/v2/projects/alpha/secrets"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!secrets.to_string().contains(SECRET), "{secrets}");
+    // She may not administer what she only uses, nor the server.
+    let (status, _) = call(
+        "DELETE",
+        &format!("{base}/v2/projects/alpha"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        "GET",
+        &format!("{base}/v2/service-accounts"),
+        Some(&alice),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    // A locked account is refused.
+    let (status, _) = call(
+        "PUT",
+        &format!("{base}/v2/service-accounts/alice/lock"),
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = call("GET", &format!("{base}/v2/whoami"), Some(&alice), None).await;
+    assert_eq!(status, 403, "{body}");
+}
+
+/// How many events the crash test posts, and how many times it kills the
+/// server while they are posted and run.
+const CRASH_EVENTS: usize = 1_000;
+const CRASH_KILLS: usize = 5;
+
+async fn post_until_accepted(
+    url: String,
+    token: String,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let body = json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
+                      "projectID": "crash", "source": "brigade.sh/cli", "type": "exec"});
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // A refused or cut connection is not an acceptance: post again, as a
+    // client would, until the server says 201.
+    while Instant::now() < deadline {
+        let sent = client
+            .post(format!("{url}/v2/events"))
+            .bearer_auth(&token)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if let Ok(response) = sent
+            && response.status().as_u16() == 201
+            && let Ok(list) = response.json::<Value>().await
+        {
+            let id = list["items"][0]["metadata"]["id"].as_str().unwrap();
+            accepted.lock().unwrap().push(id.to_string());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("an event could not be posted within two minutes");
+}
+
+/// 1,000 events posted while the server is killed with SIGKILL and restarted
+/// five times: none accepted is lost, none stays unfinished, and those that
+/// ran more than once (their worker was cut short) are counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_accepted_event_is_lost_when_the_server_is_killed() {
+    use std::sync::{Arc, Mutex};
+    let server = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(None, &["--executor", "none"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("project.yaml"),
+            r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: crash
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/cli
+    types: [exec]
+  workerTemplate:
+    defaultConfigFiles:
+      brigade.js: |
+        const { events } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async () => {
+          await new Promise(resolve => setTimeout(resolve, 20));
+          return "done";
+        });
+        events.process();
+"#,
+        )
+        .unwrap();
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        server
+    })
+    .await
+    .unwrap();
+    let url = server.url.clone();
+    let token = server.root_token();
+    let server = Arc::new(Mutex::new(server));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let per_round = CRASH_EVENTS / CRASH_KILLS;
+    for round in 0..CRASH_KILLS {
+        let mut posts = tokio::task::JoinSet::new();
+        for _ in 0..per_round {
+            posts.spawn(post_until_accepted(
+                url.clone(),
+                token.clone(),
+                accepted.clone(),
+            ));
+        }
+        // Kill the server in the middle of the round, with posts in flight
+        // and workers running.
+        while accepted.lock().unwrap().len() < round * per_round + per_round / 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let victim = server.clone();
+        tokio::task::spawn_blocking(move || victim.lock().unwrap().kill_and_restart())
+            .await
+            .unwrap();
+        while let Some(posted) = posts.join_next().await {
+            posted.unwrap();
+        }
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), CRASH_EVENTS);
+
+    // Wait for every event to end.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (_, open) = call(
+            "GET",
+            &format!(
+                "{url}/v2/events?projectID=crash&workerPhases=PENDING,STARTING,RUNNING&limit=1"
+            ),
+            Some(&token),
+            None,
+        )
+        .await;
+        if open["items"]
+            .as_array()
+            .is_some_and(|items| items.is_empty())
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (mut lost, mut stuck, mut failed, mut reran) = (0, 0, 0, 0);
+    for id in &accepted {
+        let (status, event) =
+            call("GET", &format!("{url}/v2/events/{id}"), Some(&token), None).await;
+        if status == 404 {
+            lost += 1;
+            continue;
+        }
+        match event["worker"]["status"]["phase"].as_str().unwrap() {
+            "PENDING" | "STARTING" | "RUNNING" => stuck += 1,
+            "SUCCEEDED" => {}
+            _ => failed += 1,
+        }
+        let logs = reqwest::Client::new()
+            .get(format!("{url}/v2/events/{id}/logs"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if logs.matches("brigade-worker version").count() > 1 {
+            reran += 1;
+        }
+    }
+    eprintln!(
+        "crash test: {} events accepted across {CRASH_KILLS} SIGKILLs; lost {lost}, stuck non-terminal {stuck}, \
+         not SUCCEEDED {failed}, run more than once {reran}",
+        accepted.len()
+    );
+    assert_eq!(lost, 0, "accepted events were lost");
+    assert_eq!(stuck, 0, "events stayed non-terminal");
+    assert_eq!(failed, 0, "events did not succeed");
+}
