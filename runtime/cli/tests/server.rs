@@ -792,3 +792,309 @@ spec:
     assert_eq!(stuck, 0, "events stayed non-terminal");
     assert_eq!(failed, 0, "events did not succeed");
 }
+
+/// A project whose handler sleeps `millis` and returns.
+fn sleeper(id: &str, millis: u64, extra_spec: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        format!(
+            r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: {id}
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/cli
+    types: [exec]
+  workerTemplate:
+{extra_spec}    defaultConfigFiles:
+      brigade.js: |
+        const {{ events }} = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async () => {{
+          await new Promise(resolve => setTimeout(resolve, {millis}));
+        }});
+        events.process();
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn phase_of(event: &Value) -> &str {
+    event["worker"]["status"]["phase"].as_str().unwrap()
+}
+
+fn wait_until_ended(server: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let event = server.json(&["event", "get", "--id", id]);
+        if !matches!(phase_of(&event), "PENDING" | "STARTING" | "RUNNING") {
+            return event;
+        }
+        assert!(Instant::now() < deadline, "event {id} did not end: {event}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn per_project_limits_keep_one_tenant_from_starving_another() {
+    let server = TestServer::start(
+        None,
+        &[
+            "--executor",
+            "none",
+            "--max-workers",
+            "2",
+            "--max-workers-per-project",
+            "1",
+        ],
+    );
+    for (id, dir) in [
+        ("busy", sleeper("busy", 400, "")),
+        ("quiet", sleeper("quiet", 10, "")),
+    ] {
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        let _ = id;
+    }
+    let busy: Vec<String> = (0..4).map(|_| server.create_event("busy", &[])).collect();
+    let quiet = server.create_event("quiet", &[]);
+    let busy: Vec<Value> = busy
+        .iter()
+        .map(|id| wait_until_ended(&server, id))
+        .collect();
+    let quiet = wait_until_ended(&server, &quiet);
+    let time = |e: &Value, what: &str| e["worker"]["status"][what].as_str().unwrap().to_string();
+    // One busy worker at a time: each starts after the one before ended.
+    for pair in busy.windows(2) {
+        assert!(
+            time(&pair[1], "started") >= time(&pair[0], "ended"),
+            "busy workers overlapped: {} / {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    // The quiet project did not wait behind the busy project's queue.
+    assert!(
+        time(&quiet, "started") < time(&busy[1], "started"),
+        "quiet waited for busy: {quiet}"
+    );
+    for event in busy.iter().chain([&quiet]) {
+        assert_eq!(phase_of(event), "SUCCEEDED", "{event}");
+    }
+}
+
+#[test]
+fn cancel_and_timeout_end_workers_with_brigade_phases() {
+    let server = TestServer::start(None, &["--executor", "none", "--max-workers", "1"]);
+    let slow = sleeper("slow", 20_000, "");
+    let short = sleeper("short", 5_000, "    timeoutDuration: 1s\n");
+    for dir in [&slow, &short] {
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    }
+    let running = server.create_event("slow", &[]);
+    let pending = server.create_event("slow", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while phase_of(&server.json(&["event", "get", "--id", &running])) != "RUNNING" {
+        assert!(Instant::now() < deadline, "the first event never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.ok(&["event", "cancel", "--id", &pending, "-y"]);
+    assert_eq!(
+        phase_of(&server.json(&["event", "get", "--id", &pending])),
+        "CANCELED"
+    );
+    server.ok(&["event", "cancel", "--id", &running, "-y"]);
+    assert_eq!(phase_of(&wait_until_ended(&server, &running)), "ABORTED");
+    let again = server.cli(&["event", "cancel", "--id", &running, "-y"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("ConflictError"), "{again:?}");
+
+    let timed = server.create_event("short", &[]);
+    let event = wait_until_ended(&server, &timed);
+    assert_eq!(phase_of(&event), "TIMED_OUT", "{event}");
+    let logs = server.ok(&["event", "logs", "--id", &timed]);
+    assert!(logs.contains("timed out after 1s"), "{logs}");
+}
+
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_need_valid_signatures_and_tokens() {
+    const GITHUB_SECRET: &str = "webhook-secret";
+    const DOCKERHUB_TOKEN: &str = "dockerhub-token-1";
+    let server = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(
+            None,
+            &[
+                "--executor",
+                "none",
+                "--github-webhook-secret",
+                GITHUB_SECRET,
+                "--dockerhub-token",
+                DOCKERHUB_TOKEN,
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("project.yaml"),
+            r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: hooks
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/github
+    types: [push]
+    qualifiers:
+      repo: octo/hello
+  - source: brigade.sh/dockerhub
+    types: [image_push]
+    qualifiers:
+      repo: octo/app
+  workerTemplate:
+    defaultConfigFiles:
+      brigade.js: |
+        const { events } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/github", "push", async e => console.log("push " + e.type));
+        events.on("brigade.sh/dockerhub", "image_push", async e => console.log("image " + e.type));
+        events.process();
+"#,
+        )
+        .unwrap();
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        server
+    })
+    .await
+    .unwrap();
+    let base = server.url.clone();
+    let token = server.root_token();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let push = json!({
+        "ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
+        "repository": {"full_name": "octo/hello", "clone_url": "https://github.com/octo/hello.git"},
+    })
+    .to_string();
+    let github = |signature: Option<String>, delivery: &str, body: String| {
+        let mut request = client
+            .post(format!("{base}/gateways/github"))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", delivery)
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header("X-Hub-Signature-256", signature);
+        }
+        request.send()
+    };
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(github(None, "d-1", push.clone()).await.unwrap()),
+        401
+    );
+    let wrong = github_signature("not-the-secret", push.as_bytes());
+    assert_eq!(
+        status(github(Some(wrong), "d-1", push.clone()).await.unwrap()),
+        401
+    );
+    let other_body = github_signature(GITHUB_SECRET, b"{}");
+    assert_eq!(
+        status(github(Some(other_body), "d-1", push.clone()).await.unwrap()),
+        401
+    );
+    let good = github_signature(GITHUB_SECRET, push.as_bytes());
+    assert_eq!(
+        status(
+            github(Some(good.clone()), "d-1", push.clone())
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    // The same delivery again (a replay) creates nothing.
+    let replay = github(Some(good), "d-1", push.clone()).await.unwrap();
+    assert_eq!(replay.status().as_u16(), 200);
+    assert!(replay.text().await.unwrap().contains("already received"));
+    // A body over the cap is refused before it is read in full.
+    let huge = "x".repeat(26 * 1024 * 1024);
+    let signature = github_signature(GITHUB_SECRET, huge.as_bytes());
+    let refused = github(Some(signature), "d-2", huge).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 413);
+
+    // Docker Hub signs nothing: its token is the credential.
+    let hub = json!({"push_data": {"tag": "v1", "pusher": "octo"},
+                     "repository": {"repo_name": "octo/app", "namespace": "octo", "name": "app"}})
+    .to_string();
+    let hub_post = |query: &str| {
+        client
+            .post(format!("{base}/gateways/dockerhub{query}"))
+            .header("Content-Type", "application/json")
+            .body(hub.clone())
+            .send()
+    };
+    assert_eq!(status(hub_post("").await.unwrap()), 401);
+    assert_eq!(status(hub_post("?access_token=wrong").await.unwrap()), 401);
+    assert_eq!(
+        status(
+            hub_post(&format!("?access_token={DOCKERHUB_TOKEN}"))
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    // ACR is not configured, so it is not there.
+    let acr = client
+        .post(format!("{base}/gateways/acr"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acr.status().as_u16(), 404);
+
+    let (_, events) = call(
+        "GET",
+        &format!("{base}/v2/events?projectID=hooks"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let mut types: Vec<(String, String)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["source"].as_str().unwrap().to_string(),
+                e["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            ("brigade.sh/dockerhub".to_string(), "image_push".to_string()),
+            ("brigade.sh/github".to_string(), "push".to_string()),
+        ]
+    );
+    let github_event = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["source"] == "brigade.sh/github")
+        .unwrap();
+    assert_eq!(
+        github_event["git"]["commit"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(github_event["qualifiers"]["repo"], "octo/hello");
+}

@@ -260,8 +260,7 @@ impl Scheduler {
         let id = event.id.clone();
         let started = std::time::Instant::now();
         let ended = match self.work(&event, cancel).await {
-            Ok(Some(ended)) => ended,
-            Ok(None) => return,
+            Ok(ended) => ended,
             Err(message) => {
                 self.note(&id, LogLevel::Error, &format!("worker FAILED: {message}"));
                 WorkerEnd {
@@ -290,12 +289,8 @@ impl Scheduler {
         }
     }
 
-    /// Runs one worker. `Ok(None)`: the event is no longer this replica's.
-    async fn work(
-        &self,
-        event: &EventRecord,
-        cancel: Arc<Notify>,
-    ) -> Result<Option<WorkerEnd>, String> {
+    /// Runs one worker.
+    async fn work(&self, event: &EventRecord, cancel: Arc<Notify>) -> Result<WorkerEnd, String> {
         let project_text = event.document.project.to_string();
         let project = Project::parse(
             Path::new(&format!("project \"{}\"", event.project_id)),
@@ -321,15 +316,6 @@ impl Scheduler {
         worker_event.id = event.id.clone();
         apply_git_overrides(&mut worker_event.worker.git, event.document.git.as_ref());
 
-        match self
-            .store
-            .worker_running(&self.config.replica, &event.id)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        }
         self.metrics.worker_started(micros_since(event.created));
 
         let log = Arc::new(EventLog {
@@ -410,7 +396,7 @@ impl Scheduler {
                     executor.finish_event(&context).await;
                 }
                 self.note(&event.id, LogLevel::Warn, "the event was cancelled; its worker and jobs were stopped");
-                return Ok(Some(WorkerEnd { phase: Phase::Aborted, summary: None }));
+                return Ok(WorkerEnd { phase: Phase::Aborted, summary: None });
             }
         };
         if let Some(failure) = &outcome.failure {
@@ -420,10 +406,10 @@ impl Scheduler {
                 None,
             ));
         }
-        Ok(Some(WorkerEnd {
+        Ok(WorkerEnd {
             phase: outcome.phase,
             summary: outcome.summary.map(|s| redactor.redact(&s).into_owned()),
-        }))
+        })
     }
 }
 

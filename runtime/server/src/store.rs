@@ -16,9 +16,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mizzen_host_api::types::Phase;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row, SqlSafeStr};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlSafeStr};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests the event writer commits in one transaction at most. Beyond a
@@ -327,14 +329,23 @@ impl Store {
             .max_connections(MAX_CONNECTIONS)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL makes
-                        // each commit durable before it returns; the busy
-                        // timeout lets writers queue instead of failing.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    // Only accepted events must be on disk before the caller
+                    // hears of them; the event writer's own connection
+                    // asks for that (`durable_connection`). Every other
+                    // write (claims, statuses, logs) may be lost in a power
+                    // cut without losing an event: a lost claim or status
+                    // leaves the event to run again, as after a crash.
+                    match backend {
+                        Backend::Sqlite => {
+                            // WAL lets readers run beside the writer; the busy
+                            // timeout lets writers queue instead of failing.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        }
+                        Backend::Postgres => {
+                            conn.execute("SET synchronous_commit = off").await?;
+                        }
                     }
                     Ok(())
                 })
@@ -346,7 +357,7 @@ impl Store {
         let (events, event_rx) = mpsc::channel(4 * MAX_EVENT_BATCH);
         let (logs, log_rx) = mpsc::unbounded_channel();
         let (logs_written_tx, logs_written) = watch::channel(0);
-        tokio::spawn(write_events(pool.clone(), event_rx));
+        tokio::spawn(write_events(pool.clone(), backend, event_rx));
         tokio::spawn(write_logs(pool.clone(), log_rx, logs_written_tx));
         let (changes, _) = watch::channel(0);
         Ok(Self {
@@ -663,8 +674,11 @@ impl Store {
 
     // ----- the scheduler's side --------------------------------------------
 
-    /// Claims up to `room` PENDING events for `owner` within `limits`,
-    /// fairly between projects: each round gives one worker to every
+    /// Claims up to `room` PENDING events for `owner` within `limits` and
+    /// marks their workers RUNNING: a worker starts in this process within
+    /// microseconds of its claim, so Brigade's STARTING phase (the time a
+    /// worker pod took to start) is skipped rather than written to disk.
+    /// Fair between projects: each round gives one worker to every
     /// project with work, fewest running first, oldest event first.
     pub async fn claim(
         &self,
@@ -744,12 +758,13 @@ impl Store {
         let mut claimed = Vec::new();
         for id in picked {
             let result = sqlx::query(
-                "UPDATE events SET phase = 'STARTING', lease_owner = $1, lease_until = $2,
+                "UPDATE events SET phase = 'RUNNING', started = $4, lease_owner = $1, lease_until = $2,
                  attempts = attempts + 1 WHERE id = $3 AND phase = 'PENDING'",
             )
             .bind(owner)
             .bind(lease_until)
             .bind(&id)
+            .bind(now_micros())
             .execute(&mut *tx)
             .await?;
             if result.rows_affected() == 1 {
@@ -865,21 +880,6 @@ impl Store {
         tx.commit().await?;
         self.changed();
         Ok(())
-    }
-
-    /// STARTING → RUNNING for `owner`'s event; `false` when it is no longer
-    /// this replica's (re-queued after its lease ran out, or cancelled).
-    pub async fn worker_running(&self, owner: &str, id: &str) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE events SET phase = 'RUNNING', started = $1 WHERE id = $2 AND lease_owner = $3 AND phase = 'STARTING'",
-        )
-        .bind(now_micros())
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        self.changed();
-        Ok(result.rows_affected() == 1)
     }
 
     /// Ends `owner`'s worker with `phase` (the first terminal phase wins) and
@@ -1485,7 +1485,7 @@ fn service_account_record(row: &AnyRow) -> Result<ServiceAccountRecord, StoreErr
 }
 
 async fn insert_job(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     job: &JobRecord,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -1509,7 +1509,7 @@ async fn insert_job(
 /// Before an event runs again, forgets its jobs except those that
 /// SUCCEEDED and used no workspace: the next worker inherits those.
 async fn forget_unfinished_jobs(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     event_id: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -1523,7 +1523,7 @@ async fn forget_unfinished_jobs(
 
 /// Ends an event's open jobs: PENDING ones CANCELED, the rest ABORTED.
 async fn end_open_jobs(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::Transaction<'_, Any>,
     event_id: &str,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -1546,7 +1546,8 @@ async fn end_open_jobs(
 
 /// The event writer: commits whatever requests are waiting in one
 /// transaction, then answers each.
-async fn write_events(pool: AnyPool, mut requests: mpsc::Receiver<EventBatch>) {
+async fn write_events(pool: AnyPool, backend: Backend, mut requests: mpsc::Receiver<EventBatch>) {
+    let mut connection: Option<PoolConnection<Any>> = None;
     while let Some(first) = requests.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_EVENT_BATCH {
@@ -1555,16 +1556,44 @@ async fn write_events(pool: AnyPool, mut requests: mpsc::Receiver<EventBatch>) {
                 Err(_) => break,
             }
         }
-        let result = commit_events(&pool, &batch).await;
+        if connection.is_none() {
+            connection = durable_connection(&pool, backend)
+                .await
+                .inspect_err(|e| tracing::error!(error = %e, "the event writer cannot connect"))
+                .ok();
+        }
+        let result = match connection.as_deref_mut() {
+            Some(connection) => commit_events(connection, &batch).await,
+            None => Err("the database cannot be reached".to_string()),
+        };
+        if result.is_err() {
+            // Start afresh with a new connection next time.
+            connection = None;
+        }
         for (_, done) in batch {
-            let _ = done.send(result.clone().map_err(|e| e.to_string()));
+            let _ = done.send(result.clone());
         }
     }
 }
 
-async fn commit_events(pool: &AnyPool, batch: &[EventBatch]) -> Result<(), String> {
+/// A connection whose commits are on disk when they return: FULL
+/// synchronisation in SQLite, synchronous commit in PostgreSQL.
+async fn durable_connection(
+    pool: &AnyPool,
+    backend: Backend,
+) -> Result<PoolConnection<Any>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    let setting = match backend {
+        Backend::Sqlite => "PRAGMA synchronous = FULL",
+        Backend::Postgres => "SET synchronous_commit = on",
+    };
+    connection.execute(setting).await?;
+    Ok(connection)
+}
+
+async fn commit_events(connection: &mut AnyConnection, batch: &[EventBatch]) -> Result<(), String> {
     let attempt = async {
-        let mut tx = pool.begin().await?;
+        let mut tx = connection.begin().await?;
         for (events, _) in batch {
             for event in events {
                 sqlx::query(
