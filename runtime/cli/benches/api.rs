@@ -7,7 +7,10 @@
 //! `MIZZEN_BENCH_LATENCY_EVENTS` (default 300) the latency run. Add
 //! `MIZZEN_BENCH_DATABASE_URL=postgres://...` to measure PostgreSQL instead.
 
-#![allow(clippy::print_stdout, reason = "a benchmark reports its figures on stdout")]
+#![allow(
+    clippy::print_stdout,
+    reason = "a benchmark reports its figures on stdout"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
