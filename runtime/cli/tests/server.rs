@@ -79,8 +79,9 @@ impl TestServer {
     /// Kills the server with SIGKILL and starts it again on the same port
     /// and store.
     fn kill_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        // It may have stopped already (SIGTERM).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let port = self.url.rsplit(':').next().unwrap().to_string();
         let (child, url) = spawn(
             self.data_dir.path(),
@@ -1097,4 +1098,65 @@ spec:
         "0123456789abcdef0123456789abcdef01234567"
     );
     assert_eq!(github_event["qualifiers"]["repo"], "octo/hello");
+}
+
+#[test]
+fn sigterm_hands_running_workers_back_and_a_restart_finishes_them() {
+    let mut server = TestServer::start(None, &["--executor", "none", "--shutdown-grace", "200ms"]);
+    let dir = sleeper("patient", 3_000, "");
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    let id = server.create_event("patient", &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while phase_of(&server.json(&["event", "get", "--id", &id])) != "RUNNING" {
+        assert!(Instant::now() < deadline, "the event never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exited = server.child.wait().unwrap();
+    assert!(
+        exited.success(),
+        "the server did not stop cleanly: {exited}\n{}",
+        server.server_log()
+    );
+    assert!(
+        server
+            .server_log()
+            .contains("handing the event back to the queue"),
+        "{}",
+        server.server_log()
+    );
+    // The next server runs the event again, to the end.
+    server.kill_and_restart();
+    let event = wait_until_ended(&server, &id);
+    assert_eq!(phase_of(&event), "SUCCEEDED", "{event}");
+    let logs = server.ok(&["event", "logs", "--id", &id]);
+    assert!(logs.contains("the server is shutting down"), "{logs}");
+    assert_eq!(logs.matches("brigade-worker version").count(), 2, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_accepted_events_and_workers() {
+    let server = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(None, &["--executor", "none"]);
+        server.ok(&["project", "create", "-f", "examples/01-hello-world"]);
+        let id = server.create_event("hello-world", &[]);
+        wait_until_ended(&server, &id);
+        server
+    })
+    .await
+    .unwrap();
+    let (status, text) = call("GET", &format!("{}/metrics", server.url), None, None).await;
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap().to_string();
+    assert!(text.contains("mizzen_events_accepted_total 1"), "{text}");
+    assert!(
+        text.contains("mizzen_workers_ended_total{phase=\"SUCCEEDED\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mizzen_events_by_phase{phase=\"PENDING\"} 0"),
+        "{text}"
+    );
 }

@@ -196,6 +196,25 @@ impl Project {
     }
 }
 
+impl Project {
+    /// The script given inline in `defaultConfigFiles` under `name`
+    /// (`brigade.ts` or `brigade.js`), or with no name the one Brigade's
+    /// worker would pick: `brigade.ts` before `brigade.js`.
+    pub fn inline_script(&self, name: &str) -> Option<ScriptSource> {
+        let files = &self.worker.default_config_files;
+        let names: &[&str] = if name.is_empty() {
+            &["brigade.ts", "brigade.js"]
+        } else {
+            &[name]
+        };
+        names.iter().find_map(|n| {
+            files
+                .get(*n)
+                .map(|text| ScriptSource::new(*n, text.clone()))
+        })
+    }
+}
+
 /// A project loaded from a directory.
 #[derive(Debug, Clone)]
 pub struct ProjectDir {
@@ -275,8 +294,8 @@ impl ProjectDir {
                     .map_err(|source| ProjectError::ScriptUnreadable { path, source })?;
                 return Ok(ScriptSource::new(name, text));
             }
-            if let Some(text) = worker.default_config_files.get(name) {
-                return Ok(ScriptSource::new(name, text.clone()));
+            if let Some(script) = self.project.inline_script(name) {
+                return Ok(script);
             }
         }
         Err(ProjectError::NoScript(format!(

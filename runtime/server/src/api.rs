@@ -29,7 +29,8 @@ use subtle::ConstantTimeEq;
 use crate::auth::{self, PROJECT_ROLES, Principal, PrincipalKind, SYSTEM_ROLES};
 use crate::gateways::{self, GatewayError, GatewayEvent};
 use crate::metrics::Metrics;
-use crate::scheduler::{Scheduler, WORKER_CONTAINER};
+use crate::projects::ProjectCache;
+use crate::scheduler::{RETRY_LABEL, Scheduler, WORKER_CONTAINER};
 use crate::store::{
     EventDocument, EventFilter, EventRecord, JobRecord, NewEvent, Page, ProjectRecord,
     RoleAssignment, ServiceAccountRecord, Store, StoreError, now_micros, rfc3339,
@@ -77,6 +78,8 @@ pub struct AppState {
     pub store: Store,
     /// The scheduler of this replica.
     pub scheduler: Arc<Scheduler>,
+    /// Parsed project definitions.
+    pub projects: Arc<ProjectCache>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// Root's password; `None` disables root login.
@@ -810,6 +813,7 @@ async fn delete_project(
             id,
         });
     }
+    state.projects.forget(&id);
     ok(StatusCode::OK, json!({}))
 }
 
@@ -991,10 +995,7 @@ async fn fan_out(
     let now = now_micros();
     let mut events = Vec::new();
     for project in projects {
-        let Ok(parsed) = Project::parse(
-            FsPath::new(&format!("project {:?}", project.id)),
-            &project.document.to_string(),
-        ) else {
+        let Ok(parsed) = state.projects.parse(&project.id, &project.document) else {
             tracing::warn!(project = %project.id, "stored project no longer parses; skipped in fan-out");
             continue;
         };
@@ -1029,17 +1030,30 @@ async fn fan_out(
 
 /// Stores events (durably) and answers with Brigade's EventList.
 async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult {
-    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let items = events
+        .iter()
+        .map(|e| {
+            let record = EventRecord {
+                seq: 0,
+                id: e.id.clone(),
+                project_id: e.project_id.clone(),
+                created: e.created,
+                source: e.source.clone(),
+                event_type: e.event_type.clone(),
+                document: e.document.clone(),
+                summary: String::new(),
+                phase: Phase::Pending,
+                started: None,
+                ended: None,
+                attempts: 0,
+            };
+            event_json(&record, &[])
+        })
+        .collect();
     let count = events.len();
     state.store.insert_events(events).await?;
     state.metrics.events_accepted(count);
     state.scheduler.wake();
-    let mut items = Vec::new();
-    for id in ids {
-        if let Some(event) = state.store.event(&id).await? {
-            items.push(event_json(&event, &[]));
-        }
-    }
     ok(StatusCode::CREATED, list("EventList", items, None, 0))
 }
 
@@ -1267,9 +1281,7 @@ async fn retry_event(
         })
         .collect();
     let mut document = event.document.clone();
-    document
-        .labels
-        .insert("brigade.sh/retryOf".into(), event.id.clone());
+    document.labels.insert(RETRY_LABEL.into(), event.id.clone());
     document.source_state.clear();
     accept(
         &state,

@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod gateways;
 pub mod metrics;
+pub mod projects;
 pub mod redact;
 pub mod scheduler;
 pub mod store;
@@ -94,8 +95,10 @@ impl Server {
         let store = store::Store::open(config.database_url.as_deref(), &config.data_dir).await?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::from_env()).await?);
         let metrics = Arc::new(metrics::Metrics::new());
+        let projects = Arc::new(projects::ProjectCache::default());
         let scheduler = scheduler::Scheduler::new(
             store.clone(),
+            projects.clone(),
             sandbox,
             config.executor.clone(),
             config.scheduler.clone(),
@@ -112,6 +115,7 @@ impl Server {
         let state = Arc::new(api::AppState {
             store,
             scheduler: scheduler.clone(),
+            projects,
             metrics,
             root_password: config.root_password.clone(),
             gateways: config.gateways.clone(),
@@ -162,6 +166,7 @@ impl Server {
         // Streams may keep the HTTP side open; the scheduler decides when
         // the workers are done.
         let _ = scheduler.await;
+        self.state.store.flush_logs().await;
         served.map_err(|source| ServerError::Listen { address, source })
     }
 }

@@ -20,12 +20,13 @@ use mizzen_runtime::executor::{
     EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
 };
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
-use mizzen_runtime::project::{EventDetails, Project, ProjectDir};
+use mizzen_runtime::project::{EventDetails, ProjectDir};
 use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::Metrics;
+use crate::projects::ProjectCache;
 use crate::redact::Redactor;
 use crate::store::{self, EventRecord, JobRecord, LogLine, Store, now_micros};
 
@@ -52,6 +53,7 @@ pub struct SchedulerConfig {
 /// Workers and jobs running in this process, and what wakes the scheduler.
 pub struct Scheduler {
     store: Store,
+    projects: Arc<ProjectCache>,
     sandbox: Arc<Sandbox>,
     executor: Option<Arc<dyn JobExecutor>>,
     config: SchedulerConfig,
@@ -71,6 +73,7 @@ impl Scheduler {
     /// on `executor` (none: jobs fail with a message saying so).
     pub fn new(
         store: Store,
+        projects: Arc<ProjectCache>,
         sandbox: Arc<Sandbox>,
         executor: Option<Arc<dyn JobExecutor>>,
         config: SchedulerConfig,
@@ -80,6 +83,7 @@ impl Scheduler {
         let job_slots = Arc::new(JobSlots::new(config.jobs, config.jobs_per_project));
         Arc::new(Self {
             store,
+            projects,
             sandbox,
             executor,
             config,
@@ -291,12 +295,10 @@ impl Scheduler {
 
     /// Runs one worker.
     async fn work(&self, event: &EventRecord, cancel: Arc<Notify>) -> Result<WorkerEnd, String> {
-        let project_text = event.document.project.to_string();
-        let project = Project::parse(
-            Path::new(&format!("project \"{}\"", event.project_id)),
-            &project_text,
-        )
-        .map_err(|e| e.to_string())?;
+        let project = self
+            .projects
+            .parse(&event.project_id, &event.document.project)
+            .map_err(|e| e.to_string())?;
         let secrets = self
             .store
             .secrets(&event.project_id)
@@ -328,25 +330,32 @@ impl Scheduler {
             .git
             .clone()
             .filter(|g| !g.clone_url.is_empty());
-        let checkout =
-            tempfile::tempdir().map_err(|e| format!("cannot make a scratch directory: {e}"))?;
-        let root = checkout.path().join("source");
-        if let Some(git) = &git {
-            source::checkout(&Source::Git(git.clone()), &root)
-                .await
-                .map_err(|e| e.to_string())?;
-        } else {
-            std::fs::create_dir_all(&root)
-                .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
-        }
-        let mut project_for_script = project.clone();
-        project_for_script.worker.git = worker_event.worker.git.clone();
-        let dir = ProjectDir {
-            project: project_for_script,
-            root,
-            file: Path::new(&format!("project \"{}\"", event.project_id)).to_path_buf(),
+        // A project with a repository reads its script from a checkout, as
+        // Brigade's worker did; the others carry it inline (no files).
+        let script = match &git {
+            Some(git) => {
+                let checkout = tempfile::tempdir()
+                    .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+                let root = checkout.path().join("source");
+                source::checkout(&Source::Git(git.clone()), &root)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut project = (*project).clone();
+                project.worker.git = Some(git.clone());
+                let dir = ProjectDir {
+                    project,
+                    root,
+                    file: Path::new(&format!("project \"{}\"", event.project_id)).to_path_buf(),
+                };
+                dir.script().map_err(|e| e.to_string())?
+            }
+            None => project.inline_script("").ok_or_else(|| {
+                format!(
+                    "found nothing to run: project \"{}\" has no git settings and neither brigade.ts nor brigade.js in spec.workerTemplate.defaultConfigFiles",
+                    event.project_id
+                )
+            })?,
         };
-        let script = dir.script().map_err(|e| e.to_string())?;
 
         let mut limits = WorkerLimits::default();
         if let Some(timeout) = project.worker.timeout {
@@ -359,11 +368,17 @@ impl Scheduler {
             source: git.map(Source::Git),
             policies: project.worker.job_policies,
         });
-        let inherited = self
-            .store
-            .jobs(&event.id)
-            .await
-            .map_err(|e| e.to_string())?
+        // Only a retry, or a run after a crash, can have jobs to inherit.
+        let may_inherit = event.attempts > 1 || event.document.labels.contains_key(RETRY_LABEL);
+        let earlier_jobs = if may_inherit {
+            self.store
+                .jobs(&event.id)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        let inherited = earlier_jobs
             .into_iter()
             .filter(|job| job.phase == Phase::Succeeded && !job.uses_workspace)
             .map(|job| (job.name, job.spec))
@@ -417,6 +432,9 @@ struct WorkerEnd {
     phase: Phase,
     summary: Option<String>,
 }
+
+/// The label Brigade puts on a retry, naming the event it retries.
+pub const RETRY_LABEL: &str = "brigade.sh/retryOf";
 
 /// The container name of the worker's own log.
 pub const WORKER_CONTAINER: &str = "worker";
@@ -599,20 +617,54 @@ impl JobExecutor for RecordedExecutor {
             .await
             .map_err(unavailable)?;
         self.metrics.job_started();
-        let (store, watched, metrics) = (self.store.clone(), running.clone(), self.metrics.clone());
+        let recorded = Arc::new(RecordedJob {
+            inner: running,
+            store: self.store.clone(),
+            event_id,
+            name,
+        });
+        // Record the end even of a job nobody waits for.
+        let (watched, metrics) = (recorded.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let result = watched.wait().await;
             drop(permits);
             metrics.job_ended(result.phase);
-            if let Err(e) = store.job_phase(&event_id, &name, result.phase).await {
-                tracing::error!(event = %event_id, job = %name, error = %e, "recording the job's end failed");
-            }
         });
-        Ok(running)
+        Ok(recorded)
     }
 
     async fn finish_event(&self, event: &EventContext) {
         self.inner.finish_event(event).await;
+    }
+}
+
+/// A running job whose end is in the store before the script hears of it,
+/// so that the worker cannot end (and sweep its unfinished jobs) between
+/// the two.
+struct RecordedJob {
+    inner: Arc<dyn RunningJob>,
+    store: Store,
+    event_id: String,
+    name: String,
+}
+
+#[async_trait]
+impl RunningJob for RecordedJob {
+    async fn wait(&self) -> JobResult {
+        let result = self.inner.wait().await;
+        // The first terminal phase wins, so recording twice is harmless.
+        if let Err(e) = self
+            .store
+            .job_phase(&self.event_id, &self.name, result.phase)
+            .await
+        {
+            tracing::error!(event = %self.event_id, job = %self.name, error = %e, "recording the job's end failed");
+        }
+        result
+    }
+
+    async fn cancel(&self) {
+        self.inner.cancel().await;
     }
 }
 

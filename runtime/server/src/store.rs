@@ -8,7 +8,7 @@
 //! Log lines are batched the same way.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// first caller of the batch wait longer.
 const MAX_EVENT_BATCH: usize = 512;
 
-/// Log lines written in one transaction at most (5 parameters each; SQLite
-/// allows 32,766 per statement).
+/// Log lines written in one transaction at most: enough to absorb a burst,
+/// few enough that followers see lines soon.
 const MAX_LOG_BATCH: usize = 1_000;
 
 /// Connections to the database. SQLite writes one at a time anyway; the rest
@@ -297,7 +297,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     events: mpsc::Sender<EventBatch>,
-    logs: mpsc::UnboundedSender<LogLine>,
+    logs: mpsc::UnboundedSender<LogMessage>,
     /// Bumped after each log batch is committed: followers wake on it.
     logs_written: watch::Receiver<u64>,
     /// Bumped after a worker's or job's status changes on this replica.
@@ -690,94 +690,55 @@ impl Store {
         if room == 0 {
             return Ok(Vec::new());
         }
+        let now = now_micros();
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE scheduler_lock SET holder = $1 WHERE id = 1")
             .bind(owner)
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(
-            "SELECT project_id, COUNT(*) AS n FROM events WHERE phase IN ('STARTING', 'RUNNING') GROUP BY project_id",
-        )
+        // One statement, so that a claim costs one round trip to the
+        // database: each pending event gets a slot number, its project's
+        // running workers plus its rank among the project's pending events;
+        // the smallest slots win (one per project per round, oldest first),
+        // none beyond the per-project limit, and no more than the room left
+        // under the global limit.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "WITH running AS (
+                 SELECT project_id, COUNT(*) AS n FROM events
+                 WHERE phase IN ('STARTING', 'RUNNING') GROUP BY project_id
+             ),
+             ranked AS (
+                 SELECT e.id, e.seq,
+                        COALESCE(r.n, 0) + ROW_NUMBER() OVER (PARTITION BY e.project_id ORDER BY e.seq) AS slot
+                 FROM events e LEFT JOIN running r ON r.project_id = e.project_id
+                 WHERE e.phase = 'PENDING'
+             ),
+             picked AS (
+                 SELECT id FROM ranked WHERE slot <= $1 ORDER BY slot, seq
+                 LIMIT (SELECT CASE WHEN $2 - COUNT(*) <= 0 THEN 0
+                                    WHEN $2 - COUNT(*) < $3 THEN $2 - COUNT(*)
+                                    ELSE $3 END
+                        FROM events WHERE phase IN ('STARTING', 'RUNNING'))
+             )
+             UPDATE events SET phase = 'RUNNING', started = $4, lease_owner = $5, lease_until = $6,
+                 attempts = attempts + 1
+             WHERE id IN (SELECT id FROM picked) AND phase = 'PENDING'
+             RETURNING {EVENT_COLUMNS}"
+        )))
+        .bind(limits.per_project)
+        .bind(limits.global)
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(owner)
+        .bind(now + micros(lease))
         .fetch_all(&mut *tx)
         .await?;
-        let mut running: HashMap<String, i64> = HashMap::new();
-        for row in &rows {
-            running.insert(row.try_get("project_id")?, row.try_get("n")?);
-        }
-        let total: i64 = running.values().sum();
-        let free = usize::try_from((limits.global - total).max(0)).unwrap_or(0);
-        let room = room.min(free);
-        if room == 0 {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        // Oldest pending events; enough of them to fill the room from
-        // several projects.
-        let candidates = sqlx::query(
-            "SELECT id, project_id FROM events WHERE phase = 'PENDING' ORDER BY seq LIMIT $1",
-        )
-        .bind(i64::try_from(room.saturating_mul(8).max(64)).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut queues: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let mut order: Vec<String> = Vec::new();
-        for row in &candidates {
-            let project: String = row.try_get("project_id")?;
-            if !queues.contains_key(&project) {
-                order.push(project.clone());
-            }
-            queues.entry(project).or_default().push(row.try_get("id")?);
-        }
-        // Fewest running first; ties keep the oldest-event order.
-        order.sort_by_key(|p| running.get(p).copied().unwrap_or(0));
-        let mut picked = Vec::new();
-        let mut cursor: HashMap<&str, usize> = HashMap::new();
-        'rounds: loop {
-            let mut progressed = false;
-            for project in &order {
-                if picked.len() >= room {
-                    break 'rounds;
-                }
-                let count = running.entry(project.clone()).or_insert(0);
-                if *count >= limits.per_project {
-                    continue;
-                }
-                let next = cursor.entry(project.as_str()).or_insert(0);
-                if let Some(id) = queues[project].get(*next) {
-                    picked.push(id.clone());
-                    *next += 1;
-                    *count += 1;
-                    progressed = true;
-                }
-            }
-            if !progressed {
-                break;
-            }
-        }
-        let lease_until = now_micros() + micros(lease);
-        let mut claimed = Vec::new();
-        for id in picked {
-            let result = sqlx::query(
-                "UPDATE events SET phase = 'RUNNING', started = $4, lease_owner = $1, lease_until = $2,
-                 attempts = attempts + 1 WHERE id = $3 AND phase = 'PENDING'",
-            )
-            .bind(owner)
-            .bind(lease_until)
-            .bind(&id)
-            .bind(now_micros())
-            .execute(&mut *tx)
-            .await?;
-            if result.rows_affected() == 1 {
-                claimed.push(id);
-            }
-        }
         tx.commit().await?;
-        let mut events = Vec::new();
-        for id in claimed {
-            if let Some(event) = self.event(&id).await? {
-                events.push(event);
-            }
-        }
+        let mut events = rows
+            .iter()
+            .map(event_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| e.seq);
         if !events.is_empty() {
             self.changed();
         }
@@ -999,7 +960,16 @@ impl Store {
     /// Queues a log line; it is committed with the next batch.
     pub fn append_log(&self, line: LogLine) {
         // The writer only stops when the process does.
-        let _ = self.logs.send(line);
+        let _ = self.logs.send(LogMessage::Line(line));
+    }
+
+    /// Waits until every line queued so far is committed (before the
+    /// process exits).
+    pub async fn flush_logs(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.logs.send(LogMessage::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
     }
 
     /// Up to `limit` lines of one stream after `after`.
@@ -1622,43 +1592,53 @@ async fn commit_events(connection: &mut AnyConnection, batch: &[EventBatch]) -> 
     })
 }
 
+/// What the log writer receives.
+enum LogMessage {
+    /// A line to store.
+    Line(LogLine),
+    /// Answer once everything received before is committed.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The log writer: commits waiting lines in batches and tells followers.
 async fn write_logs(
     pool: AnyPool,
-    mut lines: mpsc::UnboundedReceiver<LogLine>,
+    mut messages: mpsc::UnboundedReceiver<LogMessage>,
     written: watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(MAX_LOG_BATCH);
-    while lines.recv_many(&mut batch, MAX_LOG_BATCH).await > 0 {
-        let mut sql =
-            String::from("INSERT INTO logs (event_id, job, container, time, message) VALUES ");
-        for i in 0..batch.len() {
-            let n = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            ));
-        }
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for line in &batch {
-            query = query
-                .bind(line.event_id.clone())
-                .bind(line.job.clone())
-                .bind(line.container.clone())
+    while messages.recv_many(&mut batch, MAX_LOG_BATCH).await > 0 {
+        // One prepared statement per line in one transaction: a multi-row
+        // INSERT would bind parameters by name, which SQLite resolves in
+        // time quadratic in their number.
+        let written_batch = async {
+            let mut tx = pool.begin().await?;
+            for message in &batch {
+                let LogMessage::Line(line) = message else {
+                    continue;
+                };
+                sqlx::query(
+                    "INSERT INTO logs (event_id, job, container, time, message) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&line.event_id)
+                .bind(&line.job)
+                .bind(&line.container)
                 .bind(line.time)
-                .bind(line.message.clone());
-        }
-        if let Err(e) = query.execute(&pool).await {
+                .bind(&line.message)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok::<(), sqlx::Error>(())
+        };
+        if let Err(e) = written_batch.await {
             tracing::error!(error = %e, lines = batch.len(), "storing log lines failed");
         }
-        batch.clear();
+        for message in batch.drain(..) {
+            if let LogMessage::Flush(done) = message {
+                let _ = done.send(());
+            }
+        }
         written.send_modify(|n| *n += 1);
     }
 }
