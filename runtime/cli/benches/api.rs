@@ -1,6 +1,8 @@
 //! API benchmark: durably accepted events per second through
 //! `POST /v2/events`, and the latency from an event's acceptance to its
-//! handler running, on a real `mizzen server` with the embedded SQLite store.
+//! handler running (from the request's arrival, stamped by the server as the
+//! event's `created`, and from the client receiving the 201), on a real
+//! `mizzen server` with the embedded SQLite store.
 //!
 //! `cargo bench -p mizzen-cli --bench api`; `MIZZEN_BENCH_EVENTS` (default
 //! 10,000) and `MIZZEN_BENCH_CONNECTIONS` (default 64) size the ingest run,
@@ -146,27 +148,27 @@ async fn main() {
     let latency_events = env_usize("MIZZEN_BENCH_LATENCY_EVENTS", 300);
     let mut ids = Vec::new();
     for _ in 0..latency_events {
-        let list: Value = client
+        let response = client
             .post(format!("{base}/v2/events"))
             .bearer_auth(&token)
             .json(&event)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
+        // The server's 201 is its word that the event is durably stored.
+        let answered = micros(SystemTime::now());
+        let list: Value = response.json().await.unwrap();
         let id = list["items"][0]["metadata"]["id"]
             .as_str()
             .unwrap()
             .to_string();
         let created = parse_time(list["items"][0]["metadata"]["created"].as_str().unwrap());
-        ids.push((id, created));
+        ids.push((id, created, answered));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut latencies = Vec::new();
-    for (id, created) in &ids {
+    let (mut from_request, mut from_answer) = (Vec::new(), Vec::new());
+    for (id, created, answered) in &ids {
         let text = client
             .get(format!("{base}/v2/events/{id}/logs"))
             .bearer_auth(&token)
@@ -182,9 +184,11 @@ async fn main() {
             .find(|e| e["message"] == "handler running")
             .unwrap_or_else(|| panic!("event {id}: the handler did not log: {text}"));
         let ran = parse_time(entry["time"].as_str().unwrap());
-        latencies.push((ran - created) as f64 / 1000.0);
+        from_request.push((ran - created) as f64 / 1000.0);
+        from_answer.push((ran - answered) as f64 / 1000.0);
     }
-    latencies.sort_by(f64::total_cmp);
+    from_request.sort_by(f64::total_cmp);
+    from_answer.sort_by(f64::total_cmp);
 
     // Ingest: many connections posting as fast as the server accepts.
     let total = env_usize("MIZZEN_BENCH_EVENTS", 10_000);
@@ -229,12 +233,20 @@ async fn main() {
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
-    println!(
-        "accepted -> handler running, no-op handler, {} events one at a time: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p50 <= 1 ms, p99 <= 5 ms)",
-        latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.9),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or(0.0),
-    );
+    for (from, latencies) in [
+        (
+            "the request's arrival (before the disk sync)",
+            &from_request,
+        ),
+        ("the 201 answer (event durable)", &from_answer),
+    ] {
+        println!(
+            "handler running, from {from}: {} events one at a time, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p50 <= 1 ms, p99 <= 5 ms)",
+            latencies.len(),
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.9),
+            percentile(latencies, 0.99),
+            latencies.last().copied().unwrap_or(0.0),
+        );
+    }
 }
