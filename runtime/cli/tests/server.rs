@@ -1160,3 +1160,30 @@ async fn metrics_count_accepted_events_and_workers() {
         "{text}"
     );
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let server = TestServer::start(None, &["--executor", "none"]);
+    let second = Command::new(env!("CARGO_BIN_EXE_mizzen"))
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--executor",
+            "none",
+            "--data-dir",
+        ])
+        .arg(server.data_dir.path())
+        .env("MIZZEN_ROOT_PASSWORD", ROOT_PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("another mizzen server is using this data directory"),
+        "{stderr}"
+    );
+    // The first one carries on.
+    server.ok(&["whoami"]);
+}

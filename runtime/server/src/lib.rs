@@ -44,6 +44,9 @@ pub enum ServerError {
     /// The sandbox could not be set up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// Another server already uses the data directory's embedded database.
+    #[error("{0}")]
+    DataDirInUse(String),
     /// The listen address could not be bound or served.
     #[error("{address}: {source}")]
     Listen {
@@ -79,6 +82,10 @@ pub struct ServerConfig {
 
 /// A server bound to its address, ready to run.
 pub struct Server {
+    /// Held while the server runs on the embedded database: a second
+    /// server on the same data directory would take the first one's
+    /// running events for abandoned ones.
+    _data_dir_lock: Option<std::fs::File>,
     listener: TcpListener,
     state: Arc<api::AppState>,
     scheduler: Arc<scheduler::Scheduler>,
@@ -92,6 +99,10 @@ impl Server {
             address: config.data_dir.display().to_string(),
             source,
         })?;
+        let data_dir_lock = match &config.database_url {
+            Some(url) if !url.starts_with("sqlite:") => None,
+            _ => Some(lock_data_dir(&config.data_dir)?),
+        };
         let store = store::Store::open(config.database_url.as_deref(), &config.data_dir).await?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::from_env()).await?);
         let metrics = Arc::new(metrics::Metrics::new());
@@ -121,6 +132,7 @@ impl Server {
             gateways: config.gateways.clone(),
         });
         Ok(Self {
+            _data_dir_lock: data_dir_lock,
             listener,
             state,
             scheduler,
@@ -168,6 +180,33 @@ impl Server {
         let _ = scheduler.await;
         self.state.store.flush_logs().await;
         served.map_err(|source| ServerError::Listen { address, source })
+    }
+}
+
+/// Takes the data directory's lock, or says which directory another server
+/// holds. The operating system releases it when the process dies, however
+/// it dies.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    let path = data_dir.join("mizzen.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServerError::Listen {
+            address: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse(format!(
+            "{}: another mizzen server is using this data directory's database; give each server its own --data-dir, or share PostgreSQL with --database-url",
+            data_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServerError::Listen {
+            address: path.display().to_string(),
+            source,
+        }),
     }
 }
 
