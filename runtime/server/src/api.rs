@@ -1050,11 +1050,17 @@ async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult {
             event_json(&record, &[])
         })
         .collect();
+    store_events(state, events).await?;
+    ok(StatusCode::CREATED, list("EventList", items, None, 0))
+}
+
+/// Stores events durably, counts them and wakes the scheduler; how many.
+async fn store_events(state: &AppState, events: Vec<NewEvent>) -> ApiResult<usize> {
     let count = events.len();
     state.store.insert_events(events).await?;
     state.metrics.events_accepted(count);
     state.scheduler.wake();
-    ok(StatusCode::CREATED, list("EventList", items, None, 0))
+    Ok(count)
 }
 
 async fn create_events(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
@@ -2089,11 +2095,7 @@ async fn accept_gateway_event(state: &AppState, event: GatewayEvent) -> ApiResul
         payload: event.payload,
     };
     let events = fan_out(state, &body, &BTreeMap::new()).await?;
-    let count = events.len();
-    state.store.insert_events(events).await?;
-    state.metrics.events_accepted(count);
-    state.scheduler.wake();
-    Ok(count)
+    store_events(state, events).await
 }
 
 fn accepted(count: usize) -> Response {

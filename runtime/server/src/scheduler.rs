@@ -28,7 +28,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use crate::metrics::Metrics;
 use crate::projects::ProjectCache;
 use crate::redact::Redactor;
-use crate::store::{self, EventRecord, JobRecord, LogLine, Store, now_micros};
+use crate::store::{self, EventRecord, JobRecord, LogLine, Store, micros_at, now_micros};
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
@@ -203,15 +203,13 @@ impl Scheduler {
 
     /// A line in an event's worker log from the host.
     fn note(&self, event_id: &str, level: LogLevel, message: &str) {
-        let record = LogRecord::logger(level, message, None);
-        self.store.append_log(LogLine {
-            seq: 0,
+        // The host's own words hold no secrets: nothing to redact.
+        let log = EventLog {
+            store: self.store.clone(),
             event_id: event_id.to_string(),
-            job: String::new(),
-            container: WORKER_CONTAINER.to_string(),
-            time: micros(record.time),
-            message: record.to_line(),
-        });
+            redactor: Arc::new(Redactor::default()),
+        };
+        log.record(LogRecord::logger(level, message, None));
     }
 
     /// Aborts a worker running in this process; `false` when it runs
@@ -469,12 +467,6 @@ fn apply_git_overrides(
     }
 }
 
-fn micros(time: std::time::SystemTime) -> i64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn micros_since(then: i64) -> f64 {
     (now_micros() - then).max(0) as f64 / 1e6
 }
@@ -506,7 +498,7 @@ impl LogSink for EventLog {
             event_id: self.event_id.clone(),
             job,
             container,
-            time: micros(record.time),
+            time: micros_at(record.time),
             message: self.redactor.redact(&message).into_owned(),
         });
     }

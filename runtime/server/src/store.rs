@@ -64,8 +64,12 @@ pub enum StoreError {
 
 /// Microseconds since the Unix epoch, the store's clock.
 pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    micros_at(SystemTime::now())
+}
+
+/// A time as the store keeps it: microseconds since the Unix epoch.
+pub fn micros_at(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
@@ -448,17 +452,33 @@ impl Store {
     /// Deletes a project with its events, jobs, logs, secrets and project
     /// role assignments; `false` when there is no such project.
     pub async fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete_with(
+            id,
+            &[
+                "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+                "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+                "DELETE FROM events WHERE project_id = $1",
+                "DELETE FROM secrets WHERE project_id = $1",
+                "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
+            ],
+            "DELETE FROM projects WHERE id = $1",
+        )
+        .await
+    }
+
+    /// Runs `dependents` and then `owner` for `id` in one transaction;
+    /// whether `owner` deleted a row.
+    async fn delete_with(
+        &self,
+        id: &str,
+        dependents: &[&'static str],
+        owner: &'static str,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        for sql in [
-            "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
-            "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
-            "DELETE FROM events WHERE project_id = $1",
-            "DELETE FROM secrets WHERE project_id = $1",
-            "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
-        ] {
-            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        for sql in dependents {
+            sqlx::query(*sql).bind(id).execute(&mut *tx).await?;
         }
-        let deleted = sqlx::query("DELETE FROM projects WHERE id = $1")
+        let deleted = sqlx::query(owner)
             .bind(id)
             .execute(&mut *tx)
             .await?
@@ -579,22 +599,15 @@ impl Store {
 
     /// Deletes an event with its jobs and logs; `false` when there was none.
     pub async fn delete_event(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM logs WHERE event_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM jobs WHERE event_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query("DELETE FROM events WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(deleted == 1)
+        self.delete_with(
+            id,
+            &[
+                "DELETE FROM logs WHERE event_id = $1",
+                "DELETE FROM jobs WHERE event_id = $1",
+            ],
+            "DELETE FROM events WHERE id = $1",
+        )
+        .await
     }
 
     /// Sets a worker's summary.
@@ -1162,18 +1175,12 @@ impl Store {
 
     /// Deletes a service account and its roles; `false` when there is none.
     pub async fn delete_service_account(&self, id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM role_assignments WHERE principal_type = 'SERVICE_ACCOUNT' AND principal_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = sqlx::query("DELETE FROM service_accounts WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(deleted == 1)
+        self.delete_with(
+            id,
+            &["DELETE FROM role_assignments WHERE principal_type = 'SERVICE_ACCOUNT' AND principal_id = $1"],
+            "DELETE FROM service_accounts WHERE id = $1",
+        )
+        .await
     }
 
     /// Grants a role (idempotent).
@@ -1276,11 +1283,16 @@ impl Store {
     }
 }
 
-/// The schema, from the SQL files of the store's backend.
+/// The auto-increment key as the schema writes it (SQLite's way), and as
+/// PostgreSQL writes it.
+const SERIAL_KEY: (&str, &str) = ("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY");
+
+/// The schema, in the dialect of the store's backend.
 fn migrator(backend: Backend) -> Migrator {
+    let schema = include_str!("../migrations/0001_init.sql");
     let sql = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_init.sql"),
-        Backend::Postgres => include_str!("../migrations/postgres/0001_init.sql"),
+        Backend::Sqlite => schema.to_string(),
+        Backend::Postgres => schema.replace(SERIAL_KEY.0, SERIAL_KEY.1),
     };
     Migrator {
         migrations: Cow::Owned(vec![Migration::new(
@@ -1654,6 +1666,12 @@ mod tests {
             "postgres://mizzen:***@db:5432/mizzen"
         );
         assert_eq!(redact_url("mysql://db/x"), "mysql://db/x");
+    }
+
+    #[test]
+    fn the_schema_has_one_dialect_difference() {
+        let schema = include_str!("../migrations/0001_init.sql");
+        assert_eq!(schema.matches(SERIAL_KEY.0).count(), 2);
     }
 
     #[test]

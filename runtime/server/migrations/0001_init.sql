@@ -1,6 +1,7 @@
--- Mizzen's store, PostgreSQL flavour. Times are microseconds since the Unix
--- epoch; documents are JSON text. Keep in step with ../sqlite/0001_init.sql:
--- the queries are shared, only the types of the keys differ.
+-- Mizzen's store, for SQLite and PostgreSQL alike. Times are microseconds
+-- since the Unix epoch; documents are JSON text. The one difference between
+-- the two databases, the auto-increment key, is written SQLite's way;
+-- store.rs rewrites it for PostgreSQL (SERIAL_KEY there).
 CREATE TABLE projects (
     id TEXT PRIMARY KEY,
     created BIGINT NOT NULL,
@@ -13,7 +14,7 @@ CREATE TABLE secrets (
     PRIMARY KEY (project_id, key)
 );
 CREATE TABLE events (
-    seq BIGSERIAL PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     project_id TEXT NOT NULL,
     created BIGINT NOT NULL,
@@ -44,7 +45,7 @@ CREATE TABLE jobs (
     PRIMARY KEY (event_id, name)
 );
 CREATE TABLE logs (
-    seq BIGSERIAL PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
     job TEXT NOT NULL,
     container TEXT NOT NULL,
