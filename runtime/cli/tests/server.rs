@@ -384,12 +384,26 @@ fn secret_values_never_leave_the_server() {
     }
 }
 
+/// An HTTP client. reqwest is built with TLS whose crypto provider is
+/// chosen at run time.
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// The ids of a list's items.
+fn item_ids(list: &Value) -> Vec<&str> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["metadata"]["id"].as_str().unwrap())
+        .collect()
+}
+
 /// Raw HTTP for what the CLI does not show: status codes and error bodies.
 async fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    // The client is built with TLS support whose crypto provider is chosen
-    // at run time.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
+    let client = http();
     let mut request = client.request(method.parse().unwrap(), url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -468,8 +482,7 @@ async fn every_endpoint_refuses_missing_and_forged_tokens() {
     let (status, body) = call("GET", &format!("{}/healthz", server.url), None, None).await;
     assert_eq!((status, body), (200, Value::String("ok".into())));
     // A wrong root password gets no session.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let wrong = reqwest::Client::new()
+    let wrong = http()
         .post(format!("{}/v2/sessions?root=true", server.url))
         .basic_auth("root", Some("not-the-password"))
         .send()
@@ -578,21 +591,9 @@ async fn a_tenant_sees_only_its_own_project() {
     assert_eq!(status, 403, "{body}");
     // Her lists hold alpha only.
     let (_, projects) = call("GET", &format!("{base}/v2/projects"), Some(&alice), None).await;
-    let ids: Vec<&str> = projects["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["metadata"]["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["alpha"]);
+    assert_eq!(item_ids(&projects), ["alpha"]);
     let (_, events) = call("GET", &format!("{base}/v2/events"), Some(&alice), None).await;
-    let ids: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["metadata"]["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [alpha_event.as_str()]);
+    assert_eq!(item_ids(&events), [alpha_event.as_str()]);
     // Her own project's secrets are listed without values.
     let (status, secrets) = call(
         "GET",
@@ -643,8 +644,7 @@ async fn post_until_accepted(
     token: String,
     accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
+    let client = http();
     let body = json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
                       "projectID": "crash", "source": "brigade.sh/cli", "type": "exec"});
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -771,7 +771,7 @@ spec:
             "SUCCEEDED" => {}
             _ => failed += 1,
         }
-        let logs = reqwest::Client::new()
+        let logs = http()
             .get(format!("{url}/v2/events/{id}/logs"))
             .bearer_auth(&token)
             .send()
@@ -978,8 +978,7 @@ spec:
     .unwrap();
     let base = server.url.clone();
     let token = server.root_token();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
+    let client = http();
     let push = json!({
         "ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
         "repository": {"full_name": "octo/hello", "clone_url": "https://github.com/octo/hello.git"},
