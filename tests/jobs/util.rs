@@ -148,6 +148,8 @@ pub async fn run_js(script: &str, project: Project) -> Run {
         use_workspace: project.use_workspace,
         source: project.source,
         policies: project.policies,
+        image_pull_secrets: Vec::new(),
+        workspace_size: None,
     });
     let log = MemoryLog::new();
     let outcome = sandbox()

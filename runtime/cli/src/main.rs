@@ -9,6 +9,7 @@
 //! 130 interrupted (the event's containers are removed first).
 
 mod client;
+mod kubernetes;
 mod output;
 mod run;
 mod server;
@@ -76,14 +77,17 @@ struct RunArgs {
     /// Memory the script may use, in MiB
     #[arg(long, value_name = "MIB")]
     memory_limit: Option<u64>,
-    /// What runs the jobs: a local container engine, or nothing; by default
-    /// the engine found at DOCKER_HOST, Docker's or Podman's socket
+    /// What runs the jobs: a local container engine, a Kubernetes cluster,
+    /// or nothing; by default the engine found at DOCKER_HOST, Docker's or
+    /// Podman's socket
     #[arg(long, value_enum)]
     executor: Option<ExecutorKind>,
     /// Where logs and the jobs' scratch files are kept
     /// [default: $MIZZEN_DATA_DIR, else ~/.local/share/mizzen]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    kubernetes: kubernetes::KubernetesArgs,
 }
 
 /// What runs a worker's jobs.
@@ -91,6 +95,9 @@ struct RunArgs {
 enum ExecutorKind {
     /// Containers on Docker Engine or Podman (DOCKER_HOST, Docker's socket, Podman's)
     Docker,
+    /// Pods on the Kubernetes cluster of KUBECONFIG (or ~/.kube/config, or
+    /// the one the process runs in)
+    Kubernetes,
     /// No executor: jobs fail to start
     None,
 }

@@ -11,6 +11,7 @@ use mizzen_runtime::executor::{EventContext, JobExecutor, Source};
 use mizzen_runtime::project::{EventDetails, ProjectDir, validate_secret_key};
 use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
 
+use crate::kubernetes::KubernetesArgs;
 use crate::output::RunLog;
 use crate::{
     EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_SUBSCRIBED, ExecutorKind, Failure,
@@ -68,7 +69,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     }
 
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let executor = executor(args.executor, &data_dir).await?;
+    let executor = executor(args.executor, &args.kubernetes, &data_dir).await?;
     // A project whose scripts live in its repository: check it out and read
     // them from there (as Brigade's worker read them from /var/vcs).
     let worker_failed = |error: anyhow::Error| Failure {
@@ -94,6 +95,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         use_workspace: dir.project.worker.use_workspace,
         source: Some(dir.source()),
         policies: dir.project.worker.job_policies,
+        image_pull_secrets: dir.project.worker.image_pull_secrets.clone(),
+        workspace_size: dir.project.worker.workspace_size.clone(),
     });
     let jobs = match &executor {
         Some(executor) => JobCapability::Executor {
@@ -155,11 +158,13 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 }
 
 /// The executor `--executor` asks for: `docker` connects now and fails at
-/// once when no engine answers; `none` runs no jobs; without the flag, jobs
+/// once when no engine answers; `kubernetes` reads the cluster's
+/// configuration now and fails at once when there is none; `none` runs no jobs; without the flag, jobs
 /// run on the engine that answers when the first job starts (a script
 /// without jobs never looks for one).
 async fn executor(
     kind: Option<ExecutorKind>,
+    kubernetes: &KubernetesArgs,
     data_dir: &Path,
 ) -> Result<Option<Arc<dyn JobExecutor>>, Failure> {
     let config = DockerConfig {
@@ -173,6 +178,7 @@ async fn executor(
             })?;
             Some(Arc::new(executor))
         }
+        Some(ExecutorKind::Kubernetes) => Some(Arc::new(kubernetes.executor().await?)),
         Some(ExecutorKind::None) => None,
         None => Some(Arc::new(LazyDockerExecutor::new(config))),
     })

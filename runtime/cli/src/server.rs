@@ -12,6 +12,7 @@ use mizzen_runtime::executor::JobExecutor;
 use mizzen_server::store::WorkerLimits;
 use mizzen_server::{GatewayConfig, SchedulerConfig, Server, ServerConfig};
 
+use crate::kubernetes::KubernetesArgs;
 use crate::{ExecutorKind, Failure, parse_duration};
 
 /// Workers (scripts) alive at once in this process: each idle one costs
@@ -54,8 +55,10 @@ pub struct ServerArgs {
     lease: Duration,
     /// What runs the jobs (default: the container engine found when the
     /// first job starts)
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "MIZZEN_EXECUTOR")]
     executor: Option<ExecutorKind>,
+    #[command(flatten)]
+    kubernetes: KubernetesArgs,
     /// Delete logs this long after their event ended (e.g. 720h); kept
     /// forever by default
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -100,6 +103,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
     let data_dir = args.data_dir.unwrap_or_else(crate::run::default_data_dir);
     let executor: Option<Arc<dyn JobExecutor>> = match args.executor {
         Some(ExecutorKind::None) => None,
+        Some(ExecutorKind::Kubernetes) => Some(Arc::new(args.kubernetes.executor().await?)),
         _ => Some(Arc::new(LazyDockerExecutor::new(DockerConfig {
             data_dir: data_dir.clone(),
         }))),

@@ -29,6 +29,12 @@ pub struct EventContext {
     pub source: Option<Source>,
     /// What the project allows its jobs.
     pub policies: JobPolicies,
+    /// Registry credentials (names of pre-created Kubernetes Secrets) for
+    /// the jobs' images; executors without such secrets ignore them.
+    pub image_pull_secrets: Vec<String>,
+    /// The size of the event's workspace (a Kubernetes quantity), when the
+    /// project sets one; executors that cannot size it ignore it.
+    pub workspace_size: Option<String>,
 }
 
 /// Where a job's source checkout comes from.

@@ -541,6 +541,8 @@ mod tests {
             use_workspace: false,
             source: None,
             policies: JobPolicies::default(),
+            image_pull_secrets: Vec::new(),
+            workspace_size: None,
         }
     }
 

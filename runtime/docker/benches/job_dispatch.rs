@@ -167,6 +167,8 @@ async fn jobs(
         use_workspace: false,
         source: None,
         policies: JobPolicies::default(),
+        image_pull_secrets: Vec::new(),
+        workspace_size: None,
     });
     let started = Instant::now();
     let outcome = sandbox

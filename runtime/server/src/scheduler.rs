@@ -365,6 +365,8 @@ impl Scheduler {
             use_workspace: project.worker.use_workspace,
             source: git.map(Source::Git),
             policies: project.worker.job_policies,
+            image_pull_secrets: project.worker.image_pull_secrets.clone(),
+            workspace_size: project.worker.workspace_size.clone(),
         });
         // Only a retry, or a run after a crash, can have jobs to inherit.
         let may_inherit = event.attempts > 1 || event.document.labels.contains_key(RETRY_LABEL);

@@ -1,0 +1,84 @@
+//! `--executor kubernetes`: the flags that configure the Kubernetes executor
+//! for `mizzen run` and `mizzen server`, and connecting it.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use mizzen_kubernetes::{
+    DEFAULT_GIT_IMAGE, DEFAULT_RUN_AS_USER, DEFAULT_WORKSPACE_SIZE, JobResources, KubernetesConfig,
+    KubernetesExecutor,
+};
+
+use crate::parse_duration;
+
+/// How jobs become Pods (used with `--executor kubernetes`).
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Kubernetes executor (--executor kubernetes)")]
+pub struct KubernetesArgs {
+    /// The namespace of job Pods; `{project}` in it is replaced by the
+    /// project's id (e.g. `mizzen-{project}`: a namespace per project)
+    /// [default: the kubeconfig context's namespace, or the server Pod's]
+    #[arg(long, env = "MIZZEN_KUBERNETES_NAMESPACE", value_name = "NAMESPACE")]
+    kubernetes_namespace: Option<String>,
+    /// Storage class of the events' workspace claims (it must offer
+    /// ReadWriteMany) [default: the cluster's default class]
+    #[arg(long, value_name = "CLASS")]
+    kubernetes_workspace_storage_class: Option<String>,
+    /// Size of a workspace when the project does not set one
+    #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_WORKSPACE_SIZE)]
+    kubernetes_workspace_size: String,
+    /// Image of the init container that checks out a project's git source
+    #[arg(long, value_name = "IMAGE", default_value = DEFAULT_GIT_IMAGE)]
+    kubernetes_git_image: String,
+    /// CPU each job container requests ("" for none)
+    #[arg(long, value_name = "QUANTITY", default_value = "100m")]
+    kubernetes_cpu_request: String,
+    /// Memory each job container requests ("" for none)
+    #[arg(long, value_name = "QUANTITY", default_value = "128Mi")]
+    kubernetes_memory_request: String,
+    /// CPU limit of each job container ("" for none)
+    #[arg(long, value_name = "QUANTITY", default_value = "")]
+    kubernetes_cpu_limit: String,
+    /// Memory limit of each job container ("" for none)
+    #[arg(long, value_name = "QUANTITY", default_value = "2Gi")]
+    kubernetes_memory_limit: String,
+    /// The user job containers run as (unless a project's policy lets a job
+    /// run privileged)
+    #[arg(long, value_name = "UID", default_value_t = DEFAULT_RUN_AS_USER)]
+    kubernetes_run_as_user: i64,
+    /// How long an image may keep failing to pull before its job fails
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2m")]
+    kubernetes_image_pull_timeout: Duration,
+}
+
+impl KubernetesArgs {
+    /// Connects to the cluster that KUBECONFIG (or ~/.kube/config, or the
+    /// in-cluster service account) names and makes the executor.
+    pub async fn executor(&self) -> anyhow::Result<KubernetesExecutor> {
+        let client = KubernetesExecutor::client_from_environment()
+            .await
+            .context("--executor kubernetes")?;
+        let namespace = self
+            .kubernetes_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let quantity = |q: &String| (!q.is_empty()).then(|| q.clone());
+        let config = KubernetesConfig {
+            workspace_storage_class: self.kubernetes_workspace_storage_class.clone(),
+            workspace_size: self.kubernetes_workspace_size.clone(),
+            resources: JobResources {
+                cpu_request: quantity(&self.kubernetes_cpu_request),
+                memory_request: quantity(&self.kubernetes_memory_request),
+                cpu_limit: quantity(&self.kubernetes_cpu_limit),
+                memory_limit: quantity(&self.kubernetes_memory_limit),
+            },
+            git_image: self.kubernetes_git_image.clone(),
+            run_as_user: self.kubernetes_run_as_user,
+            image_pull_timeout: self.kubernetes_image_pull_timeout,
+            ..KubernetesConfig::new(namespace)
+        };
+        Ok(KubernetesExecutor::new(client, config))
+    }
+}

@@ -1,0 +1,669 @@
+//! One job as a Pod: created (or adopted after a restart), watched to its
+//! end, its containers' logs streamed, and removed when it ends.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use futures_util::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use mizzen_host_api::types::{JobResult, Phase};
+use mizzen_runtime::executor::{ExecutorError, JobOutput, JobRequest, RunningJob};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::manifest::{JobObjects, LABEL_EVENT, LABEL_JOB, SOURCE_CONTAINER};
+use crate::{KubernetesConfig, describe, is_conflict, is_not_found, refused};
+
+/// How long after the job's timeout the executor stops waiting for the
+/// cluster to report the Pod's deadline (`activeDeadlineSeconds` counts from
+/// when the Pod was scheduled, and a busy kubelet reports late).
+const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
+
+/// How long the watch may keep failing (API server restarting, network
+/// gone) before the job fails; the watcher retries with back-off meanwhile.
+const WATCH_FAILURE_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long the logs may take to be read to their end once the job has
+/// ended: the API server serves a finished container's log at once.
+const LOG_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// How often a container's log is asked for again when its stream ended
+/// while the container still runs (a dropped connection).
+const LOG_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A line longer than this is passed on in pieces, so that a container that
+/// never prints a newline cannot make the host buffer without end (as on a
+/// local engine).
+const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// Waiting reasons that retry on their own for a while (image pulls, a
+/// Secret not yet visible): the job fails only when they last longer than
+/// the configured pull timeout.
+const RETRYING_REASONS: [&str; 4] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// Waiting reasons that never resolve.
+const HOPELESS_REASONS: [&str; 2] = ["InvalidImageName", "ErrImageNeverPull"];
+
+/// Creates the job's objects and starts watching its Pod.
+pub(crate) async fn start(
+    client: kube::Client,
+    config: &KubernetesConfig,
+    namespace: &str,
+    request: JobRequest,
+    built: JobObjects,
+) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let name = built.pod.metadata.name.clone().unwrap_or_default();
+    let post = PostParams::default();
+    if let Some(secret) = &built.environment {
+        match secrets.create(&post, secret).await {
+            Ok(_) => {}
+            // Left by an earlier attempt of this job: bring it up to date.
+            Err(e) if is_conflict(&e) => {
+                secrets
+                    .replace(&name, &post, secret)
+                    .await
+                    .map_err(|e| refused("update", "secrets", namespace, e))?;
+            }
+            Err(e) => return Err(refused("create", "secrets", namespace, e)),
+        }
+    }
+    match pods.create(&post, &built.pod).await {
+        Ok(_) => {}
+        Err(e) if is_conflict(&e) => {
+            // A Pod of this name exists: a server that restarted re-runs its
+            // event's worker, whose job is still running (or has ended) in
+            // the cluster. Adopt it when it is this job's.
+            let existing = pods
+                .get(&name)
+                .await
+                .map_err(|e| refused("get", "pods", namespace, e))?;
+            let labels = existing.metadata.labels.unwrap_or_default();
+            let ours = built.pod.metadata.labels.as_ref();
+            let same = |label: &str| labels.get(label) == ours.and_then(|l| l.get(label));
+            if !(same(LABEL_EVENT) && same(LABEL_JOB)) {
+                return Err(ExecutorError::Unavailable(format!(
+                    "job \"{}\": a Pod named {name} already exists in namespace \"{namespace}\" and is not this job's",
+                    request.name
+                )));
+            }
+            tracing::info!(pod = %name, namespace, "adopting the job's Pod made by an earlier attempt");
+        }
+        Err(e) => {
+            if built.environment.is_some() {
+                let _ = secrets.delete(&name, &DeleteParams::default()).await;
+            }
+            return Err(refused("create", "pods", namespace, e));
+        }
+    }
+
+    let (result_sender, result) = watch::channel(None);
+    let (cancel, cancelled) = watch::channel(false);
+    let watched = WatchedJob {
+        pods,
+        secrets,
+        has_secret: built.environment.is_some(),
+        name,
+        namespace: namespace.to_string(),
+        job: request.name.clone(),
+        timeout_seconds: request.spec.timeout_seconds,
+        image_pull_timeout: config.image_pull_timeout,
+        output: request.output.clone(),
+    };
+    tokio::spawn(async move {
+        let result = watched.run(cancelled).await;
+        let _ = result_sender.send(Some(result));
+    });
+    Ok(Arc::new(KubernetesJob { result, cancel }))
+}
+
+/// A started job, as the worker sees it.
+struct KubernetesJob {
+    result: watch::Receiver<Option<JobResult>>,
+    cancel: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl RunningJob for KubernetesJob {
+    async fn wait(&self) -> JobResult {
+        let mut result = self.result.clone();
+        match result.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().unwrap_or_else(unreachable_result),
+            Err(_) => unreachable_result(),
+        }
+    }
+
+    async fn cancel(&self) {
+        let _ = self.cancel.send(true);
+        // Returns once the Pod is being deleted.
+        self.wait().await;
+    }
+}
+
+fn unreachable_result() -> JobResult {
+    ended(
+        Phase::Unknown,
+        None,
+        "the job's task ended without a result".into(),
+    )
+}
+
+fn ended(phase: Phase, exit_code: Option<i64>, reason: String) -> JobResult {
+    JobResult {
+        phase,
+        exit_code,
+        reason: Some(reason),
+    }
+}
+
+/// What the task watching a job's Pod needs.
+struct WatchedJob {
+    pods: Api<Pod>,
+    secrets: Api<Secret>,
+    has_secret: bool,
+    name: String,
+    namespace: String,
+    job: String,
+    timeout_seconds: f64,
+    image_pull_timeout: Duration,
+    output: Arc<dyn JobOutput>,
+}
+
+impl WatchedJob {
+    async fn run(self, mut cancelled: watch::Receiver<bool>) -> JobResult {
+        let (terminated, terminated_rx) = watch::channel(BTreeSet::new());
+        let mut followers = HashMap::new();
+        let mut tracker = PodTracker::new(&self.job, self.image_pull_timeout);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut events = pin!(watcher(self.pods.clone(), config).default_backoff());
+        let backstop =
+            tokio::time::sleep(Duration::from_secs_f64(self.timeout_seconds) + DEADLINE_MARGIN);
+        let mut backstop = pin!(backstop);
+        // Whether the Pod was in the last full listing, to tell a Pod deleted
+        // while the watch was down from one not yet listed.
+        let mut seen = false;
+        let mut listed = false;
+        let mut failing_since: Option<Instant> = None;
+
+        let result = loop {
+            let pull_deadline = tracker.retry_deadline();
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(watcher::Event::Init)) => listed = false,
+                    Some(Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod))) => {
+                        seen = true;
+                        listed = true;
+                        failing_since = None;
+                        let now = Instant::now();
+                        if let Some(result) = tracker.update(&pod, now) {
+                            break result;
+                        }
+                        let _ = terminated.send(tracker.terminated.clone());
+                        for container in &tracker.running {
+                            followers.entry(container.clone()).or_insert_with(|| {
+                                tokio::spawn(follow_log(
+                                    self.pods.clone(),
+                                    self.name.clone(),
+                                    container.clone(),
+                                    self.output.clone(),
+                                    terminated_rx.clone(),
+                                ))
+                            });
+                        }
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        failing_since = None;
+                        if seen && !listed {
+                            break deleted_from_outside();
+                        }
+                    }
+                    Some(Ok(watcher::Event::Delete(_))) => break deleted_from_outside(),
+                    Some(Err(e)) => {
+                        if let Some(status) = forbidden(&e) {
+                            break ended(Phase::Failed, None, describe(
+                                "watch", "pods", &self.namespace,
+                                &kube::Error::Api(Box::new(status)),
+                            ));
+                        }
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > WATCH_FAILURE_LIMIT {
+                            break ended(Phase::Failed, None, format!(
+                                "lost track of the job's Pod {} in namespace \"{}\" for more than {}s: {e}",
+                                self.name, self.namespace, WATCH_FAILURE_LIMIT.as_secs()
+                            ));
+                        }
+                        tracing::debug!(pod = %self.name, error = %e, "watch failed; retrying");
+                    }
+                    None => break unreachable_result(),
+                },
+                _ = sleep_until(pull_deadline) => {
+                    break tracker.retry_failure().unwrap_or_else(unreachable_result);
+                }
+                _ = cancelled.wait_for(|cancel| *cancel) => {
+                    break if tracker.primary_started {
+                        ended(Phase::Aborted, None, "the job was stopped".into())
+                    } else {
+                        ended(Phase::Canceled, None, "the job was cancelled before it started".into())
+                    };
+                }
+                () = &mut backstop => {
+                    break ended(Phase::TimedOut, None, format!(
+                        "the job ran longer than its timeout of {}s (the cluster did not report the Pod's deadline)",
+                        self.timeout_seconds
+                    ));
+                }
+            }
+        };
+
+        // Every container's log is read to its end (the API server serves a
+        // stopped container's log at once), then the Pod goes.
+        let everything: BTreeSet<String> = followers.keys().cloned().collect();
+        let _ = terminated.send(everything);
+        let drain = futures_util::future::join_all(followers.into_values());
+        if tokio::time::timeout(LOG_DRAIN_LIMIT, drain).await.is_err() {
+            tracing::warn!(pod = %self.name, "the job's logs did not end in time; the rest is dropped");
+        }
+        self.remove().await;
+        result
+    }
+
+    async fn remove(&self) {
+        match self.pods.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => tracing::warn!(
+                error = %describe("delete", "pods", &self.namespace, &e),
+                "could not delete a job's Pod; it goes with its event"
+            ),
+        }
+        if self.has_secret
+            && let Err(e) = self
+                .secrets
+                .delete(&self.name, &DeleteParams::default())
+                .await
+            && !is_not_found(&e)
+        {
+            tracing::warn!(
+                error = %describe("delete", "secrets", &self.namespace, &e),
+                "could not delete a job's environment; it goes with its event"
+            );
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn deleted_from_outside() -> JobResult {
+    ended(
+        Phase::Aborted,
+        None,
+        "the job's Pod was deleted from outside Mizzen".into(),
+    )
+}
+
+/// The API server's 403 inside a watcher error, if that is what it is.
+fn forbidden(e: &watcher::Error) -> Option<kube::core::Status> {
+    let status = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => status,
+        _ => return None,
+    };
+    (status.code == 403).then(|| (**status).clone())
+}
+
+/// Reads a Pod's successive states and says when, and how, the job ended.
+struct PodTracker {
+    /// The primary container's name (the job's).
+    job: String,
+    image_pull_timeout: Duration,
+    /// Whether the primary container has started.
+    primary_started: bool,
+    /// Containers that have started (their logs can be read).
+    running: BTreeSet<String>,
+    /// Containers that have terminated.
+    terminated: BTreeSet<String>,
+    /// Since when, and why, a container has been unable to start.
+    retrying: Option<(Instant, String)>,
+}
+
+impl PodTracker {
+    fn new(job: &str, image_pull_timeout: Duration) -> Self {
+        Self {
+            job: job.to_string(),
+            image_pull_timeout,
+            primary_started: false,
+            running: BTreeSet::new(),
+            terminated: BTreeSet::new(),
+            retrying: None,
+        }
+    }
+
+    fn retry_deadline(&self) -> Option<Instant> {
+        self.retrying
+            .as_ref()
+            .map(|(since, _)| *since + self.image_pull_timeout)
+    }
+
+    fn retry_failure(&self) -> Option<JobResult> {
+        self.retrying.as_ref().map(|(_, reason)| {
+            ended(
+                Phase::Failed,
+                None,
+                format!(
+                    "{reason} (still failing after {}s)",
+                    self.image_pull_timeout.as_secs()
+                ),
+            )
+        })
+    }
+
+    fn update(&mut self, pod: &Pod, now: Instant) -> Option<JobResult> {
+        let status = pod.status.clone().unwrap_or_default();
+        let init = status.init_container_statuses.unwrap_or_default();
+        let main = status.container_statuses.unwrap_or_default();
+        for container in init.iter().chain(&main) {
+            let state = container.state.clone().unwrap_or_default();
+            if state.running.is_some() || state.terminated.is_some() {
+                self.running.insert(container.name.clone());
+            }
+            if state.terminated.is_some() {
+                self.terminated.insert(container.name.clone());
+            }
+        }
+
+        if status.reason.as_deref() == Some("DeadlineExceeded") {
+            let timeout = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.active_deadline_seconds)
+                .unwrap_or_default();
+            return Some(ended(
+                Phase::TimedOut,
+                None,
+                format!("the job ran longer than its timeout of {timeout}s"),
+            ));
+        }
+        if let Some(primary) = main.iter().find(|c| c.name == self.job) {
+            let state = primary.state.clone().unwrap_or_default();
+            if state.running.is_some() {
+                self.primary_started = true;
+            }
+            if let Some(terminated) = state.terminated {
+                self.primary_started = true;
+                let code = i64::from(terminated.exit_code);
+                return Some(if code == 0 {
+                    JobResult {
+                        phase: Phase::Succeeded,
+                        exit_code: Some(0),
+                        reason: None,
+                    }
+                } else {
+                    let why = terminated
+                        .reason
+                        .filter(|r| r != "Error")
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default();
+                    ended(
+                        Phase::Failed,
+                        Some(code),
+                        format!("the job's container exited with code {code}{why}"),
+                    )
+                });
+            }
+        }
+        if !self.primary_started
+            && let Some(failure) = init_failure(pod, &init)
+        {
+            return Some(ended(Phase::Failed, None, failure));
+        }
+        match status.phase.as_deref() {
+            Some("Succeeded") => {
+                return Some(JobResult {
+                    phase: Phase::Succeeded,
+                    exit_code: Some(0),
+                    reason: None,
+                });
+            }
+            Some("Failed") => {
+                return Some(ended(
+                    Phase::Failed,
+                    None,
+                    format!(
+                        "the job's Pod failed: {}",
+                        [status.reason, status.message]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join(": ")
+                    ),
+                ));
+            }
+            _ => {}
+        }
+
+        // Containers that cannot start.
+        let mut retrying = None;
+        for container in init.iter().chain(&main) {
+            let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+                continue;
+            };
+            let reason = waiting.reason.clone().unwrap_or_default();
+            let described = format!(
+                "container \"{}\" (image {}) cannot start: {reason}: {}",
+                container.name,
+                container.image,
+                waiting.message.clone().unwrap_or_default()
+            );
+            if HOPELESS_REASONS.contains(&reason.as_str()) {
+                return Some(ended(Phase::Failed, None, described));
+            }
+            if RETRYING_REASONS.contains(&reason.as_str()) {
+                retrying = Some(described);
+            }
+        }
+        self.retrying = match (retrying, self.retrying.take()) {
+            (Some(reason), Some((since, _))) => Some((since, reason)),
+            (Some(reason), None) => Some((now, reason)),
+            (None, _) => None,
+        };
+        None
+    }
+}
+
+/// Why the Pod could not reach its primary container: the checkout or a
+/// one-shot sidecar failed, or a service sidecar kept failing its start-up.
+fn init_failure(pod: &Pod, init: &[ContainerStatus]) -> Option<String> {
+    let specs = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.clone())
+        .unwrap_or_default();
+    for container in init {
+        let spec = specs.iter().find(|s| s.name == container.name);
+        let native_sidecar = spec.and_then(|s| s.restart_policy.as_deref()) == Some("Always");
+        if native_sidecar {
+            if container.restart_count > 0 {
+                let probe = spec
+                    .and_then(|s| s.startup_probe.as_ref())
+                    .and_then(|p| p.tcp_socket.as_ref())
+                    .map(|t| format!(" or was not ready on port {}", int_or_string(&t.port)))
+                    .unwrap_or_default();
+                return Some(format!(
+                    "sidecar \"{}\" exited{probe} before the job's container started (restarted {} times)",
+                    container.name, container.restart_count
+                ));
+            }
+            continue;
+        }
+        let terminated = container.state.as_ref().and_then(|s| s.terminated.as_ref());
+        if let Some(terminated) = terminated.filter(|t| t.exit_code != 0) {
+            let message = terminated
+                .message
+                .as_deref()
+                .map(|m| format!(": {}", m.trim()))
+                .unwrap_or_default();
+            return Some(if container.name == SOURCE_CONTAINER {
+                format!(
+                    "the source checkout failed with exit code {}{message}",
+                    terminated.exit_code
+                )
+            } else {
+                format!(
+                    "sidecar \"{}\" exited with code {} before the job's container started{message}",
+                    container.name, terminated.exit_code
+                )
+            });
+        }
+    }
+    None
+}
+
+fn int_or_string(value: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString) -> String {
+    match value {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n.to_string(),
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s.clone(),
+    }
+}
+
+/// Streams one container's log into the job's output until the container
+/// has terminated and its log has been read to the end. Lines come with
+/// the kubelet's timestamps, so that a stream opened again after a dropped
+/// connection skips what was already passed on.
+async fn follow_log(
+    pods: Api<Pod>,
+    pod: String,
+    container: String,
+    output: Arc<dyn JobOutput>,
+    mut terminated: watch::Receiver<BTreeSet<String>>,
+) {
+    let mut last_seen: Option<jiff::Timestamp> = None;
+    let mut last_round = false;
+    loop {
+        last_round |= terminated.borrow().contains(&container);
+        let params = LogParams {
+            container: Some(container.clone()),
+            follow: !last_round,
+            timestamps: true,
+            ..LogParams::default()
+        };
+        match pods.log_stream(&pod, &params).await {
+            Ok(reader) => {
+                if let Err(e) = pass_lines(reader, &mut last_seen, |line| {
+                    output.line(&container, line);
+                })
+                .await
+                {
+                    tracing::debug!(pod, container, error = %e, "a container's log stream broke; reading on");
+                }
+            }
+            // 400 while the container is still being created; a Pod that is
+            // gone has nothing more to say.
+            Err(kube::Error::Api(status)) if status.code == 400 => {}
+            Err(e) if is_not_found(&e) => return,
+            Err(e) => {
+                tracing::debug!(pod, container, error = %e, "cannot read a container's log yet")
+            }
+        }
+        if last_round {
+            return;
+        }
+        tokio::select! {
+            changed = terminated.changed() => if changed.is_err() { last_round = true },
+            () = tokio::time::sleep(LOG_RETRY_INTERVAL) => {}
+        }
+    }
+}
+
+/// Passes on each line after `last_seen`, pieces of at most
+/// [`MAX_LINE_BYTES`] for longer lines.
+async fn pass_lines(
+    reader: impl AsyncBufRead,
+    last_seen: &mut Option<jiff::Timestamp>,
+    mut line: impl FnMut(&str),
+) -> std::io::Result<()> {
+    let mut reader = pin!(reader);
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buffer)
+            .await?;
+        if read == 0 {
+            return Ok(());
+        }
+        if buffer.last() == Some(&b'\n') {
+            buffer.pop();
+        }
+        let text = String::from_utf8_lossy(&buffer);
+        // `<RFC 3339 time> <line>`; a piece of a long line has no time.
+        let (time, rest) = match text.split_once(' ') {
+            Some((time, rest)) => match time.parse::<jiff::Timestamp>() {
+                Ok(time) => (Some(time), rest),
+                Err(_) => (None, text.as_ref()),
+            },
+            None => match text.parse::<jiff::Timestamp>() {
+                Ok(time) => (Some(time), ""),
+                Err(_) => (None, text.as_ref()),
+            },
+        };
+        if let Some(time) = time {
+            if last_seen.is_some_and(|last| time <= last) {
+                continue;
+            }
+            *last_seen = Some(time);
+        }
+        line(rest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_already_passed_on_are_skipped_when_a_stream_is_opened_again() {
+        let mut last = None;
+        let mut lines = Vec::new();
+        let first = "2026-11-22T10:00:00.1Z one\n2026-11-22T10:00:00.12Z two\n";
+        pass_lines(first.as_bytes(), &mut last, |l| lines.push(l.to_string()))
+            .await
+            .unwrap();
+        let again = "2026-11-22T10:00:00.1Z one\n2026-11-22T10:00:00.12Z two\n2026-11-22T10:00:01Z three\n2026-11-22T10:00:02Z \n";
+        pass_lines(again.as_bytes(), &mut last, |l| lines.push(l.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(lines, ["one", "two", "three", ""]);
+    }
+
+    #[tokio::test]
+    async fn long_lines_come_in_pieces() {
+        let long = format!("2026-11-22T10:00:00Z {}\n", "x".repeat(MAX_LINE_BYTES * 2));
+        let mut last = None;
+        let mut sizes = Vec::new();
+        pass_lines(long.as_bytes(), &mut last, |l| sizes.push(l.len()))
+            .await
+            .unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), MAX_LINE_BYTES * 2);
+        assert!(sizes.iter().all(|s| *s <= MAX_LINE_BYTES));
+    }
+}

@@ -1,0 +1,370 @@
+//! Mizzen's job executor for Kubernetes: each job becomes one Pod, while the
+//! script that started it stays in the host's Wasm sandbox (an event costs
+//! only its jobs' Pods, not a worker Pod as in Brigade).
+//!
+//! [`manifest`] builds the objects (a per-event owner Secret, a workspace
+//! claim, and per job a Pod and an environment Secret); `job` creates them,
+//! watches the Pod to its end with kube's watcher, streams its containers'
+//! logs and maps how it ended to a job phase. When an event ends its owner
+//! Secret is deleted and the cluster's garbage collector removes the rest.
+//!
+//! The executor needs, in each job namespace, the verbs of
+//! `deploy/base/role.yaml` and nothing cluster-wide; a refusal names the
+//! verb and resource that are missing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+mod job;
+pub mod manifest;
+
+use manifest::Owner;
+
+/// The placeholder in [`KubernetesConfig::namespace`] replaced by the
+/// project's id.
+pub const PROJECT_PLACEHOLDER: &str = "{project}";
+
+/// How the executor is set up.
+#[derive(Debug, Clone)]
+pub struct KubernetesConfig {
+    /// The namespace of every job; `{project}` in it is replaced by the
+    /// project's id, giving each project a namespace of its own.
+    pub namespace: String,
+    /// The storage class of workspace claims; the cluster's default when
+    /// unset. It must offer ReadWriteMany.
+    pub workspace_storage_class: Option<String>,
+    /// A workspace's size when the project does not set one.
+    pub workspace_size: String,
+    /// Requests and limits of every container.
+    pub resources: JobResources,
+    /// The image of the source checkout init container (it needs `sh` and
+    /// `git`).
+    pub git_image: String,
+    /// The user (and group) containers run as unless the project's policy
+    /// lets a job run privileged.
+    pub run_as_user: i64,
+    /// How long an image may fail to pull before its job fails; the kubelet
+    /// retries with back-off, so a registry's hiccup does not fail a job.
+    pub image_pull_timeout: Duration,
+}
+
+/// A workspace's size when neither the project nor the configuration says:
+/// Brigade's default.
+pub const DEFAULT_WORKSPACE_SIZE: &str = "10Gi";
+
+/// The source checkout's image: Alpine's git, small and with a shell.
+pub const DEFAULT_GIT_IMAGE: &str = "docker.io/alpine/git:v2.47.2";
+
+/// The conventional "nonroot" user of distroless images: not root, and
+/// not a user any node account is likely to have.
+pub const DEFAULT_RUN_AS_USER: i64 = 65532;
+
+/// Two minutes: the kubelet's pull back-off reaches its five-minute cap
+/// only after several failures; a missing image or tag fails every retry,
+/// a registry's short outage rarely lasts this long.
+pub const DEFAULT_IMAGE_PULL_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl KubernetesConfig {
+    /// Defaults for jobs in `namespace`.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            workspace_storage_class: None,
+            workspace_size: DEFAULT_WORKSPACE_SIZE.to_string(),
+            resources: JobResources::default(),
+            git_image: DEFAULT_GIT_IMAGE.to_string(),
+            run_as_user: DEFAULT_RUN_AS_USER,
+            image_pull_timeout: DEFAULT_IMAGE_PULL_TIMEOUT,
+        }
+    }
+
+    /// The namespace of a project's jobs.
+    pub fn namespace_of(&self, project_id: &str) -> String {
+        if self.namespace.contains(PROJECT_PLACEHOLDER) {
+            manifest::dns_label(
+                &self
+                    .namespace
+                    .replace(PROJECT_PLACEHOLDER, &project_id.to_ascii_lowercase()),
+            )
+        } else {
+            self.namespace.clone()
+        }
+    }
+}
+
+/// Requests and limits (Kubernetes quantities) of each container; `None`
+/// leaves one unset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobResources {
+    /// CPU request.
+    pub cpu_request: Option<String>,
+    /// Memory request.
+    pub memory_request: Option<String>,
+    /// CPU limit.
+    pub cpu_limit: Option<String>,
+    /// Memory limit.
+    pub memory_limit: Option<String>,
+}
+
+impl Default for JobResources {
+    /// Small requests, so that a job is scheduled on a busy cluster, and a
+    /// memory limit, so that one job cannot starve its node; no CPU limit,
+    /// whose throttling slows builds without protecting anyone.
+    fn default() -> Self {
+        Self {
+            cpu_request: Some("100m".into()),
+            memory_request: Some("128Mi".into()),
+            cpu_limit: None,
+            memory_limit: Some("2Gi".into()),
+        }
+    }
+}
+
+impl JobResources {
+    fn to_json(&self) -> serde_json::Value {
+        let pick = |cpu: &Option<String>, memory: &Option<String>| {
+            let mut map = serde_json::Map::new();
+            if let Some(cpu) = cpu {
+                map.insert("cpu".into(), json!(cpu));
+            }
+            if let Some(memory) = memory {
+                map.insert("memory".into(), json!(memory));
+            }
+            map
+        };
+        let mut resources = serde_json::Map::new();
+        let requests = pick(&self.cpu_request, &self.memory_request);
+        if !requests.is_empty() {
+            resources.insert("requests".into(), requests.into());
+        }
+        let limits = pick(&self.cpu_limit, &self.memory_limit);
+        if !limits.is_empty() {
+            resources.insert("limits".into(), limits.into());
+        }
+        resources.into()
+    }
+}
+
+/// Runs jobs as Pods.
+pub struct KubernetesExecutor {
+    state: Arc<SharedState>,
+}
+
+/// What every job of the executor shares.
+struct SharedState {
+    client: kube::Client,
+    config: KubernetesConfig,
+    /// Events with jobs, by id: their namespace, owner and workspace.
+    events: Mutex<HashMap<String, Arc<EventObjects>>>,
+}
+
+/// The objects an event has in the cluster, made on its first job.
+struct EventObjects {
+    namespace: String,
+    owner: OnceCell<Owner>,
+    workspace: OnceCell<()>,
+}
+
+impl KubernetesExecutor {
+    /// An executor on `client`.
+    pub fn new(client: kube::Client, config: KubernetesConfig) -> Self {
+        Self {
+            state: Arc::new(SharedState {
+                client,
+                config,
+                events: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A client from `$KUBECONFIG` or `~/.kube/config`, else the in-cluster
+    /// service account; and the namespace it defaults to.
+    pub async fn client_from_environment() -> Result<kube::Client, ClusterNotFound> {
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| ClusterNotFound(e.to_string()))?;
+        kube::Client::try_from(config).map_err(|e| ClusterNotFound(e.to_string()))
+    }
+
+    fn event_objects(&self, event: &EventContext) -> Arc<EventObjects> {
+        let mut events = self.state.events.lock().expect("events lock");
+        events
+            .entry(event.event_id.clone())
+            .or_insert_with(|| {
+                Arc::new(EventObjects {
+                    namespace: self.state.config.namespace_of(&event.project_id),
+                    owner: OnceCell::new(),
+                    workspace: OnceCell::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// The event's owner Secret, created on first use or adopted when an
+    /// earlier process created it.
+    async fn owner(
+        &self,
+        objects: &EventObjects,
+        event: &EventContext,
+    ) -> Result<Owner, ExecutorError> {
+        let owner = objects
+            .owner
+            .get_or_try_init(|| async {
+                let api: Api<Secret> =
+                    Api::namespaced(self.state.client.clone(), &objects.namespace);
+                let secret = manifest::event_owner(&objects.namespace, event);
+                let name = manifest::event_owner_name(&event.event_id);
+                let created = match api.create(&PostParams::default(), &secret).await {
+                    Ok(created) => created,
+                    Err(e) if is_conflict(&e) => api
+                        .get(&name)
+                        .await
+                        .map_err(|e| refused("get", "secrets", &objects.namespace, e))?,
+                    Err(e) => return Err(refused("create", "secrets", &objects.namespace, e)),
+                };
+                let uid = created.metadata.uid.ok_or_else(|| {
+                    ExecutorError::Unavailable(format!(
+                        "the cluster gave the Secret {name} in namespace \"{}\" no uid",
+                        objects.namespace
+                    ))
+                })?;
+                Ok(Owner { name, uid })
+            })
+            .await?;
+        Ok(owner.clone())
+    }
+
+    /// The event's workspace claim, created on the first job that mounts it.
+    async fn workspace(
+        &self,
+        objects: &EventObjects,
+        event: &EventContext,
+        owner: &Owner,
+    ) -> Result<(), ExecutorError> {
+        objects
+            .workspace
+            .get_or_try_init(|| async {
+                let api: Api<PersistentVolumeClaim> =
+                    Api::namespaced(self.state.client.clone(), &objects.namespace);
+                let claim =
+                    manifest::workspace_claim(&self.state.config, &objects.namespace, event, owner);
+                match api.create(&PostParams::default(), &claim).await {
+                    Ok(_) => Ok(()),
+                    // Made by an earlier process for this same event.
+                    Err(e) if is_conflict(&e) => Ok(()),
+                    Err(e) => Err(refused(
+                        "create",
+                        "persistentvolumeclaims",
+                        &objects.namespace,
+                        e,
+                    )),
+                }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobExecutor for KubernetesExecutor {
+    async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+        let objects = self.event_objects(&job.event);
+        let owner = self.owner(&objects, &job.event).await?;
+        let built = manifest::job_objects(
+            &self.state.config,
+            &objects.namespace,
+            &job.event,
+            &owner,
+            &job.name,
+            &job.spec,
+        )
+        .map_err(|e| ExecutorError::Unsupported(e.to_string()))?;
+        let mounts_workspace = std::iter::once(&job.spec.primary_container)
+            .chain(job.spec.sidecar_containers.values())
+            .any(|c| !c.workspace_mount_path.is_empty());
+        if mounts_workspace {
+            self.workspace(&objects, &job.event, &owner).await?;
+        }
+        job::start(
+            self.state.client.clone(),
+            &self.state.config,
+            &objects.namespace,
+            job,
+            built,
+        )
+        .await
+    }
+
+    async fn finish_event(&self, event: &EventContext) {
+        let objects = self
+            .state
+            .events
+            .lock()
+            .expect("events lock")
+            .remove(&event.event_id);
+        let Some(objects) = objects else {
+            return;
+        };
+        let Some(owner) = objects.owner.get() else {
+            return;
+        };
+        let api: Api<Secret> = Api::namespaced(self.state.client.clone(), &objects.namespace);
+        // The garbage collector removes the Pods, Secrets and claim that
+        // name the owner; in the background, so the event ends now.
+        match api.delete(&owner.name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => tracing::warn!(
+                event = %event.event_id,
+                namespace = %objects.namespace,
+                error = %refused("delete", "secrets", &objects.namespace, e),
+                "could not delete an event's objects"
+            ),
+        }
+    }
+}
+
+/// No cluster configuration was found.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "no Kubernetes cluster is configured (set KUBECONFIG, write ~/.kube/config, or run in a cluster): {0}"
+)]
+pub struct ClusterNotFound(pub String);
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status.code == 404)
+}
+
+/// The cluster's refusal of `verb` on `resource`, saying what permission
+/// is missing when that is why.
+fn refused(verb: &str, resource: &str, namespace: &str, e: kube::Error) -> ExecutorError {
+    ExecutorError::Unavailable(describe(verb, resource, namespace, &e))
+}
+
+fn describe(verb: &str, resource: &str, namespace: &str, e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "Kubernetes refused to {verb} {resource} in namespace \"{namespace}\" (403 Forbidden: {}); \
+             Mizzen's service account needs the \"{verb}\" verb on \"{resource}\" in \"{namespace}\" \
+             (deploy/base/role.yaml grants what the executor needs)",
+            status.message
+        ),
+        kube::Error::Api(status) if status.code == 404 && verb == "create" => format!(
+            "cannot {verb} {resource} in namespace \"{namespace}\": {} (does the namespace exist?)",
+            status.message
+        ),
+        e => format!("cannot {verb} {resource} in namespace \"{namespace}\": {e}"),
+    }
+}

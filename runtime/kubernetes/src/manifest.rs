@@ -1,0 +1,548 @@
+//! The Kubernetes objects an event's jobs become, built without touching a
+//! cluster (so that golden tests can pin them down).
+//!
+//! Per event: an owner Secret (no data) that every other object of the event
+//! names in its `ownerReferences`, so that deleting it lets the cluster's
+//! garbage collector remove the rest even when Mizzen is gone; a workspace
+//! PersistentVolumeClaim when a job mounts the workspace. Per job: one Pod
+//! (the primary container, sidecars as native sidecars, the source checkout
+//! as an init container) and a Secret holding the containers' environment,
+//! which the Pod spec only references.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use mizzen_host_api::types::{ContainerSpec, ImagePullPolicy, JobSpec};
+use mizzen_runtime::executor::{EventContext, Source};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::KubernetesConfig;
+
+/// Label naming who manages an object (the recommended Kubernetes label).
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label naming the project an object belongs to.
+pub const LABEL_PROJECT: &str = "mizzen.sh/project";
+/// Label naming the event an object belongs to.
+pub const LABEL_EVENT: &str = "mizzen.sh/event";
+/// Label naming the job a Pod or Secret belongs to.
+pub const LABEL_JOB: &str = "mizzen.sh/job";
+
+/// The init container that checks the project's source out.
+pub const SOURCE_CONTAINER: &str = "mizzen-source";
+
+/// Where the checkout init container writes; jobs mount the same volume
+/// where they ask.
+const SOURCE_CHECKOUT_PATH: &str = "/src";
+
+/// Kubernetes names that become host names or label values (Pods, their
+/// containers) may have at most 63 characters (RFC 1123 labels).
+const MAX_NAME_LEN: usize = 63;
+
+/// Hex digits of the hash that replaces the end of a name too long or
+/// changed by cleaning: 8 (32 bits) keep collisions among one namespace's
+/// names negligible while leaving most of the readable name.
+const NAME_HASH_LEN: usize = 8;
+
+/// Checks out `$MIZZEN_GIT_COMMIT`, else `$MIZZEN_GIT_REF`, else the default
+/// branch, shallowly. The values come in through the environment, never
+/// through the script's text, so a URL or ref cannot inject shell syntax.
+const CHECKOUT_SCRIPT: &str = r#"set -eu
+cd /src
+git init -q .
+git remote add origin "$MIZZEN_GIT_URL"
+target="${MIZZEN_GIT_COMMIT:-${MIZZEN_GIT_REF:-HEAD}}"
+git fetch -q --depth 1 origin "$target"
+git checkout -q FETCH_HEAD
+if [ "$MIZZEN_GIT_SUBMODULES" = true ]; then git submodule update -q --init --recursive --depth 1; fi
+"#;
+
+/// Why a job cannot become a Pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job \"{job}\": {reason}")]
+pub struct ManifestError {
+    /// The job.
+    pub job: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The per-event owner object.
+pub fn event_owner(namespace: &str, event: &EventContext) -> Secret {
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": event_owner_name(&event.event_id),
+            "namespace": namespace,
+            "labels": event_labels(event),
+        },
+        "type": "Opaque",
+    }))
+}
+
+/// The name of an event's owner Secret.
+pub fn event_owner_name(event_id: &str) -> String {
+    dns_label(&format!("mizzen-event-{event_id}"))
+}
+
+/// The name of an event's workspace claim.
+pub fn workspace_name(event_id: &str) -> String {
+    dns_label(&format!("mizzen-workspace-{event_id}"))
+}
+
+/// The name of a job's Pod (and of its environment Secret):
+/// `<event>-<job>`, shortened with a hash when too long.
+pub fn pod_name(event_id: &str, job: &str) -> String {
+    dns_label(&format!("{event_id}-{job}"))
+}
+
+/// What the objects of an event point at to be collected with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The owner Secret's name.
+    pub name: String,
+    /// Its uid, as the cluster assigned it.
+    pub uid: String,
+}
+
+impl Owner {
+    fn reference(&self) -> Value {
+        json!([{ "apiVersion": "v1", "kind": "Secret", "name": self.name, "uid": self.uid }])
+    }
+}
+
+/// The event's workspace: a ReadWriteMany claim so that jobs on any node
+/// share it.
+pub fn workspace_claim(
+    config: &KubernetesConfig,
+    namespace: &str,
+    event: &EventContext,
+    owner: &Owner,
+) -> PersistentVolumeClaim {
+    let size = event
+        .workspace_size
+        .as_deref()
+        .unwrap_or(&config.workspace_size);
+    let mut claim = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": workspace_name(&event.event_id),
+            "namespace": namespace,
+            "labels": event_labels(event),
+            "ownerReferences": owner.reference(),
+        },
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "resources": { "requests": { "storage": size } },
+        },
+    });
+    if let Some(class) = &config.workspace_storage_class {
+        claim["spec"]["storageClassName"] = json!(class);
+    }
+    from_json(claim)
+}
+
+/// A job's Pod and the Secret with its containers' environment (none when
+/// no container has one).
+#[derive(Debug, Clone)]
+pub struct JobObjects {
+    /// The Pod.
+    pub pod: Pod,
+    /// The environment Secret.
+    pub environment: Option<Secret>,
+}
+
+/// Builds a job's objects. The job has passed the host's checks (names,
+/// policies); what remains are limits of Kubernetes itself.
+pub fn job_objects(
+    config: &KubernetesConfig,
+    namespace: &str,
+    event: &EventContext,
+    owner: &Owner,
+    job: &str,
+    spec: &JobSpec,
+) -> Result<JobObjects, ManifestError> {
+    let error = |reason: String| ManifestError {
+        job: job.to_string(),
+        reason,
+    };
+    let name = pod_name(&event.event_id, job);
+    let windows = spec.host.os.as_deref() == Some("windows");
+    if spec.sidecar_containers.contains_key(SOURCE_CONTAINER) {
+        return Err(error(format!(
+            "the sidecar name \"{SOURCE_CONTAINER}\" is reserved for the source checkout on Kubernetes"
+        )));
+    }
+    let containers: Vec<(&str, &ContainerSpec)> = std::iter::once((job, &spec.primary_container))
+        .chain(spec.sidecar_containers.iter().map(|(n, c)| (n.as_str(), c)))
+        .collect();
+
+    // The environment goes into the Secret, keyed `<container>.<variable>`.
+    let mut environment = BTreeMap::new();
+    for (container, c) in &containers {
+        for (key, value) in &c.environment {
+            if !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            {
+                return Err(error(format!(
+                    "container \"{container}\": environment variable {key:?} cannot be a key of a Kubernetes Secret (letters, digits, '-', '_' and '.' only)"
+                )));
+            }
+            environment.insert(format!("{container}.{key}"), value.clone());
+        }
+    }
+
+    let wants_source = containers
+        .iter()
+        .any(|(_, c)| !c.source_mount_path.is_empty());
+    let git = match (&event.source, wants_source) {
+        (_, false) => None,
+        (Some(Source::Git(git)), true) => Some(git),
+        (Some(Source::Directory(dir)), true) => {
+            return Err(error(format!(
+                "sourceMountPath needs the project's source in a git repository: a local directory ({}) cannot be mounted into a cluster's Pods",
+                dir.display()
+            )));
+        }
+        (None, true) => {
+            return Err(error(
+                "sourceMountPath is set but the project has no git source".into(),
+            ));
+        }
+    };
+    let wants_workspace = containers
+        .iter()
+        .any(|(_, c)| !c.workspace_mount_path.is_empty());
+    let wants_docker = containers.iter().any(|(_, c)| c.use_host_docker_socket);
+
+    let build = ContainerBuilder {
+        config,
+        secret: &name,
+        windows,
+    };
+    let primary = build.container(job, &spec.primary_container);
+    // Service sidecars (no readiness, or a TCP port) start first as native
+    // sidecars; one-shot sidecars (`exited`) then run to completion in order,
+    // with the services already up; the primary starts after all of them.
+    let mut init_containers = Vec::new();
+    if let Some(git) = git {
+        init_containers.push(build.checkout(git));
+    }
+    for (sidecar, c) in &spec.sidecar_containers {
+        if !c.readiness.is_some_and(|r| r.exited) {
+            let mut container = build.container(sidecar, c);
+            container["restartPolicy"] = json!("Always");
+            if let Some(port) = c.readiness.and_then(|r| r.tcp_port) {
+                let timeout = c
+                    .readiness
+                    .and_then(|r| r.timeout_seconds)
+                    .unwrap_or(mizzen_host_api::types::DEFAULT_READINESS_TIMEOUT_SECONDS);
+                let probe = json!({
+                    "tcpSocket": { "port": port },
+                    "periodSeconds": 1,
+                    "failureThreshold": whole_seconds(timeout),
+                });
+                container["startupProbe"] = probe.clone();
+                container["readinessProbe"] = probe;
+            }
+            init_containers.push(container);
+        }
+    }
+    for (sidecar, c) in &spec.sidecar_containers {
+        if c.readiness.is_some_and(|r| r.exited) {
+            init_containers.push(build.container(sidecar, c));
+        }
+    }
+
+    let mut volumes = Vec::new();
+    if git.is_some() {
+        volumes.push(json!({ "name": "source", "emptyDir": {} }));
+    }
+    if wants_workspace {
+        volumes.push(json!({
+            "name": "workspace",
+            "persistentVolumeClaim": { "claimName": workspace_name(&event.event_id) },
+        }));
+    }
+    if wants_docker {
+        volumes.push(json!({
+            "name": "docker-socket",
+            "hostPath": { "path": "/var/run/docker.sock", "type": "Socket" },
+        }));
+    }
+
+    let mut node_selector = BTreeMap::from([(
+        "kubernetes.io/os".to_string(),
+        if windows { "windows" } else { "linux" }.to_string(),
+    )]);
+    node_selector.extend(spec.host.node_selector.clone());
+    // As on a local engine, the job's and sidecars' names reach the pod's
+    // own localhost.
+    let host_names: Vec<&str> = std::iter::once(job)
+        .chain(spec.sidecar_containers.keys().map(String::as_str))
+        .collect();
+
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        // Other services' addresses in every container's environment are
+        // noise at best and a map of the namespace at worst.
+        "enableServiceLinks": false,
+        "activeDeadlineSeconds": whole_seconds(spec.timeout_seconds),
+        "nodeSelector": node_selector,
+        "hostAliases": [{ "ip": "127.0.0.1", "hostnames": host_names }],
+        "containers": [primary],
+    });
+    if !init_containers.is_empty() {
+        pod_spec["initContainers"] = json!(init_containers);
+    }
+    if !volumes.is_empty() {
+        pod_spec["volumes"] = json!(volumes);
+    }
+    if !event.image_pull_secrets.is_empty() {
+        pod_spec["imagePullSecrets"] = json!(
+            event
+                .image_pull_secrets
+                .iter()
+                .map(|name| json!({ "name": name }))
+                .collect::<Vec<_>>()
+        );
+    }
+    if windows {
+        pod_spec["os"] = json!({ "name": "windows" });
+    } else {
+        let user = config.run_as_user;
+        pod_spec["securityContext"] = json!({
+            "runAsNonRoot": true,
+            "runAsUser": user,
+            "runAsGroup": user,
+            // Volumes (workspace, checkout) writable by that user.
+            "fsGroup": user,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        });
+    }
+
+    let labels = job_labels(event, job);
+    let pod = from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": owner.reference(),
+        },
+        "spec": pod_spec,
+    }));
+    let environment = (!environment.is_empty()).then(|| {
+        from_json(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": labels,
+                "ownerReferences": owner.reference(),
+            },
+            "type": "Opaque",
+            "stringData": environment,
+        }))
+    });
+    Ok(JobObjects { pod, environment })
+}
+
+/// Builds the containers of one Pod.
+struct ContainerBuilder<'a> {
+    config: &'a KubernetesConfig,
+    /// The job's environment Secret.
+    secret: &'a str,
+    windows: bool,
+}
+
+impl ContainerBuilder<'_> {
+    fn container(&self, name: &str, c: &ContainerSpec) -> Value {
+        let mut container = json!({
+            "name": name,
+            "image": c.image,
+            "imagePullPolicy": match c.image_pull_policy {
+                ImagePullPolicy::IfNotPresent => "IfNotPresent",
+                ImagePullPolicy::Always => "Always",
+            },
+            "resources": self.config.resources.to_json(),
+        });
+        if !c.command.is_empty() {
+            container["command"] = json!(c.command);
+        }
+        if !c.arguments.is_empty() {
+            container["args"] = json!(c.arguments);
+        }
+        if !c.working_directory.is_empty() {
+            container["workingDir"] = json!(c.working_directory);
+        }
+        if !c.environment.is_empty() {
+            container["env"] = json!(
+                c.environment
+                    .keys()
+                    .map(|key| json!({
+                        "name": key,
+                        "valueFrom": { "secretKeyRef": { "name": self.secret, "key": format!("{name}.{key}") } },
+                    }))
+                    .collect::<Vec<_>>()
+            );
+        }
+        let mut mounts = Vec::new();
+        if !c.workspace_mount_path.is_empty() {
+            mounts.push(json!({ "name": "workspace", "mountPath": c.workspace_mount_path }));
+        }
+        if !c.source_mount_path.is_empty() {
+            mounts.push(json!({ "name": "source", "mountPath": c.source_mount_path }));
+        }
+        if c.use_host_docker_socket {
+            mounts.push(json!({ "name": "docker-socket", "mountPath": "/var/run/docker.sock" }));
+        }
+        if !mounts.is_empty() {
+            container["volumeMounts"] = json!(mounts);
+        }
+        if !self.windows {
+            container["securityContext"] = if c.privileged || c.use_host_docker_socket {
+                // Only reached under the project's policy: a privileged
+                // container (Docker in Docker) or one talking to the node's
+                // Docker needs root.
+                json!({
+                    "privileged": c.privileged,
+                    "allowPrivilegeEscalation": true,
+                    "runAsNonRoot": false,
+                    "runAsUser": 0,
+                })
+            } else {
+                restricted_container_security()
+            };
+        }
+        container
+    }
+
+    fn checkout(&self, git: &mizzen_host_api::types::GitConfig) -> Value {
+        json!({
+            "name": SOURCE_CONTAINER,
+            "image": self.config.git_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", CHECKOUT_SCRIPT],
+            "env": [
+                { "name": "MIZZEN_GIT_URL", "value": git.clone_url },
+                { "name": "MIZZEN_GIT_COMMIT", "value": git.commit },
+                { "name": "MIZZEN_GIT_REF", "value": git.git_ref },
+                { "name": "MIZZEN_GIT_SUBMODULES", "value": git.init_submodules.to_string() },
+                // git wants a home; the image's user may have none.
+                { "name": "HOME", "value": "/tmp" },
+            ],
+            "volumeMounts": [{ "name": "source", "mountPath": SOURCE_CHECKOUT_PATH }],
+            "resources": self.config.resources.to_json(),
+            "securityContext": restricted_container_security(),
+        })
+    }
+}
+
+/// What Pod Security's "restricted" profile asks of every container.
+fn restricted_container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": { "drop": ["ALL"] },
+    })
+}
+
+fn event_labels(event: &EventContext) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY, "mizzen".to_string()),
+        (LABEL_PROJECT, label_value(&event.project_id)),
+        (LABEL_EVENT, label_value(&event.event_id)),
+    ])
+}
+
+fn job_labels(event: &EventContext, job: &str) -> BTreeMap<&'static str, String> {
+    let mut labels = event_labels(event);
+    labels.insert(LABEL_JOB, label_value(job));
+    labels
+}
+
+/// Seconds rounded up, at least 1 (Kubernetes counts whole seconds).
+fn whole_seconds(seconds: f64) -> i64 {
+    (seconds.ceil() as i64).max(1)
+}
+
+/// `raw` as an RFC 1123 label: lower case, letters, digits and '-', at
+/// most 63 characters, starting and ending with a letter or digit. A name
+/// that had to change ends with a hash of the original, so that two names
+/// that clean to the same text stay apart.
+pub fn dns_label(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches('-');
+    if cleaned == raw && !cleaned.is_empty() && cleaned.len() <= MAX_NAME_LEN {
+        return cleaned.to_string();
+    }
+    let hash = hex::encode(Sha256::digest(raw.as_bytes()));
+    let keep = MAX_NAME_LEN - NAME_HASH_LEN - 1;
+    let prefix = cleaned[..cleaned.len().min(keep)].trim_end_matches('-');
+    if prefix.is_empty() {
+        format!("x-{}", &hash[..NAME_HASH_LEN])
+    } else {
+        format!("{prefix}-{}", &hash[..NAME_HASH_LEN])
+    }
+}
+
+/// `raw` as a label value (letters, digits, '-', '_', '.'; at most 63).
+fn label_value(raw: &str) -> String {
+    let valid = raw.len() <= MAX_NAME_LEN
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && raw.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && raw.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric());
+    if valid {
+        raw.to_string()
+    } else {
+        dns_label(raw)
+    }
+}
+
+/// Typed objects from the JSON above. The JSON is this module's own and
+/// matches the types, so a failure is a bug here, not bad input.
+fn from_json<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    match serde_json::from_value(value) {
+        Ok(object) => object,
+        Err(e) => panic!("a manifest built by Mizzen does not match its Kubernetes type: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_kept_when_valid_and_hashed_when_not() {
+        assert_eq!(dns_label("abc-1"), "abc-1");
+        let long = format!("{}-build", "e".repeat(70));
+        let short = dns_label(&long);
+        assert_eq!(short.len(), MAX_NAME_LEN);
+        assert!(short.starts_with("eeee"));
+        assert_ne!(dns_label(&format!("{long}2")), short);
+        assert_eq!(dns_label("Ab_c").len(), "ab-c".len() + 1 + NAME_HASH_LEN);
+        assert_ne!(dns_label("a_b"), dns_label("a.b"));
+        assert!(dns_label("___").starts_with("x-"));
+    }
+
+    #[test]
+    fn label_values_keep_what_kubernetes_allows() {
+        assert_eq!(label_value("my_project.v1"), "my_project.v1");
+        assert_ne!(label_value("-x"), "-x");
+        assert_eq!(label_value(&"p".repeat(64)).len(), MAX_NAME_LEN);
+    }
+}

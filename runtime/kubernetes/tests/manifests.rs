@@ -1,0 +1,340 @@
+//! Golden tests of the objects jobs become, and a check that they satisfy
+//! Pod Security's "restricted" profile unless a project's policy widens it.
+//!
+//! `MIZZEN_UPDATE_GOLDEN=1 cargo test -p mizzen-kubernetes --test manifests`
+//! rewrites the golden files after a deliberate change; review their diff.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use mizzen_host_api::types::{ContainerSpec, GitConfig, JobHost, JobSpec, Readiness};
+use mizzen_kubernetes::KubernetesConfig;
+use mizzen_kubernetes::manifest::{self, Owner};
+use mizzen_runtime::executor::{EventContext, Source};
+use mizzen_runtime::project::JobPolicies;
+use serde_json::Value;
+
+const EVENT: &str = "5f0c3c4e-8a53-4d8e-9a57-2a3b1f5f9e10";
+
+fn event(policies: JobPolicies) -> EventContext {
+    EventContext {
+        event_id: EVENT.into(),
+        project_id: "hello-world".into(),
+        use_workspace: true,
+        source: Some(Source::Git(GitConfig {
+            clone_url: "https://github.com/brigadecore/empty-testbed.git".into(),
+            commit: String::new(),
+            git_ref: "refs/heads/main".into(),
+            init_submodules: false,
+        })),
+        policies,
+        image_pull_secrets: vec!["registry-credentials".into()],
+        workspace_size: Some("2Gi".into()),
+    }
+}
+
+fn owner() -> Owner {
+    Owner {
+        name: manifest::event_owner_name(EVENT),
+        uid: "0b7e5f7e-0000-4000-8000-000000000001".into(),
+    }
+}
+
+fn container(image: &str, command: &[&str]) -> ContainerSpec {
+    ContainerSpec {
+        image: image.into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..ContainerSpec::default()
+    }
+}
+
+fn job(primary: ContainerSpec) -> JobSpec {
+    JobSpec {
+        primary_container: primary,
+        sidecar_containers: BTreeMap::new(),
+        timeout_seconds: 900.0,
+        host: JobHost::default(),
+        fallible: false,
+    }
+}
+
+/// The objects as YAML documents: Pod, environment Secret, workspace claim
+/// and the event's owner, in that order.
+fn render(event: &EventContext, name: &str, spec: &JobSpec) -> (Value, String) {
+    let config = KubernetesConfig::new("mizzen-jobs");
+    let objects = manifest::job_objects(&config, "mizzen-jobs", event, &owner(), name, spec)
+        .expect("the job becomes a Pod");
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    let mut documents = vec![serde_norway::to_string(&objects.pod).unwrap()];
+    if let Some(secret) = &objects.environment {
+        documents.push(serde_norway::to_string(secret).unwrap());
+    }
+    documents.push(
+        serde_norway::to_string(&manifest::workspace_claim(
+            &config,
+            "mizzen-jobs",
+            event,
+            &owner(),
+        ))
+        .unwrap(),
+    );
+    documents.push(serde_norway::to_string(&manifest::event_owner("mizzen-jobs", event)).unwrap());
+    (pod, documents.join("---\n"))
+}
+
+#[track_caller]
+fn assert_golden(file: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(file);
+    if std::env::var_os("MIZZEN_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (MIZZEN_UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs from what the executor generates (MIZZEN_UPDATE_GOLDEN=1 rewrites it):\n{actual}",
+        path.display()
+    );
+}
+
+/// What Pod Security's "restricted" profile (Kubernetes 1.33) forbids in
+/// `pod`, one line per violation.
+fn restricted_violations(pod: &Value) -> Vec<String> {
+    let mut violations = Vec::new();
+    let spec = &pod["spec"];
+    for field in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[field] == Value::Bool(true) {
+            violations.push(format!("spec.{field} is true"));
+        }
+    }
+    let allowed_volumes = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        for key in volume.as_object().unwrap().keys() {
+            if key != "name" && !allowed_volumes.contains(&key.as_str()) {
+                violations.push(format!("volume {} is of type {key}", volume["name"]));
+            }
+        }
+    }
+    let pod_security = &spec["securityContext"];
+    let pod_seccomp = pod_security["seccompProfile"]["type"].as_str();
+    let pod_non_root = pod_security["runAsNonRoot"] == Value::Bool(true);
+    if pod_security["runAsUser"] == 0 {
+        violations.push("spec.securityContext.runAsUser is 0".into());
+    }
+    if pod_security["sysctls"].is_array() {
+        violations.push("spec.securityContext.sysctls is set".into());
+    }
+    let containers = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|kind| spec[*kind].as_array().cloned().unwrap_or_default());
+    for container in containers {
+        let name = container["name"].as_str().unwrap_or_default().to_string();
+        let security = &container["securityContext"];
+        if security["privileged"] == Value::Bool(true) {
+            violations.push(format!("{name}: privileged"));
+        }
+        if security["allowPrivilegeEscalation"] != Value::Bool(false) {
+            violations.push(format!("{name}: allowPrivilegeEscalation is not false"));
+        }
+        let drops_all = security["capabilities"]["drop"]
+            .as_array()
+            .is_some_and(|d| d.contains(&Value::from("ALL")));
+        if !drops_all {
+            violations.push(format!("{name}: capabilities do not drop ALL"));
+        }
+        for added in security["capabilities"]["add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if added != "NET_BIND_SERVICE" {
+                violations.push(format!("{name}: adds capability {added}"));
+            }
+        }
+        let non_root = match &security["runAsNonRoot"] {
+            Value::Bool(b) => *b,
+            _ => pod_non_root,
+        };
+        if !non_root {
+            violations.push(format!("{name}: runAsNonRoot is not true"));
+        }
+        if security["runAsUser"] == 0 {
+            violations.push(format!("{name}: runAsUser is 0"));
+        }
+        let seccomp = security["seccompProfile"]["type"].as_str().or(pod_seccomp);
+        if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+            violations.push(format!("{name}: seccomp profile is {seccomp:?}"));
+        }
+        if security["procMount"]
+            .as_str()
+            .is_some_and(|m| m != "Default")
+        {
+            violations.push(format!("{name}: procMount is not Default"));
+        }
+        if container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["hostPort"].is_number())
+        {
+            violations.push(format!("{name}: uses a host port"));
+        }
+    }
+    violations
+}
+
+#[test]
+fn a_plain_job_is_one_restricted_pod() {
+    let mut event = event(JobPolicies::default());
+    event.use_workspace = false;
+    event.source = None;
+    event.image_pull_secrets.clear();
+    let spec = job(container("debian:latest", &["echo", "Hello, World!"]));
+    let (pod, yaml) = render(&event, "my-first-job", &spec);
+    assert_golden("plain.yaml", &yaml);
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    assert_eq!(pod["metadata"]["name"], format!("{EVENT}-my-first-job"));
+    assert_eq!(pod["spec"]["activeDeadlineSeconds"], 900);
+}
+
+#[test]
+fn environment_sidecars_source_and_workspace_stay_restricted() {
+    let mut primary = container("golang:1.22", &["go", "test", "./..."]);
+    primary.environment = BTreeMap::from([
+        ("GOFLAGS".to_string(), "-mod=vendor".to_string()),
+        ("API_TOKEN".to_string(), "s3cr3t-value".to_string()),
+    ]);
+    primary.workspace_mount_path = "/workspace".into();
+    primary.source_mount_path = "/src".into();
+    primary.working_directory = "/src".into();
+    let mut database = container("postgres:16", &[]);
+    database.environment = BTreeMap::from([("POSTGRES_PASSWORD".into(), "pw".into())]);
+    database.readiness = Some(Readiness {
+        tcp_port: Some(5432),
+        exited: false,
+        timeout_seconds: Some(30.0),
+    });
+    let mut migrate = container("migrate/migrate:v4", &["migrate", "up"]);
+    migrate.readiness = Some(Readiness {
+        tcp_port: None,
+        exited: true,
+        timeout_seconds: None,
+    });
+    let cache = container("redis:7", &[]);
+    let mut spec = job(primary);
+    spec.sidecar_containers = BTreeMap::from([
+        ("database".to_string(), database),
+        ("migrate".to_string(), migrate),
+        ("cache".to_string(), cache),
+    ]);
+    spec.timeout_seconds = 90.5;
+    spec.host.node_selector = BTreeMap::from([("pool".into(), "builders".into())]);
+    let (pod, yaml) = render(&event(JobPolicies::default()), "test", &spec);
+    assert_golden("full.yaml", &yaml);
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    assert!(
+        !yaml.split("---").next().unwrap().contains("s3cr3t-value"),
+        "an environment value is in the Pod spec"
+    );
+    let init: Vec<&str> = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["mizzen-source", "cache", "database", "migrate"]);
+}
+
+#[test]
+fn only_a_policy_lets_a_job_out_of_the_restricted_profile() {
+    let mut primary = container("docker:dind", &[]);
+    primary.privileged = true;
+    let mut client = container("docker:cli", &["docker", "info"]);
+    client.use_host_docker_socket = true;
+    let mut spec = job(primary);
+    spec.sidecar_containers = BTreeMap::from([("client".to_string(), client)]);
+    let policies = JobPolicies {
+        allow_privileged: true,
+        allow_docker_socket_mount: true,
+    };
+    let (pod, yaml) = render(&event(policies), "docker-in-docker", &spec);
+    assert_golden("privileged.yaml", &yaml);
+    let violations = restricted_violations(&pod);
+    for expected in [
+        "docker-in-docker: privileged",
+        "docker-in-docker: runAsNonRoot is not true",
+        "client: allowPrivilegeEscalation is not false",
+        "volume \"docker-socket\" is of type hostPath",
+    ] {
+        assert!(
+            violations.iter().any(|v| v == expected),
+            "{expected:?} not in {violations:?}"
+        );
+    }
+}
+
+#[test]
+fn long_names_are_shortened_with_a_hash_and_bad_environment_names_refused() {
+    let long_job = format!("j{}", "o".repeat(61));
+    let spec = job(container("alpine", &["true"]));
+    let (pod, _) = render(&event(JobPolicies::default()), &long_job, &spec);
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    assert!(name.len() <= 63 && name.starts_with(EVENT), "{name}");
+    assert_eq!(
+        pod["metadata"]["labels"]["mizzen.sh/job"],
+        long_job.as_str()
+    );
+
+    let mut primary = container("alpine", &["true"]);
+    primary.environment = BTreeMap::from([("HAS SPACE".to_string(), "x".to_string())]);
+    let error = manifest::job_objects(
+        &KubernetesConfig::new("ns"),
+        "ns",
+        &event(JobPolicies::default()),
+        &owner(),
+        "build",
+        &job(primary),
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("\"HAS SPACE\"") && error.to_string().contains("job \"build\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_local_source_directory_cannot_be_mounted_in_a_cluster() {
+    let mut event = event(JobPolicies::default());
+    event.source = Some(Source::Directory("/home/me/project".into()));
+    let mut primary = container("alpine", &["ls"]);
+    primary.source_mount_path = "/src".into();
+    let error = manifest::job_objects(
+        &KubernetesConfig::new("ns"),
+        "ns",
+        &event,
+        &owner(),
+        "list",
+        &job(primary),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("/home/me/project"), "{error}");
+}
+
+#[test]
+fn a_namespace_per_project() {
+    let config = KubernetesConfig::new("mizzen-{project}");
+    assert_eq!(config.namespace_of("Hello-World"), "mizzen-hello-world");
+    assert_eq!(KubernetesConfig::new("jobs").namespace_of("x"), "jobs");
+}
