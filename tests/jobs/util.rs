@@ -9,12 +9,11 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use mizzen_docker::{DockerConfig, DockerExecutor};
 use mizzen_host_api::types::Event;
 use mizzen_runtime::executor::{EventContext, Source};
-use mizzen_runtime::log::{LogSource, MemoryLog};
+use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
-use mizzen_runtime::{
-    JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerOutcome, WorkerRequest,
-};
+use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest};
+pub use mizzen_tests::worker::Run;
 use tokio::sync::OnceCell;
 
 /// The data directory of this test binary's executor.
@@ -23,18 +22,7 @@ pub fn data_dir() -> PathBuf {
 }
 
 pub async fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceCell<Sandbox> = OnceCell::const_new();
-    SANDBOX
-        .get_or_init(|| async {
-            let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache");
-            Sandbox::new(SandboxConfig {
-                cache_dir: Some(cache),
-                ..SandboxConfig::default()
-            })
-            .await
-            .expect("the sandbox starts")
-        })
-        .await
+    mizzen_tests::worker::sandbox(Path::new(env!("CARGO_TARGET_TMPDIR"))).await
 }
 
 pub async fn executor() -> Arc<DockerExecutor> {
@@ -60,81 +48,6 @@ pub struct Project {
     pub use_workspace: bool,
     pub source: Option<Source>,
     pub policies: JobPolicies,
-}
-
-pub struct Run {
-    pub outcome: WorkerOutcome,
-    pub log: MemoryLog,
-    pub event_id: String,
-}
-
-impl Run {
-    /// Lines printed by the worker (console and logger), without the version line.
-    pub fn worker_lines(&self) -> Vec<String> {
-        self.log
-            .records()
-            .into_iter()
-            .filter(|r| !matches!(r.source, LogSource::Container(_)))
-            .map(|r| r.message)
-            .filter(|m| !m.starts_with("brigade-worker version:"))
-            .collect()
-    }
-
-    /// Lines printed by a job's containers, as `[job/container] line`
-    /// (`[job] line` for the primary).
-    pub fn job_lines(&self) -> Vec<String> {
-        self.log
-            .records()
-            .into_iter()
-            .filter_map(|r| match r.source {
-                LogSource::Container(sidecar) => {
-                    let job = r.job.unwrap_or_default();
-                    Some(match sidecar {
-                        Some(s) => format!("[{job}/{s}] {}", r.message),
-                        None => format!("[{job}] {}", r.message),
-                    })
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    pub fn failure(&self) -> String {
-        self.outcome
-            .failure
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    }
-
-    #[track_caller]
-    pub fn assert_succeeded(&self) {
-        assert!(
-            self.outcome.succeeded(),
-            "expected SUCCEEDED, got {:?}\nlog:\n{}",
-            self.outcome,
-            self.log.text()
-        );
-    }
-
-    #[track_caller]
-    pub fn assert_failed_with(&self, expected: &str) {
-        assert!(
-            !self.outcome.succeeded() && self.failure().contains(expected),
-            "expected a failure containing {expected:?}, got {:?}\nlog:\n{}",
-            self.outcome,
-            self.log.text()
-        );
-    }
-
-    #[track_caller]
-    pub fn assert_logged(&self, expected: &str) {
-        let text = self.log.text();
-        assert!(
-            text.contains(expected),
-            "expected {expected:?} in the log:\n{text}"
-        );
-    }
 }
 
 /// Runs a script for a fresh `brigade.sh/cli`/`exec` event of `project`,

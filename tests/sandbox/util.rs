@@ -1,31 +1,17 @@
 //! A shared sandbox and helpers to run a script for an event.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use mizzen_host_api::types::Event;
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::script::ScriptSource;
-use mizzen_runtime::{
-    JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerOutcome, WorkerRequest,
-};
-use tokio::sync::OnceCell;
+use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest};
+pub use mizzen_tests::worker::Run;
 
-/// One sandbox for the whole test binary, as a server would have; its
-/// compiled plugin is cached under the target directory.
+/// The test binary's sandbox.
 pub async fn sandbox() -> &'static Sandbox {
-    static SANDBOX: OnceCell<Sandbox> = OnceCell::const_new();
-    SANDBOX
-        .get_or_init(|| async {
-            let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache");
-            Sandbox::new(SandboxConfig {
-                cache_dir: Some(cache),
-                ..SandboxConfig::default()
-            })
-            .await
-            .expect("the sandbox starts")
-        })
-        .await
+    mizzen_tests::worker::sandbox(Path::new(env!("CARGO_TARGET_TMPDIR"))).await
 }
 
 /// An event of `brigade.sh/cli`/`exec` for project `test-project`.
@@ -36,54 +22,6 @@ pub fn event() -> Event {
         "brigade.sh/cli",
         "exec",
     )
-}
-
-/// What a run left behind.
-pub struct Run {
-    pub outcome: WorkerOutcome,
-    pub log: MemoryLog,
-}
-
-impl Run {
-    /// The messages logged, without the worker's version line.
-    pub fn messages(&self) -> Vec<String> {
-        self.log
-            .messages()
-            .into_iter()
-            .filter(|m| !m.starts_with("brigade-worker version:"))
-            .collect()
-    }
-
-    /// The failure's message, or "" when the worker succeeded.
-    pub fn failure(&self) -> String {
-        self.outcome
-            .failure
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default()
-    }
-
-    /// Asserts success, showing the log otherwise.
-    #[track_caller]
-    pub fn assert_succeeded(&self) {
-        assert!(
-            self.outcome.succeeded(),
-            "expected SUCCEEDED, got {:?}\nlog:\n{}",
-            self.outcome,
-            self.log.text()
-        );
-    }
-
-    /// Asserts failure with a message containing `expected`.
-    #[track_caller]
-    pub fn assert_failed_with(&self, expected: &str) {
-        assert!(
-            !self.outcome.succeeded() && self.failure().contains(expected),
-            "expected a failure containing {expected:?}, got {:?}\nlog:\n{}",
-            self.outcome,
-            self.log.text()
-        );
-    }
 }
 
 /// Runs `text` as `brigade.js` for [`event`].
@@ -98,6 +36,7 @@ pub async fn run_js(text: &str) -> Run {
 
 /// Runs a script for an event under limits.
 pub async fn run(script: ScriptSource, event: Event, limits: WorkerLimits) -> Run {
+    let event_id = event.id.clone();
     let log = MemoryLog::new();
     let outcome = sandbox()
         .await
@@ -111,5 +50,9 @@ pub async fn run(script: ScriptSource, event: Event, limits: WorkerLimits) -> Ru
             },
         )
         .await;
-    Run { outcome, log }
+    Run {
+        outcome,
+        log,
+        event_id,
+    }
 }

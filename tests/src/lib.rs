@@ -1,1 +1,6 @@
-//! End-to-end tests live in tests/; this library is empty.
+//! Test support shared by Mizzen's end-to-end tests (the tests themselves
+//! live in tests/): the sandbox and a worker run's results ([`worker`]), and
+//! a fake Kubernetes API server for the Kubernetes executor ([`fake_kube`]).
+
+pub mod fake_kube;
+pub mod worker;

@@ -196,6 +196,9 @@ impl WatchedJob {
         let mut seen = false;
         let mut listed = false;
         let mut failing_since: Option<Instant> = None;
+        // Whether the Pod itself says the job ended (its containers have
+        // stopped), rather than Mizzen stopping it.
+        let mut ended_in_pod = false;
 
         let result = loop {
             let pull_deadline = tracker.retry_deadline();
@@ -208,6 +211,7 @@ impl WatchedJob {
                         failing_since = None;
                         let now = Instant::now();
                         if let Some(result) = tracker.update(&pod, now) {
+                            ended_in_pod = true;
                             break result;
                         }
                         let _ = terminated.send(tracker.terminated.clone());
@@ -267,13 +271,21 @@ impl WatchedJob {
             }
         };
 
-        // Every container's log is read to its end (the API server serves a
-        // stopped container's log at once), then the Pod goes.
-        let everything: BTreeSet<String> = followers.keys().cloned().collect();
-        let _ = terminated.send(everything);
-        let drain = futures_util::future::join_all(followers.into_values());
-        if tokio::time::timeout(LOG_DRAIN_LIMIT, drain).await.is_err() {
-            tracing::warn!(pod = %self.name, "the job's logs did not end in time; the rest is dropped");
+        if ended_in_pod {
+            // Every container's log is read to its end (the API server
+            // serves a stopped container's log at once), then the Pod goes.
+            let everything: BTreeSet<String> = followers.keys().cloned().collect();
+            let _ = terminated.send(everything);
+            let drain = futures_util::future::join_all(followers.into_values());
+            if tokio::time::timeout(LOG_DRAIN_LIMIT, drain).await.is_err() {
+                tracing::warn!(pod = %self.name, "the job's logs did not end in time; the rest is dropped");
+            }
+        } else {
+            // Stopped by Mizzen while its containers run: what they print
+            // from now on belongs to no job.
+            for follower in followers.into_values() {
+                follower.abort();
+            }
         }
         self.remove().await;
         result

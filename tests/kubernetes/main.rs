@@ -1,0 +1,553 @@
+//! The Kubernetes executor through the real path — a script in the sandbox
+//! starting jobs — against a fake Kubernetes API server at the HTTP level
+//! (`mizzen_tests::fake_kube`), which authorises every request with the
+//! Role of `deploy/base/role.yaml` and plays back each Pod's life: success,
+//! failure by exit code, image pull failure, deadline, deletion from
+//! outside, a dropped watch, a Pod left by an earlier attempt, and a
+//! refused permission.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mizzen_host_api::types::Event;
+use mizzen_kubernetes::{KubernetesConfig, KubernetesExecutor};
+use mizzen_runtime::executor::EventContext;
+use mizzen_runtime::log::MemoryLog;
+use mizzen_runtime::project::JobPolicies;
+use mizzen_runtime::script::ScriptSource;
+use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest};
+use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript, RoleRule};
+use mizzen_tests::worker::{Run, sandbox};
+use serde_json::Value;
+
+const NAMESPACE: &str = "mizzen-jobs";
+
+/// A fake cluster with the deployment's Role, and an executor on it.
+struct Cluster {
+    fake: Arc<FakeKube>,
+    executor: Arc<KubernetesExecutor>,
+}
+
+async fn cluster() -> Cluster {
+    cluster_with(|_| {}).await
+}
+
+async fn cluster_with(configure: impl FnOnce(&mut KubernetesConfig)) -> Cluster {
+    let role = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/base/role.yaml"
+    ))
+    .expect("deploy/base/role.yaml");
+    let fake = FakeKube::start(FakeConfig {
+        namespaces: vec![NAMESPACE.into()],
+        rules: RoleRule::from_role_yaml(&role),
+    })
+    .await;
+    let mut client_config = kube::Config::new(fake.url().parse().unwrap());
+    client_config.default_namespace = NAMESPACE.into();
+    let client = kube::Client::try_from(client_config).expect("a client for the fake");
+    let mut config = KubernetesConfig::new(NAMESPACE);
+    configure(&mut config);
+    Cluster {
+        fake: Arc::new(fake),
+        executor: Arc::new(KubernetesExecutor::new(client, config)),
+    }
+}
+
+impl Cluster {
+    /// Plays every Pod of job `job` with `script`; others print nothing and
+    /// exit 0.
+    fn play(&self, scripts: Vec<(&'static str, PodScript)>) {
+        self.fake.on_pod(move |pod| {
+            let job = pod["metadata"]["labels"]["mizzen.sh/job"]
+                .as_str()
+                .unwrap_or_default();
+            scripts
+                .iter()
+                .find(|(name, _)| *name == job)
+                .map(|(_, script)| script.clone())
+                .unwrap_or_default()
+        });
+    }
+
+    /// Runs `script` for a fresh event; then checks that the event's objects
+    /// are gone and that the executor asked for nothing the Role does not
+    /// grant.
+    async fn run_js(&self, script: &str) -> Run {
+        self.run_js_for(&uuid(), script).await
+    }
+
+    async fn run_js_for(&self, event_id: &str, script: &str) -> Run {
+        self.run_js_limited(event_id, script, WorkerLimits::default())
+            .await
+    }
+
+    async fn run_js_limited(&self, event_id: &str, script: &str, limits: WorkerLimits) -> Run {
+        let event = Event::new(event_id, "test-project", "brigade.sh/cli", "exec");
+        let context = Arc::new(EventContext {
+            event_id: event_id.to_string(),
+            project_id: "test-project".into(),
+            use_workspace: true,
+            source: None,
+            policies: JobPolicies::default(),
+            image_pull_secrets: Vec::new(),
+            workspace_size: None,
+        });
+        let log = MemoryLog::new();
+        let outcome = sandbox(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
+            .await
+            .run(
+                &ScriptSource::new("brigade.js", script),
+                WorkerRequest {
+                    event,
+                    limits,
+                    log: Arc::new(log.clone()),
+                    jobs: JobCapability::Executor {
+                        executor: self.executor.clone(),
+                        event: context,
+                    },
+                },
+            )
+            .await;
+        let run = Run {
+            outcome,
+            log,
+            event_id: event_id.to_string(),
+        };
+        for resource in ["pods", "secrets", "persistentvolumeclaims"] {
+            let left: Vec<Value> = self
+                .fake
+                .objects(resource, NAMESPACE)
+                .into_iter()
+                .filter(|o| o["metadata"]["labels"]["mizzen.sh/event"] == event_id)
+                .collect();
+            assert!(
+                left.is_empty(),
+                "{resource} of the event left behind: {left:#?}\nlog:\n{}",
+                run.log.text()
+            );
+        }
+        run
+    }
+
+    #[track_caller]
+    fn assert_nothing_denied(&self) {
+        assert!(
+            self.fake.denied().is_empty(),
+            "requests outside the Role: {:#?}",
+            self.fake.denied()
+        );
+    }
+
+    /// The Pods created, as the executor sent them.
+    fn created_pods(&self) -> Vec<Value> {
+        self.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
+            .filter_map(|r| r.body)
+            .collect()
+    }
+}
+
+fn uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn lines(lines: &[&str], exit_code: i32) -> ContainerScript {
+    ContainerScript {
+        runs_for: Duration::from_millis(100),
+        ..ContainerScript::new(lines.iter().copied(), exit_code)
+    }
+}
+
+fn forever() -> ContainerScript {
+    ContainerScript {
+        forever: true,
+        ..ContainerScript::new(["started"], 0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_as_a_pod_and_its_output_reaches_the_log() {
+    let cluster = cluster().await;
+    cluster.play(vec![(
+        "hello",
+        PodScript::default().with("hello", lines(&["Hello,", "World!"], 0)),
+    )]);
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              const job = new Job("hello", "debian:latest", event);
+              job.primaryContainer.command = ["echo"];
+              job.primaryContainer.arguments = ["Hello,\nWorld!"];
+              job.primaryContainer.environment = { GREETING: "s3cr3t" };
+              await job.run();
+              console.log("job done");
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_succeeded();
+    assert_eq!(run.job_lines(), ["[hello] Hello,", "[hello] World!"]);
+    run.assert_logged("job done");
+    cluster.assert_nothing_denied();
+
+    let pods = cluster.created_pods();
+    assert_eq!(pods.len(), 1);
+    let primary = &pods[0]["spec"]["containers"][0];
+    assert_eq!(primary["command"], serde_json::json!(["echo"]));
+    assert_eq!(primary["args"], serde_json::json!(["Hello,\nWorld!"]));
+    assert!(
+        !pods[0].to_string().contains("s3cr3t"),
+        "the environment's value is in the Pod spec"
+    );
+    // The environment went into the job's Secret, owned by the event's.
+    let secret = cluster
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/secrets"))
+        .filter_map(|r| r.body)
+        .find(|s| s["stringData"]["hello.GREETING"] == "s3cr3t")
+        .expect("the job's environment Secret");
+    assert_eq!(
+        secret["metadata"]["ownerReferences"][0]["name"],
+        format!("mizzen-event-{}", run.event_id)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_zero_exit_fails_the_job_and_a_fallible_one_does_not_fail_the_worker() {
+    let cluster = cluster().await;
+    cluster.play(vec![
+        (
+            "test",
+            PodScript::default().with("test", lines(&["1 test failed"], 3)),
+        ),
+        (
+            "lint",
+            PodScript::default().with("lint", lines(&["warning"], 1)),
+        ),
+    ]);
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              const lint = new Job("lint", "debian", event);
+              lint.fallible = true;
+              await lint.run();
+              await new Job("test", "debian", event).run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_failed_with("Job \"test\" failed");
+    run.assert_logged("exited with code 3");
+    assert!(
+        run.job_lines()
+            .contains(&"[test] 1 test failed".to_string())
+    );
+    cluster.assert_nothing_denied();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_that_cannot_be_pulled_fails_the_job_in_bounded_time() {
+    let cluster = cluster_with(|c| c.image_pull_timeout = Duration::from_millis(500)).await;
+    cluster.play(vec![(
+        "build",
+        PodScript {
+            image_pull_failure: Some("build".into()),
+            ..PodScript::default()
+        },
+    )]);
+    let started = std::time::Instant::now();
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              await new Job("build", "example.com/no/such-image:1", event).run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_failed_with("Job \"build\" failed");
+    run.assert_logged("example.com/no/such-image:1");
+    run.assert_logged("ImagePullBackOff");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pods_deadline_times_the_job_out() {
+    let cluster = cluster().await;
+    cluster.play(vec![("slow", PodScript::default().with("slow", forever()))]);
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              const job = new Job("slow", "debian", event);
+              job.timeoutSeconds = 1;
+              await job.run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_failed_with("Job \"slow\" timed out");
+    assert_eq!(
+        cluster.created_pods()[0]["spec"]["activeDeadlineSeconds"],
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_from_outside_aborts_its_job() {
+    let cluster = cluster().await;
+    cluster.play(vec![(
+        "serve",
+        PodScript::default().with("serve", forever()),
+    )]);
+    let event_id = uuid();
+    let pod = format!("{event_id}-serve");
+    let deleter = {
+        let fake_pods = cluster.fake.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let running = fake_pods
+                    .objects("pods", NAMESPACE)
+                    .iter()
+                    .any(|p| p["metadata"]["name"] == pod && p["status"]["phase"] == "Running");
+                if running {
+                    return fake_pods.delete_from_outside("pods", NAMESPACE, &pod);
+                }
+            }
+            false
+        })
+    };
+    let run = cluster
+        .run_js_for(
+            &event_id,
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              await new Job("serve", "debian", event).run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    assert!(deleter.await.unwrap(), "the Pod never ran");
+    run.assert_failed_with("Job \"serve\"");
+    run.assert_logged("deleted from outside Mizzen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_watch_resumes_without_losing_the_end_or_repeating_lines() {
+    let cluster = cluster().await;
+    let script = ContainerScript {
+        runs_for: Duration::from_millis(1500),
+        ..ContainerScript::new(["one", "two", "three", "four", "five"], 0)
+    };
+    cluster.play(vec![("long", PodScript::default().with("long", script))]);
+    let fake = cluster.fake.clone();
+    let dropper = tokio::spawn(async move {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            fake.drop_watches();
+            fake.drop_log_streams();
+        }
+    });
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              await new Job("long", "debian", event).run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    dropper.await.unwrap();
+    run.assert_succeeded();
+    assert_eq!(
+        run.job_lines(),
+        [
+            "[long] one",
+            "[long] two",
+            "[long] three",
+            "[long] four",
+            "[long] five"
+        ]
+    );
+    let watches = cluster
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.param("watch") == Some("true"))
+        .count();
+    assert!(
+        watches >= 2,
+        "the watch was not resumed ({watches} watches)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_left_by_an_earlier_attempt_is_adopted() {
+    let cluster = cluster().await;
+    cluster.play(vec![(
+        "deploy",
+        PodScript::default().with("deploy", lines(&["deployed"], 0)),
+    )]);
+    let event_id = uuid();
+    // What an earlier server made before it died: the event's owner and the
+    // job's Pod, still to run.
+    let owner = cluster.fake.insert(
+        "secrets",
+        NAMESPACE,
+        serde_json::json!({
+            "metadata": {
+                "name": format!("mizzen-event-{event_id}"),
+                "labels": { "mizzen.sh/event": event_id },
+            },
+        }),
+    );
+    cluster.fake.insert(
+        "pods",
+        NAMESPACE,
+        serde_json::json!({
+            "metadata": {
+                "name": format!("{event_id}-deploy"),
+                "labels": {
+                    "mizzen.sh/event": event_id,
+                    "mizzen.sh/job": "deploy",
+                    "mizzen.sh/project": "test-project",
+                },
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Secret",
+                    "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                }],
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "deploy", "image": "debian" }],
+            },
+        }),
+    );
+    let run = cluster
+        .run_js_for(
+            &event_id,
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              await new Job("deploy", "debian", event).run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_succeeded();
+    assert_eq!(run.job_lines(), ["[deploy] deployed"]);
+    cluster.assert_nothing_denied();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_permission_is_named() {
+    let cluster = cluster().await;
+    cluster.fake.forbid("create", "pods");
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              await new Job("build", "debian", event).run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_failed_with(
+        "Mizzen's service account needs the \"create\" verb on \"pods\" in \"mizzen-jobs\"",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_sidecar_that_fails_fails_the_job_before_it_starts() {
+    let cluster = cluster().await;
+    cluster.play(vec![(
+        "test",
+        PodScript::default()
+            .with("migrate", lines(&["migration 3 failed"], 2))
+            .with("test", lines(&["should not run"], 0)),
+    )]);
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job, Container } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              const job = new Job("test", "debian", event);
+              job.sidecarContainers = { migrate: new Container("migrate/migrate") };
+              job.sidecarContainers.migrate.readiness = { exited: true };
+              await job.run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_failed_with("Job \"test\" failed");
+    run.assert_logged("sidecar \"migrate\" exited with code 2 before the job's container started");
+    assert_eq!(run.job_lines(), ["[test/migrate] migration 3 failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_times_out_stops_its_running_jobs() {
+    let cluster = cluster().await;
+    cluster.play(vec![(
+        "serve",
+        PodScript::default().with("serve", forever()),
+    )]);
+    let event_id = uuid();
+    let run = cluster
+        .run_js_limited(
+            &event_id,
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              await new Job("serve", "debian", event).run();
+            });
+            events.process();
+            "#,
+            WorkerLimits {
+                wall_time: Duration::from_secs(1),
+                ..WorkerLimits::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        run.outcome.phase,
+        mizzen_host_api::types::Phase::TimedOut,
+        "{:?}",
+        run.outcome
+    );
+    run.assert_logged("job serve ended ABORTED");
+    let deleted = cluster
+        .fake
+        .requests()
+        .into_iter()
+        .any(|r| r.method == "DELETE" && r.path.ends_with(&format!("/pods/{event_id}-serve")));
+    assert!(deleted, "the job's Pod was not deleted");
+}
