@@ -45,16 +45,32 @@ struct TestServer {
     config_dir: tempfile::TempDir,
     log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     database_url: Option<String>,
 }
 
 impl TestServer {
     fn start(database_url: Option<String>, extra: &[&str]) -> Self {
+        Self::start_with_env(database_url, extra, &[])
+    }
+
+    fn start_with_env(database_url: Option<String>, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let config_dir = tempfile::tempdir().unwrap();
         let log = data_dir.path().join("server.log");
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) = spawn(data_dir.path(), &log, database_url.as_deref(), &args, None);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url) = spawn(
+            data_dir.path(),
+            &log,
+            database_url.as_deref(),
+            &args,
+            &env,
+            None,
+        );
         let server = Self {
             child,
             url,
@@ -62,6 +78,7 @@ impl TestServer {
             config_dir,
             log,
             args,
+            env,
             database_url,
         };
         let login = server.cli(&[
@@ -88,6 +105,7 @@ impl TestServer {
             &self.log,
             self.database_url.as_deref(),
             &self.args,
+            &self.env,
             Some(&port),
         );
         self.child = child;
@@ -166,6 +184,7 @@ fn spawn(
     log: &Path,
     database_url: Option<&str>,
     extra: &[String],
+    env: &[(String, String)],
     port: Option<&str>,
 ) -> (Child, String) {
     let listen = format!("127.0.0.1:{}", port.unwrap_or("0"));
@@ -180,6 +199,7 @@ fn spawn(
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
         )
         .env("MIZZEN_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -1185,4 +1205,57 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
     );
     // The first one carries on.
     server.ok(&["whoami"]);
+}
+
+/// `mizzen server --executor kubernetes`: example 03's job becomes a Pod on
+/// a fake cluster (see tests/kubernetes.rs), and its output reaches the
+/// event's logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_runs_jobs_as_pods_when_configured_for_kubernetes() {
+    use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript, RoleRule};
+    let role = std::fs::read_to_string(repo().join("deploy/base/role.yaml")).unwrap();
+    let fake = FakeKube::start(FakeConfig {
+        namespaces: vec!["mizzen-jobs".into()],
+        rules: RoleRule::from_role_yaml(&role),
+    })
+    .await;
+    fake.on_pod(|_| {
+        PodScript::default().with("my-first-job", ContainerScript::new(["My first job!"], 0))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig, "default").unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap().to_string();
+    let done = tokio::task::spawn_blocking(move || {
+        let server = TestServer::start_with_env(
+            None,
+            &[
+                "--executor",
+                "kubernetes",
+                "--kubernetes-namespace",
+                "mizzen-jobs",
+            ],
+            &[("KUBECONFIG", &kubeconfig)],
+        );
+        server.ok(&["project", "create", "-f", "examples/03-first-job"]);
+        let id = server.create_event("first-job", &[]);
+        let event = wait_until_ended(&server, &id);
+        assert_eq!(
+            phase_of(&event),
+            "SUCCEEDED",
+            "{event}\n{}",
+            server.server_log()
+        );
+        server.ok(&["event", "logs", "--id", &id, "--job", "my-first-job"])
+    })
+    .await
+    .unwrap();
+    assert!(done.contains("My first job!"), "{done}");
+    let pods: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/v1/namespaces/mizzen-jobs/pods")
+        .collect();
+    assert_eq!(pods.len(), 1);
+    assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
 }

@@ -513,14 +513,18 @@ fn init_failure(pod: &Pod, init: &[ContainerStatus]) -> Option<String> {
         let spec = specs.iter().find(|s| s.name == container.name);
         let native_sidecar = spec.and_then(|s| s.restart_policy.as_deref()) == Some("Always");
         if native_sidecar {
-            if container.restart_count > 0 {
-                let probe = spec
-                    .and_then(|s| s.startup_probe.as_ref())
-                    .and_then(|p| p.tcp_socket.as_ref())
-                    .map(|t| format!(" or was not ready on port {}", int_or_string(&t.port)))
-                    .unwrap_or_default();
+            // A sidecar the primary waits for (a start-up probe) that had to
+            // be restarted was not ready in time; one without is restarted
+            // by the kubelet as native sidecars are, and gates nothing.
+            let port = spec
+                .and_then(|s| s.startup_probe.as_ref())
+                .and_then(|p| p.tcp_socket.as_ref())
+                .map(|t| int_or_string(&t.port));
+            if let Some(port) = port
+                && container.restart_count > 0
+            {
                 return Some(format!(
-                    "sidecar \"{}\" exited{probe} before the job's container started (restarted {} times)",
+                    "sidecar \"{}\" exited or was not ready on port {port} before the job's container started (restarted {} times)",
                     container.name, container.restart_count
                 ));
             }
