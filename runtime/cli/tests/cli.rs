@@ -1,12 +1,11 @@
 //! `mizzen run` as users run it: the binary, the examples, exit codes and
 //! messages.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::{Ran, repo};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn mizzen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mizzen"))
@@ -20,29 +19,8 @@ fn mizzen(args: &[&str]) -> Output {
         .expect("mizzen runs")
 }
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn run(args: &[&str]) -> Ran {
-    let output = mizzen(args);
-    Ran {
-        code: output.status.code().expect("exited"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-impl std::fmt::Debug for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
+    Ran::from(mizzen(args))
 }
 
 /// A project directory with `project.yaml` and optional files.

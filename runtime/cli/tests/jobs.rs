@@ -2,17 +2,16 @@
 //! set up by scripts/setup-engine): the examples end to end, and what users
 //! see when the engine is missing or a run is interrupted.
 
+mod common;
+use common::{Ran, repo};
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn command(args: &[&str]) -> Command {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -25,32 +24,8 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-fn finished(output: Output) -> Ran {
-    Ran {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
 fn run(args: &[&str]) -> Ran {
-    finished(command(args).output().expect("mizzen runs"))
+    Ran::from(command(args).output().expect("mizzen runs"))
 }
 
 /// Containers on the engine labelled with a project.
@@ -197,7 +172,7 @@ fn sidecar_service_example_tests_against_a_ready_database() {
 #[test]
 fn job_logs_are_kept_in_the_data_directory() {
     let data = tempfile::tempdir().unwrap();
-    let ran = finished(
+    let ran = Ran::from(
         command(&["run", "examples/14-sidecar-container"])
             .env("MIZZEN_DATA_DIR", data.path())
             .output()
@@ -234,7 +209,7 @@ fn job_logs_are_kept_in_the_data_directory() {
 #[test]
 fn a_missing_engine_is_one_clear_message() {
     let missing = "unix:///nonexistent/docker.sock";
-    let ran = finished(
+    let ran = Ran::from(
         command(&["run", "examples/03-first-job"])
             .env("DOCKER_HOST", missing)
             .output()
@@ -247,7 +222,7 @@ fn a_missing_engine_is_one_clear_message() {
         )),
         "{ran:?}"
     );
-    let ran = finished(
+    let ran = Ran::from(
         command(&["run", "examples/03-first-job", "--executor", "docker"])
             .env("DOCKER_HOST", missing)
             .output()
@@ -261,7 +236,7 @@ fn a_missing_engine_is_one_clear_message() {
         )
     );
     // A script without jobs does not need an engine at all.
-    let ran = finished(
+    let ran = Ran::from(
         command(&["run", "examples/02-first-event"])
             .env("DOCKER_HOST", missing)
             .output()

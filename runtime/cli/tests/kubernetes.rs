@@ -9,17 +9,16 @@
 //! `MIZZEN_TEST_KUBERNETES_NAMESPACE`, default `default`; example 08 needs a
 //! ReadWriteMany storage class, `MIZZEN_TEST_KUBERNETES_STORAGE_CLASS`).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{Ran, repo};
+
+use std::path::Path;
 use std::process::Command;
 
 use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript, RoleRule};
 use serde_json::Value;
 
 const NAMESPACE: &str = "mizzen-jobs";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// What an example's jobs print, by job and container: what the fake's
 /// kubelet plays back, and what a real cluster prints.
@@ -63,22 +62,6 @@ const EXAMPLES: [(&str, &[&str]); 5] = [
     ),
 ];
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 /// Runs `mizzen run --executor kubernetes <example>` with `kubeconfig`.
 async fn run_example(example: &str, kubeconfig: &Path, extra: &[&str]) -> Ran {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -95,11 +78,7 @@ async fn run_example(example: &str, kubeconfig: &Path, extra: &[&str]) -> Ran {
     let output = tokio::task::spawn_blocking(move || command.output().expect("mizzen runs"))
         .await
         .unwrap();
-    Ran {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Ran::from(output)
 }
 
 #[track_caller]

@@ -8,6 +8,9 @@
 //! database the tests may create databases from; `scripts/test` starts one
 //! with `scripts/setup-postgres`). Without it they say so and do nothing.
 
+mod common;
+use common::{Ran, repo};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,26 +19,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 const ROOT_PASSWORD: &str = "test-root-password";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
 
 /// A running `mizzen server` with its own data and client config.
 struct TestServer {
@@ -120,11 +103,7 @@ impl TestServer {
             .stdin(Stdio::null())
             .output()
             .expect("mizzen runs");
-        Ran {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Ran::from(output)
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -8,11 +8,13 @@
 //! [`JobExecutor::finish_event`], which removes whatever the executor made
 //! for it.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mizzen_host_api::types::{GitConfig, JobResult, JobSpec};
+use mizzen_host_api::types::{GitConfig, JobResult, JobSpec, Phase};
+use tokio::sync::watch;
 
 use crate::project::JobPolicies;
 
@@ -89,6 +91,53 @@ pub trait RunningJob: Send + Sync {
     /// Stops the job: ABORTED when it had started, CANCELED when it had not.
     /// Does nothing to a job that has ended.
     async fn cancel(&self);
+}
+
+/// A job run by a task of its own: what executors return from `start`.
+/// The task gets a receiver that turns true when the job is to stop, and
+/// its result is the job's.
+pub struct SpawnedJob {
+    result: watch::Receiver<Option<JobResult>>,
+    cancel: watch::Sender<bool>,
+}
+
+impl SpawnedJob {
+    /// Runs `job` on a new task.
+    pub fn spawn<F, Fut>(job: F) -> Arc<Self>
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: Future<Output = JobResult> + Send + 'static,
+    {
+        let (result_sender, result) = watch::channel(None);
+        let (cancel, cancelled) = watch::channel(false);
+        let task = job(cancelled);
+        tokio::spawn(async move {
+            let _ = result_sender.send(Some(task.await));
+        });
+        Arc::new(Self { result, cancel })
+    }
+}
+
+#[async_trait]
+impl RunningJob for SpawnedJob {
+    async fn wait(&self) -> JobResult {
+        let mut result = self.result.clone();
+        match result.wait_for(Option::is_some).await {
+            Ok(result) if let Some(result) = result.clone() => result,
+            // The task panicked.
+            _ => JobResult {
+                phase: Phase::Unknown,
+                exit_code: None,
+                reason: Some("the job's task ended without a result".into()),
+            },
+        }
+    }
+
+    async fn cancel(&self) {
+        let _ = self.cancel.send(true);
+        // The task ends once whatever ran the job is gone.
+        self.wait().await;
+    }
 }
 
 /// Why an executor refused a job.

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
@@ -24,7 +23,7 @@ use futures_util::StreamExt;
 use mizzen_host_api::types::{
     ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, JobResult, Phase, Readiness,
 };
-use mizzen_runtime::executor::{JobOutput, JobRequest, RunningJob};
+use mizzen_runtime::executor::{JobOutput, JobRequest, SpawnedJob};
 use mizzen_runtime::source;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -53,37 +52,6 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 /// file capabilities are not needed to build, test or deploy.
 const DROPPED_CAPABILITIES: [&str; 4] = ["NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP"];
 
-/// A started job, as the worker sees it.
-pub(crate) struct DockerJob {
-    result: watch::Receiver<Option<JobResult>>,
-    cancel: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl RunningJob for DockerJob {
-    async fn wait(&self) -> JobResult {
-        let mut result = self.result.clone();
-        loop {
-            if let Some(result) = result.borrow_and_update().clone() {
-                return result;
-            }
-            if result.changed().await.is_err() {
-                return ended(
-                    Phase::Unknown,
-                    None,
-                    "the job's task ended without a result".into(),
-                );
-            }
-        }
-    }
-
-    async fn cancel(&self) {
-        let _ = self.cancel.send(true);
-        // Returns once the containers are gone.
-        self.wait().await;
-    }
-}
-
 /// What a job needs besides its request.
 pub(crate) struct JobContext {
     pub request: JobRequest,
@@ -93,14 +61,8 @@ pub(crate) struct JobContext {
 }
 
 /// Starts the job's task and returns its handle.
-pub(crate) fn spawn(context: JobContext) -> Arc<DockerJob> {
-    let (result_sender, result) = watch::channel(None);
-    let (cancel, cancelled) = watch::channel(false);
-    tokio::spawn(async move {
-        let result = run(context, cancelled).await;
-        let _ = result_sender.send(Some(result));
-    });
-    Arc::new(DockerJob { result, cancel })
+pub(crate) fn spawn(context: JobContext) -> Arc<SpawnedJob> {
+    SpawnedJob::spawn(|cancelled| run(context, cancelled))
 }
 
 fn ended(phase: Phase, exit_code: Option<i64>, reason: String) -> JobResult {

@@ -6,14 +6,13 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use mizzen_host_api::types::{JobResult, Phase};
-use mizzen_runtime::executor::{ExecutorError, JobOutput, JobRequest, RunningJob};
+use mizzen_runtime::executor::{ExecutorError, JobOutput, JobRequest, RunningJob, SpawnedJob};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -109,8 +108,6 @@ pub(crate) async fn start(
         }
     }
 
-    let (result_sender, result) = watch::channel(None);
-    let (cancel, cancelled) = watch::channel(false);
     let watched = WatchedJob {
         pods,
         secrets,
@@ -122,42 +119,7 @@ pub(crate) async fn start(
         image_pull_timeout: config.image_pull_timeout,
         output: request.output.clone(),
     };
-    tokio::spawn(async move {
-        let result = watched.run(cancelled).await;
-        let _ = result_sender.send(Some(result));
-    });
-    Ok(Arc::new(KubernetesJob { result, cancel }))
-}
-
-/// A started job, as the worker sees it.
-struct KubernetesJob {
-    result: watch::Receiver<Option<JobResult>>,
-    cancel: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl RunningJob for KubernetesJob {
-    async fn wait(&self) -> JobResult {
-        let mut result = self.result.clone();
-        match result.wait_for(Option::is_some).await {
-            Ok(result) => result.clone().unwrap_or_else(unreachable_result),
-            Err(_) => unreachable_result(),
-        }
-    }
-
-    async fn cancel(&self) {
-        let _ = self.cancel.send(true);
-        // Returns once the Pod is being deleted.
-        self.wait().await;
-    }
-}
-
-fn unreachable_result() -> JobResult {
-    ended(
-        Phase::Unknown,
-        None,
-        "the job's task ended without a result".into(),
-    )
+    Ok(SpawnedJob::spawn(|cancelled| watched.run(cancelled)))
 }
 
 fn ended(phase: Phase, exit_code: Option<i64>, reason: String) -> JobResult {
@@ -250,10 +212,12 @@ impl WatchedJob {
                         }
                         tracing::debug!(pod = %self.name, error = %e, "watch failed; retrying");
                     }
-                    None => break unreachable_result(),
+                    None => break ended(Phase::Unknown, None, "the watch of the job's Pod ended".into()),
                 },
                 _ = sleep_until(pull_deadline) => {
-                    break tracker.retry_failure().unwrap_or_else(unreachable_result);
+                    if let Some(failure) = tracker.retry_failure() {
+                        break failure;
+                    }
                 }
                 _ = cancelled.wait_for(|cancel| *cancel) => {
                     break if tracker.primary_started {
