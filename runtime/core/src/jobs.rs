@@ -94,8 +94,7 @@ impl WorkerJobs {
                 )));
             }
         };
-        let job = parse_start(request)?;
-        validate(&job, &event)?;
+        let job = decode_start(request, &event)?;
         if self.jobs.contains_key(&job.name) {
             return Err(HostError::new(
                 ErrorCode::Conflict,
@@ -240,6 +239,14 @@ impl JobOutput for JobRecorder {
         self.log
             .record(LogRecord::container(&self.job, container, line));
     }
+}
+
+/// Decodes a guest's `job.start` request and checks it against the event's
+/// project: what the host accepts before any executor sees a job.
+pub fn decode_start(request: &[u8], event: &EventContext) -> Result<JobStartRequest, HostError> {
+    let job = parse_start(request)?;
+    validate(&job, event)?;
+    Ok(job)
 }
 
 /// Parses a `job.start` request, naming the container whose fields are wrong
