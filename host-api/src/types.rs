@@ -401,6 +401,17 @@ pub struct JobResult {
     pub reason: Option<String>,
 }
 
+impl JobResult {
+    /// A job that ended in `phase`, saying why.
+    pub fn ended(phase: Phase, exit_code: Option<i64>, reason: impl Into<String>) -> Self {
+        Self {
+            phase,
+            exit_code,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
 /// Request of [`crate::Op::JobLogs`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -16,7 +16,7 @@ use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
 use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest};
-use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript, RoleRule};
+use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript};
 use mizzen_tests::worker::{Run, sandbox};
 use serde_json::Value;
 
@@ -33,16 +33,7 @@ async fn cluster() -> Cluster {
 }
 
 async fn cluster_with(configure: impl FnOnce(&mut KubernetesConfig)) -> Cluster {
-    let role = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/base/role.yaml"
-    ))
-    .expect("deploy/base/role.yaml");
-    let fake = FakeKube::start(FakeConfig {
-        namespaces: vec![NAMESPACE.into()],
-        rules: RoleRule::from_role_yaml(&role),
-    })
-    .await;
+    let fake = FakeKube::start(FakeConfig::deployed(&[NAMESPACE])).await;
     let mut client_config = kube::Config::new(fake.url().parse().unwrap());
     client_config.default_namespace = NAMESPACE.into();
     let client = kube::Client::try_from(client_config).expect("a client for the fake");
@@ -138,16 +129,6 @@ impl Cluster {
             self.fake.denied()
         );
     }
-
-    /// The Pods created, as the executor sent them.
-    fn created_pods(&self) -> Vec<Value> {
-        self.fake
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "POST" && r.path.ends_with("/pods"))
-            .filter_map(|r| r.body)
-            .collect()
-    }
 }
 
 fn uuid() -> String {
@@ -196,7 +177,7 @@ async fn a_job_runs_as_a_pod_and_its_output_reaches_the_log() {
     run.assert_logged("job done");
     cluster.assert_nothing_denied();
 
-    let pods = cluster.created_pods();
+    let pods = cluster.fake.created("pods");
     assert_eq!(pods.len(), 1);
     let primary = &pods[0]["spec"]["containers"][0];
     assert_eq!(primary["command"], serde_json::json!(["echo"]));
@@ -208,10 +189,8 @@ async fn a_job_runs_as_a_pod_and_its_output_reaches_the_log() {
     // The environment went into the job's Secret, owned by the event's.
     let secret = cluster
         .fake
-        .requests()
+        .created("secrets")
         .into_iter()
-        .filter(|r| r.method == "POST" && r.path.ends_with("/secrets"))
-        .filter_map(|r| r.body)
         .find(|s| s["stringData"]["hello.GREETING"] == "s3cr3t")
         .expect("the job's environment Secret");
     assert_eq!(
@@ -307,7 +286,7 @@ async fn the_pods_deadline_times_the_job_out() {
         .await;
     run.assert_failed_with("Job \"slow\" timed out");
     assert_eq!(
-        cluster.created_pods()[0]["spec"]["activeDeadlineSeconds"],
+        cluster.fake.created("pods")[0]["spec"]["activeDeadlineSeconds"],
         1
     );
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mizzen_kubernetes::{
-    DEFAULT_GIT_IMAGE, DEFAULT_RUN_AS_USER, DEFAULT_WORKSPACE_SIZE, JobResources, KubernetesConfig,
+    DEFAULT_CPU_REQUEST, DEFAULT_GIT_IMAGE, DEFAULT_MEMORY_LIMIT, DEFAULT_MEMORY_REQUEST,
+    DEFAULT_RUN_AS_USER, DEFAULT_WORKSPACE_SIZE, JobResources, KubernetesConfig,
     KubernetesExecutor,
 };
 
@@ -32,16 +33,16 @@ pub struct KubernetesArgs {
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_GIT_IMAGE)]
     kubernetes_git_image: String,
     /// CPU each job container requests ("" for none)
-    #[arg(long, value_name = "QUANTITY", default_value = "100m")]
+    #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_CPU_REQUEST)]
     kubernetes_cpu_request: String,
     /// Memory each job container requests ("" for none)
-    #[arg(long, value_name = "QUANTITY", default_value = "128Mi")]
+    #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_MEMORY_REQUEST)]
     kubernetes_memory_request: String,
     /// CPU limit of each job container ("" for none)
     #[arg(long, value_name = "QUANTITY", default_value = "")]
     kubernetes_cpu_limit: String,
     /// Memory limit of each job container ("" for none)
-    #[arg(long, value_name = "QUANTITY", default_value = "2Gi")]
+    #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_MEMORY_LIMIT)]
     kubernetes_memory_limit: String,
     /// The user job containers run as (unless a project's policy lets a job
     /// run privileged)

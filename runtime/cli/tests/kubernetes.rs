@@ -15,8 +15,7 @@ use common::{Ran, repo};
 use std::path::Path;
 use std::process::Command;
 
-use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript, RoleRule};
-use serde_json::Value;
+use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript};
 
 const NAMESPACE: &str = "mizzen-jobs";
 
@@ -93,12 +92,7 @@ fn assert_printed(example: &str, ran: &Ran, lines: &[&str]) {
 }
 
 async fn fake_cluster() -> FakeKube {
-    let role = std::fs::read_to_string(repo().join("deploy/base/role.yaml")).unwrap();
-    let fake = FakeKube::start(FakeConfig {
-        namespaces: vec![NAMESPACE.into()],
-        rules: RoleRule::from_role_yaml(&role),
-    })
-    .await;
+    let fake = FakeKube::start(FakeConfig::deployed(&[NAMESPACE])).await;
     fake.on_pod(|pod| {
         let job = pod["metadata"]["labels"]["mizzen.sh/job"]
             .as_str()
@@ -127,14 +121,7 @@ async fn container_job_examples_run_as_pods_on_a_fake_cluster() {
 
     // What the executor asked for: the Pods carry the examples' commands,
     // 08's jobs share one workspace claim, 14's sidecar is a native one.
-    let created = |suffix: &str| -> Vec<Value> {
-        fake.requests()
-            .into_iter()
-            .filter(|r| r.method == "POST" && r.path.ends_with(suffix))
-            .filter_map(|r| r.body)
-            .collect()
-    };
-    let pods = created("/pods");
+    let pods = fake.created("pods");
     assert_eq!(pods.len(), 1 + 2 + 4 + 2 + 1, "{pods:#?}");
     let pod = |job: &str| {
         pods.iter()
@@ -145,7 +132,7 @@ async fn container_job_examples_run_as_pods_on_a_fake_cluster() {
         pod("my-a-job")["spec"]["containers"][0]["args"],
         serde_json::json!(["My A job!"])
     );
-    let claims = created("/persistentvolumeclaims");
+    let claims = fake.created("persistentvolumeclaims");
     assert_eq!(claims.len(), 1, "{claims:#?}");
     for job in ["first-job", "second-job"] {
         let volumes = &pod(job)["spec"]["volumes"];

@@ -1191,13 +1191,8 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
 /// event's logs.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_runs_jobs_as_pods_when_configured_for_kubernetes() {
-    use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript, RoleRule};
-    let role = std::fs::read_to_string(repo().join("deploy/base/role.yaml")).unwrap();
-    let fake = FakeKube::start(FakeConfig {
-        namespaces: vec!["mizzen-jobs".into()],
-        rules: RoleRule::from_role_yaml(&role),
-    })
-    .await;
+    use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript};
+    let fake = FakeKube::start(FakeConfig::deployed(&["mizzen-jobs"])).await;
     fake.on_pod(|_| {
         PodScript::default().with("my-first-job", ContainerScript::new(["My first job!"], 0))
     });
@@ -1230,11 +1225,8 @@ async fn the_server_runs_jobs_as_pods_when_configured_for_kubernetes() {
     .await
     .unwrap();
     assert!(done.contains("My first job!"), "{done}");
-    let pods: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path == "/api/v1/namespaces/mizzen-jobs/pods")
-        .collect();
+    let pods = fake.created("pods");
     assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["metadata"]["namespace"], "mizzen-jobs");
     assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
 }

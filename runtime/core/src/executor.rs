@@ -125,11 +125,11 @@ impl RunningJob for SpawnedJob {
         match result.wait_for(Option::is_some).await {
             Ok(result) if let Some(result) = result.clone() => result,
             // The task panicked.
-            _ => JobResult {
-                phase: Phase::Unknown,
-                exit_code: None,
-                reason: Some("the job's task ended without a result".into()),
-            },
+            _ => JobResult::ended(
+                Phase::Unknown,
+                None,
+                "the job's task ended without a result",
+            ),
         }
     }
 

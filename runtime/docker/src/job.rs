@@ -65,14 +65,6 @@ pub(crate) fn spawn(context: JobContext) -> Arc<SpawnedJob> {
     SpawnedJob::spawn(|cancelled| run(context, cancelled))
 }
 
-fn ended(phase: Phase, exit_code: Option<i64>, reason: String) -> JobResult {
-    JobResult {
-        phase,
-        exit_code,
-        reason: Some(reason),
-    }
-}
-
 async fn run(context: JobContext, mut cancelled: watch::Receiver<bool>) -> JobResult {
     let pod = Pod {
         docker: context.state.engine.docker.clone(),
@@ -83,16 +75,16 @@ async fn run(context: JobContext, mut cancelled: watch::Receiver<bool>) -> JobRe
     let timeout = Duration::from_secs_f64(context.request.spec.timeout_seconds);
     let result = tokio::select! {
         result = pod.run(&context) => result,
-        _ = tokio::time::sleep(timeout) => ended(
+        _ = tokio::time::sleep(timeout) => JobResult::ended(
             Phase::TimedOut,
             None,
             format!("the job ran longer than its timeout of {}s", context.request.spec.timeout_seconds),
         ),
         _ = cancelled.wait_for(|cancel| *cancel) => {
             if pod.primary_started.load(std::sync::atomic::Ordering::SeqCst) {
-                ended(Phase::Aborted, None, "the job was stopped".into())
+                JobResult::ended(Phase::Aborted, None, "the job was stopped")
             } else {
-                ended(Phase::Canceled, None, "the job was cancelled before it started".into())
+                JobResult::ended(Phase::Canceled, None, "the job was cancelled before it started")
             }
         }
     };
@@ -113,7 +105,7 @@ impl Pod {
     async fn run(&self, context: &JobContext) -> JobResult {
         match self.run_containers(context).await {
             Ok(result) => result,
-            Err(reason) => ended(Phase::Failed, None, reason),
+            Err(reason) => JobResult::ended(Phase::Failed, None, reason),
         }
     }
 
@@ -222,7 +214,7 @@ impl Pod {
                 reason: None,
             }
         } else {
-            ended(
+            JobResult::ended(
                 Phase::Failed,
                 Some(code),
                 format!("the primary container exited with code {code}"),

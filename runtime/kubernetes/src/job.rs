@@ -122,14 +122,6 @@ pub(crate) async fn start(
     Ok(SpawnedJob::spawn(|cancelled| watched.run(cancelled)))
 }
 
-fn ended(phase: Phase, exit_code: Option<i64>, reason: String) -> JobResult {
-    JobResult {
-        phase,
-        exit_code,
-        reason: Some(reason),
-    }
-}
-
 /// What the task watching a job's Pod needs.
 struct WatchedJob {
     pods: Api<Pod>,
@@ -198,21 +190,21 @@ impl WatchedJob {
                     Some(Ok(watcher::Event::Delete(_))) => break deleted_from_outside(),
                     Some(Err(e)) => {
                         if let Some(status) = forbidden(&e) {
-                            break ended(Phase::Failed, None, describe(
+                            break JobResult::ended(Phase::Failed, None, describe(
                                 "watch", "pods", &self.namespace,
                                 &kube::Error::Api(Box::new(status)),
                             ));
                         }
                         let since = *failing_since.get_or_insert_with(Instant::now);
                         if since.elapsed() > WATCH_FAILURE_LIMIT {
-                            break ended(Phase::Failed, None, format!(
+                            break JobResult::ended(Phase::Failed, None, format!(
                                 "lost track of the job's Pod {} in namespace \"{}\" for more than {}s: {e}",
                                 self.name, self.namespace, WATCH_FAILURE_LIMIT.as_secs()
                             ));
                         }
                         tracing::debug!(pod = %self.name, error = %e, "watch failed; retrying");
                     }
-                    None => break ended(Phase::Unknown, None, "the watch of the job's Pod ended".into()),
+                    None => break JobResult::ended(Phase::Unknown, None, "the watch of the job's Pod ended"),
                 },
                 _ = sleep_until(pull_deadline) => {
                     if let Some(failure) = tracker.retry_failure() {
@@ -221,13 +213,13 @@ impl WatchedJob {
                 }
                 _ = cancelled.wait_for(|cancel| *cancel) => {
                     break if tracker.primary_started {
-                        ended(Phase::Aborted, None, "the job was stopped".into())
+                        JobResult::ended(Phase::Aborted, None, "the job was stopped")
                     } else {
-                        ended(Phase::Canceled, None, "the job was cancelled before it started".into())
+                        JobResult::ended(Phase::Canceled, None, "the job was cancelled before it started")
                     };
                 }
                 () = &mut backstop => {
-                    break ended(Phase::TimedOut, None, format!(
+                    break JobResult::ended(Phase::TimedOut, None, format!(
                         "the job ran longer than its timeout of {}s (the cluster did not report the Pod's deadline)",
                         self.timeout_seconds
                     ));
@@ -287,10 +279,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn deleted_from_outside() -> JobResult {
-    ended(
+    JobResult::ended(
         Phase::Aborted,
         None,
-        "the job's Pod was deleted from outside Mizzen".into(),
+        "the job's Pod was deleted from outside Mizzen",
     )
 }
 
@@ -341,7 +333,7 @@ impl PodTracker {
 
     fn retry_failure(&self) -> Option<JobResult> {
         self.retrying.as_ref().map(|(_, reason)| {
-            ended(
+            JobResult::ended(
                 Phase::Failed,
                 None,
                 format!(
@@ -372,7 +364,7 @@ impl PodTracker {
                 .as_ref()
                 .and_then(|s| s.active_deadline_seconds)
                 .unwrap_or_default();
-            return Some(ended(
+            return Some(JobResult::ended(
                 Phase::TimedOut,
                 None,
                 format!("the job ran longer than its timeout of {timeout}s"),
@@ -398,7 +390,7 @@ impl PodTracker {
                         .filter(|r| r != "Error")
                         .map(|r| format!(" ({r})"))
                         .unwrap_or_default();
-                    ended(
+                    JobResult::ended(
                         Phase::Failed,
                         Some(code),
                         format!("the job's container exited with code {code}{why}"),
@@ -409,7 +401,7 @@ impl PodTracker {
         if !self.primary_started
             && let Some(failure) = init_failure(pod, &init)
         {
-            return Some(ended(Phase::Failed, None, failure));
+            return Some(JobResult::ended(Phase::Failed, None, failure));
         }
         match status.phase.as_deref() {
             Some("Succeeded") => {
@@ -420,7 +412,7 @@ impl PodTracker {
                 });
             }
             Some("Failed") => {
-                return Some(ended(
+                return Some(JobResult::ended(
                     Phase::Failed,
                     None,
                     format!(
@@ -450,7 +442,7 @@ impl PodTracker {
                 waiting.message.clone().unwrap_or_default()
             );
             if HOPELESS_REASONS.contains(&reason.as_str()) {
-                return Some(ended(Phase::Failed, None, described));
+                return Some(JobResult::ended(Phase::Failed, None, described));
             }
             if RETRYING_REASONS.contains(&reason.as_str()) {
                 retrying = Some(described);

@@ -114,16 +114,23 @@ pub struct JobResources {
     pub memory_limit: Option<String>,
 }
 
+/// Each container's CPU request by default: small, so that a job is
+/// scheduled on a busy cluster.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+/// Each container's memory request by default: small, for the same reason.
+pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
+/// Each container's memory limit by default, so that one job cannot starve
+/// its node. There is no CPU limit by default: its throttling slows builds
+/// without protecting anyone.
+pub const DEFAULT_MEMORY_LIMIT: &str = "2Gi";
+
 impl Default for JobResources {
-    /// Small requests, so that a job is scheduled on a busy cluster, and a
-    /// memory limit, so that one job cannot starve its node; no CPU limit,
-    /// whose throttling slows builds without protecting anyone.
     fn default() -> Self {
         Self {
-            cpu_request: Some("100m".into()),
-            memory_request: Some("128Mi".into()),
+            cpu_request: Some(DEFAULT_CPU_REQUEST.into()),
+            memory_request: Some(DEFAULT_MEMORY_REQUEST.into()),
             cpu_limit: None,
-            memory_limit: Some("2Gi".into()),
+            memory_limit: Some(DEFAULT_MEMORY_LIMIT.into()),
         }
     }
 }
@@ -287,10 +294,7 @@ impl JobExecutor for KubernetesExecutor {
             &job.spec,
         )
         .map_err(|e| ExecutorError::Unsupported(e.to_string()))?;
-        let mounts_workspace = std::iter::once(&job.spec.primary_container)
-            .chain(job.spec.sidecar_containers.values())
-            .any(|c| !c.workspace_mount_path.is_empty());
-        if mounts_workspace {
+        if built.mounts_workspace {
             self.workspace(&objects, &job.event, &owner).await?;
         }
         job::start(

@@ -152,6 +152,9 @@ pub struct JobObjects {
     pub pod: Pod,
     /// The environment Secret.
     pub environment: Option<Secret>,
+    /// Whether the Pod mounts the event's workspace claim (which must
+    /// exist before it starts).
+    pub mounts_workspace: bool,
 }
 
 /// Builds a job's objects. The job has passed the host's checks (names,
@@ -213,7 +216,7 @@ pub fn job_objects(
             ));
         }
     };
-    let wants_workspace = containers
+    let mounts_workspace = containers
         .iter()
         .any(|(_, c)| !c.workspace_mount_path.is_empty());
     let wants_docker = containers.iter().any(|(_, c)| c.use_host_docker_socket);
@@ -261,7 +264,7 @@ pub fn job_objects(
     if git.is_some() {
         volumes.push(json!({ "name": "source", "emptyDir": {} }));
     }
-    if wants_workspace {
+    if mounts_workspace {
         volumes.push(json!({
             "name": "workspace",
             "persistentVolumeClaim": { "claimName": workspace_name(&event.event_id) },
@@ -351,7 +354,11 @@ pub fn job_objects(
             "stringData": environment,
         }))
     });
-    Ok(JobObjects { pod, environment })
+    Ok(JobObjects {
+        pod,
+        environment,
+        mounts_workspace,
+    })
 }
 
 /// Builds the containers of one Pod.

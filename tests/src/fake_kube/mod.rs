@@ -55,6 +55,20 @@ pub struct FakeConfig {
     pub rules: Vec<RoleRule>,
 }
 
+impl FakeConfig {
+    /// `namespaces`, authorised by the Role Mizzen is deployed with
+    /// (`deploy/base/role.yaml`), so that a test fails when the executor
+    /// needs a permission the deployment does not grant.
+    pub fn deployed(namespaces: &[&str]) -> FakeConfig {
+        let role = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/role.yaml");
+        let role = std::fs::read_to_string(role).unwrap_or_else(|e| panic!("{role}: {e}"));
+        FakeConfig {
+            namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            rules: RoleRule::from_role_yaml(&role),
+        }
+    }
+}
+
 /// A request the fake received.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -184,6 +198,17 @@ impl FakeKube {
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
+    }
+
+    /// The objects the client asked to create in `resource` (`pods`,
+    /// `secrets`, …), as it sent them, in order.
+    pub fn created(&self, resource: &str) -> Vec<Value> {
+        let suffix = format!("/{resource}");
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with(&suffix))
+            .filter_map(|r| r.body)
+            .collect()
     }
 
     /// Every request refused with 403 so far, in order.
