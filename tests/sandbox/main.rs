@@ -2,5 +2,6 @@
 //! wasmtime, the host API, the limits. Each test states one behaviour.
 
 mod bad_input;
+mod limits;
 mod semantics;
 mod util;

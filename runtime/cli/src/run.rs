@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
 use mizzen_runtime::executor::{EventContext, JobExecutor, Source};
+use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::project::{EventDetails, ProjectDir, validate_secret_key};
 use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
 
@@ -57,8 +58,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if let Some(level) = args.log_level {
         event.worker.log_level = level;
     }
-    let mut limits = WorkerLimits::default();
-    if let Some(timeout) = args.timeout.or(dir.project.worker.timeout) {
+    // A local run has no operator above the user: the project's limits
+    // apply without ceilings, and the flags override them.
+    let (mut limits, _) =
+        WorkerLimits::for_project(&dir.project.worker.limits, &LimitSettings::default());
+    if let Some(timeout) = args.timeout {
         limits.wall_time = timeout;
     }
     if let Some(cpu) = args.cpu_limit {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use mizzen_docker::{DockerConfig, LazyDockerExecutor};
 use mizzen_runtime::executor::JobExecutor;
+use mizzen_runtime::limits::LimitSettings;
 use mizzen_server::store::WorkerLimits;
 use mizzen_server::{GatewayConfig, SchedulerConfig, Server, ServerConfig};
 
@@ -97,6 +98,21 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     cloudevents_token: Vec<String>,
+    /// The most any project's worker may have of each limit, as key=value
+    /// pairs (memory=2Gi,cpuTime=10m); limits not named keep their default
+    /// ceilings. Projects asking for more are refused.
+    #[arg(
+        long,
+        env = "MIZZEN_LIMIT_CEILINGS",
+        value_name = "KEY=VALUE,...",
+        default_value = "",
+        value_parser = parse_ceilings
+    )]
+    limit_ceilings: LimitSettings,
+}
+
+fn parse_ceilings(text: &str) -> Result<LimitSettings, String> {
+    LimitSettings::ceilings(text).map_err(|e| e.to_string())
 }
 
 pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
@@ -140,6 +156,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
             jobs: args.max_jobs,
             jobs_per_project: args.max_jobs_per_project,
             max_attempts: MAX_ATTEMPTS,
+            limit_ceilings: args.limit_ceilings,
         },
         executor,
         log_retention: args.log_retention,

@@ -795,6 +795,16 @@ spec:
 
 /// A project whose handler sleeps `millis` and returns.
 fn sleeper(id: &str, millis: u64, extra_spec: &str) -> tempfile::TempDir {
+    script_project(
+        id,
+        extra_spec,
+        &format!("await new Promise(resolve => setTimeout(resolve, {millis}));"),
+    )
+}
+
+/// A project whose `exec` handler runs `handler` (one line of JavaScript),
+/// with `extra_spec` (lines indented for `workerTemplate`) in its template.
+fn script_project(id: &str, extra_spec: &str, handler: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("project.yaml"),
@@ -812,7 +822,7 @@ spec:
       brigade.js: |
         const {{ events }} = require("@brigadecore/brigadier");
         events.on("brigade.sh/cli", "exec", async () => {{
-          await new Promise(resolve => setTimeout(resolve, {millis}));
+          {handler}
         }});
         events.process();
 "#
@@ -883,6 +893,46 @@ fn per_project_limits_keep_one_tenant_from_starving_another() {
     for event in busy.iter().chain([&quiet]) {
         assert_eq!(phase_of(event), "SUCCEEDED", "{event}");
     }
+}
+
+#[test]
+fn project_limits_apply_within_the_servers_ceilings() {
+    let server = TestServer::start(
+        None,
+        &[
+            "--executor",
+            "none",
+            "--limit-ceilings",
+            "memory=128Mi,logLines=50",
+        ],
+    );
+    // A project cannot raise a limit past the server's ceiling.
+    let greedy = script_project("greedy", "    limits:\n      memory: 256Mi\n", "");
+    let refused = server.cli(&["project", "create", "-f", greedy.path().to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains(
+            "spec.workerTemplate.limits.memory 256 MiB is above this server's ceiling of 128 MiB"
+        ),
+        "{refused:?}"
+    );
+    // Within the ceilings, the project's own limit is what stops its worker.
+    let chatty = script_project(
+        "chatty",
+        "    limits:\n      logLines: 5\n",
+        "for (let i = 0; i < 10; i++) console.log(`line ${i}`);",
+    );
+    server.ok(&["project", "create", "-f", chatty.path().to_str().unwrap()]);
+    let id = server.create_event("chatty", &[]);
+    let event = wait_until_ended(&server, &id);
+    assert_eq!(phase_of(&event), "FAILED", "{event}");
+    let logs = server.ok(&["event", "logs", "--id", &id]);
+    assert!(logs.contains("line 3"), "{logs}");
+    assert!(!logs.contains("line 5"), "{logs}");
+    assert!(
+        logs.contains("log limit of 5 lines exceeded (output truncated)"),
+        "{logs}"
+    );
 }
 
 #[test]

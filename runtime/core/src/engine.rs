@@ -27,7 +27,12 @@ pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
     cpu_time: Duration::from_secs(5),
     wall_time: Duration::from_secs(30),
     log_bytes: 0,
+    log_lines: 0,
     request_bytes: crate::limits::DEFAULT_REQUEST_BYTES,
+    summary_chars: 0,
+    concurrent_jobs: 0,
+    job_log_bytes: 0,
+    workspace_bytes: 0,
 };
 
 /// Compiled scripts kept in memory. Bytecode is tens of kilobytes, so a
@@ -277,7 +282,7 @@ impl Sandbox {
             jobs,
         } = request;
         let event_json = serde_json::to_vec(&event).expect("events serialise");
-        let jobs = WorkerJobs::new(jobs, log.clone(), event.worker.log_level);
+        let jobs = WorkerJobs::new(jobs, log.clone(), event.worker.log_level, limits);
         let context = WorkerContext {
             event_json,
             event,
@@ -444,6 +449,11 @@ fn classify(error: wasmtime::Error, state: &WorkerState) -> WorkerFailure {
         Some(Stop::LogLimit) => {
             return WorkerFailure::Log {
                 limit: limits.log_bytes,
+            };
+        }
+        Some(Stop::LogLines) => {
+            return WorkerFailure::LogLines {
+                limit: limits.log_lines,
             };
         }
         Some(Stop::WallTime) => {

@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use mizzen_host_api::abi::{self, CallResult};
 use mizzen_host_api::types::{
-    ExitRequest, JobLogsRequest, JobRef, LogRequest, SUMMARY_MAX_CHARS, ScriptError, SecretRequest,
-    SecretValue, SleepRequest, SummaryRequest, Ticket,
+    ExitRequest, JobLogsRequest, JobRef, LogRequest, ScriptError, SecretRequest, SecretValue,
+    SleepRequest, SummaryRequest, Ticket,
 };
 use mizzen_host_api::{ErrorCode, HostError, Op};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wasmtime::{Caller, Linker};
 
+use crate::limits::Limit;
 use crate::wasi::memory;
 use crate::worker::{Stop, WorkerState};
 
@@ -119,7 +120,10 @@ fn read_request(
     if len > limit {
         return Ok(Err(HostError::new(
             ErrorCode::LimitExceeded,
-            format!("a request of {len} bytes exceeds the limit of {limit} bytes per host call"),
+            format!(
+                "a request of {len} bytes exceeds the limit of {limit} bytes per host call ({})",
+                Limit::RequestSize.project_field()
+            ),
         )));
     }
     let memory = memory(caller)?;
@@ -152,11 +156,15 @@ async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) 
             Err(e) => Err(e),
         },
         Op::SummarySet => parse::<SummaryRequest>(op, request).and_then(|summary| {
-            let chars = summary.text.chars().count();
-            if chars > SUMMARY_MAX_CHARS {
+            let chars = summary.text.chars().count() as u64;
+            let limit = state.limits.summary_chars;
+            if chars > limit {
                 return Err(HostError::new(
                     ErrorCode::LimitExceeded,
-                    format!("a summary of {chars} characters exceeds the limit of {SUMMARY_MAX_CHARS} characters"),
+                    format!(
+                        "a summary of {chars} characters exceeds the limit of {limit} characters ({})",
+                        Limit::SummaryLength.project_field()
+                    ),
                 ));
             }
             state.summary = Some(summary.text);

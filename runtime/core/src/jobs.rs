@@ -9,6 +9,7 @@
 //! the rule.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mizzen_host_api::types::{
@@ -21,6 +22,7 @@ use serde_json::Value;
 use crate::executor::{
     EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob,
 };
+use crate::limits::{Limit, WorkerLimits};
 use crate::log::{LogRecord, LogSink};
 use crate::project::is_dns_label;
 
@@ -31,11 +33,6 @@ pub const MAX_JOB_TIMEOUT_SECONDS: f64 = 24.0 * 60.0 * 60.0;
 /// Sidecars per job. Kubernetes has no fixed limit, but a pod of more than a
 /// few containers is a design smell, and each sidecar costs a container.
 pub const MAX_SIDECARS: usize = 16;
-
-/// Output kept per job (all its containers): a build's output can be long,
-/// and 16 MiB is several hundred thousand lines. Past it, a line says the
-/// output was cut and the rest is dropped.
-pub const DEFAULT_JOB_LOG_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Whether, and on what, a worker's jobs run.
 #[derive(Clone)]
@@ -64,22 +61,32 @@ pub(crate) struct WorkerJobs {
     log: Arc<dyn LogSink>,
     /// The worker's log level: the host's own lines about jobs obey it too.
     level: LogLevel,
-    log_limit: u64,
+    limits: WorkerLimits,
+    /// Jobs started and not yet ended, against the concurrent-jobs limit.
+    running: Arc<AtomicU64>,
     jobs: HashMap<String, StartedJob>,
 }
 
 struct StartedJob {
     running: Arc<dyn RunningJob>,
     output: Arc<JobRecorder>,
+    /// The task that logs how the job ended.
+    ended: tokio::task::JoinHandle<()>,
 }
 
 impl WorkerJobs {
-    pub fn new(capability: JobCapability, log: Arc<dyn LogSink>, level: LogLevel) -> Self {
+    pub fn new(
+        capability: JobCapability,
+        log: Arc<dyn LogSink>,
+        level: LogLevel,
+        limits: WorkerLimits,
+    ) -> Self {
         Self {
             capability,
             log,
             level,
-            log_limit: DEFAULT_JOB_LOG_BYTES,
+            limits,
+            running: Arc::new(AtomicU64::new(0)),
             jobs: HashMap::new(),
         }
     }
@@ -104,10 +111,21 @@ impl WorkerJobs {
                 ),
             ));
         }
+        let concurrent = self.limits.concurrent_jobs;
+        if self.running.load(Ordering::SeqCst) >= concurrent {
+            return Err(HostError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "job \"{}\" was not started: {concurrent} jobs of this worker are already running, its limit ({})",
+                    job.name,
+                    Limit::ConcurrentJobs.project_field()
+                ),
+            ));
+        }
         let output = Arc::new(JobRecorder {
             job: job.name.clone(),
             log: self.log.clone(),
-            limit: self.log_limit,
+            limit: self.limits.job_log_bytes,
             state: Mutex::default(),
         });
         let running = executor
@@ -124,19 +142,30 @@ impl WorkerJobs {
             })?;
         // Say how the job ended, with its reason: the script only learns the
         // phase.
-        let (watched, log, name, level) = (
+        let (watched, log, name, level, counter) = (
             running.clone(),
             self.log.clone(),
             job.name.clone(),
             self.level,
+            self.running.clone(),
         );
-        tokio::spawn(async move {
-            let record = end_record(&name, &watched.wait().await);
+        counter.fetch_add(1, Ordering::SeqCst);
+        let ended = tokio::spawn(async move {
+            let result = watched.wait().await;
+            counter.fetch_sub(1, Ordering::SeqCst);
+            let record = end_record(&name, &result);
             if record.level.passes(level) {
                 log.record(record);
             }
         });
-        self.jobs.insert(job.name, StartedJob { running, output });
+        self.jobs.insert(
+            job.name,
+            StartedJob {
+                running,
+                output,
+                ended,
+            },
+        );
         Ok(())
     }
 
@@ -166,6 +195,10 @@ impl WorkerJobs {
         };
         for job in self.jobs.values() {
             job.running.cancel().await;
+        }
+        // Every job's end is in the log before the worker's is.
+        for (_, job) in self.jobs.drain() {
+            let _ = job.ended.await;
         }
         executor.finish_event(event).await;
     }
@@ -222,8 +255,10 @@ impl JobOutput for JobRecorder {
             self.log.record(LogRecord::logger(
                 LogLevel::Warn,
                 &format!(
-                    "output of job {} truncated: its log limit of {} bytes was reached",
-                    self.job, self.limit
+                    "output of job {} truncated: its log limit of {} ({}) was reached",
+                    self.job,
+                    crate::worker::human_bytes(self.limit),
+                    Limit::JobLogSize.project_field()
                 ),
                 Some(self.job.clone()),
             ));

@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
 
 use mizzen_host_api::types::{Event, GitConfig, LogLevel};
 use serde::Deserialize;
 
 use crate::duration::parse_go_duration;
 use crate::executor::Source;
+use crate::limits::{Limit, LimitError, LimitSettings, LimitValue};
 use crate::script::{MAX_SCRIPT_BYTES, ScriptSource};
 
 /// The project file's name inside a project directory.
@@ -118,8 +118,9 @@ pub struct WorkerTemplate {
     pub config_files_directory: String,
     /// Config files given inline.
     pub default_config_files: BTreeMap<String, String>,
-    /// The worker's lifetime, when set.
-    pub timeout: Option<Duration>,
+    /// The worker's limits the project sets: `spec.workerTemplate.limits`
+    /// (Mizzen's addition), `timeoutDuration` and `workspaceSize`.
+    pub limits: LimitSettings,
 }
 
 /// What a project allows its jobs.
@@ -380,6 +381,9 @@ struct WorkerTemplateFile {
     default_config_files: Option<BTreeMap<String, String>>,
     #[serde(default)]
     timeout_duration: Option<String>,
+    /// Mizzen's addition: the worker's limits (see [`crate::limits`]).
+    #[serde(default)]
+    limits: Option<BTreeMap<String, serde_norway::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -544,11 +548,47 @@ impl Validator<'_> {
                 "custom worker images are not supported: Mizzen runs the project's script in its Wasm sandbox",
             ));
         }
-        if let Some(size) = w.workspace_size.as_ref().filter(|size| !is_quantity(size)) {
-            return Err(self.invalid(
-                format!("{FIELD}.workspaceSize"),
-                format!("{size:?} must be a size such as 10Gi or 500Mi"),
-            ));
+        let mut limits = LimitSettings::default();
+        if let Some(size) = &w.workspace_size {
+            let value = Limit::WorkspaceSize
+                .parse(size)
+                .map_err(|problem| self.invalid(format!("{FIELD}.workspaceSize"), problem))?;
+            limits.insert(Limit::WorkspaceSize, value);
+        }
+        for (key, value) in w.limits.unwrap_or_default() {
+            let field = format!("{FIELD}.limits.{key}");
+            match Limit::from_key(&key) {
+                Some(limit @ (Limit::Timeout | Limit::WorkspaceSize)) => {
+                    return Err(self.invalid(
+                        field,
+                        format!("set it as {} (Brigade's field)", limit.project_field()),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(self.invalid(
+                        field,
+                        format!(
+                            "is not a limit; the limits are {}",
+                            Limit::ALL
+                                .into_iter()
+                                .filter(|l| !matches!(l, Limit::Timeout | Limit::WorkspaceSize))
+                                .map(Limit::key)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+            let text = match value {
+                serde_norway::Value::String(text) => text,
+                serde_norway::Value::Number(number) => number.to_string(),
+                other => format!("{other:?}"),
+            };
+            limits.set(&key, &text).map_err(|e| match e {
+                LimitError::InvalidValue { problem, .. } => self.invalid(field.clone(), problem),
+                other => self.invalid(field.clone(), other.to_string()),
+            })?;
         }
         let git = match w.git {
             None => None,
@@ -626,15 +666,15 @@ impl Validator<'_> {
                 ));
             }
         }
-        let timeout = match w.timeout_duration.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(parse_go_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
+        if let Some(text) = w.timeout_duration.as_deref().filter(|t| !t.is_empty()) {
+            let timeout = parse_go_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
                 self.invalid(
                     format!("{FIELD}.timeoutDuration"),
                     format!("{text:?} must be a positive duration such as 10m or 1h30m (^([0-9]+(\\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$)"),
                 )
-            })?),
-        };
+            })?;
+            limits.insert(Limit::Timeout, LimitValue::Time(timeout));
+        }
         let job_policies = w
             .job_policies
             .map(|p| JobPolicies {
@@ -651,7 +691,7 @@ impl Validator<'_> {
             log_level,
             config_files_directory,
             default_config_files,
-            timeout,
+            limits,
         })
     }
 }
@@ -691,21 +731,6 @@ fn is_clone_url(s: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && r.chars().all(|c| is_word(c) || ":/-.?=@&%".contains(c)))
 }
 
-/// A Kubernetes quantity as used for sizes: digits, an optional fraction and
-/// an optional unit.
-fn is_quantity(s: &str) -> bool {
-    let digits_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(digits_end);
-    !number.is_empty()
-        && number.parse::<f64>().is_ok()
-        && [
-            "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
-        ]
-        .contains(&unit)
-}
-
 /// A relative path with no `..`, root or prefix component.
 fn is_relative_inside(path: &str) -> bool {
     !path.contains('\\')
@@ -731,7 +756,61 @@ mod tests {
         assert_eq!(project.worker.log_level, LogLevel::Info);
         assert_eq!(project.worker.config_files_directory, ".brigade");
         assert!(project.event_subscriptions.is_empty());
-        assert_eq!(project.worker.timeout, None);
+        assert!(project.worker.limits.is_empty());
+    }
+
+    #[test]
+    fn a_project_sets_its_workers_limits() {
+        let project = parse(&MINIMAL.replace(
+            "{}",
+            "\n    timeoutDuration: 10m\n    workspaceSize: 2Gi\n    limits:\n      memory: 128Mi\n      cpuTime: 30s\n      concurrentJobs: 4\n      logLines: 500",
+        ))
+        .unwrap();
+        let limits = &project.worker.limits;
+        assert_eq!(
+            limits.get(Limit::Memory),
+            Some(LimitValue::Bytes(128 << 20))
+        );
+        assert_eq!(
+            limits.get(Limit::CpuTime),
+            Some(LimitValue::Time(std::time::Duration::from_secs(30)))
+        );
+        assert_eq!(
+            limits.get(Limit::ConcurrentJobs),
+            Some(LimitValue::Count(4))
+        );
+        assert_eq!(limits.get(Limit::LogLines), Some(LimitValue::Count(500)));
+        assert_eq!(
+            limits.get(Limit::Timeout),
+            Some(LimitValue::Time(std::time::Duration::from_secs(600)))
+        );
+        assert_eq!(
+            limits.get(Limit::WorkspaceSize),
+            Some(LimitValue::Bytes(2 << 30))
+        );
+        for (yaml, expected) in [
+            (
+                "memroy: 1Gi",
+                "spec.workerTemplate.limits.memroy: is not a limit; the limits are memory, cpuTime, logSize",
+            ),
+            (
+                "memory: lots",
+                "spec.workerTemplate.limits.memory: \"lots\" must be a size such as 64Mi",
+            ),
+            (
+                "concurrentJobs: 0",
+                "spec.workerTemplate.limits.concurrentJobs: \"0\" must be more than zero",
+            ),
+            (
+                "timeout: 1h",
+                "spec.workerTemplate.limits.timeout: set it as spec.workerTemplate.timeoutDuration",
+            ),
+        ] {
+            let err = parse(&MINIMAL.replace("{}", &format!("\n    limits:\n      {yaml}")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub(crate) enum Stop {
     /// The guest wrote more log output than allowed.
     #[error("log limit exceeded")]
     LogLimit,
+    /// The guest wrote more log lines than allowed.
+    #[error("log line limit exceeded")]
+    LogLines,
     /// The worker outlived its wall-clock limit.
     #[error("wall-clock limit exceeded")]
     WallTime,
@@ -82,6 +85,9 @@ pub(crate) struct WorkerState {
     pub deadline: Instant,
     pub tickets: Tickets,
     log_bytes: u64,
+    log_lines: u64,
+    /// The log limit reached, after which every line is dropped.
+    log_stopped: Option<Stop>,
     /// Output written to fd 1 or 2 without its newline yet.
     partial_output: [Vec<u8>; 2],
 }
@@ -106,6 +112,8 @@ impl WorkerState {
             deadline: deadline_after(limits.wall_time),
             tickets: Tickets::new(),
             log_bytes: 0,
+            log_lines: 0,
+            log_stopped: None,
             partial_output: [Vec::new(), Vec::new()],
         }
     }
@@ -116,20 +124,35 @@ impl WorkerState {
         let Some(context) = &self.context else {
             return Ok(());
         };
+        if let Some(stop) = self.log_stopped {
+            return Err(stop);
+        }
         let size = request.message.len() as u64 + 1;
-        if self.log_bytes + size > self.limits.log_bytes {
-            self.log_bytes = self.limits.log_bytes;
+        let limit = if self.log_bytes + size > self.limits.log_bytes {
+            Some((
+                Stop::LogLimit,
+                format!("log limit of {}", human_bytes(self.limits.log_bytes)),
+            ))
+        } else if self.log_lines >= self.limits.log_lines {
+            Some((
+                Stop::LogLines,
+                format!("limit of {} log lines", self.limits.log_lines),
+            ))
+        } else {
+            None
+        };
+        if let Some((stop, limit)) = limit {
+            // Said once: output the guest flushes as it stops is dropped.
+            self.log_stopped = Some(stop);
             context.log.record(LogRecord::logger(
                 LogLevel::Error,
-                &format!(
-                    "log output truncated: the worker's log limit of {} was reached",
-                    human_bytes(self.limits.log_bytes)
-                ),
+                &format!("log output truncated: the worker's {limit} was reached"),
                 None,
             ));
-            return Err(Stop::LogLimit);
+            return Err(stop);
         }
         self.log_bytes += size;
+        self.log_lines += 1;
         let source = if request.console {
             LogSource::Console
         } else {
@@ -438,6 +461,12 @@ pub enum WorkerFailure {
     #[error("log limit of {} exceeded (output truncated)", human_bytes(*limit))]
     Log {
         /// The limit in bytes.
+        limit: u64,
+    },
+    /// The script wrote more log lines than allowed.
+    #[error("log limit of {limit} lines exceeded (output truncated)")]
+    LogLines {
+        /// The limit in lines.
         limit: u64,
     },
     /// The sandbox had no free instance slot: more workers were alive at

@@ -667,22 +667,29 @@ async fn whoami(State(state): AppStateRef, headers: HeaderMap) -> ApiResult {
 
 // ----- projects -----------------------------------------------------------------
 
-/// Parses and validates a project body with the same rules as project files.
-fn parse_project(body: &Bytes) -> ApiResult<(String, Value)> {
+/// Parses and validates a project body with the same rules as project files,
+/// and its limits against the server's ceilings.
+fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
     let document: Value = parse_body(body, "project")?;
     let text = document.to_string();
+    let invalid = |detail: String| ApiError::BadRequest {
+        reason: "the project is not valid".into(),
+        details: vec![detail],
+    };
     let project =
-        Project::parse(FsPath::new("request body"), &text).map_err(|e| ApiError::BadRequest {
-            reason: "the project is not valid".into(),
-            details: vec![e.to_string()],
-        })?;
+        Project::parse(FsPath::new("request body"), &text).map_err(|e| invalid(e.to_string()))?;
+    project
+        .worker
+        .limits
+        .check_within(state.scheduler.limit_ceilings())
+        .map_err(|e| invalid(e.to_string()))?;
     Ok((project.id, document))
 }
 
 async fn create_project(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
     let who = principal(&state, &headers).await?;
     require(&who, "PROJECT_CREATOR", "")?;
-    let (id, document) = parse_project(&body)?;
+    let (id, document) = parse_project(&state, &body)?;
     if !state.store.create_project(&id, &document).await? {
         return Err(ApiError::Conflict {
             kind: "Project",
@@ -755,7 +762,7 @@ async fn update_project(
     body: Bytes,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let (body_id, document) = parse_project(&body)?;
+    let (body_id, document) = parse_project(&state, &body)?;
     if body_id != id {
         return Err(ApiError::bad(format!(
             "metadata.id {body_id:?} does not match the project {id:?} in the path"

@@ -1,5 +1,11 @@
 //! Secret redaction: the values of a project's secrets never leave the
 //! server in a log line or a summary; each is replaced by `***`.
+//!
+//! A log is a stream of lines, and a value may be split across them (a
+//! script printing it in pieces, output cut into chunks): [`LineRedactor`]
+//! reads each stream's lines as one text, and holds back a line that ends
+//! with the beginning of a value until the next line shows whether the value
+//! goes on.
 
 use std::borrow::Cow;
 
@@ -12,6 +18,8 @@ pub const MASK: &str = "***";
 #[derive(Debug, Default)]
 pub struct Redactor {
     values: Values,
+    /// The values themselves, for the beginnings a line may end with.
+    plain: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -30,12 +38,12 @@ impl Redactor {
     /// A redactor for these secret values (empty ones are ignored: they
     /// would match everywhere and hide nothing).
     pub fn new<'a>(values: impl IntoIterator<Item = &'a String>) -> Self {
-        let values: Vec<&str> = values
+        let plain: Vec<String> = values
             .into_iter()
             .filter(|v| !v.is_empty())
-            .map(String::as_str)
+            .cloned()
             .collect();
-        if values.is_empty() {
+        if plain.is_empty() {
             return Self::default();
         }
         // One pass over the text, the longest value winning where several
@@ -44,7 +52,7 @@ impl Redactor {
         // exponentially (found by the `redactor` fuzz target).
         let values = match AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
-            .build(&values)
+            .build(&plain)
         {
             Ok(matcher) => Values::Matcher(matcher),
             Err(e) => {
@@ -52,7 +60,7 @@ impl Redactor {
                 Values::Unmatchable
             }
         };
-        Self { values }
+        Self { values, plain }
     }
 
     /// `text` with every secret value replaced by [`MASK`].
@@ -72,6 +80,117 @@ impl Redactor {
         });
         Cow::Owned(masked)
     }
+}
+
+/// Redacts the lines of one stream (the worker's log, or one container's
+/// output) where a secret value may continue from one line to the next.
+///
+/// Consecutive lines are matched as one text without their line breaks: a
+/// value printed in pieces is masked in every line that holds a piece. A line
+/// whose end could be the start of a value is held until the next line (or
+/// [`LineRedactor::finish`]) decides; at most as many lines as a value is
+/// long are ever held.
+#[derive(Debug)]
+pub struct LineRedactor<T> {
+    redactor: std::sync::Arc<Redactor>,
+    /// Lines held back, unmasked, with what travels with them.
+    held: Vec<(String, T)>,
+}
+
+impl<T> LineRedactor<T> {
+    /// A stream redacted with `redactor`'s values.
+    pub fn new(redactor: std::sync::Arc<Redactor>) -> Self {
+        Self {
+            redactor,
+            held: Vec::new(),
+        }
+    }
+
+    /// Takes the stream's next line (and whatever travels with it, such as
+    /// its time); returns the lines now safe to pass on, masked, in order.
+    pub fn push(&mut self, line: String, with: T) -> Vec<(String, T)> {
+        let matcher = match &self.redactor.values {
+            Values::None => return vec![(line, with)],
+            Values::Unmatchable => return vec![(MASK.to_string(), with)],
+            Values::Matcher(matcher) => matcher,
+        };
+        self.held.push((line, with));
+        let text: String = self.held.iter().map(|(line, _)| line.as_str()).collect();
+        let matches: Vec<(usize, usize)> = matcher
+            .find_iter(&text)
+            .map(|m| (m.start(), m.end()))
+            .collect();
+        // Where a value may have begun and not yet ended: the earliest
+        // start, after the last whole value, of an end of the text that is
+        // the beginning of some value.
+        let searched_from = matches.last().map_or(0, |&(_, end)| end);
+        let open = (searched_from..text.len())
+            .filter(|&at| text.is_char_boundary(at))
+            .find(|&at| {
+                let tail = &text[at..];
+                self.redactor
+                    .plain
+                    .iter()
+                    .any(|value| value.len() > tail.len() && value.starts_with(tail))
+            });
+        let lines = std::mem::take(&mut self.held);
+        let mut released = Vec::with_capacity(lines.len());
+        let mut start = 0;
+        for (line, with) in lines {
+            let end = start + line.len();
+            if open.is_some_and(|open| open < end) {
+                // This line holds the open beginning (or comes after it).
+                self.held.push((line, with));
+            } else {
+                released.push((mask_segment(&line, start, &matches), with));
+            }
+            start = end;
+        }
+        released
+    }
+
+    /// The lines still held when the stream ends, masked.
+    pub fn finish(&mut self) -> Vec<(String, T)> {
+        let matches: Vec<(usize, usize)> = match &self.redactor.values {
+            Values::Matcher(matcher) => {
+                let text: String = self.held.iter().map(|(line, _)| line.as_str()).collect();
+                matcher
+                    .find_iter(&text)
+                    .map(|m| (m.start(), m.end()))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut start = 0;
+        std::mem::take(&mut self.held)
+            .into_iter()
+            .map(|(line, with)| {
+                let end = start + line.len();
+                let masked = mask_segment(&line, start, &matches);
+                start = end;
+                (masked, with)
+            })
+            .collect()
+    }
+}
+
+/// `line`, which starts at `offset` of a text with `matches`, with each part
+/// of a match inside it replaced by [`MASK`].
+fn mask_segment(line: &str, offset: usize, matches: &[(usize, usize)]) -> String {
+    let end = offset + line.len();
+    let mut masked = String::with_capacity(line.len());
+    let mut at = offset;
+    for &(match_start, match_end) in matches {
+        if match_end <= offset || match_start >= end {
+            continue;
+        }
+        let (from, to) = (match_start.max(offset), match_end.min(end));
+        masked.push_str(&line[at - offset..from - offset]);
+        masked.push_str(MASK);
+        at = to;
+    }
+    masked.push_str(&line[at - offset..]);
+    masked
 }
 
 #[cfg(test)]
@@ -100,6 +219,60 @@ mod tests {
         let secrets: Vec<String> = (0..40).map(|i| "*".repeat(1 + i % 3)).collect();
         let redactor = Redactor::new(&secrets);
         assert_eq!(redactor.redact("a*b**c"), "a***b***c");
+    }
+
+    fn stream(secrets: &[&str], lines: &[&str]) -> Vec<String> {
+        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+        let mut stream = LineRedactor::new(std::sync::Arc::new(Redactor::new(&secrets)));
+        let mut out = Vec::new();
+        for line in lines {
+            out.extend(
+                stream
+                    .push(line.to_string(), ())
+                    .into_iter()
+                    .map(|(l, ())| l),
+            );
+        }
+        out.extend(stream.finish().into_iter().map(|(l, ())| l));
+        out
+    }
+
+    #[test]
+    fn a_value_split_across_lines_is_masked_in_every_piece() {
+        assert_eq!(
+            stream(&["hunter2"], &["token: hun", "ter", "2 done", "next"]),
+            ["token: ***", "***", "*** done", "next"]
+        );
+        // One character per line.
+        assert_eq!(
+            stream(&["abc"], &["a", "b", "c", "d"]),
+            ["***", "***", "***", "d"]
+        );
+    }
+
+    #[test]
+    fn a_line_that_only_looks_like_a_beginning_is_released_unchanged() {
+        assert_eq!(
+            stream(&["hunter2"], &["on the hun", "t for food"]),
+            ["on the hun", "t for food"]
+        );
+        // Held until the stream ends, then passed on as it was.
+        assert_eq!(stream(&["hunter2"], &["a hunt"]), ["a hunt"]);
+    }
+
+    #[test]
+    fn a_line_is_held_only_while_a_value_may_continue() {
+        let secrets = vec!["hunter2".to_string()];
+        let mut lines = LineRedactor::new(std::sync::Arc::new(Redactor::new(&secrets)));
+        assert_eq!(lines.push("plain".into(), 1).len(), 1);
+        assert!(lines.push("x hunt".into(), 2).is_empty(), "held");
+        let released = lines.push("er2!".into(), 3);
+        assert_eq!(
+            released,
+            [("x ***".to_string(), 2), ("***!".to_string(), 3)]
+        );
+        // A whole value followed by the start of another.
+        assert_eq!(stream(&["aa"], &["xa", "a", "b"]), ["x***", "***", "b"]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use mizzen_host_api::types::{JobResult, LogLevel, Phase};
 use mizzen_runtime::executor::{
     EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
 };
+use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
 use mizzen_runtime::project::{EventDetails, ProjectDir};
 use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest, source};
@@ -27,7 +28,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::Metrics;
 use crate::projects::ProjectCache;
-use crate::redact::Redactor;
+use crate::redact::{LineRedactor, Redactor};
 use crate::store::{self, EventRecord, JobRecord, LogLine, Store, micros_at, now_micros};
 
 /// How the scheduler runs.
@@ -48,6 +49,9 @@ pub struct SchedulerConfig {
     pub jobs_per_project: usize,
     /// Workers started for one event at most (crash recovery re-runs).
     pub max_attempts: i64,
+    /// The most any project's workers may have of each limit; projects that
+    /// ask for more are refused, and defaults above a ceiling come down.
+    pub limit_ceilings: LimitSettings,
 }
 
 /// Workers and jobs running in this process, and what wakes the scheduler.
@@ -204,11 +208,11 @@ impl Scheduler {
     /// A line in an event's worker log from the host.
     fn note(&self, event_id: &str, level: LogLevel, message: &str) {
         // The host's own words hold no secrets: nothing to redact.
-        let log = EventLog {
-            store: self.store.clone(),
-            event_id: event_id.to_string(),
-            redactor: Arc::new(Redactor::default()),
-        };
+        let log = EventLog::new(
+            self.store.clone(),
+            event_id.to_string(),
+            Arc::new(Redactor::default()),
+        );
         log.record(LogRecord::logger(level, message, None));
     }
 
@@ -222,6 +226,11 @@ impl Scheduler {
             }
             None => false,
         }
+    }
+
+    /// The server's ceilings on every project's worker limits.
+    pub fn limit_ceilings(&self) -> &LimitSettings {
+        &self.config.limit_ceilings
     }
 
     /// Wakes the claim loop (new events were stored).
@@ -318,11 +327,11 @@ impl Scheduler {
 
         self.metrics.worker_started(micros_since(event.created));
 
-        let log = Arc::new(EventLog {
-            store: self.store.clone(),
-            event_id: event.id.clone(),
-            redactor: redactor.clone(),
-        });
+        let log = Arc::new(EventLog::new(
+            self.store.clone(),
+            event.id.clone(),
+            redactor.clone(),
+        ));
         let git = worker_event
             .worker
             .git
@@ -355,9 +364,10 @@ impl Scheduler {
             })?,
         };
 
-        let mut limits = WorkerLimits::default();
-        if let Some(timeout) = project.worker.timeout {
-            limits.wall_time = timeout;
+        let (limits, notes) =
+            WorkerLimits::for_project(&project.worker.limits, &self.config.limit_ceilings);
+        for note in notes {
+            log.record(LogRecord::logger(LogLevel::Warn, &note, None));
         }
         let context = Arc::new(EventContext {
             event_id: event.id.clone(),
@@ -479,6 +489,44 @@ struct EventLog {
     store: Store,
     event_id: String,
     redactor: Arc<Redactor>,
+    /// One redactor per stream (job and container), so that a value split
+    /// across a stream's lines is masked.
+    streams: Mutex<HashMap<(String, String), LineRedactor<i64>>>,
+}
+
+impl EventLog {
+    fn new(store: Store, event_id: String, redactor: Arc<Redactor>) -> Self {
+        Self {
+            store,
+            event_id,
+            redactor,
+            streams: Mutex::default(),
+        }
+    }
+
+    fn append(&self, job: &str, container: &str, time: i64, message: String) {
+        self.store.append_log(LogLine {
+            seq: 0,
+            event_id: self.event_id.clone(),
+            job: job.to_string(),
+            container: container.to_string(),
+            time,
+            message,
+        });
+    }
+}
+
+/// The last holder of the log is gone, so is every writer of its streams:
+/// the lines they still hold back are stored, masked as the stream ended.
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|e| e.into_inner()));
+        for ((job, container), mut stream) in streams {
+            for (message, time) in stream.finish() {
+                self.append(&job, &container, time, message);
+            }
+        }
+    }
 }
 
 impl LogSink for EventLog {
@@ -495,14 +543,16 @@ impl LogSink for EventLog {
                 record.to_line(),
             ),
         };
-        self.store.append_log(LogLine {
-            seq: 0,
-            event_id: self.event_id.clone(),
-            job,
-            container,
-            time: micros_at(record.time),
-            message: self.redactor.redact(&message).into_owned(),
-        });
+        let released = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((job.clone(), container.clone()))
+            .or_insert_with(|| LineRedactor::new(self.redactor.clone()))
+            .push(message, micros_at(record.time));
+        for (message, time) in released {
+            self.append(&job, &container, time, message);
+        }
     }
 }
 
