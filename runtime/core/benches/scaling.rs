@@ -1,0 +1,227 @@
+//! Sandbox throughput on one and two cores:
+//! `cargo bench -p mizzen-runtime --bench scaling`.
+//!
+//! No-op events run back to back (a fresh instance each, as in the `sandbox`
+//! benchmark) for a fixed time, three ways side by side in one run:
+//!
+//! - 1 thread in 1 process;
+//! - 2 threads in 1 process, sharing one `Sandbox` (one engine per process,
+//!   as the server runs);
+//! - 2 processes of 1 thread each.
+//!
+//! Each way runs in child processes ("shards": this binary re-executed with
+//! `MIZZEN_BENCH_SHARD=<threads>`), so that all three set up alike. A shard
+//! sets up its sandbox and warms up, says `ready`, and starts counting only
+//! when the parent says `go` to every shard of the way at once. The rounds
+//! alternate the three ways so that drift on a shared machine hits all of
+//! them; the median round of each is reported. Goals: ≥ 20,000 events/s per
+//! core, and ≥ 1.8× from 1 to 2 cores.
+//!
+//! `MIZZEN_BENCH_SCALING_SECONDS` (default 2) sets how long each way counts
+//! per round, `MIZZEN_BENCH_SCALING_ROUNDS` (default 3) the rounds.
+
+#![expect(
+    clippy::print_stdout,
+    reason = "a benchmark reports its figures on stdout"
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::{NO_OP_HANDLER, NullLog, env_seconds, env_usize, figure, request};
+use mizzen_runtime::WorkerLimits;
+use mizzen_runtime::log::LogSink;
+use mizzen_runtime::script::ScriptSource;
+
+/// The environment variable that makes this binary a shard, and how many
+/// threads the shard runs.
+const SHARD: &str = "MIZZEN_BENCH_SHARD";
+
+/// Events each thread runs before counting: enough for every pool slot it
+/// uses to have been touched and for the branch predictors to settle
+/// (about a tenth of a second).
+const WARM_UP_EVENTS: usize = 2_000;
+
+fn main() {
+    let duration = env_seconds("MIZZEN_BENCH_SCALING_SECONDS", 2.0);
+    if let Ok(threads) = std::env::var(SHARD) {
+        shard(threads.parse().expect("a thread count"), duration);
+        return;
+    }
+    let rounds = env_usize("MIZZEN_BENCH_SCALING_ROUNDS", 3).max(1);
+    let ways = [
+        ("1 thread in 1 process", 1, 1),
+        ("2 threads in 1 process", 1, 2),
+        ("2 processes of 1 thread", 2, 1),
+    ];
+    println!(
+        "no-op events back to back, {rounds} rounds of {:.1} s each way\n",
+        duration.as_secs_f64()
+    );
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
+    for round in 1..=rounds {
+        for (way, &(label, processes, threads)) in ways.iter().enumerate() {
+            let rate = run_shards(processes, threads);
+            println!("round {round}: {label:<24} {rate:>8.0} events/s");
+            rates[way].push(rate);
+        }
+    }
+    let [one, threads, processes] = [0, 1, 2].map(|way| median(&mut rates[way]));
+    println!();
+    println!("median rounds:");
+    println!("  1 thread in 1 process    {one:>8.0} events/s");
+    println!(
+        "  2 threads in 1 process   {threads:>8.0} events/s  ({:.2}× of 1 thread)",
+        threads / one
+    );
+    println!(
+        "  2 processes of 1 thread  {processes:>8.0} events/s  ({:.2}× of 1 thread)",
+        processes / one
+    );
+    figure(
+        "no-op events/s, 1 thread in 1 process",
+        format!("{one:.0}/s"),
+        Some(("≥ 20,000/s per core", one >= 20_000.0)),
+    );
+    figure(
+        "no-op events/s, 2 threads in 1 process",
+        format!("{threads:.0}/s ({:.0}/s per core)", threads / 2.0),
+        Some(("≥ 20,000/s per core", threads / 2.0 >= 20_000.0)),
+    );
+    figure(
+        "no-op events/s, 2 processes of 1 thread",
+        format!("{processes:.0}/s ({:.0}/s per core)", processes / 2.0),
+        Some(("≥ 20,000/s per core", processes / 2.0 >= 20_000.0)),
+    );
+    figure(
+        "scaling 1 → 2 cores, threads in one process",
+        format!("{:.2}×", threads / one),
+        Some(("≥ 1.8×", threads / one >= 1.8)),
+    );
+    figure(
+        "scaling 1 → 2 cores, separate processes",
+        format!("{:.2}×", processes / one),
+        Some(("≥ 1.8×", processes / one >= 1.8)),
+    );
+}
+
+/// Runs `processes` shards of `threads` threads together; returns their
+/// events per second, summed.
+fn run_shards(processes: usize, threads: usize) -> f64 {
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let mut children: Vec<_> = (0..processes)
+        .map(|_| {
+            let mut child = Command::new(&exe)
+                .env(SHARD, threads.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("a shard starts");
+            let stdout = BufReader::new(child.stdout.take().expect("piped"));
+            (child, stdout.lines())
+        })
+        .collect();
+    for (_, lines) in &mut children {
+        let line = lines.next().and_then(Result::ok);
+        assert_eq!(line.as_deref(), Some("ready"), "a shard failed to start");
+    }
+    for (child, _) in &mut children {
+        let stdin = child.stdin.as_mut().expect("piped");
+        stdin.write_all(b"go\n").expect("the shard listens");
+        stdin.flush().expect("the shard listens");
+    }
+    let mut rate = 0.0;
+    for (mut child, mut lines) in children {
+        let line = lines
+            .next()
+            .and_then(Result::ok)
+            .expect("the shard reports");
+        // `<events> <seconds>` for each of the shard's threads.
+        let numbers: Vec<f64> = line
+            .split_whitespace()
+            .map(|n| n.parse().expect("a number"))
+            .collect();
+        rate += numbers.chunks(2).map(|pair| pair[0] / pair[1]).sum::<f64>();
+        assert!(child.wait().expect("the shard ends").success());
+    }
+    rate
+}
+
+/// One shard: `threads` threads sharing one sandbox, each running no-op
+/// events on its own single-threaded runtime for `duration` after `go`.
+fn shard(threads: usize, duration: Duration) {
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (sandbox, script) = setup.block_on(async {
+        // Each thread has one instance alive at a time; one compilation.
+        let sandbox = common::sandbox(threads as u32 + 16).await;
+        let script = sandbox
+            .compile(&ScriptSource::new("brigade.js", NO_OP_HANDLER))
+            .await
+            .expect("compiles");
+        (Arc::new(sandbox), script)
+    });
+    // Everyone warmed up, then everyone starts together.
+    let warmed = Arc::new(Barrier::new(threads + 1));
+    let go = Arc::new(Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (sandbox, script) = (sandbox.clone(), script.clone());
+            let (warmed, go) = (warmed.clone(), go.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let log: Arc<dyn LogSink> = Arc::new(NullLog);
+                let limits = WorkerLimits::default();
+                runtime.block_on(async {
+                    for _ in 0..WARM_UP_EVENTS {
+                        let outcome = sandbox
+                            .run_compiled(&script, request(limits, log.clone()))
+                            .await;
+                        assert!(outcome.succeeded(), "{outcome:?}");
+                    }
+                    warmed.wait();
+                    go.wait();
+                    let started = Instant::now();
+                    let mut events = 0u64;
+                    while started.elapsed() < duration {
+                        let outcome = sandbox
+                            .run_compiled(&script, request(limits, log.clone()))
+                            .await;
+                        debug_assert!(outcome.succeeded());
+                        events += 1;
+                    }
+                    (events, started.elapsed())
+                })
+            })
+        })
+        .collect();
+    warmed.wait();
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .expect("the parent says go");
+    go.wait();
+    let results: Vec<String> = workers
+        .into_iter()
+        .map(|worker| {
+            let (events, elapsed) = worker.join().expect("the thread ends");
+            format!("{events} {}", elapsed.as_secs_f64())
+        })
+        .collect();
+    println!("{}", results.join(" "));
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
