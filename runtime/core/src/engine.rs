@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use mizzen_host_api::types::{Event, LogLevel, LogRequest, ScriptErrorKind};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::{Engine, InstancePre, Linker, Memory, Store, Trap, UpdateDeadline};
 
+use crate::cpu::CpuShare;
 use crate::jobs::{JobCapability, WorkerJobs};
 use crate::limits::{EPOCH_TICK, WorkerLimits};
 use crate::log::{LogRecord, LogSink};
@@ -69,6 +71,9 @@ pub struct SandboxConfig {
     pub cache_dir: Option<PathBuf>,
     /// How many instances (workers and compilations) may be alive at once.
     pub max_instances: u32,
+    /// How many guests that compute for long stretches may run at once
+    /// (see [`crate::cpu`]); by default one fewer than the cores.
+    pub long_running_slots: usize,
 }
 
 impl Default for SandboxConfig {
@@ -76,6 +81,7 @@ impl Default for SandboxConfig {
         Self {
             cache_dir: None,
             max_instances: DEFAULT_MAX_INSTANCES,
+            long_running_slots: crate::cpu::default_long_running_slots(),
         }
     }
 }
@@ -144,6 +150,8 @@ pub struct Sandbox {
     /// compiling writes many more pages than running).
     compiler: InstancePre<WorkerState>,
     scripts: Mutex<ScriptCache>,
+    /// The long-running slots every guest's [`CpuShare`] queues for.
+    long_running: Arc<Semaphore>,
     /// Stops advancing the epoch when the sandbox is dropped.
     _ticker: EpochTicker,
 }
@@ -175,6 +183,7 @@ impl Sandbox {
             plugin,
             compiler,
             scripts: Mutex::new(ScriptCache::default()),
+            long_running: Arc::new(Semaphore::new(config.long_running_slots.max(1))),
             _ticker: ticker,
         })
     }
@@ -335,7 +344,8 @@ impl Sandbox {
 
     /// A store with the worker's limits: memory through the resource
     /// limiter, CPU through epoch ticks (yielding to other tasks each tick).
-    fn store(&self, state: WorkerState) -> Store<WorkerState> {
+    fn store(&self, mut state: WorkerState) -> Store<WorkerState> {
+        state.cpu = Some(CpuShare::new(self.long_running.clone()));
         new_store(&self.engine, state)
     }
 
@@ -401,14 +411,22 @@ fn new_store(engine: &Engine, state: WorkerState) -> Store<WorkerState> {
     store.limiter(|state| state);
     store.epoch_deadline_callback(|mut context| {
         let state = context.data_mut();
-        state.cpu_ticks += 1;
-        if state.cpu_ticks > state.limits.cpu_ticks() {
-            return Err(wasmtime::Error::new(Stop::CpuLimit));
+        let resumed = state.cpu.as_mut().is_some_and(CpuShare::take_resumed);
+        if !resumed {
+            state.cpu_ticks += 1;
+            if state.cpu_ticks > state.limits.cpu_ticks() {
+                return Err(wasmtime::Error::new(Stop::CpuLimit));
+            }
         }
         if Instant::now() >= state.deadline {
             return Err(wasmtime::Error::new(Stop::WallTime));
         }
-        Ok(UpdateDeadline::Yield(1))
+        let deadline = state.deadline;
+        Ok(match (&mut state.cpu, resumed) {
+            (_, true) => UpdateDeadline::Continue(1),
+            (Some(cpu), false) => cpu.tick(deadline),
+            (None, false) => UpdateDeadline::Yield(1),
+        })
     });
     store.set_epoch_deadline(1);
     store

@@ -240,6 +240,9 @@ async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) 
             None
         }),
         Op::WaitAny => {
+            if let Some(cpu) = &mut state.cpu {
+                cpu.blocked();
+            }
             let deadline = tokio::time::Instant::from_std(state.deadline);
             match tokio::time::timeout_at(deadline, state.tickets.wait_any()).await {
                 Ok(next) => reply(&next),
@@ -253,8 +256,53 @@ async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) 
 }
 
 fn parse<T: DeserializeOwned>(op: Op, request: &[u8]) -> Result<T, HostError> {
-    serde_json::from_slice(request)
-        .map_err(|e| HostError::invalid(format!("invalid {} request: {e}", op.name())))
+    serde_json::from_slice(request).or_else(|e| {
+        // JavaScript strings may hold lone surrogates (text cut inside a
+        // pair, by the script or the SDK's own line cut); JSON.stringify
+        // escapes them, and Rust strings cannot hold them.
+        let mended = mend_lone_surrogates(request)
+            .ok_or_else(|| HostError::invalid(format!("invalid {} request: {e}", op.name())))?;
+        serde_json::from_slice(&mended)
+            .map_err(|e| HostError::invalid(format!("invalid {} request: {e}", op.name())))
+    })
+}
+
+/// `request` with each `\uXXXX` escape of a surrogate that has no partner
+/// replaced by `\ufffd`, the replacement character; `None` when it has none.
+fn mend_lone_surrogates(request: &[u8]) -> Option<Vec<u8>> {
+    let escape_at = |at: usize| -> Option<u16> {
+        let digits = request.get(at..at + 6)?;
+        if digits[0] != b'\\' || digits[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&digits[2..]).ok()?, 16).ok()
+    };
+    let mut mended = Vec::with_capacity(request.len());
+    let (mut at, mut changed) = (0, false);
+    while at < request.len() {
+        if request[at] == b'\\' && request.get(at + 1) == Some(&b'\\') {
+            // An escaped backslash: what follows is text, not an escape.
+            mended.extend_from_slice(&request[at..at + 2]);
+            at += 2;
+            continue;
+        }
+        match escape_at(at) {
+            Some(0xd800..=0xdbff) if matches!(escape_at(at + 6), Some(0xdc00..=0xdfff)) => {
+                mended.extend_from_slice(&request[at..at + 12]);
+                at += 12;
+            }
+            Some(0xd800..=0xdfff) => {
+                mended.extend_from_slice(b"\\ufffd");
+                changed = true;
+                at += 6;
+            }
+            _ => {
+                mended.push(request[at]);
+                at += 1;
+            }
+        }
+    }
+    changed.then_some(mended)
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, HostError> {
@@ -264,4 +312,22 @@ fn reply<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, HostError> {
             format!("the reply could not be encoded: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters_and_pairs_stay() {
+        let mended =
+            mend_lone_surrogates(br#"{"m":"a\ud800b\ud83d\ude80c\\ud800\udfff"}"#).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&mended).unwrap(),
+            r#"{"m":"a\ufffdb\ud83d\ude80c\\ud800\ufffd"}"#
+        );
+        let value: serde_json::Value = serde_json::from_slice(&mended).unwrap();
+        assert_eq!(value["m"], "a\u{fffd}b\u{1f680}c\\ud800\u{fffd}");
+        assert_eq!(mend_lone_surrogates(br#"{"m":"fine \ud83d\ude80"}"#), None);
+    }
 }

@@ -45,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cpu;
 mod duration;
 mod engine;
 pub mod executor;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use wasmtime::ResourceLimiter;
 
+use crate::cpu::CpuShare;
 use crate::engine::CompiledScript;
 use crate::jobs::WorkerJobs;
 use crate::limits::WorkerLimits;
@@ -84,6 +85,9 @@ pub(crate) struct WorkerState {
     /// tick while the guest runs, and bounds every wait in a host call.
     pub deadline: Instant,
     pub tickets: Tickets,
+    /// The worker's share of the cores; `None` for the instance that
+    /// pre-initialises the plugin.
+    pub cpu: Option<CpuShare>,
     log_bytes: u64,
     log_lines: u64,
     /// The log limit reached, after which every line is dropped.
@@ -111,6 +115,7 @@ impl WorkerState {
             cpu_ticks: 0,
             deadline: deadline_after(limits.wall_time),
             tickets: Tickets::new(),
+            cpu: None,
             log_bytes: 0,
             log_lines: 0,
             log_stopped: None,

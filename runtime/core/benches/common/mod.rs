@@ -54,6 +54,7 @@ pub async fn sandbox(max_instances: u32) -> Sandbox {
     Sandbox::new(SandboxConfig {
         cache_dir: Some(cache),
         max_instances,
+        ..SandboxConfig::default()
     })
     .await
     .expect("the sandbox starts")
