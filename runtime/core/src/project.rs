@@ -731,6 +731,56 @@ fn is_clone_url(s: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && r.chars().all(|c| is_word(c) || ":/-.?=@&%".contains(c)))
 }
 
+/// Why a server must not fetch `url` for a tenant, if it must not: the
+/// server's own disk (`file://`), and addresses that reach the server itself
+/// or its cloud's metadata service (loopback, link-local, unspecified) rather
+/// than a git host. Private networks stay allowed: self-hosted git servers
+/// live there. Names are not resolved: a name that resolves to such an
+/// address is the network's to block.
+pub fn server_clone_url_problem(url: &str) -> Option<String> {
+    if !is_clone_url(url) {
+        return Some(format!(
+            "cloneURL {url:?} must match ^(https?://|git@)[\\w:/\\-\\.\\?=@&%]+$"
+        ));
+    }
+    if url.starts_with("file://") {
+        return Some(format!(
+            "cloneURL {url:?} names a path on the server's own disk; a server fetches only from git hosts (file:// is for `mizzen run`)"
+        ));
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .or_else(|| url.strip_prefix("git@"))
+        .unwrap_or(url);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    }
+    .trim_end_matches('.')
+    .to_ascii_lowercase();
+    let internal = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xffc0) == 0xfe80
+        }
+        Err(_) => {
+            host == "localhost"
+                || host.ends_with(".localhost")
+                || host == "metadata.google.internal"
+        }
+    };
+    internal.then(|| {
+        format!(
+            "cloneURL {url:?} points at {host:?}, which is the server itself or its cloud's metadata service, not a git host"
+        )
+    })
+}
+
 /// A relative path with no `..`, root or prefix component.
 fn is_relative_inside(path: &str) -> bool {
     !path.contains('\\')
@@ -757,6 +807,30 @@ mod tests {
         assert_eq!(project.worker.config_files_directory, ".brigade");
         assert!(project.event_subscriptions.is_empty());
         assert!(project.worker.limits.is_empty());
+    }
+
+    #[test]
+    fn a_server_fetches_only_from_git_hosts() {
+        for good in [
+            "https://github.com/brigadecore/empty-testbed.git",
+            "git@github.com:brigadecore/empty-testbed.git",
+            "http://10.0.0.7:3000/team/repo.git",
+            "https://gitlab.internal.example/repo.git",
+        ] {
+            assert_eq!(server_clone_url_problem(good), None, "{good}");
+        }
+        for bad in [
+            "file:///etc",
+            "http://127.0.0.1:8080/x.git",
+            "http://169.254.169.254/latest/meta-data",
+            "https://user@localhost/x.git",
+            "http://[::1]:80/x.git",
+            "http://0.0.0.0/x",
+            "git@127.0.0.2:x.git",
+            "ext::sh -c touch% /tmp/pwned",
+        ] {
+            assert!(server_clone_url_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

@@ -21,6 +21,13 @@ use oxc_transformer::{TransformOptions, Transformer};
 /// that compilation time and memory stay bounded.
 pub const MAX_SCRIPT_BYTES: usize = 8 * 1024 * 1024;
 
+/// Brackets, parentheses and braces open at once. The parser and the
+/// TypeScript transform descend recursively on the host's stack (a server
+/// compiles on its 2 MiB runtime threads), and 10,000 levels overflowed it,
+/// killing the process with every tenant's workers; QuickJS's own compiler
+/// gives up near 1,000 levels anyway. No honest script nests past a few dozen.
+pub const MAX_NESTING: usize = 500;
+
 /// The language of a script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Language {
@@ -78,6 +85,36 @@ pub(crate) struct PreparedScript {
     pub positions: Option<PositionMap>,
 }
 
+/// Refuses a script that opens more than [`MAX_NESTING`] brackets at once,
+/// before the parser recurses into them. Brackets in strings and comments
+/// count too: the check only needs to be cheap and never to let a deep
+/// script through.
+fn check_nesting(source: &ScriptSource) -> Result<(), String> {
+    let mut depth = 0usize;
+    let (mut line, mut column) = (1, 1);
+    for c in source.text.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "{}:{line}:{column}: SyntaxError: brackets nested more than {MAX_NESTING} deep",
+                        source.name
+                    ));
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if c == '\n' {
+            (line, column) = (line + 1, 1);
+        } else {
+            column += 1;
+        }
+    }
+    Ok(())
+}
+
 /// Parses (and for TypeScript, transpiles) a script. Errors read
 /// `brigade.ts:3:7: SyntaxError: Expected ...`.
 pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, String> {
@@ -88,6 +125,7 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, String> {
             source.text.len()
         ));
     }
+    check_nesting(source)?;
     let allocator = Allocator::default();
     let source_type = match source.language {
         Language::JavaScript => SourceType::unambiguous(),
@@ -302,5 +340,25 @@ mod tests {
         let text = "x".repeat(MAX_SCRIPT_BYTES + 1);
         let err = prepare(&ScriptSource::new("brigade.js", text)).unwrap_err();
         assert!(err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn brackets_nested_past_the_limit_are_refused_with_their_position() {
+        let deep = format!(
+            "const a = 1;\nconst b = {}{};\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = prepare(&ScriptSource::new("brigade.js", deep)).unwrap_err();
+        assert_eq!(
+            err,
+            "brigade.js:2:511: SyntaxError: brackets nested more than 500 deep"
+        );
+        let fine = format!(
+            "const b = {}{};\n",
+            "[".repeat(MAX_NESTING),
+            "]".repeat(MAX_NESTING)
+        );
+        assert!(prepare(&ScriptSource::new("brigade.js", fine)).is_ok());
     }
 }

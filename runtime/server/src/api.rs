@@ -20,7 +20,9 @@ use axum::routing::{delete, get, post, put};
 use base64::Engine as _;
 use futures_util::{Stream, StreamExt, stream};
 use mizzen_host_api::types::Phase;
-use mizzen_runtime::project::{EventDetails, Project, validate_secret_key};
+use mizzen_runtime::project::{
+    EventDetails, Project, server_clone_url_problem, validate_secret_key,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -683,6 +685,15 @@ fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
         .limits
         .check_within(state.scheduler.limit_ceilings())
         .map_err(|e| invalid(e.to_string()))?;
+    if let Some(problem) = project
+        .worker
+        .git
+        .as_ref()
+        .filter(|git| !git.clone_url.is_empty())
+        .and_then(|git| server_clone_url_problem(&git.clone_url))
+    {
+        return Err(invalid(format!("spec.workerTemplate.git.{problem}")));
+    }
     Ok((project.id, document))
 }
 
@@ -932,6 +943,15 @@ fn validate_event(body: &EventBody) -> ApiResult<()> {
                 ));
             }
         }
+    }
+    let clone_url = body
+        .git
+        .as_ref()
+        .and_then(|git| git.get("cloneURL"))
+        .map(|url| url.as_str().unwrap_or("(not a string)"))
+        .filter(|url| !url.is_empty());
+    if let Some(problem) = clone_url.and_then(server_clone_url_problem) {
+        details.push(format!("git.{problem}"));
     }
     if details.is_empty() {
         Ok(())

@@ -115,7 +115,7 @@ impl<T> LineRedactor<T> {
             Values::Matcher(matcher) => matcher,
         };
         self.held.push((line, with));
-        let text: String = self.held.iter().map(|(line, _)| line.as_str()).collect();
+        let text = joined(&self.held);
         let matches: Vec<(usize, usize)> = matcher
             .find_iter(&text)
             .map(|m| (m.start(), m.end()))
@@ -137,12 +137,12 @@ impl<T> LineRedactor<T> {
         let mut released = Vec::with_capacity(lines.len());
         let mut start = 0;
         for (line, with) in lines {
-            let end = start + line.len();
+            let end = start + line.len() - line.matches('\n').count();
             if open.is_some_and(|open| open < end) {
                 // This line holds the open beginning (or comes after it).
                 self.held.push((line, with));
             } else {
-                released.push((mask_segment(&line, start, &matches), with));
+                released.push((mask_line(&line, start, &matches), with));
             }
             start = end;
         }
@@ -152,44 +152,65 @@ impl<T> LineRedactor<T> {
     /// The lines still held when the stream ends, masked.
     pub fn finish(&mut self) -> Vec<(String, T)> {
         let matches: Vec<(usize, usize)> = match &self.redactor.values {
-            Values::Matcher(matcher) => {
-                let text: String = self.held.iter().map(|(line, _)| line.as_str()).collect();
-                matcher
-                    .find_iter(&text)
-                    .map(|m| (m.start(), m.end()))
-                    .collect()
-            }
+            Values::Matcher(matcher) => matcher
+                .find_iter(&joined(&self.held))
+                .map(|m| (m.start(), m.end()))
+                .collect(),
             _ => Vec::new(),
         };
         let mut start = 0;
         std::mem::take(&mut self.held)
             .into_iter()
             .map(|(line, with)| {
-                let end = start + line.len();
-                let masked = mask_segment(&line, start, &matches);
-                start = end;
+                let masked = mask_line(&line, start, &matches);
+                start += line.len() - line.matches('\n').count();
                 (masked, with)
             })
             .collect()
     }
 }
 
-/// `line`, which starts at `offset` of a text with `matches`, with each part
+/// The lines as one text without their line breaks, those inside a line
+/// (one message of several lines) included.
+fn joined<T>(lines: &[(String, T)]) -> String {
+    lines
+        .iter()
+        .flat_map(|(line, _)| line.split('\n'))
+        .collect()
+}
+
+/// `line`, which starts at `offset` of the [`joined`] text with `matches`,
+/// with each part of a match inside it replaced by [`MASK`]; its own line
+/// breaks stay.
+fn mask_line(line: &str, offset: usize, matches: &[(usize, usize)]) -> String {
+    let mut start = offset;
+    let pieces: Vec<String> = line
+        .split('\n')
+        .map(|piece| {
+            let masked = mask_segment(piece, start, matches);
+            start += piece.len();
+            masked
+        })
+        .collect();
+    pieces.join("\n")
+}
+
+/// `piece`, which starts at `offset` of a text with `matches`, with each part
 /// of a match inside it replaced by [`MASK`].
-fn mask_segment(line: &str, offset: usize, matches: &[(usize, usize)]) -> String {
-    let end = offset + line.len();
-    let mut masked = String::with_capacity(line.len());
+fn mask_segment(piece: &str, offset: usize, matches: &[(usize, usize)]) -> String {
+    let end = offset + piece.len();
+    let mut masked = String::with_capacity(piece.len());
     let mut at = offset;
     for &(match_start, match_end) in matches {
         if match_end <= offset || match_start >= end {
             continue;
         }
         let (from, to) = (match_start.max(offset), match_end.min(end));
-        masked.push_str(&line[at - offset..from - offset]);
+        masked.push_str(&piece[at - offset..from - offset]);
         masked.push_str(MASK);
         at = to;
     }
-    masked.push_str(&line[at - offset..]);
+    masked.push_str(&piece[at - offset..]);
     masked
 }
 
@@ -242,6 +263,11 @@ mod tests {
         assert_eq!(
             stream(&["hunter2"], &["token: hun", "ter", "2 done", "next"]),
             ["token: ***", "***", "*** done", "next"]
+        );
+        // Lines of one message.
+        assert_eq!(
+            stream(&["hunter2"], &["token: hun\nter2 done"]),
+            ["token: ***\n*** done"]
         );
         // One character per line.
         assert_eq!(

@@ -21,6 +21,7 @@ use mizzen_runtime::executor::{
 };
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
+use mizzen_runtime::project::server_clone_url_problem;
 use mizzen_runtime::project::{EventDetails, ProjectDir};
 use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
@@ -341,6 +342,11 @@ impl Scheduler {
         // Brigade's worker did; the others carry it inline (no files).
         let script = match &git {
             Some(git) => {
+                // Checked here too: projects stored before the rule, and
+                // every event's override, meet it before anything is fetched.
+                if let Some(problem) = server_clone_url_problem(&git.clone_url) {
+                    return Err(problem);
+                }
                 let checkout = tempfile::tempdir()
                     .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
                 let root = checkout.path().join("source");

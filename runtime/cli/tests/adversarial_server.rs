@@ -1,0 +1,1669 @@
+//! The bad-input catalogue (`../shared/reference/security.md` §7) against a
+//! real `mizzen server` on a loopback port: tokens (F), tenants (C6), ids,
+//! headers and bodies (C, E), webhook signatures (E2, E3), git URLs (D3) and
+//! secret exfiltration (G) through every output a tenant can read. Each test
+//! checks the named answer, that the server still answers afterwards (its
+//! process alive, `/healthz` ok) and that no secret reached a tenant, and
+//! prints `adversarial-server <group>: N cases, 0 host crashes, 0 leaks`.
+//!
+//! Cases that fail today are `#[ignore]`d with what they show; run them with
+//! `cargo test -p mizzen-cli --test adversarial_server -- --ignored`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::Digest;
+
+const ROOT_PASSWORD: &str = "adversarial-root-password";
+/// The secret of the `vault` project. Its two halves are checked too, so a
+/// value split across lines counts as leaked.
+const SECRET: &str = "s3cr3t-canary-5d1f8e02b7c4a9";
+const SECRET_HALVES: [&str; 2] = ["s3cr3t-canary-", "5d1f8e02b7c4a9"];
+/// Another tenant's secret.
+const OTHER_SECRET: &str = "s3cr3t-canary-other-91c3e7";
+
+// ----- the server ------------------------------------------------------------------
+
+/// A `mizzen server` of this test, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    data_dir: tempfile::TempDir,
+    root: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mizzen"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .args(extra)
+            .env("MIZZEN_ROOT_PASSWORD", ROOT_PASSWORD)
+            .env(
+                "MIZZEN_CACHE_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
+            )
+            .env("MIZZEN_LOG", "info")
+            .current_dir(common::repo())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mizzen server starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = data_dir.path().join("server.log");
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(log).unwrap();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("mizzen server listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+                let _ = writeln!(file, "{line}");
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server says where it listens");
+        let mut server = Self {
+            child,
+            url,
+            data_dir,
+            root: String::new(),
+        };
+        server.root = server.session();
+        server
+    }
+
+    /// A new root session's token.
+    fn session(&self) -> String {
+        let answer = send(
+            http()
+                .post(format!("{}/v2/sessions?root=true", self.url))
+                .basic_auth("root", Some(ROOT_PASSWORD)),
+        );
+        assert_eq!(answer.status, 201, "{}", answer.text);
+        answer.json()["value"].as_str().unwrap().to_string()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is alive and answers `/healthz`.
+    fn survives(&mut self) -> Result<(), String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Err(format!("the server exited: {status}\n{}", self.log()));
+        }
+        let (status, body) = self.call("GET", "/healthz", None, None);
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("/healthz answered {status}: {body}"))
+        }
+    }
+
+    /// The server's resident memory, in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        kib * 1024
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = http().request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let answer = send(request);
+        (
+            answer.status,
+            serde_json::from_str(&answer.text).unwrap_or(Value::String(answer.text)),
+        )
+    }
+
+    /// Calls as root and expects `status`.
+    fn expect(&self, method: &str, path: &str, body: Option<&Value>, status: u16) -> Value {
+        let (got, answer) = self.call(method, path, Some(&self.root), body);
+        assert_eq!(got, status, "{method} {path}: {answer}\n{}", self.log());
+        answer
+    }
+
+    fn create_project(&self, document: &Value) {
+        self.expect("POST", "/v2/projects", Some(document), 201);
+    }
+
+    fn set_secret(&self, project: &str, key: &str, value: &str) {
+        self.expect(
+            "PUT",
+            &format!("/v2/projects/{project}/secrets/{key}"),
+            Some(&json!({"key": key, "value": value})),
+            200,
+        );
+    }
+
+    /// Creates a `brigade.sh/cli` `exec` event for `project`; its id.
+    fn create_event(&self, project: &str, payload: &str, git: Option<Value>) -> String {
+        self.create_event_as(&self.root, project, payload, git)
+    }
+
+    fn create_event_as(
+        &self,
+        token: &str,
+        project: &str,
+        payload: &str,
+        git: Option<Value>,
+    ) -> String {
+        let mut body = json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
+            "projectID": project, "source": "brigade.sh/cli", "type": "exec", "payload": payload});
+        if let Some(git) = git {
+            body["git"] = git;
+        }
+        let (status, created) = self.call("POST", "/v2/events", Some(token), Some(&body));
+        assert_eq!(status, 201, "{created}");
+        created["items"][0]["metadata"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no event created: {created}"))
+            .to_string()
+    }
+
+    /// Waits for an event to end; the event.
+    fn wait(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let event = self.expect("GET", &format!("/v2/events/{id}"), None, 200);
+            let phase = event["worker"]["status"]["phase"]
+                .as_str()
+                .unwrap_or_default();
+            if !matches!(phase, "PENDING" | "STARTING" | "RUNNING") {
+                return event;
+            }
+            assert!(Instant::now() < deadline, "event {id} did not end: {event}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A raw HTTP/1.1 exchange, for requests no client library would send.
+    fn raw(&self, request: &[u8]) -> String {
+        let address = self.url.strip_prefix("http://").unwrap();
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Sends `head`, then `mebibytes` chunks of 1 MiB (as far as the server
+    /// reads them), and reads the answer.
+    fn raw_chunked(&self, head: &str, mebibytes: usize) -> String {
+        let address = self.url.strip_prefix("http://").unwrap();
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let chunk = vec![b' '; 1024 * 1024];
+        for _ in 0..mebibytes {
+            let sent = stream
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .and_then(|()| stream.write_all(&chunk))
+                .and_then(|()| stream.write_all(b"\r\n"));
+            if sent.is_err() {
+                break; // the server stopped reading: it has answered
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// A server's answer.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+}
+
+/// Sends a request and reads the whole answer (the tests are synchronous;
+/// reqwest is not).
+fn send(request: reqwest::RequestBuilder) -> Answer {
+    static RUNTIME: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    });
+    RUNTIME.block_on(async {
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            text,
+        }
+    })
+}
+
+fn sha256_hex(text: &str) -> String {
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A project with an inline script.
+fn project(id: &str, script: &str) -> Value {
+    json!({
+        "apiVersion": "brigade.sh/v2", "kind": "Project",
+        "metadata": {"id": id},
+        "spec": {
+            "eventSubscriptions": [{"source": "brigade.sh/cli", "types": ["exec"]}],
+            "workerTemplate": {"defaultConfigFiles": {"brigade.js": script}},
+        },
+    })
+}
+
+/// Counts a group's cases and failures and prints the figures.
+struct Tally {
+    group: &'static str,
+    cases: usize,
+    crashes: usize,
+    leaks: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn new(group: &'static str) -> Self {
+        Self {
+            group,
+            cases: 0,
+            crashes: 0,
+            leaks: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Records one case: its check, then whether the server survived it.
+    fn case(&mut self, server: &mut Server, name: &str, result: Result<(), String>) {
+        self.cases += 1;
+        if let Err(why) = result {
+            self.failures.push(format!("{name}: {why}"));
+        }
+        if let Err(why) = server.survives() {
+            self.crashes += 1;
+            self.failures.push(format!("{name}: {why}"));
+        }
+    }
+
+    fn leak(&mut self, name: &str, why: String) {
+        self.leaks += 1;
+        self.failures.push(format!("{name}: LEAK {why}"));
+    }
+
+    fn finish(self) {
+        eprintln!(
+            "adversarial-server {}: {} cases, {} host crashes, {} leaks",
+            self.group, self.cases, self.crashes, self.leaks
+        );
+        assert!(
+            self.failures.is_empty(),
+            "{} of {} cases failed:\n\n{}",
+            self.failures.len(),
+            self.cases,
+            self.failures.join("\n\n")
+        );
+    }
+}
+
+fn check(condition: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if condition { Ok(()) } else { Err(what()) }
+}
+
+// ----- F, C6: tokens and tenants ------------------------------------------------------
+
+const INERT: &str = r#"const { events } = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async () => "done");
+events.process();
+"#;
+
+#[test]
+fn forged_expired_revoked_and_foreign_tokens_are_refused() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("tokens");
+    let root = server.root.clone();
+    for id in ["alpha", "beta"] {
+        server.create_project(&project(id, INERT));
+        server.set_secret(id, "password", &format!("{OTHER_SECRET}-{id}"));
+    }
+    let beta_event = server.create_event("beta", "", None);
+    server.wait(&beta_event);
+
+    // Forgeries of a valid token.
+    let mut upper = root.to_uppercase();
+    if upper == root {
+        upper.push('0');
+    }
+    let forged = [
+        ("a random token", "0123456789abcdef".repeat(4)),
+        ("the token truncated", root[..root.len() - 1].to_string()),
+        ("the token padded", format!("{root}0")),
+        ("the token in upper case", upper),
+        ("the stored hash of the token", sha256_hex(&root)),
+        ("an empty token", String::new()),
+        ("a token of 100,000 characters", "f".repeat(100_000)),
+    ];
+    for (name, token) in &forged {
+        let (status, body) = server.call("GET", "/v2/whoami", Some(token), None);
+        tally.case(
+            &mut server,
+            name,
+            check(
+                status == 401 && body["kind"] == "AuthenticationError",
+                || format!("answered {status}: {body}"),
+            ),
+        );
+    }
+    for (name, header) in [
+        ("a lower-case scheme", format!("bearer {root}")),
+        ("a Basic scheme carrying the token", format!("Basic {root}")),
+        ("the token without a scheme", root.clone()),
+    ] {
+        let status = send(
+            http()
+                .get(format!("{}/v2/whoami", server.url))
+                .header("Authorization", header),
+        )
+        .status;
+        tally.case(
+            &mut server,
+            name,
+            check(status == 401, || format!("answered {status}")),
+        );
+    }
+
+    // An expired root session (sessions last an hour; this one is aged in
+    // the store) and a revoked one.
+    let expired = server.session();
+    let db = server.data_dir.path().join("mizzen.db");
+    let aged = common::Ran::from(
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!(
+                "UPDATE sessions SET expires = 1 WHERE token_hash = '{}';",
+                sha256_hex(&expired)
+            ))
+            .output()
+            .expect("sqlite3 runs"),
+    );
+    assert_eq!(aged.code, 0, "{aged:?}");
+    let (status, body) = server.call("GET", "/v2/whoami", Some(&expired), None);
+    tally.case(
+        &mut server,
+        "an expired session",
+        check(
+            status == 401 && body["reason"].as_str().unwrap_or("").contains("expired"),
+            || format!("answered {status}: {body}"),
+        ),
+    );
+    let revoked = server.session();
+    let (status, _) = server.call("DELETE", "/v2/session", Some(&revoked), None);
+    assert_eq!(status, 200);
+    let (status, body) = server.call("GET", "/v2/whoami", Some(&revoked), None);
+    tally.case(
+        &mut server,
+        "a session ended with DELETE /v2/session",
+        check(status == 401, || format!("answered {status}: {body}")),
+    );
+
+    // A tenant: a service account that is PROJECT_USER of alpha only.
+    let account = server.expect(
+        "POST",
+        "/v2/service-accounts",
+        Some(
+            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                     "metadata": {"id": "alice"}, "description": "tenant alpha"}),
+        ),
+        201,
+    );
+    let alice = account["value"].as_str().unwrap().to_string();
+    server.expect(
+        "POST",
+        "/v2/projects/alpha/role-assignments",
+        Some(&json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": "alice"}})),
+        200,
+    );
+    // Another tenant's project answers exactly as one that does not exist.
+    let routes: Vec<(&str, String)> = vec![
+        ("GET", "/v2/projects/{p}".into()),
+        ("PUT", "/v2/projects/{p}".into()),
+        ("DELETE", "/v2/projects/{p}".into()),
+        ("GET", "/v2/projects/{p}/secrets".into()),
+        ("PUT", "/v2/projects/{p}/secrets/password".into()),
+        ("DELETE", "/v2/projects/{p}/secrets/password".into()),
+        ("GET", "/v2/projects/{p}/role-assignments".into()),
+        ("POST", "/v2/projects/{p}/role-assignments".into()),
+    ];
+    for (method, route) in &routes {
+        let body = |id: &str| {
+            if *method == "PUT" && route == "/v2/projects/{p}" {
+                project(id, INERT)
+            } else {
+                json!({"key": "password", "value": "overwritten", "role": "PROJECT_ADMIN",
+                       "principal": {"type": "SERVICE_ACCOUNT", "id": "alice"}})
+            }
+        };
+        let (beta_status, beta_body) = server.call(
+            method,
+            &route.replace("{p}", "beta"),
+            Some(&alice),
+            Some(&body("beta")),
+        );
+        let (missing_status, missing_body) = server.call(
+            method,
+            &route.replace("{p}", "gamma"),
+            Some(&alice),
+            Some(&body("gamma")),
+        );
+        let same = beta_body.to_string().replace("beta", "X")
+            == missing_body.to_string().replace("gamma", "X");
+        tally.case(
+            &mut server,
+            &format!("alice: {method} {route} of another tenant"),
+            check(beta_status == 404 && missing_status == 404 && same, || {
+                format!("beta answered {beta_status} {beta_body}, a missing project {missing_status} {missing_body}")
+            }),
+        );
+        if beta_body.to_string().contains(OTHER_SECRET) {
+            tally.leak(route, beta_body.to_string());
+        }
+    }
+    for (method, route) in [
+        ("GET", "/v2/events/{e}"),
+        ("DELETE", "/v2/events/{e}"),
+        ("GET", "/v2/events/{e}/logs"),
+        ("GET", "/v2/events/{e}/logs?follow=true&sse=true"),
+        ("GET", "/v2/events/{e}/worker/status"),
+        ("GET", "/v2/events/{e}/worker/status?watch=true"),
+        ("GET", "/v2/events/{e}/worker/jobs/any/status"),
+        ("PUT", "/v2/events/{e}/cancellation"),
+        ("POST", "/v2/events/{e}/retries"),
+        ("POST", "/v2/events/{e}/clones"),
+    ] {
+        let (status, body) = server.call(
+            method,
+            &route.replace("{e}", &beta_event),
+            Some(&alice),
+            Some(&json!({"state": {"k": "v"}})),
+        );
+        let (missing, missing_body) = server.call(
+            method,
+            &route.replace("{e}", "00000000-0000-0000-0000-000000000000"),
+            Some(&alice),
+            Some(&json!({"state": {"k": "v"}})),
+        );
+        let same = body.to_string().replace(&beta_event, "X")
+            == missing_body
+                .to_string()
+                .replace("00000000-0000-0000-0000-000000000000", "X");
+        tally.case(
+            &mut server,
+            &format!("alice: {method} {route} of another tenant's event"),
+            check(status == 404 && missing == 404 && same, || {
+                format!("answered {status} {body}; a missing event {missing} {missing_body}")
+            }),
+        );
+    }
+    let (_, listed) = server.call("GET", "/v2/events?projectID=beta", Some(&alice), None);
+    tally.case(
+        &mut server,
+        "alice lists another tenant's events",
+        check(!listed.to_string().contains(&beta_event), || {
+            format!("{listed}")
+        }),
+    );
+    // beta's secret is still what it was, and its event still there.
+    let (status, _) = server.call(
+        "GET",
+        &format!("/v2/events/{beta_event}"),
+        Some(&root),
+        None,
+    );
+    assert_eq!(status, 200);
+
+    // Locking, unlocking (a new token) and deleting the account.
+    server.expect("PUT", "/v2/service-accounts/alice/lock", None, 200);
+    let (status, body) = server.call("GET", "/v2/whoami", Some(&alice), None);
+    tally.case(
+        &mut server,
+        "a locked account's token",
+        check(status == 403 && body.to_string().contains("locked"), || {
+            format!("answered {status}: {body}")
+        }),
+    );
+    let unlocked = server.expect("DELETE", "/v2/service-accounts/alice/lock", None, 200);
+    let fresh = unlocked["value"].as_str().unwrap().to_string();
+    let (old, _) = server.call("GET", "/v2/whoami", Some(&alice), None);
+    let (new, _) = server.call("GET", "/v2/whoami", Some(&fresh), None);
+    tally.case(
+        &mut server,
+        "the token from before an unlock",
+        check(old == 401 && new == 200, || {
+            format!("the old token answered {old}, the new one {new}")
+        }),
+    );
+    server.expect("DELETE", "/v2/service-accounts/alice", None, 200);
+    let (status, _) = server.call("GET", "/v2/whoami", Some(&fresh), None);
+    tally.case(
+        &mut server,
+        "a deleted account's token",
+        check(status == 401, || format!("answered {status}")),
+    );
+    if server.log().contains(&root) || server.log().contains(&fresh) {
+        tally.leak("server log", "a token reached the server's log".into());
+    }
+    tally.finish();
+}
+
+/// C6: "answer identically whether or not a tenant exists". An upsert
+/// (`PUT /v2/projects/{id}?create=true`) by a tenant without
+/// PROJECT_CREATOR tells another tenant's project (404) from a free id (403).
+#[test]
+#[ignore = "finding: PUT /v2/projects/<id>?create=true answers 404 for another tenant's project and 403 for an id nobody has, so a tenant can enumerate project ids"]
+fn an_upsert_does_not_reveal_whether_a_project_exists() {
+    let server = Server::start(&["--executor", "none"]);
+    server.create_project(&project("beta", INERT));
+    let account = server.expect(
+        "POST",
+        "/v2/service-accounts",
+        Some(
+            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                     "metadata": {"id": "mallory"}, "description": "no roles"}),
+        ),
+        201,
+    );
+    let mallory = account["value"].as_str().unwrap().to_string();
+    let (taken, taken_body) = server.call(
+        "PUT",
+        "/v2/projects/beta?create=true",
+        Some(&mallory),
+        Some(&project("beta", INERT)),
+    );
+    let (free, free_body) = server.call(
+        "PUT",
+        "/v2/projects/gamma?create=true",
+        Some(&mallory),
+        Some(&project("gamma", INERT)),
+    );
+    assert_eq!(
+        (taken, taken_body["kind"].clone()),
+        (free, free_body["kind"].clone()),
+        "beta: {taken_body}; gamma: {free_body}"
+    );
+}
+
+/// C6: another tenant's event answers as a missing one. Setting an
+/// event's source state checks the EVENT_CREATOR role before visibility.
+#[test]
+#[ignore = "finding: PUT /v2/events/<id>/source-state answers 403 (naming the event's source) for another tenant's event and 404 for a missing one, so a tenant can tell which event ids exist"]
+fn setting_source_state_does_not_reveal_another_tenants_event() {
+    let server = Server::start(&["--executor", "none"]);
+    server.create_project(&project("beta", INERT));
+    let event = server.create_event("beta", "", None);
+    let account = server.expect(
+        "POST",
+        "/v2/service-accounts",
+        Some(
+            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                     "metadata": {"id": "mallory"}, "description": "no roles"}),
+        ),
+        201,
+    );
+    let mallory = account["value"].as_str().unwrap().to_string();
+    let body = json!({"state": {"k": "v"}});
+    let (status, answer) = server.call(
+        "PUT",
+        &format!("/v2/events/{event}/source-state"),
+        Some(&mallory),
+        Some(&body),
+    );
+    assert_eq!(status, 404, "{answer}");
+}
+
+// ----- C, E: ids, headers, bodies -------------------------------------------------------
+
+#[test]
+fn hostile_ids_headers_and_bodies_are_refused_by_name() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("ids-headers-bodies");
+    let root = server.root.clone();
+    server.create_project(&project("alpha", INERT));
+
+    // Project ids.
+    let long = "a".repeat(300);
+    for id in [
+        "",
+        "../etc",
+        "alpha/../beta",
+        "ALPHA",
+        long.as_str(),
+        "\u{ff41}lpha",
+        "al\u{202e}pha",
+        "al\u{200d}pha",
+        "alpha\u{0}",
+        "alpha\r\nX-Injected: 1",
+        "rocket-\u{1f680}",
+        "-alpha",
+        "alpha.beta",
+    ] {
+        let (status, body) = server.call(
+            "POST",
+            "/v2/projects",
+            Some(&root),
+            Some(&project(id, INERT)),
+        );
+        tally.case(
+            &mut server,
+            &format!("project id {id:?}"),
+            check(
+                status == 400
+                    && body["kind"] == "BadRequestError"
+                    && body.to_string().contains("metadata.id"),
+                || format!("answered {status}: {body}"),
+            ),
+        );
+    }
+    let (_, projects) = server.call("GET", "/v2/projects", Some(&root), None);
+    assert_eq!(projects["items"].as_array().unwrap().len(), 1, "{projects}");
+
+    // Hostile ids in paths: "not found", never a server error.
+    for path in [
+        "/v2/projects/..%2f..%2fetc%2fpasswd",
+        "/v2/projects/%00",
+        "/v2/projects/%E2%80%AE",
+        "/v2/events/..%2F..%2Fmizzen.db",
+        "/v2/events/%0d%0aSet-Cookie:%20evil=1",
+        "/v2/events/%ff%fe",
+        "/v2/events/x/worker/jobs/..%2f..%2f/status",
+        "/v2/events/x/logs?job=%0d%0aX-Injected:%201",
+    ] {
+        let path = path.to_string();
+        let answer = send(
+            http()
+                .get(format!("{}{path}", server.url))
+                .bearer_auth(&root),
+        );
+        let status = answer.status;
+        let injected =
+            answer.headers.contains_key("set-cookie") || answer.headers.contains_key("x-injected");
+        tally.case(
+            &mut server,
+            &format!("GET {path}"),
+            check((status == 404 || status == 400) && !injected, || {
+                format!("answered {status}, injected header: {injected}")
+            }),
+        );
+    }
+    let long_id = format!("/v2/events/{}", "e".repeat(60_000));
+    let (status, _) = server.call("GET", &long_id, Some(&root), None);
+    tally.case(
+        &mut server,
+        "an event id of 60,000 characters",
+        check(matches!(status, 404 | 414 | 431 | 400), || {
+            format!("answered {status}")
+        }),
+    );
+
+    // Event fields that end up in logs, lists and streams.
+    for (name, body) in [
+        (
+            "a source with CR LF",
+            json!({"projectID": "alpha", "source": "brigade.sh/cli\r\nX-Injected: 1", "type": "exec"}),
+        ),
+        (
+            "a type with a bidi override",
+            json!({"projectID": "alpha", "source": "brigade.sh/cli", "type": "ex\u{202e}ec"}),
+        ),
+        (
+            "a label value with a newline",
+            json!({"projectID": "alpha", "source": "brigade.sh/cli", "type": "exec", "labels": {"a": "b\nc"}}),
+        ),
+        (
+            "a qualifier value with NUL",
+            json!({"projectID": "alpha", "source": "brigade.sh/cli", "type": "exec", "qualifiers": {"a": "b\u{0}"}}),
+        ),
+        (
+            "a source of 300 characters",
+            json!({"projectID": "alpha", "source": "s".repeat(300), "type": "exec"}),
+        ),
+    ] {
+        let (status, answer) = server.call("POST", "/v2/events", Some(&root), Some(&body));
+        tally.case(
+            &mut server,
+            name,
+            check(status == 400 && answer["kind"] == "BadRequestError", || {
+                format!("answered {status}: {answer}")
+            }),
+        );
+    }
+
+    // Malformed JSON.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    for (name, bytes) in [
+        ("JSON nested 100,000 deep", deep.into_bytes()),
+        ("invalid UTF-8", b"{\"projectID\": \"\xff\xfe\"}".to_vec()),
+        (
+            "a byte-order mark",
+            b"\xef\xbb\xbf{\"projectID\": \"alpha\", \"source\": \"brigade.sh/cli\", \"type\": \"exec\"}"
+                .to_vec(),
+        ),
+        (
+            "duplicate keys",
+            b"{\"projectID\": \"alpha\", \"projectID\": \"beta\", \"source\": \"brigade.sh/cli\", \"type\": \"exec\"}"
+                .to_vec(),
+        ),
+        ("a bare string", b"\"event\"".to_vec()),
+        ("nothing", Vec::new()),
+    ] {
+        let response = send(
+            http()
+                .post(format!("{}/v2/events", server.url))
+                .bearer_auth(&root)
+                .header("Content-Type", "application/json")
+                .body(bytes),
+        );
+        let status = response.status;
+        let answer = response.json();
+        tally.case(
+            &mut server,
+            name,
+            check(status == 400 && answer["kind"] == "BadRequestError", || {
+                format!("answered {status}: {answer}")
+            }),
+        );
+    }
+
+    // Raw requests with broken headers: refused by the HTTP layer, the
+    // server carries on.
+    let token = root.clone();
+    for (name, request) in [
+        (
+            "a bare CR inside a header value",
+            format!(
+                "GET /v2/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\rX-Injected: 1\r\n\r\n"
+            ),
+        ),
+        (
+            "a NUL inside a header value",
+            format!(
+                "GET /v2/whoami HTTP/1.1\r\nHost: x\r\nX-Test: a\0b\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ),
+        ),
+        (
+            "an obsolete folded header line",
+            format!(
+                "GET /v2/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n X-Folded: 1\r\n\r\n"
+            ),
+        ),
+        (
+            "a request line with CR LF in the path",
+            "GET /v2/whoami\r\nX-Injected: 1 HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        ),
+        (
+            "10,000 headers",
+            format!(
+                "GET /v2/whoami HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..10_000)
+                    .map(|i| format!("X-H{i}: v\r\n"))
+                    .collect::<String>()
+            ),
+        ),
+        (
+            "a header of 1 MB",
+            format!(
+                "GET /v2/whoami HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(1 << 20)
+            ),
+        ),
+    ] {
+        let answer = server.raw(request.as_bytes());
+        let status_line = answer.lines().next().unwrap_or_default().to_string();
+        tally.case(
+            &mut server,
+            name,
+            check(
+                (status_line.contains(" 400 ")
+                    || status_line.contains(" 431 ")
+                    || answer.is_empty())
+                    && !answer.to_lowercase().contains("x-injected"),
+                || format!("answered {status_line:?}"),
+            ),
+        );
+    }
+
+    // Oversized bodies: refused while reading, memory stays flat.
+    let before = server.rss();
+    let huge = vec![b' '; 26 * 1024 * 1024];
+    for route in ["/v2/events", "/v2/projects", "/v2/service-accounts"] {
+        let status = send(
+            http()
+                .post(format!("{}{route}", server.url))
+                .bearer_auth(&root)
+                .header("Content-Type", "application/json")
+                .body(huge.clone()),
+        )
+        .status;
+        tally.case(
+            &mut server,
+            &format!("a 26 MB body to {route}"),
+            check(status == 413, || format!("answered {status}")),
+        );
+    }
+    let answer = server.raw_chunked(
+        &format!("POST /v2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {root}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        26,
+    );
+    let status_line = answer.lines().next().unwrap_or_default().to_string();
+    tally.case(
+        &mut server,
+        "a chunked 26 MB body without a length",
+        check(status_line.contains(" 413 "), || {
+            format!("answered {status_line:?}")
+        }),
+    );
+    let after = server.rss();
+    tally.case(
+        &mut server,
+        "memory after the oversized bodies",
+        check(after < before + 200 * 1024 * 1024, || {
+            format!("RSS grew from {before} to {after} bytes")
+        }),
+    );
+    tally.finish();
+}
+
+/// The 413 should say what the limit is, so that a sender knows.
+#[test]
+#[ignore = "finding: the 413 for an oversized body is axum's plain text without the limit (25 MiB)"]
+fn an_oversized_body_is_refused_naming_the_limit() {
+    let server = Server::start(&["--executor", "none"]);
+    let answer = send(
+        http()
+            .post(format!("{}/v2/events", server.url))
+            .bearer_auth(&server.root)
+            .header("Content-Type", "application/json")
+            .body(vec![b' '; 26 * 1024 * 1024]),
+    );
+    assert_eq!(answer.status, 413);
+    let text = answer.text;
+    assert!(
+        text.contains("26214400") || text.contains("25 MiB"),
+        "the 413 does not name the limit: {text:?}"
+    );
+}
+
+// ----- E2, E3: webhook signatures -----------------------------------------------------------
+
+const GITHUB_SECRET: &str = "adversarial-webhook-secret";
+
+fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[test]
+fn github_signatures_cannot_be_forged_or_replayed() {
+    let mut server = Server::start(&[
+        "--executor",
+        "none",
+        "--github-webhook-secret",
+        GITHUB_SECRET,
+    ]);
+    let mut tally = Tally::new("webhooks");
+    let mut hooks = project("hooks", INERT);
+    hooks["spec"]["eventSubscriptions"] = json!([{"source": "brigade.sh/github", "types": ["push"],
+        "qualifiers": {"repo": "octo/hello"}}]);
+    server.create_project(&hooks);
+    let push = json!({
+        "ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567",
+        "repository": {"full_name": "octo/hello", "clone_url": "https://github.com/octo/hello.git"},
+    })
+    .to_string();
+    let base = server.url.clone();
+    let deliver = |signatures: &[(&str, String)], delivery: &str, body: &str| {
+        let mut request = http()
+            .post(format!("{base}/gateways/github"))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", delivery)
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        for (name, value) in signatures {
+            request = request.header(*name, value);
+        }
+        send(request).status
+    };
+    let good = github_signature(GITHUB_SECRET, push.as_bytes());
+    let reserialised: Value = serde_json::from_str(&push).unwrap();
+    let pretty = serde_json::to_string_pretty(&reserialised).unwrap();
+    let header = "X-Hub-Signature-256";
+    // (name, signature headers, body)
+    type Forgery<'a> = (&'a str, Vec<(&'a str, String)>, String);
+    let forgeries: Vec<Forgery> = vec![
+        ("no signature", vec![], push.clone()),
+        (
+            "an empty signature",
+            vec![(header, String::new())],
+            push.clone(),
+        ),
+        (
+            "sha256= and nothing",
+            vec![(header, "sha256=".into())],
+            push.clone(),
+        ),
+        (
+            "the HMAC under another key",
+            vec![(header, github_signature("not-the-secret", push.as_bytes()))],
+            push.clone(),
+        ),
+        (
+            "the signature of another body",
+            vec![(header, github_signature(GITHUB_SECRET, b"{}"))],
+            push.clone(),
+        ),
+        (
+            "a truncated signature",
+            vec![(header, good[..good.len() - 2].to_string())],
+            push.clone(),
+        ),
+        (
+            "a signature with a byte more",
+            vec![(header, format!("{good}00"))],
+            push.clone(),
+        ),
+        (
+            "all zeroes",
+            vec![(header, format!("sha256={}", "0".repeat(64)))],
+            push.clone(),
+        ),
+        (
+            "non-hex digits",
+            vec![(header, format!("sha256={}", "z".repeat(64)))],
+            push.clone(),
+        ),
+        (
+            "a SHA-1 signature only",
+            vec![("X-Hub-Signature", format!("sha1={}", "a".repeat(40)))],
+            push.clone(),
+        ),
+        (
+            "the signature of the body before it was re-serialised",
+            vec![(header, good.clone())],
+            pretty,
+        ),
+        (
+            "the right signature with a changed body",
+            vec![(header, good.clone())],
+            push.replace("main", "evil"),
+        ),
+    ];
+    for (i, (name, signatures, body)) in forgeries.iter().enumerate() {
+        let status = deliver(signatures, &format!("forged-{i}"), body);
+        tally.case(
+            &mut server,
+            name,
+            check(status == 401, || format!("answered {status}")),
+        );
+    }
+    let first = deliver(&[(header, good.clone())], "genuine-1", &push);
+    let replay = deliver(&[(header, good.clone())], "genuine-1", &push);
+    tally.case(
+        &mut server,
+        "the genuine delivery, then its replay",
+        check(first == 200 && replay == 200, || {
+            format!("answered {first} then {replay}")
+        }),
+    );
+    let (_, events) = server.call(
+        "GET",
+        "/v2/events?projectID=hooks",
+        Some(&server.root),
+        None,
+    );
+    let count = events["items"].as_array().map_or(0, Vec::len);
+    tally.case(
+        &mut server,
+        "one event from all of that",
+        check(count == 1, || format!("{count} events: {events}")),
+    );
+    if server.log().contains(GITHUB_SECRET) {
+        tally.leak(
+            "server log",
+            "the webhook secret reached the server's log".into(),
+        );
+    }
+    tally.finish();
+}
+
+// ----- D3: git URLs -------------------------------------------------------------------------
+
+/// A git repository on this machine whose brigade.js announces where it was
+/// read from.
+fn host_repository() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(repo.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    std::fs::create_dir(repo.path().join(".brigade")).unwrap();
+    std::fs::write(
+        repo.path().join(".brigade/brigade.js"),
+        "console.log(\"read from the server's own disk\");\n",
+    )
+    .unwrap();
+    git(&["add", "."]);
+    git(&["commit", "--quiet", "-m", "host"]);
+    repo
+}
+
+/// A listener that counts the connections it gets.
+fn listener() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+fn connections(listener: &TcpListener) -> usize {
+    let mut count = 0;
+    while listener.accept().is_ok() {
+        count += 1;
+    }
+    count
+}
+
+fn git_project(id: &str, clone_url: &str) -> Value {
+    let mut document = project(id, INERT);
+    document["spec"]["workerTemplate"]["git"] = json!({"cloneURL": clone_url});
+    document["spec"]["workerTemplate"]
+        .as_object_mut()
+        .unwrap()
+        .remove("defaultConfigFiles");
+    document
+}
+
+/// Clone URLs that name programs or options are refused or harmless: no
+/// command runs on the server.
+#[test]
+fn git_urls_cannot_run_commands_on_the_server() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("git-commands");
+    let marks = tempfile::tempdir().unwrap();
+    let mark = |name: &str| marks.path().join(name);
+    // In a project, the cloneURL rule refuses them.
+    for url in [
+        format!("ext::sh -c touch% {}", mark("project-ext").display()),
+        format!("--upload-pack=touch {}", mark("project-upload").display()),
+        "ssh://-oProxyCommand=touch/x".to_string(),
+    ] {
+        let (status, body) = server.call(
+            "POST",
+            "/v2/projects",
+            Some(&server.root.clone()),
+            Some(&git_project("hostile-git", &url)),
+        );
+        tally.case(
+            &mut server,
+            &format!("project cloneURL {url:?}"),
+            check(
+                status == 400 && body.to_string().contains("cloneURL"),
+                || format!("answered {status}: {body}"),
+            ),
+        );
+    }
+    // An event's git settings override the project's: the server runs git
+    // with them to read the script.
+    server.create_project(&project("plain", INERT));
+    for (name, url, file) in [
+        (
+            "the ext transport",
+            format!("ext::sh -c touch% {}", mark("ext").display()),
+            "ext",
+        ),
+        (
+            "an --upload-pack option",
+            format!("--upload-pack=touch {}", mark("upload").display()),
+            "upload",
+        ),
+        (
+            "an ssh host that is an option",
+            format!("ssh://-oProxyCommand=touch%20{}/x", mark("proxy").display()),
+            "proxy",
+        ),
+    ] {
+        // Refused when the event is created, naming the field.
+        let body = json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "plain",
+            "source": "brigade.sh/cli", "type": "exec", "git": {"cloneURL": url}});
+        let (status, created) = server.call(
+            "POST",
+            "/v2/events",
+            Some(&server.root.clone()),
+            Some(&body),
+        );
+        tally.case(
+            &mut server,
+            &format!("event cloneURL with {name}"),
+            check(
+                !mark(file).exists()
+                    && status == 400
+                    && created.to_string().contains("git.cloneURL"),
+                || format!("ran: {}; answered {status}: {created}", mark(file).exists()),
+            ),
+        );
+    }
+    tally.finish();
+}
+
+/// D3: a project's cloneURL may not point the server at itself (loopback,
+/// its disk) or its cloud's metadata service. Private networks stay
+/// allowed: self-hosted git servers live there.
+#[test]
+fn project_clone_urls_to_internal_addresses_are_refused() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("git-addresses");
+    for (i, url) in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:2375/repo.git",
+        "http://localhost/repo.git",
+        "http://[::1]/repo.git",
+        "file:///etc",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = server.call(
+            "POST",
+            "/v2/projects",
+            Some(&server.root.clone()),
+            Some(&git_project(&format!("internal-{i}"), url)),
+        );
+        tally.case(
+            &mut server,
+            &format!("project cloneURL {url}"),
+            check(status == 400, || format!("answered {status}: {body}")),
+        );
+    }
+    tally.finish();
+}
+
+/// D3: the server does not connect to its own loopback for a project's
+/// repository.
+#[test]
+fn the_server_does_not_fetch_from_loopback() {
+    let server = Server::start(&["--executor", "none"]);
+    let (listener, port) = listener();
+    let url = format!("http://127.0.0.1:{port}/repo.git");
+    let (status, body) = server.call(
+        "POST",
+        "/v2/projects",
+        Some(&server.root),
+        Some(&git_project("loopback", &url)),
+    );
+    if status == 201 {
+        let id = server.create_event("loopback", "", None);
+        let event = server.wait(&id);
+        let seen = connections(&listener);
+        assert_eq!(seen, 0, "the server connected to {url}; event {event}");
+        assert_eq!(event["worker"]["status"]["phase"], "FAILED");
+    } else {
+        assert_eq!(status, 400, "{body}");
+    }
+    assert_eq!(connections(&listener), 0);
+}
+
+/// D3: a tenant creating an event may not make the server read a git
+/// repository from the server's own disk (file://), nor reach its loopback.
+#[test]
+fn an_event_cannot_point_the_server_at_its_own_disk_or_loopback() {
+    let server = Server::start(&["--executor", "none"]);
+    server.create_project(&project("alpha", INERT));
+    let account = server.expect(
+        "POST",
+        "/v2/service-accounts",
+        Some(
+            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                     "metadata": {"id": "tenant"}, "description": "tenant alpha"}),
+        ),
+        201,
+    );
+    let tenant = account["value"].as_str().unwrap().to_string();
+    server.expect(
+        "POST",
+        "/v2/projects/alpha/role-assignments",
+        Some(&json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": "tenant"}})),
+        200,
+    );
+    let repo = host_repository();
+    let url = format!("file://{}", repo.path().display());
+    let body = json!({"projectID": "alpha", "source": "brigade.sh/cli", "type": "exec",
+                      "git": {"cloneURL": url}});
+    let (status, created) = server.call("POST", "/v2/events", Some(&tenant), Some(&body));
+    let mut failures = Vec::new();
+    if status == 201 {
+        let id = created["items"][0]["metadata"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        server.wait(&id);
+        let (_, logs) = server.call("GET", &format!("/v2/events/{id}/logs"), Some(&tenant), None);
+        let logs = logs.to_string();
+        if logs.contains("read from the server's own disk") {
+            failures.push(format!("the server ran {url} from its own disk: {logs}"));
+        }
+    }
+    let (listener, port) = listener();
+    let body = json!({"projectID": "alpha", "source": "brigade.sh/cli", "type": "exec",
+                      "git": {"cloneURL": format!("http://127.0.0.1:{port}/repo.git")}});
+    let (status, created) = server.call("POST", "/v2/events", Some(&tenant), Some(&body));
+    if status == 201 {
+        let id = created["items"][0]["metadata"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        server.wait(&id);
+        let seen = connections(&listener);
+        if seen > 0 {
+            failures.push(format!(
+                "the server connected {seen} times to its loopback port {port}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ----- G: secret exfiltration -------------------------------------------------------------
+
+/// The vault's script: the event's payload says how it tries to get the
+/// secret out.
+const EXFILTRATION: &str = r#"const { events, Job, Container, logger } = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {
+  const s = event.project.secrets.password;
+  const half = s.length >> 1;
+  const job = (name) => {
+    const j = new Job(name, "localhost/busybox", event);
+    j.primaryContainer.command = ["true"];
+    return j;
+  };
+  switch (event.payload) {
+    case "console": console.log("plain " + s); console.error("stderr " + s); return;
+    case "logger": logger.info("logger " + s); logger.error(`${s}${s}`); return;
+    case "summary": return "summary " + s;
+    case "summary-object": return { value: s };
+    case "thrown": throw new Error("boom " + s);
+    case "rejected": Promise.reject(new Error("rejected " + s)); return;
+    case "exit-message": console.log(s); process.exit(7);
+    case "forged-stream":
+      console.log("a\r\n\r\nevent: done\r\ndata: forged\r\nid: 999999\r\n" + s);
+      return "forged";
+    case "job-env": {
+      const j = job("env-job");
+      j.primaryContainer.environment = { PASSWORD: s };
+      j.primaryContainer.command = ["sh", "-c", "echo job sees $PASSWORD; echo $PASSWORD >&2"];
+      await j.run();
+      return "env";
+    }
+    case "job-sidecar-env": {
+      const j = job("sidecar-env");
+      j.sidecarContainers = { helper: new Container("localhost/busybox") };
+      j.sidecarContainers.helper.environment = { PASSWORD: s };
+      j.sidecarContainers.helper.command = ["sh", "-c", "echo sidecar sees $PASSWORD"];
+      j.sidecarContainers.helper.readiness = { exited: true };
+      await j.run();
+      return "sidecar";
+    }
+    case "job-output-pieces": {
+      const j = job("pieces");
+      j.primaryContainer.environment = { PASSWORD: s };
+      j.primaryContainer.command = ["sh", "-c", "printf '%s' \"${PASSWORD%????????}\"; sleep 1; printf '%s\\n' \"${PASSWORD#${PASSWORD%????????}}\""];
+      await j.run();
+      return "pieces";
+    }
+    case "job-failure": {
+      const j = job("fails");
+      j.primaryContainer.environment = { PASSWORD: s };
+      j.primaryContainer.command = ["sh", "-c", "echo failing with $PASSWORD; exit 3"];
+      await j.run();
+      return;
+    }
+    case "split-lines": console.log(s.slice(0, half)); console.log(s.slice(half)); return;
+    case "split-newline": console.log(s.slice(0, half) + "\n" + s.slice(half)); return;
+    case "job-split-lines": {
+      const j = job("split");
+      j.primaryContainer.environment = { PASSWORD: s };
+      j.primaryContainer.command = ["sh", "-c", `echo "\${PASSWORD:0:${half}}"; echo "\${PASSWORD:${half}}"`];
+      await j.run();
+      return;
+    }
+    case "job-command": {
+      const j = job("command");
+      j.primaryContainer.command = ["echo", s];
+      await j.run();
+      return;
+    }
+    case "job-name": { await job(s).run(); return; }
+    case "job-image": {
+      const j = new Job("image", "localhost/busybox:" + s, event);
+      j.fallible = true;
+      await j.run();
+      return;
+    }
+    case "job-sidecar-name": {
+      const j = job("sidecar-name");
+      j.sidecarContainers = { [s]: new Container("localhost/busybox") };
+      j.sidecarContainers[s].command = ["true"];
+      j.sidecarContainers[s].readiness = { exited: true };
+      await j.run();
+      return;
+    }
+    case "job-working-directory": {
+      const j = job("workdir");
+      j.primaryContainer.workingDirectory = "/tmp/" + s;
+      j.fallible = true;
+      await j.run();
+      return;
+    }
+  }
+});
+events.process();
+"#;
+
+/// What a tenant can read of an event: the event, lists, statuses, every
+/// log stream (plain, follow, SSE) of the worker and of each job's
+/// containers.
+fn tenant_views(server: &Server, token: &str, project: &str, id: &str) -> Vec<(String, String)> {
+    let mut views = Vec::new();
+    let mut read = |path: String| {
+        let (_, body) = server.call("GET", &path, Some(token), None);
+        let text = match body {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        views.push((path, text));
+    };
+    let event = server
+        .call("GET", &format!("/v2/events/{id}"), Some(token), None)
+        .1;
+    read(format!("/v2/events/{id}"));
+    read(format!("/v2/events?projectID={project}"));
+    read(format!("/v2/events/{id}/worker/status"));
+    for suffix in ["", "?follow=true", "?follow=true&sse=true"] {
+        read(format!("/v2/events/{id}/logs{suffix}"));
+    }
+    for job in event["worker"]["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let name = job["name"].as_str().unwrap_or_default().to_string();
+        let encoded: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        read(format!("/v2/events/{id}/worker/jobs/{encoded}/status"));
+        let mut containers = vec![name.clone()];
+        if let Some(sidecars) = job["spec"]["sidecarContainers"].as_object() {
+            containers.extend(sidecars.keys().cloned());
+        }
+        for container in containers {
+            for suffix in ["", "&follow=true&sse=true"] {
+                read(format!(
+                    "/v2/events/{id}/logs?job={encoded}&container={}{suffix}",
+                    container
+                        .bytes()
+                        .map(|b| if b.is_ascii_alphanumeric() || b == b'-' {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        })
+                        .collect::<String>()
+                ));
+            }
+        }
+    }
+    views
+}
+
+/// Where the vault's secret (or half of it) shows in what a tenant reads.
+fn exposures(views: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (path, text) in views {
+        for needle in std::iter::once(SECRET).chain(SECRET_HALVES) {
+            if let Some(at) = text.find(needle) {
+                let start = text[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(80)
+                    .map_or(0, |(i, _)| i);
+                let end = (at + needle.len() + 80).min(text.len());
+                let end = (end..=text.len())
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(text.len());
+                found.push(format!("{path}: {:?}", &text[start..end]));
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// A server (jobs on the machine's engine) with the vault project, its
+/// secret, and another tenant's project.
+fn vault_server() -> Server {
+    let server = Server::start(&[]);
+    server.create_project(&project("vault", EXFILTRATION));
+    server.set_secret("vault", "password", SECRET);
+    server.create_project(&project(
+        "other",
+        r#"const { events } = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {
+  console.log(JSON.stringify(event));
+  return JSON.stringify(event.project.secrets);
+});
+events.process();
+"#,
+    ));
+    server.set_secret("other", "token", OTHER_SECRET);
+    server
+}
+
+/// Runs the vault's script with each payload and checks every tenant view.
+/// With `every_payload_masks`, each payload must also show a mask where it
+/// printed the secret (proof that the script ran and got it out).
+fn exfiltrate(group: &'static str, payloads: &[&str], every_payload_masks: bool) {
+    let mut server = vault_server();
+    let mut tally = Tally::new(group);
+    let root = server.root.clone();
+    for payload in payloads {
+        let id = server.create_event("vault", payload, None);
+        let event = server.wait(&id);
+        let phase = event["worker"]["status"]["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let views = tenant_views(&server, &root, "vault", &id);
+        let expected_phase = match *payload {
+            "thrown" | "rejected" | "exit-message" | "job-failure" => "FAILED",
+            _ => "SUCCEEDED",
+        };
+        let ran = check(phase == expected_phase, || {
+            format!(
+                "ended {phase}, expected {expected_phase}: {event}\n{}",
+                server.log()
+            )
+        })
+        .and_then(|()| {
+            // The script did get the secret out of the sandbox: its mask is
+            // where the value would be.
+            let masked = views.iter().any(|(_, text)| text.contains("***"));
+            check(masked || !every_payload_masks, || {
+                "nothing was masked: did the script run?".into()
+            })
+        });
+        tally.case(&mut server, payload, ran);
+        // ADVERSARIAL_DEBUG=1 prints everything a tenant read.
+        if std::env::var_os("ADVERSARIAL_DEBUG").is_some() {
+            eprintln!("{payload}: {views:#?}");
+        }
+        let exposed = exposures(&views);
+        if !exposed.is_empty() {
+            tally.leak(payload, exposed.join("\n"));
+        }
+        if *payload == "forged-stream" {
+            let sse = &views
+                .iter()
+                .find(|(path, _)| path.ends_with("/logs?follow=true&sse=true"))
+                .unwrap()
+                .1;
+            let done = sse.lines().filter(|l| l.starts_with("event: done")).count();
+            let forged_id = sse.lines().any(|l| l.trim() == "id: 999999");
+            tally.case(
+                &mut server,
+                "a log line that forges SSE frames",
+                check(
+                    done == 1 && !forged_id && sse.trim_end().ends_with("data: done"),
+                    || format!("the stream was forged: {sse}"),
+                ),
+            );
+        }
+    }
+    // The other tenant's worker sees its own secret (masked) and never the
+    // vault's.
+    let id = server.create_event("other", "", None);
+    let event = server.wait(&id);
+    let views = tenant_views(&server, &root, "other", &id);
+    tally.case(
+        &mut server,
+        "another tenant's worker dumps its event",
+        check(event["worker"]["status"]["phase"] == "SUCCEEDED", || {
+            format!("{event}")
+        }),
+    );
+    for (path, text) in &views {
+        if text.contains(SECRET) || text.contains(OTHER_SECRET) {
+            tally.leak("other tenant", format!("{path}: {text}"));
+        }
+    }
+    tally.finish();
+}
+
+/// G1–G3: every way of getting the secret out that the server redacts.
+#[test]
+fn secrets_never_reach_what_a_tenant_reads() {
+    exfiltrate(
+        "exfiltration",
+        &[
+            "console",
+            "logger",
+            "summary",
+            "summary-object",
+            "thrown",
+            "rejected",
+            "exit-message",
+            "forged-stream",
+            "job-env",
+            "job-sidecar-env",
+            "job-output-pieces",
+            "job-failure",
+            "split-lines",
+            "job-split-lines",
+        ],
+        true,
+    );
+}
+
+#[test]
+fn a_secret_split_across_worker_lines_is_masked() {
+    exfiltrate("exfiltration-split", &["split-newline"], false);
+}
+
+#[test]
+#[ignore = "leaks today: job specs in the API (event get/list, job status) mask only environment values; a secret in a job's command, name, image, sidecar name or working directory is shown"]
+fn a_secret_in_job_spec_fields_other_than_environment_is_masked() {
+    exfiltrate(
+        "exfiltration-job-spec",
+        &[
+            "job-command",
+            "job-name",
+            "job-image",
+            "job-sidecar-name",
+            "job-working-directory",
+        ],
+        false,
+    );
+}
