@@ -574,3 +574,92 @@ impl Drop for EpochTicker {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use crate::log::MemoryLog;
+
+    const CANARY: &str = "canary-of-tenant-a-5f3c9a1e7d";
+
+    async fn sandbox() -> Sandbox {
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/mizzen-unit-cache");
+        Sandbox::new(SandboxConfig {
+            cache_dir: Some(cache),
+            // Few slots, so that the next instance takes the one just freed.
+            max_instances: 2,
+            ..SandboxConfig::default()
+        })
+        .await
+        .expect("the sandbox starts")
+    }
+
+    /// The whole linear memory of a fresh worker instance, as a worker
+    /// would start with it, after writing `write` near its end.
+    async fn fresh_memory(sandbox: &Sandbox, write: Option<&[u8]>) -> Vec<u8> {
+        let mut store = sandbox.store(WorkerState::new(WorkerLimits::default(), None, None));
+        let instance = sandbox.plugin.instantiate_async(&mut store).await.unwrap();
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        if let Some(bytes) = write {
+            let at = memory.data_size(&store) - bytes.len() - 4096;
+            memory.write(&mut store, at, bytes).unwrap();
+        }
+        memory.data(&store).to_vec()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[tokio::test]
+    async fn a_recycled_slot_shows_the_next_tenant_nothing_of_the_last() {
+        let sandbox = sandbox().await;
+        // The scan finds what an instance wrote, and a recycled slot is
+        // reset before the next instance sees it.
+        let written = fresh_memory(&sandbox, Some(CANARY.as_bytes())).await;
+        assert!(contains(&written, CANARY.as_bytes()));
+        let next = fresh_memory(&sandbox, None).await;
+        assert!(
+            !contains(&next, CANARY.as_bytes()),
+            "a written page survived"
+        );
+
+        // Tenant A's worker spreads its secret over its heap.
+        let mut event = Event::new("e-a", "tenant-a", "brigade.sh/cli", "exec");
+        event.project.secrets.insert("canary".into(), CANARY.into());
+        let script = ScriptSource::new(
+            "brigade.js",
+            r#"const { events } = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {
+  const secret = event.project.secrets.canary;
+  globalThis.kept = [];
+  for (let i = 0; i < 1000; i++) kept.push(secret + i, [secret].join(""));
+  console.log(`kept ${kept.length} copies`);
+});
+events.process();
+"#,
+        );
+        let log = MemoryLog::new();
+        let outcome = sandbox
+            .run(
+                &script,
+                WorkerRequest {
+                    event,
+                    limits: WorkerLimits::default(),
+                    log: Arc::new(log.clone()),
+                    jobs: JobCapability::none(),
+                },
+            )
+            .await;
+        assert!(outcome.failure.is_none(), "{outcome:?}");
+        assert!(log.messages().contains(&"kept 2000 copies".to_string()));
+        // Tenant B's instance, in the slot A's worker left.
+        let memory = fresh_memory(&sandbox, None).await;
+        assert!(
+            !contains(&memory, CANARY.as_bytes()),
+            "tenant A's secret is in tenant B's fresh memory"
+        );
+    }
+}
