@@ -618,7 +618,6 @@ fn forged_expired_revoked_and_foreign_tokens_are_refused() {
 /// (`PUT /v2/projects/{id}?create=true`) by a tenant without
 /// PROJECT_CREATOR tells another tenant's project (404) from a free id (403).
 #[test]
-#[ignore = "finding: PUT /v2/projects/<id>?create=true answers 404 for another tenant's project and 403 for an id nobody has, so a tenant can enumerate project ids"]
 fn an_upsert_does_not_reveal_whether_a_project_exists() {
     let server = Server::start(&["--executor", "none"]);
     server.create_project(&project("beta", INERT));
@@ -654,7 +653,6 @@ fn an_upsert_does_not_reveal_whether_a_project_exists() {
 /// C6: another tenant's event answers as a missing one. Setting an
 /// event's source state checks the EVENT_CREATOR role before visibility.
 #[test]
-#[ignore = "finding: PUT /v2/events/<id>/source-state answers 403 (naming the event's source) for another tenant's event and 404 for a missing one, so a tenant can tell which event ids exist"]
 fn setting_source_state_does_not_reveal_another_tenants_event() {
     let server = Server::start(&["--executor", "none"]);
     server.create_project(&project("beta", INERT));

@@ -779,6 +779,14 @@ async fn update_project(
             "metadata.id {body_id:?} does not match the project {id:?} in the path"
         )));
     }
+    // A caller who may neither create projects nor change this one learns
+    // the same whether or not another tenant's project has this id.
+    if truthy(&query, "create")
+        && !who.has("PROJECT_CREATOR", "")
+        && !who.has_project_role("PROJECT_DEVELOPER", &id)
+    {
+        require(&who, "PROJECT_CREATOR", "")?;
+    }
     let exists = state.store.project(&id).await?.is_some();
     if !exists && truthy(&query, "create") {
         require(&who, "PROJECT_CREATOR", "")?;
@@ -1390,6 +1398,10 @@ async fn set_source_state(
     let Some(event) = state.store.event(&id).await? else {
         return Err(ApiError::NotFound { kind: "Event", id });
     };
+    if !who.has("EVENT_CREATOR", &event.source) && !who.sees_project(&event.project_id) {
+        // Another tenant's event does not exist as far as this caller knows.
+        return Err(ApiError::NotFound { kind: "Event", id });
+    }
     require(&who, "EVENT_CREATOR", &event.source)?;
     let body: SourceStateBody = parse_body(&body, "source state")?;
     state.store.set_source_state(&event, body.state).await?;
