@@ -82,6 +82,27 @@ impl Redactor {
     }
 }
 
+impl Redactor {
+    /// `value` with every secret value masked in its strings and its
+    /// objects' keys.
+    pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => Value::String(self.redact(text).into_owned()),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|v| self.redact_json(v)).collect())
+            }
+            Value::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(key, v)| (self.redact(key).into_owned(), self.redact_json(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
 /// Redacts the lines of one stream (the worker's log, or one container's
 /// output) where a secret value may continue from one line to the next.
 ///
@@ -231,6 +252,18 @@ mod tests {
             "token *** and *** and hunter"
         );
         assert!(matches!(redactor.redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn json_strings_and_keys_are_masked() {
+        let redactor = Redactor::new(&["hunter2".to_string()]);
+        let spec = serde_json::json!({"image": "registry/hunter2:1", "command": ["echo", "hunter2"],
+            "sidecars": {"hunter2": {"timeout": 3}}});
+        assert_eq!(
+            redactor.redact_json(&spec),
+            serde_json::json!({"image": "registry/***:1", "command": ["echo", "***"],
+                "sidecars": {"***": {"timeout": 3}}})
+        );
     }
 
     #[test]

@@ -407,6 +407,7 @@ impl Scheduler {
                     slots: self.job_slots.clone(),
                     metrics: self.metrics.clone(),
                     inherited: Mutex::new(inherited),
+                    redactor: redactor.clone(),
                 }),
                 event: context.clone(),
             },
@@ -613,12 +614,19 @@ struct RecordedExecutor {
     slots: Arc<JobSlots>,
     metrics: Arc<Metrics>,
     inherited: Mutex<BTreeMap<String, Value>>,
+    /// The project's secret values, masked in the spec that is stored (and
+    /// shown by the API): a script may put them in a command or an image as
+    /// well as in the environment.
+    redactor: Arc<Redactor>,
 }
 
 #[async_trait]
 impl JobExecutor for RecordedExecutor {
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
-        let spec = serde_json::to_value(&job.spec).unwrap_or_default();
+        // Stored masked, and compared masked with an earlier run's.
+        let spec = self
+            .redactor
+            .redact_json(&serde_json::to_value(&job.spec).unwrap_or_default());
         let inherited = self
             .inherited
             .lock()
