@@ -177,15 +177,11 @@ async fn run(script: ScriptSource, limits: WorkerLimits, project: &str, secret: 
     let event_id = event.id.clone();
     let executor = Arc::new(RecordingExecutor::default());
     let context = Arc::new(EventContext {
-        event_id: event_id.clone(),
-        project_id: project.to_string(),
         // Workspace and source are allowed, so that path rules, not these
         // policies, decide the mount cases.
         use_workspace: true,
         source: Some(Source::Directory(PathBuf::from("/nonexistent-source"))),
-        policies: Default::default(),
-        image_pull_secrets: Vec::new(),
-        workspace_size: None,
+        ..mizzen_tests::worker::context(&event_id, project)
     });
     let log = MemoryLog::new();
     let outcome = sandbox()

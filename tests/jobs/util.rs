@@ -56,13 +56,10 @@ pub async fn run_js(script: &str, project: Project) -> Run {
     let event_id = uuid();
     let event = Event::new(&event_id, "test-project", "brigade.sh/cli", "exec");
     let context = Arc::new(EventContext {
-        event_id: event_id.clone(),
-        project_id: "test-project".into(),
         use_workspace: project.use_workspace,
         source: project.source,
         policies: project.policies,
-        image_pull_secrets: Vec::new(),
-        workspace_size: None,
+        ..mizzen_tests::worker::context(&event_id, "test-project")
     });
     let log = MemoryLog::new();
     let outcome = sandbox()

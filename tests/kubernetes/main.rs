@@ -13,7 +13,6 @@ use mizzen_host_api::types::Event;
 use mizzen_kubernetes::{KubernetesConfig, KubernetesExecutor};
 use mizzen_runtime::executor::EventContext;
 use mizzen_runtime::log::MemoryLog;
-use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
 use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest};
 use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript};
@@ -76,13 +75,8 @@ impl Cluster {
     async fn run_js_limited(&self, event_id: &str, script: &str, limits: WorkerLimits) -> Run {
         let event = Event::new(event_id, "test-project", "brigade.sh/cli", "exec");
         let context = Arc::new(EventContext {
-            event_id: event_id.to_string(),
-            project_id: "test-project".into(),
             use_workspace: true,
-            source: None,
-            policies: JobPolicies::default(),
-            image_pull_secrets: Vec::new(),
-            workspace_size: None,
+            ..mizzen_tests::worker::context(event_id, "test-project")
         });
         let log = MemoryLog::new();
         let outcome = sandbox(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))

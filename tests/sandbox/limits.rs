@@ -10,7 +10,6 @@ use mizzen_runtime::executor::{
 };
 use mizzen_runtime::jobs::JobCapability;
 use mizzen_runtime::log::MemoryLog;
-use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
 use mizzen_runtime::{WorkerLimits, WorkerRequest};
 
@@ -93,15 +92,7 @@ events.on("brigade.sh/cli", "exec", async (event) => {
 events.process();
 "#;
     let event = event();
-    let context = Arc::new(EventContext {
-        event_id: event.id.clone(),
-        project_id: event.project.id.clone(),
-        use_workspace: false,
-        source: None,
-        policies: JobPolicies::default(),
-        image_pull_secrets: Vec::new(),
-        workspace_size: None,
-    });
+    let context = Arc::new(mizzen_tests::worker::context(&event.id, &event.project.id));
     let log = MemoryLog::new();
     let outcome = sandbox()
         .await

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use mizzen_runtime::executor::EventContext;
 use mizzen_runtime::log::{LogSource, MemoryLog};
 use mizzen_runtime::{Sandbox, SandboxConfig, WorkerOutcome};
 use tokio::sync::OnceCell;
@@ -22,6 +23,20 @@ pub async fn sandbox(target_tmp: &Path) -> &'static Sandbox {
             .expect("the sandbox starts")
         })
         .await
+}
+
+/// What an executor is told of an event of `project_id`: no workspace, no
+/// source, the default policies; a test sets what it needs on top.
+pub fn context(event_id: &str, project_id: &str) -> EventContext {
+    EventContext {
+        event_id: event_id.to_string(),
+        project_id: project_id.to_string(),
+        use_workspace: false,
+        source: None,
+        policies: Default::default(),
+        image_pull_secrets: Vec::new(),
+        workspace_size: None,
+    }
 }
 
 /// What a run left behind.
