@@ -11,9 +11,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,37 +40,10 @@ struct Server {
 impl Server {
     fn start(extra: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mizzen"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
-            .args(extra)
-            .env("MIZZEN_ROOT_PASSWORD", ROOT_PASSWORD)
-            .env(
-                "MIZZEN_CACHE_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
-            )
-            .env("MIZZEN_LOG", "info")
-            .current_dir(common::repo())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mizzen server starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
         let log = data_dir.path().join("server.log");
-        std::thread::spawn(move || {
-            let mut file = std::fs::File::create(log).unwrap();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("mizzen server listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-                let _ = writeln!(file, "{line}");
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server says where it listens");
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, url) =
+            common::spawn_server(data_dir.path(), &log, ROOT_PASSWORD, &args, &[], None);
         let mut server = Self {
             child,
             url,

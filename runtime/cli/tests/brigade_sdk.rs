@@ -8,10 +8,11 @@
 //! Needs `node` and `npm` (the SDK comes from the npm registry with
 //! `npm ci`); without them the test says so and does nothing.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,7 +23,7 @@ const ROOT_PASSWORD: &str = "brigade-sdk-test-password";
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/brigade-sdk")
+    common::repo().join("tests/brigade-sdk")
 }
 
 /// Whether `program --version` runs.
@@ -78,60 +79,32 @@ fn npm_ci(dir: &Path) {
 struct Server {
     child: Child,
     url: String,
-    log: Arc<Mutex<String>>,
+    log: PathBuf,
     _data_dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start() -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mizzen"))
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
-            .args(["--executor", "none"])
-            .env("MIZZEN_ROOT_PASSWORD", ROOT_PASSWORD)
-            .env(
-                "MIZZEN_CACHE_DIR",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
-            )
-            .env("MIZZEN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mizzen server starts");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("mizzen server listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut server = Self {
+        let log = data_dir.path().join("server.log");
+        let (child, url) = common::spawn_server(
+            data_dir.path(),
+            &log,
+            ROOT_PASSWORD,
+            &["--executor".to_string(), "none".to_string()],
+            &[],
+            None,
+        );
+        Self {
             child,
-            url: String::new(),
+            url,
             log,
             _data_dir: data_dir,
-        };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => server.url = url,
-            Err(_) => panic!(
-                "the server did not say where it listens\n--- server stderr\n{}",
-                server.log()
-            ),
         }
-        server
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A root session token: `POST /v2/sessions?root=true` with Basic auth.

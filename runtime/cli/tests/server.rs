@@ -11,8 +11,7 @@
 mod common;
 use common::{Ran, repo};
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,6 @@ struct TestServer {
     log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    database_url: Option<String>,
 }
 
 impl TestServer {
@@ -41,19 +39,16 @@ impl TestServer {
         let data_dir = tempfile::tempdir().unwrap();
         let config_dir = tempfile::tempdir().unwrap();
         let log = data_dir.path().join("server.log");
-        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(url) = &database_url {
+            args.extend(["--database-url".to_string(), url.clone()]);
+        }
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, url) = spawn(
-            data_dir.path(),
-            &log,
-            database_url.as_deref(),
-            &args,
-            &env,
-            None,
-        );
+        let (child, url) =
+            common::spawn_server(data_dir.path(), &log, ROOT_PASSWORD, &args, &env, None);
         let server = Self {
             child,
             url,
@@ -62,7 +57,6 @@ impl TestServer {
             log,
             args,
             env,
-            database_url,
         };
         let login = server.cli(&[
             "login",
@@ -83,10 +77,10 @@ impl TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let port = self.url.rsplit(':').next().unwrap().to_string();
-        let (child, url) = spawn(
+        let (child, url) = common::spawn_server(
             self.data_dir.path(),
             &self.log,
-            self.database_url.as_deref(),
+            ROOT_PASSWORD,
             &self.args,
             &self.env,
             Some(&port),
@@ -156,57 +150,6 @@ fn created_id(out: &str) -> String {
         .and_then(|l| l.split('"').next())
         .unwrap_or_else(|| panic!("no event created: {out}"))
         .to_string()
-}
-
-fn spawn(
-    data_dir: &Path,
-    log: &Path,
-    database_url: Option<&str>,
-    extra: &[String],
-    env: &[(String, String)],
-    port: Option<&str>,
-) -> (Child, String) {
-    let listen = format!("127.0.0.1:{}", port.unwrap_or("0"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mizzen"));
-    command
-        .args(["server", "--listen", &listen, "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .env("MIZZEN_ROOT_PASSWORD", ROOT_PASSWORD)
-        .env(
-            "MIZZEN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
-        )
-        .env("MIZZEN_LOG", "info")
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(url) = database_url {
-        command.args(["--database-url", url]);
-    }
-    let mut child = command.spawn().expect("mizzen server starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log = log.to_path_buf();
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("mizzen server listening on ") {
-                let _ = tx.send(url.to_string());
-            }
-            let _ = writeln!(file, "{line}");
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server says where it listens");
-    (child, url)
 }
 
 /// A fresh PostgreSQL database for one test, or `None` (with a message)
