@@ -137,10 +137,7 @@ impl<T> LineRedactor<T> {
         };
         self.held.push((line, with));
         let text = joined(&self.held);
-        let matches: Vec<(usize, usize)> = matcher
-            .find_iter(&text)
-            .map(|m| (m.start(), m.end()))
-            .collect();
+        let matches = spans(matcher, &text);
         // Where a value may have begun and not yet ended: the earliest
         // start, after the last whole value, of an end of the text that is
         // the beginning of some value.
@@ -158,7 +155,7 @@ impl<T> LineRedactor<T> {
         let mut released = Vec::with_capacity(lines.len());
         let mut start = 0;
         for (line, with) in lines {
-            let end = start + line.len() - line.matches('\n').count();
+            let end = start + joined_len(&line);
             if open.is_some_and(|open| open < end) {
                 // This line holds the open beginning (or comes after it).
                 self.held.push((line, with));
@@ -172,11 +169,8 @@ impl<T> LineRedactor<T> {
 
     /// The lines still held when the stream ends, masked.
     pub fn finish(&mut self) -> Vec<(String, T)> {
-        let matches: Vec<(usize, usize)> = match &self.redactor.values {
-            Values::Matcher(matcher) => matcher
-                .find_iter(&joined(&self.held))
-                .map(|m| (m.start(), m.end()))
-                .collect(),
+        let matches = match &self.redactor.values {
+            Values::Matcher(matcher) => spans(matcher, &joined(&self.held)),
             _ => Vec::new(),
         };
         let mut start = 0;
@@ -184,7 +178,7 @@ impl<T> LineRedactor<T> {
             .into_iter()
             .map(|(line, with)| {
                 let masked = mask_line(&line, start, &matches);
-                start += line.len() - line.matches('\n').count();
+                start += joined_len(&line);
                 (masked, with)
             })
             .collect()
@@ -197,6 +191,19 @@ fn joined<T>(lines: &[(String, T)]) -> String {
     lines
         .iter()
         .flat_map(|(line, _)| line.split('\n'))
+        .collect()
+}
+
+/// A line's length in the [`joined`] text.
+fn joined_len(line: &str) -> usize {
+    line.len() - line.matches('\n').count()
+}
+
+/// Where `matcher` finds values in `text`: start and end of each.
+fn spans(matcher: &AhoCorasick, text: &str) -> Vec<(usize, usize)> {
+    matcher
+        .find_iter(text)
+        .map(|m| (m.start(), m.end()))
         .collect()
 }
 
