@@ -41,6 +41,10 @@ enum Command {
     Server(server::ServerArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Run workers for a `mizzen server` over stdin and stdout (started by
+    /// the server, one per core)
+    #[command(hide = true)]
+    SandboxShard,
 }
 
 #[derive(Args)]
@@ -147,7 +151,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // A sandbox process is one core's worth of the sandbox stage.
+    let runtime = match cli.command {
+        Command::SandboxShard => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("mizzen: error: cannot start the async runtime: {e}");
@@ -159,6 +170,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Server(args) => server::serve(args).await,
             Command::Client(command) => client::run(command).await,
+            Command::SandboxShard => server::serve_shard().await,
         }
     });
     match result {

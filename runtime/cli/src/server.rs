@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mizzen_docker::{DockerConfig, LazyDockerExecutor};
+use mizzen_runtime::SandboxConfig;
 use mizzen_runtime::executor::JobExecutor;
 use mizzen_runtime::limits::LimitSettings;
+use mizzen_runtime::shard::ShardCommand;
 use mizzen_server::store::WorkerLimits;
 use mizzen_server::{GatewayConfig, SchedulerConfig, Server, ServerConfig};
 
@@ -109,6 +111,31 @@ pub struct ServerArgs {
         value_parser = parse_ceilings
     )]
     limit_ceilings: LimitSettings,
+    /// Sandbox processes running the workers; 0 runs them in this process.
+    /// One per core, the default, scales with the cores: instance churn in
+    /// one process does not
+    #[arg(long, env = "MIZZEN_SANDBOX_PROCESSES", value_name = "COUNT")]
+    sandbox_processes: Option<usize>,
+}
+
+/// The sandbox processes to start: this binary's `sandbox-shard` command,
+/// one per core unless told otherwise.
+fn shard_plan(count: Option<usize>) -> anyhow::Result<Option<(usize, ShardCommand)>> {
+    let count = count.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if count == 0 {
+        return Ok(None);
+    }
+    let program = std::env::current_exe()
+        .context("cannot find this program to start its sandbox processes (--sandbox-processes 0 runs the sandbox in this process)")?;
+    Ok(Some((
+        count,
+        ShardCommand {
+            program,
+            args: vec!["sandbox-shard".into()],
+        },
+    )))
 }
 
 fn parse_ceilings(text: &str) -> Result<LimitSettings, String> {
@@ -161,6 +188,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
         executor,
         log_retention: args.log_retention,
         shutdown_grace: args.shutdown_grace,
+        sandbox_processes: shard_plan(args.sandbox_processes)?,
     };
     let server = Server::bind(config)
         .await
@@ -193,4 +221,17 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+}
+
+/// `mizzen sandbox-shard`: one of the server's sandbox processes. It runs
+/// one thread: long-running guests take turns on it, one at a time.
+pub async fn serve_shard() -> Result<(), Failure> {
+    let config = SandboxConfig {
+        long_running_slots: 1,
+        ..SandboxConfig::from_env()
+    };
+    mizzen_runtime::shard::serve(config)
+        .await
+        .context("the sandbox process could not start")?;
+    Ok(())
 }

@@ -911,6 +911,110 @@ fn cancel_and_timeout_end_workers_with_brigade_phases() {
     assert!(logs.contains("timed out after 1s"), "{logs}");
 }
 
+/// The server's sandbox processes (`mizzen sandbox-shard`), by pid.
+fn sandbox_processes(server: &TestServer) -> Vec<u32> {
+    let parent = server.child.id().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // `pid (comm) state ppid ...`: the comm may hold spaces.
+        let ppid = stat
+            .rsplit(") ")
+            .next()
+            .and_then(|rest| rest.split(' ').nth(1));
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(parent.as_str())
+            && cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == b"sandbox-shard")
+        {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+#[test]
+fn a_sandbox_process_that_dies_fails_only_its_workers_and_is_replaced() {
+    let server = TestServer::start(None, &["--executor", "none", "--sandbox-processes", "2"]);
+    let slow = sleeper("slow", 60_000, "");
+    let quick = sleeper("quick", 10, "");
+    for dir in [&slow, &quick] {
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    }
+    let shards = sandbox_processes(&server);
+    assert_eq!(shards.len(), 2, "--sandbox-processes 2 started {shards:?}");
+    // Each slow worker goes to the sandbox process running fewer.
+    let slow_events = [
+        server.create_event("slow", &[]),
+        server.create_event("slow", &[]),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &slow_events {
+        while phase_of(&server.json(&["event", "get", "--id", id])) != "RUNNING" {
+            assert!(Instant::now() < deadline, "event {id} never ran");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A guest that brought its sandbox process down (here: SIGKILL) takes
+    // only that process's workers with it.
+    let killed = Command::new("kill")
+        .args(["-KILL", &shards[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (failed, survivor) = loop {
+        let phases: Vec<Value> = slow_events
+            .iter()
+            .map(|id| server.json(&["event", "get", "--id", id]))
+            .collect();
+        match (phase_of(&phases[0]), phase_of(&phases[1])) {
+            ("FAILED", "RUNNING") => break (&slow_events[0], &slow_events[1]),
+            ("RUNNING", "FAILED") => break (&slow_events[1], &slow_events[0]),
+            ("RUNNING", "RUNNING") => {}
+            other => panic!("expected one FAILED and one RUNNING, got {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker failed after its process was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let logs = server.ok(&["event", "logs", "--id", failed]);
+    assert!(
+        logs.contains("worker FAILED: sandbox process")
+            && logs.contains("stopped while the worker ran (signal: 9 (SIGKILL))"),
+        "{logs}"
+    );
+    // The server goes on: new events run, on the process that lived and on
+    // the one started in place of the dead one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sandbox_processes(&server).len() < 2 || sandbox_processes(&server) == shards[1..] {
+        assert!(
+            Instant::now() < deadline,
+            "the dead sandbox process was not replaced"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let replaced = sandbox_processes(&server);
+    assert!(!replaced.contains(&shards[0]), "{replaced:?}");
+    for _ in 0..4 {
+        let id = server.create_event("quick", &[]);
+        assert_eq!(phase_of(&wait_until_ended(&server, &id)), "SUCCEEDED");
+    }
+    assert_eq!(
+        phase_of(&server.json(&["event", "get", "--id", survivor])),
+        "RUNNING"
+    );
+    server.ok(&["event", "cancel", "--id", survivor, "-y"]);
+    assert_eq!(phase_of(&wait_until_ended(&server, survivor)), "ABORTED");
+}
+
 fn github_signature(secret: &str, body: &[u8]) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();

@@ -7,7 +7,12 @@
 //! - 1 thread in 1 process;
 //! - 2 threads in 1 process, sharing one `Sandbox` (one engine per process,
 //!   as the server runs);
-//! - 2 processes of 1 thread each.
+//! - 2 processes of 1 thread each;
+//! - the server's sandbox stage ([`mizzen_runtime::shard::ShardPool`]) with
+//!   1 sandbox process, and with 2: events sent from this process over the
+//!   pipes, `IN_FLIGHT` per sandbox process at a time, as the scheduler
+//!   sends them. This is the figure the goal is about; the raw ways above
+//!   show what the stage's own messages cost.
 //!
 //! Each way runs in child processes ("shards": this binary re-executed with
 //! `MIZZEN_BENCH_SHARD=<threads>`), so that all three set up alike. A shard
@@ -33,13 +38,22 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{NO_OP_HANDLER, NullLog, env_seconds, env_usize, figure, request};
+use mizzen_runtime::SandboxConfig;
 use mizzen_runtime::WorkerLimits;
 use mizzen_runtime::log::LogSink;
 use mizzen_runtime::script::ScriptSource;
+use mizzen_runtime::shard::{self, SandboxStage, ShardCommand, ShardPool};
 
 /// The environment variable that makes this binary a shard, and how many
 /// threads the shard runs.
 const SHARD: &str = "MIZZEN_BENCH_SHARD";
+
+/// The argument that makes this binary a sandbox process of a pool.
+const SERVE_SHARD: &str = "--serve-shard";
+
+/// Events in flight per sandbox process in the sandbox-stage ways: enough
+/// that a process always has the next event queued while it runs one.
+const IN_FLIGHT: usize = 16;
 
 /// Events each thread runs before counting: enough for every pool slot it
 /// uses to have been touched and for the branch predictors to settle
@@ -48,6 +62,10 @@ const WARM_UP_EVENTS: usize = 2_000;
 
 fn main() {
     let duration = env_seconds("MIZZEN_BENCH_SCALING_SECONDS", 2.0);
+    if std::env::args().any(|arg| arg == SERVE_SHARD) {
+        serve_shard();
+        return;
+    }
     if let Ok(threads) = std::env::var(SHARD) {
         shard(threads.parse().expect("a thread count"), duration);
         return;
@@ -57,6 +75,8 @@ fn main() {
         ("1 thread in 1 process", 1, 1),
         ("2 threads in 1 process", 1, 2),
         ("2 processes of 1 thread", 2, 1),
+        ("sandbox stage, 1 process", 1, 0),
+        ("sandbox stage, 2 processes", 2, 0),
     ];
     println!(
         "no-op events back to back, {rounds} rounds of {:.1} s each way\n",
@@ -65,12 +85,17 @@ fn main() {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); ways.len()];
     for round in 1..=rounds {
         for (way, &(label, processes, threads)) in ways.iter().enumerate() {
-            let rate = run_shards(processes, threads);
-            println!("round {round}: {label:<24} {rate:>8.0} events/s");
+            let rate = if threads == 0 {
+                run_stage(processes, duration)
+            } else {
+                run_shards(processes, threads)
+            };
+            println!("round {round}: {label:<26} {rate:>8.0} events/s");
             rates[way].push(rate);
         }
     }
-    let [one, threads, processes] = [0, 1, 2].map(|way| median(&mut rates[way]));
+    let [one, threads, processes, stage_one, stage_two] =
+        [0, 1, 2, 3, 4].map(|way| median(&mut rates[way]));
     println!();
     println!("median rounds:");
     println!("  1 thread in 1 process    {one:>8.0} events/s");
@@ -81,6 +106,26 @@ fn main() {
     println!(
         "  2 processes of 1 thread  {processes:>8.0} events/s  ({:.2}× of 1 thread)",
         processes / one
+    );
+    println!("  sandbox stage, 1 process {stage_one:>8.0} events/s");
+    println!(
+        "  sandbox stage, 2 processes {stage_two:>6.0} events/s  ({:.2}× of 1 process)",
+        stage_two / stage_one
+    );
+    figure(
+        "no-op events/s, sandbox stage with 1 process",
+        format!("{stage_one:.0}/s"),
+        Some(("≥ 20,000/s per core", stage_one >= 20_000.0)),
+    );
+    figure(
+        "no-op events/s, sandbox stage with 2 processes",
+        format!("{stage_two:.0}/s ({:.0}/s per core)", stage_two / 2.0),
+        Some(("≥ 20,000/s per core", stage_two / 2.0 >= 20_000.0)),
+    );
+    figure(
+        "scaling 1 → 2 cores, the server's sandbox stage",
+        format!("{:.2}×", stage_two / stage_one),
+        Some(("≥ 1.8×", stage_two / stage_one >= 1.8)),
     );
     figure(
         "no-op events/s, 1 thread in 1 process",
@@ -219,6 +264,76 @@ fn shard(threads: usize, duration: Duration) {
         })
         .collect();
     println!("{}", results.join(" "));
+}
+
+/// The server's sandbox stage with `processes` sandbox processes: events
+/// per second over `duration`, after a warm-up.
+fn run_stage(processes: usize, duration: Duration) -> f64 {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let command = ShardCommand {
+            program: std::env::current_exe().expect("the benchmark's own path"),
+            args: vec![SERVE_SHARD.into()],
+        };
+        let pool = Arc::new(
+            ShardPool::start(processes, command)
+                .await
+                .expect("the sandbox processes start"),
+        );
+        let script = ScriptSource::new("brigade.js", NO_OP_HANDLER);
+        let senders = processes * IN_FLIGHT;
+        let run_for = |events: Option<usize>, until: Option<Instant>| {
+            (0..senders)
+                .map(|_| {
+                    let (pool, script) = (pool.clone(), script.clone());
+                    tokio::spawn(async move {
+                        let log: Arc<dyn LogSink> = Arc::new(NullLog);
+                        let mut count = 0usize;
+                        while events.is_none_or(|n| count < n)
+                            && until.is_none_or(|t| Instant::now() < t)
+                        {
+                            let outcome = pool
+                                .run(&script, request(WorkerLimits::default(), log.clone()))
+                                .await;
+                            assert!(outcome.succeeded(), "{outcome:?}");
+                            count += 1;
+                        }
+                        count
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        for sender in run_for(Some(WARM_UP_EVENTS / IN_FLIGHT), None) {
+            sender.await.expect("the warm-up runs");
+        }
+        let started = Instant::now();
+        let mut events = 0;
+        for sender in run_for(None, Some(started + duration)) {
+            events += sender.await.expect("the senders run");
+        }
+        events as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+/// A sandbox process of the pool in [`run_stage`], as `mizzen
+/// sandbox-shard` is one of the server's.
+fn serve_shard() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/mizzen-bench-cache");
+        let config = SandboxConfig {
+            cache_dir: Some(cache),
+            long_running_slots: 1,
+            ..SandboxConfig::default()
+        };
+        shard::serve(config)
+            .await
+            .expect("the sandbox process serves");
+    });
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mizzen_host_api::types::{GitConfig, JobResult, JobSpec, Phase};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::project::JobPolicies;
 
 /// What an executor needs to know about the event a job belongs to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventContext {
     /// The event's id.
     pub event_id: String,
@@ -40,7 +41,7 @@ pub struct EventContext {
 }
 
 /// Where a job's source checkout comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
     /// A git repository, checked out fresh for each job.
     Git(GitConfig),
@@ -141,7 +142,7 @@ impl RunningJob for SpawnedJob {
 }
 
 /// Why an executor refused a job.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ExecutorError {
     /// The executor cannot run jobs of this kind (e.g. Windows containers).
     #[error("{0}")]

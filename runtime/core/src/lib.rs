@@ -56,6 +56,7 @@ pub mod log;
 mod plugin;
 pub mod project;
 pub mod script;
+pub mod shard;
 pub mod source;
 mod wasi;
 mod worker;

@@ -87,7 +87,7 @@ pub const DEFAULT_CEILINGS: &str = "memory=1Gi,cpuTime=5m,timeout=24h,logSize=64
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Limits of one worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerLimits {
     /// Linear memory, in bytes.
     pub memory_bytes: u64,

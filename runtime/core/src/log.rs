@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use mizzen_host_api::types::LogLevel;
 
 /// Who produced a log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogSource {
     /// The script's `console.*` (or a guest's stdout/stderr): printed as is
     /// and never filtered, as in Brigade's worker.
@@ -21,7 +21,7 @@ pub enum LogSource {
 }
 
 /// One line (or several, for a multi-line message) of a worker's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogRecord {
     /// When the host received it.
     pub time: SystemTime,

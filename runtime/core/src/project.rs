@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use mizzen_host_api::types::{Event, GitConfig, LogLevel};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::duration::parse_go_duration;
 use crate::executor::Source;
@@ -124,7 +124,7 @@ pub struct WorkerTemplate {
 }
 
 /// What a project allows its jobs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobPolicies {
     /// Privileged containers.
     pub allow_privileged: bool,

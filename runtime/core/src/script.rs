@@ -29,7 +29,7 @@ pub const MAX_SCRIPT_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_NESTING: usize = 500;
 
 /// The language of a script.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Language {
     /// `brigade.js`.
     JavaScript,
@@ -38,7 +38,7 @@ pub enum Language {
 }
 
 /// A script to run: its file name (used in error locations) and its text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScriptSource {
     /// The file name, e.g. `brigade.js`.
     pub name: String,

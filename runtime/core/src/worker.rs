@@ -392,7 +392,7 @@ impl Drop for Tickets {
 }
 
 /// How a worker ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerOutcome {
     /// SUCCEEDED, FAILED or TIMED_OUT.
     pub phase: Phase,
@@ -422,7 +422,7 @@ impl WorkerOutcome {
 }
 
 /// Why a worker failed, each with the limit or location involved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum WorkerFailure {
     /// The script could not be loaded or compiled (`brigade.js:3:5: SyntaxError: ...`).
     #[error("{message}")]
@@ -485,6 +485,13 @@ pub enum WorkerFailure {
     #[error("the sandbox stopped the script: {message}")]
     Trap {
         /// The trap.
+        message: String,
+    },
+    /// The sandbox process running the worker stopped under it, or none
+    /// was running (see [`crate::shard`]).
+    #[error("{message}")]
+    Sandbox {
+        /// What happened to the process.
         message: String,
     },
 }

@@ -1,7 +1,7 @@
 //! `mizzen server`: accepts events for many projects (tenants) through
 //! Brigade v2's REST API and webhook gateways, stores them durably, and runs
-//! their workers in this process's sandbox within global and per-project
-//! limits.
+//! their workers in the sandbox (one sandbox process per core by default,
+//! [`mizzen_runtime::shard`]) within global and per-project limits.
 //!
 //! The parts: [`store`] (SQLite or PostgreSQL through one code path),
 //! [`scheduler`] (claims with leases, limits, fairness, recovery), [`api`]
@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mizzen_runtime::executor::JobExecutor;
+use mizzen_runtime::shard::{SandboxStage, ShardCommand, ShardError, ShardPool};
 use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -44,6 +45,9 @@ pub enum ServerError {
     /// The sandbox could not be set up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The sandbox processes could not be started.
+    #[error(transparent)]
+    Shards(#[from] ShardError),
     /// Another server already uses the data directory's embedded database.
     #[error("{0}")]
     DataDirInUse(String),
@@ -78,6 +82,10 @@ pub struct ServerConfig {
     /// How long running workers may finish when the server stops before
     /// they go back to the queue.
     pub shutdown_grace: Duration,
+    /// Where workers run: in this many sandbox processes, started with this
+    /// command (one per core scales with the cores), or, when `None`, in
+    /// this process.
+    pub sandbox_processes: Option<(usize, ShardCommand)>,
 }
 
 /// A server bound to its address, ready to run.
@@ -104,7 +112,10 @@ impl Server {
             _ => Some(lock_data_dir(&config.data_dir)?),
         };
         let store = store::Store::open(config.database_url.as_deref(), &config.data_dir).await?;
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::from_env()).await?);
+        let sandbox: Arc<dyn SandboxStage> = match &config.sandbox_processes {
+            Some((count, command)) => Arc::new(ShardPool::start(*count, command.clone()).await?),
+            None => Arc::new(Sandbox::new(SandboxConfig::from_env()).await?),
+        };
         let metrics = Arc::new(metrics::Metrics::new());
         let projects = Arc::new(projects::ProjectCache::default());
         let scheduler = scheduler::Scheduler::new(

@@ -23,7 +23,8 @@ use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
 use mizzen_runtime::project::server_clone_url_problem;
 use mizzen_runtime::project::{EventDetails, ProjectDir};
-use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest, source};
+use mizzen_runtime::shard::SandboxStage;
+use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
@@ -59,7 +60,7 @@ pub struct SchedulerConfig {
 pub struct Scheduler {
     store: Store,
     projects: Arc<ProjectCache>,
-    sandbox: Arc<Sandbox>,
+    sandbox: Arc<dyn SandboxStage>,
     executor: Option<Arc<dyn JobExecutor>>,
     config: SchedulerConfig,
     metrics: Arc<Metrics>,
@@ -79,7 +80,7 @@ impl Scheduler {
     pub fn new(
         store: Store,
         projects: Arc<ProjectCache>,
-        sandbox: Arc<Sandbox>,
+        sandbox: Arc<dyn SandboxStage>,
         executor: Option<Arc<dyn JobExecutor>>,
         config: SchedulerConfig,
         metrics: Arc<Metrics>,
