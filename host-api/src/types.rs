@@ -2,7 +2,7 @@
 //! wire format (camelCase), so an event or a job spec reads the same here as
 //! in Brigade's `event.json` and job API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,16 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event as the script sees it: without the secrets it may not read
+    /// and without the list of those it may.
+    pub fn script_view(&self) -> Event {
+        let mut event = self.clone();
+        if let Some(allowed) = event.project.script_secrets.take() {
+            event.project.secrets.retain(|key, _| allowed.contains(key));
+        }
+        event
+    }
+
     /// An event with Brigade's defaults: no secrets, qualifiers or labels,
     /// empty titles and payload, log level INFO, config files in `.brigade`,
     /// no git settings and no API (a local run has none).
@@ -56,6 +66,7 @@ impl Event {
                 id: project_id.into(),
                 kubernetes: ProjectKubernetes::default(),
                 secrets: BTreeMap::new(),
+                script_secrets: None,
             },
             source: source.into(),
             event_type: event_type.into(),
@@ -86,6 +97,21 @@ pub struct EventProject {
     pub kubernetes: ProjectKubernetes,
     /// The project's secrets, and only this project's.
     pub secrets: BTreeMap<String, String>,
+    /// Which of `secrets` the script may read, when the project restricts
+    /// them (`spec.workerTemplate.scriptSecrets`); the others reach its jobs
+    /// only by reference. The host's alone: [`Event::script_view`] removes
+    /// it, with the secrets the script may not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_secrets: Option<BTreeSet<String>>,
+}
+
+impl EventProject {
+    /// Whether the script may read the secret `key`.
+    pub fn script_may_read(&self, key: &str) -> bool {
+        self.script_secrets
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(key))
+    }
 }
 
 /// The Kubernetes settings of a project, as Brigade exposed them.

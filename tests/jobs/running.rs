@@ -1,5 +1,7 @@
 //! How jobs run and end, as Brigade's scripts expect.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::util::{Project, run_js};
 
 #[tokio::test]
@@ -51,6 +53,63 @@ async fn environment_variables_reach_the_container() {
     .await;
     run.assert_succeeded();
     assert_eq!(run.job_lines(), ["[env] hello from the script||0"]);
+}
+
+#[tokio::test]
+async fn a_secret_the_script_may_not_read_reaches_its_job_only_by_reference() {
+    let project = Project {
+        secrets: BTreeMap::from([
+            ("visible".to_string(), "shown-value".to_string()),
+            ("hidden".to_string(), "hidden-value-4711".to_string()),
+        ]),
+        script_secrets: Some(BTreeSet::from(["visible".to_string()])),
+        ..Project::default()
+    };
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          console.log(`script sees: ${JSON.stringify(event.project)}`);
+          const job = new Job("by-reference", "localhost/busybox", event);
+          job.primaryContainer.environment = {
+            TOKEN: "${{ secrets.hidden }}",
+            SHOWN: event.project.secrets.visible,
+          };
+          job.primaryContainer.command = ["sh", "-c", "echo \"$TOKEN\" | rev; echo \"$TOKEN|$SHOWN\""];
+          await job.run();
+          console.log(`script reads back: ${(await job.logs()).replace("\n", " / ")}`);
+          const missing = new Job("missing", "localhost/busybox", event);
+          missing.primaryContainer.environment = { KEY: "${{ secrets.nonesuch }}" };
+          await missing.run().catch(e => console.log(`refused: ${e.message}`));
+        });
+        events.process();"#,
+        project,
+    )
+    .await;
+    run.assert_succeeded();
+    let worker = run.worker_lines().join("\n");
+    // The script's event holds the secret it may read, and nothing of the
+    // other: neither its value nor its name nor the list.
+    assert!(
+        worker.contains(r#"script sees: {"id":"test-project","kubernetes":{"namespace":""},"secrets":{"visible":"shown-value"}}"#),
+        "{worker}"
+    );
+    // The job had the value (it printed it reversed, which no redaction
+    // can catch: a job the script designs can transform what it is given).
+    assert!(
+        run.job_lines()
+            .contains(&"[by-reference] 1174-eulav-neddih".to_string()),
+        "{:?}",
+        run.job_lines()
+    );
+    // What the job printed as it is, the script reads back masked.
+    assert!(
+        worker.contains("script reads back: 1174-eulav-neddih / ***|shown-value"),
+        "{worker}"
+    );
+    assert!(
+        worker.contains(r#"refused: Error creating job "missing": job "missing": container "missing": environment variable KEY refers to secret "nonesuch", which project "test-project" does not have"#),
+        "{worker}"
+    );
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! A shared sandbox and executor, and helpers to run a script whose jobs run
 //! on the machine's container engine (scripts/setup-engine prepares one).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,13 +48,19 @@ pub struct Project {
     pub use_workspace: bool,
     pub source: Option<Source>,
     pub policies: JobPolicies,
+    /// The project's secrets.
+    pub secrets: BTreeMap<String, String>,
+    /// Those its script may read (`spec.workerTemplate.scriptSecrets`).
+    pub script_secrets: Option<BTreeSet<String>>,
 }
 
 /// Runs a script for a fresh `brigade.sh/cli`/`exec` event of `project`,
 /// then checks that none of the event's containers is left.
 pub async fn run_js(script: &str, project: Project) -> Run {
     let event_id = uuid();
-    let event = Event::new(&event_id, "test-project", "brigade.sh/cli", "exec");
+    let mut event = Event::new(&event_id, "test-project", "brigade.sh/cli", "exec");
+    event.project.secrets = project.secrets;
+    event.project.script_secrets = project.script_secrets;
     let context = Arc::new(EventContext {
         use_workspace: project.use_workspace,
         source: project.source,

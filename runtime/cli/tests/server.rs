@@ -326,6 +326,37 @@ fn secret_values_never_leave_the_server() {
     }
 }
 
+#[test]
+fn a_project_restricts_the_secrets_its_script_reads() {
+    let server = TestServer::start(None, &["--executor", "none"]);
+    let dir = script_project(
+        "restricted",
+        "    scriptSecrets: [shown]\n",
+        "console.log(`keys: ${Object.keys(event.project.secrets)}`);",
+    );
+    // The handler takes no parameter in `script_project`; give it one.
+    let yaml = std::fs::read_to_string(dir.path().join("project.yaml"))
+        .unwrap()
+        .replace("async () =>", "async (event) =>");
+    std::fs::write(dir.path().join("project.yaml"), yaml).unwrap();
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    server.ok(&[
+        "project",
+        "secret",
+        "set",
+        "--project",
+        "restricted",
+        "-s",
+        "shown=one",
+        "-s",
+        "kept=two",
+    ]);
+    let id = server.create_event("restricted", &[]);
+    assert_eq!(phase_of(&wait_until_ended(&server, &id)), "SUCCEEDED");
+    let logs = server.ok(&["event", "logs", "--id", &id]);
+    assert!(logs.contains("keys: shown\n"), "{logs}");
+}
+
 /// An HTTP client. reqwest is built with TLS whose crypto provider is
 /// chosen at run time.
 fn http() -> reqwest::Client {

@@ -290,8 +290,16 @@ impl Sandbox {
             log,
             jobs,
         } = request;
-        let event_json = serde_json::to_vec(&event).expect("events serialise");
-        let jobs = WorkerJobs::new(jobs, log.clone(), event.worker.log_level, limits);
+        // The script sees only the secrets it may read; its jobs may
+        // reference all of them.
+        let event_json = serde_json::to_vec(&event.script_view()).expect("events serialise");
+        let jobs = WorkerJobs::new(
+            jobs,
+            log.clone(),
+            event.worker.log_level,
+            limits,
+            event.project.clone(),
+        );
         let context = WorkerContext {
             event_json,
             event,

@@ -185,7 +185,15 @@ async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) 
             Err(e) => Err(e),
         },
         Op::SecretGet => parse::<SecretRequest>(op, request).and_then(|secret| {
-            match context.event.project.secrets.get(&secret.key) {
+            let project = &context.event.project;
+            match project.secrets.get(&secret.key) {
+                Some(_) if !project.script_may_read(&secret.key) => Err(HostError::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "project \"{}\" does not let its script read secret \"{}\" (spec.workerTemplate.scriptSecrets); a job can still have it: environment: {{ NAME: \"${{{{ secrets.{} }}}}\" }}",
+                        project.id, secret.key, secret.key
+                    ),
+                )),
                 Some(value) => reply(&SecretValue { value: value.clone() }),
                 None => Err(HostError::new(
                     ErrorCode::NotFound,

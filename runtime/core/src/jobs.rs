@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mizzen_host_api::types::{
-    ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, JobLogs, JobResult, JobSpec, JobStartRequest,
-    LogLevel, Phase,
+    ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, EventProject, JobLogs, JobResult, JobSpec,
+    JobStartRequest, LogLevel, Phase,
 };
 use mizzen_host_api::{ErrorCode, HostError};
 use serde_json::Value;
@@ -65,6 +65,8 @@ pub(crate) struct WorkerJobs {
     /// Jobs started and not yet ended, against the concurrent-jobs limit.
     running: Arc<AtomicU64>,
     jobs: HashMap<String, StartedJob>,
+    /// The project's id and secrets, for `"${{ secrets.name }}"` references.
+    project: EventProject,
 }
 
 struct StartedJob {
@@ -80,6 +82,7 @@ impl WorkerJobs {
         log: Arc<dyn LogSink>,
         level: LogLevel,
         limits: WorkerLimits,
+        project: EventProject,
     ) -> Self {
         Self {
             capability,
@@ -88,6 +91,7 @@ impl WorkerJobs {
             limits,
             running: Arc::new(AtomicU64::new(0)),
             jobs: HashMap::new(),
+            project,
         }
     }
 
@@ -101,7 +105,8 @@ impl WorkerJobs {
                 )));
             }
         };
-        let job = decode_start(request, &event)?;
+        let mut job = decode_start(request, &event)?;
+        resolve_secret_references(&mut job, &self.project)?;
         if self.jobs.contains_key(&job.name) {
             return Err(HostError::new(
                 ErrorCode::Conflict,
@@ -182,9 +187,24 @@ impl WorkerJobs {
         let job = self.jobs.get(name).ok_or_else(|| not_found(name))?;
         let container = container.unwrap_or(name);
         let state = job.output.state.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(JobLogs {
-            lines: state.lines.get(container).cloned().unwrap_or_default(),
-        })
+        let mut lines = state.lines.get(container).cloned().unwrap_or_default();
+        // A secret the script may not read stays out of what it reads back
+        // from its jobs, when a job prints it as it is.
+        let hidden: Vec<&String> = self
+            .project
+            .secrets
+            .iter()
+            .filter(|(key, value)| !value.is_empty() && !self.project.script_may_read(key))
+            .map(|(_, value)| value)
+            .collect();
+        for line in lines.iter_mut().filter(|_| !hidden.is_empty()) {
+            for value in &hidden {
+                if line.contains(value.as_str()) {
+                    *line = line.replace(value.as_str(), "***");
+                }
+            }
+        }
+        Ok(JobLogs { lines })
     }
 
     /// Ends the worker's jobs: stops those still running (ABORTED) and has
@@ -274,6 +294,46 @@ impl JobOutput for JobRecorder {
         self.log
             .record(LogRecord::container(&self.job, container, line));
     }
+}
+
+/// `"${{ secrets.name }}"` as the whole of an environment value: the job
+/// gets the project's secret `name`, which its script may not be allowed to
+/// read itself (`spec.workerTemplate.scriptSecrets`).
+fn secret_reference(value: &str) -> Option<&str> {
+    let inner = value.trim().strip_prefix("${{")?.strip_suffix("}}")?.trim();
+    let key = inner.strip_prefix("secrets.")?;
+    (!key.is_empty() && !key.contains(char::is_whitespace)).then_some(key)
+}
+
+/// Replaces each secret reference in the job's environment (every
+/// container's) with the secret's value; a reference to a secret the project
+/// does not have refuses the job, naming the variable.
+fn resolve_secret_references(
+    job: &mut JobStartRequest,
+    project: &EventProject,
+) -> Result<(), HostError> {
+    let name = job.name.clone();
+    let spec = &mut job.spec;
+    let containers = std::iter::once((&name, &mut spec.primary_container))
+        .chain(spec.sidecar_containers.iter_mut());
+    for (container, container_spec) in containers {
+        for (variable, value) in &mut container_spec.environment {
+            let Some(key) = secret_reference(value) else {
+                continue;
+            };
+            let Some(secret) = project.secrets.get(key) else {
+                return Err(HostError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "job \"{name}\": container \"{container}\": environment variable {variable} refers to secret \"{key}\", which project \"{}\" does not have",
+                        project.id
+                    ),
+                ));
+            };
+            *value = secret.clone();
+        }
+    }
+    Ok(())
 }
 
 /// Decodes a guest's `job.start` request and checks it against the event's
@@ -594,6 +654,22 @@ mod tests {
 
     fn error(json: &str) -> String {
         job(json).unwrap_err().message
+    }
+
+    #[test]
+    fn secret_references_are_the_whole_value() {
+        assert_eq!(secret_reference("${{ secrets.token }}"), Some("token"));
+        assert_eq!(secret_reference("${{secrets.token}}"), Some("token"));
+        for not_one in [
+            "token",
+            "${{ secrets. }}",
+            "prefix ${{ secrets.token }}",
+            "${{ env.token }}",
+            "${{ secrets.a b }}",
+            "${ secrets.token }",
+        ] {
+            assert_eq!(secret_reference(not_one), None, "{not_one:?}");
+        }
     }
 
     #[test]

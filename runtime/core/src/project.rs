@@ -6,7 +6,7 @@
 //! (`.brigade` by default) with `brigade.ts` or `brigade.js`. In a local run
 //! the directory stands for the project's repository.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use mizzen_host_api::types::{Event, GitConfig, LogLevel};
@@ -121,6 +121,11 @@ pub struct WorkerTemplate {
     /// The worker's limits the project sets: `spec.workerTemplate.limits`
     /// (Mizzen's addition), `timeoutDuration` and `workspaceSize`.
     pub limits: LimitSettings,
+    /// The secrets the script may read (`spec.workerTemplate.scriptSecrets`,
+    /// Mizzen's addition); `None`, all of them. The others reach jobs only
+    /// by reference (`"${{ secrets.name }}"` as an environment value), so a
+    /// third-party script never holds them.
+    pub script_secrets: Option<BTreeSet<String>>,
 }
 
 /// What a project allows its jobs.
@@ -184,6 +189,7 @@ impl Project {
             details.event_type,
         );
         event.project.secrets = secrets;
+        event.project.script_secrets = self.worker.script_secrets.clone();
         event.qualifiers = optional(details.qualifiers);
         event.labels = optional(details.labels);
         event.short_title = details.short_title;
@@ -384,6 +390,10 @@ struct WorkerTemplateFile {
     /// Mizzen's addition: the worker's limits (see [`crate::limits`]).
     #[serde(default)]
     limits: Option<BTreeMap<String, serde_norway::Value>>,
+    /// Mizzen's addition: the secrets the script may read (see
+    /// [`WorkerTemplate::script_secrets`]).
+    #[serde(default)]
+    script_secrets: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -675,6 +685,17 @@ impl Validator<'_> {
             })?;
             limits.insert(Limit::Timeout, LimitValue::Time(timeout));
         }
+        let script_secrets = match w.script_secrets {
+            None => None,
+            Some(keys) => {
+                for (i, key) in keys.iter().enumerate() {
+                    validate_secret_key(key).map_err(|problem| {
+                        self.invalid(format!("{FIELD}.scriptSecrets[{i}]"), problem)
+                    })?;
+                }
+                Some(keys.into_iter().collect())
+            }
+        };
         let job_policies = w
             .job_policies
             .map(|p| JobPolicies {
@@ -692,6 +713,7 @@ impl Validator<'_> {
             config_files_directory,
             default_config_files,
             limits,
+            script_secrets,
         })
     }
 }
@@ -973,6 +995,36 @@ mod tests {
         assert_eq!(event.worker.log_level, LogLevel::Debug);
         assert_eq!(event.qualifiers, None);
         assert_eq!(event.id.len(), 36);
+    }
+
+    #[test]
+    fn a_project_may_restrict_the_secrets_its_script_reads() {
+        let project = parse(&MINIMAL.replace("{}", "\n    scriptSecrets: [visible]")).unwrap();
+        let secrets = BTreeMap::from([
+            ("visible".to_string(), "a".to_string()),
+            ("hidden".to_string(), "b".to_string()),
+        ]);
+        let event = project.event(EventDetails::default(), secrets.clone());
+        // The worker's event keeps every secret for its jobs' references;
+        // the script's view has only the one it may read.
+        assert_eq!(event.project.secrets, secrets);
+        assert!(event.project.script_may_read("visible"));
+        assert!(!event.project.script_may_read("hidden"));
+        let view = serde_json::to_value(event.script_view()).unwrap();
+        assert_eq!(
+            view["project"]["secrets"],
+            serde_json::json!({"visible": "a"})
+        );
+        assert!(view["project"].get("scriptSecrets").is_none(), "{view}");
+
+        let error = parse(&MINIMAL.replace("{}", "\n    scriptSecrets: [ok, not-a-key]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("spec.workerTemplate.scriptSecrets[1]")
+                && error.contains("\"not-a-key\""),
+            "{error}"
+        );
     }
 
     #[test]
