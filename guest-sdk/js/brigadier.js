@@ -27,6 +27,10 @@
     JobLogs: 13,
     Sleep: 20,
     TicketCancel: 21,
+    WorkspaceRead: 40,
+    WorkspaceWrite: 41,
+    WorkspaceList: 42,
+    WorkspaceRemove: 43,
   };
 
   // Brigade's worker never printed lines longer than a container log line;
@@ -415,6 +419,25 @@
     }
   }
 
+  // ------------------------------------------------------------- workspace
+  // Mizzen's addition: the event's workspace (what its jobs mount at
+  // workspaceMountPath), for projects with useWorkspace. Paths are relative
+  // to it; the host refuses anything that would lead out of it.
+  const workspace = Object.freeze({
+    readFile(path, encoding = "utf8") {
+      return call(OP.WorkspaceRead, { path: String(path), encoding }).contents;
+    },
+    writeFile(path, contents, encoding = "utf8") {
+      call(OP.WorkspaceWrite, { path: String(path), contents: String(contents), encoding });
+    },
+    list(path = "") {
+      return call(OP.WorkspaceList, { path: String(path) }).entries;
+    },
+    remove(path) {
+      call(OP.WorkspaceRemove, { path: String(path) });
+    },
+  });
+
   const brigadier = Object.freeze({
     events,
     EventRegistry,
@@ -426,6 +449,7 @@
     ImagePullPolicy,
     logger,
     Logger,
+    workspace,
   });
 
   // ---------------------------------------------------------------- require

@@ -176,6 +176,7 @@ declare module "@brigadecore/brigadier" {
     protected event: Event;
     /** A logger whose lines carry `[job: <name>]`. */
     logger: Logger;
+    workspace: typeof workspace;
     /**
      * Runs the job; resolves when the primary container exits 0, rejects with
      * `Job "<name>" failed`, `timed out`, `was aborted`... otherwise.
@@ -222,6 +223,31 @@ declare module "@brigadecore/brigadier" {
 
   /** The worker's logger. */
   export const logger: Logger;
+
+  /** An entry of a workspace directory. */
+  export interface WorkspaceEntry {
+    name: string;
+    directory: boolean;
+    /** Bytes; 0 for a directory. */
+    size: number;
+  }
+
+  /**
+   * Mizzen's addition: the event's workspace (what its jobs mount at
+   * `workspaceMountPath`), for projects with `useWorkspace`. Paths are
+   * relative to it and cannot lead out of it; writes count against
+   * `workspaceSize`.
+   */
+  export const workspace: {
+    /** A file's contents: UTF-8 text, or base64. Files over 8 MiB are refused. */
+    readFile(path: string, encoding?: "utf8" | "base64"): string;
+    /** Creates or replaces a file (and the directories above it). */
+    writeFile(path: string, contents: string, encoding?: "utf8" | "base64"): void;
+    /** A directory's entries, sorted by name; the workspace itself by default. */
+    list(path?: string): WorkspaceEntry[];
+    /** Removes a file, or a directory with everything in it. */
+    remove(path: string): void;
+  };
 
   const brigadier: {
     events: EventRegistry;

@@ -1,6 +1,6 @@
 // Exercises the declarations the way Brigade scripts use the API; `npm run
 // typecheck` (in CI) fails when index.d.ts stops describing them.
-import { events, Job, Container, logger, Event, ImagePullPolicy } from "@brigadecore/brigadier";
+import { events, Job, Container, logger, Event, ImagePullPolicy, workspace } from "@brigadecore/brigadier";
 import brigadier from "brigadier";
 
 class MyJob extends Job {
@@ -21,6 +21,11 @@ events.on("brigade.sh/cli", "exec", async (event: Event) => {
   await Job.sequence(job, Job.concurrent(new Job("a", "alpine", event), new Job("b", "alpine", event))).run();
   const output: string = await job.logs();
   logger.child({ job: job.name }).info(output);
+  workspace.writeFile("out/report.txt", output);
+  const sizes: number[] = workspace.list("out").map((entry) => entry.size);
+  const copy: string = workspace.readFile("out/report.txt", "base64");
+  workspace.remove("out");
+  logger.info(`${sizes} ${copy}`);
   const secret: string | undefined = event.project.secrets["token"];
   return secret ? "done" : "no secret";
 });

@@ -575,6 +575,11 @@ impl std::fmt::Display for Phase {
 pub struct WorkspacePath {
     /// The path.
     pub path: String,
+    /// For [`crate::Op::WorkspaceRead`]: how the reply carries the contents.
+    /// By default as UTF-8 text when they are, else in base64; asked for
+    /// UTF-8, contents that are not are an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<ContentEncoding>,
 }
 
 /// A workspace file: the reply of [`crate::Op::WorkspaceRead`] and the

@@ -32,6 +32,72 @@ async fn the_workspace_is_shared_by_the_events_jobs() {
 }
 
 #[tokio::test]
+async fn the_script_shares_the_workspace_with_its_jobs_and_reaches_nothing_outside_it() {
+    let run = run_js(
+        r#"const { events, Job, workspace } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          workspace.writeFile("in/greeting.txt", "hello from the script");
+          const job = new Job("worker", "localhost/busybox", event);
+          job.primaryContainer.workspaceMountPath = "/workspace";
+          job.primaryContainer.command = ["sh", "-c",
+            "cat /workspace/in/greeting.txt; echo; echo 'from the job' > /workspace/out.txt;" +
+            " ln -s /etc /workspace/etc-link; ln -s /etc/hostname /workspace/host-file"];
+          await job.run();
+          console.log(`job wrote: ${workspace.readFile("out.txt").trim()}`);
+          console.log(`listing: ${workspace.list().map(e => e.name + (e.directory ? "/" : "")).join(" ")}`);
+          for (const path of ["../escape", "/etc/passwd", "etc-link/passwd", "host-file", "nothing-here"]) {
+            try {
+              workspace.readFile(path);
+              console.log(`read ${path}!`);
+            } catch (e) {
+              console.log(`refused ${path}: ${e.code}`);
+            }
+          }
+          workspace.remove("in");
+          console.log(`after remove: ${workspace.list().map(e => e.name).join(" ")}`);
+        });
+        events.process();"#,
+        Project {
+            use_workspace: true,
+            ..Project::default()
+        },
+    )
+    .await;
+    run.assert_succeeded();
+    assert_eq!(run.job_lines(), ["[worker] hello from the script"]);
+    assert_eq!(
+        run.worker_lines(),
+        [
+            "Creating job worker",
+            "job wrote: from the job",
+            "listing: etc-link host-file in/ out.txt",
+            "refused ../escape: invalid_request",
+            "refused /etc/passwd: invalid_request",
+            "refused etc-link/passwd: permission_denied",
+            "refused host-file: permission_denied",
+            "refused nothing-here: not_found",
+            "after remove: etc-link host-file out.txt",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_project_without_a_workspace_says_how_to_get_one() {
+    let run = run_js(
+        r#"const { events, workspace } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async () => {
+          workspace.writeFile("x", "y");
+        });
+        events.process();"#,
+        Project::default(),
+    )
+    .await;
+    run.assert_failed_with(
+        "project \"test-project\" has no workspace (set spec.workerTemplate.useWorkspace: true)",
+    );
+}
+
+#[tokio::test]
 async fn the_source_is_checked_out_at_the_projects_commit() {
     let repo = tempfile::tempdir().unwrap();
     git(repo.path(), &["init", "--quiet", "--initial-branch=main"]);

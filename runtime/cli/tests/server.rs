@@ -357,6 +357,23 @@ fn a_project_restricts_the_secrets_its_script_reads() {
     assert!(logs.contains("keys: shown\n"), "{logs}");
 }
 
+#[test]
+fn a_script_in_a_sandbox_process_reaches_its_events_workspace() {
+    // The container engine's executor keeps the workspace on this host; the
+    // sandbox process gets its directory from the server.
+    let server = TestServer::start(None, &["--sandbox-processes", "1"]);
+    let dir = script_project(
+        "files",
+        "    useWorkspace: true\n",
+        "const { workspace } = require(\"@brigadecore/brigadier\"); workspace.writeFile(\"a/b.txt\", \"kept\"); console.log(`read back: ${workspace.readFile(\"a/b.txt\")}`);",
+    );
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    let id = server.create_event("files", &[]);
+    assert_eq!(phase_of(&wait_until_ended(&server, &id)), "SUCCEEDED");
+    let logs = server.ok(&["event", "logs", "--id", &id]);
+    assert!(logs.contains("read back: kept"), "{logs}");
+}
+
 /// An HTTP client. reqwest is built with TLS whose crypto provider is
 /// chosen at run time.
 fn http() -> reqwest::Client {

@@ -81,6 +81,15 @@ pub trait JobExecutor: Send + Sync {
     /// networks, workspace, checkouts). Called once, when the event ends,
     /// however it ended.
     async fn finish_event(&self, event: &EventContext);
+
+    /// The event's workspace as a directory on this host, created if need
+    /// be, for the script's workspace operations. Called only for projects
+    /// that use a workspace. An executor whose workspace is not on this
+    /// host (a Kubernetes volume claim) says so.
+    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
+        let _ = event;
+        Err("this executor keeps the workspace where only the event's jobs reach it".into())
+    }
 }
 
 /// A job that was accepted.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use mizzen_host_api::abi::{self, CallResult};
 use mizzen_host_api::types::{
     ExitRequest, JobLogsRequest, JobRef, LogRequest, ScriptError, SecretRequest, SecretValue,
-    SleepRequest, SummaryRequest, Ticket,
+    SleepRequest, SummaryRequest, Ticket, WorkspaceFile, WorkspacePath,
 };
 use mizzen_host_api::{ErrorCode, HostError, Op};
 use serde::Serialize;
@@ -258,7 +258,26 @@ async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) 
             }
         }
         Op::WorkspaceRead | Op::WorkspaceWrite | Op::WorkspaceList | Op::WorkspaceRemove => {
-            Err(HostError::not_configured("this worker has no workspace"))
+            let Some(jobs) = state.jobs.as_mut() else {
+                return Ok(Err(HostError::not_configured("this instance has no workspace")));
+            };
+            match jobs.workspace().await {
+                Err(e) => Err(e),
+                Ok(workspace) => match op {
+                    Op::WorkspaceRead => parse::<WorkspacePath>(op, request)
+                        .and_then(|path| workspace.read(&path))
+                        .and_then(|file| reply(&file)),
+                    Op::WorkspaceWrite => parse::<WorkspaceFile>(op, request)
+                        .and_then(|file| workspace.write(&file))
+                        .map(|()| None),
+                    Op::WorkspaceList => parse::<WorkspacePath>(op, request)
+                        .and_then(|path| workspace.list(&path))
+                        .and_then(|listing| reply(&listing)),
+                    _ => parse::<WorkspacePath>(op, request)
+                        .and_then(|path| workspace.remove(&path))
+                        .map(|()| None),
+                },
+            }
         }
     })
 }

@@ -25,6 +25,7 @@ use crate::executor::{
 use crate::limits::{Limit, WorkerLimits};
 use crate::log::{LogRecord, LogSink};
 use crate::project::is_dns_label;
+use crate::workspace::ScriptWorkspace;
 
 /// Brigade's observer killed jobs after 24 hours at the latest
 /// (`MAX_JOB_LIFETIME`); a longer timeout is refused rather than silently cut.
@@ -67,6 +68,8 @@ pub(crate) struct WorkerJobs {
     jobs: HashMap<String, StartedJob>,
     /// The project's id and secrets, for `"${{ secrets.name }}"` references.
     project: EventProject,
+    /// The event's workspace, opened at the script's first use of it.
+    workspace: Option<Arc<ScriptWorkspace>>,
 }
 
 struct StartedJob {
@@ -92,7 +95,38 @@ impl WorkerJobs {
             running: Arc::new(AtomicU64::new(0)),
             jobs: HashMap::new(),
             project,
+            workspace: None,
         }
+    }
+
+    /// The event's workspace for the script's workspace operations: the
+    /// executor's directory, when the project uses a workspace and the
+    /// executor keeps it on this host.
+    pub async fn workspace(&mut self) -> Result<Arc<ScriptWorkspace>, HostError> {
+        if let Some(workspace) = &self.workspace {
+            return Ok(workspace.clone());
+        }
+        let (executor, event) = match &self.capability {
+            JobCapability::Executor { executor, event } => (executor, event),
+            JobCapability::Unavailable(why) => {
+                return Err(HostError::not_configured(format!(
+                    "{why}, so there is no workspace"
+                )));
+            }
+        };
+        if !event.use_workspace {
+            return Err(HostError::not_configured(format!(
+                "project \"{}\" has no workspace (set spec.workerTemplate.useWorkspace: true)",
+                event.project_id
+            )));
+        }
+        let root = executor
+            .workspace_dir(event)
+            .await
+            .map_err(HostError::not_configured)?;
+        let workspace = Arc::new(ScriptWorkspace::open(&root, self.limits.workspace_bytes)?);
+        self.workspace = Some(workspace.clone());
+        Ok(workspace)
     }
 
     /// Validates and starts a job (`Op::JobStart`).

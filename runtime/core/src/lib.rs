@@ -60,6 +60,7 @@ pub mod shard;
 pub mod source;
 mod wasi;
 mod worker;
+mod workspace;
 
 pub use duration::parse_go_duration;
 pub use engine::{CompiledScript, Sandbox, SandboxConfig, WorkerRequest};

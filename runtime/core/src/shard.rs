@@ -17,6 +17,7 @@
 //! a [`WorkerFailure::Sandbox`] that says so, and is started again.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,6 +89,9 @@ struct RunWorker {
     limits: WorkerLimits,
     /// The event's context when jobs can run, else why they cannot.
     jobs: Result<EventContext, String>,
+    /// The executor's workspace directory (or why there is none), for a
+    /// project that uses a workspace.
+    workspace: Option<Result<PathBuf, String>>,
 }
 
 /// A message from a shard to the parent.
@@ -134,7 +138,7 @@ impl SandboxStage for Sandbox {
 #[derive(Debug, Clone)]
 pub struct ShardCommand {
     /// The program.
-    pub program: std::path::PathBuf,
+    pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
 }
@@ -255,9 +259,16 @@ impl SandboxStage for ShardPool {
             log,
             jobs,
         } = request;
-        let context = match &jobs {
-            JobCapability::Executor { event, .. } => Ok((**event).clone()),
-            JobCapability::Unavailable(why) => Err(why.clone()),
+        let (context, workspace) = match &jobs {
+            JobCapability::Executor { executor, event } => {
+                // Asked here: the executor is this process's.
+                let workspace = match event.use_workspace {
+                    true => Some(executor.workspace_dir(event).await),
+                    false => None,
+                };
+                (Ok((**event).clone()), workspace)
+            }
+            JobCapability::Unavailable(why) => (Err(why.clone()), None),
         };
         let (ended, outcome) = oneshot::channel();
         {
@@ -282,6 +293,7 @@ impl SandboxStage for ShardPool {
                 event,
                 limits,
                 jobs: context,
+                workspace,
             })));
         }
         // Dropped before the worker ended (its event was cancelled): the
@@ -669,12 +681,14 @@ impl ParentLink {
                     event,
                     limits,
                     jobs,
+                    workspace,
                 } = *run;
                 let jobs = match jobs {
                     Ok(context) => JobCapability::Executor {
                         executor: Arc::new(ProxyExecutor {
                             link: self.clone(),
                             worker,
+                            workspace,
                         }),
                         event: Arc::new(context),
                     },
@@ -782,6 +796,7 @@ impl LogSink for ProxyLog {
 struct ProxyExecutor {
     link: Arc<ParentLink>,
     worker: u64,
+    workspace: Option<Result<PathBuf, String>>,
 }
 
 #[async_trait]
@@ -816,6 +831,12 @@ impl JobExecutor for ProxyExecutor {
                 "the server stopped before the job started".into(),
             )),
         }
+    }
+
+    async fn workspace_dir(&self, _event: &EventContext) -> Result<PathBuf, String> {
+        self.workspace
+            .clone()
+            .unwrap_or_else(|| Err("the project uses no workspace".into()))
     }
 
     async fn finish_event(&self, _event: &EventContext) {

@@ -422,7 +422,7 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
 
 /// Creates a directory every user of the job's containers can write: images
 /// run as whatever user they choose.
-fn create_shared_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_shared_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     make_shared(dir)
 }

@@ -181,6 +181,21 @@ impl JobExecutor for DockerExecutor {
         }))
     }
 
+    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
+        let work_dir = self.event_dir(&event.event_id);
+        let workspace = work_dir.join("workspace");
+        std::fs::create_dir_all(&work_dir)
+            .and_then(|()| std::fs::write(work_dir.join(OWNER_FILE), &self.state.owner))
+            .and_then(|()| job::create_shared_dir(&workspace))
+            .map_err(|e| {
+                format!(
+                    "cannot create the event's workspace {}: {e}",
+                    workspace.display()
+                )
+            })?;
+        Ok(workspace)
+    }
+
     async fn finish_event(&self, event: &EventContext) {
         let docker = &self.state.engine.docker;
         let filters = HashMap::from([(
@@ -325,6 +340,13 @@ impl JobExecutor for LazyDockerExecutor {
     async fn finish_event(&self, event: &EventContext) {
         if let Some(Ok(executor)) = self.executor.get() {
             executor.finish_event(event).await;
+        }
+    }
+
+    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
+        match self.connected().await {
+            Ok(executor) => executor.workspace_dir(event).await,
+            Err(e) => Err(e.to_string()),
         }
     }
 }

@@ -307,6 +307,10 @@ impl JobExecutor for KubernetesExecutor {
         .await
     }
 
+    async fn workspace_dir(&self, _event: &EventContext) -> Result<std::path::PathBuf, String> {
+        Err("on Kubernetes the workspace is a volume claim that only the event's jobs mount; the script cannot read or write it (a job can)".into())
+    }
+
     async fn finish_event(&self, event: &EventContext) {
         let objects = self
             .state

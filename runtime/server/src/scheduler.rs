@@ -695,6 +695,10 @@ impl JobExecutor for RecordedExecutor {
     async fn finish_event(&self, event: &EventContext) {
         self.inner.finish_event(event).await;
     }
+
+    async fn workspace_dir(&self, event: &EventContext) -> Result<std::path::PathBuf, String> {
+        self.inner.workspace_dir(event).await
+    }
 }
 
 /// A running job whose end is in the store before the script hears of it,
