@@ -64,6 +64,10 @@ struct RecordedJob {
 #[derive(Default)]
 struct RecordingExecutor {
     jobs: Mutex<Vec<RecordedJob>>,
+    /// The event's workspace and a directory beside it holding the canary,
+    /// which links in the workspace point to, as a hostile job would leave
+    /// them.
+    workspace: Mutex<Option<(tempfile::TempDir, tempfile::TempDir)>>,
 }
 
 impl RecordingExecutor {
@@ -92,6 +96,19 @@ impl JobExecutor for RecordingExecutor {
     }
 
     async fn finish_event(&self, _event: &EventContext) {}
+
+    async fn workspace_dir(&self, _event: &EventContext) -> Result<PathBuf, String> {
+        let mut workspace = self.workspace.lock().unwrap();
+        let (root, _) = workspace.get_or_insert_with(|| {
+            let (root, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            std::fs::write(outside.path().join("canary"), CANARY).unwrap();
+            std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+            std::os::unix::fs::symlink(outside.path().join("canary"), root.path().join("leak"))
+                .unwrap();
+            (root, outside)
+        });
+        Ok(root.path().to_path_buf())
+    }
 }
 
 // ----- running a case ------------------------------------------------------------
@@ -350,6 +367,15 @@ fn succeeds(more: fn(&Outcome) -> Result<(), String>) -> Check {
     Box::new(move |o: &Outcome| {
         expect(o.run.outcome.succeeded(), || "expected SUCCEEDED".into())?;
         more(o)
+    })
+}
+
+/// Succeeds with exactly `summary`.
+fn succeeds_with_summary(summary: &'static str) -> Check {
+    Box::new(move |o: &Outcome| {
+        expect(o.run.outcome.succeeded() && o.summary() == summary, || {
+            format!("expected SUCCEEDED with summary {summary:?}")
+        })
     })
 }
 
@@ -1108,6 +1134,67 @@ events.process();
             refused(vec![format!("{field} {path:?} {rule}")]),
         ));
     }
+
+    // --- C1: paths a script names in its workspace (read and write) -------------------
+    let long = format!("{}b", "a/".repeat(3000));
+    for (path, code) in [
+        ("../canary", "invalid_request"),
+        ("a/../../canary", "invalid_request"),
+        ("/etc/passwd", "invalid_request"),
+        ("..\\canary", "invalid_request"),
+        ("a\u{0}b", "invalid_request"),
+        ("", "invalid_request"),
+        ("escape/canary", "permission_denied"),
+        ("leak", "permission_denied"),
+        (long.as_str(), "invalid_request"),
+    ] {
+        let expected = format!("codes: {code} {code}");
+        cases.push(Case::new(
+            "C1",
+            format!(
+                "workspace path {:?} is refused",
+                &path[..path.len().min(40)]
+            ),
+            format!(
+                r#"const {{ events, workspace }} = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async () => {{
+  const code = (f) => {{ try {{ f(); return "none"; }} catch (e) {{ return e.code; }} }};
+  const read = code(() => console.log(workspace.readFile({path})));
+  const write = code(() => workspace.writeFile({path}, "planted"));
+  return `codes: ${{read}} ${{write}}`;
+}});
+events.process();
+"#,
+                path = js(path)
+            ),
+            Box::new(move |o: &Outcome| {
+                expect(o.run.outcome.succeeded() && o.summary() == expected, || {
+                    format!("expected {expected:?}")
+                })
+            }),
+        ));
+    }
+    cases.push(
+        Case::new(
+            "C1",
+            "a workspace write past workspaceSize is refused naming it",
+            r#"const { events, workspace } = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async () => {
+  workspace.writeFile("fits", "x".repeat(512));
+  try { workspace.writeFile("too-much", "x".repeat(1024)); } catch (e) { return e.code + ": " + e.message; }
+  return "written";
+});
+events.process();
+"#,
+            succeeds_with_summary(
+                "limit_exceeded: writing \"too-much\" (1 KiB) would take the workspace to 1536 B, past its limit of 1 KiB (spec.workerTemplate.workspaceSize)",
+            ),
+        )
+        .limits(WorkerLimits {
+            workspace_bytes: 1024,
+            ..WorkerLimits::default()
+        }),
+    );
 
     // --- C3: names -------------------------------------------------------------------------
     let long = "x".repeat(64);

@@ -132,7 +132,11 @@ impl ScriptWorkspace {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             self.dir
                 .create_dir_all(parent)
-                .map_err(|e| io_error("write", &request.path, e))?;
+                .map_err(|e| match e.kind() {
+                    // Something in the way is not a directory: say what.
+                    ErrorKind::AlreadyExists => self.not_a_directory(&request.path, parent),
+                    _ => io_error("write", &request.path, e),
+                })?;
         }
         let mut file = self
             .dir
@@ -180,6 +184,32 @@ impl ScriptWorkspace {
             self.dir.remove_file(path)
         }
         .map_err(|e| io_error("remove", &request.path, e))
+    }
+
+    /// Why a directory above a file to write could not be made: the first
+    /// part of `parent` that is a link (which may lead anywhere), or a file.
+    fn not_a_directory(&self, path: &str, parent: &Path) -> HostError {
+        let mut prefix = std::path::PathBuf::new();
+        for component in parent.components() {
+            prefix.push(component);
+            match self.dir.symlink_metadata(&prefix) {
+                Ok(m) if m.is_symlink() => {
+                    return HostError::new(
+                        ErrorCode::PermissionDenied,
+                        format!(
+                            "workspace.write \"{path}\": \"{}\" is a link, which the script's paths do not follow",
+                            prefix.display()
+                        ),
+                    );
+                }
+                Ok(m) if !m.is_dir() => break,
+                _ => {}
+            }
+        }
+        HostError::invalid(format!(
+            "workspace.write \"{path}\": \"{}\" is a file, not a directory",
+            prefix.display()
+        ))
     }
 
     /// The bytes of files in the workspace, jobs' included.
@@ -275,6 +305,10 @@ fn io_error(operation: &str, path: &str, e: std::io::Error) -> HostError {
             ),
         ),
         ErrorKind::IsADirectory => (ErrorCode::InvalidRequest, "it is a directory".to_string()),
+        ErrorKind::InvalidFilename => (
+            ErrorCode::InvalidRequest,
+            "the path, or a name in it, is too long".to_string(),
+        ),
         ErrorKind::NotADirectory => (
             ErrorCode::InvalidRequest,
             "a part of the path is not a directory".to_string(),
@@ -318,7 +352,10 @@ mod tests {
         let workspace = ScriptWorkspace::open(root.path(), 1024).unwrap();
         for path in ["escape/secret", "file"] {
             let error = workspace
-                .read(&WorkspacePath { path: path.into(), encoding: None })
+                .read(&WorkspacePath {
+                    path: path.into(),
+                    encoding: None,
+                })
                 .unwrap_err();
             assert_eq!(error.code, ErrorCode::PermissionDenied, "{path}: {error}");
         }
@@ -327,7 +364,8 @@ mod tests {
             contents: "x".into(),
             encoding: ContentEncoding::Utf8,
         };
-        assert!(workspace.write(&write).is_err());
+        let error = workspace.write(&write).unwrap_err();
+        assert_eq!(error.code, ErrorCode::PermissionDenied, "{error}");
         assert!(!outside.path().join("planted").exists());
     }
 
@@ -356,17 +394,28 @@ mod tests {
             "{error}"
         );
         workspace
-            .remove(&WorkspacePath { path: "dir".into(), encoding: None })
+            .remove(&WorkspacePath {
+                path: "dir".into(),
+                encoding: None,
+            })
             .unwrap();
         workspace
             .write(&file("bin", "/wA=", ContentEncoding::Base64))
             .unwrap();
         let read = workspace
-            .read(&WorkspacePath { path: "bin".into(), encoding: None })
+            .read(&WorkspacePath {
+                path: "bin".into(),
+                encoding: None,
+            })
             .unwrap();
         assert_eq!(read.encoding, ContentEncoding::Base64);
         assert_eq!(read.contents, "/wA=");
-        let listing = workspace.list(&WorkspacePath { path: "".into(), encoding: None }).unwrap();
+        let listing = workspace
+            .list(&WorkspacePath {
+                path: "".into(),
+                encoding: None,
+            })
+            .unwrap();
         assert_eq!(
             listing.entries,
             [WorkspaceEntry {

@@ -156,7 +156,25 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(cloudevents_webhook).options(cloudevents_handshake),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(name_the_body_limit))
         .with_state(state)
+}
+
+/// axum refuses a body past [`MAX_BODY_BYTES`] with its own plain text; the
+/// sender is told the limit instead, as a JSON error like every other.
+async fn name_the_body_limit(response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let reason = format!(
+        "the request body is larger than this server's limit of {} MiB ({MAX_BODY_BYTES} bytes)",
+        MAX_BODY_BYTES / (1024 * 1024)
+    );
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        axum::Json(json!({"kind": "PayloadTooLargeError", "reason": reason})),
+    )
+        .into_response()
 }
 
 // ----- errors ----------------------------------------------------------------

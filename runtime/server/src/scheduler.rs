@@ -624,6 +624,15 @@ struct RecordedExecutor {
 #[async_trait]
 impl JobExecutor for RecordedExecutor {
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+        // A job's name is its key in the store and the API, where it cannot
+        // be masked and still tell jobs apart: a name holding a secret's
+        // value is refused.
+        let masked_name = self.redactor.redact(&job.name);
+        if masked_name != job.name {
+            return Err(ExecutorError::Unsupported(format!(
+                "job \"{masked_name}\" was not started: its name holds the value of one of the project's secrets, and job names are shown unmasked in the API"
+            )));
+        }
         // Stored masked, and compared masked with an earlier run's.
         let spec = self
             .redactor
