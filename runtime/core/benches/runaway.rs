@@ -7,9 +7,9 @@
 //! alternate, side by side in one run:
 //!
 //! - **idle**: only the normal events;
-//! - **runaways**: the same, while 64 workers run `while (true) {}`, each
-//!   replaced by another as soon as it is stopped, so that 64 are always
-//!   running.
+//! - **runaways**: the same, while 64 workers of another project (tenant)
+//!   run `while (true) {}`, each replaced by another as soon as it is
+//!   stopped, so that 64 are always running.
 //!
 //! Reported:
 //!
@@ -53,6 +53,9 @@ events.process();
 "#;
 
 const RUNAWAY: &str = "while (true) {}";
+
+/// The tenant whose scripts run away; normal events are project `bench`'s.
+const RUNAWAY_PROJECT: &str = "runaway-tenant";
 
 /// A runaway's limits. 200 ms is a short budget that still spans twenty
 /// epoch ticks, so the stop is not decided by the first tick's rounding.
@@ -224,7 +227,9 @@ fn main() {
 /// Runs one runaway to its stop and says how late it was stopped.
 async fn run_runaway(sandbox: &Sandbox, runaway: &Arc<mizzen_runtime::CompiledScript>) -> Stopped {
     let started = Instant::now();
-    let request = common::request(runaway_limits(), Arc::new(NullLog));
+    // The runaways are one tenant's; the normal traffic is another's.
+    let mut request = common::request(runaway_limits(), Arc::new(NullLog));
+    request.event.project.id = RUNAWAY_PROJECT.into();
     let outcome = sandbox.run_compiled(runaway, request).await;
     let stopped = started.elapsed();
     let by_cpu = match outcome.failure {

@@ -7,9 +7,16 @@
 //! for one (first come, first served) at every tick. Fewer slots than cores
 //! leave cores to the guests that compute briefly and block, which is every
 //! ordinary event, however many long-running guests there are.
+//!
+//! A guest's first ticks are charged to its project: a project one of whose
+//! guests became long-running in the last [`PROJECT_MEMORY`] has its next
+//! guests queue for a slot before they run at all. Without that, a tenant
+//! that starts runaways faster than they end (each spending its first ticks
+//! unqueued) would take the cores from every other tenant.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::UpdateDeadline;
@@ -19,6 +26,53 @@ use wasmtime::UpdateDeadline;
 /// advances on its own clock), so two ticks mean it ran through at least one
 /// whole tick: an ordinary handler runs for well under a millisecond.
 const LONG_RUNNING_TICKS: u64 = 2;
+
+/// How long a project is charged for a guest that became long-running: its
+/// guests started meanwhile queue for a slot from the start. Long enough to
+/// span a burst of runaway events, short enough that a project that fixed
+/// its script is soon served like any other.
+const PROJECT_MEMORY: Duration = Duration::from_secs(10);
+
+/// Projects remembered at most; past it, those not charged within
+/// [`PROJECT_MEMORY`] are forgotten, and if all are, no new one is added
+/// (a bound on memory that errs towards serving).
+const MAX_REMEMBERED_PROJECTS: usize = 10_000;
+
+/// The long-running slots a sandbox's guests share, and the projects whose
+/// guests ran long lately.
+pub(crate) struct CpuSlots {
+    slots: Arc<Semaphore>,
+    long_running_projects: Mutex<HashMap<String, Instant>>,
+}
+
+impl CpuSlots {
+    /// `count` long-running slots (at least one).
+    pub fn new(count: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(count.max(1))),
+            long_running_projects: Mutex::default(),
+        })
+    }
+
+    /// One of `project`'s guests became long-running.
+    fn charge(&self, project: &str) {
+        let mut projects = lock(&self.long_running_projects);
+        if projects.len() >= MAX_REMEMBERED_PROJECTS && !projects.contains_key(project) {
+            projects.retain(|_, when| when.elapsed() < PROJECT_MEMORY);
+            if projects.len() >= MAX_REMEMBERED_PROJECTS {
+                return;
+            }
+        }
+        projects.insert(project.to_string(), Instant::now());
+    }
+
+    /// Whether `project` is charged: one of its guests ran long lately.
+    fn charged(&self, project: &str) -> bool {
+        lock(&self.long_running_projects)
+            .get(project)
+            .is_some_and(|when| when.elapsed() < PROJECT_MEMORY)
+    }
+}
 
 /// Long-running slots by default: one core fewer than the machine has, so
 /// that one core always serves guests that compute briefly; at least one.
@@ -30,7 +84,9 @@ pub fn default_long_running_slots() -> usize {
 
 /// One worker's share of the cores.
 pub(crate) struct CpuShare {
-    slots: Arc<Semaphore>,
+    slots: Arc<CpuSlots>,
+    /// The worker's project; `None` for the instances that compile scripts.
+    project: Option<String>,
     /// The slot the guest holds while it runs long; the future that queues
     /// for it runs outside the Store, so it is shared.
     slot: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
@@ -41,13 +97,34 @@ pub(crate) struct CpuShare {
 }
 
 impl CpuShare {
-    /// A share among `slots` long-running slots.
-    pub fn new(slots: Arc<Semaphore>) -> Self {
+    /// A share among `slots`, for a worker of `project`.
+    pub fn new(slots: Arc<CpuSlots>, project: Option<String>) -> Self {
         Self {
             slots,
+            project,
             slot: Arc::default(),
             streak: 0,
             resumed: false,
+        }
+    }
+
+    /// Before the guest first runs: a guest of a charged project is
+    /// long-running from the start and waits for a slot (or its `deadline`,
+    /// when the first tick stops it).
+    pub async fn start(&mut self, deadline: Instant) {
+        if !self
+            .project
+            .as_deref()
+            .is_some_and(|project| self.slots.charged(project))
+        {
+            return;
+        }
+        self.streak = LONG_RUNNING_TICKS;
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if let Ok(Ok(permit)) =
+            tokio::time::timeout_at(deadline, self.slots.slots.clone().acquire_owned()).await
+        {
+            *lock(&self.slot) = Some(permit);
         }
     }
 
@@ -65,8 +142,13 @@ impl CpuShare {
         if self.streak < LONG_RUNNING_TICKS {
             return UpdateDeadline::Yield(1);
         }
+        if self.streak == LONG_RUNNING_TICKS
+            && let Some(project) = &self.project
+        {
+            self.slots.charge(project);
+        }
         self.resumed = true;
-        let (slots, slot) = (self.slots.clone(), self.slot.clone());
+        let (slots, slot) = (self.slots.slots.clone(), self.slot.clone());
         // A deadline of 0 more ticks calls the callback again as soon as the
         // guest resumes, which checks the worker's deadline at once.
         UpdateDeadline::YieldCustom(

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use mizzen_host_api::types::{Event, LogLevel, LogRequest, ScriptErrorKind};
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 use wasmtime::{Engine, InstancePre, Linker, Memory, Store, Trap, UpdateDeadline};
 
-use crate::cpu::CpuShare;
+use crate::cpu::{CpuShare, CpuSlots};
 use crate::jobs::{JobCapability, WorkerJobs};
 use crate::limits::{EPOCH_TICK, WorkerLimits};
 use crate::log::{LogRecord, LogSink};
@@ -151,7 +150,7 @@ pub struct Sandbox {
     compiler: InstancePre<WorkerState>,
     scripts: Mutex<ScriptCache>,
     /// The long-running slots every guest's [`CpuShare`] queues for.
-    long_running: Arc<Semaphore>,
+    long_running: Arc<CpuSlots>,
     /// Stops advancing the epoch when the sandbox is dropped.
     _ticker: EpochTicker,
 }
@@ -183,7 +182,7 @@ impl Sandbox {
             plugin,
             compiler,
             scripts: Mutex::new(ScriptCache::default()),
-            long_running: Arc::new(Semaphore::new(config.long_running_slots.max(1))),
+            long_running: CpuSlots::new(config.long_running_slots),
             _ticker: ticker,
         })
     }
@@ -313,6 +312,12 @@ impl Sandbox {
             job: None,
             console: false,
         });
+        // A guest of a project whose guests ran long lately waits for a
+        // long-running slot before it runs at all (see `crate::cpu`).
+        let deadline = store.data().deadline;
+        if let Some(cpu) = store.data_mut().cpu.as_mut() {
+            cpu.start(deadline).await;
+        }
         let run = self
             .call_plugin::<i32>(
                 &self.plugin,
@@ -353,7 +358,8 @@ impl Sandbox {
     /// A store with the worker's limits: memory through the resource
     /// limiter, CPU through epoch ticks (yielding to other tasks each tick).
     fn store(&self, mut state: WorkerState) -> Store<WorkerState> {
-        state.cpu = Some(CpuShare::new(self.long_running.clone()));
+        let project = state.context.as_ref().map(|c| c.event.project.id.clone());
+        state.cpu = Some(CpuShare::new(self.long_running.clone(), project));
         new_store(&self.engine, state)
     }
 

@@ -298,9 +298,10 @@ impl SandboxStage for ShardPool {
         }
         // Dropped before the worker ended (its event was cancelled): the
         // shard stops it.
-        let guard = StopOnDrop {
+        let mut guard = StopOnDrop {
             shard: shard.clone(),
             worker,
+            armed: true,
         };
         let outcome = outcome.await.unwrap_or_else(|_| {
             WorkerOutcome::failed(WorkerFailure::Sandbox {
@@ -310,18 +311,23 @@ impl SandboxStage for ShardPool {
                 ),
             })
         });
-        std::mem::forget(guard);
+        guard.armed = false;
         outcome
     }
 }
 
+/// Stops a worker whose run was dropped before it ended.
 struct StopOnDrop {
     shard: Arc<Shard>,
     worker: u64,
+    armed: bool,
 }
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let mut state = self.shard.lock();
         state.workers.remove(&self.worker);
         if let Some(to_shard) = &state.to_shard {
