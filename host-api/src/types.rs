@@ -42,13 +42,16 @@ pub struct Event {
 
 impl Event {
     /// The event as the script sees it: without the secrets it may not read
-    /// and without the list of those it may.
-    pub fn script_view(&self) -> Event {
+    /// and without the list of those it may (borrowed when there is none:
+    /// every event is serialised for its script, in the hot path).
+    pub fn script_view(&self) -> std::borrow::Cow<'_, Event> {
+        let Some(allowed) = &self.project.script_secrets else {
+            return std::borrow::Cow::Borrowed(self);
+        };
         let mut event = self.clone();
-        if let Some(allowed) = event.project.script_secrets.take() {
-            event.project.secrets.retain(|key, _| allowed.contains(key));
-        }
-        event
+        event.project.script_secrets = None;
+        event.project.secrets.retain(|key, _| allowed.contains(key));
+        std::borrow::Cow::Owned(event)
     }
 
     /// An event with Brigade's defaults: no secrets, qualifiers or labels,

@@ -115,7 +115,9 @@ async fn one_tenants_runaway_scripts_do_not_hold_up_another_tenants_events() {
         stopped += runaway.await.unwrap();
     }
     assert!(stopped >= 64, "the runaways did not run: {stopped}");
-    eprintln!("{handled} ordinary events in 2 s beside 64 runaways of another tenant ({stopped} stopped)");
+    eprintln!(
+        "{handled} ordinary events in 2 s beside 64 runaways of another tenant ({stopped} stopped)"
+    );
     // Measured on the 2-core development machine: 10,692 with the
     // runaways' first ticks charged to their tenant, 109 without.
     assert!(
