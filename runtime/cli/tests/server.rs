@@ -334,11 +334,6 @@ fn a_project_restricts_the_secrets_its_script_reads() {
         "    scriptSecrets: [shown]\n",
         "console.log(`keys: ${Object.keys(event.project.secrets)}`);",
     );
-    // The handler takes no parameter in `script_project`; give it one.
-    let yaml = std::fs::read_to_string(dir.path().join("project.yaml"))
-        .unwrap()
-        .replace("async () =>", "async (event) =>");
-    std::fs::write(dir.path().join("project.yaml"), yaml).unwrap();
     server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
     server.ok(&[
         "project",
@@ -793,8 +788,9 @@ fn sleeper(id: &str, millis: u64, extra_spec: &str) -> tempfile::TempDir {
     )
 }
 
-/// A project whose `exec` handler runs `handler` (one line of JavaScript),
-/// with `extra_spec` (lines indented for `workerTemplate`) in its template.
+/// A project whose `exec` handler runs `handler` (one line of JavaScript,
+/// with `event` in scope), with `extra_spec` (lines indented for
+/// `workerTemplate`) in its template.
 fn script_project(id: &str, extra_spec: &str, handler: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -812,7 +808,7 @@ spec:
 {extra_spec}    defaultConfigFiles:
       brigade.js: |
         const {{ events }} = require("@brigadecore/brigadier");
-        events.on("brigade.sh/cli", "exec", async () => {{
+        events.on("brigade.sh/cli", "exec", async (event) => {{
           {handler}
         }});
         events.process();

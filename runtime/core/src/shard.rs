@@ -361,7 +361,7 @@ impl Shard {
                 program: self.command.program.display().to_string(),
                 source,
             })?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
         let ready = matches!(
@@ -384,24 +384,8 @@ impl Shard {
                 status,
             });
         }
-        let (to_shard, mut outbox) = mpsc::unbounded_channel::<ToShard>();
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(message) = outbox.recv().await {
-                encode(&mut batch, &message);
-                // Whatever else is queued goes in the same write: one
-                // system call for a burst of log lines.
-                while batch.len() < MAX_BATCH_BYTES
-                    && let Ok(message) = outbox.try_recv()
-                {
-                    encode(&mut batch, &message);
-                }
-                if stdin.write_all(&batch).await.is_err() {
-                    break;
-                }
-                batch.clear();
-            }
-        });
+        let (to_shard, outbox) = mpsc::unbounded_channel::<ToShard>();
+        tokio::spawn(write_messages(outbox, stdin));
         Ok((child, to_shard, lines))
     }
 
@@ -603,27 +587,13 @@ pub async fn serve(config: SandboxConfig) -> Result<(), ShardError> {
             .map(std::fs::File::from)
             .map_err(|source| ShardError::Pipe { source })
     };
-    let mut stdout = pipe::Sender::from_file(pipe(std::io::stdout().as_fd())?)
+    let stdout = pipe::Sender::from_file(pipe(std::io::stdout().as_fd())?)
         .map_err(|source| ShardError::Pipe { source })?;
     let stdin = pipe::Receiver::from_file(pipe(std::io::stdin().as_fd())?)
         .map_err(|source| ShardError::Pipe { source })?;
     let sandbox = Arc::new(Sandbox::new(config).await?);
-    let (to_parent, mut outbox) = mpsc::unbounded_channel::<FromShard>();
-    tokio::spawn(async move {
-        let mut batch = Vec::new();
-        while let Some(message) = outbox.recv().await {
-            encode(&mut batch, &message);
-            while batch.len() < MAX_BATCH_BYTES
-                && let Ok(message) = outbox.try_recv()
-            {
-                encode(&mut batch, &message);
-            }
-            if stdout.write_all(&batch).await.is_err() {
-                break;
-            }
-            batch.clear();
-        }
-    });
+    let (to_parent, outbox) = mpsc::unbounded_channel::<FromShard>();
+    tokio::spawn(write_messages(outbox, stdout));
     let link = Arc::new(ParentLink {
         to_parent,
         state: Mutex::default(),
@@ -644,6 +614,28 @@ pub async fn serve(config: SandboxConfig) -> Result<(), ShardError> {
         link.receive(message, &sandbox);
     }
     Ok(())
+}
+
+/// Writes the messages queued in `outbox` to `pipe`, one JSON line each,
+/// until either end closes. Whatever is queued together goes in one write:
+/// one system call for a burst of log lines.
+async fn write_messages<T: Serialize>(
+    mut outbox: mpsc::UnboundedReceiver<T>,
+    mut pipe: impl tokio::io::AsyncWrite + Unpin,
+) {
+    let mut batch = Vec::new();
+    while let Some(message) = outbox.recv().await {
+        encode(&mut batch, &message);
+        while batch.len() < MAX_BATCH_BYTES
+            && let Ok(message) = outbox.try_recv()
+        {
+            encode(&mut batch, &message);
+        }
+        if pipe.write_all(&batch).await.is_err() {
+            break;
+        }
+        batch.clear();
+    }
 }
 
 /// Appends `message` and its newline to `batch`.
