@@ -71,7 +71,7 @@ pub struct SandboxConfig {
     /// How many instances (workers and compilations) may be alive at once.
     pub max_instances: u32,
     /// How many guests that compute for long stretches may run at once
-    /// (see [`crate::cpu`]); by default one fewer than the cores.
+    /// (see the `cpu` module); by default one fewer than the cores.
     pub long_running_slots: usize,
 }
 

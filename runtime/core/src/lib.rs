@@ -3,14 +3,19 @@
 //! An event arrives for a project; the project's script (JavaScript or
 //! TypeScript) runs in a fresh wasmtime instance of the Javy plugin, and can
 //! reach nothing but the host API ([`mizzen_host_api`]): its own event, its
-//! project's secrets, its log, its summary, jobs and timers.
+//! project's secrets, its log, its summary, jobs, timers and its event's
+//! workspace.
 //!
 //! # Layout
 //! - [`Sandbox`] (`engine`): the wasmtime engine, the pre-initialised plugin
 //!   (`plugin`), the bytecode cache, and [`Sandbox::run`], which gives every
 //!   event a fresh Store and instance under [`WorkerLimits`].
 //! - `host`: the `mizzen:host/v1` functions, answered from the worker's own
-//!   state (`worker`); `wasi`: the few WASI functions a guest gets.
+//!   state (`worker`); `wasi`: the few WASI functions a guest gets;
+//!   `workspace`: the event's workspace on a cap-std directory; `cpu`: how
+//!   guests share the cores.
+//! - [`shard`]: the sandbox stage in processes (one per core) behind the
+//!   server's scheduler, and the [`shard::SandboxStage`] both forms share.
 //! - [`project`]: Brigade v2 project files, subscriptions, events.
 //! - [`jobs`]: the rules a job must follow, a worker's job table and output;
 //!   [`executor`]: the trait that runs jobs (containers, Pods, Wasm);
