@@ -10,6 +10,7 @@
 //! `cargo test -p mizzen-cli --test adversarial_server -- --ignored`.
 
 mod common;
+use common::github_signature;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -120,6 +121,33 @@ impl Server {
         let (got, answer) = self.call(method, path, Some(&self.root), body);
         assert_eq!(got, status, "{method} {path}: {answer}\n{}", self.log());
         answer
+    }
+
+    /// Creates service account `id`, with no roles; its token.
+    fn service_account(&self, id: &str) -> String {
+        let account = self.expect(
+            "POST",
+            "/v2/service-accounts",
+            Some(
+                &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                         "metadata": {"id": id}, "description": "an adversarial tenant"}),
+            ),
+            201,
+        );
+        account["value"].as_str().unwrap().to_string()
+    }
+
+    /// Creates service account `id` as a PROJECT_USER of `project` (a
+    /// tenant of it and of nothing else); its token.
+    fn project_user(&self, id: &str, project: &str) -> String {
+        let token = self.service_account(id);
+        self.expect(
+            "POST",
+            &format!("/v2/projects/{project}/role-assignments"),
+            Some(&json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": id}})),
+            200,
+        );
+        token
     }
 
     fn create_project(&self, document: &Value) {
@@ -438,22 +466,7 @@ fn forged_expired_revoked_and_foreign_tokens_are_refused() {
     );
 
     // A tenant: a service account that is PROJECT_USER of alpha only.
-    let account = server.expect(
-        "POST",
-        "/v2/service-accounts",
-        Some(
-            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
-                     "metadata": {"id": "alice"}, "description": "tenant alpha"}),
-        ),
-        201,
-    );
-    let alice = account["value"].as_str().unwrap().to_string();
-    server.expect(
-        "POST",
-        "/v2/projects/alpha/role-assignments",
-        Some(&json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": "alice"}})),
-        200,
-    );
+    let alice = server.project_user("alice", "alpha");
     // Another tenant's project answers exactly as one that does not exist.
     let routes: Vec<(&str, String)> = vec![
         ("GET", "/v2/projects/{p}".into()),
@@ -593,16 +606,7 @@ fn forged_expired_revoked_and_foreign_tokens_are_refused() {
 fn an_upsert_does_not_reveal_whether_a_project_exists() {
     let server = Server::start(&["--executor", "none"]);
     server.create_project(&project("beta", INERT));
-    let account = server.expect(
-        "POST",
-        "/v2/service-accounts",
-        Some(
-            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
-                     "metadata": {"id": "mallory"}, "description": "no roles"}),
-        ),
-        201,
-    );
-    let mallory = account["value"].as_str().unwrap().to_string();
+    let mallory = server.service_account("mallory");
     let (taken, taken_body) = server.call(
         "PUT",
         "/v2/projects/beta?create=true",
@@ -629,16 +633,7 @@ fn setting_source_state_does_not_reveal_another_tenants_event() {
     let server = Server::start(&["--executor", "none"]);
     server.create_project(&project("beta", INERT));
     let event = server.create_event("beta", "", None);
-    let account = server.expect(
-        "POST",
-        "/v2/service-accounts",
-        Some(
-            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
-                     "metadata": {"id": "mallory"}, "description": "no roles"}),
-        ),
-        201,
-    );
-    let mallory = account["value"].as_str().unwrap().to_string();
+    let mallory = server.service_account("mallory");
     let body = json!({"state": {"k": "v"}});
     let (status, answer) = server.call(
         "PUT",
@@ -923,15 +918,6 @@ fn an_oversized_body_is_refused_naming_the_limit() {
 // ----- E2, E3: webhook signatures -----------------------------------------------------------
 
 const GITHUB_SECRET: &str = "adversarial-webhook-secret";
-
-fn github_signature(secret: &str, body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
-}
 
 #[test]
 fn github_signatures_cannot_be_forged_or_replayed() {
@@ -1256,22 +1242,7 @@ fn the_server_does_not_fetch_from_loopback() {
 fn an_event_cannot_point_the_server_at_its_own_disk_or_loopback() {
     let server = Server::start(&["--executor", "none"]);
     server.create_project(&project("alpha", INERT));
-    let account = server.expect(
-        "POST",
-        "/v2/service-accounts",
-        Some(
-            &json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
-                     "metadata": {"id": "tenant"}, "description": "tenant alpha"}),
-        ),
-        201,
-    );
-    let tenant = account["value"].as_str().unwrap().to_string();
-    server.expect(
-        "POST",
-        "/v2/projects/alpha/role-assignments",
-        Some(&json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": "tenant"}})),
-        200,
-    );
+    let tenant = server.project_user("tenant", "alpha");
     let repo = host_repository();
     let url = format!("file://{}", repo.path().display());
     let body = json!({"projectID": "alpha", "source": "brigade.sh/cli", "type": "exec",

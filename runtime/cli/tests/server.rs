@@ -9,7 +9,7 @@
 //! with `scripts/setup-postgres`). Without it they say so and do nothing.
 
 mod common;
-use common::{Ran, repo};
+use common::{Ran, github_signature, repo};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -1057,15 +1057,6 @@ fn a_sandbox_process_that_dies_fails_only_its_workers_and_is_replaced() {
     );
     server.ok(&["event", "cancel", "--id", survivor, "-y"]);
     assert_eq!(phase_of(&wait_until_ended(&server, survivor)), "ABORTED");
-}
-
-fn github_signature(secret: &str, body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
 }
 
 #[tokio::test(flavor = "multi_thread")]

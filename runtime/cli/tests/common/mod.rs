@@ -95,3 +95,13 @@ pub fn spawn_server(
         ),
     }
 }
+
+/// GitHub's `X-Hub-Signature-256` for `body` signed with `secret`.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
