@@ -120,12 +120,7 @@ impl CpuShare {
             return;
         }
         self.streak = LONG_RUNNING_TICKS;
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if let Ok(Ok(permit)) =
-            tokio::time::timeout_at(deadline, self.slots.slots.clone().acquire_owned()).await
-        {
-            *lock(&self.slot) = Some(permit);
-        }
+        take_slot(self.slots.slots.clone(), &self.slot, deadline).await;
     }
 
     /// Whether this deadline callback is the one right after queueing for a
@@ -155,12 +150,7 @@ impl CpuShare {
             0,
             Box::pin(async move {
                 drop(lock(&slot).take());
-                let deadline = tokio::time::Instant::from_std(deadline);
-                if let Ok(Ok(permit)) =
-                    tokio::time::timeout_at(deadline, slots.acquire_owned()).await
-                {
-                    *lock(&slot) = Some(permit);
-                }
+                take_slot(slots, &slot, deadline).await;
                 // A free slot is granted at once: yield anyway, so that the
                 // thread serves others between ticks.
                 tokio::task::yield_now().await;
@@ -173,6 +163,19 @@ impl CpuShare {
     pub fn blocked(&mut self) {
         self.streak = 0;
         drop(lock(&self.slot).take());
+    }
+}
+
+/// Queues for one of `slots` and keeps it in `slot`; gives up at
+/// `deadline`, when the worker is stopped anyway.
+async fn take_slot(
+    slots: Arc<Semaphore>,
+    slot: &Mutex<Option<OwnedSemaphorePermit>>,
+    deadline: Instant,
+) {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    if let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, slots.acquire_owned()).await {
+        *lock(slot) = Some(permit);
     }
 }
 

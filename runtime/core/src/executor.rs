@@ -128,19 +128,24 @@ impl SpawnedJob {
     }
 }
 
+/// The job's result once `result` holds one; UNKNOWN with `lost` when its
+/// sender went away without one.
+pub(crate) async fn result_of(
+    result: &watch::Receiver<Option<JobResult>>,
+    lost: &str,
+) -> JobResult {
+    let mut result = result.clone();
+    match result.wait_for(Option::is_some).await {
+        Ok(result) if let Some(result) = result.clone() => result,
+        _ => JobResult::ended(Phase::Unknown, None, lost),
+    }
+}
+
 #[async_trait]
 impl RunningJob for SpawnedJob {
     async fn wait(&self) -> JobResult {
-        let mut result = self.result.clone();
-        match result.wait_for(Option::is_some).await {
-            Ok(result) if let Some(result) = result.clone() => result,
-            // The task panicked.
-            _ => JobResult::ended(
-                Phase::Unknown,
-                None,
-                "the job's task ended without a result",
-            ),
-        }
+        // Lost only when the task panicked.
+        result_of(&self.result, "the job's task ended without a result").await
     }
 
     async fn cancel(&self) {

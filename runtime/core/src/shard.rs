@@ -33,7 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::executor::{
-    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob,
+    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, result_of,
 };
 use crate::jobs::JobCapability;
 use crate::limits::WorkerLimits;
@@ -227,16 +227,6 @@ impl ShardPool {
             next_worker: AtomicU64::new(1),
         })
     }
-
-    /// How many shards there are.
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Whether there are none (never: a pool has at least one).
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
 }
 
 #[async_trait]
@@ -374,14 +364,9 @@ impl Shard {
             Some(Ok(FromShard::Ready))
         );
         if !ready {
-            let status = child
-                .wait()
-                .await
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string());
             return Err(ShardError::NotReady {
                 index: self.index,
-                status,
+                status: exit_status(&mut child).await,
             });
         }
         let (to_shard, outbox) = mpsc::unbounded_channel::<ToShard>();
@@ -403,11 +388,7 @@ impl Shard {
                     }
                 }
             }
-            let status = child
-                .wait()
-                .await
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string());
+            let status = exit_status(&mut child).await;
             let workers = {
                 let mut state = self.lock();
                 state.to_shard = None;
@@ -454,6 +435,8 @@ impl Shard {
         }
     }
 
+    /// Sends `message` to the live process; dropped while it is restarted
+    /// (it concerns workers that failed with the old one).
     fn send(&self, message: ToShard) {
         if let Some(to_shard) = &self.lock().to_shard {
             let _ = to_shard.send(message);
@@ -553,6 +536,14 @@ impl Shard {
             JobCapability::Executor { executor, event } => Some((executor.clone(), event.clone())),
             JobCapability::Unavailable(_) => None,
         }
+    }
+}
+
+/// How a shard process ended, for the log and its workers' failures.
+async fn exit_status(child: &mut Child) -> String {
+    match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -858,15 +849,7 @@ struct ProxyJob {
 #[async_trait]
 impl RunningJob for ProxyJob {
     async fn wait(&self) -> JobResult {
-        let mut result = self.result.clone();
-        match result.wait_for(Option::is_some).await {
-            Ok(result) if let Some(result) = result.clone() => result,
-            _ => JobResult::ended(
-                mizzen_host_api::types::Phase::Unknown,
-                None,
-                "the server stopped before the job ended",
-            ),
-        }
+        result_of(&self.result, "the server stopped before the job ended").await
     }
 
     async fn cancel(&self) {
