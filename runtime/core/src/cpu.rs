@@ -9,7 +9,7 @@
 //! ordinary event, however many long-running guests there are.
 //!
 //! A guest's first ticks are charged to its project: a project one of whose
-//! guests became long-running in the last [`PROJECT_MEMORY`] has its next
+//! guests ran long within the last [`PROJECT_MEMORY`] has its next
 //! guests queue for a slot before they run at all. Without that, a tenant
 //! that starts runaways faster than they end (each spending its first ticks
 //! unqueued) would take the cores from every other tenant.
@@ -54,10 +54,15 @@ impl CpuSlots {
         })
     }
 
-    /// One of `project`'s guests became long-running.
+    /// One of `project`'s guests is long-running (charged at each of its
+    /// ticks, so a project whose guests keep running long stays charged).
     fn charge(&self, project: &str) {
         let mut projects = lock(&self.long_running_projects);
-        if projects.len() >= MAX_REMEMBERED_PROJECTS && !projects.contains_key(project) {
+        if let Some(when) = projects.get_mut(project) {
+            *when = Instant::now();
+            return;
+        }
+        if projects.len() >= MAX_REMEMBERED_PROJECTS {
             projects.retain(|_, when| when.elapsed() < PROJECT_MEMORY);
             if projects.len() >= MAX_REMEMBERED_PROJECTS {
                 return;
@@ -137,9 +142,7 @@ impl CpuShare {
         if self.streak < LONG_RUNNING_TICKS {
             return UpdateDeadline::Yield(1);
         }
-        if self.streak == LONG_RUNNING_TICKS
-            && let Some(project) = &self.project
-        {
+        if let Some(project) = &self.project {
             self.slots.charge(project);
         }
         self.resumed = true;
