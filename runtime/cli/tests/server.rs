@@ -1160,6 +1160,9 @@ spec:
     let signature = github_signature(GITHUB_SECRET, huge.as_bytes());
     let refused = github(Some(signature), "d-2", huge).await.unwrap();
     assert_eq!(refused.status().as_u16(), 413);
+    // The unread rest of that body leaves the connection unusable, and the
+    // client is told so; otherwise the next request could go out on it.
+    assert_eq!(refused.headers()["connection"], "close");
 
     // Docker Hub signs nothing: its token is the credential.
     let hub = json!({"push_data": {"tag": "v1", "pusher": "octo"},

@@ -162,6 +162,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// axum refuses a body past [`MAX_BODY_BYTES`] with its own plain text; the
 /// sender is told the limit instead, as a JSON error like every other.
+///
+/// The response also says `Connection: close`: the rest of the refused body
+/// is never read, so the connection cannot carry another request, and a
+/// client that was not told so would send its next request on a connection
+/// the server is closing (and get no answer to it).
 async fn name_the_body_limit(response: Response) -> Response {
     if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
         return response;
@@ -172,6 +177,7 @@ async fn name_the_body_limit(response: Response) -> Response {
     );
     (
         StatusCode::PAYLOAD_TOO_LARGE,
+        [(header::CONNECTION, "close")],
         axum::Json(json!({"kind": "PayloadTooLargeError", "reason": reason})),
     )
         .into_response()
