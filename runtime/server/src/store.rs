@@ -67,6 +67,23 @@ pub fn now_micros() -> i64 {
     micros_at(SystemTime::now())
 }
 
+/// Takes the scheduler's lock for the rest of `tx` (a row lock in
+/// PostgreSQL, the write lock in SQLite) and answers the time under it.
+/// Claims and workers' ends both go through it, so they are ordered, and so
+/// are their times: a project's next worker never starts before the one
+/// whose slot it took has ended (read before the lock, the claim's time
+/// could be older than an end it waited for).
+async fn lock_scheduler(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    owner: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query("UPDATE scheduler_lock SET holder = $1 WHERE id = 1")
+        .bind(owner)
+        .execute(&mut **tx)
+        .await?;
+    Ok(now_micros())
+}
+
 /// A time as the store keeps it: microseconds since the Unix epoch.
 pub fn micros_at(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
@@ -703,12 +720,8 @@ impl Store {
         if room == 0 {
             return Ok(Vec::new());
         }
-        let now = now_micros();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE scheduler_lock SET holder = $1 WHERE id = 1")
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
+        let now = lock_scheduler(&mut tx, owner).await?;
         // One statement, so that a claim costs one round trip to the
         // database: each pending event gets a slot number, its project's
         // running workers plus its rank among the project's pending events;
@@ -866,8 +879,8 @@ impl Store {
         phase: Phase,
         summary: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let now = now_micros();
         let mut tx = self.pool.begin().await?;
+        let now = lock_scheduler(&mut tx, owner).await?;
         let result = sqlx::query(
             "UPDATE events SET phase = $1, ended = $2, summary = COALESCE($3, summary),
              lease_owner = NULL, lease_until = NULL
