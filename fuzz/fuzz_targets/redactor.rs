@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mizzen_server::redact::Redactor;
+use mizzen_runtime::redact::Redactor;
 
 fuzz_target!(|input: &str| {
     let mut parts: Vec<String> = input.split('\u{1}').map(str::to_string).collect();

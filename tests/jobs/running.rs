@@ -113,6 +113,35 @@ async fn a_secret_the_script_may_not_read_reaches_its_job_only_by_reference() {
 }
 
 #[tokio::test]
+async fn hidden_secrets_are_masked_once_in_what_the_script_reads_back() {
+    // Masked value by value, "*" made "***", in which "**" was found again:
+    // each such secret multiplied the line (the redactor's fuzz finding).
+    let project = Project {
+        secrets: BTreeMap::from([
+            ("one".to_string(), "*".to_string()),
+            ("two".to_string(), "**".to_string()),
+        ]),
+        script_secrets: Some(BTreeSet::new()),
+        ..Project::default()
+    };
+    let run = run_js(
+        r#"const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("stars", "localhost/busybox", event);
+          job.primaryContainer.command = ["echo", "a*b**c"];
+          await job.run();
+          console.log(`script reads back: ${(await job.logs()).trim()}`);
+        });
+        events.process();"#,
+        project,
+    )
+    .await;
+    run.assert_succeeded();
+    let worker = run.worker_lines().join("\n");
+    assert!(worker.contains("script reads back: a***b***c"), "{worker}");
+}
+
+#[tokio::test]
 async fn a_failing_job_rejects_with_brigades_message_and_fails_the_worker() {
     let run = run_js(
         r#"const { events, Job } = require("@brigadecore/brigadier");

@@ -25,6 +25,7 @@ use crate::executor::{
 use crate::limits::{Limit, WorkerLimits};
 use crate::log::{LogRecord, LogSink};
 use crate::project::is_dns_label;
+use crate::redact::Redactor;
 use crate::workspace::ScriptWorkspace;
 
 /// Brigade's observer killed jobs after 24 hours at the latest
@@ -68,6 +69,9 @@ pub(crate) struct WorkerJobs {
     jobs: HashMap<String, StartedJob>,
     /// The project's id and secrets, for `"${{ secrets.name }}"` references.
     project: EventProject,
+    /// The secrets the script may not read, masked in the job output it
+    /// reads back.
+    hidden: Redactor,
     /// The event's workspace, opened at the script's first use of it.
     workspace: Option<Arc<ScriptWorkspace>>,
 }
@@ -94,6 +98,13 @@ impl WorkerJobs {
             limits,
             running: Arc::new(AtomicU64::new(0)),
             jobs: HashMap::new(),
+            hidden: Redactor::new(
+                project
+                    .secrets
+                    .iter()
+                    .filter(|(key, _)| !project.script_may_read(key))
+                    .map(|(_, value)| value),
+            ),
             project,
             workspace: None,
         }
@@ -221,23 +232,18 @@ impl WorkerJobs {
         let job = self.jobs.get(name).ok_or_else(|| not_found(name))?;
         let container = container.unwrap_or(name);
         let state = job.output.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut lines = state.lines.get(container).cloned().unwrap_or_default();
         // A secret the script may not read stays out of what it reads back
         // from its jobs, when a job prints it as it is.
-        let hidden: Vec<&String> = self
-            .project
-            .secrets
-            .iter()
-            .filter(|(key, value)| !value.is_empty() && !self.project.script_may_read(key))
-            .map(|(_, value)| value)
-            .collect();
-        for line in lines.iter_mut().filter(|_| !hidden.is_empty()) {
-            for value in &hidden {
-                if line.contains(value.as_str()) {
-                    *line = line.replace(value.as_str(), "***");
-                }
-            }
-        }
+        let lines = state
+            .lines
+            .get(container)
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|line| self.hidden.redact(line).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(JobLogs { lines })
     }
 

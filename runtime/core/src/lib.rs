@@ -21,7 +21,8 @@
 //!   [`executor`]: the trait that runs jobs (containers, Pods, Wasm);
 //!   [`source`]: git checkouts and project directories for jobs.
 //! - [`script`]: script sources, TypeScript stripping, module detection.
-//! - [`log`]: worker log records and sinks.
+//! - [`log`]: worker log records and sinks; [`redact`]: secret values
+//!   masked in them.
 //!
 //! # Example
 //!
@@ -60,6 +61,7 @@ pub mod limits;
 pub mod log;
 mod plugin;
 pub mod project;
+pub mod redact;
 pub mod script;
 pub mod shard;
 pub mod source;

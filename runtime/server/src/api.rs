@@ -493,7 +493,7 @@ fn redacted_spec(spec: &Value) -> Value {
     for container in containers {
         if let Some(Value::Object(environment)) = container.get_mut("environment") {
             for value in environment.values_mut() {
-                *value = json!(crate::redact::MASK);
+                *value = json!(mizzen_runtime::redact::MASK);
             }
         }
     }

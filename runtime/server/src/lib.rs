@@ -6,15 +6,15 @@
 //! The parts: [`store`] (SQLite or PostgreSQL through one code path),
 //! [`scheduler`] (claims with leases, limits, fairness, recovery), [`api`]
 //! (the REST API, streams and gateways' HTTP side), [`auth`] (principals and
-//! roles), [`gateways`] (webhook parsing and authentication), [`redact`]
-//! (secret values out of logs) and [`metrics`].
+//! roles), [`gateways`] (webhook parsing and authentication) and
+//! [`metrics`]; secret values are kept out of logs with
+//! [`mizzen_runtime::redact`].
 
 pub mod api;
 pub mod auth;
 pub mod gateways;
 pub mod metrics;
 pub mod projects;
-pub mod redact;
 pub mod scheduler;
 pub mod store;
 

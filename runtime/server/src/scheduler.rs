@@ -23,6 +23,7 @@ use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
 use mizzen_runtime::project::server_clone_url_problem;
 use mizzen_runtime::project::{EventDetails, ProjectDir};
+use mizzen_runtime::redact::{LineRedactor, Redactor};
 use mizzen_runtime::shard::SandboxStage;
 use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
@@ -30,7 +31,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::Metrics;
 use crate::projects::ProjectCache;
-use crate::redact::{LineRedactor, Redactor};
 use crate::store::{self, EventRecord, JobRecord, LogLine, Store, micros_at, now_micros};
 
 /// How the scheduler runs.

@@ -1,5 +1,6 @@
 //! Secret redaction: the values of a project's secrets never leave the
-//! server in a log line or a summary; each is replaced by `***`.
+//! host in a log line or a summary, and the secrets a script may not read
+//! never reach it in its jobs' output; each value is replaced by `***`.
 //!
 //! A log is a stream of lines, and a value may be split across them (a
 //! script printing it in pieces, output cut into chunks): [`LineRedactor`]
