@@ -390,7 +390,7 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
         .iter()
         .any(|c| !c.workspace_mount_path.is_empty())
     {
-        let dir = context.work_dir.join("workspace");
+        let dir = workspace_dir(&context.work_dir);
         create_shared_dir(&dir)
             .map_err(|e| format!("creating the workspace {} failed: {e}", dir.display()))?;
         Some(dir)
@@ -418,6 +418,12 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
         _ => None,
     };
     Ok(Mounts { workspace, source })
+}
+
+/// Where the event's workspace is in its scratch directory: one place for
+/// its jobs' mounts and its script's operations.
+pub(crate) fn workspace_dir(work_dir: &Path) -> PathBuf {
+    work_dir.join("workspace")
 }
 
 /// Creates a directory every user of the job's containers can write: images

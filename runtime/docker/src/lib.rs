@@ -99,6 +99,21 @@ impl DockerExecutor {
         self.state.work_root.join(event_id)
     }
 
+    /// The event's scratch directory, created and marked as this
+    /// process's (so that a sweep after a crash finds its owner gone).
+    fn create_event_dir(&self, event_id: &str) -> Result<PathBuf, String> {
+        let work_dir = self.event_dir(event_id);
+        std::fs::create_dir_all(&work_dir)
+            .and_then(|()| std::fs::write(work_dir.join(OWNER_FILE), &self.state.owner))
+            .map_err(|e| {
+                format!(
+                    "cannot create the event's scratch directory {}: {e}",
+                    work_dir.display()
+                )
+            })?;
+        Ok(work_dir)
+    }
+
     /// Removes containers and scratch directories whose owner process is no
     /// longer alive on this host.
     async fn sweep(&self) {
@@ -165,15 +180,9 @@ impl JobExecutor for DockerExecutor {
                 job.name, self.state.engine.endpoint
             )));
         }
-        let work_dir = self.event_dir(&job.event.event_id);
-        std::fs::create_dir_all(&work_dir)
-            .and_then(|()| std::fs::write(work_dir.join(OWNER_FILE), &self.state.owner))
-            .map_err(|e| {
-                ExecutorError::Unavailable(format!(
-                    "cannot create the event's scratch directory {}: {e}",
-                    work_dir.display()
-                ))
-            })?;
+        let work_dir = self
+            .create_event_dir(&job.event.event_id)
+            .map_err(ExecutorError::Unavailable)?;
         Ok(job::spawn(job::JobContext {
             request: job,
             state: self.state.clone(),
@@ -182,17 +191,13 @@ impl JobExecutor for DockerExecutor {
     }
 
     async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
-        let work_dir = self.event_dir(&event.event_id);
-        let workspace = work_dir.join("workspace");
-        std::fs::create_dir_all(&work_dir)
-            .and_then(|()| std::fs::write(work_dir.join(OWNER_FILE), &self.state.owner))
-            .and_then(|()| job::create_shared_dir(&workspace))
-            .map_err(|e| {
-                format!(
-                    "cannot create the event's workspace {}: {e}",
-                    workspace.display()
-                )
-            })?;
+        let workspace = job::workspace_dir(&self.create_event_dir(&event.event_id)?);
+        job::create_shared_dir(&workspace).map_err(|e| {
+            format!(
+                "cannot create the event's workspace {}: {e}",
+                workspace.display()
+            )
+        })?;
         Ok(workspace)
     }
 
