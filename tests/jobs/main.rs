@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod mounts;
+mod output;
 mod running;
 mod sidecars;
 mod util;

@@ -57,6 +57,11 @@ pub struct Project {
 /// Runs a script for a fresh `brigade.sh/cli`/`exec` event of `project`,
 /// then checks that none of the event's containers is left.
 pub async fn run_js(script: &str, project: Project) -> Run {
+    run_js_with_limits(script, project, WorkerLimits::default()).await
+}
+
+/// [`run_js`] under `limits`.
+pub async fn run_js_with_limits(script: &str, project: Project, limits: WorkerLimits) -> Run {
     let event_id = uuid();
     let mut event = Event::new(&event_id, "test-project", "brigade.sh/cli", "exec");
     event.project.secrets = project.secrets;
@@ -74,7 +79,7 @@ pub async fn run_js(script: &str, project: Project) -> Run {
             &ScriptSource::new("brigade.js", script),
             WorkerRequest {
                 event,
-                limits: WorkerLimits::default(),
+                limits,
                 log: Arc::new(log.clone()),
                 jobs: JobCapability::Executor {
                     executor: executor().await,

@@ -362,3 +362,76 @@ fn a_script_kept_in_a_git_repository_is_read_from_its_checkout() {
     assert_eq!(ran.code, 0, "{ran:?}");
     assert!(ran.stdout.contains("from the pinned commit\n"), "{ran:?}");
 }
+
+/// The largest resident size `pid` has had, in bytes.
+fn peak_resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[test]
+fn a_job_printing_hundreds_of_megabytes_costs_the_host_a_bounded_amount_of_memory() {
+    // The executor used to fetch a container's whole output into memory
+    // when the container ended before its reader caught up, and split it
+    // into lines in time quadratic in its size.
+    const PRINTED: u64 = 300 * 1024 * 1024;
+    let dir = project(
+        "huge-log",
+        &format!(
+            r#"const {{ events, Job }} = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {{
+  const job = new Job("flood", "localhost/busybox", event);
+  job.primaryContainer.command = ["sh", "-c", "yes 0123456789abcdef | head -c {PRINTED}"];
+  await job.run();
+  // Lets the test read the peak after the job's output was handled.
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+}});
+events.process();"#
+        ),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let mut child = command(&["run", dir.path().to_str().unwrap()])
+        .env("MIZZEN_DATA_DIR", data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(bytes) = peak_resident_bytes(child.id()) {
+            peak = peak.max(bytes);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ran = Ran::from(child.wait_with_output().unwrap());
+    assert_eq!(ran.code, 0, "{ran:?}");
+    eprintln!(
+        "mizzen run peaked at {} MiB for a job printing {} MiB",
+        peak / (1024 * 1024),
+        PRINTED / (1024 * 1024)
+    );
+    // The job's kept output (16 MiB by default) is held for `job.logs()`;
+    // the rest must not be.
+    assert!(
+        peak < 200 * 1024 * 1024,
+        "mizzen run peaked at {} MiB for a job printing {} MiB",
+        peak / (1024 * 1024),
+        PRINTED / (1024 * 1024)
+    );
+    let worker = std::fs::read_to_string(
+        std::fs::read_dir(data.path().join("events"))
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path()
+            .join("logs/worker.log"),
+    )
+    .unwrap();
+    assert!(
+        worker.contains("output of job flood was truncated at its log limit of 16 MiB"),
+        "{worker}"
+    );
+}

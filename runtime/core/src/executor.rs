@@ -55,6 +55,13 @@ pub trait JobOutput: Send + Sync {
     /// One line (without its newline) printed by `container`: the job's name
     /// for the primary container, the sidecar's name otherwise.
     fn line(&self, container: &str, line: &str);
+
+    /// The rest of `container`'s output could not be read; `why` says why.
+    /// What keeps the job's log says so there: output is never cut without
+    /// a word.
+    fn lost(&self, container: &str, why: &str) {
+        tracing::warn!(container, why, "a job container's output was cut");
+    }
 }
 
 /// A job to start: validated, with its event and its output.

@@ -172,12 +172,17 @@ impl WorkerJobs {
                 ),
             ));
         }
-        let output = Arc::new(JobRecorder {
+        let recorder = Arc::new(JobRecorder {
             job: job.name.clone(),
             log: self.log.clone(),
-            limit: self.limits.job_log_bytes,
-            state: Mutex::default(),
+            lines: Mutex::default(),
         });
+        let output = Arc::new(CappedOutput::new(
+            &job.name,
+            self.limits.job_log_bytes,
+            recorder.clone(),
+            self.log.clone(),
+        ));
         let running = executor
             .start(JobRequest {
                 event,
@@ -203,6 +208,8 @@ impl WorkerJobs {
         let ended = tokio::spawn(async move {
             let result = watched.wait().await;
             counter.fetch_sub(1, Ordering::SeqCst);
+            // The executor has passed on every line by now.
+            output.finish();
             let record = end_record(&name, &result);
             if record.level.passes(level) {
                 log.record(record);
@@ -212,7 +219,7 @@ impl WorkerJobs {
             job.name,
             StartedJob {
                 running,
-                output,
+                output: recorder,
                 ended,
             },
         );
@@ -231,11 +238,10 @@ impl WorkerJobs {
     pub fn logs(&self, name: &str, container: Option<&str>) -> Result<JobLogs, HostError> {
         let job = self.jobs.get(name).ok_or_else(|| not_found(name))?;
         let container = container.unwrap_or(name);
-        let state = job.output.state.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = job.output.lines.lock().unwrap_or_else(|e| e.into_inner());
         // A secret the script may not read stays out of what it reads back
         // from its jobs, when a job prints it as it is.
-        let lines = state
-            .lines
+        let lines = kept
             .get(container)
             .map(|lines| {
                 lines
@@ -287,52 +293,123 @@ fn end_record(name: &str, result: &JobResult) -> LogRecord {
     LogRecord::logger(level, &message, Some(name.to_string()))
 }
 
-/// Collects a job's output: keeps each container's lines for `job.logs()`
-/// and passes them to the worker's log, up to the job's log limit.
+/// Keeps each container's lines of a job for `job.logs()` and passes them to
+/// the worker's log. It sees only what [`CappedOutput`] lets through.
 struct JobRecorder {
     job: String,
     log: Arc<dyn LogSink>,
-    limit: u64,
-    state: Mutex<RecorderState>,
-}
-
-#[derive(Default)]
-struct RecorderState {
-    bytes: u64,
-    truncated: bool,
-    lines: BTreeMap<String, Vec<String>>,
+    lines: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl JobOutput for JobRecorder {
     fn line(&self, container: &str, line: &str) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.truncated {
-            return;
-        }
-        let size = line.len() as u64 + 1;
-        if state.bytes + size > self.limit {
-            state.truncated = true;
-            self.log.record(LogRecord::logger(
-                LogLevel::Warn,
-                &format!(
-                    "output of job {} truncated: its log limit of {} ({}) was reached",
-                    self.job,
-                    crate::worker::human_bytes(self.limit),
-                    Limit::JobLogSize.project_field()
-                ),
-                Some(self.job.clone()),
-            ));
-            return;
-        }
-        state.bytes += size;
-        state
-            .lines
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(container.to_string())
             .or_default()
             .push(line.to_string());
         let container = (container != self.job).then(|| container.to_string());
         self.log
             .record(LogRecord::container(&self.job, container, line));
+    }
+}
+
+/// A job's output up to its log limit (`jobLogSize`, all its containers
+/// together): lines within it go on to `inner` whole and in order; past it,
+/// the first line says the output is being cut, the rest are only counted,
+/// and [`CappedOutput::finish`] says how much was not kept.
+pub(crate) struct CappedOutput {
+    job: String,
+    limit: u64,
+    inner: Arc<dyn JobOutput>,
+    log: Arc<dyn LogSink>,
+    state: Mutex<CapState>,
+}
+
+#[derive(Default)]
+struct CapState {
+    kept_bytes: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl CappedOutput {
+    /// `job`'s output, at most `limit` bytes (each line counts its newline),
+    /// passed to `inner`; what is cut is said in `log`.
+    pub fn new(job: &str, limit: u64, inner: Arc<dyn JobOutput>, log: Arc<dyn LogSink>) -> Self {
+        Self {
+            job: job.to_string(),
+            limit,
+            inner,
+            log,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Says how much output past the limit was not kept, if any. Called
+    /// once the job has ended and its executor has passed on every line.
+    pub fn finish(&self) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.dropped_lines == 0 {
+            return;
+        }
+        self.log.record(LogRecord::logger(
+            LogLevel::Warn,
+            &format!(
+                "output of job {} was truncated at its log limit of {} ({}): {} more lines ({} bytes) were not kept",
+                self.job,
+                crate::worker::human_bytes(self.limit),
+                Limit::JobLogSize.project_field(),
+                state.dropped_lines,
+                state.dropped_bytes,
+            ),
+            Some(self.job.clone()),
+        ));
+    }
+}
+
+impl JobOutput for CappedOutput {
+    fn line(&self, container: &str, line: &str) {
+        let size = line.len() as u64 + 1;
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.dropped_lines == 0 && state.kept_bytes + size <= self.limit {
+                state.kept_bytes += size;
+            } else {
+                state.dropped_lines += 1;
+                state.dropped_bytes += size;
+                if state.dropped_lines > 1 {
+                    return;
+                }
+                // Said as it happens, for whoever follows the log; how much
+                // was cut is said when the job ends.
+                self.log.record(LogRecord::logger(
+                    LogLevel::Warn,
+                    &format!(
+                        "output of job {} truncated: its log limit of {} ({}) was reached",
+                        self.job,
+                        crate::worker::human_bytes(self.limit),
+                        Limit::JobLogSize.project_field()
+                    ),
+                    Some(self.job.clone()),
+                ));
+                return;
+            }
+        }
+        // Outside the lock: `inner` may take its own.
+        self.inner.line(container, line);
+    }
+
+    fn lost(&self, container: &str, why: &str) {
+        self.log.record(LogRecord::logger(
+            LogLevel::Warn,
+            &format!(
+                "output of job {}, container {container}, was cut: {why}",
+                self.job
+            ),
+            Some(self.job.clone()),
+        ));
     }
 }
 

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::executor::{
     EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, result_of,
 };
-use crate::jobs::JobCapability;
+use crate::jobs::{CappedOutput, JobCapability};
 use crate::limits::WorkerLimits;
 use crate::log::{LogRecord, LogSink};
 use crate::script::ScriptSource;
@@ -202,6 +202,9 @@ struct ShardState {
 /// What the parent holds for a worker running in a shard.
 struct ParentWorker {
     log: Arc<dyn LogSink>,
+    /// Each job's output is cut at this size here, before it crosses the
+    /// pipe, so a job printing gigabytes costs the shard nothing.
+    job_log_bytes: u64,
     jobs: JobCapability,
     running_jobs: HashMap<u64, Arc<dyn RunningJob>>,
     ended: oneshot::Sender<WorkerOutcome>,
@@ -272,6 +275,7 @@ impl SandboxStage for ShardPool {
                 worker,
                 ParentWorker {
                     log,
+                    job_log_bytes: limits.job_log_bytes,
                     jobs,
                     running_jobs: HashMap::new(),
                     ended,
@@ -468,18 +472,27 @@ impl Shard {
                 let Some((executor, event)) = self.executor(worker) else {
                     return;
                 };
+                let Some((log, limit)) = self
+                    .lock()
+                    .workers
+                    .get(&worker)
+                    .map(|w| (w.log.clone(), w.job_log_bytes))
+                else {
+                    return;
+                };
                 let shard = self.clone();
                 tokio::spawn(async move {
-                    let output = Arc::new(ForwardedOutput {
+                    let forwarded = Arc::new(ForwardedOutput {
                         shard: shard.clone(),
                         worker,
                         job,
                     });
+                    let output = Arc::new(CappedOutput::new(&name, limit, forwarded, log));
                     let request = JobRequest {
                         event,
                         name,
                         spec: *spec,
-                        output,
+                        output: output.clone(),
                     };
                     let running = match executor.start(request).await {
                         Ok(running) => running,
@@ -501,6 +514,8 @@ impl Shard {
                         refused: None,
                     });
                     let result = running.wait().await;
+                    // Every line has been passed on by now.
+                    output.finish();
                     shard.send(ToShard::JobEnded {
                         worker,
                         job,

@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
@@ -34,14 +35,11 @@ use crate::{Labels, SharedState};
 /// How often a sidecar's TCP readiness is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
-/// How long a container's output stream may take to end after the container
-/// stops. A stream that ends at all ends within a millisecond of the exit,
-/// but Podman sometimes keeps one open for a few hundred milliseconds more
-/// (or for good, when it began as the container exited). After this wait the
-/// stream is dropped and the output after the bytes already seen fetched in
-/// one request, which takes a few milliseconds: nothing is lost, and a short
-/// job does not pay for the engine's delay.
-const LOG_DRAIN_WAIT: Duration = Duration::from_millis(20);
+/// How long a container's output may take to end after the container
+/// stopped. The stream is attached before the container starts and ends as
+/// soon as the engine has passed on its last bytes, within milliseconds; one
+/// that has not ended by then is cut, and the job's log says so.
+const OUTPUT_END_WAIT: Duration = Duration::from_secs(10);
 
 /// A line longer than this is passed on in pieces, so that a container that
 /// never prints a newline cannot make the host buffer without end.
@@ -148,7 +146,7 @@ impl Pod {
                 }),
                 ..ContainerCreateBody::default()
             };
-            let id = self.create_and_start(&base_name, "pod", body).await?;
+            let id = self.create_and_start(&base_name, "pod", body, None).await?;
             network_mode = Some(format!("container:{id}"));
             infra = Some(id);
         }
@@ -163,13 +161,13 @@ impl Pod {
                 context,
             )?;
             let id = self
-                .create_and_start(&format!("{base_name}_{name}"), name, body)
+                .create_and_start(
+                    &format!("{base_name}_{name}"),
+                    name,
+                    body,
+                    Some(&request.output),
+                )
                 .await?;
-            let follower = Follower::start(&self.docker, &id, name, request.output.clone());
-            self.followers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(follower);
             sidecar_ids.insert(name.clone(), id);
         }
 
@@ -198,15 +196,22 @@ impl Pod {
                 &format!("{base_name}_{}", request.name),
                 &request.name,
                 body,
+                Some(&request.output),
             )
             .await?;
         self.primary_started
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let primary_output =
-            Follower::start(&self.docker, &id, &request.name, request.output.clone());
         let code = exit_code(&self.docker, &id).await?;
-        // `job.logs()` right after `run()` must see every line.
-        primary_output.drain(&self.docker).await;
+        // `job.logs()` right after `run()` must see every line: the
+        // primary's follower was the last one started.
+        let primary_output = self
+            .followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        if let Some(follower) = primary_output {
+            follower.drain().await;
+        }
         Ok(if code == 0 {
             JobResult {
                 phase: Phase::Succeeded,
@@ -222,11 +227,15 @@ impl Pod {
         })
     }
 
+    /// Creates a container and starts it; with `output`, its stdout and
+    /// stderr are attached in between, so that every byte it writes reaches
+    /// a follower (kept in `followers`) once and in order.
     async fn create_and_start(
         &self,
         name: &str,
         container: &str,
         body: ContainerCreateBody,
+        output: Option<&Arc<dyn JobOutput>>,
     ) -> Result<String, String> {
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
@@ -243,6 +252,13 @@ impl Pod {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(created.id.clone());
+        if let Some(output) = output {
+            let follower = Follower::attach(&self.docker, &created.id, container, output).await?;
+            self.followers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(follower);
+        }
         self.docker
             .start_container(&created.id, None)
             .await
@@ -357,7 +373,7 @@ impl Pod {
         let followers =
             std::mem::take(&mut *self.followers.lock().unwrap_or_else(|e| e.into_inner()));
         for follower in followers {
-            follower.drain(&self.docker).await;
+            follower.drain().await;
         }
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
@@ -516,108 +532,172 @@ fn container_body(
 
 /// Passes a container's output, line by line, to the job's output, while it
 /// runs.
+///
+/// The output is read from an attachment made before the container starts,
+/// not from the engine's log: Podman's log stream (`logs?follow=true`) skips,
+/// repeats and reorders lines of a container that writes fast (a job printing
+/// 500,000 numbered lines lost 1,833 and repeated 1,619), while an attachment
+/// passes on every byte in order, and the container waits for a reader that
+/// is behind rather than dropping what it writes.
 struct Follower {
-    id: String,
+    container: String,
+    output: Arc<dyn JobOutput>,
     task: JoinHandle<()>,
-    lines: Arc<Mutex<Lines>>,
 }
 
 impl Follower {
-    fn start(docker: &Docker, id: &str, container: &str, output: Arc<dyn JobOutput>) -> Self {
-        let lines = Arc::new(Mutex::new(Lines {
-            container: container.to_string(),
-            output,
-            partial: Vec::new(),
-            received: 0,
-        }));
-        let options = LogsOptionsBuilder::default()
-            .follow(true)
+    /// Attaches to a created container's stdout and stderr.
+    async fn attach(
+        docker: &Docker,
+        id: &str,
+        container: &str,
+        output: &Arc<dyn JobOutput>,
+    ) -> Result<Self, String> {
+        let options = AttachContainerOptionsBuilder::default()
+            .stream(true)
             .stdout(true)
             .stderr(true)
             .build();
-        let mut stream = docker.logs(id, Some(options));
-        let shared = lines.clone();
+        let AttachContainerResults {
+            output: mut stream,
+            input,
+        } = docker
+            .attach_container(id, Some(options))
+            .await
+            .map_err(|e| {
+                format!(
+                    "attaching to the output of container {container:?} failed: {}",
+                    engine_message(&e)
+                )
+            })?;
+        let mut lines = Lines::new(container, output.clone());
         let task = tokio::spawn(async move {
-            while let Some(Ok(chunk)) = stream.next().await {
-                shared
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .feed(&chunk.into_bytes());
+            // Held until the output ends: closing our side of the
+            // connection can end the attachment.
+            let _input = input;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                        lines.feed(Stream::Out, &message);
+                    }
+                    Ok(LogOutput::StdErr { message }) => lines.feed(Stream::Err, &message),
+                    Ok(LogOutput::StdIn { .. }) => {}
+                    Err(e) => {
+                        lines.finish();
+                        lines.output.lost(
+                            &lines.container,
+                            &format!(
+                                "the engine's stream of its output broke: {}",
+                                engine_message(&e)
+                            ),
+                        );
+                        return;
+                    }
+                }
             }
+            lines.finish();
         });
-        Self {
-            id: id.to_string(),
+        Ok(Self {
+            container: container.to_string(),
+            output: output.clone(),
             task,
-            lines,
-        }
+        })
     }
 
-    /// Once the container has stopped: waits for the end of its output, or
-    /// fetches what the stream did not deliver.
-    async fn drain(mut self, docker: &Docker) {
-        if tokio::time::timeout(LOG_DRAIN_WAIT, &mut self.task)
+    /// Once the container has stopped: waits for the end of its output.
+    async fn drain(mut self) {
+        if tokio::time::timeout(OUTPUT_END_WAIT, &mut self.task)
             .await
             .is_err()
         {
             self.task.abort();
-            let options = LogsOptionsBuilder::default()
-                .follow(false)
-                .stdout(true)
-                .stderr(true)
-                .build();
-            let mut stream = docker.logs(&self.id, Some(options));
-            let mut all = Vec::new();
-            while let Some(Ok(chunk)) = stream.next().await {
-                all.extend_from_slice(&chunk.into_bytes());
-            }
-            let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-            let seen = usize::try_from(lines.received)
-                .unwrap_or(usize::MAX)
-                .min(all.len());
-            lines.feed(&all[seen..]);
+            self.output.lost(
+                &self.container,
+                &format!(
+                    "its output had not ended {}s after it stopped",
+                    OUTPUT_END_WAIT.as_secs()
+                ),
+            );
         }
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .finish();
     }
 }
 
-/// Splits a container's byte stream into lines.
+/// A container's two output streams, each split into lines on its own.
+#[derive(Clone, Copy)]
+enum Stream {
+    Out = 0,
+    Err = 1,
+}
+
+/// Splits a container's output into lines, in time linear in its size.
 struct Lines {
     container: String,
     output: Arc<dyn JobOutput>,
-    partial: Vec<u8>,
-    /// Bytes received so far (to resume after a stream is replaced).
-    received: u64,
+    /// The unfinished last line of each stream.
+    partial: [Vec<u8>; 2],
 }
 
 impl Lines {
-    fn feed(&mut self, bytes: &[u8]) {
-        self.received += bytes.len() as u64;
-        self.partial.extend_from_slice(bytes);
-        while let Some(newline) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=newline).collect();
-            self.emit(&line[..line.len() - 1]);
+    fn new(container: &str, output: Arc<dyn JobOutput>) -> Self {
+        Self {
+            container: container.to_string(),
+            output,
+            partial: [Vec::new(), Vec::new()],
         }
-        if self.partial.len() > MAX_LINE_BYTES {
-            let line = std::mem::take(&mut self.partial);
-            self.emit(&line);
+    }
+
+    fn feed(&mut self, stream: Stream, mut bytes: &[u8]) {
+        let Self {
+            container,
+            output,
+            partial,
+        } = self;
+        let partial = &mut partial[stream as usize];
+        while let Some(newline) = bytes.iter().position(|b| *b == b'\n') {
+            if partial.is_empty() {
+                emit(output, container, &bytes[..newline]);
+            } else {
+                partial.extend_from_slice(&bytes[..newline]);
+                emit(output, container, partial);
+                partial.clear();
+            }
+            bytes = &bytes[newline + 1..];
         }
+        partial.extend_from_slice(bytes);
+        // A container that never prints a newline is passed on in pieces
+        // rather than buffered without end.
+        let mut start = 0;
+        while partial.len() - start >= MAX_LINE_BYTES {
+            let end = char_boundary(&partial[start..], MAX_LINE_BYTES) + start;
+            emit(output, container, &partial[start..end]);
+            start = end;
+        }
+        partial.drain(..start);
     }
 
     fn finish(&mut self) {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.emit(&line);
+        for partial in &mut self.partial {
+            if !partial.is_empty() {
+                emit(&self.output, &self.container, partial);
+                partial.clear();
+            }
         }
     }
+}
 
-    fn emit(&self, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
-        self.output
-            .line(&self.container, text.trim_end_matches('\r'));
-    }
+fn emit(output: &Arc<dyn JobOutput>, container: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    output.line(container, text.trim_end_matches('\r'));
+}
+
+/// Where to cut `bytes` at most `max` bytes in: before a UTF-8 character
+/// that `max` would split, when there is one.
+fn char_boundary(bytes: &[u8], max: usize) -> usize {
+    let continuation = |i: usize| bytes.get(i).is_some_and(|b| b & 0xC0 == 0x80);
+    (max.saturating_sub(3)..=max)
+        .rev()
+        .find(|i| *i > 0 && !continuation(*i))
+        .unwrap_or(max)
 }
 
 /// Waits for a container to stop and returns its exit code.
