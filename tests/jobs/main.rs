@@ -4,6 +4,8 @@
 //! of its event is left on the engine or on disk.
 
 mod bad_input;
+mod host_files;
+mod limits;
 mod mounts;
 mod output;
 mod running;

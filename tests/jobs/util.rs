@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use mizzen_docker::{DockerConfig, DockerExecutor};
 use mizzen_host_api::types::Event;
-use mizzen_runtime::executor::{EventContext, Source};
+use mizzen_runtime::executor::{ContainerLimits, EventContext, Source};
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
@@ -52,6 +52,8 @@ pub struct Project {
     pub secrets: BTreeMap<String, String>,
     /// Those its script may read (`spec.workerTemplate.scriptSecrets`).
     pub script_secrets: Option<BTreeSet<String>>,
+    /// `spec.workerTemplate.workspaceSize`.
+    pub workspace_size: Option<String>,
 }
 
 /// Runs a script for a fresh `brigade.sh/cli`/`exec` event of `project`,
@@ -70,6 +72,8 @@ pub async fn run_js_with_limits(script: &str, project: Project, limits: WorkerLi
         use_workspace: project.use_workspace,
         source: project.source,
         policies: project.policies,
+        container_limits: ContainerLimits::of(&limits),
+        workspace_size: project.workspace_size,
         ..mizzen_tests::worker::context(&event_id, "test-project")
     });
     let log = MemoryLog::new();

@@ -36,6 +36,7 @@ pub fn context(event_id: &str, project_id: &str) -> EventContext {
         policies: Default::default(),
         image_pull_secrets: Vec::new(),
         workspace_size: None,
+        container_limits: Default::default(),
     }
 }
 

@@ -6,9 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mizzen_kubernetes::{
-    DEFAULT_CPU_REQUEST, DEFAULT_GIT_IMAGE, DEFAULT_MEMORY_LIMIT, DEFAULT_MEMORY_REQUEST,
-    DEFAULT_RUN_AS_USER, DEFAULT_WORKSPACE_SIZE, JobResources, KubernetesConfig,
-    KubernetesExecutor,
+    DEFAULT_CPU_REQUEST, DEFAULT_GIT_IMAGE, DEFAULT_MEMORY_REQUEST, DEFAULT_RUN_AS_USER,
+    DEFAULT_WORKSPACE_SIZE, KubernetesConfig, KubernetesExecutor, ResourceRequests,
 };
 
 use crate::parse_duration;
@@ -38,12 +37,6 @@ pub struct KubernetesArgs {
     /// Memory each job container requests ("" for none)
     #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_MEMORY_REQUEST)]
     kubernetes_memory_request: String,
-    /// CPU limit of each job container ("" for none)
-    #[arg(long, value_name = "QUANTITY", default_value = "")]
-    kubernetes_cpu_limit: String,
-    /// Memory limit of each job container ("" for none)
-    #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_MEMORY_LIMIT)]
-    kubernetes_memory_limit: String,
     /// The user job containers run as (unless a project's policy lets a job
     /// run privileged)
     #[arg(long, value_name = "UID", default_value_t = DEFAULT_RUN_AS_USER)]
@@ -69,11 +62,9 @@ impl KubernetesArgs {
         let config = KubernetesConfig {
             workspace_storage_class: self.kubernetes_workspace_storage_class.clone(),
             workspace_size: self.kubernetes_workspace_size.clone(),
-            resources: JobResources {
-                cpu_request: quantity(&self.kubernetes_cpu_request),
-                memory_request: quantity(&self.kubernetes_memory_request),
-                cpu_limit: quantity(&self.kubernetes_cpu_limit),
-                memory_limit: quantity(&self.kubernetes_memory_limit),
+            requests: ResourceRequests {
+                cpu: quantity(&self.kubernetes_cpu_request),
+                memory: quantity(&self.kubernetes_memory_request),
             },
             git_image: self.kubernetes_git_image.clone(),
             run_as_user: self.kubernetes_run_as_user,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
-use mizzen_runtime::executor::{EventContext, JobExecutor, Source};
+use mizzen_runtime::executor::{ContainerLimits, EventContext, JobExecutor, Source};
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::project::{EventDetails, ProjectDir, validate_secret_key};
 use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
@@ -101,6 +101,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         policies: dir.project.worker.job_policies,
         image_pull_secrets: dir.project.worker.image_pull_secrets.clone(),
         workspace_size: dir.project.worker.workspace_size.clone(),
+        container_limits: ContainerLimits::of(&limits),
     });
     let jobs = match &executor {
         Some(executor) => JobCapability::Executor {
@@ -135,6 +136,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             // there until the executor removes the event's.
             if let Some(executor) = &executor {
                 executor.finish_event(&context).await;
+                executor.cleaned_up().await;
             }
             return Err(Failure {
                 code: EXIT_INTERRUPTED,
@@ -151,6 +153,10 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             "mizzen: logs kept in {}",
             log.dir().display()
         );
+    }
+    // The result is out; the event's files may still be being deleted.
+    if let Some(executor) = &executor {
+        executor.cleaned_up().await;
     }
     match outcome.failure {
         None => Ok(()),

@@ -207,6 +207,7 @@ async fn bench() {
                 policies: JobPolicies::default(),
                 image_pull_secrets: Vec::new(),
                 workspace_size: None,
+                container_limits: Default::default(),
             };
             let request = WorkerRequest {
                 event: common::event(&index.to_string()),

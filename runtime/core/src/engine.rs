@@ -34,6 +34,9 @@ pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
     concurrent_jobs: 0,
     job_log_bytes: 0,
     workspace_bytes: 0,
+    job_memory_bytes: 0,
+    job_cpu_millis: 0,
+    job_processes: 0,
 };
 
 /// Compiled scripts kept in memory. Bytecode is tens of kilobytes, so a

@@ -17,6 +17,7 @@ use mizzen_host_api::types::{GitConfig, JobResult, JobSpec, Phase};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::limits::WorkerLimits;
 use crate::project::JobPolicies;
 
 /// What an executor needs to know about the event a job belongs to.
@@ -38,6 +39,37 @@ pub struct EventContext {
     /// The size of the event's workspace (a Kubernetes quantity), when the
     /// project sets one; executors that cannot size it ignore it.
     pub workspace_size: Option<String>,
+    /// What each container of the event's jobs may use.
+    pub container_limits: ContainerLimits,
+}
+
+/// What each container of a job may use: the project's job limits
+/// (`jobMemory`, `jobCpu`, `jobProcesses`) under the server's ceilings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerLimits {
+    /// Memory, in bytes.
+    pub memory_bytes: u64,
+    /// CPU, in thousandths of a core.
+    pub cpu_millis: u64,
+    /// Processes and threads.
+    pub processes: u64,
+}
+
+impl ContainerLimits {
+    /// The container limits among a worker's limits.
+    pub fn of(limits: &WorkerLimits) -> Self {
+        Self {
+            memory_bytes: limits.job_memory_bytes,
+            cpu_millis: limits.job_cpu_millis,
+            processes: limits.job_processes,
+        }
+    }
+}
+
+impl Default for ContainerLimits {
+    fn default() -> Self {
+        Self::of(&WorkerLimits::default())
+    }
 }
 
 /// Where a job's source checkout comes from.
@@ -85,8 +117,9 @@ pub trait JobExecutor: Send + Sync {
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError>;
 
     /// Removes everything the executor made for `event` (containers,
-    /// networks, workspace, checkouts). Called once, when the event ends,
-    /// however it ended.
+    /// networks, workspace, checkouts), or hands what takes long to the
+    /// background (see [`JobExecutor::cleaned_up`]): the event's end does
+    /// not wait for it. Called once, when the event ends, however it ended.
     async fn finish_event(&self, event: &EventContext);
 
     /// The event's workspace as a directory on this host, created if need
@@ -97,6 +130,11 @@ pub trait JobExecutor: Send + Sync {
         let _ = event;
         Err("this executor keeps the workspace where only the event's jobs reach it".into())
     }
+
+    /// Waits until what [`JobExecutor::finish_event`] left to do in the
+    /// background (deleting an ended event's files) is done: a process
+    /// calls it before it exits.
+    async fn cleaned_up(&self) {}
 }
 
 /// A job that was accepted.

@@ -259,9 +259,14 @@ impl WorkerJobs {
         let JobCapability::Executor { executor, event } = &self.capability else {
             return;
         };
+        // All at once: stopping a job's containers takes a moment, and a
+        // worker may end with dozens running.
+        let mut cancels = tokio::task::JoinSet::new();
         for job in self.jobs.values() {
-            job.running.cancel().await;
+            let running = job.running.clone();
+            cancels.spawn(async move { running.cancel().await });
         }
+        while cancels.join_next().await.is_some() {}
         // Every job's end is in the log before the worker's is.
         for (_, job) in self.jobs.drain() {
             let _ = job.ended.await;
@@ -762,6 +767,7 @@ mod tests {
             policies: JobPolicies::default(),
             image_pull_secrets: Vec::new(),
             workspace_size: None,
+            container_limits: Default::default(),
         }
     }
 

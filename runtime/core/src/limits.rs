@@ -67,6 +67,23 @@ pub const DEFAULT_JOB_LOG_BYTES: u64 = 16 * 1024 * 1024;
 /// stopped early.
 pub const DEFAULT_WORKSPACE_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// Memory of each of a job's containers. A build (a compiler, a test
+/// suite, a bundler) fits in 2 GiB, Kubernetes executors have long defaulted
+/// to it, and without a limit one job on a local engine could take the
+/// host's memory from the server and every other tenant's jobs.
+pub const DEFAULT_JOB_MEMORY_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// CPU of each of a job's containers, in thousandths of a core: two cores is
+/// what CI users know of a hosted runner (GitHub's standard Linux runner for
+/// private repositories), and a job that could take every core of a local
+/// engine's host would slow the server's own threads and everyone's jobs.
+pub const DEFAULT_JOB_CPU_MILLIS: u64 = 2000;
+
+/// Processes (and threads) of each of a job's containers: a parallel build
+/// runs a few hundred; a fork bomb is stopped at this many instead of at the
+/// engine's default (Podman's 2,048; Docker Engine has none).
+pub const DEFAULT_JOB_PROCESSES: u64 = 1024;
+
 /// A server's ceilings when its operator sets none, as `key=value` pairs.
 /// Each bounds what one tenant's worker can take from the others:
 /// - `memory=1Gi`: sixteen times the default; a server of 2 cores runs dozens
@@ -80,7 +97,9 @@ pub const DEFAULT_WORKSPACE_BYTES: u64 = 1024 * 1024 * 1024;
 /// - `concurrentJobs=256`: every job holds containers and a job slot.
 /// - `jobLogSize=256Mi`: sixteen times the default; a job's output is stored.
 /// - `workspaceSize=100Gi`: what one event may write to the server's disk.
-pub const DEFAULT_CEILINGS: &str = "memory=1Gi,cpuTime=5m,timeout=24h,logSize=64Mi,logLines=1000000,requestSize=16Mi,summaryLength=4096,concurrentJobs=256,jobLogSize=256Mi,workspaceSize=100Gi";
+/// - `jobMemory=16Gi`, `jobCpu=8`, `jobProcesses=8192`: eight times each
+///   default; a job needing more belongs on a dedicated machine.
+pub const DEFAULT_CEILINGS: &str = "memory=1Gi,cpuTime=5m,timeout=24h,logSize=64Mi,logLines=1000000,requestSize=16Mi,summaryLength=4096,concurrentJobs=256,jobLogSize=256Mi,workspaceSize=100Gi,jobMemory=16Gi,jobCpu=8,jobProcesses=8192";
 
 /// How often the engine's epoch advances: the granularity of CPU accounting
 /// and the longest a guest holds a thread before it yields (Spin uses 10 ms).
@@ -109,6 +128,12 @@ pub struct WorkerLimits {
     pub job_log_bytes: u64,
     /// Bytes of files in the workspace, when the script writes to it.
     pub workspace_bytes: u64,
+    /// Memory of each job container, in bytes.
+    pub job_memory_bytes: u64,
+    /// CPU of each job container, in thousandths of a core.
+    pub job_cpu_millis: u64,
+    /// Processes of each job container.
+    pub job_processes: u64,
 }
 
 impl Default for WorkerLimits {
@@ -124,6 +149,9 @@ impl Default for WorkerLimits {
             concurrent_jobs: DEFAULT_CONCURRENT_JOBS,
             job_log_bytes: DEFAULT_JOB_LOG_BYTES,
             workspace_bytes: DEFAULT_WORKSPACE_BYTES,
+            job_memory_bytes: DEFAULT_JOB_MEMORY_BYTES,
+            job_cpu_millis: DEFAULT_JOB_CPU_MILLIS,
+            job_processes: DEFAULT_JOB_PROCESSES,
         }
     }
 }
@@ -188,6 +216,12 @@ pub enum Limit {
     /// [`WorkerLimits::workspace_bytes`]; a project sets it as
     /// `spec.workerTemplate.workspaceSize`.
     WorkspaceSize,
+    /// [`WorkerLimits::job_memory_bytes`].
+    JobMemory,
+    /// [`WorkerLimits::job_cpu_millis`].
+    JobCpu,
+    /// [`WorkerLimits::job_processes`].
+    JobProcesses,
 }
 
 /// A limit's value: a size, a count or a time, as the limit takes.
@@ -199,6 +233,8 @@ pub enum LimitValue {
     Count(u64),
     /// A time.
     Time(Duration),
+    /// Thousandths of a CPU core.
+    Cpu(u64),
 }
 
 impl fmt::Display for LimitValue {
@@ -207,6 +243,8 @@ impl fmt::Display for LimitValue {
             LimitValue::Bytes(bytes) => f.write_str(&crate::worker::human_bytes(*bytes)),
             LimitValue::Count(count) => write!(f, "{count}"),
             LimitValue::Time(time) => write!(f, "{}", humantime::format_duration(*time)),
+            LimitValue::Cpu(millis) if millis.is_multiple_of(1000) => write!(f, "{}", millis / 1000),
+            LimitValue::Cpu(millis) => write!(f, "{millis}m"),
         }
     }
 }
@@ -215,11 +253,12 @@ enum Unit {
     Bytes,
     Count,
     Time,
+    Cpu,
 }
 
 impl Limit {
     /// Every limit, in the order they are documented.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 13] = [
         Limit::Memory,
         Limit::CpuTime,
         Limit::Timeout,
@@ -230,6 +269,9 @@ impl Limit {
         Limit::ConcurrentJobs,
         Limit::JobLogSize,
         Limit::WorkspaceSize,
+        Limit::JobMemory,
+        Limit::JobCpu,
+        Limit::JobProcesses,
     ];
 
     /// The limit's name in `spec.workerTemplate.limits` and in a server's
@@ -246,6 +288,9 @@ impl Limit {
             Limit::ConcurrentJobs => "concurrentJobs",
             Limit::JobLogSize => "jobLogSize",
             Limit::WorkspaceSize => "workspaceSize",
+            Limit::JobMemory => "jobMemory",
+            Limit::JobCpu => "jobCpu",
+            Limit::JobProcesses => "jobProcesses",
         }
     }
 
@@ -269,9 +314,14 @@ impl Limit {
             | Limit::LogSize
             | Limit::RequestSize
             | Limit::JobLogSize
-            | Limit::WorkspaceSize => Unit::Bytes,
-            Limit::LogLines | Limit::SummaryLength | Limit::ConcurrentJobs => Unit::Count,
+            | Limit::WorkspaceSize
+            | Limit::JobMemory => Unit::Bytes,
+            Limit::LogLines
+            | Limit::SummaryLength
+            | Limit::ConcurrentJobs
+            | Limit::JobProcesses => Unit::Count,
             Limit::CpuTime | Limit::Timeout => Unit::Time,
+            Limit::JobCpu => Unit::Cpu,
         }
     }
 
@@ -291,10 +341,16 @@ impl Limit {
             Unit::Time => parse_go_duration(text)
                 .map(LimitValue::Time)
                 .ok_or_else(|| format!("{text:?} must be a duration such as 30s, 5m or 1h"))?,
+            Unit::Cpu => parse_cpu(text)
+                .map(LimitValue::Cpu)
+                .ok_or_else(|| format!("{text:?} must be CPU cores such as 500m, 1 or 2.5"))?,
         };
         let zero = matches!(
             value,
-            LimitValue::Bytes(0) | LimitValue::Count(0) | LimitValue::Time(Duration::ZERO)
+            LimitValue::Bytes(0)
+                | LimitValue::Count(0)
+                | LimitValue::Time(Duration::ZERO)
+                | LimitValue::Cpu(0)
         );
         if zero {
             return Err(format!("{text:?} must be more than zero"));
@@ -318,6 +374,9 @@ impl Limit {
             Limit::ConcurrentJobs => LimitValue::Count(limits.concurrent_jobs),
             Limit::JobLogSize => LimitValue::Bytes(limits.job_log_bytes),
             Limit::WorkspaceSize => LimitValue::Bytes(limits.workspace_bytes),
+            Limit::JobMemory => LimitValue::Bytes(limits.job_memory_bytes),
+            Limit::JobCpu => LimitValue::Cpu(limits.job_cpu_millis),
+            Limit::JobProcesses => LimitValue::Count(limits.job_processes),
         }
     }
 
@@ -337,6 +396,9 @@ impl Limit {
             (Limit::ConcurrentJobs, LimitValue::Count(v)) => limits.concurrent_jobs = v,
             (Limit::JobLogSize, LimitValue::Bytes(v)) => limits.job_log_bytes = v,
             (Limit::WorkspaceSize, LimitValue::Bytes(v)) => limits.workspace_bytes = v,
+            (Limit::JobMemory, LimitValue::Bytes(v)) => limits.job_memory_bytes = v,
+            (Limit::JobCpu, LimitValue::Cpu(v)) => limits.job_cpu_millis = v,
+            (Limit::JobProcesses, LimitValue::Count(v)) => limits.job_processes = v,
             _ => {}
         }
     }
@@ -479,9 +541,38 @@ pub fn parse_quantity(text: &str) -> Option<u64> {
     (bytes.is_finite() && bytes < u64::MAX as f64).then(|| bytes.ceil() as u64)
 }
 
+/// Parses CPU cores as Kubernetes writes them (`500m`, `1`, `2.5`) into
+/// thousandths of a core; `None` when it is not such a value.
+pub fn parse_cpu(text: &str) -> Option<u64> {
+    if let Some(millis) = text.strip_suffix('m') {
+        return millis.parse().ok();
+    }
+    if text.is_empty()
+        || text.starts_with('.')
+        || !text.chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
+        return None;
+    }
+    let cores: f64 = text.parse().ok()?;
+    let millis = (cores * 1000.0).round();
+    (millis.is_finite() && millis < u64::MAX as f64).then_some(millis as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_is_read_as_kubernetes_reads_it() {
+        assert_eq!(parse_cpu("500m"), Some(500));
+        assert_eq!(parse_cpu("2"), Some(2000));
+        assert_eq!(parse_cpu("1.5"), Some(1500));
+        for bad in ["", "m", "-1", ".5", "two", "1.5m"] {
+            assert_eq!(parse_cpu(bad), None, "{bad}");
+        }
+        assert_eq!(LimitValue::Cpu(2000).to_string(), "2");
+        assert_eq!(LimitValue::Cpu(250).to_string(), "250m");
+    }
 
     #[test]
     fn quantities_are_read_as_kubernetes_reads_them() {

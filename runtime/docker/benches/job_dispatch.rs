@@ -169,6 +169,7 @@ async fn jobs(
         policies: JobPolicies::default(),
         image_pull_secrets: Vec::new(),
         workspace_size: None,
+        container_limits: Default::default(),
     });
     let started = Instant::now();
     let outcome = sandbox

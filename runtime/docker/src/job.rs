@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::images::{self, POD_HELPER_PATH, engine_message};
+use crate::scratch::EventScratch;
 use crate::{Labels, SharedState};
 
 /// How often a sidecar's TCP readiness is probed.
@@ -47,15 +48,32 @@ const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Capabilities dropped from Docker's default set unless the container is
 /// privileged: raw sockets (packet spoofing), device nodes, audit writes and
-/// file capabilities are not needed to build, test or deploy.
-const DROPPED_CAPABILITIES: [&str; 4] = ["NET_RAW", "MKNOD", "AUDIT_WRITE", "SETFCAP"];
+/// file capabilities are not needed to build, test or deploy; and a job's
+/// files reach the host through its mounts, so its root may not give them
+/// to other owners (`CHOWN`), change files it does not own (`FOWNER`) or
+/// keep set-user-ID bits through a write or set set-group-ID bits for
+/// groups it is not in (`FSETID`), as Kubernetes' restricted profile drops
+/// all of them.
+const DROPPED_CAPABILITIES: [&str; 7] = [
+    "NET_RAW",
+    "MKNOD",
+    "AUDIT_WRITE",
+    "SETFCAP",
+    "CHOWN",
+    "FOWNER",
+    "FSETID",
+];
+
+/// Processes of a pod's infra container: the pause process and the probes
+/// run in it, one at a time.
+const POD_HELPER_PROCESSES: i64 = 16;
 
 /// What a job needs besides its request.
 pub(crate) struct JobContext {
     pub request: JobRequest,
     pub state: Arc<SharedState>,
     /// The event's scratch directory (workspace, checkouts).
-    pub work_dir: PathBuf,
+    pub scratch: Arc<EventScratch>,
 }
 
 /// Starts the job's task and returns its handle.
@@ -78,6 +96,7 @@ async fn run(context: JobContext, mut cancelled: watch::Receiver<bool>) -> JobRe
             None,
             format!("the job ran longer than its timeout of {}s", context.request.spec.timeout_seconds),
         ),
+        reason = context.scratch.exceeded() => JobResult::ended(Phase::Failed, None, reason),
         _ = cancelled.wait_for(|cancel| *cancel) => {
             if pod.primary_started.load(std::sync::atomic::Ordering::SeqCst) {
                 JobResult::ended(Phase::Aborted, None, "the job was stopped")
@@ -142,6 +161,7 @@ impl Pod {
                     extra_hosts: Some(extra_hosts),
                     security_opt: Some(vec!["no-new-privileges".into()]),
                     cap_drop: Some(vec!["ALL".into()]),
+                    pids_limit: Some(POD_HELPER_PROCESSES),
                     ..HostConfig::default()
                 }),
                 ..ContainerCreateBody::default()
@@ -406,7 +426,7 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
         .iter()
         .any(|c| !c.workspace_mount_path.is_empty())
     {
-        let dir = workspace_dir(&context.work_dir);
+        let dir = workspace_dir(context.scratch.dir());
         create_shared_dir(&dir)
             .map_err(|e| format!("creating the workspace {} failed: {e}", dir.display()))?;
         Some(dir)
@@ -416,7 +436,8 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
     let source = match &context.request.event.source {
         Some(project_source) if containers.iter().any(|c| !c.source_mount_path.is_empty()) => {
             let dir = context
-                .work_dir
+                .scratch
+                .dir()
                 .join("jobs")
                 .join(&context.request.name)
                 .join("source");
@@ -497,6 +518,7 @@ fn container_body(
         (true, false) => (None, Some(container.arguments.clone())),
         (true, true) => (None, None),
     };
+    let limits = &context.request.event.container_limits;
     let env = container
         .environment
         .iter()
@@ -524,10 +546,20 @@ fn container_body(
             privileged: Some(container.privileged),
             security_opt,
             cap_drop,
+            // The project's job limits, as a Pod's would be; swap equal to
+            // memory means none beyond it.
+            memory: Some(saturating_i64(limits.memory_bytes)),
+            memory_swap: Some(saturating_i64(limits.memory_bytes)),
+            nano_cpus: Some(saturating_i64(limits.cpu_millis.saturating_mul(1_000_000))),
+            pids_limit: Some(saturating_i64(limits.processes)),
             ..HostConfig::default()
         }),
         ..ContainerCreateBody::default()
     })
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// Passes a container's output, line by line, to the job's output, while it
@@ -565,8 +597,10 @@ impl Follower {
             .attach_container(id, Some(options))
             .await
             .map_err(|e| {
+                // Podman prepares the container (runc create) to attach to
+                // it, so what would fail its start fails here.
                 format!(
-                    "attaching to the output of container {container:?} failed: {}",
+                    "starting container {container:?} failed: {}",
                     engine_message(&e)
                 )
             })?;

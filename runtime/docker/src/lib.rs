@@ -8,28 +8,43 @@
 //!
 //! Everything the executor creates carries labels (`sh.mizzen.*`) naming the
 //! event, the job and the process that made it. When an event ends its
-//! containers and scratch directory are removed; when an executor starts it
-//! removes what processes that died (a crash, a kill) left behind.
+//! containers are removed and its scratch directory is deleted in the
+//! background ([`JobExecutor::cleaned_up`] waits for that); when an executor
+//! starts it removes what processes that died (a crash, a kill) left behind.
 //!
 //! # Layout
 //! - [`engine`]: finding and connecting to the engine.
 //! - `images`: pulling images, importing the pod helper's image.
-//! - `job`: running one job as a pod.
+//! - `job`: running one job as a pod, with the project's job limits.
+//! - `scratch`: an event's directory on the host, private to this user and
+//!   measured against the event's workspace size.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
+use mizzen_runtime::limits::parse_quantity;
+use tokio::sync::watch;
 
 pub mod engine;
 mod images;
 mod job;
+mod scratch;
 
 pub use engine::{Engine, EngineNotFound};
+pub use scratch::DEFAULT_WORKSPACE_BYTES;
+
+use scratch::{EventScratch, OWNER_FILE};
+
+/// A scratch directory without an owner file younger than this is being
+/// created by another process (the file is written just after), not left
+/// behind; an older one was left by a process that died in between.
+const OWNERLESS_GRACE: Duration = Duration::from_secs(60);
 
 /// Label on everything this executor creates.
 const LABEL_MANAGED: &str = "sh.mizzen.managed";
@@ -39,9 +54,6 @@ const LABEL_EVENT: &str = "sh.mizzen.event";
 const LABEL_PROJECT: &str = "sh.mizzen.project";
 const LABEL_JOB: &str = "sh.mizzen.job";
 const LABEL_CONTAINER: &str = "sh.mizzen.container";
-
-/// Name of the file in an event's scratch directory that names its owner.
-const OWNER_FILE: &str = "owner";
 
 /// How the executor is set up.
 #[derive(Debug, Clone)]
@@ -62,6 +74,10 @@ pub(crate) struct SharedState {
     pub engine: Engine,
     pub owner: String,
     pub work_root: PathBuf,
+    /// The scratch directories of events with jobs running here.
+    events: Mutex<HashMap<String, Arc<EventScratch>>>,
+    /// Clean-ups under way (an ended event's files being deleted).
+    cleanups: watch::Sender<usize>,
 }
 
 impl DockerExecutor {
@@ -79,6 +95,8 @@ impl DockerExecutor {
                 engine,
                 owner: owner_of_this_process(),
                 work_root: config.data_dir.join("work"),
+                events: Mutex::default(),
+                cleanups: watch::channel(0).0,
             }),
         };
         executor.sweep().await;
@@ -90,28 +108,56 @@ impl DockerExecutor {
         &self.state.engine.endpoint
     }
 
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.state.engine
+    }
+
     /// The engine's client.
     pub fn docker(&self) -> &Docker {
         &self.state.engine.docker
     }
 
-    fn event_dir(&self, event_id: &str) -> PathBuf {
-        self.state.work_root.join(event_id)
+    /// The event's scratch directory, created (marked as this process's, so
+    /// that a sweep after a crash finds its owner gone) and measured from
+    /// its first use to the event's end.
+    fn scratch(&self, event: &EventContext) -> Result<Arc<EventScratch>, String> {
+        let mut events = self.state.events.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(scratch) = events.get(&event.event_id) {
+            return Ok(scratch.clone());
+        }
+        let limit = event
+            .workspace_size
+            .as_deref()
+            .and_then(parse_quantity)
+            .unwrap_or(DEFAULT_WORKSPACE_BYTES);
+        let scratch = EventScratch::create(
+            &self.state.work_root,
+            &event.event_id,
+            &self.state.owner,
+            limit,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot create the event's scratch directory {}: {e}",
+                self.state.work_root.join(&event.event_id).display()
+            )
+        })?;
+        let scratch = Arc::new(scratch);
+        events.insert(event.event_id.clone(), scratch.clone());
+        Ok(scratch)
     }
 
-    /// The event's scratch directory, created and marked as this
-    /// process's (so that a sweep after a crash finds its owner gone).
-    fn create_event_dir(&self, event_id: &str) -> Result<PathBuf, String> {
-        let work_dir = self.event_dir(event_id);
-        std::fs::create_dir_all(&work_dir)
-            .and_then(|()| std::fs::write(work_dir.join(OWNER_FILE), &self.state.owner))
-            .map_err(|e| {
-                format!(
-                    "cannot create the event's scratch directory {}: {e}",
-                    work_dir.display()
-                )
-            })?;
-        Ok(work_dir)
+    /// Deletes `dir` on a blocking thread, counted until it is gone.
+    fn delete_in_background(&self, dir: PathBuf) {
+        self.state.cleanups.send_modify(|n| *n += 1);
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove an event's scratch directory");
+            }
+            state.cleanups.send_modify(|n| *n -= 1);
+        });
     }
 
     /// Removes containers and scratch directories whose owner process is no
@@ -151,10 +197,26 @@ impl DockerExecutor {
         }
         if let Ok(dirs) = std::fs::read_dir(&self.state.work_root) {
             for dir in dirs.flatten() {
-                let owner =
-                    std::fs::read_to_string(dir.path().join(OWNER_FILE)).unwrap_or_default();
-                if !owner_is_alive(owner.trim()) {
-                    let _ = std::fs::remove_dir_all(dir.path());
+                let abandoned = match std::fs::read_to_string(dir.path().join(OWNER_FILE)) {
+                    Ok(owner) => !owner_is_alive(owner.trim()),
+                    Err(_) => dir
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+                        .is_some_and(|age| age > OWNERLESS_GRACE),
+                };
+                if !abandoned {
+                    continue;
+                }
+                let name = dir.file_name().to_string_lossy().into_owned();
+                let trash = if scratch::is_trash(&name) {
+                    Some(dir.path())
+                } else {
+                    scratch::retire(&dir.path()).ok().flatten()
+                };
+                if let Some(trash) = trash {
+                    self.delete_in_background(trash);
                 }
             }
         }
@@ -180,18 +242,18 @@ impl JobExecutor for DockerExecutor {
                 job.name, self.state.engine.endpoint
             )));
         }
-        let work_dir = self
-            .create_event_dir(&job.event.event_id)
+        let scratch = self
+            .scratch(&job.event)
             .map_err(ExecutorError::Unavailable)?;
         Ok(job::spawn(job::JobContext {
             request: job,
             state: self.state.clone(),
-            work_dir,
+            scratch,
         }))
     }
 
     async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
-        let workspace = job::workspace_dir(&self.create_event_dir(&event.event_id)?);
+        let workspace = job::workspace_dir(self.scratch(event)?.dir());
         job::create_shared_dir(&workspace).map_err(|e| {
             format!(
                 "cannot create the event's workspace {}: {e}",
@@ -233,12 +295,30 @@ impl JobExecutor for DockerExecutor {
                 let _ = docker.remove_container(&id, Some(remove.clone())).await;
             }
         }
-        let dir = self.event_dir(&event.event_id);
-        if dir.exists()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
-        {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove an event's scratch directory");
+        // The files go in the background: a big pipeline's checkouts take
+        // seconds to delete, and the event's end must not wait for them.
+        let scratch = self
+            .state
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&event.event_id);
+        let retired = match scratch {
+            Some(scratch) => scratch.retire(),
+            None => scratch::retire(&self.state.work_root.join(&event.event_id)),
+        };
+        match retired {
+            Ok(Some(trash)) => self.delete_in_background(trash),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(event = %event.event_id, error = %e, "could not remove an event's scratch directory")
+            }
         }
+    }
+
+    async fn cleaned_up(&self) {
+        let mut cleanups = self.state.cleanups.subscribe();
+        let _ = cleanups.wait_for(|n| *n == 0).await;
     }
 }
 
@@ -352,6 +432,12 @@ impl JobExecutor for LazyDockerExecutor {
         match self.connected().await {
             Ok(executor) => executor.workspace_dir(event).await,
             Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn cleaned_up(&self) {
+        if let Some(Ok(executor)) = self.executor.get() {
+            executor.cleaned_up().await;
         }
     }
 }

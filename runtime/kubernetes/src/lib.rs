@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
-use serde_json::json;
 use tokio::sync::OnceCell;
 
 mod job;
@@ -44,7 +43,7 @@ pub struct KubernetesConfig {
     /// A workspace's size when the project does not set one.
     pub workspace_size: String,
     /// Requests and limits of every container.
-    pub resources: JobResources,
+    pub requests: ResourceRequests,
     /// The image of the source checkout init container (it needs `sh` and
     /// `git`).
     pub git_image: String,
@@ -79,7 +78,7 @@ impl KubernetesConfig {
             namespace: namespace.into(),
             workspace_storage_class: None,
             workspace_size: DEFAULT_WORKSPACE_SIZE.to_string(),
-            resources: JobResources::default(),
+            requests: ResourceRequests::default(),
             git_image: DEFAULT_GIT_IMAGE.to_string(),
             run_as_user: DEFAULT_RUN_AS_USER,
             image_pull_timeout: DEFAULT_IMAGE_PULL_TIMEOUT,
@@ -100,18 +99,16 @@ impl KubernetesConfig {
     }
 }
 
-/// Requests and limits (Kubernetes quantities) of each container; `None`
-/// leaves one unset.
+/// What each container requests (Kubernetes quantities), so that the
+/// scheduler places it; `None` leaves one unset. Limits come from the
+/// project's job limits ([`mizzen_runtime::executor::ContainerLimits`]), and
+/// a request above its limit is lowered to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobResources {
+pub struct ResourceRequests {
     /// CPU request.
-    pub cpu_request: Option<String>,
+    pub cpu: Option<String>,
     /// Memory request.
-    pub memory_request: Option<String>,
-    /// CPU limit.
-    pub cpu_limit: Option<String>,
-    /// Memory limit.
-    pub memory_limit: Option<String>,
+    pub memory: Option<String>,
 }
 
 /// Each container's CPU request by default: small, so that a job is
@@ -119,44 +116,13 @@ pub struct JobResources {
 pub const DEFAULT_CPU_REQUEST: &str = "100m";
 /// Each container's memory request by default: small, for the same reason.
 pub const DEFAULT_MEMORY_REQUEST: &str = "128Mi";
-/// Each container's memory limit by default, so that one job cannot starve
-/// its node. There is no CPU limit by default: its throttling slows builds
-/// without protecting anyone.
-pub const DEFAULT_MEMORY_LIMIT: &str = "2Gi";
 
-impl Default for JobResources {
+impl Default for ResourceRequests {
     fn default() -> Self {
         Self {
-            cpu_request: Some(DEFAULT_CPU_REQUEST.into()),
-            memory_request: Some(DEFAULT_MEMORY_REQUEST.into()),
-            cpu_limit: None,
-            memory_limit: Some(DEFAULT_MEMORY_LIMIT.into()),
+            cpu: Some(DEFAULT_CPU_REQUEST.into()),
+            memory: Some(DEFAULT_MEMORY_REQUEST.into()),
         }
-    }
-}
-
-impl JobResources {
-    fn to_json(&self) -> serde_json::Value {
-        let pick = |cpu: &Option<String>, memory: &Option<String>| {
-            let mut map = serde_json::Map::new();
-            if let Some(cpu) = cpu {
-                map.insert("cpu".into(), json!(cpu));
-            }
-            if let Some(memory) = memory {
-                map.insert("memory".into(), json!(memory));
-            }
-            map
-        };
-        let mut resources = serde_json::Map::new();
-        let requests = pick(&self.cpu_request, &self.memory_request);
-        if !requests.is_empty() {
-            resources.insert("requests".into(), requests.into());
-        }
-        let limits = pick(&self.cpu_limit, &self.memory_limit);
-        if !limits.is_empty() {
-            resources.insert("limits".into(), limits.into());
-        }
-        resources.into()
     }
 }
 

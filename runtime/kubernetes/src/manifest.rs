@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use mizzen_host_api::types::{ContainerSpec, ImagePullPolicy, JobSpec};
-use mizzen_runtime::executor::{EventContext, Source};
+use mizzen_runtime::executor::{ContainerLimits, EventContext, Source};
+use mizzen_runtime::limits::{LimitValue, parse_cpu, parse_quantity};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::KubernetesConfig;
+use crate::{KubernetesConfig, ResourceRequests};
 
 /// Label naming who manages an object (the recommended Kubernetes label).
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -225,6 +226,7 @@ pub fn job_objects(
         config,
         secret: &name,
         windows,
+        resources: resources(&config.requests, &event.container_limits),
     };
     let primary = build.container(job, &spec.primary_container);
     // Service sidecars (no readiness, or a TCP port) start first as native
@@ -367,6 +369,8 @@ struct ContainerBuilder<'a> {
     /// The job's environment Secret.
     secret: &'a str,
     windows: bool,
+    /// Every container's requests and limits.
+    resources: Value,
 }
 
 impl ContainerBuilder<'_> {
@@ -378,7 +382,7 @@ impl ContainerBuilder<'_> {
                 ImagePullPolicy::IfNotPresent => "IfNotPresent",
                 ImagePullPolicy::Always => "Always",
             },
-            "resources": self.config.resources.to_json(),
+            "resources": self.resources,
         });
         if !c.command.is_empty() {
             container["command"] = json!(c.command);
@@ -446,10 +450,64 @@ impl ContainerBuilder<'_> {
                 { "name": "HOME", "value": "/tmp" },
             ],
             "volumeMounts": [{ "name": "source", "mountPath": SOURCE_CHECKOUT_PATH }],
-            "resources": self.config.resources.to_json(),
+            "resources": self.resources,
             "securityContext": restricted_container_security(),
         })
     }
+}
+
+/// A container's `resources`: the project's job limits, and the executor's
+/// requests, each lowered to its limit where it is above it (Kubernetes
+/// refuses a request above its limit).
+fn resources(requests: &ResourceRequests, limits: &ContainerLimits) -> Value {
+    let mut wanted = serde_json::Map::new();
+    if let Some(cpu) = &requests.cpu {
+        let lowered = parse_cpu(cpu).is_some_and(|millis| millis > limits.cpu_millis);
+        wanted.insert(
+            "cpu".into(),
+            json!(if lowered {
+                cpu_quantity(limits.cpu_millis)
+            } else {
+                cpu.clone()
+            }),
+        );
+    }
+    if let Some(memory) = &requests.memory {
+        let lowered = parse_quantity(memory).is_some_and(|bytes| bytes > limits.memory_bytes);
+        wanted.insert(
+            "memory".into(),
+            json!(if lowered {
+                memory_quantity(limits.memory_bytes)
+            } else {
+                memory.clone()
+            }),
+        );
+    }
+    let mut resources = json!({
+        "limits": {
+            "cpu": cpu_quantity(limits.cpu_millis),
+            "memory": memory_quantity(limits.memory_bytes),
+        },
+    });
+    if !wanted.is_empty() {
+        resources["requests"] = wanted.into();
+    }
+    resources
+}
+
+/// Thousandths of a core as Kubernetes writes CPU: `2`, `500m`.
+fn cpu_quantity(millis: u64) -> String {
+    LimitValue::Cpu(millis).to_string()
+}
+
+/// Bytes as a Kubernetes quantity: `2Gi`, `96Mi`, or the bytes.
+fn memory_quantity(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki")];
+    UNITS
+        .iter()
+        .find(|(size, _)| bytes >= *size && bytes.is_multiple_of(*size))
+        .map(|(size, unit)| format!("{}{unit}", bytes / size))
+        .unwrap_or_else(|| bytes.to_string())
 }
 
 /// What Pod Security's "restricted" profile asks of every container.

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use mizzen_host_api::types::{ContainerSpec, GitConfig, JobHost, JobSpec, Readiness};
 use mizzen_kubernetes::KubernetesConfig;
 use mizzen_kubernetes::manifest::{self, Owner};
-use mizzen_runtime::executor::{EventContext, Source};
+use mizzen_runtime::executor::{ContainerLimits, EventContext, Source};
 use mizzen_runtime::project::JobPolicies;
 use serde_json::Value;
 
@@ -30,6 +30,7 @@ fn event(policies: JobPolicies) -> EventContext {
         policies,
         image_pull_secrets: vec!["registry-credentials".into()],
         workspace_size: Some("2Gi".into()),
+        container_limits: Default::default(),
     }
 }
 
@@ -337,4 +338,24 @@ fn a_namespace_per_project() {
     let config = KubernetesConfig::new("mizzen-{project}");
     assert_eq!(config.namespace_of("Hello-World"), "mizzen-hello-world");
     assert_eq!(KubernetesConfig::new("jobs").namespace_of("x"), "jobs");
+}
+
+#[test]
+fn a_projects_job_limits_bound_each_container_and_lower_larger_requests() {
+    let mut event = event(JobPolicies::default());
+    event.source = None;
+    event.container_limits = ContainerLimits {
+        memory_bytes: 64 * 1024 * 1024,
+        cpu_millis: 50,
+        processes: 100,
+    };
+    let spec = job(container("debian:latest", &["true"]));
+    let (pod, _) = render(&event, "small", &spec);
+    let resources = &pod["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["limits"]["memory"], "64Mi");
+    assert_eq!(resources["limits"]["cpu"], "50m");
+    // The default requests (128Mi, 100m) are above these limits, which
+    // Kubernetes would refuse.
+    assert_eq!(resources["requests"]["memory"], "64Mi");
+    assert_eq!(resources["requests"]["cpu"], "50m");
 }

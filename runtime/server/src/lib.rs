@@ -20,6 +20,7 @@ pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,10 +104,15 @@ pub struct Server {
 impl Server {
     /// Opens the store, prepares the sandbox and binds the address.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Listen {
-            address: config.data_dir.display().to_string(),
-            source,
-        })?;
+        // The store and the jobs' scratch files are the server's alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|source| ServerError::Listen {
+                address: config.data_dir.display().to_string(),
+                source,
+            })?;
         let data_dir_lock = match &config.database_url {
             Some(url) if !url.starts_with("sqlite:") => None,
             _ => Some(lock_data_dir(&config.data_dir)?),
@@ -190,6 +196,11 @@ impl Server {
         // the workers are done.
         let _ = scheduler.await;
         self.state.store.flush_logs().await;
+        // Ended events' files still being deleted; a crash instead leaves
+        // them to the next start's sweep.
+        if let Some(executor) = &self.config.executor {
+            executor.cleaned_up().await;
+        }
         served.map_err(|source| ServerError::Listen { address, source })
     }
 }

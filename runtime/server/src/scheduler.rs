@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mizzen_host_api::types::{JobResult, LogLevel, Phase};
 use mizzen_runtime::executor::{
-    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
+    ContainerLimits, EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
 };
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
@@ -384,6 +384,7 @@ impl Scheduler {
             policies: project.worker.job_policies,
             image_pull_secrets: project.worker.image_pull_secrets.clone(),
             workspace_size: project.worker.workspace_size.clone(),
+            container_limits: ContainerLimits::of(&limits),
         });
         // Only a retry, or a run after a crash, can have jobs to inherit.
         let may_inherit = event.attempts > 1 || event.document.labels.contains_key(RETRY_LABEL);
