@@ -1610,3 +1610,161 @@ fn a_secret_in_job_spec_fields_other_than_environment_is_masked() {
         false,
     );
 }
+
+// ----- hostile jobs: what a job does to the host and its logs ----------------------
+
+/// A project whose one job (busybox, the workspace at /workspace) runs
+/// `command`; `limits` and `workspace_size` go to its worker template.
+fn job_project(id: &str, command: &str, limits: Value, workspace_size: Option<&str>) -> Value {
+    let script = format!(
+        r#"const {{ events, Job }} = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {{
+  const job = new Job("hostile", "localhost/busybox", event);
+  job.primaryContainer.workspaceMountPath = "/workspace";
+  job.primaryContainer.command = ["sh", "-c", {command:?}];
+  job.fallible = true;
+  await job.run();
+  const look = new Job("look", "localhost/busybox", event);
+  look.primaryContainer.workspaceMountPath = "/workspace";
+  look.primaryContainer.command = ["sh", "-c", "sleep 2; ls -l /workspace"];
+  look.fallible = true;
+  await look.run();
+}});
+events.process();
+"#
+    );
+    let mut document = project(id, &script);
+    let template = &mut document["spec"]["workerTemplate"];
+    template["useWorkspace"] = json!(true);
+    template["limits"] = limits;
+    if let Some(size) = workspace_size {
+        template["workspaceSize"] = json!(size);
+    }
+    document
+}
+
+/// The messages of one container's stored log.
+fn log_messages(server: &Server, event: &str, query: &str) -> Vec<String> {
+    let (status, body) = server.call(
+        "GET",
+        &format!("/v2/events/{event}/logs{query}"),
+        Some(&server.root),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = match body {
+        Value::String(text) => text,
+        other => other.to_string(),
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|entry| entry["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// H: jobs that flood their log, fork, eat memory, fill the disk or plant
+/// set-user-ID files: each is stopped or contained, named in the event's
+/// log, and the server serves on.
+#[test]
+fn hostile_jobs_are_contained_and_their_logs_kept_whole() {
+    let mut server = Server::start(&[]);
+    let mut tally = Tally::new("hostile-jobs");
+    let cases: &[(&str, &str, Value, Option<&str>)] = &[
+        ("flood", "seq 1 200000", json!({}), None),
+        (
+            "huge-log",
+            "yes 0123456789abcdef | head -c 100000000",
+            json!({"jobLogSize": "1Mi"}),
+            None,
+        ),
+        (
+            "fork-bomb",
+            "i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done; echo started all",
+            json!({"jobProcesses": "50"}),
+            None,
+        ),
+        (
+            "memory-hog",
+            "dd if=/dev/zero of=/dev/null bs=300M count=1 && echo survived",
+            json!({"jobMemory": "64Mi"}),
+            None,
+        ),
+        (
+            "disk-filler",
+            "dd if=/dev/zero of=/workspace/big bs=1M count=48 2>/dev/null; sleep 20; echo survived",
+            json!({}),
+            Some("8Mi"),
+        ),
+        (
+            "setuid-plant",
+            "cp /bin/busybox /workspace/rootshell && chmod 4755 /workspace/rootshell; mknod /workspace/mem c 1 1",
+            json!({}),
+            None,
+        ),
+    ];
+    for (name, command, limits, workspace_size) in cases {
+        server.create_project(&job_project(name, command, limits.clone(), *workspace_size));
+        let id = server.create_event(name, "", None);
+        let event = server.wait(&id);
+        let worker = log_messages(&server, &id, "");
+        let hostile = log_messages(&server, &id, "?job=hostile&container=hostile");
+        let look = log_messages(&server, &id, "?job=look&container=look");
+        let shown = || {
+            format!(
+                "{event}\nworker: {worker:#?}\nhostile: {} lines, last {:?}\nlook: {look:?}",
+                hostile.len(),
+                hostile.last()
+            )
+        };
+        let said = |text: &str| worker.iter().any(|m| m.contains(text));
+        let result = match *name {
+            "flood" => {
+                let expected: Vec<String> = (1..=200_000).map(|n| n.to_string()).collect();
+                check(hostile == expected, shown)
+            }
+            "huge-log" => check(
+                said("output of job hostile was truncated at its log limit of 1 MiB")
+                    && said("more lines (")
+                    && hostile.len() < 70_000,
+                shown,
+            ),
+            "fork-bomb" => check(
+                hostile.iter().any(|l| l.contains("can't fork"))
+                    && !hostile.iter().any(|l| l == "started all"),
+                shown,
+            ),
+            "memory-hog" => check(
+                said("job hostile ended FAILED (exit code 137)")
+                    && !hostile.iter().any(|l| l == "survived"),
+                shown,
+            ),
+            "disk-filler" => check(
+                said("job hostile ended FAILED: the event's workspace and source checkouts hold")
+                    && said("more than its limit of 8.0 MiB (spec.workerTemplate.workspaceSize)")
+                    && !hostile.iter().any(|l| l == "survived"),
+                shown,
+            ),
+            "setuid-plant" => {
+                let work = server.data_dir.path().join("work");
+                let private = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&work).unwrap().permissions(),
+                ) & 0o777
+                    == 0o700;
+                check(
+                    private
+                        && hostile
+                            .iter()
+                            .any(|l| l.contains("Operation not permitted"))
+                        && look
+                            .iter()
+                            .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("rootshell"))
+                        && !look.iter().any(|l| l.ends_with(" mem")),
+                    shown,
+                )
+            }
+            _ => unreachable!(),
+        };
+        tally.case(&mut server, name, result);
+    }
+    tally.finish();
+}

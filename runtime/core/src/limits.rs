@@ -243,7 +243,9 @@ impl fmt::Display for LimitValue {
             LimitValue::Bytes(bytes) => f.write_str(&crate::worker::human_bytes(*bytes)),
             LimitValue::Count(count) => write!(f, "{count}"),
             LimitValue::Time(time) => write!(f, "{}", humantime::format_duration(*time)),
-            LimitValue::Cpu(millis) if millis.is_multiple_of(1000) => write!(f, "{}", millis / 1000),
+            LimitValue::Cpu(millis) if millis.is_multiple_of(1000) => {
+                write!(f, "{}", millis / 1000)
+            }
             LimitValue::Cpu(millis) => write!(f, "{millis}m"),
         }
     }
