@@ -313,6 +313,78 @@ impl ProjectDir {
     }
 }
 
+/// The longest value a secret may have, in bytes: GitHub Actions' limit for
+/// one secret (48 KB). Credentials (tokens, private keys, kubeconfigs) are a
+/// few KB; every value is matched in every log line of its project, and an
+/// unbounded one (20 MB was accepted) is a cost its tenant puts on the server.
+pub const MAX_SECRET_VALUE_BYTES: usize = 48 * 1024;
+
+/// The most a project's secrets may hold together, keys and values, in
+/// bytes: Brigade kept a project's secrets in one Kubernetes Secret, which
+/// holds at most 1 MiB. It bounds what one project's redactor holds.
+pub const MAX_PROJECT_SECRETS_BYTES: usize = 1024 * 1024;
+
+/// A secret's value, or a project's secrets together, past their limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretLimitError {
+    /// One value is too long.
+    #[error(
+        "secret {key:?} has a value of {len} bytes; a secret's value may hold at most {limit} bytes (48 KiB)"
+    )]
+    ValueTooLong {
+        /// The secret's key.
+        key: String,
+        /// Its value's length.
+        len: usize,
+        /// [`MAX_SECRET_VALUE_BYTES`].
+        limit: usize,
+    },
+    /// The project's secrets together are too large.
+    #[error(
+        "with secret {key:?} the project's secrets would hold {total} bytes; a project's secrets (keys and values) may hold at most {limit} bytes (1 MiB) together"
+    )]
+    TooMuchInAll {
+        /// The secret that went past the limit.
+        key: String,
+        /// What they would hold.
+        total: usize,
+        /// [`MAX_PROJECT_SECRETS_BYTES`].
+        limit: usize,
+    },
+}
+
+/// Checks a secret's value against [`MAX_SECRET_VALUE_BYTES`].
+pub fn validate_secret_value(key: &str, value: &str) -> Result<(), SecretLimitError> {
+    if value.len() > MAX_SECRET_VALUE_BYTES {
+        return Err(SecretLimitError::ValueTooLong {
+            key: key.to_string(),
+            len: value.len(),
+            limit: MAX_SECRET_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a project's secrets, each value and all together, against
+/// [`MAX_SECRET_VALUE_BYTES`] and [`MAX_PROJECT_SECRETS_BYTES`].
+pub fn validate_secrets<'a>(
+    secrets: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), SecretLimitError> {
+    let mut total = 0;
+    for (key, value) in secrets {
+        validate_secret_value(key, value)?;
+        total += key.len() + value.len();
+        if total > MAX_PROJECT_SECRETS_BYTES {
+            return Err(SecretLimitError::TooMuchInAll {
+                key: key.clone(),
+                total,
+                limit: MAX_PROJECT_SECRETS_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `^[a-zA-Z]\w*$`, at most 50 characters: Brigade's rule for secret keys.
 pub fn validate_secret_key(key: &str) -> Result<(), String> {
     let mut chars = key.chars();
