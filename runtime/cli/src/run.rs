@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
 use mizzen_runtime::executor::{EventContext, JobExecutor, Source};
 use mizzen_runtime::limits::LimitSettings;
-use mizzen_runtime::project::{EventDetails, ProjectDir, validate_secret_key};
+use mizzen_runtime::project::{
+    EventDetails, ProjectDir, validate_secret_key, validate_secret_value, validate_secrets,
+};
 use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
 
 use crate::kubernetes::KubernetesArgs;
@@ -233,6 +235,7 @@ fn secrets(args: &RunArgs) -> anyhow::Result<BTreeMap<String, String>> {
                 ),
             };
             validate_secret_key(&key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            validate_secret_value(&key, &value).with_context(|| format!("{}", path.display()))?;
             secrets.insert(key, value);
         }
     }
@@ -241,8 +244,10 @@ fn secrets(args: &RunArgs) -> anyhow::Result<BTreeMap<String, String>> {
             bail!("--secret {pair:?} must have the form KEY=VALUE");
         };
         validate_secret_key(key).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+        validate_secret_value(key, value).context("--secret")?;
         secrets.insert(key.to_string(), value.to_string());
     }
+    validate_secrets(&secrets).context("the run's secrets (--secret and --secrets-file)")?;
     Ok(secrets)
 }
 

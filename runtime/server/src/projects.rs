@@ -1,19 +1,27 @@
 //! Parsed project definitions, kept between events: every event's fan-out
 //! and every worker needs its project's rules, and parsing the definition
-//! each time cost more than the rest of accepting the event.
+//! each time cost more than the rest of accepting the event. Likewise each
+//! project's secret redactor, built once per version of its secrets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use mizzen_runtime::project::{Project, ProjectError};
+use mizzen_runtime::redact::Redactor;
 use serde_json::Value;
+use tokio::sync::OnceCell;
 
 /// Projects parsed from their stored definitions, by id.
 #[derive(Default)]
 pub struct ProjectCache {
     parsed: Mutex<HashMap<String, (Value, Arc<Project>)>>,
+    redactors: Mutex<HashMap<String, (Secrets, BuiltOnce)>>,
 }
+
+type Secrets = BTreeMap<String, String>;
+/// A redactor, built by the first event that asks for it.
+type BuiltOnce = Arc<OnceCell<Arc<Redactor>>>;
 
 impl ProjectCache {
     /// The project `document` defines, parsed once per version of it.
@@ -32,9 +40,45 @@ impl ProjectCache {
         Ok(project)
     }
 
+    /// The redactor for project `id` with these secrets: built once per
+    /// version of them, on a blocking thread (its cost is linear in the
+    /// values, up to `MAX_PROJECT_SECRETS_BYTES`, too long for a thread that
+    /// serves others), and shared by the events that ask meanwhile.
+    pub async fn redactor(&self, id: &str, secrets: &Secrets) -> Arc<Redactor> {
+        let cell = {
+            let mut redactors = self.lock_redactors();
+            match redactors.get(id) {
+                Some((cached, cell)) if cached == secrets => cell.clone(),
+                _ => {
+                    let cell = Arc::new(OnceCell::new());
+                    redactors.insert(id.to_string(), (secrets.clone(), cell.clone()));
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| async {
+            let values: Vec<String> = secrets.values().cloned().collect();
+            let build = tokio::task::spawn_blocking(move || Redactor::new(&values));
+            // A panic while building is a bug; the worker's task ends with it
+            // as it would had it built the redactor itself.
+            Arc::new(
+                build
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+            )
+        })
+        .await
+        .clone()
+    }
+
     /// Forgets a deleted project.
     pub fn forget(&self, id: &str) {
         self.lock().remove(id);
+        self.lock_redactors().remove(id);
+    }
+
+    fn lock_redactors(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Secrets, BuiltOnce)>> {
+        self.redactors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Value, Arc<Project>)>> {

@@ -313,7 +313,7 @@ impl Scheduler {
             .secrets(&event.project_id)
             .await
             .map_err(|e| e.to_string())?;
-        let redactor = Arc::new(Redactor::new(secrets.values()));
+        let redactor = self.projects.redactor(&event.project_id, &secrets).await;
         let details = EventDetails {
             source: event.source.clone(),
             event_type: event.event_type.clone(),
