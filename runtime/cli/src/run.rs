@@ -12,6 +12,7 @@ use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::project::{
     EventDetails, ProjectDir, validate_secret_key, validate_secret_value, validate_secrets,
 };
+use mizzen_runtime::redact::Redactor;
 use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
 
 use crate::kubernetes::KubernetesArgs;
@@ -113,8 +114,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             JobCapability::Unavailable("jobs are disabled for this run (--executor none)".into())
         }
     };
+    // Every secret value is masked in what the run prints and keeps, as the
+    // server masks it.
+    let redactor = Arc::new(Redactor::new(event.project.secrets.values()));
     let log = Arc::new(RunLog::new(
         data_dir.join("events").join(&event.id).join("logs"),
+        redactor,
     ));
     let config = SandboxConfig {
         max_instances: CLI_MAX_INSTANCES,
@@ -144,8 +149,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             });
         }
     };
+    log.finish();
     if let Some(summary) = &outcome.summary {
-        let _ = writeln!(std::io::stdout(), "Summary: {summary}");
+        let _ = writeln!(std::io::stdout(), "Summary: {}", log.redact(summary));
     }
     if log.jobs_ran() {
         let _ = writeln!(
@@ -158,7 +164,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         None => Ok(()),
         Some(failure) => Err(Failure {
             code: EXIT_FAILED,
-            error: anyhow::anyhow!("worker {}: {failure}", outcome.phase),
+            error: anyhow::anyhow!(
+                "worker {}: {}",
+                outcome.phase,
+                log.redact(&failure.to_string())
+            ),
         }),
     }
 }

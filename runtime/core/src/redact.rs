@@ -14,6 +14,8 @@ use aho_corasick::automaton::{Automaton, StateID};
 use aho_corasick::nfa::noncontiguous;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, Anchored, MatchKind};
 
+use crate::log::{LogRecord, LogSource};
+
 /// What replaces a secret's value.
 pub const MASK: &str = "***";
 
@@ -253,6 +255,79 @@ impl<T> LineRedactor<T> {
                 let masked = mask_line(&line, start, &matches);
                 start += joined_len(&line);
                 (masked, with)
+            })
+            .collect()
+    }
+}
+
+/// The container name of the worker's own stream (its `console` and
+/// `logger` lines), beside each job container's.
+pub const WORKER_STREAM: &str = "worker";
+
+/// A stream of an event's log: the job (empty for the worker) and the
+/// container ([`WORKER_STREAM`] for the worker).
+pub type StreamId = (String, String);
+
+/// The stream `record` belongs to and its text as it is kept: the worker's
+/// line as Brigade printed it, or the container's line as it printed it.
+pub fn stream_of(record: &LogRecord) -> (StreamId, String) {
+    match &record.source {
+        LogSource::Container(sidecar) => {
+            let job = record.job.clone().unwrap_or_default();
+            let container = sidecar.clone().unwrap_or_else(|| job.clone());
+            ((job, container), record.message.clone())
+        }
+        LogSource::Console | LogSource::Logger => {
+            ((String::new(), WORKER_STREAM.to_string()), record.to_line())
+        }
+    }
+}
+
+/// Every stream of one event's log, each read as one text by its own
+/// [`LineRedactor`]: what the server stores and what `mizzen run` prints and
+/// keeps are masked by this one implementation.
+#[derive(Debug)]
+pub struct StreamRedactor<T> {
+    redactor: std::sync::Arc<Redactor>,
+    streams: std::collections::HashMap<StreamId, LineRedactor<T>>,
+}
+
+impl<T> StreamRedactor<T> {
+    /// An event's streams, redacted with `redactor`'s values.
+    pub fn new(redactor: std::sync::Arc<Redactor>) -> Self {
+        Self {
+            redactor,
+            streams: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The values this redacts.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Takes a stream's next line; returns that stream's lines now safe to
+    /// pass on, masked, in order (see [`LineRedactor::push`]).
+    pub fn push(&mut self, stream: &StreamId, line: String, with: T) -> Vec<(String, T)> {
+        if !self.streams.contains_key(stream) {
+            let lines = LineRedactor::new(self.redactor.clone());
+            self.streams.insert(stream.clone(), lines);
+        }
+        self.streams
+            .get_mut(stream)
+            .map(|lines| lines.push(line, with))
+            .unwrap_or_default()
+    }
+
+    /// The lines every stream still holds, masked: the log has ended.
+    pub fn finish(&mut self) -> Vec<(StreamId, String, T)> {
+        std::mem::take(&mut self.streams)
+            .into_iter()
+            .flat_map(|(stream, mut lines)| {
+                lines
+                    .finish()
+                    .into_iter()
+                    .map(move |(line, with)| (stream.clone(), line, with))
             })
             .collect()
     }

@@ -20,10 +20,10 @@ use mizzen_runtime::executor::{
     EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
 };
 use mizzen_runtime::limits::LimitSettings;
-use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
+use mizzen_runtime::log::{LogRecord, LogSink};
 use mizzen_runtime::project::server_clone_url_problem;
 use mizzen_runtime::project::{EventDetails, ProjectDir};
-use mizzen_runtime::redact::{LineRedactor, Redactor};
+use mizzen_runtime::redact::{Redactor, StreamId, StreamRedactor, stream_of};
 use mizzen_runtime::shard::SandboxStage;
 use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
@@ -455,7 +455,7 @@ struct WorkerEnd {
 pub const RETRY_LABEL: &str = "brigade.sh/retryOf";
 
 /// The container name of the worker's own log.
-pub const WORKER_CONTAINER: &str = "worker";
+pub const WORKER_CONTAINER: &str = mizzen_runtime::redact::WORKER_STREAM;
 
 /// An event's `git` (from the event creator) overrides the project's
 /// `cloneURL`, `commit` and `ref` where non-empty, as in Brigade.
@@ -496,10 +496,9 @@ fn micros_since(then: i64) -> f64 {
 struct EventLog {
     store: Store,
     event_id: String,
-    redactor: Arc<Redactor>,
-    /// One redactor per stream (job and container), so that a value split
-    /// across a stream's lines is masked.
-    streams: Mutex<HashMap<(String, String), LineRedactor<i64>>>,
+    /// Each stream (job and container) read as one text, so that a value
+    /// split across a stream's lines is masked.
+    streams: Mutex<StreamRedactor<i64>>,
 }
 
 impl EventLog {
@@ -507,17 +506,16 @@ impl EventLog {
         Self {
             store,
             event_id,
-            redactor,
-            streams: Mutex::default(),
+            streams: Mutex::new(StreamRedactor::new(redactor)),
         }
     }
 
-    fn append(&self, job: &str, container: &str, time: i64, message: String) {
+    fn append(&self, (job, container): &StreamId, time: i64, message: String) {
         self.store.append_log(LogLine {
             seq: 0,
             event_id: self.event_id.clone(),
-            job: job.to_string(),
-            container: container.to_string(),
+            job: job.clone(),
+            container: container.clone(),
             time,
             message,
         });
@@ -528,38 +526,27 @@ impl EventLog {
 /// the lines they still hold back are stored, masked as the stream ended.
 impl Drop for EventLog {
     fn drop(&mut self) {
-        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|e| e.into_inner()));
-        for ((job, container), mut stream) in streams {
-            for (message, time) in stream.finish() {
-                self.append(&job, &container, time, message);
-            }
+        let held = self
+            .streams
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish();
+        for (stream, message, time) in held {
+            self.append(&stream, time, message);
         }
     }
 }
 
 impl LogSink for EventLog {
     fn record(&self, record: LogRecord) {
-        let (job, container, message) = match &record.source {
-            LogSource::Container(sidecar) => {
-                let job = record.job.clone().unwrap_or_default();
-                let container = sidecar.clone().unwrap_or_else(|| job.clone());
-                (job, container, record.message.clone())
-            }
-            LogSource::Console | LogSource::Logger => (
-                String::new(),
-                WORKER_CONTAINER.to_string(),
-                record.to_line(),
-            ),
-        };
-        let released = self
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((job.clone(), container.clone()))
-            .or_insert_with(|| LineRedactor::new(self.redactor.clone()))
-            .push(message, micros_at(record.time));
+        let (stream, text) = stream_of(&record);
+        let released = self.streams.lock().unwrap_or_else(|e| e.into_inner()).push(
+            &stream,
+            text,
+            micros_at(record.time),
+        );
         for (message, time) in released {
-            self.append(&job, &container, time, message);
+            self.append(&stream, time, message);
         }
     }
 }
