@@ -84,10 +84,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         error: error.context("worker FAILED"),
     };
     let checkout = tempfile::tempdir().context("cannot create a temporary directory")?;
+    // `ProjectDir::source` is the user's own project: a plain git fetch,
+    // local and file:// URLs included.
     let dir = match dir.source() {
-        Source::Git(git) => {
+        source @ (Source::Git(_) | Source::TenantGit(_)) => {
             let root = checkout.path().join("source");
-            source::checkout(&Source::Git(git), &root)
+            source::checkout(&source, &root)
                 .await
                 .map_err(|e| worker_failed(e.into()))?;
             ProjectDir { root, ..dir }

@@ -1179,23 +1179,52 @@ fn git_urls_cannot_run_commands_on_the_server() {
     tally.finish();
 }
 
+/// A name other than `localhost` that the machine's hosts file maps to a
+/// loopback address (the machine's own name here: `vm`, `runsc`).
+fn name_of_loopback() -> String {
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    hosts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('#').next()?.split_whitespace();
+            let ip: std::net::IpAddr = fields.next()?.parse().ok()?;
+            ip.is_loopback().then_some(fields)
+        })
+        .flatten()
+        .find(|name| *name != "localhost" && !name.ends_with(".localhost"))
+        .expect("/etc/hosts names a loopback address other than localhost")
+        .to_string()
+}
+
 /// D3: a project's cloneURL may not point the server at itself (loopback,
-/// its disk) or its cloud's metadata service. Private networks stay
+/// its disk) or its cloud's metadata service, in any form the URL standard
+/// reads as such an address (`127.1` passed, and the server's git reached
+/// its loopback); nor may an event's git override. A name that resolves to
+/// loopback is refused when the event's clone runs, before git connects,
+/// and the error says nothing of what answers there. Private networks stay
 /// allowed: self-hosted git servers live there.
 #[test]
 fn project_clone_urls_to_internal_addresses_are_refused() {
     let mut server = Server::start(&["--executor", "none"]);
     let mut tally = Tally::new("git-addresses");
-    for (i, url) in [
-        "http://169.254.169.254/latest/meta-data/",
-        "http://127.0.0.1:2375/repo.git",
-        "http://localhost/repo.git",
-        "http://[::1]/repo.git",
-        "file:///etc",
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let (listener, port) = listener();
+    let literal = [
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://127.0.0.1:2375/repo.git".to_string(),
+        "http://localhost/repo.git".to_string(),
+        "http://[::1]/repo.git".to_string(),
+        "file:///etc".to_string(),
+        format!("http://127.1:{port}/repo.git"),
+        format!("http://2130706433:{port}/repo.git"),
+        format!("http://0x7f.0.0.1:{port}/repo.git"),
+        format!("http://0177.0.0.1:{port}/repo.git"),
+        format!("http://[::ffff:127.0.0.1]:{port}/repo.git"),
+        format!("http://[::1]:{port}/repo.git"),
+        format!("http://LOCALHOST.:{port}/repo.git"),
+        "git@127.1:repo.git".to_string(),
+    ];
+    server.create_project(&project("plain", INERT));
+    for (i, url) in literal.iter().enumerate() {
         let (status, body) = server.call(
             "POST",
             "/v2/projects",
@@ -1207,7 +1236,77 @@ fn project_clone_urls_to_internal_addresses_are_refused() {
             &format!("project cloneURL {url}"),
             check(status == 400, || format!("answered {status}: {body}")),
         );
+        let body = json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "plain",
+            "source": "brigade.sh/cli", "type": "exec", "git": {"cloneURL": url}});
+        let (status, created) = server.call(
+            "POST",
+            "/v2/events",
+            Some(&server.root.clone()),
+            Some(&body),
+        );
+        tally.case(
+            &mut server,
+            &format!("event cloneURL {url}"),
+            check(status == 400, || format!("answered {status}: {created}")),
+        );
     }
+    // A name: accepted when saved, refused when the clone runs.
+    let name = name_of_loopback();
+    for (i, url) in [
+        format!("http://{name}:{port}/repo.git"),
+        format!("https://{name}:{port}/repo.git"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("by-name-{i}");
+        server.create_project(&git_project(&id, url));
+        let event = server.create_event(&id, "", None);
+        let ended = server.wait(&event);
+        let (_, logs) = server.call(
+            "GET",
+            &format!("/v2/events/{event}/logs"),
+            Some(&server.root.clone()),
+            None,
+        );
+        let logs = logs.to_string();
+        tally.case(
+            &mut server,
+            &format!("an event's clone of {url}"),
+            check(
+                ended["worker"]["status"]["phase"] == "FAILED"
+                    && logs.contains("resolves to the server itself")
+                    && !logs.contains("git fetch"),
+                || format!("{ended}\n{logs}"),
+            ),
+        );
+        // The same name as an event's override of a plain project.
+        let body = json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "plain",
+            "source": "brigade.sh/cli", "type": "exec", "git": {"cloneURL": url}});
+        let (status, created) = server.call(
+            "POST",
+            "/v2/events",
+            Some(&server.root.clone()),
+            Some(&body),
+        );
+        let phase = match created["items"][0]["metadata"]["id"].as_str() {
+            Some(id) if status == 201 => server.wait(id)["worker"]["status"]["phase"].clone(),
+            _ => Value::Null,
+        };
+        tally.case(
+            &mut server,
+            &format!("an event overriding the cloneURL with {url}"),
+            check(phase == "FAILED", || {
+                format!("answered {status}: {created}; ended {phase}")
+            }),
+        );
+    }
+    let seen = connections(&listener);
+    tally.case(
+        &mut server,
+        "no connection reached the server's loopback",
+        check(seen == 0, || format!("{seen} connections")),
+    );
     tally.finish();
 }
 

@@ -21,7 +21,6 @@ use mizzen_runtime::executor::{
 };
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink};
-use mizzen_runtime::project::server_clone_url_problem;
 use mizzen_runtime::project::{EventDetails, ProjectDir};
 use mizzen_runtime::redact::{Redactor, StreamId, StreamRedactor, stream_of};
 use mizzen_runtime::shard::SandboxStage;
@@ -343,15 +342,13 @@ impl Scheduler {
         // Brigade's worker did; the others carry it inline (no files).
         let script = match &git {
             Some(git) => {
-                // Checked here too: projects stored before the rule, and
-                // every event's override, meet it before anything is fetched.
-                if let Some(problem) = server_clone_url_problem(&git.clone_url) {
-                    return Err(problem);
-                }
+                // A tenant's fetch: its address is checked (projects stored
+                // before the rule and every event's override included) and
+                // resolved as it runs.
                 let checkout = tempfile::tempdir()
                     .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
                 let root = checkout.path().join("source");
-                source::checkout(&Source::Git(git.clone()), &root)
+                source::checkout(&Source::TenantGit(git.clone()), &root)
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut project = (*project).clone();
@@ -380,7 +377,7 @@ impl Scheduler {
             event_id: event.id.clone(),
             project_id: event.project_id.clone(),
             use_workspace: project.worker.use_workspace,
-            source: git.map(Source::Git),
+            source: git.map(Source::TenantGit),
             policies: project.worker.job_policies,
             image_pull_secrets: project.worker.image_pull_secrets.clone(),
             workspace_size: project.worker.workspace_size.clone(),
