@@ -481,16 +481,19 @@ mod tests {
         ];
         for url in &urls {
             let dest = tempfile::tempdir().unwrap();
-            let Err(SourceError::Refused(message)) = checkout(
-                &Source::TenantGit(GitConfig {
-                    clone_url: url.clone(),
-                    ..GitConfig::default()
-                }),
-                &dest.path().join("tenant"),
+            let tenant = Source::TenantGit(GitConfig {
+                clone_url: url.clone(),
+                ..GitConfig::default()
+            });
+            // A fetch that went ahead waits on the listener, which never
+            // answers: bounded, so that it fails instead of hanging.
+            let fetched = tokio::time::timeout(
+                Duration::from_secs(30),
+                checkout(&tenant, &dest.path().join("tenant")),
             )
-            .await
-            else {
-                panic!("{url}: fetched for a tenant");
+            .await;
+            let Ok(Err(SourceError::Refused(message))) = fetched else {
+                panic!("{url}: fetched for a tenant ({fetched:?})");
             };
             assert!(message.starts_with("cloneURL"), "{url}: {message}");
         }
