@@ -85,3 +85,29 @@ impl ProjectCache {
         self.parsed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redactor_is_built_once_per_version_of_a_projects_secrets() {
+        let cache = ProjectCache::default();
+        let one = BTreeMap::from([("token".to_string(), "hunter2".to_string())]);
+        let first = cache.redactor("vault", &one).await;
+        assert_eq!(first.redact("a hunter2"), "a ***");
+        // The same secrets: the same redactor, concurrently too.
+        let (a, b) = tokio::join!(cache.redactor("vault", &one), cache.redactor("vault", &one));
+        assert!(Arc::ptr_eq(&first, &a) && Arc::ptr_eq(&first, &b));
+        // Changed secrets: a new one, which masks the new value.
+        let two = BTreeMap::from([("token".to_string(), "swordfish".to_string())]);
+        let second = cache.redactor("vault", &two).await;
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(second.redact("hunter2 swordfish"), "hunter2 ***");
+        // Another project with the same secrets has its own.
+        assert!(!Arc::ptr_eq(&second, &cache.redactor("other", &two).await));
+        // A deleted project's is forgotten.
+        cache.forget("vault");
+        assert!(!Arc::ptr_eq(&second, &cache.redactor("vault", &two).await));
+    }
+}
