@@ -788,6 +788,40 @@ events.process();
         }),
     ));
     // --- B6: host requests --------------------------------------------------------------
+    // A script error beside a 24 h timer: the worker stayed RUNNING, holding
+    // its slot, until the timer fired. With a 60 s lifetime, a worker that
+    // waits ends TIMED_OUT instead of with the error.
+    let day_timer = "setTimeout(() => console.log(\"timer fired\"), 24 * 60 * 60 * 1000);";
+    for (name, body, error) in [
+        (
+            "a handler that throws beside a 24 h timer fails at once",
+            format!(
+                "const {{ events }} = require(\"@brigadecore/brigadier\");\nevents.on(\"brigade.sh/cli\", \"exec\", () => {{ {day_timer} throw new Error(\"gave up\"); }});\nevents.process();\n"
+            ),
+            "Error: gave up",
+        ),
+        (
+            "a timer's callback that throws beside a 24 h timer fails at once",
+            format!(
+                "{day_timer}\nsetTimeout(() => {{ throw new Error(\"timer gave up\"); }}, 1);\n"
+            ),
+            "Error: timer gave up",
+        ),
+        (
+            "a refused job nobody awaits beside a 24 h timer fails at once",
+            format!(
+                "const {{ Job }} = require(\"@brigadecore/brigadier\");\n{day_timer}\nnew Job(\"Not_A_Name\", \"busybox\", {{}}).run();\n"
+            ),
+            "Not_A_Name",
+        ),
+    ] {
+        cases.push(
+            Case::new("B7", name, body, fails(uncaught, error)).limits(WorkerLimits {
+                wall_time: Duration::from_secs(60),
+                ..WorkerLimits::default()
+            }),
+        );
+    }
     cases.push(Case::new(
         "B6",
         "a 10 MB summary is refused at the request limit by name",

@@ -176,6 +176,84 @@ async fn an_unhandled_rejection_fails_the_worker_but_a_handled_one_does_not() {
     assert_eq!(handled.messages(), ["handled: caught"]);
 }
 
+/// A script error while a timer (24 h, as a Brigade script waiting for
+/// something would set) is still pending ends the worker at once, as Node
+/// and Brigade's worker end the process: the worker stayed RUNNING until the
+/// timer fired. The lifetime is 60 s so that a worker that waits shows up as
+/// TIMED_OUT instead of hanging the test.
+#[tokio::test]
+async fn a_script_error_with_a_timer_pending_fails_the_worker_at_once() {
+    let pending_timer = "setTimeout(() => console.log(\"timer fired\"), 24 * 60 * 60 * 1000);\n";
+    let cases = [
+        (
+            "a handler that throws",
+            format!(
+                "const {{ events }} = require(\"@brigadecore/brigadier\");\n\
+                 events.on(\"brigade.sh/cli\", \"exec\", () => {{\n\
+                 {pending_timer}\
+                 throw new Error(\"the handler gave up\");\n\
+                 }});\n\
+                 events.process();\n"
+            ),
+            "Error: the handler gave up",
+        ),
+        (
+            "an async handler that rejects",
+            format!(
+                "const {{ events }} = require(\"@brigadecore/brigadier\");\n\
+                 events.on(\"brigade.sh/cli\", \"exec\", async () => {{\n\
+                 {pending_timer}\
+                 await Promise.resolve();\n\
+                 throw new Error(\"the async handler gave up\");\n\
+                 }});\n\
+                 events.process();\n"
+            ),
+            "Error: the async handler gave up",
+        ),
+        (
+            "a timer callback that throws",
+            format!(
+                "{pending_timer}\
+                 setTimeout(() => {{ throw new Error(\"the timer gave up\"); }}, 10);\n"
+            ),
+            "Error: the timer gave up",
+        ),
+        (
+            "a job's promise nobody awaits",
+            format!(
+                "const {{ Job }} = require(\"@brigadecore/brigadier\");\n\
+                 {pending_timer}\
+                 new Job(\"build\", \"debian\", {{}}).run();\n"
+            ),
+            // No executor here: the job's start is refused, and the promise
+            // nobody awaits rejects with that.
+            "no job executor is configured for this run",
+        ),
+    ];
+    for (case, script, expected) in cases {
+        let limits = WorkerLimits {
+            wall_time: Duration::from_secs(60),
+            ..WorkerLimits::default()
+        };
+        let started = Instant::now();
+        let run = run(ScriptSource::new("brigade.js", script), event(), limits).await;
+        let took = started.elapsed();
+        assert_eq!(
+            run.outcome.phase,
+            Phase::Failed,
+            "{case}: {:?}\nlog:\n{}",
+            run.outcome,
+            run.log.text()
+        );
+        run.assert_failed_with(expected);
+        assert!(
+            took < Duration::from_secs(30),
+            "{case}: the worker ended after {took:?}"
+        );
+        assert!(!run.messages().iter().any(|m| m == "timer fired"), "{case}");
+    }
+}
+
 #[tokio::test]
 async fn a_rejection_thrown_by_a_non_error_value_is_reported_readably() {
     let run = run_js("Promise.reject({ reason: 42 });\n").await;

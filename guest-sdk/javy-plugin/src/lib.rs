@@ -441,12 +441,18 @@ fn run<'js>(ctx: &Ctx<'js>, kind: u32, name: &str, bytecode: &[u8]) -> bool {
         // Node ends the process on an exception at top level.
         Err(caught) => return report_caught(ctx, "uncaught", caught),
     };
-    let mut failed = false;
     loop {
         if let Err(caught) = drain_jobs(ctx) {
             return report_caught(ctx, "uncaught", caught);
         }
-        failed |= report_unhandled_rejections(ctx);
+        // Node (and so Brigade's worker) ends the process on a rejection
+        // nothing handled once the microtasks have run: waiting on would keep
+        // a failed worker running until its timers fire or its jobs end
+        // (a handler that threw beside a 24 h timer stayed RUNNING for 24 h).
+        // The host cancels whatever is still outstanding when the run ends.
+        if report_unhandled_rejections(ctx) {
+            return true;
+        }
         let module_failure = main.as_ref().and_then(|promise| {
             let promise = promise.clone().restore(ctx).ok()?;
             promise.result::<Value>()?.catch(ctx).err()
@@ -482,15 +488,14 @@ fn run<'js>(ctx: &Ctx<'js>, kind: u32, name: &str, bytecode: &[u8]) -> bool {
     let exit_code: i32 = hook(ctx, |s| &s.exit_code)
         .and_then(|f| f.call(()))
         .unwrap_or(0);
-    if exit_code != 0 && !failed {
-        report(
+    if exit_code != 0 {
+        return report(
             ctx,
             "uncaught",
             &format!("the script set process.exitCode to {exit_code}"),
         );
-        failed = true;
     }
-    failed
+    false
 }
 
 /// The ticket of a `completed`/`failed` reply; `None` for `idle`.

@@ -1,36 +1,79 @@
 //! What `mizzen run` prints, and keeps: every worker and job line goes to the
 //! terminal as it comes and to the event's log files under the data
 //! directory (`events/<event>/logs/worker.log`,
-//! `events/<event>/logs/jobs/<job>/<container>.log`).
+//! `events/<event>/logs/jobs/<job>/<container>.log`), with the project's
+//! secret values masked as the server masks them (the runtime's
+//! [`StreamRedactor`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use mizzen_host_api::types::LogLevel;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
+use mizzen_runtime::redact::{Redactor, StreamRedactor, stream_of};
 
 /// Prints worker and job lines (`console.warn` and `console.error` to
-/// stderr, the rest to stdout) and stores them.
+/// stderr, the rest to stdout) and stores them, secret values masked.
 pub struct RunLog {
     dir: PathBuf,
     worker: Mutex<Option<LineWriter<File>>>,
     jobs: Mutex<HashMap<(String, String), LineWriter<File>>>,
+    /// Each stream read as one text, so that a value printed in pieces is
+    /// masked in each; lines wait here while a value may go on.
+    streams: Mutex<StreamRedactor<LogRecord>>,
     /// Whether any job printed anything.
     jobs_ran: std::sync::atomic::AtomicBool,
 }
 
 impl RunLog {
-    /// A log for an event, kept under `dir` (created on first use).
-    pub fn new(dir: PathBuf) -> Self {
+    /// A log for an event, kept under `dir` (created on first use), masking
+    /// `redactor`'s values.
+    pub fn new(dir: PathBuf, redactor: Arc<Redactor>) -> Self {
         Self {
             dir,
             worker: Mutex::new(None),
             jobs: Mutex::new(HashMap::new()),
+            streams: Mutex::new(StreamRedactor::new(redactor)),
             jobs_ran: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// `text` with the secret values masked (a summary, an error).
+    pub fn redact(&self, text: &str) -> String {
+        self.lock_streams().redactor().redact(text).into_owned()
+    }
+
+    /// Passes on the lines still held: the worker has ended.
+    pub fn finish(&self) {
+        let held = self.lock_streams().finish();
+        for (_, masked, record) in held {
+            self.emit(record, masked);
+        }
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, StreamRedactor<LogRecord>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Prints and stores a record whose stream text is `masked`.
+    fn emit(&self, mut record: LogRecord, masked: String) {
+        let line = match record.source {
+            LogSource::Container(_) => {
+                record.message = masked;
+                record.to_line()
+            }
+            LogSource::Console | LogSource::Logger => masked,
+        };
+        let to_stderr = record.source == LogSource::Console && record.level <= LogLevel::Warn;
+        if to_stderr {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        } else {
+            let _ = writeln!(std::io::stdout(), "{line}");
+        }
+        self.store(&record, &line);
     }
 
     /// Where the files are.
@@ -94,13 +137,16 @@ fn open(path: &Path) -> Option<LineWriter<File>> {
 
 impl LogSink for RunLog {
     fn record(&self, record: LogRecord) {
-        let line = record.to_line();
-        let to_stderr = record.source == LogSource::Console && record.level <= LogLevel::Warn;
-        if to_stderr {
-            let _ = writeln!(std::io::stderr(), "{line}");
-        } else {
-            let _ = writeln!(std::io::stdout(), "{line}");
+        let (stream, text) = stream_of(&record);
+        let released = self.lock_streams().push(&stream, text, record);
+        for (masked, record) in released {
+            self.emit(record, masked);
         }
-        self.store(&record, &line);
+    }
+}
+
+impl Drop for RunLog {
+    fn drop(&mut self) {
+        self.finish();
     }
 }

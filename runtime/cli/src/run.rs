@@ -9,7 +9,10 @@ use anyhow::{Context, bail};
 use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
 use mizzen_runtime::executor::{ContainerLimits, EventContext, JobExecutor, Source};
 use mizzen_runtime::limits::LimitSettings;
-use mizzen_runtime::project::{EventDetails, ProjectDir, validate_secret_key};
+use mizzen_runtime::project::{
+    EventDetails, ProjectDir, validate_secret_key, validate_secret_value, validate_secrets,
+};
+use mizzen_runtime::redact::Redactor;
 use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
 
 use crate::kubernetes::KubernetesArgs;
@@ -81,10 +84,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         error: error.context("worker FAILED"),
     };
     let checkout = tempfile::tempdir().context("cannot create a temporary directory")?;
+    // `ProjectDir::source` is the user's own project: a plain git fetch,
+    // local and file:// URLs included.
     let dir = match dir.source() {
-        Source::Git(git) => {
+        source @ (Source::Git(_) | Source::TenantGit(_)) => {
             let root = checkout.path().join("source");
-            source::checkout(&Source::Git(git), &root)
+            source::checkout(&source, &root)
                 .await
                 .map_err(|e| worker_failed(e.into()))?;
             ProjectDir { root, ..dir }
@@ -112,8 +117,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             JobCapability::Unavailable("jobs are disabled for this run (--executor none)".into())
         }
     };
+    // Every secret value is masked in what the run prints and keeps, as the
+    // server masks it.
+    let redactor = Arc::new(Redactor::new(event.project.secrets.values()));
     let log = Arc::new(RunLog::new(
         data_dir.join("events").join(&event.id).join("logs"),
+        redactor,
     ));
     let config = SandboxConfig {
         max_instances: CLI_MAX_INSTANCES,
@@ -144,8 +153,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             });
         }
     };
+    log.finish();
     if let Some(summary) = &outcome.summary {
-        let _ = writeln!(std::io::stdout(), "Summary: {summary}");
+        let _ = writeln!(std::io::stdout(), "Summary: {}", log.redact(summary));
     }
     if log.jobs_ran() {
         let _ = writeln!(
@@ -162,7 +172,11 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         None => Ok(()),
         Some(failure) => Err(Failure {
             code: EXIT_FAILED,
-            error: anyhow::anyhow!("worker {}: {failure}", outcome.phase),
+            error: anyhow::anyhow!(
+                "worker {}: {}",
+                outcome.phase,
+                log.redact(&failure.to_string())
+            ),
         }),
     }
 }
@@ -239,6 +253,7 @@ fn secrets(args: &RunArgs) -> anyhow::Result<BTreeMap<String, String>> {
                 ),
             };
             validate_secret_key(&key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            validate_secret_value(&key, &value).with_context(|| format!("{}", path.display()))?;
             secrets.insert(key, value);
         }
     }
@@ -247,8 +262,10 @@ fn secrets(args: &RunArgs) -> anyhow::Result<BTreeMap<String, String>> {
             bail!("--secret {pair:?} must have the form KEY=VALUE");
         };
         validate_secret_key(key).map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+        validate_secret_value(key, value).context("--secret")?;
         secrets.insert(key.to_string(), value.to_string());
     }
+    validate_secrets(&secrets).context("the run's secrets (--secret and --secrets-file)")?;
     Ok(secrets)
 }
 

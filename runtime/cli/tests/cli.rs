@@ -95,7 +95,8 @@ fn the_typescript_example_runs() {
 #[test]
 fn secrets_from_flags_and_files_reach_the_script() {
     let dir = inline_project(
-        "const { events } = require(\"brigadier\");\nevents.on(\"brigade.sh/cli\", \"exec\", (e) => console.log(JSON.stringify(e.project.secrets)));\nevents.process();",
+        // Reversed, since the values themselves are masked in the output.
+        "const { events } = require(\"brigadier\");\nevents.on(\"brigade.sh/cli\", \"exec\", (e) => {\n  const s = e.project.secrets;\n  console.log(JSON.stringify(Object.keys(s).map((k) => [k, [...s[k]].reverse().join(\"\")])));\n  console.log(JSON.stringify(s));\n});\nevents.process();",
     );
     std::fs::write(
         dir.path().join("secrets.yaml"),
@@ -114,7 +115,12 @@ fn secrets_from_flags_and_files_reach_the_script() {
     assert_eq!(ran.code, 0, "{ran:?}");
     assert!(
         ran.stdout
-            .contains(r#"{"fromFile":"file-value","fromFlag":"a=b","number":"42"}"#),
+            .contains(r#"[["fromFile","eulav-elif"],["fromFlag","b=a"],["number","24"]]"#),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout
+            .contains(r#"{"fromFile":"***","fromFlag":"***","number":"***"}"#),
         "{ran:?}"
     );
 }
@@ -309,6 +315,22 @@ fn bad_secrets_exit_2_naming_the_problem() {
     assert_eq!(ran.code, 2, "{ran:?}");
     assert!(
         ran.stderr.contains("secret \"outer\" must be a string"),
+        "{ran:?}"
+    );
+    // A value past 48 KiB, from a flag or a file.
+    let long = "v".repeat(48 * 1024 + 1);
+    let ran = run(&["run", path(&dir), "--secret", &format!("big={long}")]);
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(
+        ran.stderr.contains("secret \"big\"") && ran.stderr.contains("at most 49152 bytes"),
+        "{ran:?}"
+    );
+    std::fs::write(dir.path().join("big.yaml"), format!("big: {long}\n")).unwrap();
+    let big = dir.path().join("big.yaml");
+    let ran = run(&["run", path(&dir), "--secrets-file", big.to_str().unwrap()]);
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(
+        ran.stderr.contains("big.yaml") && ran.stderr.contains("at most 49152 bytes"),
         "{ran:?}"
     );
 }

@@ -435,3 +435,106 @@ events.process();"#
         "{worker}"
     );
 }
+
+/// Every file under a directory, with its text.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+                files.push((path, text));
+            }
+        }
+    }
+    files
+}
+
+/// `mizzen run` masks a `--secret`'s value as the server does: in what it
+/// prints (the worker's lines, whole and split across lines, a logger line,
+/// a job's output, the summary, the error it fails with) and in every file
+/// under the run's log directory. It printed and kept them in clear.
+#[test]
+fn mizzen_run_masks_secret_values_in_its_output_and_its_files() {
+    const SECRET: &str = "s3cr3t-run-canary-7e41c9";
+    let script = r#"const { events, Job, logger } = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {
+  const s = event.project.secrets.token;
+  console.log("whole " + s);
+  console.error("stderr " + s);
+  logger.info("logger " + s);
+  console.log(s.slice(0, 9));
+  console.log(s.slice(9));
+  const job = new Job("echo", "localhost/busybox", event);
+  job.primaryContainer.environment = { TOKEN: s };
+  job.primaryContainer.command = ["sh", "-c", "echo job sees $TOKEN; echo ${TOKEN:0:9}; echo ${TOKEN:9}"];
+  await job.run();
+  if (event.payload === "fail") throw new Error("failing with " + s);
+  return "summary " + s;
+});
+events.process();
+"#;
+    let dir = project("run-secrets", script);
+    let data = tempfile::tempdir().unwrap();
+    for payload in ["", "fail"] {
+        let ran = Ran::from(
+            command(&[
+                "run",
+                dir.path().to_str().unwrap(),
+                "--secret",
+                &format!("token={SECRET}"),
+                "--payload",
+                payload,
+            ])
+            .env("MIZZEN_DATA_DIR", data.path())
+            .output()
+            .unwrap(),
+        );
+        let expected_code = if payload == "fail" { 1 } else { 0 };
+        assert_eq!(ran.code, expected_code, "{ran:?}");
+        // It ran and printed the value, masked.
+        for shown in [
+            "whole ***",
+            "[job: echo] job sees ***",
+            "Summary: summary ***",
+        ] {
+            assert!(
+                payload == "fail" && shown.starts_with("Summary") || ran.stdout.contains(shown),
+                "{shown:?} missing: {ran:?}"
+            );
+        }
+        assert!(ran.stderr.contains("stderr ***"), "{ran:?}");
+        if payload == "fail" {
+            assert!(ran.stderr.contains("failing with ***"), "{ran:?}");
+        }
+        for half in [&SECRET[..9], &SECRET[9..]] {
+            assert!(!ran.stdout.contains(half), "stdout shows {half:?}: {ran:?}");
+            assert!(!ran.stderr.contains(half), "stderr shows {half:?}: {ran:?}");
+        }
+    }
+    let files = files_under(&data.path().join("events"));
+    assert!(
+        files
+            .iter()
+            .any(|(path, _)| path.ends_with("jobs/echo/echo.log")),
+        "{files:?}"
+    );
+    for (path, text) in &files {
+        assert!(
+            text.contains("***"),
+            "{} masks nothing: {text}",
+            path.display()
+        );
+        for half in [&SECRET[..9], &SECRET[9..]] {
+            assert!(
+                !text.contains(half),
+                "{} holds {half:?}: {text}",
+                path.display()
+            );
+        }
+    }
+}

@@ -77,6 +77,12 @@ impl Default for ContainerLimits {
 pub enum Source {
     /// A git repository, checked out fresh for each job.
     Git(GitConfig),
+    /// A git repository a server fetches for a tenant, checked out fresh for
+    /// each job: only from git hosts, its name resolved when it is fetched
+    /// and refused if it reaches the server itself or its cloud's metadata
+    /// service, and the address checked is the one git connects to
+    /// (`source::checkout`).
+    TenantGit(GitConfig),
     /// A directory (a local project standing for its repository), copied
     /// fresh for each job.
     Directory(PathBuf),

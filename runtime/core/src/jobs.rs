@@ -70,8 +70,10 @@ pub(crate) struct WorkerJobs {
     /// The project's id and secrets, for `"${{ secrets.name }}"` references.
     project: EventProject,
     /// The secrets the script may not read, masked in the job output it
-    /// reads back.
-    hidden: Redactor,
+    /// reads back; built at the first `job.logs()`, so that a worker that
+    /// reads none does not spend time linear in its project's secrets on the
+    /// thread its sandbox shares with other workers.
+    hidden: std::sync::OnceLock<Redactor>,
     /// The event's workspace, opened at the script's first use of it.
     workspace: Option<Arc<ScriptWorkspace>>,
 }
@@ -98,13 +100,7 @@ impl WorkerJobs {
             limits,
             running: Arc::new(AtomicU64::new(0)),
             jobs: HashMap::new(),
-            hidden: Redactor::new(
-                project
-                    .secrets
-                    .iter()
-                    .filter(|(key, _)| !project.script_may_read(key))
-                    .map(|(_, value)| value),
-            ),
+            hidden: std::sync::OnceLock::new(),
             project,
             workspace: None,
         }
@@ -238,15 +234,24 @@ impl WorkerJobs {
     pub fn logs(&self, name: &str, container: Option<&str>) -> Result<JobLogs, HostError> {
         let job = self.jobs.get(name).ok_or_else(|| not_found(name))?;
         let container = container.unwrap_or(name);
-        let kept = job.output.lines.lock().unwrap_or_else(|e| e.into_inner());
         // A secret the script may not read stays out of what it reads back
         // from its jobs, when a job prints it as it is.
+        let hidden = self.hidden.get_or_init(|| {
+            Redactor::new(
+                self.project
+                    .secrets
+                    .iter()
+                    .filter(|(key, _)| !self.project.script_may_read(key))
+                    .map(|(_, value)| value),
+            )
+        });
+        let kept = job.output.lines.lock().unwrap_or_else(|e| e.into_inner());
         let lines = kept
             .get(container)
             .map(|lines| {
                 lines
                     .iter()
-                    .map(|line| self.hidden.redact(line).into_owned())
+                    .map(|line| hidden.redact(line).into_owned())
                     .collect()
             })
             .unwrap_or_default();

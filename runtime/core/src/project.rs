@@ -313,6 +313,78 @@ impl ProjectDir {
     }
 }
 
+/// The longest value a secret may have, in bytes: GitHub Actions' limit for
+/// one secret (48 KB). Credentials (tokens, private keys, kubeconfigs) are a
+/// few KB; every value is matched in every log line of its project, and an
+/// unbounded one (20 MB was accepted) is a cost its tenant puts on the server.
+pub const MAX_SECRET_VALUE_BYTES: usize = 48 * 1024;
+
+/// The most a project's secrets may hold together, keys and values, in
+/// bytes: Brigade kept a project's secrets in one Kubernetes Secret, which
+/// holds at most 1 MiB. It bounds what one project's redactor holds.
+pub const MAX_PROJECT_SECRETS_BYTES: usize = 1024 * 1024;
+
+/// A secret's value, or a project's secrets together, past their limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretLimitError {
+    /// One value is too long.
+    #[error(
+        "secret {key:?} has a value of {len} bytes; a secret's value may hold at most {limit} bytes (48 KiB)"
+    )]
+    ValueTooLong {
+        /// The secret's key.
+        key: String,
+        /// Its value's length.
+        len: usize,
+        /// [`MAX_SECRET_VALUE_BYTES`].
+        limit: usize,
+    },
+    /// The project's secrets together are too large.
+    #[error(
+        "with secret {key:?} the project's secrets would hold {total} bytes; a project's secrets (keys and values) may hold at most {limit} bytes (1 MiB) together"
+    )]
+    TooMuchInAll {
+        /// The secret that went past the limit.
+        key: String,
+        /// What they would hold.
+        total: usize,
+        /// [`MAX_PROJECT_SECRETS_BYTES`].
+        limit: usize,
+    },
+}
+
+/// Checks a secret's value against [`MAX_SECRET_VALUE_BYTES`].
+pub fn validate_secret_value(key: &str, value: &str) -> Result<(), SecretLimitError> {
+    if value.len() > MAX_SECRET_VALUE_BYTES {
+        return Err(SecretLimitError::ValueTooLong {
+            key: key.to_string(),
+            len: value.len(),
+            limit: MAX_SECRET_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a project's secrets, each value and all together, against
+/// [`MAX_SECRET_VALUE_BYTES`] and [`MAX_PROJECT_SECRETS_BYTES`].
+pub fn validate_secrets<'a>(
+    secrets: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), SecretLimitError> {
+    let mut total = 0;
+    for (key, value) in secrets {
+        validate_secret_value(key, value)?;
+        total += key.len() + value.len();
+        if total > MAX_PROJECT_SECRETS_BYTES {
+            return Err(SecretLimitError::TooMuchInAll {
+                key: key.clone(),
+                total,
+                limit: MAX_PROJECT_SECRETS_BYTES,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `^[a-zA-Z]\w*$`, at most 50 characters: Brigade's rule for secret keys.
 pub fn validate_secret_key(key: &str) -> Result<(), String> {
     let mut chars = key.chars();
@@ -753,12 +825,85 @@ fn is_clone_url(s: &str) -> bool {
     rest.is_some_and(|r| !r.is_empty() && r.chars().all(|c| is_word(c) || ":/-.?=@&%".contains(c)))
 }
 
+/// Where a clone URL fetches from: its host as the URL standard reads it
+/// (`127.1`, `2130706433`, `0x7f.0.0.1` and `0177.0.0.1` are 127.0.0.1, names
+/// are lower-cased), and its port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneHost {
+    /// The host.
+    pub host: url::Host<String>,
+    /// The port (the scheme's own when the URL names none).
+    pub port: u16,
+    /// Whether git reaches it over SSH (`git@host:path`) rather than HTTP.
+    pub ssh: bool,
+}
+
+/// The host and port `url` fetches from, for the forms a server fetches
+/// (`http://`, `https://`, `git@host:path`); an error says why there is none.
+pub fn clone_url_host(url: &str) -> Result<CloneHost, String> {
+    if let Some(rest) = url.strip_prefix("git@") {
+        // scp-like syntax: the host ends at the first ':' outside brackets.
+        let host = match rest.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').map(|(h, _)| format!("[{h}]")),
+            None => rest.split_once(':').map(|(h, _)| h.to_string()),
+        }
+        .ok_or_else(|| format!("cloneURL {url:?} must have the form git@host:path"))?;
+        let host = url::Host::parse(&host)
+            .map_err(|e| format!("cloneURL {url:?} has no valid host: {e}"))?;
+        return Ok(CloneHost {
+            host,
+            port: 22,
+            ssh: true,
+        });
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("cloneURL {url:?} is not a URL: {e}"))?;
+    match (
+        parsed.scheme(),
+        parsed.host(),
+        parsed.port_or_known_default(),
+    ) {
+        ("http" | "https", Some(host), Some(port)) => Ok(CloneHost {
+            host: host.to_owned(),
+            port,
+            ssh: false,
+        }),
+        _ => Err(format!(
+            "cloneURL {url:?} must be an http://, https:// or git@host:path URL"
+        )),
+    }
+}
+
+/// Whether `ip` reaches the machine itself or its cloud's metadata service:
+/// loopback, link-local (169.254.169.254 and fe80::/10), unspecified or the
+/// rest of 0.0.0.0/8, AWS's IPv6 metadata address, and the IPv4-mapped and
+/// -compatible IPv6 forms of those. Private networks are not: self-hosted
+/// git servers live there.
+pub fn is_internal_address(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv6Addr};
+    /// The EC2 instance metadata service over IPv6.
+    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.octets()[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == AWS_METADATA_V6
+                // ::ffff:a.b.c.d and ::a.b.c.d reach a.b.c.d.
+                || v6.to_ipv4().is_some_and(|v4| is_internal_address(IpAddr::V4(v4)))
+        }
+    }
+}
+
 /// Why a server must not fetch `url` for a tenant, if it must not: the
 /// server's own disk (`file://`), and addresses that reach the server itself
-/// or its cloud's metadata service (loopback, link-local, unspecified) rather
-/// than a git host. Private networks stay allowed: self-hosted git servers
-/// live there. Names are not resolved: a name that resolves to such an
-/// address is the network's to block.
+/// or its cloud's metadata service ([`is_internal_address`]) rather than a
+/// git host, in any form the URL standard reads as one. Private networks
+/// stay allowed: self-hosted git servers live there. A name is resolved when
+/// the clone runs (`source::checkout` of a [`Source::TenantGit`]), where an
+/// internal address is refused too.
 pub fn server_clone_url_problem(url: &str) -> Option<String> {
     if !is_clone_url(url) {
         return Some(format!(
@@ -770,35 +915,23 @@ pub fn server_clone_url_problem(url: &str) -> Option<String> {
             "cloneURL {url:?} names a path on the server's own disk; a server fetches only from git hosts (file:// is for `mizzen run`)"
         ));
     }
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .or_else(|| url.strip_prefix("git@"))
-        .unwrap_or(url);
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
-    }
-    .trim_end_matches('.')
-    .to_ascii_lowercase();
-    let internal = match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(ip)) => {
-            ip.is_loopback() || ip.is_link_local() || ip.is_unspecified()
-        }
-        Ok(std::net::IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.is_unspecified() || (ip.segments()[0] & 0xffc0) == 0xfe80
-        }
-        Err(_) => {
-            host == "localhost"
-                || host.ends_with(".localhost")
-                || host == "metadata.google.internal"
+    let CloneHost { host, .. } = match clone_url_host(url) {
+        Ok(host) => host,
+        Err(problem) => return Some(problem),
+    };
+    let internal = match &host {
+        url::Host::Ipv4(ip) => is_internal_address((*ip).into()),
+        url::Host::Ipv6(ip) => is_internal_address((*ip).into()),
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.');
+            name == "localhost"
+                || name.ends_with(".localhost")
+                || name == "metadata.google.internal"
         }
     };
     internal.then(|| {
         format!(
-            "cloneURL {url:?} points at {host:?}, which is the server itself or its cloud's metadata service, not a git host"
+            "cloneURL {url:?} points at {host}, which is the server itself or its cloud's metadata service, not a git host"
         )
     })
 }
@@ -850,9 +983,60 @@ mod tests {
             "http://0.0.0.0/x",
             "git@127.0.0.2:x.git",
             "ext::sh -c touch% /tmp/pwned",
+            // Every form the URL standard (and curl, and inet_aton) reads
+            // as an internal address: `127.1` passed, and git reached the
+            // server's loopback.
+            "http://127.1:8080/x.git",
+            "http://2130706433/x.git",
+            "http://0x7f.0.0.1/x.git",
+            "http://0177.0.0.1/x.git",
+            "http://127.0.0.%31/x.git",
+            "http://[::ffff:127.0.0.1]/x.git",
+            "http://[::ffff:169.254.169.254]/x.git",
+            "http://[::127.0.0.1]/x.git",
+            "http://[::]/x.git",
+            "http://[fe80::1]/x.git",
+            "http://[fd00:ec2::254]/latest",
+            "http://0.1.2.3/x.git",
+            "http://LOCALHOST./x.git",
+            "http://a.localhost/x.git",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "git@127.1:x.git",
+            "git@2130706433:x.git",
+            "git@[::1]:x.git",
+            "git@localhost:x.git",
         ] {
-            assert!(server_clone_url_problem(bad).is_some(), "{bad}");
+            let problem = server_clone_url_problem(bad);
+            assert!(problem.is_some(), "{bad}");
         }
+        assert_eq!(
+            server_clone_url_problem("http://0x7f.1:80/x.git").as_deref(),
+            Some(
+                "cloneURL \"http://0x7f.1:80/x.git\" points at 127.0.0.1, which is the server itself or its cloud's metadata service, not a git host"
+            )
+        );
+    }
+
+    #[test]
+    fn private_and_public_addresses_are_not_internal() {
+        for ip in [
+            "10.0.0.7",
+            "192.168.1.1",
+            "172.16.0.1",
+            "140.82.112.3",
+            "fd12::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_internal_address(ip.parse().unwrap()), "{ip}");
+        }
+        assert_eq!(
+            clone_url_host("git@Git.Example.com:team/repo.git"),
+            Ok(CloneHost {
+                host: url::Host::Domain("git.example.com".into()),
+                port: 22,
+                ssh: true
+            })
+        );
     }
 
     #[test]

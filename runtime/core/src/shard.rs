@@ -14,7 +14,8 @@
 //! executor. A shard's worker reaches them through proxies that forward each
 //! call to the parent: a log record, a job to start, wait for or cancel, the
 //! event's clean-up. A shard that dies fails only its own workers, each with
-//! a [`WorkerFailure::Sandbox`] that says so, and is started again.
+//! a [`WorkerFailure::Sandbox`] that says so, and is started again; workers
+//! given out while no shard is alive wait for one.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -180,9 +181,13 @@ pub enum ShardError {
 }
 
 /// Workers spread over shard processes, each to the one running fewest.
+/// A worker given out while no process is alive (they are all being
+/// started again) waits for one, up to its lifetime.
 pub struct ShardPool {
     shards: Vec<Arc<Shard>>,
     next_worker: AtomicU64,
+    /// Counts the shards started again, so that waiting workers look anew.
+    revived: Arc<watch::Sender<u64>>,
 }
 
 /// One shard process, as the parent sees it.
@@ -190,6 +195,7 @@ struct Shard {
     index: usize,
     command: ShardCommand,
     state: Mutex<ShardState>,
+    revived: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Default)]
@@ -214,11 +220,13 @@ impl ShardPool {
     /// Starts `count` shards and waits until each has set up its sandbox.
     pub async fn start(count: usize, command: ShardCommand) -> Result<Self, ShardError> {
         let mut shards = Vec::with_capacity(count);
+        let revived = Arc::new(watch::Sender::new(0));
         for index in 0..count.max(1) {
             let shard = Arc::new(Shard {
                 index,
                 command: command.clone(),
                 state: Mutex::default(),
+                revived: revived.clone(),
             });
             let (child, to_shard, lines) = shard.spawn().await?;
             shard.lock().to_shard = Some(to_shard);
@@ -228,7 +236,23 @@ impl ShardPool {
         Ok(Self {
             shards,
             next_worker: AtomicU64::new(1),
+            revived,
         })
+    }
+
+    /// The live shard running fewest workers.
+    fn least_busy(&self) -> Option<&Arc<Shard>> {
+        self.shards
+            .iter()
+            .filter_map(|shard| {
+                let state = shard.lock();
+                state
+                    .to_shard
+                    .as_ref()
+                    .map(|_| (shard, state.workers.len()))
+            })
+            .min_by_key(|&(_, workers)| workers)
+            .map(|(shard, _)| shard)
     }
 }
 
@@ -236,16 +260,6 @@ impl ShardPool {
 impl SandboxStage for ShardPool {
     async fn run(&self, script: &ScriptSource, request: WorkerRequest) -> WorkerOutcome {
         let worker = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        let shard = self
-            .shards
-            .iter()
-            .filter(|shard| shard.lock().to_shard.is_some())
-            .min_by_key(|shard| shard.lock().workers.len());
-        let Some(shard) = shard else {
-            return WorkerOutcome::failed(WorkerFailure::Sandbox {
-                message: "no sandbox process is running (they are being restarted); the event can be retried".into(),
-            });
-        };
         let WorkerRequest {
             event,
             limits,
@@ -264,32 +278,52 @@ impl SandboxStage for ShardPool {
             JobCapability::Unavailable(why) => (Err(why.clone()), None),
         };
         let (ended, outcome) = oneshot::channel();
-        {
-            let mut state = shard.lock();
-            let Some(to_shard) = state.to_shard.clone() else {
+        let parent = ParentWorker {
+            log,
+            job_log_bytes: limits.job_log_bytes,
+            jobs,
+            running_jobs: HashMap::new(),
+            ended,
+        };
+        let lifetime = limits.wall_time;
+        let message = ToShard::Run(Box::new(RunWorker {
+            worker,
+            script: script.clone(),
+            event,
+            limits,
+            jobs: context,
+            workspace,
+        }));
+        // While every process is being started again (a second or two after
+        // one died), the worker waits for one rather than failing: only the
+        // workers that ran in a dead process fail. The wait is bounded by
+        // the worker's lifetime; a server shutting down drops it.
+        let give_up = tokio::time::Instant::now() + lifetime;
+        let mut revived = self.revived.subscribe();
+        let shard = loop {
+            revived.borrow_and_update();
+            if let Some(shard) = self.least_busy() {
+                let mut state = shard.lock();
+                // It may have died since it was picked: then look again.
+                if let Some(to_shard) = state.to_shard.clone() {
+                    state.workers.insert(worker, parent);
+                    let _ = to_shard.send(message);
+                    break shard.clone();
+                }
+                continue;
+            }
+            if tokio::time::timeout_at(give_up, revived.changed())
+                .await
+                .is_err()
+            {
                 return WorkerOutcome::failed(WorkerFailure::Sandbox {
-                    message: "the sandbox process stopped as the worker was given to it".into(),
+                    message: format!(
+                        "no sandbox process was running for the worker's whole lifetime ({}); the event can be retried",
+                        humantime::format_duration(lifetime)
+                    ),
                 });
-            };
-            state.workers.insert(
-                worker,
-                ParentWorker {
-                    log,
-                    job_log_bytes: limits.job_log_bytes,
-                    jobs,
-                    running_jobs: HashMap::new(),
-                    ended,
-                },
-            );
-            let _ = to_shard.send(ToShard::Run(Box::new(RunWorker {
-                worker,
-                script: script.clone(),
-                event,
-                limits,
-                jobs: context,
-                workspace,
-            })));
-        }
+            }
+        };
         // Dropped before the worker ended (its event was cancelled): the
         // shard stops it.
         let mut guard = StopOnDrop {
@@ -429,6 +463,8 @@ impl Shard {
                     Ok((new_child, to_shard, new_lines)) => {
                         (child, lines) = (new_child, new_lines);
                         self.lock().to_shard = Some(to_shard);
+                        // Workers given out meanwhile wait for this.
+                        self.revived.send_modify(|count| *count += 1);
                         break;
                     }
                     Err(e) => {

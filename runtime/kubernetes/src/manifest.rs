@@ -204,7 +204,9 @@ pub fn job_objects(
         .any(|(_, c)| !c.source_mount_path.is_empty());
     let git = match (&event.source, wants_source) {
         (_, false) => None,
-        (Some(Source::Git(git)), true) => Some(git),
+        // The cluster's checkout container fetches it: what a Pod may reach
+        // is the cluster's network policy's to decide.
+        (Some(Source::Git(git) | Source::TenantGit(git)), true) => Some(git),
         (Some(Source::Directory(dir)), true) => {
             return Err(error(format!(
                 "sourceMountPath needs the project's source in a git repository: a local directory ({}) cannot be mounted into a cluster's Pods",

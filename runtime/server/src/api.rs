@@ -21,7 +21,7 @@ use base64::Engine as _;
 use futures_util::{Stream, StreamExt, stream};
 use mizzen_host_api::types::Phase;
 use mizzen_runtime::project::{
-    EventDetails, Project, server_clone_url_problem, validate_secret_key,
+    EventDetails, Project, server_clone_url_problem, validate_secret_key, validate_secrets,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -907,6 +907,14 @@ async fn set_secret(
         )));
     }
     validate_secret_key(&key).map_err(|e| ApiError::bad(format!("key: {e}")))?;
+    // The value alone first (before reading the others), then the project's
+    // secrets as they would be with it.
+    let limit_error =
+        |e: mizzen_runtime::project::SecretLimitError| ApiError::bad(format!("value: {e}"));
+    validate_secrets([(&key, &secret.value)]).map_err(limit_error)?;
+    let mut secrets = state.store.secrets(&id).await?;
+    secrets.remove(&key);
+    validate_secrets(secrets.iter().chain([(&key, &secret.value)])).map_err(limit_error)?;
     state.store.set_secret(&id, &key, &secret.value).await?;
     ok(StatusCode::OK, json!({}))
 }

@@ -20,10 +20,9 @@ use mizzen_runtime::executor::{
     ContainerLimits, EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
 };
 use mizzen_runtime::limits::LimitSettings;
-use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
-use mizzen_runtime::project::server_clone_url_problem;
+use mizzen_runtime::log::{LogRecord, LogSink};
 use mizzen_runtime::project::{EventDetails, ProjectDir};
-use mizzen_runtime::redact::{LineRedactor, Redactor};
+use mizzen_runtime::redact::{Redactor, StreamId, StreamRedactor, stream_of};
 use mizzen_runtime::shard::SandboxStage;
 use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
@@ -313,7 +312,7 @@ impl Scheduler {
             .secrets(&event.project_id)
             .await
             .map_err(|e| e.to_string())?;
-        let redactor = Arc::new(Redactor::new(secrets.values()));
+        let redactor = self.projects.redactor(&event.project_id, &secrets).await;
         let details = EventDetails {
             source: event.source.clone(),
             event_type: event.event_type.clone(),
@@ -343,15 +342,13 @@ impl Scheduler {
         // Brigade's worker did; the others carry it inline (no files).
         let script = match &git {
             Some(git) => {
-                // Checked here too: projects stored before the rule, and
-                // every event's override, meet it before anything is fetched.
-                if let Some(problem) = server_clone_url_problem(&git.clone_url) {
-                    return Err(problem);
-                }
+                // A tenant's fetch: its address is checked (projects stored
+                // before the rule and every event's override included) and
+                // resolved as it runs.
                 let checkout = tempfile::tempdir()
                     .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
                 let root = checkout.path().join("source");
-                source::checkout(&Source::Git(git.clone()), &root)
+                source::checkout(&Source::TenantGit(git.clone()), &root)
                     .await
                     .map_err(|e| e.to_string())?;
                 let mut project = (*project).clone();
@@ -380,7 +377,7 @@ impl Scheduler {
             event_id: event.id.clone(),
             project_id: event.project_id.clone(),
             use_workspace: project.worker.use_workspace,
-            source: git.map(Source::Git),
+            source: git.map(Source::TenantGit),
             policies: project.worker.job_policies,
             image_pull_secrets: project.worker.image_pull_secrets.clone(),
             workspace_size: project.worker.workspace_size.clone(),
@@ -456,7 +453,7 @@ struct WorkerEnd {
 pub const RETRY_LABEL: &str = "brigade.sh/retryOf";
 
 /// The container name of the worker's own log.
-pub const WORKER_CONTAINER: &str = "worker";
+pub const WORKER_CONTAINER: &str = mizzen_runtime::redact::WORKER_STREAM;
 
 /// An event's `git` (from the event creator) overrides the project's
 /// `cloneURL`, `commit` and `ref` where non-empty, as in Brigade.
@@ -497,10 +494,9 @@ fn micros_since(then: i64) -> f64 {
 struct EventLog {
     store: Store,
     event_id: String,
-    redactor: Arc<Redactor>,
-    /// One redactor per stream (job and container), so that a value split
-    /// across a stream's lines is masked.
-    streams: Mutex<HashMap<(String, String), LineRedactor<i64>>>,
+    /// Each stream (job and container) read as one text, so that a value
+    /// split across a stream's lines is masked.
+    streams: Mutex<StreamRedactor<i64>>,
 }
 
 impl EventLog {
@@ -508,17 +504,16 @@ impl EventLog {
         Self {
             store,
             event_id,
-            redactor,
-            streams: Mutex::default(),
+            streams: Mutex::new(StreamRedactor::new(redactor)),
         }
     }
 
-    fn append(&self, job: &str, container: &str, time: i64, message: String) {
+    fn append(&self, (job, container): &StreamId, time: i64, message: String) {
         self.store.append_log(LogLine {
             seq: 0,
             event_id: self.event_id.clone(),
-            job: job.to_string(),
-            container: container.to_string(),
+            job: job.clone(),
+            container: container.clone(),
             time,
             message,
         });
@@ -529,38 +524,27 @@ impl EventLog {
 /// the lines they still hold back are stored, masked as the stream ended.
 impl Drop for EventLog {
     fn drop(&mut self) {
-        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|e| e.into_inner()));
-        for ((job, container), mut stream) in streams {
-            for (message, time) in stream.finish() {
-                self.append(&job, &container, time, message);
-            }
+        let held = self
+            .streams
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .finish();
+        for (stream, message, time) in held {
+            self.append(&stream, time, message);
         }
     }
 }
 
 impl LogSink for EventLog {
     fn record(&self, record: LogRecord) {
-        let (job, container, message) = match &record.source {
-            LogSource::Container(sidecar) => {
-                let job = record.job.clone().unwrap_or_default();
-                let container = sidecar.clone().unwrap_or_else(|| job.clone());
-                (job, container, record.message.clone())
-            }
-            LogSource::Console | LogSource::Logger => (
-                String::new(),
-                WORKER_CONTAINER.to_string(),
-                record.to_line(),
-            ),
-        };
-        let released = self
-            .streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((job.clone(), container.clone()))
-            .or_insert_with(|| LineRedactor::new(self.redactor.clone()))
-            .push(message, micros_at(record.time));
+        let (stream, text) = stream_of(&record);
+        let released = self.streams.lock().unwrap_or_else(|e| e.into_inner()).push(
+            &stream,
+            text,
+            micros_at(record.time),
+        );
         for (message, time) in released {
-            self.append(&job, &container, time, message);
+            self.append(&stream, time, message);
         }
     }
 }
