@@ -283,6 +283,9 @@ impl Scheduler {
         };
         self.metrics
             .worker_ended(ended.phase, started.elapsed().as_secs_f64());
+        // Whoever sees the event ended reads its whole log: every line the
+        // worker and its jobs printed is in the store first.
+        self.store.flush_logs().await;
         match self
             .store
             .worker_ended(

@@ -1626,6 +1626,38 @@ enum LogMessage {
 }
 
 /// The log writer: commits waiting lines in batches and tells followers.
+/// A batch of log lines is tried this many times before it is given up: a
+/// database that restarts or fails over comes back within seconds, and the
+/// lines wait in memory meanwhile.
+const LOG_WRITE_ATTEMPTS: u32 = 6;
+
+/// The wait before the next attempt, times the attempts so far (0.5 s, then
+/// 1 s, ... 7.5 s in all).
+const LOG_WRITE_RETRY: Duration = Duration::from_millis(500);
+
+/// Stores one batch of lines in one transaction, one prepared statement per
+/// line: a multi-row INSERT would bind parameters by name, which SQLite
+/// resolves in time quadratic in their number.
+async fn write_log_batch(pool: &AnyPool, batch: &[LogMessage]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for message in batch {
+        let LogMessage::Line(line) = message else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO logs (event_id, job, container, time, message) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&line.event_id)
+        .bind(&line.job)
+        .bind(&line.container)
+        .bind(line.time)
+        .bind(&line.message)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
 async fn write_logs(
     pool: AnyPool,
     mut messages: mpsc::UnboundedReceiver<LogMessage>,
@@ -1636,28 +1668,15 @@ async fn write_logs(
         // One prepared statement per line in one transaction: a multi-row
         // INSERT would bind parameters by name, which SQLite resolves in
         // time quadratic in their number.
-        let written_batch = async {
-            let mut tx = pool.begin().await?;
-            for message in &batch {
-                let LogMessage::Line(line) = message else {
-                    continue;
-                };
-                sqlx::query(
-                    "INSERT INTO logs (event_id, job, container, time, message) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&line.event_id)
-                .bind(&line.job)
-                .bind(&line.container)
-                .bind(line.time)
-                .bind(&line.message)
-                .execute(&mut *tx)
-                .await?;
+        let mut attempt = 0;
+        while let Err(e) = write_log_batch(&pool, &batch).await {
+            attempt += 1;
+            if attempt == LOG_WRITE_ATTEMPTS {
+                tracing::error!(error = %e, lines = batch.len(), "storing log lines failed {LOG_WRITE_ATTEMPTS} times; they are lost");
+                break;
             }
-            tx.commit().await?;
-            Ok::<(), sqlx::Error>(())
-        };
-        if let Err(e) = written_batch.await {
-            tracing::error!(error = %e, lines = batch.len(), "storing log lines failed");
+            tracing::warn!(error = %e, lines = batch.len(), attempt, "storing log lines failed; trying again");
+            tokio::time::sleep(LOG_WRITE_RETRY * attempt).await;
         }
         for message in batch.drain(..) {
             if let LogMessage::Flush(done) = message {
