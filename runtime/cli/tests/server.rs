@@ -1365,3 +1365,17 @@ async fn the_server_runs_jobs_as_pods_when_configured_for_kubernetes() {
     assert_eq!(pods[0]["metadata"]["namespace"], "mizzen-jobs");
     assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
 }
+
+/// The server's log is read from files and journals: without a terminal it
+/// holds no colour codes.
+#[test]
+fn the_server_log_has_no_colour_codes_without_a_terminal() {
+    let mut server = TestServer::start(None, &["--executor", "none"]);
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    server.child.wait().unwrap();
+    let log = server.server_log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
