@@ -40,11 +40,28 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        Self::start_under(None, extra, &[])
+    }
+
+    /// A server under a limit of `nofile` open descriptors, when one is
+    /// given, with `env`.
+    fn start_under(nofile: Option<u64>, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let log = data_dir.path().join("server.log");
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) =
-            common::spawn_server(data_dir.path(), &log, ROOT_PASSWORD, &args, &[], None);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url) = common::spawn_server_under(
+            nofile,
+            data_dir.path(),
+            &log,
+            ROOT_PASSWORD,
+            &args,
+            &env,
+            None,
+        );
         let mut server = Self {
             child,
             url,
@@ -1609,4 +1626,140 @@ fn a_secret_in_job_spec_fields_other_than_environment_is_masked() {
         ],
         false,
     );
+}
+
+// ----- slow clients, large payloads, deletion races (issue 12) -----------------------
+
+/// Holds `stalled` connections that sent half a request head while the
+/// rest of the case runs.
+fn hold<T>(stalled: Vec<TcpStream>, then: impl FnOnce() -> T) -> T {
+    let result = then();
+    drop(stalled);
+    result
+}
+
+/// Slowloris and its kin against a server allowed 256 descriptors: stalled
+/// and trickled heads and bodies are cut when their timeouts run out, a
+/// client that reads nothing of its answer is cut by the write timeout, and
+/// the server answers everyone else all along.
+#[test]
+fn slow_and_stalled_clients_cannot_hold_the_server() {
+    let mut server = Server::start_under(
+        Some(256),
+        &[
+            "--executor",
+            "none",
+            "--header-timeout",
+            "3s",
+            "--body-timeout",
+            "3s",
+            "--write-timeout",
+            "3s",
+        ],
+        &[],
+    );
+    let mut tally = Tally::new("slow-clients");
+    let root = server.root.clone();
+    server.create_project(&project("alpha", INERT));
+    let address = server.url.strip_prefix("http://").unwrap().to_string();
+
+    for count in [400, 1_000] {
+        let stalled = common::stalled_clients(&address, count);
+        let connected = stalled.len();
+        let (status, answer) = hold(stalled, || {
+            server.call(
+                "POST",
+                "/v2/events",
+                Some(&root),
+                Some(&json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
+                    "projectID": "alpha", "source": "brigade.sh/cli", "type": "exec"})),
+            )
+        });
+        tally.case(
+            &mut server,
+            &format!("{count} stalled heads under 256 descriptors"),
+            check(connected >= 300 && status == 201, || {
+                format!("{connected} connected; an event answered {status}: {answer}")
+            }),
+        );
+    }
+
+    let head = b"GET /v2/whoami HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let body_head = format!(
+        "POST /v2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {root}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"projectID\": \""
+    );
+    for (name, start, trickle, answer_starts) in [
+        ("a head that stops", &head[..], &b""[..], ""),
+        ("a head sent a byte at a time", &head[..], &b"a"[..], ""),
+        (
+            "a body that stops",
+            body_head.as_bytes(),
+            &b""[..],
+            "HTTP/1.1 408",
+        ),
+        (
+            "a body sent a byte at a time",
+            body_head.as_bytes(),
+            &b"a"[..],
+            "HTTP/1.1 408",
+        ),
+    ] {
+        let answer = common::slow_request(&address, start, trickle);
+        tally.case(
+            &mut server,
+            name,
+            check(
+                answer.as_deref().is_some_and(|a| {
+                    a.starts_with(answer_starts) && (answer_starts.is_empty() || a.contains("3s"))
+                }),
+                || format!("not cut as it should be: {answer:?}"),
+            ),
+        );
+    }
+
+    // A client asks for 16 MB and reads none of it: the server's writes
+    // block, and after the write timeout it gives up the connection.
+    let payload = "p".repeat(16_000_000);
+    let id = server.create_event("alpha", &payload, None);
+    drop(payload);
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /v2/events/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {root}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let ended = stream.read_to_end(&mut answer);
+    tally.case(
+        &mut server,
+        "a client that reads nothing of a 16 MB answer",
+        check(
+            ended.is_ok() && answer.len() < 16_000_000
+                || matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            || {
+                format!(
+                    "the connection was held: read {} bytes, {ended:?}",
+                    answer.len()
+                )
+            },
+        ),
+    );
+
+    let log = server.log();
+    tally.case(
+        &mut server,
+        "no descriptor ran out",
+        check(
+            !log.contains("Too many open files") && !log.contains("unable to open database file"),
+            || log.clone(),
+        ),
+    );
+    tally.finish();
 }

@@ -36,6 +36,17 @@ impl TestServer {
     }
 
     fn start_with_env(database_url: Option<String>, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(None, database_url, extra, env)
+    }
+
+    /// A server under a limit of `nofile` open descriptors, when one is
+    /// given.
+    fn start_under(
+        nofile: Option<u64>,
+        database_url: Option<String>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let config_dir = tempfile::tempdir().unwrap();
         let log = data_dir.path().join("server.log");
@@ -47,8 +58,15 @@ impl TestServer {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, url) =
-            common::spawn_server(data_dir.path(), &log, ROOT_PASSWORD, &args, &env, None);
+        let (child, url) = common::spawn_server_under(
+            nofile,
+            data_dir.path(),
+            &log,
+            ROOT_PASSWORD,
+            &args,
+            &env,
+            None,
+        );
         let server = Self {
             child,
             url,
@@ -1364,6 +1382,85 @@ async fn the_server_runs_jobs_as_pods_when_configured_for_kubernetes() {
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0]["metadata"]["namespace"], "mizzen-jobs");
     assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
+}
+
+// ----- slow clients, large lists, deletion races, retries, the log -------------
+
+/// The issue's attack, scaled down: 400 stalled connections against a
+/// server allowed 256 descriptors, whose header timeout (two minutes) is
+/// longer than the test waits for an answer. The server keeps answering
+/// while they stall, and neither its accept loop nor its store runs out of
+/// descriptors.
+#[test]
+fn stalled_clients_do_not_take_down_a_server_under_a_low_descriptor_limit() {
+    let server = TestServer::start_under(
+        Some(256),
+        None,
+        &["--executor", "none", "--header-timeout", "120s"],
+        &[],
+    );
+    let dir = script_project("steady", "", "console.log(\"still here\");");
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    let address = server.url.strip_prefix("http://").unwrap().to_string();
+    let stalled = common::stalled_clients(&address, 400);
+    assert!(stalled.len() >= 300, "only {} connected", stalled.len());
+    let health = common::raw_get(&format!("{}/healthz", server.url));
+    assert_eq!(
+        health.as_deref(),
+        Some("ok"),
+        "/healthz did not answer within a minute while 400 clients stalled\n{}",
+        server.server_log()
+    );
+    let id = server.create_event("steady", &[]);
+    assert_eq!(phase_of(&wait_until_ended(&server, &id)), "SUCCEEDED");
+    let log = server.server_log();
+    for exhausted in ["Too many open files", "unable to open database file"] {
+        assert!(!log.contains(exhausted), "{exhausted}:\n{log}");
+    }
+    drop(stalled);
+}
+
+/// Heads and bodies that stop, or come a byte at a time, are cut when
+/// their timeouts run out: the connection closes, and a body's sender is
+/// told which limit it ran into.
+#[test]
+fn slow_heads_and_bodies_are_cut_after_their_timeouts() {
+    let server = TestServer::start(
+        None,
+        &[
+            "--executor",
+            "none",
+            "--header-timeout",
+            "2s",
+            "--body-timeout",
+            "2s",
+        ],
+    );
+    let address = server.url.strip_prefix("http://").unwrap().to_string();
+    let token = server.root_token();
+    let head = b"GET /v2/whoami HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let stopped = common::slow_request(&address, head, b"");
+    assert!(stopped.is_some(), "a head that stopped was not cut");
+    let trickled = common::slow_request(&address, head, b"a");
+    assert!(
+        trickled.is_some(),
+        "a head sent a byte at a time was not cut"
+    );
+    let body_head = format!(
+        "POST /v2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"projectID\": \""
+    );
+    for (what, trickle) in [("stopped", &b""[..]), ("sent a byte at a time", &b"a"[..])] {
+        let answer = common::slow_request(&address, body_head.as_bytes(), trickle)
+            .unwrap_or_else(|| panic!("a body that {what} was not cut"));
+        assert!(
+            answer.starts_with("HTTP/1.1 408")
+                && answer.contains("request body")
+                && answer.contains("2s"),
+            "a body that {what}: {answer}"
+        );
+    }
+    // Requests that come in time are served as before.
+    server.ok(&["project", "list"]);
 }
 
 /// The server's log is read from files and journals: without a terminal it
