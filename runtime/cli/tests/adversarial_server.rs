@@ -1763,3 +1763,111 @@ fn slow_and_stalled_clients_cannot_hold_the_server() {
     );
     tally.finish();
 }
+
+/// A project deleted while its owner grants a third account PROJECT_ADMIN,
+/// sets a secret and creates an event, ten times over; after each round
+/// another tenant creates a project with the same id, and nothing of the
+/// old one is in it.
+#[test]
+fn writes_racing_a_projects_deletion_die_with_it() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("deletion-races");
+    let owner = server.service_account("owner");
+    server.service_account("grantee");
+    let newcomer = server.service_account("newcomer");
+    for account in ["owner", "newcomer"] {
+        server.expect(
+            "POST",
+            "/v2/role-assignments",
+            Some(&json!({"role": "PROJECT_CREATOR",
+                         "principal": {"type": "SERVICE_ACCOUNT", "id": account}})),
+            200,
+        );
+    }
+    let raced = project("raced", INERT);
+    for round in 0..10 {
+        let (status, body) = server.call("POST", "/v2/projects", Some(&owner), Some(&raced));
+        assert_eq!(status, 201, "{body}");
+        let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+            let mut threads = Vec::new();
+            for i in 0..4 {
+                let (server, owner) = (&server, &owner);
+                threads.push(scope.spawn(move || {
+                    std::thread::sleep(Duration::from_micros((i * 300 + round * 100) as u64));
+                    server.call(
+                        "POST",
+                        "/v2/projects/raced/role-assignments",
+                        Some(owner),
+                        Some(&json!({"role": "PROJECT_ADMIN",
+                            "principal": {"type": "SERVICE_ACCOUNT", "id": "grantee"}})),
+                    )
+                }));
+                threads.push(scope.spawn(move || {
+                    std::thread::sleep(Duration::from_micros((i * 300 + round * 100) as u64));
+                    server.call(
+                        "PUT",
+                        &format!("/v2/projects/raced/secrets/key{i}"),
+                        Some(owner),
+                        Some(&json!({"key": format!("key{i}"), "value": OTHER_SECRET})),
+                    )
+                }));
+                threads.push(scope.spawn(move || {
+                    std::thread::sleep(Duration::from_micros((i * 300 + round * 100) as u64));
+                    server.call(
+                        "POST",
+                        "/v2/events",
+                        Some(owner),
+                        Some(&json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
+                            "projectID": "raced", "source": "brigade.sh/cli", "type": "exec"})),
+                    )
+                }));
+            }
+            threads.push(
+                scope.spawn(|| server.call("DELETE", "/v2/projects/raced", Some(&owner), None)),
+            );
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let (status, body) = server.call("POST", "/v2/projects", Some(&newcomer), Some(&raced));
+        assert_eq!(status, 201, "{body}");
+        let (_, roles) = server.call(
+            "GET",
+            "/v2/projects/raced/role-assignments",
+            Some(&server.root),
+            None,
+        );
+        let (_, secrets) = server.call(
+            "GET",
+            "/v2/projects/raced/secrets",
+            Some(&server.root),
+            None,
+        );
+        let (_, events) = server.call(
+            "GET",
+            "/v2/events?projectID=raced",
+            Some(&server.root),
+            None,
+        );
+        let inherited_roles = roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["principal"]["id"] != "newcomer");
+        let errors: Vec<&(u16, Value)> = answers
+            .iter()
+            .filter(|(status, _)| !matches!(status, 200 | 201 | 403 | 404))
+            .collect();
+        tally.case(
+            &mut server,
+            &format!("round {round}"),
+            check(
+                !inherited_roles
+                    && secrets["items"].as_array().is_some_and(Vec::is_empty)
+                    && events["items"].as_array().is_some_and(Vec::is_empty)
+                    && errors.is_empty(),
+                || format!("roles {roles}\nsecrets {secrets}\nevents {events}\nerrors {errors:?}"),
+            ),
+        );
+        server.expect("DELETE", "/v2/projects/raced", None, 200);
+    }
+    tally.finish();
+}

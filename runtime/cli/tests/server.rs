@@ -1463,6 +1463,214 @@ fn slow_heads_and_bodies_are_cut_after_their_timeouts() {
     server.ok(&["project", "list"]);
 }
 
+/// Rounds of the deletion race, and writes of each kind per round.
+const RACE_ROUNDS: usize = 30;
+const RACE_WRITES: usize = 6;
+
+/// A project `owner` administers is deleted while the owner grants a third
+/// account PROJECT_ADMIN, sets secrets and creates events for it; then
+/// another tenant creates a project with the same id. Whatever the order
+/// the writes reached the store in, nothing of the old project is left for
+/// the new one: no grant, no secret, no event. Every write is answered as
+/// done (before the deletion) or refused (after it: "not found", or
+/// "forbidden" for an event once the owner's roles went with the project),
+/// never with an error.
+async fn deletion_races(server: &TestServer) {
+    let base = server.url.clone();
+    let root = server.root_token();
+    let mut tokens = std::collections::HashMap::new();
+    for account in ["owner", "grantee", "newcomer"] {
+        let (status, token) = call(
+            "POST",
+            &format!("{base}/v2/service-accounts"),
+            Some(&root),
+            Some(
+                json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                        "metadata": {"id": account}, "description": "a tenant"}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{token}");
+        tokens.insert(account, token["value"].as_str().unwrap().to_string());
+    }
+    for account in ["owner", "newcomer"] {
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/v2/role-assignments"),
+            Some(&root),
+            Some(json!({"role": "PROJECT_CREATOR",
+                        "principal": {"type": "SERVICE_ACCOUNT", "id": account}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let project = json!({"apiVersion": "brigade.sh/v2", "kind": "Project",
+        "metadata": {"id": "raced"},
+        "spec": {"eventSubscriptions": [{"source": "brigade.sh/cli", "types": ["exec"]}],
+                 "workerTemplate": {"defaultConfigFiles": {"brigade.js": "console.log('x');"}}}});
+    let mut survived = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/v2/projects"),
+            Some(&tokens["owner"]),
+            Some(project.clone()),
+        )
+        .await;
+        assert_eq!(status, 201, "round {round}: {body}");
+        let mut writes = tokio::task::JoinSet::new();
+        let owner = tokens["owner"].clone();
+        for i in 0..RACE_WRITES {
+            let requests = [
+                (
+                    "POST",
+                    "/v2/projects/raced/role-assignments".to_string(),
+                    json!({"role": "PROJECT_ADMIN",
+                           "principal": {"type": "SERVICE_ACCOUNT", "id": "grantee"}}),
+                ),
+                (
+                    "PUT",
+                    format!("/v2/projects/raced/secrets/key{i}"),
+                    json!({"key": format!("key{i}"), "value": format!("old-secret-{round}")}),
+                ),
+                (
+                    "POST",
+                    "/v2/events".to_string(),
+                    json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "raced",
+                           "source": "brigade.sh/cli", "type": "exec"}),
+                ),
+            ];
+            for (method, path, body) in requests {
+                let (base, owner) = (base.clone(), owner.clone());
+                // Spread the writes over a few milliseconds around the
+                // deletion, differently each round.
+                let delay = Duration::from_micros(((i * 7 + round * 3) % 10) as u64 * 400);
+                writes.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let (status, answer) =
+                        call(method, &format!("{base}{path}"), Some(&owner), Some(body)).await;
+                    (format!("{method} {path}"), status, answer)
+                });
+            }
+        }
+        let delay = Duration::from_micros((round % 6) as u64 * 500);
+        tokio::time::sleep(delay).await;
+        let (status, body) = call(
+            "DELETE",
+            &format!("{base}/v2/projects/raced"),
+            Some(&owner),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "round {round}: {body}");
+        while let Some(write) = writes.join_next().await {
+            let (what, status, answer) = write.unwrap();
+            assert!(
+                matches!(status, 200 | 201 | 403 | 404),
+                "round {round}: {what} answered {status}: {answer}\n{}",
+                server.server_log()
+            );
+        }
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/v2/projects"),
+            Some(&tokens["newcomer"]),
+            Some(project.clone()),
+        )
+        .await;
+        assert_eq!(status, 201, "round {round}: {body}");
+        let mut left = Vec::new();
+        let (_, roles) = call(
+            "GET",
+            &format!("{base}/v2/projects/raced/role-assignments"),
+            Some(&root),
+            None,
+        )
+        .await;
+        let holders: Vec<&str> = roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["principal"]["id"].as_str())
+            .filter(|id| *id != "newcomer")
+            .collect();
+        if !holders.is_empty() {
+            left.push(format!("roles of {holders:?}"));
+        }
+        let (_, secrets) = call(
+            "GET",
+            &format!("{base}/v2/projects/raced/secrets"),
+            Some(&root),
+            None,
+        )
+        .await;
+        if !secrets["items"].as_array().unwrap().is_empty() {
+            left.push(format!("secrets {}", secrets["items"]));
+        }
+        let (_, events) = call(
+            "GET",
+            &format!("{base}/v2/events?projectID=raced"),
+            Some(&root),
+            None,
+        )
+        .await;
+        if !events["items"].as_array().unwrap().is_empty() {
+            left.push(format!(
+                "{} events",
+                events["items"].as_array().unwrap().len()
+            ));
+        }
+        let (status, _) = call(
+            "GET",
+            &format!("{base}/v2/projects/raced"),
+            Some(&tokens["grantee"]),
+            None,
+        )
+        .await;
+        if status != 404 {
+            left.push("the grantee reads the new project".to_string());
+        }
+        if !left.is_empty() {
+            survived.push(format!("round {round}: {}", left.join(", ")));
+        }
+        let (status, body) = call(
+            "DELETE",
+            &format!("{base}/v2/projects/raced"),
+            Some(&tokens["newcomer"]),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    assert!(
+        survived.is_empty(),
+        "{} of {RACE_ROUNDS} rounds left the old project's grants, secrets or events to the new one:\n{}",
+        survived.len(),
+        survived.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_racing_a_projects_deletion_die_with_it_on_sqlite() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start(None, &["--executor", "none"]))
+        .await
+        .unwrap();
+    deletion_races(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_racing_a_projects_deletion_die_with_it_on_postgres() {
+    let Some(url) = postgres_database("writes_racing_a_projects_deletion_die_with_it_on_postgres")
+    else {
+        return;
+    };
+    let server =
+        tokio::task::spawn_blocking(move || TestServer::start(Some(url), &["--executor", "none"]))
+            .await
+            .unwrap();
+    deletion_races(&server).await;
+}
+
 /// The server's log is read from files and journals: without a terminal it
 /// holds no colour codes.
 #[test]

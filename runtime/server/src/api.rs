@@ -825,13 +825,21 @@ async fn create_project(State(state): AppStateRef, headers: HeaderMap, body: Byt
     ok(StatusCode::CREATED, project_json(&project))
 }
 
+/// "Not found" for a project deleted while a request about it ran.
+fn project_gone(id: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: "Project",
+        id: id.to_string(),
+    }
+}
+
 /// A project's creator administers it (as in Brigade).
 async fn grant_creator(state: &AppState, who: &Principal, project: &str) -> ApiResult<()> {
     if who.kind == PrincipalKind::Root {
         return Ok(());
     }
     for role in PROJECT_ROLES {
-        state
+        let granted = state
             .store
             .grant(&RoleAssignment {
                 role: role.to_string(),
@@ -840,6 +848,10 @@ async fn grant_creator(state: &AppState, who: &Principal, project: &str) -> ApiR
                 scope: project.to_string(),
             })
             .await?;
+        if !granted {
+            // Deleted as soon as it was created.
+            return Err(project_gone(project));
+        }
     }
     Ok(())
 }
@@ -992,7 +1004,9 @@ async fn set_secret(
         )));
     }
     validate_secret_key(&key).map_err(|e| ApiError::bad(format!("key: {e}")))?;
-    state.store.set_secret(&id, &key, &secret.value).await?;
+    if !state.store.set_secret(&id, &key, &secret.value).await? {
+        return Err(project_gone(&id));
+    }
     ok(StatusCode::OK, json!({}))
 }
 
@@ -1172,9 +1186,13 @@ async fn fan_out(
     Ok(events)
 }
 
-/// Stores events (durably) and answers with Brigade's EventList.
+/// Stores events (durably) and answers with Brigade's EventList of those
+/// stored: an event whose project was deleted meanwhile is not stored and
+/// not shown; "not found" when that left none.
 async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult {
-    let items = events
+    let project = events.first().map(|e| e.project_id.clone());
+    let subscribed = events.len();
+    let items: Vec<(String, Value)> = events
         .iter()
         .map(|e| {
             let record = EventRecord {
@@ -1191,20 +1209,33 @@ async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult {
                 ended: None,
                 attempts: 0,
             };
-            event_json(&record, &[])
+            (e.project_id.clone(), event_json(&record, &[]))
         })
         .collect();
-    store_events(state, events).await?;
+    let (_, gone) = store_events(state, events).await?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter(|(project, _)| !gone.contains(project))
+        .map(|(_, item)| item)
+        .collect();
+    if let Some(project) = project.filter(|_| subscribed > 0 && items.is_empty()) {
+        return Err(project_gone(&project));
+    }
     ok(StatusCode::CREATED, list("EventList", items, None, 0))
 }
 
-/// Stores events durably, counts them and wakes the scheduler; how many.
-async fn store_events(state: &AppState, events: Vec<NewEvent>) -> ApiResult<usize> {
-    let count = events.len();
-    state.store.insert_events(events).await?;
+/// Stores events durably, counts them and wakes the scheduler; how many
+/// were stored, and the projects deleted meanwhile whose events were not.
+async fn store_events(
+    state: &AppState,
+    events: Vec<NewEvent>,
+) -> ApiResult<(usize, std::collections::BTreeSet<String>)> {
+    let projects: Vec<String> = events.iter().map(|e| e.project_id.clone()).collect();
+    let gone = state.store.insert_events(events).await?;
+    let count = projects.iter().filter(|p| !gone.contains(*p)).count();
     state.metrics.events_accepted(count);
     state.scheduler.wake();
-    Ok(count)
+    Ok((count, gone))
 }
 
 async fn create_events(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
@@ -2135,7 +2166,9 @@ async fn grant_project_role(
     let body: RoleBody = parse_body(&body, "project role assignment")?;
     let role = project_role(&id, &body.role, &body.principal.kind, &body.principal.id)?;
     principal_exists(&state, &role.principal_type, &role.principal_id).await?;
-    state.store.grant(&role).await?;
+    if !state.store.grant(&role).await? {
+        return Err(project_gone(&id));
+    }
     ok(StatusCode::OK, json!({}))
 }
 
@@ -2243,7 +2276,7 @@ async fn accept_gateway_event(state: &AppState, event: GatewayEvent) -> ApiResul
         payload: event.payload,
     };
     let events = fan_out(state, &body, &BTreeMap::new()).await?;
-    store_events(state, events).await
+    Ok(store_events(state, events).await?.0)
 }
 
 fn accepted(count: usize) -> Response {

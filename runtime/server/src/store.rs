@@ -8,7 +8,7 @@
 //! Log lines are batched the same way.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,6 +82,28 @@ async fn lock_scheduler(
         .execute(&mut **tx)
         .await?;
     Ok(now_micros())
+}
+
+/// Locks project `id`'s row for the rest of `tx` (a row lock in PostgreSQL,
+/// the write lock in SQLite); whether the project exists.
+///
+/// A project's deletion takes the lock first, and every write of something
+/// that belongs to a project (a secret, a project role, an event) takes it
+/// before it writes: whichever comes second sees what the first did. A
+/// write that checked the project and then wrote in separate statements
+/// could land after the deletion had removed the project's rows, and the
+/// next project created with that id (perhaps another tenant's) inherited
+/// it; so could a single `INSERT ... WHERE EXISTS`, under PostgreSQL's READ
+/// COMMITTED, when the deletion committed between the statement's snapshot
+/// and its insert. The update changes nothing, so that it works the same
+/// on both databases (SQLite has no `SELECT ... FOR SHARE`).
+async fn lock_project(tx: &mut sqlx::Transaction<'_, Any>, id: &str) -> Result<bool, StoreError> {
+    let locked = sqlx::query("UPDATE projects SET created = created WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok(locked == 1)
 }
 
 /// A time as the store keeps it: microseconds since the Unix epoch.
@@ -310,7 +332,12 @@ pub struct WorkerLimits {
     pub per_project: i64,
 }
 
-type EventBatch = (Vec<NewEvent>, oneshot::Sender<Result<(), String>>);
+/// A request to the event writer, answered with the projects it found gone
+/// (whose events it did not store), or why the batch failed.
+type EventBatch = (
+    Vec<NewEvent>,
+    oneshot::Sender<Result<BTreeSet<String>, String>>,
+);
 
 /// The store. Cheap to clone.
 #[derive(Clone)]
@@ -467,20 +494,26 @@ impl Store {
     }
 
     /// Deletes a project with its events, jobs, logs, secrets and project
-    /// role assignments; `false` when there is no such project.
+    /// role assignments, in one transaction that holds the project's lock
+    /// ([`lock_project`]) from its start; `false` when there is no such
+    /// project.
     pub async fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
-        self.delete_with(
-            id,
-            &[
-                "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
-                "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
-                "DELETE FROM events WHERE project_id = $1",
-                "DELETE FROM secrets WHERE project_id = $1",
-                "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
-            ],
+        let mut tx = self.pool.begin().await?;
+        if !lock_project(&mut tx, id).await? {
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+            "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+            "DELETE FROM events WHERE project_id = $1",
+            "DELETE FROM secrets WHERE project_id = $1",
+            "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
             "DELETE FROM projects WHERE id = $1",
-        )
-        .await
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Runs `dependents` and then `owner` for `id` in one transaction;
@@ -506,13 +539,18 @@ impl Store {
 
     // ----- secrets --------------------------------------------------------
 
-    /// Sets a secret.
+    /// Sets a secret; `false` when there is no such project (it may have
+    /// been deleted a moment ago: the secret must not outlive it).
     pub async fn set_secret(
         &self,
         project: &str,
         key: &str,
         value: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if !lock_project(&mut tx, project).await? {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO secrets (project_id, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (project_id, key) DO UPDATE SET value = excluded.value",
@@ -520,9 +558,10 @@ impl Store {
         .bind(project)
         .bind(key)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Removes a secret; `false` when it was not set.
@@ -549,9 +588,15 @@ impl Store {
     // ----- events ---------------------------------------------------------
 
     /// Stores events durably (group commit) and wakes the scheduler.
-    pub async fn insert_events(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
+    /// Returns the projects that no longer exist (deleted while the events
+    /// were on their way): their events were not stored, and the others
+    /// were.
+    pub async fn insert_events(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<BTreeSet<String>, StoreError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(BTreeSet::new());
         }
         let (done, result) = oneshot::channel();
         self.events
@@ -559,9 +604,9 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         match result.await {
-            Ok(Ok(())) => {
+            Ok(Ok(gone)) => {
                 self.changed();
-                Ok(())
+                Ok(gone)
             }
             Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
             Err(_) => Err(StoreError::Closed),
@@ -1196,8 +1241,17 @@ impl Store {
         .await
     }
 
-    /// Grants a role (idempotent).
-    pub async fn grant(&self, role: &RoleAssignment) -> Result<(), StoreError> {
+    /// Grants a role (idempotent); `false` when it is a project role and
+    /// there is no such project (it may have been deleted a moment ago: the
+    /// grant must not outlive it, or the next project of that id would
+    /// belong to the grantee).
+    pub async fn grant(&self, role: &RoleAssignment) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if crate::auth::PROJECT_ROLES.contains(&role.role.as_str())
+            && !lock_project(&mut tx, &role.scope).await?
+        {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO role_assignments (role, principal_type, principal_id, scope) VALUES ($1, $2, $3, $4)
              ON CONFLICT (role, principal_type, principal_id, scope) DO NOTHING",
@@ -1206,9 +1260,10 @@ impl Store {
         .bind(&role.principal_type)
         .bind(&role.principal_id)
         .bind(&role.scope)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Revokes a role (idempotent).
@@ -1300,23 +1355,40 @@ impl Store {
 /// PostgreSQL writes it.
 const SERIAL_KEY: (&str, &str) = ("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY");
 
-/// The schema, in the dialect of the store's backend.
-fn migrator(backend: Backend) -> Migrator {
-    let schema = include_str!("../migrations/0001_init.sql");
-    let sql = match backend {
-        Backend::Sqlite => schema.to_string(),
-        Backend::Postgres => schema.replace(SERIAL_KEY.0, SERIAL_KEY.1),
-    };
+/// The schema's migrations, in order: (version, name, SQL).
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "orphans", include_str!("../migrations/0002_orphans.sql")),
+];
+
+/// The schema, in the dialect of the store's backend, up to `last`.
+fn migrator_to(backend: Backend, last: i64) -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .filter(|(version, _, _)| *version <= last)
+        .map(|(version, name, schema)| {
+            let sql = match backend {
+                Backend::Sqlite => schema.to_string(),
+                Backend::Postgres => schema.replace(SERIAL_KEY.0, SERIAL_KEY.1),
+            };
+            Migration::new(
+                *version,
+                Cow::Borrowed(*name),
+                MigrationType::Simple,
+                AssertSqlSafe(sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            AssertSqlSafe(sql).into_sql_str(),
-            false,
-        )]),
+        migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT
     }
+}
+
+/// The whole schema, in the dialect of the store's backend.
+fn migrator(backend: Backend) -> Migrator {
+    migrator_to(backend, i64::MAX)
 }
 
 /// A database URL with its password hidden, for messages.
@@ -1586,11 +1658,28 @@ async fn durable_connection(
     Ok(connection)
 }
 
-async fn commit_events(connection: &mut AnyConnection, batch: &[EventBatch]) -> Result<(), String> {
+async fn commit_events(
+    connection: &mut AnyConnection,
+    batch: &[EventBatch],
+) -> Result<BTreeSet<String>, String> {
     let attempt = async {
         let mut tx = connection.begin().await?;
+        // The projects' locks make the events and a deletion of their
+        // project one after the other (see `lock_project`); they are taken
+        // in one order, so that no two transactions wait for each other. An
+        // event whose project is gone is left out, not the batch.
+        let projects: BTreeSet<&str> = batch
+            .iter()
+            .flat_map(|(events, _)| events.iter().map(|e| e.project_id.as_str()))
+            .collect();
+        let mut gone = BTreeSet::new();
+        for project in projects {
+            if !lock_project(&mut tx, project).await? {
+                gone.insert(project.to_string());
+            }
+        }
         for (events, _) in batch {
-            for event in events {
+            for event in events.iter().filter(|e| !gone.contains(&e.project_id)) {
                 sqlx::query(
                     "INSERT INTO events (id, project_id, created, source, event_type, document, phase)
                      VALUES ($1, $2, $3, $4, $5, $6, 'PENDING')",
@@ -1609,7 +1698,7 @@ async fn commit_events(connection: &mut AnyConnection, batch: &[EventBatch]) -> 
             }
         }
         tx.commit().await?;
-        Ok::<(), StoreError>(())
+        Ok::<_, StoreError>(gone)
     };
     attempt.await.map_err(|e| {
         tracing::error!(error = %e, "storing events failed");
@@ -1685,6 +1774,63 @@ mod tests {
     fn the_schema_has_one_dialect_difference() {
         let schema = include_str!("../migrations/0001_init.sql");
         assert_eq!(schema.matches(SERIAL_KEY.0).count(), 2);
+    }
+
+    /// A database written before 0002 may hold grants, secrets and events
+    /// of projects deleted while they were written; opening it with this
+    /// version removes them, and nothing else.
+    #[tokio::test]
+    async fn what_outlived_its_project_is_removed_when_the_store_opens() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        let pool = AnyPoolOptions::new().connect(&url).await.unwrap();
+        migrator_to(Backend::Sqlite, 1).run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO projects (id, created, document) VALUES ('kept', 0, '{}')",
+            "INSERT INTO secrets VALUES ('kept', 'k', 'v'), ('gone', 'k', 'v')",
+            "INSERT INTO role_assignments VALUES
+                 ('PROJECT_ADMIN', 'SERVICE_ACCOUNT', 'a', 'kept'),
+                 ('PROJECT_ADMIN', 'SERVICE_ACCOUNT', 'a', 'gone'),
+                 ('PROJECT_USER', 'SERVICE_ACCOUNT', 'a', '*'),
+                 ('PROJECT_CREATOR', 'SERVICE_ACCOUNT', 'a', ''),
+                 ('EVENT_CREATOR', 'SERVICE_ACCOUNT', 'a', 'gone')",
+            "INSERT INTO events (id, project_id, created, source, event_type, document, phase) VALUES
+                 ('e1', 'kept', 0, 's', 't', '{}', 'PENDING'),
+                 ('e2', 'gone', 0, 's', 't', '{}', 'PENDING')",
+            "INSERT INTO jobs (event_id, name, created, spec, phase) VALUES
+                 ('e1', 'j', 0, '{}', 'PENDING'), ('e2', 'j', 0, '{}', 'PENDING')",
+            "INSERT INTO logs (event_id, job, container, time, message) VALUES
+                 ('e1', '', 'worker', 0, 'm'), ('e2', '', 'worker', 0, 'm')",
+        ] {
+            pool.execute(sql).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(Some(&url), dir.path()).await.unwrap();
+        let remaining = |sql: &'static str| {
+            let pool = store.pool.clone();
+            async move {
+                let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>(0).unwrap())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(remaining("SELECT project_id FROM secrets").await, ["kept"]);
+        assert_eq!(
+            remaining("SELECT role || ' ' || scope FROM role_assignments ORDER BY role, scope")
+                .await,
+            [
+                "EVENT_CREATOR gone",
+                "PROJECT_ADMIN kept",
+                "PROJECT_CREATOR ",
+                "PROJECT_USER *"
+            ]
+        );
+        assert_eq!(remaining("SELECT id FROM events").await, ["e1"]);
+        assert_eq!(remaining("SELECT event_id FROM jobs").await, ["e1"]);
+        assert_eq!(remaining("SELECT event_id FROM logs").await, ["e1"]);
     }
 
     #[test]
