@@ -1764,6 +1764,255 @@ fn slow_and_stalled_clients_cannot_hold_the_server() {
     tally.finish();
 }
 
+/// The server's peak resident memory while `work` runs, sampled.
+fn peak_rss(server: &Server, work: impl FnOnce()) -> u64 {
+    let pid = server.child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let kib: u64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                peak = peak.max(kib * 1024);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    work();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap()
+}
+
+/// Runs `clients` copies of `request` at once; their answers.
+fn at_once(clients: usize, request: impl Fn() -> Answer + Sync) -> Vec<Answer> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients).map(|_| scope.spawn(&request)).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// Every page of an event list, following `continue`.
+fn all_pages(server: &Server, query: &str) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut next = String::new();
+    loop {
+        let answer = send(
+            http()
+                .get(format!("{}/v2/events?{query}&continue={next}", server.url))
+                .bearer_auth(&server.root),
+        );
+        let page = answer.json();
+        next = page["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        pages.push(page);
+        if next.is_empty() {
+            return pages;
+        }
+    }
+}
+
+/// Memory a group of large-payload requests may add to the server: the
+/// documents' budget (256 MiB) and room for the allocator. Before the
+/// budget and the paged lists, four clients listing 300 MB of payloads
+/// grew it by 2.6 GiB.
+const LARGE_PAYLOAD_GROWTH: u64 = 512 * 1024 * 1024;
+
+/// Large payloads read by many clients at once, through every path that
+/// renders events: lists (plain and filtered, paged by their size), single
+/// events, retries and clones, and the many-events operations. Each costs
+/// the server a bounded amount of memory, and every answer is whole.
+#[test]
+fn large_payloads_do_not_multiply_the_servers_memory() {
+    // One worker at a time: running the retries and clones hands each its
+    // event too, which is the scheduler's memory, not the answers'. glibc
+    // keeps freed buffers of the sizes it last freed for reuse; with a fixed
+    // threshold it gives each large one back, so that the memory a case
+    // adds is what it holds, not what the cases before it left in the
+    // allocator.
+    let mut server = Server::start_under(
+        None,
+        &["--executor", "none", "--max-workers", "1"],
+        &[("MALLOC_MMAP_THRESHOLD_", "1048576")],
+    );
+    let mut tally = Tally::new("large-payloads");
+    let root = server.root.clone();
+    server.create_project(&project("big", INERT));
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let payload = format!("{i}{}", "p".repeat(16_000_000));
+        let (status, created) = server.call(
+            "POST",
+            "/v2/events",
+            Some(&root),
+            Some(
+                &json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "big",
+                "source": "brigade.sh/cli", "type": "exec", "labels": {"size": "large"},
+                "payload": payload}),
+            ),
+        );
+        assert_eq!(status, 201, "{created}");
+        ids.push(
+            created["items"][0]["metadata"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        server.wait(id);
+    }
+    // What a case adds to the memory the server held before it.
+    let grew = |base: u64, peak: u64| {
+        let grown = peak.saturating_sub(base);
+        eprintln!(
+            "adversarial-server large-payloads: a case grew the server by {} MiB",
+            grown >> 20
+        );
+        grown
+    };
+
+    for (name, query) in [
+        (
+            "4 clients list 8 events of 16 MB",
+            "projectID=big&limit=100",
+        ),
+        (
+            "4 clients list them by label",
+            "projectID=big&limit=100&labels=size=large",
+        ),
+    ] {
+        let mut listed = Vec::new();
+        let base = server.rss();
+        let peak = peak_rss(&server, || {
+            listed = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| all_pages(&server, query)))
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap())
+                    .collect::<Vec<_>>()
+            });
+        });
+        let whole = listed.iter().all(|pages| {
+            pages.len() == 8
+                && pages.iter().all(|page| {
+                    page["items"].as_array().is_some_and(|items| {
+                        items.len() == 1
+                            && items[0]["payload"].as_str().map(str::len) == Some(16_000_001)
+                    })
+                })
+        });
+        tally.case(
+            &mut server,
+            name,
+            check(whole && grew(base, peak) < LARGE_PAYLOAD_GROWTH, || {
+                format!(
+                    "whole: {whole}; the server grew by {} MiB",
+                    grew(base, peak) >> 20
+                )
+            }),
+        );
+    }
+
+    let mut answers = Vec::new();
+    let base = server.rss();
+    let peak = peak_rss(&server, || {
+        answers = at_once(24, || {
+            send(
+                http()
+                    .get(format!("{}/v2/events/{}", server.url, ids[0]))
+                    .bearer_auth(&root),
+            )
+        });
+    });
+    let whole = answers
+        .iter()
+        .all(|a| a.status == 200 && a.json()["payload"].as_str().map(str::len) == Some(16_000_001));
+    drop(answers);
+    tally.case(
+        &mut server,
+        "24 clients get one 16 MB event",
+        check(whole && grew(base, peak) < LARGE_PAYLOAD_GROWTH, || {
+            format!(
+                "whole: {whole}; the server grew by {} MiB",
+                grew(base, peak) >> 20
+            )
+        }),
+    );
+
+    for (path, label) in [
+        ("retries", "brigade.sh/retryOf"),
+        ("clones", "brigade.sh/cloneOf"),
+    ] {
+        let mut answers = Vec::new();
+        let base = server.rss();
+        let peak = peak_rss(&server, || {
+            answers = at_once(8, || {
+                send(
+                    http()
+                        .post(format!("{}/v2/events/{}/{path}", server.url, ids[1]))
+                        .bearer_auth(&root),
+                )
+            });
+        });
+        let whole = answers.iter().all(|a| {
+            let event = &a.json()["items"][0];
+            a.status == 201
+                && event["labels"][label] == ids[1].as_str()
+                && event["payload"].as_str().map(str::len) == Some(16_000_001)
+        });
+        tally.case(
+            &mut server,
+            &format!("8 clients ask for {path} of a 16 MB event"),
+            check(whole && grew(base, peak) < LARGE_PAYLOAD_GROWTH, || {
+                format!(
+                    "whole: {whole}; the server grew by {} MiB",
+                    grew(base, peak) >> 20
+                )
+            }),
+        );
+    }
+    // The retries and clones have run by now, or are about to.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut answer = Value::Null;
+    let base = server.rss();
+    let peak = peak_rss(&server, || {
+        answer = server.expect(
+            "DELETE",
+            "/v2/events?projectID=big&workerPhases=SUCCEEDED,FAILED,PENDING,RUNNING,STARTING",
+            None,
+            200,
+        );
+    });
+    tally.case(
+        &mut server,
+        "deleting 24 events of 16 MB in one request",
+        check(
+            answer["count"].as_u64().is_some_and(|n| n >= 8)
+                && grew(base, peak) < LARGE_PAYLOAD_GROWTH,
+            || {
+                format!(
+                    "{answer}; the server grew by {} MiB",
+                    grew(base, peak) >> 20
+                )
+            },
+        ),
+    );
+    tally.finish();
+}
+
 /// A project deleted while its owner grants a third account PROJECT_ADMIN,
 /// sets a secret and creates an event, ten times over; after each round
 /// another tenant creates a project with the same id, and nothing of the

@@ -1463,6 +1463,190 @@ fn slow_heads_and_bodies_are_cut_after_their_timeouts() {
     server.ok(&["project", "list"]);
 }
 
+/// One list page's budget for event documents (`api::EVENT_PAGE_BYTES`).
+const EVENT_PAGE_BYTES: usize = 8 << 20;
+
+/// The server's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Every page of `GET /v2/events?<query>`, following `continue`: each
+/// page's body length and its JSON.
+async fn all_pages(base: &str, token: &str, query: &str) -> Vec<(usize, Value)> {
+    let client = http();
+    let mut pages = Vec::new();
+    let mut next = String::new();
+    loop {
+        let url = format!("{base}/v2/events?{query}&continue={next}");
+        let response = client.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        let text = response.text().await.unwrap();
+        let page: Value = serde_json::from_str(&text).expect("a page is JSON");
+        next = page["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        pages.push((text.len(), page));
+        if next.is_empty() {
+            return pages;
+        }
+    }
+}
+
+/// 12 events of 16 MB, 6 of 3 MB and 20 small ones, listed 100 at a time:
+/// every page stays within the page budget unless it holds a single event,
+/// every event is reached through `continue` with its payload whole, and
+/// four clients listing them all at once cost the server far less memory
+/// than the payloads they read (before, each client cost four times them).
+async fn large_payloads_are_listed_in_bounded_memory(server: TestServer) {
+    let root = server.root_token();
+    let base = server.url.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        let dir = script_project("big", "", "");
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        server
+    })
+    .await
+    .unwrap();
+    let mut created = std::collections::BTreeMap::new();
+    for (count, size) in [(6, 3_000_000), (12, 16_000_000), (20, 100)] {
+        for i in 0..count {
+            let payload = format!("{i:02}{}", "p".repeat(size));
+            let (status, list) = call(
+                "POST",
+                &format!("{base}/v2/events"),
+                Some(&root),
+                Some(
+                    json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "big",
+                            "source": "brigade.sh/cli", "type": "exec", "payload": payload}),
+                ),
+            )
+            .await;
+            assert_eq!(status, 201);
+            let id = list["items"][0]["metadata"]["id"].as_str().unwrap();
+            created.insert(id.to_string(), payload.len());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, open) = call(
+            "GET",
+            &format!(
+                "{base}/v2/events?projectID=big&workerPhases=PENDING,STARTING,RUNNING&limit=1"
+            ),
+            Some(&root),
+            None,
+        )
+        .await;
+        if open["items"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workers did not end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let pages = all_pages(&base, &root, "projectID=big&limit=100").await;
+    let mut seen = std::collections::BTreeMap::new();
+    for (length, page) in &pages {
+        let items = page["items"].as_array().unwrap();
+        assert!(
+            items.len() == 1 || *length <= EVENT_PAGE_BYTES + 64 * 1024,
+            "a page of {} events is {length} bytes",
+            items.len()
+        );
+        for item in items {
+            let id = item["metadata"]["id"].as_str().unwrap().to_string();
+            let payload = item["payload"].as_str().unwrap_or_default().len();
+            assert!(seen.insert(id, payload).is_none(), "an event listed twice");
+        }
+    }
+    assert_eq!(seen, created, "not every event was listed with its payload");
+    let first = &pages[0].1;
+    assert_eq!(
+        first["metadata"]["remainingItemCount"]
+            .as_u64()
+            .unwrap_or(0) as usize
+            + first["items"].as_array().unwrap().len(),
+        created.len(),
+        "{}",
+        first["metadata"]
+    );
+
+    let pid = server.child.id();
+    let before = rss(pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let listers: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, root) = (base.clone(), root.clone());
+            tokio::spawn(async move {
+                all_pages(&base, &root, "projectID=big&limit=100")
+                    .await
+                    .len()
+            })
+        })
+        .collect();
+    for lister in listers {
+        assert_eq!(lister.await.unwrap(), pages.len());
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let grown = peak.saturating_sub(before) / (1024 * 1024);
+    eprintln!(
+        "four clients listing {} events grew the server by {grown} MiB",
+        created.len()
+    );
+    // The four clients read 4 x 210 MB; before the fix the server grew by
+    // more than 2 GiB for them. Large documents being rendered are held
+    // within api::DOCUMENT_BUDGET (256 MiB); the rest is room for the
+    // allocator.
+    assert!(
+        grown < 512,
+        "listing grew the server from {} MiB to {} MiB",
+        before / (1024 * 1024),
+        peak / (1024 * 1024)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_payloads_are_listed_in_bounded_memory_on_sqlite() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start(None, &["--executor", "none"]))
+        .await
+        .unwrap();
+    large_payloads_are_listed_in_bounded_memory(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_payloads_are_listed_in_bounded_memory_on_postgres() {
+    let Some(url) = postgres_database("large_payloads_are_listed_in_bounded_memory_on_postgres")
+    else {
+        return;
+    };
+    let server =
+        tokio::task::spawn_blocking(move || TestServer::start(Some(url), &["--executor", "none"]))
+            .await
+            .unwrap();
+    large_payloads_are_listed_in_bounded_memory(server).await;
+}
+
 /// Rounds of the deletion race, and writes of each kind per round.
 const RACE_ROUNDS: usize = 30;
 const RACE_WRITES: usize = 6;

@@ -175,6 +175,7 @@ impl Server {
             metrics,
             root_password: config.root_password.clone(),
             gateways: config.gateways.clone(),
+            documents: Arc::new(tokio::sync::Semaphore::new(api::DOCUMENT_BUDGET as usize)),
             body_timeout: config.http.body_timeout,
         });
         Ok(Self {
