@@ -1855,6 +1855,68 @@ async fn writes_racing_a_projects_deletion_die_with_it_on_postgres() {
     deletion_races(&server).await;
 }
 
+/// `event retry` and `event clone` print the new event's id and follow it,
+/// and the API answers both with the one new Event, as Brigade's did.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_and_clone_answer_with_the_new_event() {
+    let (server, id, retried, cloned) = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(None, &["--executor", "none"]);
+        let dir = script_project("again", "", "console.log(`handled ${event.id}`);");
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        let id = server.create_event("again", &[]);
+        wait_until_ended(&server, &id);
+        let retried = server.cli(&["event", "retry", "--id", &id, "--follow"]);
+        let cloned = server.cli(&["event", "clone", "--id", &id, "--follow"]);
+        (server, id, retried, cloned)
+    })
+    .await
+    .unwrap();
+    for (what, ran, label) in [
+        ("retry", &retried, "brigade.sh/retryOf"),
+        ("clone", &cloned, "brigade.sh/cloneOf"),
+    ] {
+        assert_eq!(ran.code, 0, "{what}: {ran:?}");
+        let new_id = created_id(&ran.stdout);
+        assert!(
+            uuid::Uuid::parse_str(&new_id).is_ok() && new_id != id,
+            "{what}: {ran:?}"
+        );
+        assert!(
+            ran.stdout.contains(&format!("handled {new_id}")),
+            "{what} --follow: {ran:?}"
+        );
+        let (status, event) = call(
+            "GET",
+            &format!("{}/v2/events/{new_id}", server.url),
+            Some(&server.root_token()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(event["labels"][label], id, "{event}");
+    }
+    for (path, label) in [
+        ("retries", "brigade.sh/retryOf"),
+        ("clones", "brigade.sh/cloneOf"),
+    ] {
+        let (status, event) = call(
+            "POST",
+            &format!("{}/v2/events/{id}/{path}", server.url),
+            Some(&server.root_token()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{path}: {event}");
+        assert_eq!(event["kind"], "Event", "{path}: {event}");
+        assert_eq!(event["labels"][label], id, "{path}: {event}");
+        assert!(
+            event["metadata"]["id"]
+                .as_str()
+                .is_some_and(|new| new != id)
+        );
+    }
+}
+
 /// The server's log is read from files and journals: without a terminal it
 /// holds no colour codes.
 #[test]

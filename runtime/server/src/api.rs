@@ -1353,6 +1353,20 @@ async fn store_events(
     Ok((count, gone))
 }
 
+/// Stores the one event a retry or a clone made and answers with it (an
+/// Event, as Brigade's API did, not a list), holding `share` until written.
+async fn accept_one(
+    state: &AppState,
+    event: NewEvent,
+    share: Option<OwnedSemaphorePermit>,
+) -> ApiResult {
+    let project = event.project_id.clone();
+    match accept(state, vec![event]).await?.pop() {
+        Some(value) => Ok(held_answer(StatusCode::CREATED, &value, share)),
+        None => Err(project_gone(&project)),
+    }
+}
+
 async fn create_events(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
     let who = principal(&state, &headers).await?;
     let body: EventBody = parse_body(&body, "event")?;
@@ -1627,10 +1641,9 @@ async fn retry_event(
     let mut document = event.document;
     document.labels.insert(RETRY_LABEL.into(), event.id.clone());
     document.source_state.clear();
-    let project = event.project_id.clone();
-    let items = accept(
+    accept_one(
         &state,
-        vec![NewEvent {
+        NewEvent {
             id: new_id,
             project_id: event.project_id,
             created: now,
@@ -1638,14 +1651,10 @@ async fn retry_event(
             event_type: event.event_type,
             document,
             inherited_jobs: inherited,
-        }],
+        },
+        share,
     )
-    .await?;
-    if items.is_empty() {
-        return Err(project_gone(&project));
-    }
-    drop(share);
-    ok(StatusCode::CREATED, list("EventList", items, None, 0))
+    .await
 }
 
 async fn clone_event(
@@ -1677,8 +1686,9 @@ async fn clone_event(
         payload: doc.payload,
     };
     let extra = BTreeMap::from([("brigade.sh/cloneOf".to_string(), event.id.clone())]);
-    let events = fan_out(&state, body, &extra).await?;
-    if events.is_empty() {
+    let mut events = fan_out(&state, body, &extra).await?;
+    // The body names the event's project, so there is one copy at most.
+    let Some(clone) = events.pop() else {
         return Err(ApiError::Conflict {
             kind: "Event",
             id,
@@ -1687,14 +1697,8 @@ async fn clone_event(
                 event.project_id, event.source, event.event_type
             ),
         });
-    }
-    let project = event.project_id.clone();
-    let items = accept(&state, events).await?;
-    if items.is_empty() {
-        return Err(project_gone(&project));
-    }
-    drop(share);
-    ok(StatusCode::CREATED, list("EventList", items, None, 0))
+    };
+    accept_one(&state, clone, share).await
 }
 
 #[derive(Deserialize)]
