@@ -607,17 +607,25 @@ impl AsRef<[u8]> for HeldBytes {
     }
 }
 
-/// `value` as JSON, after `prefix`, holding `share` until it is written.
+/// `value` as JSON, after `prefix`, holding as much of `share` as it has
+/// bytes until it is written: the copies made to render it are gone by
+/// then (or go with `value`), and their part of the budget goes back at
+/// once, for other requests or this one's next event.
 fn held_json(prefix: &[u8], value: &Value, share: Option<OwnedSemaphorePermit>) -> Bytes {
     let mut bytes = prefix.to_vec();
     // Writing JSON values to memory cannot fail.
     let _ = serde_json::to_writer(&mut bytes, value);
-    if share.is_none() {
+    let Some(mut share) = share else {
         return Bytes::from(bytes);
-    }
+    };
+    let kept = match share.split(bytes.len()) {
+        // The rest of `share` is given back when it is dropped here.
+        Some(kept) => kept,
+        None => share,
+    };
     Bytes::from_owner(HeldBytes {
         bytes,
-        _share: share,
+        _share: Some(kept),
     })
 }
 
