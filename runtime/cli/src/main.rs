@@ -116,6 +116,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a positive duration such as 500ms, 30s or 1h30m"))
 }
 
+/// Whether log lines may be coloured: only for a person at a terminal, and
+/// not when `NO_COLOR` is set (no-color.org). Files and journals would keep
+/// the escape codes as text.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// An exit code with the message that explains it.
 struct Failure {
     code: u8,
@@ -150,6 +158,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .init();
     // A sandbox process is one core's worth of the sandbox stage.
     let runtime = match cli.command {

@@ -13,7 +13,7 @@ use mizzen_runtime::executor::JobExecutor;
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::shard::ShardCommand;
 use mizzen_server::store::WorkerLimits;
-use mizzen_server::{GatewayConfig, SchedulerConfig, Server, ServerConfig};
+use mizzen_server::{GatewayConfig, HttpLimits, SchedulerConfig, Server, ServerConfig};
 
 use crate::kubernetes::KubernetesArgs;
 use crate::{ExecutorKind, Failure, parse_duration};
@@ -116,6 +116,22 @@ pub struct ServerArgs {
     /// one process does not
     #[arg(long, env = "MIZZEN_SANDBOX_PROCESSES", value_name = "COUNT")]
     sandbox_processes: Option<usize>,
+    /// Client connections served at once; beyond them, the connection idle
+    /// the longest is closed, or new ones wait to be accepted [default: the
+    /// descriptor limit, raised to its hard limit, minus 256 kept for the
+    /// store, sandbox processes, git and the container engine]
+    #[arg(long, env = "MIZZEN_MAX_CONNECTIONS", value_name = "COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// How long a request's head may take to arrive (and a connection may
+    /// sit idle between requests)
+    #[arg(long, env = "MIZZEN_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// How long a request's body may take to arrive, from its head on
+    #[arg(long, env = "MIZZEN_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// How long an answer may wait for a client that reads nothing
+    #[arg(long, env = "MIZZEN_WRITE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    write_timeout: Duration,
 }
 
 /// The sandbox processes to start: this binary's `sandbox-shard` command,
@@ -189,6 +205,12 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
         log_retention: args.log_retention,
         shutdown_grace: args.shutdown_grace,
         sandbox_processes: shard_plan(args.sandbox_processes)?,
+        http: HttpLimits {
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            write_timeout: args.write_timeout,
+            max_connections: args.max_connections.map(|n| n as usize),
+        },
     };
     let server = Server::bind(config)
         .await

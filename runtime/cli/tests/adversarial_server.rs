@@ -40,11 +40,28 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Self {
+        Self::start_under(None, extra, &[])
+    }
+
+    /// A server under a limit of `nofile` open descriptors, when one is
+    /// given, with `env`.
+    fn start_under(nofile: Option<u64>, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let log = data_dir.path().join("server.log");
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, url) =
-            common::spawn_server(data_dir.path(), &log, ROOT_PASSWORD, &args, &[], None);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, url) = common::spawn_server_under(
+            nofile,
+            data_dir.path(),
+            &log,
+            ROOT_PASSWORD,
+            &args,
+            &env,
+            None,
+        );
         let mut server = Self {
             child,
             url,
@@ -2003,5 +2020,499 @@ events.process();
             format!("the slowest /healthz took {slowest:?}")
         }),
     );
+    tally.finish();
+}
+
+// ----- slow clients, large payloads, deletion races (issue 12) -----------------------
+
+/// Holds `stalled` connections that sent half a request head while the
+/// rest of the case runs.
+fn hold<T>(stalled: Vec<TcpStream>, then: impl FnOnce() -> T) -> T {
+    let result = then();
+    drop(stalled);
+    result
+}
+
+/// Slowloris and its kin against a server allowed 256 descriptors: stalled
+/// and trickled heads and bodies are cut when their timeouts run out, a
+/// client that reads nothing of its answer is cut by the write timeout, and
+/// the server answers everyone else all along.
+#[test]
+fn slow_and_stalled_clients_cannot_hold_the_server() {
+    let mut server = Server::start_under(
+        Some(256),
+        &[
+            "--executor",
+            "none",
+            "--header-timeout",
+            "3s",
+            "--body-timeout",
+            "3s",
+            "--write-timeout",
+            "3s",
+        ],
+        &[],
+    );
+    let mut tally = Tally::new("slow-clients");
+    let root = server.root.clone();
+    server.create_project(&project("alpha", INERT));
+    let address = server.url.strip_prefix("http://").unwrap().to_string();
+
+    for count in [400, 1_000] {
+        let stalled = common::stalled_clients(&address, count);
+        let connected = stalled.len();
+        let (status, answer) = hold(stalled, || {
+            server.call(
+                "POST",
+                "/v2/events",
+                Some(&root),
+                Some(&json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
+                    "projectID": "alpha", "source": "brigade.sh/cli", "type": "exec"})),
+            )
+        });
+        tally.case(
+            &mut server,
+            &format!("{count} stalled heads under 256 descriptors"),
+            check(connected >= 300 && status == 201, || {
+                format!("{connected} connected; an event answered {status}: {answer}")
+            }),
+        );
+    }
+
+    let head = b"GET /v2/whoami HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let body_head = format!(
+        "POST /v2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {root}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"projectID\": \""
+    );
+    for (name, start, trickle, answer_starts) in [
+        ("a head that stops", &head[..], &b""[..], ""),
+        ("a head sent a byte at a time", &head[..], &b"a"[..], ""),
+        (
+            "a body that stops",
+            body_head.as_bytes(),
+            &b""[..],
+            "HTTP/1.1 408",
+        ),
+        (
+            "a body sent a byte at a time",
+            body_head.as_bytes(),
+            &b"a"[..],
+            "HTTP/1.1 408",
+        ),
+    ] {
+        let answer = common::slow_request(&address, start, trickle);
+        tally.case(
+            &mut server,
+            name,
+            check(
+                answer.as_deref().is_some_and(|a| {
+                    a.starts_with(answer_starts) && (answer_starts.is_empty() || a.contains("3s"))
+                }),
+                || format!("not cut as it should be: {answer:?}"),
+            ),
+        );
+    }
+
+    // A client asks for 16 MB and reads none of it: the server's writes
+    // block, and after the write timeout it gives up the connection.
+    let payload = "p".repeat(16_000_000);
+    let id = server.create_event("alpha", &payload, None);
+    drop(payload);
+    let mut stream = TcpStream::connect(&address).unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /v2/events/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {root}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let ended = stream.read_to_end(&mut answer);
+    tally.case(
+        &mut server,
+        "a client that reads nothing of a 16 MB answer",
+        check(
+            ended.is_ok() && answer.len() < 16_000_000
+                || matches!(&ended, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            || {
+                format!(
+                    "the connection was held: read {} bytes, {ended:?}",
+                    answer.len()
+                )
+            },
+        ),
+    );
+
+    let log = server.log();
+    tally.case(
+        &mut server,
+        "no descriptor ran out",
+        check(
+            !log.contains("Too many open files") && !log.contains("unable to open database file"),
+            || log.clone(),
+        ),
+    );
+    tally.finish();
+}
+
+/// The server's peak resident memory while `work` runs, sampled.
+fn peak_rss(server: &Server, work: impl FnOnce()) -> u64 {
+    let pid = server.child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let kib: u64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                peak = peak.max(kib * 1024);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    work();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap()
+}
+
+/// Runs `clients` copies of `request` at once; their answers.
+fn at_once(clients: usize, request: impl Fn() -> Answer + Sync) -> Vec<Answer> {
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..clients).map(|_| scope.spawn(&request)).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// Every page of an event list, following `continue`.
+fn all_pages(server: &Server, query: &str) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut next = String::new();
+    loop {
+        let answer = send(
+            http()
+                .get(format!("{}/v2/events?{query}&continue={next}", server.url))
+                .bearer_auth(&server.root),
+        );
+        let page = answer.json();
+        next = page["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        pages.push(page);
+        if next.is_empty() {
+            return pages;
+        }
+    }
+}
+
+/// Memory a group of large-payload requests may add to the server: the
+/// documents' budget (256 MiB) and room for the allocator. Before the
+/// budget and the paged lists, four clients listing 300 MB of payloads
+/// grew it by 2.6 GiB.
+const LARGE_PAYLOAD_GROWTH: u64 = 512 * 1024 * 1024;
+
+/// Large payloads read by many clients at once, through every path that
+/// renders events: lists (plain and filtered, paged by their size), single
+/// events, retries and clones, and the many-events operations. Each costs
+/// the server a bounded amount of memory, and every answer is whole.
+#[test]
+fn large_payloads_do_not_multiply_the_servers_memory() {
+    // One worker at a time: running the retries and clones hands each its
+    // event too, which is the scheduler's memory, not the answers'. glibc
+    // keeps freed buffers of the sizes it last freed for reuse; with a fixed
+    // threshold it gives each large one back, so that the memory a case
+    // adds is what it holds, not what the cases before it left in the
+    // allocator.
+    let mut server = Server::start_under(
+        None,
+        &["--executor", "none", "--max-workers", "1"],
+        &[("MALLOC_MMAP_THRESHOLD_", "1048576")],
+    );
+    let mut tally = Tally::new("large-payloads");
+    let root = server.root.clone();
+    server.create_project(&project("big", INERT));
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let payload = format!("{i}{}", "p".repeat(16_000_000));
+        let (status, created) = server.call(
+            "POST",
+            "/v2/events",
+            Some(&root),
+            Some(
+                &json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "big",
+                "source": "brigade.sh/cli", "type": "exec", "labels": {"size": "large"},
+                "payload": payload}),
+            ),
+        );
+        assert_eq!(status, 201, "{created}");
+        ids.push(
+            created["items"][0]["metadata"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        server.wait(id);
+    }
+    // What a case adds to the memory the server held before it.
+    let grew = |base: u64, peak: u64| {
+        let grown = peak.saturating_sub(base);
+        eprintln!(
+            "adversarial-server large-payloads: a case grew the server by {} MiB",
+            grown >> 20
+        );
+        grown
+    };
+
+    for (name, query) in [
+        (
+            "4 clients list 8 events of 16 MB",
+            "projectID=big&limit=100",
+        ),
+        (
+            "4 clients list them by label",
+            "projectID=big&limit=100&labels=size=large",
+        ),
+    ] {
+        let mut listed = Vec::new();
+        let base = server.rss();
+        let peak = peak_rss(&server, || {
+            listed = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| scope.spawn(|| all_pages(&server, query)))
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap())
+                    .collect::<Vec<_>>()
+            });
+        });
+        let whole = listed.iter().all(|pages| {
+            pages.len() == 8
+                && pages.iter().all(|page| {
+                    page["items"].as_array().is_some_and(|items| {
+                        items.len() == 1
+                            && items[0]["payload"].as_str().map(str::len) == Some(16_000_001)
+                    })
+                })
+        });
+        tally.case(
+            &mut server,
+            name,
+            check(whole && grew(base, peak) < LARGE_PAYLOAD_GROWTH, || {
+                format!(
+                    "whole: {whole}; the server grew by {} MiB",
+                    grew(base, peak) >> 20
+                )
+            }),
+        );
+    }
+
+    let mut answers = Vec::new();
+    let base = server.rss();
+    let peak = peak_rss(&server, || {
+        answers = at_once(24, || {
+            send(
+                http()
+                    .get(format!("{}/v2/events/{}", server.url, ids[0]))
+                    .bearer_auth(&root),
+            )
+        });
+    });
+    let whole = answers
+        .iter()
+        .all(|a| a.status == 200 && a.json()["payload"].as_str().map(str::len) == Some(16_000_001));
+    drop(answers);
+    tally.case(
+        &mut server,
+        "24 clients get one 16 MB event",
+        check(whole && grew(base, peak) < LARGE_PAYLOAD_GROWTH, || {
+            format!(
+                "whole: {whole}; the server grew by {} MiB",
+                grew(base, peak) >> 20
+            )
+        }),
+    );
+
+    for (path, label) in [
+        ("retries", "brigade.sh/retryOf"),
+        ("clones", "brigade.sh/cloneOf"),
+    ] {
+        let mut answers = Vec::new();
+        let base = server.rss();
+        let peak = peak_rss(&server, || {
+            answers = at_once(8, || {
+                send(
+                    http()
+                        .post(format!("{}/v2/events/{}/{path}", server.url, ids[1]))
+                        .bearer_auth(&root),
+                )
+            });
+        });
+        let whole = answers.iter().all(|a| {
+            let event = a.json();
+            a.status == 201
+                && event["kind"] == "Event"
+                && event["labels"][label] == ids[1].as_str()
+                && event["payload"].as_str().map(str::len) == Some(16_000_001)
+        });
+        tally.case(
+            &mut server,
+            &format!("8 clients ask for {path} of a 16 MB event"),
+            check(whole && grew(base, peak) < LARGE_PAYLOAD_GROWTH, || {
+                format!(
+                    "whole: {whole}; the server grew by {} MiB",
+                    grew(base, peak) >> 20
+                )
+            }),
+        );
+    }
+    // The retries and clones have run by now, or are about to.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut answer = Value::Null;
+    let base = server.rss();
+    let peak = peak_rss(&server, || {
+        answer = server.expect(
+            "DELETE",
+            "/v2/events?projectID=big&workerPhases=SUCCEEDED,FAILED,PENDING,RUNNING,STARTING",
+            None,
+            200,
+        );
+    });
+    tally.case(
+        &mut server,
+        "deleting 24 events of 16 MB in one request",
+        check(
+            answer["count"].as_u64().is_some_and(|n| n >= 8)
+                && grew(base, peak) < LARGE_PAYLOAD_GROWTH,
+            || {
+                format!(
+                    "{answer}; the server grew by {} MiB",
+                    grew(base, peak) >> 20
+                )
+            },
+        ),
+    );
+    tally.finish();
+}
+
+/// A project deleted while its owner grants a third account PROJECT_ADMIN,
+/// sets a secret and creates an event, ten times over; after each round
+/// another tenant creates a project with the same id, and nothing of the
+/// old one is in it.
+#[test]
+fn writes_racing_a_projects_deletion_die_with_it() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("deletion-races");
+    let owner = server.service_account("owner");
+    server.service_account("grantee");
+    let newcomer = server.service_account("newcomer");
+    for account in ["owner", "newcomer"] {
+        server.expect(
+            "POST",
+            "/v2/role-assignments",
+            Some(&json!({"role": "PROJECT_CREATOR",
+                         "principal": {"type": "SERVICE_ACCOUNT", "id": account}})),
+            200,
+        );
+    }
+    let raced = project("raced", INERT);
+    for round in 0..10 {
+        let (status, body) = server.call("POST", "/v2/projects", Some(&owner), Some(&raced));
+        assert_eq!(status, 201, "{body}");
+        let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+            let mut threads = Vec::new();
+            for i in 0..4 {
+                let (server, owner) = (&server, &owner);
+                threads.push(scope.spawn(move || {
+                    std::thread::sleep(Duration::from_micros((i * 300 + round * 100) as u64));
+                    server.call(
+                        "POST",
+                        "/v2/projects/raced/role-assignments",
+                        Some(owner),
+                        Some(&json!({"role": "PROJECT_ADMIN",
+                            "principal": {"type": "SERVICE_ACCOUNT", "id": "grantee"}})),
+                    )
+                }));
+                threads.push(scope.spawn(move || {
+                    std::thread::sleep(Duration::from_micros((i * 300 + round * 100) as u64));
+                    server.call(
+                        "PUT",
+                        &format!("/v2/projects/raced/secrets/key{i}"),
+                        Some(owner),
+                        Some(&json!({"key": format!("key{i}"), "value": OTHER_SECRET})),
+                    )
+                }));
+                threads.push(scope.spawn(move || {
+                    std::thread::sleep(Duration::from_micros((i * 300 + round * 100) as u64));
+                    server.call(
+                        "POST",
+                        "/v2/events",
+                        Some(owner),
+                        Some(&json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
+                            "projectID": "raced", "source": "brigade.sh/cli", "type": "exec"})),
+                    )
+                }));
+            }
+            threads.push(
+                scope.spawn(|| server.call("DELETE", "/v2/projects/raced", Some(&owner), None)),
+            );
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let (status, body) = server.call("POST", "/v2/projects", Some(&newcomer), Some(&raced));
+        assert_eq!(status, 201, "{body}");
+        let (_, roles) = server.call(
+            "GET",
+            "/v2/projects/raced/role-assignments",
+            Some(&server.root),
+            None,
+        );
+        let (_, secrets) = server.call(
+            "GET",
+            "/v2/projects/raced/secrets",
+            Some(&server.root),
+            None,
+        );
+        let (_, events) = server.call(
+            "GET",
+            "/v2/events?projectID=raced",
+            Some(&server.root),
+            None,
+        );
+        let inherited_roles = roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["principal"]["id"] != "newcomer");
+        let errors: Vec<&(u16, Value)> = answers
+            .iter()
+            .filter(|(status, _)| !matches!(status, 200 | 201 | 403 | 404))
+            .collect();
+        tally.case(
+            &mut server,
+            &format!("round {round}"),
+            check(
+                !inherited_roles
+                    && secrets["items"].as_array().is_some_and(Vec::is_empty)
+                    && events["items"].as_array().is_some_and(Vec::is_empty)
+                    && errors.is_empty(),
+                || format!("roles {roles}\nsecrets {secrets}\nevents {events}\nerrors {errors:?}"),
+            ),
+        );
+        server.expect("DELETE", "/v2/projects/raced", None, 200);
+    }
     tally.finish();
 }

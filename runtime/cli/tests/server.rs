@@ -36,6 +36,17 @@ impl TestServer {
     }
 
     fn start_with_env(database_url: Option<String>, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(None, database_url, extra, env)
+    }
+
+    /// A server under a limit of `nofile` open descriptors, when one is
+    /// given.
+    fn start_under(
+        nofile: Option<u64>,
+        database_url: Option<String>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let config_dir = tempfile::tempdir().unwrap();
         let log = data_dir.path().join("server.log");
@@ -47,8 +58,15 @@ impl TestServer {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, url) =
-            common::spawn_server(data_dir.path(), &log, ROOT_PASSWORD, &args, &env, None);
+        let (child, url) = common::spawn_server_under(
+            nofile,
+            data_dir.path(),
+            &log,
+            ROOT_PASSWORD,
+            &args,
+            &env,
+            None,
+        );
         let server = Self {
             child,
             url,
@@ -1467,4 +1485,551 @@ fn a_jobs_whole_log_is_stored_when_its_event_ends() {
             "lines out of order"
         );
     }
+}
+
+// ----- slow clients, large lists, deletion races, retries, the log -------------
+
+/// The issue's attack, scaled down: 400 stalled connections against a
+/// server allowed 256 descriptors, whose header timeout (two minutes) is
+/// longer than the test waits for an answer. The server keeps answering
+/// while they stall, and neither its accept loop nor its store runs out of
+/// descriptors.
+#[test]
+fn stalled_clients_do_not_take_down_a_server_under_a_low_descriptor_limit() {
+    let server = TestServer::start_under(
+        Some(256),
+        None,
+        &["--executor", "none", "--header-timeout", "120s"],
+        &[],
+    );
+    let dir = script_project("steady", "", "console.log(\"still here\");");
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    let address = server.url.strip_prefix("http://").unwrap().to_string();
+    let stalled = common::stalled_clients(&address, 400);
+    assert!(stalled.len() >= 300, "only {} connected", stalled.len());
+    let health = common::raw_get(&format!("{}/healthz", server.url));
+    assert_eq!(
+        health.as_deref(),
+        Some("ok"),
+        "/healthz did not answer within a minute while 400 clients stalled\n{}",
+        server.server_log()
+    );
+    let id = server.create_event("steady", &[]);
+    assert_eq!(phase_of(&wait_until_ended(&server, &id)), "SUCCEEDED");
+    let log = server.server_log();
+    for exhausted in ["Too many open files", "unable to open database file"] {
+        assert!(!log.contains(exhausted), "{exhausted}:\n{log}");
+    }
+    drop(stalled);
+}
+
+/// Heads and bodies that stop, or come a byte at a time, are cut when
+/// their timeouts run out: the connection closes, and a body's sender is
+/// told which limit it ran into.
+#[test]
+fn slow_heads_and_bodies_are_cut_after_their_timeouts() {
+    let server = TestServer::start(
+        None,
+        &[
+            "--executor",
+            "none",
+            "--header-timeout",
+            "2s",
+            "--body-timeout",
+            "2s",
+        ],
+    );
+    let address = server.url.strip_prefix("http://").unwrap().to_string();
+    let token = server.root_token();
+    let head = b"GET /v2/whoami HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let stopped = common::slow_request(&address, head, b"");
+    assert!(stopped.is_some(), "a head that stopped was not cut");
+    let trickled = common::slow_request(&address, head, b"a");
+    assert!(
+        trickled.is_some(),
+        "a head sent a byte at a time was not cut"
+    );
+    let body_head = format!(
+        "POST /v2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"projectID\": \""
+    );
+    for (what, trickle) in [("stopped", &b""[..]), ("sent a byte at a time", &b"a"[..])] {
+        let answer = common::slow_request(&address, body_head.as_bytes(), trickle)
+            .unwrap_or_else(|| panic!("a body that {what} was not cut"));
+        assert!(
+            answer.starts_with("HTTP/1.1 408")
+                && answer.contains("request body")
+                && answer.contains("2s"),
+            "a body that {what}: {answer}"
+        );
+    }
+    // Requests that come in time are served as before.
+    server.ok(&["project", "list"]);
+}
+
+/// One list page's budget for event documents (`api::EVENT_PAGE_BYTES`).
+const EVENT_PAGE_BYTES: usize = 8 << 20;
+
+/// The server's resident memory, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Every page of `GET /v2/events?<query>`, following `continue`: each
+/// page's body length and its JSON.
+async fn all_pages(base: &str, token: &str, query: &str) -> Vec<(usize, Value)> {
+    let client = http();
+    let mut pages = Vec::new();
+    let mut next = String::new();
+    loop {
+        let url = format!("{base}/v2/events?{query}&continue={next}");
+        let response = client.get(&url).bearer_auth(token).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        let text = response.text().await.unwrap();
+        let page: Value = serde_json::from_str(&text).expect("a page is JSON");
+        next = page["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        pages.push((text.len(), page));
+        if next.is_empty() {
+            return pages;
+        }
+    }
+}
+
+/// 12 events of 16 MB, 6 of 3 MB and 20 small ones, listed 100 at a time:
+/// every page stays within the page budget unless it holds a single event,
+/// every event is reached through `continue` with its payload whole, and
+/// four clients listing them all at once cost the server far less memory
+/// than the payloads they read (before, each client cost four times them).
+async fn large_payloads_are_listed_in_bounded_memory(server: TestServer) {
+    let root = server.root_token();
+    let base = server.url.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        let dir = script_project("big", "", "");
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        server
+    })
+    .await
+    .unwrap();
+    let mut created = std::collections::BTreeMap::new();
+    for (count, size) in [(6, 3_000_000), (12, 16_000_000), (20, 100)] {
+        for i in 0..count {
+            let payload = format!("{i:02}{}", "p".repeat(size));
+            let (status, list) = call(
+                "POST",
+                &format!("{base}/v2/events"),
+                Some(&root),
+                Some(
+                    json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "big",
+                            "source": "brigade.sh/cli", "type": "exec", "payload": payload}),
+                ),
+            )
+            .await;
+            assert_eq!(status, 201);
+            let id = list["items"][0]["metadata"]["id"].as_str().unwrap();
+            created.insert(id.to_string(), payload.len());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, open) = call(
+            "GET",
+            &format!(
+                "{base}/v2/events?projectID=big&workerPhases=PENDING,STARTING,RUNNING&limit=1"
+            ),
+            Some(&root),
+            None,
+        )
+        .await;
+        if open["items"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workers did not end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let pages = all_pages(&base, &root, "projectID=big&limit=100").await;
+    let mut seen = std::collections::BTreeMap::new();
+    for (length, page) in &pages {
+        let items = page["items"].as_array().unwrap();
+        assert!(
+            items.len() == 1 || *length <= EVENT_PAGE_BYTES + 64 * 1024,
+            "a page of {} events is {length} bytes",
+            items.len()
+        );
+        for item in items {
+            let id = item["metadata"]["id"].as_str().unwrap().to_string();
+            let payload = item["payload"].as_str().unwrap_or_default().len();
+            assert!(seen.insert(id, payload).is_none(), "an event listed twice");
+        }
+    }
+    assert_eq!(seen, created, "not every event was listed with its payload");
+    let first = &pages[0].1;
+    assert_eq!(
+        first["metadata"]["remainingItemCount"]
+            .as_u64()
+            .unwrap_or(0) as usize
+            + first["items"].as_array().unwrap().len(),
+        created.len(),
+        "{}",
+        first["metadata"]
+    );
+
+    let pid = server.child.id();
+    let before = rss(pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let listers: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, root) = (base.clone(), root.clone());
+            tokio::spawn(async move {
+                all_pages(&base, &root, "projectID=big&limit=100")
+                    .await
+                    .len()
+            })
+        })
+        .collect();
+    for lister in listers {
+        assert_eq!(lister.await.unwrap(), pages.len());
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let grown = peak.saturating_sub(before) / (1024 * 1024);
+    eprintln!(
+        "four clients listing {} events grew the server by {grown} MiB",
+        created.len()
+    );
+    // The four clients read 4 x 210 MB; before the fix the server grew by
+    // more than 2 GiB for them. Large documents being rendered are held
+    // within api::DOCUMENT_BUDGET (256 MiB); the rest is room for the
+    // allocator.
+    assert!(
+        grown < 512,
+        "listing grew the server from {} MiB to {} MiB",
+        before / (1024 * 1024),
+        peak / (1024 * 1024)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_payloads_are_listed_in_bounded_memory_on_sqlite() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start(None, &["--executor", "none"]))
+        .await
+        .unwrap();
+    large_payloads_are_listed_in_bounded_memory(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_payloads_are_listed_in_bounded_memory_on_postgres() {
+    let Some(url) = postgres_database("large_payloads_are_listed_in_bounded_memory_on_postgres")
+    else {
+        return;
+    };
+    let server =
+        tokio::task::spawn_blocking(move || TestServer::start(Some(url), &["--executor", "none"]))
+            .await
+            .unwrap();
+    large_payloads_are_listed_in_bounded_memory(server).await;
+}
+
+/// Rounds of the deletion race, and writes of each kind per round.
+const RACE_ROUNDS: usize = 30;
+const RACE_WRITES: usize = 6;
+
+/// A project `owner` administers is deleted while the owner grants a third
+/// account PROJECT_ADMIN, sets secrets and creates events for it; then
+/// another tenant creates a project with the same id. Whatever the order
+/// the writes reached the store in, nothing of the old project is left for
+/// the new one: no grant, no secret, no event. Every write is answered as
+/// done (before the deletion) or refused (after it: "not found", or
+/// "forbidden" for an event once the owner's roles went with the project),
+/// never with an error.
+async fn deletion_races(server: &TestServer) {
+    let base = server.url.clone();
+    let root = server.root_token();
+    let mut tokens = std::collections::HashMap::new();
+    for account in ["owner", "grantee", "newcomer"] {
+        let (status, token) = call(
+            "POST",
+            &format!("{base}/v2/service-accounts"),
+            Some(&root),
+            Some(
+                json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                        "metadata": {"id": account}, "description": "a tenant"}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 201, "{token}");
+        tokens.insert(account, token["value"].as_str().unwrap().to_string());
+    }
+    for account in ["owner", "newcomer"] {
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/v2/role-assignments"),
+            Some(&root),
+            Some(json!({"role": "PROJECT_CREATOR",
+                        "principal": {"type": "SERVICE_ACCOUNT", "id": account}})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let project = json!({"apiVersion": "brigade.sh/v2", "kind": "Project",
+        "metadata": {"id": "raced"},
+        "spec": {"eventSubscriptions": [{"source": "brigade.sh/cli", "types": ["exec"]}],
+                 "workerTemplate": {"defaultConfigFiles": {"brigade.js": "console.log('x');"}}}});
+    let mut survived = Vec::new();
+    for round in 0..RACE_ROUNDS {
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/v2/projects"),
+            Some(&tokens["owner"]),
+            Some(project.clone()),
+        )
+        .await;
+        assert_eq!(status, 201, "round {round}: {body}");
+        let mut writes = tokio::task::JoinSet::new();
+        let owner = tokens["owner"].clone();
+        for i in 0..RACE_WRITES {
+            let requests = [
+                (
+                    "POST",
+                    "/v2/projects/raced/role-assignments".to_string(),
+                    json!({"role": "PROJECT_ADMIN",
+                           "principal": {"type": "SERVICE_ACCOUNT", "id": "grantee"}}),
+                ),
+                (
+                    "PUT",
+                    format!("/v2/projects/raced/secrets/key{i}"),
+                    json!({"key": format!("key{i}"), "value": format!("old-secret-{round}")}),
+                ),
+                (
+                    "POST",
+                    "/v2/events".to_string(),
+                    json!({"apiVersion": "brigade.sh/v2", "kind": "Event", "projectID": "raced",
+                           "source": "brigade.sh/cli", "type": "exec"}),
+                ),
+            ];
+            for (method, path, body) in requests {
+                let (base, owner) = (base.clone(), owner.clone());
+                // Spread the writes over a few milliseconds around the
+                // deletion, differently each round.
+                let delay = Duration::from_micros(((i * 7 + round * 3) % 10) as u64 * 400);
+                writes.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let (status, answer) =
+                        call(method, &format!("{base}{path}"), Some(&owner), Some(body)).await;
+                    (format!("{method} {path}"), status, answer)
+                });
+            }
+        }
+        let delay = Duration::from_micros((round % 6) as u64 * 500);
+        tokio::time::sleep(delay).await;
+        let (status, body) = call(
+            "DELETE",
+            &format!("{base}/v2/projects/raced"),
+            Some(&owner),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "round {round}: {body}");
+        while let Some(write) = writes.join_next().await {
+            let (what, status, answer) = write.unwrap();
+            assert!(
+                matches!(status, 200 | 201 | 403 | 404),
+                "round {round}: {what} answered {status}: {answer}\n{}",
+                server.server_log()
+            );
+        }
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/v2/projects"),
+            Some(&tokens["newcomer"]),
+            Some(project.clone()),
+        )
+        .await;
+        assert_eq!(status, 201, "round {round}: {body}");
+        let mut left = Vec::new();
+        let (_, roles) = call(
+            "GET",
+            &format!("{base}/v2/projects/raced/role-assignments"),
+            Some(&root),
+            None,
+        )
+        .await;
+        let holders: Vec<&str> = roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["principal"]["id"].as_str())
+            .filter(|id| *id != "newcomer")
+            .collect();
+        if !holders.is_empty() {
+            left.push(format!("roles of {holders:?}"));
+        }
+        let (_, secrets) = call(
+            "GET",
+            &format!("{base}/v2/projects/raced/secrets"),
+            Some(&root),
+            None,
+        )
+        .await;
+        if !secrets["items"].as_array().unwrap().is_empty() {
+            left.push(format!("secrets {}", secrets["items"]));
+        }
+        let (_, events) = call(
+            "GET",
+            &format!("{base}/v2/events?projectID=raced"),
+            Some(&root),
+            None,
+        )
+        .await;
+        if !events["items"].as_array().unwrap().is_empty() {
+            left.push(format!(
+                "{} events",
+                events["items"].as_array().unwrap().len()
+            ));
+        }
+        let (status, _) = call(
+            "GET",
+            &format!("{base}/v2/projects/raced"),
+            Some(&tokens["grantee"]),
+            None,
+        )
+        .await;
+        if status != 404 {
+            left.push("the grantee reads the new project".to_string());
+        }
+        if !left.is_empty() {
+            survived.push(format!("round {round}: {}", left.join(", ")));
+        }
+        let (status, body) = call(
+            "DELETE",
+            &format!("{base}/v2/projects/raced"),
+            Some(&tokens["newcomer"]),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    assert!(
+        survived.is_empty(),
+        "{} of {RACE_ROUNDS} rounds left the old project's grants, secrets or events to the new one:\n{}",
+        survived.len(),
+        survived.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_racing_a_projects_deletion_die_with_it_on_sqlite() {
+    let server = tokio::task::spawn_blocking(|| TestServer::start(None, &["--executor", "none"]))
+        .await
+        .unwrap();
+    deletion_races(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_racing_a_projects_deletion_die_with_it_on_postgres() {
+    let Some(url) = postgres_database("writes_racing_a_projects_deletion_die_with_it_on_postgres")
+    else {
+        return;
+    };
+    let server =
+        tokio::task::spawn_blocking(move || TestServer::start(Some(url), &["--executor", "none"]))
+            .await
+            .unwrap();
+    deletion_races(&server).await;
+}
+
+/// `event retry` and `event clone` print the new event's id and follow it,
+/// and the API answers both with the one new Event, as Brigade's did.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_and_clone_answer_with_the_new_event() {
+    let (server, id, retried, cloned) = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(None, &["--executor", "none"]);
+        let dir = script_project("again", "", "console.log(`handled ${event.id}`);");
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        let id = server.create_event("again", &[]);
+        wait_until_ended(&server, &id);
+        let retried = server.cli(&["event", "retry", "--id", &id, "--follow"]);
+        let cloned = server.cli(&["event", "clone", "--id", &id, "--follow"]);
+        (server, id, retried, cloned)
+    })
+    .await
+    .unwrap();
+    for (what, ran, label) in [
+        ("retry", &retried, "brigade.sh/retryOf"),
+        ("clone", &cloned, "brigade.sh/cloneOf"),
+    ] {
+        assert_eq!(ran.code, 0, "{what}: {ran:?}");
+        let new_id = created_id(&ran.stdout);
+        assert!(
+            uuid::Uuid::parse_str(&new_id).is_ok() && new_id != id,
+            "{what}: {ran:?}"
+        );
+        assert!(
+            ran.stdout.contains(&format!("handled {new_id}")),
+            "{what} --follow: {ran:?}"
+        );
+        let (status, event) = call(
+            "GET",
+            &format!("{}/v2/events/{new_id}", server.url),
+            Some(&server.root_token()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(event["labels"][label], id, "{event}");
+    }
+    for (path, label) in [
+        ("retries", "brigade.sh/retryOf"),
+        ("clones", "brigade.sh/cloneOf"),
+    ] {
+        let (status, event) = call(
+            "POST",
+            &format!("{}/v2/events/{id}/{path}", server.url),
+            Some(&server.root_token()),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{path}: {event}");
+        assert_eq!(event["kind"], "Event", "{path}: {event}");
+        assert_eq!(event["labels"][label], id, "{path}: {event}");
+        assert!(
+            event["metadata"]["id"]
+                .as_str()
+                .is_some_and(|new| new != id)
+        );
+    }
+}
+
+/// The server's log is read from files and journals: without a terminal it
+/// holds no colour codes.
+#[test]
+fn the_server_log_has_no_colour_codes_without_a_terminal() {
+    let mut server = TestServer::start(None, &["--executor", "none"]);
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    server.child.wait().unwrap();
+    let log = server.server_log();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
 }

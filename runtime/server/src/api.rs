@@ -8,6 +8,7 @@ use std::future::Future;
 use std::path::Path as FsPath;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::{self, PROJECT_ROLES, Principal, PrincipalKind, SYSTEM_ROLES};
 use crate::gateways::{self, GatewayError, GatewayEvent};
@@ -34,7 +36,7 @@ use crate::metrics::Metrics;
 use crate::projects::ProjectCache;
 use crate::scheduler::{RETRY_LABEL, Scheduler, WORKER_CONTAINER};
 use crate::store::{
-    EventDocument, EventFilter, EventRecord, JobRecord, NewEvent, Page, ProjectRecord,
+    EventDocument, EventFilter, EventHead, EventRecord, JobRecord, NewEvent, Page, ProjectRecord,
     RoleAssignment, ServiceAccountRecord, Store, StoreError, now_micros, rfc3339,
 };
 
@@ -49,6 +51,25 @@ pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 /// Brigade's list page size: 20 by default, at most 100.
 const DEFAULT_PAGE: i64 = 20;
 const MAX_PAGE: i64 = 100;
+
+/// What one page of an event list may hold in event documents (payloads,
+/// mostly): a page stops before the event that would take it past this,
+/// but holds at least one event, and its `continue` leads on. Brigade's
+/// clients read a page whole; 100 ordinary events (a few KiB each) stay one
+/// page, while events with payloads of many MiB come a few at a time.
+pub const EVENT_PAGE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Memory that answers may spend on large event documents at once, across
+/// all requests, rendering them or holding them until the client has read
+/// them: a request for a large event waits for its share, so that many
+/// clients reading large payloads at once cost about this much, not their
+/// number times their payloads. A document counts as many times as it is
+/// held at once ([`RENDERED`], [`COPIED`]).
+pub const DOCUMENT_BUDGET: u32 = 256 * 1024 * 1024;
+
+/// Documents smaller than this take no share of [`DOCUMENT_BUDGET`]: they
+/// are what nearly every event is, and one request holds one at a time.
+const SMALL_DOCUMENT: u64 = 1024 * 1024;
 
 /// Log lines read from the store per query while streaming.
 const LOG_BATCH: i64 = 500;
@@ -88,6 +109,10 @@ pub struct AppState {
     pub root_password: Option<String>,
     /// The gateways' credentials.
     pub gateways: GatewayConfig,
+    /// Shares of [`DOCUMENT_BUDGET`], in bytes.
+    pub documents: Arc<tokio::sync::Semaphore>,
+    /// How long a request's body may take to arrive, from its head on.
+    pub body_timeout: Duration,
 }
 
 /// The API's routes.
@@ -157,7 +182,89 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(name_the_body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_body_time,
+        ))
         .with_state(state)
+}
+
+/// Gives a request's body [`AppState::body_timeout`] from the moment its
+/// head arrived: a client that sends its body slowly, or stops, would
+/// otherwise hold its connection (and a descriptor) for as long as it
+/// likes. The sender is told which limit it ran into, and the connection
+/// is closed, since the rest of the body would be read as the next request.
+async fn limit_body_time(
+    State(state): AppStateRef,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let timeout = state.body_timeout;
+    let expired = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| {
+        Body::new(BodyDeadline {
+            body,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            expired: expired.clone(),
+        })
+    });
+    let response = next.run(request).await;
+    if !expired.load(Ordering::Relaxed) {
+        return response;
+    }
+    let reason = format!(
+        "the request body did not arrive within this server's limit of {} (--body-timeout)",
+        humantime::format_duration(timeout)
+    );
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        [(header::CONNECTION, "close")],
+        axum::Json(
+            json!({"apiVersion": API_VERSION, "kind": "RequestTimeoutError", "reason": reason}),
+        ),
+    )
+        .into_response()
+}
+
+/// A request body that fails once its deadline has passed.
+struct BodyDeadline {
+    body: Body,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+    expired: Arc<AtomicBool>,
+}
+
+/// What reading a body past its deadline fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
+struct BodyTimedOut(Duration);
+
+impl axum::body::HttpBody for BodyDeadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        // The deadline first: a body that trickles in is always ready with
+        // its next byte.
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Ordering::Relaxed);
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(this.timeout)))));
+        }
+        std::pin::Pin::new(&mut this.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// axum refuses a body past [`MAX_BODY_BYTES`] with its own plain text; the
@@ -432,14 +539,104 @@ async fn visible_project(state: &AppState, who: &Principal, id: &str) -> ApiResu
     }
 }
 
-async fn visible_event(state: &AppState, who: &Principal, id: &str) -> ApiResult<EventRecord> {
-    match state.store.event(id).await? {
+/// An event's head, when the caller may see it.
+async fn visible_head(state: &AppState, who: &Principal, id: &str) -> ApiResult<EventHead> {
+    match state.store.event_head(id).await? {
         Some(event) if who.sees_project(&event.project_id) => Ok(event),
         _ => Err(ApiError::NotFound {
             kind: "Event",
             id: id.to_string(),
         }),
     }
+}
+
+/// A whole event the caller may see, with its share of [`DOCUMENT_BUDGET`]
+/// for `copies` of its document at once (hand it on to [`held_json`] to
+/// keep it until the answer is written).
+async fn visible_event(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    copies: u64,
+) -> ApiResult<(EventRecord, Option<OwnedSemaphorePermit>)> {
+    let head = visible_head(state, who, id).await?;
+    let share = document_share(state, head.size.saturating_mul(copies)).await;
+    match state.store.event(id).await? {
+        Some(event) => Ok((event, share)),
+        // Deleted since its head was read.
+        None => Err(ApiError::NotFound {
+            kind: "Event",
+            id: id.to_string(),
+        }),
+    }
+}
+
+/// Copies of a document held at once while it is read and rendered: the
+/// database's and the driver's while it is read, then the parsed event,
+/// then the rendered answer.
+const RENDERED: u64 = 3;
+
+/// Copies of a document held at once while a retry or a clone of its event
+/// is read, stored and shown: as for [`RENDERED`], and the new event, the
+/// copy the answer shows and the event as the store writes it.
+const COPIED: u64 = 4;
+
+/// Waits for the share of [`DOCUMENT_BUDGET`] of `bytes` held in documents;
+/// `None` for a small one. One larger than the budget waits for all of it.
+async fn document_share(state: &AppState, bytes: u64) -> Option<OwnedSemaphorePermit> {
+    if bytes < SMALL_DOCUMENT {
+        return None;
+    }
+    let bytes = u32::try_from(bytes)
+        .unwrap_or(u32::MAX)
+        .min(DOCUMENT_BUDGET);
+    // The semaphore is never closed, so this cannot fail.
+    state.documents.clone().acquire_many_owned(bytes).await.ok()
+}
+
+/// A rendered answer that keeps its share of [`DOCUMENT_BUDGET`] until the
+/// HTTP layer has written it and drops it.
+struct HeldBytes {
+    bytes: Vec<u8>,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// `value` as JSON, after `prefix`, holding as much of `share` as it has
+/// bytes until it is written: the copies made to render it are gone by
+/// then (or go with `value`), and their part of the budget goes back at
+/// once, for other requests or this one's next event.
+fn held_json(prefix: &[u8], value: &Value, share: Option<OwnedSemaphorePermit>) -> Bytes {
+    let mut bytes = prefix.to_vec();
+    // Writing JSON values to memory cannot fail.
+    let _ = serde_json::to_writer(&mut bytes, value);
+    let Some(mut share) = share else {
+        return Bytes::from(bytes);
+    };
+    let kept = match share.split(bytes.len()) {
+        // The rest of `share` is given back when it is dropped here.
+        Some(kept) => kept,
+        None => share,
+    };
+    Bytes::from_owner(HeldBytes {
+        bytes,
+        _share: Some(kept),
+    })
+}
+
+/// A JSON answer rendered by [`held_json`].
+fn held_answer(status: StatusCode, value: &Value, share: Option<OwnedSemaphorePermit>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(held_json(b"", value, share)),
+    )
+        .into_response()
 }
 
 // ----- rendering ----------------------------------------------------------------
@@ -535,19 +732,33 @@ fn worker_spec(project: &Value, git: Option<&Value>) -> Value {
     spec
 }
 
-fn event_json(event: &EventRecord, jobs: &[JobRecord]) -> Value {
-    let doc = &event.document;
+/// An event as Brigade's API shows it. It takes the event, so that its
+/// payload moves into the answer instead of being copied.
+fn event_json(event: EventRecord, jobs: &[JobRecord]) -> Value {
+    let EventRecord {
+        id,
+        project_id,
+        created,
+        source,
+        event_type,
+        document: mut doc,
+        summary,
+        phase,
+        started,
+        ended,
+        ..
+    } = event;
     let mut value = json!({
         "apiVersion": API_VERSION,
         "kind": "Event",
-        "metadata": {"id": event.id, "created": rfc3339(event.created)},
-        "projectID": event.project_id,
-        "source": event.source,
-        "type": event.event_type,
-        "payload": doc.payload,
+        "metadata": {"id": id, "created": rfc3339(created)},
+        "projectID": project_id,
+        "source": source,
+        "type": event_type,
+        "payload": std::mem::take(&mut doc.payload),
         "worker": {
             "spec": worker_spec(&doc.project, doc.git.as_ref()),
-            "status": status_json(event.phase, event.started, event.ended),
+            "status": status_json(phase, started, ended),
             "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
         },
     });
@@ -563,11 +774,11 @@ fn event_json(event: &EventRecord, jobs: &[JobRecord]) -> Value {
     if !doc.long_title.is_empty() {
         value["longTitle"] = json!(doc.long_title);
     }
-    if let Some(git) = &doc.git {
-        value["git"] = git.clone();
+    if let Some(git) = doc.git {
+        value["git"] = git;
     }
-    if !event.summary.is_empty() {
-        value["summary"] = json!(event.summary);
+    if !summary.is_empty() {
+        value["summary"] = json!(summary);
     }
     if !doc.source_state.is_empty() {
         value["sourceState"] = json!({"state": doc.source_state});
@@ -740,13 +951,21 @@ async fn create_project(State(state): AppStateRef, headers: HeaderMap, body: Byt
     ok(StatusCode::CREATED, project_json(&project))
 }
 
+/// "Not found" for a project deleted while a request about it ran.
+fn project_gone(id: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: "Project",
+        id: id.to_string(),
+    }
+}
+
 /// A project's creator administers it (as in Brigade).
 async fn grant_creator(state: &AppState, who: &Principal, project: &str) -> ApiResult<()> {
     if who.kind == PrincipalKind::Root {
         return Ok(());
     }
     for role in PROJECT_ROLES {
-        state
+        let granted = state
             .store
             .grant(&RoleAssignment {
                 role: role.to_string(),
@@ -755,6 +974,10 @@ async fn grant_creator(state: &AppState, who: &Principal, project: &str) -> ApiR
                 scope: project.to_string(),
             })
             .await?;
+        if !granted {
+            // Deleted as soon as it was created.
+            return Err(project_gone(project));
+        }
     }
     Ok(())
 }
@@ -843,17 +1066,13 @@ async fn delete_project(
     // Stop the project's running workers before their rows go.
     let running = state
         .store
-        .events(
-            &EventFilter {
-                project_id: Some(id.clone()),
-                phases: vec![Phase::Pending, Phase::Starting, Phase::Running],
-                ..EventFilter::default()
-            },
-            None,
-            i64::MAX,
-        )
+        .event_heads(&EventFilter {
+            project_id: Some(id.clone()),
+            phases: vec![Phase::Pending, Phase::Starting, Phase::Running],
+            ..EventFilter::default()
+        })
         .await?;
-    for event in running.items {
+    for event in running {
         state.store.cancel_event(&event.id).await?;
         state.scheduler.abort_local(&event.id);
     }
@@ -915,7 +1134,9 @@ async fn set_secret(
     let mut secrets = state.store.secrets(&id).await?;
     secrets.remove(&key);
     validate_secrets(secrets.iter().chain([(&key, &secret.value)])).map_err(limit_error)?;
-    state.store.set_secret(&id, &key, &secret.value).await?;
+    if !state.store.set_secret(&id, &key, &secret.value).await? {
+        return Err(project_gone(&id));
+    }
     ok(StatusCode::OK, json!({}))
 }
 
@@ -1014,9 +1235,13 @@ fn may_create(who: &Principal, source: &str, project: &str) -> bool {
 /// Hub `push` also reaches projects subscribed to the older `image_push`.
 async fn fan_out(
     state: &AppState,
-    body: &EventBody,
+    mut body: EventBody,
     extra_labels: &BTreeMap<String, String>,
 ) -> ApiResult<Vec<NewEvent>> {
+    // The payload (up to the body limit) is not copied for the
+    // subscriptions, which do not look at it, and is moved into the last
+    // copy of the event.
+    let payload = std::mem::take(&mut body.payload);
     let projects = if body.project_id.is_empty() {
         let mut all = Vec::new();
         let mut after = String::new();
@@ -1050,7 +1275,7 @@ async fn fan_out(
         labels: labels.clone(),
         short_title: body.short_title.clone(),
         long_title: body.long_title.clone(),
-        payload: body.payload.clone(),
+        payload: String::new(),
     };
     let legacy =
         (body.source == gateways::DOCKERHUB_SOURCE && body.event_type == "push").then(|| {
@@ -1085,49 +1310,77 @@ async fn fan_out(
                 short_title: body.short_title.clone(),
                 long_title: body.long_title.clone(),
                 git: body.git.clone(),
-                payload: body.payload.clone(),
+                payload: String::new(),
                 source_state: BTreeMap::new(),
                 project: project.document.clone(),
             },
             inherited_jobs: Vec::new(),
         });
     }
+    if let Some((last, others)) = events.split_last_mut() {
+        for event in others {
+            event.document.payload = payload.clone();
+        }
+        last.document.payload = payload;
+    }
     Ok(events)
 }
 
-/// Stores events (durably) and answers with Brigade's EventList.
-async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult {
-    let items = events
+/// Stores events (durably); the JSON of those stored, as Brigade's API
+/// shows them. An event whose project was deleted meanwhile is not stored
+/// and not shown.
+async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult<Vec<Value>> {
+    let records: Vec<EventRecord> = events
         .iter()
-        .map(|e| {
-            let record = EventRecord {
-                seq: 0,
-                id: e.id.clone(),
-                project_id: e.project_id.clone(),
-                created: e.created,
-                source: e.source.clone(),
-                event_type: e.event_type.clone(),
-                document: e.document.clone(),
-                summary: String::new(),
-                phase: Phase::Pending,
-                started: None,
-                ended: None,
-                attempts: 0,
-            };
-            event_json(&record, &[])
+        .map(|e| EventRecord {
+            seq: 0,
+            id: e.id.clone(),
+            project_id: e.project_id.clone(),
+            created: e.created,
+            source: e.source.clone(),
+            event_type: e.event_type.clone(),
+            document: e.document.clone(),
+            summary: String::new(),
+            phase: Phase::Pending,
+            started: None,
+            ended: None,
+            attempts: 0,
         })
         .collect();
-    store_events(state, events).await?;
-    ok(StatusCode::CREATED, list("EventList", items, None, 0))
+    let (_, gone) = store_events(state, events).await?;
+    Ok(records
+        .into_iter()
+        .filter(|r| !gone.contains(&r.project_id))
+        .map(|r| event_json(r, &[]))
+        .collect())
 }
 
-/// Stores events durably, counts them and wakes the scheduler; how many.
-async fn store_events(state: &AppState, events: Vec<NewEvent>) -> ApiResult<usize> {
-    let count = events.len();
-    state.store.insert_events(events).await?;
+/// Stores events durably, counts them and wakes the scheduler; how many
+/// were stored, and the projects deleted meanwhile whose events were not.
+async fn store_events(
+    state: &AppState,
+    events: Vec<NewEvent>,
+) -> ApiResult<(usize, std::collections::BTreeSet<String>)> {
+    let projects: Vec<String> = events.iter().map(|e| e.project_id.clone()).collect();
+    let gone = state.store.insert_events(events).await?;
+    let count = projects.iter().filter(|p| !gone.contains(*p)).count();
     state.metrics.events_accepted(count);
     state.scheduler.wake();
-    Ok(count)
+    Ok((count, gone))
+}
+
+/// Stores the one event a retry or a clone made and answers with it (an
+/// Event, as Brigade's API did, not a list), holding `share` until written.
+async fn accept_one(
+    state: &AppState,
+    event: NewEvent,
+    share: Option<OwnedSemaphorePermit>,
+) -> ApiResult {
+    let project = event.project_id.clone();
+    match accept(state, vec![event]).await?.pop() {
+        Some(value) => Ok(held_answer(StatusCode::CREATED, &value, share)),
+        None => Err(project_gone(&project)),
+    }
 }
 
 async fn create_events(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
@@ -1154,8 +1407,14 @@ async fn create_events(State(state): AppStateRef, headers: HeaderMap, body: Byte
             id: body.project_id.clone(),
         });
     }
-    let events = fan_out(&state, &body, &BTreeMap::new()).await?;
-    accept(&state, events).await
+    let project = body.project_id.clone();
+    let events = fan_out(&state, body, &BTreeMap::new()).await?;
+    let subscribed = events.len();
+    let items = accept(&state, events).await?;
+    if subscribed > 0 && items.is_empty() && !project.is_empty() {
+        return Err(project_gone(&project));
+    }
+    ok(StatusCode::CREATED, list("EventList", items, None, 0))
 }
 
 async fn list_events(
@@ -1181,12 +1440,55 @@ async fn list_events(
         })?),
         None => None,
     };
-    let page = state.store.events(&filter, after, limit).await?;
-    let items = page.items.iter().map(|e| event_json(e, &[])).collect();
-    ok(
+    let page = state
+        .store
+        .event_page(&filter, after, limit, EVENT_PAGE_BYTES)
+        .await?;
+    // The list's envelope, then its events one at a time, each read and
+    // rendered only when the previous one was handed to the connection: a
+    // request holds one event's document, not the page's.
+    let mut envelope = list("EventList", Vec::new(), page.next, page.remaining);
+    envelope
+        .as_object_mut()
+        .and_then(|fields| fields.remove("items"));
+    // `{...,"items":[` ... `]}`, the items last.
+    let mut envelope = envelope.to_string();
+    envelope.pop();
+    envelope.push_str(",\"items\":[");
+    let items = stream::unfold(
+        (state, page.items.into_iter(), true),
+        |(state, mut slots, first)| async move {
+            loop {
+                let slot = slots.next()?;
+                let share = document_share(&state, slot.size.saturating_mul(RENDERED)).await;
+                match state.store.event_by_seq(slot.seq).await {
+                    // Deleted since the page was read.
+                    Ok(None) => continue,
+                    Ok(Some(event)) => {
+                        let separator: &[u8] = if first { b"" } else { b"," };
+                        let item = held_json(separator, &event_json(event, &[]), share);
+                        return Some((Ok(item), (state, slots, false)));
+                    }
+                    Err(e) => {
+                        // The answer has begun: cutting it short is how the
+                        // client learns that it is not whole. Nothing more
+                        // follows the error.
+                        tracing::error!(error = %e, "reading a listed event failed");
+                        return Some((Err(e), (state, Vec::new().into_iter(), false)));
+                    }
+                }
+            }
+        },
+    );
+    let body = stream::once(async move { Ok::<_, StoreError>(Bytes::from(envelope)) })
+        .chain(items)
+        .chain(stream::once(async { Ok(Bytes::from_static(b"]}")) }));
+    Ok((
         StatusCode::OK,
-        list("EventList", items, page.next, page.remaining),
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
     )
+        .into_response())
 }
 
 async fn get_event(
@@ -1195,14 +1497,18 @@ async fn get_event(
     Path(id): Path<String>,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let event = visible_event(&state, &who, &id).await?;
+    let (event, share) = visible_event(&state, &who, &id, RENDERED).await?;
     let jobs = state.store.jobs(&id).await?;
-    ok(StatusCode::OK, event_json(&event, &jobs))
+    Ok(held_answer(
+        StatusCode::OK,
+        &event_json(event, &jobs),
+        share,
+    ))
 }
 
 /// Cancels one event the caller may cancel; `Ok(false)` when its worker had
 /// already ended.
-async fn cancel_one(state: &AppState, event: &EventRecord) -> ApiResult<bool> {
+async fn cancel_one(state: &AppState, event: &EventHead) -> ApiResult<bool> {
     match state.store.cancel_event(&event.id).await? {
         Some(phase) if phase.is_terminal() => Ok(false),
         Some(_) => {
@@ -1219,7 +1525,7 @@ async fn cancel_event(
     Path(id): Path<String>,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let event = visible_event(&state, &who, &id).await?;
+    let event = visible_head(&state, &who, &id).await?;
     require_project(&who, "PROJECT_USER", &event.project_id)?;
     if !cancel_one(&state, &event).await? {
         return Err(ApiError::Conflict {
@@ -1239,7 +1545,7 @@ async fn many(
     state: &AppState,
     who: &Principal,
     query: &HashMap<String, String>,
-) -> ApiResult<Vec<EventRecord>> {
+) -> ApiResult<Vec<EventHead>> {
     let project = query
         .get("projectID")
         .filter(|p| !p.is_empty())
@@ -1249,19 +1555,14 @@ async fn many(
         return Err(ApiError::bad("workerPhases is required"));
     }
     require_project(who, "PROJECT_USER", project)?;
-    let page = state
+    Ok(state
         .store
-        .events(
-            &EventFilter {
-                project_id: Some(project.clone()),
-                phases,
-                ..EventFilter::default()
-            },
-            None,
-            i64::MAX,
-        )
-        .await?;
-    Ok(page.items)
+        .event_heads(&EventFilter {
+            project_id: Some(project.clone()),
+            phases,
+            ..EventFilter::default()
+        })
+        .await?)
 }
 
 async fn cancel_events(
@@ -1282,7 +1583,7 @@ async fn cancel_events(
     )
 }
 
-async fn delete_one(state: &AppState, event: &EventRecord) -> ApiResult<bool> {
+async fn delete_one(state: &AppState, event: &EventHead) -> ApiResult<bool> {
     if !event.phase.is_terminal() {
         cancel_one(state, event).await?;
     }
@@ -1295,7 +1596,7 @@ async fn delete_event(
     Path(id): Path<String>,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let event = visible_event(&state, &who, &id).await?;
+    let event = visible_head(&state, &who, &id).await?;
     require_project(&who, "PROJECT_USER", &event.project_id)?;
     delete_one(&state, &event).await?;
     ok(StatusCode::OK, json!({}))
@@ -1325,7 +1626,7 @@ async fn retry_event(
     Path(id): Path<String>,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let event = visible_event(&state, &who, &id).await?;
+    let (event, share) = visible_event(&state, &who, &id, COPIED).await?;
     if !may_create(&who, &event.source, &event.project_id) {
         return Err(ApiError::forbidden("PROJECT_USER", &event.project_id));
     }
@@ -1353,20 +1654,21 @@ async fn retry_event(
             ..job
         })
         .collect();
-    let mut document = event.document.clone();
+    let mut document = event.document;
     document.labels.insert(RETRY_LABEL.into(), event.id.clone());
     document.source_state.clear();
-    accept(
+    accept_one(
         &state,
-        vec![NewEvent {
+        NewEvent {
             id: new_id,
-            project_id: event.project_id.clone(),
+            project_id: event.project_id,
             created: now,
-            source: event.source.clone(),
-            event_type: event.event_type.clone(),
+            source: event.source,
+            event_type: event.event_type,
             document,
             inherited_jobs: inherited,
-        }],
+        },
+        share,
     )
     .await
 }
@@ -1377,31 +1679,32 @@ async fn clone_event(
     Path(id): Path<String>,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let event = visible_event(&state, &who, &id).await?;
+    let (event, share) = visible_event(&state, &who, &id, COPIED).await?;
     if !may_create(&who, &event.source, &event.project_id) {
         return Err(ApiError::forbidden("PROJECT_USER", &event.project_id));
     }
-    let doc = &event.document;
+    // The original's parts move into the clone: its payload is not copied.
+    let doc = event.document;
     let body = EventBody {
         project_id: event.project_id.clone(),
         source: event.source.clone(),
         event_type: event.event_type.clone(),
-        qualifiers: Some(doc.qualifiers.clone()),
+        qualifiers: Some(doc.qualifiers),
         labels: Some(
             doc.labels
-                .iter()
+                .into_iter()
                 .filter(|(k, _)| !k.starts_with("brigade.sh/"))
-                .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         ),
-        short_title: doc.short_title.clone(),
-        long_title: doc.long_title.clone(),
-        git: doc.git.clone(),
-        payload: doc.payload.clone(),
+        short_title: doc.short_title,
+        long_title: doc.long_title,
+        git: doc.git,
+        payload: doc.payload,
     };
     let extra = BTreeMap::from([("brigade.sh/cloneOf".to_string(), event.id.clone())]);
-    let events = fan_out(&state, &body, &extra).await?;
-    if events.is_empty() {
+    let mut events = fan_out(&state, body, &extra).await?;
+    // The body names the event's project, so there is one copy at most.
+    let Some(clone) = events.pop() else {
         return Err(ApiError::Conflict {
             kind: "Event",
             id,
@@ -1410,8 +1713,8 @@ async fn clone_event(
                 event.project_id, event.source, event.event_type
             ),
         });
-    }
-    accept(&state, events).await
+    };
+    accept_one(&state, clone, share).await
 }
 
 #[derive(Deserialize)]
@@ -1513,7 +1816,7 @@ async fn worker_status(
     Query(query): QueryMap,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let event = visible_event(&state, &who, &id).await?;
+    let event = visible_head(&state, &who, &id).await?;
     if !truthy(&query, "watch") {
         return ok(
             StatusCode::OK,
@@ -1523,7 +1826,7 @@ async fn worker_status(
     let stream = watch_status(state.clone(), move |state| {
         let id = id.clone();
         async move {
-            let event = state.store.event(&id).await.ok()??;
+            let event = state.store.event_head(&id).await.ok()??;
             Some((
                 event.phase,
                 status_json(event.phase, event.started, event.ended),
@@ -1544,7 +1847,7 @@ async fn job_status(
     Query(query): QueryMap,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    visible_event(&state, &who, &id).await?;
+    visible_head(&state, &who, &id).await?;
     let Some(job) = state.store.job(&id, &name).await? else {
         return Err(ApiError::NotFound {
             kind: "Job",
@@ -1571,7 +1874,7 @@ async fn logs(
     Query(query): QueryMap,
 ) -> ApiResult {
     let who = principal(&state, &headers).await?;
-    let event = match state.store.event(&id).await? {
+    let event = match state.store.event_head(&id).await? {
         Some(event)
             if who.has_project_role("PROJECT_USER", &event.project_id)
                 || who.has("EVENT_CREATOR", &event.source) =>
@@ -1654,7 +1957,7 @@ struct LogCursor {
 /// Whether whatever writes a log stream has ended: the job, or the worker.
 async fn stream_ended(state: &AppState, cursor: &LogCursor) -> bool {
     if cursor.job.is_empty() {
-        return match state.store.event(&cursor.event_id).await {
+        return match state.store.event_head(&cursor.event_id).await {
             Ok(Some(event)) => event.phase.is_terminal(),
             _ => true,
         };
@@ -2058,7 +2361,9 @@ async fn grant_project_role(
     let body: RoleBody = parse_body(&body, "project role assignment")?;
     let role = project_role(&id, &body.role, &body.principal.kind, &body.principal.id)?;
     principal_exists(&state, &role.principal_type, &role.principal_id).await?;
-    state.store.grant(&role).await?;
+    if !state.store.grant(&role).await? {
+        return Err(project_gone(&id));
+    }
     ok(StatusCode::OK, json!({}))
 }
 
@@ -2165,8 +2470,8 @@ async fn accept_gateway_event(state: &AppState, event: GatewayEvent) -> ApiResul
         git,
         payload: event.payload,
     };
-    let events = fan_out(state, &body, &BTreeMap::new()).await?;
-    store_events(state, events).await
+    let events = fan_out(state, body, &BTreeMap::new()).await?;
+    Ok(store_events(state, events).await?.0)
 }
 
 fn accepted(count: usize) -> Response {

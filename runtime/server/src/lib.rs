@@ -5,14 +5,15 @@
 //!
 //! The parts: [`store`] (SQLite or PostgreSQL through one code path),
 //! [`scheduler`] (claims with leases, limits, fairness, recovery), [`api`]
-//! (the REST API, streams and gateways' HTTP side), [`auth`] (principals and
-//! roles), [`gateways`] (webhook parsing and authentication) and
-//! [`metrics`]; secret values are kept out of logs with
-//! [`mizzen_runtime::redact`].
+//! (the REST API, streams and gateways' HTTP side), [`http`] (connections:
+//! their limit and timeouts), [`auth`] (principals and roles), [`gateways`]
+//! (webhook parsing and authentication) and [`metrics`]; secret values are
+//! kept out of logs with [`mizzen_runtime::redact`].
 
 pub mod api;
 pub mod auth;
 pub mod gateways;
+pub mod http;
 pub mod metrics;
 pub mod projects;
 pub mod scheduler;
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 pub use api::GatewayConfig;
+pub use http::HttpLimits;
 pub use scheduler::SchedulerConfig;
 
 /// How often old logs are looked for when a retention is set.
@@ -87,6 +89,8 @@ pub struct ServerConfig {
     /// command (one per core scales with the cores), or, when `None`, in
     /// this process.
     pub sandbox_processes: Option<(usize, ShardCommand)>,
+    /// Client connections: how many, and how long they may be slow.
+    pub http: HttpLimits,
 }
 
 /// A server bound to its address, ready to run.
@@ -99,11 +103,41 @@ pub struct Server {
     state: Arc<api::AppState>,
     scheduler: Arc<scheduler::Scheduler>,
     config: ServerConfig,
+    max_connections: usize,
 }
 
 impl Server {
     /// Opens the store, prepares the sandbox and binds the address.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        // Before the store and the sandbox processes open theirs.
+        let descriptors = http::raise_descriptor_limit();
+        let max_connections = match config.http.max_connections {
+            Some(max) => {
+                if max as u64 + http::DESCRIPTOR_RESERVE > descriptors {
+                    tracing::warn!(
+                        max_connections = max,
+                        descriptors,
+                        reserve = http::DESCRIPTOR_RESERVE,
+                        "--max-connections leaves fewer descriptors than the reserve for the store, sandbox processes, git and the engine: a full server may fail to open them"
+                    );
+                }
+                max
+            }
+            None => {
+                if descriptors <= 2 * http::DESCRIPTOR_RESERVE {
+                    tracing::warn!(
+                        descriptors,
+                        "few open descriptors are allowed (raise `ulimit -n`): half go to client connections, half are kept for the store, sandbox processes, git and the engine"
+                    );
+                }
+                http::default_max_connections(descriptors)
+            }
+        };
+        tracing::info!(
+            descriptors,
+            max_connections,
+            "open descriptors allowed, and client connections served at once"
+        );
         // The store and the jobs' scratch files are the server's alone.
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -147,6 +181,8 @@ impl Server {
             metrics,
             root_password: config.root_password.clone(),
             gateways: config.gateways.clone(),
+            documents: Arc::new(tokio::sync::Semaphore::new(api::DOCUMENT_BUDGET as usize)),
+            body_timeout: config.http.body_timeout,
         });
         Ok(Self {
             _data_dir_lock: data_dir_lock,
@@ -154,6 +190,7 @@ impl Server {
             state,
             scheduler,
             config,
+            max_connections,
         })
     }
 
@@ -181,17 +218,21 @@ impl Server {
                 stop_rx.clone(),
             ));
         }
-        let address = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let app = api::router(self.state.clone());
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
+        http::serve(
+            self.listener,
+            app,
+            &self.config.http,
+            self.max_connections,
+            async move {
                 shutdown.await;
                 tracing::info!(
                     "shutting down: no new requests; running workers get their grace period"
                 );
                 let _ = stop_tx.send(true);
-            })
-            .await;
+            },
+        )
+        .await;
         // Streams may keep the HTTP side open; the scheduler decides when
         // the workers are done.
         let _ = scheduler.await;
@@ -201,7 +242,7 @@ impl Server {
         if let Some(executor) = &self.config.executor {
             executor.cleaned_up().await;
         }
-        served.map_err(|source| ServerError::Listen { address, source })
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@
 //! Log lines are batched the same way.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +17,8 @@ use mizzen_host_api::types::Phase;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use futures_util::TryStreamExt;
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row, SqlSafeStr};
@@ -31,6 +32,14 @@ const MAX_EVENT_BATCH: usize = 512;
 /// Log lines written in one transaction at most: enough to absorb a burst,
 /// few enough that followers see lines soon.
 const MAX_LOG_BATCH: usize = 1_000;
+
+/// Documents read at once to filter events by qualifiers, labels or source
+/// state: a chunk ends once its documents pass 8 MiB or it holds 500
+/// events (few enough parameters for either database), so filtering costs
+/// a few queries per thousand events and memory for one chunk, not for
+/// every event.
+const FILTER_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
+const FILTER_CHUNK_EVENTS: usize = 500;
 
 /// Connections to the database. SQLite writes one at a time anyway; the rest
 /// serve reads (WAL lets readers run beside the writer). PostgreSQL replicas
@@ -82,6 +91,28 @@ async fn lock_scheduler(
         .execute(&mut **tx)
         .await?;
     Ok(now_micros())
+}
+
+/// Locks project `id`'s row for the rest of `tx` (a row lock in PostgreSQL,
+/// the write lock in SQLite); whether the project exists.
+///
+/// A project's deletion takes the lock first, and every write of something
+/// that belongs to a project (a secret, a project role, an event) takes it
+/// before it writes: whichever comes second sees what the first did. A
+/// write that checked the project and then wrote in separate statements
+/// could land after the deletion had removed the project's rows, and the
+/// next project created with that id (perhaps another tenant's) inherited
+/// it; so could a single `INSERT ... WHERE EXISTS`, under PostgreSQL's READ
+/// COMMITTED, when the deletion committed between the statement's snapshot
+/// and its insert. The update changes nothing, so that it works the same
+/// on both databases (SQLite has no `SELECT ... FOR SHARE`).
+async fn lock_project(tx: &mut sqlx::Transaction<'_, Any>, id: &str) -> Result<bool, StoreError> {
+    let locked = sqlx::query("UPDATE projects SET created = created WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok(locked == 1)
 }
 
 /// A time as the store keeps it: microseconds since the Unix epoch.
@@ -174,6 +205,100 @@ pub struct EventRecord {
     pub ended: Option<i64>,
     /// How many times a worker was started for it.
     pub attempts: i64,
+}
+
+/// What the API needs of an event to find it, check who may see it and
+/// follow its worker: everything but its document, which holds the payload
+/// (up to the API's body limit) and the project's definition.
+#[derive(Debug, Clone)]
+pub struct EventHead {
+    /// Insertion order; newer events have larger numbers.
+    pub seq: i64,
+    /// The id (a UUID).
+    pub id: String,
+    /// The project whose copy this is.
+    pub project_id: String,
+    /// The source.
+    pub source: String,
+    /// The worker's phase.
+    pub phase: Phase,
+    /// When the worker started running.
+    pub started: Option<i64>,
+    /// When it ended.
+    pub ended: Option<i64>,
+    /// The stored document's length in bytes, about what the event's JSON
+    /// adds to an answer.
+    pub size: u64,
+}
+
+/// An event's place in a list: where it is in the store, and what its
+/// document adds to an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSlot {
+    /// Insertion order; newer events have larger numbers.
+    pub seq: i64,
+    /// The stored document's length in bytes.
+    pub size: u64,
+}
+
+/// The parts of an event's document that list filters look at.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DocumentKeys {
+    #[serde(default)]
+    qualifiers: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    source_state: BTreeMap<String, String>,
+}
+
+/// A page of event heads being filled, newest first.
+struct PageBuilder {
+    items: Vec<EventSlot>,
+    limit: usize,
+    budget: u64,
+    bytes: u64,
+    /// Set by the first event that did not fit: none after it may join, or
+    /// the order would break.
+    full: bool,
+    remaining: i64,
+}
+
+impl PageBuilder {
+    fn new(limit: i64, budget: u64) -> Self {
+        Self {
+            items: Vec::new(),
+            limit: usize::try_from(limit.max(1)).unwrap_or(usize::MAX),
+            budget,
+            bytes: 0,
+            full: false,
+            remaining: 0,
+        }
+    }
+
+    /// Adds the next matching event, or counts it as one that follows.
+    fn push(&mut self, slot: EventSlot) {
+        let fits = self.items.is_empty() || self.bytes.saturating_add(slot.size) <= self.budget;
+        if !self.full && self.items.len() < self.limit && fits {
+            self.bytes = self.bytes.saturating_add(slot.size);
+            self.items.push(slot);
+        } else {
+            self.full = true;
+            self.remaining += 1;
+        }
+    }
+
+    fn finish(self) -> Page<EventSlot> {
+        let next = (self.remaining > 0)
+            .then(|| self.items.last().map(|slot| slot.seq.to_string()))
+            .flatten();
+        Page {
+            items: self.items,
+            next,
+            remaining: self.remaining,
+        }
+    }
 }
 
 /// A new event, before it is stored.
@@ -310,7 +435,12 @@ pub struct WorkerLimits {
     pub per_project: i64,
 }
 
-type EventBatch = (Vec<NewEvent>, oneshot::Sender<Result<(), String>>);
+/// A request to the event writer, answered with the projects it found gone
+/// (whose events it did not store), or why the batch failed.
+type EventBatch = (
+    Vec<NewEvent>,
+    oneshot::Sender<Result<BTreeSet<String>, String>>,
+);
 
 /// The store. Cheap to clone.
 #[derive(Clone)]
@@ -467,20 +597,26 @@ impl Store {
     }
 
     /// Deletes a project with its events, jobs, logs, secrets and project
-    /// role assignments; `false` when there is no such project.
+    /// role assignments, in one transaction that holds the project's lock
+    /// ([`lock_project`]) from its start; `false` when there is no such
+    /// project.
     pub async fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
-        self.delete_with(
-            id,
-            &[
-                "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
-                "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
-                "DELETE FROM events WHERE project_id = $1",
-                "DELETE FROM secrets WHERE project_id = $1",
-                "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
-            ],
+        let mut tx = self.pool.begin().await?;
+        if !lock_project(&mut tx, id).await? {
+            return Ok(false);
+        }
+        for sql in [
+            "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+            "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
+            "DELETE FROM events WHERE project_id = $1",
+            "DELETE FROM secrets WHERE project_id = $1",
+            "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
             "DELETE FROM projects WHERE id = $1",
-        )
-        .await
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Runs `dependents` and then `owner` for `id` in one transaction;
@@ -506,13 +642,18 @@ impl Store {
 
     // ----- secrets --------------------------------------------------------
 
-    /// Sets a secret.
+    /// Sets a secret; `false` when there is no such project (it may have
+    /// been deleted a moment ago: the secret must not outlive it).
     pub async fn set_secret(
         &self,
         project: &str,
         key: &str,
         value: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if !lock_project(&mut tx, project).await? {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO secrets (project_id, key, value) VALUES ($1, $2, $3)
              ON CONFLICT (project_id, key) DO UPDATE SET value = excluded.value",
@@ -520,9 +661,10 @@ impl Store {
         .bind(project)
         .bind(key)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Removes a secret; `false` when it was not set.
@@ -549,9 +691,15 @@ impl Store {
     // ----- events ---------------------------------------------------------
 
     /// Stores events durably (group commit) and wakes the scheduler.
-    pub async fn insert_events(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
+    /// Returns the projects that no longer exist (deleted while the events
+    /// were on their way): their events were not stored, and the others
+    /// were.
+    pub async fn insert_events(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<BTreeSet<String>, StoreError> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(BTreeSet::new());
         }
         let (done, result) = oneshot::channel();
         self.events
@@ -559,9 +707,9 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         match result.await {
-            Ok(Ok(())) => {
+            Ok(Ok(gone)) => {
                 self.changed();
-                Ok(())
+                Ok(gone)
             }
             Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
             Err(_) => Err(StoreError::Closed),
@@ -579,39 +727,129 @@ impl Store {
         row.map(|row| event_record(&row)).transpose()
     }
 
-    /// Events newest first, after the `after` cursor, matching `filter`.
-    pub async fn events(
+    /// An event by its place in the store ([`EventHead::seq`]).
+    pub async fn event_by_seq(&self, seq: i64) -> Result<Option<EventRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq = $1"
+        )))
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| event_record(&row)).transpose()
+    }
+
+    /// An event's head: what it is, whose, and its worker's phase, without
+    /// its document.
+    pub async fn event_head(&self, id: &str) -> Result<Option<EventHead>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {HEAD_COLUMNS} FROM events WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| event_head(&row)).transpose()
+    }
+
+    /// The events matching `filter` that are not in a list's pages: their
+    /// heads, newest first. Only the filters on columns apply (project,
+    /// source, type, phases).
+    pub async fn event_heads(&self, filter: &EventFilter) -> Result<Vec<EventHead>, StoreError> {
+        let (sql, binds) = event_query(filter, None, HEAD_COLUMNS);
+        let rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_head).collect()
+    }
+
+    /// A page of the events matching `filter`, newest first, after the
+    /// `after` cursor: at most `limit` events whose documents add up to at
+    /// most `page_bytes` (but never an empty page while events match), where
+    /// the next page starts and how many events follow.
+    ///
+    /// No document is held for the page: rows are read as a stream, of
+    /// columns stored before the document (SQLite would walk a large
+    /// document's overflow pages to reach the columns after it), and for
+    /// the filters that look into documents (qualifiers, labels, source
+    /// state) documents are read a chunk at a time. Memory does not grow
+    /// with the number of events, nor with their payloads.
+    pub async fn event_page(
         &self,
         filter: &EventFilter,
         after: Option<i64>,
         limit: i64,
-    ) -> Result<Page<EventRecord>, StoreError> {
-        let (sql, binds) = event_query(filter, after);
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for bind in binds {
-            query = match bind {
-                Bind::Text(s) => query.bind(s),
-                Bind::Int(i) => query.bind(i),
+        page_bytes: u64,
+    ) -> Result<Page<EventSlot>, StoreError> {
+        let (sql, binds) = event_query(filter, after, SLOT_COLUMNS);
+        let mut rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds).fetch(&self.pool);
+        let mut page = PageBuilder::new(limit, page_bytes);
+        let by_document = !(filter.qualifiers.is_empty()
+            && filter.labels.is_empty()
+            && filter.source_state.is_empty());
+        let (mut chunk, mut chunk_bytes) = (Vec::new(), 0);
+        while let Some(row) = rows.try_next().await? {
+            let size: i64 = row.try_get("size")?;
+            let slot = EventSlot {
+                seq: row.try_get("seq")?,
+                size: u64::try_from(size).unwrap_or(0),
             };
+            if !by_document {
+                page.push(slot);
+                continue;
+            }
+            chunk_bytes += slot.size;
+            chunk.push(slot);
+            if chunk_bytes >= FILTER_CHUNK_BYTES || chunk.len() >= FILTER_CHUNK_EVENTS {
+                self.filter_by_documents(filter, std::mem::take(&mut chunk), &mut page)
+                    .await?;
+                chunk_bytes = 0;
+            }
         }
-        // Qualifier, label and source-state filters look into documents, so
-        // they are applied here; the rest is in SQL.
-        let rows = query.fetch_all(&self.pool).await?;
-        let mut matched = Vec::new();
-        for row in &rows {
-            let event = event_record(row)?;
-            let doc = &event.document;
+        drop(rows);
+        self.filter_by_documents(filter, chunk, &mut page).await?;
+        Ok(page.finish())
+    }
+
+    /// Adds to `page` the events of `chunk` whose qualifiers, labels and
+    /// source state match `filter`, in order.
+    async fn filter_by_documents(
+        &self,
+        filter: &EventFilter,
+        chunk: Vec<EventSlot>,
+        page: &mut PageBuilder,
+    ) -> Result<(), StoreError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "SELECT seq, document FROM events WHERE seq IN ({})",
+            placeholders.join(", ")
+        )));
+        for slot in &chunk {
+            query = query.bind(slot.seq);
+        }
+        let mut matching = BTreeSet::new();
+        for row in query.fetch_all(&self.pool).await? {
+            let document: String = row.try_get("document")?;
+            // Only the three maps are read; the payload is skipped over.
+            let keys: DocumentKeys =
+                serde_json::from_str(&document).map_err(|e| corrupt("event", e))?;
             let contains = |have: &BTreeMap<String, String>, want: &BTreeMap<String, String>| {
                 want.iter().all(|(k, v)| have.get(k) == Some(v))
             };
-            if contains(&doc.qualifiers, &filter.qualifiers)
-                && contains(&doc.labels, &filter.labels)
-                && contains(&doc.source_state, &filter.source_state)
+            if contains(&keys.qualifiers, &filter.qualifiers)
+                && contains(&keys.labels, &filter.labels)
+                && contains(&keys.source_state, &filter.source_state)
             {
-                matched.push(event);
+                matching.insert(row.try_get::<i64, _>("seq")?);
             }
         }
-        Ok(paginate(matched, limit, |e| e.seq.to_string()))
+        for slot in chunk {
+            if matching.contains(&slot.seq) {
+                page.push(slot);
+            }
+        }
+        Ok(())
     }
 
     /// Deletes an event with its jobs and logs; `false` when there was none.
@@ -657,7 +895,7 @@ impl Store {
     /// STARTING or RUNNING one is flagged for its replica to abort. Returns
     /// the phase the worker had, `None` when there is no such event.
     pub async fn cancel_event(&self, id: &str) -> Result<Option<Phase>, StoreError> {
-        let Some(event) = self.event(id).await? else {
+        let Some(event) = self.event_head(id).await? else {
             return Ok(None);
         };
         match event.phase {
@@ -1196,8 +1434,17 @@ impl Store {
         .await
     }
 
-    /// Grants a role (idempotent).
-    pub async fn grant(&self, role: &RoleAssignment) -> Result<(), StoreError> {
+    /// Grants a role (idempotent); `false` when it is a project role and
+    /// there is no such project (it may have been deleted a moment ago: the
+    /// grant must not outlive it, or the next project of that id would
+    /// belong to the grantee).
+    pub async fn grant(&self, role: &RoleAssignment) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if crate::auth::PROJECT_ROLES.contains(&role.role.as_str())
+            && !lock_project(&mut tx, &role.scope).await?
+        {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO role_assignments (role, principal_type, principal_id, scope) VALUES ($1, $2, $3, $4)
              ON CONFLICT (role, principal_type, principal_id, scope) DO NOTHING",
@@ -1206,9 +1453,10 @@ impl Store {
         .bind(&role.principal_type)
         .bind(&role.principal_id)
         .bind(&role.scope)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Revokes a role (idempotent).
@@ -1300,23 +1548,40 @@ impl Store {
 /// PostgreSQL writes it.
 const SERIAL_KEY: (&str, &str) = ("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY");
 
-/// The schema, in the dialect of the store's backend.
-fn migrator(backend: Backend) -> Migrator {
-    let schema = include_str!("../migrations/0001_init.sql");
-    let sql = match backend {
-        Backend::Sqlite => schema.to_string(),
-        Backend::Postgres => schema.replace(SERIAL_KEY.0, SERIAL_KEY.1),
-    };
+/// The schema's migrations, in order: (version, name, SQL).
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "orphans", include_str!("../migrations/0002_orphans.sql")),
+];
+
+/// The schema, in the dialect of the store's backend, up to `last`.
+fn migrator_to(backend: Backend, last: i64) -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .filter(|(version, _, _)| *version <= last)
+        .map(|(version, name, schema)| {
+            let sql = match backend {
+                Backend::Sqlite => schema.to_string(),
+                Backend::Postgres => schema.replace(SERIAL_KEY.0, SERIAL_KEY.1),
+            };
+            Migration::new(
+                *version,
+                Cow::Borrowed(*name),
+                MigrationType::Simple,
+                AssertSqlSafe(sql).into_sql_str(),
+                false,
+            )
+        })
+        .collect();
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            AssertSqlSafe(sql).into_sql_str(),
-            false,
-        )]),
+        migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT
     }
+}
+
+/// The whole schema, in the dialect of the store's backend.
+fn migrator(backend: Backend) -> Migrator {
+    migrator_to(backend, i64::MAX)
 }
 
 /// A database URL with its password hidden, for messages.
@@ -1338,6 +1603,11 @@ fn micros(duration: Duration) -> i64 {
 }
 
 const EVENT_COLUMNS: &str = "seq, id, project_id, created, source, event_type, document, summary, phase, started, ended, attempts";
+/// An event's head; `size` is the document's length in bytes (OCTET_LENGTH
+/// reads it from the row's header in SQLite, without the document).
+/// An event's place and size, from columns stored before its document.
+const SLOT_COLUMNS: &str = "seq, CAST(OCTET_LENGTH(document) AS BIGINT) AS size";
+const HEAD_COLUMNS: &str = "seq, id, project_id, source, phase, started, ended, CAST(OCTET_LENGTH(document) AS BIGINT) AS size";
 const JOB_COLUMNS: &str =
     "event_id, name, created, spec, phase, started, ended, logs_event_id, uses_workspace";
 
@@ -1346,8 +1616,21 @@ enum Bind {
     Int(i64),
 }
 
-fn event_query(filter: &EventFilter, after: Option<i64>) -> (String, Vec<Bind>) {
-    let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1");
+fn bind_all(
+    mut query: sqlx::query::Query<'_, Any, AnyArguments>,
+    binds: Vec<Bind>,
+) -> sqlx::query::Query<'_, Any, AnyArguments> {
+    for bind in binds {
+        query = match bind {
+            Bind::Text(s) => query.bind(s),
+            Bind::Int(i) => query.bind(i),
+        };
+    }
+    query
+}
+
+fn event_query(filter: &EventFilter, after: Option<i64>, columns: &str) -> (String, Vec<Bind>) {
+    let mut sql = format!("SELECT {columns} FROM events WHERE 1 = 1");
     let mut binds = Vec::new();
     let mut push = |sql: &mut String, clause: &str, bind: Bind| {
         binds.push(bind);
@@ -1435,7 +1718,8 @@ fn project_record(row: &AnyRow) -> Result<ProjectRecord, StoreError> {
 }
 
 fn event_record(row: &AnyRow) -> Result<EventRecord, StoreError> {
-    let document: String = row.try_get("document")?;
+    // Parsed where the row holds it: a document may be many MiB.
+    let document: &str = row.try_get("document")?;
     let phase_text: String = row.try_get("phase")?;
     Ok(EventRecord {
         seq: row.try_get("seq")?,
@@ -1444,12 +1728,27 @@ fn event_record(row: &AnyRow) -> Result<EventRecord, StoreError> {
         created: row.try_get("created")?,
         source: row.try_get("source")?,
         event_type: row.try_get("event_type")?,
-        document: serde_json::from_str(&document).map_err(|e| corrupt("event", e))?,
+        document: serde_json::from_str(document).map_err(|e| corrupt("event", e))?,
         summary: row.try_get("summary")?,
         phase: phase(&phase_text)?,
         started: row.try_get("started")?,
         ended: row.try_get("ended")?,
         attempts: row.try_get("attempts")?,
+    })
+}
+
+fn event_head(row: &AnyRow) -> Result<EventHead, StoreError> {
+    let phase_text: String = row.try_get("phase")?;
+    let size: i64 = row.try_get("size")?;
+    Ok(EventHead {
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        project_id: row.try_get("project_id")?,
+        source: row.try_get("source")?,
+        phase: phase(&phase_text)?,
+        started: row.try_get("started")?,
+        ended: row.try_get("ended")?,
+        size: u64::try_from(size).unwrap_or(0),
     })
 }
 
@@ -1586,11 +1885,28 @@ async fn durable_connection(
     Ok(connection)
 }
 
-async fn commit_events(connection: &mut AnyConnection, batch: &[EventBatch]) -> Result<(), String> {
+async fn commit_events(
+    connection: &mut AnyConnection,
+    batch: &[EventBatch],
+) -> Result<BTreeSet<String>, String> {
     let attempt = async {
         let mut tx = connection.begin().await?;
+        // The projects' locks make the events and a deletion of their
+        // project one after the other (see `lock_project`); they are taken
+        // in one order, so that no two transactions wait for each other. An
+        // event whose project is gone is left out, not the batch.
+        let projects: BTreeSet<&str> = batch
+            .iter()
+            .flat_map(|(events, _)| events.iter().map(|e| e.project_id.as_str()))
+            .collect();
+        let mut gone = BTreeSet::new();
+        for project in projects {
+            if !lock_project(&mut tx, project).await? {
+                gone.insert(project.to_string());
+            }
+        }
         for (events, _) in batch {
-            for event in events {
+            for event in events.iter().filter(|e| !gone.contains(&e.project_id)) {
                 sqlx::query(
                     "INSERT INTO events (id, project_id, created, source, event_type, document, phase)
                      VALUES ($1, $2, $3, $4, $5, $6, 'PENDING')",
@@ -1609,7 +1925,7 @@ async fn commit_events(connection: &mut AnyConnection, batch: &[EventBatch]) -> 
             }
         }
         tx.commit().await?;
-        Ok::<(), StoreError>(())
+        Ok::<_, StoreError>(gone)
     };
     attempt.await.map_err(|e| {
         tracing::error!(error = %e, "storing events failed");
@@ -1704,6 +2020,63 @@ mod tests {
     fn the_schema_has_one_dialect_difference() {
         let schema = include_str!("../migrations/0001_init.sql");
         assert_eq!(schema.matches(SERIAL_KEY.0).count(), 2);
+    }
+
+    /// A database written before 0002 may hold grants, secrets and events
+    /// of projects deleted while they were written; opening it with this
+    /// version removes them, and nothing else.
+    #[tokio::test]
+    async fn what_outlived_its_project_is_removed_when_the_store_opens() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        let pool = AnyPoolOptions::new().connect(&url).await.unwrap();
+        migrator_to(Backend::Sqlite, 1).run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO projects (id, created, document) VALUES ('kept', 0, '{}')",
+            "INSERT INTO secrets VALUES ('kept', 'k', 'v'), ('gone', 'k', 'v')",
+            "INSERT INTO role_assignments VALUES
+                 ('PROJECT_ADMIN', 'SERVICE_ACCOUNT', 'a', 'kept'),
+                 ('PROJECT_ADMIN', 'SERVICE_ACCOUNT', 'a', 'gone'),
+                 ('PROJECT_USER', 'SERVICE_ACCOUNT', 'a', '*'),
+                 ('PROJECT_CREATOR', 'SERVICE_ACCOUNT', 'a', ''),
+                 ('EVENT_CREATOR', 'SERVICE_ACCOUNT', 'a', 'gone')",
+            "INSERT INTO events (id, project_id, created, source, event_type, document, phase) VALUES
+                 ('e1', 'kept', 0, 's', 't', '{}', 'PENDING'),
+                 ('e2', 'gone', 0, 's', 't', '{}', 'PENDING')",
+            "INSERT INTO jobs (event_id, name, created, spec, phase) VALUES
+                 ('e1', 'j', 0, '{}', 'PENDING'), ('e2', 'j', 0, '{}', 'PENDING')",
+            "INSERT INTO logs (event_id, job, container, time, message) VALUES
+                 ('e1', '', 'worker', 0, 'm'), ('e2', '', 'worker', 0, 'm')",
+        ] {
+            pool.execute(sql).await.unwrap();
+        }
+        pool.close().await;
+
+        let store = Store::open(Some(&url), dir.path()).await.unwrap();
+        let remaining = |sql: &'static str| {
+            let pool = store.pool.clone();
+            async move {
+                let rows = sqlx::query(sql).fetch_all(&pool).await.unwrap();
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>(0).unwrap())
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(remaining("SELECT project_id FROM secrets").await, ["kept"]);
+        assert_eq!(
+            remaining("SELECT role || ' ' || scope FROM role_assignments ORDER BY role, scope")
+                .await,
+            [
+                "EVENT_CREATOR gone",
+                "PROJECT_ADMIN kept",
+                "PROJECT_CREATOR ",
+                "PROJECT_USER *"
+            ]
+        );
+        assert_eq!(remaining("SELECT id FROM events").await, ["e1"]);
+        assert_eq!(remaining("SELECT event_id FROM jobs").await, ["e1"]);
+        assert_eq!(remaining("SELECT event_id FROM logs").await, ["e1"]);
     }
 
     #[test]

@@ -53,8 +53,34 @@ pub fn spawn_server(
     env: &[(String, String)],
     port: Option<&str>,
 ) -> (Child, String) {
+    spawn_server_under(None, data_dir, log, root_password, args, env, port)
+}
+
+/// [`spawn_server`], under a limit of `nofile` open descriptors (soft and
+/// hard, so that the server cannot raise it) when one is given. The shell
+/// that sets the limit `exec`s the server, so the child is the server.
+pub fn spawn_server_under(
+    nofile: Option<u64>,
+    data_dir: &Path,
+    log: &Path,
+    root_password: &str,
+    args: &[String],
+    env: &[(String, String)],
+    port: Option<&str>,
+) -> (Child, String) {
     let listen = format!("127.0.0.1:{}", port.unwrap_or("0"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mizzen"))
+    let mut command = match nofile {
+        None => Command::new(env!("CARGO_BIN_EXE_mizzen")),
+        Some(nofile) => {
+            let mut shell = Command::new("sh");
+            shell
+                .arg("-c")
+                .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_mizzen"));
+            shell
+        }
+    };
+    let mut child = command
         .args(["server", "--listen", &listen, "--data-dir"])
         .arg(data_dir)
         .args(args)
@@ -104,4 +130,75 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256={hex}")
+}
+
+/// Connections to `address` that each send half a request head and then
+/// nothing (a slow client, or an attacker holding descriptors).
+pub fn stalled_clients(address: &str, count: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    (0..count)
+        .filter_map(|_| {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&address, Duration::from_secs(10)).ok()?;
+            stream
+                .write_all(b"GET /v2/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ")
+                .ok()?;
+            Some(stream)
+        })
+        .collect()
+}
+
+/// Sends `start`, then `trickle` one byte every 100 ms (if not empty), and
+/// reads until the server closes the connection. What the server answered,
+/// or `None` when it still held the connection open after a minute.
+pub fn slow_request(address: &str, start: &[u8], trickle: &'static [u8]) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(start).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let trickler = std::thread::spawn(move || {
+        for byte in trickle
+            .iter()
+            .cycle()
+            .take(if trickle.is_empty() { 0 } else { 600 })
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            if writer.write_all(&[*byte]).is_err() {
+                return; // the server closed the connection
+            }
+        }
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let ended = match stream.read_to_end(&mut answer) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = trickler.join();
+    ended.then(|| String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// A GET with a one-minute timeout on a connection of its own; the body
+/// of a 200, or `None` when there was none.
+pub fn raw_get(url: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (address, path) = rest.split_at(rest.find('/')?);
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
