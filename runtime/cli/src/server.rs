@@ -11,7 +11,7 @@ use mizzen_docker::{DockerConfig, LazyDockerExecutor};
 use mizzen_runtime::SandboxConfig;
 use mizzen_runtime::executor::JobExecutor;
 use mizzen_runtime::limits::LimitSettings;
-use mizzen_runtime::shard::ShardCommand;
+use mizzen_server::sandbox_pool::SandboxCommand;
 use mizzen_server::store::WorkerLimits;
 use mizzen_server::{GatewayConfig, HttpLimits, SchedulerConfig, Server, ServerConfig};
 
@@ -136,7 +136,7 @@ pub struct ServerArgs {
 
 /// The sandbox processes to start: this binary's `sandbox-shard` command,
 /// one per core unless told otherwise.
-fn shard_plan(count: Option<usize>) -> anyhow::Result<Option<(usize, ShardCommand)>> {
+fn shard_plan(count: Option<usize>) -> anyhow::Result<Option<(usize, SandboxCommand)>> {
     let count = count.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -147,7 +147,7 @@ fn shard_plan(count: Option<usize>) -> anyhow::Result<Option<(usize, ShardComman
         .context("cannot find this program to start its sandbox processes (--sandbox-processes 0 runs the sandbox in this process)")?;
     Ok(Some((
         count,
-        ShardCommand {
+        SandboxCommand {
             program,
             args: vec!["sandbox-shard".into()],
         },
@@ -252,7 +252,7 @@ pub async fn serve_shard() -> Result<(), Failure> {
         long_running_slots: 1,
         ..SandboxConfig::from_env()
     };
-    mizzen_runtime::shard::serve(config)
+    mizzen_runtime::sandbox_process::serve(config)
         .await
         .context("the sandbox process could not start")?;
     Ok(())

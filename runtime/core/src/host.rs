@@ -1,28 +1,27 @@
 //! The host side of `mizzen:host/v1`: reads a request from guest memory,
-//! performs the operation against the worker's own state, leaves the reply.
+//! hands the operation to the capability that answers it
+//! ([`crate::capability`]), leaves the reply (or, for what completes later,
+//! a ticket).
 //!
-//! Every answer is decided from [`WorkerState`], never from what the guest
-//! claims: the event, the project and its secrets are the worker's own.
-
-use std::time::Duration;
+//! Every answer is decided from the worker's own state and its host, never
+//! from what the guest claims: the event, the project and its secrets are
+//! the worker's own.
 
 use mizzen_host_api::abi::{self, CallResult};
-use mizzen_host_api::types::{
-    ExitRequest, JobLogsRequest, JobRef, LogRequest, ScriptError, SecretRequest, SecretValue,
-    SleepRequest, SummaryRequest, Ticket, WorkspaceFile, WorkspacePath,
-};
+use mizzen_host_api::types::{LogRequest, SecretRequest, Ticket};
 use mizzen_host_api::{ErrorCode, HostError, Op};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wasmtime::{Caller, Linker};
 
+use crate::capability::{self, Answer, Capability, outcome, timers};
 use crate::limits::Limit;
 use crate::wasi::memory;
-use crate::worker::{Stop, WorkerState};
+use crate::worker::WorkerState;
 
 /// A call either fails the guest's way (an error it receives) or stops the
 /// worker (a trap, e.g. a limit).
-type CallOutcome = wasmtime::Result<Result<Option<Vec<u8>>, HostError>>;
+pub(crate) type CallOutcome = wasmtime::Result<Result<Option<Vec<u8>>, HostError>>;
 
 /// Adds `call` and `take_reply` to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<WorkerState>) -> wasmtime::Result<()> {
@@ -138,151 +137,49 @@ fn read_request(
         }))
 }
 
+/// Routes a call to the capability that answers its operation.
 async fn dispatch(caller: &mut Caller<'_, WorkerState>, op: Op, request: &[u8]) -> CallOutcome {
     let state = caller.data_mut();
-    let Some(context) = &state.context else {
+    if let Some(stop) = state.stop_signal.raised() {
+        return Err(wasmtime::Error::new(stop));
+    }
+    let Some(worker) = &state.worker else {
         return Ok(Err(HostError::not_configured(format!(
             "{} is not available while scripts are compiled or the plugin is initialised",
             op.name()
         ))));
     };
-    Ok(match op {
-        Op::EventGet => Ok(Some(context.event_json.clone())),
-        Op::Log => match parse::<LogRequest>(op, request) {
-            Ok(log) => {
-                state.log(log).map_err(wasmtime::Error::new)?;
-                Ok(None)
+    match capability::owner(op) {
+        Capability::Event => Ok(Ok(Some(worker.event.get()))),
+        Capability::Secrets => Ok(parse::<SecretRequest>(op, request)
+            .and_then(|secret| worker.secrets.get(&secret))
+            .and_then(|value| reply(&value))),
+        Capability::Timers => timers::call(state, op, request).await,
+        Capability::Outcome => outcome::call(state, op, request),
+        Capability::Log => match parse::<LogRequest>(op, request) {
+            Ok(line) => {
+                state.log(line).map_err(wasmtime::Error::new)?;
+                Ok(Ok(None))
             }
-            Err(e) => Err(e),
+            Err(e) => Ok(Err(e)),
         },
-        Op::SummarySet => parse::<SummaryRequest>(op, request).and_then(|summary| {
-            let chars = summary.text.chars().count() as u64;
-            let limit = state.limits.summary_chars;
-            if chars > limit {
-                return Err(HostError::new(
-                    ErrorCode::LimitExceeded,
-                    format!(
-                        "a summary of {chars} characters exceeds the limit of {limit} characters ({})",
-                        Limit::SummaryLength.project_field()
-                    ),
-                ));
-            }
-            state.summary = Some(summary.text);
-            Ok(None)
-        }),
-        Op::Exit => match parse::<ExitRequest>(op, request) {
-            Ok(exit) => {
-                state.exit_code = Some(exit.code);
-                return Err(wasmtime::Error::new(Stop::Exit(exit.code)));
-            }
-            Err(e) => Err(e),
-        },
-        Op::ScriptError => match parse::<ScriptError>(op, request) {
-            Ok(error) => {
-                state.report_error(error).map_err(wasmtime::Error::new)?;
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        },
-        Op::SecretGet => parse::<SecretRequest>(op, request).and_then(|secret| {
-            let project = &context.event.project;
-            match project.secrets.get(&secret.key) {
-                Some(_) if !project.script_may_read(&secret.key) => Err(HostError::new(
-                    ErrorCode::PermissionDenied,
-                    format!(
-                        "project \"{}\" does not let its script read secret \"{}\" (spec.workerTemplate.scriptSecrets); a job can still have it: environment: {{ NAME: \"${{{{ secrets.{} }}}}\" }}",
-                        project.id, secret.key, secret.key
-                    ),
-                )),
-                Some(value) => reply(&SecretValue { value: value.clone() }),
-                None => Err(HostError::new(
-                    ErrorCode::NotFound,
-                    format!("project \"{}\" has no secret \"{}\"", context.event.project.id, secret.key),
-                )),
-            }
-        }),
-        Op::JobStart | Op::JobWait | Op::JobCancel | Op::JobLogs => {
-            let Some(jobs) = state.jobs.as_mut() else {
-                return Ok(Err(HostError::not_configured("this instance runs no jobs")));
-            };
-            match op {
-                Op::JobStart => jobs.start(request).await.map(|()| None),
-                Op::JobWait => parse::<JobRef>(op, request)
-                    .and_then(|job| jobs.running(&job.name))
-                    .and_then(|running| {
-                        let ticket = state.tickets.start(async move {
-                            serde_json::to_value(running.wait().await).map_err(|e| {
-                                HostError::new(ErrorCode::Internal, format!("a job result could not be encoded: {e}"))
-                            })
-                        })?;
-                        reply(&Ticket { ticket })
-                    }),
-                Op::JobCancel => match parse::<JobRef>(op, request).and_then(|job| jobs.running(&job.name)) {
-                    Ok(running) => {
-                        running.cancel().await;
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                },
-                _ => parse::<JobLogsRequest>(op, request)
-                    .and_then(|logs| jobs.logs(&logs.name, logs.container.as_deref()))
-                    .and_then(|logs| {
-                        let logs = serde_json::to_value(logs).expect("logs serialise");
-                        let ticket = state.tickets.start(async move { Ok(logs) })?;
-                        reply(&Ticket { ticket })
-                    }),
+        Capability::Jobs | Capability::Workspace => {
+            let host = worker.host.clone();
+            match host.call(op, request.to_vec()).await {
+                Err(stop) => Err(wasmtime::Error::new(stop)),
+                Ok(Err(error)) => Ok(Err(error)),
+                Ok(Ok(Answer::Now(body))) => Ok(Ok(body)),
+                Ok(Ok(Answer::Later(pending))) => Ok(state
+                    .tickets
+                    .start(pending)
+                    .and_then(|ticket| reply(&Ticket { ticket }))),
             }
         }
-        Op::Sleep => parse::<SleepRequest>(op, request).and_then(|sleep| {
-            let wall = state.limits.wall_time;
-            let delay = if sleep.ms.is_finite() && sleep.ms > 0.0 {
-                Duration::try_from_secs_f64(sleep.ms / 1000.0).unwrap_or(wall).min(wall)
-            } else {
-                Duration::ZERO
-            };
-            let ticket = state.tickets.sleep(delay)?;
-            reply(&Ticket { ticket })
-        }),
-        Op::TicketCancel => parse::<Ticket>(op, request).map(|ticket| {
-            state.tickets.cancel(ticket.ticket);
-            None
-        }),
-        Op::WaitAny => {
-            if let Some(cpu) = &mut state.cpu {
-                cpu.blocked();
-            }
-            let deadline = tokio::time::Instant::from_std(state.deadline);
-            match tokio::time::timeout_at(deadline, state.tickets.wait_any()).await {
-                Ok(next) => reply(&next),
-                Err(_) => return Err(wasmtime::Error::new(Stop::WallTime)),
-            }
-        }
-        Op::WorkspaceRead | Op::WorkspaceWrite | Op::WorkspaceList | Op::WorkspaceRemove => {
-            let Some(jobs) = state.jobs.as_mut() else {
-                return Ok(Err(HostError::not_configured("this instance has no workspace")));
-            };
-            match jobs.workspace().await {
-                Err(e) => Err(e),
-                Ok(workspace) => match op {
-                    Op::WorkspaceRead => parse::<WorkspacePath>(op, request)
-                        .and_then(|path| workspace.read(&path))
-                        .and_then(|file| reply(&file)),
-                    Op::WorkspaceWrite => parse::<WorkspaceFile>(op, request)
-                        .and_then(|file| workspace.write(&file))
-                        .map(|()| None),
-                    Op::WorkspaceList => parse::<WorkspacePath>(op, request)
-                        .and_then(|path| workspace.list(&path))
-                        .and_then(|listing| reply(&listing)),
-                    _ => parse::<WorkspacePath>(op, request)
-                        .and_then(|path| workspace.remove(&path))
-                        .map(|()| None),
-                },
-            }
-        }
-    })
+    }
 }
 
-fn parse<T: DeserializeOwned>(op: Op, request: &[u8]) -> Result<T, HostError> {
+/// A request's JSON as `T`, or an error naming the operation.
+pub(crate) fn parse<T: DeserializeOwned>(op: Op, request: &[u8]) -> Result<T, HostError> {
     serde_json::from_slice(request).or_else(|e| {
         // JavaScript strings may hold lone surrogates (text cut inside a
         // pair, by the script or the SDK's own line cut); JSON.stringify
@@ -332,7 +229,8 @@ fn mend_lone_surrogates(request: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(mended)
 }
 
-fn reply<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, HostError> {
+/// `value` as a reply body.
+pub(crate) fn reply<T: Serialize>(value: &T) -> Result<Option<Vec<u8>>, HostError> {
     serde_json::to_vec(value).map(Some).map_err(|e| {
         HostError::new(
             ErrorCode::Internal,

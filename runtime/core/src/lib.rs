@@ -51,28 +51,27 @@
 //! # Ok(()) }
 //! ```
 
+pub mod capability;
 mod cpu;
 mod duration;
-mod engine;
 pub mod executor;
 mod host;
-pub mod jobs;
 pub mod limits;
 pub mod log;
 mod plugin;
 pub mod project;
 pub mod redact;
+mod sandbox;
+pub mod sandbox_process;
 pub mod script;
-pub mod shard;
 pub mod source;
 mod wasi;
 mod worker;
-mod workspace;
 
+pub use capability::jobs::{self as jobs, JobCapability};
 pub use duration::parse_go_duration;
-pub use engine::{CompiledScript, Sandbox, SandboxConfig, WorkerRequest};
-pub use jobs::JobCapability;
 pub use limits::WorkerLimits;
+pub use sandbox::{CompiledScript, Sandbox, SandboxConfig, WorkerRequest};
 pub use worker::{WorkerFailure, WorkerOutcome};
 
 /// Why the sandbox could not be set up.

@@ -123,9 +123,9 @@ async fn preinitialise(
     let module =
         Module::new(engine, &instrumented).map_err(|e| fail("compiling the plugin failed", e))?;
     let mut store = new_store(WorkerState::new(
-        crate::engine::INITIALISATION_LIMITS,
+        crate::sandbox::INITIALISATION_LIMITS,
         None,
-        None,
+        Default::default(),
     ));
     let instance = linker
         .instantiate_async(&mut store, &module)

@@ -1,39 +1,31 @@
-//! One worker: the per-event state a Store holds, and how a run ends.
+//! One worker: the state a Store holds for it, and how a run ends.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mizzen_host_api::types::{
-    Event, LogLevel, LogRequest, Phase, ScriptError, ScriptErrorKind, WaitAnyReply,
-};
-use mizzen_host_api::{ErrorCode, HostError};
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use mizzen_host_api::types::{LogLevel, LogRequest, Phase, ScriptErrorKind};
 use wasmtime::ResourceLimiter;
 
+use crate::capability::StopSignal;
+use crate::capability::WorkerHost;
+use crate::capability::event::EventView;
+use crate::capability::outcome::ScriptOutcome;
+use crate::capability::secrets::ScriptSecrets;
+use crate::capability::timers::Tickets;
 use crate::cpu::CpuShare;
-use crate::engine::CompiledScript;
-use crate::jobs::WorkerJobs;
 use crate::limits::WorkerLimits;
-use crate::log::{LogRecord, LogSink, LogSource};
+use crate::sandbox::CompiledScript;
 
 /// The plugin's function table has about 2,000 entries; no guest has a reason
 /// to grow a table at run time, so growth beyond this is refused.
 pub(crate) const MAX_TABLE_ELEMENTS: usize = 10_000;
 
-/// Timers and job waits one worker may have outstanding at once. A script
-/// with more is leaking them; the cap bounds the host tasks one worker owns.
-const MAX_OUTSTANDING_TICKETS: usize = 10_000;
-
-/// Script errors kept per worker: the first decides the failure, the rest are
-/// logged; a script that reports errors in a loop must not grow host memory.
-const MAX_SCRIPT_ERRORS: usize = 16;
-
 /// Why execution stopped early. Raised as a trap from host functions and the
 /// resource limiter, recognised when the run ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Stop {
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize,
+)]
+pub enum Stop {
     /// The guest asked to exit (`process.exit`, `proc_exit`).
     #[error("the worker exited with code {0}")]
     Exit(i32),
@@ -54,31 +46,25 @@ pub(crate) enum Stop {
     WallTime,
 }
 
-/// What a worker may do and where its output goes. `None` for the instances
-/// that compile scripts or pre-initialise the plugin: they get no event, no
-/// secrets and no logs.
-pub(crate) struct WorkerContext {
-    /// The event as JSON, as `Op::EventGet` returns it.
-    pub event_json: Vec<u8>,
-    /// The event, for secrets and names.
-    pub event: Event,
-    /// Where log lines go.
-    pub log: Arc<dyn LogSink>,
+/// The worker a Store runs: what its sandbox-held capabilities answer
+/// from, and its host for the rest. `None` in the instances that compile
+/// scripts or pre-initialise the plugin: they get no event, no secrets and
+/// no log.
+pub(crate) struct SandboxedWorker {
+    pub event: EventView,
+    pub secrets: ScriptSecrets,
     /// The script, to map error positions back to its source.
     pub script: Arc<CompiledScript>,
+    pub host: Arc<dyn WorkerHost>,
 }
 
 /// The state of one Store: everything a worker's host calls read and write.
 pub(crate) struct WorkerState {
     pub limits: WorkerLimits,
-    pub context: Option<WorkerContext>,
-    /// The worker's jobs; `None` where there is no worker (compilation).
-    pub jobs: Option<WorkerJobs>,
+    pub worker: Option<SandboxedWorker>,
     /// The reply of the last `call`, until `take_reply` collects it.
     pub reply: Option<Vec<u8>>,
-    pub summary: Option<String>,
-    pub errors: Vec<ScriptError>,
-    pub exit_code: Option<i32>,
+    pub outcome: ScriptOutcome,
     pub memory_limit_hit: bool,
     pub cpu_ticks: u64,
     /// When the worker's wall-clock limit runs out. Checked on every epoch
@@ -88,88 +74,40 @@ pub(crate) struct WorkerState {
     /// The worker's share of the cores; `None` for the instance that
     /// pre-initialises the plugin.
     pub cpu: Option<CpuShare>,
-    log_bytes: u64,
-    log_lines: u64,
-    /// The log limit reached, after which every line is dropped.
-    log_stopped: Option<Stop>,
+    /// A stop its host asked for (a limit reached on a line not waited for).
+    pub stop_signal: Arc<StopSignal>,
     /// Output written to fd 1 or 2 without its newline yet.
     partial_output: [Vec<u8>; 2],
 }
 
 impl WorkerState {
-    /// A worker for an event.
+    /// The state of a Store for `worker` (or for none).
     pub fn new(
         limits: WorkerLimits,
-        context: Option<WorkerContext>,
-        jobs: Option<WorkerJobs>,
+        worker: Option<SandboxedWorker>,
+        stop_signal: Arc<StopSignal>,
     ) -> Self {
         Self {
             limits,
-            context,
-            jobs,
+            worker,
             reply: None,
-            summary: None,
-            errors: Vec::new(),
-            exit_code: None,
+            outcome: ScriptOutcome::default(),
             memory_limit_hit: false,
             cpu_ticks: 0,
             deadline: deadline_after(limits.wall_time),
             tickets: Tickets::new(),
             cpu: None,
-            log_bytes: 0,
-            log_lines: 0,
-            log_stopped: None,
+            stop_signal,
             partial_output: [Vec::new(), Vec::new()],
         }
     }
 
-    /// Adds a log line, counting it against the limit. When the limit is
-    /// reached a last line says so and the worker stops.
+    /// Adds a line to the worker's log, through its host.
     pub fn log(&mut self, request: LogRequest) -> Result<(), Stop> {
-        let Some(context) = &self.context else {
-            return Ok(());
-        };
-        if let Some(stop) = self.log_stopped {
-            return Err(stop);
+        match &self.worker {
+            Some(worker) => worker.host.log(request),
+            None => Ok(()),
         }
-        let size = request.message.len() as u64 + 1;
-        let limit = if self.log_bytes + size > self.limits.log_bytes {
-            Some((
-                Stop::LogLimit,
-                format!("log limit of {}", human_bytes(self.limits.log_bytes)),
-            ))
-        } else if self.log_lines >= self.limits.log_lines {
-            Some((
-                Stop::LogLines,
-                format!("limit of {} log lines", self.limits.log_lines),
-            ))
-        } else {
-            None
-        };
-        if let Some((stop, limit)) = limit {
-            // Said once: output the guest flushes as it stops is dropped.
-            self.log_stopped = Some(stop);
-            context.log.record(LogRecord::logger(
-                LogLevel::Error,
-                &format!("log output truncated: the worker's {limit} was reached"),
-                None,
-            ));
-            return Err(stop);
-        }
-        self.log_bytes += size;
-        self.log_lines += 1;
-        let source = if request.console {
-            LogSource::Console
-        } else {
-            LogSource::Logger
-        };
-        context.log.record(LogRecord::new(
-            request.level,
-            &request.message,
-            request.job,
-            source,
-        ));
-        Ok(())
     }
 
     /// Output a guest wrote to stdout (fd 1) or stderr (fd 2): one log line
@@ -209,35 +147,6 @@ impl WorkerState {
             message: String::from_utf8_lossy(line).into_owned(),
             job: None,
             console: true,
-        })
-    }
-
-    /// Records an error that fails the worker, and logs it.
-    pub fn report_error(&mut self, mut error: ScriptError) -> Result<(), Stop> {
-        if let Some(context) = &self.context {
-            error.message = context.script.source_positions(&error.message);
-            error.stack = error
-                .stack
-                .map(|stack| context.script.source_positions(&stack));
-        }
-        let mut line = error.message.clone();
-        if let Some(stack) = error
-            .stack
-            .as_deref()
-            .map(str::trim_end)
-            .filter(|s| !s.is_empty())
-        {
-            line.push('\n');
-            line.push_str(stack);
-        }
-        if self.errors.len() < MAX_SCRIPT_ERRORS {
-            self.errors.push(error);
-        }
-        self.log(LogRequest {
-            level: LogLevel::Error,
-            message: line,
-            job: None,
-            console: false,
         })
     }
 }
@@ -287,110 +196,6 @@ impl ResourceLimiter for WorkerState {
     }
 }
 
-/// Operations that complete later. Each runs as its own task and reports to a
-/// channel; `wait_any` takes the next report for a ticket still wanted. The
-/// channel is made with the first ticket: most workers never need one.
-pub(crate) struct Tickets {
-    next: u64,
-    outstanding: HashMap<u64, AbortHandle>,
-    channel: Option<TicketChannel>,
-}
-
-type TicketReport = (u64, Result<serde_json::Value, HostError>);
-
-struct TicketChannel {
-    sender: mpsc::UnboundedSender<TicketReport>,
-    receiver: mpsc::UnboundedReceiver<TicketReport>,
-}
-
-impl Tickets {
-    fn new() -> Self {
-        Self {
-            next: 1,
-            outstanding: HashMap::new(),
-            channel: None,
-        }
-    }
-
-    /// Starts `operation` and returns its ticket.
-    pub fn start<F>(&mut self, operation: F) -> Result<u64, HostError>
-    where
-        F: Future<Output = Result<serde_json::Value, HostError>> + Send + 'static,
-    {
-        if self.outstanding.len() >= MAX_OUTSTANDING_TICKETS {
-            return Err(HostError::new(
-                ErrorCode::LimitExceeded,
-                format!(
-                    "a worker may have at most {MAX_OUTSTANDING_TICKETS} timers and job waits outstanding"
-                ),
-            ));
-        }
-        let ticket = self.next;
-        self.next += 1;
-        let channel = self.channel.get_or_insert_with(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            TicketChannel { sender, receiver }
-        });
-        let sender = channel.sender.clone();
-        let task = tokio::spawn(async move {
-            let result = operation.await;
-            let _ = sender.send((ticket, result));
-        });
-        self.outstanding.insert(ticket, task.abort_handle());
-        Ok(ticket)
-    }
-
-    /// A ticket that sleeps for `delay`.
-    pub fn sleep(&mut self, delay: Duration) -> Result<u64, HostError> {
-        self.start(async move {
-            tokio::time::sleep(delay).await;
-            Ok(serde_json::Value::Null)
-        })
-    }
-
-    /// Forgets a ticket; returns whether it was outstanding.
-    pub fn cancel(&mut self, ticket: u64) -> bool {
-        match self.outstanding.remove(&ticket) {
-            Some(task) => {
-                task.abort();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Waits for the next outstanding ticket to complete.
-    pub async fn wait_any(&mut self) -> WaitAnyReply {
-        loop {
-            let Some(channel) = self
-                .channel
-                .as_mut()
-                .filter(|_| !self.outstanding.is_empty())
-            else {
-                return WaitAnyReply::Idle;
-            };
-            let Some((ticket, result)) = channel.receiver.recv().await else {
-                return WaitAnyReply::Idle; // unreachable: the channel holds a sender
-            };
-            if self.outstanding.remove(&ticket).is_none() {
-                continue; // cancelled while its result was on the way
-            }
-            return match result {
-                Ok(result) => WaitAnyReply::Completed { ticket, result },
-                Err(error) => WaitAnyReply::Failed { ticket, error },
-            };
-        }
-    }
-}
-
-impl Drop for Tickets {
-    fn drop(&mut self) {
-        for task in self.outstanding.values() {
-            task.abort();
-        }
-    }
-}
-
 /// How a worker ended.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerOutcome {
@@ -408,7 +213,8 @@ impl WorkerOutcome {
         self.phase == Phase::Succeeded
     }
 
-    pub(crate) fn failed(failure: WorkerFailure) -> Self {
+    /// A worker that failed.
+    pub fn failed(failure: WorkerFailure) -> Self {
         let phase = match failure {
             WorkerFailure::WallTime { .. } => Phase::TimedOut,
             _ => Phase::Failed,

@@ -1,7 +1,7 @@
 //! `mizzen server`: accepts events for many projects (tenants) through
 //! Brigade v2's REST API and webhook gateways, stores them durably, and runs
 //! their workers in the sandbox (one sandbox process per core by default,
-//! [`mizzen_runtime::shard`]) within global and per-project limits.
+//! [`sandbox_pool`]) within global and per-project limits.
 //!
 //! The parts: [`store`] (SQLite or PostgreSQL through one code path),
 //! [`scheduler`] (claims with leases, limits, fairness, recovery), [`api`]
@@ -16,6 +16,7 @@ pub mod gateways;
 pub mod http;
 pub mod metrics;
 pub mod projects;
+pub mod sandbox_pool;
 pub mod scheduler;
 pub mod store;
 
@@ -27,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mizzen_runtime::executor::JobExecutor;
-use mizzen_runtime::shard::{SandboxStage, ShardCommand, ShardError, ShardPool};
 use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
+use sandbox_pool::{SandboxCommand, SandboxPool, SandboxPoolError, SandboxStage};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -50,7 +51,7 @@ pub enum ServerError {
     Sandbox(#[from] SandboxError),
     /// The sandbox processes could not be started.
     #[error(transparent)]
-    Shards(#[from] ShardError),
+    SandboxProcesses(#[from] SandboxPoolError),
     /// Another server already uses the data directory's embedded database.
     #[error("{0}")]
     DataDirInUse(String),
@@ -88,7 +89,7 @@ pub struct ServerConfig {
     /// Where workers run: in this many sandbox processes, started with this
     /// command (one per core scales with the cores), or, when `None`, in
     /// this process.
-    pub sandbox_processes: Option<(usize, ShardCommand)>,
+    pub sandbox_processes: Option<(usize, SandboxCommand)>,
     /// Client connections: how many, and how long they may be slow.
     pub http: HttpLimits,
 }
@@ -153,7 +154,7 @@ impl Server {
         };
         let store = store::Store::open(config.database_url.as_deref(), &config.data_dir).await?;
         let sandbox: Arc<dyn SandboxStage> = match &config.sandbox_processes {
-            Some((count, command)) => Arc::new(ShardPool::start(*count, command.clone()).await?),
+            Some((count, command)) => Arc::new(SandboxPool::start(*count, command.clone()).await?),
             None => Arc::new(Sandbox::new(SandboxConfig::from_env()).await?),
         };
         let metrics = Arc::new(metrics::Metrics::new());

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::sandbox_pool::SandboxStage;
 use async_trait::async_trait;
 use mizzen_host_api::types::{JobResult, LogLevel, Phase};
 use mizzen_runtime::executor::{
@@ -23,7 +24,6 @@ use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink};
 use mizzen_runtime::project::{EventDetails, ProjectDir};
 use mizzen_runtime::redact::{Redactor, StreamId, StreamRedactor, stream_of};
-use mizzen_runtime::shard::SandboxStage;
 use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};

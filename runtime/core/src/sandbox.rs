@@ -7,16 +7,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mizzen_host_api::types::{Event, LogLevel, LogRequest, ScriptErrorKind};
+use mizzen_host_api::types::{Event, ScriptErrorKind};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Memory, Store, Trap, UpdateDeadline};
 
+use crate::capability::event::EventView;
+use crate::capability::jobs::{JobCapability, WorkerJobs};
+use crate::capability::log::WorkerLog;
+use crate::capability::secrets::ScriptSecrets;
+use crate::capability::workspace::WorkspaceAccess;
+use crate::capability::{HostedWorker, SandboxWorker, StopSignal, WorkerHost};
 use crate::cpu::{CpuShare, CpuSlots};
-use crate::jobs::{JobCapability, WorkerJobs};
 use crate::limits::{EPOCH_TICK, WorkerLimits};
-use crate::log::{LogRecord, LogSink};
+use crate::log::LogSink;
 use crate::script::{self, Language, PositionMap, ScriptKind, ScriptSource};
-use crate::worker::{Stop, WorkerContext, WorkerFailure, WorkerOutcome, WorkerState};
+use crate::worker::{SandboxedWorker, Stop, WorkerFailure, WorkerOutcome, WorkerState};
 use crate::{SandboxError, host, plugin, wasi};
 
 /// Limits of the instances that pre-initialise the plugin and compile
@@ -58,12 +63,6 @@ const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 /// Each slot reserves 4 GiB of address space (guard pages instead of bounds
 /// checks), so 1,000 slots reserve 4 TiB of the 128 TiB a process has.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1_000;
-
-/// What a worker reports as its version on its first log line. Brigade's
-/// worker printed `brigade-worker version: <v>`, and Brigade's own
-/// integration tests look for that prefix.
-const WORKER_VERSION_LINE: &str =
-    concat!("brigade-worker version: mizzen ", env!("CARGO_PKG_VERSION"));
 
 /// How a [`Sandbox`] is set up.
 #[derive(Debug, Clone)]
@@ -112,6 +111,50 @@ pub struct WorkerRequest {
     pub log: Arc<dyn LogSink>,
     /// Whether, and on what, the worker's jobs run.
     pub jobs: JobCapability,
+}
+
+impl WorkerRequest {
+    /// Splits the worker along the seam between its sandbox and its host:
+    /// the event as its script may see it, the secrets it may read and its
+    /// limits for the sandbox; its log, jobs (with every secret, for
+    /// `${{ secrets.x }}` references) and workspace for the host.
+    pub fn split(self) -> (SandboxWorker, HostedWorker) {
+        let WorkerRequest {
+            event,
+            limits,
+            log,
+            jobs,
+        } = self;
+        let view = event.script_view();
+        let event_json = serde_json::to_vec(&*view).expect("events serialise");
+        let readable_secrets = view.project.secrets.clone();
+        let hidden_secrets = event
+            .project
+            .secrets
+            .keys()
+            .filter(|key| !event.project.script_may_read(key))
+            .cloned()
+            .collect();
+        let worker = SandboxWorker {
+            event_json,
+            project_id: event.project.id.clone(),
+            readable_secrets,
+            hidden_secrets,
+            limits,
+        };
+        let hosted = HostedWorker::new(
+            WorkerLog::new(log.clone(), limits),
+            WorkerJobs::new(
+                jobs.clone(),
+                log,
+                event.worker.log_level,
+                limits,
+                event.project,
+            ),
+            WorkspaceAccess::new(jobs, limits.workspace_bytes),
+        );
+        (worker, hosted)
+    }
 }
 
 /// A script compiled to QuickJS bytecode by the plugin.
@@ -207,7 +250,10 @@ impl Sandbox {
         }
         let prepared =
             script::prepare(source).map_err(|message| WorkerFailure::Script { message })?;
-        let mut store = self.store(WorkerState::new(INITIALISATION_LIMITS, None, None));
+        let mut store = self.store(
+            WorkerState::new(INITIALISATION_LIMITS, None, Arc::default()),
+            None,
+        );
         let compiled = self
             .call_plugin::<u32>(
                 &self.compiler,
@@ -258,63 +304,80 @@ impl Sandbox {
         Ok(script)
     }
 
-    /// Runs one event's worker to the end and says how it ended. The host
-    /// and other workers are unaffected by whatever the script does.
+    /// Runs one event's worker to the end, in this process, and says how it
+    /// ended. Whatever way it ends, its jobs are stopped and everything the
+    /// executor made for the event is removed (or handed to the executor's
+    /// background clean-up) before this returns.
     pub async fn run(&self, script: &ScriptSource, request: WorkerRequest) -> WorkerOutcome {
-        let script = match self.compile(script).await {
-            Ok(script) => script,
-            Err(failure) => {
-                // The log reads as for any other failed worker: the version
-                // line first, then why.
-                for (level, message) in [
-                    (LogLevel::Info, WORKER_VERSION_LINE.to_string()),
-                    (LogLevel::Error, failure.to_string()),
-                ] {
-                    request.log.record(LogRecord::logger(level, &message, None));
-                }
-                return WorkerOutcome::failed(failure);
-            }
-        };
-        self.run_compiled(&script, request).await
+        let (worker, hosted) = request.split();
+        let hosted = Arc::new(hosted);
+        hosted.begin();
+        let outcome = self
+            .run_sandboxed(script, worker, hosted.clone(), Arc::default())
+            .await;
+        let outcome = hosted.ended(outcome);
+        hosted.finish().await;
+        outcome
     }
 
-    /// Runs one event's worker with an already compiled script. Whatever
-    /// way the worker ends, its jobs are stopped and everything the executor
-    /// made for the event is removed before this returns.
+    /// [`Sandbox::run`] with an already compiled script.
     pub async fn run_compiled(
         &self,
         script: &Arc<CompiledScript>,
         request: WorkerRequest,
     ) -> WorkerOutcome {
-        let WorkerRequest {
-            event,
-            limits,
-            log,
-            jobs,
-        } = request;
-        // The script sees only the secrets it may read; its jobs may
-        // reference all of them.
-        let event_json = serde_json::to_vec(&event.script_view()).expect("events serialise");
-        let jobs = WorkerJobs::new(
-            jobs,
-            log.clone(),
-            event.worker.log_level,
-            limits,
-            event.project.clone(),
-        );
-        let context = WorkerContext {
+        let (worker, hosted) = request.split();
+        let hosted = Arc::new(hosted);
+        hosted.begin();
+        let outcome = self
+            .run_worker(script, worker, hosted.clone(), Arc::default())
+            .await;
+        let outcome = hosted.ended(outcome);
+        hosted.finish().await;
+        outcome
+    }
+
+    /// The sandbox's side of a worker: compiles (or finds) its script and
+    /// runs it, reaching the capabilities it does not hold through `host`.
+    /// A sandbox process calls this for each worker its parent gives it.
+    pub async fn run_sandboxed(
+        &self,
+        script: &ScriptSource,
+        worker: SandboxWorker,
+        host: Arc<dyn WorkerHost>,
+        stop: Arc<StopSignal>,
+    ) -> WorkerOutcome {
+        match self.compile(script).await {
+            Ok(script) => self.run_worker(&script, worker, host, stop).await,
+            Err(failure) => WorkerOutcome::failed(failure),
+        }
+    }
+
+    /// Runs a compiled script for `worker` in a fresh Store and instance.
+    async fn run_worker(
+        &self,
+        script: &Arc<CompiledScript>,
+        worker: SandboxWorker,
+        host: Arc<dyn WorkerHost>,
+        stop: Arc<StopSignal>,
+    ) -> WorkerOutcome {
+        let SandboxWorker {
             event_json,
-            event,
-            log,
+            project_id,
+            readable_secrets,
+            hidden_secrets,
+            limits,
+        } = worker;
+        let sandboxed = SandboxedWorker {
+            event: EventView::new(event_json),
+            secrets: ScriptSecrets::new(project_id.clone(), readable_secrets, hidden_secrets),
             script: script.clone(),
+            host,
         };
-        let mut store = self.store(WorkerState::new(limits, Some(context), Some(jobs)));
-        let _ = store.data_mut().log(LogRequest {
-            level: LogLevel::Info,
-            message: WORKER_VERSION_LINE.into(),
-            job: None,
-            console: false,
-        });
+        let mut store = self.store(
+            WorkerState::new(limits, Some(sandboxed), stop),
+            Some(project_id),
+        );
         // A guest of a project whose guests ran long lately waits for a
         // long-running slot before it runs at all (see `crate::cpu`).
         let deadline = store.data().deadline;
@@ -332,36 +395,20 @@ impl Sandbox {
             )
             .await;
         store.data_mut().flush_output();
-        if let Some(jobs) = store.data_mut().jobs.as_mut() {
-            jobs.finish().await;
-        }
         let state = store.data();
-        let outcome = match run {
+        match run {
             Err(error) => match error.downcast_ref::<Stop>() {
                 Some(Stop::Exit(code)) => exit_outcome(*code, state),
                 _ => WorkerOutcome::failed(classify(error, state)),
             },
             Ok(_) => exit_outcome(0, state),
-        };
-        if let Some(failure) = outcome
-            .failure
-            .as_ref()
-            .filter(|f| !matches!(f, WorkerFailure::Uncaught { .. }))
-        {
-            let _ = store.data_mut().log(LogRequest {
-                level: LogLevel::Error,
-                message: failure.to_string(),
-                job: None,
-                console: false,
-            });
         }
-        outcome
     }
 
     /// A store with the worker's limits: memory through the resource
-    /// limiter, CPU through epoch ticks (yielding to other tasks each tick).
-    fn store(&self, mut state: WorkerState) -> Store<WorkerState> {
-        let project = state.context.as_ref().map(|c| c.event.project.id.clone());
+    /// limiter, CPU through epoch ticks (yielding to other tasks each tick),
+    /// its project charged for the CPU it takes.
+    fn store(&self, mut state: WorkerState, project: Option<String>) -> Store<WorkerState> {
         state.cpu = Some(CpuShare::new(self.long_running.clone(), project));
         new_store(&self.engine, state)
     }
@@ -438,6 +485,9 @@ fn new_store(engine: &Engine, state: WorkerState) -> Store<WorkerState> {
         if Instant::now() >= state.deadline {
             return Err(wasmtime::Error::new(Stop::WallTime));
         }
+        if let Some(stop) = state.stop_signal.raised() {
+            return Err(wasmtime::Error::new(stop));
+        }
         let deadline = state.deadline;
         Ok(match (&mut state.cpu, resumed) {
             (_, true) => UpdateDeadline::Continue(1),
@@ -451,7 +501,7 @@ fn new_store(engine: &Engine, state: WorkerState) -> Store<WorkerState> {
 
 /// The outcome of a run that ended on its own (or by `process.exit(code)`).
 fn exit_outcome(code: i32, state: &WorkerState) -> WorkerOutcome {
-    if let Some(error) = state.errors.first() {
+    if let Some(error) = state.outcome.errors.first() {
         return WorkerOutcome::failed(WorkerFailure::Uncaught {
             message: error.message.clone(),
             kind: error.kind,
@@ -462,7 +512,7 @@ fn exit_outcome(code: i32, state: &WorkerState) -> WorkerOutcome {
     }
     WorkerOutcome {
         phase: mizzen_host_api::types::Phase::Succeeded,
-        summary: state.summary.clone(),
+        summary: state.outcome.summary.clone(),
         failure: None,
     }
 }
@@ -506,7 +556,7 @@ fn classify(error: wasmtime::Error, state: &WorkerState) -> WorkerFailure {
             limit: limits.memory_bytes,
         };
     }
-    if let Some(first) = state.errors.first() {
+    if let Some(first) = state.outcome.errors.first() {
         return WorkerFailure::Uncaught {
             message: first.message.clone(),
             kind: ScriptErrorKind::Uncaught,
@@ -533,6 +583,11 @@ fn classify(error: wasmtime::Error, state: &WorkerState) -> WorkerFailure {
 struct ScriptCache {
     scripts: HashMap<[u8; 32], Arc<CompiledScript>>,
     order: VecDeque<[u8; 32]>,
+}
+
+/// A script's key: the hash of its language, name and text.
+pub(crate) fn script_key(source: &ScriptSource) -> [u8; 32] {
+    ScriptCache::key(source)
 }
 
 impl ScriptCache {
@@ -616,7 +671,10 @@ mod tests {
     /// The whole linear memory of a fresh worker instance, as a worker
     /// would start with it, after writing `write` near its end.
     async fn fresh_memory(sandbox: &Sandbox, write: Option<&[u8]>) -> Vec<u8> {
-        let mut store = sandbox.store(WorkerState::new(WorkerLimits::default(), None, None));
+        let mut store = sandbox.store(
+            WorkerState::new(WorkerLimits::default(), None, Arc::default()),
+            None,
+        );
         let instance = sandbox.plugin.instantiate_async(&mut store).await.unwrap();
         let memory = instance.get_memory(&mut store, "memory").unwrap();
         if let Some(bytes) = write {

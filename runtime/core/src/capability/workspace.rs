@@ -1,12 +1,13 @@
-//! The event's workspace as its script reaches it: the host's workspace
-//! operations on a cap-std directory.
+//! The event's workspace as its script reaches it: `workspace.read`,
+//! `.write`, `.list` and `.remove`, on a cap-std directory. Held by the
+//! worker's host, where the executor keeps the workspace.
 //!
 //! The guest gets no WASI preopen (read-only preopens were bypassed three
-//! times in 2026, security.md): every path goes through these functions,
-//! which refuse absolute paths and `..` by name, and cap-std resolves what
-//! is left inside the directory, so a symbolic link a job planted cannot
-//! lead the script out of it. Writes count against the workspace's size
-//! limit; reads are capped so that one file cannot swamp the guest.
+//! times in 2026): every path goes through these functions, which refuse
+//! absolute paths and `..` by name, and cap-std resolves what is left inside
+//! the directory, so a symbolic link a job planted cannot lead the script
+//! out of it. Writes count against the workspace's size limit; reads are
+//! capped so that one file cannot swamp the guest.
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Component, Path};
@@ -17,8 +18,12 @@ use cap_std::fs::Dir;
 use mizzen_host_api::types::{
     ContentEncoding, WorkspaceEntry, WorkspaceFile, WorkspaceListing, WorkspacePath,
 };
-use mizzen_host_api::{ErrorCode, HostError};
+use mizzen_host_api::{ErrorCode, HostError, Op};
+use tokio::sync::OnceCell;
 
+use crate::capability::Answer;
+use crate::capability::jobs::JobCapability;
+use crate::host::{parse, reply};
 use crate::limits::Limit;
 use crate::worker::human_bytes;
 
@@ -30,6 +35,85 @@ const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
 /// Entries counted when the workspace's size is measured before a write. A
 /// workspace with more is treated as full rather than walked for ever.
 const MAX_COUNTED_ENTRIES: usize = 100_000;
+
+/// The operations this capability answers.
+pub const OPS: &[Op] = &[
+    Op::WorkspaceRead,
+    Op::WorkspaceWrite,
+    Op::WorkspaceList,
+    Op::WorkspaceRemove,
+];
+
+/// A worker's way to its event's workspace: the executor's directory, when
+/// the project uses a workspace and the executor keeps it on this host,
+/// opened at the script's first use of it.
+pub(crate) struct WorkspaceAccess {
+    jobs: JobCapability,
+    limit: u64,
+    opened: OnceCell<ScriptWorkspace>,
+}
+
+impl WorkspaceAccess {
+    /// The workspace of the event `jobs` runs for, holding at most `limit`
+    /// bytes of the script's files.
+    pub fn new(jobs: JobCapability, limit: u64) -> Self {
+        Self {
+            jobs,
+            limit,
+            opened: OnceCell::new(),
+        }
+    }
+
+    async fn open(&self) -> Result<&ScriptWorkspace, HostError> {
+        self.opened
+            .get_or_try_init(|| async {
+                let (executor, event) = match &self.jobs {
+                    JobCapability::Executor { executor, event } => (executor, event),
+                    JobCapability::Unavailable(why) => {
+                        return Err(HostError::not_configured(format!(
+                            "{why}, so there is no workspace"
+                        )));
+                    }
+                };
+                if !event.use_workspace {
+                    return Err(HostError::not_configured(format!(
+                        "project \"{}\" has no workspace (set spec.workerTemplate.useWorkspace: true)",
+                        event.project_id
+                    )));
+                }
+                let root = executor
+                    .workspace_dir(event)
+                    .await
+                    .map_err(|e| HostError::not_configured(e.to_string()))?;
+                ScriptWorkspace::open(&root, self.limit)
+            })
+            .await
+    }
+}
+
+/// Answers one of [`OPS`].
+pub(crate) async fn call(
+    access: &WorkspaceAccess,
+    op: Op,
+    request: &[u8],
+) -> Result<Answer, HostError> {
+    let workspace = access.open().await?;
+    let reply = match op {
+        Op::WorkspaceRead => parse::<WorkspacePath>(op, request)
+            .and_then(|path| workspace.read(&path))
+            .and_then(|file| reply(&file)),
+        Op::WorkspaceWrite => parse::<WorkspaceFile>(op, request)
+            .and_then(|file| workspace.write(&file))
+            .map(|()| None),
+        Op::WorkspaceList => parse::<WorkspacePath>(op, request)
+            .and_then(|path| workspace.list(&path))
+            .and_then(|listing| reply(&listing)),
+        _ => parse::<WorkspacePath>(op, request)
+            .and_then(|path| workspace.remove(&path))
+            .map(|()| None),
+    }?;
+    Ok(Answer::Now(reply))
+}
 
 /// An event's workspace, opened for its script.
 pub(crate) struct ScriptWorkspace {

@@ -1,5 +1,5 @@
 //! Sandbox throughput on one and two cores:
-//! `cargo bench -p mizzen-runtime --bench scaling`.
+//! `cargo bench -p mizzen-server --bench scaling`.
 //!
 //! No-op events run back to back (a fresh instance each, as in the `sandbox`
 //! benchmark) for a fixed time, three ways side by side in one run:
@@ -8,7 +8,7 @@
 //! - 2 threads in 1 process, sharing one `Sandbox` (one engine per process,
 //!   as the server runs);
 //! - 2 processes of 1 thread each;
-//! - the server's sandbox stage ([`mizzen_runtime::shard::ShardPool`]) with
+//! - the server's sandbox stage ([`mizzen_server::sandbox_pool::SandboxPool`]) with
 //!   1 sandbox process, and with 2: events sent from this process over the
 //!   pipes, `IN_FLIGHT` per sandbox process at a time, as the scheduler
 //!   sends them. This is the figure the goal is about; the raw ways above
@@ -30,6 +30,8 @@
     reason = "a benchmark reports its figures on stdout"
 )]
 
+// The sandbox benchmarks' shared helpers, beside the others in the runtime.
+#[path = "../../core/benches/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -41,8 +43,9 @@ use common::{NO_OP_HANDLER, NullLog, env_seconds, env_usize, figure, request};
 use mizzen_runtime::SandboxConfig;
 use mizzen_runtime::WorkerLimits;
 use mizzen_runtime::log::LogSink;
+use mizzen_runtime::sandbox_process;
 use mizzen_runtime::script::ScriptSource;
-use mizzen_runtime::shard::{self, SandboxStage, ShardCommand, ShardPool};
+use mizzen_server::sandbox_pool::{SandboxCommand, SandboxPool, SandboxStage};
 
 /// The environment variable that makes this binary a shard, and how many
 /// threads the shard runs.
@@ -271,12 +274,12 @@ fn shard(threads: usize, duration: Duration) {
 fn run_stage(processes: usize, duration: Duration) -> f64 {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let command = ShardCommand {
+        let command = SandboxCommand {
             program: std::env::current_exe().expect("the benchmark's own path"),
             args: vec![SERVE_SHARD.into()],
         };
         let pool = Arc::new(
-            ShardPool::start(processes, command)
+            SandboxPool::start(processes, command)
                 .await
                 .expect("the sandbox processes start"),
         );
@@ -330,7 +333,7 @@ fn serve_shard() {
             long_running_slots: 1,
             ..SandboxConfig::default()
         };
-        shard::serve(config)
+        sandbox_process::serve(config)
             .await
             .expect("the sandbox process serves");
     });
