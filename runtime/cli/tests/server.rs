@@ -1472,6 +1472,30 @@ fn a_jobs_whole_log_is_stored_when_its_event_ends() {
     server.ok(&["project", "create", "-f", project.path().to_str().unwrap()]);
     for _ in 0..3 {
         let id = server.create_event("printer", &[]);
+        // Follow the job's log from the moment it runs.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !server
+            .cli(&["event", "logs", "--id", &id, "--job", "printer"])
+            .stdout
+            .contains('1')
+        {
+            assert!(Instant::now() < deadline, "the job did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let follower = Command::new(env!("CARGO_BIN_EXE_mizzen"))
+            .args(["event", "logs", "--id", &id, "--job", "printer", "--follow"])
+            .env("MIZZEN_CONFIG_DIR", server.config_dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let followed = follower.wait_with_output().unwrap();
+        let followed = String::from_utf8_lossy(&followed.stdout);
+        assert_eq!(
+            followed.lines().last(),
+            Some(LINES.to_string().as_str()),
+            "a follower stopped before the job's last line"
+        );
         let event = wait_until_ended(&server, &id);
         assert_eq!(phase_of(&event), "SUCCEEDED", "{event}");
         let printed = server.ok(&["event", "logs", "--id", &id, "--job", "printer"]);

@@ -712,6 +712,10 @@ struct RecordedJob {
 impl RunningJob for RecordedJob {
     async fn wait(&self) -> JobResult {
         let result = self.inner.wait().await;
+        // Whoever follows the job's log reads every line it printed before
+        // it sees the job ended: the executor passed them on before it
+        // reported the end, and they are stored first.
+        self.store.flush_logs().await;
         // The first terminal phase wins, so recording twice is harmless.
         if let Err(e) = self
             .store
