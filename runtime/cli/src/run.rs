@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
-use mizzen_runtime::executor::{ContainerLimits, EventContext, JobExecutor, Source};
+use mizzen_runtime::assembly::{ProjectFiles, WorkerPlan};
+use mizzen_runtime::executor::{JobExecutor, Source};
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::project::{
     EventDetails, ProjectDir, validate_secret_key, validate_secret_value, validate_secrets,
 };
 use mizzen_runtime::redact::Redactor;
-use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest, source};
+use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits};
 
 use crate::kubernetes::KubernetesArgs;
 use crate::output::RunLog;
@@ -77,46 +78,6 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let executor = executor(args.executor, &args.kubernetes, &data_dir).await?;
-    // A project whose scripts live in its repository: check it out and read
-    // them from there (as Brigade's worker read them from /var/vcs).
-    let worker_failed = |error: anyhow::Error| Failure {
-        code: EXIT_FAILED,
-        error: error.context("worker FAILED"),
-    };
-    let checkout = tempfile::tempdir().context("cannot create a temporary directory")?;
-    // `ProjectDir::source` is the user's own project: a plain git fetch,
-    // local and file:// URLs included.
-    let dir = match dir.source() {
-        source @ (Source::Git(_) | Source::TenantGit(_)) => {
-            let root = checkout.path().join("source");
-            source::checkout(&source, &root)
-                .await
-                .map_err(|e| worker_failed(e.into()))?;
-            ProjectDir { root, ..dir }
-        }
-        Source::Directory(_) => dir,
-    };
-    let script = dir.script().map_err(|e| worker_failed(e.into()))?;
-
-    let context = Arc::new(EventContext {
-        event_id: event.id.clone(),
-        project_id: dir.project.id.clone(),
-        use_workspace: dir.project.worker.use_workspace,
-        source: Some(dir.source()),
-        policies: dir.project.worker.job_policies,
-        image_pull_secrets: dir.project.worker.image_pull_secrets.clone(),
-        workspace_size: dir.project.worker.workspace_size.clone(),
-        container_limits: ContainerLimits::of(&limits),
-    });
-    let jobs = match &executor {
-        Some(executor) => JobCapability::Executor {
-            executor: executor.clone(),
-            event: context.clone(),
-        },
-        None => {
-            JobCapability::Unavailable("jobs are disabled for this run (--executor none)".into())
-        }
-    };
     // Every secret value is masked in what the run prints and keeps, as the
     // server masks it.
     let redactor = Arc::new(Redactor::new(event.project.secrets.values()));
@@ -124,6 +85,33 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         data_dir.join("events").join(&event.id).join("logs"),
         redactor,
     ));
+    // A project whose scripts live in its repository is checked out and
+    // read from there (as Brigade's worker read them from /var/vcs): the
+    // user's own project, so a plain git fetch, local and file:// URLs
+    // included.
+    let files = match dir.source() {
+        Source::Git(git) => ProjectFiles::Git(git),
+        _ => ProjectFiles::Directory {
+            root: dir.root.clone(),
+            file: dir.file.clone(),
+        },
+    };
+    let prepared = WorkerPlan {
+        project: Arc::new(dir.project),
+        event,
+        files,
+        limits,
+        executor: executor
+            .clone()
+            .ok_or_else(|| "jobs are disabled for this run (--executor none)".to_string()),
+        log: log.clone(),
+    }
+    .prepare()
+    .await
+    .map_err(|e| Failure {
+        code: EXIT_FAILED,
+        error: anyhow::Error::new(e).context("worker FAILED"),
+    })?;
     let config = SandboxConfig {
         max_instances: CLI_MAX_INSTANCES,
         ..SandboxConfig::from_env()
@@ -132,14 +120,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         code: EXIT_FAILED,
         error: e.into(),
     })?;
-    let request = WorkerRequest {
-        event,
-        limits,
-        log: log.clone(),
-        jobs,
-    };
+    let context = prepared.context.clone();
     let outcome = tokio::select! {
-        outcome = sandbox.run(&script, request) => outcome,
+        outcome = sandbox.run(&prepared.script, prepared.request) => outcome,
         signal = interrupted() => {
             // The worker was dropped mid-run; its jobs' containers are still
             // there until the executor removes the event's.

@@ -51,6 +51,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod assembly;
 pub mod capability;
 mod cpu;
 mod duration;

@@ -10,21 +10,19 @@
 //! stays non-terminal forever.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::sandbox_pool::SandboxStage;
 use async_trait::async_trait;
 use mizzen_host_api::types::{JobResult, LogLevel, Phase};
-use mizzen_runtime::executor::{
-    ContainerLimits, EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source,
-};
+use mizzen_runtime::WorkerLimits;
+use mizzen_runtime::assembly::{ProjectFiles, WorkerPlan};
+use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink};
-use mizzen_runtime::project::{EventDetails, ProjectDir};
+use mizzen_runtime::project::EventDetails;
 use mizzen_runtime::redact::{Redactor, StreamId, StreamRedactor, stream_of};
-use mizzen_runtime::{JobCapability, WorkerLimits, WorkerRequest, source};
 use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
@@ -336,56 +334,11 @@ impl Scheduler {
             event.id.clone(),
             redactor.clone(),
         ));
-        let git = worker_event
-            .worker
-            .git
-            .clone()
-            .filter(|g| !g.clone_url.is_empty());
-        // A project with a repository reads its script from a checkout, as
-        // Brigade's worker did; the others carry it inline (no files).
-        let script = match &git {
-            Some(git) => {
-                // A tenant's fetch: its address is checked (projects stored
-                // before the rule and every event's override included) and
-                // resolved as it runs.
-                let checkout = tempfile::tempdir()
-                    .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
-                let root = checkout.path().join("source");
-                source::checkout(&Source::TenantGit(git.clone()), &root)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut project = (*project).clone();
-                project.worker.git = Some(git.clone());
-                let dir = ProjectDir {
-                    project,
-                    root,
-                    file: Path::new(&format!("project \"{}\"", event.project_id)).to_path_buf(),
-                };
-                dir.script().map_err(|e| e.to_string())?
-            }
-            None => project.inline_script("").ok_or_else(|| {
-                format!(
-                    "found nothing to run: project \"{}\" has no git settings and neither brigade.ts nor brigade.js in spec.workerTemplate.defaultConfigFiles",
-                    event.project_id
-                )
-            })?,
-        };
-
         let (limits, notes) =
             WorkerLimits::for_project(&project.worker.limits, &self.config.limit_ceilings);
         for note in notes {
             log.record(LogRecord::logger(LogLevel::Warn, &note, None));
         }
-        let context = Arc::new(EventContext {
-            event_id: event.id.clone(),
-            project_id: event.project_id.clone(),
-            use_workspace: project.worker.use_workspace,
-            source: git.map(Source::TenantGit),
-            policies: project.worker.job_policies,
-            image_pull_secrets: project.worker.image_pull_secrets.clone(),
-            workspace_size: project.worker.workspace_size.clone(),
-            container_limits: ContainerLimits::of(&limits),
-        });
         // Only a retry, or a run after a crash, can have jobs to inherit.
         let may_inherit = event.attempts > 1 || event.document.labels.contains_key(RETRY_LABEL);
         let earlier_jobs = if may_inherit {
@@ -401,30 +354,41 @@ impl Scheduler {
             .filter(|job| job.phase == Phase::Succeeded && !job.uses_workspace)
             .map(|job| (job.name, job.spec))
             .collect();
-        let jobs = match &self.executor {
-            Some(executor) => JobCapability::Executor {
-                executor: Arc::new(RecordedExecutor {
-                    inner: executor.clone(),
-                    store: self.store.clone(),
-                    slots: self.job_slots.clone(),
-                    metrics: self.metrics.clone(),
-                    inherited: Mutex::new(inherited),
-                    redactor: redactor.clone(),
-                }),
-                event: context.clone(),
-            },
-            None => JobCapability::Unavailable(
+        let executor: Result<Arc<dyn JobExecutor>, String> = match &self.executor {
+            Some(executor) => Ok(Arc::new(RecordedExecutor {
+                inner: executor.clone(),
+                store: self.store.clone(),
+                slots: self.job_slots.clone(),
+                metrics: self.metrics.clone(),
+                inherited: Mutex::new(inherited),
+                redactor: redactor.clone(),
+            })),
+            None => Err(
                 "this server has no job executor (start `mizzen server` where a container engine answers)".into(),
             ),
         };
-        let request = WorkerRequest {
-            event: worker_event,
-            limits,
-            log: log.clone(),
-            jobs,
+        // A project with a repository reads its script from a checkout, as
+        // Brigade's worker did; the others carry it inline (no files). A
+        // tenant's fetch: its address is checked (projects stored before the
+        // rule and every event's override included) and resolved as it runs.
+        let files = match worker_event.worker.git.clone() {
+            Some(git) if !git.clone_url.is_empty() => ProjectFiles::TenantGit(git),
+            _ => ProjectFiles::Inline,
         };
+        let prepared = WorkerPlan {
+            project,
+            event: worker_event,
+            files,
+            limits,
+            executor,
+            log: log.clone(),
+        }
+        .prepare()
+        .await
+        .map_err(|e| e.to_string())?;
+        let context = prepared.context.clone();
         let outcome = tokio::select! {
-            outcome = self.sandbox.run(&script, request) => outcome,
+            outcome = self.sandbox.run(&prepared.script, prepared.request) => outcome,
             _ = cancel.notified() => {
                 if let Some(executor) = &self.executor {
                     executor.finish_event(&context).await;
