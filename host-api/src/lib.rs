@@ -32,6 +32,9 @@
 pub mod abi;
 mod error;
 mod op;
+/// The operation numbers as plain constants, which [`Op`] takes its
+/// discriminants from and the Javy plugin compiles into itself.
+mod op_codes;
 pub mod types;
 
 pub use error::{ErrorCode, HostError};
