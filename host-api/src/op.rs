@@ -8,6 +8,7 @@ use crate::op_codes as code;
 /// ABI; each variant documents its request and its reply (types in
 /// [`crate::types`]). "Ticket" means the reply is a [`crate::types::Ticket`]
 /// and the real result arrives later through [`Op::WaitAny`].
+/// docs/host-api.md describes each for guest authors, with examples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Op {
@@ -15,8 +16,9 @@ pub enum Op {
     /// handles, with its project's secrets.
     EventGet = code::EVENT_GET,
     /// Request: [`crate::types::LogRequest`]. Reply: none. Adds a line to the
-    /// worker's log; the host timestamps it, filters it by the worker's log
-    /// level and counts it against the log limit.
+    /// worker's log; the host timestamps it and counts it against the log
+    /// limits. It does not filter by level: the guest drops its levelled
+    /// lines below the event's `worker.logLevel` itself.
     Log = code::LOG,
     /// Request: [`crate::types::SummaryRequest`]. Reply: none. Sets the
     /// event's summary (at most [`crate::types::SUMMARY_MAX_CHARS`]).
@@ -40,7 +42,8 @@ pub enum Op {
     /// (it ends ABORTED) or cancels a pending one.
     JobCancel = code::JOB_CANCEL,
     /// Request: [`crate::types::JobLogsRequest`]. Reply: ticket, completing
-    /// with [`crate::types::JobLogs`] once the job has ended.
+    /// at once with [`crate::types::JobLogs`]: the container's output kept so
+    /// far (wait for the job first to read all of it).
     JobLogs = code::JOB_LOGS,
     /// Request: [`crate::types::SleepRequest`]. Reply: ticket, completing
     /// with `null` after the delay. Backs `setTimeout`.
@@ -62,7 +65,7 @@ pub enum Op {
     /// [`crate::types::WorkspaceListing`]. Lists a directory of the workspace.
     WorkspaceList = code::WORKSPACE_LIST,
     /// Request: [`crate::types::WorkspacePath`]. Reply: none. Removes a file
-    /// or an empty directory of the workspace.
+    /// of the workspace, or a directory with everything in it.
     WorkspaceRemove = code::WORKSPACE_REMOVE,
 }
 
