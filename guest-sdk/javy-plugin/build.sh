@@ -24,9 +24,11 @@ out="$here/mizzen_plugin.wasm"
 record="$here/mizzen_plugin.wasm.inputs"
 mode="${1:-build}"
 
-# Every file the plugin is built from. Adding a source file means adding it here.
+# Every file the plugin is built from. Adding a source file means adding it here
+# (host-api/tests/op_codes.rs checks that the op codes' file is listed).
 inputs=(
   guest-sdk/js/brigadier.js
+  host-api/src/op_codes.rs
   guest-sdk/javy-plugin/Cargo.toml
   guest-sdk/javy-plugin/Cargo.lock
   guest-sdk/javy-plugin/build.sh

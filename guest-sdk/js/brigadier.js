@@ -13,7 +13,9 @@
 (function (host) {
   "use strict";
 
-  // Op codes: must match host-api/src/op.rs.
+  // Op codes: every operation of host-api's `Op`, by its Rust name, with its
+  // number in host-api/src/op_codes.rs; host-api/tests/op_codes.rs checks
+  // both.
   const OP = {
     EventGet: 1,
     Log: 2,
@@ -27,6 +29,7 @@
     JobLogs: 13,
     Sleep: 20,
     TicketCancel: 21,
+    WaitAny: 30, // called by the plugin's driver loop, not from here
     WorkspaceRead: 40,
     WorkspaceWrite: 41,
     WorkspaceList: 42,

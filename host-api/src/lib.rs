@@ -18,6 +18,11 @@
 //! That is how JavaScript promises and Rust futures run several jobs at once
 //! on one guest thread.
 //!
+//! docs/host-api.md describes the whole contract for guest authors, in any
+//! language; `tests/host_api_doc.rs` keeps it in step with this crate, and
+//! `tests/op_codes.rs` keeps brigadier.js and the Javy plugin in step with
+//! [`Op`].
+//!
 //! The host decides everything from its own per-worker state: which event,
 //! which project, which secrets. Nothing a guest sends can name another
 //! tenant's data. A capability the host has not configured for a worker
@@ -25,13 +30,17 @@
 //!
 //! # Layout
 //! - [`abi`]: the import names, the call result encoding, the version.
-//! - [`Op`]: the operations and which request and reply each takes.
+//! - [`Op`]: the operations and which request and reply each takes; their
+//!   numbers are in `op_codes.rs`, the one place they are written.
 //! - [`types`]: the JSON shapes (event, job spec, job result, log record...).
 //! - [`ErrorCode`], [`HostError`]: how a call fails.
 
 pub mod abi;
 mod error;
 mod op;
+/// The operation numbers as plain constants, which [`Op`] takes its
+/// discriminants from and the Javy plugin compiles into itself.
+mod op_codes;
 pub mod types;
 
 pub use error::{ErrorCode, HostError};

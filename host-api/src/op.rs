@@ -1,63 +1,72 @@
+//! The operations of `mizzen:host/v1`: their numbers (from
+//! [`crate::op_codes`], the one place they are written), their stable names,
+//! and which request and reply each takes.
+
+use crate::op_codes as code;
+
 /// The operations a guest can ask of the host. The numbers are part of the
 /// ABI; each variant documents its request and its reply (types in
 /// [`crate::types`]). "Ticket" means the reply is a [`crate::types::Ticket`]
 /// and the real result arrives later through [`Op::WaitAny`].
+/// docs/host-api.md describes each for guest authors, with examples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum Op {
     /// Request: none. Reply: [`crate::types::Event`], the event this worker
     /// handles, with its project's secrets.
-    EventGet = 1,
+    EventGet = code::EVENT_GET,
     /// Request: [`crate::types::LogRequest`]. Reply: none. Adds a line to the
-    /// worker's log; the host timestamps it, filters it by the worker's log
-    /// level and counts it against the log limit.
-    Log = 2,
+    /// worker's log; the host timestamps it and counts it against the log
+    /// limits. It does not filter by level: the guest drops its levelled
+    /// lines below the event's `worker.logLevel` itself.
+    Log = code::LOG,
     /// Request: [`crate::types::SummaryRequest`]. Reply: none. Sets the
     /// event's summary (at most [`crate::types::SUMMARY_MAX_CHARS`]).
-    SummarySet = 3,
+    SummarySet = code::SUMMARY_SET,
     /// Request: [`crate::types::ExitRequest`]. Never returns: the worker ends
     /// with that exit code, as `process.exit` does.
-    Exit = 4,
+    Exit = code::EXIT,
     /// Request: [`crate::types::ScriptError`]. Reply: none. Reports an error
     /// that fails the worker (an uncaught exception, an unhandled rejection).
-    ScriptError = 5,
+    ScriptError = code::SCRIPT_ERROR,
     /// Request: [`crate::types::SecretRequest`]. Reply:
     /// [`crate::types::SecretValue`]. One of this project's secrets.
-    SecretGet = 6,
+    SecretGet = code::SECRET_GET,
     /// Request: [`crate::types::JobStartRequest`]. Reply: none. Starts a job;
     /// returns as soon as the executor has accepted it.
-    JobStart = 10,
+    JobStart = code::JOB_START,
     /// Request: [`crate::types::JobRef`]. Reply: ticket, completing with a
     /// [`crate::types::JobResult`] when the job ends.
-    JobWait = 11,
+    JobWait = code::JOB_WAIT,
     /// Request: [`crate::types::JobRef`]. Reply: none. Stops a running job
     /// (it ends ABORTED) or cancels a pending one.
-    JobCancel = 12,
+    JobCancel = code::JOB_CANCEL,
     /// Request: [`crate::types::JobLogsRequest`]. Reply: ticket, completing
-    /// with [`crate::types::JobLogs`] once the job has ended.
-    JobLogs = 13,
+    /// at once with [`crate::types::JobLogs`]: the container's output kept so
+    /// far (wait for the job first to read all of it).
+    JobLogs = code::JOB_LOGS,
     /// Request: [`crate::types::SleepRequest`]. Reply: ticket, completing
     /// with `null` after the delay. Backs `setTimeout`.
-    Sleep = 20,
+    Sleep = code::SLEEP,
     /// Request: [`crate::types::Ticket`]. Reply: none. Forgets a ticket: its
     /// result will never be delivered. Backs `clearTimeout`.
-    TicketCancel = 21,
+    TicketCancel = code::TICKET_CANCEL,
     /// Request: none. Reply: [`crate::types::WaitAnyReply`]. Blocks until
     /// any outstanding ticket completes, or answers `idle` at once when none
     /// is outstanding.
-    WaitAny = 30,
+    WaitAny = code::WAIT_ANY,
     /// Request: [`crate::types::WorkspacePath`]. Reply:
     /// [`crate::types::WorkspaceFile`]. Reads a file of the event's workspace.
-    WorkspaceRead = 40,
+    WorkspaceRead = code::WORKSPACE_READ,
     /// Request: [`crate::types::WorkspaceFile`]. Reply: none. Writes (creates
     /// or replaces) a file of the event's workspace.
-    WorkspaceWrite = 41,
+    WorkspaceWrite = code::WORKSPACE_WRITE,
     /// Request: [`crate::types::WorkspacePath`]. Reply:
     /// [`crate::types::WorkspaceListing`]. Lists a directory of the workspace.
-    WorkspaceList = 42,
+    WorkspaceList = code::WORKSPACE_LIST,
     /// Request: [`crate::types::WorkspacePath`]. Reply: none. Removes a file
-    /// or an empty directory of the workspace.
-    WorkspaceRemove = 43,
+    /// of the workspace, or a directory with everything in it.
+    WorkspaceRemove = code::WORKSPACE_REMOVE,
 }
 
 impl Op {

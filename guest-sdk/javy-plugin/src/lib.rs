@@ -77,12 +77,19 @@ mod host {
     }
 }
 
-/// `Op::WaitAny` in host-api.
-const OP_WAIT_ANY: u32 = 30;
+/// The host's operation numbers: host-api's own file, compiled in here, so
+/// that the plugin cannot disagree with the host.
+#[allow(
+    dead_code,
+    reason = "the plugin calls two operations itself; brigadier.js has its own table"
+)]
+mod op {
+    include!("../../../host-api/src/op_codes.rs");
+}
 
-/// Calls the host. `Ok` carries the reply, `Err` the error code and the
-/// error's JSON.
-fn host_call(op: u32, request: &[u8]) -> Result<String, (u32, String)> {
+/// Calls the host. `Ok` carries the reply, `Err` the error's JSON
+/// (`{"code": ..., "message": ...}`, which names the error code).
+fn host_call(op: u32, request: &[u8]) -> Result<String, String> {
     // SAFETY: the host reads `request_len` bytes at `request_ptr`, which
     // `request` owns for the duration of the call.
     let raw = unsafe { host::call(op, request.as_ptr(), request.len()) };
@@ -93,19 +100,14 @@ fn host_call(op: u32, request: &[u8]) -> Result<String, (u32, String)> {
         // SAFETY: `reply` has room for exactly `len` bytes.
         let copied = unsafe { host::take_reply(reply.as_mut_ptr(), len) };
         if copied < 0 || copied as usize != len {
-            return Err((
-                10,
+            return Err(
                 r#"{"code":"internal","message":"the host reply could not be read"}"#.into(),
-            ));
+            );
         }
     }
     let reply = String::from_utf8(reply)
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    if status == 0 {
-        Ok(reply)
-    } else {
-        Err((status, reply))
-    }
+    if status == 0 { Ok(reply) } else { Err(reply) }
 }
 
 /// What the plugin keeps between initialisation and runs: the context and
@@ -210,7 +212,7 @@ fn call_host<'js>(ctx: Ctx<'js>, op: u32, request: String) -> qjs_rs::Result<Val
     match host_call(op, request.as_bytes()) {
         Ok(reply) if reply.is_empty() => Ok(Value::new_undefined(ctx)),
         Ok(reply) => ctx.json_parse(reply),
-        Err((_, error)) => Err(throw_host_error(&ctx, &error)),
+        Err(error) => Err(throw_host_error(&ctx, &error)),
     }
 }
 
@@ -466,9 +468,9 @@ fn run<'js>(ctx: &Ctx<'js>, kind: u32, name: &str, bytecode: &[u8]) -> bool {
         if !waiting.unwrap_or(true) {
             break;
         }
-        let reply = match host_call(OP_WAIT_ANY, b"") {
+        let reply = match host_call(op::WAIT_ANY, b"") {
             Ok(reply) => reply,
-            Err((_, error)) => {
+            Err(error) => {
                 return report(
                     ctx,
                     "uncaught",
@@ -599,7 +601,7 @@ fn report(_ctx: &Ctx<'_>, kind: &str, message: &str) -> bool {
     request.push_str(r#"","message":"#);
     push_json_string(&mut request, message);
     request.push('}');
-    let _ = host_call(5, request.as_bytes());
+    let _ = host_call(op::SCRIPT_ERROR, request.as_bytes());
     true
 }
 
