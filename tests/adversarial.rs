@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use mizzen_host_api::types::{Event, JobResult, Phase, ScriptErrorKind};
 use mizzen_runtime::executor::{
     EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, Source, SpawnedJob,
+    WorkspaceError,
 };
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::script::{MAX_SCRIPT_BYTES, ScriptSource};
@@ -97,7 +98,7 @@ impl JobExecutor for RecordingExecutor {
 
     async fn finish_event(&self, _event: &EventContext) {}
 
-    async fn workspace_dir(&self, _event: &EventContext) -> Result<PathBuf, String> {
+    async fn workspace_dir(&self, _event: &EventContext) -> Result<PathBuf, WorkspaceError> {
         let mut workspace = self.workspace.lock().unwrap();
         let (root, _) = workspace.get_or_insert_with(|| {
             let (root, outside) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());

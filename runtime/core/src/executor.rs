@@ -132,9 +132,11 @@ pub trait JobExecutor: Send + Sync {
     /// be, for the script's workspace operations. Called only for projects
     /// that use a workspace. An executor whose workspace is not on this
     /// host (a Kubernetes volume claim) says so.
-    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
+    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, WorkspaceError> {
         let _ = event;
-        Err("this executor keeps the workspace where only the event's jobs reach it".into())
+        Err(WorkspaceError::JobsOnly(
+            "this executor keeps the workspace where only the event's jobs reach it",
+        ))
     }
 
     /// Waits until what [`JobExecutor::finish_event`] left to do in the
@@ -204,6 +206,27 @@ impl RunningJob for SpawnedJob {
         // The task ends once whatever ran the job is gone.
         self.wait().await;
     }
+}
+
+/// Why the script cannot have its event's workspace.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// The executor keeps the workspace where only the event's jobs reach
+    /// it (a Kubernetes volume claim); the text says so in its terms.
+    #[error("{0}")]
+    JobsOnly(&'static str),
+    /// The directory could not be made.
+    #[error("cannot create the event's workspace {}: {source}", path.display())]
+    Create {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The executor's backend (a container engine) cannot be reached.
+    #[error(transparent)]
+    Unavailable(crate::BoxError),
 }
 
 /// Why an executor refused a job.

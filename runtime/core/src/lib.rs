@@ -79,9 +79,49 @@ pub use worker::{WorkerFailure, WorkerOutcome};
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// wasmtime rejected the configuration or the host functions.
-    #[error("could not set up the WebAssembly engine: {0}")]
-    Engine(String),
+    #[error("could not set up the WebAssembly engine: {}", causes(source.as_ref()))]
+    Engine {
+        /// wasmtime's error.
+        #[source]
+        source: BoxError,
+    },
     /// The Javy plugin could not be pre-initialised or compiled.
-    #[error("could not prepare the Javy plugin: {0}")]
-    Plugin(String),
+    #[error("could not prepare the Javy plugin: {step}: {}", causes(source.as_ref()))]
+    Plugin {
+        /// What was being done.
+        step: &'static str,
+        /// wasmtime's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl SandboxError {
+    pub(crate) fn engine(error: wasmtime::Error) -> Self {
+        Self::Engine {
+            source: error.into(),
+        }
+    }
+
+    pub(crate) fn plugin(step: &'static str, error: wasmtime::Error) -> Self {
+        Self::Plugin {
+            step,
+            source: error.into(),
+        }
+    }
+}
+
+/// An error from a library that is not ours, kept whole.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error and its causes, `a: b: c`.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

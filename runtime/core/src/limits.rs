@@ -328,24 +328,29 @@ impl Limit {
     }
 
     /// Parses a value for this limit: a size such as `64Mi` (Kubernetes
-    /// quantities), a count, or a Go duration such as `30s`. Zero is refused:
-    /// a limit of nothing would fail every worker.
-    pub fn parse(self, text: &str) -> Result<LimitValue, String> {
+    /// quantities), a count, a Go duration such as `30s`, or CPU cores such
+    /// as `500m`. Zero is refused: a limit of nothing would fail every
+    /// worker.
+    pub fn parse(self, text: &str) -> Result<LimitValue, InvalidLimitValue> {
         let text = text.trim();
+        let invalid = |expected| InvalidLimitValue {
+            text: text.to_string(),
+            expected,
+        };
         let value = match self.unit() {
             Unit::Bytes => parse_quantity(text)
                 .map(LimitValue::Bytes)
-                .ok_or_else(|| format!("{text:?} must be a size such as 64Mi, 1Gi or 500k"))?,
+                .ok_or_else(|| invalid("a size such as 64Mi, 1Gi or 500k"))?,
             Unit::Count => text
                 .parse::<u64>()
                 .map(LimitValue::Count)
-                .map_err(|_| format!("{text:?} must be a whole number"))?,
+                .map_err(|_| invalid("a whole number"))?,
             Unit::Time => parse_go_duration(text)
                 .map(LimitValue::Time)
-                .ok_or_else(|| format!("{text:?} must be a duration such as 30s, 5m or 1h"))?,
+                .ok_or_else(|| invalid("a duration such as 30s, 5m or 1h"))?,
             Unit::Cpu => parse_cpu(text)
                 .map(LimitValue::Cpu)
-                .ok_or_else(|| format!("{text:?} must be CPU cores such as 500m, 1 or 2.5"))?,
+                .ok_or_else(|| invalid("CPU cores such as 500m, 1 or 2.5"))?,
         };
         let zero = matches!(
             value,
@@ -355,10 +360,10 @@ impl Limit {
                 | LimitValue::Cpu(0)
         );
         if zero {
-            return Err(format!("{text:?} must be more than zero"));
+            return Err(invalid("more than zero"));
         }
         if self == Limit::RequestSize && value > LimitValue::Bytes(u64::from(u32::MAX)) {
-            return Err(format!("{text:?} must be less than 4Gi"));
+            return Err(invalid("less than 4Gi"));
         }
         Ok(value)
     }
@@ -410,6 +415,16 @@ impl Limit {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitSettings(BTreeMap<Limit, LimitValue>);
 
+/// A limit's value that does not read as one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} must be {expected}")]
+pub struct InvalidLimitValue {
+    /// The text given.
+    pub text: String,
+    /// What it must be.
+    pub expected: &'static str,
+}
+
 /// A limit setting that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {
@@ -419,13 +434,20 @@ pub enum LimitError {
         /// The name given.
         key: String,
     },
+    /// A setting that is not `key=value`.
+    #[error("{pair}: must be written key=value, e.g. memory=256Mi")]
+    NotAPair {
+        /// The setting given.
+        pair: String,
+    },
     /// The value does not parse for its limit.
     #[error("{key}: {problem}")]
     InvalidValue {
         /// The limit's name.
         key: String,
         /// What was wrong.
-        problem: String,
+        #[source]
+        problem: InvalidLimitValue,
     },
     /// A project asks for more than the server allows.
     #[error("{field} {value} is above this server's ceiling of {ceiling}")]
@@ -445,12 +467,9 @@ impl LimitSettings {
     pub fn parse_pairs(text: &str) -> Result<Self, LimitError> {
         let mut settings = Self::default();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| LimitError::InvalidValue {
-                    key: pair.to_string(),
-                    problem: "must be written key=value, e.g. memory=256Mi".into(),
-                })?;
+            let (key, value) = pair.split_once('=').ok_or_else(|| LimitError::NotAPair {
+                pair: pair.to_string(),
+            })?;
             settings.set(key.trim(), value)?;
         }
         Ok(settings)

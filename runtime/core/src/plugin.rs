@@ -45,11 +45,8 @@ pub(crate) async fn load(
         }
     }
     let snapshot = preinitialise(engine, linker, new_store).await?;
-    let module = Module::new(engine, &snapshot).map_err(|e| {
-        SandboxError::Plugin(format!(
-            "compiling the pre-initialised plugin failed: {e:#}"
-        ))
-    })?;
+    let module = Module::new(engine, &snapshot)
+        .map_err(|e| SandboxError::plugin("compiling the pre-initialised plugin failed", e))?;
     if let Some(path) = &cached
         && let Err(error) = store_artifact(&module, path)
     {
@@ -88,10 +85,10 @@ fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
 pub(crate) fn duplicate(engine: &Engine, module: &Module) -> Result<Module, SandboxError> {
     let bytes = module
         .serialize()
-        .map_err(|e| SandboxError::Plugin(format!("serialising the plugin failed: {e:#}")))?;
+        .map_err(|e| SandboxError::plugin("serialising the plugin failed", e))?;
     // SAFETY: see the reason above.
     unsafe { Module::deserialize(engine, &bytes) }
-        .map_err(|e| SandboxError::Plugin(format!("copying the plugin failed: {e:#}")))
+        .map_err(|e| SandboxError::plugin("copying the plugin failed", e))
 }
 
 fn store_artifact(module: &Module, path: &PathBuf) -> std::io::Result<()> {
@@ -114,7 +111,7 @@ async fn preinitialise(
     linker: &Linker<WorkerState>,
     new_store: impl Fn(WorkerState) -> Store<WorkerState>,
 ) -> Result<Vec<u8>, SandboxError> {
-    let fail = |what: &str, e: wasmtime::Error| SandboxError::Plugin(format!("{what}: {e:#}"));
+    let fail = SandboxError::plugin;
     let mut wizer = Wizer::new();
     wizer.init_func(INIT_FUNCTION);
     let (context, instrumented) = wizer

@@ -385,14 +385,19 @@ pub fn validate_secrets<'a>(
     Ok(())
 }
 
+/// A secret key that breaks Brigade's rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "secret key {0:?} must start with a letter, hold only letters, digits and '_' (^[a-zA-Z]\\w*$) and be at most 50 characters"
+)]
+pub struct InvalidSecretKey(pub String);
+
 /// `^[a-zA-Z]\w*$`, at most 50 characters: Brigade's rule for secret keys.
-pub fn validate_secret_key(key: &str) -> Result<(), String> {
+pub fn validate_secret_key(key: &str) -> Result<(), InvalidSecretKey> {
     let mut chars = key.chars();
     let starts_well = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
     if !starts_well || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || key.len() > 50 {
-        return Err(format!(
-            "secret key {key:?} must start with a letter, hold only letters, digits and '_' (^[a-zA-Z]\\w*$) and be at most 50 characters"
-        ));
+        return Err(InvalidSecretKey(key.to_string()));
     }
     Ok(())
 }
@@ -632,9 +637,9 @@ impl Validator<'_> {
         }
         let mut limits = LimitSettings::default();
         if let Some(size) = &w.workspace_size {
-            let value = Limit::WorkspaceSize
-                .parse(size)
-                .map_err(|problem| self.invalid(format!("{FIELD}.workspaceSize"), problem))?;
+            let value = Limit::WorkspaceSize.parse(size).map_err(|problem| {
+                self.invalid(format!("{FIELD}.workspaceSize"), problem.to_string())
+            })?;
             limits.insert(Limit::WorkspaceSize, value);
         }
         for (key, value) in w.limits.unwrap_or_default() {
@@ -668,7 +673,9 @@ impl Validator<'_> {
                 other => format!("{other:?}"),
             };
             limits.set(&key, &text).map_err(|e| match e {
-                LimitError::InvalidValue { problem, .. } => self.invalid(field.clone(), problem),
+                LimitError::InvalidValue { problem, .. } => {
+                    self.invalid(field.clone(), problem.to_string())
+                }
                 other => self.invalid(field.clone(), other.to_string()),
             })?;
         }
@@ -762,7 +769,7 @@ impl Validator<'_> {
             Some(keys) => {
                 for (i, key) in keys.iter().enumerate() {
                     validate_secret_key(key).map_err(|problem| {
-                        self.invalid(format!("{FIELD}.scriptSecrets[{i}]"), problem)
+                        self.invalid(format!("{FIELD}.scriptSecrets[{i}]"), problem.to_string())
                     })?;
                 }
                 Some(keys.into_iter().collect())
@@ -838,25 +845,55 @@ pub struct CloneHost {
     pub ssh: bool,
 }
 
+/// A cloneURL a server cannot fetch from, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cloneURL {url:?} {problem}")]
+pub struct InvalidCloneUrl {
+    /// The URL.
+    pub url: String,
+    /// What is wrong with it.
+    pub problem: CloneUrlProblem,
+}
+
+/// What is wrong with a cloneURL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloneUrlProblem {
+    /// `git@` without `host:path`.
+    #[error("must have the form git@host:path")]
+    ScpForm,
+    /// The host does not parse.
+    #[error("has no valid host: {0}")]
+    Host(#[source] url::ParseError),
+    /// Not a URL at all.
+    #[error("is not a URL: {0}")]
+    NotAUrl(#[source] url::ParseError),
+    /// A scheme a server does not fetch from.
+    #[error("must be an http://, https:// or git@host:path URL")]
+    Scheme,
+}
+
 /// The host and port `url` fetches from, for the forms a server fetches
 /// (`http://`, `https://`, `git@host:path`); an error says why there is none.
-pub fn clone_url_host(url: &str) -> Result<CloneHost, String> {
+pub fn clone_url_host(url: &str) -> Result<CloneHost, InvalidCloneUrl> {
+    let invalid = |problem| InvalidCloneUrl {
+        url: url.to_string(),
+        problem,
+    };
     if let Some(rest) = url.strip_prefix("git@") {
         // scp-like syntax: the host ends at the first ':' outside brackets.
         let host = match rest.strip_prefix('[') {
             Some(v6) => v6.split_once(']').map(|(h, _)| format!("[{h}]")),
             None => rest.split_once(':').map(|(h, _)| h.to_string()),
         }
-        .ok_or_else(|| format!("cloneURL {url:?} must have the form git@host:path"))?;
-        let host = url::Host::parse(&host)
-            .map_err(|e| format!("cloneURL {url:?} has no valid host: {e}"))?;
+        .ok_or_else(|| invalid(CloneUrlProblem::ScpForm))?;
+        let host = url::Host::parse(&host).map_err(|e| invalid(CloneUrlProblem::Host(e)))?;
         return Ok(CloneHost {
             host,
             port: 22,
             ssh: true,
         });
     }
-    let parsed = url::Url::parse(url).map_err(|e| format!("cloneURL {url:?} is not a URL: {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| invalid(CloneUrlProblem::NotAUrl(e)))?;
     match (
         parsed.scheme(),
         parsed.host(),
@@ -867,9 +904,7 @@ pub fn clone_url_host(url: &str) -> Result<CloneHost, String> {
             port,
             ssh: false,
         }),
-        _ => Err(format!(
-            "cloneURL {url:?} must be an http://, https:// or git@host:path URL"
-        )),
+        _ => Err(invalid(CloneUrlProblem::Scheme)),
     }
 }
 
@@ -917,7 +952,7 @@ pub fn server_clone_url_problem(url: &str) -> Option<String> {
     }
     let CloneHost { host, .. } = match clone_url_host(url) {
         Ok(host) => host,
-        Err(problem) => return Some(problem),
+        Err(problem) => return Some(problem.to_string()),
     };
     let internal = match &host {
         url::Host::Ipv4(ip) => is_internal_address((*ip).into()),

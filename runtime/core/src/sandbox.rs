@@ -207,8 +207,8 @@ impl Sandbox {
         let engine = new_engine(&config)?;
         let ticker = EpochTicker::start(engine.clone());
         let mut linker = Linker::new(&engine);
-        wasi::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        host::add_to_linker(&mut linker).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasi::add_to_linker(&mut linker).map_err(SandboxError::engine)?;
+        host::add_to_linker(&mut linker).map_err(SandboxError::engine)?;
         let module = plugin::load(
             &engine,
             &linker,
@@ -217,9 +217,9 @@ impl Sandbox {
         )
         .await?;
         let link = |module: &wasmtime::Module| {
-            linker.instantiate_pre(module).map_err(|e| {
-                SandboxError::Plugin(format!("the plugin does not link with the host: {e:#}"))
-            })
+            linker
+                .instantiate_pre(module)
+                .map_err(|e| SandboxError::plugin("the plugin does not link with the host", e))
         };
         let plugin = link(&module)?;
         let compiler = link(&plugin::duplicate(&engine, &module)?)?;
@@ -248,8 +248,9 @@ impl Sandbox {
         {
             return Ok(script);
         }
-        let prepared =
-            script::prepare(source).map_err(|message| WorkerFailure::Script { message })?;
+        let prepared = script::prepare(source).map_err(|problem| WorkerFailure::Script {
+            message: problem.to_string(),
+        })?;
         let mut store = self.store(
             WorkerState::new(INITIALISATION_LIMITS, None, Arc::default()),
             None,
@@ -467,7 +468,7 @@ fn new_engine(config: &SandboxConfig) -> Result<Engine, SandboxError> {
         .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)
         .pagemap_scan(wasmtime::Enabled::Auto);
     engine.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))
+    Engine::new(&engine).map_err(SandboxError::engine)
 }
 
 fn new_store(engine: &Engine, state: WorkerState) -> Store<WorkerState> {

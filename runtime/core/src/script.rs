@@ -85,11 +85,58 @@ pub(crate) struct PreparedScript {
     pub positions: Option<PositionMap>,
 }
 
+/// Why a script cannot run, with the file, line and column where it can say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptProblem {
+    /// Larger than [`MAX_SCRIPT_BYTES`].
+    #[error("{name}: the script is {bytes} bytes; the limit is {MAX_SCRIPT_BYTES} bytes")]
+    TooLarge {
+        /// The script's file name.
+        name: String,
+        /// Its size.
+        bytes: usize,
+    },
+    /// Brackets nested past [`MAX_NESTING`].
+    #[error("{name}:{line}:{column}: SyntaxError: brackets nested more than {MAX_NESTING} deep")]
+    TooDeep {
+        /// The script's file name.
+        name: String,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+    },
+    /// The parser's first complaint.
+    #[error("{name}:{line}:{column}: SyntaxError: {message}")]
+    Syntax {
+        /// The script's file name.
+        name: String,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+        /// What.
+        message: String,
+    },
+    /// What stripping TypeScript's types could not do.
+    #[error("{name}:{line}:{column}: {message}")]
+    TypeScript {
+        /// The script's file name.
+        name: String,
+        /// Where.
+        line: usize,
+        /// Where.
+        column: usize,
+        /// What.
+        message: String,
+    },
+}
+
 /// Refuses a script that opens more than [`MAX_NESTING`] brackets at once,
 /// before the parser recurses into them. Brackets in strings and comments
 /// count too: the check only needs to be cheap and never to let a deep
 /// script through.
-fn check_nesting(source: &ScriptSource) -> Result<(), String> {
+fn check_nesting(source: &ScriptSource) -> Result<(), ScriptProblem> {
     let mut depth = 0usize;
     let (mut line, mut column) = (1, 1);
     for c in source.text.chars() {
@@ -97,10 +144,11 @@ fn check_nesting(source: &ScriptSource) -> Result<(), String> {
             '(' | '[' | '{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return Err(format!(
-                        "{}:{line}:{column}: SyntaxError: brackets nested more than {MAX_NESTING} deep",
-                        source.name
-                    ));
+                    return Err(ScriptProblem::TooDeep {
+                        name: source.name.clone(),
+                        line,
+                        column,
+                    });
                 }
             }
             ')' | ']' | '}' => depth = depth.saturating_sub(1),
@@ -117,13 +165,12 @@ fn check_nesting(source: &ScriptSource) -> Result<(), String> {
 
 /// Parses (and for TypeScript, transpiles) a script. Errors read
 /// `brigade.ts:3:7: SyntaxError: Expected ...`.
-pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, String> {
+pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptProblem> {
     if source.text.len() > MAX_SCRIPT_BYTES {
-        return Err(format!(
-            "{}: the script is {} bytes; the limit is {MAX_SCRIPT_BYTES} bytes",
-            source.name,
-            source.text.len()
-        ));
+        return Err(ScriptProblem::TooLarge {
+            name: source.name.clone(),
+            bytes: source.text.len(),
+        });
     }
     check_nesting(source)?;
     let allocator = Allocator::default();
@@ -138,10 +185,12 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, String> {
             .first()
             .map_or(0, |label| label.offset() as usize);
         let (line, column) = line_and_column(&source.text, at);
-        return Err(format!(
-            "{}:{line}:{column}: SyntaxError: {}",
-            source.name, error.message
-        ));
+        return Err(ScriptProblem::Syntax {
+            name: source.name.clone(),
+            line,
+            column,
+            message: error.message.to_string(),
+        });
     }
     let kind = if parsed.module_record.has_module_syntax {
         ScriptKind::Module
@@ -174,10 +223,12 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, String> {
             .first()
             .map_or(0, |label| label.offset() as usize);
         let (line, column) = line_and_column(&source.text, at);
-        return Err(format!(
-            "{}:{line}:{column}: {}",
-            source.name, error.message
-        ));
+        return Err(ScriptProblem::TypeScript {
+            name: source.name.clone(),
+            line,
+            column,
+            message: error.message.to_string(),
+        });
     }
     let generated = Codegen::new()
         .with_options(CodegenOptions {
@@ -308,11 +359,14 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_file_line_and_column() {
-        let err =
-            prepare(&ScriptSource::new("brigade.ts", "let a = 1;\nlet b = (;\n")).unwrap_err();
+        let err = prepare(&ScriptSource::new("brigade.ts", "let a = 1;\nlet b = (;\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("brigade.ts:2:"), "{err}");
         assert!(err.contains("SyntaxError"), "{err}");
-        let err = prepare(&ScriptSource::new("brigade.js", "\n\nfunction (\n")).unwrap_err();
+        let err = prepare(&ScriptSource::new("brigade.js", "\n\nfunction (\n"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("brigade.js:3:"), "{err}");
     }
 
@@ -338,7 +392,9 @@ mod tests {
     #[test]
     fn oversized_scripts_are_refused_before_parsing() {
         let text = "x".repeat(MAX_SCRIPT_BYTES + 1);
-        let err = prepare(&ScriptSource::new("brigade.js", text)).unwrap_err();
+        let err = prepare(&ScriptSource::new("brigade.js", text))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("limit"), "{err}");
     }
 
@@ -349,7 +405,9 @@ mod tests {
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        let err = prepare(&ScriptSource::new("brigade.js", deep)).unwrap_err();
+        let err = prepare(&ScriptSource::new("brigade.js", deep))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "brigade.js:2:511: SyntaxError: brackets nested more than 500 deep"

@@ -97,7 +97,8 @@ impl Pins {
         if let Some(problem) = server_clone_url_problem(url) {
             return Err(SourceError::Refused(problem));
         }
-        let CloneHost { host, port, ssh } = clone_url_host(url).map_err(SourceError::Refused)?;
+        let CloneHost { host, port, ssh } =
+            clone_url_host(url).map_err(|e| SourceError::Refused(e.to_string()))?;
         let name = match host {
             // Checked above, and nothing to resolve.
             url::Host::Ipv4(_) | url::Host::Ipv6(_) => return Ok(url.to_string()),

@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
-use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
+use mizzen_runtime::executor::{
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, WorkspaceError,
+};
 use mizzen_runtime::limits::parse_quantity;
 use tokio::sync::watch;
 
@@ -121,7 +123,7 @@ impl DockerExecutor {
     /// The event's scratch directory, created (marked as this process's, so
     /// that a sweep after a crash finds its owner gone) and measured from
     /// its first use to the event's end.
-    fn scratch(&self, event: &EventContext) -> Result<Arc<EventScratch>, String> {
+    fn scratch(&self, event: &EventContext) -> Result<Arc<EventScratch>, WorkspaceError> {
         let mut events = self.state.events.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(scratch) = events.get(&event.event_id) {
             return Ok(scratch.clone());
@@ -137,11 +139,9 @@ impl DockerExecutor {
             &self.state.owner,
             limit,
         )
-        .map_err(|e| {
-            format!(
-                "cannot create the event's scratch directory {}: {e}",
-                self.state.work_root.join(&event.event_id).display()
-            )
+        .map_err(|source| WorkspaceError::Create {
+            path: self.state.work_root.join(&event.event_id),
+            source,
         })?;
         let scratch = Arc::new(scratch);
         events.insert(event.event_id.clone(), scratch.clone());
@@ -244,7 +244,7 @@ impl JobExecutor for DockerExecutor {
         }
         let scratch = self
             .scratch(&job.event)
-            .map_err(ExecutorError::Unavailable)?;
+            .map_err(|e| ExecutorError::Unavailable(e.to_string()))?;
         Ok(job::spawn(job::JobContext {
             request: job,
             state: self.state.clone(),
@@ -252,13 +252,11 @@ impl JobExecutor for DockerExecutor {
         }))
     }
 
-    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
+    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, WorkspaceError> {
         let workspace = job::workspace_dir(self.scratch(event)?.dir());
-        job::create_shared_dir(&workspace).map_err(|e| {
-            format!(
-                "cannot create the event's workspace {}: {e}",
-                workspace.display()
-            )
+        job::create_shared_dir(&workspace).map_err(|source| WorkspaceError::Create {
+            path: workspace.clone(),
+            source,
         })?;
         Ok(workspace)
     }
@@ -428,10 +426,10 @@ impl JobExecutor for LazyDockerExecutor {
         }
     }
 
-    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, String> {
+    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, WorkspaceError> {
         match self.connected().await {
             Ok(executor) => executor.workspace_dir(event).await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(WorkspaceError::Unavailable(Box::new(e.clone()))),
         }
     }
 

@@ -19,7 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
-use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
+use mizzen_runtime::executor::{
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, WorkspaceError,
+};
 use tokio::sync::OnceCell;
 
 mod job;
@@ -273,8 +275,13 @@ impl JobExecutor for KubernetesExecutor {
         .await
     }
 
-    async fn workspace_dir(&self, _event: &EventContext) -> Result<std::path::PathBuf, String> {
-        Err("on Kubernetes the workspace is a volume claim that only the event's jobs mount; the script cannot read or write it (a job can)".into())
+    async fn workspace_dir(
+        &self,
+        _event: &EventContext,
+    ) -> Result<std::path::PathBuf, WorkspaceError> {
+        Err(WorkspaceError::JobsOnly(
+            "on Kubernetes the workspace is a volume claim that only the event's jobs mount; the script cannot read or write it (a job can)",
+        ))
     }
 
     async fn finish_event(&self, event: &EventContext) {

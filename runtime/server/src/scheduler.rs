@@ -18,7 +18,9 @@ use async_trait::async_trait;
 use mizzen_host_api::types::{JobResult, LogLevel, Phase};
 use mizzen_runtime::WorkerLimits;
 use mizzen_runtime::assembly::{ProjectFiles, WorkerPlan};
-use mizzen_runtime::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
+use mizzen_runtime::executor::{
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, WorkspaceError,
+};
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::log::{LogRecord, LogSink};
 use mizzen_runtime::project::EventDetails;
@@ -657,7 +659,10 @@ impl JobExecutor for RecordedExecutor {
         self.inner.finish_event(event).await;
     }
 
-    async fn workspace_dir(&self, event: &EventContext) -> Result<std::path::PathBuf, String> {
+    async fn workspace_dir(
+        &self,
+        event: &EventContext,
+    ) -> Result<std::path::PathBuf, WorkspaceError> {
         self.inner.workspace_dir(event).await
     }
 }

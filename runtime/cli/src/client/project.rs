@@ -545,7 +545,7 @@ fn parse_secrets_file(text: &str) -> Result<BTreeMap<String, String>, String> {
                 ));
             }
         };
-        validate_secret_key(&key)?;
+        validate_secret_key(&key).map_err(|e| e.to_string())?;
         values.insert(key, value);
     }
     Ok(values)

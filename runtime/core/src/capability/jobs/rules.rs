@@ -184,7 +184,7 @@ fn validate_container(
             format!("job \"{job}\": {place}: {problem}"),
         )
     };
-    validate_image(&container.image).map_err(fail)?;
+    validate_image(&container.image).map_err(|e| fail(e.to_string()))?;
     for (field, path) in [
         ("workspaceMountPath", &container.workspace_mount_path),
         ("sourceMountPath", &container.source_mount_path),
@@ -247,10 +247,25 @@ fn validate_container_path(path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// An image reference that breaks the grammar, and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("image {reference:?} {problem}")]
+pub struct InvalidImage {
+    /// The reference.
+    pub reference: String,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
 /// An OCI image reference, by the grammar of distribution/reference:
 /// `[host[:port]/]path[:tag][@algorithm:hex]`, path components lowercase.
-pub fn validate_image(reference: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("image {reference:?} {why}"));
+pub fn validate_image(reference: &str) -> Result<(), InvalidImage> {
+    let bad = |problem: &'static str| {
+        Err(InvalidImage {
+            reference: reference.to_string(),
+            problem,
+        })
+    };
     if reference.is_empty() {
         return bad("is empty");
     }
