@@ -33,7 +33,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::auth::{self, PROJECT_ROLES, Principal, PrincipalKind, SYSTEM_ROLES};
 use crate::gateways::{self, GatewayError, GatewayEvent};
 use crate::metrics::Metrics;
-use crate::projects::ProjectCache;
+use crate::project_cache::ProjectCache;
 use crate::scheduler::{RETRY_LABEL, Scheduler, WORKER_CONTAINER};
 use crate::store::{
     EventDocument, EventFilter, EventHead, EventRecord, JobRecord, NewEvent, Page, ProjectRecord,

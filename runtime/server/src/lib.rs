@@ -15,7 +15,7 @@ pub mod auth;
 pub mod gateways;
 pub mod http;
 pub mod metrics;
-pub mod projects;
+pub mod project_cache;
 pub mod scheduler;
 pub mod store;
 
@@ -157,7 +157,7 @@ impl Server {
             None => Arc::new(Sandbox::new(SandboxConfig::from_env()).await?),
         };
         let metrics = Arc::new(metrics::Metrics::new());
-        let projects = Arc::new(projects::ProjectCache::default());
+        let projects = Arc::new(project_cache::ProjectCache::default());
         let scheduler = scheduler::Scheduler::new(
             store.clone(),
             projects.clone(),

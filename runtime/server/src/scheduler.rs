@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::Metrics;
-use crate::projects::ProjectCache;
+use crate::project_cache::ProjectCache;
 use crate::store::{self, EventRecord, JobRecord, LogLine, Store, micros_at, now_micros};
 
 /// How the scheduler runs.
