@@ -41,7 +41,7 @@ pub struct SchedulerConfig {
     /// wait this long before another replica takes them.
     pub lease: Duration,
     /// Workers running at once: across replicas, and per project.
-    pub workers: store::WorkerLimits,
+    pub workers: store::ClaimLimits,
     /// Workers this process runs at once (its sandbox's capacity).
     pub local_workers: usize,
     /// Jobs running at once in this process, and per project.

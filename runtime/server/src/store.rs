@@ -426,9 +426,11 @@ pub struct Claim {
     pub event: EventRecord,
 }
 
-/// Concurrency limits the scheduler claims within.
+/// How many workers may run at once, which claims stay within: worker
+/// counts, not a worker's resources (those are the runtime's
+/// `WorkerLimits`).
 #[derive(Debug, Clone, Copy)]
-pub struct WorkerLimits {
+pub struct ClaimLimits {
     /// Workers starting or running at once, across all replicas.
     pub global: i64,
     /// Workers of one project starting or running at once.
@@ -952,7 +954,7 @@ impl Store {
         &self,
         owner: &str,
         lease: Duration,
-        limits: WorkerLimits,
+        limits: ClaimLimits,
         room: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
         if room == 0 {
