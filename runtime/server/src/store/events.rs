@@ -238,7 +238,7 @@ impl Store {
                 self.changed();
                 Ok(gone)
             }
-            Ok(Err(message)) => Err(StoreError::Database(sqlx::Error::Protocol(message))),
+            Ok(Err(e)) => Err(StoreError::EventBatch(e)),
             Err(_) => Err(StoreError::Closed),
         }
     }

@@ -24,6 +24,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mizzen_host_api::types::Phase;
@@ -67,16 +68,22 @@ pub enum StoreError {
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored document is not what this version of Mizzen wrote.
-    #[error("stored {what} is corrupt: {message}")]
+    #[error("stored {what} is corrupt: {source}")]
     Corrupt {
         /// What was being read.
-        what: String,
-        /// The parser's message.
-        message: String,
+        what: &'static str,
+        /// Why it could not be read.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The database URL is not one Mizzen can use.
-    #[error("{0}")]
-    Url(String),
+    #[error("--database-url {url:?}: expected sqlite://PATH or postgres://USER@HOST/DB")]
+    Url {
+        /// The URL, its password hidden.
+        url: String,
+    },
+    /// The event writer could not store the batch a request was part of.
+    #[error("storing a batch of events failed: {0}")]
+    EventBatch(#[source] Arc<StoreError>),
     /// The event writer has stopped (the server is shutting down).
     #[error("the store is shutting down")]
     Closed,
@@ -143,10 +150,11 @@ pub struct Page<T> {
 }
 
 /// A request to the event writer, answered with the projects it found gone
-/// (whose events it did not store), or why the batch failed.
+/// (whose events it did not store), or why the batch failed (shared by
+/// every request of the batch).
 type EventBatch = (
     Vec<NewEvent>,
-    oneshot::Sender<Result<BTreeSet<String>, String>>,
+    oneshot::Sender<Result<BTreeSet<String>, Arc<StoreError>>>,
 );
 
 /// The store. Cheap to clone.
@@ -177,10 +185,9 @@ impl Store {
                 (url.to_string(), Backend::Postgres)
             }
             Some(url) => {
-                return Err(StoreError::Url(format!(
-                    "--database-url {:?}: expected sqlite://PATH or postgres://USER@HOST/DB",
-                    redact_url(url)
-                )));
+                return Err(StoreError::Url {
+                    url: redact_url(url),
+                });
             }
         };
         let pool = AnyPoolOptions::new()
@@ -348,10 +355,13 @@ fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-fn corrupt(what: &str, message: impl ToString) -> StoreError {
+fn corrupt(
+    what: &'static str,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> StoreError {
     StoreError::Corrupt {
-        what: what.to_string(),
-        message: message.to_string(),
+        what,
+        source: source.into(),
     }
 }
 
@@ -371,20 +381,24 @@ async fn write_events(pool: AnyPool, backend: Backend, mut requests: mpsc::Recei
                 Err(_) => break,
             }
         }
-        if connection.is_none() {
-            connection = durable_connection(&pool, backend)
+        let connected = match connection.take() {
+            Some(connected) => Ok(connected),
+            None => durable_connection(&pool, backend)
                 .await
-                .inspect_err(|e| tracing::error!(error = %e, "the event writer cannot connect"))
-                .ok();
-        }
-        let result = match connection.as_deref_mut() {
-            Some(connection) => commit_events(connection, &batch).await,
-            None => Err("the database cannot be reached".to_string()),
+                .inspect_err(|e| tracing::error!(error = %e, "the event writer cannot connect")),
         };
-        if result.is_err() {
-            // Start afresh with a new connection next time.
-            connection = None;
+        let result = match connected {
+            Ok(mut connected) => {
+                let committed = commit_events(&mut connected, &batch).await;
+                // After a failure, start afresh with a new connection.
+                if committed.is_ok() {
+                    connection = Some(connected);
+                }
+                committed
+            }
+            Err(e) => Err(StoreError::Database(e)),
         }
+        .map_err(Arc::new);
         for (_, done) in batch {
             let _ = done.send(result.clone());
         }
@@ -409,7 +423,7 @@ async fn durable_connection(
 async fn commit_events(
     connection: &mut AnyConnection,
     batch: &[EventBatch],
-) -> Result<BTreeSet<String>, String> {
+) -> Result<BTreeSet<String>, StoreError> {
     let attempt = async {
         let mut tx = connection.begin().await?;
         // The projects' locks make the events and a deletion of their
@@ -448,10 +462,9 @@ async fn commit_events(
         tx.commit().await?;
         Ok::<_, StoreError>(gone)
     };
-    attempt.await.map_err(|e| {
-        tracing::error!(error = %e, "storing events failed");
-        e.to_string()
-    })
+    attempt
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "storing events failed"))
 }
 
 /// What the log writer receives.
