@@ -7,10 +7,10 @@
 //! commits many requests in one transaction (group commit): each request is
 //! durable when its caller is answered, and a busy server pays one disk
 //! sync per batch, not per event. Log lines are batched the same way. The
-//! store's methods live with their domain: [`projects`] (and their
-//! secrets), [`events`], [`claims`] (the scheduler's lock and leases),
-//! [`jobs`], [`logs`], [`principals`] (sessions, service accounts, roles)
-//! and [`deliveries`] (webhook replays).
+//! store's methods live with their domain: `projects` (and their
+//! secrets), `events`, `claims` (the scheduler's lock and leases),
+//! `jobs`, `logs`, `principals` (sessions, service accounts, roles)
+//! and `deliveries` (webhook replays).
 
 mod claims;
 mod deliveries;

@@ -1,5 +1,5 @@
 //! Projects and their secrets as stored. A project's deletion takes its
-//! rows with it; see [`lock_project`](super::lock_project) for why every
+//! rows with it; see `lock_project` (in the store's `mod.rs`) for why every
 //! write of something a project owns takes the project's lock.
 
 use std::collections::BTreeMap;
@@ -78,7 +78,7 @@ impl Store {
 
     /// Deletes a project with its events, jobs, logs, secrets and project
     /// role assignments, in one transaction that holds the project's lock
-    /// ([`lock_project`]) from its start; `false` when there is no such
+    /// (`lock_project`) from its start; `false` when there is no such
     /// project.
     pub async fn delete_project(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;

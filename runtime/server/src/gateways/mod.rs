@@ -1,0 +1,422 @@
+//! Inbound webhook gateways: turns deliveries from GitHub, Docker Hub, Azure
+//! Container Registry (ACR) and CloudEvents producers into [`GatewayEvent`]s,
+//! the Brigade v2 events that subscription fan-out later copies to projects.
+//!
+//! Each source has its own module (`github`, `dockerhub`, `acr`,
+//! `cloudevents`), which owns:
+//! - authenticating the delivery where the source signs it (GitHub's
+//!   `X-Hub-Signature-256` HMAC, checked in constant time); the sources that
+//!   authenticate with a token (Docker Hub, ACR, CloudEvents) share the
+//!   token helpers here ([`bearer_token`], [`token_matches`]);
+//! - validating the body and mapping it onto Brigade v2's event fields
+//!   (source, type, qualifiers, labels, titles, git details, payload) the way
+//!   the official Brigade v2 gateways do;
+//! - checking every qualifier and label value against Brigade's label pattern
+//!   `^[\w:/\-\.\?=\*]*$` (at most 255 characters). Values that do not fit are
+//!   rejected with [`GatewayError::BadRequest`], never rewritten.
+//!
+//! Every function here is pure: no I/O, no clock, no global state. HTTP
+//! routing, choosing which secret or token list applies to a request,
+//! replay protection (for example de-duplicating GitHub delivery ids; note
+//! that GitHub signs only the body, not the headers), the CloudEvents
+//! `OPTIONS` abuse-protection handshake and subscription fan-out belong to the
+//! caller.
+
+mod acr;
+mod cloudevents;
+mod dockerhub;
+mod github;
+
+use std::collections::BTreeMap;
+
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+pub use acr::{ACR_SOURCE, acr};
+pub use cloudevents::{CLOUDEVENT_TYPE, CLOUDEVENTS_SOURCE, cloudevent};
+pub use dockerhub::{DOCKERHUB_SOURCE, LEGACY_PUSH_TYPE, dockerhub};
+pub use github::{GITHUB_SOURCE, GithubDelivery, github};
+
+/// Longest `short_title` (in characters) the gateways produce; longer titles
+/// are cut on a character boundary and end with `…`.
+pub const MAX_SHORT_TITLE_CHARS: usize = 100;
+
+/// Longest qualifier or label value Brigade accepts.
+pub const MAX_LABEL_LEN: usize = 255;
+
+/// Git coordinates an event asks the worker to check out. Empty strings mean
+/// "unknown": the project's own settings then apply to that field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitDetails {
+    /// URL to clone (GitHub's `repository.clone_url`).
+    #[serde(rename = "cloneURL")]
+    pub clone_url: String,
+    /// Commit SHA to check out.
+    pub commit: String,
+    /// Fully qualified ref such as `refs/heads/main` or `refs/pull/12/head`.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+}
+
+/// An event a gateway produced, before subscription fan-out. Field names
+/// follow Brigade v2's Event (and serialise with Brigade's JSON names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayEvent {
+    /// Event source, e.g. `brigade.sh/github`.
+    pub source: String,
+    /// Event type, e.g. `push` or `pull_request:opened`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Qualifiers; a subscription must match these exactly.
+    pub qualifiers: BTreeMap<String, String>,
+    /// Labels; a subscription's labels must all be present with equal values.
+    pub labels: BTreeMap<String, String>,
+    /// Short human-readable title (at most [`MAX_SHORT_TITLE_CHARS`] characters; may be empty).
+    pub short_title: String,
+    /// Longer human-readable title (may be empty).
+    pub long_title: String,
+    /// Git coordinates, when the delivery concerns a repository.
+    pub git: Option<GitDetails>,
+    /// The raw request body as UTF-8 (for CloudEvents, the whole event in structured JSON form).
+    pub payload: String,
+}
+
+impl GatewayEvent {
+    fn new(source: &str, event_type: &str, payload: String) -> Self {
+        Self {
+            source: source.to_owned(),
+            event_type: event_type.to_owned(),
+            payload,
+            ..Self::default()
+        }
+    }
+}
+
+/// Why a delivery produced no event.
+///
+/// Messages name the offending header, parameter or field and never contain
+/// secrets or tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// Missing or invalid signature or token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Malformed delivery: the message names the missing or invalid field.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A valid delivery that produces no event (GitHub `ping`, ACR `ping`).
+    /// The HTTP layer answers 200 with the message.
+    #[error("ignored: {0}")]
+    Ignored(String),
+}
+
+impl GatewayError {
+    /// HTTP status to answer with: 401, 400, or 200 for [`GatewayError::Ignored`].
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Ignored(_) => StatusCode::OK,
+        }
+    }
+
+    /// The message without the variant prefix, suitable for a response body.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Unauthorized(m) | Self::BadRequest(m) | Self::Ignored(m) => m,
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> GatewayError {
+    GatewayError::BadRequest(message.into())
+}
+
+fn unauthorized(message: impl Into<String>) -> GatewayError {
+    GatewayError::Unauthorized(message.into())
+}
+
+/// The token a request presents: from `Authorization: Bearer <token>` (scheme
+/// matched case-insensitively), else from the `access_token` query parameter
+/// (form-decoded: `%XX` escapes and `+` as space). `query` is the raw query
+/// string, with or without its leading `?`. Returns `None` when neither is
+/// present or the token is empty.
+pub fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let from_header = headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(parse_bearer);
+    if from_header.is_some() {
+        return from_header;
+    }
+    let query = query?;
+    let query = query.strip_prefix('?').unwrap_or(query);
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if percent_decode(key, true)? == "access_token" {
+                percent_decode(value, true)
+            } else {
+                None
+            }
+        })
+        .find(|token| !token.is_empty())
+}
+
+fn parse_bearer(value: &str) -> Option<String> {
+    let (scheme, rest) = value.trim().split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// Whether `presented` equals one of the configured plain-text tokens.
+///
+/// SHA-256 digests of both sides are compared with [`subtle::ConstantTimeEq`]
+/// and every configured token is checked, so the time taken does not depend on
+/// where (or whether) they differ. Empty tokens never match.
+pub fn token_matches(presented: &str, expected: &[String]) -> bool {
+    if presented.is_empty() {
+        return false;
+    }
+    let presented = Sha256::digest(presented.as_bytes());
+    let mut matched = Choice::from(0u8);
+    for token in expected.iter().filter(|t| !t.is_empty()) {
+        let token = Sha256::digest(token.as_bytes());
+        matched |= presented.as_slice().ct_eq(token.as_slice());
+    }
+    matched.into()
+}
+
+/// A header's value as trimmed, non-empty visible ASCII.
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)?
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Decodes a body as UTF-8 JSON that must be an object; returns the text too.
+fn parse_json_object(body: &[u8]) -> Result<(String, Value), GatewayError> {
+    let text = std::str::from_utf8(body).map_err(|_| bad("request body is not valid UTF-8"))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| bad(format!("request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(bad("request body must be a JSON object"));
+    }
+    Ok((text.to_owned(), value))
+}
+
+/// The non-null value at a dotted path of object keys.
+fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(value, |v, key| v.get(key))
+        .filter(|v| !v.is_null())
+}
+
+/// The non-empty string at a dotted path, if any.
+fn opt_str<'a>(value: &'a Value, path: &str) -> Option<&'a str> {
+    lookup(value, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// The non-empty string at a dotted path, or a BadRequest naming the path.
+fn req_str<'a>(value: &'a Value, path: &str) -> Result<&'a str, GatewayError> {
+    match lookup(value, path) {
+        None => Err(bad(format!("missing field `{path}`"))),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(bad(format!("field `{path}` must not be empty"))),
+        Some(_) => Err(bad(format!("field `{path}` must be a string"))),
+    }
+}
+
+fn is_label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '/' | '-' | '.' | '?' | '=' | '*')
+}
+
+/// Checks a value against Brigade's label pattern `^[\w:/\-\.\?=\*]*$`
+/// (ASCII `\w`, as in Go's regexp) and the 1..=255 length bounds.
+fn check_label_value(what: &str, value: &str) -> Result<(), GatewayError> {
+    if value.is_empty() {
+        return Err(bad(format!("{what} must not be empty")));
+    }
+    if let Some(c) = value.chars().find(|c| !is_label_char(*c)) {
+        return Err(bad(format!(
+            "{what} contains {c:?}, which Brigade label values do not allow \
+             (allowed: ASCII letters, digits and _ : / - . ? = *)"
+        )));
+    }
+    if value.len() > MAX_LABEL_LEN {
+        return Err(bad(format!(
+            "{what} is {} characters long; Brigade allows at most {MAX_LABEL_LEN}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Cuts a title to [`MAX_SHORT_TITLE_CHARS`] characters, ending it with `…`.
+fn truncate_title(title: String) -> String {
+    if title.chars().count() <= MAX_SHORT_TITLE_CHARS {
+        return title;
+    }
+    let mut short: String = title.chars().take(MAX_SHORT_TITLE_CHARS - 1).collect();
+    short.push('…');
+    short
+}
+
+/// At most `max` characters of `s`, for quoting input in error messages.
+fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as space when `plus_as_space`); `None` on a
+/// malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str, plus_as_space: bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hi = hex_value(*bytes.get(i + 1)?)?;
+                let lo = hex_value(*bytes.get(i + 2)?)?;
+                out.push((hi << 4) | lo);
+                i += 3;
+            }
+            b'+' if plus_as_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What the gateways' tests share.
+#[cfg(test)]
+mod testing {
+    use super::GatewayError;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    pub(super) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).expect("header value"));
+        }
+        map
+    }
+
+    pub(super) fn expect_bad(result: Result<impl std::fmt::Debug, GatewayError>) -> String {
+        match result {
+            Err(GatewayError::BadRequest(m)) => m,
+            other => panic!("expected BadRequest, got {other:?}"),
+        }
+    }
+
+    pub(super) fn expect_unauthorized(
+        result: Result<impl std::fmt::Debug, GatewayError>,
+    ) -> String {
+        match result {
+            Err(GatewayError::Unauthorized(m)) => m,
+            other => panic!("expected Unauthorized, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{expect_bad, headers};
+    use super::*;
+
+    #[test]
+    fn short_titles_are_truncated_on_char_boundaries() {
+        let long = "é".repeat(150);
+        let cut = truncate_title(long);
+        assert_eq!(cut.chars().count(), MAX_SHORT_TITLE_CHARS);
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate_title("PR #1".to_owned()), "PR #1");
+    }
+
+    #[test]
+    fn bearer_token_from_header() {
+        let h = headers(&[("authorization", "Bearer s3cr3t-t0ken")]);
+        assert_eq!(bearer_token(&h, None).as_deref(), Some("s3cr3t-t0ken"));
+        let h = headers(&[("authorization", "bearer   abc ")]);
+        assert_eq!(
+            bearer_token(&h, Some("access_token=other")).as_deref(),
+            Some("abc")
+        );
+        let h = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(bearer_token(&h, None), None);
+        assert_eq!(bearer_token(&HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn bearer_token_from_query() {
+        let h = HeaderMap::new();
+        assert_eq!(
+            bearer_token(&h, Some("?foo=1&access_token=a%2Fb%3Dc+d")).as_deref(),
+            Some("a/b=c d")
+        );
+        assert_eq!(
+            bearer_token(&h, Some("access_token=%zz&access_token=ok")).as_deref(),
+            Some("ok")
+        );
+        assert_eq!(bearer_token(&h, Some("access_token=")), None);
+        assert_eq!(bearer_token(&h, Some("token=abc")), None);
+    }
+
+    #[test]
+    fn token_matching() {
+        let expected = vec!["first-token".to_owned(), "second-token".to_owned()];
+        assert!(token_matches("first-token", &expected));
+        assert!(token_matches("second-token", &expected));
+        assert!(!token_matches("second-tokeN", &expected));
+        assert!(!token_matches("", &expected));
+        assert!(!token_matches("", &[String::new()]));
+        assert!(!token_matches("first-token", &[]));
+    }
+
+    #[test]
+    fn label_values_follow_brigade_pattern() {
+        assert!(check_label_value("v", "a-Z_0.9:/?=*").is_ok());
+        assert!(check_label_value("v", "").is_err());
+        assert!(check_label_value("v", &"a".repeat(255)).is_ok());
+        let msg = expect_bad(check_label_value("v", &"a".repeat(256)));
+        assert!(msg.contains("255"), "{msg}");
+    }
+
+    #[test]
+    fn errors_map_to_http_statuses() {
+        assert_eq!(unauthorized("x").status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(bad("x").status(), StatusCode::BAD_REQUEST);
+        assert_eq!(bad("field `a`").to_string(), "bad request: field `a`");
+        assert_eq!(bad("field `a`").message(), "field `a`");
+    }
+}
