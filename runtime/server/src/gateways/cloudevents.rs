@@ -2,6 +2,7 @@
 
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
+use base64::Engine as _;
 use serde_json::{Map, Value};
 
 use super::{
@@ -179,25 +180,10 @@ fn is_json_media_type(media: &str) -> bool {
     media == "application/json" || media == "text/json" || media.ends_with("+json")
 }
 
-/// Standard base64 with padding (RFC 4648 §4), for CloudEvents `data_base64`.
+/// Standard base64 with padding (RFC 4648 §4), as CloudEvents' JSON format
+/// wants `data_base64`.
 fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b0 = chunk.first().copied().unwrap_or_default();
-        let b1 = chunk.get(1).copied().unwrap_or_default();
-        let b2 = chunk.get(2).copied().unwrap_or_default();
-        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let index = (n >> (18 - 6 * i)) & 63;
-                out.push(char::from(ALPHABET[index as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

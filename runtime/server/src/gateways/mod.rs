@@ -27,6 +27,7 @@ mod cloudevents;
 mod dockerhub;
 mod github;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use axum::http::header::AUTHORIZATION;
@@ -282,40 +283,29 @@ fn clip(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Decodes `%XX` escapes (and `+` as space when `plus_as_space`); `None` on a
-/// malformed escape or a result that is not UTF-8.
+/// malformed escape or a result that is not UTF-8. The `percent-encoding`
+/// crate keeps a malformed escape as it is, so such text is refused first.
 fn percent_decode(s: &str, plus_as_space: bool) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hi = hex_value(*bytes.get(i + 1)?)?;
-                let lo = hex_value(*bytes.get(i + 2)?)?;
-                out.push((hi << 4) | lo);
-                i += 3;
-            }
-            b'+' if plus_as_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let well_formed = s.split('%').skip(1).all(|escaped| {
+        escaped
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    // `+` first, so that an escaped `%2B` stays a plus.
+    let text = if plus_as_space {
+        Cow::Owned(s.replace('+', " "))
+    } else {
+        Cow::Borrowed(s)
+    };
+    percent_encoding::percent_decode_str(&text)
+        .decode_utf8()
+        .ok()
+        .map(Cow::into_owned)
 }
 
 /// What the gateways' tests share.
@@ -418,5 +408,15 @@ mod tests {
         assert_eq!(bad("x").status(), StatusCode::BAD_REQUEST);
         assert_eq!(bad("field `a`").to_string(), "bad request: field `a`");
         assert_eq!(bad("field `a`").message(), "field `a`");
+    }
+
+    #[test]
+    fn percent_decoding_refuses_malformed_escapes() {
+        assert_eq!(percent_decode("a%2Bb+c", true).as_deref(), Some("a+b c"));
+        assert_eq!(percent_decode("a+b", false).as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("caf%C3%A9", false).as_deref(), Some("café"));
+        for malformed in ["%", "%4", "%zz", "a%%41", "%FF"] {
+            assert_eq!(percent_decode(malformed, false), None, "{malformed}");
+        }
     }
 }
