@@ -22,7 +22,8 @@ use base64::Engine as _;
 use futures_util::{Stream, StreamExt, stream};
 use mizzen_host_api::types::Phase;
 use mizzen_runtime::project::{
-    EventDetails, Project, server_clone_url_problem, validate_secret_key, validate_secrets,
+    EventDetails, MAX_LABEL_LEN, Project, is_event_source_char, is_label_char,
+    server_clone_url_problem, validate_secret_key, validate_secrets,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -1179,10 +1180,9 @@ struct EventBody {
 
 fn validate_event(body: &EventBody) -> ApiResult<()> {
     let mut details = Vec::new();
-    let label = |c: char| c.is_alphanumeric() || "_:/-.?=*@".contains(c);
     if body.source.is_empty() {
         details.push("source: required".to_string());
-    } else if !body.source.chars().all(label) || body.source.len() > 255 {
+    } else if !body.source.chars().all(is_event_source_char) || body.source.len() > MAX_LABEL_LEN {
         details.push(format!(
             "source {:?}: must match ^[\\w:/\\-\\.\\?=@]*$ (at most 255 characters)",
             body.source
@@ -1190,7 +1190,7 @@ fn validate_event(body: &EventBody) -> ApiResult<()> {
     }
     if body.event_type.is_empty() {
         details.push("type: required".to_string());
-    } else if !body.event_type.chars().all(label) || body.event_type.len() > 255 {
+    } else if !body.event_type.chars().all(is_label_char) || body.event_type.len() > MAX_LABEL_LEN {
         details.push(format!(
             "type {:?}: must match ^[\\w:/\\-\\.\\?=\\*]*$ (at most 255 characters)",
             body.event_type
@@ -1198,7 +1198,7 @@ fn validate_event(body: &EventBody) -> ApiResult<()> {
     }
     for (field, map) in [("qualifiers", &body.qualifiers), ("labels", &body.labels)] {
         for (key, value) in map.iter().flatten() {
-            if !value.chars().all(label) || value.len() > 255 {
+            if !value.chars().all(is_label_char) || value.len() > MAX_LABEL_LEN {
                 details.push(format!(
                     "{field}.{key}: value {value:?} must match ^[\\w:/\\-\\.\\?=\\*]*$"
                 ));
@@ -2609,4 +2609,38 @@ async fn cloudevents_handshake(State(state): AppStateRef, headers: HeaderMap) ->
         .header(header::ALLOW, "POST, OPTIONS")
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(source: &str, event_type: &str, label: &str) -> EventBody {
+        EventBody {
+            source: source.into(),
+            event_type: event_type.into(),
+            labels: Some(BTreeMap::from([("key".to_string(), label.to_string())])),
+            ..EventBody::default()
+        }
+    }
+
+    /// One rule with the gateways: Brigade's patterns, `\w` being ASCII.
+    #[test]
+    fn events_follow_brigades_label_and_source_patterns() {
+        assert!(validate_event(&event("mailto:a@b.c", "push:delete", "v1.0_*=?/")).is_ok());
+        for (source, event_type, label) in [
+            ("brigade.sh/*", "exec", "v"),
+            ("brigade.sh/cli", "ex@c", "v"),
+            ("brigade.sh/cli", "exec", "a@b"),
+            ("brigade.sh/cli", "exec", "é"),
+            ("brigade.sh/cafe\u{301}", "exec", "v"),
+        ] {
+            let Err(ApiError::BadRequest { details, .. }) =
+                validate_event(&event(source, event_type, label))
+            else {
+                panic!("{source} {event_type} {label} was accepted");
+            };
+            assert_eq!(details.len(), 1, "{details:?}");
+        }
+    }
 }

@@ -41,13 +41,12 @@ pub use acr::{ACR_SOURCE, acr};
 pub use cloudevents::{CLOUDEVENT_TYPE, CLOUDEVENTS_SOURCE, cloudevent};
 pub use dockerhub::{DOCKERHUB_SOURCE, LEGACY_PUSH_TYPE, dockerhub};
 pub use github::{GITHUB_SOURCE, GithubDelivery, github};
+pub use mizzen_runtime::project::MAX_LABEL_LEN;
+use mizzen_runtime::project::is_label_char;
 
 /// Longest `short_title` (in characters) the gateways produce; longer titles
 /// are cut on a character boundary and end with `…`.
 pub const MAX_SHORT_TITLE_CHARS: usize = 100;
-
-/// Longest qualifier or label value Brigade accepts.
-pub const MAX_LABEL_LEN: usize = 255;
 
 /// Git coordinates an event asks the worker to check out. Empty strings mean
 /// "unknown": the project's own settings then apply to that field.
@@ -243,12 +242,8 @@ fn req_str<'a>(value: &'a Value, path: &str) -> Result<&'a str, GatewayError> {
     }
 }
 
-fn is_label_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '/' | '-' | '.' | '?' | '=' | '*')
-}
-
 /// Checks a value against Brigade's label pattern `^[\w:/\-\.\?=\*]*$`
-/// (ASCII `\w`, as in Go's regexp) and the 1..=255 length bounds.
+/// ([`is_label_char`]) and the 1..=255 length bounds.
 fn check_label_value(what: &str, value: &str) -> Result<(), GatewayError> {
     if value.is_empty() {
         return Err(bad(format!("{what} must not be empty")));
