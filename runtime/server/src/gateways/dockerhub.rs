@@ -7,7 +7,7 @@ pub const DOCKERHUB_SOURCE: &str = "brigade.sh/dockerhub";
 
 /// Event type Brigade v1's container-registry gateway used for image pushes.
 ///
-/// [`dockerhub`] and [`acr`](super::acr) never produce it: they emit `push` as Brigade v2
+/// [`dockerhub`] and [`acr`](fn@super::acr) never produce it: they emit `push` as Brigade v2
 /// does. For projects written against v1 (`events.on("image_push", ...)`),
 /// the server additionally emits a copy of a registry `push` event with this
 /// type to projects that subscribe to it; the payload is unchanged.
