@@ -10,6 +10,8 @@
 //! without `READER` still sees the projects it holds a role in, and only
 //! those: that is how a tenant sees its own events and nothing else.
 
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 
 use crate::store::RoleAssignment;
@@ -39,6 +41,26 @@ pub fn hash_token(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The credentials an `Authorization` header value carries in `scheme`,
+/// trimmed: the scheme is matched whatever its case (RFC 7235 §2.1) and is
+/// followed by spaces or tabs. `None` for another scheme or no credentials.
+pub fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = value.trim().split_once([' ', '\t'])?;
+    let credentials = rest.trim();
+    (given.eq_ignore_ascii_case(scheme) && !credentials.is_empty()).then_some(credentials)
+}
+
+/// The bearer token of a request (RFC 6750 §2.1): that of its first
+/// `Authorization` header with the `Bearer` scheme, in any case. The API's
+/// principals and the webhook gateways' tokens are both read here.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| credentials(value, "Bearer"))
 }
 
 /// The kind of a principal, as Brigade names it.
@@ -176,6 +198,28 @@ mod tests {
             Some(vec!["alpha".to_string(), "beta".to_string()])
         );
         assert_eq!(principal(&[("READER", "")]).visible_projects(), None);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_whatever_the_schemes_case() {
+        let headers = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(AUTHORIZATION, value.parse().unwrap());
+            }
+            headers
+        };
+        assert_eq!(bearer_token(&headers(&["Bearer abc"])), Some("abc"));
+        assert_eq!(bearer_token(&headers(&["bearer \t abc "])), Some("abc"));
+        assert_eq!(bearer_token(&headers(&["BEARER abc"])), Some("abc"));
+        assert_eq!(
+            bearer_token(&headers(&["Basic abc", "Bearer d"])),
+            Some("d")
+        );
+        for refused in ["Bearer", "Bearer   ", "Bearerabc", "abc", "Basic abc"] {
+            assert_eq!(bearer_token(&headers(&[refused])), None, "{refused}");
+        }
+        assert_eq!(credentials("basic dXNlcg==", "Basic"), Some("dXNlcg=="));
     }
 
     #[test]

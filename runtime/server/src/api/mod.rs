@@ -35,7 +35,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use mizzen_host_api::types::Phase;
 use serde::Deserialize;
@@ -186,18 +186,9 @@ fn phases(query: &HashMap<String, String>) -> ApiResult<Vec<Phase>> {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 /// The caller, from its bearer token.
 async fn principal(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
-    let token = bearer(headers).ok_or_else(|| {
+    let token = auth::bearer_token(headers).ok_or_else(|| {
         ApiError::Unauthenticated(
             "no bearer token: send an Authorization: Bearer <token> header (run `mizzen login`)"
                 .into(),

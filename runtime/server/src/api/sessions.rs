@@ -13,8 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{
-    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, bearer, ok, principal,
-    truthy,
+    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, ok, principal, truthy,
 };
 use crate::auth::{self, PrincipalKind};
 
@@ -48,12 +47,8 @@ async fn create_session(
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
+        .and_then(|h| auth::credentials(h, "Basic"))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| {
             ApiError::Unauthenticated(
@@ -94,7 +89,7 @@ async fn delete_session(State(state): AppStateRef, headers: HeaderMap) -> ApiRes
             "this token is not a session's; service-account tokens are revoked by locking the account",
         ));
     }
-    if let Some(token) = bearer(&headers) {
+    if let Some(token) = auth::bearer_token(&headers) {
         state.store.delete_session(&auth::hash_token(token)).await?;
     }
     ok(StatusCode::OK, json!({}))

@@ -30,7 +30,6 @@ mod github;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -141,19 +140,14 @@ fn unauthorized(message: impl Into<String>) -> GatewayError {
     GatewayError::Unauthorized(message.into())
 }
 
-/// The token a request presents: from `Authorization: Bearer <token>` (scheme
-/// matched case-insensitively), else from the `access_token` query parameter
+/// The token a request presents: from `Authorization: Bearer <token>`
+/// ([`crate::auth::bearer_token`]), else from the `access_token` query parameter
 /// (form-decoded: `%XX` escapes and `+` as space). `query` is the raw query
 /// string, with or without its leading `?`. Returns `None` when neither is
 /// present or the token is empty.
 pub fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    let from_header = headers
-        .get_all(AUTHORIZATION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(parse_bearer);
-    if from_header.is_some() {
-        return from_header;
+    if let Some(token) = crate::auth::bearer_token(headers) {
+        return Some(token.to_owned());
     }
     let query = query?;
     let query = query.strip_prefix('?').unwrap_or(query);
@@ -168,15 +162,6 @@ pub fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> 
             }
         })
         .find(|token| !token.is_empty())
-}
-
-fn parse_bearer(value: &str) -> Option<String> {
-    let (scheme, rest) = value.trim().split_once([' ', '\t'])?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim();
-    (!token.is_empty()).then(|| token.to_owned())
 }
 
 /// Whether `presented` equals one of the configured plain-text tokens.
