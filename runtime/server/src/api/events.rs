@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use futures_util::{StreamExt, stream};
@@ -23,7 +23,7 @@ use super::documents::{COPIED, RENDERED, document_share, held_answer, held_json}
 use super::projects::project_gone;
 use super::{
     API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, page_limit, pairs,
-    parse_body, phases, principal, require, require_project, visible_head,
+    parse_body, phases, require, require_project, visible_head,
 };
 use crate::auth::Principal;
 use crate::scheduler::RETRY_LABEL;
@@ -210,8 +210,7 @@ pub(super) fn event_json(event: EventRecord, jobs: &[JobRecord]) -> Value {
     value
 }
 
-async fn create_events(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn create_events(State(state): AppStateRef, who: Principal, body: Bytes) -> ApiResult {
     let body: EventBody = parse_body(&body, "event")?;
     validate_event(&body)?;
     if !may_create(&who, &body.source, &body.project_id) {
@@ -246,10 +245,9 @@ async fn create_events(State(state): AppStateRef, headers: HeaderMap, body: Byte
 
 async fn list_events(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let limit = page_limit(&query)?;
     let filter = EventFilter {
         project_id: query.get("projectID").filter(|s| !s.is_empty()).cloned(),
@@ -318,12 +316,7 @@ async fn list_events(
         .into_response())
 }
 
-async fn get_event(
-    State(state): AppStateRef,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn get_event(State(state): AppStateRef, who: Principal, Path(id): Path<String>) -> ApiResult {
     let (event, share) = visible_event(&state, &who, &id, RENDERED).await?;
     let jobs = state.store.jobs(&id).await?;
     Ok(held_answer(
@@ -348,10 +341,9 @@ async fn cancel_one(state: &AppState, event: &EventHead) -> ApiResult<bool> {
 
 async fn cancel_event(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let event = visible_head(&state, &who, &id).await?;
     require_project(&who, "PROJECT_USER", &event.project_id)?;
     if !cancel_one(&state, &event).await? {
@@ -394,10 +386,9 @@ async fn many(
 
 async fn cancel_events(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let mut count = 0;
     for event in many(&state, &who, &query).await? {
         if cancel_one(&state, &event).await? {
@@ -419,10 +410,9 @@ async fn delete_one(state: &AppState, event: &EventHead) -> ApiResult<bool> {
 
 async fn delete_event(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let event = visible_head(&state, &who, &id).await?;
     require_project(&who, "PROJECT_USER", &event.project_id)?;
     delete_one(&state, &event).await?;
@@ -431,10 +421,9 @@ async fn delete_event(
 
 async fn delete_events(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let mut count = 0;
     for event in many(&state, &who, &query).await? {
         if delete_one(&state, &event).await? {
@@ -449,10 +438,9 @@ async fn delete_events(
 
 async fn retry_event(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let (event, share) = visible_event(&state, &who, &id, COPIED).await?;
     if !may_create(&who, &event.source, &event.project_id) {
         return Err(ApiError::forbidden("PROJECT_USER", &event.project_id));
@@ -502,10 +490,9 @@ async fn retry_event(
 
 async fn clone_event(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let (event, share) = visible_event(&state, &who, &id, COPIED).await?;
     if !may_create(&who, &event.source, &event.project_id) {
         return Err(ApiError::forbidden("PROJECT_USER", &event.project_id));
@@ -552,11 +539,10 @@ struct SourceStateBody {
 
 async fn set_source_state(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let Some(event) = state.store.event(&id).await? else {
         return Err(ApiError::NotFound { kind: "Event", id });
     };

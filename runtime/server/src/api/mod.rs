@@ -34,7 +34,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use mizzen_host_api::types::Phase;
@@ -186,7 +187,22 @@ fn phases(query: &HashMap<String, String>) -> ApiResult<Vec<Phase>> {
     }
 }
 
-/// The caller, from its bearer token.
+/// The caller, from its bearer token: a handler that takes a [`Principal`]
+/// answers 401 (no token, or one not valid) or 403 (a locked service
+/// account) before it looks at anything else of the request, its body
+/// included.
+impl FromRequestParts<Arc<AppState>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        principal(state, &parts.headers).await
+    }
+}
+
+/// The principal whose token `headers` carry.
 async fn principal(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let token = auth::bearer_token(headers).ok_or_else(|| {
         ApiError::Unauthenticated(

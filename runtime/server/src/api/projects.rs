@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use mizzen_host_api::types::Phase;
 use mizzen_runtime::project::{Project, server_clone_url_problem};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{
     API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, page_limit,
-    parse_body, principal, require, require_project, truthy, visible_project,
+    parse_body, require, require_project, truthy, visible_project,
 };
 use crate::auth::{PROJECT_ROLES, Principal, PrincipalKind};
 use crate::store::{EventFilter, ProjectRecord, RoleAssignment, rfc3339};
@@ -66,8 +66,7 @@ fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
     Ok((project.id, document))
 }
 
-async fn create_project(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn create_project(State(state): AppStateRef, who: Principal, body: Bytes) -> ApiResult {
     require(&who, "PROJECT_CREATOR", "")?;
     let (id, document) = parse_project(&state, &body)?;
     if !state.store.create_project(&id, &document).await? {
@@ -118,10 +117,9 @@ async fn grant_creator(state: &AppState, who: &Principal, project: &str) -> ApiR
 
 async fn list_projects(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let limit = page_limit(&query)?;
     let visible = who.visible_projects();
     let after = query.get("continue").cloned().unwrap_or_default();
@@ -138,22 +136,20 @@ async fn list_projects(
 
 async fn get_project(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let project = visible_project(&state, &who, &id).await?;
     ok(StatusCode::OK, project_json(&project))
 }
 
 async fn update_project(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
     Query(query): QueryMap,
     body: Bytes,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let (body_id, document) = parse_project(&state, &body)?;
     if body_id != id {
         return Err(ApiError::bad(format!(
@@ -192,10 +188,9 @@ async fn update_project(
 
 async fn delete_project(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require_project(&who, "PROJECT_ADMIN", &id)?;
     // Stop the project's running workers before their rows go.
     let running = state

@@ -7,17 +7,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::projects::project_gone;
 use super::{
-    ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, parse_body, principal, require,
+    ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, parse_body, require,
     require_project, visible_project,
 };
-use crate::auth::{PROJECT_ROLES, SYSTEM_ROLES};
+use crate::auth::{PROJECT_ROLES, Principal, SYSTEM_ROLES};
 use crate::store::RoleAssignment;
 
 /// The routes of this resource.
@@ -119,8 +119,7 @@ async fn principal_exists(state: &AppState, kind: &str, id: &str) -> ApiResult<(
     Ok(())
 }
 
-async fn grant_role(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn grant_role(State(state): AppStateRef, who: Principal, body: Bytes) -> ApiResult {
     require(&who, "ADMIN", "")?;
     let body: RoleBody = parse_body(&body, "role assignment")?;
     let role = system_role(
@@ -136,10 +135,9 @@ async fn grant_role(State(state): AppStateRef, headers: HeaderMap, body: Bytes) 
 
 async fn revoke_role(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "ADMIN", "")?;
     let get = |k: &str| query.get(k).cloned().unwrap_or_default();
     let role = system_role(
@@ -154,10 +152,9 @@ async fn revoke_role(
 
 async fn list_roles(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "READER", "")?;
     let items = filtered_roles(&state, &query, false).await?;
     ok(StatusCode::OK, list("RoleAssignmentList", items, None, 0))
@@ -211,11 +208,10 @@ fn project_role(
 
 async fn grant_project_role(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     visible_project(&state, &who, &id).await?;
     require_project(&who, "PROJECT_ADMIN", &id)?;
     let body: RoleBody = parse_body(&body, "project role assignment")?;
@@ -229,11 +225,10 @@ async fn grant_project_role(
 
 async fn revoke_project_role(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     visible_project(&state, &who, &id).await?;
     require_project(&who, "PROJECT_ADMIN", &id)?;
     let get = |k: &str| query.get(k).cloned().unwrap_or_default();
@@ -249,11 +244,10 @@ async fn revoke_project_role(
 
 async fn list_project_roles(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
     Query(mut query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     visible_project(&state, &who, &id).await?;
     query.insert("projectID".into(), id);
     let items = filtered_roles(&state, &query, true).await?;
@@ -265,10 +259,9 @@ async fn list_project_roles(
 
 async fn list_all_project_roles(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let items = filtered_roles(&state, &query, true)
         .await?
         .into_iter()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, put};
 use mizzen_runtime::project::{validate_secret_key, validate_secrets};
 use serde::Deserialize;
@@ -14,9 +14,10 @@ use serde_json::json;
 
 use super::projects::project_gone;
 use super::{
-    ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, principal, require_project,
+    ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, require_project,
     visible_project,
 };
+use crate::auth::Principal;
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -30,10 +31,9 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 
 async fn list_secrets(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     visible_project(&state, &who, &id).await?;
     let secrets = state.store.secrets(&id).await?;
     let items = secrets
@@ -51,11 +51,10 @@ struct SecretBody {
 
 async fn set_secret(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path((id, key)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     visible_project(&state, &who, &id).await?;
     require_project(&who, "PROJECT_ADMIN", &id)?;
     let secret: SecretBody = parse_body(&body, "secret")?;
@@ -82,10 +81,9 @@ async fn set_secret(
 
 async fn unset_secret(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path((id, key)): Path<(String, String)>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     visible_project(&state, &who, &id).await?;
     require_project(&who, "PROJECT_ADMIN", &id)?;
     state.store.unset_secret(&id, &key).await?;

@@ -6,16 +6,16 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
     API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, page_limit,
-    parse_body, principal, require,
+    parse_body, require,
 };
-use crate::auth;
+use crate::auth::{self, Principal};
 use crate::store::{Page, ServiceAccountRecord, rfc3339};
 
 /// The routes of this resource.
@@ -65,10 +65,9 @@ fn token_json(token: &str) -> Value {
 
 async fn create_service_account(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     body: Bytes,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "ADMIN", "")?;
     let body: ServiceAccountBody = parse_body(&body, "service account")?;
     let id = body.metadata.id;
@@ -100,10 +99,9 @@ async fn create_service_account(
 
 async fn list_service_accounts(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "READER", "")?;
     let limit = page_limit(&query)?;
     let after = query.get("continue").cloned().unwrap_or_default();
@@ -117,10 +115,9 @@ async fn list_service_accounts(
 
 async fn get_service_account(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "READER", "")?;
     match state.store.service_account(&id).await? {
         Some(account) => ok(StatusCode::OK, service_account_json(&account)),
@@ -133,10 +130,9 @@ async fn get_service_account(
 
 async fn delete_service_account(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "ADMIN", "")?;
     if !state.store.delete_service_account(&id).await? {
         return Err(ApiError::NotFound {
@@ -149,10 +145,9 @@ async fn delete_service_account(
 
 async fn lock_service_account(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "ADMIN", "")?;
     if !state.store.lock_service_account(&id, None).await? {
         return Err(ApiError::NotFound {
@@ -165,10 +160,9 @@ async fn lock_service_account(
 
 async fn unlock_service_account(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     require(&who, "ADMIN", "")?;
     let token = auth::new_token().map_err(|e| ApiError::Internal(e.to_string()))?;
     if !state

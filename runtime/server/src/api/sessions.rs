@@ -12,10 +12,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{
-    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, ok, principal, truthy,
-};
-use crate::auth::{self, PrincipalKind};
+use super::{API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, ok, truthy};
+use crate::auth::{self, Principal, PrincipalKind};
 
 /// Brigade's root sessions lasted an hour (`ROOT_USER_SESSION_TTL`).
 pub const ROOT_SESSION_TTL: Duration = Duration::from_secs(60 * 60);
@@ -82,8 +80,11 @@ async fn create_session(
     )
 }
 
-async fn delete_session(State(state): AppStateRef, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn delete_session(
+    State(state): AppStateRef,
+    who: Principal,
+    headers: HeaderMap,
+) -> ApiResult {
     if who.kind != PrincipalKind::Root {
         return Err(ApiError::bad(
             "this token is not a session's; service-account tokens are revoked by locking the account",
@@ -95,8 +96,7 @@ async fn delete_session(State(state): AppStateRef, headers: HeaderMap) -> ApiRes
     ok(StatusCode::OK, json!({}))
 }
 
-async fn whoami(State(state): AppStateRef, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn whoami(who: Principal) -> ApiResult {
     ok(
         StatusCode::OK,
         json!({"apiVersion": API_VERSION, "kind": "PrincipalReference",

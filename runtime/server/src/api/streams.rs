@@ -19,9 +19,9 @@ use serde_json::{Value, json};
 
 use super::events::{job_json, status_json};
 use super::{
-    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, ok, principal, truthy,
-    visible_head,
+    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, ok, truthy, visible_head,
 };
+use crate::auth::Principal;
 use crate::scheduler::WORKER_CONTAINER;
 use crate::store::{JobRecord, rfc3339};
 
@@ -106,11 +106,10 @@ where
 
 async fn worker_status(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path(id): Path<String>,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let event = visible_head(&state, &who, &id).await?;
     if !truthy(&query, "watch") {
         return ok(
@@ -137,11 +136,10 @@ fn job_status_json(job: &JobRecord) -> Value {
 
 async fn job_status(
     State(state): AppStateRef,
-    headers: HeaderMap,
+    who: Principal,
     Path((id, name)): Path<(String, String)>,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     visible_head(&state, &who, &id).await?;
     let Some(job) = state.store.job(&id, &name).await? else {
         return Err(ApiError::NotFound {
@@ -164,11 +162,11 @@ async fn job_status(
 
 async fn logs(
     State(state): AppStateRef,
+    who: Principal,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): QueryMap,
 ) -> ApiResult {
-    let who = principal(&state, &headers).await?;
     let event = match state.store.event_head(&id).await? {
         Some(event)
             if who.has_project_role("PROJECT_USER", &event.project_id)

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::Path;
+use axum::http::StatusCode;
 use axum::routing::get;
 
-use super::{ApiError, ApiResult, AppState, AppStateRef, list, ok, principal, require};
+use super::{ApiError, ApiResult, AppState, list, ok, require};
+use crate::auth::Principal;
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<Arc<AppState>> {
@@ -17,19 +18,13 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v2/users/{id}", get(get_user))
 }
 
-async fn list_users(State(state): AppStateRef, headers: HeaderMap) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn list_users(who: Principal) -> ApiResult {
     require(&who, "READER", "")?;
     // Users come from third-party (OIDC) login, which Mizzen does not offer.
     ok(StatusCode::OK, list("UserList", Vec::new(), None, 0))
 }
 
-async fn get_user(
-    State(state): AppStateRef,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let who = principal(&state, &headers).await?;
+async fn get_user(who: Principal, Path(id): Path<String>) -> ApiResult {
     require(&who, "READER", "")?;
     Err(ApiError::NotFound { kind: "User", id })
 }
