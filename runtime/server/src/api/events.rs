@@ -3,12 +3,11 @@
 //! shows an event and its jobs.
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
@@ -21,9 +20,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::accept::{EventBody, accept, accept_one, fan_out, may_create, validate_event};
 use super::documents::{COPIED, RENDERED, document_share, held_answer, held_json};
 use super::projects::project_gone;
+use super::query::{PageQuery, Query, pairs, phases};
 use super::{
-    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, page_limit, pairs,
-    parse_body, phases, require, require_project, visible_head,
+    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, require,
+    require_project, visible_head,
 };
 use crate::auth::Principal;
 use crate::scheduler::RETRY_LABEL;
@@ -243,23 +243,42 @@ async fn create_events(State(state): AppStateRef, who: Principal, body: Bytes) -
     ok(StatusCode::CREATED, list("EventList", items, None, 0))
 }
 
+/// `GET /v2/events`'s parameters: which events, and the page.
+#[derive(Deserialize)]
+struct EventListQuery {
+    #[serde(rename = "projectID")]
+    project_id: Option<String>,
+    source: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    #[serde(rename = "workerPhases")]
+    worker_phases: Option<String>,
+    qualifiers: Option<String>,
+    labels: Option<String>,
+    #[serde(rename = "sourceState")]
+    source_state: Option<String>,
+    #[serde(flatten)]
+    page: PageQuery,
+}
+
 async fn list_events(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(query): Query<EventListQuery>,
 ) -> ApiResult {
-    let limit = page_limit(&query)?;
+    let limit = query.page.limit()?;
+    let given = |value: Option<String>| value.filter(|s| !s.is_empty());
     let filter = EventFilter {
-        project_id: query.get("projectID").filter(|s| !s.is_empty()).cloned(),
+        project_id: given(query.project_id),
         visible_projects: who.visible_projects(),
-        source: query.get("source").filter(|s| !s.is_empty()).cloned(),
-        event_type: query.get("type").filter(|s| !s.is_empty()).cloned(),
-        phases: phases(&query)?,
-        qualifiers: pairs(&query, "qualifiers")?,
-        labels: pairs(&query, "labels")?,
-        source_state: pairs(&query, "sourceState")?,
+        source: given(query.source),
+        event_type: given(query.event_type),
+        phases: phases(query.worker_phases.as_deref())?,
+        qualifiers: pairs("qualifiers", query.qualifiers.as_deref())?,
+        labels: pairs("labels", query.labels.as_deref())?,
+        source_state: pairs("sourceState", query.source_state.as_deref())?,
     };
-    let after = match query.get("continue").filter(|s| !s.is_empty()) {
+    let after = match query.page.after.filter(|s| !s.is_empty()) {
         Some(text) => Some(text.parse::<i64>().map_err(|_| {
             ApiError::bad(format!("continue {text:?} is not a value this server gave"))
         })?),
@@ -359,17 +378,27 @@ async fn cancel_event(
     ok(StatusCode::OK, json!({}))
 }
 
+/// The parameters of a request about many events.
+#[derive(Deserialize)]
+struct ManyEventsQuery {
+    #[serde(rename = "projectID")]
+    project_id: Option<String>,
+    #[serde(rename = "workerPhases")]
+    worker_phases: Option<String>,
+}
+
 /// The project and phases a many-events request must name.
 async fn many(
     state: &AppState,
     who: &Principal,
-    query: &HashMap<String, String>,
+    query: &ManyEventsQuery,
 ) -> ApiResult<Vec<EventHead>> {
     let project = query
-        .get("projectID")
+        .project_id
+        .as_ref()
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::bad("projectID is required"))?;
-    let phases = phases(query)?;
+    let phases = phases(query.worker_phases.as_deref())?;
     if phases.is_empty() {
         return Err(ApiError::bad("workerPhases is required"));
     }
@@ -387,7 +416,7 @@ async fn many(
 async fn cancel_events(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(query): Query<ManyEventsQuery>,
 ) -> ApiResult {
     let mut count = 0;
     for event in many(&state, &who, &query).await? {
@@ -422,7 +451,7 @@ async fn delete_event(
 async fn delete_events(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(query): Query<ManyEventsQuery>,
 ) -> ApiResult {
     let mut count = 0;
     for event in many(&state, &who, &query).await? {

@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod gateways;
 mod projects;
+mod query;
 mod roles;
 mod secrets;
 mod service_accounts;
@@ -27,18 +28,15 @@ mod streams;
 mod system;
 mod users;
 
-use std::collections::{BTreeMap, HashMap};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use mizzen_host_api::types::Phase;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -125,8 +123,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 type AppStateRef = State<Arc<AppState>>;
 
-type QueryMap = Query<HashMap<String, String>>;
-
 fn ok(status: StatusCode, body: Value) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
@@ -145,46 +141,6 @@ fn list(kind: &str, items: Vec<Value>, next: Option<String>, remaining: i64) -> 
         metadata["remainingItemCount"] = json!(remaining);
     }
     json!({"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "items": items})
-}
-
-fn page_limit(query: &HashMap<String, String>) -> ApiResult<i64> {
-    match query.get("limit") {
-        None => Ok(DEFAULT_PAGE),
-        Some(text) => match text.parse::<i64>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            _ => Err(ApiError::bad(format!(
-                "limit {text:?}: expected a number from 1 to {MAX_PAGE}"
-            ))),
-        },
-    }
-}
-
-fn truthy(query: &HashMap<String, String>, key: &str) -> bool {
-    query.get(key).is_some_and(|v| v == "true" || v == "1")
-}
-
-/// `k=v,k2=v2`, as Brigade's clients encode qualifier and label filters.
-fn pairs(query: &HashMap<String, String>, key: &str) -> ApiResult<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    if let Some(text) = query.get(key).filter(|t| !t.is_empty()) {
-        for pair in text.split(',') {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                ApiError::bad(format!("{key}: {pair:?} is not of the form key=value"))
-            })?;
-            map.insert(k.to_string(), v.to_string());
-        }
-    }
-    Ok(map)
-}
-
-fn phases(query: &HashMap<String, String>) -> ApiResult<Vec<Phase>> {
-    match query.get("workerPhases").filter(|t| !t.is_empty()) {
-        None => Ok(Vec::new()),
-        Some(text) => text
-            .split(',')
-            .map(|p| Phase::from_str(p).map_err(|e| ApiError::bad(format!("workerPhases: {e}"))))
-            .collect(),
-    }
 }
 
 /// The caller, from its bearer token: a handler that takes a [`Principal`]

@@ -5,16 +5,18 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use mizzen_host_api::types::Phase;
 use mizzen_runtime::project::{Project, server_clone_url_problem};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::query::{Flag, PageQuery, Query};
 use super::{
-    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, page_limit,
-    parse_body, require, require_project, truthy, visible_project,
+    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, require,
+    require_project, visible_project,
 };
 use crate::auth::{PROJECT_ROLES, Principal, PrincipalKind};
 use crate::store::{EventFilter, ProjectRecord, RoleAssignment, rfc3339};
@@ -118,11 +120,11 @@ async fn grant_creator(state: &AppState, who: &Principal, project: &str) -> ApiR
 async fn list_projects(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(page): Query<PageQuery>,
 ) -> ApiResult {
-    let limit = page_limit(&query)?;
+    let limit = page.limit()?;
     let visible = who.visible_projects();
-    let after = query.get("continue").cloned().unwrap_or_default();
+    let after = page.after.unwrap_or_default();
     let page = state
         .store
         .projects(&after, limit, visible.as_deref())
@@ -143,11 +145,20 @@ async fn get_project(
     ok(StatusCode::OK, project_json(&project))
 }
 
+/// `PUT /v2/projects/{id}`'s parameters.
+#[derive(Deserialize)]
+struct UpdateQuery {
+    /// Create the project if there is none (Brigade's `project create`
+    /// without a separate check).
+    #[serde(default)]
+    create: Flag,
+}
+
 async fn update_project(
     State(state): AppStateRef,
     who: Principal,
     Path(id): Path<String>,
-    Query(query): QueryMap,
+    Query(query): Query<UpdateQuery>,
     body: Bytes,
 ) -> ApiResult {
     let (body_id, document) = parse_project(&state, &body)?;
@@ -158,14 +169,14 @@ async fn update_project(
     }
     // A caller who may neither create projects nor change this one learns
     // the same whether or not another tenant's project has this id.
-    if truthy(&query, "create")
+    if query.create.0
         && !who.has("PROJECT_CREATOR", "")
         && !who.has_project_role("PROJECT_DEVELOPER", &id)
     {
         require(&who, "PROJECT_CREATOR", "")?;
     }
     let exists = state.store.project(&id).await?.is_some();
-    if !exists && truthy(&query, "create") {
+    if !exists && query.create.0 {
         require(&who, "PROJECT_CREATOR", "")?;
         if state.store.create_project(&id, &document).await? {
             grant_creator(&state, &who, &id).await?;

@@ -1,21 +1,21 @@
 //! Role assignments: system roles, and project roles in one project or in
 //! all.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::projects::project_gone;
+use super::query::Query;
 use super::{
-    ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, parse_body, require,
-    require_project, visible_project,
+    ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, require, require_project,
+    visible_project,
 };
 use crate::auth::{PROJECT_ROLES, Principal, SYSTEM_ROLES};
 use crate::store::RoleAssignment;
@@ -133,18 +133,37 @@ async fn grant_role(State(state): AppStateRef, who: Principal, body: Bytes) -> A
     ok(StatusCode::OK, json!({}))
 }
 
+/// Which role assignments a request is about; a name not given is any.
+#[derive(Debug, Default, Deserialize)]
+struct RoleQuery {
+    role: Option<String>,
+    #[serde(rename = "principalType")]
+    principal_type: Option<String>,
+    #[serde(rename = "principalID")]
+    principal_id: Option<String>,
+    scope: Option<String>,
+    /// The project of project roles (`project` is also understood).
+    #[serde(rename = "projectID")]
+    project_id: Option<String>,
+    project: Option<String>,
+}
+
+/// A parameter's value, empty when it was not given.
+fn text(value: &Option<String>) -> &str {
+    value.as_deref().unwrap_or_default()
+}
+
 async fn revoke_role(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(query): Query<RoleQuery>,
 ) -> ApiResult {
     require(&who, "ADMIN", "")?;
-    let get = |k: &str| query.get(k).cloned().unwrap_or_default();
     let role = system_role(
-        &get("role"),
-        &get("principalType"),
-        &get("principalID"),
-        &get("scope"),
+        text(&query.role),
+        text(&query.principal_type),
+        text(&query.principal_id),
+        text(&query.scope),
     )?;
     state.store.revoke(&role).await?;
     ok(StatusCode::OK, json!({}))
@@ -153,7 +172,7 @@ async fn revoke_role(
 async fn list_roles(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(query): Query<RoleQuery>,
 ) -> ApiResult {
     require(&who, "READER", "")?;
     let items = filtered_roles(&state, &query, false).await?;
@@ -162,24 +181,24 @@ async fn list_roles(
 
 async fn filtered_roles(
     state: &AppState,
-    query: &HashMap<String, String>,
+    query: &RoleQuery,
     project_roles: bool,
 ) -> ApiResult<Vec<Value>> {
-    let get = |k: &str| query.get(k).filter(|v| !v.is_empty());
+    let get = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
     Ok(state
         .store
         .role_assignments(None)
         .await?
         .iter()
         .filter(|r| PROJECT_ROLES.contains(&r.role.as_str()) == project_roles)
-        .filter(|r| get("role").is_none_or(|v| *v == r.role))
-        .filter(|r| get("principalType").is_none_or(|v| *v == r.principal_type))
-        .filter(|r| get("principalID").is_none_or(|v| *v == r.principal_id))
-        .filter(|r| get("scope").is_none_or(|v| *v == r.scope))
+        .filter(|r| get(&query.role).is_none_or(|v| v == r.role))
+        .filter(|r| get(&query.principal_type).is_none_or(|v| v == r.principal_type))
+        .filter(|r| get(&query.principal_id).is_none_or(|v| v == r.principal_id))
+        .filter(|r| get(&query.scope).is_none_or(|v| v == r.scope))
         .filter(|r| {
-            get("projectID")
-                .or(get("project"))
-                .is_none_or(|v| *v == r.scope)
+            get(&query.project_id)
+                .or(get(&query.project))
+                .is_none_or(|v| v == r.scope)
         })
         .map(role_json)
         .collect())
@@ -227,16 +246,15 @@ async fn revoke_project_role(
     State(state): AppStateRef,
     who: Principal,
     Path(id): Path<String>,
-    Query(query): QueryMap,
+    Query(query): Query<RoleQuery>,
 ) -> ApiResult {
     visible_project(&state, &who, &id).await?;
     require_project(&who, "PROJECT_ADMIN", &id)?;
-    let get = |k: &str| query.get(k).cloned().unwrap_or_default();
     let role = project_role(
         &id,
-        &get("role"),
-        &get("principalType"),
-        &get("principalID"),
+        text(&query.role),
+        text(&query.principal_type),
+        text(&query.principal_id),
     )?;
     state.store.revoke(&role).await?;
     ok(StatusCode::OK, json!({}))
@@ -246,10 +264,10 @@ async fn list_project_roles(
     State(state): AppStateRef,
     who: Principal,
     Path(id): Path<String>,
-    Query(mut query): QueryMap,
+    Query(mut query): Query<RoleQuery>,
 ) -> ApiResult {
     visible_project(&state, &who, &id).await?;
-    query.insert("projectID".into(), id);
+    query.project_id = Some(id);
     let items = filtered_roles(&state, &query, true).await?;
     ok(
         StatusCode::OK,
@@ -260,7 +278,7 @@ async fn list_project_roles(
 async fn list_all_project_roles(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(query): Query<RoleQuery>,
 ) -> ApiResult {
     let items = filtered_roles(&state, &query, true)
         .await?

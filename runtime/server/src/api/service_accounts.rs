@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::query::{PageQuery, Query};
 use super::{
-    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, list, ok, page_limit,
-    parse_body, require,
+    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, require,
 };
 use crate::auth::{self, Principal};
 use crate::store::{Page, ServiceAccountRecord, rfc3339};
@@ -100,11 +100,11 @@ async fn create_service_account(
 async fn list_service_accounts(
     State(state): AppStateRef,
     who: Principal,
-    Query(query): QueryMap,
+    Query(page): Query<PageQuery>,
 ) -> ApiResult {
     require(&who, "READER", "")?;
-    let limit = page_limit(&query)?;
-    let after = query.get("continue").cloned().unwrap_or_default();
+    let limit = page.limit()?;
+    let after = page.after.unwrap_or_default();
     let page: Page<ServiceAccountRecord> = state.store.service_accounts(&after, limit).await?;
     let items = page.items.iter().map(service_account_json).collect();
     ok(

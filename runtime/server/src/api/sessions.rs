@@ -4,15 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{delete, get, post};
 use base64::Engine as _;
+use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, ok, truthy};
+use super::query::{Flag, Query};
+use super::{API_VERSION, ApiError, ApiResult, AppState, AppStateRef, ok};
 use crate::auth::{self, Principal, PrincipalKind};
 
 /// Brigade's root sessions lasted an hour (`ROOT_USER_SESSION_TTL`).
@@ -26,12 +28,20 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v2/whoami", get(whoami))
 }
 
+/// `POST /v2/sessions`' parameters.
+#[derive(Deserialize)]
+struct SessionQuery {
+    /// A root session (the only kind Mizzen has).
+    #[serde(default)]
+    root: Flag,
+}
+
 async fn create_session(
     State(state): AppStateRef,
-    Query(query): QueryMap,
+    Query(query): Query<SessionQuery>,
     headers: HeaderMap,
 ) -> ApiResult {
-    if !truthy(&query, "root") {
+    if !query.root.0 {
         return Err(ApiError::NotSupported(
             "only root sessions (?root=true) are supported; other principals use service-account tokens"
                 .into(),

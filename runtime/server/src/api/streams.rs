@@ -8,19 +8,19 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{Stream, StreamExt, stream};
 use mizzen_host_api::types::Phase;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::events::{job_json, status_json};
-use super::{
-    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, QueryMap, ok, truthy, visible_head,
-};
+use super::query::{Flag, Query};
+use super::{API_VERSION, ApiError, ApiResult, AppState, AppStateRef, ok, visible_head};
 use crate::auth::Principal;
 use crate::scheduler::WORKER_CONTAINER;
 use crate::store::{JobRecord, rfc3339};
@@ -104,14 +104,25 @@ where
     )
 }
 
+/// A status request's parameters.
+#[derive(Deserialize)]
+struct StatusQuery {
+    /// Follow the status until it ends, rather than answer it once.
+    #[serde(default)]
+    watch: Flag,
+    /// As Server-Sent Events rather than concatenated JSON.
+    #[serde(default)]
+    sse: Flag,
+}
+
 async fn worker_status(
     State(state): AppStateRef,
     who: Principal,
     Path(id): Path<String>,
-    Query(query): QueryMap,
+    Query(query): Query<StatusQuery>,
 ) -> ApiResult {
     let event = visible_head(&state, &who, &id).await?;
-    if !truthy(&query, "watch") {
+    if !query.watch.0 {
         return ok(
             StatusCode::OK,
             status_json(event.phase, event.started, event.ended),
@@ -127,7 +138,7 @@ async fn worker_status(
             ))
         }
     });
-    Ok(stream_response(stream, truthy(&query, "sse")))
+    Ok(stream_response(stream, query.sse.0))
 }
 
 fn job_status_json(job: &JobRecord) -> Value {
@@ -138,7 +149,7 @@ async fn job_status(
     State(state): AppStateRef,
     who: Principal,
     Path((id, name)): Path<(String, String)>,
-    Query(query): QueryMap,
+    Query(query): Query<StatusQuery>,
 ) -> ApiResult {
     visible_head(&state, &who, &id).await?;
     let Some(job) = state.store.job(&id, &name).await? else {
@@ -147,7 +158,7 @@ async fn job_status(
             id: name,
         });
     };
-    if !truthy(&query, "watch") {
+    if !query.watch.0 {
         return ok(StatusCode::OK, job_status_json(&job));
     }
     let stream = watch_status(state.clone(), move |state| {
@@ -157,7 +168,25 @@ async fn job_status(
             Some((job.phase, job_status_json(&job)))
         }
     });
-    Ok(stream_response(stream, truthy(&query, "sse")))
+    Ok(stream_response(stream, query.sse.0))
+}
+
+/// A log request's parameters.
+#[derive(Deserialize)]
+struct LogsQuery {
+    /// The job whose logs, or none for the worker's.
+    job: Option<String>,
+    /// The container (the job's own name for its primary).
+    container: Option<String>,
+    /// Where to resume (the `Last-Event-ID` header takes precedence).
+    #[serde(rename = "lastEventId")]
+    last_event_id: Option<String>,
+    /// Follow the log until whatever writes it ends.
+    #[serde(default)]
+    follow: Flag,
+    /// As Server-Sent Events rather than concatenated JSON.
+    #[serde(default)]
+    sse: Flag,
 }
 
 async fn logs(
@@ -165,7 +194,7 @@ async fn logs(
     who: Principal,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(query): QueryMap,
+    Query(query): Query<LogsQuery>,
 ) -> ApiResult {
     let event = match state.store.event_head(&id).await? {
         Some(event)
@@ -179,14 +208,11 @@ async fn logs(
         }
         _ => return Err(ApiError::NotFound { kind: "Event", id }),
     };
-    let job_name = query.get("job").filter(|j| !j.is_empty()).cloned();
+    let job_name = query.job.filter(|j| !j.is_empty());
+    let container = query.container.filter(|c| !c.is_empty());
     let (logs_event, container) = match &job_name {
         None => {
-            let container = query
-                .get("container")
-                .filter(|c| !c.is_empty())
-                .cloned()
-                .unwrap_or_else(|| WORKER_CONTAINER.to_string());
+            let container = container.unwrap_or_else(|| WORKER_CONTAINER.to_string());
             if container != WORKER_CONTAINER {
                 return Err(ApiError::NotFound {
                     kind: "Container",
@@ -202,11 +228,7 @@ async fn logs(
                     id: name.clone(),
                 });
             };
-            let container = query
-                .get("container")
-                .filter(|c| !c.is_empty())
-                .cloned()
-                .unwrap_or_else(|| name.clone());
+            let container = container.unwrap_or_else(|| name.clone());
             let sidecars = job.spec["sidecarContainers"].as_object();
             if container != *name && !sidecars.is_some_and(|s| s.contains_key(&container)) {
                 return Err(ApiError::NotFound {
@@ -220,10 +242,10 @@ async fn logs(
     let after = headers
         .get("last-event-id")
         .and_then(|h| h.to_str().ok())
-        .or(query.get("lastEventId").map(String::as_str))
+        .or(query.last_event_id.as_deref())
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or(0);
-    let follow = truthy(&query, "follow");
+    let follow = query.follow.0;
     let stream = log_stream(
         state.clone(),
         LogCursor {
@@ -235,7 +257,7 @@ async fn logs(
             follow,
         },
     );
-    Ok(stream_response(stream, truthy(&query, "sse")))
+    Ok(stream_response(stream, query.sse.0))
 }
 
 struct LogCursor {
