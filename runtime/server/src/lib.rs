@@ -32,7 +32,7 @@ use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-pub use api::GatewayConfig;
+pub use gateways::GatewayConfig;
 pub use http::HttpLimits;
 pub use scheduler::SchedulerConfig;
 

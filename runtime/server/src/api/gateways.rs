@@ -1,5 +1,7 @@
-//! The webhook gateways' HTTP side: which are enabled, their credentials,
-//! replayed deliveries, and their events accepted like any other.
+//! The webhook gateways' HTTP side: a route for each gateway of
+//! [`GATEWAYS`], which answers only when the server has the gateway's
+//! credentials, drops deliveries it has seen, and accepts the delivery's
+//! event like any other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,25 +9,79 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::json;
 
 use super::accept::{EventBody, fan_out, store_events};
 use super::{ApiError, ApiResult, AppState, AppStateRef};
-use crate::gateways::{self, GatewayError, GatewayEvent};
+use crate::gateways::{GATEWAYS, Gateway, GatewayError, GatewayEvent};
 
-/// The routes of this resource.
+/// The routes of this resource: `/gateways/<path>` for each gateway.
 pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/gateways/github", post(github_webhook))
-        .route("/gateways/dockerhub", post(dockerhub_webhook))
-        .route("/gateways/acr", post(acr_webhook))
-        .route(
-            "/gateways/cloudevents",
-            post(cloudevents_webhook).options(cloudevents_handshake),
-        )
+    let mut router = Router::new();
+    for gateway in &GATEWAYS {
+        let mut route = post(
+            move |State(state): AppStateRef, headers: HeaderMap, uri: Uri, body: Bytes| {
+                deliver(state, gateway, headers, uri, body)
+            },
+        );
+        if gateway.handshake {
+            route = route.options(move |State(state): AppStateRef, headers: HeaderMap| {
+                handshake(state, gateway, headers)
+            });
+        }
+        router = router.route(&format!("/gateways/{}", gateway.path), route);
+    }
+    router
+}
+
+/// A delivery to `gateway`: authenticated, parsed, not seen before, and its
+/// event stored (200 only once it is durable).
+async fn deliver(
+    state: Arc<AppState>,
+    gateway: &Gateway,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let config = &state.gateways;
+    if !gateway.enabled(config) {
+        return gateway_disabled(gateway.name);
+    }
+    let delivery = gateway
+        .authenticate(config, &headers, uri.query(), &body)
+        .and_then(|()| (gateway.parse)(&headers, &body));
+    let delivery = match delivery {
+        Ok(delivery) => delivery,
+        Err(e) => return gateway_error(e),
+    };
+    if let Some(id) = &delivery.id {
+        match state.store.record_delivery(gateway.path, id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return (
+                    StatusCode::OK,
+                    axum::Json(json!({"message": format!(
+                        "delivery {id} was already received; ignored"
+                    )})),
+                )
+                    .into_response();
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
+    match accept_gateway_event(&state, delivery.event).await {
+        Ok(count) => accepted(count),
+        Err(e) => {
+            // Let the source's redelivery through: this one was not stored.
+            if let Some(id) = &delivery.id {
+                let _ = state.store.forget_delivery(gateway.path, id).await;
+            }
+            e.into_response()
+        }
+    }
 }
 
 fn gateway_error(error: GatewayError) -> Response {
@@ -71,120 +127,11 @@ fn accepted(count: usize) -> Response {
         .into_response()
 }
 
-async fn github_webhook(State(state): AppStateRef, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = &state.gateways.github_secret else {
-        return gateway_disabled("GitHub");
-    };
-    let delivery = match gateways::github(&headers, &body, secret.as_bytes()) {
-        Ok(delivery) => delivery,
-        Err(e) => return gateway_error(e),
-    };
-    match state
-        .store
-        .record_delivery("github", &delivery.delivery_id)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => {
-            return (
-                StatusCode::OK,
-                axum::Json(json!({"message": format!(
-                    "delivery {} was already received; ignored", delivery.delivery_id
-                )})),
-            )
-                .into_response();
-        }
-        Err(e) => return ApiError::from(e).into_response(),
-    }
-    match accept_gateway_event(&state, delivery.event).await {
-        Ok(count) => accepted(count),
-        Err(e) => {
-            // Let GitHub's redelivery through: this one was not stored.
-            let _ = state
-                .store
-                .forget_delivery("github", &delivery.delivery_id)
-                .await;
-            e.into_response()
-        }
-    }
-}
-
-async fn token_gateway(
-    state: &AppState,
-    name: &str,
-    tokens: &[String],
-    headers: &HeaderMap,
-    query: Option<&str>,
-    parse: impl FnOnce() -> Result<GatewayEvent, GatewayError>,
-) -> Response {
-    if tokens.is_empty() {
-        return gateway_disabled(name);
-    }
-    let authorized = gateways::bearer_token(headers, query)
-        .is_some_and(|token| gateways::token_matches(&token, tokens));
-    if !authorized {
-        return gateway_error(GatewayError::Unauthorized(format!(
-            "the {name} gateway needs a valid token (Authorization: Bearer <token> or ?access_token=<token>)"
-        )));
-    }
-    match parse() {
-        Ok(event) => match accept_gateway_event(state, event).await {
-            Ok(count) => accepted(count),
-            Err(e) => e.into_response(),
-        },
-        Err(e) => gateway_error(e),
-    }
-}
-
-async fn dockerhub_webhook(
-    State(state): AppStateRef,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    body: Bytes,
-) -> Response {
-    let tokens = state.gateways.dockerhub_tokens.clone();
-    token_gateway(&state, "Docker Hub", &tokens, &headers, uri.query(), || {
-        gateways::dockerhub(&body)
-    })
-    .await
-}
-
-async fn acr_webhook(
-    State(state): AppStateRef,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    body: Bytes,
-) -> Response {
-    let tokens = state.gateways.acr_tokens.clone();
-    token_gateway(&state, "ACR", &tokens, &headers, uri.query(), || {
-        gateways::acr(&body)
-    })
-    .await
-}
-
-async fn cloudevents_webhook(
-    State(state): AppStateRef,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    body: Bytes,
-) -> Response {
-    let tokens = state.gateways.cloudevents_tokens.clone();
-    token_gateway(
-        &state,
-        "CloudEvents",
-        &tokens,
-        &headers,
-        uri.query(),
-        || gateways::cloudevent(&headers, &body),
-    )
-    .await
-}
-
 /// CloudEvents' webhook abuse protection: a sender asks with OPTIONS
 /// whether it may deliver; the gateway allows the origin it was asked about.
-async fn cloudevents_handshake(State(state): AppStateRef, headers: HeaderMap) -> Response {
-    if state.gateways.cloudevents_tokens.is_empty() {
-        return gateway_disabled("CloudEvents");
+async fn handshake(state: Arc<AppState>, gateway: &Gateway, headers: HeaderMap) -> Response {
+    if !gateway.enabled(&state.gateways) {
+        return gateway_disabled(gateway.name);
     }
     let origin = headers
         .get("webhook-request-origin")

@@ -41,6 +41,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{self, Principal, PrincipalKind};
+use crate::gateways::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::project_cache::ProjectCache;
 use crate::scheduler::Scheduler;
@@ -64,20 +65,6 @@ pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 const DEFAULT_PAGE: i64 = 20;
 
 const MAX_PAGE: i64 = 100;
-
-/// Tokens and secrets the webhook gateways check; a gateway without one is
-/// disabled (404).
-#[derive(Debug, Clone, Default)]
-pub struct GatewayConfig {
-    /// GitHub's webhook secret (HMAC key).
-    pub github_secret: Option<String>,
-    /// Tokens Docker Hub may present (`?access_token=`).
-    pub dockerhub_tokens: Vec<String>,
-    /// Tokens ACR may present (`Authorization: Bearer`).
-    pub acr_tokens: Vec<String>,
-    /// Tokens CloudEvents producers may present.
-    pub cloudevents_tokens: Vec<String>,
-}
 
 /// What the handlers share.
 pub struct AppState {

@@ -74,7 +74,14 @@ pub fn github(
     secret: &[u8],
 ) -> Result<GithubDelivery, GatewayError> {
     verify_github_signature(headers, body, secret)?;
+    github_delivery(headers, body)
+}
 
+/// [`github`] after the signature: the delivery a verified request carries.
+pub(super) fn github_delivery(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<GithubDelivery, GatewayError> {
     let delivery_id = header_str(headers, "x-github-delivery")
         .ok_or_else(|| bad("missing or non-ASCII X-GitHub-Delivery header"))?;
     if delivery_id.len() > MAX_DELIVERY_ID_LEN {
@@ -158,7 +165,7 @@ pub fn github(
     })
 }
 
-fn verify_github_signature(
+pub(super) fn verify_github_signature(
     headers: &HeaderMap,
     body: &[u8],
     secret: &[u8],

@@ -15,12 +15,16 @@
 //!   `^[\w:/\-\.\?=\*]*$` (at most 255 characters). Values that do not fit are
 //!   rejected with [`GatewayError::BadRequest`], never rewritten.
 //!
+//! [`GATEWAYS`] is the one table the API serves them from: each gateway's
+//! name and path, how its deliveries authenticate (which of the server's
+//! [`GatewayConfig`] credentials, and how they are presented) and how a
+//! delivery becomes an event.
+//!
 //! Every function here is pure: no I/O, no clock, no global state. HTTP
-//! routing, choosing which secret or token list applies to a request,
-//! replay protection (for example de-duplicating GitHub delivery ids; note
-//! that GitHub signs only the body, not the headers), the CloudEvents
-//! `OPTIONS` abuse-protection handshake and subscription fan-out belong to the
-//! caller.
+//! routing, replay protection (for example de-duplicating GitHub delivery
+//! ids; note that GitHub signs only the body, not the headers), the
+//! CloudEvents `OPTIONS` abuse-protection handshake and subscription fan-out
+//! belong to the caller.
 
 mod acr;
 mod cloudevents;
@@ -40,12 +44,146 @@ pub use acr::{ACR_SOURCE, acr};
 pub use cloudevents::{CLOUDEVENT_TYPE, CLOUDEVENTS_SOURCE, cloudevent};
 pub use dockerhub::{DOCKERHUB_SOURCE, LEGACY_PUSH_TYPE, dockerhub};
 pub use github::{GITHUB_SOURCE, GithubDelivery, github};
+use github::{github_delivery, verify_github_signature};
 pub use mizzen_runtime::project::MAX_LABEL_LEN;
 use mizzen_runtime::project::is_label_char;
 
 /// Longest `short_title` (in characters) the gateways produce; longer titles
 /// are cut on a character boundary and end with `…`.
 pub const MAX_SHORT_TITLE_CHARS: usize = 100;
+
+/// Tokens and secrets the webhook gateways check; a gateway without one is
+/// disabled (404).
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    /// GitHub's webhook secret (HMAC key).
+    pub github_secret: Option<String>,
+    /// Tokens Docker Hub may present (`?access_token=`).
+    pub dockerhub_tokens: Vec<String>,
+    /// Tokens ACR may present (`Authorization: Bearer`).
+    pub acr_tokens: Vec<String>,
+    /// Tokens CloudEvents producers may present.
+    pub cloudevents_tokens: Vec<String>,
+}
+
+/// A webhook gateway, as the API serves it.
+pub struct Gateway {
+    /// Its name in messages, e.g. `Docker Hub`.
+    pub name: &'static str,
+    /// Its path under `/gateways/`, which also names its deliveries in the
+    /// store.
+    pub path: &'static str,
+    /// How a delivery shows that it comes from the source.
+    pub auth: Auth,
+    /// The delivery an authenticated request carries.
+    pub parse: fn(&HeaderMap, &[u8]) -> Result<Delivery, GatewayError>,
+    /// Whether it answers CloudEvents' `OPTIONS` abuse-protection handshake.
+    pub handshake: bool,
+}
+
+/// How a gateway's deliveries authenticate, with which of the server's
+/// credentials.
+pub enum Auth {
+    /// GitHub's `X-Hub-Signature-256`: an HMAC-SHA256 of the body keyed with
+    /// this secret.
+    GithubSignature(fn(&GatewayConfig) -> Option<&str>),
+    /// One of these tokens, as a bearer token or `?access_token=`
+    /// ([`bearer_token`]).
+    Token(fn(&GatewayConfig) -> &[String]),
+}
+
+/// What a gateway made of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The source's id for it, when the source gives one: a delivery seen
+    /// before is acknowledged and dropped.
+    pub id: Option<String>,
+    /// The event to fan out.
+    pub event: GatewayEvent,
+}
+
+impl From<GatewayEvent> for Delivery {
+    fn from(event: GatewayEvent) -> Self {
+        Self { id: None, event }
+    }
+}
+
+/// The webhook gateways.
+pub static GATEWAYS: [Gateway; 4] = [
+    Gateway {
+        name: "GitHub",
+        path: "github",
+        auth: Auth::GithubSignature(|config| config.github_secret.as_deref()),
+        parse: |headers, body| {
+            github_delivery(headers, body).map(|delivery| Delivery {
+                id: Some(delivery.delivery_id),
+                event: delivery.event,
+            })
+        },
+        handshake: false,
+    },
+    Gateway {
+        name: "Docker Hub",
+        path: "dockerhub",
+        auth: Auth::Token(|config| &config.dockerhub_tokens),
+        parse: |_, body| dockerhub(body).map(Delivery::from),
+        handshake: false,
+    },
+    Gateway {
+        name: "ACR",
+        path: "acr",
+        auth: Auth::Token(|config| &config.acr_tokens),
+        parse: |_, body| acr(body).map(Delivery::from),
+        handshake: false,
+    },
+    Gateway {
+        name: "CloudEvents",
+        path: "cloudevents",
+        auth: Auth::Token(|config| &config.cloudevents_tokens),
+        parse: |headers, body| cloudevent(headers, body).map(Delivery::from),
+        handshake: true,
+    },
+];
+
+impl Gateway {
+    /// Whether the server has its credentials: one without is disabled.
+    pub fn enabled(&self, config: &GatewayConfig) -> bool {
+        match self.auth {
+            Auth::GithubSignature(secret) => secret(config).is_some(),
+            Auth::Token(tokens) => !tokens(config).is_empty(),
+        }
+    }
+
+    /// Checks that a request comes from the source; `query` is its raw
+    /// query string.
+    pub fn authenticate(
+        &self,
+        config: &GatewayConfig,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<(), GatewayError> {
+        match self.auth {
+            Auth::GithubSignature(secret) => verify_github_signature(
+                headers,
+                body,
+                secret(config).unwrap_or_default().as_bytes(),
+            ),
+            Auth::Token(tokens) => {
+                if bearer_token(headers, query)
+                    .is_some_and(|token| token_matches(&token, tokens(config)))
+                {
+                    Ok(())
+                } else {
+                    Err(unauthorized(format!(
+                        "the {} gateway needs a valid token (Authorization: Bearer <token> or ?access_token=<token>)",
+                        self.name
+                    )))
+                }
+            }
+        }
+    }
+}
 
 /// Git coordinates an event asks the worker to check out. Empty strings mean
 /// "unknown": the project's own settings then apply to that field.
@@ -321,7 +459,7 @@ mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{expect_bad, headers};
+    use super::testing::{expect_bad, expect_unauthorized, headers};
     use super::*;
 
     #[test]
@@ -398,5 +536,34 @@ mod tests {
         for malformed in ["%", "%4", "%zz", "a%%41", "%FF"] {
             assert_eq!(percent_decode(malformed, false), None, "{malformed}");
         }
+    }
+
+    #[test]
+    fn each_gateway_authenticates_with_its_own_credentials() {
+        let config = GatewayConfig {
+            github_secret: Some("secret".into()),
+            acr_tokens: vec!["acr-token".into()],
+            ..GatewayConfig::default()
+        };
+        let enabled: Vec<_> = GATEWAYS
+            .iter()
+            .filter(|g| g.enabled(&config))
+            .map(|g| g.path)
+            .collect();
+        assert_eq!(enabled, ["github", "acr"]);
+        let acr = GATEWAYS.iter().find(|g| g.path == "acr").unwrap();
+        let bearer = headers(&[("authorization", "Bearer acr-token")]);
+        assert!(acr.authenticate(&config, &bearer, None, b"").is_ok());
+        let none = HeaderMap::new();
+        assert!(
+            acr.authenticate(&config, &none, Some("access_token=acr-token"), b"")
+                .is_ok()
+        );
+        let msg =
+            expect_unauthorized(acr.authenticate(&config, &none, Some("access_token=x"), b""));
+        assert!(msg.contains("the ACR gateway needs a valid token"), "{msg}");
+        let github = &GATEWAYS[0];
+        let msg = expect_unauthorized(github.authenticate(&config, &bearer, None, b"{}"));
+        assert!(msg.contains("X-Hub-Signature-256"), "{msg}");
     }
 }
