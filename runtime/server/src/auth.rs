@@ -28,10 +28,17 @@ pub const SYSTEM_ROLES: [&str; 4] = ["ADMIN", "EVENT_CREATOR", "PROJECT_CREATOR"
 /// The project roles (scope: a project, or `*`).
 pub const PROJECT_ROLES: [&str; 3] = ["PROJECT_ADMIN", "PROJECT_DEVELOPER", "PROJECT_USER"];
 
+/// The operating system gave no random bytes for a token. (getrandom's
+/// error is a `std::error::Error` only with its `std` feature, which this
+/// build does not enable; the error is kept here as it is.)
+#[derive(Debug, thiserror::Error)]
+#[error("no random bytes for a token: {0}")]
+pub struct NoRandomness(getrandom::Error);
+
 /// A new random token.
-pub fn new_token() -> Result<String, getrandom::Error> {
+pub fn new_token() -> Result<String, NoRandomness> {
     let mut bytes = [0u8; TOKEN_BYTES];
-    getrandom::fill(&mut bytes)?;
+    getrandom::fill(&mut bytes).map_err(NoRandomness)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

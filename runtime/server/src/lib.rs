@@ -52,8 +52,11 @@ pub enum ServerError {
     #[error(transparent)]
     Shards(#[from] ShardError),
     /// Another server already uses the data directory's embedded database.
-    #[error("{0}")]
-    DataDirInUse(String),
+    #[error(
+        "{}: another mizzen server is using this data directory's database; give each server its own --data-dir, or share PostgreSQL with --database-url",
+        .0.display()
+    )]
+    DataDirInUse(PathBuf),
     /// The listen address could not be bound or served.
     #[error("{address}: {source}")]
     Listen {
@@ -262,10 +265,9 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse(format!(
-            "{}: another mizzen server is using this data directory's database; give each server its own --data-dir, or share PostgreSQL with --database-url",
-            data_dir.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ServerError::DataDirInUse(data_dir.to_path_buf()))
+        }
         Err(std::fs::TryLockError::Error(source)) => Err(ServerError::Listen {
             address: path.display().to_string(),
             source,

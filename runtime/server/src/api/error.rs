@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::API_VERSION;
+use crate::auth::NoRandomness;
 use crate::store::StoreError;
 
 /// An API error, with Brigade's error kinds and bodies.
@@ -39,8 +40,8 @@ pub enum ApiError {
     },
     /// 501 NotSupportedError.
     NotSupported(String),
-    /// 500 InternalServerError (the details go to the server's log only).
-    Internal(String),
+    /// 500 InternalServerError (the cause goes to the server's log only).
+    Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ApiError {
@@ -63,7 +64,13 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+impl From<NoRandomness> for ApiError {
+    fn from(e: NoRandomness) -> Self {
+        ApiError::Internal(Box::new(e))
     }
 }
 
@@ -95,8 +102,8 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_IMPLEMENTED,
                 json!({"kind": "NotSupportedError", "details": details}),
             ),
-            ApiError::Internal(message) => {
-                tracing::error!(error = %message, "request failed");
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     json!({"kind": "InternalServerError"}),

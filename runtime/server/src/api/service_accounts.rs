@@ -82,7 +82,7 @@ async fn create_service_account(
             "metadata.id {id:?}: must match ^[a-z][a-z\\d-]*[a-z\\d]$, 3 to 63 characters"
         )));
     }
-    let token = auth::new_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let token = auth::new_token()?;
     if !state
         .store
         .create_service_account(&id, &body.description, &auth::hash_token(&token))
@@ -164,7 +164,7 @@ async fn unlock_service_account(
     Path(id): Path<String>,
 ) -> ApiResult {
     require(&who, "ADMIN", "")?;
-    let token = auth::new_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let token = auth::new_token()?;
     if !state
         .store
         .lock_service_account(&id, Some(&auth::hash_token(&token)))

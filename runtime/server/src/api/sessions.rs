@@ -74,7 +74,7 @@ async fn create_session(
             "wrong root user name or password".into(),
         ));
     }
-    let token = auth::new_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let token = auth::new_token()?;
     state
         .store
         .create_session(
