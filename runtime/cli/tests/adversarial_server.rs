@@ -1,5 +1,5 @@
-//! The bad-input catalogue (`../shared/reference/security.md` §7) against a
-//! real `mizzen server` on a loopback port: tokens (F), tenants (C6), ids,
+//! The bad-input catalogue, in its lettered groups, against a real
+//! `mizzen server` on a loopback port: tokens (F), tenants (C6), ids,
 //! headers and bodies (C, E), webhook signatures (E2, E3), git URLs (D3) and
 //! secret exfiltration (G) through every output a tenant can read. Each test
 //! checks the named answer, that the server still answers afterwards (its

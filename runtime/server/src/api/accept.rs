@@ -97,8 +97,9 @@ pub(super) fn may_create(who: &Principal, source: &str, project: &str) -> bool {
 }
 
 /// The copies of an event for every project that subscribes to it
-/// (Brigade's fan-out, §2.1): only `project_id`'s when it is set. A Docker
-/// Hub `push` also reaches projects subscribed to the older `image_push`.
+/// (Brigade's fan-out, [`Project::subscribes_to`](mizzen_runtime::project::Project::subscribes_to)):
+/// only `project_id`'s when it is set. A Docker Hub `push` also reaches projects
+/// subscribed to the older `image_push`.
 pub(super) async fn fan_out(
     state: &AppState,
     mut body: EventBody,
