@@ -3,12 +3,14 @@
 //! their workers in the sandbox (one sandbox process per core by default,
 //! [`mizzen_runtime::shard`]) within global and per-project limits.
 //!
-//! The parts: [`store`] (SQLite or PostgreSQL through one code path),
-//! [`scheduler`] (claims with leases, limits, fairness, recovery), [`api`]
-//! (the REST API, streams and gateways' HTTP side), [`http`] (connections:
-//! their limit and timeouts), [`auth`] (principals and roles), [`gateways`]
-//! (webhook parsing and authentication) and [`metrics`]; secret values are
-//! kept out of logs with [`mizzen_runtime::redact`].
+//! The parts: [`store`] (SQLite or PostgreSQL through one code path, a
+//! module per domain), [`scheduler`] (claims with leases, limits, fairness,
+//! recovery), [`api`] (the REST API by resource, streams and the gateways'
+//! HTTP side), [`http`] (connections: their limit and timeouts), [`auth`]
+//! (principals, roles and bearer tokens), [`gateways`] (webhook parsing and
+//! authentication, a module per source), [`project_cache`] (parsed projects
+//! and their redactors) and [`metrics`]; secret values are kept out of logs
+//! with [`mizzen_runtime::redact`].
 
 pub mod api;
 pub mod auth;
