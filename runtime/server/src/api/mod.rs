@@ -9,8 +9,9 @@
 //! `events` (with `accept`, which fans new events out and stores them, and
 //! `documents`, the memory large events may take), `streams` (statuses and
 //! logs), `service_accounts`, `roles`, `users` and `gateways` (the webhook
-//! gateways' HTTP side). `body` limits request bodies, `error` is
-//! Brigade's error bodies.
+//! gateways' HTTP side). `query` reads query strings into typed
+//! parameters, `body` limits request bodies, `error` is Brigade's error
+//! bodies.
 
 mod accept;
 mod body;
@@ -63,7 +64,6 @@ pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
 
 /// Brigade's list page size: 20 by default, at most 100.
 const DEFAULT_PAGE: i64 = 20;
-
 const MAX_PAGE: i64 = 100;
 
 /// What the handlers share.
