@@ -12,7 +12,7 @@ use mizzen_runtime::SandboxConfig;
 use mizzen_runtime::executor::JobExecutor;
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_server::sandbox_pool::SandboxCommand;
-use mizzen_server::store::WorkerLimits;
+use mizzen_server::store::ClaimLimits;
 use mizzen_server::{GatewayConfig, HttpLimits, SchedulerConfig, Server, ServerConfig};
 
 use crate::kubernetes::KubernetesArgs;
@@ -191,7 +191,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
                 uuid::Uuid::new_v4()
             ),
             lease: args.lease,
-            workers: WorkerLimits {
+            workers: ClaimLimits {
                 global: args.max_workers.max(1),
                 per_project: args.max_workers_per_project.max(1),
             },

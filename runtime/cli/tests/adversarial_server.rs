@@ -1,5 +1,5 @@
-//! The bad-input catalogue (`../shared/reference/security.md` §7) against a
-//! real `mizzen server` on a loopback port: tokens (F), tenants (C6), ids,
+//! The bad-input catalogue, in its lettered groups, against a real
+//! `mizzen server` on a loopback port: tokens (F), tenants (C6), ids,
 //! headers and bodies (C, E), webhook signatures (E2, E3), git URLs (D3) and
 //! secret exfiltration (G) through every output a tenant can read. Each test
 //! checks the named answer, that the server still answers afterwards (its
@@ -431,7 +431,6 @@ fn forged_expired_revoked_and_foreign_tokens_are_refused() {
         );
     }
     for (name, header) in [
-        ("a lower-case scheme", format!("bearer {root}")),
         ("a Basic scheme carrying the token", format!("Basic {root}")),
         ("the token without a scheme", root.clone()),
     ] {
@@ -447,6 +446,20 @@ fn forged_expired_revoked_and_foreign_tokens_are_refused() {
             check(status == 401, || format!("answered {status}")),
         );
     }
+    // An authentication scheme is a case-insensitive token (RFC 7235
+    // section 2.1): the token is the credential, not the spelling of its
+    // scheme.
+    let status = send(
+        http()
+            .get(format!("{}/v2/whoami", server.url))
+            .header("Authorization", format!("bearer {root}")),
+    )
+    .status;
+    tally.case(
+        &mut server,
+        "a lower-case scheme with a valid token",
+        check(status == 200, || format!("answered {status}")),
+    );
 
     // An expired root session (sessions last an hour; this one is aged in
     // the store) and a revoked one.

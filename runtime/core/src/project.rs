@@ -571,12 +571,7 @@ impl Validator<'_> {
         s: SubscriptionFile,
     ) -> Result<EventSubscription, ProjectError> {
         let field = |name: &str| format!("spec.eventSubscriptions[{i}].{name}");
-        if !(5..=63).contains(&s.source.len())
-            || !s
-                .source
-                .chars()
-                .all(|c| is_word(c) || ":/-.?=@".contains(c))
-        {
+        if !(5..=63).contains(&s.source.len()) || !s.source.chars().all(is_event_source_char) {
             return Err(self.invalid(
                 field("source"),
                 format!(
@@ -592,9 +587,7 @@ impl Validator<'_> {
             ));
         }
         for (j, t) in s.types.iter().enumerate() {
-            if !(1..=255).contains(&t.len())
-                || !t.chars().all(|c| is_word(c) || ":/-.?=*".contains(c))
-            {
+            if !(1..=MAX_LABEL_LEN).contains(&t.len()) || !t.chars().all(is_label_char) {
                 return Err(self.invalid(
                     format!("{}[{j}]", field("types")),
                     format!("{t:?} must match ^[\\w:/\\-\\.\\?=\\*]*$ and be 1 to 255 characters"),
@@ -611,7 +604,7 @@ impl Validator<'_> {
                         "keys must match ^[a-zA-Z][a-zA-Z\\d-]*[a-zA-Z\\d]$",
                     ));
                 }
-                if value.len() > 255 {
+                if value.len() > MAX_LABEL_LEN {
                     return Err(self.invalid(
                         format!("{}.{key}", field(what)),
                         "values must be at most 255 characters",
@@ -799,6 +792,24 @@ impl Validator<'_> {
 
 fn is_word(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Longest event type, qualifier value or label value Brigade accepts.
+pub const MAX_LABEL_LEN: usize = 255;
+
+/// Whether `c` may be in an event type or a qualifier or label value:
+/// Brigade's label pattern `^[\w:/\-\.\?=\*]*$`, where `\w` is ASCII (Go's
+/// regexp, which Brigade's schema validator uses). The server's API and
+/// webhook gateways check events with it, and project files the types
+/// their subscriptions name.
+pub fn is_label_char(c: char) -> bool {
+    is_word(c) || ":/-.?=*".contains(c)
+}
+
+/// Whether `c` may be in an event source: Brigade's pattern for sources,
+/// `^[\w:/\-\.\?=@]*$` (the label pattern with `@` instead of `*`).
+pub fn is_event_source_char(c: char) -> bool {
+    is_word(c) || ":/-.?=@".contains(c)
 }
 
 /// `^[a-z][a-z\d-]*[a-z\d]$`.

@@ -10,6 +10,8 @@
 //! without `READER` still sees the projects it holds a role in, and only
 //! those: that is how a tenant sees its own events and nothing else.
 
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
 use sha2::{Digest, Sha256};
 
 use crate::store::RoleAssignment;
@@ -26,10 +28,17 @@ pub const SYSTEM_ROLES: [&str; 4] = ["ADMIN", "EVENT_CREATOR", "PROJECT_CREATOR"
 /// The project roles (scope: a project, or `*`).
 pub const PROJECT_ROLES: [&str; 3] = ["PROJECT_ADMIN", "PROJECT_DEVELOPER", "PROJECT_USER"];
 
+/// The operating system gave no random bytes for a token. (getrandom's
+/// error is a `std::error::Error` only with its `std` feature, which this
+/// build does not enable; the error is kept here as it is.)
+#[derive(Debug, thiserror::Error)]
+#[error("no random bytes for a token: {0}")]
+pub struct NoRandomness(getrandom::Error);
+
 /// A new random token.
-pub fn new_token() -> Result<String, getrandom::Error> {
+pub fn new_token() -> Result<String, NoRandomness> {
     let mut bytes = [0u8; TOKEN_BYTES];
-    getrandom::fill(&mut bytes)?;
+    getrandom::fill(&mut bytes).map_err(NoRandomness)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -39,6 +48,26 @@ pub fn hash_token(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The credentials an `Authorization` header value carries in `scheme`,
+/// trimmed: the scheme is matched whatever its case (RFC 7235 §2.1) and is
+/// followed by spaces or tabs. `None` for another scheme or no credentials.
+pub fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, rest) = value.trim().split_once([' ', '\t'])?;
+    let credentials = rest.trim();
+    (given.eq_ignore_ascii_case(scheme) && !credentials.is_empty()).then_some(credentials)
+}
+
+/// The bearer token of a request (RFC 6750 §2.1): that of its first
+/// `Authorization` header with the `Bearer` scheme, in any case. The API's
+/// principals and the webhook gateways' tokens are both read here.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| credentials(value, "Bearer"))
 }
 
 /// The kind of a principal, as Brigade names it.
@@ -176,6 +205,28 @@ mod tests {
             Some(vec!["alpha".to_string(), "beta".to_string()])
         );
         assert_eq!(principal(&[("READER", "")]).visible_projects(), None);
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_whatever_the_schemes_case() {
+        let headers = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(AUTHORIZATION, value.parse().unwrap());
+            }
+            headers
+        };
+        assert_eq!(bearer_token(&headers(&["Bearer abc"])), Some("abc"));
+        assert_eq!(bearer_token(&headers(&["bearer \t abc "])), Some("abc"));
+        assert_eq!(bearer_token(&headers(&["BEARER abc"])), Some("abc"));
+        assert_eq!(
+            bearer_token(&headers(&["Basic abc", "Bearer d"])),
+            Some("d")
+        );
+        for refused in ["Bearer", "Bearer   ", "Bearerabc", "abc", "Basic abc"] {
+            assert_eq!(bearer_token(&headers(&[refused])), None, "{refused}");
+        }
+        assert_eq!(credentials("basic dXNlcg==", "Basic"), Some("dXNlcg=="));
     }
 
     #[test]

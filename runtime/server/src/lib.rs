@@ -3,19 +3,21 @@
 //! their workers in the sandbox (one sandbox process per core by default,
 //! [`sandbox_pool`]) within global and per-project limits.
 //!
-//! The parts: [`store`] (SQLite or PostgreSQL through one code path),
-//! [`scheduler`] (claims with leases, limits, fairness, recovery), [`api`]
-//! (the REST API, streams and gateways' HTTP side), [`http`] (connections:
-//! their limit and timeouts), [`auth`] (principals and roles), [`gateways`]
-//! (webhook parsing and authentication) and [`metrics`]; secret values are
-//! kept out of logs with [`mizzen_runtime::redact`].
+//! The parts: [`store`] (SQLite or PostgreSQL through one code path, a
+//! module per domain), [`scheduler`] (claims with leases, limits, fairness,
+//! recovery), [`api`] (the REST API by resource, streams and the gateways'
+//! HTTP side), [`http`] (connections: their limit and timeouts), [`auth`]
+//! (principals, roles and bearer tokens), [`gateways`] (webhook parsing and
+//! authentication, a module per source), [`project_cache`] (parsed projects
+//! and their redactors) and [`metrics`]; secret values are kept out of logs
+//! with [`mizzen_runtime::redact`].
 
 pub mod api;
 pub mod auth;
 pub mod gateways;
 pub mod http;
 pub mod metrics;
-pub mod projects;
+pub mod project_cache;
 pub mod sandbox_pool;
 pub mod scheduler;
 pub mod store;
@@ -33,7 +35,7 @@ use sandbox_pool::{SandboxCommand, SandboxPool, SandboxPoolError, SandboxStage};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-pub use api::GatewayConfig;
+pub use gateways::GatewayConfig;
 pub use http::HttpLimits;
 pub use scheduler::SchedulerConfig;
 
@@ -53,8 +55,11 @@ pub enum ServerError {
     #[error(transparent)]
     SandboxProcesses(#[from] SandboxPoolError),
     /// Another server already uses the data directory's embedded database.
-    #[error("{0}")]
-    DataDirInUse(String),
+    #[error(
+        "{}: another mizzen server is using this data directory's database; give each server its own --data-dir, or share PostgreSQL with --database-url",
+        .0.display()
+    )]
+    DataDirInUse(PathBuf),
     /// The listen address could not be bound or served.
     #[error("{address}: {source}")]
     Listen {
@@ -158,7 +163,7 @@ impl Server {
             None => Arc::new(Sandbox::new(SandboxConfig::from_env()).await?),
         };
         let metrics = Arc::new(metrics::Metrics::new());
-        let projects = Arc::new(projects::ProjectCache::default());
+        let projects = Arc::new(project_cache::ProjectCache::default());
         let scheduler = scheduler::Scheduler::new(
             store.clone(),
             projects.clone(),
@@ -263,10 +268,9 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
         })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::DataDirInUse(format!(
-            "{}: another mizzen server is using this data directory's database; give each server its own --data-dir, or share PostgreSQL with --database-url",
-            data_dir.display()
-        ))),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(ServerError::DataDirInUse(data_dir.to_path_buf()))
+        }
         Err(std::fs::TryLockError::Error(source)) => Err(ServerError::Listen {
             address: path.display().to_string(),
             source,

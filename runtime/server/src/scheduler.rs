@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::metrics::Metrics;
-use crate::projects::ProjectCache;
+use crate::project_cache::ProjectCache;
 use crate::store::{self, EventRecord, JobRecord, LogLine, Store, micros_at, now_micros};
 
 /// How the scheduler runs.
@@ -41,7 +41,7 @@ pub struct SchedulerConfig {
     /// wait this long before another replica takes them.
     pub lease: Duration,
     /// Workers running at once: across replicas, and per project.
-    pub workers: store::WorkerLimits,
+    pub workers: store::ClaimLimits,
     /// Workers this process runs at once (its sandbox's capacity).
     pub local_workers: usize,
     /// Jobs running at once in this process, and per project.

@@ -1,8 +1,9 @@
 //! What read commands print: aligned tables like brig's, or the API's
 //! object as JSON or YAML (`-o json|yaml`).
 
+use std::borrow::Cow;
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
@@ -156,78 +157,22 @@ pub fn age(now: SystemTime, then: SystemTime) -> String {
 /// Parses an RFC 3339 time (`2024-05-01T12:00:00Z`,
 /// `2024-05-01T12:00:00.123456789+02:00`).
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
-    let bytes = text.as_bytes();
-    if bytes.len() < 20 {
-        return None;
-    }
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(range)?;
-        if !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+    // RFC 3339 allows any number of fractional digits; jiff reads nine
+    // (nanoseconds) at most, and those past them could not change an age.
+    let fraction = text.find('.').map(|dot| {
+        let digits = text[dot + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        (dot + 1, digits)
+    });
+    let text = match fraction {
+        Some((start, digits)) if digits > 9 => {
+            Cow::Owned(format!("{}{}", &text[..start + 9], &text[start + digits..]))
         }
-        part.parse().ok()
+        _ => Cow::Borrowed(text),
     };
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if bytes[4] != b'-'
-        || bytes[7] != b'-'
-        || !matches!(bytes[10], b'T' | b't' | b' ')
-        || bytes[13] != b':'
-        || bytes[16] != b':'
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &text[19..];
-    let mut nanos: u32 = 0;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let mut scaled = String::from(&fraction[..digits.min(9)]);
-        while scaled.len() < 9 {
-            scaled.push('0');
-        }
-        nanos = scaled.parse().ok()?;
-        rest = &fraction[digits..];
-    }
-    let offset_seconds: i64 = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (h, m) = rest[1..].split_once(':')?;
-            if h.len() != 2 || m.len() != 2 {
-                return None;
-            }
-            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
-    let seconds = u64::try_from(seconds).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(seconds, nanos))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_index = (month + 9) % 12;
-    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    text.parse::<jiff::Timestamp>().ok().map(SystemTime::from)
 }
 
 /// After a page of a list: how to fetch the next one.
@@ -271,6 +216,8 @@ pub fn list_table(list: &Value, empty: &str, table: impl FnOnce(&[Value]) -> Tab
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]

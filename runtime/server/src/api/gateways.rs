@@ -1,0 +1,148 @@
+//! The webhook gateways' HTTP side: a route for each gateway of
+//! [`GATEWAYS`], which answers only when the server has the gateway's
+//! credentials, drops deliveries it has seen, and accepts the delivery's
+//! event like any other.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+
+use super::accept::{EventBody, fan_out, store_events};
+use super::{ApiError, ApiResult, AppState, AppStateRef};
+use crate::gateways::{GATEWAYS, Gateway, GatewayError, GatewayEvent};
+
+/// The routes of this resource: `/gateways/<path>` for each gateway.
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    let mut router = Router::new();
+    for gateway in &GATEWAYS {
+        let mut route = post(
+            move |State(state): AppStateRef, headers: HeaderMap, uri: Uri, body: Bytes| {
+                deliver(state, gateway, headers, uri, body)
+            },
+        );
+        if gateway.handshake {
+            route = route.options(move |State(state): AppStateRef, headers: HeaderMap| {
+                handshake(state, gateway, headers)
+            });
+        }
+        router = router.route(&format!("/gateways/{}", gateway.path), route);
+    }
+    router
+}
+
+/// A delivery to `gateway`: authenticated, parsed, not seen before, and its
+/// event stored (200 only once it is durable).
+async fn deliver(
+    state: Arc<AppState>,
+    gateway: &Gateway,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let config = &state.gateways;
+    if !gateway.enabled(config) {
+        return gateway_disabled(gateway.name);
+    }
+    let delivery = gateway
+        .authenticate(config, &headers, uri.query(), &body)
+        .and_then(|()| (gateway.parse)(&headers, &body));
+    let delivery = match delivery {
+        Ok(delivery) => delivery,
+        Err(e) => return gateway_error(e),
+    };
+    if let Some(id) = &delivery.id {
+        match state.store.record_delivery(gateway.path, id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return (
+                    StatusCode::OK,
+                    axum::Json(json!({"message": format!(
+                        "delivery {id} was already received; ignored"
+                    )})),
+                )
+                    .into_response();
+            }
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
+    match accept_gateway_event(&state, delivery.event).await {
+        Ok(count) => accepted(count),
+        Err(e) => {
+            // Let the source's redelivery through: this one was not stored.
+            if let Some(id) = &delivery.id {
+                let _ = state.store.forget_delivery(gateway.path, id).await;
+            }
+            e.into_response()
+        }
+    }
+}
+
+fn gateway_error(error: GatewayError) -> Response {
+    let status = error.status();
+    (status, axum::Json(json!({"message": error.message()}))).into_response()
+}
+
+fn gateway_disabled(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"message": format!("the {name} gateway is not enabled on this server")})),
+    )
+        .into_response()
+}
+
+/// Fans a gateway's event out and stores it; 200 only once it is durable.
+async fn accept_gateway_event(state: &AppState, event: GatewayEvent) -> ApiResult<usize> {
+    let git = event.git.map(|git| {
+        // The project's own clone URL (perhaps SSH, for a private
+        // repository) stays; the delivery says which commit and ref.
+        json!({"commit": git.commit, "ref": git.git_ref})
+    });
+    let body = EventBody {
+        project_id: String::new(),
+        source: event.source,
+        event_type: event.event_type,
+        qualifiers: Some(event.qualifiers),
+        labels: Some(event.labels),
+        short_title: event.short_title,
+        long_title: event.long_title,
+        git,
+        payload: event.payload,
+    };
+    let events = fan_out(state, body, &BTreeMap::new()).await?;
+    Ok(store_events(state, events).await?.0)
+}
+
+fn accepted(count: usize) -> Response {
+    (
+        StatusCode::OK,
+        axum::Json(json!({"message": format!("accepted: {count} event(s) created")})),
+    )
+        .into_response()
+}
+
+/// CloudEvents' webhook abuse protection: a sender asks with OPTIONS
+/// whether it may deliver; the gateway allows the origin it was asked about.
+async fn handshake(state: Arc<AppState>, gateway: &Gateway, headers: HeaderMap) -> Response {
+    if !gateway.enabled(&state.gateways) {
+        return gateway_disabled(gateway.name);
+    }
+    let origin = headers
+        .get("webhook-request-origin")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("*")
+        .to_string();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("WebHook-Allowed-Origin", origin)
+        .header("WebHook-Allowed-Rate", "*")
+        .header(header::ALLOW, "POST, OPTIONS")
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

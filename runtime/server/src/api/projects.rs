@@ -1,0 +1,227 @@
+//! Projects: creating, reading, changing and deleting them.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use mizzen_host_api::types::Phase;
+use mizzen_runtime::project::{Project, server_clone_url_problem};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::query::{Flag, PageQuery, Query};
+use super::{
+    API_VERSION, ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, require,
+    require_project, visible_project,
+};
+use crate::auth::{PROJECT_ROLES, Principal, PrincipalKind};
+use crate::store::{EventFilter, ProjectRecord, RoleAssignment, rfc3339};
+
+/// The routes of this resource.
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v2/projects", post(create_project).get(list_projects))
+        .route(
+            "/v2/projects/{id}",
+            get(get_project).put(update_project).delete(delete_project),
+        )
+}
+
+fn project_json(project: &ProjectRecord) -> Value {
+    let mut document = project.document.clone();
+    document["apiVersion"] = json!(API_VERSION);
+    document["kind"] = json!("Project");
+    document["metadata"]["id"] = json!(project.id);
+    document["metadata"]["created"] = json!(rfc3339(project.created));
+    document
+}
+
+/// Parses and validates a project body with the same rules as project files,
+/// and its limits against the server's ceilings.
+fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
+    let document: Value = parse_body(body, "project")?;
+    let text = document.to_string();
+    let invalid = |detail: String| ApiError::BadRequest {
+        reason: "the project is not valid".into(),
+        details: vec![detail],
+    };
+    let project =
+        Project::parse(FsPath::new("request body"), &text).map_err(|e| invalid(e.to_string()))?;
+    project
+        .worker
+        .limits
+        .check_within(state.scheduler.limit_ceilings())
+        .map_err(|e| invalid(e.to_string()))?;
+    if let Some(problem) = project
+        .worker
+        .git
+        .as_ref()
+        .filter(|git| !git.clone_url.is_empty())
+        .and_then(|git| server_clone_url_problem(&git.clone_url))
+    {
+        return Err(invalid(format!("spec.workerTemplate.git.{problem}")));
+    }
+    Ok((project.id, document))
+}
+
+async fn create_project(State(state): AppStateRef, who: Principal, body: Bytes) -> ApiResult {
+    require(&who, "PROJECT_CREATOR", "")?;
+    let (id, document) = parse_project(&state, &body)?;
+    if !state.store.create_project(&id, &document).await? {
+        return Err(ApiError::Conflict {
+            kind: "Project",
+            id: id.clone(),
+            reason: format!("a project with id {id:?} already exists"),
+        });
+    }
+    grant_creator(&state, &who, &id).await?;
+    let project = state.store.project(&id).await?.ok_or(ApiError::NotFound {
+        kind: "Project",
+        id: id.clone(),
+    })?;
+    ok(StatusCode::CREATED, project_json(&project))
+}
+
+/// "Not found" for a project deleted while a request about it ran.
+pub(super) fn project_gone(id: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: "Project",
+        id: id.to_string(),
+    }
+}
+
+/// A project's creator administers it (as in Brigade).
+async fn grant_creator(state: &AppState, who: &Principal, project: &str) -> ApiResult<()> {
+    if who.kind == PrincipalKind::Root {
+        return Ok(());
+    }
+    for role in PROJECT_ROLES {
+        let granted = state
+            .store
+            .grant(&RoleAssignment {
+                role: role.to_string(),
+                principal_type: who.kind.as_str().to_string(),
+                principal_id: who.id.clone(),
+                scope: project.to_string(),
+            })
+            .await?;
+        if !granted {
+            // Deleted as soon as it was created.
+            return Err(project_gone(project));
+        }
+    }
+    Ok(())
+}
+
+async fn list_projects(
+    State(state): AppStateRef,
+    who: Principal,
+    Query(page): Query<PageQuery>,
+) -> ApiResult {
+    let limit = page.limit()?;
+    let visible = who.visible_projects();
+    let after = page.after.unwrap_or_default();
+    let page = state
+        .store
+        .projects(&after, limit, visible.as_deref())
+        .await?;
+    let items = page.items.iter().map(project_json).collect();
+    ok(
+        StatusCode::OK,
+        list("ProjectList", items, page.next, page.remaining),
+    )
+}
+
+async fn get_project(
+    State(state): AppStateRef,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let project = visible_project(&state, &who, &id).await?;
+    ok(StatusCode::OK, project_json(&project))
+}
+
+/// `PUT /v2/projects/{id}`'s parameters.
+#[derive(Deserialize)]
+struct UpdateQuery {
+    /// Create the project if there is none (Brigade's `project create`
+    /// without a separate check).
+    #[serde(default)]
+    create: Flag,
+}
+
+async fn update_project(
+    State(state): AppStateRef,
+    who: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<UpdateQuery>,
+    body: Bytes,
+) -> ApiResult {
+    let (body_id, document) = parse_project(&state, &body)?;
+    if body_id != id {
+        return Err(ApiError::bad(format!(
+            "metadata.id {body_id:?} does not match the project {id:?} in the path"
+        )));
+    }
+    // A caller who may neither create projects nor change this one learns
+    // the same whether or not another tenant's project has this id.
+    if query.create.0
+        && !who.has("PROJECT_CREATOR", "")
+        && !who.has_project_role("PROJECT_DEVELOPER", &id)
+    {
+        require(&who, "PROJECT_CREATOR", "")?;
+    }
+    let exists = state.store.project(&id).await?.is_some();
+    if !exists && query.create.0 {
+        require(&who, "PROJECT_CREATOR", "")?;
+        if state.store.create_project(&id, &document).await? {
+            grant_creator(&state, &who, &id).await?;
+        }
+    } else {
+        require_project(&who, "PROJECT_DEVELOPER", &id)?;
+        if !state.store.update_project(&id, &document).await? {
+            return Err(ApiError::NotFound {
+                kind: "Project",
+                id,
+            });
+        }
+    }
+    let project = state.store.project(&id).await?.ok_or(ApiError::NotFound {
+        kind: "Project",
+        id: id.clone(),
+    })?;
+    ok(StatusCode::OK, project_json(&project))
+}
+
+async fn delete_project(
+    State(state): AppStateRef,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult {
+    require_project(&who, "PROJECT_ADMIN", &id)?;
+    // Stop the project's running workers before their rows go.
+    let running = state
+        .store
+        .event_heads(&EventFilter {
+            project_id: Some(id.clone()),
+            phases: vec![Phase::Pending, Phase::Starting, Phase::Running],
+            ..EventFilter::default()
+        })
+        .await?;
+    for event in running {
+        state.store.cancel_event(&event.id).await?;
+        state.scheduler.abort_local(&event.id);
+    }
+    if !state.store.delete_project(&id).await? {
+        return Err(ApiError::NotFound {
+            kind: "Project",
+            id,
+        });
+    }
+    state.projects.forget(&id);
+    ok(StatusCode::OK, json!({}))
+}
