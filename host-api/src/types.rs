@@ -555,13 +555,20 @@ impl Phase {
     }
 }
 
+/// A text that names no [`Phase`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is not a phase (PENDING, STARTING, RUNNING, SUCCEEDED, FAILED, ABORTED, CANCELED, TIMED_OUT, SCHEDULING_FAILED, UNKNOWN)"
+)]
+pub struct UnknownPhase(pub String);
+
 impl std::str::FromStr for Phase {
-    type Err = String;
+    type Err = UnknownPhase;
 
     /// Parses the upper-case name (`PENDING`, `TIMED_OUT`...).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         serde_json::from_value(serde_json::Value::String(text.to_string()))
-            .map_err(|_| format!("{text:?} is not a phase (PENDING, STARTING, RUNNING, SUCCEEDED, FAILED, ABORTED, CANCELED, TIMED_OUT, SCHEDULING_FAILED, UNKNOWN)"))
+            .map_err(|_| UnknownPhase(text.to_string()))
     }
 }
 

@@ -38,6 +38,27 @@ pub struct EngineNotFound {
     pub tried: Vec<String>,
 }
 
+/// Why one place gave no engine; an entry of [`EngineNotFound::tried`].
+#[derive(Debug, thiserror::Error)]
+enum EndpointError {
+    /// A `unix://` endpoint whose socket does not exist.
+    #[error("no such socket")]
+    NoSocket,
+    /// An endpoint of another scheme.
+    #[error("only unix:// and tcp:// endpoints are supported")]
+    UnsupportedScheme,
+    /// The client could not be set up for the endpoint.
+    #[error(transparent)]
+    Client(bollard::errors::Error),
+    /// Nothing answered the ping within [`PING_TIMEOUT`].
+    #[error("no answer within {}s", PING_TIMEOUT.as_secs())]
+    NoAnswer,
+    /// The ping, or the negotiation of the API version, failed. Only the
+    /// error's first line is shown: hyper's chains repeat themselves.
+    #[error("{}", first_line(&.0.to_string()))]
+    Request(#[source] bollard::errors::Error),
+}
+
 /// Connects to the first engine that answers.
 pub async fn connect() -> Result<Engine, EngineNotFound> {
     let mut tried = Vec::new();
@@ -68,33 +89,33 @@ fn candidates() -> Vec<String> {
     candidates
 }
 
-async fn try_endpoint(endpoint: &str) -> Result<Engine, String> {
+async fn try_endpoint(endpoint: &str) -> Result<Engine, EndpointError> {
     let (docker, socket) = if let Some(path) = endpoint.strip_prefix("unix://") {
         if !Path::new(path).exists() {
-            return Err("no such socket".into());
+            return Err(EndpointError::NoSocket);
         }
         let docker = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECONDS, API_DEFAULT_VERSION)
-            .map_err(|e| e.to_string())?;
+            .map_err(EndpointError::Client)?;
         (docker, Some(PathBuf::from(path)))
     } else if endpoint.starts_with("tcp://") || endpoint.starts_with("http://") {
         let address = endpoint.replacen("tcp://", "http://", 1);
         let docker =
             Docker::connect_with_http(&address, REQUEST_TIMEOUT_SECONDS, API_DEFAULT_VERSION)
-                .map_err(|e| e.to_string())?;
+                .map_err(EndpointError::Client)?;
         (docker, None)
     } else {
-        return Err("only unix:// and tcp:// endpoints are supported".into());
+        return Err(EndpointError::UnsupportedScheme);
     };
     match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
-        Err(_) => return Err(format!("no answer within {}s", PING_TIMEOUT.as_secs())),
-        Ok(Err(e)) => return Err(short(&e.to_string())),
+        Err(_) => return Err(EndpointError::NoAnswer),
+        Ok(Err(e)) => return Err(EndpointError::Request(e)),
         Ok(Ok(_)) => {}
     }
     // Speak the engine's API version (Podman 4 answers 1.41, Docker newer).
     let docker = docker
         .negotiate_version()
         .await
-        .map_err(|e| short(&e.to_string()))?;
+        .map_err(EndpointError::Request)?;
     Ok(Engine {
         docker,
         endpoint: endpoint.to_string(),
@@ -102,7 +123,41 @@ async fn try_endpoint(endpoint: &str) -> Result<Engine, String> {
     })
 }
 
-/// The useful end of a client error (hyper's chains repeat themselves).
-fn short(message: &str) -> String {
-    message.lines().next().unwrap_or(message).to_string()
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reasons in `EngineNotFound`, as they were written when they were
+    /// strings.
+    #[test]
+    fn endpoint_errors_read_as_before() {
+        assert_eq!(EndpointError::NoSocket.to_string(), "no such socket");
+        assert_eq!(
+            EndpointError::UnsupportedScheme.to_string(),
+            "only unix:// and tcp:// endpoints are supported"
+        );
+        assert_eq!(EndpointError::NoAnswer.to_string(), "no answer within 3s");
+        let repeated = bollard::errors::Error::DockerResponseServerError {
+            status_code: 502,
+            message: "bad gateway\nbad gateway".into(),
+        };
+        assert_eq!(
+            EndpointError::Request(repeated).to_string(),
+            "Docker responded with status code 502: bad gateway"
+        );
+        let client = bollard::errors::Error::UnsupportedURISchemeError {
+            uri: "ftp://host".into(),
+        };
+        assert_eq!(
+            EndpointError::Client(client).to_string(),
+            bollard::errors::Error::UnsupportedURISchemeError {
+                uri: "ftp://host".into(),
+            }
+            .to_string()
+        );
+    }
 }

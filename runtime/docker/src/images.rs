@@ -13,13 +13,62 @@ const POD_HELPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mizzen-pause
 /// The helper's path inside its image.
 pub(crate) const POD_HELPER_PATH: &str = "/mizzen-pause";
 
+/// Why an image a job needs is not there. The engine's words are what users
+/// see: they name the registry's or the engine's own reason.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ImageError {
+    /// The engine's pull request failed.
+    #[error("image {image:?} could not be pulled: {}", engine_message(source))]
+    Pull {
+        /// The image asked for.
+        image: String,
+        /// Why.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The engine reported an error in the pull's progress.
+    #[error("image {image:?} could not be pulled: {message}")]
+    PullRefused {
+        /// The image asked for.
+        image: String,
+        /// The engine's message.
+        message: String,
+    },
+    /// The pull ended without an error, but the engine does not have the
+    /// image.
+    #[error(
+        "image {image:?} is not available after pulling: {}",
+        engine_message(source)
+    )]
+    Missing {
+        /// The image asked for.
+        image: String,
+        /// Why it could not be inspected.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The pod helper is not embedded: it is built only when this crate is
+    /// built for Linux.
+    #[error("jobs with sidecars need the pod helper, which is built only on Linux hosts")]
+    NoPodHelper,
+    /// The pod helper's image archive could not be written.
+    #[error("packing the pod helper failed: {0}")]
+    PackHelper(#[source] std::io::Error),
+    /// The engine's import request failed.
+    #[error("importing the pod helper failed: {}", engine_message(.0))]
+    ImportHelper(#[source] bollard::errors::Error),
+    /// The engine reported an error in the import's progress.
+    #[error("importing the pod helper failed: {0}")]
+    ImportRefused(String),
+}
+
 /// Makes `image` available as `policy` says: `IfNotPresent` uses a local copy
-/// when there is one, `Always` pulls. The error is the engine's reason.
+/// when there is one, `Always` pulls.
 pub(crate) async fn ensure(
     docker: &Docker,
     image: &str,
     policy: ImagePullPolicy,
-) -> Result<(), String> {
+) -> Result<(), ImageError> {
     if policy == ImagePullPolicy::IfNotPresent && docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
@@ -31,27 +80,32 @@ pub(crate) async fn ensure(
     let mut progress = docker.create_image(Some(options.build()), None, None);
     while let Some(item) = progress.next().await {
         match item {
-            Err(e) => {
-                return Err(format!(
-                    "image {image:?} could not be pulled: {}",
-                    engine_message(&e)
-                ));
+            Err(source) => {
+                return Err(ImageError::Pull {
+                    image: image.to_string(),
+                    source,
+                });
             }
             Ok(info) => {
-                if let Some(error) = info.error_detail.and_then(|d| d.message) {
-                    return Err(format!("image {image:?} could not be pulled: {error}"));
+                if let Some(message) = info.error_detail.and_then(|d| d.message) {
+                    return Err(ImageError::PullRefused {
+                        image: image.to_string(),
+                        message,
+                    });
                 }
             }
         }
     }
     // Some engines end a failed pull without an error item; a missing image
     // afterwards is the same failure.
-    docker.inspect_image(image).await.map(|_| ()).map_err(|e| {
-        format!(
-            "image {image:?} is not available after pulling: {}",
-            engine_message(&e)
-        )
-    })
+    docker
+        .inspect_image(image)
+        .await
+        .map(|_| ())
+        .map_err(|source| ImageError::Missing {
+            image: image.to_string(),
+            source,
+        })
 }
 
 /// `repo` and its tag for the pull API, which pulls every tag when none is
@@ -70,11 +124,9 @@ fn split_tag(image: &str) -> (&str, Option<&str>) {
 /// The pod helper's image, imported from the embedded binary when the engine
 /// does not have it yet. Its tag is the binary's hash, so a new helper gets a
 /// new image.
-pub(crate) async fn pod_helper(docker: &Docker) -> Result<String, String> {
+pub(crate) async fn pod_helper(docker: &Docker) -> Result<String, ImageError> {
     if POD_HELPER.is_empty() {
-        return Err(
-            "jobs with sidecars need the pod helper, which is built only on Linux hosts".into(),
-        );
+        return Err(ImageError::NoPodHelper);
     }
     let hash = Sha256::digest(POD_HELPER);
     let tag: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -82,7 +134,7 @@ pub(crate) async fn pod_helper(docker: &Docker) -> Result<String, String> {
     if docker.inspect_image(&image).await.is_ok() {
         return Ok(image);
     }
-    let archive = helper_archive().map_err(|e| format!("packing the pod helper failed: {e}"))?;
+    let archive = helper_archive().map_err(ImageError::PackHelper)?;
     // The tag goes in `repo`: Podman ignores `tag` when importing.
     let options = CreateImageOptionsBuilder::default()
         .from_src("-")
@@ -94,10 +146,9 @@ pub(crate) async fn pod_helper(docker: &Docker) -> Result<String, String> {
         None,
     );
     while let Some(item) = progress.next().await {
-        let info =
-            item.map_err(|e| format!("importing the pod helper failed: {}", engine_message(&e)))?;
-        if let Some(error) = info.error_detail.and_then(|d| d.message) {
-            return Err(format!("importing the pod helper failed: {error}"));
+        let info = item.map_err(ImageError::ImportHelper)?;
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            return Err(ImageError::ImportRefused(message));
         }
     }
     Ok(image)
@@ -144,6 +195,54 @@ mod tests {
         );
         let pinned = "app@sha256:0123456789abcdef0123456789abcdef";
         assert_eq!(split_tag(pinned), (pinned, None));
+    }
+
+    /// The reasons users see, as they were written when they were strings.
+    #[test]
+    fn image_errors_read_as_before() {
+        let engine_error = || bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: "manifest unknown".into(),
+        };
+        let image = || "localhost/app:v0".to_string();
+        let reasons = [
+            (
+                ImageError::Pull {
+                    image: image(),
+                    source: engine_error(),
+                },
+                "image \"localhost/app:v0\" could not be pulled: manifest unknown",
+            ),
+            (
+                ImageError::PullRefused {
+                    image: image(),
+                    message: "denied".into(),
+                },
+                "image \"localhost/app:v0\" could not be pulled: denied",
+            ),
+            (
+                ImageError::Missing {
+                    image: image(),
+                    source: engine_error(),
+                },
+                "image \"localhost/app:v0\" is not available after pulling: manifest unknown",
+            ),
+            (
+                ImageError::PackHelper(std::io::Error::other("full")),
+                "packing the pod helper failed: full",
+            ),
+            (
+                ImageError::ImportHelper(engine_error()),
+                "importing the pod helper failed: manifest unknown",
+            ),
+            (
+                ImageError::ImportRefused("bad archive".into()),
+                "importing the pod helper failed: bad archive",
+            ),
+        ];
+        for (error, reason) in reasons {
+            assert_eq!(error.to_string(), reason);
+        }
     }
 
     #[test]

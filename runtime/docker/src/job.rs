@@ -29,7 +29,7 @@ use mizzen_runtime::source;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::images::{self, POD_HELPER_PATH, engine_message};
+use crate::images::{self, ImageError, POD_HELPER_PATH, engine_message};
 use crate::scratch::EventScratch;
 use crate::{Labels, SharedState};
 
@@ -74,6 +74,122 @@ pub(crate) struct JobContext {
     pub state: Arc<SharedState>,
     /// The event's scratch directory (workspace, checkouts).
     pub scratch: Arc<EventScratch>,
+}
+
+/// Why a job failed before its primary container could decide it. The text
+/// is the job's failure reason; the engine's words for its own errors are
+/// kept in it ([`engine_message`]).
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    /// The workspace directory could not be made on the host.
+    #[error("creating the workspace {} failed: {source}", path.display())]
+    Workspace {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An earlier checkout of the job's source could not be removed.
+    #[error("clearing {} failed: {source}", path.display())]
+    ClearSource {
+        /// The checkout's directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The project's source could not be checked out for the job.
+    #[error("checking out the project's source failed: {0}")]
+    Checkout(#[source] source::SourceError),
+    /// The checkout could not be made writable for the containers' users.
+    #[error("opening {} to the job failed: {source}", path.display())]
+    ShareSource {
+        /// The checkout's directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A container asks for the host's Docker socket, and the engine is not
+    /// reached through a local socket. Jobs are refused this before they
+    /// start; this is the second line.
+    #[error("the host's Docker socket can be mounted only from a local engine")]
+    NoLocalSocket,
+    /// An image the job needs (one of its own, or the pod helper's) is not
+    /// there.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The engine would not create one of the job's containers.
+    #[error("creating container {container:?} failed: {}", engine_message(source))]
+    Create {
+        /// The container's name in the job (`pod` for the infra container).
+        container: String,
+        /// Why.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The engine would not start one of the job's containers, or attach to
+    /// its output just before (where Podman fails what would fail the start).
+    #[error("starting container {container:?} failed: {}", engine_message(source))]
+    Start {
+        /// The container's name in the job (`pod` for the infra container).
+        container: String,
+        /// Why.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// Waiting for a container to stop failed.
+    #[error("waiting for a container failed: {}", engine_message(.0))]
+    Wait(#[source] bollard::errors::Error),
+    /// The engine ended its answer to a wait without the container's exit.
+    #[error("the engine stopped reporting on a container")]
+    EngineStoppedReporting,
+    /// Running the pod helper's readiness probe in the pod failed.
+    #[error("probing a sidecar failed: {}", engine_message(.0))]
+    Probe(#[source] bollard::errors::Error),
+    /// A sidecar that is ready once it exits exited with another code than 0.
+    #[error("sidecar \"{sidecar}\" exited with code {code} before the primary container started")]
+    SidecarFailed {
+        /// The sidecar's name.
+        sidecar: String,
+        /// Its exit code.
+        code: i64,
+    },
+    /// A sidecar exited while it was probed for a port.
+    #[error(
+        "sidecar \"{sidecar}\" exited with code {code} before it accepted connections on port {port}"
+    )]
+    SidecarExited {
+        /// The sidecar's name.
+        sidecar: String,
+        /// Its exit code.
+        code: i64,
+        /// The port it was to accept connections on.
+        port: u16,
+    },
+    /// Nothing accepted connections on a sidecar's port within its readiness
+    /// timeout.
+    #[error(
+        "sidecar \"{sidecar}\" was not ready after {seconds}s: nothing accepted connections on port {port}"
+    )]
+    SidecarNotListening {
+        /// The sidecar's name.
+        sidecar: String,
+        /// Its readiness timeout.
+        seconds: f64,
+        /// The port probed.
+        port: u16,
+    },
+    /// A sidecar that is ready once it exits was still running at the end of
+    /// its readiness timeout.
+    #[error("sidecar \"{sidecar}\" was not ready after {seconds}s: it had not exited")]
+    SidecarRunning {
+        /// The sidecar's name.
+        sidecar: String,
+        /// Its readiness timeout.
+        seconds: f64,
+    },
 }
 
 /// Starts the job's task and returns its handle.
@@ -122,11 +238,11 @@ impl Pod {
     async fn run(&self, context: &JobContext) -> JobResult {
         match self.run_containers(context).await {
             Ok(result) => result,
-            Err(reason) => JobResult::ended(Phase::Failed, None, reason),
+            Err(error) => JobResult::ended(Phase::Failed, None, error.to_string()),
         }
     }
 
-    async fn run_containers(&self, context: &JobContext) -> Result<JobResult, String> {
+    async fn run_containers(&self, context: &JobContext) -> Result<JobResult, JobError> {
         let request = &context.request;
         let spec = &request.spec;
         let mounts = prepare_mounts(context).await?;
@@ -256,17 +372,15 @@ impl Pod {
         container: &str,
         body: ContainerCreateBody,
         output: Option<&Arc<dyn JobOutput>>,
-    ) -> Result<String, String> {
+    ) -> Result<String, JobError> {
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
             .create_container(Some(options), body)
             .await
-            .map_err(|e| {
-                format!(
-                    "creating container {container:?} failed: {}",
-                    engine_message(&e)
-                )
+            .map_err(|source| JobError::Create {
+                container: container.to_string(),
+                source,
             })?;
         self.containers
             .lock()
@@ -282,11 +396,9 @@ impl Pod {
         self.docker
             .start_container(&created.id, None)
             .await
-            .map_err(|e| {
-                format!(
-                    "starting container {container:?} failed: {}",
-                    engine_message(&e)
-                )
+            .map_err(|source| JobError::Start {
+                container: container.to_string(),
+                source,
             })?;
         Ok(created.id)
     }
@@ -298,7 +410,7 @@ impl Pod {
         sidecar: String,
         infra: Option<String>,
         readiness: Readiness,
-    ) -> Result<(), String> {
+    ) -> Result<(), JobError> {
         let seconds = readiness
             .timeout_seconds
             .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS);
@@ -306,9 +418,10 @@ impl Pod {
             if readiness.exited {
                 return match exit_code(&self.docker, &sidecar).await? {
                     0 => Ok(()),
-                    code => Err(format!(
-                        "sidecar \"{name}\" exited with code {code} before the primary container started"
-                    )),
+                    code => Err(JobError::SidecarFailed {
+                        sidecar: name.to_string(),
+                        code,
+                    }),
                 };
             }
             let port = readiness.tcp_port.unwrap_or_default();
@@ -318,9 +431,11 @@ impl Pod {
                     return Ok(());
                 }
                 if let Some(code) = self.exited(&sidecar).await {
-                    return Err(format!(
-                        "sidecar \"{name}\" exited with code {code} before it accepted connections on port {port}"
-                    ));
+                    return Err(JobError::SidecarExited {
+                        sidecar: name.to_string(),
+                        code,
+                        port,
+                    });
                 }
                 tokio::time::sleep(PROBE_INTERVAL).await;
             }
@@ -328,20 +443,21 @@ impl Pod {
         match tokio::time::timeout(Duration::from_secs_f64(seconds), check).await {
             Ok(ready) => ready,
             Err(_) => Err(match readiness.tcp_port {
-                Some(port) => format!(
-                    "sidecar \"{name}\" was not ready after {seconds}s: nothing accepted connections on port {port}"
-                ),
-                None => {
-                    format!("sidecar \"{name}\" was not ready after {seconds}s: it had not exited")
-                }
+                Some(port) => JobError::SidecarNotListening {
+                    sidecar: name.to_string(),
+                    seconds,
+                    port,
+                },
+                None => JobError::SidecarRunning {
+                    sidecar: name.to_string(),
+                    seconds,
+                },
             }),
         }
     }
 
     /// Runs the pod helper's probe inside the pod's network namespace.
-    async fn probe_tcp(&self, infra: &str, port: u16) -> Result<bool, String> {
-        let failed =
-            |e: bollard::errors::Error| format!("probing a sidecar failed: {}", engine_message(&e));
+    async fn probe_tcp(&self, infra: &str, port: u16) -> Result<bool, JobError> {
         let exec = self
             .docker
             .create_exec(
@@ -358,16 +474,20 @@ impl Pod {
                 },
             )
             .await
-            .map_err(failed)?;
+            .map_err(JobError::Probe)?;
         if let bollard::exec::StartExecResults::Attached { mut output, .. } = self
             .docker
             .start_exec(&exec.id, None)
             .await
-            .map_err(failed)?
+            .map_err(JobError::Probe)?
         {
             while output.next().await.is_some() {}
         }
-        let inspected = self.docker.inspect_exec(&exec.id).await.map_err(failed)?;
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(JobError::Probe)?;
         Ok(inspected.exit_code == Some(0))
     }
 
@@ -417,7 +537,7 @@ struct Mounts {
     source: Option<PathBuf>,
 }
 
-async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
+async fn prepare_mounts(context: &JobContext) -> Result<Mounts, JobError> {
     let spec = &context.request.spec;
     let containers: Vec<&ContainerSpec> = std::iter::once(&spec.primary_container)
         .chain(spec.sidecar_containers.values())
@@ -427,8 +547,10 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
         .any(|c| !c.workspace_mount_path.is_empty())
     {
         let dir = workspace_dir(context.scratch.dir());
-        create_shared_dir(&dir)
-            .map_err(|e| format!("creating the workspace {} failed: {e}", dir.display()))?;
+        create_shared_dir(&dir).map_err(|source| JobError::Workspace {
+            path: dir.clone(),
+            source,
+        })?;
         Some(dir)
     } else {
         None
@@ -442,14 +564,18 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, String> {
                 .join(&context.request.name)
                 .join("source");
             if dir.exists() {
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| format!("clearing {} failed: {e}", dir.display()))?;
+                std::fs::remove_dir_all(&dir).map_err(|source| JobError::ClearSource {
+                    path: dir.clone(),
+                    source,
+                })?;
             }
             source::checkout(project_source, &dir)
                 .await
-                .map_err(|e| format!("checking out the project's source failed: {e}"))?;
-            make_shared(&dir)
-                .map_err(|e| format!("opening {} to the job failed: {e}", dir.display()))?;
+                .map_err(JobError::Checkout)?;
+            make_shared(&dir).map_err(|source| JobError::ShareSource {
+                path: dir.clone(),
+                source,
+            })?;
             Some(dir)
         }
         _ => None,
@@ -482,7 +608,7 @@ fn container_body(
     network_mode: Option<String>,
     mounts: &Mounts,
     context: &JobContext,
-) -> Result<ContainerCreateBody, String> {
+) -> Result<ContainerCreateBody, JobError> {
     let mut binds = Vec::new();
     let mut bind = |source: &Path, target: &str| {
         binds.push(Mount {
@@ -505,7 +631,7 @@ fn container_body(
             .engine
             .socket
             .as_ref()
-            .ok_or("the host's Docker socket can be mounted only from a local engine")?;
+            .ok_or(JobError::NoLocalSocket)?;
         bind(socket, "/var/run/docker.sock");
     }
     let (entrypoint, cmd) = match (container.command.is_empty(), container.arguments.is_empty()) {
@@ -584,7 +710,7 @@ impl Follower {
         id: &str,
         container: &str,
         output: &Arc<dyn JobOutput>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, JobError> {
         let options = AttachContainerOptionsBuilder::default()
             .stream(true)
             .stdout(true)
@@ -596,13 +722,11 @@ impl Follower {
         } = docker
             .attach_container(id, Some(options))
             .await
-            .map_err(|e| {
-                // Podman prepares the container (runc create) to attach to
-                // it, so what would fail its start fails here.
-                format!(
-                    "starting container {container:?} failed: {}",
-                    engine_message(&e)
-                )
+            // Podman prepares the container (runc create) to attach to it,
+            // so what would fail its start fails here.
+            .map_err(|source| JobError::Start {
+                container: container.to_string(),
+                source,
             })?;
         let mut lines = Lines::new(container, output.clone());
         let task = tokio::spawn(async move {
@@ -735,7 +859,7 @@ fn char_boundary(bytes: &[u8], max: usize) -> usize {
 }
 
 /// Waits for a container to stop and returns its exit code.
-async fn exit_code(docker: &Docker, id: &str) -> Result<i64, String> {
+async fn exit_code(docker: &Docker, id: &str) -> Result<i64, JobError> {
     let options = WaitContainerOptionsBuilder::default()
         .condition("not-running")
         .build();
@@ -743,10 +867,124 @@ async fn exit_code(docker: &Docker, id: &str) -> Result<i64, String> {
         Some(Ok(response)) => Ok(response.status_code),
         // bollard reports a non-zero exit as an error carrying the code.
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
-        Some(Err(e)) => Err(format!(
-            "waiting for a container failed: {}",
-            engine_message(&e)
-        )),
-        None => Err("the engine stopped reporting on a container".into()),
+        Some(Err(e)) => Err(JobError::Wait(e)),
+        None => Err(JobError::EngineStoppedReporting),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_error(message: &str) -> bollard::errors::Error {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: message.into(),
+        }
+    }
+
+    fn io_error() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::PermissionDenied)
+    }
+
+    /// The failure reasons users see, as the job path wrote them when they
+    /// were strings.
+    #[test]
+    fn failure_reasons_read_as_before() {
+        let path = PathBuf::from("/work/e1/jobs/build/source");
+        let reasons = [
+            (
+                JobError::Workspace {
+                    path: PathBuf::from("/work/e1/workspace"),
+                    source: io_error(),
+                },
+                "creating the workspace /work/e1/workspace failed: permission denied",
+            ),
+            (
+                JobError::ClearSource {
+                    path: path.clone(),
+                    source: io_error(),
+                },
+                "clearing /work/e1/jobs/build/source failed: permission denied",
+            ),
+            (
+                JobError::Checkout(source::SourceError::Refused("not there".into())),
+                "checking out the project's source failed: not there",
+            ),
+            (
+                JobError::ShareSource {
+                    path,
+                    source: io_error(),
+                },
+                "opening /work/e1/jobs/build/source to the job failed: permission denied",
+            ),
+            (
+                JobError::NoLocalSocket,
+                "the host's Docker socket can be mounted only from a local engine",
+            ),
+            (
+                JobError::Image(ImageError::NoPodHelper),
+                "jobs with sidecars need the pod helper, which is built only on Linux hosts",
+            ),
+            (
+                JobError::Create {
+                    container: "build".into(),
+                    source: engine_error("name in use"),
+                },
+                "creating container \"build\" failed: name in use",
+            ),
+            (
+                JobError::Start {
+                    container: "pod".into(),
+                    source: engine_error("no such file"),
+                },
+                "starting container \"pod\" failed: no such file",
+            ),
+            (
+                JobError::Wait(engine_error("gone")),
+                "waiting for a container failed: gone",
+            ),
+            (
+                JobError::EngineStoppedReporting,
+                "the engine stopped reporting on a container",
+            ),
+            (
+                JobError::Probe(engine_error("no exec")),
+                "probing a sidecar failed: no exec",
+            ),
+            (
+                JobError::SidecarFailed {
+                    sidecar: "setup".into(),
+                    code: 4,
+                },
+                "sidecar \"setup\" exited with code 4 before the primary container started",
+            ),
+            (
+                JobError::SidecarExited {
+                    sidecar: "db".into(),
+                    code: 1,
+                    port: 5432,
+                },
+                "sidecar \"db\" exited with code 1 before it accepted connections on port 5432",
+            ),
+            (
+                JobError::SidecarNotListening {
+                    sidecar: "silent".into(),
+                    seconds: 2.0,
+                    port: 6000,
+                },
+                "sidecar \"silent\" was not ready after 2s: nothing accepted connections on port 6000",
+            ),
+            (
+                JobError::SidecarRunning {
+                    sidecar: "setup".into(),
+                    seconds: 1.5,
+                },
+                "sidecar \"setup\" was not ready after 1.5s: it had not exited",
+            ),
+        ];
+        for (error, reason) in reasons {
+            assert_eq!(error.to_string(), reason);
+        }
     }
 }
