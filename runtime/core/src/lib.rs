@@ -7,18 +7,20 @@
 //! workspace.
 //!
 //! # Layout
-//! - [`Sandbox`] (`engine`): the wasmtime engine, the pre-initialised plugin
+//! - [`Sandbox`] (`sandbox`): the wasmtime engine, the pre-initialised plugin
 //!   (`plugin`), the bytecode cache, and [`Sandbox::run`], which gives every
-//!   event a fresh Store and instance under [`WorkerLimits`].
-//! - `host`: the `mizzen:host/v1` functions, answered from the worker's own
-//!   state (`worker`); `wasi`: the few WASI functions a guest gets;
-//!   `workspace`: the event's workspace on a cap-std directory; `cpu`: how
-//!   guests share the cores.
-//! - [`shard`]: the sandbox stage in processes (one per core) behind the
-//!   server's scheduler, and the [`shard::SandboxStage`] both forms share.
-//! - [`project`]: Brigade v2 project files, subscriptions, events.
-//! - [`jobs`]: the rules a job must follow, a worker's job table and output;
-//!   [`executor`]: the trait that runs jobs (containers, Pods, Wasm);
+//!   event a fresh Store and instance under [`WorkerLimits`]; `cpu`: how
+//!   guests share the cores; `wasi`: the few WASI functions a guest gets.
+//! - `host`: the `mizzen:host/v1` call, routed to the [`capability`] that
+//!   owns its operation: event, secrets, timers and outcome answered in the
+//!   sandbox (`worker` holds their state), log, [`jobs`] and workspace by
+//!   the worker's host ([`capability::HostedWorker`]).
+//! - [`assembly`]: the one place `mizzen run` and the server put an event's
+//!   worker together; [`sandbox_process`]: the child side of a server's
+//!   sandbox process, where the seam is the host call.
+//! - [`project`]: Brigade v2 project files, subscriptions, events;
+//!   [`limits`]: every limit of a worker and its jobs.
+//! - [`executor`]: the trait that runs jobs (containers, Pods, Wasm);
 //!   [`source`]: git checkouts and project directories for jobs.
 //! - [`script`]: script sources, TypeScript stripping, module detection.
 //! - [`log`]: worker log records and sinks; [`redact`]: secret values

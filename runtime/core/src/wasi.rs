@@ -2,21 +2,22 @@
 //!
 //! The sandbox grants no files, no environment, no sockets and no arguments,
 //! so instead of linking a full WASI implementation and then locking it down
-//! (every WASI filesystem check in wasmtime was bypassed at least once in
-//! 2026, security.md §1.7), the host provides these few functions itself:
+//! (wasmtime's WASI file-system checks have been bypassed more than once),
+//! the host provides these thirteen functions itself:
 //!
 //! | function | behaviour |
 //! |---|---|
 //! | `fd_write` | fds 1 and 2 become worker log lines (counted against the log limit); others `EBADF` |
-//! | `random_get` | OS randomness |
-//! | `clock_time_get` | realtime and monotonic clocks, rounded to the millisecond (no fine timers for side channels) |
-//! | `environ_sizes_get`, `environ_get`, `args_sizes_get`, `args_get` | empty |
 //! | `fd_fdstat_get` | fds 1 and 2 are write-only character devices; others `EBADF` |
-//! | `fd_close`, `fd_seek`, `fd_read` | `EBADF` / `ESPIPE` |
+//! | `fd_read`, `fd_close`, `fd_seek` | `EBADF` / `ESPIPE` |
+//! | `clock_time_get`, `clock_res_get` | realtime and monotonic clocks, rounded to the millisecond (no fine timers for side channels) |
+//! | `random_get` | OS randomness |
+//! | `environ_sizes_get`, `environ_get`, `args_sizes_get`, `args_get` | empty |
 //! | `proc_exit` | ends the worker with that exit code |
 //!
-//! Any other WASI import a guest declares fails when it is called, with a
-//! message naming it (see [`crate::Sandbox`]'s linker).
+//! A module importing any other function fails to instantiate, with an error
+//! naming the import. docs/host-api.md (section WASI) is the guest's view of
+//! the same table.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
