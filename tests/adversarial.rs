@@ -1,6 +1,6 @@
-//! The bad-input catalogue (`../shared/reference/security.md` §7) through the
-//! real sandbox: one table of hostile scripts, each run on one shared
-//! [`Sandbox`] with jobs going to a recording executor, each checked for
+//! A catalogue of bad inputs through the real sandbox: one table of hostile
+//! scripts (grouped A, B... by what they attack, as the banners below say),
+//! each run on one shared [`Sandbox`] with jobs going to a recording executor, each checked for
 //!
 //! - **the named failure** it must end with (a [`WorkerFailure`] variant and
 //!   the limit, rule or `file:line` its message names), or the refusal the
@@ -270,7 +270,7 @@ type Check = Box<dyn Fn(&Outcome) -> Result<(), String> + Send + Sync>;
 
 /// One bad input.
 struct Case {
-    /// Its entry in security.md §7.
+    /// Its label: the group's letter (a banner below) and a number.
     entry: &'static str,
     name: String,
     script: ScriptSource,
