@@ -1,6 +1,7 @@
 //! A catalogue of bad inputs through the real sandbox: one table of hostile
 //! scripts (grouped A, B... by what they attack, as the banners below say),
-//! each run on one shared [`Sandbox`] with jobs going to a recording executor, each checked for
+//! each run on one shared [`Sandbox`] with jobs going to a recording
+//! executor, each checked for
 //!
 //! - **the named failure** it must end with (a [`WorkerFailure`] variant and
 //!   the limit, rule or `file:line` its message names), or the refusal the
