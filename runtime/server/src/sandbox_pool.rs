@@ -126,6 +126,8 @@ struct ProcessState {
 struct PoolWorker {
     hosted: Arc<HostedWorker>,
     script: Arc<ScriptSource>,
+    /// The script's key, as its process knows it.
+    key: ScriptKey,
     ended: oneshot::Sender<WorkerOutcome>,
 }
 
@@ -184,6 +186,7 @@ impl SandboxStage for SandboxPool {
         let mut pool_worker = Some(PoolWorker {
             hosted: hosted.clone(),
             script,
+            key,
             ended,
         });
         let mut setup = Some(Box::new(setup));
@@ -396,7 +399,7 @@ impl SandboxProcess {
                     .lock()
                     .workers
                     .values()
-                    .find(|w| script_key(&w.script) == key)
+                    .find(|w| w.key == key)
                     .map(|w| w.script.as_ref().clone());
                 if let Some(source) = source {
                     self.send(ToSandbox::Script { key, source });
