@@ -841,6 +841,14 @@ fn phase_of(event: &Value) -> &str {
     event["worker"]["status"]["phase"].as_str().unwrap()
 }
 
+fn wait_until_running(server: &TestServer, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while phase_of(&server.json(&["event", "get", "--id", id])) != "RUNNING" {
+        assert!(Instant::now() < deadline, "event {id} never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_until_ended(server: &TestServer, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -950,11 +958,7 @@ fn cancel_and_timeout_end_workers_with_brigade_phases() {
     }
     let running = server.create_event("slow", &[]);
     let pending = server.create_event("slow", &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while phase_of(&server.json(&["event", "get", "--id", &running])) != "RUNNING" {
-        assert!(Instant::now() < deadline, "the first event never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_running(&server, &running);
     server.ok(&["event", "cancel", "--id", &pending, "-y"]);
     assert_eq!(
         phase_of(&server.json(&["event", "get", "--id", &pending])),
@@ -974,6 +978,36 @@ fn cancel_and_timeout_end_workers_with_brigade_phases() {
 }
 
 /// The server's sandbox processes (`mizzen sandbox-shard`), by pid.
+/// A server with `processes` sandbox processes and two projects, "slow"
+/// (a worker of a minute) and "quick"; the projects' directories, kept
+/// until the test ends; the processes' pids.
+fn sleepers_in_sandbox_processes(
+    processes: usize,
+) -> (TestServer, [tempfile::TempDir; 2], Vec<u32>) {
+    let count = processes.to_string();
+    let server = TestServer::start(None, &["--executor", "none", "--sandbox-processes", &count]);
+    let projects = [sleeper("slow", 60_000, ""), sleeper("quick", 10, "")];
+    for dir in &projects {
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    }
+    let shards = sandbox_processes(&server);
+    assert_eq!(
+        shards.len(),
+        processes,
+        "--sandbox-processes {processes} started {shards:?}"
+    );
+    (server, projects, shards)
+}
+
+/// SIGKILLs a sandbox process, as a guest that crashed it would end it.
+fn kill_sandbox_process(pid: u32) {
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
 fn sandbox_processes(server: &TestServer) -> Vec<u32> {
     let parent = server.child.id().to_string();
     let mut pids = Vec::new();
@@ -1006,25 +1040,10 @@ fn sandbox_processes(server: &TestServer) -> Vec<u32> {
 /// one SIGKILL). Only the worker that ran in the dead process fails.
 #[test]
 fn events_dispatched_while_the_sandbox_process_restarts_wait_for_it() {
-    let server = TestServer::start(None, &["--executor", "none", "--sandbox-processes", "1"]);
-    let slow = sleeper("slow", 60_000, "");
-    let quick = sleeper("quick", 10, "");
-    for dir in [&slow, &quick] {
-        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
-    }
-    let shards = sandbox_processes(&server);
-    assert_eq!(shards.len(), 1, "--sandbox-processes 1 started {shards:?}");
+    let (server, _projects, shards) = sleepers_in_sandbox_processes(1);
     let running = server.create_event("slow", &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while phase_of(&server.json(&["event", "get", "--id", &running])) != "RUNNING" {
-        assert!(Instant::now() < deadline, "event {running} never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let killed = Command::new("kill")
-        .args(["-KILL", &shards[0].to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    wait_until_running(&server, &running);
+    kill_sandbox_process(shards[0]);
     // Events until the process is back; the first ones are given out while
     // none is running.
     let mut quick_events = Vec::new();
@@ -1072,33 +1091,18 @@ fn events_dispatched_while_the_sandbox_process_restarts_wait_for_it() {
 
 #[test]
 fn a_sandbox_process_that_dies_fails_only_its_workers_and_is_replaced() {
-    let server = TestServer::start(None, &["--executor", "none", "--sandbox-processes", "2"]);
-    let slow = sleeper("slow", 60_000, "");
-    let quick = sleeper("quick", 10, "");
-    for dir in [&slow, &quick] {
-        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
-    }
-    let shards = sandbox_processes(&server);
-    assert_eq!(shards.len(), 2, "--sandbox-processes 2 started {shards:?}");
+    let (server, _projects, shards) = sleepers_in_sandbox_processes(2);
     // Each slow worker goes to the sandbox process running fewer.
     let slow_events = [
         server.create_event("slow", &[]),
         server.create_event("slow", &[]),
     ];
-    let deadline = Instant::now() + Duration::from_secs(30);
     for id in &slow_events {
-        while phase_of(&server.json(&["event", "get", "--id", id])) != "RUNNING" {
-            assert!(Instant::now() < deadline, "event {id} never ran");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_running(&server, id);
     }
     // A guest that brought its sandbox process down (here: SIGKILL) takes
     // only that process's workers with it.
-    let killed = Command::new("kill")
-        .args(["-KILL", &shards[0].to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    kill_sandbox_process(shards[0]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let (failed, survivor) = loop {
         let phases: Vec<Value> = slow_events
@@ -1327,11 +1331,7 @@ fn sigterm_hands_running_workers_back_and_a_restart_finishes_them() {
     let dir = sleeper("patient", 3_000, "");
     server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
     let id = server.create_event("patient", &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while phase_of(&server.json(&["event", "get", "--id", &id])) != "RUNNING" {
-        assert!(Instant::now() < deadline, "the event never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_running(&server, &id);
     let pid = server.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
