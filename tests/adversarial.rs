@@ -306,7 +306,8 @@ impl Case {
     }
 
     fn file(mut self, name: &str) -> Self {
-        self.script = ScriptSource::new(name, self.script.text.clone());
+        self.script.name = name.into();
+        self.script.language = ScriptSource::new(name, "").language;
         self
     }
 }

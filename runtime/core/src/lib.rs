@@ -61,6 +61,7 @@ pub mod executor;
 mod host;
 pub mod limits;
 pub mod log;
+pub mod module;
 mod plugin;
 pub mod project;
 pub mod redact;

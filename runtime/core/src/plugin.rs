@@ -58,17 +58,53 @@ pub(crate) async fn load(
 /// `plugin-<plugin hash>-<engine hash>.cwasm`: a new plugin build or another
 /// wasmtime version or configuration never picks up a stale artifact.
 fn artifact_name(engine: &Engine) -> String {
-    let plugin = Sha256::digest(PLUGIN_WASM);
+    artifact_name_of("plugin", PLUGIN_WASM, engine)
+}
+
+fn artifact_name_of(prefix: &str, wasm: &[u8], engine: &Engine) -> String {
+    let hash = Sha256::digest(wasm);
     let mut hasher = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    let hex: String = plugin[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("plugin-{hex}-{:016x}.cwasm", hasher.finish())
+    let hex: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}-{:016x}.cwasm", hasher.finish())
+}
+
+/// A script's module, compiled: from `cache_dir/modules` when it was
+/// compiled before (by any process), else compiled now and stored there.
+/// The artifact is named by the hash of the module's bytes, so a tenant can
+/// only ever load the machine code of the exact module it gave.
+pub(crate) fn compile_cached(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> wasmtime::Result<Module> {
+    let cached = cache_dir.map(|dir| {
+        dir.join("modules")
+            .join(artifact_name_of("module", wasm, engine))
+    });
+    if let Some(path) = cached.as_ref().filter(|path| path.is_file()) {
+        match deserialize(engine, path) {
+            Ok(module) => return Ok(module),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring an unusable cached module");
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    let module = Module::new(engine, wasm)?;
+    if let Some(path) = &cached
+        && let Err(error) = store_artifact(&module, path)
+    {
+        tracing::warn!(path = %path.display(), %error, "could not cache a compiled module");
+    }
+    Ok(module)
 }
 
 #[expect(
     unsafe_code,
     reason = "deserialising a compiled module trusts the file; it is ours, written by store_artifact \
-              into the user's own cache directory, and named by the hashes of the plugin and the engine"
+              into the user's own cache directory, and named by the hashes of the plugin (or the \
+              script's module) and the engine"
 )]
 fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
     // SAFETY: see the reason above; wasmtime also checks that the artifact

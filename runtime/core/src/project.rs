@@ -3,8 +3,13 @@
 //!
 //! A project directory holds `project.yaml` and, unless the script is inline
 //! (`spec.workerTemplate.defaultConfigFiles`), the config files directory
-//! (`.brigade` by default) with `brigade.ts` or `brigade.js`. In a local run
-//! the directory stands for the project's repository.
+//! (`.brigade` by default) with `brigade.wasm`, `brigade.ts` or `brigade.js`.
+//! In a local run the directory stands for the project's repository.
+//!
+//! A compiled script given inline (`defaultConfigFiles["brigade.wasm"]`) is
+//! the module's bytes in base64 (standard alphabet, padded): YAML and JSON
+//! hold text. It is checked ([`crate::module::check`]) when the project is
+//! parsed, so a server refuses a bad module when the project is saved.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -16,6 +21,14 @@ use crate::duration::parse_go_duration;
 use crate::executor::Source;
 use crate::limits::{Limit, LimitError, LimitSettings, LimitValue};
 use crate::script::{MAX_SCRIPT_BYTES, ScriptSource};
+
+/// A compiled script's file name, in the config files directory or inline.
+pub const MODULE_SCRIPT: &str = "brigade.wasm";
+
+/// The scripts a project may have, in the order one is picked: a compiled
+/// module first (a project that ships one means it), then Brigade's order,
+/// `brigade.ts` before `brigade.js`.
+pub const SCRIPT_NAMES: [&str; 3] = [MODULE_SCRIPT, "brigade.ts", "brigade.js"];
 
 /// The project file's name inside a project directory.
 pub const PROJECT_FILE: &str = "project.yaml";
@@ -62,6 +75,9 @@ pub enum ProjectError {
     /// Neither `brigade.ts` nor `brigade.js` could be found.
     #[error("found nothing to run: {0}")]
     NoScript(String),
+    /// A compiled script the host will not run.
+    #[error(transparent)]
+    Module(#[from] crate::module::ModuleProblem),
     /// The script file exists but cannot be read.
     #[error("{}: cannot read the script", path.display())]
     ScriptUnreadable {
@@ -197,7 +213,11 @@ impl Project {
         event.payload = details.payload;
         event.worker.log_level = self.worker.log_level;
         event.worker.config_files_directory = self.worker.config_files_directory.clone();
-        event.worker.default_config_files = optional(self.worker.default_config_files.clone());
+        // A compiled script is megabytes of base64 that no guest reads from
+        // its event; the other files are Brigade's.
+        let mut files = self.worker.default_config_files.clone();
+        files.remove(MODULE_SCRIPT);
+        event.worker.default_config_files = optional(files);
         event.worker.git = self.worker.git.clone();
         event
     }
@@ -205,19 +225,23 @@ impl Project {
 
 impl Project {
     /// The script given inline in `defaultConfigFiles` under `name`
-    /// (`brigade.ts` or `brigade.js`), or with no name the one Brigade's
-    /// worker would pick: `brigade.ts` before `brigade.js`.
+    /// (`brigade.wasm`, `brigade.ts` or `brigade.js`), or with no name the
+    /// first of [`SCRIPT_NAMES`] there is.
     pub fn inline_script(&self, name: &str) -> Option<ScriptSource> {
         let files = &self.worker.default_config_files;
         let names: &[&str] = if name.is_empty() {
-            &["brigade.ts", "brigade.js"]
+            &SCRIPT_NAMES
         } else {
             &[name]
         };
         names.iter().find_map(|n| {
-            files
-                .get(*n)
-                .map(|text| ScriptSource::new(*n, text.clone()))
+            let text = files.get(*n)?;
+            if *n == MODULE_SCRIPT {
+                // Checked when the project was parsed.
+                let bytes = decode_module(text).ok()?;
+                return Some(ScriptSource::module(*n, bytes));
+            }
+            Some(ScriptSource::new(*n, text.clone()))
         })
     }
 }
@@ -279,23 +303,38 @@ impl ProjectDir {
         }
     }
 
-    /// The script to run, as Brigade's worker chose it: `brigade.ts` before
-    /// `brigade.js`, and a file in the config files directory before an
-    /// inline one of the same name.
+    /// The script to run: the first of [`SCRIPT_NAMES`] found, a file in
+    /// the config files directory before an inline one of the same name (as
+    /// Brigade's worker chose `brigade.ts` before `brigade.js`). A module is
+    /// checked before it is returned.
     pub fn script(&self) -> Result<ScriptSource, ProjectError> {
         let worker = &self.project.worker;
         let dir = self.root.join(&worker.config_files_directory);
-        for name in ["brigade.ts", "brigade.js"] {
+        for name in SCRIPT_NAMES {
             let path = dir.join(name);
             if path.is_file() {
-                let too_big = std::fs::metadata(&path).map(|m| m.len() > MAX_SCRIPT_BYTES as u64);
+                let limit = if name == MODULE_SCRIPT {
+                    crate::module::MAX_MODULE_BYTES
+                } else {
+                    MAX_SCRIPT_BYTES
+                };
+                let too_big = std::fs::metadata(&path).map(|m| m.len() > limit as u64);
                 if let Ok(true) = too_big {
                     return Err(ProjectError::ScriptUnreadable {
                         path,
                         source: std::io::Error::other(format!(
-                            "the script is larger than {MAX_SCRIPT_BYTES} bytes"
+                            "the script is larger than {limit} bytes"
                         )),
                     });
+                }
+                if name == MODULE_SCRIPT {
+                    let bytes =
+                        std::fs::read(&path).map_err(|source| ProjectError::ScriptUnreadable {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    crate::module::check(&path.display().to_string(), &bytes)?;
+                    return Ok(ScriptSource::module(name, bytes));
                 }
                 let text = std::fs::read_to_string(&path)
                     .map_err(|source| ProjectError::ScriptUnreadable { path, source })?;
@@ -306,11 +345,19 @@ impl ProjectDir {
             }
         }
         Err(ProjectError::NoScript(format!(
-            "neither brigade.ts nor brigade.js is in {} or in spec.workerTemplate.defaultConfigFiles of {}",
+            "none of brigade.wasm, brigade.ts and brigade.js is in {} or in spec.workerTemplate.defaultConfigFiles of {}",
             dir.display(),
             self.file.display()
         )))
     }
+}
+
+/// An inline module's bytes from its base64 text (line breaks, which YAML
+/// block scalars and `base64 -w76` add, are ignored).
+fn decode_module(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine as _;
+    let compact: String = text.split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(compact)
 }
 
 /// The longest value a secret may have, in bytes: GitHub Actions' limit for
@@ -747,6 +794,17 @@ impl Validator<'_> {
                     "file names must be relative paths that stay inside the config files directory (no '..')",
                 ));
             }
+        }
+        if let Some(text) = default_config_files.get(MODULE_SCRIPT) {
+            let field = format!("{FIELD}.defaultConfigFiles.{MODULE_SCRIPT}");
+            let bytes = decode_module(text).map_err(|e| {
+                self.invalid(
+                    field.clone(),
+                    format!("a compiled script is given inline in base64 (standard alphabet, padded): {e}"),
+                )
+            })?;
+            crate::module::check(MODULE_SCRIPT, &bytes)
+                .map_err(|problem| self.invalid(field, problem.to_string()))?;
         }
         if let Some(text) = w.timeout_duration.as_deref().filter(|t| !t.is_empty()) {
             let timeout = parse_go_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {

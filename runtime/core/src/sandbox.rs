@@ -1,5 +1,6 @@
 //! The sandbox: one wasmtime engine per process, the pre-initialised plugin,
-//! the bytecode cache, and a fresh Store and instance for every event.
+//! the cache of compiled scripts (QuickJS bytecode, or a module's machine
+//! code), and a fresh Store and instance for every event.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -44,10 +45,13 @@ pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
     job_processes: 0,
 };
 
-/// Compiled scripts kept in memory. Bytecode is tens of kilobytes, so a
-/// thousand scripts (a thousand projects' current versions) cost tens of
-/// megabytes at most.
+/// Compiled scripts kept in memory: a thousand projects' current versions.
 const SCRIPT_CACHE_ENTRIES: usize = 1024;
+
+/// What the cached scripts may weigh together. Bytecode is tens of
+/// kilobytes, but a compiled module's machine code is megabytes (Go's
+/// runtime alone is ~6 MB of it), so the count alone would not bound memory.
+const SCRIPT_CACHE_BYTES: usize = 512 * 1024 * 1024;
 
 /// Memory a recycled slot keeps resident and resets by copying instead of
 /// unmapping: the pre-initialised plugin's whole memory (1.4 MiB) fits, so a
@@ -157,28 +161,62 @@ impl WorkerRequest {
     }
 }
 
-/// A script compiled to QuickJS bytecode by the plugin.
-#[derive(Debug)]
+/// A script ready to run: compiled to QuickJS bytecode by the plugin, or a
+/// module compiled to machine code.
 pub struct CompiledScript {
     name: String,
-    kind: ScriptKind,
-    bytecode: Vec<u8>,
-    positions: Option<PositionMap>,
+    code: CompiledCode,
+}
+
+enum CompiledCode {
+    Bytecode {
+        kind: ScriptKind,
+        bytecode: Vec<u8>,
+        positions: Option<PositionMap>,
+    },
+    /// A module linked with the host, ready to instantiate.
+    Module(InstancePre<WorkerState>),
+}
+
+impl std::fmt::Debug for CompiledScript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledScript")
+            .field("name", &self.name)
+            .field("bytes", &self.weight())
+            .finish()
+    }
 }
 
 impl CompiledScript {
     /// Rewrites positions in the transpiled JavaScript to positions in the
     /// script's source (TypeScript); other scripts are returned unchanged.
     pub(crate) fn source_positions(&self, text: &str) -> String {
-        match &self.positions {
-            Some(positions) => positions.rewrite(&self.name, text),
-            None => text.to_string(),
+        match &self.code {
+            CompiledCode::Bytecode {
+                positions: Some(positions),
+                ..
+            } => positions.rewrite(&self.name, text),
+            _ => text.to_string(),
         }
     }
 
-    /// The size of the bytecode, in bytes.
+    /// The size of the bytecode, in bytes (0 for a module).
     pub fn bytecode_len(&self) -> usize {
-        self.bytecode.len()
+        match &self.code {
+            CompiledCode::Bytecode { bytecode, .. } => bytecode.len(),
+            CompiledCode::Module(_) => 0,
+        }
+    }
+
+    /// What the script holds in memory: its bytecode, or its machine code.
+    fn weight(&self) -> usize {
+        match &self.code {
+            CompiledCode::Bytecode { bytecode, .. } => bytecode.len(),
+            CompiledCode::Module(pre) => {
+                let image = pre.module().image_range();
+                (image.end as usize).saturating_sub(image.start as usize)
+            }
+        }
     }
 }
 
@@ -187,6 +225,10 @@ impl CompiledScript {
 /// shared by every worker; nothing of one worker's instance is.
 pub struct Sandbox {
     engine: Engine,
+    /// The host API and WASI, for modules given as scripts.
+    linker: Linker<WorkerState>,
+    /// Where compiled modules (and the plugin) are kept between processes.
+    cache_dir: Option<PathBuf>,
     /// Instances that run events.
     plugin: InstancePre<WorkerState>,
     /// Instances that compile scripts: the same plugin under a separate
@@ -225,6 +267,8 @@ impl Sandbox {
         let compiler = link(&plugin::duplicate(&engine, &module)?)?;
         Ok(Self {
             engine,
+            linker,
+            cache_dir: config.cache_dir,
             plugin,
             compiler,
             scripts: Mutex::new(ScriptCache::default()),
@@ -248,6 +292,52 @@ impl Sandbox {
         {
             return Ok(script);
         }
+        let script = match source.language {
+            Language::Wasm => self.compile_module(source).await?,
+            Language::JavaScript | Language::TypeScript => self.compile_javascript(source).await?,
+        };
+        let script = Arc::new(script);
+        self.scripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, script.clone());
+        Ok(script)
+    }
+
+    /// Checks a module ([`crate::module::check`]), then compiles it on a
+    /// blocking thread (it may take seconds) or loads it from the cache
+    /// directory, and links it with the host.
+    async fn compile_module(&self, source: &ScriptSource) -> Result<CompiledScript, WorkerFailure> {
+        let failure = |message: String| WorkerFailure::Script { message };
+        crate::module::check(&source.name, &source.code).map_err(|p| failure(p.to_string()))?;
+        let (engine, bytes) = (self.engine.clone(), source.code.clone());
+        let cache_dir = self.cache_dir.clone();
+        let module = tokio::task::spawn_blocking(move || {
+            plugin::compile_cached(&engine, &bytes, cache_dir.as_deref())
+        })
+        .await
+        .map_err(|e| failure(format!("{}: compiling the module failed: {e}", source.name)))?
+        .map_err(|e| {
+            failure(format!(
+                "{}: compiling the module failed: {e:#}",
+                source.name
+            ))
+        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| failure(format!("{}: {e:#}", source.name)))?;
+        Ok(CompiledScript {
+            name: source.name.clone(),
+            code: CompiledCode::Module(pre),
+        })
+    }
+
+    /// Turns JavaScript or TypeScript into bytecode in the plugin.
+    async fn compile_javascript(
+        &self,
+        source: &ScriptSource,
+    ) -> Result<CompiledScript, WorkerFailure> {
         let prepared = script::prepare(source).map_err(|problem| WorkerFailure::Script {
             message: problem.to_string(),
         })?;
@@ -292,17 +382,14 @@ impl Sandbox {
             };
             return Err(WorkerFailure::Script { message });
         }
-        let script = Arc::new(CompiledScript {
+        Ok(CompiledScript {
             name: prepared.name,
-            kind: prepared.kind,
-            bytecode: bytes,
-            positions: prepared.positions,
-        });
-        self.scripts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, script.clone());
-        Ok(script)
+            code: CompiledCode::Bytecode {
+                kind: prepared.kind,
+                bytecode: bytes,
+                positions: prepared.positions,
+            },
+        })
     }
 
     /// Runs one event's worker to the end, in this process, and says how it
@@ -385,16 +472,20 @@ impl Sandbox {
         if let Some(cpu) = store.data_mut().cpu.as_mut() {
             cpu.start(deadline).await;
         }
-        let run = self
-            .call_plugin::<i32>(
-                &self.plugin,
-                &mut store,
-                "mizzen-run",
-                script.kind as u32,
-                &script.name,
-                &script.bytecode,
-            )
-            .await;
+        let run = match &script.code {
+            CompiledCode::Bytecode { kind, bytecode, .. } => self
+                .call_plugin::<i32>(
+                    &self.plugin,
+                    &mut store,
+                    "mizzen-run",
+                    *kind as u32,
+                    &script.name,
+                    bytecode,
+                )
+                .await
+                .map(drop),
+            CompiledCode::Module(pre) => run_command(pre, &mut store).await,
+        };
         store.data_mut().flush_output();
         let state = store.data();
         match run {
@@ -445,6 +536,19 @@ impl Sandbox {
             .await?;
         Ok((memory, result))
     }
+}
+
+/// Runs a module's `_start` in a fresh instance: one event, from its start
+/// function (if it has one) to the end of `main`.
+async fn run_command(
+    pre: &InstancePre<WorkerState>,
+    store: &mut Store<WorkerState>,
+) -> wasmtime::Result<()> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut *store, "_start")
+        .map_err(|e| e.context("the module's _start must take and return nothing"))?;
+    start.call_async(&mut *store, ()).await
 }
 
 fn new_engine(config: &SandboxConfig) -> Result<Engine, SandboxError> {
@@ -584,6 +688,8 @@ fn classify(error: wasmtime::Error, state: &WorkerState) -> WorkerFailure {
 struct ScriptCache {
     scripts: HashMap<[u8; 32], Arc<CompiledScript>>,
     order: VecDeque<[u8; 32]>,
+    /// What the scripts weigh together ([`CompiledScript::weight`]).
+    bytes: usize,
 }
 
 /// A script's key: the hash of its language, name and text.
@@ -597,10 +703,11 @@ impl ScriptCache {
         hash.update([match source.language {
             Language::JavaScript => b'j',
             Language::TypeScript => b't',
+            Language::Wasm => b'w',
         }]);
         hash.update((source.name.len() as u64).to_le_bytes());
         hash.update(source.name.as_bytes());
-        hash.update(source.text.as_bytes());
+        hash.update(&source.code);
         hash.finalize().into()
     }
 
@@ -609,12 +716,18 @@ impl ScriptCache {
     }
 
     fn insert(&mut self, key: [u8; 32], script: Arc<CompiledScript>) {
-        if self.scripts.insert(key, script).is_none() {
-            self.order.push_back(key);
+        self.bytes += script.weight();
+        match self.scripts.insert(key, script) {
+            Some(old) => self.bytes -= old.weight(),
+            None => self.order.push_back(key),
         }
-        while self.order.len() > SCRIPT_CACHE_ENTRIES {
-            if let Some(oldest) = self.order.pop_front() {
-                self.scripts.remove(&oldest);
+        while self.order.len() > SCRIPT_CACHE_ENTRIES
+            || (self.bytes > SCRIPT_CACHE_BYTES && self.order.len() > 1)
+        {
+            if let Some(oldest) = self.order.pop_front()
+                && let Some(old) = self.scripts.remove(&oldest)
+            {
+                self.bytes -= old.weight();
             }
         }
     }

@@ -35,17 +35,20 @@ pub enum Language {
     JavaScript,
     /// `brigade.ts`.
     TypeScript,
+    /// `brigade.wasm`: a wasm32-wasip1 module compiled from any language
+    /// (see [`crate::module`]).
+    Wasm,
 }
 
-/// A script to run: its file name (used in error locations) and its text.
+/// A script to run: its file name (used in error locations) and its code.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScriptSource {
     /// The file name, e.g. `brigade.js`.
     pub name: String,
-    /// The source text.
-    pub text: String,
-    /// JavaScript or TypeScript.
+    /// JavaScript, TypeScript or a compiled module.
     pub language: Language,
+    /// The source text (UTF-8) of a script, or the bytes of a module.
+    pub code: Vec<u8>,
 }
 
 impl ScriptSource {
@@ -60,8 +63,17 @@ impl ScriptSource {
         };
         Self {
             name,
-            text: text.into(),
             language,
+            code: text.into().into_bytes(),
+        }
+    }
+
+    /// A compiled module (`brigade.wasm`).
+    pub fn module(name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        Self {
+            name: name.into(),
+            language: Language::Wasm,
+            code: bytes,
         }
     }
 }
@@ -95,6 +107,14 @@ pub enum ScriptProblem {
         name: String,
         /// Its size.
         bytes: usize,
+    },
+    /// A script whose bytes are not UTF-8.
+    #[error("{name}: the script is not UTF-8 text (invalid bytes at offset {offset})")]
+    NotText {
+        /// The script's file name.
+        name: String,
+        /// Where the first invalid byte is.
+        offset: usize,
     },
     /// Brackets nested past [`MAX_NESTING`].
     #[error("{name}:{line}:{column}: SyntaxError: brackets nested more than {MAX_NESTING} deep")]
@@ -136,10 +156,10 @@ pub enum ScriptProblem {
 /// before the parser recurses into them. Brackets in strings and comments
 /// count too: the check only needs to be cheap and never to let a deep
 /// script through.
-fn check_nesting(source: &ScriptSource) -> Result<(), ScriptProblem> {
+fn check_nesting(source: &ScriptSource, text: &str) -> Result<(), ScriptProblem> {
     let mut depth = 0usize;
     let (mut line, mut column) = (1, 1);
-    for c in source.text.chars() {
+    for c in text.chars() {
         match c {
             '(' | '[' | '{' => {
                 depth += 1;
@@ -166,25 +186,30 @@ fn check_nesting(source: &ScriptSource) -> Result<(), ScriptProblem> {
 /// Parses (and for TypeScript, transpiles) a script. Errors read
 /// `brigade.ts:3:7: SyntaxError: Expected ...`.
 pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptProblem> {
-    if source.text.len() > MAX_SCRIPT_BYTES {
+    if source.code.len() > MAX_SCRIPT_BYTES {
         return Err(ScriptProblem::TooLarge {
             name: source.name.clone(),
-            bytes: source.text.len(),
+            bytes: source.code.len(),
         });
     }
-    check_nesting(source)?;
+    let text = std::str::from_utf8(&source.code).map_err(|e| ScriptProblem::NotText {
+        name: source.name.clone(),
+        offset: e.valid_up_to(),
+    })?;
+    check_nesting(source, text)?;
     let allocator = Allocator::default();
     let source_type = match source.language {
         Language::JavaScript => SourceType::unambiguous(),
         Language::TypeScript => SourceType::ts().with_unambiguous(true),
+        Language::Wasm => unreachable!("modules are compiled by crate::module, not prepared"),
     };
-    let parsed = Parser::new(&allocator, &source.text, source_type).parse();
+    let parsed = Parser::new(&allocator, text, source_type).parse();
     if let Some(error) = parsed.diagnostics.first() {
         let at = error
             .labels
             .first()
             .map_or(0, |label| label.offset() as usize);
-        let (line, column) = line_and_column(&source.text, at);
+        let (line, column) = line_and_column(text, at);
         return Err(ScriptProblem::Syntax {
             name: source.name.clone(),
             line,
@@ -200,7 +225,7 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptPro
     if source.language == Language::JavaScript {
         return Ok(PreparedScript {
             name: source.name.clone(),
-            javascript: source.text.clone(),
+            javascript: text.to_string(),
             kind,
             positions: None,
         });
@@ -222,7 +247,7 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptPro
             .labels
             .first()
             .map_or(0, |label| label.offset() as usize);
-        let (line, column) = line_and_column(&source.text, at);
+        let (line, column) = line_and_column(text, at);
         return Err(ScriptProblem::TypeScript {
             name: source.name.clone(),
             line,
@@ -235,7 +260,7 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptPro
             source_map_path: Some(Path::new(&source.name).to_path_buf()),
             ..CodegenOptions::default()
         })
-        .with_source_text(&source.text)
+        .with_source_text(text)
         .build(&program);
     let positions = generated.map.map(|map| PositionMap {
         tokens: map

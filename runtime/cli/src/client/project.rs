@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Context;
+use base64::Engine as _;
 use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use mizzen_runtime::project::{
-    DEFAULT_CONFIG_FILES_DIRECTORY, MAX_PROJECT_FILE_BYTES, PROJECT_FILE, validate_secret_key,
+    DEFAULT_CONFIG_FILES_DIRECTORY, MAX_PROJECT_FILE_BYTES, MODULE_SCRIPT, PROJECT_FILE,
+    SCRIPT_NAMES, validate_secret_key,
 };
 use mizzen_runtime::script::MAX_SCRIPT_BYTES;
 use reqwest::Method;
@@ -21,7 +23,6 @@ use super::{Failure, bad_input, confirm, read_limited};
 const MAX_SECRETS_FILE_BYTES: u64 = 1024 * 1024;
 
 /// The scripts a local project directory may hold, in Brigade's order.
-const SCRIPT_NAMES: [&str; 2] = ["brigade.ts", "brigade.js"];
 
 /// `mizzen project`.
 #[derive(Subcommand)]
@@ -318,11 +319,11 @@ fn load(path: &Path) -> Result<LoadedProject, Failure> {
 
 /// Reads a project file, YAML (or JSON), into the JSON the API takes, with
 /// `apiVersion` and `kind` filled in when missing. When the project has no
-/// git `cloneURL`, `brigade.ts` and `brigade.js` from its config files
-/// directory (relative to the project file's directory) go into
-/// `spec.workerTemplate.defaultConfigFiles`, unless an inline file of that
-/// name is there already: a local project runs on a server as it runs with
-/// `mizzen run`.
+/// git `cloneURL`, `brigade.wasm` (in base64), `brigade.ts` and `brigade.js`
+/// from its config files directory (relative to the project file's
+/// directory) go into `spec.workerTemplate.defaultConfigFiles`, unless an
+/// inline file of that name is there already: a local project runs on a
+/// server as it runs with `mizzen run`.
 pub fn load_project(path: &Path) -> anyhow::Result<LoadedProject> {
     let file = if path.is_dir() {
         path.join(PROJECT_FILE)
@@ -407,6 +408,14 @@ fn inline_scripts(body: &mut Value, root: &Path) -> anyhow::Result<Vec<PathBuf>>
         let size = std::fs::metadata(&path)
             .with_context(|| format!("cannot read {}", path.display()))?
             .len();
+        if name == MODULE_SCRIPT {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            mizzen_runtime::module::check(&path.display().to_string(), &bytes)?;
+            let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+            found.insert(name, (path, text));
+            continue;
+        }
         if size > MAX_SCRIPT_BYTES as u64 {
             anyhow::bail!(
                 "{}: the script is {size} bytes; the limit is {MAX_SCRIPT_BYTES} bytes",
