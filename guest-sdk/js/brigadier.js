@@ -304,6 +304,11 @@
       call(OP.SummarySet, { text });
     }
   }
+  // Mizzen's addition: sets the summary now, and throws (with a `code`) when
+  // the host refuses it, so that a script can catch the summary's limit.
+  function setSummaryNow(text) {
+    call(OP.SummarySet, { text: String(text) });
+  }
 
   const events = new EventRegistry();
 
@@ -453,6 +458,7 @@
     logger,
     Logger,
     workspace,
+    setSummary: setSummaryNow,
   });
 
   // ---------------------------------------------------------------- require

@@ -249,6 +249,13 @@ declare module "@brigadecore/brigadier" {
     remove(path: string): void;
   };
 
+  /**
+   * Mizzen's addition: sets the event's summary now (a later call, or the
+   * handler's return value, replaces it). Throws an `Error` whose `code` is
+   * `limit_exceeded` past 4096 characters.
+   */
+  export function setSummary(text: string): void;
+
   const brigadier: {
     events: EventRegistry;
     EventRegistry: typeof EventRegistry;
@@ -260,6 +267,8 @@ declare module "@brigadecore/brigadier" {
     ImagePullPolicy: typeof ImagePullPolicy;
     logger: Logger;
     Logger: typeof Logger;
+    workspace: typeof workspace;
+    setSummary: typeof setSummary;
   };
   export default brigadier;
 }

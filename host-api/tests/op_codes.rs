@@ -263,3 +263,53 @@ fn the_checks_catch_a_wrong_number_a_missing_op_and_a_stray_entry() {
     assert_eq!(calls, [(2, "OP.Log".to_string())]);
     assert_eq!(const_name(Op::WorkspaceRemove), "WORKSPACE_REMOVE");
 }
+
+/// The names between `open` and the next `close` in `source`, one per
+/// comma-separated entry (`name` or `name: value`, quotes dropped).
+fn names_in(source: &str, open: &str, close: &str) -> Vec<String> {
+    let start = source
+        .find(open)
+        .unwrap_or_else(|| panic!("no `{open}` found"))
+        + open.len();
+    let body = &source[start..];
+    let end = body
+        .find(close)
+        .unwrap_or_else(|| panic!("`{open}` does not end with `{close}`"));
+    let mut names: Vec<String> = without_line_comments(&body[..end])
+        .split(',')
+        .map(|entry| {
+            entry
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .trim_matches('"')
+                .to_string()
+        })
+        .filter(|name| !name.is_empty())
+        .collect();
+    names.sort();
+    names
+}
+
+/// An `import { name } from "@brigadecore/brigadier"` finds every name the
+/// library has: the plugin's ES module exports exactly brigadier.js's
+/// object (`workspace` was missing, so a TypeScript script importing it
+/// failed to load).
+#[test]
+fn the_es_module_exports_every_name_of_the_library() {
+    let library = names_in(
+        &read(BRIGADIER_JS),
+        "const brigadier = Object.freeze({",
+        "});",
+    );
+    let plugin = read(PLUGIN_RS);
+    let table = &plugin[plugin
+        .find("const MODULE_EXPORTS")
+        .expect("the plugin has MODULE_EXPORTS")..];
+    let exports = names_in(table, "] = [", "];");
+    assert_eq!(
+        exports, library,
+        "{PLUGIN_RS}'s MODULE_EXPORTS and the object {BRIGADIER_JS} returns differ"
+    );
+}

@@ -45,7 +45,8 @@ const SDK_FILE_NAME: &str = "mizzen:brigadier.js";
 /// The module names scripts import the library under.
 const MODULE_NAMES: [&str; 2] = ["@brigadecore/brigadier", "brigadier"];
 /// What the ES module exports (the library's own names plus `default`).
-const MODULE_EXPORTS: [&str; 10] = [
+/// (host-api/tests/op_codes.rs checks it against brigadier.js's object.)
+const MODULE_EXPORTS: [&str; 12] = [
     "events",
     "EventRegistry",
     "Job",
@@ -56,6 +57,8 @@ const MODULE_EXPORTS: [&str; 10] = [
     "ImagePullPolicy",
     "logger",
     "Logger",
+    "workspace",
+    "setSummary",
 ];
 
 const KIND_SCRIPT: u32 = 0;
