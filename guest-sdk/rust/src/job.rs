@@ -1,0 +1,667 @@
+//! Jobs, their containers, and groups of runnables: Brigade's `Job`,
+//! `Container`, `SerialGroup` and `ConcurrentGroup`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::executor::{submit, try_join_all};
+use crate::host::{self, op};
+use crate::logger::Logger;
+
+/// A job's default timeout, as in Brigade: 15 minutes.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 900;
+
+/// The phase a job ended in (Brigade's phases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// Accepted, waiting to be scheduled.
+    Pending,
+    /// Being started.
+    Starting,
+    /// Running.
+    Running,
+    /// Ended well.
+    Succeeded,
+    /// The primary container failed.
+    Failed,
+    /// Stopped while it ran.
+    Aborted,
+    /// Stopped before it started.
+    Canceled,
+    /// Ran past its `timeout_seconds`.
+    TimedOut,
+    /// Could not be scheduled (or its image could not be pulled).
+    SchedulingFailed,
+    /// Anything else.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Phase {
+    /// The upper-case name, as in Brigade: `SUCCEEDED`, `TIMED_OUT`...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "PENDING",
+            Phase::Starting => "STARTING",
+            Phase::Running => "RUNNING",
+            Phase::Succeeded => "SUCCEEDED",
+            Phase::Failed => "FAILED",
+            Phase::Aborted => "ABORTED",
+            Phase::Canceled => "CANCELED",
+            Phase::TimedOut => "TIMED_OUT",
+            Phase::SchedulingFailed => "SCHEDULING_FAILED",
+            Phase::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When an image is pulled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum ImagePullPolicy {
+    /// Only when it is not present (the default).
+    #[default]
+    IfNotPresent,
+    /// Every time.
+    Always,
+}
+
+/// When a sidecar counts as ready (Mizzen's addition to Brigade): the primary
+/// container starts once every sidecar that declares readiness is ready, or
+/// the job fails after the timeout (60 s unless set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// Ready once something accepts TCP connections on this port of the job's
+    /// localhost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    /// Ready once the container has exited with 0 (a one-shot setup).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exited: bool,
+    /// How long to wait, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+}
+
+impl Readiness {
+    /// Ready once `port` accepts connections.
+    pub fn tcp_port(port: u16) -> Self {
+        Self {
+            tcp_port: Some(port),
+            ..Self::default()
+        }
+    }
+
+    /// Ready once the container has exited with 0.
+    pub fn exited() -> Self {
+        Self {
+            exited: true,
+            ..Self::default()
+        }
+    }
+
+    /// With a timeout other than 60 s.
+    pub fn timeout_seconds(mut self, seconds: f64) -> Self {
+        self.timeout_seconds = Some(seconds);
+        self
+    }
+}
+
+/// One container of a job: Brigade's `Container`, field for field.
+///
+/// The fields are public, as the JS object's properties are; the methods of
+/// the same names set them and return the container, for chaining:
+/// `Container::new("redis:7").readiness(Readiness::tcp_port(6379))`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    /// The OCI image reference.
+    pub image: String,
+    /// `IfNotPresent` (the default) or `Always`.
+    pub image_pull_policy: ImagePullPolicy,
+    /// The process's working directory; empty for the image's default.
+    pub working_directory: String,
+    /// Overrides the image's entrypoint.
+    pub command: Vec<String>,
+    /// Arguments to the command.
+    pub arguments: Vec<String>,
+    /// Environment variables. A value that is exactly `${{ secrets.NAME }}`
+    /// becomes the project's secret `NAME`.
+    pub environment: BTreeMap<String, String>,
+    /// Where to mount the event's shared workspace (needs the project's
+    /// `useWorkspace`); empty for nowhere.
+    pub workspace_mount_path: String,
+    /// Where to mount a checkout of the project's source; empty for nowhere.
+    pub source_mount_path: String,
+    /// Run privileged (needs the project's `allowPrivileged`).
+    pub privileged: bool,
+    /// Mount the host's Docker socket (needs `allowDockerSocketMount`).
+    pub use_host_docker_socket: bool,
+    /// For a sidecar: when it counts as ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Readiness>,
+}
+
+fn strings(items: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    items.into_iter().map(Into::into).collect()
+}
+
+impl Container {
+    /// A container of `image`, with Brigade's defaults.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets `image_pull_policy`.
+    pub fn image_pull_policy(mut self, policy: ImagePullPolicy) -> Self {
+        self.image_pull_policy = policy;
+        self
+    }
+
+    /// Sets `working_directory`.
+    pub fn working_directory(mut self, path: impl Into<String>) -> Self {
+        self.working_directory = path.into();
+        self
+    }
+
+    /// Sets `command`.
+    pub fn command(mut self, command: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.command = strings(command);
+        self
+    }
+
+    /// Sets `arguments`.
+    pub fn arguments(mut self, arguments: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.arguments = strings(arguments);
+        self
+    }
+
+    /// Adds a variable to `environment`.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.environment.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets `workspace_mount_path`.
+    pub fn workspace_mount_path(mut self, path: impl Into<String>) -> Self {
+        self.workspace_mount_path = path.into();
+        self
+    }
+
+    /// Sets `source_mount_path`.
+    pub fn source_mount_path(mut self, path: impl Into<String>) -> Self {
+        self.source_mount_path = path.into();
+        self
+    }
+
+    /// Sets `privileged`.
+    pub fn privileged(mut self, privileged: bool) -> Self {
+        self.privileged = privileged;
+        self
+    }
+
+    /// Sets `use_host_docker_socket`.
+    pub fn use_host_docker_socket(mut self, mount: bool) -> Self {
+        self.use_host_docker_socket = mount;
+        self
+    }
+
+    /// Sets `readiness` (for a sidecar).
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+}
+
+/// Where a job must run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobHost {
+    /// `linux` (the default when `None`) or `windows`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// Labels the node must carry.
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// A job: a primary container whose exit code decides it, and sidecars that
+/// run beside it. Brigade's `Job`, field for field.
+///
+/// ```no_run
+/// # async fn f() -> brigadier::Result<()> {
+/// use brigadier::Job;
+///
+/// let test = Job::new("test", "debian:12")
+///     .command(["sh", "-c"])
+///     .arguments(["make test"])
+///     .timeout_seconds(600);
+/// test.run().await?;
+/// brigadier::info!("output: {}", test.logs().await?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Unique within the event: `^[a-z][a-z\d-]*[a-z\d]$`, at most 63
+    /// characters.
+    pub name: String,
+    /// The container whose exit code decides the job.
+    pub primary_container: Container,
+    /// Containers that run beside the primary, by name; stopped when it exits.
+    pub sidecar_containers: BTreeMap<String, Container>,
+    /// After this long the job ends `TIMED_OUT` (default 900).
+    pub timeout_seconds: u64,
+    /// Where the job must run.
+    pub host: JobHost,
+    /// When true, [`run`](Job::run) succeeds whatever phase the job ends in.
+    pub fallible: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobStart<'a> {
+    name: &'a str,
+    spec: JobSpec<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobSpec<'a> {
+    primary_container: &'a Container,
+    sidecar_containers: &'a BTreeMap<String, Container>,
+    timeout_seconds: u64,
+    host: &'a JobHost,
+    fallible: bool,
+}
+
+#[derive(Serialize)]
+struct JobRef<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct JobLogsRequest<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JobResult {
+    phase: Phase,
+    #[serde(default)]
+    exit_code: Option<i64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JobLogs {
+    lines: Vec<String>,
+}
+
+impl Job {
+    /// A job named `name` whose primary container runs `image`, with
+    /// Brigade's defaults (900 s timeout, not fallible).
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            primary_container: Container::new(image),
+            sidecar_containers: BTreeMap::new(),
+            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+            host: JobHost::default(),
+            fallible: false,
+        }
+    }
+
+    /// Sets the primary container's `command`.
+    pub fn command(mut self, command: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.primary_container.command = strings(command);
+        self
+    }
+
+    /// Sets the primary container's `arguments`.
+    pub fn arguments(mut self, arguments: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.primary_container.arguments = strings(arguments);
+        self
+    }
+
+    /// Adds a variable to the primary container's `environment`.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.primary_container
+            .environment
+            .insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the primary container's `working_directory`.
+    pub fn working_directory(mut self, path: impl Into<String>) -> Self {
+        self.primary_container.working_directory = path.into();
+        self
+    }
+
+    /// Sets the primary container's `workspace_mount_path`.
+    pub fn workspace_mount_path(mut self, path: impl Into<String>) -> Self {
+        self.primary_container.workspace_mount_path = path.into();
+        self
+    }
+
+    /// Sets the primary container's `source_mount_path`.
+    pub fn source_mount_path(mut self, path: impl Into<String>) -> Self {
+        self.primary_container.source_mount_path = path.into();
+        self
+    }
+
+    /// Replaces the primary container.
+    pub fn primary_container(mut self, container: Container) -> Self {
+        self.primary_container = container;
+        self
+    }
+
+    /// Adds a sidecar container.
+    pub fn sidecar(mut self, name: impl Into<String>, container: Container) -> Self {
+        self.sidecar_containers.insert(name.into(), container);
+        self
+    }
+
+    /// Sets `timeout_seconds`.
+    pub fn timeout_seconds(mut self, seconds: u64) -> Self {
+        self.timeout_seconds = seconds;
+        self
+    }
+
+    /// Sets `fallible`.
+    pub fn fallible(mut self, fallible: bool) -> Self {
+        self.fallible = fallible;
+        self
+    }
+
+    /// Sets `host`.
+    pub fn host(mut self, host: JobHost) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// A logger whose lines carry `[job: <name>]`.
+    pub fn logger(&self) -> Logger {
+        crate::logger().child(self.name.clone())
+    }
+
+    /// Runs the job: logs `Creating job <name>`, starts it (`job.start`) and
+    /// waits for it to end (`job.wait`). `Ok` when it succeeded, or whatever
+    /// its phase when it is `fallible`; otherwise an error whose message is
+    /// brigadier.js's (`Job "<name>" failed`, `timed out`, `was aborted`,
+    /// `was canceled before starting`, `scheduling failed`) and which gives
+    /// the [`phase`](Error::phase), [`exit_code`](Error::exit_code) and
+    /// [`reason`](Error::reason). A job the host refuses to start is an
+    /// error `Error creating job "<name>": ...` with the host's
+    /// [`code`](Error::code).
+    ///
+    /// Like every future, it does nothing until it is awaited (or run in a
+    /// group); jobs awaited together, in a [`concurrent`] group or with
+    /// [`try_join_all`](crate::try_join_all), run at the same time.
+    #[track_caller]
+    pub fn run(&self) -> impl Future<Output = Result<()>> + '_ {
+        let at = Location::caller();
+        async move { self.execute().await.map_err(|e| e.located(at)) }
+    }
+
+    async fn execute(&self) -> Result<()> {
+        let logger = self.logger();
+        logger.info(format_args!("Creating job {}", self.name));
+        let start = JobStart {
+            name: &self.name,
+            spec: JobSpec {
+                primary_container: &self.primary_container,
+                sidecar_containers: &self.sidecar_containers,
+                timeout_seconds: self.timeout_seconds,
+                host: &self.host,
+                fallible: self.fallible,
+            },
+        };
+        if let Err(e) = host::call_unit(op::JOB_START, &start) {
+            let message = format!("Error creating job \"{}\": {}", self.name, e.message);
+            return Err(Error::host(e, None).with_message(message));
+        }
+        let ticket =
+            submit(op::JOB_WAIT, &JobRef { name: &self.name }).map_err(|e| Error::host(e, None))?;
+        let result = ticket.await.map_err(|e| Error::host(e, None))?;
+        let result: JobResult = serde_json::from_value(result).map_err(|e| {
+            Error::internal(format!(
+                "the result of job \"{}\" could not be read: {e}",
+                self.name
+            ))
+        })?;
+        logger.debug(format_args!("Job {} ended {}", self.name, result.phase));
+        if self.fallible || result.phase == Phase::Succeeded {
+            return Ok(());
+        }
+        Err(Error::job(
+            &self.name,
+            result.phase,
+            result.exit_code,
+            result.reason.filter(|r| !r.is_empty()),
+        ))
+    }
+
+    /// The primary container's output so far, its lines joined with `"\n"`
+    /// (`job.logs`): wait for the job first to read all of it.
+    #[track_caller]
+    pub fn logs(&self) -> impl Future<Output = Result<String>> + '_ {
+        self.read_logs(None, Location::caller())
+    }
+
+    /// A sidecar's output so far, its lines joined with `"\n"`.
+    #[track_caller]
+    pub fn sidecar_logs<'a>(
+        &'a self,
+        container: &'a str,
+    ) -> impl Future<Output = Result<String>> + 'a {
+        self.read_logs(Some(container), Location::caller())
+    }
+
+    async fn read_logs(
+        &self,
+        container: Option<&str>,
+        at: &'static Location<'static>,
+    ) -> Result<String> {
+        let request = JobLogsRequest {
+            name: &self.name,
+            container,
+        };
+        let ticket = submit(op::JOB_LOGS, &request).map_err(|e| Error::host(e, Some(at)))?;
+        let result = ticket.await.map_err(|e| Error::host(e, Some(at)))?;
+        let logs: JobLogs = serde_json::from_value(result).map_err(|e| {
+            Error::internal(format!(
+                "the logs of job \"{}\" could not be read: {e}",
+                self.name
+            ))
+            .located(at)
+        })?;
+        Ok(logs.lines.join("\n"))
+    }
+
+    /// Stops the job (`job.cancel`): a running job ends `ABORTED`, one not
+    /// started yet `CANCELED`, one that has ended is left as it is.
+    #[track_caller]
+    pub fn cancel(&self) -> Result<()> {
+        let at = Location::caller();
+        host::call_unit(op::JOB_CANCEL, &JobRef { name: &self.name })
+            .map_err(|e| Error::host(e, Some(at)))
+    }
+}
+
+/// The future a [`Runnable`] returns.
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+/// Anything that can be run: jobs, groups, or types of your own.
+pub trait Runnable {
+    /// Runs it to completion. (Jobs and groups have an inherent `run` of
+    /// their own, which is what `job.run()` calls: the same, located.)
+    fn run(&self) -> RunFuture<'_>;
+}
+
+impl Runnable for Job {
+    fn run(&self) -> RunFuture<'_> {
+        Box::pin(self.execute())
+    }
+}
+
+impl<T: Runnable + ?Sized> Runnable for &T {
+    fn run(&self) -> RunFuture<'_> {
+        Runnable::run(&**self)
+    }
+}
+
+impl<T: Runnable + ?Sized> Runnable for Box<T> {
+    fn run(&self) -> RunFuture<'_> {
+        Runnable::run(&**self)
+    }
+}
+
+impl<T: Runnable + ?Sized> Runnable for Rc<T> {
+    fn run(&self) -> RunFuture<'_> {
+        Runnable::run(&**self)
+    }
+}
+
+/// Runnables run one after another, stopping at the first failure: Brigade's
+/// `SerialGroup`. Made by [`sequence`] or [`sequence!`](crate::sequence!).
+#[derive(Default)]
+pub struct SerialGroup<'a> {
+    runnables: Vec<Box<dyn Runnable + 'a>>,
+}
+
+/// Runnables run at the same time: Brigade's `ConcurrentGroup`. It fails as
+/// soon as one fails (the others' results are then not waited for). Made by
+/// [`concurrent`] or [`concurrent!`](crate::concurrent!).
+#[derive(Default)]
+pub struct ConcurrentGroup<'a> {
+    runnables: Vec<Box<dyn Runnable + 'a>>,
+}
+
+macro_rules! group {
+    ($group:ident) => {
+        impl<'a> $group<'a> {
+            /// An empty group.
+            pub fn new() -> Self {
+                Self {
+                    runnables: Vec::new(),
+                }
+            }
+
+            /// Adds a runnable (a job, `&job`, a group, a `Box<dyn Runnable>`...).
+            pub fn add(&mut self, runnable: impl Runnable + 'a) -> &mut Self {
+                self.runnables.push(Box::new(runnable));
+                self
+            }
+
+            /// Adds a runnable and returns the group.
+            pub fn with(mut self, runnable: impl Runnable + 'a) -> Self {
+                self.runnables.push(Box::new(runnable));
+                self
+            }
+
+            /// How many runnables the group holds.
+            pub fn len(&self) -> usize {
+                self.runnables.len()
+            }
+
+            /// Whether the group holds none.
+            pub fn is_empty(&self) -> bool {
+                self.runnables.is_empty()
+            }
+
+            /// Runs the group to completion.
+            #[track_caller]
+            pub fn run(&self) -> impl Future<Output = Result<()>> + '_ {
+                let at = Location::caller();
+                async move { Runnable::run(self).await.map_err(|e| e.located(at)) }
+            }
+        }
+
+        impl<'a, R: Runnable + 'a> FromIterator<R> for $group<'a> {
+            fn from_iter<I: IntoIterator<Item = R>>(runnables: I) -> Self {
+                Self {
+                    runnables: runnables
+                        .into_iter()
+                        .map(|r| Box::new(r) as Box<dyn Runnable + 'a>)
+                        .collect(),
+                }
+            }
+        }
+    };
+}
+
+group!(SerialGroup);
+group!(ConcurrentGroup);
+
+impl Runnable for SerialGroup<'_> {
+    fn run(&self) -> RunFuture<'_> {
+        Box::pin(async move {
+            for runnable in &self.runnables {
+                Runnable::run(&**runnable).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Runnable for ConcurrentGroup<'_> {
+    fn run(&self) -> RunFuture<'_> {
+        Box::pin(async move {
+            try_join_all(self.runnables.iter().map(|r| Runnable::run(&**r)))
+                .await
+                .map(drop)
+        })
+    }
+}
+
+/// A group that runs `runnables` one after another, stopping at the first
+/// failure. The runnables are of one type (`[&build, &test]`, a `Vec` of
+/// groups...); [`sequence!`](crate::sequence!) takes runnables of any types.
+pub fn sequence<'a, R: Runnable + 'a>(runnables: impl IntoIterator<Item = R>) -> SerialGroup<'a> {
+    runnables.into_iter().collect()
+}
+
+/// A group that runs `runnables` at the same time. The runnables are of one
+/// type; [`concurrent!`](crate::concurrent!) takes runnables of any types.
+pub fn concurrent<'a, R: Runnable + 'a>(
+    runnables: impl IntoIterator<Item = R>,
+) -> ConcurrentGroup<'a> {
+    runnables.into_iter().collect()
+}
+
+/// A [`SerialGroup`] of runnables of any types: `sequence![&build, tests]`.
+#[macro_export]
+macro_rules! sequence {
+    ($($runnable:expr),* $(,)?) => {
+        $crate::SerialGroup::new()$(.with($runnable))*
+    };
+}
+
+/// A [`ConcurrentGroup`] of runnables of any types:
+/// `concurrent![sequence![&a, &b], &c]`.
+#[macro_export]
+macro_rules! concurrent {
+    ($($runnable:expr),* $(,)?) => {
+        $crate::ConcurrentGroup::new()$(.with($runnable))*
+    };
+}

@@ -1,0 +1,486 @@
+//! Unit tests against a fake host (natively: `cargo test`).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::host::{fake, op};
+use crate::*;
+
+/// What the fake host saw and how it answers.
+#[derive(Default)]
+struct Host {
+    /// Every call: (op, request).
+    calls: Vec<(u32, Value)>,
+    /// Outstanding tickets: (ticket, result), completed oldest first.
+    outstanding: Vec<(u64, Value)>,
+    next_ticket: u64,
+    /// How each job ends, by name: (phase, exit code).
+    jobs: BTreeMap<String, (String, i64)>,
+    started: Vec<String>,
+}
+
+impl Host {
+    fn ops(&self) -> Vec<u32> {
+        self.calls.iter().map(|(op, _)| *op).collect()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.calls
+            .iter()
+            .filter(|(op, _)| *op == op::LOG)
+            .map(|(_, r)| {
+                let job = r["job"]
+                    .as_str()
+                    .map(|j| format!("[{j}] "))
+                    .unwrap_or_default();
+                format!(
+                    "{job}{}: {}",
+                    r["level"].as_str().unwrap(),
+                    r["message"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    fn requests(&self, op: u32) -> Vec<Value> {
+        self.calls
+            .iter()
+            .filter(|(o, _)| *o == op)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+fn error(code: &str, message: &str) -> Result<String, (u32, String)> {
+    Err((1, json!({"code": code, "message": message}).to_string()))
+}
+
+/// Installs a fake host for an event of `source` and `event_type` at
+/// `log_level`.
+fn install(source: &str, event_type: &str, log_level: &str) -> Rc<RefCell<Host>> {
+    let host = Rc::new(RefCell::new(Host::default()));
+    let event = json!({
+        "id": "e1",
+        "project": {"id": "p", "kubernetes": {"namespace": ""}, "secrets": {"token": "s3cr3t"}},
+        "source": source, "type": event_type, "qualifiers": null, "labels": {"team": "ci"},
+        "shortTitle": "short", "longTitle": "", "payload": "{\"n\":3}",
+        "worker": {"apiAddress": "", "apiToken": "", "logLevel": log_level,
+            "configFilesDirectory": ".brigade", "defaultConfigFiles": null, "git": null}
+    });
+    let state = host.clone();
+    fake::install(move |op, request| {
+        let mut host = state.borrow_mut();
+        let request: Value = if request.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(request).unwrap()
+        };
+        host.calls.push((op, request.clone()));
+        let ticket = |host: &mut Host, result: Value| {
+            host.next_ticket += 1;
+            let t = host.next_ticket;
+            host.outstanding.push((t, result));
+            Ok(json!({ "ticket": t }).to_string())
+        };
+        match op {
+            op::EVENT_GET => Ok(event.to_string()),
+            op::LOG | op::SCRIPT_ERROR | op::TICKET_CANCEL => Ok(String::new()),
+            op::SUMMARY_SET => {
+                if request["text"].as_str().unwrap().chars().count() > 4096 {
+                    error(
+                        "limit_exceeded",
+                        "the summary is longer than 4096 characters",
+                    )
+                } else {
+                    Ok(String::new())
+                }
+            }
+            op::SECRET_GET => match request["key"].as_str().unwrap() {
+                "token" => Ok(json!({"value": "s3cr3t"}).to_string()),
+                _ => error("not_found", "no such secret"),
+            },
+            op::JOB_START => {
+                let name = request["name"].as_str().unwrap().to_string();
+                if host.started.contains(&name) {
+                    return error("conflict", "a job of that name exists");
+                }
+                host.started.push(name);
+                Ok(String::new())
+            }
+            op::JOB_WAIT => {
+                let name = request["name"].as_str().unwrap();
+                let (phase, code) = host
+                    .jobs
+                    .get(name)
+                    .cloned()
+                    .unwrap_or(("SUCCEEDED".into(), 0));
+                ticket(
+                    &mut host,
+                    json!({"phase": phase, "exitCode": code, "reason": null}),
+                )
+            }
+            op::JOB_LOGS => ticket(&mut host, json!({"lines": ["one", "two"]})),
+            op::SLEEP => ticket(&mut host, Value::Null),
+            op::WAIT_ANY => {
+                if host.outstanding.is_empty() {
+                    return Ok(json!({"status": "idle"}).to_string());
+                }
+                let (t, result) = host.outstanding.remove(0);
+                Ok(json!({"status": "completed", "ticket": t, "result": result}).to_string())
+            }
+            op::WORKSPACE_READ => error("not_configured", "no workspace"),
+            _ => error("unknown_operation", "no such operation"),
+        }
+    });
+    host
+}
+
+#[test]
+fn an_exact_type_beats_the_wildcard_and_the_last_registration_wins() {
+    let host = install("src", "exact", "INFO");
+    Events::new()
+        .on("src", "*", async |event: Event| -> Result<()> {
+            logger().info(format!("wildcard {}", event.event_type));
+            Ok(())
+        })
+        .on("src", "exact", async |_| {
+            info!("first");
+            Ok(())
+        })
+        .on("src", "exact", async |_| {
+            info!("second");
+            Ok(())
+        })
+        .process();
+    assert_eq!(host.borrow().lines(), ["INFO: second"]);
+}
+
+#[test]
+fn the_wildcard_takes_other_types_of_its_source_only() {
+    let host = install("src", "other", "INFO");
+    Events::new()
+        .on("src", "*", async |event: Event| {
+            info!("wildcard got {}", event.event_type);
+            Ok(())
+        })
+        .on("elsewhere", "other", async |_| {
+            info!("wrong");
+            Ok(())
+        })
+        .process();
+    assert_eq!(host.borrow().lines(), ["INFO: wildcard got other"]);
+}
+
+#[test]
+fn an_event_without_a_handler_is_logged_at_debug() {
+    let host = install("src", "none", "DEBUG");
+    Events::new().process();
+    assert_eq!(
+        host.borrow().lines(),
+        ["DEBUG: no handler for events of source \"src\" and type \"none\""]
+    );
+    assert!(!host.borrow().ops().contains(&op::SCRIPT_ERROR));
+}
+
+#[test]
+fn levelled_lines_below_the_worker_level_are_dropped() {
+    let host = install("src", "t", "WARN");
+    debug!("d");
+    info!("i");
+    warn!("w");
+    error!("e");
+    Job::new("job", "x").logger().warn("about the job");
+    assert_eq!(
+        host.borrow().lines(),
+        ["WARN: w", "ERROR: e", "[job] WARN: about the job"]
+    );
+    assert_eq!(host.borrow().requests(op::LOG)[0]["console"], json!(false));
+}
+
+#[test]
+fn a_handler_error_is_reported_with_its_location() {
+    let host = install("src", "t", "INFO");
+    Events::new()
+        .on("src", "t", async |_| -> Result<()> {
+            Err(Error::new("boom"))
+        })
+        .process();
+    let errors = host.borrow().requests(op::SCRIPT_ERROR);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["kind"], "uncaught");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("src/tests.rs:") && message.ends_with(": boom"),
+        "{message}"
+    );
+}
+
+#[test]
+fn question_marks_convert_errors_and_keep_their_location() {
+    let host = install("src", "t", "INFO");
+    Events::new()
+        .on("src", "t", async |event: Event| {
+            let n: u32 = "x".parse()?;
+            let _: Value = event.payload_json()?;
+            Ok(n.to_string())
+        })
+        .process();
+    let message = host.borrow().requests(op::SCRIPT_ERROR)[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("src/tests.rs:") && message.ends_with("invalid digit found in string"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_returned_summary_is_set() {
+    let host = install("src", "t", "INFO");
+    Events::new()
+        .on("src", "t", async |_| Ok("all good"))
+        .process();
+    assert_eq!(
+        host.borrow().requests(op::SUMMARY_SET),
+        [json!({"text": "all good"})]
+    );
+    let host = install("src", "t", "INFO");
+    Events::new()
+        .on("src", "t", async |_| Ok(String::new()))
+        .process();
+    assert!(host.borrow().requests(op::SUMMARY_SET).is_empty());
+}
+
+#[test]
+fn a_summary_too_long_is_an_error_with_the_hosts_code() {
+    let _host = install("src", "t", "INFO");
+    let error = set_summary("x".repeat(4097)).unwrap_err();
+    assert_eq!(error.code(), Some("limit_exceeded"));
+    set_summary("short").unwrap();
+}
+
+#[test]
+fn jobs_in_a_concurrent_group_all_start_before_the_guest_waits() {
+    let host = install("src", "t", "INFO");
+    let a1 = Job::new("a1", "img");
+    let a2 = Job::new("a2", "img");
+    let b1 = Job::new("b1", "img");
+    let b2 = Job::new("b2", "img");
+    block_on(concurrent([sequence([&a1, &a2]), sequence([&b1, &b2])]).run())
+        .unwrap()
+        .unwrap();
+    let host = host.borrow();
+    let ops = host.ops();
+    let first_wait = ops.iter().position(|&o| o == op::WAIT_ANY).unwrap();
+    let starts: Vec<_> = host
+        .requests(op::JOB_START)
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(starts, ["a1", "b1", "a2", "b2"]);
+    assert_eq!(
+        ops[..first_wait]
+            .iter()
+            .filter(|&&o| o == op::JOB_START)
+            .count(),
+        2
+    );
+    assert!(
+        host.lines()
+            .contains(&"[a1] INFO: Creating job a1".to_string())
+    );
+    let spec = &host.requests(op::JOB_START)[0]["spec"];
+    assert_eq!(spec["timeoutSeconds"], 900);
+    assert_eq!(spec["primaryContainer"]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(spec["host"], json!({"nodeSelector": {}}));
+}
+
+#[test]
+fn a_sequence_stops_at_the_first_failure() {
+    let host = install("src", "t", "INFO");
+    host.borrow_mut()
+        .jobs
+        .insert("fails".into(), ("FAILED".into(), 3));
+    let fails = Job::new("fails", "img");
+    let never = Job::new("never", "img");
+    let error = block_on(sequence![&fails, never].run())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.to_string(), "Job \"fails\" failed");
+    assert_eq!(error.phase(), Some(Phase::Failed));
+    assert_eq!(error.exit_code(), Some(3));
+    assert_eq!(host.borrow().started, ["fails"]);
+}
+
+#[test]
+fn job_errors_read_as_brigadiers() {
+    let host = install("src", "t", "INFO");
+    host.borrow_mut()
+        .jobs
+        .insert("slow".into(), ("TIMED_OUT".into(), 0));
+    host.borrow_mut()
+        .jobs
+        .insert("meh".into(), ("FAILED".into(), 1));
+    let error = block_on(Job::new("slow", "img").run())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.to_string(), "Job \"slow\" timed out");
+    assert_eq!(error.phase(), Some(Phase::TimedOut));
+    assert!(error.location().unwrap().file().ends_with("tests.rs"));
+    block_on(Job::new("meh", "img").fallible(true).run())
+        .unwrap()
+        .unwrap();
+    let error = block_on(Job::new("meh", "img").run()).unwrap().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Error creating job \"meh\": a job of that name exists"
+    );
+    assert_eq!(error.code(), Some("conflict"));
+}
+
+#[test]
+fn logs_are_joined_with_newlines() {
+    let _host = install("src", "t", "INFO");
+    let job = Job::new("talker", "img");
+    assert_eq!(block_on(job.logs()).unwrap().unwrap(), "one\ntwo");
+}
+
+#[test]
+fn sleep_secrets_and_workspace_errors() {
+    let host = install("src", "t", "INFO");
+    block_on(sleep(Duration::from_millis(50))).unwrap().unwrap();
+    assert_eq!(host.borrow().requests(op::SLEEP), [json!({"ms": 50.0})]);
+    assert_eq!(secret("token").unwrap(), "s3cr3t");
+    assert_eq!(secret("nope").unwrap_err().code(), Some("not_found"));
+    assert_eq!(
+        workspace::read("a.txt").unwrap_err().code(),
+        Some("not_configured")
+    );
+}
+
+#[test]
+fn waiting_on_nothing_outstanding_is_an_error() {
+    let _host = install("src", "t", "INFO");
+    let error = block_on(std::future::pending::<()>()).unwrap_err();
+    assert!(error.to_string().contains("nothing outstanding"), "{error}");
+}
+
+#[test]
+fn a_dropped_ticket_is_cancelled() {
+    let host = install("src", "t", "INFO");
+    let first = async {
+        let fails = async { Err::<(), Error>(Error::new("stop")) };
+        try_join_all([
+            Box::pin(async { sleep(Duration::from_secs(60)).await })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>,
+            Box::pin(fails),
+        ])
+        .await
+    };
+    assert!(block_on(first).unwrap().is_err());
+    assert_eq!(
+        host.borrow().requests(op::TICKET_CANCEL),
+        [json!({"ticket": 1})]
+    );
+}
+
+#[test]
+fn the_event_has_every_field() {
+    let _host = install("src", "t", "INFO");
+    let event = event().unwrap();
+    assert_eq!(event.labels["team"], "ci");
+    assert!(event.qualifiers.is_empty());
+    assert_eq!(event.short_title, "short");
+    assert_eq!(event.project.secrets["token"], "s3cr3t");
+    assert_eq!(event.worker.config_files_directory, ".brigade");
+    assert_eq!(event.payload_json::<Value>().unwrap()["n"], 3);
+}
+
+#[test]
+fn base64_round_trips() {
+    use crate::workspace::{base64_decode, base64_encode};
+    for bytes in [
+        &b""[..],
+        b"f",
+        b"fo",
+        b"foo",
+        b"foob",
+        b"\x00\xff\x10binary",
+    ] {
+        assert_eq!(base64_decode(&base64_encode(bytes)).unwrap(), bytes);
+    }
+    assert_eq!(base64_encode(b"AAEC\x00"), "QUFFQwA=");
+    assert_eq!(base64_decode("AAEC").unwrap(), [0, 1, 2]);
+}
+
+/// The handler forms the README shows all register.
+#[test]
+fn handlers_may_be_async_fns_async_closures_or_closures_returning_futures() {
+    async fn named(_: Event) -> Result<()> {
+        Ok(())
+    }
+    let host = install("src", "closure", "INFO");
+    let captured = String::from("captured");
+    Events::new()
+        .on("src", "named", named)
+        .on("src", "async-closure", async |event: Event| {
+            let n: u32 = event.payload.len().to_string().parse()?;
+            Ok(format!("{n}"))
+        })
+        .on("src", "closure", move |_event: Event| async move {
+            let _: u32 = "1".parse()?;
+            info!("{captured}");
+            Ok(())
+        })
+        .process();
+    assert_eq!(host.borrow().lines(), ["INFO: captured"]);
+}
+
+#[test]
+fn sidecars_and_hosts_are_sent_in_the_hosts_shape() {
+    let host = install("src", "t", "INFO");
+    let job = Job::new("db-test", "img")
+        .command(["sh", "-c"])
+        .arguments(["make test"])
+        .env("REDIS", "localhost:6379")
+        .sidecar(
+            "redis",
+            Container::new("redis:7").readiness(Readiness::tcp_port(6379).timeout_seconds(30.0)),
+        )
+        .sidecar(
+            "setup",
+            Container::new("img").readiness(Readiness::exited()),
+        )
+        .host(JobHost {
+            os: Some("linux".into()),
+            node_selector: BTreeMap::from([("disk".into(), "ssd".into())]),
+        });
+    block_on(job.run()).unwrap().unwrap();
+    let spec = host.borrow().requests(op::JOB_START)[0]["spec"].clone();
+    assert_eq!(
+        spec["sidecarContainers"]["redis"]["readiness"],
+        json!({"tcpPort": 6379, "timeoutSeconds": 30.0})
+    );
+    assert_eq!(
+        spec["sidecarContainers"]["setup"]["readiness"],
+        json!({"exited": true})
+    );
+    assert_eq!(
+        spec["host"],
+        json!({"os": "linux", "nodeSelector": {"disk": "ssd"}})
+    );
+    assert_eq!(
+        spec["primaryContainer"],
+        json!({
+            "image": "img", "imagePullPolicy": "IfNotPresent", "workingDirectory": "",
+            "command": ["sh", "-c"], "arguments": ["make test"],
+            "environment": {"REDIS": "localhost:6379"}, "workspaceMountPath": "",
+            "sourceMountPath": "", "privileged": false, "useHostDockerSocket": false
+        })
+    );
+}
