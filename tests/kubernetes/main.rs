@@ -73,6 +73,11 @@ impl Cluster {
     }
 
     async fn run_js_limited(&self, event_id: &str, script: &str, limits: WorkerLimits) -> Run {
+        self.run_script(event_id, ScriptSource::new("brigade.js", script), limits)
+            .await
+    }
+
+    async fn run_script(&self, event_id: &str, script: ScriptSource, limits: WorkerLimits) -> Run {
         let event = Event::new(event_id, "test-project", "brigade.sh/cli", "exec");
         let context = Arc::new(EventContext {
             use_workspace: true,
@@ -82,7 +87,7 @@ impl Cluster {
         let outcome = sandbox(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
             .await
             .run(
-                &ScriptSource::new("brigade.js", script),
+                &script,
                 WorkerRequest {
                     event,
                     limits,
@@ -523,4 +528,62 @@ async fn a_worker_that_times_out_stops_its_running_jobs() {
         .into_iter()
         .any(|r| r.method == "DELETE" && r.path.ends_with(&format!("/pods/{event_id}-serve")));
     assert!(deleted, "the job's Pod was not deleted");
+}
+
+/// The Rust and Go examples' compiled scripts run their concurrent jobs as
+/// pods, exactly as their JavaScript counterparts do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_scripts_run_their_jobs_as_pods() {
+    for (example, jobs) in [
+        (
+            "16-rust-pipeline",
+            ["my-first-job", "my-second-job", "my-a-job", "my-b-job"],
+        ),
+        ("17-go-pipeline", ["build", "test", "lint", "docs"]),
+    ] {
+        let cluster = cluster().await;
+        cluster.play(
+            jobs.iter()
+                .map(|job| (*job, PodScript::default().with(job, lines(&["ok 1"], 0))))
+                .collect(),
+        );
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(example)
+            .join(".brigade/brigade.wasm");
+        let module = std::fs::read(&path).unwrap();
+        let run = cluster
+            .run_script(
+                &uuid(),
+                ScriptSource::module("brigade.wasm", module),
+                WorkerLimits::default(),
+            )
+            .await;
+        run.assert_succeeded();
+        assert!(
+            run.outcome
+                .summary
+                .as_deref()
+                .unwrap_or_default()
+                .contains("4 jobs"),
+            "{example}: {:?}",
+            run.outcome.summary
+        );
+        let mut created: Vec<String> = cluster
+            .fake
+            .created("pods")
+            .iter()
+            .map(|pod| {
+                pod["spec"]["containers"][0]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        created.sort();
+        let mut expected: Vec<String> = jobs.iter().map(ToString::to_string).collect();
+        expected.sort();
+        assert_eq!(created, expected, "{example}");
+        cluster.assert_nothing_denied();
+    }
 }

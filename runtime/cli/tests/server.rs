@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 
 const ROOT_PASSWORD: &str = "test-root-password";
@@ -252,6 +253,54 @@ fn examples_end_to_end(server: &TestServer) {
     let missing = server.cli(&["event", "logs", "--id", &id, "--job", "no-such-job"]);
     assert_eq!(missing.code, 1, "{missing:?}");
     assert!(missing.stderr.contains("NotFoundError"), "{missing:?}");
+
+    compiled_scripts_end_to_end(server);
+}
+
+/// Projects whose scripts are compiled modules (Rust and Go): sent inline
+/// by `project create`, run by the server as `mizzen run` runs them; a
+/// module importing what the host does not grant is refused when saved.
+fn compiled_scripts_end_to_end(server: &TestServer) {
+    for (example, project) in [
+        ("16-rust-pipeline", "rust-pipeline"),
+        ("17-go-pipeline", "go-pipeline"),
+    ] {
+        server.ok(&["project", "create", "-f", &format!("examples/{example}")]);
+        let id = server.create_event(project, &["--follow"]);
+        let event = server.json(&["event", "get", "--id", &id]);
+        assert_eq!(event["worker"]["status"]["phase"], "SUCCEEDED", "{event}");
+        assert!(
+            event["summary"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("4 jobs"),
+            "{event}"
+        );
+        assert_eq!(event["worker"]["jobs"].as_array().map(Vec::len), Some(4));
+    }
+
+    // (module (import "env" "foo" (func))), in base64, inline.
+    let bad: &[u8] = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x02\x0b\x01\x03env\x03foo\0\0";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        format!(
+            "apiVersion: brigade.sh/v2\nkind: Project\nmetadata:\n  id: bad-module\nspec:\n  workerTemplate:\n    defaultConfigFiles:\n      brigade.wasm: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(bad)
+        ),
+    )
+    .unwrap();
+    let refused = server.cli(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("spec.workerTemplate.defaultConfigFiles.brigade.wasm")
+            && refused
+                .stderr
+                .contains(r#"imports "env" "foo", which the host does not provide"#),
+        "{refused:?}"
+    );
 }
 
 #[test]
