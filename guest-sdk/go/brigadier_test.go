@@ -1,0 +1,408 @@
+//go:build !wasip1
+
+package brigadier
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A fake host: jobs take a scripted number of ticks of a fake clock, timers
+// as many milliseconds, and wait_any completes the outstanding ticket that
+// ends first.
+type fake struct {
+	mu       sync.Mutex
+	event    map[string]any
+	now      int
+	duration map[string]int // a job's run time, by name (default 10)
+	exit     map[string]int // a job's exit code, by name (default 0)
+	ends     map[string]int // when each started job ends
+	tickets  map[uint64]fakeTicket
+	next     uint64
+	ops      []string // what the guest did, in order
+	logs     []string
+	summary  string
+	errors   []string
+	running  int // jobs running now
+	maxRun   int // most jobs running at once
+	waitAnys int
+}
+
+type fakeTicket struct {
+	end    int
+	result string
+}
+
+func newFake(t *testing.T, source, eventType string) *fake {
+	f := &fake{
+		event: map[string]any{
+			"id": "e1", "project": map[string]any{"id": "p", "kubernetes": map[string]any{"namespace": ""}, "secrets": map[string]any{"token": "s3cr3t"}},
+			"source": source, "type": eventType, "qualifiers": nil, "labels": map[string]any{"team": "ci"},
+			"shortTitle": "short", "longTitle": "", "payload": `{"name":"Mizzen","count":3}`,
+			"worker": map[string]any{"apiAddress": "", "apiToken": "", "logLevel": "INFO", "configFilesDirectory": ".brigade", "defaultConfigFiles": nil, "git": nil},
+		},
+		duration: map[string]int{}, exit: map[string]int{}, ends: map[string]int{}, tickets: map[uint64]fakeTicket{},
+	}
+	fakeHost = f.handle
+	sched.mu.Lock()
+	sched.tickets = map[uint64]*future{}
+	sched.active = 1
+	sched.mu.Unlock()
+	cachedEvent.event = nil
+	threshold.set = false
+	Events = &EventRegistry{}
+	t.Cleanup(func() {
+		// Let goroutines that were woken finish before the next test.
+		for i := 0; i < 1000; i++ {
+			sched.mu.Lock()
+			settled := sched.active == 1 && !sched.driving
+			sched.mu.Unlock()
+			if settled {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		sched.mu.Lock()
+		defer sched.mu.Unlock()
+		fakeHost = nil
+		if sched.active != 1 || sched.driving {
+			t.Errorf("scheduler left unbalanced: active=%d driving=%v", sched.active, sched.driving)
+		}
+	})
+	return f
+}
+
+func (f *fake) ticket(end int, result string) []byte {
+	f.next++
+	f.tickets[f.next] = fakeTicket{end, result}
+	return []byte(fmt.Sprintf(`{"ticket":%d}`, f.next))
+}
+
+func fail(status uint32, code, message string) (uint32, []byte) {
+	b, _ := json.Marshal(map[string]string{"code": code, "message": message})
+	return status, b
+}
+
+func (f *fake) handle(op uint32, req []byte) (uint32, []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var r map[string]any
+	if len(req) > 0 {
+		if err := json.Unmarshal(req, &r); err != nil {
+			return fail(1, "invalid_request", err.Error())
+		}
+	}
+	name, _ := r["name"].(string)
+	switch op {
+	case opEventGet:
+		b, _ := json.Marshal(f.event)
+		return 0, b
+	case opLog:
+		job := ""
+		if j, ok := r["job"].(string); ok {
+			job = "[job: " + j + "] "
+		}
+		f.logs = append(f.logs, fmt.Sprintf("%s %s%s", r["level"], job, r["message"]))
+		return 0, nil
+	case opSummarySet:
+		text := r["text"].(string)
+		if len([]rune(text)) > 4096 {
+			return fail(6, "limit_exceeded", "the summary is longer than 4096 characters (summaryLength)")
+		}
+		f.summary = text
+		return 0, nil
+	case opScriptError:
+		f.errors = append(f.errors, r["message"].(string))
+		return 0, nil
+	case opSecretGet:
+		if r["key"] == "token" {
+			return 0, []byte(`{"value":"s3cr3t"}`)
+		}
+		return fail(3, "not_found", "no secret")
+	case opJobStart:
+		if _, ok := f.ends[name]; ok {
+			return fail(4, "conflict", "job name used twice")
+		}
+		f.settle()
+		d, ok := f.duration[name]
+		if !ok {
+			d = 10
+		}
+		f.ends[name] = f.now + d
+		f.running++
+		f.maxRun = max(f.maxRun, f.running)
+		f.ops = append(f.ops, fmt.Sprintf("start %s @%d", name, f.now))
+		return 0, nil
+	case opJobWait:
+		end, ok := f.ends[name]
+		if !ok {
+			return fail(3, "not_found", "no job "+name)
+		}
+		phase := "SUCCEEDED"
+		if f.exit[name] != 0 {
+			phase = "FAILED"
+		}
+		f.ops = append(f.ops, "wait "+name)
+		return 0, f.ticket(end, fmt.Sprintf(`{"phase":%q,"exitCode":%d,"reason":null}`, phase, f.exit[name]))
+	case opJobLogs:
+		return 0, f.ticket(f.now, `{"lines":["one","two"]}`)
+	case opSleep:
+		return 0, f.ticket(f.now+int(r["ms"].(float64)), "null")
+	case opWaitAny:
+		f.waitAnys++
+		if len(f.tickets) == 0 {
+			return 0, []byte(`{"status":"idle"}`)
+		}
+		var ids []uint64
+		for id := range f.tickets {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(a, b int) bool {
+			ta, tb := f.tickets[ids[a]], f.tickets[ids[b]]
+			return ta.end < tb.end || ta.end == tb.end && ids[a] < ids[b]
+		})
+		t := f.tickets[ids[0]]
+		delete(f.tickets, ids[0])
+		f.now = max(f.now, t.end)
+		f.settle()
+		return 0, []byte(fmt.Sprintf(`{"status":"completed","ticket":%d,"result":%s}`, ids[0], t.result))
+	case opWorkspaceRead:
+		return fail(2, "not_configured", `project "p" has no workspace (set spec.workerTemplate.useWorkspace: true)`)
+	}
+	return fail(9, "unknown_operation", fmt.Sprint("no operation ", op))
+}
+
+// settle counts the jobs that have ended by now.
+func (f *fake) settle() {
+	f.running = 0
+	for _, end := range f.ends {
+		if end > f.now {
+			f.running++
+		}
+	}
+}
+
+func job(name, script string) *Job {
+	j := NewJob(name, "localhost/busybox:latest")
+	j.PrimaryContainer.Command = []string{"sh", "-c"}
+	j.PrimaryContainer.Arguments = []string{script}
+	return j
+}
+
+func TestMain(m *testing.M) {
+	runtime.GOMAXPROCS(1) // as in the sandbox
+	os.Exit(m.Run())
+}
+
+func TestConcurrentSequencesOverlap(t *testing.T) {
+	f := newFake(t, "brigade.sh/cli", "exec")
+	f.duration = map[string]int{"a": 10, "b": 10, "c": 5, "d": 10}
+	err := Concurrent(Sequence(job("a", ""), job("b", "")), Sequence(job("c", ""), job("d", ""))).Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"start a @0", "start c @0"}
+	if got := f.ops[:2]; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("jobs started %v, want %v first (ops %v)", got, want, f.ops)
+	}
+	if f.now != 20 || f.maxRun != 2 {
+		t.Fatalf("took %d ticks with at most %d jobs at once, want 20 and 2 (ops %v)", f.now, f.maxRun, f.ops)
+	}
+	var creating []string
+	for _, l := range f.logs {
+		if strings.Contains(l, "Creating job") {
+			creating = append(creating, l)
+		}
+	}
+	if strings.Join(creating, "\n") != "INFO [job: a] Creating job a\nINFO [job: c] Creating job c\nINFO [job: d] Creating job d\nINFO [job: b] Creating job b" {
+		t.Fatalf("creation lines %q", creating)
+	}
+}
+
+func TestSequenceStopsAtTheFirstFailure(t *testing.T) {
+	f := newFake(t, "brigade.sh/cli", "exec")
+	f.exit["fails"] = 1
+	err := Sequence(job("fails", "exit 1"), job("never", "echo never")).Run()
+	var je *JobError
+	if !errors.As(err, &je) || err.Error() != `Job "fails" failed` || je.Phase != PhaseFailed || je.ExitCode != 1 {
+		t.Fatalf("err = %#v", err)
+	}
+	if _, ok := f.ends["never"]; ok {
+		t.Fatal("never ran")
+	}
+}
+
+func TestConcurrentFailsAsSoonAsOneFails(t *testing.T) {
+	f := newFake(t, "brigade.sh/cli", "exec")
+	f.duration = map[string]int{"quick": 1, "slow": 100}
+	f.exit["quick"] = 2
+	err := Concurrent(job("slow", ""), job("quick", "")).Run()
+	if err == nil || err.Error() != `Job "quick" failed` || f.now != 1 {
+		t.Fatalf("err = %v at %d", err, f.now)
+	}
+	// The slow job's goroutine still waits; the rest of the script may go on
+	// and wait for other things, which delivers its end too.
+	if err := Sleep(200 * time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFallibleAndStartErrors(t *testing.T) {
+	f := newFake(t, "brigade.sh/cli", "exec")
+	f.exit["fails"] = 3
+	j := job("fails", "exit 3")
+	j.Fallible = true
+	if err := j.Run(); err != nil {
+		t.Fatal(err)
+	}
+	err := job("fails", "").Run()
+	if err == nil || err.Error() != `Error creating job "fails": job name used twice` || !errors.Is(err, ErrConflict) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSleepAndLogsInConcurrentFuncs(t *testing.T) {
+	f := newFake(t, "brigade.sh/cli", "exec")
+	var order []string
+	var mu sync.Mutex
+	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
+	talker := job("talker", "echo one; echo two")
+	err := Concurrent(
+		RunnableFunc(func() error {
+			if err := Sleep(30 * time.Millisecond); err != nil {
+				return err
+			}
+			note("slept 30")
+			return nil
+		}),
+		RunnableFunc(func() error {
+			if err := talker.Run(); err != nil {
+				return err
+			}
+			logs, err := talker.Logs()
+			note("logs " + strings.ReplaceAll(logs, "\n", "|"))
+			return err
+		}),
+	).Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(order, ",") != "logs one|two,slept 30" || f.now != 30 {
+		t.Fatalf("order %v at %d", order, f.now)
+	}
+}
+
+func TestProcessPicksTheHandler(t *testing.T) {
+	for _, c := range []struct{ source, eventType, want string }{
+		{"s", "exact", "exact"},
+		{"s", "other", "wild other"},
+		{"t", "x", ""},
+	} {
+		t.Run(c.source+"/"+c.eventType, func(t *testing.T) {
+			f := newFake(t, c.source, c.eventType)
+			Events.On("s", "exact", func(Event) error { Log.Info("first"); return nil })
+			Events.On("s", "exact", func(Event) error { Log.Info("exact"); return nil })
+			Events.On("s", "*", func(e Event) error { Log.Info("wild " + e.Type); return nil })
+			Events.Process()
+			got := strings.Join(f.logs, "\n")
+			if c.want == "" && got != "" || c.want != "" && got != "INFO "+c.want {
+				t.Fatalf("logs %q", got)
+			}
+			if len(f.errors) != 0 {
+				t.Fatal(f.errors)
+			}
+		})
+	}
+}
+
+func TestNoHandlerLogsAtDebug(t *testing.T) {
+	f := newFake(t, "src", "typ")
+	f.event["worker"].(map[string]any)["logLevel"] = "DEBUG"
+	Events.Process()
+	if strings.Join(f.logs, "\n") != `DEBUG no handler for events of source "src" and type "typ"` {
+		t.Fatalf("logs %q", f.logs)
+	}
+}
+
+func TestHandlerErrorsAndPanicsFailTheWorker(t *testing.T) {
+	f := newFake(t, "s", "throw")
+	Events.On("s", "throw", func(Event) error { return errors.New("boom from conformance") })
+	Events.Process()
+	if strings.Join(f.errors, "|") != "boom from conformance" {
+		t.Fatal(f.errors)
+	}
+
+	f = newFake(t, "s", "panic")
+	Events.On("s", "panic", func(Event) error { panic("panic from conformance") })
+	Events.Process()
+	if strings.Join(f.errors, "|") != "panic: panic from conformance" {
+		t.Fatal(f.errors)
+	}
+
+	f = newFake(t, "s", "panic")
+	Events.On("s", "panic", func(Event) error {
+		return Concurrent(RunnableFunc(func() error { return nil }), RunnableFunc(func() error { panic(fmt.Errorf("in a group")) })).Run()
+	})
+	Events.Process()
+	if strings.Join(f.errors, "|") != "panic: in a group" {
+		t.Fatal(f.errors)
+	}
+}
+
+func TestLevelsSummarySecretsWorkspace(t *testing.T) {
+	f := newFake(t, "s", "x")
+	Log.Debug("level", "debug")
+	Log.Info("level", "info", 3)
+	Log.WithJob("j").Warnf("level %s", "warn")
+	Log.Error("level error")
+	if err := SetLogLevel("debug"); err != nil {
+		t.Fatal(err)
+	}
+	Log.Debug("now debug")
+	if got := strings.Join(f.logs, "|"); got != "INFO level info 3|WARN [job: j] level warn|ERROR level error|DEBUG now debug" {
+		t.Fatalf("logs %q", got)
+	}
+	err := SetSummary(strings.Repeat("x", 4097))
+	var he *Error
+	if !errors.As(err, &he) || he.Code != "limit_exceeded" || !errors.Is(err, ErrLimitExceeded) {
+		t.Fatalf("err = %#v", err)
+	}
+	if err := SetSummary("short"); err != nil || f.summary != "short" {
+		t.Fatal(err, f.summary)
+	}
+	if v, err := Secret("token"); err != nil || v != "s3cr3t" {
+		t.Fatal(v, err)
+	}
+	if _, err := Secret("nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	if _, err := Workspace.ReadFile("a.txt"); !errors.Is(err, ErrNotConfigured) {
+		t.Fatal(err)
+	}
+	e, _ := CurrentEvent()
+	var p struct {
+		Name  string
+		Count int
+	}
+	if err := e.DecodePayload(&p); err != nil || p.Name != "Mizzen" || p.Count != 3 || e.Labels["team"] != "ci" {
+		t.Fatal(p, err, e)
+	}
+}
+
+func TestJobRequestShape(t *testing.T) {
+	j := job("x", "true")
+	j.SidecarContainers["db"] = &Container{Image: "redis", Readiness: &Readiness{TCPPort: 6379}}
+	b, _ := json.Marshal(j.request())
+	want := `{"name":"x","spec":{"primaryContainer":{"image":"localhost/busybox:latest","imagePullPolicy":"IfNotPresent","command":["sh","-c"],"arguments":["true"]},"sidecarContainers":{"db":{"image":"redis","readiness":{"tcpPort":6379}}},"timeoutSeconds":900,"host":{},"fallible":false}}`
+	if string(b) != want {
+		t.Fatalf("%s", b)
+	}
+}

@@ -1,0 +1,3 @@
+module mizzen.dev/brigadier
+
+go 1.24

@@ -1,0 +1,524 @@
+package brigadier
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+)
+
+// ImagePullPolicy says when a container's image is pulled.
+type ImagePullPolicy string
+
+const (
+	// IfNotPresent pulls the image only when it is missing (the default).
+	IfNotPresent ImagePullPolicy = "IfNotPresent"
+	// Always pulls the image every time.
+	Always ImagePullPolicy = "Always"
+)
+
+// Container is one container of a job.
+type Container struct {
+	// Image is the OCI image reference.
+	Image string
+	// ImagePullPolicy is IfNotPresent (the default) or Always.
+	ImagePullPolicy ImagePullPolicy
+	// WorkingDirectory is the process's working directory; empty for the
+	// image's default.
+	WorkingDirectory string
+	// Command overrides the image's entrypoint.
+	Command []string
+	// Arguments are the command's arguments.
+	Arguments []string
+	// Environment holds environment variables. A value that is exactly
+	// "${{ secrets.NAME }}" becomes the project's secret NAME.
+	Environment map[string]string
+	// WorkspaceMountPath is where to mount the event's shared workspace
+	// (needs the project's useWorkspace); empty for nowhere.
+	WorkspaceMountPath string
+	// SourceMountPath is where to mount a checkout of the project's source
+	// (needs the project's git settings); empty for nowhere.
+	SourceMountPath string
+	// Privileged runs the container privileged (needs the project's
+	// allowPrivileged policy).
+	Privileged bool
+	// UseHostDockerSocket mounts the host's Docker socket (needs the
+	// project's allowDockerSocketMount policy).
+	UseHostDockerSocket bool
+	// Readiness, for a sidecar, says when it counts as ready: the primary
+	// container starts once every sidecar that declares readiness is ready.
+	Readiness *Readiness
+}
+
+// NewContainer returns a container that runs image, with Brigade's defaults.
+func NewContainer(image string) *Container {
+	return &Container{Image: image, ImagePullPolicy: IfNotPresent}
+}
+
+// Readiness says when a sidecar is ready: set exactly one of TCPPort and
+// Exited.
+type Readiness struct {
+	// TCPPort: ready once something accepts TCP connections on this port of
+	// the job's localhost (a service such as a database).
+	TCPPort int `json:"tcpPort,omitempty"`
+	// Exited: ready once the container has exited with 0 (a one-shot setup
+	// container); a non-zero exit fails the job.
+	Exited bool `json:"exited,omitempty"`
+	// TimeoutSeconds is how long to wait before the job fails (0 for the
+	// default, 60).
+	TimeoutSeconds float64 `json:"timeoutSeconds,omitempty"`
+}
+
+// JobHost says where a job must run.
+type JobHost struct {
+	// OS is "linux" (the default when empty) or "windows".
+	OS string
+	// NodeSelector holds labels the node must carry.
+	NodeSelector map[string]string
+}
+
+// DefaultTimeoutSeconds is a job's timeout unless it sets one: 15 minutes.
+const DefaultTimeoutSeconds = 900
+
+// Job is a primary container, whose exit code decides the job, and sidecars
+// that run beside it.
+type Job struct {
+	// Name is unique within the event: ^[a-z][a-z\d-]*[a-z\d]$, at most 63
+	// characters.
+	Name string
+	// PrimaryContainer is the container whose exit code decides the job.
+	PrimaryContainer Container
+	// SidecarContainers run beside the primary container, by name, and are
+	// stopped when it exits.
+	SidecarContainers map[string]*Container
+	// TimeoutSeconds: after this long the job ends TIMED_OUT (default 900).
+	TimeoutSeconds float64
+	// Host says where the job must run.
+	Host JobHost
+	// Fallible: when true, the job's failure does not make Run fail.
+	Fallible bool
+
+	started bool
+	wait    *future // the job.wait ticket's
+	ended   bool    // "ended" has been logged
+}
+
+// NewJob returns a job named name whose primary container runs image, with
+// Brigade's defaults (brigadier.js's `new Job(name, image, event)`).
+func NewJob(name, image string) *Job {
+	return &Job{
+		Name:              name,
+		PrimaryContainer:  *NewContainer(image),
+		SidecarContainers: map[string]*Container{},
+		TimeoutSeconds:    DefaultTimeoutSeconds,
+	}
+}
+
+// Logger returns a logger whose lines carry `[job: <name>]`.
+func (j *Job) Logger() *Logger {
+	return Log.WithJob(j.Name)
+}
+
+// Phase is how a job ended.
+type Phase string
+
+// The phases a job ends in.
+const (
+	PhaseSucceeded        Phase = "SUCCEEDED"
+	PhaseFailed           Phase = "FAILED"
+	PhaseAborted          Phase = "ABORTED"
+	PhaseCanceled         Phase = "CANCELED"
+	PhaseTimedOut         Phase = "TIMED_OUT"
+	PhaseSchedulingFailed Phase = "SCHEDULING_FAILED"
+)
+
+// phaseErrors are brigadier.js's PHASE_ERRORS.
+var phaseErrors = map[Phase]string{
+	PhaseAborted:          "was aborted",
+	PhaseCanceled:         "was canceled before starting",
+	PhaseFailed:           "failed",
+	PhaseSchedulingFailed: "scheduling failed",
+	PhaseTimedOut:         "timed out",
+}
+
+// JobError is how Run and Wait report a job that did not succeed.
+type JobError struct {
+	// Job is the job's name.
+	Job string
+	// Phase is how it ended: FAILED, TIMED_OUT, ABORTED...
+	Phase Phase
+	// ExitCode is the primary container's exit code, or -1 when it did not
+	// exit (the job timed out, was never started...).
+	ExitCode int
+	// Reason says why when the phase does not (a failed pull, the timeout);
+	// may be empty.
+	Reason string
+}
+
+// Error is brigadier.js's message: `Job "<name>" failed`, `... timed out`...
+func (e *JobError) Error() string {
+	what, ok := phaseErrors[e.Phase]
+	if !ok {
+		what = "ended " + string(e.Phase)
+	}
+	return `Job "` + e.Job + `" ` + what
+}
+
+// Start starts the job and returns once the host has accepted it; the job
+// runs while the script goes on, until Wait. An error (a *Error from the host
+// with its Code: a name used twice, a policy...) means the job did not start.
+func (j *Job) Start() error {
+	j.Logger().Info("Creating job " + j.Name)
+	if _, err := call(opJobStart, j.request()); err != nil {
+		return &StartError{Job: j.Name, Err: err}
+	}
+	sched.mu.Lock()
+	j.started, j.wait, j.ended = true, nil, false
+	sched.mu.Unlock()
+	return nil
+}
+
+// StartError is a job the host did not start; it unwraps to the host's *Error.
+type StartError struct {
+	Job string
+	Err error
+}
+
+// Error is brigadier.js's message: `Error creating job "<name>": <why>`.
+func (e *StartError) Error() string {
+	return `Error creating job "` + e.Job + `": ` + e.Err.Error()
+}
+
+func (e *StartError) Unwrap() error { return e.Err }
+
+// Wait waits until the started job ends: nil when it succeeded (or whatever
+// happened when it is Fallible), else a *JobError. It may be called more than
+// once, from several goroutines.
+func (j *Job) Wait() error {
+	sched.mu.Lock()
+	if !j.started {
+		sched.mu.Unlock()
+		return errors.New(`Job "` + j.Name + `" has not been started`)
+	}
+	if j.wait == nil {
+		f, err := submitLocked(opJobWait, jobRef{j.Name})
+		if err != nil {
+			sched.mu.Unlock()
+			return err
+		}
+		j.wait = f
+	}
+	f := j.wait
+	sched.mu.Unlock()
+
+	out := f.await()
+	if out.err != nil {
+		return out.err
+	}
+	var result struct {
+		Phase    Phase  `json:"phase"`
+		ExitCode *int   `json:"exitCode"`
+		Reason   string `json:"reason"`
+	}
+	if err := json.Unmarshal(out.result, &result); err != nil {
+		return &Error{Code: "internal", Message: "a job result could not be decoded: " + err.Error()}
+	}
+	sched.mu.Lock()
+	first := !j.ended
+	j.ended = true
+	sched.mu.Unlock()
+	if first {
+		j.Logger().Debug("Job " + j.Name + " ended " + string(result.Phase))
+	}
+	if j.Fallible || result.Phase == PhaseSucceeded {
+		return nil
+	}
+	e := &JobError{Job: j.Name, Phase: result.Phase, ExitCode: -1, Reason: result.Reason}
+	if result.ExitCode != nil {
+		e.ExitCode = *result.ExitCode
+	}
+	return e
+}
+
+// Run starts the job and waits for it to end: nil when it succeeded (or
+// whatever happened when it is Fallible), else a *JobError whose message is
+// `Job "<name>" failed` (`timed out`, `was aborted`...), or the *StartError
+// of a job that could not start.
+func (j *Job) Run() error {
+	if err := j.Start(); err != nil {
+		return err
+	}
+	return j.Wait()
+}
+
+// start is Run split at its first wait, for groups.
+func (j *Job) start() func() error {
+	if err := j.Start(); err != nil {
+		return func() error { return err }
+	}
+	return j.Wait
+}
+
+// Cancel stops the job: a running job ends ABORTED, one not started yet
+// CANCELED; a job that has ended is left as it is.
+func (j *Job) Cancel() error {
+	_, err := call(opJobCancel, jobRef{j.Name})
+	return err
+}
+
+// Logs returns what the primary container has printed so far, lines joined
+// with "\n" (wait for the job first to have all of it).
+func (j *Job) Logs() (string, error) {
+	return j.ContainerLogs("")
+}
+
+// ContainerLogs is Logs for the sidecar named container ("" for the primary).
+func (j *Job) ContainerLogs(container string) (string, error) {
+	request := struct {
+		Name      string  `json:"name"`
+		Container *string `json:"container,omitempty"`
+	}{Name: j.Name}
+	if container != "" {
+		request.Container = &container
+	}
+	f, err := submit(opJobLogs, request)
+	if err != nil {
+		return "", err
+	}
+	out := f.await()
+	if out.err != nil {
+		return "", out.err
+	}
+	var logs struct {
+		Lines []string `json:"lines"`
+	}
+	if err := json.Unmarshal(out.result, &logs); err != nil {
+		return "", &Error{Code: "internal", Message: "a job's logs could not be decoded: " + err.Error()}
+	}
+	return strings.Join(logs.Lines, "\n"), nil
+}
+
+type jobRef struct {
+	Name string `json:"name"`
+}
+
+// The job.start request.
+type wireContainer struct {
+	Image               string            `json:"image"`
+	ImagePullPolicy     ImagePullPolicy   `json:"imagePullPolicy,omitempty"`
+	WorkingDirectory    string            `json:"workingDirectory,omitempty"`
+	Command             []string          `json:"command,omitempty"`
+	Arguments           []string          `json:"arguments,omitempty"`
+	Environment         map[string]string `json:"environment,omitempty"`
+	WorkspaceMountPath  string            `json:"workspaceMountPath,omitempty"`
+	SourceMountPath     string            `json:"sourceMountPath,omitempty"`
+	Privileged          bool              `json:"privileged,omitempty"`
+	UseHostDockerSocket bool              `json:"useHostDockerSocket,omitempty"`
+	Readiness           *Readiness        `json:"readiness,omitempty"`
+}
+
+type wireHost struct {
+	OS           string            `json:"os,omitempty"`
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+}
+
+type wireSpec struct {
+	PrimaryContainer  wireContainer            `json:"primaryContainer"`
+	SidecarContainers map[string]wireContainer `json:"sidecarContainers,omitempty"`
+	TimeoutSeconds    float64                  `json:"timeoutSeconds"`
+	Host              wireHost                 `json:"host"`
+	Fallible          bool                     `json:"fallible"`
+}
+
+type wireJob struct {
+	Name string   `json:"name"`
+	Spec wireSpec `json:"spec"`
+}
+
+func wire(c *Container) wireContainer {
+	return wireContainer{
+		Image:               c.Image,
+		ImagePullPolicy:     c.ImagePullPolicy,
+		WorkingDirectory:    c.WorkingDirectory,
+		Command:             c.Command,
+		Arguments:           c.Arguments,
+		Environment:         c.Environment,
+		WorkspaceMountPath:  c.WorkspaceMountPath,
+		SourceMountPath:     c.SourceMountPath,
+		Privileged:          c.Privileged,
+		UseHostDockerSocket: c.UseHostDockerSocket,
+		Readiness:           c.Readiness,
+	}
+}
+
+func (j *Job) request() wireJob {
+	spec := wireSpec{
+		PrimaryContainer: wire(&j.PrimaryContainer),
+		TimeoutSeconds:   j.TimeoutSeconds,
+		Host:             wireHost{OS: j.Host.OS, NodeSelector: j.Host.NodeSelector},
+		Fallible:         j.Fallible,
+	}
+	if len(j.SidecarContainers) > 0 {
+		spec.SidecarContainers = map[string]wireContainer{}
+		for name, c := range j.SidecarContainers {
+			if c != nil {
+				spec.SidecarContainers[name] = wire(c)
+			}
+		}
+	}
+	return wireJob{Name: j.Name, Spec: spec}
+}
+
+// Runnable is anything a group can run: a *Job, a group, or a RunnableFunc.
+type Runnable interface {
+	Run() error
+}
+
+// RunnableFunc makes a function a Runnable, to run your own steps in a group
+// (a Concurrent group runs it in a goroutine of its own).
+type RunnableFunc func() error
+
+// Run calls f.
+func (f RunnableFunc) Run() error { return f() }
+
+// starter is implemented by the SDK's runnables: start does the part of Run
+// that does not wait (starting the first jobs) and returns the rest, so that
+// a Concurrent group starts all of its jobs, in order, before it waits.
+type starter interface {
+	start() func() error
+}
+
+func startOf(r Runnable) func() error {
+	if s, ok := r.(starter); ok {
+		return s.start()
+	}
+	return r.Run
+}
+
+// SerialGroup runs runnables one after another (brigadier.js's
+// `Job.sequence`).
+type SerialGroup struct {
+	runnables []Runnable
+}
+
+// Sequence returns a group that runs runnables one after another and stops at
+// the first that fails, returning its error.
+func Sequence(runnables ...Runnable) *SerialGroup {
+	return &SerialGroup{runnables: runnables}
+}
+
+// Add appends runnables to the group.
+func (g *SerialGroup) Add(runnables ...Runnable) { g.runnables = append(g.runnables, runnables...) }
+
+// Len is the number of runnables in the group.
+func (g *SerialGroup) Len() int { return len(g.runnables) }
+
+// Run runs the group's runnables one after another, stopping at the first
+// error, which it returns.
+func (g *SerialGroup) Run() error { return g.start()() }
+
+func (g *SerialGroup) start() func() error {
+	runnables := append([]Runnable(nil), g.runnables...)
+	if len(runnables) == 0 {
+		return func() error { return nil }
+	}
+	first := startOf(runnables[0])
+	return func() error {
+		if err := first(); err != nil {
+			return err
+		}
+		for _, r := range runnables[1:] {
+			if err := startOf(r)(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// ConcurrentGroup runs runnables at the same time (brigadier.js's
+// `Job.concurrent`).
+type ConcurrentGroup struct {
+	runnables []Runnable
+}
+
+// Concurrent returns a group that runs runnables at the same time.
+func Concurrent(runnables ...Runnable) *ConcurrentGroup {
+	return &ConcurrentGroup{runnables: runnables}
+}
+
+// Add appends runnables to the group.
+func (g *ConcurrentGroup) Add(runnables ...Runnable) {
+	g.runnables = append(g.runnables, runnables...)
+}
+
+// Len is the number of runnables in the group.
+func (g *ConcurrentGroup) Len() int { return len(g.runnables) }
+
+// Run starts every runnable (the jobs of each, in order), then waits: nil
+// once all have succeeded, or the first error as soon as one fails, as
+// Promise.all does (the others go on; jobs still running when the worker ends
+// are stopped by the host). A panic in one is raised again in Run.
+func (g *ConcurrentGroup) Run() error { return g.start()() }
+
+func (g *ConcurrentGroup) start() func() error {
+	waits := make([]func() error, len(g.runnables))
+	for i, r := range g.runnables {
+		waits[i] = startOf(r)
+	}
+	return func() error { return waitAll(waits) }
+}
+
+// waitAll runs each of waits in a goroutine of its own and returns the first
+// error, as soon as there is one.
+func waitAll(waits []func() error) error {
+	if len(waits) == 0 {
+		return nil
+	}
+	if len(waits) == 1 {
+		return waits[0]()
+	}
+	var (
+		mu        sync.Mutex
+		remaining = len(waits)
+		done      = &future{}
+	)
+	for _, wait := range waits {
+		spawn(func() {
+			panicked, err := protect(wait)
+			mu.Lock()
+			remaining--
+			last := remaining == 0
+			mu.Unlock()
+			sched.mu.Lock()
+			switch {
+			case panicked != nil:
+				done.resolveLocked(outcome{panic: panicked})
+			case err != nil:
+				done.resolveLocked(outcome{err: err})
+			case last:
+				done.resolveLocked(outcome{})
+			}
+			sched.mu.Unlock()
+		})
+	}
+	out := done.await()
+	if out.panic != nil {
+		panic(out.panic)
+	}
+	return out.err
+}
+
+// protect calls fn, catching a panic with its stack.
+func protect(fn func() error) (panicked *panicError, err error) {
+	defer func() {
+		if value := recover(); value != nil {
+			if p, ok := value.(*panicError); ok {
+				panicked = p
+			} else {
+				panicked = &panicError{value: value, stack: panicStack()}
+			}
+		}
+	}()
+	return nil, fn()
+}
