@@ -134,6 +134,9 @@ pub struct WorkerTemplate {
     pub config_files_directory: String,
     /// Config files given inline.
     pub default_config_files: BTreeMap<String, String>,
+    /// `defaultConfigFiles["brigade.wasm"]`, decoded and checked once, when
+    /// the project was parsed (a server hands it to every event).
+    pub inline_module: Option<ScriptSource>,
     /// The worker's limits the project sets: `spec.workerTemplate.limits`
     /// (Mizzen's addition), `timeoutDuration` and `workspaceSize`.
     pub limits: LimitSettings,
@@ -235,13 +238,10 @@ impl Project {
             &[name]
         };
         names.iter().find_map(|n| {
-            let text = files.get(*n)?;
             if *n == MODULE_SCRIPT {
-                // Checked when the project was parsed.
-                let bytes = decode_module(text).ok()?;
-                return Some(ScriptSource::module(*n, bytes));
+                return self.worker.inline_module.clone();
             }
-            Some(ScriptSource::new(*n, text.clone()))
+            Some(ScriptSource::new(*n, files.get(*n)?.clone()))
         })
     }
 }
@@ -795,6 +795,7 @@ impl Validator<'_> {
                 ));
             }
         }
+        let mut inline_module = None;
         if let Some(text) = default_config_files.get(MODULE_SCRIPT) {
             let field = format!("{FIELD}.defaultConfigFiles.{MODULE_SCRIPT}");
             let bytes = decode_module(text).map_err(|e| {
@@ -805,6 +806,7 @@ impl Validator<'_> {
             })?;
             crate::module::check(MODULE_SCRIPT, &bytes)
                 .map_err(|problem| self.invalid(field, problem.to_string()))?;
+            inline_module = Some(ScriptSource::module(MODULE_SCRIPT, bytes));
         }
         if let Some(text) = w.timeout_duration.as_deref().filter(|t| !t.is_empty()) {
             let timeout = parse_go_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
@@ -842,6 +844,7 @@ impl Validator<'_> {
             log_level,
             config_files_directory,
             default_config_files,
+            inline_module,
             limits,
             script_secrets,
         })

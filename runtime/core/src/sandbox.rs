@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mizzen_host_api::types::{Event, ScriptErrorKind};
-use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Memory, Store, Trap, UpdateDeadline};
 
 use crate::capability::event::EventView;
@@ -283,7 +282,7 @@ impl Sandbox {
         &self,
         source: &ScriptSource,
     ) -> Result<Arc<CompiledScript>, WorkerFailure> {
-        let key = ScriptCache::key(source);
+        let key = source.key();
         if let Some(script) = self
             .scripts
             .lock()
@@ -292,7 +291,7 @@ impl Sandbox {
         {
             return Ok(script);
         }
-        let script = match source.language {
+        let script = match source.language() {
             Language::Wasm => self.compile_module(source).await?,
             Language::JavaScript | Language::TypeScript => self.compile_javascript(source).await?,
         };
@@ -309,26 +308,22 @@ impl Sandbox {
     /// directory, and links it with the host.
     async fn compile_module(&self, source: &ScriptSource) -> Result<CompiledScript, WorkerFailure> {
         let failure = |message: String| WorkerFailure::Script { message };
-        crate::module::check(&source.name, &source.code).map_err(|p| failure(p.to_string()))?;
-        let (engine, bytes) = (self.engine.clone(), source.code.clone());
+        let name = source.name();
+        crate::module::check(name, source.code()).map_err(|p| failure(p.to_string()))?;
+        let (engine, bytes) = (self.engine.clone(), source.code().clone());
         let cache_dir = self.cache_dir.clone();
         let module = tokio::task::spawn_blocking(move || {
             plugin::compile_cached(&engine, &bytes, cache_dir.as_deref())
         })
         .await
-        .map_err(|e| failure(format!("{}: compiling the module failed: {e}", source.name)))?
-        .map_err(|e| {
-            failure(format!(
-                "{}: compiling the module failed: {e:#}",
-                source.name
-            ))
-        })?;
+        .map_err(|e| failure(format!("{name}: compiling the module failed: {e}")))?
+        .map_err(|e| failure(format!("{name}: compiling the module failed: {e:#}")))?;
         let pre = self
             .linker
             .instantiate_pre(&module)
-            .map_err(|e| failure(format!("{}: {e:#}", source.name)))?;
+            .map_err(|e| failure(format!("{name}: {e:#}")))?;
         Ok(CompiledScript {
-            name: source.name.clone(),
+            name: name.to_string(),
             code: CompiledCode::Module(pre),
         })
     }
@@ -692,25 +687,7 @@ struct ScriptCache {
     bytes: usize,
 }
 
-/// A script's key: the hash of its language, name and text.
-pub(crate) fn script_key(source: &ScriptSource) -> [u8; 32] {
-    ScriptCache::key(source)
-}
-
 impl ScriptCache {
-    fn key(source: &ScriptSource) -> [u8; 32] {
-        let mut hash = Sha256::new();
-        hash.update([match source.language {
-            Language::JavaScript => b'j',
-            Language::TypeScript => b't',
-            Language::Wasm => b'w',
-        }]);
-        hash.update((source.name.len() as u64).to_le_bytes());
-        hash.update(source.name.as_bytes());
-        hash.update(&source.code);
-        hash.finalize().into()
-    }
-
     fn get(&self, key: &[u8; 32]) -> Option<Arc<CompiledScript>> {
         self.scripts.get(key).cloned()
     }

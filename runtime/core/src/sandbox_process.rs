@@ -46,12 +46,15 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// not from a peer that speaks this protocol.
 pub const MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
 
-/// Scripts a sandbox process keeps by hash. Sources are at most a MiB and
-/// usually a few KiB; a process asks again for one it dropped.
+/// Scripts a sandbox process keeps by hash. Sources are usually a few KiB;
+/// a process asks again for one it dropped.
 const KEPT_SCRIPTS: usize = 1024;
 
-/// A script's key: the hash of its name, language and text.
-pub type ScriptKey = [u8; 32];
+/// What the kept scripts may weigh together: a compiled script (a module) is
+/// up to 16 MiB, and a thousand of them must not be a process's memory.
+const KEPT_SCRIPT_BYTES: usize = 256 * 1024 * 1024;
+
+pub use crate::script::ScriptKey;
 
 /// A message to a sandbox process.
 #[derive(Debug, Serialize, Deserialize)]
@@ -272,8 +275,11 @@ struct ParentLink {
 #[derive(Default)]
 struct LinkState {
     scripts: HashMap<ScriptKey, ScriptSource>,
-    /// Script keys, oldest first, to drop the oldest past [`KEPT_SCRIPTS`].
+    /// Script keys, oldest first, to drop the oldest past [`KEPT_SCRIPTS`]
+    /// or [`KEPT_SCRIPT_BYTES`].
     script_order: VecDeque<ScriptKey>,
+    /// What the kept scripts weigh.
+    script_bytes: usize,
     /// Runs waiting for their script, by its key.
     waiting_for_script: HashMap<ScriptKey, Vec<(u64, Box<SandboxWorker>)>>,
     workers: HashMap<u64, RunningWorker>,
@@ -307,12 +313,18 @@ impl ParentLink {
             ToSandbox::Script { key, source } => {
                 let waiting = {
                     let mut state = self.lock();
-                    if state.scripts.insert(key, source).is_none() {
-                        state.script_order.push_back(key);
+                    state.script_bytes += source.code().len();
+                    match state.scripts.insert(key, source) {
+                        Some(old) => state.script_bytes -= old.code().len(),
+                        None => state.script_order.push_back(key),
                     }
-                    while state.script_order.len() > KEPT_SCRIPTS {
-                        if let Some(oldest) = state.script_order.pop_front() {
-                            state.scripts.remove(&oldest);
+                    while state.script_order.len() > KEPT_SCRIPTS
+                        || (state.script_bytes > KEPT_SCRIPT_BYTES && state.script_order.len() > 1)
+                    {
+                        if let Some(oldest) = state.script_order.pop_front()
+                            && let Some(old) = state.scripts.remove(&oldest)
+                        {
+                            state.script_bytes -= old.code().len();
                         }
                     }
                     state.waiting_for_script.remove(&key).unwrap_or_default()
@@ -485,11 +497,6 @@ impl WorkerHost for ProxyHost {
         });
         Ok(())
     }
-}
-
-/// A script's key: the hash of its language, name and text.
-pub fn script_key(source: &ScriptSource) -> ScriptKey {
-    crate::sandbox::script_key(source)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! source map takes TypeScript error positions back to the `.ts` file.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use oxc_allocator::Allocator;
 use oxc_codegen::{Codegen, CodegenOptions};
@@ -15,6 +16,7 @@ use oxc_parser::Parser;
 use oxc_semantic::SemanticBuilder;
 use oxc_span::SourceType;
 use oxc_transformer::{TransformOptions, Transformer};
+use sha2::{Digest, Sha256};
 
 /// Brigade scripts are kilobytes; a bundled script with its dependencies may
 /// reach a few megabytes. Anything larger is refused before it is parsed, so
@@ -40,15 +42,33 @@ pub enum Language {
     Wasm,
 }
 
+/// A script's key: the SHA-256 of its language, name and code. Compiled
+/// scripts are cached by it, and a sandbox process is sent a script once
+/// and then told its key.
+pub type ScriptKey = [u8; 32];
+
 /// A script to run: its file name (used in error locations) and its code.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Cloning shares the code: a module is megabytes, and a server hands its
+/// project's script to every event.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ScriptSource {
-    /// The file name, e.g. `brigade.js`.
-    pub name: String,
-    /// JavaScript, TypeScript or a compiled module.
-    pub language: Language,
-    /// The source text (UTF-8) of a script, or the bytes of a module.
-    pub code: Vec<u8>,
+    name: String,
+    language: Language,
+    code: Arc<[u8]>,
+    /// Computed once, when the script is made: hashing a module costs
+    /// milliseconds, and its key is asked for on every event. (A sandbox
+    /// process trusts the key its parent sends with the script.)
+    key: ScriptKey,
+}
+
+impl std::fmt::Debug for ScriptSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptSource")
+            .field("name", &self.name)
+            .field("language", &self.language)
+            .field("bytes", &self.code.len())
+            .finish()
+    }
 }
 
 impl ScriptSource {
@@ -61,20 +81,51 @@ impl ScriptSource {
         } else {
             Language::JavaScript
         };
-        Self {
-            name,
-            language,
-            code: text.into().into_bytes(),
-        }
+        Self::with(name, language, text.into().into_bytes().into())
     }
 
     /// A compiled module (`brigade.wasm`).
-    pub fn module(name: impl Into<String>, bytes: Vec<u8>) -> Self {
+    pub fn module(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self::with(name.into(), Language::Wasm, bytes.into())
+    }
+
+    fn with(name: String, language: Language, code: Arc<[u8]>) -> Self {
+        let mut hash = Sha256::new();
+        hash.update([match language {
+            Language::JavaScript => b'j',
+            Language::TypeScript => b't',
+            Language::Wasm => b'w',
+        }]);
+        hash.update((name.len() as u64).to_le_bytes());
+        hash.update(name.as_bytes());
+        hash.update(&code);
+        let key = hash.finalize().into();
         Self {
-            name: name.into(),
-            language: Language::Wasm,
-            code: bytes,
+            name,
+            language,
+            code,
+            key,
         }
+    }
+
+    /// The file name, e.g. `brigade.js`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// JavaScript, TypeScript or a compiled module.
+    pub fn language(&self) -> Language {
+        self.language
+    }
+
+    /// The source text (UTF-8) of a script, or the bytes of a module.
+    pub fn code(&self) -> &Arc<[u8]> {
+        &self.code
+    }
+
+    /// The script's key: the hash of its language, name and code.
+    pub fn key(&self) -> ScriptKey {
+        self.key
     }
 }
 

@@ -426,3 +426,32 @@ fn coarse(time: Duration) -> Duration {
     let step = CLOCK_RESOLUTION.as_nanos();
     Duration::from_nanos((time.as_nanos() / step * step) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FUNCTIONS;
+
+    /// docs/host-api.md's WASI table is the guest's view of [`FUNCTIONS`]:
+    /// every function the host links is in it, and it names no other.
+    #[test]
+    fn the_guest_contract_lists_exactly_the_functions_linked() {
+        let doc = include_str!("../../../docs/host-api.md");
+        let section = &doc[doc.find("\n## WASI").expect("a WASI section")..];
+        let section = &section[..section[1..]
+            .find("\n## ")
+            .map_or(section.len(), |end| end + 1)];
+        let mut listed: Vec<&str> = section
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .flat_map(|line| line.split('|').nth(1).unwrap_or_default().split(','))
+            .filter_map(|cell| cell.trim().strip_prefix('`')?.split('(').next())
+            .collect();
+        listed.sort_unstable();
+        let mut linked = FUNCTIONS.to_vec();
+        linked.sort_unstable();
+        assert_eq!(
+            listed, linked,
+            "docs/host-api.md's WASI table and wasi::FUNCTIONS differ"
+        );
+    }
+}

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use mizzen_host_api::Op;
 use mizzen_runtime::capability::{Answer, HostedWorker, WorkerHost};
 use mizzen_runtime::sandbox_process::{
-    FrameError, FromSandbox, ScriptKey, ToSandbox, WireAnswer, read_frame, script_key, write_frames,
+    FrameError, FromSandbox, ScriptKey, ToSandbox, WireAnswer, read_frame, write_frames,
 };
 use mizzen_runtime::script::ScriptSource;
 use mizzen_runtime::{Sandbox, WorkerFailure, WorkerOutcome, WorkerRequest};
@@ -180,8 +180,9 @@ impl SandboxStage for SandboxPool {
         let (setup, hosted) = request.split();
         let hosted = Arc::new(hosted);
         hosted.begin();
+        // The code is shared, not copied, and its key was computed once.
         let script = Arc::new(script.clone());
-        let key = script_key(&script);
+        let key = script.key();
         let (ended, outcome) = oneshot::channel();
         let mut pool_worker = Some(PoolWorker {
             hosted: hosted.clone(),
