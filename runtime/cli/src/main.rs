@@ -9,6 +9,7 @@
 //! 130 interrupted (the event's containers are removed first).
 
 mod client;
+mod init;
 mod kubernetes;
 mod output;
 mod run;
@@ -39,6 +40,8 @@ enum Command {
     Run(RunArgs),
     /// Serve the REST API, the scheduler and the webhook gateways
     Server(server::ServerArgs),
+    /// Create a project whose script builds and runs (js, ts, rust or go)
+    Init(init::InitArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Run workers for a `mizzen server` over stdin and stdout (started by
@@ -178,6 +181,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Server(args) => server::serve(args).await,
+            Command::Init(args) => init::init(args).map_err(Failure::from),
             Command::Client(command) => client::run(command).await,
             Command::SandboxShard => server::serve_shard().await,
         }

@@ -538,3 +538,44 @@ events.process();
         }
     }
 }
+
+/// `mizzen init --lang L` makes a project that builds (Rust and Go with
+/// their build.sh) and runs its two concurrent jobs to the summary, in every
+/// language; init refuses a directory that holds a project already.
+#[test]
+fn init_scaffolds_a_project_that_builds_and_runs_in_every_language() {
+    let dir = tempfile::tempdir().unwrap();
+    for lang in ["js", "ts", "rust", "go"] {
+        let project = dir.path().join(format!("new-{lang}"));
+        let project = project.to_str().unwrap();
+        let ran = run(&["init", "--lang", lang, project]);
+        assert_eq!(ran.code, 0, "{lang}: {ran:?}");
+        if matches!(lang, "rust" | "go") {
+            let built = Command::new(format!("{project}/build.sh"))
+                // One build of Rust's standard library for every run of
+                // this test, not one per scaffold.
+                .env(
+                    "CARGO_TARGET_DIR",
+                    Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-wasm"),
+                )
+                .output()
+                .expect("build.sh runs");
+            let built = Ran::from(built);
+            assert_eq!(built.code, 0, "{lang}: {built:?}");
+        }
+        let ran = run(&["run", project]);
+        assert_eq!(ran.code, 0, "{lang}: {ran:?}");
+        assert!(
+            ran.stdout.contains("Summary: build and test succeeded")
+                && ran.stdout.contains("[job: build] building")
+                && ran.stdout.contains("[job: test] testing"),
+            "{lang}: {ran:?}"
+        );
+    }
+    let again = run(&["init", dir.path().join("new-js").to_str().unwrap()]);
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(
+        again.stderr.contains("already holds a project"),
+        "{again:?}"
+    );
+}

@@ -127,12 +127,10 @@ pub fn check(name: &str, bytes: &[u8]) -> Result<(), ModuleProblem> {
     let (mut has_start, mut has_memory) = (false, false);
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
-            Payload::Version { encoding, .. } => {
-                if encoding != wasmparser::Encoding::Module {
-                    return Err(unsupported(
-                        "is a component; a script is a core module (wasm32-wasip1)",
-                    ));
-                }
+            Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
+                return Err(unsupported(
+                    "is a component; a script is a core module (wasm32-wasip1)",
+                ));
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {

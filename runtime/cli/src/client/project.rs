@@ -22,8 +22,6 @@ use super::{Failure, bad_input, confirm, read_limited};
 /// A flat secrets file holds a few keys; 1 MiB is generous.
 const MAX_SECRETS_FILE_BYTES: u64 = 1024 * 1024;
 
-/// The scripts a local project directory may hold, in Brigade's order.
-
 /// `mizzen project`.
 #[derive(Subcommand)]
 pub enum ProjectCommand {
