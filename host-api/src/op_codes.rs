@@ -43,5 +43,5 @@ pub const WORKSPACE_READ: u32 = 40;
 pub const WORKSPACE_WRITE: u32 = 41;
 /// `workspace.list`: lists a workspace directory.
 pub const WORKSPACE_LIST: u32 = 42;
-/// `workspace.remove`: removes a workspace file or empty directory.
+/// `workspace.remove`: removes a workspace file, or a directory with everything in it.
 pub const WORKSPACE_REMOVE: u32 = 43;

@@ -16,9 +16,12 @@ use crate::cpu::CpuShare;
 use crate::limits::WorkerLimits;
 use crate::sandbox::CompiledScript;
 
-/// The plugin's function table has about 2,000 entries; no guest has a reason
-/// to grow a table at run time, so growth beyond this is refused.
-pub(crate) const MAX_TABLE_ELEMENTS: usize = 10_000;
+/// A module's function table: the plugin's has about 2,000 entries, but Go
+/// puts most of its functions there (6,710 entries for a small script), so a
+/// large Go program needs tens of thousands. Each pool slot reserves this
+/// many (800 KB of address space; only the 64 KiB kept resident are ever
+/// touched by a small table), and growth beyond it is refused.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// Why execution stopped early. Raised as a trap from host functions and the
 /// resource limiter, recognised when the run ends.
