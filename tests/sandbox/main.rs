@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod limits;
+mod modules;
 mod semantics;
 mod util;

@@ -2529,3 +2529,115 @@ fn writes_racing_a_projects_deletion_die_with_it() {
     }
     tally.finish();
 }
+
+// ----- M: compiled scripts given inline -------------------------------------------------
+
+/// A project whose inline script is the module `bytes`, in base64 (or
+/// `text` as it is, when given).
+fn module_project(id: &str, text: String) -> Value {
+    json!({
+        "apiVersion": "brigade.sh/v2", "kind": "Project",
+        "metadata": {"id": id},
+        "spec": {
+            "eventSubscriptions": [{"source": "brigade.sh/cli", "types": ["exec"]}],
+            "workerTemplate": {"defaultConfigFiles": {"brigade.wasm": text}},
+        },
+    })
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// What a tenant can send as an inline `brigade.wasm` is refused when the
+/// project is saved, naming the field and what is wrong; nothing is stored,
+/// and the server goes on serving.
+#[test]
+fn hostile_inline_modules_are_refused_when_saved() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("inline-modules");
+    let root = server.root.clone();
+    const FIELD: &str = "spec.workerTemplate.defaultConfigFiles.brigade.wasm";
+    // (module (import "env" "foo" (func)))
+    let foreign: &[u8] = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x02\x0b\x01\x03env\x03foo\0\0";
+    // A module of a million empty functions: 1 type, 1,000,000 function
+    // entries of type 0, 1,000,000 bodies of 2 bytes.
+    let mut million = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0".to_vec();
+    let leb = |mut n: u32, out: &mut Vec<u8>| loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(if n == 0 { byte } else { byte | 0x80 });
+        if n == 0 {
+            break;
+        }
+    };
+    let mut functions = Vec::new();
+    leb(1_000_000, &mut functions);
+    functions.resize(functions.len() + 1_000_000, 0);
+    million.push(3);
+    leb(functions.len() as u32, &mut million);
+    million.extend(functions);
+    let mut code = Vec::new();
+    leb(1_000_000, &mut code);
+    for _ in 0..1_000_000 {
+        code.extend([2, 0, 0x0b]);
+    }
+    million.push(10);
+    leb(code.len() as u32, &mut million);
+    million.extend(code);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("not base64", "%%% not base64 %%%".into(), "base64"),
+        (
+            "base64 of text, not a module",
+            base64(b"console.log(1)"),
+            "not a WebAssembly core module",
+        ),
+        (
+            "a foreign import",
+            base64(foreign),
+            r#"imports "env" "foo""#,
+        ),
+        (
+            "a million functions",
+            base64(&million),
+            "the number of functions is 1000000",
+        ),
+        (
+            "17 MiB of module",
+            base64(&vec![0u8; 17 * 1024 * 1024]),
+            "the limit is 16777216 bytes",
+        ),
+    ];
+    for (name, text, names) in cases {
+        let (status, body) = server.call(
+            "POST",
+            "/v2/projects",
+            Some(&root),
+            Some(&module_project("mod", text)),
+        );
+        let details: Vec<&str> = body["details"]
+            .as_array()
+            .map(|d| d.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let details = details.join("\n");
+        tally.case(
+            &mut server,
+            name,
+            check(
+                status == 400 && details.contains(FIELD) && details.contains(names),
+                || format!("answered {status}: {}", &details[..details.len().min(400)]),
+            ),
+        );
+    }
+    let (_, projects) = server.call("GET", "/v2/projects", Some(&root), None);
+    tally.case(
+        &mut server,
+        "nothing was stored",
+        check(
+            projects["items"].as_array().is_some_and(Vec::is_empty),
+            || format!("{projects}"),
+        ),
+    );
+    tally.finish();
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use crate::capability::{HostedWorker, SandboxWorker, StopSignal, WorkerHost};
 use crate::cpu::{CpuShare, CpuSlots};
 use crate::limits::{EPOCH_TICK, WorkerLimits};
 use crate::log::LogSink;
-use crate::script::{self, Language, PositionMap, ScriptKind, ScriptSource};
+use crate::script::{self, Language, PositionMap, ScriptKey, ScriptKind, ScriptSource};
 use crate::worker::{SandboxedWorker, Stop, WorkerFailure, WorkerOutcome, WorkerState};
 use crate::{SandboxError, host, plugin, wasi};
 
@@ -43,6 +43,9 @@ pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
     job_cpu_millis: 0,
     job_processes: 0,
 };
+
+/// One compilation that concurrent events of a script share.
+type Compiling = tokio::sync::OnceCell<Result<Arc<CompiledScript>, WorkerFailure>>;
 
 /// Compiled scripts kept in memory: a thousand projects' current versions.
 const SCRIPT_CACHE_ENTRIES: usize = 1024;
@@ -236,6 +239,12 @@ pub struct Sandbox {
     /// compiling writes many more pages than running).
     compiler: InstancePre<WorkerState>,
     scripts: Mutex<ScriptCache>,
+    /// Compilations under way, by script key: events of a new script that
+    /// arrive together wait for one compilation instead of each starting
+    /// their own (a module's takes seconds of CPU).
+    compiling: Mutex<HashMap<ScriptKey, Arc<Compiling>>>,
+    /// Scripts prepared because the memory cache lacked them.
+    compilations: AtomicU64,
     /// The long-running slots every guest's [`CpuShare`] queues for.
     long_running: Arc<CpuSlots>,
     /// Stops advancing the epoch when the sandbox is dropped.
@@ -271,6 +280,8 @@ impl Sandbox {
             plugin,
             compiler,
             scripts: Mutex::new(ScriptCache::default()),
+            compiling: Mutex::default(),
+            compilations: AtomicU64::new(0),
             long_running: CpuSlots::new(config.long_running_slots),
             _ticker: ticker,
         })
@@ -291,16 +302,45 @@ impl Sandbox {
         {
             return Ok(script);
         }
-        let script = match source.language() {
-            Language::Wasm => self.compile_module(source).await?,
-            Language::JavaScript | Language::TypeScript => self.compile_javascript(source).await?,
-        };
-        let script = Arc::new(script);
-        self.scripts
+        let compiling = self
+            .compiling
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, script.clone());
-        Ok(script)
+            .entry(key)
+            .or_default()
+            .clone();
+        let compiled = compiling
+            .get_or_init(|| async {
+                self.compilations.fetch_add(1, Ordering::Relaxed);
+                let script = match source.language() {
+                    Language::Wasm => self.compile_module(source).await,
+                    Language::JavaScript | Language::TypeScript => {
+                        self.compile_javascript(source).await
+                    }
+                }
+                .map(Arc::new)?;
+                self.scripts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, script.clone());
+                Ok(script)
+            })
+            .await
+            .clone();
+        // The cache has it now (or it failed, and a later event tries
+        // again); the last waiter's drop of `compiling` frees the cell.
+        self.compiling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        compiled
+    }
+
+    /// How many scripts this sandbox has prepared because its memory cache
+    /// lacked them (a module may still come from the cache directory): what
+    /// concurrent events of one new script cost.
+    pub fn compilations(&self) -> u64 {
+        self.compilations.load(Ordering::Relaxed)
     }
 
     /// Checks a module ([`crate::module::check`]), then compiles it on a
