@@ -313,3 +313,33 @@ fn the_es_module_exports_every_name_of_the_library() {
         "{PLUGIN_RS}'s MODULE_EXPORTS and the object {BRIGADIER_JS} returns differ"
     );
 }
+
+/// The `opName = number` entries of the Go SDK's `const ( ... )` block
+/// after its "operation numbers" comment.
+fn go_table(source: &str) -> Vec<(String, String)> {
+    let start = source
+        .find("// The operation numbers of host-api/src/op_codes.rs.")
+        .unwrap_or_else(|| panic!("{GO_HOST} has lost its operation numbers' comment"));
+    let body = &source[start..];
+    let body = &body[body.find("const (").expect("a const block") + "const (".len()..];
+    let body = &body[..body.find(')').expect("the block ends")];
+    without_line_comments(body)
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, number)| {
+            let name = name.trim().strip_prefix("op").unwrap_or(name.trim());
+            (name.to_string(), number.trim().to_string())
+        })
+        .collect()
+}
+
+const GO_HOST: &str = "guest-sdk/go/host.go";
+
+/// The Go SDK repeats the numbers (Go cannot include a Rust file): they must
+/// be host-api's, every one of them.
+#[test]
+fn the_go_sdk_has_every_op_with_its_number() {
+    let table = go_table(&read(GO_HOST));
+    let problems = disagreements(GO_HOST, &table, js_name);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
