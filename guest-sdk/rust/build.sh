@@ -16,8 +16,11 @@
 # everything (rustc-web with its std sources, wasi-libc, lld), and this script
 # installs them when they are missing. No C compiler is needed.
 #
-# The output is byte-for-byte reproducible for a given toolchain: paths are
-# remapped and the lock file is honoured. <output.wasm>.inputs records a hash
+# The output is byte-for-byte reproducible for a given toolchain, wherever
+# the repository is: paths are remapped, the lock file is honoured, and a
+# module inside the repository is built from a copy at a fixed place (cargo
+# hashes a path dependency's location into its symbols, so a clone elsewhere
+# would otherwise build another module). <output.wasm>.inputs records a hash
 # of every input file (this SDK, the host's op codes, the module's Cargo.toml,
 # Cargo.lock and src/), the hash of the output and the toolchain, so that
 # --check can tell a stale module (inputs changed, not rebuilt) from a
@@ -100,6 +103,24 @@ toolchain_description() {
 build_into() {
   local target_dir="$1"
   install_toolchain
+  local build_dir="$module"
+  case "$module/" in
+    "$repo"/*)
+      # The SDK, the op codes and the module, copied to the same place for
+      # every clone, under one lock (two builds at once would share it).
+      local stage="${TMPDIR:-/tmp}/mizzen-rust-guest-build"
+      mkdir -p "$stage"
+      exec 9>"$stage.lock"
+      flock 9
+      local relative="${module#"$repo"/}"
+      rm -rf "$stage/guest-sdk" "$stage/host-api" "$stage/$relative"
+      mkdir -p "$stage/guest-sdk/rust" "$stage/host-api/src" "$stage/$relative"
+      cp -r "$sdk/Cargo.toml" "$sdk/Cargo.lock" "$sdk/src" "$stage/guest-sdk/rust/"
+      cp "$repo/host-api/src/op_codes.rs" "$stage/host-api/src/"
+      (cd "$module" && tar cf - "${module_inputs[@]}") | tar xf - -C "$stage/$relative"
+      build_dir="$stage/$relative"
+      ;;
+  esac
   local cargo_home="${CARGO_HOME:-$HOME/.cargo}"
   # Debian's rustc builds the standard library from source (-Zbuild-std);
   # RUSTC_BOOTSTRAP lets the stable compiler accept that flag.
@@ -114,7 +135,8 @@ build_into() {
 -C target-feature=+bulk-memory,+sign-ext,+nontrapping-fptoint,+mutable-globals \
 -L /usr/lib/wasm32-wasi \
 --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$repo=/mizzen \
---remap-path-prefix=$sdk=/brigadier --remap-path-prefix=$target_dir=/target"
+--remap-path-prefix=$sdk=/brigadier --remap-path-prefix=${TMPDIR:-/tmp}/mizzen-rust-guest-build=/mizzen \
+--remap-path-prefix=$target_dir=/target"
   unset CARGO_BUILD_RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_TARGET_DIR CARGO_TARGET_DIR
   # What every module needs whatever its Cargo.toml says: panics abort (std
   # is built with panic_abort), one codegen unit and LTO (small and
@@ -123,7 +145,7 @@ build_into() {
     CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_RELEASE_STRIP=debuginfo \
     CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_INCREMENTAL=false
   local messages
-  messages="$(cd "$module" && /usr/bin/cargo build --quiet --release --locked --target wasm32-wasip1 \
+  messages="$(cd "$build_dir" && /usr/bin/cargo build --quiet --release --locked --target wasm32-wasip1 \
     -Zbuild-std=std,panic_abort --target-dir "$target_dir" --message-format=json-render-diagnostics)"
   local wasm
   wasm="$(printf '%s\n' "$messages" | grep '"reason":"compiler-artifact"' \
