@@ -240,8 +240,9 @@ fn a_missing_script_fails_the_worker_saying_what_was_looked_for() {
     let ran = run(&["run", path(&dir)]);
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(
-        ran.stderr
-            .contains("found nothing to run: neither brigade.ts nor brigade.js is in"),
+        ran.stderr.contains(
+            "found nothing to run: none of brigade.wasm, brigade.ts and brigade.js is in"
+        ),
         "{ran:?}"
     );
 }

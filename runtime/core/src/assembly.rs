@@ -84,7 +84,7 @@ pub enum PrepareError {
     Script(#[from] ProjectError),
     /// The project has neither a repository nor an inline script.
     #[error(
-        "found nothing to run: project \"{0}\" has no git settings and neither brigade.ts nor brigade.js in spec.workerTemplate.defaultConfigFiles"
+        "found nothing to run: project \"{0}\" has no git settings and none of brigade.wasm, brigade.ts and brigade.js in spec.workerTemplate.defaultConfigFiles"
     )]
     NothingToRun(String),
     /// No scratch directory for the checkout.
