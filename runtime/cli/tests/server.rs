@@ -279,6 +279,28 @@ fn compiled_scripts_end_to_end(server: &TestServer) {
         assert_eq!(event["worker"]["jobs"].as_array().map(Vec::len), Some(4));
     }
 
+    // An event keeps its project's definition, but names the module by its
+    // hash: ten more events of the Go project (a 4.5 MB module, 6 MB of
+    // base64) add kilobytes to the database, not 60 MB.
+    let database = server.data_dir.path().join("mizzen.db");
+    if database.exists() {
+        let size = || {
+            // The write-ahead log holds the latest writes until a checkpoint.
+            let wal = database.with_extension("db-wal");
+            std::fs::metadata(&database).unwrap().len()
+                + std::fs::metadata(&wal).map_or(0, |m| m.len())
+        };
+        let before = size();
+        for _ in 0..10 {
+            server.create_event("go-pipeline", &[]);
+        }
+        let grown = size().saturating_sub(before);
+        assert!(
+            grown < 4 * 1024 * 1024,
+            "ten events of a module project grew the database by {grown} bytes"
+        );
+    }
+
     // (module (import "env" "foo" (func))), in base64, inline.
     let bad: &[u8] = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x02\x0b\x01\x03env\x03foo\0\0";
     let dir = tempfile::tempdir().unwrap();

@@ -2,20 +2,26 @@
 //! and every worker needs its project's rules, and parsing the definition
 //! each time cost more than the rest of accepting the event. Likewise each
 //! project's secret redactor, built once per version of its secrets.
+//!
+//! An event keeps a copy of its project's definition as it was when the
+//! event was created. A compiled script given inline is megabytes of base64,
+//! so that copy names it by its hash instead (`sha256:<hex>`, see
+//! [`snapshot_of`]) and the store keeps each script once (`scripts`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use mizzen_runtime::project::{Project, ProjectError};
+use mizzen_runtime::project::{MODULE_SCRIPT, Project, ProjectError};
 use mizzen_runtime::redact::Redactor;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 /// Projects parsed from their stored definitions, by id.
 #[derive(Default)]
 pub struct ProjectCache {
-    parsed: Mutex<HashMap<String, (Value, Arc<Project>)>>,
+    parsed: Mutex<HashMap<String, Arc<Parsed>>>,
     redactors: Mutex<HashMap<String, (Secrets, BuiltOnce)>>,
 }
 
@@ -23,21 +29,123 @@ type Secrets = BTreeMap<String, String>;
 /// A redactor, built by the first event that asks for it.
 type BuiltOnce = Arc<OnceCell<Arc<Redactor>>>;
 
+/// A version of a project: its definition, the copy of it its events
+/// keep, and the project it defines.
+pub struct Parsed {
+    document: Value,
+    /// The definition with an inline compiled script named by its hash.
+    pub snapshot: Value,
+    /// The project it defines.
+    pub project: Arc<Project>,
+}
+
+/// Where a definition keeps an inline compiled script.
+const MODULE_POINTER: [&str; 4] = [
+    "spec",
+    "workerTemplate",
+    "defaultConfigFiles",
+    MODULE_SCRIPT,
+];
+
+/// What names a compiled script by its hash in an event's copy.
+const HASH_PREFIX: &str = "sha256:";
+
+fn module_text(document: &Value) -> Option<&str> {
+    MODULE_POINTER
+        .iter()
+        .try_fold(document, |value, key| value.get(key))?
+        .as_str()
+}
+
+fn with_module_text(document: &Value, text: String) -> Value {
+    let mut document = document.clone();
+    if let Some(slot) = MODULE_POINTER
+        .iter()
+        .try_fold(&mut document, |value, key| value.get_mut(key))
+    {
+        *slot = Value::String(text);
+    }
+    document
+}
+
+/// The inline compiled script of a definition, with its hash: what the
+/// store keeps when the project is saved.
+pub fn module_script(document: &Value) -> Option<(String, &str)> {
+    let text = module_text(document)?;
+    let hash: String = Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some((format!("{HASH_PREFIX}{hash}"), text))
+}
+
+/// The copy of a definition an event keeps: an inline compiled script is
+/// named by its hash.
+pub fn snapshot_of(document: &Value) -> Value {
+    match module_script(document) {
+        Some((hash, _)) => with_module_text(document, hash),
+        None => document.clone(),
+    }
+}
+
+/// The hash an event's copy names its compiled script by, if it does.
+pub fn module_hash(snapshot: &Value) -> Option<&str> {
+    module_text(snapshot).filter(|text| text.starts_with(HASH_PREFIX))
+}
+
 impl ProjectCache {
-    /// The project `document` defines, parsed once per version of it.
-    pub fn parse(&self, id: &str, document: &Value) -> Result<Arc<Project>, ProjectError> {
-        if let Some((cached, project)) = self.lock().get(id)
-            && cached == document
+    /// The project `document` (a stored definition) defines, parsed once
+    /// per version of it.
+    pub fn parse(&self, id: &str, document: &Value) -> Result<Arc<Parsed>, ProjectError> {
+        if let Some(parsed) = self.lock().get(id)
+            && parsed.document == *document
         {
-            return Ok(project.clone());
+            return Ok(parsed.clone());
         }
+        self.insert(id, document.clone(), snapshot_of(document))
+    }
+
+    /// The project an event's copy of its definition defines, when this
+    /// version is parsed already.
+    pub fn cached_snapshot(&self, id: &str, snapshot: &Value) -> Option<Arc<Project>> {
+        self.lock()
+            .get(id)
+            .filter(|parsed| parsed.snapshot == *snapshot)
+            .map(|parsed| parsed.project.clone())
+    }
+
+    /// Parses an event's copy of its definition, its compiled script put
+    /// back in (`text`, from the store).
+    pub fn parse_snapshot(
+        &self,
+        id: &str,
+        snapshot: &Value,
+        module_text: Option<String>,
+    ) -> Result<Arc<Project>, ProjectError> {
+        let document = match module_text {
+            Some(text) => with_module_text(snapshot, text),
+            None => snapshot.clone(),
+        };
+        Ok(self.insert(id, document, snapshot.clone())?.project.clone())
+    }
+
+    fn insert(
+        &self,
+        id: &str,
+        document: Value,
+        snapshot: Value,
+    ) -> Result<Arc<Parsed>, ProjectError> {
         let project = Arc::new(Project::parse(
             Path::new(&format!("project \"{id}\"")),
             &document.to_string(),
         )?);
-        self.lock()
-            .insert(id.to_string(), (document.clone(), project.clone()));
-        Ok(project)
+        let parsed = Arc::new(Parsed {
+            document,
+            snapshot,
+            project,
+        });
+        self.lock().insert(id.to_string(), parsed.clone());
+        Ok(parsed)
     }
 
     /// The redactor for project `id` with these secrets: built once per
@@ -81,7 +189,7 @@ impl ProjectCache {
         self.redactors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Value, Arc<Project>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Parsed>>> {
         self.parsed.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -89,6 +197,44 @@ impl ProjectCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event's copy of a definition names its inline module by hash, and
+    /// the module put back from the store gives the project the definition
+    /// gives; a definition without one is its own copy.
+    #[test]
+    fn an_events_copy_names_its_module_by_hash() {
+        // (module (memory (export "memory") 1) (func (export "_start")))
+        let module = "AGFzbQEAAAABBAFgAAADAgEABQMBAAEHEwIGbWVtb3J5AgAGX3N0YXJ0AAAKBAECAAs=";
+        let document = serde_json::json!({
+            "apiVersion": "brigade.sh/v2", "kind": "Project",
+            "metadata": {"id": "wasm"},
+            "spec": {"workerTemplate": {"defaultConfigFiles": {"brigade.wasm": module}}},
+        });
+        let cache = ProjectCache::default();
+        let parsed = cache.parse("wasm", &document).unwrap();
+        let hash = module_hash(&parsed.snapshot)
+            .expect("named by hash")
+            .to_string();
+        assert!(
+            hash.starts_with("sha256:") && hash.len() == 7 + 64,
+            "{hash}"
+        );
+        assert!(!parsed.snapshot.to_string().contains(module));
+        assert_eq!(module_script(&document), Some((hash.clone(), module)));
+        // A worker that finds the version parsed already.
+        let cached = cache.cached_snapshot("wasm", &parsed.snapshot).unwrap();
+        assert!(Arc::ptr_eq(&cached, &parsed.project));
+        // One in another process: the module put back.
+        let fresh = ProjectCache::default();
+        let project = fresh
+            .parse_snapshot("wasm", &parsed.snapshot, Some(module.to_string()))
+            .unwrap();
+        assert_eq!(*project, *parsed.project);
+        let plain = serde_json::json!({"apiVersion": "brigade.sh/v2", "kind": "Project",
+            "metadata": {"id": "js"}, "spec": {"workerTemplate": {}}});
+        assert_eq!(snapshot_of(&plain), plain);
+        assert_eq!(module_hash(&plain), None);
+    }
 
     #[tokio::test]
     async fn a_redactor_is_built_once_per_version_of_a_projects_secrets() {

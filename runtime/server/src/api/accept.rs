@@ -158,9 +158,9 @@ pub(super) async fn fan_out(
             tracing::warn!(project = %project.id, "stored project no longer parses; skipped in fan-out");
             continue;
         };
-        let event_type = if parsed.subscribes_to(&details) {
+        let event_type = if parsed.project.subscribes_to(&details) {
             details.event_type.clone()
-        } else if let Some(legacy) = legacy.as_ref().filter(|l| parsed.subscribes_to(l)) {
+        } else if let Some(legacy) = legacy.as_ref().filter(|l| parsed.project.subscribes_to(l)) {
             legacy.event_type.clone()
         } else {
             continue;
@@ -179,7 +179,7 @@ pub(super) async fn fan_out(
                 git: body.git.clone(),
                 payload: String::new(),
                 source_state: BTreeMap::new(),
-                project: project.document.clone(),
+                project: parsed.snapshot.clone(),
             },
             inherited_jobs: Vec::new(),
         });

@@ -41,16 +41,22 @@ fn project_json(project: &ProjectRecord) -> Value {
 }
 
 /// Parses and validates a project body with the same rules as project files,
-/// and its limits against the server's ceilings.
-fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
+/// and its limits against the server's ceilings; stores its inline compiled
+/// script, if it has one, where its events find it by its hash.
+async fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
     let document: Value = parse_body(body, "project")?;
     let text = document.to_string();
     let invalid = |detail: String| ApiError::BadRequest {
         reason: "the project is not valid".into(),
         details: vec![detail],
     };
+    // Checking an inline module reads all of it (up to 16 MiB, some 100 ms):
+    // not on a thread that serves other requests.
     let project =
-        Project::parse(FsPath::new("request body"), &text).map_err(|e| invalid(e.to_string()))?;
+        tokio::task::spawn_blocking(move || Project::parse(FsPath::new("request body"), &text))
+            .await
+            .map_err(|e| ApiError::Internal(Box::new(e)))?
+            .map_err(|e| invalid(e.to_string()))?;
     project
         .worker
         .limits
@@ -65,12 +71,15 @@ fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
     {
         return Err(invalid(format!("spec.workerTemplate.git.{problem}")));
     }
+    if let Some((hash, text)) = crate::project_cache::module_script(&document) {
+        state.store.put_script(&hash, text).await?;
+    }
     Ok((project.id, document))
 }
 
 async fn create_project(State(state): AppStateRef, who: Principal, body: Bytes) -> ApiResult {
     require(&who, "PROJECT_CREATOR", "")?;
-    let (id, document) = parse_project(&state, &body)?;
+    let (id, document) = parse_project(&state, &body).await?;
     if !state.store.create_project(&id, &document).await? {
         return Err(ApiError::Conflict {
             kind: "Project",
@@ -161,7 +170,7 @@ async fn update_project(
     Query(query): Query<UpdateQuery>,
     body: Bytes,
 ) -> ApiResult {
-    let (body_id, document) = parse_project(&state, &body)?;
+    let (body_id, document) = parse_project(&state, &body).await?;
     if body_id != id {
         return Err(ApiError::bad(format!(
             "metadata.id {body_id:?} does not match the project {id:?} in the path"

@@ -57,9 +57,22 @@ impl Scheduler {
 
     /// Runs one worker.
     async fn work(&self, event: &EventRecord, cancel: Arc<Notify>) -> Result<WorkerEnd, WorkError> {
-        let project = self
-            .projects
-            .parse(&event.project_id, &event.document.project)?;
+        let snapshot = &event.document.project;
+        let project = match self.projects.cached_snapshot(&event.project_id, snapshot) {
+            Some(project) => project,
+            None => {
+                let module = match crate::project_cache::module_hash(snapshot) {
+                    None => None,
+                    Some(hash) => Some(self.store.script(hash).await?.ok_or_else(|| {
+                        ProjectError::NoScript(format!(
+                            "the compiled script {hash} this event's project names is not stored"
+                        ))
+                    })?),
+                };
+                self.projects
+                    .parse_snapshot(&event.project_id, snapshot, module)?
+            }
+        };
         let secrets = self.store.secrets(&event.project_id).await?;
         let redactor = self.projects.redactor(&event.project_id, &secrets).await;
         let details = EventDetails {

@@ -281,12 +281,17 @@ impl Store {
 const SERIAL_KEY: (&str, &str) = ("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY");
 
 /// The schema's migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
         "orphans",
         include_str!("../../migrations/0002_orphans.sql"),
+    ),
+    (
+        3,
+        "scripts",
+        include_str!("../../migrations/0003_scripts.sql"),
     ),
 ];
 

@@ -134,6 +134,29 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Stores a compiled script's text under its hash (once: the same
+    /// hash is the same text).
+    pub async fn put_script(&self, hash: &str, body: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO scripts (hash, body) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A compiled script's text by its hash.
+    pub async fn script(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT body FROM scripts WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| row.try_get("body").map_err(StoreError::from))
+            .transpose()
+    }
+
     /// A project's secrets.
     pub async fn secrets(&self, project: &str) -> Result<BTreeMap<String, String>, StoreError> {
         let rows = sqlx::query("SELECT key, value FROM secrets WHERE project_id = $1 ORDER BY key")
