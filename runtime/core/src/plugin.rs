@@ -9,7 +9,7 @@
 //! engine's configuration, so that only the first run on a machine pays.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Instance, Linker, Module, Store, Val};
@@ -35,24 +35,38 @@ pub(crate) async fn load(
     cache_dir: Option<&Path>,
 ) -> Result<Module, SandboxError> {
     let cached = cache_dir.map(|dir| dir.join(artifact_name(engine)));
-    if let Some(path) = cached.as_ref().filter(|path| path.is_file()) {
-        match deserialize(engine, path) {
-            Ok(module) => return Ok(module),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "ignoring an unusable cached plugin");
-                let _ = std::fs::remove_file(path);
-            }
-        }
+    if let Some(module) = cached_artifact(engine, cached.as_deref()) {
+        return Ok(module);
     }
     let snapshot = preinitialise(engine, linker, new_store).await?;
     let module = Module::new(engine, &snapshot)
         .map_err(|e| SandboxError::plugin("compiling the pre-initialised plugin failed", e))?;
-    if let Some(path) = &cached
-        && let Err(error) = store_artifact(&module, path)
-    {
-        tracing::warn!(path = %path.display(), %error, "could not cache the compiled plugin");
-    }
+    keep_artifact(&module, cached.as_deref());
     Ok(module)
+}
+
+/// The module compiled into `path` before, if it is there and usable (an
+/// unusable one is removed, to be written again).
+fn cached_artifact(engine: &Engine, path: Option<&Path>) -> Option<Module> {
+    let path = path.filter(|path| path.is_file())?;
+    match deserialize(engine, path) {
+        Ok(module) => Some(module),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "ignoring an unusable cached artifact");
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+/// Stores `module` at `path` for the next process; a failure only costs
+/// that process a compilation.
+fn keep_artifact(module: &Module, path: Option<&Path>) {
+    if let Some(path) = path
+        && let Err(error) = store_artifact(module, path)
+    {
+        tracing::warn!(path = %path.display(), %error, "could not cache a compiled artifact");
+    }
 }
 
 /// `plugin-<plugin hash>-<engine hash>.cwasm`: a new plugin build or another
@@ -82,21 +96,11 @@ pub(crate) fn compile_cached(
         dir.join("modules")
             .join(artifact_name_of("module", wasm, engine))
     });
-    if let Some(path) = cached.as_ref().filter(|path| path.is_file()) {
-        match deserialize(engine, path) {
-            Ok(module) => return Ok(module),
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "ignoring an unusable cached module");
-                let _ = std::fs::remove_file(path);
-            }
-        }
+    if let Some(module) = cached_artifact(engine, cached.as_deref()) {
+        return Ok(module);
     }
     let module = Module::new(engine, wasm)?;
-    if let Some(path) = &cached
-        && let Err(error) = store_artifact(&module, path)
-    {
-        tracing::warn!(path = %path.display(), %error, "could not cache a compiled module");
-    }
+    keep_artifact(&module, cached.as_deref());
     Ok(module)
 }
 
@@ -127,7 +131,7 @@ pub(crate) fn duplicate(engine: &Engine, module: &Module) -> Result<Module, Sand
         .map_err(|e| SandboxError::plugin("copying the plugin failed", e))
 }
 
-fn store_artifact(module: &Module, path: &PathBuf) -> std::io::Result<()> {
+fn store_artifact(module: &Module, path: &Path) -> std::io::Result<()> {
     let dir = path
         .parent()
         .expect("artifact paths are inside the cache directory");
