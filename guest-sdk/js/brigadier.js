@@ -467,14 +467,80 @@
     brigadier: brigadier,
   };
 
+  // Modules the host bundled with the script (runtime/core/src/bundle.rs):
+  // the script ends with a hoisted function `__mizzen_modules` returning
+  // the script's own table (specifier -> module id) and, for each module,
+  // its table and its CommonJS factory. Each module runs once, on first use.
+  let bundle = null;
+  function bundled(table) {
+    if (bundle === null) {
+      const [main, modules] = table();
+      bundle = { main, modules, cache: new Map() };
+    }
+    return bundle;
+  }
+
+  function notFound(name, from) {
+    const e = new Error(`Cannot find module '${name}'${from ? ` from '${from}'` : ""}`);
+    e.code = "MODULE_NOT_FOUND";
+    return e;
+  }
+
+  // What converted ES modules use: export getters, `export *` and default
+  // imports (a CommonJS module's default is its whole `module.exports`).
+  const interop = {
+    e(exports, name, get) {
+      Object.defineProperty(exports, name, { enumerable: true, configurable: true, get });
+    },
+    s(exports, from) {
+      for (const key of Object.keys(from)) {
+        if (key !== "default" && !Object.prototype.hasOwnProperty.call(exports, key)) {
+          Object.defineProperty(exports, key, { enumerable: true, get: () => from[key] });
+        }
+      }
+    },
+    d(m) {
+      return m && m.__esModule ? m.default : m;
+    },
+  };
+
+  function requireFrom(b, table, name, from) {
+    if (Object.prototype.hasOwnProperty.call(builtinModules, name)) {
+      return builtinModules[name];
+    }
+    if (!Object.prototype.hasOwnProperty.call(table, name)) throw notFound(name, from);
+    const id = table[name];
+    const cached = b.cache.get(id);
+    if (cached !== undefined) return cached.exports;
+    const [own, factory] = b.modules[id];
+    const module = { exports: {}, id, filename: id, loaded: false };
+    b.cache.set(id, module);
+    const slash = id.lastIndexOf("/");
+    const dirname = slash < 0 ? "." : id.slice(0, slash);
+    const localRequire = (spec) => requireFrom(b, own, spec, id);
+    factory.call(module.exports, module.exports, localRequire, module, id, dirname, interop);
+    module.loaded = true;
+    return module.exports;
+  }
+
   function require(name) {
     if (Object.prototype.hasOwnProperty.call(builtinModules, name)) {
       return builtinModules[name];
     }
-    const e = new Error(`Cannot find module '${name}'`);
-    e.code = "MODULE_NOT_FOUND";
-    throw e;
+    // A CommonJS script's hoisted table is a global.
+    const table = globalThis.__mizzen_modules;
+    if (typeof table === "function") {
+      const b = bundled(table);
+      return requireFrom(b, b.main, name, scriptName);
+    }
+    throw notFound(name, "");
   }
+  // An ES module script's imports, rewritten by the host, name their table.
+  require.bundled = (table, name) => {
+    const b = bundled(table);
+    return requireFrom(b, b.main, name, scriptName);
+  };
+  require.interop = interop;
 
   // ----------------------------------------------------------------- timers
   // Timer ids are the host tickets of their Sleep operations; an interval
@@ -618,6 +684,7 @@
     // Called before each script runs.
     beginScript: (name) => {
       scriptName = name;
+      bundle = null;
       currentModule = undefined;
       globalThis.__filename = name;
     },

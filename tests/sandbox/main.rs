@@ -2,6 +2,7 @@
 //! wasmtime, the host API, the limits. Each test states one behaviour.
 
 mod bad_input;
+mod dependencies;
 mod limits;
 mod modules;
 mod semantics;

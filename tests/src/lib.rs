@@ -1,6 +1,8 @@
 //! Test support shared by Mizzen's end-to-end tests (the tests themselves
 //! live in tests/): the sandbox and a worker run's results ([`worker`]), and
-//! a fake Kubernetes API server for the Kubernetes executor ([`fake_kube`]).
+//! a fake Kubernetes API server for the Kubernetes executor ([`fake_kube`]),
+//! and a small npm registry ([`npm_registry`]).
 
 pub mod fake_kube;
+pub mod npm_registry;
 pub mod worker;

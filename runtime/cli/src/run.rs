@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
 use mizzen_runtime::assembly::{ProjectFiles, WorkerPlan};
+use mizzen_runtime::dependencies::Dependencies;
 use mizzen_runtime::executor::{JobExecutor, Source};
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_runtime::project::{
@@ -105,6 +106,13 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             .clone()
             .ok_or_else(|| "jobs are disabled for this run (--executor none)".to_string()),
         log: log.clone(),
+        dependencies: Arc::new(Dependencies::new(
+            Dependencies::registry_from_env().map_err(|e| Failure {
+                code: EXIT_FAILED,
+                error: anyhow::anyhow!(e),
+            })?,
+            SandboxConfig::from_env().cache_dir,
+        )),
     }
     .prepare()
     .await

@@ -340,6 +340,67 @@ fn examples_run_end_to_end_on_postgres() {
     examples_end_to_end(&server);
 }
 
+/// Brigade's examples with npm packages and local modules, sent by
+/// `project create` and run by the server: packages fetched once from a
+/// registry the test serves, then every event reuses the bundle.
+fn script_dependencies_end_to_end(database_url: Option<String>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let registry = rt.block_on(mizzen_tests::npm_registry::NpmRegistry::start(
+        mizzen_tests::npm_registry::brigade_example_packages(),
+        None,
+    ));
+    let server = TestServer::start_with_env(
+        database_url,
+        &[],
+        &[("MIZZEN_NPM_REGISTRY", registry.url.as_str())],
+    );
+    server.ok(&["project", "create", "-f", "examples/13-dependencies"]);
+    server.ok(&["project", "create", "-f", "examples/09-npm"]);
+
+    let id = server.create_event("dependencies", &["--follow"]);
+    let logs = server.ok(&["event", "logs", "--id", &id]);
+    assert!(logs.contains("is 13 thirteen? true"), "{logs}");
+    assert!(
+        logs.contains("area of a circle with radius 3: 28.259999999999998"),
+        "{logs}"
+    );
+    assert!(logs.contains("is-thirteen@2.0.0"), "{logs}");
+    let fetched = registry.requests();
+    assert_eq!(fetched, 4, "two packuments and two tarballs");
+
+    let id = server.create_event("npm", &["--follow"]);
+    let logs = server.ok(&["event", "logs", "--id", &id]);
+    assert!(logs.contains("Hello, "), "{logs}");
+    let event = server.json(&["event", "get", "--id", &id]);
+    assert_eq!(event["worker"]["status"]["phase"], "SUCCEEDED", "{event}");
+    let fetched = registry.requests();
+
+    // Later events of the same versions fetch nothing.
+    for project in ["dependencies", "npm"] {
+        let id = server.create_event(project, &["--follow"]);
+        let event = server.json(&["event", "get", "--id", &id]);
+        assert_eq!(event["worker"]["status"]["phase"], "SUCCEEDED", "{event}");
+    }
+    assert_eq!(registry.requests(), fetched);
+}
+
+#[test]
+fn script_dependencies_run_on_sqlite() {
+    script_dependencies_end_to_end(None);
+}
+
+#[test]
+fn script_dependencies_run_on_postgres() {
+    let Some(url) = postgres_database("script_dependencies_run_on_postgres") else {
+        return;
+    };
+    script_dependencies_end_to_end(Some(url));
+}
+
 const SECRET: &str = "s3cr3t-value-9f8e";
 
 fn secret_project(id: &str) -> tempfile::TempDir {

@@ -15,13 +15,15 @@ use std::sync::Arc;
 use mizzen_host_api::types::{Event, GitConfig};
 
 use crate::WorkerRequest;
+use crate::dependencies::{ConfigFiles, Dependencies, DependencyError, NPM_TOKEN_SECRET};
 use crate::executor::{ContainerLimits, EventContext, JobExecutor, Source};
 use crate::jobs::JobCapability;
 use crate::limits::WorkerLimits;
-use crate::log::LogSink;
+use crate::log::{LogRecord, LogSink};
 use crate::project::{Project, ProjectDir, ProjectError};
 use crate::script::ScriptSource;
 use crate::source::{self, SourceError};
+use mizzen_host_api::types::LogLevel;
 
 /// Where a project's files (its script, what its jobs mount) come from.
 #[derive(Debug, Clone)]
@@ -60,6 +62,9 @@ pub struct WorkerPlan {
     pub executor: Result<Arc<dyn JobExecutor>, String>,
     /// Where its log goes.
     pub log: Arc<dyn LogSink>,
+    /// Prepares its script's modules and npm packages (shared by every
+    /// worker of the process, which is what makes it once per version).
+    pub dependencies: Arc<Dependencies>,
 }
 
 /// A worker ready to run.
@@ -87,6 +92,9 @@ pub enum PrepareError {
         "found nothing to run: project \"{0}\" has no git settings and none of brigade.wasm, brigade.ts and brigade.js in spec.workerTemplate.defaultConfigFiles"
     )]
     NothingToRun(String),
+    /// The script's modules or npm packages could not be prepared.
+    #[error(transparent)]
+    Dependencies(#[from] DependencyError),
     /// No scratch directory for the checkout.
     #[error("cannot make a scratch directory for the project's checkout: {0}")]
     Scratch(std::io::Error),
@@ -103,8 +111,18 @@ impl WorkerPlan {
             limits,
             executor,
             log,
+            dependencies,
         } = self;
         let label = || PathBuf::from(format!("project \"{}\"", project.id));
+        let prepare = Prepare {
+            dependencies: &dependencies,
+            token: event
+                .project
+                .secrets
+                .get(NPM_TOKEN_SECRET)
+                .map(String::as_str),
+            log: &*log,
+        };
         let (script, source) = match files {
             ProjectFiles::Directory { root, file } => {
                 let dir = ProjectDir {
@@ -112,13 +130,22 @@ impl WorkerPlan {
                     root: root.clone(),
                     file,
                 };
-                (dir.script()?, Some(Source::Directory(root)))
+                let config = root.join(&project.worker.config_files_directory);
+                let script = prepare
+                    .script(&project, Some(&config), dir.script()?)
+                    .await?;
+                (script, Some(Source::Directory(root)))
             }
-            ProjectFiles::Git(git) => fetched(&project, Source::Git(git), label()).await?,
+            ProjectFiles::Git(git) => {
+                fetched(&project, Source::Git(git), label(), &prepare).await?
+            }
             ProjectFiles::TenantGit(git) => {
-                fetched(&project, Source::TenantGit(git), label()).await?
+                fetched(&project, Source::TenantGit(git), label(), &prepare).await?
             }
-            ProjectFiles::Inline => inline(&project)?,
+            ProjectFiles::Inline => {
+                let (script, source) = inline(&project)?;
+                (prepare.script(&project, None, script).await?, source)
+            }
         };
         let context = Arc::new(EventContext {
             event_id: event.id.clone(),
@@ -153,6 +180,36 @@ impl WorkerPlan {
 /// A script, and what its jobs mount as the project's source.
 type Prepared = (ScriptSource, Option<Source>);
 
+/// What bundles an event's script with its modules and packages.
+struct Prepare<'a> {
+    dependencies: &'a Dependencies,
+    token: Option<&'a str>,
+    log: &'a dyn LogSink,
+}
+
+impl Prepare<'_> {
+    /// The script bundled with what it requires, from `config` (the config
+    /// files directory, when there is one) and the project's inline files;
+    /// what was installed is written to the event's log.
+    async fn script(
+        &self,
+        project: &Project,
+        config: Option<&std::path::Path>,
+        script: ScriptSource,
+    ) -> Result<ScriptSource, PrepareError> {
+        let files = ConfigFiles {
+            dir: config,
+            inline: &project.worker.default_config_files,
+        };
+        let prepared = self.dependencies.prepare(files, script, self.token).await?;
+        for note in prepared.notes {
+            self.log
+                .record(LogRecord::logger(LogLevel::Info, &note, None));
+        }
+        Ok(prepared.script)
+    }
+}
+
 /// The project's inline script; its jobs get no source.
 fn inline(project: &Project) -> Result<Prepared, PrepareError> {
     let script = project
@@ -168,6 +225,7 @@ async fn fetched(
     project: &Project,
     source: Source,
     label: PathBuf,
+    prepare: &Prepare<'_>,
 ) -> Result<Prepared, PrepareError> {
     let checkout = tempfile::tempdir().map_err(PrepareError::Scratch)?;
     let root = checkout.path().join("source");
@@ -176,12 +234,15 @@ async fn fetched(
     if let Source::Git(git) | Source::TenantGit(git) = &source {
         project.worker.git = Some(git.clone());
     }
+    let config = root.join(&project.worker.config_files_directory);
     let dir = ProjectDir {
         project,
         root,
         file: label,
     };
-    let script = dir.script()?;
+    let script = prepare
+        .script(&dir.project, Some(&config), dir.script()?)
+        .await?;
     drop(checkout);
     Ok((script, Some(source)))
 }

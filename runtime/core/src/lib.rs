@@ -54,14 +54,17 @@
 //! ```
 
 pub mod assembly;
+pub mod bundle;
 pub mod capability;
 mod cpu;
+pub mod dependencies;
 mod duration;
 pub mod executor;
 mod host;
 pub mod limits;
 pub mod log;
 pub mod module;
+pub mod npm;
 mod plugin;
 pub mod project;
 pub mod redact;

@@ -59,6 +59,30 @@ pub struct ScriptSource {
     /// milliseconds, and its key is asked for on every event. (A sandbox
     /// process trusts the key its parent sends with the script.)
     key: ScriptKey,
+    /// For a script bundled with its modules: where each module is.
+    bundle: Option<Arc<BundleLayout>>,
+}
+
+/// Where a bundled script's modules are (see [`crate::bundle`]): the script's
+/// own text is the first `main_bytes` bytes; the modules follow.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BundleLayout {
+    /// The length of the script's own text.
+    pub main_bytes: usize,
+    /// The modules, in the order of their lines.
+    pub modules: Vec<ModuleLines>,
+}
+
+/// The lines of one module in a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModuleLines {
+    /// Its id (its path in the config files directory, or under
+    /// `node_modules/`).
+    pub name: String,
+    /// Its first line, counted (from 1) in the text after the script's own.
+    pub first_line: u32,
+    /// How many lines it has.
+    pub lines: u32,
 }
 
 impl std::fmt::Debug for ScriptSource {
@@ -89,6 +113,23 @@ impl ScriptSource {
         Self::with(name.into(), Language::Wasm, bytes.into())
     }
 
+    /// A script bundled with its modules (made by [`crate::bundle`]).
+    pub(crate) fn bundled(
+        name: &str,
+        language: Language,
+        code: String,
+        layout: BundleLayout,
+    ) -> Self {
+        let mut script = Self::with(name.into(), language, code.into_bytes().into());
+        script.bundle = Some(Arc::new(layout));
+        script
+    }
+
+    /// Whether the script was bundled with modules.
+    pub fn is_bundle(&self) -> bool {
+        self.bundle.is_some()
+    }
+
     fn with(name: String, language: Language, code: Arc<[u8]>) -> Self {
         let mut hash = Sha256::new();
         hash.update([match language {
@@ -105,6 +146,7 @@ impl ScriptSource {
             language,
             code,
             key,
+            bundle: None,
         }
     }
 
@@ -207,7 +249,7 @@ pub enum ScriptProblem {
 /// before the parser recurses into them. Brackets in strings and comments
 /// count too: the check only needs to be cheap and never to let a deep
 /// script through.
-fn check_nesting(source: &ScriptSource, text: &str) -> Result<(), ScriptProblem> {
+pub(crate) fn check_nesting(name: &str, text: &str) -> Result<(), ScriptProblem> {
     let mut depth = 0usize;
     let (mut line, mut column) = (1, 1);
     for c in text.chars() {
@@ -216,7 +258,7 @@ fn check_nesting(source: &ScriptSource, text: &str) -> Result<(), ScriptProblem>
                 depth += 1;
                 if depth > MAX_NESTING {
                     return Err(ScriptProblem::TooDeep {
-                        name: source.name.clone(),
+                        name: name.into(),
                         line,
                         column,
                     });
@@ -247,7 +289,13 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptPro
         name: source.name.clone(),
         offset: e.valid_up_to(),
     })?;
-    check_nesting(source, text)?;
+    // A bundle's modules were checked when it was made; only the script's
+    // own text is parsed (and for TypeScript, stripped) here.
+    let (text, appended) = match &source.bundle {
+        Some(layout) => text.split_at(layout.main_bytes.min(text.len())),
+        None => (text, ""),
+    };
+    check_nesting(&source.name, text)?;
     let allocator = Allocator::default();
     let source_type = match source.language {
         Language::JavaScript => SourceType::unambiguous(),
@@ -273,13 +321,22 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptPro
     } else {
         ScriptKind::CommonJs
     };
-    if source.language == Language::JavaScript {
-        return Ok(PreparedScript {
-            name: source.name.clone(),
-            javascript: text.to_string(),
-            kind,
-            positions: None,
+    let bundled = |javascript: String, tokens: Vec<(u32, u32, u32, u32)>| {
+        let bundle = source.bundle.as_ref().map(|layout| BundlePositions {
+            main_lines: javascript.matches('\n').count() as u32 + 1,
+            layout: layout.clone(),
         });
+        let positions =
+            (bundle.is_some() || !tokens.is_empty()).then_some(PositionMap { tokens, bundle });
+        PreparedScript {
+            name: source.name.clone(),
+            javascript: javascript + appended,
+            kind,
+            positions,
+        }
+    };
+    if source.language == Language::JavaScript {
+        return Ok(bundled(text.to_string(), vec![]));
     }
 
     let mut program = parsed.program;
@@ -313,9 +370,8 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptPro
         })
         .with_source_text(text)
         .build(&program);
-    let positions = generated.map.map(|map| PositionMap {
-        tokens: map
-            .get_tokens()
+    let tokens = generated.map.map_or_else(Vec::new, |map| {
+        map.get_tokens()
             .map(|t| {
                 (
                     t.get_dst_line(),
@@ -324,14 +380,9 @@ pub(crate) fn prepare(source: &ScriptSource) -> Result<PreparedScript, ScriptPro
                     t.get_src_col(),
                 )
             })
-            .collect(),
+            .collect()
     });
-    Ok(PreparedScript {
-        name: source.name.clone(),
-        javascript: generated.code,
-        kind,
-        positions,
-    })
+    Ok(bundled(generated.code, tokens))
 }
 
 /// 1-based line and column of a byte offset.
@@ -342,12 +393,36 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Maps positions in transpiled JavaScript back to the TypeScript source.
+/// Maps positions in transpiled JavaScript back to the TypeScript source,
+/// and positions in a bundle's modules back to their files.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PositionMap {
     /// (generated line, generated column, source line, source column), all
-    /// 0-based, sorted by generated position.
+    /// 0-based, sorted by generated position; empty for JavaScript.
     tokens: Vec<(u32, u32, u32, u32)>,
+    bundle: Option<BundlePositions>,
+}
+
+/// Where a bundle's modules start in the JavaScript the plugin compiles.
+#[derive(Debug, Clone)]
+struct BundlePositions {
+    /// Lines of the script's own (generated) JavaScript.
+    main_lines: u32,
+    layout: Arc<BundleLayout>,
+}
+
+impl BundlePositions {
+    /// The module and its own line at a line of the bundle (1-based).
+    fn module_at(&self, line: u32) -> Option<(&str, u32)> {
+        let relative = line.checked_sub(self.main_lines)?;
+        let modules = &self.layout.modules;
+        let index = modules
+            .partition_point(|m| m.first_line <= relative)
+            .checked_sub(1)?;
+        let module = &modules[index];
+        let own = relative - module.first_line + 1;
+        (own <= module.lines).then_some((module.name.as_str(), own))
+    }
 }
 
 impl PositionMap {
@@ -362,14 +437,26 @@ impl PositionMap {
         (gen_line == key.0).then_some((src_line + 1, src_col + 1))
     }
 
-    /// Rewrites every `name:line:col` in `text` to the source position.
+    /// Rewrites every `name:line:col` in `text` to the source position: in
+    /// a bundle's module, `module:line:col`.
     pub fn rewrite(&self, name: &str, text: &str) -> String {
         let needle = format!("{name}:");
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(at) = rest.find(&needle) {
             let after = &rest[at + needle.len()..];
-            out.push_str(&rest[..at + needle.len()]);
+            out.push_str(&rest[..at]);
+            let digits = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            let line: Option<u32> = after[..digits].parse().ok();
+            let in_module = line.and_then(|line| self.bundle.as_ref()?.module_at(line));
+            if let Some((module, own)) = in_module {
+                out.push_str(&format!("{module}:{own}"));
+                rest = &after[digits..];
+                continue;
+            }
+            out.push_str(&needle);
             let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
             let line_len = digits(after);
             let col_start = line_len + 1;

@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mizzen_runtime::dependencies::Dependencies;
 use mizzen_runtime::executor::JobExecutor;
 use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
 use sandbox_pool::{SandboxCommand, SandboxPool, SandboxPoolError, SandboxStage};
@@ -60,6 +61,9 @@ pub enum ServerError {
         .0.display()
     )]
     DataDirInUse(PathBuf),
+    /// A setting from the environment is wrong.
+    #[error("{0}")]
+    Environment(String),
     /// The listen address could not be bound or served.
     #[error("{address}: {source}")]
     Listen {
@@ -163,7 +167,13 @@ impl Server {
             None => Arc::new(Sandbox::new(SandboxConfig::from_env()).await?),
         };
         let metrics = Arc::new(metrics::Metrics::new());
-        let projects = Arc::new(project_cache::ProjectCache::default());
+        // Scripts' npm packages and bundles are kept with the server's data,
+        // shared by its sandbox processes and kept across restarts.
+        let dependencies = Arc::new(Dependencies::new(
+            Dependencies::registry_from_env().map_err(ServerError::Environment)?,
+            Some(config.data_dir.join("dependencies")),
+        ));
+        let projects = Arc::new(project_cache::ProjectCache::new(dependencies));
         let scheduler = scheduler::Scheduler::new(
             store.clone(),
             projects.clone(),

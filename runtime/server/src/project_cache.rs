@@ -12,17 +12,26 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use mizzen_runtime::dependencies::Dependencies;
 use mizzen_runtime::project::{MODULE_SCRIPT, Project, ProjectError};
 use mizzen_runtime::redact::Redactor;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-/// Projects parsed from their stored definitions, by id.
-#[derive(Default)]
+/// Projects parsed from their stored definitions, by id, and what prepares
+/// their scripts' dependencies (once per version, for every event).
 pub struct ProjectCache {
     parsed: Mutex<HashMap<String, Arc<Parsed>>>,
     redactors: Mutex<HashMap<String, (Secrets, BuiltOnce)>>,
+    dependencies: Arc<Dependencies>,
+}
+
+impl Default for ProjectCache {
+    /// Dependencies fetched from npm's registry, kept in memory only.
+    fn default() -> Self {
+        Self::new(Arc::new(Dependencies::new(None, None)))
+    }
 }
 
 type Secrets = BTreeMap<String, String>;
@@ -94,6 +103,20 @@ pub fn module_hash(snapshot: &Value) -> Option<&str> {
 }
 
 impl ProjectCache {
+    /// An empty cache whose projects' dependencies `dependencies` prepares.
+    pub fn new(dependencies: Arc<Dependencies>) -> Self {
+        Self {
+            parsed: Mutex::default(),
+            redactors: Mutex::default(),
+            dependencies,
+        }
+    }
+
+    /// What prepares the projects' scripts' dependencies.
+    pub fn dependencies(&self) -> &Arc<Dependencies> {
+        &self.dependencies
+    }
+
     /// The project `document` (a stored definition) defines, parsed once
     /// per version of it.
     pub fn parse(&self, id: &str, document: &Value) -> Result<Arc<Parsed>, ProjectError> {

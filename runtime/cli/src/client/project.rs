@@ -363,6 +363,67 @@ pub fn load_project(path: &Path) -> anyhow::Result<LoadedProject> {
     Ok(LoadedProject { id, body, inlined })
 }
 
+/// Files a script's bundle may read (see mizzen_runtime::bundle): sources,
+/// JSON (package.json and package-lock.json among them) and yarn.lock.
+const MODULE_EXTENSIONS: [&str; 7] = ["js", "cjs", "mjs", "ts", "cts", "mts", "json"];
+
+/// The config directory's module files a project takes along: a tree of
+/// kilobyte sources, well under this, or a directory that is not one.
+const MAX_MODULE_FILES: usize = 1000;
+
+/// Collects the module files under `dir` (`prefix` is its path in the config
+/// directory), leaving out `node_modules` (the server fetches packages
+/// itself), hidden entries and links.
+fn module_files(
+    dir: &Path,
+    prefix: &str,
+    found: &mut BTreeMap<String, (PathBuf, String)>,
+) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if name.starts_with('.') || name == "node_modules" || kind.is_symlink() {
+            continue;
+        }
+        let relative = format!("{prefix}{name}");
+        if kind.is_dir() {
+            module_files(&entry.path(), &format!("{relative}/"), found)?;
+            continue;
+        }
+        let extension = Path::new(&name).extension().and_then(|e| e.to_str());
+        let wanted =
+            name == "yarn.lock" || extension.is_some_and(|e| MODULE_EXTENSIONS.contains(&e));
+        if !kind.is_file() || !wanted {
+            continue;
+        }
+        if found.len() >= MAX_MODULE_FILES {
+            anyhow::bail!(
+                "{}: more than {MAX_MODULE_FILES} module files to send with the script; give the project a git repository instead",
+                dir.display()
+            );
+        }
+        let path = entry.path();
+        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if size > MAX_SCRIPT_BYTES as u64 {
+            anyhow::bail!(
+                "{}: the file is {size} bytes; the limit is {MAX_SCRIPT_BYTES} bytes",
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {} as text", path.display()))?;
+        found.insert(relative, (path, text));
+    }
+    Ok(())
+}
+
 /// Moves the local scripts of a project without git settings into its
 /// `defaultConfigFiles`; returns the files moved.
 fn inline_scripts(body: &mut Value, root: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -436,12 +497,26 @@ fn inline_scripts(body: &mut Value, root: &Path) -> anyhow::Result<Vec<PathBuf>>
     let Some(files) = files.as_object_mut() else {
         anyhow::bail!("spec.workerTemplate.defaultConfigFiles must be a map of file names to text");
     };
+    let scripted = found.keys().any(|name| *name != MODULE_SCRIPT);
     let mut inlined = Vec::new();
     for (name, (path, text)) in found {
         files.insert(name.to_string(), Value::String(text));
         inlined.push(path);
     }
     inlined.sort_by_key(|path| SCRIPT_NAMES.iter().position(|n| path.ends_with(n)));
+    // A script's own modules and its package files go along, so that the
+    // server bundles what `mizzen run` bundles.
+    if scripted {
+        let mut modules = BTreeMap::new();
+        module_files(&directory, "", &mut modules)?;
+        for (name, (path, text)) in modules {
+            if SCRIPT_NAMES.contains(&name.as_str()) || files.contains_key(&name) {
+                continue;
+            }
+            files.insert(name, Value::String(text));
+            inlined.push(path);
+        }
+    }
     Ok(inlined)
 }
 

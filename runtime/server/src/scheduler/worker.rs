@@ -140,6 +140,7 @@ impl Scheduler {
             limits,
             executor,
             log: log.clone(),
+            dependencies: self.projects.dependencies().clone(),
         }
         .prepare()
         .await?;

@@ -1,0 +1,309 @@
+//! Scripts with their own modules (and packages already in the config
+//! directory's `node_modules`): bundled on the host, run in the sandbox.
+//! Fetching from a registry is tested with the CLI (runtime/cli/tests).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use mizzen_runtime::WorkerLimits;
+use mizzen_runtime::dependencies::{ConfigFiles, Dependencies, DependencyError};
+use mizzen_runtime::script::ScriptSource;
+
+use crate::util::{Run, event, run};
+
+/// Writes `files` (path → text) under a fresh directory.
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+fn script_of(dir: &Path, name: &str) -> ScriptSource {
+    ScriptSource::new(name, std::fs::read_to_string(dir.join(name)).unwrap())
+}
+
+async fn prepare(dir: &Path, name: &str) -> Result<ScriptSource, DependencyError> {
+    let dependencies = Dependencies::new(None, None);
+    let inline = BTreeMap::new();
+    let files = ConfigFiles {
+        dir: Some(dir),
+        inline: &inline,
+    };
+    Ok(dependencies
+        .prepare(files, script_of(dir, name), None)
+        .await?
+        .script)
+}
+
+async fn run_project(dir: &Path, name: &str) -> Run {
+    let script = prepare(dir, name).await.expect("the script bundles");
+    run(script, event(), WorkerLimits::default()).await
+}
+
+#[tokio::test]
+async fn brigades_thirteen_example_requires_a_local_module() {
+    let dir = project(&[
+        (
+            "brigade.js",
+            "const { events } = require(\"@brigadecore/brigadier\");\n\
+             const circle = require(\"./circle\");\n\
+             events.on(\"brigade.sh/cli\", \"exec\", async () => {\n\
+               console.log(\"area of a circle with radius 3: \" + circle.area(3));\n\
+             });\n\
+             events.process();\n",
+        ),
+        (
+            "circle.js",
+            "var PI = 3.14;\nexports.area = function (r) { return PI * r * r; };\n",
+        ),
+    ]);
+    let run = run_project(dir.path(), "brigade.js").await;
+    run.assert_succeeded();
+    assert_eq!(
+        run.worker_lines(),
+        ["area of a circle with radius 3: 28.259999999999998"]
+    );
+}
+
+#[tokio::test]
+async fn folders_json_parents_and_node_modules_resolve_as_node_resolves_them() {
+    let dir = project(&[
+        (
+            "brigade.js",
+            "const util = require('./src/util');\n\
+             const data = require('./data.json');\n\
+             const pkg = require('tiny-pkg');\n\
+             console.log(util.twice(data.n), util.shared.name, pkg.hello());\n",
+        ),
+        (
+            "src/util/index.js",
+            "exports.twice = (n) => n * 2;\nexports.shared = require('../../lib/shared.js');\n",
+        ),
+        ("data.json", "{ \"n\": 21 }\n"),
+        ("lib/shared.js", "module.exports = { name: 'shared' };\n"),
+        (
+            "node_modules/tiny-pkg/package.json",
+            "{ \"name\": \"tiny-pkg\", \"main\": \"lib/main.js\" }",
+        ),
+        (
+            "node_modules/tiny-pkg/lib/main.js",
+            "exports.hello = () => 'hello from ' + __filename;\n",
+        ),
+    ]);
+    let run = run_project(dir.path(), "brigade.js").await;
+    run.assert_succeeded();
+    assert_eq!(
+        run.worker_lines(),
+        ["42 shared hello from node_modules/tiny-pkg/lib/main.js"]
+    );
+}
+
+#[tokio::test]
+async fn es_modules_and_typescript_import_each_other_and_commonjs() {
+    let dir = project(&[
+        (
+            "brigade.ts",
+            "import { events } from \"@brigadecore/brigadier\";\n\
+             import { area, PI as pi } from \"./geometry\";\n\
+             import describe from \"./describe.js\";\n\
+             import * as all from \"./geometry\";\n\
+             import legacy from \"./legacy\";\n\
+             import type { Shape } from \"./geometry\";\n\
+             const s: Shape = { r: 2 };\n\
+             events.on(\"brigade.sh/cli\", \"exec\", async () => {\n\
+               console.log(describe(area(s.r)), pi, Object.keys(all).sort().join(\",\"), legacy.kind);\n\
+             });\n\
+             events.process();\n",
+        ),
+        (
+            "geometry.ts",
+            "export const PI: number = 3;\n\
+             export interface Shape { r: number }\n\
+             export function area(r: number): number { return PI * r * r; }\n\
+             export * from \"./more\";\n",
+        ),
+        (
+            "more.js",
+            "export const extra = 1;\nexport { extra as renamed };\n",
+        ),
+        (
+            "describe.js",
+            "export default function describe(n) { return `area ${n}`; }\n",
+        ),
+        ("legacy.js", "module.exports = { kind: 'commonjs' };\n"),
+    ]);
+    let run = run_project(dir.path(), "brigade.ts").await;
+    run.assert_succeeded();
+    assert_eq!(
+        run.worker_lines(),
+        ["area 12 3 PI,area,extra,renamed commonjs"]
+    );
+}
+
+#[tokio::test]
+async fn an_error_in_a_module_names_the_module_and_its_line() {
+    let dir = project(&[
+        (
+            "brigade.js",
+            "const m = require('./lib/broken');\nm.go();\n",
+        ),
+        (
+            "lib/broken.js",
+            "// a comment\n\nexports.go = function () {\n  throw new Error('broken here');\n};\n",
+        ),
+    ]);
+    let run = run_project(dir.path(), "brigade.js").await;
+    run.assert_failed_with("lib/broken.js:4");
+    run.assert_failed_with("broken here");
+}
+
+#[tokio::test]
+async fn a_script_that_requires_nothing_runs_as_it_is() {
+    let dir = project(&[(
+        "brigade.js",
+        "const { events } = require('@brigadecore/brigadier');\nconsole.log('plain');\n",
+    )]);
+    let script = prepare(dir.path(), "brigade.js").await.unwrap();
+    assert!(!script.is_bundle());
+    assert_eq!(script, script_of(dir.path(), "brigade.js"));
+}
+
+#[tokio::test]
+async fn bad_requires_are_refused_naming_file_line_and_path() {
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[("brigade.js", "\n\nrequire('./circl');\n")],
+            "brigade.js:3: cannot find module './circl'",
+        ),
+        (
+            &[("brigade.js", "const fs = require('fs');\n")],
+            "brigade.js:1: 'fs' is a Node.js built-in module",
+        ),
+        (
+            &[
+                ("brigade.js", "require('./a');\n"),
+                ("a.js", "\nimport { readFileSync } from 'node:fs';\n"),
+            ],
+            "a.js:2: 'node:fs' is a Node.js built-in module",
+        ),
+        (
+            &[
+                ("brigade.js", "require('./a');\n"),
+                ("a.js", "require('./b');\n"),
+                ("b.js", "require('./a');\n"),
+            ],
+            "a dependency cycle: brigade.js → a.js → b.js → a.js",
+        ),
+        (
+            &[
+                ("brigade.js", "require('./ok');\n"),
+                ("ok.js", "module.exports = require('./broken.json');\n"),
+                ("broken.json", "{ \"a\": }\n"),
+            ],
+            "broken.json:1: not valid JSON",
+        ),
+    ];
+    for (files, expected) in cases {
+        let dir = project(files);
+        let err = prepare(dir.path(), "brigade.js")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_require_outside_the_config_directory_is_refused() {
+    let outer = project(&[
+        ("secret.js", "module.exports = 'secret';\n"),
+        ("config/brigade.js", "console.log(require('../secret'));\n"),
+        ("config/link.js", ""),
+    ]);
+    let config = outer.path().join("config");
+    let err = prepare(&config, "brigade.js")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("brigade.js:1: '../secret' resolves to") && err.contains("outside"),
+        "{err}"
+    );
+    // A symbolic link inside the directory does not lead out either.
+    std::fs::remove_file(config.join("link.js")).unwrap();
+    std::os::unix::fs::symlink(outer.path().join("secret.js"), config.join("link.js")).unwrap();
+    std::fs::write(
+        config.join("brigade.js"),
+        "console.log(require('./link'));\n",
+    )
+    .unwrap();
+    let err = prepare(&config, "brigade.js")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("'./link' resolves to"), "{err}");
+}
+
+#[tokio::test]
+async fn a_prepared_script_is_reused_until_a_module_changes() {
+    let dir = project(&[
+        ("brigade.js", "console.log(require('./value'));\n"),
+        ("value.js", "module.exports = 'one';\n"),
+    ]);
+    let dependencies = Dependencies::new(None, None);
+    let inline = BTreeMap::new();
+    let files = ConfigFiles {
+        dir: Some(dir.path()),
+        inline: &inline,
+    };
+    let main = script_of(dir.path(), "brigade.js");
+    let first = dependencies
+        .prepare(files, main.clone(), None)
+        .await
+        .unwrap();
+    let again = dependencies
+        .prepare(files, main.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(first.script.key(), again.script.key());
+    std::fs::write(dir.path().join("value.js"), "module.exports = 'two';\n").unwrap();
+    let changed = dependencies.prepare(files, main, None).await.unwrap();
+    assert_ne!(first.script.key(), changed.script.key());
+    let run = run(changed.script, event(), WorkerLimits::default()).await;
+    run.assert_succeeded();
+    assert_eq!(run.worker_lines(), ["two"]);
+}
+
+#[tokio::test]
+async fn inline_config_files_are_modules_too() {
+    let inline: BTreeMap<String, String> = [
+        (
+            "brigade.js".to_string(),
+            "console.log(require('./helper').greet('inline'));\n".to_string(),
+        ),
+        (
+            "helper.js".to_string(),
+            "exports.greet = (who) => `hello ${who}`;\n".to_string(),
+        ),
+    ]
+    .into();
+    let script = ScriptSource::new("brigade.js", inline["brigade.js"].clone());
+    let prepared = Dependencies::new(None, None)
+        .prepare(
+            ConfigFiles {
+                dir: None,
+                inline: &inline,
+            },
+            script,
+            None,
+        )
+        .await
+        .unwrap();
+    let run = run(prepared.script, event(), WorkerLimits::default()).await;
+    run.assert_succeeded();
+    assert_eq!(run.worker_lines(), ["hello inline"]);
+}
