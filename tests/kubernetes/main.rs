@@ -587,3 +587,67 @@ async fn compiled_scripts_run_their_jobs_as_pods() {
         cluster.assert_nothing_denied();
     }
 }
+
+/// Brigade's kitchen-sink example, unmodified: its TypeScript imports an npm
+/// package (fetched by the host from a registry the test serves) to name
+/// its four jobs, which run as pods two sequences at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kitchen_sink_example_with_its_npm_package_runs_its_jobs_as_pods() {
+    use mizzen_runtime::dependencies::{ConfigFiles, Dependencies};
+    use mizzen_tests::npm_registry::{NpmRegistry, brigade_example_packages};
+
+    let registry = NpmRegistry::start(brigade_example_packages(), None).await;
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/12-kitchen-sink/.brigade");
+    let cache = tempfile::tempdir().unwrap();
+    let inline = std::collections::BTreeMap::new();
+    let script = ScriptSource::new(
+        "brigade.ts",
+        std::fs::read_to_string(config.join("brigade.ts")).unwrap(),
+    );
+    let prepared = Dependencies::new(
+        Some(registry.url.parse().unwrap()),
+        Some(cache.path().to_path_buf()),
+    )
+    .prepare(
+        ConfigFiles {
+            dir: Some(&config),
+            inline: &inline,
+        },
+        script,
+        None,
+    )
+    .await
+    .expect("the example's dependencies are prepared");
+    assert!(prepared.script.is_bundle());
+
+    let cluster = cluster().await;
+    let run = cluster
+        .run_script(&uuid(), prepared.script, WorkerLimits::default())
+        .await;
+    run.assert_succeeded();
+    let pods = cluster.fake.created("pods");
+    let mut images: Vec<&str> = pods
+        .iter()
+        .map(|pod| pod["spec"]["containers"][0]["image"].as_str().unwrap())
+        .collect();
+    images.sort();
+    assert_eq!(
+        images,
+        [
+            "alpine:latest",
+            "centos:latest",
+            "debian:latest",
+            "ubuntu:latest"
+        ]
+    );
+    for pod in &pods {
+        let job = pod["metadata"]["labels"]["mizzen.sh/job"].as_str().unwrap();
+        let words: Vec<&str> = job.split('-').collect();
+        assert!(
+            words.len() >= 2 && words.iter().all(|w| !w.is_empty()),
+            "a generated job name: {job}"
+        );
+    }
+    cluster.assert_nothing_denied();
+}

@@ -43,6 +43,63 @@ impl Package {
     }
 }
 
+/// What a test tarball entry is.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    /// A regular file with this content.
+    File(&'a [u8]),
+    /// A symbolic link to this target.
+    Symlink(&'a str),
+    /// A hard link to this target.
+    HardLink(&'a str),
+}
+
+/// A gzipped tarball of `entries` (path → entry), its headers written raw
+/// so that hostile paths (`../x`, `/etc/x`) go in as they are.
+pub fn tarball(entries: &[(&str, Entry<'_>)]) -> Vec<u8> {
+    use flate2::{Compression, write::GzEncoder};
+    let mut builder = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    for (path, entry) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        let data: &[u8] = match entry {
+            Entry::File(data) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                data
+            }
+            Entry::Symlink(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_link_name_literal(target).unwrap();
+                b""
+            }
+            Entry::HardLink(target) => {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_link_name_literal(target).unwrap();
+                b""
+            }
+        };
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+/// A package whose `index.js` is `index` and whose package.json names it.
+pub fn package(name: &str, version: &str, index: &str) -> Package {
+    let manifest = format!(r#"{{"name":"{name}","version":"{version}","main":"index.js"}}"#);
+    Package {
+        name: name.into(),
+        version: version.into(),
+        dependencies: BTreeMap::new(),
+        tarball: tarball(&[
+            ("package/package.json", Entry::File(manifest.as_bytes())),
+            ("package/index.js", Entry::File(index.as_bytes())),
+        ]),
+    }
+}
+
 /// The real packages Brigade's examples 09, 10, 12 and 13 use, from
 /// `tests/fixtures/npm` (as the public registry serves them).
 pub fn brigade_example_packages() -> Vec<Package> {
