@@ -461,11 +461,294 @@
     setSummary: setSummaryNow,
   });
 
+  // ------------------------------------------------------ Node's built-ins
+  // The pure parts of Node that small packages use (runtime/core/src/bundle.rs
+  // lets a script require these and refuses the others: fs, http, net,
+  // child_process... have no meaning in the sandbox). Paths are POSIX, and
+  // the working directory is "/".
+  function pathParts(parts, absolute) {
+    const out = [];
+    for (const part of parts) {
+      if (part === "" || part === ".") continue;
+      if (part === "..") {
+        if (out.length > 0 && out[out.length - 1] !== "..") out.pop();
+        else if (!absolute) out.push("..");
+      } else out.push(part);
+    }
+    return out;
+  }
+  const path = {
+    sep: "/",
+    delimiter: ":",
+    isAbsolute: (p) => String(p).startsWith("/"),
+    normalize(p) {
+      p = String(p);
+      if (p === "") return ".";
+      const absolute = p.startsWith("/");
+      let joined = pathParts(p.split("/"), absolute).join("/");
+      if (joined === "" && !absolute) joined = ".";
+      if (p.endsWith("/") && joined !== "" && joined !== ".") joined += "/";
+      return (absolute ? "/" : "") + joined;
+    },
+    join: (...parts) => {
+      const joined = parts.map(String).filter((p) => p !== "").join("/");
+      return joined === "" ? "." : path.normalize(joined);
+    },
+    resolve: (...parts) => {
+      let resolved = "";
+      for (let i = parts.length - 1; i >= 0 && !resolved.startsWith("/"); i--) {
+        const part = String(parts[i]);
+        if (part !== "") resolved = resolved === "" ? part : `${part}/${resolved}`;
+      }
+      return "/" + pathParts(resolved.split("/"), true).join("/");
+    },
+    dirname(p) {
+      p = String(p);
+      const trimmed = p.replace(/\/+$/, "");
+      if (trimmed === "") return p.startsWith("/") ? "/" : ".";
+      const at = trimmed.lastIndexOf("/");
+      return at < 0 ? "." : at === 0 ? "/" : trimmed.slice(0, at);
+    },
+    basename(p, ext) {
+      const trimmed = String(p).replace(/\/+$/, "");
+      let base = trimmed.slice(trimmed.lastIndexOf("/") + 1);
+      if (ext && base !== ext && base.endsWith(ext)) base = base.slice(0, -ext.length);
+      return base;
+    },
+    extname(p) {
+      const base = path.basename(p);
+      const at = base.lastIndexOf(".");
+      return at <= 0 ? "" : base.slice(at);
+    },
+    relative(from, to) {
+      const a = path.resolve(from).split("/").filter(Boolean);
+      const b = path.resolve(to).split("/").filter(Boolean);
+      let same = 0;
+      while (same < a.length && same < b.length && a[same] === b[same]) same++;
+      return [...Array(a.length - same).fill(".."), ...b.slice(same)].join("/");
+    },
+    parse(p) {
+      p = String(p);
+      const base = path.basename(p);
+      const ext = path.extname(p);
+      const dir = p.includes("/") ? path.dirname(p) : "";
+      return { root: p.startsWith("/") ? "/" : "", dir, base, ext, name: ext ? base.slice(0, -ext.length) : base };
+    },
+    format: (o) => {
+      const base = o.base || `${o.name || ""}${o.ext || ""}`;
+      const dir = o.dir || o.root || "";
+      return dir === "" ? base : dir.endsWith("/") ? dir + base : `${dir}/${base}`;
+    },
+  };
+  path.posix = path;
+
+  // EventEmitter as a constructor function: old packages subclass it with
+  // `EventEmitter.call(this)` and util.inherits, which a class forbids.
+  function EventEmitter() {
+    this._events = new Map();
+    this._maxListeners = undefined;
+  }
+  const listenersOf = (emitter) => {
+    if (!(emitter._events instanceof Map)) emitter._events = new Map();
+    return emitter._events;
+  };
+  function addListener(emitter, name, listener, prepend) {
+    if (typeof listener !== "function") throw new TypeError('The "listener" argument must be of type function');
+    const all = listenersOf(emitter);
+    const list = all.get(name) || [];
+    if (prepend) list.unshift(listener);
+    else list.push(listener);
+    all.set(name, list);
+    return emitter;
+  }
+  Object.assign(EventEmitter.prototype, {
+    on(name, listener) {
+      return addListener(this, name, listener, false);
+    },
+    addListener(name, listener) {
+      return addListener(this, name, listener, false);
+    },
+    prependListener(name, listener) {
+      return addListener(this, name, listener, true);
+    },
+    once(name, listener) {
+      const once = (...args) => {
+        this.off(name, once);
+        return listener.apply(this, args);
+      };
+      once.listener = listener;
+      return addListener(this, name, once, false);
+    },
+    off(name, listener) {
+      const all = listenersOf(this);
+      const list = all.get(name);
+      if (!list) return this;
+      const at = list.findIndex((l) => l === listener || l.listener === listener);
+      if (at >= 0) list.splice(at, 1);
+      if (list.length === 0) all.delete(name);
+      return this;
+    },
+    removeListener(name, listener) {
+      return this.off(name, listener);
+    },
+    removeAllListeners(name) {
+      if (name === undefined) listenersOf(this).clear();
+      else listenersOf(this).delete(name);
+      return this;
+    },
+    emit(name, ...args) {
+      const list = listenersOf(this).get(name);
+      if (!list || list.length === 0) {
+        if (name === "error") {
+          throw args[0] instanceof Error ? args[0] : new Error(`Unhandled error. (${inspect(args[0], 2, [null])})`);
+        }
+        return false;
+      }
+      for (const listener of [...list]) listener.apply(this, args);
+      return true;
+    },
+    listenerCount(name) {
+      const list = listenersOf(this).get(name);
+      return list ? list.length : 0;
+    },
+    listeners(name) {
+      return (listenersOf(this).get(name) || []).map((l) => l.listener || l);
+    },
+    eventNames() {
+      return [...listenersOf(this).keys()];
+    },
+    setMaxListeners(n) {
+      this._maxListeners = n;
+      return this;
+    },
+    getMaxListeners() {
+      return this._maxListeners === undefined ? EventEmitter.defaultMaxListeners : this._maxListeners;
+    },
+  });
+  EventEmitter.EventEmitter = EventEmitter;
+  EventEmitter.defaultMaxListeners = 10;
+  EventEmitter.once = (emitter, name) =>
+    new Promise((resolve, reject) => {
+      const onError = (error) => {
+        emitter.off(name, onEvent);
+        reject(error);
+      };
+      const onEvent = (...args) => {
+        if (name !== "error") emitter.off("error", onError);
+        resolve(args);
+      };
+      emitter.once(name, onEvent);
+      if (name !== "error") emitter.once("error", onError);
+    });
+
+  // Structural equality as Node's assert.deepStrictEqual sees it.
+  function deepEqual(a, b, seen) {
+    if (Object.is(a, b)) return true;
+    if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+    if (Object.getPrototypeOf(a) !== Object.getPrototypeOf(b)) return false;
+    seen = seen || [];
+    if (seen.some(([x, y]) => x === a && y === b)) return true;
+    seen = seen.concat([[a, b]]);
+    if (a instanceof Date) return a.getTime() === b.getTime();
+    if (a instanceof RegExp) return String(a) === String(b);
+    if (a instanceof Map || a instanceof Set) {
+      if (a.size !== b.size) return false;
+      const left = [...a];
+      const right = [...b];
+      return left.every((x, i) => deepEqual(x, right[i], seen));
+    }
+    const keys = Object.keys(a);
+    if (keys.length !== Object.keys(b).length) return false;
+    return keys.every((k) => Object.prototype.hasOwnProperty.call(b, k) && deepEqual(a[k], b[k], seen));
+  }
+
+  const util = {
+    format: (...args) => format(args),
+    inspect: (value, options) => inspect(value, options && typeof options.depth === "number" ? options.depth : 2, [null]),
+    inherits(constructor, superConstructor) {
+      Object.setPrototypeOf(constructor.prototype, superConstructor.prototype);
+      Object.setPrototypeOf(constructor, superConstructor);
+      constructor.super_ = superConstructor;
+    },
+    promisify: (fn) => (...args) =>
+      new Promise((resolve, reject) => fn(...args, (error, value) => (error ? reject(error) : resolve(value)))),
+    deprecate: (fn) => fn,
+    isDeepStrictEqual: (a, b) => deepEqual(a, b),
+    types: {
+      isPromise: (v) => v instanceof Promise,
+      isDate: (v) => v instanceof Date,
+      isRegExp: (v) => v instanceof RegExp,
+    },
+  };
+
+  class AssertionError extends Error {
+    constructor(message) {
+      super(message);
+      this.name = "AssertionError";
+      this.code = "ERR_ASSERTION";
+    }
+  }
+  const failed = (message, otherwise) => {
+    if (message instanceof Error) throw message;
+    throw new AssertionError(message === undefined ? otherwise : String(message));
+  };
+  const shown = (v) => inspect(v, 2, [null]);
+  function assert(value, message) {
+    if (!value) failed(message, "The expression evaluated to a falsy value");
+  }
+  Object.assign(assert, {
+    ok: assert,
+    AssertionError,
+    fail: (message) => failed(message, "Failed"),
+    equal: (a, b, m) => a == b || failed(m, `${shown(a)} == ${shown(b)}`),
+    notEqual: (a, b, m) => a != b || failed(m, `${shown(a)} != ${shown(b)}`),
+    strictEqual: (a, b, m) => Object.is(a, b) || failed(m, `Expected values to be strictly equal: ${shown(a)} !== ${shown(b)}`),
+    notStrictEqual: (a, b, m) => !Object.is(a, b) || failed(m, `Expected "actual" to be strictly unequal to: ${shown(b)}`),
+    deepEqual: (a, b, m) => deepEqual(a, b) || failed(m, `Expected values to be deeply equal: ${shown(a)} and ${shown(b)}`),
+    deepStrictEqual: (a, b, m) => deepEqual(a, b) || failed(m, `Expected values to be strictly deep-equal: ${shown(a)} and ${shown(b)}`),
+    notDeepStrictEqual: (a, b, m) => !deepEqual(a, b) || failed(m, `Expected "actual" not to be strictly deep-equal to: ${shown(b)}`),
+    throws(fn, expected, message) {
+      try {
+        fn();
+      } catch (error) {
+        if (typeof expected === "function" && expected.prototype !== undefined && !(error instanceof expected)) throw error;
+        if (expected instanceof RegExp && !expected.test(String(error && error.message))) throw error;
+        return;
+      }
+      failed(typeof expected === "string" ? expected : message, "Missing expected exception.");
+    },
+    async rejects(promise, expected, message) {
+      try {
+        await (typeof promise === "function" ? promise() : promise);
+      } catch (error) {
+        if (typeof expected === "function" && expected.prototype !== undefined && !(error instanceof expected)) throw error;
+        return;
+      }
+      failed(typeof expected === "string" ? expected : message, "Missing expected rejection.");
+    },
+  });
+  assert.strict = assert;
+
+  // The names a script requires them by (runtime/core/src/bundle.rs has the
+  // same list, checked by its tests).
+  const nodeModules = {
+    path,
+    "path/posix": path,
+    events: EventEmitter,
+    util,
+    assert,
+    "assert/strict": assert,
+  };
+
   // ---------------------------------------------------------------- require
   const builtinModules = {
     "@brigadecore/brigadier": brigadier,
     brigadier: brigadier,
   };
+  for (const [name, value] of Object.entries(nodeModules)) {
+    builtinModules[name] = value;
+    builtinModules[`node:${name}`] = value;
+  }
 
   // Modules the host bundled with the script (runtime/core/src/bundle.rs):
   // the script ends with a hoisted function `__mizzen_modules` returning

@@ -307,3 +307,60 @@ async fn inline_config_files_are_modules_too() {
     run.assert_succeeded();
     assert_eq!(run.worker_lines(), ["hello inline"]);
 }
+
+#[tokio::test]
+async fn nodes_pure_built_ins_are_provided_to_scripts_and_packages() {
+    let dir = project(&[
+        (
+            "brigade.js",
+            "import path from 'node:path';\n\
+             import { EventEmitter } from 'events';\n\
+             import util from 'util';\n\
+             import assert from 'assert';\n\
+             import { ready } from './emitter.js';\n\
+             const e = new EventEmitter();\n\
+             e.once('go', (x) => console.log(util.format('%s %d', path.join('/a/b', '../c', 'd.js'), x)));\n\
+             e.emit('go', 7);\n\
+             assert.deepStrictEqual({ a: [1, 2] }, { a: [1, 2] });\n\
+             assert.throws(() => assert.strictEqual(1, 2), assert.AssertionError);\n\
+             console.log(path.extname('x/y.tar.gz'), path.relative('/a/b', '/a/c/d'), ready);\n",
+        ),
+        (
+            "emitter.js",
+            "const EventEmitter = require('events');\n\
+             const util = require('util');\n\
+             const { logger } = require('@brigadecore/brigadier');\n\
+             function Old() { EventEmitter.call(this); }\n\
+             util.inherits(Old, EventEmitter);\n\
+             const o = new Old();\n\
+             let heard = false;\n\
+             o.on('x', () => { heard = true; });\n\
+             o.emit('x');\n\
+             exports.ready = heard && typeof logger.info === 'function';\n",
+        ),
+    ]);
+    let run = run_project(dir.path(), "brigade.js").await;
+    run.assert_succeeded();
+    assert_eq!(run.worker_lines(), ["/a/c/d.js 7", ".gz ../c/d true"]);
+}
+
+#[tokio::test]
+async fn a_dependency_importing_brigadier_gets_the_built_in_library() {
+    let dir = project(&[
+        (
+            "brigade.ts",
+            "import { events } from '@brigadecore/brigadier';\n\
+             import { jobName } from './lib/names';\n\
+             events.on('brigade.sh/cli', 'exec', async () => { console.log(jobName()); });\n\
+             events.process();\n",
+        ),
+        (
+            "lib/names.ts",
+            "import { Job } from '@brigadecore/brigadier';\n\
+             export function jobName(): string { return typeof Job === 'function' ? 'job-ok' : 'no'; }\n",
+        ),
+    ]);
+    let run = run_project(dir.path(), "brigade.ts").await;
+    run.assert_succeeded();
+    assert_eq!(run.worker_lines(), ["job-ok"]);
+}

@@ -39,6 +39,18 @@ use crate::script::{
 /// whatever version a `package.json` lists, these never come from npm.
 pub const BRIGADIER_MODULES: [&str; 2] = ["@brigadecore/brigadier", "brigadier"];
 
+/// The Node built-in modules the sandbox provides, pure JavaScript in
+/// `guest-sdk/js/brigadier.js` (its `nodeModules`), also as `node:name`. The
+/// others (`fs`, `http`, `child_process`...) are refused.
+pub const NODE_MODULES: [&str; 6] = [
+    "path",
+    "path/posix",
+    "events",
+    "util",
+    "assert",
+    "assert/strict",
+];
+
 /// Modules in one bundle. Real scripts use a few dozen; the packages Brigade
 /// scripts use (name generators, semver, lodash) stay under a thousand
 /// files. The 8 MiB cap on the bundle's text binds long before this; the
@@ -63,7 +75,7 @@ pub enum BundleError {
     },
     /// A Node built-in module, which the sandbox does not have.
     #[error(
-        "{file}:{line}: '{module}' is a Node.js built-in module, which the sandbox does not provide (scripts reach jobs, secrets and the workspace through @brigadecore/brigadier)"
+        "{file}:{line}: '{module}' is a Node.js built-in module, which the sandbox does not provide (it provides path, events, util and assert; scripts reach jobs, secrets and the workspace through @brigadecore/brigadier)"
     )]
     NodeBuiltin {
         /// The requiring file.
@@ -134,6 +146,8 @@ struct Request {
 struct Converted {
     /// The module's code, line for line as in its file.
     code: String,
+    /// Whether the code differs from the file's.
+    rewritten: bool,
     /// Code to run before the module's own (export getters); one line.
     prelude: String,
     requests: Vec<Request>,
@@ -175,7 +189,7 @@ pub fn bundle(
         _ => SourceType::unambiguous(),
     };
     let main_converted = convert(main.name(), text, source_type, Role::Main)?;
-    if main_converted.requests.is_empty() {
+    if main_converted.requests.is_empty() && !main_converted.rewritten {
         return Ok(None);
     }
     let roots = Roots::new(config, packages)?;
@@ -397,6 +411,7 @@ fn load(id: &str, path: &Path, bytes: Vec<u8>) -> Result<Converted, BundleError>
             })?;
             Ok(Converted {
                 code: format!("module.exports = {text}\n;"),
+                rewritten: true,
                 prelude: String::new(),
                 requests: vec![],
             })
@@ -495,6 +510,13 @@ fn is_brigadier(specifier: &str) -> bool {
     BRIGADIER_MODULES.contains(&specifier)
 }
 
+/// Whether the sandbox itself provides a module: Brigadier, or one of
+/// Node's [`NODE_MODULES`].
+fn is_provided(specifier: &str) -> bool {
+    is_brigadier(specifier)
+        || NODE_MODULES.contains(&specifier.strip_prefix("node:").unwrap_or(specifier))
+}
+
 /// Parses a module, finds what it requests and rewrites its ES module
 /// syntax (see the module documentation).
 fn convert(
@@ -553,7 +575,10 @@ fn convert(
         match declaration {
             ModuleDeclaration::ImportDeclaration(import) => {
                 let specifier = import.source.value.as_str();
-                if import.import_kind == ImportOrExportKind::Type || is_brigadier(specifier) {
+                // The script's own imports of Brigadier stay ES imports (the
+                // plugin declares that module); a dependency has none left.
+                let native = role == Role::Main && is_brigadier(specifier);
+                if import.import_kind == ImportOrExportKind::Type || native {
                     continue;
                 }
                 found.push((specifier.to_string(), import.source.span.start));
@@ -667,7 +692,7 @@ fn convert(
             | ModuleDeclaration::TSNamespaceExportDeclaration(_) => {}
         }
     }
-    found.retain(|(specifier, _)| !is_brigadier(specifier));
+    found.retain(|(specifier, _)| !is_provided(specifier));
     found.sort_by_key(|(_, at)| *at);
     let requests = found
         .into_iter()
@@ -677,6 +702,7 @@ fn convert(
         })
         .collect();
     Ok(Converted {
+        rewritten: !edits.0.is_empty(),
         code: edits.apply(text),
         prelude,
         requests,
@@ -800,4 +826,47 @@ fn line_and_column(text: &str, offset: u32) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_modules_listed_are_the_ones_brigadier_js_provides() {
+        let sdk = include_str!("../../../guest-sdk/js/brigadier.js");
+        let start = sdk
+            .find("const nodeModules = {")
+            .expect("brigadier.js lists nodeModules");
+        let end = start + sdk[start..].find("};").expect("the list ends");
+        let names: Vec<String> = sdk[start..end]
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.trim().split(':').next())
+            .map(|name| name.trim().trim_matches(['"', ',']).to_string())
+            .filter(|name| !name.is_empty())
+            .collect();
+        assert_eq!(names, NODE_MODULES);
+    }
+
+    #[test]
+    fn imports_and_exports_keep_their_lines() {
+        let text = "import a, { b as c } from './x';\nexport const d = c;\nexport default function () {}\nexport * from './y';\nconsole.log(a);\n";
+        let converted = convert("m.js", text, SourceType::unambiguous(), Role::Dependency).unwrap();
+        assert_eq!(converted.code.lines().count(), text.lines().count());
+        let specifiers: Vec<&str> = converted
+            .requests
+            .iter()
+            .map(|r| r.specifier.as_str())
+            .collect();
+        assert_eq!(specifiers, ["./x", "./y"]);
+        assert_eq!(converted.requests[1].line, 4);
+        assert!(converted.code.lines().nth(4).unwrap() == "console.log(a);");
+        assert!(converted.prelude.contains("\"d\""), "{}", converted.prelude);
+        assert!(
+            converted.prelude.contains("\"default\""),
+            "{}",
+            converted.prelude
+        );
+    }
 }
