@@ -364,3 +364,217 @@ async fn a_dependency_importing_brigadier_gets_the_built_in_library() {
     run.assert_succeeded();
     assert_eq!(run.worker_lines(), ["job-ok"]);
 }
+
+/// A project directory using package `name` from a registry (no lock).
+fn project_using(name: &str) -> tempfile::TempDir {
+    project(&[
+        ("brigade.js", &format!("console.log(require('{name}'));\n")),
+        (
+            "package.json",
+            &format!(r#"{{"dependencies": {{"{name}": "1.0.0"}}}}"#),
+        ),
+    ])
+}
+
+async fn prepare_with(
+    dependencies: &Dependencies,
+    dir: &Path,
+) -> Result<ScriptSource, DependencyError> {
+    let inline = BTreeMap::new();
+    let files = ConfigFiles {
+        dir: Some(dir),
+        inline: &inline,
+    };
+    Ok(dependencies
+        .prepare(files, script_of(dir, "brigade.js"), None)
+        .await?
+        .script)
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .count()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_stays_within_its_budget_and_an_evicted_version_is_prepared_again() {
+    use mizzen_runtime::dependencies::CacheBudget;
+    use mizzen_tests::npm_registry::{NpmRegistry, package};
+    let names = ["pkg-a", "pkg-b", "pkg-c"];
+    let registry = NpmRegistry::start(
+        names
+            .iter()
+            .map(|n| package(n, "1.0.0", &format!("module.exports = '{n}';")))
+            .collect(),
+        None,
+    )
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let dependencies = Dependencies::new(
+        Some(registry.url.parse().unwrap()),
+        Some(cache.path().to_path_buf()),
+    )
+    .with_budget(CacheBudget {
+        bundle_bytes: 1,
+        package_bytes: 1,
+        grace: std::time::Duration::ZERO,
+    });
+    let dirs: Vec<_> = names.iter().map(|n| project_using(n)).collect();
+    for dir in &dirs {
+        prepare_with(&dependencies, dir.path()).await.unwrap();
+        // Only the newest of each is kept on disk.
+        assert_eq!(count(&cache.path().join("bundles")), 1);
+        assert_eq!(count(&cache.path().join("npm")), 1);
+    }
+    let trees = std::fs::read_dir(cache.path().join("npm")).unwrap().count();
+    assert_eq!(trees, 2, "one record and its tree");
+    // A fresh process (no memory) prepares an evicted version again.
+    let fresh = Dependencies::new(
+        Some(registry.url.parse().unwrap()),
+        Some(cache.path().to_path_buf()),
+    );
+    let before = registry.requests();
+    let script = prepare_with(&fresh, dirs[0].path()).await.unwrap();
+    assert!(registry.requests() > before, "pkg-a was fetched again");
+    let run = run(script, event(), WorkerLimits::default()).await;
+    assert_eq!(run.worker_lines(), ["pkg-a"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_preparing_one_version_at_once_fetch_it_once() {
+    use mizzen_tests::npm_registry::{NpmRegistry, package};
+    let registry = NpmRegistry::start(
+        vec![package("shared-pkg", "1.0.0", "module.exports = 'shared';")],
+        None,
+    )
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = project_using("shared-pkg");
+    // One process's events, and a second process sharing the cache.
+    let first = std::sync::Arc::new(Dependencies::new(
+        Some(registry.url.parse().unwrap()),
+        Some(cache.path().to_path_buf()),
+    ));
+    let second = std::sync::Arc::new(Dependencies::new(
+        Some(registry.url.parse().unwrap()),
+        Some(cache.path().to_path_buf()),
+    ));
+    let mut tasks = vec![];
+    for i in 0..8 {
+        let dependencies = if i % 4 == 3 {
+            second.clone()
+        } else {
+            first.clone()
+        };
+        let dir = dir.path().to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            prepare_with(&dependencies, &dir).await.map(|s| s.key())
+        }));
+    }
+    let mut keys = vec![];
+    for task in tasks {
+        keys.push(
+            task.await
+                .unwrap()
+                .expect("every event's script is prepared"),
+        );
+    }
+    keys.dedup();
+    assert_eq!(keys.len(), 1, "one bundle");
+    // A packument and a tarball per process at most.
+    assert!(registry.requests() <= 4, "{} requests", registry.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_by_one_process_never_takes_a_tree_another_is_using() {
+    use mizzen_runtime::dependencies::CacheBudget;
+    use mizzen_tests::npm_registry::{NpmRegistry, package};
+    let names: Vec<String> = (0..6).map(|i| format!("churn-{i}")).collect();
+    let registry = NpmRegistry::start(
+        names
+            .iter()
+            .map(|n| package(n, "1.0.0", &format!("module.exports = '{n}';")))
+            .collect(),
+        None,
+    )
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    // Two processes with a budget of nothing, sweeping after each install,
+    // but protecting what was used in the last minutes.
+    let budget = CacheBudget {
+        bundle_bytes: 1,
+        package_bytes: 1,
+        ..CacheBudget::default()
+    };
+    let make = || {
+        std::sync::Arc::new(
+            Dependencies::new(
+                Some(registry.url.parse().unwrap()),
+                Some(cache.path().to_path_buf()),
+            )
+            .with_budget(budget),
+        )
+    };
+    let (a, b) = (make(), make());
+    let dirs: Vec<_> = names.iter().map(|n| project_using(n)).collect();
+    let mut tasks = vec![];
+    for (i, dir) in dirs.iter().enumerate() {
+        let dependencies = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let dir = dir.path().to_path_buf();
+        tasks.push(tokio::spawn(async move {
+            prepare_with(&dependencies, &dir).await
+        }));
+    }
+    for task in tasks {
+        task.await
+            .unwrap()
+            .expect("no preparation lost its tree to a sweep");
+    }
+}
+
+/// One tenant's package on a registry that never answers does not hold up
+/// another tenant's project in the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_fetch_for_one_project_does_not_hold_up_another() {
+    use mizzen_tests::npm_registry::{NpmRegistry, package};
+    let registry = NpmRegistry::start_stalling(
+        vec![
+            package("stuck-pkg", "1.0.0", "module.exports = 'never';"),
+            package("quick-pkg", "1.0.0", "module.exports = 'quick';"),
+        ],
+        None,
+        Some("stuck-pkg"),
+    )
+    .await;
+    let dependencies =
+        std::sync::Arc::new(Dependencies::new(Some(registry.url.parse().unwrap()), None));
+    let stuck = project_using("stuck-pkg");
+    let quick = project_using("quick-pkg");
+    let stuck_task = {
+        let dependencies = dependencies.clone();
+        let dir = stuck.path().to_path_buf();
+        tokio::spawn(async move { prepare_with(&dependencies, &dir).await })
+    };
+    // Let the stalled preparation start first.
+    while registry.requests() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let script = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        prepare_with(&dependencies, quick.path()),
+    )
+    .await
+    .expect("the other project is not held up")
+    .unwrap();
+    assert!(
+        !stuck_task.is_finished(),
+        "the stalled fetch is still waiting"
+    );
+    stuck_task.abort();
+    let run = run(script, event(), WorkerLimits::default()).await;
+    assert_eq!(run.worker_lines(), ["quick"]);
+}

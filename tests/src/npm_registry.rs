@@ -141,6 +141,8 @@ struct Registry {
     base: String,
     packages: Vec<Package>,
     token: Option<String>,
+    /// A package whose requests are never answered.
+    stalled: Option<String>,
     requests: AtomicUsize,
 }
 
@@ -156,12 +158,23 @@ impl NpmRegistry {
     /// Serves `packages` on a free loopback port, answering only requests
     /// that carry `token` when one is given.
     pub async fn start(packages: Vec<Package>, token: Option<&str>) -> Self {
+        Self::start_stalling(packages, token, None).await
+    }
+
+    /// [`NpmRegistry::start`], never answering requests about package
+    /// `stalled` (a registry that hangs for one tenant's package).
+    pub async fn start_stalling(
+        packages: Vec<Package>,
+        token: Option<&str>,
+        stalled: Option<&str>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         let state = Arc::new(Registry {
             base: url.clone(),
             packages,
             token: token.map(str::to_string),
+            stalled: stalled.map(str::to_string),
             requests: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
@@ -199,6 +212,11 @@ async fn serve(
         }
     }
     let path = percent_decode(&path);
+    if let Some(stalled) = &registry.stalled
+        && (path == *stalled || path.starts_with(&format!("{stalled}/")))
+    {
+        std::future::pending::<()>().await;
+    }
     if let Some((name, file)) = path.split_once("/-/") {
         return match registry
             .packages

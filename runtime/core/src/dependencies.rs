@@ -33,6 +33,50 @@ const MAX_MEMORY_ENTRIES: usize = 256;
 /// event.
 const MAX_CONFIG_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// How much of the cache directory prepared scripts may take: the oldest
+/// (by last use) are removed past it. Entries used within `grace` are never
+/// removed, so that another process sharing the cache (two `mizzen run`s)
+/// never loses the tree it is bundling from.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheBudget {
+    /// Bundles (`bundles/`): a bundle is at most 8 MiB, most are under
+    /// 100 KiB; 512 MiB keeps thousands of project versions.
+    pub bundle_bytes: u64,
+    /// Unpacked npm trees (`npm/`): a tree is at most 64 MiB (the
+    /// installer's cap), most are a few MiB; 2 GiB keeps hundreds.
+    pub package_bytes: u64,
+    /// How long a used entry is safe from removal: far longer than any
+    /// bundling takes.
+    pub grace: std::time::Duration,
+}
+
+impl Default for CacheBudget {
+    fn default() -> Self {
+        Self {
+            bundle_bytes: 512 * 1024 * 1024,
+            package_bytes: 2 * 1024 * 1024 * 1024,
+            grace: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// An npm tree's record beside it (`npm/<key>.json`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TreeRecord {
+    installation: npm::Installation,
+    /// The tree's unpacked size, counted against [`CacheBudget`].
+    bytes: u64,
+}
+
+/// A registry that does not answer within this is down: the event fails
+/// saying so rather than waiting on.
+const REGISTRY_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One request (a packument, or a tarball of at most 16 MiB): minutes even
+/// on a slow link; a registry that trickles bytes cannot hold a worker
+/// longer.
+const REGISTRY_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The name of the project secret that holds a private registry's token.
 pub const NPM_TOKEN_SECRET: &str = "npmToken";
 
@@ -131,10 +175,12 @@ pub struct Dependencies {
     client: std::sync::OnceLock<reqwest::Client>,
     registry: url::Url,
     cache_dir: Option<PathBuf>,
+    budget: CacheBudget,
     memory: Mutex<HashMap<[u8; 32], Arc<Entry>>>,
-    /// One preparation at a time: a project's first events arriving together
-    /// fetch once, and the others find the entry it left.
-    preparing: tokio::sync::Mutex<()>,
+    /// One preparation of each project version at a time: its first events
+    /// arriving together fetch once, and the others find the entry it left.
+    /// Different versions (other tenants) prepare side by side.
+    preparing: Mutex<HashMap<[u8; 32], std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Dependencies {
@@ -156,9 +202,16 @@ impl Dependencies {
             client: std::sync::OnceLock::new(),
             registry,
             cache_dir,
+            budget: CacheBudget::default(),
             memory: Mutex::new(HashMap::new()),
-            preparing: tokio::sync::Mutex::new(()),
+            preparing: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same, keeping the cache within `budget`.
+    pub fn with_budget(mut self, budget: CacheBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The registry in `$MIZZEN_NPM_REGISTRY`, if it is set.
@@ -203,7 +256,19 @@ impl Dependencies {
         if let Some(entry) = self.cached(&key, &files)? {
             return Ok(entry_notes(&entry, true));
         }
-        let _one = self.preparing.lock().await;
+        let lock = {
+            let mut preparing = self.preparing.lock().expect("not poisoned");
+            preparing.retain(|_, lock| lock.strong_count() > 0);
+            match preparing.get(&key).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    preparing.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        let _one = lock.lock().await;
         if let Some(entry) = self.cached(&key, &files)? {
             return Ok(entry_notes(&entry, true));
         }
@@ -235,6 +300,7 @@ impl Dependencies {
                 else {
                     return Ok(None);
                 };
+                touch(&path);
                 let entry = Arc::new(entry);
                 self.remember(*key, entry.clone());
                 entry
@@ -283,6 +349,11 @@ impl Dependencies {
             });
             if written.is_none() {
                 tracing::warn!(path = %path.display(), "could not keep a prepared script on disk");
+            }
+            if let Some(dir) = path.parent() {
+                sweep(dir, self.budget.bundle_bytes, self.budget.grace, |entry| {
+                    std::fs::metadata(entry).ok().map(|m| m.len())
+                });
             }
         }
         self.remember(key, entry);
@@ -362,7 +433,11 @@ impl Dependencies {
             // build); ring is the one the CLI installs too. Installing twice
             // is harmless.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::new()
+            reqwest::Client::builder()
+                .connect_timeout(REGISTRY_CONNECT_TIMEOUT)
+                .timeout(REGISTRY_REQUEST_TIMEOUT)
+                .build()
+                .unwrap_or_default()
         })
     }
 
@@ -403,12 +478,13 @@ impl Dependencies {
         let root = cache.join("npm");
         let done = root.join(&key);
         let record = root.join(format!("{key}.json"));
-        if let Some(installation) = std::fs::read(&record)
+        if let Some(kept) = std::fs::read(&record)
             .ok()
-            .and_then(|bytes| serde_json::from_slice::<npm::Installation>(&bytes).ok())
+            .and_then(|bytes| serde_json::from_slice::<TreeRecord>(&bytes).ok())
             .filter(|_| done.is_dir())
         {
-            return Ok((done, installation));
+            touch(&record);
+            return Ok((done, kept.installation));
         }
         std::fs::create_dir_all(&root).map_err(files_error)?;
         let staging = tempfile::tempdir_in(&root).map_err(files_error)?;
@@ -419,9 +495,89 @@ impl Dependencies {
         if std::fs::rename(&staged, &done).is_err() {
             let _ = std::fs::remove_dir_all(&staged);
         }
-        let bytes = serde_json::to_vec(&installation).expect("serialisable");
+        let kept = TreeRecord {
+            bytes: tree_bytes(&done),
+            installation,
+        };
+        let bytes = serde_json::to_vec(&kept).expect("serialisable");
         std::fs::write(&record, bytes).map_err(files_error)?;
-        Ok((done, installation))
+        sweep(
+            &root,
+            self.budget.package_bytes,
+            self.budget.grace,
+            |record| {
+                let kept: TreeRecord = serde_json::from_slice(&std::fs::read(record).ok()?).ok()?;
+                Some(kept.bytes)
+            },
+        );
+        Ok((done, kept.installation))
+    }
+}
+
+/// Marks a cache entry as used now (its modification time), for [`sweep`].
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// The bytes of the files under `dir`.
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(entry.path()),
+                Ok(_) => total += entry.metadata().map_or(0, |m| m.len()),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Removes the least recently used entries of a cache directory (its
+/// `*.json` files, and for an npm record the tree of the same name) until
+/// the rest fit in `budget` bytes, leaving alone any used within `grace`.
+fn sweep(
+    dir: &Path,
+    budget: u64,
+    grace: std::time::Duration,
+    size_of: impl Fn(&Path) -> Option<u64>,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let age = |modified: std::time::SystemTime| now.duration_since(modified).unwrap_or_default();
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .filter(|(modified, p)| {
+            // What a process that died while writing left behind.
+            let abandoned = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"));
+            if abandoned && age(*modified) >= grace {
+                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_dir_all(p);
+            }
+            p.extension().is_some_and(|e| e == "json")
+        })
+        .collect();
+    entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    let mut used = 0u64;
+    for (index, (modified, path)) in entries.into_iter().enumerate() {
+        used += size_of(&path).unwrap_or(0);
+        // The newest stays whatever its size: it was just made for use.
+        if index == 0 || used <= budget || age(modified) < grace {
+            continue;
+        }
+        // The record goes first: without it, the tree is never used again.
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir_all(path.with_extension(""));
     }
 }
 
@@ -455,13 +611,16 @@ fn write_inline(dir: &Path, inline: &BTreeMap<String, String>) -> Result<(), Dep
 fn entry_notes(entry: &Entry, cached: bool) -> PreparedScript {
     let mut notes = vec![];
     if !entry.packages.is_empty() {
-        notes.push(format!(
-            "npm: {} package(s) from {}{}: {}",
-            entry.packages.len(),
-            entry.lock,
-            if cached { " (cached)" } else { "" },
-            entry.packages.join(", ")
-        ));
+        let cached = if cached { " (cached)" } else { "" };
+        let packages = entry.packages.join(", ");
+        let count = entry.packages.len();
+        notes.push(if entry.lock == npm::LockKind::PackageJson.to_string() {
+            format!(
+                "npm: {count} package(s) resolved from package.json's ranges{cached} (pin them with a package-lock.json): {packages}"
+            )
+        } else {
+            format!("npm: {count} package(s) from {}{cached}: {packages}", entry.lock)
+        });
     }
     PreparedScript {
         script: entry.script.clone(),

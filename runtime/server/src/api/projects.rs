@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use mizzen_host_api::types::Phase;
+use mizzen_runtime::dependencies::{ConfigFiles, NPM_TOKEN_SECRET};
 use mizzen_runtime::project::{Project, server_clone_url_problem};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -43,7 +44,7 @@ fn project_json(project: &ProjectRecord) -> Value {
 /// Parses and validates a project body with the same rules as project files,
 /// and its limits against the server's ceilings; stores its inline compiled
 /// script, if it has one, where its events find it by its hash.
-async fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Value)> {
+async fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(Project, Value)> {
     let document: Value = parse_body(body, "project")?;
     let text = document.to_string();
     let invalid = |detail: String| ApiError::BadRequest {
@@ -74,12 +75,56 @@ async fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(String, Val
     if let Some((hash, text)) = crate::project_cache::module_script(&document) {
         state.store.put_script(&hash, text).await?;
     }
-    Ok((project.id, document))
+    Ok((project, document))
+}
+
+/// Preparations started ahead of events at once. Each holds a project and
+/// fetches; past this, a project's first event prepares it instead.
+const PREPARATIONS_AHEAD: usize = 4;
+
+static PREPARING_AHEAD: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(PREPARATIONS_AHEAD);
+
+/// Starts preparing an inline project's script (its npm packages fetched,
+/// the bundle made) so that its first event finds it ready. A project whose
+/// files are in a repository is prepared by its first event, which clones
+/// it. A failure is only logged: the events that follow try again and fail
+/// saying why.
+fn prepare_ahead(state: &AppState, project: Project) {
+    let in_repository = project
+        .worker
+        .git
+        .as_ref()
+        .is_some_and(|git| !git.clone_url.is_empty());
+    let Some(script) = project.inline_script("").filter(|_| !in_repository) else {
+        return;
+    };
+    let Ok(permit) = PREPARING_AHEAD.try_acquire() else {
+        return;
+    };
+    let dependencies = state.projects.dependencies().clone();
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let secrets = store.secrets(&project.id).await.unwrap_or_default();
+        let files = ConfigFiles {
+            dir: None,
+            inline: &project.worker.default_config_files,
+        };
+        let token = secrets.get(NPM_TOKEN_SECRET).map(String::as_str);
+        if let Err(error) = dependencies.prepare(files, script, token).await {
+            tracing::info!(
+                project = %project.id,
+                "preparing the project's script ahead of its events failed (each event will try again): {error}"
+            );
+        }
+    });
 }
 
 async fn create_project(State(state): AppStateRef, who: Principal, body: Bytes) -> ApiResult {
     require(&who, "PROJECT_CREATOR", "")?;
-    let (id, document) = parse_project(&state, &body).await?;
+    let (parsed, document) = parse_project(&state, &body).await?;
+    let id = parsed.id.clone();
     if !state.store.create_project(&id, &document).await? {
         return Err(ApiError::Conflict {
             kind: "Project",
@@ -92,6 +137,7 @@ async fn create_project(State(state): AppStateRef, who: Principal, body: Bytes) 
         kind: "Project",
         id: id.clone(),
     })?;
+    prepare_ahead(&state, parsed);
     ok(StatusCode::CREATED, project_json(&project))
 }
 
@@ -170,7 +216,8 @@ async fn update_project(
     Query(query): Query<UpdateQuery>,
     body: Bytes,
 ) -> ApiResult {
-    let (body_id, document) = parse_project(&state, &body).await?;
+    let (parsed, document) = parse_project(&state, &body).await?;
+    let body_id = parsed.id.clone();
     if body_id != id {
         return Err(ApiError::bad(format!(
             "metadata.id {body_id:?} does not match the project {id:?} in the path"
@@ -203,6 +250,7 @@ async fn update_project(
         kind: "Project",
         id: id.clone(),
     })?;
+    prepare_ahead(&state, parsed);
     ok(StatusCode::OK, project_json(&project))
 }
 
