@@ -6,6 +6,13 @@
 // Both module names resolve to the same library, whatever a package.json pins:
 //   import { events, Job } from "@brigadecore/brigadier"
 //   const { events, Job } = require("brigadier")
+//
+// A script may also require its own modules ("./circle", "../lib/y.js", JSON)
+// and the npm packages its package.json lists: the host fetches and bundles
+// them once per project version (README, "Modules and npm packages"). Of
+// Node's built-in modules only path, events, util and assert are provided
+// (also as node:path ...); their types are @types/node's. Any other built-in
+// (fs, http, child_process, ...) is refused when the script is bundled.
 
 declare module "@brigadecore/brigadier" {
   /** A string-to-string map, as Brigade's API uses for secrets and labels. */

@@ -109,12 +109,20 @@ events.process();
     );
     assert!(text.contains("read back: TOKEN=***"), "{text}");
     drop(pool);
-    let crossed = [std::fs::read(&to).unwrap(), std::fs::read(&from).unwrap()];
     let contains = |bytes: &[u8], needle: &str| {
         bytes
             .windows(needle.len())
             .any(|window| window == needle.as_bytes())
     };
+    // The `tee`s write on after the pool is gone; on a loaded machine the
+    // last lines reach the files a little later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !contains(&std::fs::read(&from).unwrap(), "read back")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let crossed = [std::fs::read(&to).unwrap(), std::fs::read(&from).unwrap()];
     // The recording works: what the script may read went in, and its
     // lines came out.
     assert!(contains(&crossed[0], VISIBLE));

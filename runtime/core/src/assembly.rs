@@ -235,6 +235,14 @@ async fn fetched(
         project.worker.git = Some(git.clone());
     }
     let config = root.join(&project.worker.config_files_directory);
+    // Brigade's worker wrote the project's default config files into its
+    // checkout where the repository had none; modules and package files
+    // among them are then found as the repository's own.
+    let mut inline = project.worker.default_config_files.clone();
+    inline.remove(crate::project::MODULE_SCRIPT);
+    if config.is_dir() {
+        crate::dependencies::write_inline(&config, &inline)?;
+    }
     let dir = ProjectDir {
         project,
         root,

@@ -287,7 +287,6 @@ pub fn bundle(
     Ok(Some(Bundled {
         script: ScriptSource::bundled(main.name(), main.language(), code, layout),
         files,
-        modules: modules.len(),
     }))
 }
 
@@ -299,8 +298,6 @@ pub struct Bundled {
     /// The config directory's own files it read (relative paths), besides
     /// the script.
     pub files: Vec<String>,
-    /// How many modules it holds.
-    pub modules: usize,
 }
 
 /// The directories modules may come from, canonical.

@@ -581,9 +581,14 @@ fn sweep(
     }
 }
 
-/// The inline config files, written into `dir` (names that would leave it
-/// are refused by the project's own checks; they are skipped here too).
-fn write_inline(dir: &Path, inline: &BTreeMap<String, String>) -> Result<(), DependencyError> {
+/// The inline config files, written into `dir` where it has no file of
+/// that name (a repository's own files win, as in Brigade). Names that would
+/// leave `dir` are refused by the project's own checks; they are skipped
+/// here too.
+pub(crate) fn write_inline(
+    dir: &Path,
+    inline: &BTreeMap<String, String>,
+) -> Result<(), DependencyError> {
     for (name, text) in inline {
         let relative = Path::new(name);
         if relative.is_absolute()
@@ -594,6 +599,9 @@ fn write_inline(dir: &Path, inline: &BTreeMap<String, String>) -> Result<(), Dep
             continue;
         }
         let path = dir.join(relative);
+        if path.symlink_metadata().is_ok() {
+            continue;
+        }
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| DependencyError::Files {
                 path: name.clone(),

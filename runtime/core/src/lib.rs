@@ -23,6 +23,9 @@
 //! - [`executor`]: the trait that runs jobs (containers, Pods, Wasm);
 //!   [`source`]: git checkouts and project directories for jobs.
 //! - [`script`]: script sources, TypeScript stripping, module detection.
+//! - [`dependencies`]: a script's own modules and npm packages, prepared
+//!   once per project version: [`npm`] fetches, checks and unpacks
+//!   packages, [`bundle`] resolves and bundles modules.
 //! - [`log`]: worker log records and sinks; [`redact`]: secret values
 //!   masked in them.
 //!
