@@ -174,7 +174,14 @@ async fn a_script_that_requires_nothing_runs_as_it_is() {
 
 #[tokio::test]
 async fn bad_requires_are_refused_naming_file_line_and_path() {
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 6] = [
+        (
+            &[
+                ("brigade.js", "require('./a');\n"),
+                ("a.js", "require('./brigade.js');\n"),
+            ],
+            "a dependency cycle: brigade.js → a.js → brigade.js",
+        ),
         (
             &[("brigade.js", "\n\nrequire('./circl');\n")],
             "brigade.js:3: cannot find module './circl'",

@@ -192,7 +192,7 @@ pub fn bundle(
     if main_converted.requests.is_empty() && !main_converted.rewritten {
         return Ok(None);
     }
-    let roots = Roots::new(config, packages)?;
+    let roots = Roots::new(config, packages, main.name())?;
     let resolver = Resolver::new(ResolveOptions {
         extensions: [".js", ".json", ".ts", ".cjs", ".mjs"]
             .map(String::from)
@@ -242,10 +242,16 @@ pub fn bundle(
     };
     enqueue(&main_resolved, &mut index, &mut queue, 0)?;
     while let Some((id, path)) = queue.pop_front() {
-        let text = std::fs::read(&path).map_err(|error| BundleError::Read {
+        // Sized before it is read: a repository may hold a file of gigabytes.
+        let read_error = |error| BundleError::Read {
             path: id.clone(),
             error,
-        })?;
+        };
+        let size = std::fs::metadata(&path).map_err(read_error)?.len();
+        if bytes as u64 + size > MAX_SCRIPT_BYTES as u64 {
+            return Err(BundleError::TooLarge { file: id });
+        }
+        let text = std::fs::read(&path).map_err(read_error)?;
         bytes += text.len();
         if bytes > MAX_SCRIPT_BYTES {
             return Err(BundleError::TooLarge { file: id });
@@ -300,14 +306,15 @@ pub struct Bundled {
     pub files: Vec<String>,
 }
 
-/// The directories modules may come from, canonical.
+/// The directories modules may come from, canonical, and the script's id.
 struct Roots {
     config: PathBuf,
     packages: Option<PathBuf>,
+    main: String,
 }
 
 impl Roots {
-    fn new(config: &Path, packages: Option<&Path>) -> Result<Self, BundleError> {
+    fn new(config: &Path, packages: Option<&Path>, main: &str) -> Result<Self, BundleError> {
         let canonical = |p: &Path| {
             p.canonicalize().map_err(|error| BundleError::Read {
                 path: p.display().to_string(),
@@ -317,6 +324,7 @@ impl Roots {
         Ok(Self {
             config: canonical(config)?,
             packages: packages.map(canonical).transpose()?,
+            main: main.to_string(),
         })
     }
 
@@ -386,6 +394,14 @@ fn resolve_all(
                 path: path.display().to_string(),
             });
         };
+        // The script itself runs once, as the script; requiring it is a
+        // cycle back to it.
+        if id.0 == roots.main {
+            return Err(BundleError::Cycle(format!(
+                "{} → {file} → {}",
+                roots.main, roots.main
+            )));
+        }
         resolved.insert(request.specifier.clone(), id);
     }
     Ok(resolved)
