@@ -585,3 +585,89 @@ async fn a_stalled_fetch_for_one_project_does_not_hold_up_another() {
     let run = run(script, event(), WorkerLimits::default()).await;
     assert_eq!(run.worker_lines(), ["quick"]);
 }
+
+/// A bundle's bytecode is kept in the cache directory: another process (a
+/// server's other sandbox process, the next run) loads it instead of
+/// compiling, and a file cut short or altered is compiled again, never
+/// loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytecode_is_shared_through_the_cache_directory_and_checked() {
+    use mizzen_runtime::{Sandbox, SandboxConfig};
+    let dir = project(&[
+        ("brigade.js", "console.log(require('./shared-lib').word);\n"),
+        ("shared-lib.js", "exports.word = 'from the cache';\n"),
+    ]);
+    let script = prepare(dir.path(), "brigade.js").await.unwrap();
+    // The tests' plugin artifact is there already; the bytecode is not.
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache");
+    let process = || async {
+        Sandbox::new(SandboxConfig {
+            cache_dir: Some(cache.clone()),
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap()
+    };
+    let first = process().await;
+    first.compile(&script).await.unwrap();
+    let file = std::fs::read_dir(cache.join("bytecode"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains(&hex_of(&script.key()))
+        })
+        .expect("the bytecode is in the cache directory");
+    let whole = std::fs::read(&file).unwrap();
+    for damaged in [whole[..whole.len() / 2].to_vec(), {
+        let mut altered = whole.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 0xff;
+        altered
+    }] {
+        std::fs::write(&file, &damaged).unwrap();
+        let other = process().await;
+        let compiled = other.compile(&script).await.unwrap();
+        assert!(compiled.bytecode_len() > 0);
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            whole,
+            "compiled and kept again"
+        );
+    }
+    // A whole file is loaded, not compiled: another script's bytecode put
+    // under this one's name is what a new process runs. (The cache
+    // directory is the machine user's own, as for compiled modules.)
+    let other = ScriptSource::new("brigade.js", "console.log('another script');\n");
+    first.compile(&other).await.unwrap();
+    let other_file = file
+        .to_string_lossy()
+        .replace(&hex_of(&script.key()), &hex_of(&other.key()));
+    std::fs::copy(&other_file, &file).unwrap();
+    let fresh = process().await;
+    let log = mizzen_runtime::log::MemoryLog::new();
+    let outcome = fresh
+        .run(
+            &script,
+            mizzen_runtime::WorkerRequest {
+                event: event(),
+                limits: WorkerLimits::default(),
+                log: std::sync::Arc::new(log.clone()),
+                jobs: mizzen_runtime::JobCapability::none(),
+            },
+        )
+        .await;
+    assert!(outcome.succeeded(), "{outcome:?}");
+    assert!(log.text().contains("another script"), "{}", log.text());
+    std::fs::write(&file, &whole).unwrap();
+    let run = run(script, event(), WorkerLimits::default()).await;
+    run.assert_succeeded();
+    assert_eq!(run.worker_lines(), ["from the cache"]);
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use crate::bundle::{self, BundleError};
+use crate::cache_files;
 use crate::npm::{self, NpmConfig, NpmError};
 use crate::script::ScriptSource;
 
@@ -300,7 +301,7 @@ impl Dependencies {
                 else {
                     return Ok(None);
                 };
-                touch(&path);
+                cache_files::touch(&path);
                 let entry = Arc::new(entry);
                 self.remember(*key, entry.clone());
                 entry
@@ -351,9 +352,13 @@ impl Dependencies {
                 tracing::warn!(path = %path.display(), "could not keep a prepared script on disk");
             }
             if let Some(dir) = path.parent() {
-                sweep(dir, self.budget.bundle_bytes, self.budget.grace, |entry| {
-                    std::fs::metadata(entry).ok().map(|m| m.len())
-                });
+                cache_files::sweep(
+                    dir,
+                    "json",
+                    self.budget.bundle_bytes,
+                    self.budget.grace,
+                    |entry| std::fs::metadata(entry).ok().map(|m| m.len()),
+                );
             }
         }
         self.remember(key, entry);
@@ -483,7 +488,7 @@ impl Dependencies {
             .and_then(|bytes| serde_json::from_slice::<TreeRecord>(&bytes).ok())
             .filter(|_| done.is_dir())
         {
-            touch(&record);
+            cache_files::touch(&record);
             return Ok((done, kept.installation));
         }
         std::fs::create_dir_all(&root).map_err(files_error)?;
@@ -501,8 +506,9 @@ impl Dependencies {
         };
         let bytes = serde_json::to_vec(&kept).expect("serialisable");
         std::fs::write(&record, bytes).map_err(files_error)?;
-        sweep(
+        cache_files::sweep(
             &root,
+            "json",
             self.budget.package_bytes,
             self.budget.grace,
             |record| {
@@ -511,13 +517,6 @@ impl Dependencies {
             },
         );
         Ok((done, kept.installation))
-    }
-}
-
-/// Marks a cache entry as used now (its modification time), for [`sweep`].
-fn touch(path: &Path) {
-    if let Ok(file) = std::fs::File::options().append(true).open(path) {
-        let _ = file.set_modified(std::time::SystemTime::now());
     }
 }
 
@@ -535,50 +534,6 @@ fn tree_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-/// Removes the least recently used entries of a cache directory (its
-/// `*.json` files, and for an npm record the tree of the same name) until
-/// the rest fit in `budget` bytes, leaving alone any used within `grace`.
-fn sweep(
-    dir: &Path,
-    budget: u64,
-    grace: std::time::Duration,
-    size_of: impl Fn(&Path) -> Option<u64>,
-) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let now = std::time::SystemTime::now();
-    let age = |modified: std::time::SystemTime| now.duration_since(modified).unwrap_or_default();
-    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .filter(|(modified, p)| {
-            // What a process that died while writing left behind.
-            let abandoned = p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"));
-            if abandoned && age(*modified) >= grace {
-                let _ = std::fs::remove_file(p);
-                let _ = std::fs::remove_dir_all(p);
-            }
-            p.extension().is_some_and(|e| e == "json")
-        })
-        .collect();
-    entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-    let mut used = 0u64;
-    for (index, (modified, path)) in entries.into_iter().enumerate() {
-        used += size_of(&path).unwrap_or(0);
-        // The newest stays whatever its size: it was just made for use.
-        if index == 0 || used <= budget || age(modified) < grace {
-            continue;
-        }
-        // The record goes first: without it, the tree is never used again.
-        let _ = std::fs::remove_file(&path);
-        let _ = std::fs::remove_dir_all(path.with_extension(""));
-    }
 }
 
 /// The inline config files, written into `dir` where it has no file of

@@ -58,6 +58,7 @@
 
 pub mod assembly;
 pub mod bundle;
+mod cache_files;
 pub mod capability;
 mod cpu;
 pub mod dependencies;

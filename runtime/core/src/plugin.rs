@@ -83,6 +83,77 @@ fn artifact_name_of(prefix: &str, wasm: &[u8], engine: &Engine) -> String {
     format!("{prefix}-{hex}-{:016x}.cwasm", hasher.finish())
 }
 
+/// Bytecode kept in `cache_dir/bytecode`: a script compiles in
+/// milliseconds, a bundle of megabytes in a second; 256 MiB keeps thousands
+/// of project versions, least recently used first.
+const BYTECODE_BUDGET: u64 = 256 * 1024 * 1024;
+
+/// Bytecode used within this long is never swept: another process may be
+/// reading it.
+const BYTECODE_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What starts a bytecode file, before the SHA-256 of the bytecode that
+/// follows (a file cut short or altered is compiled again, never loaded).
+const BYTECODE_MAGIC: &[u8; 8] = b"mzqjsbc1";
+
+/// `cache_dir/bytecode/<plugin hash>-<script key>.qjsbc`: bytecode is
+/// QuickJS's of this plugin build, for the script whose key (the hash of
+/// its language, name and code) names it.
+fn bytecode_path(cache_dir: &Path, key: &crate::script::ScriptKey) -> std::path::PathBuf {
+    // Hashing the plugin takes milliseconds: once per process.
+    static PLUGIN_HASH: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| hex::encode(&Sha256::digest(PLUGIN_WASM)[..16]));
+    cache_dir
+        .join("bytecode")
+        .join(format!("{}-{}.qjsbc", *PLUGIN_HASH, hex::encode(key)))
+}
+
+/// A script's bytecode compiled by any process before, when it is whole.
+pub(crate) fn cached_bytecode(
+    cache_dir: Option<&Path>,
+    key: &crate::script::ScriptKey,
+) -> Option<Vec<u8>> {
+    let path = bytecode_path(cache_dir?, key);
+    let file = std::fs::read(&path).ok()?;
+    let rest = file.strip_prefix(BYTECODE_MAGIC.as_slice())?;
+    let (hash, bytecode) = rest.split_at_checked(32)?;
+    if Sha256::digest(bytecode).as_slice() != hash {
+        let _ = std::fs::remove_file(&path);
+        return None;
+    }
+    crate::cache_files::touch(&path);
+    Some(bytecode.to_vec())
+}
+
+/// Keeps a script's bytecode for other processes and later runs; a failure
+/// only costs them a compilation.
+pub(crate) fn keep_bytecode(
+    cache_dir: Option<&Path>,
+    key: &crate::script::ScriptKey,
+    bytecode: &[u8],
+) {
+    let Some(cache_dir) = cache_dir else {
+        return;
+    };
+    let path = bytecode_path(cache_dir, key);
+    let written = (|| -> std::io::Result<()> {
+        let dir = path.parent().expect("inside the cache directory");
+        std::fs::create_dir_all(dir)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut file, BYTECODE_MAGIC)?;
+        std::io::Write::write_all(&mut file, &Sha256::digest(bytecode))?;
+        std::io::Write::write_all(&mut file, bytecode)?;
+        file.persist(&path).map_err(|e| e.error)?;
+        crate::cache_files::sweep(dir, "qjsbc", BYTECODE_BUDGET, BYTECODE_GRACE, |p| {
+            std::fs::metadata(p).ok().map(|m| m.len())
+        });
+        Ok(())
+    })();
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "could not cache a script's bytecode");
+    }
+}
+
 /// A script's module, compiled: from `cache_dir/modules` when it was
 /// compiled before (by any process), else compiled now and stored there.
 /// The artifact is named by the hash of the module's bytes, so a tenant can

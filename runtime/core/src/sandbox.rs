@@ -376,6 +376,19 @@ impl Sandbox {
         let prepared = script::prepare(source).map_err(|problem| WorkerFailure::Script {
             message: problem.to_string(),
         })?;
+        // Compiled before, by this process or another (every sandbox process
+        // of a server, and the next run, share the cache directory).
+        let cache_dir = self.cache_dir.as_deref();
+        if let Some(bytecode) = plugin::cached_bytecode(cache_dir, &source.key()) {
+            return Ok(CompiledScript {
+                name: prepared.name,
+                code: CompiledCode::Bytecode {
+                    kind: prepared.kind,
+                    bytecode,
+                    positions: prepared.positions,
+                },
+            });
+        }
         let mut store = self.store(
             WorkerState::new(INITIALISATION_LIMITS, None, Arc::default()),
             None,
@@ -417,6 +430,7 @@ impl Sandbox {
             };
             return Err(WorkerFailure::Script { message });
         }
+        plugin::keep_bytecode(cache_dir, &source.key(), &bytes);
         Ok(CompiledScript {
             name: prepared.name,
             code: CompiledCode::Bytecode {
