@@ -1,7 +1,7 @@
 //! Files kept in the cache directory between processes (prepared scripts,
-//! npm trees, bytecode): each written whole under a temporary name and
-//! renamed, marked when used, and swept least recently used first once a
-//! directory passes its budget.
+//! npm trees, bytecode, compiled modules): each written whole under a
+//! temporary name and renamed, marked when used, and swept least recently
+//! used first once a directory passes its budget.
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +14,9 @@ pub(crate) fn touch(path: &Path) {
 
 /// Removes the least recently used entries of a cache directory (its
 /// `*.<extension>` files, and a directory of the same name beside each, as
-/// an npm tree is beside its record) until
-/// the rest fit in `budget` bytes, leaving alone any used within `grace`.
+/// an npm tree is beside its record) until the rest fit in `budget` bytes,
+/// leaving alone the newest and any used within `grace`. Files a process
+/// left half-written (`.tmp*`) go once they are older than `grace`.
 pub(crate) fn sweep(
     dir: &Path,
     extension: &str,
@@ -55,5 +56,78 @@ pub(crate) fn sweep(
         // The record goes first: without it, the tree is never used again.
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_dir_all(path.with_extension(""));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    /// A file of `bytes` bytes last used `age` ago.
+    fn entry(dir: &Path, name: &str, bytes: usize, age: Duration) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; bytes]).unwrap();
+        let file = std::fs::File::options().append(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - age).unwrap();
+        path
+    }
+
+    fn left(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_least_recently_used_go_first_and_the_recent_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        entry(dir.path(), "newest.json", 400, Duration::ZERO);
+        entry(dir.path(), "recent.json", 400, Duration::from_secs(10));
+        entry(dir.path(), "old.json", 400, hour);
+        entry(dir.path(), "older.json", 400, 2 * hour);
+        // A tree beside its record goes with it; other files are not entries.
+        std::fs::create_dir(dir.path().join("older")).unwrap();
+        entry(&dir.path().join("older"), "index.js", 10, 2 * hour);
+        entry(dir.path(), "notes.txt", 10_000, 3 * hour);
+        // 1,000 bytes fit two entries; the recent one is kept all the same.
+        sweep(dir.path(), "json", 1_000, Duration::from_secs(60), |p| {
+            std::fs::metadata(p).ok().map(|m| m.len())
+        });
+        assert_eq!(
+            left(dir.path()),
+            ["newest.json", "notes.txt", "recent.json"]
+        );
+    }
+
+    #[test]
+    fn the_newest_stays_whatever_its_size_and_abandoned_writes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        entry(dir.path(), "big.json", 5_000, Duration::ZERO);
+        entry(dir.path(), ".tmpAbCd", 100, Duration::from_secs(3600));
+        entry(dir.path(), ".tmpNew1", 100, Duration::ZERO);
+        sweep(dir.path(), "json", 1, Duration::from_secs(60), |p| {
+            std::fs::metadata(p).ok().map(|m| m.len())
+        });
+        assert_eq!(left(dir.path()), [".tmpNew1", "big.json"]);
+    }
+
+    #[test]
+    fn touching_makes_an_entry_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let used = entry(dir.path(), "used.json", 400, 2 * day);
+        entry(dir.path(), "unused.json", 400, day);
+        touch(&used);
+        sweep(dir.path(), "json", 500, Duration::ZERO, |p| {
+            std::fs::metadata(p).ok().map(|m| m.len())
+        });
+        assert_eq!(left(dir.path()), ["used.json"]);
     }
 }

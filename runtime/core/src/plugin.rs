@@ -88,9 +88,14 @@ fn artifact_name_of(prefix: &str, wasm: &[u8], engine: &Engine) -> String {
 /// of project versions, least recently used first.
 const BYTECODE_BUDGET: u64 = 256 * 1024 * 1024;
 
-/// Bytecode used within this long is never swept: another process may be
-/// reading it.
-const BYTECODE_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Compiled modules kept in `cache_dir/modules`: machine code is a few
+/// times its module's size (at most 16 MiB), so 1 GiB keeps dozens of the
+/// largest and hundreds of ordinary ones, least recently used first.
+const MODULES_BUDGET: u64 = 1024 * 1024 * 1024;
+
+/// A cached file used within this long is never swept: another process may
+/// be reading it.
+const CACHE_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What starts a bytecode file, before the SHA-256 of the bytecode that
 /// follows (a file cut short or altered is compiled again, never loaded).
@@ -144,7 +149,7 @@ pub(crate) fn keep_bytecode(
         std::io::Write::write_all(&mut file, &Sha256::digest(bytecode))?;
         std::io::Write::write_all(&mut file, bytecode)?;
         file.persist(&path).map_err(|e| e.error)?;
-        crate::cache_files::sweep(dir, "qjsbc", BYTECODE_BUDGET, BYTECODE_GRACE, |p| {
+        crate::cache_files::sweep(dir, "qjsbc", BYTECODE_BUDGET, CACHE_GRACE, |p| {
             std::fs::metadata(p).ok().map(|m| m.len())
         });
         Ok(())
@@ -168,10 +173,18 @@ pub(crate) fn compile_cached(
             .join(artifact_name_of("module", wasm, engine))
     });
     if let Some(module) = cached_artifact(engine, cached.as_deref()) {
+        if let Some(path) = cached.as_deref() {
+            crate::cache_files::touch(path);
+        }
         return Ok(module);
     }
     let module = Module::new(engine, wasm)?;
     keep_artifact(&module, cached.as_deref());
+    if let Some(dir) = cached.as_deref().and_then(Path::parent) {
+        crate::cache_files::sweep(dir, "cwasm", MODULES_BUDGET, CACHE_GRACE, |p| {
+            std::fs::metadata(p).ok().map(|m| m.len())
+        });
+    }
     Ok(module)
 }
 
