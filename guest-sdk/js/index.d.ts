@@ -121,7 +121,17 @@ declare module "@brigadecore/brigadier" {
   /** One container of a job. Unknown properties are rejected when the job runs. */
   export class Container {
     constructor(image: string);
-    /** The OCI image reference. */
+    /**
+     * The OCI image reference — or, for a job's primary container, a WASI
+     * preview 1 module run in the sandbox (a Wasm job): `wasm:PATH` (a file
+     * of the project's source), `wasm:workspace:PATH` (a file in the event's
+     * workspace, e.g. built by an earlier job) or
+     * `wasm:https://HOST/PATH@sha256:HEX` (fetched once, pinned by its
+     * digest). A Wasm job's `command` + `arguments` are its argv (argv[0] is
+     * the module's file name when `command` is empty), `environment` its
+     * environment; `workspaceMountPath` and `sourceMountPath` are the only
+     * directories it may open. No network, no sidecars, not privileged.
+     */
     image: string;
     /** `IfNotPresent` (the default) or `Always`. */
     imagePullPolicy: string;
@@ -166,6 +176,7 @@ declare module "@brigadecore/brigadier" {
 
   /** A job: a primary container that decides the outcome, plus sidecars. */
   export class Job implements Runnable {
+    /** `image` is a container image, or `wasm:...` for a Wasm job (see `Container.image`). */
     constructor(name: string, image: string, event: Event);
     /** Unique within the event; `^[a-z][a-z\d-]*[a-z\d]$`, at most 63 characters. */
     name: string;

@@ -11,3 +11,4 @@ mod output;
 mod running;
 mod sidecars;
 mod util;
+mod wasm;

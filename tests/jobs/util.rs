@@ -8,10 +8,12 @@ use std::sync::Arc;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use mizzen_docker::{DockerConfig, DockerExecutor};
 use mizzen_host_api::types::Event;
-use mizzen_runtime::executor::{ContainerLimits, EventContext, Source};
+use mizzen_host_api::types::JobResult;
+use mizzen_runtime::executor::{ContainerLimits, EventContext, JobExecutor, JobOutput, Source};
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
+use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJob, WasmJobExecutor, WasmJobRunner};
 use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest};
 pub use mizzen_tests::worker::Run;
 use tokio::sync::OnceCell;
@@ -86,7 +88,7 @@ pub async fn run_js_with_limits(script: &str, project: Project, limits: WorkerLi
                 limits,
                 log: Arc::new(log.clone()),
                 jobs: JobCapability::Executor {
-                    executor: executor().await,
+                    executor: with_wasm_jobs(executor().await),
                     event: context,
                 },
             },
@@ -108,6 +110,33 @@ pub async fn run_js_with_limits(script: &str, project: Project, limits: WorkerLi
         "the event's scratch directory was left behind"
     );
     run
+}
+
+/// `containers` with Wasm jobs in front, run in the test binary's sandbox,
+/// as `mizzen run` puts them together.
+pub fn with_wasm_jobs(containers: Arc<dyn JobExecutor>) -> Arc<dyn JobExecutor> {
+    Arc::new(WasmJobExecutor::new(
+        containers,
+        Arc::new(TestSandbox),
+        Arc::new(ModuleFetcher::new(Some(
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
+        ))),
+    ))
+}
+
+/// The test binary's sandbox as a Wasm job runner.
+struct TestSandbox;
+
+#[async_trait::async_trait]
+impl WasmJobRunner for TestSandbox {
+    async fn run_job(
+        &self,
+        job: WasmJob,
+        output: Arc<dyn JobOutput>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> JobResult {
+        sandbox().await.run_job(job, output, cancel).await
+    }
 }
 
 /// Names of the containers labelled with an event.

@@ -15,6 +15,7 @@ use mizzen_runtime::project::{
     EventDetails, ProjectDir, validate_secret_key, validate_secret_value, validate_secrets,
 };
 use mizzen_runtime::redact::Redactor;
+use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJobExecutor};
 use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits};
 
 use crate::kubernetes::KubernetesArgs;
@@ -27,10 +28,11 @@ use crate::{
 /// Payloads travel inside the event; Brigade's gateways accepted up to
 /// GitHub's 25 MB, and the CLI allows as much.
 const MAX_PAYLOAD_BYTES: u64 = 25 * 1024 * 1024;
-/// `mizzen run` handles one event: its worker and the script's compilation
-/// need two instances; a few more leave room without reserving address space
-/// for a server's thousand.
-const CLI_MAX_INSTANCES: u32 = 8;
+/// `mizzen run` handles one event: its worker, the script's compilation and
+/// its Wasm jobs running at once (each an instance; the worker's
+/// concurrent-jobs limit is the bound). Each slot reserves address space
+/// only (4 GiB of the 128 TiB a process has), not memory.
+const CLI_MAX_INSTANCES: u32 = 1_000;
 /// A secrets file is a flat map of a few keys; 1 MiB is generous.
 const MAX_SECRETS_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -78,7 +80,26 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     }
 
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    let executor = executor(args.executor, &args.kubernetes, &data_dir).await?;
+    let config = SandboxConfig {
+        max_instances: CLI_MAX_INSTANCES,
+        ..SandboxConfig::from_env()
+    };
+    let cache_dir = config.cache_dir.clone();
+    let sandbox = Arc::new(Sandbox::new(config).await.map_err(|e| Failure {
+        code: EXIT_FAILED,
+        error: e.into(),
+    })?);
+    // Wasm jobs run in this process's sandbox, beside the script; the rest
+    // on the executor asked for.
+    let executor = executor(args.executor, &args.kubernetes, &data_dir)
+        .await?
+        .map(|containers| -> Arc<dyn JobExecutor> {
+            Arc::new(WasmJobExecutor::new(
+                containers,
+                sandbox.clone(),
+                Arc::new(ModuleFetcher::new(cache_dir.clone())),
+            ))
+        });
     // Every secret value is masked in what the run prints and keeps, as the
     // server masks it.
     let redactor = Arc::new(Redactor::new(event.project.secrets.values()));
@@ -111,7 +132,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 code: EXIT_FAILED,
                 error: anyhow::anyhow!(e),
             })?,
-            SandboxConfig::from_env().cache_dir,
+            cache_dir,
         )),
     }
     .prepare()
@@ -119,14 +140,6 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     .map_err(|e| Failure {
         code: EXIT_FAILED,
         error: anyhow::Error::new(e).context("worker FAILED"),
-    })?;
-    let config = SandboxConfig {
-        max_instances: CLI_MAX_INSTANCES,
-        ..SandboxConfig::from_env()
-    };
-    let sandbox = Sandbox::new(config).await.map_err(|e| Failure {
-        code: EXIT_FAILED,
-        error: e.into(),
     })?;
     let context = prepared.context.clone();
     let outcome = tokio::select! {

@@ -138,6 +138,20 @@ fn shared_workspace_passes_a_file_between_jobs() {
 }
 
 #[test]
+fn wasm_jobs_example_shares_the_workspace_with_container_jobs() {
+    let ran = run(&["run", "examples/18-wasm-jobs"]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    for line in [
+        "[job: manifest] 654eb3c2 11 part-1.txt",
+        "[job: verify-2] /work/dist/part-2.txt: OK",
+        "[job: publish] 654eb3c2 11 part-1.txt",
+        "Summary: manifest written and verified by Wasm jobs",
+    ] {
+        assert!(ran.stdout.contains(line), "{line}: {ran:?}");
+    }
+}
+
+#[test]
 fn sidecar_container_example_runs_both_containers() {
     let ran = run(&["run", "examples/14-sidecar-container"]);
     assert_eq!(ran.code, 0, "{ran:?}");

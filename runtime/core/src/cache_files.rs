@@ -5,6 +5,26 @@
 
 use std::path::{Path, PathBuf};
 
+/// Writes `path` whole: aside under a temporary name, then renamed, so that
+/// a reader (another process) never sees half a file.
+pub(crate) fn write_whole(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .expect("cache files are inside the cache directory");
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    for part in parts {
+        std::io::Write::write_all(&mut file, part)?;
+    }
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A file's size, for [`sweep`] to count entries that are single files.
+pub(crate) fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
 /// Marks a cache entry as used now (its modification time), for [`sweep`].
 pub(crate) fn touch(path: &Path) {
     if let Ok(file) = std::fs::File::options().append(true).open(path) {

@@ -53,6 +53,9 @@ pub struct ContainerLimits {
     pub cpu_millis: u64,
     /// Processes and threads.
     pub processes: u64,
+    /// The CPU time a Wasm job may compute: the project's `cpuTime`, the
+    /// limit its scripts have (a container is held by `cpu_millis` instead).
+    pub cpu_time: std::time::Duration,
 }
 
 impl ContainerLimits {
@@ -62,6 +65,7 @@ impl ContainerLimits {
             memory_bytes: limits.job_memory_bytes,
             cpu_millis: limits.job_cpu_millis,
             processes: limits.job_processes,
+            cpu_time: limits.cpu_time,
         }
     }
 }

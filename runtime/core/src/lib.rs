@@ -77,6 +77,7 @@ pub mod sandbox_process;
 pub mod script;
 pub mod source;
 mod wasi;
+pub mod wasm_job;
 mod worker;
 
 pub use capability::jobs::{self as jobs, JobCapability};

@@ -73,6 +73,18 @@ pub enum ModuleProblem {
         /// The import's name.
         field: String,
     },
+    /// An import a Wasm job is not granted.
+    #[error(
+        "{name}: imports {module:?} {field:?}, which a Wasm job is not granted (a job's module may import only the WASI preview 1 functions, \"wasi_snapshot_preview1\"; no network, no host API)"
+    )]
+    JobImport {
+        /// The module's file name.
+        name: String,
+        /// The import's module.
+        module: String,
+        /// The import's name.
+        field: String,
+    },
     /// A count or size past its limit.
     #[error("{name}: {what} is {value}; the limit is {limit}")]
     Limit {
@@ -96,8 +108,29 @@ pub enum ModuleProblem {
     },
 }
 
-/// Checks a module against everything above, in one pass.
+/// What a module is run as: its imports and its messages differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A script (`brigade.wasm`): the host API and [`crate::wasi`]'s
+    /// functions.
+    Script,
+    /// A Wasm job: WASI preview 1 as wasmtime-wasi implements it
+    /// ([`crate::wasm_job::WASI_FUNCTIONS`]), and nothing of the host API.
+    Job,
+}
+
+/// Checks a script's module against everything above, in one pass.
 pub fn check(name: &str, bytes: &[u8]) -> Result<(), ModuleProblem> {
+    check_as(name, bytes, Role::Script)
+}
+
+/// Checks a Wasm job's module: the same bounds as a script's, and WASI
+/// preview 1 as its only imports.
+pub fn check_job(name: &str, bytes: &[u8]) -> Result<(), ModuleProblem> {
+    check_as(name, bytes, Role::Job)
+}
+
+fn check_as(name: &str, bytes: &[u8], role: Role) -> Result<(), ModuleProblem> {
     if bytes.len() > MAX_MODULE_BYTES {
         return Err(ModuleProblem::TooLarge {
             name: name.to_string(),
@@ -128,19 +161,36 @@ pub fn check(name: &str, bytes: &[u8]) -> Result<(), ModuleProblem> {
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(malformed)? {
             Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
-                return Err(unsupported(
-                    "is a component; a script is a core module (wasm32-wasip1)",
-                ));
+                return Err(unsupported(match role {
+                    Role::Script => "is a component; a script is a core module (wasm32-wasip1)",
+                    Role::Job => {
+                        "is a component; a Wasm job is a WASI preview 1 core module (wasm32-wasip1)"
+                    }
+                }));
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
                     let import = import.map_err(malformed)?;
-                    let granted = match import.module {
-                        abi::IMPORT_MODULE => [abi::CALL, abi::TAKE_REPLY].contains(&import.name),
-                        crate::wasi::MODULE => crate::wasi::FUNCTIONS.contains(&import.name),
+                    let granted = match (role, import.module) {
+                        (Role::Script, abi::IMPORT_MODULE) => {
+                            [abi::CALL, abi::TAKE_REPLY].contains(&import.name)
+                        }
+                        (Role::Script, crate::wasi::MODULE) => {
+                            crate::wasi::FUNCTIONS.contains(&import.name)
+                        }
+                        (Role::Job, crate::wasi::MODULE) => {
+                            crate::wasm_job::WASI_FUNCTIONS.contains(&import.name)
+                        }
                         _ => false,
                     };
                     if !granted || !matches!(import.ty, TypeRef::Func(_)) {
+                        if role == Role::Job {
+                            return Err(ModuleProblem::JobImport {
+                                name: name.to_string(),
+                                module: import.module.to_string(),
+                                field: import.name.to_string(),
+                            });
+                        }
                         return Err(ModuleProblem::Import {
                             name: name.to_string(),
                             module: import.module.to_string(),
@@ -227,14 +277,22 @@ pub fn check(name: &str, bytes: &[u8]) -> Result<(), ModuleProblem> {
         }
     }
     if !has_start {
-        return Err(unsupported(
-            "exports no function \"_start\"; a script is a WASI command (a program with a main function), and the host runs _start once per event",
-        ));
+        return Err(unsupported(match role {
+            Role::Script => {
+                "exports no function \"_start\"; a script is a WASI command (a program with a main function), and the host runs _start once per event"
+            }
+            Role::Job => {
+                "exports no function \"_start\"; a Wasm job is a WASI command (a program with a main function; a reactor or a library is not)"
+            }
+        }));
     }
     if !has_memory {
-        return Err(unsupported(
-            "exports no memory named \"memory\", which the host reads requests from",
-        ));
+        return Err(unsupported(match role {
+            Role::Script => {
+                "exports no memory named \"memory\", which the host reads requests from"
+            }
+            Role::Job => "exports no memory named \"memory\", which WASI reads and writes through",
+        }));
     }
     Ok(())
 }

@@ -286,7 +286,7 @@ pub enum NpmError {
 
 /// An error and its causes, one after another, each said once (reqwest's
 /// errors repeat their cause in their own text only sometimes).
-fn causes(error: &dyn std::error::Error) -> String {
+pub(crate) fn causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {

@@ -3,6 +3,7 @@
 //! code), and a fresh Store and instance for every event.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +19,14 @@ use crate::capability::secrets::ScriptSecrets;
 use crate::capability::workspace::WorkspaceAccess;
 use crate::capability::{HostedWorker, SandboxWorker, StopSignal, WorkerHost};
 use crate::cpu::{CpuShare, CpuSlots};
+use crate::executor::JobOutput;
 use crate::limits::{EPOCH_TICK, WorkerLimits};
 use crate::log::LogSink;
 use crate::script::{self, Language, PositionMap, ScriptKey, ScriptKind, ScriptSource};
+use crate::wasm_job::{JobLines, WasmJob, WasmJobRunner};
 use crate::worker::{SandboxedWorker, Stop, WorkerFailure, WorkerOutcome, WorkerState};
 use crate::{SandboxError, host, plugin, wasi};
+use mizzen_host_api::types::{JobResult, Phase};
 
 /// Limits of the instances that pre-initialise the plugin and compile
 /// scripts: compilation is linear in the source (capped at
@@ -229,6 +233,8 @@ pub struct Sandbox {
     engine: Engine,
     /// The host API and WASI, for modules given as scripts.
     linker: Linker<WorkerState>,
+    /// wasmtime-wasi's WASI preview 1 and nothing else, for Wasm jobs.
+    job_linker: Linker<WorkerState>,
     /// Where compiled modules (and the plugin) are kept between processes.
     cache_dir: Option<PathBuf>,
     /// Instances that run events.
@@ -259,6 +265,9 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasi::add_to_linker(&mut linker).map_err(SandboxError::engine)?;
         host::add_to_linker(&mut linker).map_err(SandboxError::engine)?;
+        let mut job_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut job_linker, job_wasi)
+            .map_err(SandboxError::engine)?;
         let module = plugin::load(
             &engine,
             &linker,
@@ -276,6 +285,7 @@ impl Sandbox {
         Ok(Self {
             engine,
             linker,
+            job_linker,
             cache_dir: config.cache_dir,
             plugin,
             compiler,
@@ -293,7 +303,31 @@ impl Sandbox {
         &self,
         source: &ScriptSource,
     ) -> Result<Arc<CompiledScript>, WorkerFailure> {
-        let key = source.key();
+        self.compile_once(source.key(), || async {
+            match source.language() {
+                Language::Wasm => {
+                    self.compile_module(source.name(), source.code(), false)
+                        .await
+                }
+                Language::JavaScript | Language::TypeScript => {
+                    self.compile_javascript(source).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// The compiled script cached under `key`, or what `prepare` makes of
+    /// it: concurrent callers with one key wait for one preparation.
+    async fn compile_once<F, Fut>(
+        &self,
+        key: ScriptKey,
+        prepare: F,
+    ) -> Result<Arc<CompiledScript>, WorkerFailure>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CompiledScript, WorkerFailure>>,
+    {
         if let Some(script) = self
             .scripts
             .lock()
@@ -312,13 +346,7 @@ impl Sandbox {
         let compiled = compiling
             .get_or_init(|| async {
                 self.compilations.fetch_add(1, Ordering::Relaxed);
-                let script = match source.language() {
-                    Language::Wasm => self.compile_module(source).await,
-                    Language::JavaScript | Language::TypeScript => {
-                        self.compile_javascript(source).await
-                    }
-                }
-                .map(Arc::new)?;
+                let script = prepare().await.map(Arc::new)?;
                 self.scripts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -343,14 +371,24 @@ impl Sandbox {
         self.compilations.load(Ordering::Relaxed)
     }
 
-    /// Checks a module ([`crate::module::check`]), then compiles it on a
-    /// blocking thread (it may take seconds) or loads it from the cache
-    /// directory, and links it with the host.
-    async fn compile_module(&self, source: &ScriptSource) -> Result<CompiledScript, WorkerFailure> {
+    /// Checks a module ([`crate::module::check`], or `check_job` for a
+    /// job's), then compiles it on a blocking thread (it may take seconds)
+    /// or loads it from the cache directory, and links it with the host (or
+    /// with WASI alone, for a job).
+    async fn compile_module(
+        &self,
+        name: &str,
+        code: &Arc<[u8]>,
+        job: bool,
+    ) -> Result<CompiledScript, WorkerFailure> {
         let failure = |message: String| WorkerFailure::Script { message };
-        let name = source.name();
-        crate::module::check(name, source.code()).map_err(|p| failure(p.to_string()))?;
-        let (engine, bytes) = (self.engine.clone(), source.code().clone());
+        if job {
+            crate::module::check_job(name, code)
+        } else {
+            crate::module::check(name, code)
+        }
+        .map_err(|p| failure(p.to_string()))?;
+        let (engine, bytes) = (self.engine.clone(), code.clone());
         let cache_dir = self.cache_dir.clone();
         let module = tokio::task::spawn_blocking(move || {
             plugin::compile_cached(&engine, &bytes, cache_dir.as_deref())
@@ -358,8 +396,8 @@ impl Sandbox {
         .await
         .map_err(|e| failure(format!("{name}: compiling the module failed: {e}")))?
         .map_err(|e| failure(format!("{name}: compiling the module failed: {e:#}")))?;
-        let pre = self
-            .linker
+        let linker = if job { &self.job_linker } else { &self.linker };
+        let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| failure(format!("{name}: {e:#}")))?;
         Ok(CompiledScript {
@@ -587,6 +625,163 @@ impl Sandbox {
     }
 }
 
+/// The WASI context of a job's Store (every Store the job linker serves
+/// has one).
+fn job_wasi(state: &mut WorkerState) -> &mut wasmtime_wasi::p1::WasiP1Ctx {
+    state
+        .wasi
+        .as_deref_mut()
+        .expect("a Wasm job's Store holds its WASI context")
+}
+
+#[async_trait::async_trait]
+impl WasmJobRunner for Sandbox {
+    /// Runs a Wasm job in a fresh instance of its module: its memory held
+    /// by the resource limiter, its CPU by epoch ticks under the same
+    /// long-running slots and tenant charging as scripts, its timeout by
+    /// the deadline (checked at every tick and while it waits in WASI).
+    async fn run_job(
+        &self,
+        job: WasmJob,
+        output: Arc<dyn JobOutput>,
+        mut cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> JobResult {
+        let name = format!("job \"{}\"", job.name);
+        let key: ScriptKey = {
+            use sha2::Digest;
+            sha2::Sha256::new()
+                .chain_update(b"wasm-job\0")
+                .chain_update(job.sha256)
+                .finalize()
+                .into()
+        };
+        let code: Arc<[u8]> = job.module.into();
+        let compiled = self
+            .compile_once(key, || self.compile_module(&job.module_name, &code, true))
+            .await;
+        let pre = match compiled.as_deref().map(|script| &script.code) {
+            Ok(CompiledCode::Module(pre)) => pre.clone(),
+            Ok(CompiledCode::Bytecode { .. }) => unreachable!("a job's key is never a script's"),
+            Err(failure) => {
+                return JobResult::ended(Phase::Failed, None, format!("{name}: {failure}"));
+            }
+        };
+        let (stdout, stderr) = (
+            JobLines::new(output.clone(), &job.name),
+            JobLines::new(output, &job.name),
+        );
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.args(&job.args)
+            .envs(&job.env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone());
+        for dir in &job.preopens {
+            if let Err(e) =
+                wasi.preopened_dir(&dir.host, &dir.guest, wasmtime_wasi::FsPerms::ReadWrite)
+            {
+                return JobResult::ended(
+                    Phase::Failed,
+                    None,
+                    format!(
+                        "{name}: cannot open {} for {}: {e:#}",
+                        dir.host.display(),
+                        dir.guest
+                    ),
+                );
+            }
+        }
+        let limits = WorkerLimits {
+            memory_bytes: job.memory_bytes,
+            cpu_time: job.cpu_time,
+            wall_time: job.timeout,
+            ..INITIALISATION_LIMITS
+        };
+        let mut state = WorkerState::new(limits, None, Arc::default());
+        state.wasi = Some(Box::new(wasi.build_p1()));
+        let mut store = self.store(state, Some(job.project_id));
+        let deadline = store.data().deadline;
+        let ran = tokio::select! {
+            ran = async {
+                if let Some(cpu) = store.data_mut().cpu.as_mut() {
+                    cpu.start(deadline).await;
+                }
+                run_command(&pre, &mut store).await
+            } => Some(ran),
+            // A guest blocked in WASI (a sleep) sees no tick; these stop it
+            // there too.
+            _ = cancel.wait_for(|cancelled| *cancelled) => None,
+            _ = tokio::time::sleep_until(deadline.into()) => Some(Err(wasmtime::Error::new(Stop::WallTime))),
+        };
+        stdout.finish();
+        stderr.finish();
+        let Some(ran) = ran else {
+            return JobResult::ended(Phase::Aborted, None, format!("{name} was cancelled"));
+        };
+        job_result(&name, ran, store.data())
+    }
+}
+
+/// How a Wasm job ended: its exit code (`proc_exit`, or 0 when `_start`
+/// returned), or the limit or trap that stopped it.
+fn job_result(name: &str, ran: wasmtime::Result<()>, state: &WorkerState) -> JobResult {
+    let error = match ran {
+        Ok(()) => {
+            return JobResult {
+                phase: Phase::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+            };
+        }
+        Err(error) => error,
+    };
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        let code = i64::from(exit.0);
+        return if code == 0 {
+            JobResult {
+                phase: Phase::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+            }
+        } else {
+            JobResult::ended(
+                Phase::Failed,
+                Some(code),
+                format!("{name} exited with code {code}"),
+            )
+        };
+    }
+    let limits = &state.limits;
+    match classify(error, state) {
+        WorkerFailure::WallTime { .. } => JobResult::ended(
+            Phase::TimedOut,
+            None,
+            format!(
+                "{name} timed out after {} (timeoutSeconds)",
+                humantime::format_duration(limits.wall_time)
+            ),
+        ),
+        WorkerFailure::Memory { limit } => JobResult::ended(
+            Phase::Failed,
+            None,
+            format!(
+                "{name}: memory limit exceeded: the module asked for more than {} ({})",
+                crate::worker::human_bytes(limit),
+                crate::limits::Limit::JobMemory.project_field()
+            ),
+        ),
+        WorkerFailure::CpuTime { limit } => JobResult::ended(
+            Phase::Failed,
+            None,
+            format!(
+                "{name}: CPU time limit exceeded: it computed for {} ({})",
+                humantime::format_duration(limit),
+                crate::limits::Limit::CpuTime.project_field()
+            ),
+        ),
+        failure => JobResult::ended(Phase::Failed, None, format!("{name}: {failure}")),
+    }
+}
+
 /// Runs a module's `_start` in a fresh instance: one event, from its start
 /// function (if it has one) to the end of `main`.
 async fn run_command(
@@ -665,7 +860,7 @@ fn exit_outcome(code: i32, state: &WorkerState) -> WorkerOutcome {
         return WorkerOutcome::failed(WorkerFailure::Exit { code });
     }
     WorkerOutcome {
-        phase: mizzen_host_api::types::Phase::Succeeded,
+        phase: Phase::Succeeded,
         summary: state.outcome.summary.clone(),
         failure: None,
     }

@@ -81,6 +81,9 @@ pub(crate) struct WorkerState {
     pub stop_signal: Arc<StopSignal>,
     /// Output written to fd 1 or 2 without its newline yet.
     partial_output: [Vec<u8>; 2],
+    /// A Wasm job's WASI (wasmtime-wasi's); `None` for scripts, whose WASI
+    /// is [`crate::wasi`]'s.
+    pub wasi: Option<Box<wasmtime_wasi::p1::WasiP1Ctx>>,
 }
 
 impl WorkerState {
@@ -102,6 +105,7 @@ impl WorkerState {
             cpu: None,
             stop_signal,
             partial_output: [Vec::new(), Vec::new()],
+            wasi: None,
         }
     }
 

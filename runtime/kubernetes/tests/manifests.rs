@@ -348,6 +348,7 @@ fn a_projects_job_limits_bound_each_container_and_lower_larger_requests() {
         memory_bytes: 64 * 1024 * 1024,
         cpu_millis: 50,
         processes: 100,
+        ..ContainerLimits::default()
     };
     let spec = job(container("debian:latest", &["true"]));
     let (pod, _) = render(&event, "small", &spec);

@@ -12,6 +12,8 @@ use mizzen_host_api::types::{
 use mizzen_host_api::{ErrorCode, HostError};
 use serde_json::Value;
 
+use crate::wasm_job::{IMAGE_PREFIX, ModuleRef};
+
 use crate::executor::EventContext;
 use crate::project::is_dns_label;
 
@@ -133,6 +135,12 @@ pub(crate) fn validate(job: &JobStartRequest, event: &EventContext) -> Result<()
         ));
     }
     validate_container(name, "primaryContainer", &spec.primary_container, event)?;
+    if spec.primary_container.image.starts_with(IMAGE_PREFIX) && !spec.sidecar_containers.is_empty()
+    {
+        return Err(HostError::invalid(format!(
+            "job \"{name}\": a Wasm job cannot have sidecars (sidecarContainers): its module runs in the sandbox, not in a pod; use a container image for a job with services"
+        )));
+    }
     if spec.primary_container.readiness.is_some() {
         return Err(HostError::invalid(format!(
             "job \"{name}\": readiness applies to sidecars; the primary container starts when they are ready"
@@ -184,7 +192,14 @@ fn validate_container(
             format!("job \"{job}\": {place}: {problem}"),
         )
     };
-    validate_image(&container.image).map_err(|e| fail(e.to_string()))?;
+    match ModuleRef::parse(&container.image) {
+        None => validate_image(&container.image).map_err(|e| fail(e.to_string()))?,
+        Some(module) => {
+            validate_wasm(container, place, module, event).map_err(|(code, problem)| {
+                HostError::new(code, format!("job \"{job}\": {place}: {problem}"))
+            })?
+        }
+    }
     for (field, path) in [
         ("workspaceMountPath", &container.workspace_mount_path),
         ("sourceMountPath", &container.source_mount_path),
@@ -227,6 +242,48 @@ fn validate_container(
         }
     }
     Ok(())
+}
+
+/// What a Wasm job may not ask for, and where its module may come from.
+fn validate_wasm(
+    container: &ContainerSpec,
+    place: &str,
+    module: Result<ModuleRef, String>,
+    event: &EventContext,
+) -> Result<(), (ErrorCode, String)> {
+    let refuse = |problem: &str| Err((ErrorCode::InvalidRequest, problem.to_string()));
+    let module = module.map_err(|e| (ErrorCode::InvalidRequest, format!("image: {e}")))?;
+    if place != "primaryContainer" {
+        return refuse(
+            "a sidecar cannot be a Wasm module (image \"wasm:...\"); only a job's primary container can",
+        );
+    }
+    if container.privileged {
+        return refuse(
+            "a Wasm job cannot be privileged: its module runs in the sandbox, with no privileges to give",
+        );
+    }
+    if container.use_host_docker_socket {
+        return refuse(
+            "a Wasm job cannot mount the host's Docker socket (useHostDockerSocket): its module has no sockets",
+        );
+    }
+    if !container.working_directory.is_empty() {
+        return refuse(
+            "workingDirectory is for containers; a Wasm job's module opens files beneath workspaceMountPath or sourceMountPath by their full paths",
+        );
+    }
+    match module {
+        ModuleRef::Workspace(_) if !event.use_workspace => Err((
+            ErrorCode::PermissionDenied,
+            "reads its module from the workspace (wasm:workspace:...), but the project does not set spec.workerTemplate.useWorkspace: true".into(),
+        )),
+        ModuleRef::Source(_) if event.source.is_none() => Err((
+            ErrorCode::PermissionDenied,
+            "reads its module from the project's source (wasm:PATH), but the project has no source (spec.workerTemplate.git)".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A path inside a container: absolute, not `/`, no `..`, no control

@@ -1,0 +1,833 @@
+//! Wasm jobs: a job whose image is `wasm:…` runs as a WASI preview 1 command
+//! in the sandbox instead of as a container.
+//!
+//! [`WasmJobExecutor`] stands in front of a container executor. A job whose
+//! primary container names a module ([`ModuleRef`]) is resolved here — its
+//! module read from a fresh checkout of the project's source or from the
+//! event's workspace, or fetched once from a URL and checked against the
+//! sha256 it is pinned by ([`ModuleFetcher`]) — and handed to a
+//! [`WasmJobRunner`] as a [`WasmJob`]: the module, its argv and environment,
+//! the directories it may open and its limits. The runner is the
+//! [`crate::Sandbox`], where scripts run: the same engine, pool, limits, CPU
+//! slots and tenant charging (`Sandbox::run_job`). Every other job goes to
+//! the container executor, and so do the event's workspace and clean-up.
+//!
+//! The module runs under wasmtime-wasi's WASI preview 1: its files are the
+//! preopened directories (through cap-std), its stdout and stderr become the
+//! job's lines ([`JobLines`]), and nothing else — no network, no host API.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mizzen_host_api::types::{ContainerSpec, JobResult, Phase};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::executor::{
+    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, SpawnedJob,
+    WorkspaceError,
+};
+use crate::module::MAX_MODULE_BYTES;
+
+/// What an image starts with when it names a Wasm module.
+pub const IMAGE_PREFIX: &str = "wasm:";
+
+/// A module's own location in the event's workspace: `wasm:workspace:PATH`.
+const WORKSPACE_PREFIX: &str = "workspace:";
+
+/// What pins a fetched module: `wasm:https://…/tool.wasm@sha256:HEX`.
+const DIGEST_SEPARATOR: &str = "@sha256:";
+
+/// Every function of WASI preview 1 (`wasi_snapshot_preview1.witx`), all of
+/// which wasmtime-wasi implements. A job's module may import these and
+/// nothing else; the socket functions act only on preopened sockets, of
+/// which a job has none.
+pub const WASI_FUNCTIONS: [&str; 46] = [
+    "args_get",
+    "args_sizes_get",
+    "environ_get",
+    "environ_sizes_get",
+    "clock_res_get",
+    "clock_time_get",
+    "fd_advise",
+    "fd_allocate",
+    "fd_close",
+    "fd_datasync",
+    "fd_fdstat_get",
+    "fd_fdstat_set_flags",
+    "fd_fdstat_set_rights",
+    "fd_filestat_get",
+    "fd_filestat_set_size",
+    "fd_filestat_set_times",
+    "fd_pread",
+    "fd_prestat_get",
+    "fd_prestat_dir_name",
+    "fd_pwrite",
+    "fd_read",
+    "fd_readdir",
+    "fd_renumber",
+    "fd_seek",
+    "fd_sync",
+    "fd_tell",
+    "fd_write",
+    "path_create_directory",
+    "path_filestat_get",
+    "path_filestat_set_times",
+    "path_link",
+    "path_open",
+    "path_readlink",
+    "path_remove_directory",
+    "path_rename",
+    "path_symlink",
+    "path_unlink_file",
+    "poll_oneoff",
+    "proc_exit",
+    "proc_raise",
+    "sched_yield",
+    "random_get",
+    "sock_accept",
+    "sock_recv",
+    "sock_send",
+    "sock_shutdown",
+];
+
+/// A fetched module is awaited this long in all: a server that trickles
+/// bytes must not hold a job for ever (16 MiB at 1 MiB/s fits).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connecting to a module's server is given up after this long.
+const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetched modules kept in the cache directory at most (least recently used
+/// first out): a few hundred tools of a few megabytes.
+const FETCHED_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// A fetched module used this recently is not swept: another process may
+/// be about to read it.
+const FETCHED_GRACE: Duration = Duration::from_secs(5 * 60);
+
+/// The longest line a job's stdout or stderr passes on whole; longer ones
+/// are split, as the container executors split theirs.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+/// What a guest may write in one call before it is told to wait: WASI's
+/// usual permit (the host copies this much at most per call).
+const WRITE_PERMIT: usize = 64 * 1024;
+
+/// Where a Wasm job's module comes from, as its image says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleRef {
+    /// `wasm:PATH`: a file of the project's source (a fresh checkout).
+    Source(String),
+    /// `wasm:workspace:PATH`: a file in the event's workspace (a module an
+    /// earlier job built).
+    Workspace(String),
+    /// `wasm:https://HOST/PATH@sha256:HEX`: fetched once, checked against
+    /// the digest, then kept by it.
+    Url {
+        /// The URL, without the digest.
+        url: url::Url,
+        /// The sha256 the module must have.
+        sha256: [u8; 32],
+    },
+}
+
+impl ModuleRef {
+    /// The module an image names: `None` for a container image, or what is
+    /// wrong with a `wasm:` image.
+    pub fn parse(image: &str) -> Option<Result<Self, String>> {
+        let location = image.strip_prefix(IMAGE_PREFIX)?;
+        Some(Self::parse_location(location))
+    }
+
+    fn parse_location(location: &str) -> Result<Self, String> {
+        if location.starts_with("https://") || location.starts_with("http://") {
+            let Some((url, digest)) = location.rsplit_once(DIGEST_SEPARATOR) else {
+                return Err(format!(
+                    "a module fetched from a URL must be pinned by its digest: wasm:{location}{DIGEST_SEPARATOR}<64 hex digits> (sha256sum prints it)"
+                ));
+            };
+            let mut sha256 = [0u8; 32];
+            hex::decode_to_slice(digest, &mut sha256).map_err(|_| {
+                format!("the digest {digest:?} is not a sha256: it must be 64 hex digits")
+            })?;
+            let url =
+                url::Url::parse(url).map_err(|e| format!("the URL {url:?} is not valid: {e}"))?;
+            if url.scheme() != "https" && !is_loopback(&url) {
+                return Err(format!(
+                    "the URL {url} must be https (plain http only to this machine's loopback address)"
+                ));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(format!(
+                    "the URL {url} carries credentials; a module is fetched without any"
+                ));
+            }
+            return Ok(ModuleRef::Url { url, sha256 });
+        }
+        let (path, place) = match location.strip_prefix(WORKSPACE_PREFIX) {
+            Some(path) => (path, ModuleRef::Workspace as fn(String) -> ModuleRef),
+            None => (location, ModuleRef::Source as fn(String) -> ModuleRef),
+        };
+        check_relative_path(path)?;
+        Ok(place(path.to_string()))
+    }
+
+    /// The module's file name, the program name it gets as `argv[0]`.
+    pub fn file_name(&self) -> String {
+        let path = match self {
+            ModuleRef::Source(path) | ModuleRef::Workspace(path) => path.as_str(),
+            ModuleRef::Url { url, .. } => url.path(),
+        };
+        path.rsplit('/')
+            .find(|part| !part.is_empty())
+            .unwrap_or("module.wasm")
+            .to_string()
+    }
+}
+
+impl std::fmt::Display for ModuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModuleRef::Source(path) => write!(f, "{path} in the project's source"),
+            ModuleRef::Workspace(path) => write!(f, "{path} in the event's workspace"),
+            ModuleRef::Url { url, .. } => write!(f, "{url}"),
+        }
+    }
+}
+
+/// A path relative to a directory, that stays in it: not empty, not
+/// absolute, no `..`, no backslashes or control characters. (cap-std also
+/// refuses what a link would take outside; this names the mistake first.)
+fn check_relative_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.ends_with('/') {
+        return Err(format!(
+            "{path:?} must name a file (e.g. wasm:tools/lint.wasm)"
+        ));
+    }
+    if path.starts_with('/') {
+        return Err(format!(
+            "{path:?} must be relative (to the project's source, or to the workspace with wasm:workspace:PATH)"
+        ));
+    }
+    if path.split('/').any(|part| part == "..") {
+        return Err(format!("{path:?} must not contain '..'"));
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!(
+            "{path:?} must not contain control characters or backslashes"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a URL names this machine: plain http is allowed there only.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    }
+}
+
+/// One directory a Wasm job may open, preopened where the job asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preopen {
+    /// The directory on this host.
+    pub host: PathBuf,
+    /// Where the module sees it (`workspaceMountPath`, `sourceMountPath`).
+    pub guest: String,
+}
+
+/// A Wasm job ready to run: everything a runner needs, and nothing that ties
+/// it to the process that resolved it (it may cross to a sandbox process).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WasmJob {
+    /// The job's name, for messages.
+    pub name: String,
+    /// The project, charged for the job's CPU as for its scripts'.
+    pub project_id: String,
+    /// Where the module came from, for messages.
+    pub module_name: String,
+    /// The module's bytes, checked against [`crate::module::check_job`].
+    pub module: Vec<u8>,
+    /// Their sha256.
+    pub sha256: [u8; 32],
+    /// `argv`, the program name first.
+    pub args: Vec<String>,
+    /// The environment.
+    pub env: Vec<(String, String)>,
+    /// The directories it may open.
+    pub preopens: Vec<Preopen>,
+    /// The largest its memory may grow, in bytes (`jobMemory`).
+    pub memory_bytes: u64,
+    /// The CPU time it may use (`cpuTime`, as for a script).
+    pub cpu_time: Duration,
+    /// When it is stopped, TIMED_OUT (`timeoutSeconds`).
+    pub timeout: Duration,
+}
+
+/// Runs Wasm jobs: the sandbox, in this process or in a sandbox process.
+#[async_trait]
+pub trait WasmJobRunner: Send + Sync {
+    /// Runs `job` to its end, its lines to `output`, and says how it ended;
+    /// `cancel` turning true stops it (ABORTED).
+    async fn run_job(
+        &self,
+        job: WasmJob,
+        output: Arc<dyn JobOutput>,
+        cancel: watch::Receiver<bool>,
+    ) -> JobResult;
+}
+
+/// The host's side of Wasm jobs: resolves them and hands them to a runner;
+/// every other job, and the event's workspace and clean-up, are the
+/// container executor's.
+pub struct WasmJobExecutor {
+    containers: Arc<dyn JobExecutor>,
+    runner: Arc<dyn WasmJobRunner>,
+    fetcher: Arc<ModuleFetcher>,
+}
+
+impl WasmJobExecutor {
+    /// Wasm jobs on `runner`, their fetched modules through `fetcher`, the
+    /// rest on `containers`.
+    pub fn new(
+        containers: Arc<dyn JobExecutor>,
+        runner: Arc<dyn WasmJobRunner>,
+        fetcher: Arc<ModuleFetcher>,
+    ) -> Self {
+        Self {
+            containers,
+            runner,
+            fetcher,
+        }
+    }
+}
+
+#[async_trait]
+impl JobExecutor for WasmJobExecutor {
+    async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+        let module = match ModuleRef::parse(&job.spec.primary_container.image) {
+            None => return self.containers.start(job).await,
+            Some(module) => module.map_err(|e| {
+                ExecutorError::Unsupported(format!("job \"{}\": image: {e}", job.name))
+            })?,
+        };
+        let (containers, runner, fetcher) = (
+            self.containers.clone(),
+            self.runner.clone(),
+            self.fetcher.clone(),
+        );
+        Ok(SpawnedJob::spawn(move |cancel| async move {
+            let JobRequest {
+                event,
+                name,
+                spec,
+                output,
+            } = job;
+            // The source checkout lives as long as the job.
+            let mut checkout = None;
+            let prepared = prepare(
+                &name,
+                &module,
+                &spec.primary_container,
+                &event,
+                containers.as_ref(),
+                &fetcher,
+                &mut checkout,
+            )
+            .await;
+            let job = match prepared {
+                Ok(mut job) => {
+                    job.timeout = Duration::from_secs_f64(spec.timeout_seconds);
+                    job
+                }
+                Err(reason) => return JobResult::ended(Phase::Failed, None, reason),
+            };
+            let result = runner.run_job(job, output, cancel).await;
+            drop(checkout);
+            result
+        }))
+    }
+
+    async fn finish_event(&self, event: &EventContext) {
+        self.containers.finish_event(event).await;
+    }
+
+    async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, WorkspaceError> {
+        self.containers.workspace_dir(event).await
+    }
+
+    async fn cleaned_up(&self) {
+        self.containers.cleaned_up().await;
+    }
+}
+
+/// Reads or fetches the module and gathers the job's directories; every
+/// error names the job and what is wrong. A source checkout made for the
+/// job is left in `checkout`, to be removed when the job ends.
+async fn prepare(
+    name: &str,
+    module: &ModuleRef,
+    container: &ContainerSpec,
+    event: &EventContext,
+    containers: &dyn JobExecutor,
+    fetcher: &ModuleFetcher,
+    checkout: &mut Option<tempfile::TempDir>,
+) -> Result<WasmJob, String> {
+    let job = format!("job \"{name}\"");
+    let mut preopens = Vec::new();
+    let needs_source =
+        !container.source_mount_path.is_empty() || matches!(module, ModuleRef::Source(_));
+    if needs_source {
+        let source = event.source.as_ref().ok_or_else(|| {
+            format!(
+                "{job}: the project has no source to read {module} from (spec.workerTemplate.git)"
+            )
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("mizzen-wasm-source-")
+            .tempdir()
+            .map_err(|e| format!("{job}: cannot make a directory for its source checkout: {e}"))?;
+        crate::source::checkout(source, dir.path())
+            .await
+            .map_err(|e| format!("{job}: checking out the project's source failed: {e}"))?;
+        if !container.source_mount_path.is_empty() {
+            preopens.push(Preopen {
+                host: dir.path().to_path_buf(),
+                guest: container.source_mount_path.clone(),
+            });
+        }
+        *checkout = Some(dir);
+    }
+    let needs_workspace =
+        !container.workspace_mount_path.is_empty() || matches!(module, ModuleRef::Workspace(_));
+    let workspace = if needs_workspace {
+        let dir = containers
+            .workspace_dir(event)
+            .await
+            .map_err(|e| format!("{job}: the event's workspace is not available here: {e}"))?;
+        if !container.workspace_mount_path.is_empty() {
+            preopens.push(Preopen {
+                host: dir.clone(),
+                guest: container.workspace_mount_path.clone(),
+            });
+        }
+        Some(dir)
+    } else {
+        None
+    };
+    let bytes = match module {
+        ModuleRef::Source(path) => {
+            let root = checkout.as_ref().map(|dir| dir.path().to_path_buf());
+            read_module(root.as_deref(), path).await
+        }
+        ModuleRef::Workspace(path) => read_module(workspace.as_deref(), path).await,
+        ModuleRef::Url { url, sha256 } => fetcher.fetch(url, sha256).await,
+    }
+    .map_err(|e| format!("{job}: module {module}: {e}"))?;
+    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let mut args = if container.command.is_empty() {
+        vec![module.file_name()]
+    } else {
+        container.command.clone()
+    };
+    args.extend(container.arguments.iter().cloned());
+    Ok(WasmJob {
+        name: name.to_string(),
+        project_id: event.project_id.clone(),
+        module_name: module.to_string(),
+        module: bytes,
+        sha256,
+        args,
+        env: container
+            .environment
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        preopens,
+        memory_bytes: event.container_limits.memory_bytes,
+        cpu_time: event.container_limits.cpu_time,
+        timeout: Duration::ZERO,
+    })
+}
+
+/// Reads `path` beneath `root` (cap-std: a link out of it is refused), at
+/// most [`MAX_MODULE_BYTES`].
+async fn read_module(root: Option<&Path>, path: &str) -> Result<Vec<u8>, String> {
+    let root = root
+        .ok_or_else(|| "no directory to read it from".to_string())?
+        .to_path_buf();
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let dir = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
+            .map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+        let file = dir.open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "not found".to_string(),
+            std::io::ErrorKind::PermissionDenied => {
+                "refused: it leads outside its directory (a link or '..')".to_string()
+            }
+            _ => format!("cannot open it: {e}"),
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|e| format!("cannot read it: {e}"))?
+            .len();
+        if size > MAX_MODULE_BYTES as u64 {
+            return Err(format!(
+                "it is {size} bytes; the limit is {MAX_MODULE_BYTES} bytes (16 MiB)"
+            ));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(MAX_MODULE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(format!(
+                "it grew past the limit of {MAX_MODULE_BYTES} bytes (16 MiB) while it was read"
+            ));
+        }
+        Ok(bytes)
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("reading it failed: {e}")))
+}
+
+/// Fetches modules pinned by their digest, once per digest: kept in the
+/// cache directory (`wasm-jobs/<sha256>.wasm`) and checked again when read.
+pub struct ModuleFetcher {
+    cache_dir: Option<PathBuf>,
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
+    /// One fetch per digest at a time: the jobs of a pipeline that name the
+    /// same tool wait for one download.
+    fetching: Mutex<HashMap<[u8; 32], Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl ModuleFetcher {
+    /// Keeps fetched modules under `cache_dir` (in memory only when `None`:
+    /// each job then fetches its module again).
+    pub fn new(cache_dir: Option<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.map(|dir| dir.join("wasm-jobs")),
+            client: std::sync::OnceLock::new(),
+            fetching: Mutex::default(),
+        }
+    }
+
+    /// The module `url` pinned by `sha256`: from the cache, or fetched,
+    /// checked and kept. A module whose digest differs is refused, naming
+    /// both digests.
+    pub async fn fetch(&self, url: &url::Url, sha256: &[u8; 32]) -> Result<Vec<u8>, String> {
+        let lock = {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            fetching.retain(|_, lock| lock.strong_count() > 0);
+            match fetching.get(sha256).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    fetching.insert(*sha256, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        let _one = lock.lock().await;
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.wasm", hex::encode(sha256))));
+        if let Some(path) = &cached
+            && let Ok(bytes) = std::fs::read(path)
+        {
+            if Sha256::digest(&bytes).as_slice() == sha256 {
+                crate::cache_files::touch(path);
+                return Ok(bytes);
+            }
+            // Damaged on disk: fetched again below.
+            let _ = std::fs::remove_file(path);
+        }
+        let bytes = self.download(url).await?;
+        let actual: [u8; 32] = Sha256::digest(&bytes).into();
+        if &actual != sha256 {
+            return Err(format!(
+                "digest mismatch: the module fetched has sha256:{}, but the image pins sha256:{}; refused",
+                hex::encode(actual),
+                hex::encode(sha256)
+            ));
+        }
+        if let (Some(path), Some(dir)) = (&cached, &self.cache_dir) {
+            if let Err(e) = crate::cache_files::write_whole(path, &[&bytes]) {
+                tracing::warn!(path = %path.display(), error = %e, "could not keep a fetched module");
+            }
+            crate::cache_files::sweep(
+                dir,
+                "wasm",
+                FETCHED_CACHE_BYTES,
+                FETCHED_GRACE,
+                crate::cache_files::file_size,
+            );
+        }
+        Ok(bytes)
+    }
+
+    async fn download(&self, url: &url::Url) -> Result<Vec<u8>, String> {
+        let client = self
+            .client
+            .get_or_init(|| {
+                // reqwest is built without a TLS provider of its own; ring is
+                // the one the rest of the host installs (twice is harmless).
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::builder()
+                    .connect_timeout(FETCH_CONNECT_TIMEOUT)
+                    .timeout(FETCH_TIMEOUT)
+                    .build()
+                    .map_err(|e| format!("cannot set up an HTTP client: {e}"))
+            })
+            .clone()?;
+        let mut response = client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| format!("fetching it failed: {}", crate::npm::causes(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "fetching it failed: the server answered {}",
+                response.status()
+            ));
+        }
+        if let Some(length) = response.content_length()
+            && length > MAX_MODULE_BYTES as u64
+        {
+            return Err(format!(
+                "it is {length} bytes; the limit is {MAX_MODULE_BYTES} bytes (16 MiB)"
+            ));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("fetching it failed: {}", crate::npm::causes(&e)))?
+        {
+            if bytes.len() + chunk.len() > MAX_MODULE_BYTES {
+                return Err(format!(
+                    "it is more than {MAX_MODULE_BYTES} bytes (16 MiB), the limit"
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+}
+
+/// A job's stdout or stderr, cut into lines for its [`JobOutput`] as the
+/// guest writes (a line longer than [`MAX_LINE_BYTES`] in pieces). Clones
+/// share the stream, as WASI's handles to one stream must.
+#[derive(Clone)]
+pub(crate) struct JobLines {
+    inner: Arc<Mutex<LineState>>,
+}
+
+struct LineState {
+    output: Arc<dyn JobOutput>,
+    container: String,
+    partial: Vec<u8>,
+}
+
+impl JobLines {
+    /// Lines of `container` (the job's name) to `output`.
+    pub fn new(output: Arc<dyn JobOutput>, container: &str) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LineState {
+                output,
+                container: container.to_string(),
+                partial: Vec::new(),
+            })),
+        }
+    }
+
+    /// Passes on every complete line of `bytes` (with what came before).
+    fn write(&self, mut bytes: &[u8]) {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(newline) = bytes.iter().position(|b| *b == b'\n') {
+            let (line, rest) = (&bytes[..newline], &bytes[newline + 1..]);
+            if state.partial.is_empty() {
+                state.emit(line);
+            } else {
+                let mut whole = std::mem::take(&mut state.partial);
+                whole.extend_from_slice(line);
+                state.emit(&whole);
+            }
+            bytes = rest;
+        }
+        state.partial.extend_from_slice(bytes);
+        while state.partial.len() >= MAX_LINE_BYTES {
+            let rest = state.partial.split_off(MAX_LINE_BYTES);
+            let line = std::mem::replace(&mut state.partial, rest);
+            state.emit(&line);
+        }
+    }
+
+    /// Passes on the last line when it had no newline.
+    pub fn finish(&self) {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let line = std::mem::take(&mut state.partial);
+        if !line.is_empty() {
+            state.emit(&line);
+        }
+    }
+}
+
+impl LineState {
+    fn emit(&self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.output
+            .line(&self.container, &String::from_utf8_lossy(line));
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for JobLines {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for JobLines {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait]
+impl wasmtime_wasi::p2::OutputStream for JobLines {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        JobLines::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[async_trait]
+impl wasmtime_wasi::p2::Pollable for JobLines {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for JobLines {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        JobLines::write(&self, buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_name_a_module_in_the_source_the_workspace_or_at_a_pinned_url() {
+        assert_eq!(ModuleRef::parse("debian:12"), None);
+        assert_eq!(
+            ModuleRef::parse("wasm:tools/lint.wasm"),
+            Some(Ok(ModuleRef::Source("tools/lint.wasm".into())))
+        );
+        assert_eq!(
+            ModuleRef::parse("wasm:workspace:out/tool.wasm"),
+            Some(Ok(ModuleRef::Workspace("out/tool.wasm".into())))
+        );
+        let digest = "ab".repeat(32);
+        let Some(Ok(ModuleRef::Url { url, sha256 })) =
+            ModuleRef::parse(&format!("wasm:https://example.com/t.wasm@sha256:{digest}"))
+        else {
+            panic!("a pinned URL parses");
+        };
+        assert_eq!(url.as_str(), "https://example.com/t.wasm");
+        assert_eq!(sha256, [0xab; 32]);
+        for (bad, says) in [
+            ("wasm:https://example.com/t.wasm", "pinned by its digest"),
+            (
+                "wasm:https://example.com/t.wasm@sha256:abc",
+                "64 hex digits",
+            ),
+            (
+                &format!("wasm:http://example.com/t.wasm@sha256:{digest}"),
+                "must be https",
+            ),
+            ("wasm:/etc/passwd", "must be relative"),
+            ("wasm:../x.wasm", "'..'"),
+            ("wasm:workspace:a/../../x.wasm", "'..'"),
+            ("wasm:", "must name a file"),
+            ("wasm:dir/", "must name a file"),
+        ] {
+            let err = ModuleRef::parse(bad).unwrap().unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        assert!(
+            ModuleRef::parse(&format!(
+                "wasm:http://127.0.0.1:8080/t.wasm@sha256:{digest}"
+            ))
+            .unwrap()
+            .is_ok()
+        );
+    }
+
+    struct Collected(Mutex<Vec<String>>);
+
+    impl JobOutput for Collected {
+        fn line(&self, _: &str, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+    }
+
+    #[test]
+    fn output_is_cut_into_lines_across_writes_and_long_lines_into_pieces() {
+        let collected = Arc::new(Collected(Mutex::default()));
+        let lines = JobLines::new(collected.clone(), "job");
+        lines.write(b"one\ntw");
+        lines.write(b"o\r\nthree");
+        lines.write(&vec![b'x'; MAX_LINE_BYTES * 2 + 1]);
+        lines.finish();
+        let got = collected.0.lock().unwrap().clone();
+        assert_eq!(&got[..2], ["one", "two"]);
+        assert_eq!(got[2].len(), MAX_LINE_BYTES);
+        assert!(got[2].starts_with("threexx"));
+        assert_eq!(got.len(), 5, "three, two full pieces, the rest");
+        assert_eq!(
+            got.iter().map(String::len).sum::<usize>(),
+            5 + MAX_LINE_BYTES * 2 + 1 + 6
+        );
+    }
+}
