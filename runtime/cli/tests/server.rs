@@ -524,6 +524,93 @@ fn a_script_in_a_sandbox_process_reaches_its_events_workspace() {
     assert!(logs.contains("read back: kept"), "{logs}");
 }
 
+/// Wasm jobs in a server: the script puts the test tool into the workspace
+/// (a server's project has no local source to read it from), Wasm jobs run
+/// it in the sandbox processes — their lines in the job's log, their phases
+/// recorded as any job's — and a container job reads what one wrote.
+fn wasm_jobs_end_to_end(database_url: Option<String>) {
+    use base64::Engine as _;
+    let tool = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/wasm-jobs/tool.wasm"
+    ))
+    .unwrap();
+    let tool = base64::engine::general_purpose::STANDARD.encode(tool);
+    let server = TestServer::start(database_url, &["--sandbox-processes", "1"]);
+    let dir = script_project(
+        "wasm-jobs",
+        "    useWorkspace: true\n",
+        &format!(
+            r#"const {{ Job, workspace }} = require("@brigadecore/brigadier");
+          workspace.writeFile("tool.wasm", "{tool}", "base64");
+          const args = new Job("wasm-args", "wasm:workspace:tool.wasm", event);
+          args.primaryContainer.arguments = ["args", "in a sandbox process"];
+          await args.run();
+          const fails = new Job("wasm-fails", "wasm:workspace:tool.wasm", event);
+          fails.primaryContainer.arguments = ["exit", "3"];
+          fails.fallible = true;
+          await fails.run();
+          const files = new Job("wasm-files", "wasm:workspace:tool.wasm", event);
+          files.primaryContainer.arguments = ["write", "/ws/from-wasm.txt", "written by a Wasm job"];
+          files.primaryContainer.workspaceMountPath = "/ws";
+          await files.run();
+          const read = new Job("read", "localhost/busybox", event);
+          read.primaryContainer.workspaceMountPath = "/work";
+          read.primaryContainer.command = ["cat", "/work/from-wasm.txt"];
+          await read.run();
+          return "wasm jobs ran";"#
+        ),
+    );
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    let id = server.create_event("wasm-jobs", &[]);
+    let event = wait_until_ended(&server, &id);
+    let logs = server.ok(&["event", "logs", "--id", &id]);
+    assert_eq!(phase_of(&event), "SUCCEEDED", "{event}\n{logs}");
+    let args = server.ok(&["event", "logs", "--id", &id, "--job", "wasm-args"]);
+    assert_eq!(
+        args.lines().collect::<Vec<_>>(),
+        ["arg: tool.wasm", "arg: args", "arg: in a sandbox process"]
+    );
+    let read = server.ok(&["event", "logs", "--id", &id, "--job", "read"]);
+    assert_eq!(read.trim(), "written by a Wasm job");
+    let event = server.json(&["event", "get", "--id", &id]);
+    let phases: Vec<(String, String)> = event["worker"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| {
+            (
+                job["name"].as_str().unwrap().to_string(),
+                job["status"]["phase"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (job, phase) in [
+        ("wasm-args", "SUCCEEDED"),
+        ("wasm-fails", "FAILED"),
+        ("wasm-files", "SUCCEEDED"),
+        ("read", "SUCCEEDED"),
+    ] {
+        assert!(
+            phases.contains(&(job.to_string(), phase.to_string())),
+            "{job} {phase}: {phases:?}"
+        );
+    }
+}
+
+#[test]
+fn wasm_jobs_run_in_sandbox_processes_on_sqlite() {
+    wasm_jobs_end_to_end(None);
+}
+
+#[test]
+fn wasm_jobs_run_in_sandbox_processes_on_postgres() {
+    let Some(url) = postgres_database("wasm_jobs_run_in_sandbox_processes_on_postgres") else {
+        return;
+    };
+    wasm_jobs_end_to_end(Some(url));
+}
+
 /// An HTTP client. reqwest is built with TLS whose crypto provider is
 /// chosen at run time.
 fn http() -> reqwest::Client {

@@ -56,6 +56,10 @@ pub struct ContainerLimits {
     /// The CPU time a Wasm job may compute: the project's `cpuTime`, the
     /// limit its scripts have (a container is held by `cpu_millis` instead).
     pub cpu_time: std::time::Duration,
+    /// The output kept of each job (`jobLogSize`), for where a job's lines
+    /// would otherwise cross a pipe before they are cut (a Wasm job in a
+    /// sandbox process).
+    pub log_bytes: u64,
 }
 
 impl ContainerLimits {
@@ -66,6 +70,7 @@ impl ContainerLimits {
             cpu_millis: limits.job_cpu_millis,
             processes: limits.job_processes,
             cpu_time: limits.cpu_time,
+            log_bytes: limits.job_log_bytes,
         }
     }
 }

@@ -33,9 +33,12 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::capability::{self, Answer, SandboxWorker, StopSignal, WorkerHost};
+use crate::executor::JobOutput;
 use crate::script::ScriptSource;
+use crate::wasm_job::{WasmJob, WasmJobRunner};
 use crate::worker::{Stop, WorkerOutcome};
 use crate::{Sandbox, SandboxConfig, SandboxError};
+use mizzen_host_api::types::JobResult;
 
 /// Frames queued together are written in one call up to this size: large
 /// enough for a burst of log lines, small enough not to hold the rest back.
@@ -101,6 +104,20 @@ pub enum ToSandbox {
         /// The result as JSON, or the error.
         result: Result<Vec<u8>, HostError>,
     },
+    /// Run a Wasm job: its module, argv, environment, directories and
+    /// limits. Its lines and its end come back as [`FromSandbox::JobLine`]
+    /// and [`FromSandbox::JobEnded`].
+    RunJob {
+        /// The server's number for the job.
+        job: u64,
+        /// What to run.
+        wasm: Box<WasmJob>,
+    },
+    /// Stop a Wasm job: it ends ABORTED.
+    CancelJob {
+        /// The job.
+        job: u64,
+    },
 }
 
 /// A message from a sandbox process.
@@ -131,6 +148,24 @@ pub enum FromSandbox {
         worker: u64,
         /// How.
         outcome: Box<WorkerOutcome>,
+    },
+    /// A line a Wasm job printed (within its log limit, and the first one
+    /// past it, so that the server says the output was cut).
+    JobLine {
+        /// The job.
+        job: u64,
+        /// The line.
+        line: String,
+    },
+    /// A Wasm job ended.
+    JobEnded {
+        /// The job.
+        job: u64,
+        /// How.
+        result: JobResult,
+        /// Lines (and their bytes) past the job's log limit that were
+        /// dropped here rather than sent.
+        dropped: (u64, u64),
     },
 }
 
@@ -287,6 +322,8 @@ struct LinkState {
     calls: HashMap<(u64, u64), oneshot::Sender<Answered>>,
     /// Answers that came `Later`, waiting for their result.
     later: HashMap<(u64, u64), oneshot::Sender<Completed>>,
+    /// Wasm jobs running, by the server's number: what cancels each.
+    jobs: HashMap<u64, tokio::sync::watch::Sender<bool>>,
 }
 
 /// A later answer's result: its JSON, or the error.
@@ -297,6 +334,41 @@ type Completion = oneshot::Receiver<Completed>;
 
 /// A call's answer, and where its result arrives when it comes later.
 type Answered = (WireAnswer, Option<Completion>);
+
+/// A Wasm job's output on its way to the server: every line while the job
+/// is within its log limit, and the first past it; the rest only counted.
+struct JobLinesToParent {
+    job: u64,
+    limit: u64,
+    to_parent: mpsc::UnboundedSender<FromSandbox>,
+    counts: Mutex<LineCounts>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct LineCounts {
+    kept_bytes: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl JobOutput for JobLinesToParent {
+    fn line(&self, _container: &str, line: &str) {
+        let size = line.len() as u64 + 1;
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            if counts.kept_bytes > self.limit {
+                counts.dropped_lines += 1;
+                counts.dropped_bytes += size;
+                return;
+            }
+            counts.kept_bytes += size;
+        }
+        let _ = self.to_parent.send(FromSandbox::JobLine {
+            job: self.job,
+            line: line.to_string(),
+        });
+    }
+}
 
 struct RunningWorker {
     task: tokio::task::AbortHandle,
@@ -380,7 +452,37 @@ impl ParentLink {
                     let _ = later.send(result);
                 }
             }
+            ToSandbox::RunJob { job, wasm } => self.run_job(job, *wasm, sandbox),
+            ToSandbox::CancelJob { job } => {
+                if let Some(cancel) = self.lock().jobs.get(&job) {
+                    let _ = cancel.send(true);
+                }
+            }
         }
+    }
+
+    /// Runs a Wasm job on its own task; its lines go to the server up to
+    /// its log limit (a flood does not cross the pipe).
+    fn run_job(self: &Arc<Self>, job: u64, wasm: WasmJob, sandbox: &Arc<Sandbox>) {
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        self.lock().jobs.insert(job, cancel);
+        let output = Arc::new(JobLinesToParent {
+            job,
+            limit: wasm.log_bytes,
+            to_parent: self.to_parent.clone(),
+            counts: Mutex::default(),
+        });
+        let (link, sandbox) = (self.clone(), sandbox.clone());
+        tokio::spawn(async move {
+            let result = sandbox.run_job(wasm, output.clone(), cancelled).await;
+            link.lock().jobs.remove(&job);
+            let counts = *output.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = link.to_parent.send(FromSandbox::JobEnded {
+                job,
+                result,
+                dropped: (counts.dropped_lines, counts.dropped_bytes),
+            });
+        });
     }
 
     /// Starts a worker whose script this process has, or asks for it.

@@ -270,6 +270,9 @@ pub struct WasmJob {
     pub cpu_time: Duration,
     /// When it is stopped, TIMED_OUT (`timeoutSeconds`).
     pub timeout: Duration,
+    /// Bytes of its output kept (`jobLogSize`): a sandbox process sends no
+    /// more than this (and a line) to the server.
+    pub log_bytes: u64,
 }
 
 /// Runs Wasm jobs: the sandbox, in this process or in a sandbox process.
@@ -455,6 +458,7 @@ async fn prepare(
         memory_bytes: event.container_limits.memory_bytes,
         cpu_time: event.container_limits.cpu_time,
         timeout: Duration::ZERO,
+        log_bytes: event.container_limits.log_bytes,
     })
 }
 
@@ -504,6 +508,10 @@ async fn read_module(root: Option<&Path>, path: &str) -> Result<Vec<u8>, String>
 /// cache directory (`wasm-jobs/<sha256>.wasm`) and checked again when read.
 pub struct ModuleFetcher {
     cache_dir: Option<PathBuf>,
+    /// Fetching for tenants (a server): https only, and never from an
+    /// address of the server itself or its cloud's metadata service, by
+    /// name, by address or through a redirect.
+    for_tenants: bool,
     client: std::sync::OnceLock<Result<reqwest::Client, String>>,
     /// One fetch per digest at a time: the jobs of a pipeline that name the
     /// same tool wait for one download.
@@ -515,9 +523,23 @@ impl ModuleFetcher {
     /// each job then fetches its module again).
     pub fn new(cache_dir: Option<PathBuf>) -> Self {
         Self {
+            for_tenants: false,
             cache_dir: cache_dir.map(|dir| dir.join("wasm-jobs")),
             client: std::sync::OnceLock::new(),
             fetching: Mutex::default(),
+        }
+    }
+
+    /// A fetcher for a server's tenants: as [`ModuleFetcher::new`], but
+    /// https only and never to an internal address
+    /// ([`crate::project::is_internal_address`]: the server itself, its
+    /// cloud's metadata service), checked for every name resolved and every
+    /// redirect followed. A tenant learns a module's digest from a refusal,
+    /// so an internal response must never be fetched at all.
+    pub fn for_tenants(cache_dir: Option<PathBuf>) -> Self {
+        Self {
+            for_tenants: true,
+            ..Self::new(cache_dir)
         }
     }
 
@@ -538,6 +560,11 @@ impl ModuleFetcher {
             }
         };
         let _one = lock.lock().await;
+        if self.for_tenants
+            && let Some(problem) = tenant_url_problem(url)
+        {
+            return Err(problem);
+        }
         let cached = self
             .cache_dir
             .as_ref()
@@ -583,9 +610,25 @@ impl ModuleFetcher {
                 // reqwest is built without a TLS provider of its own; ring is
                 // the one the rest of the host installs (twice is harmless).
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                reqwest::Client::builder()
+                let builder = reqwest::Client::builder()
                     .connect_timeout(FETCH_CONNECT_TIMEOUT)
-                    .timeout(FETCH_TIMEOUT)
+                    .timeout(FETCH_TIMEOUT);
+                let builder = if self.for_tenants {
+                    builder.dns_resolver(CheckedResolver).redirect(
+                        reqwest::redirect::Policy::custom(|attempt| {
+                            if attempt.previous().len() >= MAX_REDIRECTS {
+                                return attempt.error("too many redirects");
+                            }
+                            match tenant_url_problem(attempt.url()) {
+                                Some(problem) => attempt.error(problem),
+                                None => attempt.follow(),
+                            }
+                        }),
+                    )
+                } else {
+                    builder
+                };
+                builder
                     .build()
                     .map_err(|e| format!("cannot set up an HTTP client: {e}"))
             })
@@ -622,6 +665,53 @@ impl ModuleFetcher {
             bytes.extend_from_slice(&chunk);
         }
         Ok(bytes)
+    }
+}
+
+/// Redirects followed when fetching a module (release downloads redirect
+/// once or twice to their storage).
+const MAX_REDIRECTS: usize = 5;
+
+/// Why a server must not fetch `url` for a tenant: not https, or a literal
+/// internal address (names are checked when they are resolved).
+fn tenant_url_problem(url: &url::Url) -> Option<String> {
+    if url.scheme() != "https" {
+        return Some(format!(
+            "{url} is not https; a server fetches modules over https only"
+        ));
+    }
+    let internal = match url.host() {
+        Some(url::Host::Ipv4(ip)) => crate::project::is_internal_address(ip.into()),
+        Some(url::Host::Ipv6(ip)) => crate::project::is_internal_address(ip.into()),
+        Some(url::Host::Domain(_)) => false,
+        None => true,
+    };
+    internal.then(|| {
+        format!("{url} reaches the server itself or its cloud's metadata service; refused")
+    })
+}
+
+/// Resolves names as the system does and refuses any that leads to an
+/// internal address: what a tenant's fetch connects to is what was checked.
+struct CheckedResolver;
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let addresses: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if addresses
+                .iter()
+                .any(|a| crate::project::is_internal_address(a.ip()))
+            {
+                return Err(format!(
+                    "{name} resolves to the server itself or its cloud's metadata service; refused"
+                )
+                .into());
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

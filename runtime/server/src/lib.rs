@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use mizzen_runtime::dependencies::Dependencies;
 use mizzen_runtime::executor::JobExecutor;
+use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJobExecutor, WasmJobRunner};
 use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
 use sandbox_pool::{SandboxCommand, SandboxPool, SandboxPoolError, SandboxStage};
 use tokio::net::TcpListener;
@@ -162,10 +163,31 @@ impl Server {
             _ => Some(lock_data_dir(&config.data_dir)?),
         };
         let store = store::Store::open(config.database_url.as_deref(), &config.data_dir).await?;
-        let sandbox: Arc<dyn SandboxStage> = match &config.sandbox_processes {
-            Some((count, command)) => Arc::new(SandboxPool::start(*count, command.clone()).await?),
-            None => Arc::new(Sandbox::new(SandboxConfig::from_env()).await?),
-        };
+        // Wasm jobs run where workers run: in the sandbox processes, or in
+        // this process's sandbox when there are none.
+        let (sandbox, wasm_jobs): (Arc<dyn SandboxStage>, Arc<dyn WasmJobRunner>) =
+            match &config.sandbox_processes {
+                Some((count, command)) => {
+                    let pool = Arc::new(SandboxPool::start(*count, command.clone()).await?);
+                    (pool.clone(), pool)
+                }
+                None => {
+                    let sandbox = Arc::new(Sandbox::new(SandboxConfig::from_env()).await?);
+                    (sandbox.clone(), sandbox)
+                }
+            };
+        let executor = config
+            .executor
+            .clone()
+            .map(|containers| -> Arc<dyn JobExecutor> {
+                Arc::new(WasmJobExecutor::new(
+                    containers,
+                    wasm_jobs,
+                    Arc::new(ModuleFetcher::for_tenants(
+                        SandboxConfig::from_env().cache_dir,
+                    )),
+                ))
+            });
         let metrics = Arc::new(metrics::Metrics::new());
         // Scripts' npm packages and bundles are kept with the server's data,
         // shared by its sandbox processes and kept across restarts.
@@ -178,7 +200,7 @@ impl Server {
             store.clone(),
             projects.clone(),
             sandbox,
-            config.executor.clone(),
+            executor,
             config.scheduler.clone(),
             metrics.clone(),
             Arc::new(Notify::new()),

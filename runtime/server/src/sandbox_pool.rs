@@ -23,11 +23,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mizzen_host_api::Op;
+use mizzen_host_api::types::{JobResult, Phase};
 use mizzen_runtime::capability::{Answer, HostedWorker, WorkerHost};
+use mizzen_runtime::executor::JobOutput;
 use mizzen_runtime::sandbox_process::{
     FrameError, FromSandbox, ScriptKey, ToSandbox, WireAnswer, read_frame, write_frames,
 };
 use mizzen_runtime::script::ScriptSource;
+use mizzen_runtime::wasm_job::{WasmJob, WasmJobRunner};
 use mizzen_runtime::{Sandbox, WorkerFailure, WorkerOutcome, WorkerRequest};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -120,6 +123,15 @@ struct ProcessState {
     sent: VecDeque<ScriptKey>,
     sent_set: HashSet<ScriptKey>,
     workers: HashMap<u64, PoolWorker>,
+    /// Wasm jobs running in the process.
+    jobs: HashMap<u64, PoolJob>,
+}
+
+/// What the server holds for a Wasm job running in a sandbox process.
+struct PoolJob {
+    name: String,
+    output: Arc<dyn JobOutput>,
+    ended: oneshot::Sender<JobResult>,
 }
 
 /// What the server holds for a worker running in a sandbox process.
@@ -165,7 +177,7 @@ impl SandboxPool {
                 state
                     .to_process
                     .as_ref()
-                    .map(|_| (process, state.workers.len()))
+                    .map(|_| (process, state.workers.len() + state.jobs.len()))
             })
             .min_by_key(|&(_, workers)| workers)
             .map(|(process, _)| process)
@@ -262,6 +274,106 @@ impl SandboxStage for SandboxPool {
     }
 }
 
+#[async_trait]
+impl WasmJobRunner for SandboxPool {
+    /// Runs a Wasm job in the live process running fewest workers and jobs
+    /// (waiting for one, up to the job's timeout, while all are started
+    /// again); where its lines come from and its end is said.
+    async fn run_job(
+        &self,
+        job: WasmJob,
+        output: Arc<dyn JobOutput>,
+        mut cancel: watch::Receiver<bool>,
+    ) -> JobResult {
+        let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
+        let name = job.name.clone();
+        let give_up = tokio::time::Instant::now() + job.timeout;
+        let (ended, result) = oneshot::channel();
+        let mut pool_job = Some(PoolJob {
+            name: name.clone(),
+            output,
+            ended,
+        });
+        let mut job = Some(Box::new(job));
+        let mut revived = self.revived.subscribe();
+        let process = loop {
+            revived.borrow_and_update();
+            if let Some(process) = self.least_busy() {
+                let mut state = process.lock();
+                if let Some(to_process) = state.to_process.clone() {
+                    state.jobs.insert(id, pool_job.take().expect("given once"));
+                    let _ = to_process.send(ToSandbox::RunJob {
+                        job: id,
+                        wasm: job.take().expect("sent once"),
+                    });
+                    break process.clone();
+                }
+                continue;
+            }
+            tokio::select! {
+                changed = tokio::time::timeout_at(give_up, revived.changed()) => {
+                    if changed.is_err() {
+                        return JobResult::ended(
+                            Phase::Failed,
+                            None,
+                            format!("job \"{name}\": no sandbox process was running to run it within its timeout"),
+                        );
+                    }
+                }
+                _ = cancel.wait_for(|cancelled| *cancelled) => {
+                    return JobResult::ended(Phase::Canceled, None, format!("job \"{name}\" was cancelled before it started"));
+                }
+            }
+        };
+        // Dropped before it ended (its worker was stopped): the process
+        // cancels it.
+        let mut guard = CancelJobOnDrop {
+            process: process.clone(),
+            job: id,
+            armed: true,
+        };
+        let mut result = std::pin::pin!(result);
+        let result = tokio::select! {
+            result = &mut result => result,
+            () = async { drop(cancel.wait_for(|cancelled| *cancelled).await) } => {
+                process.send(ToSandbox::CancelJob { job: id });
+                result.await
+            }
+        };
+        guard.armed = false;
+        result.unwrap_or_else(|_| {
+            JobResult::ended(
+                Phase::Failed,
+                None,
+                format!(
+                    "job \"{name}\": sandbox process {} stopped while the job ran (see the server's log)",
+                    process.index
+                ),
+            )
+        })
+    }
+}
+
+/// Cancels a Wasm job whose run was dropped before it ended.
+struct CancelJobOnDrop {
+    process: Arc<SandboxProcess>,
+    job: u64,
+    armed: bool,
+}
+
+impl Drop for CancelJobOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut state = self.process.lock();
+        state.jobs.remove(&self.job);
+        if let Some(to_process) = &state.to_process {
+            let _ = to_process.send(ToSandbox::CancelJob { job: self.job });
+        }
+    }
+}
+
 /// Stops a worker whose run was dropped before it ended.
 struct StopOnDrop {
     process: Arc<SandboxProcess>,
@@ -340,13 +452,26 @@ impl SandboxProcess {
                 }
             }
             let status = exit_status(&mut child).await;
-            let workers = {
+            let (workers, jobs) = {
                 let mut state = self.lock();
                 state.to_process = None;
                 state.sent.clear();
                 state.sent_set.clear();
-                std::mem::take(&mut state.workers)
+                (
+                    std::mem::take(&mut state.workers),
+                    std::mem::take(&mut state.jobs),
+                )
             };
+            for (_, job) in jobs {
+                let _ = job.ended.send(JobResult::ended(
+                    Phase::Failed,
+                    None,
+                    format!(
+                        "job \"{}\": sandbox process {} stopped while the job ran ({status})",
+                        job.name, self.index
+                    ),
+                ));
+            }
             tracing::error!(
                 process = self.index,
                 %status,
@@ -405,6 +530,33 @@ impl SandboxProcess {
                 if let Some(source) = source {
                     self.send(ToSandbox::Script { key, source });
                 }
+            }
+            FromSandbox::JobLine { job, line } => {
+                let found = self
+                    .lock()
+                    .jobs
+                    .get(&job)
+                    .map(|job| (job.name.clone(), job.output.clone()));
+                // Outside the lock: the output takes its own.
+                if let Some((name, output)) = found {
+                    output.line(&name, &line);
+                }
+            }
+            FromSandbox::JobEnded {
+                job,
+                result,
+                dropped: (lines, bytes),
+            } => {
+                let Some(job) = self.lock().jobs.remove(&job) else {
+                    return;
+                };
+                if lines > 0 {
+                    job.output.lost(
+                        &job.name,
+                        &format!("{lines} more lines ({bytes} bytes) past its log limit were dropped where it ran"),
+                    );
+                }
+                let _ = job.ended.send(result);
             }
             FromSandbox::Ended { worker, outcome } => {
                 if let Some(worker) = self.lock().workers.remove(&worker) {
