@@ -651,3 +651,109 @@ async fn kitchen_sink_example_with_its_npm_package_runs_its_jobs_as_pods() {
     }
     cluster.assert_nothing_denied();
 }
+
+/// The test binary's sandbox as a Wasm job runner.
+struct TestSandbox;
+
+#[async_trait::async_trait]
+impl mizzen_runtime::wasm_job::WasmJobRunner for TestSandbox {
+    async fn run_job(
+        &self,
+        job: mizzen_runtime::wasm_job::WasmJob,
+        output: Arc<dyn mizzen_runtime::executor::JobOutput>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+    ) -> mizzen_host_api::types::JobResult {
+        sandbox(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
+            .await
+            .run_job(job, output, cancel)
+            .await
+    }
+}
+
+/// With the Kubernetes executor, a Wasm job runs in the sandbox beside the
+/// script (no Pod: its start costs no pod's seconds), while container jobs
+/// become Pods; a Wasm job that mounts the workspace is refused by name,
+/// since the workspace is a claim only the event's Pods reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_jobs_run_in_the_sandbox_and_container_jobs_as_pods() {
+    use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJobExecutor};
+    let cluster = cluster().await;
+    let source = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(source.path().join("tools")).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm-jobs/tool.wasm"),
+        source.path().join("tools/tool.wasm"),
+    )
+    .unwrap();
+    let event_id = uuid();
+    let context = Arc::new(EventContext {
+        use_workspace: true,
+        source: Some(mizzen_runtime::executor::Source::Directory(
+            source.path().to_path_buf(),
+        )),
+        ..mizzen_tests::worker::context(&event_id, "test-project")
+    });
+    let executor = Arc::new(WasmJobExecutor::new(
+        cluster.executor.clone(),
+        Arc::new(TestSandbox),
+        Arc::new(ModuleFetcher::new(None)),
+    ));
+    let log = MemoryLog::new();
+    let outcome = sandbox(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .await
+        .run(
+            &ScriptSource::new(
+                "brigade.js",
+                r#"const { events, Job } = require("@brigadecore/brigadier");
+                events.on("brigade.sh/cli", "exec", async (event) => {
+                  const pod = new Job("in-a-pod", "debian:latest", event);
+                  await pod.run();
+                  const wasm = new Job("in-the-sandbox", "wasm:tools/tool.wasm", event);
+                  wasm.primaryContainer.arguments = ["args", "no pod"];
+                  await wasm.run();
+                  const shared = new Job("wants-the-claim", "wasm:tools/tool.wasm", event);
+                  shared.primaryContainer.arguments = ["ls", "/ws"];
+                  shared.primaryContainer.workspaceMountPath = "/ws";
+                  try { await shared.run(); } catch (e) { console.log(`refused: ${e.reason}`); }
+                });
+                events.process();"#,
+            ),
+            WorkerRequest {
+                event: Event::new(&event_id, "test-project", "brigade.sh/cli", "exec"),
+                limits: WorkerLimits::default(),
+                log: Arc::new(log.clone()),
+                jobs: JobCapability::Executor {
+                    executor,
+                    event: context,
+                },
+            },
+        )
+        .await;
+    let run = Run {
+        outcome,
+        log,
+        event_id,
+    };
+    run.assert_succeeded();
+    let lines = run.job_lines();
+    assert!(
+        lines.contains(&"[in-the-sandbox] arg: no pod".to_string()),
+        "{lines:?}"
+    );
+    run.assert_logged(
+        "refused: job \"wants-the-claim\": a Wasm job runs in the sandbox, where this executor's workspace is not (on Kubernetes the workspace is a volume claim",
+    );
+    let pods: Vec<String> = cluster
+        .fake
+        .created("pods")
+        .iter()
+        .map(|pod| {
+            pod["metadata"]["labels"]["mizzen.sh/job"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(pods, ["in-a-pod"], "only the container job is a Pod");
+    cluster.assert_nothing_denied();
+}

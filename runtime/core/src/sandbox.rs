@@ -655,7 +655,7 @@ impl WasmJobRunner for Sandbox {
                 .finalize()
                 .into()
         };
-        let code: Arc<[u8]> = job.module.into();
+        let code = job.module.clone();
         let compiled = self
             .compile_once(key, || self.compile_module(&job.module_name, &code, true))
             .await;

@@ -28,8 +28,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::executor::{
-    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, SpawnedJob,
-    WorkspaceError,
+    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, Source,
+    SpawnedJob, WorkspaceError,
 };
 use crate::module::MAX_MODULE_BYTES;
 
@@ -254,8 +254,10 @@ pub struct WasmJob {
     pub project_id: String,
     /// Where the module came from, for messages.
     pub module_name: String,
-    /// The module's bytes, checked against [`crate::module::check_job`].
-    pub module: Vec<u8>,
+    /// The module's bytes, checked against [`crate::module::check_job`]
+    /// where it is compiled (shared: the jobs of an event that name one
+    /// module share its bytes).
+    pub module: Arc<[u8]>,
     /// Their sha256.
     pub sha256: [u8; 32],
     /// `argv`, the program name first.
@@ -295,7 +297,26 @@ pub struct WasmJobExecutor {
     containers: Arc<dyn JobExecutor>,
     runner: Arc<dyn WasmJobRunner>,
     fetcher: Arc<ModuleFetcher>,
+    /// Each running event's checkout of its project's source, made at its
+    /// first Wasm job that reads a module from there and removed when the
+    /// event ends: a pipeline of a hundred Wasm jobs checks out once.
+    sources: Mutex<HashMap<String, Arc<EventSource>>>,
 }
+
+/// An event's source, for reading Wasm jobs' modules from.
+#[derive(Default)]
+struct EventSource {
+    checkout: tokio::sync::OnceCell<Result<tempfile::TempDir, String>>,
+    /// Modules read from it, by path, up to [`SOURCE_MODULES_BYTES`].
+    modules: Mutex<HashMap<String, HashedModule>>,
+}
+
+/// A module's bytes and their sha256.
+type HashedModule = (Arc<[u8]>, [u8; 32]);
+
+/// Module bytes kept per event: the tools of a pipeline, read and hashed
+/// once each (past it, a module is read again for each job).
+const SOURCE_MODULES_BYTES: usize = 64 * 1024 * 1024;
 
 impl WasmJobExecutor {
     /// Wasm jobs on `runner`, their fetched modules through `fetcher`, the
@@ -309,7 +330,18 @@ impl WasmJobExecutor {
             containers,
             runner,
             fetcher,
+            sources: Mutex::default(),
         }
+    }
+
+    /// The event's source checkout (made by the first caller).
+    fn source_of(&self, event: &EventContext) -> Arc<EventSource> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(event.event_id.clone())
+            .or_default()
+            .clone()
     }
 }
 
@@ -327,6 +359,7 @@ impl JobExecutor for WasmJobExecutor {
             self.runner.clone(),
             self.fetcher.clone(),
         );
+        let source = matches!(module, ModuleRef::Source(_)).then(|| self.source_of(&job.event));
         Ok(SpawnedJob::spawn(move |cancel| async move {
             let JobRequest {
                 event,
@@ -334,15 +367,18 @@ impl JobExecutor for WasmJobExecutor {
                 spec,
                 output,
             } = job;
-            // The source checkout lives as long as the job.
+            // The job's own source checkout lives as long as the job.
             let mut checkout = None;
             let prepared = prepare(
                 &name,
                 &module,
                 &spec.primary_container,
                 &event,
-                containers.as_ref(),
-                &fetcher,
+                Places {
+                    containers: containers.as_ref(),
+                    fetcher: &fetcher,
+                    source: source.as_deref(),
+                },
                 &mut checkout,
             )
             .await;
@@ -360,6 +396,15 @@ impl JobExecutor for WasmJobExecutor {
     }
 
     async fn finish_event(&self, event: &EventContext) {
+        let source = self
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&event.event_id);
+        // Deleting a checkout is blocking work.
+        if let Some(source) = source {
+            tokio::task::spawn_blocking(move || drop(source));
+        }
         self.containers.finish_event(event).await;
     }
 
@@ -372,50 +417,50 @@ impl JobExecutor for WasmJobExecutor {
     }
 }
 
+/// Where a Wasm job's module and directories come from.
+struct Places<'a> {
+    containers: &'a dyn JobExecutor,
+    fetcher: &'a ModuleFetcher,
+    /// The event's source, when the module is read from there.
+    source: Option<&'a EventSource>,
+}
+
 /// Reads or fetches the module and gathers the job's directories; every
-/// error names the job and what is wrong. A source checkout made for the
-/// job is left in `checkout`, to be removed when the job ends.
+/// error names the job and what is wrong. A fresh source checkout made for
+/// the job (`sourceMountPath`) is left in `checkout`, to be removed when the
+/// job ends.
 async fn prepare(
     name: &str,
     module: &ModuleRef,
     container: &ContainerSpec,
     event: &EventContext,
-    containers: &dyn JobExecutor,
-    fetcher: &ModuleFetcher,
+    places: Places<'_>,
     checkout: &mut Option<tempfile::TempDir>,
 ) -> Result<WasmJob, String> {
     let job = format!("job \"{name}\"");
     let mut preopens = Vec::new();
-    let needs_source =
-        !container.source_mount_path.is_empty() || matches!(module, ModuleRef::Source(_));
-    if needs_source {
-        let source = event.source.as_ref().ok_or_else(|| {
-            format!(
-                "{job}: the project has no source to read {module} from (spec.workerTemplate.git)"
-            )
-        })?;
-        let dir = tempfile::Builder::new()
-            .prefix("mizzen-wasm-source-")
-            .tempdir()
-            .map_err(|e| format!("{job}: cannot make a directory for its source checkout: {e}"))?;
-        crate::source::checkout(source, dir.path())
+    let no_source =
+        || format!("{job}: the project has no source to check out (spec.workerTemplate.git)");
+    if !container.source_mount_path.is_empty() {
+        let source = event.source.as_ref().ok_or_else(no_source)?;
+        let dir = fresh_checkout(source)
             .await
-            .map_err(|e| format!("{job}: checking out the project's source failed: {e}"))?;
-        if !container.source_mount_path.is_empty() {
-            preopens.push(Preopen {
-                host: dir.path().to_path_buf(),
-                guest: container.source_mount_path.clone(),
-            });
-        }
+            .map_err(|e| format!("{job}: {e}"))?;
+        preopens.push(Preopen {
+            host: dir.path().to_path_buf(),
+            guest: container.source_mount_path.clone(),
+        });
         *checkout = Some(dir);
     }
     let needs_workspace =
         !container.workspace_mount_path.is_empty() || matches!(module, ModuleRef::Workspace(_));
     let workspace = if needs_workspace {
-        let dir = containers
-            .workspace_dir(event)
-            .await
-            .map_err(|e| format!("{job}: the event's workspace is not available here: {e}"))?;
+        let dir = places.containers.workspace_dir(event).await.map_err(|e| match e {
+            WorkspaceError::JobsOnly(why) => format!(
+                "{job}: a Wasm job runs in the sandbox, where this executor's workspace is not ({why}); mount it in a container job instead"
+            ),
+            e => format!("{job}: the event's workspace is not available: {e}"),
+        })?;
         if !container.workspace_mount_path.is_empty() {
             preopens.push(Preopen {
                 host: dir.clone(),
@@ -426,16 +471,20 @@ async fn prepare(
     } else {
         None
     };
-    let bytes = match module {
+    let hashed = |bytes: Vec<u8>| {
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        (Arc::<[u8]>::from(bytes), sha256)
+    };
+    let (bytes, sha256) = match module {
         ModuleRef::Source(path) => {
-            let root = checkout.as_ref().map(|dir| dir.path().to_path_buf());
-            read_module(root.as_deref(), path).await
+            let source = event.source.as_ref().ok_or_else(no_source)?;
+            let event_source = places.source.expect("given for a module from the source");
+            source_module(event_source, source, path).await
         }
-        ModuleRef::Workspace(path) => read_module(workspace.as_deref(), path).await,
-        ModuleRef::Url { url, sha256 } => fetcher.fetch(url, sha256).await,
+        ModuleRef::Workspace(path) => read_module(workspace.as_deref(), path).await.map(hashed),
+        ModuleRef::Url { url, sha256 } => places.fetcher.fetch(url, sha256).await.map(hashed),
     }
     .map_err(|e| format!("{job}: module {module}: {e}"))?;
-    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
     let mut args = if container.command.is_empty() {
         vec![module.file_name()]
     } else {
@@ -460,6 +509,53 @@ async fn prepare(
         timeout: Duration::ZERO,
         log_bytes: event.container_limits.log_bytes,
     })
+}
+
+/// A fresh checkout of `source` in a directory of its own.
+async fn fresh_checkout(source: &Source) -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("mizzen-wasm-source-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a directory for a source checkout: {e}"))?;
+    crate::source::checkout(source, dir.path())
+        .await
+        .map_err(|e| format!("checking out the project's source failed: {e}"))?;
+    Ok(dir)
+}
+
+/// A module of the event's source: checked out once per event, read and
+/// hashed once per path (within [`SOURCE_MODULES_BYTES`]).
+async fn source_module(
+    event_source: &EventSource,
+    source: &Source,
+    path: &str,
+) -> Result<HashedModule, String> {
+    if let Some(found) = event_source
+        .modules
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(path)
+    {
+        return Ok(found.clone());
+    }
+    let checkout = event_source
+        .checkout
+        .get_or_init(|| fresh_checkout(source))
+        .await
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let bytes = read_module(Some(checkout.path()), path).await?;
+    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let found = (Arc::<[u8]>::from(bytes), sha256);
+    let mut modules = event_source
+        .modules
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let kept: usize = modules.values().map(|(bytes, _)| bytes.len()).sum();
+    if kept + found.0.len() <= SOURCE_MODULES_BYTES {
+        modules.insert(path.to_string(), found.clone());
+    }
+    Ok(found)
 }
 
 /// Reads `path` beneath `root` (cap-std: a link out of it is refused), at
