@@ -209,3 +209,41 @@ async fn limits_stop_a_runaway_a_memory_bomb_a_sleeper_and_a_flood_each_by_name(
         assert!(log.contains(expected), "{expected}\n{log}");
     }
 }
+
+#[tokio::test]
+async fn sequences_stop_at_a_failed_wasm_job_and_the_events_timeout_aborts_a_running_one() {
+    let limits = WorkerLimits {
+        wall_time: std::time::Duration::from_secs(2),
+        ..WorkerLimits::default()
+    };
+    let source = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let run = run_js_with_limits(
+        &script(
+            r#"try {
+            await Job.sequence(tool("first", ["exit", "4"]), tool("never", ["args"])).run();
+          } catch (e) {
+            console.log(`sequence stopped: ${e.message}`);
+          }
+          await tool("sleeper", ["sleep", "60"]).run();"#,
+        ),
+        project(source.path()),
+        limits,
+    )
+    .await;
+    assert_eq!(
+        run.outcome.phase,
+        mizzen_host_api::types::Phase::TimedOut,
+        "{}",
+        run.log.text()
+    );
+    run.assert_logged(r#"sequence stopped: Job "first" failed"#);
+    let log = run.log.text();
+    assert!(!log.contains("[never]"), "{log}");
+    assert!(log.contains("job sleeper ended ABORTED"), "{log}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the sleeping job was not stopped with its event: {:?}",
+        started.elapsed()
+    );
+}

@@ -317,3 +317,61 @@ async fn a_script_larger_than_the_limit_is_refused_before_compiling() {
     .await;
     run.assert_failed_with("the limit is");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_wasm_jobs_share_the_long_running_slots_with_scripts() {
+    use mizzen_runtime::executor::JobOutput;
+    use mizzen_runtime::wasm_job::{WasmJob, WasmJobRunner};
+    use sha2::Digest;
+
+    struct Discard;
+    impl JobOutput for Discard {
+        fn line(&self, _: &str, _: &str) {}
+    }
+
+    // One long-running slot (what two cores give): eight jobs that spin for
+    // 3 s of wall-clock time with 500 ms of CPU each. Sharing the slot,
+    // each gets about 3 s / 8 = 375 ms of CPU and ends TIMED_OUT, queued;
+    // running unqueued on two cores, each would get 750 ms and end at its
+    // CPU limit. So every job ending TIMED_OUT is what shows that a spinning
+    // Wasm job takes only the slot's share, as a runaway script does (the
+    // test above measures what that leaves other tenants).
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache")),
+            long_running_slots: 1,
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let tool =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm-jobs/tool.wasm")).unwrap();
+    let spinner = WasmJob {
+        name: "spin".into(),
+        project_id: "greedy-tenant".into(),
+        module_name: "tool.wasm".into(),
+        sha256: sha2::Sha256::digest(&tool).into(),
+        module: tool.into(),
+        args: vec!["tool.wasm".into(), "spin".into()],
+        env: Vec::new(),
+        preopens: Vec::new(),
+        memory_bytes: 64 * 1024 * 1024,
+        cpu_time: Duration::from_millis(500),
+        timeout: Duration::from_secs(3),
+        log_bytes: 1024,
+    };
+    let spinners: Vec<_> = (0..8)
+        .map(|_| {
+            let (sandbox, spinner) = (sandbox.clone(), spinner.clone());
+            tokio::spawn(async move {
+                let (_cancel, cancelled) = tokio::sync::watch::channel(false);
+                sandbox.run_job(spinner, Arc::new(Discard), cancelled).await
+            })
+        })
+        .collect();
+    for spinner in spinners {
+        let result = spinner.await.unwrap();
+        assert_eq!(result.phase, Phase::TimedOut, "{result:?}");
+    }
+}

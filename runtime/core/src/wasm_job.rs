@@ -853,7 +853,13 @@ impl JobLines {
         }
         state.partial.extend_from_slice(bytes);
         while state.partial.len() >= MAX_LINE_BYTES {
-            let rest = state.partial.split_off(MAX_LINE_BYTES);
+            // At a character's boundary, so that no piece ends in half of
+            // one (bytes that are not UTF-8 at all are cut where they are).
+            let cut = match std::str::from_utf8(&state.partial[..MAX_LINE_BYTES]) {
+                Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+                _ => MAX_LINE_BYTES,
+            };
+            let rest = state.partial.split_off(cut);
             let line = std::mem::replace(&mut state.partial, rest);
             state.emit(&line);
         }
@@ -1015,5 +1021,14 @@ mod tests {
             got.iter().map(String::len).sum::<usize>(),
             5 + MAX_LINE_BYTES * 2 + 1 + 6
         );
+        // A character across the cut stays whole, in the next piece.
+        let collected = Arc::new(Collected(Mutex::default()));
+        let lines = JobLines::new(collected.clone(), "job");
+        let mut long = vec![b'x'; MAX_LINE_BYTES - 1];
+        long.extend_from_slice("é".as_bytes());
+        lines.write(&long);
+        lines.finish();
+        let got = collected.0.lock().unwrap().clone();
+        assert_eq!(got, ["x".repeat(MAX_LINE_BYTES - 1), "é".to_string()]);
     }
 }
