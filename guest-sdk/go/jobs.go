@@ -19,7 +19,14 @@ const (
 
 // Container is one container of a job.
 type Container struct {
-	// Image is the OCI image reference.
+	// Image is the OCI image reference — or, for a job's primary container,
+	// a WASI preview 1 module that runs in the sandbox instead of a
+	// container (a Wasm job): "wasm:PATH" (a file of the project's source),
+	// "wasm:workspace:PATH" (a file in the event's workspace) or
+	// "wasm:https://HOST/PATH@sha256:HEX" (fetched once, pinned by its
+	// digest). Its Command + Arguments are its argv, Environment its
+	// environment, and the workspace and source mounts the only directories
+	// it may open (see the README's "Wasm jobs").
 	Image string
 	// ImagePullPolicy is IfNotPresent (the default) or Always.
 	ImagePullPolicy ImagePullPolicy

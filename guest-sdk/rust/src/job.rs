@@ -129,7 +129,14 @@ impl Readiness {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
-    /// The OCI image reference.
+    /// The OCI image reference — or, for a job's primary container, a WASI
+    /// preview 1 module that runs in the sandbox instead of a container (a
+    /// Wasm job): `wasm:PATH` (a file of the project's source),
+    /// `wasm:workspace:PATH` (a file in the event's workspace) or
+    /// `wasm:https://HOST/PATH@sha256:HEX` (fetched once, pinned by its
+    /// digest). Its `command` + `arguments` are its argv, `environment` its
+    /// environment, and the workspace and source mounts the only directories
+    /// it may open (see the README's "Wasm jobs").
     pub image: String,
     /// `IfNotPresent` (the default) or `Always`.
     pub image_pull_policy: ImagePullPolicy,
