@@ -123,7 +123,8 @@ declare module "@brigadecore/brigadier" {
     constructor(image: string);
     /**
      * The OCI image reference — or, for a job's primary container, a WASI
-     * preview 1 module run in the sandbox (a Wasm job): `wasm:PATH` (a file
+     * preview 1 module or preview 2 command component run in the sandbox
+     * (a Wasm job): `wasm:PATH` (a file
      * of the project's source), `wasm:workspace:PATH` (a file in the event's
      * workspace, e.g. built by an earlier job) or
      * `wasm:https://HOST/PATH@sha256:HEX` (fetched once, pinned by its

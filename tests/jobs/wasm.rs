@@ -18,11 +18,32 @@ fn tool() -> Vec<u8> {
         .expect("tests/wasm-jobs/tool.wasm is committed")
 }
 
-/// A project whose source holds the tool as `tools/tool.wasm`, with a
-/// workspace.
+/// `module` (a WASI preview 1 command) as a WASI preview 2 command
+/// component, through wasmtime's preview 1 adapter.
+pub fn component_of(module: &[u8], adapter: &[u8]) -> Vec<u8> {
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .expect("the module is read")
+        .adapter("wasi_snapshot_preview1", adapter)
+        .expect("the adapter is read")
+        .validate(true)
+        .encode()
+        .expect("the component is made")
+}
+
+/// A project whose source holds the tool as `tools/tool.wasm`, and as a
+/// component as `tools/tool-p2.wasm`, with a workspace.
 fn project(source: &Path) -> Project {
     std::fs::create_dir_all(source.join("tools")).unwrap();
     std::fs::write(source.join("tools/tool.wasm"), tool()).unwrap();
+    std::fs::write(
+        source.join("tools/tool-p2.wasm"),
+        component_of(
+            &tool(),
+            wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+        ),
+    )
+    .unwrap();
     std::fs::write(source.join("README.md"), "from the source\n").unwrap();
     Project {
         use_workspace: true,
@@ -246,4 +267,43 @@ async fn sequences_stop_at_a_failed_wasm_job_and_the_events_timeout_aborts_a_run
         "the sleeping job was not stopped with its event: {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_wasi_preview2_command_component_runs_as_a_wasm_job() {
+    let (run, _source) = run(r#"const p2 = (name, args, more) => {
+            const job = new Job(name, "wasm:tools/tool-p2.wasm", event);
+            job.primaryContainer.arguments = args;
+            Object.assign(job.primaryContainer, more || {});
+            return job;
+          };
+          await p2("p2-args", ["args", "two words"]).run();
+          await p2("p2-env", ["env", "GREETING"], { environment: { GREETING: "hi" } }).run();
+          await p2("p2-write", ["write", "/ws/p2.txt", "from a component\n"], { workspaceMountPath: "/ws" }).run();
+          await p2("p2-read", ["cat", "/ws/p2.txt", "/etc/hostname"], { workspaceMountPath: "/ws" }).run();
+          try { await p2("p2-fails", ["exit", "7"]).run(); }
+          catch (e) { console.log(`p2-fails: ${e.phase} ${e.exitCode}`); }"#)
+    .await;
+    run.assert_succeeded();
+    let lines = run.job_lines();
+    for expected in [
+        "[p2-args] arg: tool-p2.wasm",
+        "[p2-args] arg: two words",
+        "[p2-env] GREETING=hi",
+        "[p2-write] wrote /ws/p2.txt",
+        "[p2-read] from a component",
+    ] {
+        assert!(
+            lines.contains(&expected.to_string()),
+            "{expected}: {lines:#?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[p2-read] cannot read /etc/hostname")),
+        "{lines:#?}"
+    );
+    // A component's wasi:cli/run says only success or failure.
+    run.assert_logged("p2-fails: FAILED 1");
 }

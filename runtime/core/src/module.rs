@@ -37,6 +37,13 @@ pub const MAX_BLOCK_NESTING: u32 = 10_000;
 /// Globals defined or imported; compilers emit a few dozen.
 pub const MAX_GLOBALS: u32 = 10_000;
 
+/// Memories of a Wasm job's component, all its core modules together (a
+/// program adapted from preview 1 has two).
+const COMPONENT_MEMORIES: u64 = 4;
+
+/// Tables of a Wasm job's component (an adapted program has three).
+const COMPONENT_TABLES: u64 = 8;
+
 /// Elements of the one table a module may have (the pooling allocator
 /// reserves this many per instance).
 pub const MAX_TABLE_ELEMENTS: u64 = crate::worker::MAX_TABLE_ELEMENTS as u64;
@@ -84,6 +91,16 @@ pub enum ModuleProblem {
         module: String,
         /// The import's name.
         field: String,
+    },
+    /// An import a Wasm job's component is not granted.
+    #[error(
+        "{name}: imports {import:?}, which a Wasm job is not granted (a component may import only WASI interfaces, wasi:*; no network)"
+    )]
+    ComponentImport {
+        /// The component's file name.
+        name: String,
+        /// What it imports.
+        import: String,
     },
     /// A count or size past its limit.
     #[error("{name}: {what} is {value}; the limit is {limit}")]
@@ -158,15 +175,46 @@ fn check_as(name: &str, bytes: &[u8], role: Role) -> Result<(), ModuleProblem> {
     };
     let (mut functions, mut memories, mut tables, mut globals) = (0u64, 0u64, 0u64, 0u64);
     let (mut has_start, mut has_memory) = (false, false);
+    // A job may be a WASI preview 2 command component: its core modules
+    // are bounded as a module's are, their imports are its own wiring, and
+    // what it imports from the host must be WASI.
+    let component = role == Role::Job && Parser::is_component(bytes);
+    let (most_memories, most_tables) = if component {
+        (COMPONENT_MEMORIES, COMPONENT_TABLES)
+    } else {
+        (1, 1)
+    };
+    // How deep in nested modules and components a payload is: 1 is the
+    // binary itself, whose imports are what the host must grant.
+    let mut depth = 0u32;
     for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(malformed)? {
-            Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
-                return Err(unsupported(match role {
-                    Role::Script => "is a component; a script is a core module (wasm32-wasip1)",
-                    Role::Job => {
-                        "is a component; a Wasm job is a WASI preview 1 core module (wasm32-wasip1)"
+        let payload = payload.map_err(malformed)?;
+        match &payload {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        match payload {
+            Payload::Version { encoding, .. }
+                if encoding != wasmparser::Encoding::Module && !component =>
+            {
+                return Err(unsupported(
+                    "is a component; a script is a core module (wasm32-wasip1)",
+                ));
+            }
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let import = import.map_err(malformed)?;
+                    if !import.name.name.starts_with("wasi:") {
+                        return Err(ModuleProblem::ComponentImport {
+                            name: name.to_string(),
+                            import: import.name.name.to_string(),
+                        });
                     }
-                }));
+                }
+            }
+            Payload::ImportSection(reader) if component => {
+                functions += u64::from(reader.count());
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
@@ -208,7 +256,7 @@ fn check_as(name: &str, bytes: &[u8], role: Role) -> Result<(), ModuleProblem> {
                 for table in reader {
                     let table = table.map_err(malformed)?;
                     tables += 1;
-                    limit("the number of tables", tables, 1)?;
+                    limit("the number of tables", tables, most_tables)?;
                     limit(
                         "the table's initial size",
                         table.ty.initial,
@@ -220,7 +268,7 @@ fn check_as(name: &str, bytes: &[u8], role: Role) -> Result<(), ModuleProblem> {
                 for memory in reader {
                     let memory = memory.map_err(malformed)?;
                     memories += 1;
-                    if memories > 1 {
+                    if memories > most_memories {
                         return Err(unsupported(
                             "defines more than one memory; a script has exactly one",
                         ));
@@ -275,6 +323,10 @@ fn check_as(name: &str, bytes: &[u8], role: Role) -> Result<(), ModuleProblem> {
             }
             _ => {}
         }
+    }
+    if component {
+        // Its exports (wasi:cli/run) are checked when it is linked.
+        return Ok(());
     }
     if !has_start {
         return Err(unsupported(match role {

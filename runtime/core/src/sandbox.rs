@@ -24,7 +24,9 @@ use crate::limits::{EPOCH_TICK, WorkerLimits};
 use crate::log::LogSink;
 use crate::script::{self, Language, PositionMap, ScriptKey, ScriptKind, ScriptSource};
 use crate::wasm_job::{JobLines, WasmJob, WasmJobRunner};
-use crate::worker::{SandboxedWorker, Stop, WorkerFailure, WorkerOutcome, WorkerState};
+use crate::worker::{
+    ComponentWasi, SandboxedWorker, Stop, WorkerFailure, WorkerOutcome, WorkerState,
+};
 use crate::{SandboxError, host, plugin, wasi};
 use mizzen_host_api::types::{JobResult, Phase};
 
@@ -182,6 +184,13 @@ enum CompiledCode {
     },
     /// A module linked with the host, ready to instantiate.
     Module(InstancePre<WorkerState>),
+    /// A Wasm job's WASI preview 2 command component, linked with
+    /// wasmtime-wasi's preview 2.
+    Command {
+        pre: wasmtime_wasi::p2::bindings::CommandPre<WorkerState>,
+        /// The component's size, for the cache's weight.
+        bytes: usize,
+    },
 }
 
 impl std::fmt::Debug for CompiledScript {
@@ -210,7 +219,7 @@ impl CompiledScript {
     pub fn bytecode_len(&self) -> usize {
         match &self.code {
             CompiledCode::Bytecode { bytecode, .. } => bytecode.len(),
-            CompiledCode::Module(_) => 0,
+            CompiledCode::Module(_) | CompiledCode::Command { .. } => 0,
         }
     }
 
@@ -222,6 +231,8 @@ impl CompiledScript {
                 let image = pre.module().image_range();
                 (image.end as usize).saturating_sub(image.start as usize)
             }
+            // Machine code is a few times the component's size.
+            CompiledCode::Command { bytes, .. } => bytes.saturating_mul(4),
         }
     }
 }
@@ -235,6 +246,9 @@ pub struct Sandbox {
     linker: Linker<WorkerState>,
     /// wasmtime-wasi's WASI preview 1 and nothing else, for Wasm jobs.
     job_linker: Linker<WorkerState>,
+    /// wasmtime-wasi's WASI preview 2 and nothing else, for Wasm jobs that
+    /// are components.
+    component_linker: wasmtime::component::Linker<WorkerState>,
     /// Where compiled modules (and the plugin) are kept between processes.
     cache_dir: Option<PathBuf>,
     /// Instances that run events.
@@ -268,6 +282,9 @@ impl Sandbox {
         let mut job_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut job_linker, job_wasi)
             .map_err(SandboxError::engine)?;
+        let mut component_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)
+            .map_err(SandboxError::engine)?;
         let module = plugin::load(
             &engine,
             &linker,
@@ -286,6 +303,7 @@ impl Sandbox {
             engine,
             linker,
             job_linker,
+            component_linker,
             cache_dir: config.cache_dir,
             plugin,
             compiler,
@@ -388,6 +406,9 @@ impl Sandbox {
             crate::module::check(name, code)
         }
         .map_err(|p| failure(p.to_string()))?;
+        if job && wasmparser::Parser::is_component(code) {
+            return self.compile_command(name, code).await;
+        }
         let (engine, bytes) = (self.engine.clone(), code.clone());
         let cache_dir = self.cache_dir.clone();
         let module = tokio::task::spawn_blocking(move || {
@@ -403,6 +424,40 @@ impl Sandbox {
         Ok(CompiledScript {
             name: name.to_string(),
             code: CompiledCode::Module(pre),
+        })
+    }
+
+    /// Compiles a job's command component on a blocking thread and links it
+    /// with WASI preview 2. (Not cached on disk: a component's artifact
+    /// would need checks of its own; it compiles once per process.)
+    async fn compile_command(
+        &self,
+        name: &str,
+        code: &Arc<[u8]>,
+    ) -> Result<CompiledScript, WorkerFailure> {
+        let failure = |message: String| WorkerFailure::Script { message };
+        let (engine, bytes) = (self.engine.clone(), code.clone());
+        let component = tokio::task::spawn_blocking(move || {
+            wasmtime::component::Component::new(&engine, &bytes)
+        })
+        .await
+        .map_err(|e| failure(format!("{name}: compiling the component failed: {e}")))?
+        .map_err(|e| failure(format!("{name}: compiling the component failed: {e:#}")))?;
+        let pre = self
+            .component_linker
+            .instantiate_pre(&component)
+            .map_err(|e| failure(format!("{name}: {e:#}")))?;
+        let pre = wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
+            failure(format!(
+                "{name}: not a WASI command component (it must export wasi:cli/run): {e:#}"
+            ))
+        })?;
+        Ok(CompiledScript {
+            name: name.to_string(),
+            code: CompiledCode::Command {
+                pre,
+                bytes: code.len(),
+            },
         })
     }
 
@@ -572,6 +627,7 @@ impl Sandbox {
                 .await
                 .map(drop),
             CompiledCode::Module(pre) => run_command(pre, &mut store).await,
+            CompiledCode::Command { .. } => unreachable!("a script's key is never a job's"),
         };
         store.data_mut().flush_output();
         let state = store.data();
@@ -659,9 +715,8 @@ impl WasmJobRunner for Sandbox {
         let compiled = self
             .compile_once(key, || self.compile_module(&job.module_name, &code, true))
             .await;
-        let pre = match compiled.as_deref().map(|script| &script.code) {
-            Ok(CompiledCode::Module(pre)) => pre.clone(),
-            Ok(CompiledCode::Bytecode { .. }) => unreachable!("a job's key is never a script's"),
+        let compiled = match compiled {
+            Ok(compiled) => compiled,
             Err(failure) => {
                 return JobResult::ended(Phase::Failed, None, format!("{name}: {failure}"));
             }
@@ -671,10 +726,15 @@ impl WasmJobRunner for Sandbox {
             JobLines::new(output, &job.name),
         );
         let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        // No network: a component's sockets are refused as a module has none
+        // (these are wasmtime-wasi's defaults, said here so they stay so).
         wasi.args(&job.args)
             .envs(&job.env)
             .stdout(stdout.clone())
-            .stderr(stderr.clone());
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         for dir in &job.preopens {
             if let Err(e) =
                 wasi.preopened_dir(&dir.host, &dir.guest, wasmtime_wasi::FsPerms::ReadWrite)
@@ -697,7 +757,15 @@ impl WasmJobRunner for Sandbox {
             ..INITIALISATION_LIMITS
         };
         let mut state = WorkerState::new(limits, None, Arc::default());
-        state.wasi = Some(Box::new(wasi.build_p1()));
+        match &compiled.code {
+            CompiledCode::Command { .. } => {
+                state.component_wasi = Some(Box::new(ComponentWasi {
+                    ctx: wasi.build(),
+                    table: wasmtime::component::ResourceTable::new(),
+                }));
+            }
+            _ => state.wasi = Some(Box::new(wasi.build_p1())),
+        }
         let mut store = self.store(state, Some(job.project_id));
         let deadline = store.data().deadline;
         let ran = tokio::select! {
@@ -705,7 +773,11 @@ impl WasmJobRunner for Sandbox {
                 if let Some(cpu) = store.data_mut().cpu.as_mut() {
                     cpu.start(deadline).await;
                 }
-                run_command(&pre, &mut store).await
+                match &compiled.code {
+                    CompiledCode::Module(pre) => run_command(pre, &mut store).await,
+                    CompiledCode::Command { pre, .. } => run_component(pre, &mut store).await,
+                    CompiledCode::Bytecode { .. } => unreachable!("a job's key is never a script's"),
+                }
             } => Some(ran),
             // A guest blocked in WASI (a sleep) sees no tick; these stop it
             // there too.
@@ -718,6 +790,20 @@ impl WasmJobRunner for Sandbox {
             return JobResult::ended(Phase::Aborted, None, format!("{name} was cancelled"));
         };
         job_result(&name, ran, store.data())
+    }
+}
+
+/// Runs a command component's `wasi:cli/run` in a fresh instance. Its
+/// `run` answers only success or failure: a failure is exit code 1 (as
+/// wasmtime's own CLI reports it), unless the guest exited with its own.
+async fn run_component(
+    pre: &wasmtime_wasi::p2::bindings::CommandPre<WorkerState>,
+    store: &mut Store<WorkerState>,
+) -> wasmtime::Result<()> {
+    let command = pre.instantiate_async(&mut *store).await?;
+    match command.wasi_cli_run().call_run(&mut *store).await? {
+        Ok(()) => Ok(()),
+        Err(()) => Err(wasmtime::Error::new(wasmtime_wasi::I32Exit(1))),
     }
 }
 

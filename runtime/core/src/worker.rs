@@ -84,6 +84,37 @@ pub(crate) struct WorkerState {
     /// A Wasm job's WASI (wasmtime-wasi's); `None` for scripts, whose WASI
     /// is [`crate::wasi`]'s.
     pub wasi: Option<Box<wasmtime_wasi::p1::WasiP1Ctx>>,
+    /// A Wasm job's WASI preview 2, when the job is a component.
+    pub component_wasi: Option<Box<ComponentWasi>>,
+    /// Bytes of linear memory the Store's instances hold together.
+    memory_total: u64,
+}
+
+/// WASI preview 2 for a component: its context and its resource table.
+pub(crate) struct ComponentWasi {
+    pub ctx: wasmtime_wasi::WasiCtx,
+    pub table: wasmtime::component::ResourceTable,
+}
+
+/// What a component may instantiate: its own module, WASI's preview 1
+/// adapter and the small modules that wire them (a Rust or C program
+/// adapted to preview 2 has five core instances, two memories and three
+/// tables); a component needing more is refused when it is instantiated.
+const COMPONENT_INSTANCES: usize = 16;
+const COMPONENT_MEMORIES: usize = 4;
+const COMPONENT_TABLES: usize = 8;
+
+impl wasmtime_wasi::WasiView for WorkerState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        let wasi = self
+            .component_wasi
+            .as_deref_mut()
+            .expect("a component's Store holds its WASI context");
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut wasi.ctx,
+            table: &mut wasi.table,
+        }
+    }
 }
 
 impl WorkerState {
@@ -106,6 +137,8 @@ impl WorkerState {
             stop_signal,
             partial_output: [Vec::new(), Vec::new()],
             wasi: None,
+            component_wasi: None,
+            memory_total: 0,
         }
     }
 
@@ -168,14 +201,17 @@ fn deadline_after(limit: Duration) -> Instant {
 impl ResourceLimiter for WorkerState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.limits.memory_bytes {
+        // All the Store's memories together (a component has several).
+        let total = self.memory_total + (desired.saturating_sub(current)) as u64;
+        if total > self.limits.memory_bytes {
             self.memory_limit_hit = true;
             return Err(wasmtime::Error::new(Stop::MemoryLimit));
         }
+        self.memory_total = total;
         Ok(true)
     }
 
@@ -188,18 +224,31 @@ impl ResourceLimiter for WorkerState {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 
-    // A worker is one module with one memory and one table; wasmtime's
-    // defaults (10,000 each) would let a hostile module reserve far more.
+    // A worker is one module with one memory and one table (a component a
+    // few); wasmtime's defaults (10,000 each) would let a hostile module
+    // reserve far more.
     fn instances(&self) -> usize {
-        1
+        if self.component_wasi.is_some() {
+            COMPONENT_INSTANCES
+        } else {
+            1
+        }
     }
 
     fn tables(&self) -> usize {
-        1
+        if self.component_wasi.is_some() {
+            COMPONENT_TABLES
+        } else {
+            1
+        }
     }
 
     fn memories(&self) -> usize {
-        1
+        if self.component_wasi.is_some() {
+            COMPONENT_MEMORIES
+        } else {
+            1
+        }
     }
 }
 
