@@ -97,7 +97,8 @@ pub(crate) struct CpuShare {
     slot: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
     /// Ticks run since the guest last blocked in a host call.
     streak: u64,
-    /// The guest was just let back in after queueing for a slot.
+    /// The guest was just let back in after yielding its thread or after
+    /// queueing for a slot.
     resumed: bool,
 }
 
@@ -128,8 +129,8 @@ impl CpuShare {
         take_slot(self.slots.slots.clone(), &self.slot, deadline).await;
     }
 
-    /// Whether this deadline callback is the one right after queueing for a
-    /// slot (it ran no time, so counts no tick).
+    /// Whether this deadline callback is the one right after a yield or
+    /// queueing for a slot (it ran no time, so counts no tick).
     pub fn take_resumed(&mut self) -> bool {
         std::mem::take(&mut self.resumed)
     }
@@ -140,7 +141,14 @@ impl CpuShare {
     pub fn tick(&mut self, deadline: Instant) -> UpdateDeadline {
         self.streak += 1;
         if self.streak < LONG_RUNNING_TICKS {
-            return UpdateDeadline::Yield(1);
+            // Ticks are wall-clock: a guest that waits for the thread after
+            // yielding would otherwise meet its next deadline already passed
+            // and count the ticks it spent waiting as its own, so that an
+            // ordinary handler on a busy thread would turn long-running and
+            // charge its project. The callback right after the yield counts
+            // nothing and sets the next deadline from then.
+            self.resumed = true;
+            return UpdateDeadline::YieldCustom(0, Box::pin(tokio::task::yield_now()));
         }
         if let Some(project) = &self.project {
             self.slots.charge(project);
