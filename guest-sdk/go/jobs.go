@@ -40,6 +40,11 @@ type Container struct {
 	// Environment holds environment variables. A value that is exactly
 	// "${{ secrets.NAME }}" becomes the project's secret NAME.
 	Environment map[string]string
+	// EnvironmentFile names a file of VAR=value lines (as .env tools write
+	// them) whose variables the container gets too, Environment winning over
+	// it: PATH in the project's source, "workspace:PATH" in the event's
+	// workspace; empty for none. An error names the file and line.
+	EnvironmentFile string
 	// WorkspaceMountPath is where to mount the event's shared workspace
 	// (needs the project's useWorkspace); empty for nowhere.
 	WorkspaceMountPath string
@@ -317,6 +322,7 @@ type wireContainer struct {
 	Command             []string          `json:"command,omitempty"`
 	Arguments           []string          `json:"arguments,omitempty"`
 	Environment         map[string]string `json:"environment,omitempty"`
+	EnvironmentFile     string            `json:"environmentFile,omitempty"`
 	WorkspaceMountPath  string            `json:"workspaceMountPath,omitempty"`
 	SourceMountPath     string            `json:"sourceMountPath,omitempty"`
 	Privileged          bool              `json:"privileged,omitempty"`
@@ -350,6 +356,7 @@ func wire(c *Container) wireContainer {
 		Command:             c.Command,
 		Arguments:           c.Arguments,
 		Environment:         c.Environment,
+		EnvironmentFile:     c.EnvironmentFile,
 		WorkspaceMountPath:  c.WorkspaceMountPath,
 		SourceMountPath:     c.SourceMountPath,
 		Privileged:          c.Privileged,

@@ -144,6 +144,15 @@ declare module "@brigadecore/brigadier" {
     arguments: string[];
     /** Environment variables. */
     environment: StringMap;
+    /**
+     * A file of `VAR=value` lines (comments, `export` and quotes as `.env`
+     * tools accept; `${X}` is not expanded) whose variables the container
+     * gets too, `environment` winning over it: `PATH` in the project's
+     * source, `workspace:PATH` in the event's workspace (e.g. written by an
+     * earlier job). At most 256 KiB; an error names the file and line and
+     * fails the job. Mizzen's addition to Brigade.
+     */
+    environmentFile?: string;
     /** Where to mount the event's shared workspace (needs `useWorkspace`). */
     workspaceMountPath: string;
     /** Where to mount a checkout of the project's source. */

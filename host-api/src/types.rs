@@ -343,6 +343,12 @@ pub struct ContainerSpec {
     /// Environment variables.
     #[serde(default)]
     pub environment: BTreeMap<String, String>,
+    /// A file of `VAR=value` lines whose variables the container gets too
+    /// (`environment` wins over it): `PATH` in the project's source,
+    /// `workspace:PATH` in the event's workspace; empty for none. (Mizzen's
+    /// addition.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub environment_file: String,
     /// Where to mount the event's shared workspace; empty for nowhere.
     #[serde(default)]
     pub workspace_mount_path: String,

@@ -4,6 +4,7 @@
 //! of its event is left on the engine or on disk.
 
 mod bad_input;
+mod environment_files;
 mod host_files;
 mod limits;
 mod mounts;

@@ -13,7 +13,7 @@ use mizzen_runtime::executor::{ContainerLimits, EventContext, JobExecutor, JobOu
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
-use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJob, WasmJobExecutor, WasmJobRunner};
+use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher, WasmJob, WasmJobRunner};
 use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest};
 pub use mizzen_tests::worker::Run;
 use tokio::sync::OnceCell;
@@ -112,10 +112,11 @@ pub async fn run_js_with_limits(script: &str, project: Project, limits: WorkerLi
     run
 }
 
-/// `containers` with Wasm jobs in front, run in the test binary's sandbox,
-/// as `mizzen run` puts them together.
+/// `containers` with the host's part of jobs in front (environment files;
+/// Wasm jobs, run in the test binary's sandbox), as `mizzen run` puts them
+/// together.
 pub fn with_wasm_jobs(containers: Arc<dyn JobExecutor>) -> Arc<dyn JobExecutor> {
-    Arc::new(WasmJobExecutor::new(
+    Arc::new(HostJobExecutor::new(
         containers,
         Arc::new(TestSandbox),
         Arc::new(ModuleFetcher::new(Some(

@@ -673,16 +673,23 @@ impl mizzen_runtime::wasm_job::WasmJobRunner for TestSandbox {
 /// With the Kubernetes executor, a Wasm job runs in the sandbox beside the
 /// script (no Pod: its start costs no pod's seconds), while container jobs
 /// become Pods; a Wasm job that mounts the workspace is refused by name,
-/// since the workspace is a claim only the event's Pods reach.
+/// since the workspace is a claim only the event's Pods reach. An
+/// environment file of the source reaches a Pod's environment Secret, and
+/// one in the workspace is refused for the same reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_jobs_run_in_the_sandbox_and_container_jobs_as_pods() {
-    use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJobExecutor};
+    use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher};
     let cluster = cluster().await;
     let source = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(source.path().join("tools")).unwrap();
     std::fs::copy(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm-jobs/tool.wasm"),
         source.path().join("tools/tool.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        source.path().join("ci.env"),
+        "GREETING=hello from the file\n",
     )
     .unwrap();
     let event_id = uuid();
@@ -693,7 +700,7 @@ async fn wasm_jobs_run_in_the_sandbox_and_container_jobs_as_pods() {
         )),
         ..mizzen_tests::worker::context(&event_id, "test-project")
     });
-    let executor = Arc::new(WasmJobExecutor::new(
+    let executor = Arc::new(HostJobExecutor::new(
         cluster.executor.clone(),
         Arc::new(TestSandbox),
         Arc::new(ModuleFetcher::new(None)),
@@ -707,7 +714,11 @@ async fn wasm_jobs_run_in_the_sandbox_and_container_jobs_as_pods() {
                 r#"const { events, Job } = require("@brigadecore/brigadier");
                 events.on("brigade.sh/cli", "exec", async (event) => {
                   const pod = new Job("in-a-pod", "debian:latest", event);
+                  pod.primaryContainer.environmentFile = "ci.env";
                   await pod.run();
+                  const fromClaim = new Job("env-from-the-claim", "debian:latest", event);
+                  fromClaim.primaryContainer.environmentFile = "workspace:ci.env";
+                  try { await fromClaim.run(); } catch (e) { console.log(`refused: ${e.reason}`); }
                   const wasm = new Job("in-the-sandbox", "wasm:tools/tool.wasm", event);
                   wasm.primaryContainer.arguments = ["args", "no pod"];
                   await wasm.run();
@@ -755,5 +766,16 @@ async fn wasm_jobs_run_in_the_sandbox_and_container_jobs_as_pods() {
         })
         .collect();
     assert_eq!(pods, ["in-a-pod"], "only the container job is a Pod");
+    run.assert_logged(
+        "refused: job \"env-from-the-claim\": primaryContainer: environmentFile \"workspace:ci.env\": the event's workspace cannot be read here: on Kubernetes the workspace is a volume claim",
+    );
+    assert!(
+        cluster
+            .fake
+            .created("secrets")
+            .iter()
+            .any(|s| s["stringData"]["in-a-pod.GREETING"] == "hello from the file"),
+        "the environment file's variable is in the job's environment Secret"
+    );
     cluster.assert_nothing_denied();
 }

@@ -149,6 +149,12 @@ pub struct Container {
     /// Environment variables. A value that is exactly `${{ secrets.NAME }}`
     /// becomes the project's secret `NAME`.
     pub environment: BTreeMap<String, String>,
+    /// A file of `VAR=value` lines (as `.env` tools write them) whose
+    /// variables the container gets too, `environment` winning over it:
+    /// `PATH` in the project's source, `workspace:PATH` in the event's
+    /// workspace; empty for none. An error names the file and line.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub environment_file: String,
     /// Where to mount the event's shared workspace (needs the project's
     /// `useWorkspace`); empty for nowhere.
     pub workspace_mount_path: String,
@@ -203,6 +209,12 @@ impl Container {
     /// Adds a variable to `environment`.
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.environment.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets `environment_file`.
+    pub fn environment_file(mut self, path: impl Into<String>) -> Self {
+        self.environment_file = path.into();
         self
     }
 
@@ -361,6 +373,12 @@ impl Job {
     /// Sets the primary container's `working_directory`.
     pub fn working_directory(mut self, path: impl Into<String>) -> Self {
         self.primary_container.working_directory = path.into();
+        self
+    }
+
+    /// Sets the primary container's `environment_file`.
+    pub fn environment_file(mut self, path: impl Into<String>) -> Self {
+        self.primary_container.environment_file = path.into();
         self
     }
 

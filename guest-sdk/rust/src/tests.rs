@@ -454,7 +454,9 @@ fn sidecars_and_hosts_are_sent_in_the_hosts_shape() {
         )
         .sidecar(
             "setup",
-            Container::new("img").readiness(Readiness::exited()),
+            Container::new("img")
+                .readiness(Readiness::exited())
+                .environment_file("workspace:setup.env"),
         )
         .host(JobHost {
             os: Some("linux".into()),
@@ -469,6 +471,10 @@ fn sidecars_and_hosts_are_sent_in_the_hosts_shape() {
     assert_eq!(
         spec["sidecarContainers"]["setup"]["readiness"],
         json!({"exited": true})
+    );
+    assert_eq!(
+        spec["sidecarContainers"]["setup"]["environmentFile"],
+        "workspace:setup.env"
     );
     assert_eq!(
         spec["host"],

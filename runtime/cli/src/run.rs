@@ -15,7 +15,7 @@ use mizzen_runtime::project::{
     EventDetails, ProjectDir, validate_secret_key, validate_secret_value, validate_secrets,
 };
 use mizzen_runtime::redact::Redactor;
-use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJobExecutor};
+use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher};
 use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits};
 
 use crate::kubernetes::KubernetesArgs;
@@ -94,7 +94,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let executor = executor(args.executor, &args.kubernetes, &data_dir)
         .await?
         .map(|containers| -> Arc<dyn JobExecutor> {
-            Arc::new(WasmJobExecutor::new(
+            Arc::new(HostJobExecutor::new(
                 containers,
                 sandbox.clone(),
                 Arc::new(ModuleFetcher::new(cache_dir.clone())),

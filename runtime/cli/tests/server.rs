@@ -558,6 +558,15 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
           read.primaryContainer.workspaceMountPath = "/work";
           read.primaryContainer.command = ["cat", "/work/from-wasm.txt"];
           await read.run();
+          workspace.writeFile("ci.env", "export STAGE='from an environment file'\n");
+          const env = new Job("env-file", "localhost/busybox", event);
+          env.primaryContainer.environmentFile = "workspace:ci.env";
+          env.primaryContainer.command = ["sh", "-c", "echo $STAGE"];
+          await env.run();
+          const wasmEnv = new Job("wasm-env-file", "wasm:workspace:tool.wasm", event);
+          wasmEnv.primaryContainer.environmentFile = "workspace:ci.env";
+          wasmEnv.primaryContainer.arguments = ["env", "STAGE"];
+          await wasmEnv.run();
           return "wasm jobs ran";"#
         ),
     );
@@ -573,6 +582,10 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
     );
     let read = server.ok(&["event", "logs", "--id", &id, "--job", "read"]);
     assert_eq!(read.trim(), "written by a Wasm job");
+    let env = server.ok(&["event", "logs", "--id", &id, "--job", "env-file"]);
+    assert_eq!(env.trim(), "from an environment file");
+    let env = server.ok(&["event", "logs", "--id", &id, "--job", "wasm-env-file"]);
+    assert_eq!(env.trim(), "STAGE=from an environment file");
     let event = server.json(&["event", "get", "--id", &id]);
     let phases: Vec<(String, String)> = event["worker"]["jobs"]
         .as_array()

@@ -21,7 +21,10 @@
 //! - [`project`]: Brigade v2 project files, subscriptions, events;
 //!   [`limits`]: every limit of a worker and its jobs.
 //! - [`executor`]: the trait that runs jobs (containers, Pods, Wasm);
-//!   [`source`]: git checkouts and project directories for jobs.
+//!   [`source`]: git checkouts and project directories for jobs;
+//!   [`wasm_job`]: the host's own part of every job before a container
+//!   executor sees it, a container's environment file
+//!   ([`environment_file`]) and Wasm jobs, which run in the sandbox.
 //! - [`script`]: script sources, TypeScript stripping, module detection.
 //! - [`dependencies`]: a script's own modules and npm packages, prepared
 //!   once per project version: [`npm`] fetches, checks and unpacks
@@ -63,6 +66,7 @@ pub mod capability;
 mod cpu;
 pub mod dependencies;
 mod duration;
+pub mod environment_file;
 pub mod executor;
 mod host;
 pub mod limits;

@@ -1,7 +1,7 @@
 //! Wasm jobs: a job whose image is `wasm:…` runs as a WASI preview 1 command
 //! in the sandbox instead of as a container.
 //!
-//! [`WasmJobExecutor`] stands in front of a container executor. A job whose
+//! [`HostJobExecutor`] stands in front of a container executor. A job whose
 //! primary container names a module ([`ModuleRef`]) is resolved here — its
 //! module read from a fresh checkout of the project's source or from the
 //! event's workspace, or fetched once from a URL and checked against the
@@ -11,6 +11,9 @@
 //! [`crate::Sandbox`], where scripts run: the same engine, pool, limits, CPU
 //! slots and tenant charging (`Sandbox::run_job`). Every other job goes to
 //! the container executor, and so do the event's workspace and clean-up.
+//! Before either, the host reads each container's environment file
+//! ([`crate::environment_file`]) from the same places a module comes from,
+//! so that every executor gets plain variables.
 //!
 //! The module runs under wasmtime-wasi's WASI preview 1: its files are the
 //! preopened directories (through cap-std), its stdout and stderr become the
@@ -22,11 +25,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mizzen_host_api::types::{ContainerSpec, JobResult, Phase};
+use mizzen_host_api::types::{ContainerSpec, JobResult, JobSpec, Phase};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::environment_file::{EnvironmentFileRef, MAX_ENVIRONMENT_FILE_BYTES};
 use crate::executor::{
     EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, Source,
     SpawnedJob, WorkspaceError,
@@ -203,15 +207,14 @@ impl std::fmt::Display for ModuleRef {
 /// A path relative to a directory, that stays in it: not empty, not
 /// absolute, no `..`, no backslashes or control characters. (cap-std also
 /// refuses what a link would take outside; this names the mistake first.)
-fn check_relative_path(path: &str) -> Result<(), String> {
+/// Environment files follow the same rule.
+pub(crate) fn check_relative_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.ends_with('/') {
-        return Err(format!(
-            "{path:?} must name a file (e.g. wasm:tools/lint.wasm)"
-        ));
+        return Err(format!("{path:?} must name a file"));
     }
     if path.starts_with('/') {
         return Err(format!(
-            "{path:?} must be relative (to the project's source, or to the workspace with wasm:workspace:PATH)"
+            "{path:?} must be relative (to the project's source, or with workspace: to the event's workspace)"
         ));
     }
     if path.split('/').any(|part| part == "..") {
@@ -290,25 +293,40 @@ pub trait WasmJobRunner: Send + Sync {
     ) -> JobResult;
 }
 
-/// The host's side of Wasm jobs: resolves them and hands them to a runner;
-/// every other job, and the event's workspace and clean-up, are the
-/// container executor's.
-pub struct WasmJobExecutor {
+/// The host's own part of every job: reads its containers' environment
+/// files, and resolves a Wasm job and hands it to a runner; every other
+/// job, and the event's workspace and clean-up, are the container
+/// executor's.
+pub struct HostJobExecutor {
     containers: Arc<dyn JobExecutor>,
     runner: Arc<dyn WasmJobRunner>,
     fetcher: Arc<ModuleFetcher>,
     /// Each running event's checkout of its project's source, made at its
-    /// first Wasm job that reads a module from there and removed when the
-    /// event ends: a pipeline of a hundred Wasm jobs checks out once.
+    /// first job that reads a module or an environment file from there and
+    /// removed when the event ends: a pipeline of a hundred Wasm jobs checks
+    /// out once.
     sources: Mutex<HashMap<String, Arc<EventSource>>>,
 }
 
-/// An event's source, for reading Wasm jobs' modules from.
+/// An event's source, for reading Wasm jobs' modules and environment files
+/// from.
 #[derive(Default)]
 struct EventSource {
     checkout: tokio::sync::OnceCell<Result<tempfile::TempDir, String>>,
     /// Modules read from it, by path, up to [`SOURCE_MODULES_BYTES`].
     modules: Mutex<HashMap<String, HashedModule>>,
+}
+
+impl EventSource {
+    /// The event's checkout, made by the first caller.
+    async fn checkout(&self, source: &Source) -> Result<&Path, String> {
+        self.checkout
+            .get_or_init(|| fresh_checkout(source))
+            .await
+            .as_ref()
+            .map(|dir| dir.path())
+            .map_err(Clone::clone)
+    }
 }
 
 /// A module's bytes and their sha256.
@@ -318,7 +336,7 @@ type HashedModule = (Arc<[u8]>, [u8; 32]);
 /// once each (past it, a module is read again for each job).
 const SOURCE_MODULES_BYTES: usize = 64 * 1024 * 1024;
 
-impl WasmJobExecutor {
+impl HostJobExecutor {
     /// Wasm jobs on `runner`, their fetched modules through `fetcher`, the
     /// rest on `containers`.
     pub fn new(
@@ -346,27 +364,56 @@ impl WasmJobExecutor {
 }
 
 #[async_trait]
-impl JobExecutor for WasmJobExecutor {
+impl JobExecutor for HostJobExecutor {
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
         let module = match ModuleRef::parse(&job.spec.primary_container.image) {
-            None => return self.containers.start(job).await,
-            Some(module) => module.map_err(|e| {
+            None => None,
+            Some(module) => Some(module.map_err(|e| {
                 ExecutorError::Unsupported(format!("job \"{}\": image: {e}", job.name))
-            })?,
+            })?),
         };
+        let environment_files: Vec<_> = std::iter::once(&job.spec.primary_container)
+            .chain(job.spec.sidecar_containers.values())
+            .filter(|container| !container.environment_file.is_empty())
+            .map(|container| EnvironmentFileRef::parse(&container.environment_file))
+            .collect();
+        if module.is_none() && environment_files.is_empty() {
+            return self.containers.start(job).await;
+        }
+        let reads_source = matches!(module, Some(ModuleRef::Source(_)))
+            || environment_files
+                .iter()
+                .any(|file| matches!(file, Ok(EnvironmentFileRef::Source(_))));
         let (containers, runner, fetcher) = (
             self.containers.clone(),
             self.runner.clone(),
             self.fetcher.clone(),
         );
-        let source = matches!(module, ModuleRef::Source(_)).then(|| self.source_of(&job.event));
+        let source = reads_source.then(|| self.source_of(&job.event));
         Ok(SpawnedJob::spawn(move |cancel| async move {
             let JobRequest {
                 event,
                 name,
-                spec,
+                mut spec,
                 output,
             } = job;
+            let places = Places {
+                containers: containers.as_ref(),
+                fetcher: &fetcher,
+                source: source.as_deref(),
+            };
+            if let Err(reason) = read_environment_files(&name, &mut spec, &event, &places).await {
+                return JobResult::ended(Phase::Failed, None, reason);
+            }
+            let Some(module) = module else {
+                let request = JobRequest {
+                    event,
+                    name,
+                    spec,
+                    output,
+                };
+                return run_container_job(containers.as_ref(), request, cancel).await;
+            };
             // The job's own source checkout lives as long as the job.
             let mut checkout = None;
             let prepared = prepare(
@@ -374,11 +421,7 @@ impl JobExecutor for WasmJobExecutor {
                 &module,
                 &spec.primary_container,
                 &event,
-                Places {
-                    containers: containers.as_ref(),
-                    fetcher: &fetcher,
-                    source: source.as_deref(),
-                },
+                places,
                 &mut checkout,
             )
             .await;
@@ -423,6 +466,94 @@ struct Places<'a> {
     fetcher: &'a ModuleFetcher,
     /// The event's source, when the module is read from there.
     source: Option<&'a EventSource>,
+}
+
+/// Reads each container's environment file and adds its variables to the
+/// container's environment (where `environment` does not set them); every
+/// error names the job, the container, the file and, for what is in it,
+/// its line.
+async fn read_environment_files(
+    name: &str,
+    spec: &mut JobSpec,
+    event: &EventContext,
+    places: &Places<'_>,
+) -> Result<(), String> {
+    let containers = std::iter::once(("primaryContainer".to_string(), &mut spec.primary_container))
+        .chain(
+            spec.sidecar_containers
+                .iter_mut()
+                .map(|(sidecar, container)| (format!("sidecar \"{sidecar}\""), container)),
+        );
+    for (place, container) in containers {
+        if container.environment_file.is_empty() {
+            continue;
+        }
+        let at = |problem: String| {
+            format!(
+                "job \"{name}\": {place}: environmentFile {:?}: {problem}",
+                container.environment_file
+            )
+        };
+        let file = EnvironmentFileRef::parse(&container.environment_file).map_err(&at)?;
+        let root = match &file {
+            EnvironmentFileRef::Source(_) => {
+                let source = event.source.as_ref().ok_or_else(|| {
+                    at("the project has no source (spec.workerTemplate.git)".into())
+                })?;
+                let event_source = places.source.expect("given for a file of the source");
+                event_source
+                    .checkout(source)
+                    .await
+                    .map_err(&at)?
+                    .to_path_buf()
+            }
+            EnvironmentFileRef::Workspace(_) => places
+                .containers
+                .workspace_dir(event)
+                .await
+                .map_err(|e| at(format!("the event's workspace cannot be read here: {e}")))?,
+        };
+        let bytes = read_file_beneath(Some(&root), file.path(), MAX_ENVIRONMENT_FILE_BYTES)
+            .await
+            .map_err(&at)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            at(format!(
+                "not UTF-8 text (at byte {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
+        let file_name = file.path().rsplit('/').next().unwrap_or_default();
+        let variables = crate::environment_file::parse(file_name, &text).map_err(&at)?;
+        for (key, value) in variables {
+            container.environment.entry(key).or_insert(value);
+        }
+        container.environment_file.clear();
+    }
+    Ok(())
+}
+
+/// Runs a container job on the container executor once its environment
+/// files are read, passing on a cancel.
+async fn run_container_job(
+    containers: &dyn JobExecutor,
+    request: JobRequest,
+    mut cancel: watch::Receiver<bool>,
+) -> JobResult {
+    if *cancel.borrow() {
+        return JobResult::ended(Phase::Canceled, None, "canceled before it started");
+    }
+    let running = match containers.start(request).await {
+        Ok(running) => running,
+        Err(e) => return JobResult::ended(Phase::Failed, None, e.to_string()),
+    };
+    let cancelled = tokio::select! {
+        result = running.wait() => return result,
+        cancelled = cancel.wait_for(|cancelled| *cancelled) => cancelled.is_ok(),
+    };
+    if cancelled {
+        running.cancel().await;
+    }
+    running.wait().await
 }
 
 /// Reads or fetches the module and gathers the job's directories; every
@@ -481,7 +612,11 @@ async fn prepare(
             let event_source = places.source.expect("given for a module from the source");
             source_module(event_source, source, path).await
         }
-        ModuleRef::Workspace(path) => read_module(workspace.as_deref(), path).await.map(hashed),
+        ModuleRef::Workspace(path) => {
+            read_file_beneath(workspace.as_deref(), path, MAX_MODULE_BYTES)
+                .await
+                .map(hashed)
+        }
         ModuleRef::Url { url, sha256 } => places.fetcher.fetch(url, sha256).await.map(hashed),
     }
     .map_err(|e| format!("{job}: module {module}: {e}"))?;
@@ -538,13 +673,8 @@ async fn source_module(
     {
         return Ok(found.clone());
     }
-    let checkout = event_source
-        .checkout
-        .get_or_init(|| fresh_checkout(source))
-        .await
-        .as_ref()
-        .map_err(Clone::clone)?;
-    let bytes = read_module(Some(checkout.path()), path).await?;
+    let checkout = event_source.checkout(source).await?;
+    let bytes = read_file_beneath(Some(checkout), path, MAX_MODULE_BYTES).await?;
     let sha256: [u8; 32] = Sha256::digest(&bytes).into();
     let found = (Arc::<[u8]>::from(bytes), sha256);
     let mut modules = event_source
@@ -559,8 +689,12 @@ async fn source_module(
 }
 
 /// Reads `path` beneath `root` (cap-std: a link out of it is refused), at
-/// most [`MAX_MODULE_BYTES`].
-async fn read_module(root: Option<&Path>, path: &str) -> Result<Vec<u8>, String> {
+/// most `limit` bytes.
+async fn read_file_beneath(
+    root: Option<&Path>,
+    path: &str,
+    limit: usize,
+) -> Result<Vec<u8>, String> {
     let root = root
         .ok_or_else(|| "no directory to read it from".to_string())?
         .to_path_buf();
@@ -580,18 +714,16 @@ async fn read_module(root: Option<&Path>, path: &str) -> Result<Vec<u8>, String>
             .metadata()
             .map_err(|e| format!("cannot read it: {e}"))?
             .len();
-        if size > MAX_MODULE_BYTES as u64 {
-            return Err(format!(
-                "it is {size} bytes; the limit is {MAX_MODULE_BYTES} bytes (16 MiB)"
-            ));
+        if size > limit as u64 {
+            return Err(format!("it is {size} bytes; the limit is {limit} bytes"));
         }
         let mut bytes = Vec::with_capacity(size as usize);
-        file.take(MAX_MODULE_BYTES as u64 + 1)
+        file.take(limit as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("cannot read it: {e}"))?;
-        if bytes.len() > MAX_MODULE_BYTES {
+        if bytes.len() > limit {
             return Err(format!(
-                "it grew past the limit of {MAX_MODULE_BYTES} bytes (16 MiB) while it was read"
+                "it grew past the limit of {limit} bytes while it was read"
             ));
         }
         Ok(bytes)

@@ -35,7 +35,7 @@ use mizzen_runtime::executor::{
 };
 use mizzen_runtime::log::{LogRecord, LogSink};
 use mizzen_runtime::script::ScriptSource;
-use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJobExecutor};
+use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher};
 use mizzen_runtime::{JobCapability, Sandbox, SandboxConfig, WorkerLimits, WorkerRequest};
 
 const IMAGE: &str = "localhost/busybox";
@@ -94,7 +94,7 @@ async fn main() {
         .await
         .expect("the sandbox starts"),
     );
-    let executor = Arc::new(WasmJobExecutor::new(
+    let executor = Arc::new(HostJobExecutor::new(
         containers.clone(),
         sandbox.clone(),
         Arc::new(ModuleFetcher::new(None)),
@@ -287,7 +287,7 @@ fn spec(mut container: ContainerSpec) -> JobSpec {
 
 /// Starts one job and waits for it: (start → first line, start → end).
 async fn one_job(
-    executor: &Arc<WasmJobExecutor>,
+    executor: &Arc<HostJobExecutor>,
     event: &Arc<EventContext>,
     name: &str,
     spec: JobSpec,

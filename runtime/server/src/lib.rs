@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use mizzen_runtime::dependencies::Dependencies;
 use mizzen_runtime::executor::JobExecutor;
-use mizzen_runtime::wasm_job::{ModuleFetcher, WasmJobExecutor, WasmJobRunner};
+use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher, WasmJobRunner};
 use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
 use sandbox_pool::{SandboxCommand, SandboxPool, SandboxPoolError, SandboxStage};
 use tokio::net::TcpListener;
@@ -180,7 +180,7 @@ impl Server {
             .executor
             .clone()
             .map(|containers| -> Arc<dyn JobExecutor> {
-                Arc::new(WasmJobExecutor::new(
+                Arc::new(HostJobExecutor::new(
                     containers,
                     wasm_jobs,
                     Arc::new(ModuleFetcher::for_tenants(

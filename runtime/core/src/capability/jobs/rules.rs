@@ -12,6 +12,7 @@ use mizzen_host_api::types::{
 use mizzen_host_api::{ErrorCode, HostError};
 use serde_json::Value;
 
+use crate::environment_file::EnvironmentFileRef;
 use crate::wasm_job::{IMAGE_PREFIX, ModuleRef};
 
 use crate::executor::EventContext;
@@ -218,6 +219,23 @@ fn validate_container(
         return Err(deny(
             "asks for the project's source (sourceMountPath), but the project has no source (spec.workerTemplate.git)".into(),
         ));
+    }
+    if !container.environment_file.is_empty() {
+        match EnvironmentFileRef::parse(&container.environment_file)
+            .map_err(|e| fail(format!("environmentFile: {e}")))?
+        {
+            EnvironmentFileRef::Workspace(_) if !event.use_workspace => {
+                return Err(deny(
+                    "reads its environment file from the workspace (environmentFile \"workspace:...\"), but the project does not set spec.workerTemplate.useWorkspace: true".into(),
+                ));
+            }
+            EnvironmentFileRef::Source(_) if event.source.is_none() => {
+                return Err(deny(
+                    "reads its environment file from the project's source (environmentFile), but the project has no source (spec.workerTemplate.git)".into(),
+                ));
+            }
+            _ => {}
+        }
     }
     if container.privileged && !event.policies.allow_privileged {
         return Err(deny(
@@ -515,6 +533,29 @@ mod tests {
             message.starts_with("job \"build\": sidecar \"db\": unknown field `ports`"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn an_environment_file_needs_where_it_is_read_from_and_a_relative_path() {
+        for (file, expected) in [
+            (
+                ".env",
+                "job \"build\": sidecar \"db\": reads its environment file from the project's source (environmentFile), but the project has no source",
+            ),
+            (
+                "workspace:ci.env",
+                "job \"build\": sidecar \"db\": reads its environment file from the workspace (environmentFile \"workspace:...\"), but the project does not set spec.workerTemplate.useWorkspace: true",
+            ),
+            (
+                "ci/../../x.env",
+                "job \"build\": sidecar \"db\": environmentFile: \"ci/../../x.env\" must not contain '..'",
+            ),
+        ] {
+            let message = error(&format!(
+                r#"{{"name":"build","spec":{{"primaryContainer":{{"image":"x"}},"sidecarContainers":{{"db":{{"image":"y","environmentFile":"{file}"}}}}}}}}"#
+            ));
+            assert!(message.starts_with(expected), "{file}: {message}");
+        }
     }
 
     #[test]
