@@ -399,9 +399,9 @@ func TestLevelsSummarySecretsWorkspace(t *testing.T) {
 
 func TestJobRequestShape(t *testing.T) {
 	j := job("x", "true")
-	j.SidecarContainers["db"] = &Container{Image: "redis", EnvironmentFile: "workspace:db.env", Readiness: &Readiness{TCPPort: 6379}}
+	j.SidecarContainers["db"] = &Container{Image: "redis", EnvironmentFile: "workspace:db.env", User: "999", Readiness: &Readiness{TCPPort: 6379}}
 	b, _ := json.Marshal(j.request())
-	want := `{"name":"x","spec":{"primaryContainer":{"image":"localhost/busybox:latest","imagePullPolicy":"IfNotPresent","command":["sh","-c"],"arguments":["true"]},"sidecarContainers":{"db":{"image":"redis","environmentFile":"workspace:db.env","readiness":{"tcpPort":6379}}},"timeoutSeconds":900,"host":{},"fallible":false}}`
+	want := `{"name":"x","spec":{"primaryContainer":{"image":"localhost/busybox:latest","imagePullPolicy":"IfNotPresent","command":["sh","-c"],"arguments":["true"]},"sidecarContainers":{"db":{"image":"redis","environmentFile":"workspace:db.env","user":"999","readiness":{"tcpPort":6379}}},"timeoutSeconds":900,"host":{},"fallible":false}}`
 	if string(b) != want {
 		t.Fatalf("%s", b)
 	}

@@ -51,6 +51,10 @@ type Container struct {
 	// SourceMountPath is where to mount a checkout of the project's source
 	// (needs the project's git settings); empty for nowhere.
 	SourceMountPath string
+	// User is who the process runs as: "root", "nobody", "UID" or
+	// "UID:GID"; empty for the default, nobody on every executor ("root"
+	// needs the project's allowRoot policy).
+	User string
 	// Privileged runs the container privileged (needs the project's
 	// allowPrivileged policy).
 	Privileged bool
@@ -325,6 +329,7 @@ type wireContainer struct {
 	EnvironmentFile     string            `json:"environmentFile,omitempty"`
 	WorkspaceMountPath  string            `json:"workspaceMountPath,omitempty"`
 	SourceMountPath     string            `json:"sourceMountPath,omitempty"`
+	User                string            `json:"user,omitempty"`
 	Privileged          bool              `json:"privileged,omitempty"`
 	UseHostDockerSocket bool              `json:"useHostDockerSocket,omitempty"`
 	Readiness           *Readiness        `json:"readiness,omitempty"`
@@ -359,6 +364,7 @@ func wire(c *Container) wireContainer {
 		EnvironmentFile:     c.EnvironmentFile,
 		WorkspaceMountPath:  c.WorkspaceMountPath,
 		SourceMountPath:     c.SourceMountPath,
+		User:                c.User,
 		Privileged:          c.Privileged,
 		UseHostDockerSocket: c.UseHostDockerSocket,
 		Readiness:           c.Readiness,

@@ -157,6 +157,15 @@ declare module "@brigadecore/brigadier" {
     workspaceMountPath: string;
     /** Where to mount a checkout of the project's source. */
     sourceMountPath: string;
+    /**
+     * Who the process runs as: `root`, `nobody`, `"UID"` or `"UID:GID"`
+     * (numbers; a name would depend on the image). Every container runs as
+     * `nobody` (65534) by default, on every executor, whatever user its image
+     * names; `root` needs `jobPolicies.allowRoot` (a privileged container, or
+     * one with the host's Docker socket, runs as root unless it names a
+     * user). Mizzen's addition: Brigade ran the image's user.
+     */
+    user?: string;
     /** Run privileged (needs `jobPolicies.allowPrivileged`). */
     privileged: boolean;
     /** Mount the host's Docker socket (needs `jobPolicies.allowDockerSocketMount`). */

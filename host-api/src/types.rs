@@ -355,6 +355,12 @@ pub struct ContainerSpec {
     /// Where to mount a checkout of the project's source; empty for nowhere.
     #[serde(default)]
     pub source_mount_path: String,
+    /// Who the container's process runs as: `root`, `nobody`, `UID` or
+    /// `UID:GID`; empty for the default, `nobody` (root, or UID 0, needs the
+    /// project's `allowRoot` policy). (Mizzen's addition: Brigade ran the
+    /// image's user.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
     /// Whether the container runs privileged (needs the project's policy).
     #[serde(default)]
     pub privileged: bool,

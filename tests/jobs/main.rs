@@ -11,5 +11,6 @@ mod mounts;
 mod output;
 mod running;
 mod sidecars;
+mod users;
 mod util;
 mod wasm;

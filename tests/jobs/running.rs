@@ -52,7 +52,8 @@ async fn environment_variables_reach_the_container() {
     )
     .await;
     run.assert_succeeded();
-    assert_eq!(run.job_lines(), ["[env] hello from the script||0"]);
+    // Run as nobody, as every container is unless it names a user.
+    assert_eq!(run.job_lines(), ["[env] hello from the script||65534"]);
 }
 
 #[tokio::test]

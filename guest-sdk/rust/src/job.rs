@@ -160,6 +160,11 @@ pub struct Container {
     pub workspace_mount_path: String,
     /// Where to mount a checkout of the project's source; empty for nowhere.
     pub source_mount_path: String,
+    /// Who the process runs as: `root`, `nobody`, `UID` or `UID:GID`;
+    /// empty for the default, `nobody` on every executor (`root` needs the
+    /// project's `allowRoot`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
     /// Run privileged (needs the project's `allowPrivileged`).
     pub privileged: bool,
     /// Mount the host's Docker socket (needs `allowDockerSocketMount`).
@@ -227,6 +232,12 @@ impl Container {
     /// Sets `source_mount_path`.
     pub fn source_mount_path(mut self, path: impl Into<String>) -> Self {
         self.source_mount_path = path.into();
+        self
+    }
+
+    /// Sets `user`.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = user.into();
         self
     }
 

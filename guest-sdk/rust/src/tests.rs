@@ -456,7 +456,8 @@ fn sidecars_and_hosts_are_sent_in_the_hosts_shape() {
             "setup",
             Container::new("img")
                 .readiness(Readiness::exited())
-                .environment_file("workspace:setup.env"),
+                .environment_file("workspace:setup.env")
+                .user("1000:1000"),
         )
         .host(JobHost {
             os: Some("linux".into()),
@@ -476,6 +477,7 @@ fn sidecars_and_hosts_are_sent_in_the_hosts_shape() {
         spec["sidecarContainers"]["setup"]["environmentFile"],
         "workspace:setup.env"
     );
+    assert_eq!(spec["sidecarContainers"]["setup"]["user"], "1000:1000");
     assert_eq!(
         spec["host"],
         json!({"os": "linux", "nodeSelector": {"disk": "ssd"}})

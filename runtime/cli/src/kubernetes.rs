@@ -37,8 +37,9 @@ pub struct KubernetesArgs {
     /// Memory each job container requests ("" for none)
     #[arg(long, value_name = "QUANTITY", default_value = DEFAULT_MEMORY_REQUEST)]
     kubernetes_memory_request: String,
-    /// The user job containers run as (unless a project's policy lets a job
-    /// run privileged)
+    /// The Pods' user and volume group (fsGroup), which their source
+    /// checkout runs as; job containers run as their own `user`, nobody by
+    /// default
     #[arg(long, value_name = "UID", default_value_t = DEFAULT_RUN_AS_USER)]
     kubernetes_run_as_user: i64,
     /// How long an image may keep failing to pull before its job fails

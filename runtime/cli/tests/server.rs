@@ -527,7 +527,10 @@ fn a_script_in_a_sandbox_process_reaches_its_events_workspace() {
 /// Wasm jobs in a server: the script puts the test tool into the workspace
 /// (a server's project has no local source to read it from), Wasm jobs run
 /// it in the sandbox processes — their lines in the job's log, their phases
-/// recorded as any job's — and a container job reads what one wrote.
+/// recorded as any job's — and a container job reads what one wrote. The
+/// same event checks what the host does before any job runs: environment
+/// files and containers' users (with the project's allowRoot kept by the
+/// server).
 fn wasm_jobs_end_to_end(database_url: Option<String>) {
     use base64::Engine as _;
     let tool = std::fs::read(concat!(
@@ -539,9 +542,9 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
     let server = TestServer::start(database_url, &["--sandbox-processes", "1"]);
     let dir = script_project(
         "wasm-jobs",
-        "    useWorkspace: true\n",
+        "    useWorkspace: true\n    jobPolicies:\n      allowRoot: true\n",
         &format!(
-            r#"const {{ Job, workspace }} = require("@brigadecore/brigadier");
+            r#"const {{ Job, Container, workspace }} = require("@brigadecore/brigadier");
           workspace.writeFile("tool.wasm", "{tool}", "base64");
           const args = new Job("wasm-args", "wasm:workspace:tool.wasm", event);
           args.primaryContainer.arguments = ["args", "in a sandbox process"];
@@ -567,6 +570,12 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
           wasmEnv.primaryContainer.environmentFile = "workspace:ci.env";
           wasmEnv.primaryContainer.arguments = ["env", "STAGE"];
           await wasmEnv.run();
+          const users = new Job("users", "localhost/busybox", event);
+          users.primaryContainer.command = ["sh", "-c", "id -u"];
+          users.sidecarContainers = {{ root: new Container("localhost/busybox") }};
+          users.sidecarContainers.root.user = "root";
+          users.sidecarContainers.root.command = ["sh", "-c", "id -u"];
+          await users.run();
           return "wasm jobs ran";"#
         ),
     );
@@ -586,6 +595,21 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
     assert_eq!(env.trim(), "from an environment file");
     let env = server.ok(&["event", "logs", "--id", &id, "--job", "wasm-env-file"]);
     assert_eq!(env.trim(), "STAGE=from an environment file");
+    // nobody by default; root under the project's allowRoot, which the
+    // server kept with the project.
+    let users = server.ok(&["event", "logs", "--id", &id, "--job", "users"]);
+    assert_eq!(users.trim(), "65534");
+    let root = server.ok(&[
+        "event",
+        "logs",
+        "--id",
+        &id,
+        "--job",
+        "users",
+        "--container",
+        "root",
+    ]);
+    assert_eq!(root.trim(), "0");
     let event = server.json(&["event", "get", "--id", &id]);
     let phases: Vec<(String, String)> = event["worker"]["jobs"]
         .as_array()

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mizzen_host_api::types::{GitConfig, JobResult, JobSpec, Phase};
+use mizzen_host_api::types::{ContainerSpec, GitConfig, JobResult, JobSpec, Phase};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -78,6 +78,87 @@ impl ContainerLimits {
 impl Default for ContainerLimits {
     fn default() -> Self {
         Self::of(&WorkerLimits::default())
+    }
+}
+
+/// Who a container's process runs as: a numeric user and group, the same
+/// on every executor (a name would mean whatever the image's `/etc/passwd`
+/// says, and Kubernetes takes numbers only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUser {
+    /// The user id.
+    pub uid: u32,
+    /// The group id.
+    pub gid: u32,
+}
+
+/// The highest id a container may run as: Kubernetes refuses a
+/// `runAsUser` past it (it is a signed 32-bit number there).
+pub const MAX_CONTAINER_ID: u32 = i32::MAX as u32;
+
+impl ContainerUser {
+    /// `nobody`: every container's user unless it says otherwise, on every
+    /// executor, so that a job that passes on one passes on the others.
+    pub const NOBODY: ContainerUser = ContainerUser {
+        uid: 65534,
+        gid: 65534,
+    };
+    /// `root`: only under the project's `allowRoot` policy (or for a
+    /// privileged container, or one given the host's Docker socket).
+    pub const ROOT: ContainerUser = ContainerUser { uid: 0, gid: 0 };
+
+    /// Parses a container's `user`: `root`, `nobody`, `UID` (its group the
+    /// same number) or `UID:GID`; `None` when it is empty.
+    pub fn parse(user: &str) -> Result<Option<Self>, String> {
+        let id = |part: &str| {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "user {user:?} must be root, nobody, UID or UID:GID (numbers: a name would depend on the image)"
+                ));
+            }
+            part.parse::<u32>()
+                .ok()
+                .filter(|id| *id <= MAX_CONTAINER_ID)
+                .ok_or_else(|| format!("user {user:?}: an id is at most {MAX_CONTAINER_ID}"))
+        };
+        Ok(Some(match user {
+            "" => return Ok(None),
+            "root" => Self::ROOT,
+            "nobody" => Self::NOBODY,
+            _ => match user.split_once(':') {
+                Some((uid, gid)) => Self {
+                    uid: id(uid)?,
+                    gid: id(gid)?,
+                },
+                None => {
+                    let uid = id(user)?;
+                    Self { uid, gid: uid }
+                }
+            },
+        }))
+    }
+
+    /// Whom `container` runs as: its `user`, or root when it is privileged
+    /// or has the host's Docker socket (which the project's policy allowed,
+    /// and which need root), or [`ContainerUser::NOBODY`]. The job's rules
+    /// refused a `user` that does not parse before any executor sees it.
+    pub fn of(container: &ContainerSpec) -> Self {
+        match Self::parse(&container.user) {
+            Ok(Some(user)) => user,
+            _ if container.privileged || container.use_host_docker_socket => Self::ROOT,
+            _ => Self::NOBODY,
+        }
+    }
+
+    /// Whether this is the superuser.
+    pub fn is_root(self) -> bool {
+        self.uid == 0
+    }
+}
+
+impl std::fmt::Display for ContainerUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
     }
 }
 

@@ -154,6 +154,11 @@ pub struct JobPolicies {
     pub allow_privileged: bool,
     /// Mounting the host's Docker socket.
     pub allow_docker_socket_mount: bool,
+    /// Containers that ask to run as root (`user: "root"` or UID 0); every
+    /// other container runs as `nobody` or the user it names. (Mizzen's
+    /// addition.)
+    #[serde(default)]
+    pub allow_root: bool,
 }
 
 /// What an event says about itself, before it is given to a project.
@@ -547,6 +552,8 @@ struct JobPoliciesFile {
     allow_privileged: bool,
     #[serde(default)]
     allow_docker_socket_mount: bool,
+    #[serde(default)]
+    allow_root: bool,
     /// Accepted for compatibility; Brigade ignored it too.
     #[serde(default)]
     #[expect(
@@ -833,6 +840,7 @@ impl Validator<'_> {
             .map(|p| JobPolicies {
                 allow_privileged: p.allow_privileged,
                 allow_docker_socket_mount: p.allow_docker_socket_mount,
+                allow_root: p.allow_root,
             })
             .unwrap_or_default();
         Ok(WorkerTemplate {
@@ -1069,6 +1077,27 @@ mod tests {
         assert_eq!(project.worker.config_files_directory, ".brigade");
         assert!(project.event_subscriptions.is_empty());
         assert!(project.worker.limits.is_empty());
+    }
+
+    #[test]
+    fn job_policies_are_brigades_and_allow_root() {
+        let yaml = MINIMAL.replace(
+            "workerTemplate: {}",
+            "workerTemplate:\n    jobPolicies:\n      allowPrivileged: true\n      allowRoot: true\n",
+        );
+        let policies = parse(&yaml).unwrap().worker.job_policies;
+        assert_eq!(
+            policies,
+            JobPolicies {
+                allow_privileged: true,
+                allow_docker_socket_mount: false,
+                allow_root: true,
+            }
+        );
+        assert_eq!(
+            parse(MINIMAL).unwrap().worker.job_policies,
+            JobPolicies::default()
+        );
     }
 
     #[test]

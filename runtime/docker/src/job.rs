@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use mizzen_host_api::types::{
     ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, JobResult, Phase, Readiness,
 };
-use mizzen_runtime::executor::{JobOutput, JobRequest, SpawnedJob};
+use mizzen_runtime::executor::{ContainerUser, JobOutput, JobRequest, SpawnedJob};
 use mizzen_runtime::source;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -663,6 +663,9 @@ fn container_body(
         entrypoint,
         cmd,
         env: Some(env),
+        // Numbers, as on Kubernetes: never the image's own user, so that a
+        // job runs as the same user on every executor.
+        user: Some(ContainerUser::of(container).to_string()),
         working_dir: (!container.working_directory.is_empty())
             .then(|| container.working_directory.clone()),
         labels: Some(labels.clone()),

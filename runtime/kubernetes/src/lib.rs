@@ -49,8 +49,10 @@ pub struct KubernetesConfig {
     /// The image of the source checkout init container (it needs `sh` and
     /// `git`).
     pub git_image: String,
-    /// The user (and group) containers run as unless the project's policy
-    /// lets a job run privileged.
+    /// The Pod's user and group (and its volumes' group, `fsGroup`): what
+    /// its helper containers (the source checkout) run as. A job's own
+    /// containers run as their `user`, `nobody` by default, as on every
+    /// executor.
     pub run_as_user: i64,
     /// How long an image may fail to pull before its job fails; the kubelet
     /// retries with back-off, so a registry's hiccup does not fail a job.
@@ -64,9 +66,10 @@ pub const DEFAULT_WORKSPACE_SIZE: &str = "10Gi";
 /// The source checkout's image: Alpine's git, small and with a shell.
 pub const DEFAULT_GIT_IMAGE: &str = "docker.io/alpine/git:v2.47.2";
 
-/// The conventional "nonroot" user of distroless images: not root, and
-/// not a user any node account is likely to have.
-pub const DEFAULT_RUN_AS_USER: i64 = 65532;
+/// `nobody`, the user a job's containers run as by default: one user for
+/// the whole Pod, so that what its helpers check out its containers can
+/// read and write.
+pub const DEFAULT_RUN_AS_USER: i64 = mizzen_runtime::executor::ContainerUser::NOBODY.uid as i64;
 
 /// Two minutes: the kubelet's pull back-off reaches its five-minute cap
 /// only after several failures; a missing image or tag fails every retry,

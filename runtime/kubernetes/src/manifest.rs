@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use mizzen_host_api::types::{ContainerSpec, ImagePullPolicy, JobSpec};
-use mizzen_runtime::executor::{ContainerLimits, EventContext, Source};
+use mizzen_runtime::executor::{ContainerLimits, ContainerUser, EventContext, Source};
 use mizzen_runtime::limits::{LimitValue, parse_cpu, parse_quantity};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -420,18 +420,27 @@ impl ContainerBuilder<'_> {
             container["volumeMounts"] = json!(mounts);
         }
         if !self.windows {
+            let user = ContainerUser::of(c);
             container["securityContext"] = if c.privileged || c.use_host_docker_socket {
                 // Only reached under the project's policy: a privileged
                 // container (Docker in Docker) or one talking to the node's
-                // Docker needs root.
+                // Docker needs root, unless it names another user.
                 json!({
                     "privileged": c.privileged,
                     "allowPrivilegeEscalation": true,
-                    "runAsNonRoot": false,
-                    "runAsUser": 0,
+                    "runAsNonRoot": !user.is_root(),
+                    "runAsUser": user.uid,
+                    "runAsGroup": user.gid,
                 })
             } else {
-                restricted_container_security()
+                // The container's user, as on every executor; root only
+                // under the project's allowRoot policy, and even then
+                // without capabilities or privilege escalation.
+                let mut security = restricted_container_security();
+                security["runAsNonRoot"] = json!(!user.is_root());
+                security["runAsUser"] = json!(user.uid);
+                security["runAsGroup"] = json!(user.gid);
+                security
             };
         }
         container

@@ -269,6 +269,7 @@ fn only_a_policy_lets_a_job_out_of_the_restricted_profile() {
     let policies = JobPolicies {
         allow_privileged: true,
         allow_docker_socket_mount: true,
+        ..JobPolicies::default()
     };
     let (pod, yaml) = render(&event(policies), "docker-in-docker", &spec);
     assert_golden("privileged.yaml", &yaml);
@@ -284,6 +285,53 @@ fn only_a_policy_lets_a_job_out_of_the_restricted_profile() {
             "{expected:?} not in {violations:?}"
         );
     }
+}
+
+/// A container runs as its `user`, `nobody` by default, as on the local
+/// engine; root (under the project's `allowRoot`) still gets no
+/// capabilities and no privilege escalation.
+#[test]
+fn containers_run_as_their_user_and_nobody_by_default() {
+    let mut primary = container("postgres", &["postgres"]);
+    primary.user = "999:999".into();
+    let mut setup = container("debian", &["true"]);
+    setup.user = "root".into();
+    let mut spec = job(primary);
+    spec.sidecar_containers = BTreeMap::from([
+        ("setup".to_string(), setup),
+        ("plain".to_string(), container("debian", &["true"])),
+    ]);
+    let policies = JobPolicies {
+        allow_root: true,
+        ..JobPolicies::default()
+    };
+    let (pod, _) = render(&event(policies), "users", &spec);
+    let security = |name: &str| {
+        let containers = pod["spec"]["containers"].as_array().unwrap().iter().chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        );
+        containers
+            .clone()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {pod:#}"))["securityContext"]
+            .clone()
+    };
+    for (name, uid, gid, non_root) in [
+        ("users", 999, 999, true),
+        ("setup", 0, 0, false),
+        ("plain", 65534, 65534, true),
+    ] {
+        let security = security(name);
+        assert_eq!(security["runAsUser"], uid, "{name}: {security}");
+        assert_eq!(security["runAsGroup"], gid, "{name}: {security}");
+        assert_eq!(security["runAsNonRoot"], non_root, "{name}: {security}");
+        assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(security["capabilities"]["drop"][0], "ALL", "{name}");
+    }
+    assert_eq!(pod["spec"]["securityContext"]["fsGroup"], 65534);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::environment_file::EnvironmentFileRef;
 use crate::wasm_job::{IMAGE_PREFIX, ModuleRef};
 
-use crate::executor::EventContext;
+use crate::executor::{ContainerUser, EventContext};
 use crate::project::is_dns_label;
 
 /// Brigade's observer killed jobs after 24 hours at the latest
@@ -237,6 +237,16 @@ fn validate_container(
             _ => {}
         }
     }
+    let user = ContainerUser::parse(&container.user).map_err(fail)?;
+    if user.is_some_and(ContainerUser::is_root)
+        && !event.policies.allow_root
+        && !(container.privileged || container.use_host_docker_socket)
+    {
+        return Err(deny(format!(
+            "runs as root (user {:?}), which the project's policy forbids (spec.workerTemplate.jobPolicies.allowRoot is not true); containers run as nobody unless they name another user",
+            container.user
+        )));
+    }
     if container.privileged && !event.policies.allow_privileged {
         return Err(deny(
             "is privileged, which the project's policy forbids (spec.workerTemplate.jobPolicies.allowPrivileged is not true)".into(),
@@ -284,6 +294,11 @@ fn validate_wasm(
     if container.use_host_docker_socket {
         return refuse(
             "a Wasm job cannot mount the host's Docker socket (useHostDockerSocket): its module has no sockets",
+        );
+    }
+    if !container.user.is_empty() {
+        return refuse(
+            "user is for containers; a Wasm job's module has no user: it reaches only the directories it is given",
         );
     }
     if !container.working_directory.is_empty() {
