@@ -49,42 +49,88 @@ async fn a_typescript_syntax_error_names_the_file_line_and_column() {
 async fn one_tenants_runaway_scripts_do_not_hold_up_another_tenants_events() {
     // Its own sandbox: the runaways queue for its long-running slots, which
     // the other tests' workers must not have to share.
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache")),
-            ..SandboxConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
-    let request = |project: &str, limits: WorkerLimits| {
-        let mut event = event();
-        event.project.id = project.to_string();
-        WorkerRequest {
-            event,
-            limits,
-            log: Arc::new(MemoryLog::new()),
-            jobs: JobCapability::none(),
-        }
-    };
-    // 64 runaways of one tenant at all times, each replaced as soon as its
-    // 200 ms run out: the case where every new runaway used to spend its
-    // first ticks before it queued, 640 ms of CPU a second per core.
+    let sandbox = own_sandbox(SandboxConfig::default()).await;
+    // Each runaway's 200 ms: the case where every new runaway used to spend
+    // its first ticks before it queued, 640 ms of CPU a second per core.
     let limits = WorkerLimits {
         cpu_time: Duration::from_millis(200),
         wall_time: Duration::from_millis(200),
         ..WorkerLimits::default()
     };
+    let script = ScriptSource::new("brigade.js", "while (true) {}\n");
+    let runaway = {
+        let sandbox = sandbox.clone();
+        move || {
+            let (sandbox, script) = (sandbox.clone(), script.clone());
+            async move {
+                let outcome = sandbox
+                    .run(&script, tenant_request("greedy-tenant", limits))
+                    .await;
+                assert!(!outcome.succeeded(), "{outcome:?}");
+            }
+        }
+    };
+    let (handled, stopped) = ordinary_events_beside_runaways(&sandbox, runaway).await;
+    eprintln!(
+        "{handled} ordinary events in 2 s beside 64 runaways of another tenant ({stopped} stopped)"
+    );
+    // Measured on the 2-core development machine: 10,692 with the
+    // runaways' first ticks charged to their tenant, 109 without; 13,827 to
+    // 19,634 in six runs since a yield's wait is no longer counted as the
+    // guest's ticks (before, one run in five fell to 100: see the spinning
+    // Wasm jobs' test below).
+    assert!(
+        handled >= 1000,
+        "only {handled} ordinary events ran in 2 s beside 64 runaways of another tenant"
+    );
+}
+
+/// A sandbox of the test's own, its long-running slots shared with no other
+/// test's workers.
+async fn own_sandbox(config: SandboxConfig) -> Arc<Sandbox> {
+    Arc::new(
+        Sandbox::new(SandboxConfig {
+            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache")),
+            ..config
+        })
+        .await
+        .unwrap(),
+    )
+}
+
+/// A request for an event of `project`.
+fn tenant_request(project: &str, limits: WorkerLimits) -> WorkerRequest {
+    let mut event = event();
+    event.project.id = project.to_string();
+    WorkerRequest {
+        event,
+        limits,
+        log: Arc::new(MemoryLog::new()),
+        jobs: JobCapability::none(),
+    }
+}
+
+/// Keeps 64 runaways of one tenant going (each `runaway()` one, replaced as
+/// soon as it ends), and after a second runs another tenant's ordinary
+/// events one after another for 2 s, spawned like the runaways so that they
+/// compete for the same threads. Returns how many ordinary events were
+/// handled and how many runaways ended (at least 64, or they did not run).
+async fn ordinary_events_beside_runaways<F, Fut>(
+    sandbox: &Arc<Sandbox>,
+    runaway: F,
+) -> (usize, usize)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let runaways: Vec<_> = (0..64)
         .map(|_| {
-            let (sandbox, stop) = (sandbox.clone(), stop.clone());
+            let (runaway, stop) = (runaway.clone(), stop.clone());
             tokio::spawn(async move {
-                let script = ScriptSource::new("brigade.js", "while (true) {}\n");
                 let mut stopped = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let outcome = sandbox.run(&script, request("greedy-tenant", limits)).await;
-                    assert!(!outcome.succeeded(), "{outcome:?}");
+                    runaway().await;
                     stopped += 1;
                 }
                 stopped
@@ -92,8 +138,6 @@ async fn one_tenants_runaway_scripts_do_not_hold_up_another_tenants_events() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // Another tenant's ordinary events one after another, spawned like the
-    // runaways so that they compete for the same threads.
     let ordinary = ScriptSource::new("brigade.js", "console.log(\"ordinary\");\n");
     let window = Instant::now();
     let mut handled = 0;
@@ -101,7 +145,10 @@ async fn one_tenants_runaway_scripts_do_not_hold_up_another_tenants_events() {
         let (sandbox, ordinary) = (sandbox.clone(), ordinary.clone());
         let outcome = tokio::spawn(async move {
             sandbox
-                .run(&ordinary, request("quiet-tenant", WorkerLimits::default()))
+                .run(
+                    &ordinary,
+                    tenant_request("quiet-tenant", WorkerLimits::default()),
+                )
                 .await
         })
         .await
@@ -115,18 +162,7 @@ async fn one_tenants_runaway_scripts_do_not_hold_up_another_tenants_events() {
         stopped += runaway.await.unwrap();
     }
     assert!(stopped >= 64, "the runaways did not run: {stopped}");
-    eprintln!(
-        "{handled} ordinary events in 2 s beside 64 runaways of another tenant ({stopped} stopped)"
-    );
-    // Measured on the 2-core development machine: 10,692 with the
-    // runaways' first ticks charged to their tenant, 109 without; 13,827 to
-    // 19,634 in six runs since a yield's wait is no longer counted as the
-    // guest's ticks (before, one run in five fell to 100: see the spinning
-    // Wasm jobs' test below).
-    assert!(
-        handled >= 1000,
-        "only {handled} ordinary events ran in 2 s beside 64 runaways of another tenant"
-    );
+    (handled, stopped)
 }
 
 #[tokio::test]
@@ -321,36 +357,20 @@ async fn a_script_larger_than_the_limit_is_refused_before_compiling() {
     run.assert_failed_with("the limit is");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spinning_wasm_jobs_share_the_long_running_slots_with_scripts() {
-    use mizzen_runtime::executor::JobOutput;
-    use mizzen_runtime::wasm_job::{WasmJob, WasmJobRunner};
+/// Discards a job's lines.
+struct Discard;
+
+impl mizzen_runtime::executor::JobOutput for Discard {
+    fn line(&self, _: &str, _: &str) {}
+}
+
+/// A job of `greedy-tenant` that runs the test tool's `spin` until its CPU
+/// time or its timeout stops it.
+fn spinner(cpu_time: Duration, timeout: Duration) -> mizzen_runtime::wasm_job::WasmJob {
     use sha2::Digest;
-
-    struct Discard;
-    impl JobOutput for Discard {
-        fn line(&self, _: &str, _: &str) {}
-    }
-
-    // One long-running slot (what two cores give): eight jobs that spin for
-    // 3 s of wall-clock time with 500 ms of CPU each. Sharing the slot,
-    // each gets about 3 s / 8 = 375 ms of CPU and ends TIMED_OUT, queued;
-    // running unqueued on two cores, each would get 750 ms and end at its
-    // CPU limit. So every job ending TIMED_OUT is what shows that a spinning
-    // Wasm job takes only the slot's share, as a runaway script does (the
-    // test above measures what that leaves other tenants).
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache")),
-            long_running_slots: 1,
-            ..SandboxConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
     let tool =
         std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm-jobs/tool.wasm")).unwrap();
-    let spinner = WasmJob {
+    mizzen_runtime::wasm_job::WasmJob {
         name: "spin".into(),
         project_id: "greedy-tenant".into(),
         module_name: "tool.wasm".into(),
@@ -360,10 +380,29 @@ async fn spinning_wasm_jobs_share_the_long_running_slots_with_scripts() {
         env: Vec::new(),
         preopens: Vec::new(),
         memory_bytes: 64 * 1024 * 1024,
-        cpu_time: Duration::from_millis(500),
-        timeout: Duration::from_secs(3),
+        cpu_time,
+        timeout,
         log_bytes: 1024,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_wasm_jobs_share_the_long_running_slots_with_scripts() {
+    use mizzen_runtime::wasm_job::WasmJobRunner;
+
+    // One long-running slot (what two cores give): eight jobs that spin for
+    // 3 s of wall-clock time with 500 ms of CPU each. Sharing the slot,
+    // each gets about 3 s / 8 = 375 ms of CPU and ends TIMED_OUT, queued;
+    // running unqueued on two cores, each would get 750 ms and end at its
+    // CPU limit. So every job ending TIMED_OUT is what shows that a spinning
+    // Wasm job takes only the slot's share, as a runaway script does (the
+    // test above measures what that leaves other tenants).
+    let sandbox = own_sandbox(SandboxConfig {
+        long_running_slots: 1,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let spinner = spinner(Duration::from_millis(500), Duration::from_secs(3));
     let spinners: Vec<_> = (0..8)
         .map(|_| {
             let (sandbox, spinner) = (sandbox.clone(), spinner.clone());
@@ -381,87 +420,24 @@ async fn spinning_wasm_jobs_share_the_long_running_slots_with_scripts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_tenants_spinning_wasm_jobs_do_not_hold_up_another_tenants_events() {
-    use mizzen_runtime::executor::JobOutput;
-    use mizzen_runtime::wasm_job::{WasmJob, WasmJobRunner};
-    use sha2::Digest;
+    use mizzen_runtime::wasm_job::WasmJobRunner;
 
-    struct Discard;
-    impl JobOutput for Discard {
-        fn line(&self, _: &str, _: &str) {}
-    }
-
-    // The runaway scripts' test above with Wasm jobs as the runaways: 64 of
-    // one tenant at all times, each replaced when its 200 ms run out.
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache")),
-            ..SandboxConfig::default()
-        })
-        .await
-        .unwrap(),
-    );
-    let tool =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("wasm-jobs/tool.wasm")).unwrap();
-    let spinner = WasmJob {
-        name: "spin".into(),
-        project_id: "greedy-tenant".into(),
-        module_name: "tool.wasm".into(),
-        sha256: sha2::Sha256::digest(&tool).into(),
-        module: tool.into(),
-        args: vec!["tool.wasm".into(), "spin".into()],
-        env: Vec::new(),
-        preopens: Vec::new(),
-        memory_bytes: 64 * 1024 * 1024,
-        cpu_time: Duration::from_millis(200),
-        timeout: Duration::from_millis(200),
-        log_bytes: 1024,
+    // The runaway scripts' test above with Wasm jobs as the runaways, each
+    // stopped when its 200 ms run out.
+    let sandbox = own_sandbox(SandboxConfig::default()).await;
+    let spinner = spinner(Duration::from_millis(200), Duration::from_millis(200));
+    let runaway = {
+        let sandbox = sandbox.clone();
+        move || {
+            let (sandbox, spinner) = (sandbox.clone(), spinner.clone());
+            async move {
+                let (_cancel, cancelled) = tokio::sync::watch::channel(false);
+                let result = sandbox.run_job(spinner, Arc::new(Discard), cancelled).await;
+                assert_ne!(result.phase, Phase::Succeeded, "{result:?}");
+            }
+        }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let spinners: Vec<_> = (0..64)
-        .map(|_| {
-            let (sandbox, spinner, stop) = (sandbox.clone(), spinner.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut stopped = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let (_cancel, cancelled) = tokio::sync::watch::channel(false);
-                    let result = sandbox
-                        .run_job(spinner.clone(), Arc::new(Discard), cancelled)
-                        .await;
-                    assert_ne!(result.phase, Phase::Succeeded, "{result:?}");
-                    stopped += 1;
-                }
-                stopped
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let ordinary = ScriptSource::new("brigade.js", "console.log(\"ordinary\");\n");
-    let window = Instant::now();
-    let mut handled = 0;
-    while window.elapsed() < Duration::from_secs(2) {
-        let (sandbox, ordinary) = (sandbox.clone(), ordinary.clone());
-        let outcome = tokio::spawn(async move {
-            let mut event = event();
-            event.project.id = "quiet-tenant".to_string();
-            let request = WorkerRequest {
-                event,
-                limits: WorkerLimits::default(),
-                log: Arc::new(MemoryLog::new()),
-                jobs: JobCapability::none(),
-            };
-            sandbox.run(&ordinary, request).await
-        })
-        .await
-        .unwrap();
-        assert!(outcome.succeeded(), "{outcome:?}");
-        handled += 1;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut stopped = 0;
-    for spinner in spinners {
-        stopped += spinner.await.unwrap();
-    }
-    assert!(stopped >= 64, "the spinners did not run: {stopped}");
+    let (handled, stopped) = ordinary_events_beside_runaways(&sandbox, runaway).await;
     eprintln!(
         "{handled} ordinary events in 2 s beside 64 spinning Wasm jobs of another tenant ({stopped} stopped)"
     );
