@@ -420,28 +420,25 @@ impl ContainerBuilder<'_> {
             container["volumeMounts"] = json!(mounts);
         }
         if !self.windows {
-            let user = ContainerUser::of(c);
-            container["securityContext"] = if c.privileged || c.use_host_docker_socket {
+            let mut security = if c.privileged || c.use_host_docker_socket {
                 // Only reached under the project's policy: a privileged
                 // container (Docker in Docker) or one talking to the node's
-                // Docker needs root, unless it names another user.
+                // Docker runs as root unless it names another user.
                 json!({
                     "privileged": c.privileged,
                     "allowPrivilegeEscalation": true,
-                    "runAsNonRoot": !user.is_root(),
-                    "runAsUser": user.uid,
-                    "runAsGroup": user.gid,
                 })
             } else {
-                // The container's user, as on every executor; root only
-                // under the project's allowRoot policy, and even then
-                // without capabilities or privilege escalation.
-                let mut security = restricted_container_security();
-                security["runAsNonRoot"] = json!(!user.is_root());
-                security["runAsUser"] = json!(user.uid);
-                security["runAsGroup"] = json!(user.gid);
-                security
+                // Root only under the project's allowRoot policy, and even
+                // then without capabilities or privilege escalation.
+                restricted_container_security()
             };
+            // The container's user, as on every executor.
+            let user = ContainerUser::of(c);
+            security["runAsNonRoot"] = json!(!user.is_root());
+            security["runAsUser"] = json!(user.uid);
+            security["runAsGroup"] = json!(user.gid);
+            container["securityContext"] = security;
         }
         container
     }
