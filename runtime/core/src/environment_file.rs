@@ -11,6 +11,8 @@
 //! `\\`, `\"` and `\$` are escapes). A value spans one line, and `${X}` is
 //! not expanded: the file is data, never a shell script.
 
+use std::collections::BTreeMap;
+
 /// Where a container's environment file is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EnvironmentFileRef {
@@ -62,10 +64,9 @@ impl std::fmt::Display for EnvironmentFileRef {
 /// Parses an environment file's text; `name` is the file's name for errors,
 /// which say `name:line: what is wrong`. A variable set twice takes its
 /// last value, as a shell's `source` would.
-pub fn parse(name: &str, text: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse(name: &str, text: &str) -> Result<BTreeMap<String, String>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut variables: Vec<(String, String)> = Vec::new();
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut variables = BTreeMap::new();
     for (number, line) in text.split('\n').enumerate() {
         let at = |problem: &str| format!("{name}:{}: {problem}", number + 1);
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -92,13 +93,7 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<(String, String)>, String> {
             )));
         }
         let value = value_of(value.trim_start()).map_err(|problem| at(&problem))?;
-        match index.get(key) {
-            Some(&i) => variables[i].1 = value,
-            None => {
-                index.insert(key.to_string(), variables.len());
-                variables.push((key.to_string(), value));
-            }
-        }
+        variables.insert(key.to_string(), value);
     }
     Ok(variables)
 }
@@ -162,7 +157,7 @@ fn value_of(raw: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn vars(text: &str) -> Vec<(String, String)> {
+    fn vars(text: &str) -> BTreeMap<String, String> {
         parse("ci.env", text).unwrap()
     }
 
@@ -177,7 +172,7 @@ mod tests {
                     E=\nF=a#b\nexported=3\n  G = ${A}\n";
         assert_eq!(
             vars(text),
-            [
+            BTreeMap::from([
                 pair("A", "1"),
                 pair("B", "two words"),
                 pair("C", "it is #not a comment"),
@@ -186,13 +181,16 @@ mod tests {
                 pair("F", "a#b"),
                 pair("exported", "3"),
                 pair("G", "${A}"),
-            ]
+            ])
         );
     }
 
     #[test]
-    fn a_variable_set_twice_keeps_its_place_and_takes_its_last_value() {
-        assert_eq!(vars("A=1\nB=2\nA=3\n"), [pair("A", "3"), pair("B", "2")]);
+    fn a_variable_set_twice_takes_its_last_value() {
+        assert_eq!(
+            vars("A=1\nB=2\nA=3\n"),
+            BTreeMap::from([pair("A", "3"), pair("B", "2")])
+        );
     }
 
     #[test]
