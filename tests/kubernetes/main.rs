@@ -6,6 +6,9 @@
 //! outside, a dropped watch, a Pod left by an earlier attempt, and a
 //! refused permission.
 
+mod kubectl;
+mod services;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The HTTP side: routing, authorization, and the verbs (get, list, watch,
-//! create, update, patch, delete, pods/log).
+//! create, update, patch, delete, pods/log), answering in JSON, or in a
+//! Table for a client that asks for one (see [`super::table`]).
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -9,17 +10,20 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, Request, State as AxumState};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
+use super::discovery;
 use super::kubelet;
 use super::rbac::{forbidden_message, forbidden_path_message};
+use super::schema::FieldValidation;
 use super::select::{FieldSelector, LabelSelector};
 use super::store::{ApiError, Resource, Shared, str_at};
+use super::table::TableRequest;
 use super::{Denied, RecordedRequest, USER, panic_message};
 
 /// Larger than any object a test sends; a body beyond it is a 400.
@@ -35,6 +39,7 @@ struct Incoming {
     path: String,
     params: Vec<(String, String)>,
     content_type: String,
+    accept: String,
     body: Bytes,
 }
 
@@ -51,10 +56,55 @@ impl Incoming {
         matches!(self.param(key), Some("true" | "1"))
     }
 
+    /// The media type of the body, without parameters.
+    fn media_type(&self) -> &str {
+        self.content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+    }
+
     fn json_body(&self) -> Result<Value, ApiError> {
         serde_json::from_slice(&self.body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
     }
+
+    /// The object of a create or replace, which the fake reads in JSON
+    /// only. The API server also reads YAML and protobuf (which kubectl's
+    /// typed commands such as `kubectl create secret` send); the fake
+    /// refuses them as the API server refuses a format it does not know, with
+    /// a 415 rather than a misleading "not JSON".
+    fn object_body(&self) -> Result<Value, ApiError> {
+        match self.media_type() {
+            "application/json" | "" => self.json_body(),
+            other => Err(ApiError::unsupported_media_type(format!(
+                "the body of the request was in an unknown format - accepted media types \
+                 include: application/json (the fake cannot read {other})"
+            ))),
+        }
+    }
+
+    fn field_validation(&self) -> Result<FieldValidation, ApiError> {
+        FieldValidation::parse(self.param("fieldValidation"))
+    }
+
+    fn table(&self) -> Result<Option<TableRequest>, ApiError> {
+        TableRequest::from_accept(&self.accept, self.param("includeObject"))
+    }
+}
+
+/// A JSON answer with the API server's `Warning` headers (RFC 7234 style,
+/// code 299), which kubectl prints as `Warning: ...`.
+fn with_warnings(status: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut headers = HeaderMap::new();
+    for warning in warnings {
+        let text = format!("299 - {}", Value::String(warning.clone()));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            headers.append(header::WARNING, value);
+        }
+    }
+    (status, headers, axum::Json(body)).into_response()
 }
 
 async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
@@ -70,12 +120,8 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
         method: parts.method,
         path: parts.uri.path().to_owned(),
         params,
-        content_type: parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+        content_type: header_text(&parts.headers, header::CONTENT_TYPE),
+        accept: header_text(&parts.headers, header::ACCEPT),
         body,
     };
     tracing::debug!(method = %incoming.method, uri = %parts.uri, "fake Kubernetes API request");
@@ -104,13 +150,21 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
     }
 }
 
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn route(shared: &Arc<Shared>, req: &Incoming) -> Response {
     if let Some(why) = shared.lock().broken.clone() {
         return ApiError::internal(why).into_response();
     }
     let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
     if req.method == Method::GET
-        && let Some(response) = discovery(shared, &segments)
+        && let Some(response) = discovery::serve(shared, &segments)
     {
         return response;
     }
@@ -125,69 +179,11 @@ async fn route(shared: &Arc<Shared>, req: &Incoming) -> Response {
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// What every authenticated user may read in a real cluster
-/// (system:discovery), answered so that a client that asks is not refused.
-fn discovery(shared: &Shared, segments: &[&str]) -> Option<Response> {
-    let body = match segments {
-        ["version"] => json!({
-            "major": "1",
-            "minor": "33",
-            "gitVersion": "v1.33.0-fake",
-            "gitCommit": "0000000000000000000000000000000000000000",
-            "gitTreeState": "clean",
-            "buildDate": "2025-04-23T00:00:00Z",
-            "goVersion": "go1.24.2",
-            "compiler": "gc",
-            "platform": "linux/amd64",
-        }),
-        ["api"] => json!({
-            "kind": "APIVersions",
-            "versions": ["v1"],
-            "serverAddressByClientCIDRs": [
-                { "clientCIDR": "0.0.0.0/0", "serverAddress": shared.addr.to_string() },
-            ],
-        }),
-        ["apis"] => json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] }),
-        ["api", "v1"] => {
-            let verbs = json!([
-                "create",
-                "delete",
-                "deletecollection",
-                "get",
-                "list",
-                "patch",
-                "update",
-                "watch",
-            ]);
-            let resource = |name: &str, singular: &str, kind: &str, short: &str| {
-                json!({
-                    "name": name, "singularName": singular, "namespaced": true,
-                    "kind": kind, "verbs": verbs, "shortNames": [short],
-                })
-            };
-            json!({
-                "kind": "APIResourceList",
-                "groupVersion": "v1",
-                "resources": [
-                    resource("persistentvolumeclaims", "persistentvolumeclaim",
-                        "PersistentVolumeClaim", "pvc"),
-                    resource("pods", "pod", "Pod", "po"),
-                    { "name": "pods/log", "singularName": "", "namespaced": true,
-                      "kind": "Pod", "verbs": ["get"] },
-                    { "name": "secrets", "singularName": "secret", "namespaced": true,
-                      "kind": "Secret", "verbs": verbs },
-                ],
-            })
-        }
-        _ => return None,
-    };
-    Some(axum::Json(body).into_response())
-}
-
 /// Kubernetes' reading of a resource path (k8s.io/apiserver's RequestInfo).
 struct RequestInfo {
     verb: &'static str,
     group: String,
+    version: String,
     namespace: Option<String>,
     resource: String,
     name: Option<String>,
@@ -196,9 +192,9 @@ struct RequestInfo {
 
 impl RequestInfo {
     fn parse(method: &Method, segments: &[&str], watch_param: bool) -> Option<RequestInfo> {
-        let (group, rest) = match segments {
-            ["api", "v1", rest @ ..] => ("", rest),
-            ["apis", group, _version, rest @ ..] => (*group, rest),
+        let (group, version, rest) = match segments {
+            ["api", version, rest @ ..] => ("", *version, rest),
+            ["apis", group, version, rest @ ..] => (*group, *version, rest),
             _ => return None,
         };
         let (rest, legacy_watch) = match rest {
@@ -226,6 +222,7 @@ impl RequestInfo {
         Some(RequestInfo {
             verb,
             group: group.to_owned(),
+            version: version.to_owned(),
             namespace,
             resource,
             name,
@@ -247,26 +244,26 @@ fn deny_path(shared: &Shared, req: &Incoming) -> ApiError {
     let message = forbidden_path_message(USER, &verb, &req.path);
     shared.lock().denied.push(Denied {
         verb,
+        group: String::new(),
         resource: String::new(),
         namespace: None,
         name: None,
         path: req.path.clone(),
         message: message.clone(),
     });
-    ApiError::forbidden(message, "", None)
+    ApiError::forbidden(message, "", "", None)
 }
 
 /// The Role's rules, in any of the fake's namespaces (as if bound there),
-/// less the test's refusals; nothing cluster-wide or outside the core group.
+/// less the test's refusals; nothing cluster-wide.
 fn authorize(shared: &Shared, info: &RequestInfo, path: &str) -> Result<(), ApiError> {
     let mut state = shared.lock();
     let full = info.full_resource();
-    let allowed = info.group.is_empty()
-        && info.namespace.is_some()
+    let allowed = info.namespace.is_some()
         && state
             .rules
             .iter()
-            .any(|rule| rule.allows(info.verb, &full, info.name.as_deref()))
+            .any(|rule| rule.allows(info.verb, &info.group, &full, info.name.as_deref()))
         && !state.forbidden.iter().any(|(verb, resource)| {
             (verb == "*" || verb == info.verb) && (resource == "*" || *resource == full)
         });
@@ -284,6 +281,7 @@ fn authorize(shared: &Shared, info: &RequestInfo, path: &str) -> Result<(), ApiE
     );
     state.denied.push(Denied {
         verb: info.verb.to_owned(),
+        group: info.group.clone(),
         resource: full,
         namespace: info.namespace.clone(),
         name: info.name.clone(),
@@ -292,6 +290,7 @@ fn authorize(shared: &Shared, info: &RequestInfo, path: &str) -> Result<(), ApiE
     });
     Err(ApiError::forbidden(
         message,
+        &info.group,
         &info.resource,
         info.name.as_deref(),
     ))
@@ -302,7 +301,8 @@ async fn serve(
     info: &RequestInfo,
     req: &Incoming,
 ) -> Result<Response, ApiError> {
-    let (Some(ns), Some(resource)) = (&info.namespace, Resource::parse(&info.resource)) else {
+    let resource = Resource::parse(&info.group, &info.version, &info.resource);
+    let (Some(ns), Some(resource)) = (&info.namespace, resource) else {
         return Err(ApiError::no_such_path());
     };
     let name = info.name.as_deref();
@@ -312,46 +312,56 @@ async fn serve(
         }
         (_, _, Some(_)) => Err(ApiError::no_such_path()),
         ("get", Some(name), None) => {
+            let table = req.table()?;
             let state = shared.lock();
             let object = state
                 .get(resource, ns, name)
-                .ok_or_else(|| ApiError::not_found(resource.plural(), name))?;
-            Ok(axum::Json(object).into_response())
+                .ok_or_else(|| ApiError::not_found(resource, name))?;
+            Ok(match table {
+                Some(table) => {
+                    let rv = str_at(object, "/metadata/resourceVersion").unwrap_or_default();
+                    axum::Json(table.table(resource, &[object], rv, true)).into_response()
+                }
+                None => axum::Json(object).into_response(),
+            })
         }
         ("list", None, None) => list(shared, resource, ns, req),
         ("watch", name, None) => watch(shared, resource, ns, name, req),
         ("create", None, None) => {
-            let object = req.json_body()?;
-            let created = shared.lock().create(resource, ns, object, false)?;
+            let (object, validation) = (req.object_body()?, req.field_validation()?);
+            let (created, warnings) = shared
+                .lock()
+                .create(resource, ns, object, false, validation)?;
             shared.notify();
             if resource == Resource::Pods {
                 kubelet::start(shared, &created);
             }
-            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+            Ok(with_warnings(StatusCode::CREATED, &created, &warnings))
         }
         ("update", Some(name), None) => {
-            let object = req.json_body()?;
-            let replaced = shared.lock().replace(resource, ns, name, object)?;
+            let (object, validation) = (req.object_body()?, req.field_validation()?);
+            let (replaced, warnings) = shared
+                .lock()
+                .replace(resource, ns, name, object, validation)?;
             shared.notify();
-            Ok(axum::Json(replaced).into_response())
+            Ok(with_warnings(StatusCode::OK, &replaced, &warnings))
         }
         ("patch", Some(name), None) => {
-            let media = req
-                .content_type
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim();
+            let media = req.media_type();
             if !matches!(
                 media,
                 "application/merge-patch+json" | "application/strategic-merge-patch+json"
             ) {
-                return Err(ApiError::unsupported_media_type(media));
+                return Err(ApiError::unsupported_media_type(format!(
+                    "the fake supports merge patches only, not {media:?}"
+                )));
             }
-            let patch = req.json_body()?;
-            let patched = shared.lock().patch(resource, ns, name, &patch)?;
+            let (patch, validation) = (req.json_body()?, req.field_validation()?);
+            let (patched, warnings) = shared
+                .lock()
+                .patch(resource, ns, name, &patch, validation)?;
             shared.notify();
-            Ok(axum::Json(patched).into_response())
+            Ok(with_warnings(StatusCode::OK, &patched, &warnings))
         }
         ("delete", Some(name), None) => delete(shared, resource, ns, name, req),
         ("deletecollection", None, None) => {
@@ -393,7 +403,7 @@ fn selectors(
 
 fn list_body(resource: Resource, rv: u64, items: Vec<Value>) -> Value {
     json!({
-        "apiVersion": "v1",
+        "apiVersion": resource.api_version(),
         "kind": format!("{}List", resource.kind()),
         "metadata": { "resourceVersion": rv.to_string() },
         "items": items,
@@ -408,11 +418,18 @@ fn list(
     req: &Incoming,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(resource, req)?;
+    let table = req.table()?;
     let state = shared.lock();
-    let items = state
+    let matching = state
         .list(resource, ns)
         .into_iter()
-        .filter(|o| labels.matches(o) && fields.matches(o))
+        .filter(|o| labels.matches(o) && fields.matches(o));
+    if let Some(table) = table {
+        let objects: Vec<&Value> = matching.collect();
+        let body = table.table(resource, &objects, &state.rv.to_string(), true);
+        return Ok(axum::Json(body).into_response());
+    }
+    let items = matching
         .map(|o| {
             // The API server leaves kind and apiVersion out of list items.
             let mut item = o.clone();
@@ -448,7 +465,7 @@ fn delete(
         let mut state = shared.lock();
         let current = state
             .get(resource, ns, name)
-            .ok_or_else(|| ApiError::not_found(resource.plural(), name))?;
+            .ok_or_else(|| ApiError::not_found(resource, name))?;
         for (field, what) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
             if let Some(wanted) = preconditions[field].as_str() {
                 let actual = str_at(current, &format!("/metadata/{field}")).unwrap_or_default();
@@ -465,19 +482,23 @@ fn delete(
         state.delete(resource, ns, name, orphan)?
     };
     shared.notify();
-    // Pods and claims come back as the object (they have a graceful
-    // deletion), secrets as a Success Status: clients must take both.
-    if resource == Resource::Secrets {
+    // Pods, claims and services come back as the object, secrets and
+    // network policies as a Success Status: clients must take both.
+    if !resource.returns_deleted_object() {
+        let mut details = json!({
+            "name": name,
+            "kind": resource.plural(),
+            "uid": deleted["metadata"]["uid"],
+        });
+        if !resource.group().is_empty() {
+            details["group"] = json!(resource.group());
+        }
         return Ok(axum::Json(json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
             "status": "Success",
-            "details": {
-                "name": name,
-                "kind": resource.plural(),
-                "uid": deleted["metadata"]["uid"],
-            },
+            "details": details,
         }))
         .into_response());
     }
@@ -512,6 +533,7 @@ fn watch(
     .map(|s| Instant::now() + Duration::from_secs(s));
     let initial_events = req.flag("sendInitialEvents");
     let version = req.param("resourceVersion").unwrap_or_default();
+    let table = req.table()?;
     // Subscribed before reading the state: no change can fall in between.
     let changes = shared.subscribe();
     let state = shared.lock();
@@ -525,6 +547,7 @@ fn watch(
         after: state.rv,
         epoch: state.watch_epoch,
         deadline,
+        table: table.map(|t| (t, true)),
         pending: VecDeque::new(),
         done: false,
     };
@@ -532,13 +555,13 @@ fn watch(
         // "Any version": the current objects as ADDED, then what changes.
         for object in state.list(resource, ns) {
             if cursor.matches(object) {
-                cursor.pending.push_back(event_line("ADDED", object));
+                cursor.push_object("ADDED", object);
             }
         }
         if initial_events {
             let bookmark = json!({
                 "kind": resource.kind(),
-                "apiVersion": "v1",
+                "apiVersion": resource.api_version(),
                 "metadata": {
                     "resourceVersion": state.rv.to_string(),
                     "annotations": { "k8s.io/initial-events-end": "true" },
@@ -574,6 +597,8 @@ struct WatchCursor {
     after: u64,
     epoch: u64,
     deadline: Option<Instant>,
+    /// Each object as a Table, the column definitions in the first only.
+    table: Option<(TableRequest, bool)>,
     pending: VecDeque<Bytes>,
     done: bool,
 }
@@ -581,6 +606,20 @@ struct WatchCursor {
 impl WatchCursor {
     fn matches(&self, object: &Value) -> bool {
         self.labels.matches(object) && self.fields.matches(object)
+    }
+
+    /// Queues an ADDED, MODIFIED or DELETED event.
+    fn push_object(&mut self, kind: &str, object: &Value) {
+        let line = match &mut self.table {
+            Some((table, headers)) => {
+                let rv = str_at(object, "/metadata/resourceVersion").unwrap_or_default();
+                let converted = table.table(self.resource, &[object], rv, *headers);
+                *headers = false;
+                event_line(kind, &converted)
+            }
+            None => event_line(kind, object),
+        };
+        self.pending.push_back(line);
     }
 
     async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, WatchCursor)> {
@@ -593,7 +632,8 @@ impl WatchCursor {
             }
             self.changes.borrow_and_update();
             {
-                let state = self.shared.lock();
+                let shared = Arc::clone(&self.shared);
+                let state = shared.lock();
                 // An error, not the end: the connection drops without the
                 // closing chunk, as when an API server goes away.
                 let abort = match &state.broken {
@@ -614,8 +654,7 @@ impl WatchCursor {
                         && change.namespace == self.namespace
                         && self.matches(&change.object)
                     {
-                        self.pending
-                            .push_back(event_line(change.event.as_str(), &change.object));
+                        self.push_object(change.event.as_str(), &change.object);
                     }
                     self.after = change.rv;
                 }
@@ -643,7 +682,7 @@ fn logs(shared: &Arc<Shared>, ns: &str, name: &str, req: &Incoming) -> Result<Re
     let state = shared.lock();
     let pod = state
         .get(Resource::Pods, ns, name)
-        .ok_or_else(|| ApiError::not_found("pods", name))?;
+        .ok_or_else(|| ApiError::not_found(Resource::Pods, name))?;
     let names = |list: &str| -> Vec<String> {
         pod["spec"][list]
             .as_array()

@@ -1,12 +1,35 @@
 //! An in-process fake of the Kubernetes API, at the HTTP level, for testing
-//! the Kubernetes executor without a cluster.
+//! the Kubernetes executor without a cluster. It is checked against two real
+//! clients: kube-rs (tests/fake_kube.rs, tests/kubernetes/services.rs) and
+//! kubectl (tests/kubernetes/kubectl.rs).
 //!
-//! It serves the namespaced core/v1 resources a job needs — `pods` (with
-//! `pods/log`), `secrets`, `persistentvolumeclaims` — with Kubernetes'
-//! semantics where a client can tell: resourceVersions, watches that resume
-//! from a resourceVersion, `Status` errors, RBAC refusals worded as the API
-//! server words them, and garbage collection through ownerReferences. A fake
-//! kubelet plays each pod's life from a [`PodScript`] the test chooses.
+//! It serves, in the namespaces it is given:
+//!
+//! - core/v1 `pods` (with `pods/log`: follow, timestamps, tailLines),
+//!   `secrets` (`stringData` merged into `data`, as the API server does),
+//!   `persistentvolumeclaims` (left Pending) and `services` (a cluster IP
+//!   from 10.96.0.0/16, unique among live Services, unless headless;
+//!   `type` ClusterIP and the other defaults);
+//! - networking.k8s.io/v1 `networkpolicies` (stored, not enforced);
+//!
+//! each with create (409 for a taken name), get, replace, merge patch,
+//! delete and deletecollection (the garbage collector following
+//! ownerReferences), list and watch (label and field selectors,
+//! resourceVersions, resuming watches, 410 after [`FakeKube::expire_history`]);
+//! bodies decoded into the resource's type, with `fieldValidation`
+//! (Strict, Warn with `Warning` headers, Ignore); `Table` answers for a
+//! client that asks for one (kubectl's default output), with Kubernetes'
+//! columns. Every request is authorised with one Role's rules ([`RoleRule`],
+//! by verb, API group and resource) and refused with the API server's
+//! words. Anyone may read `/version`, the discovery documents (`/api`,
+//! `/apis`, each group version's resource list) and OpenAPI v3 (the paths,
+//! kinds and parameters, without schemas). A fake kubelet plays each pod's
+//! life from a [`PodScript`] the test chooses.
+//!
+//! What it does not do: protobuf bodies (kubectl's typed commands, such as
+//! `kubectl create secret`, send them: a 415 says so), server-side apply,
+//! JSON patches, `limit`/`continue` paging, graceful deletion (objects go
+//! at once), scheduling (pods get no node), and anything cluster-scoped.
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {
@@ -24,10 +47,13 @@
 //! ```
 
 mod api;
+mod discovery;
 mod kubelet;
 mod rbac;
+mod schema;
 mod select;
 mod store;
+mod table;
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -40,6 +66,7 @@ use tokio::task::AbortHandle;
 pub use kubelet::{ContainerScript, PodScript};
 pub use rbac::RoleRule;
 
+use schema::FieldValidation;
 use store::{Resource, Shared, State};
 
 /// The user every request is made as, in refusals' messages.
@@ -100,6 +127,9 @@ pub struct Denied {
     /// The RBAC verb (`get`, `list`, `watch`, `create`, …), or for a path
     /// that names no resource the lowercase HTTP method.
     pub verb: String,
+    /// The resource's API group: `""` for the core group (and for a path
+    /// that names no resource), `networking.k8s.io`, ….
+    pub group: String,
     /// `pods`, `pods/log`, …; empty for a path that names no resource.
     pub resource: String,
     /// The namespace, if the request was namespaced.
@@ -249,13 +279,14 @@ impl FakeKube {
     /// # Panics
     ///
     /// If the fake does not serve `resource`, or would refuse to create the
-    /// object (unknown namespace, existing name, invalid object).
+    /// object (unknown namespace, existing name, invalid object, a field
+    /// its type does not have).
     pub fn insert(&self, resource: &str, namespace: &str, object: Value) -> Value {
         let resource = Resource::named(resource);
-        let stored = self
+        let (stored, _) = self
             .shared
             .lock()
-            .create(resource, namespace, object, true)
+            .create(resource, namespace, object, true, FieldValidation::Strict)
             .unwrap_or_else(|e| panic!("inserting into the fake Kubernetes API: {}", e.message));
         self.shared.notify();
         if resource == Resource::Pods {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleRule {
-    /// API groups; the core group (the only one the fake serves) is `""`.
+    /// API groups; the core group is `""`.
     #[serde(default)]
     pub api_groups: Vec<String>,
     /// Resources such as `pods`, `pods/log`, `secrets`.
@@ -69,8 +69,9 @@ impl RoleRule {
     }
 
     /// Whether this rule allows `verb` on `resource` (`pods/log` for a
-    /// subresource) of the core group, on the object `name` if any.
-    pub fn allows(&self, verb: &str, resource: &str, name: Option<&str>) -> bool {
+    /// subresource) of the API `group` (`""` for the core group), on the
+    /// object `name` if any.
+    pub fn allows(&self, verb: &str, group: &str, resource: &str, name: Option<&str>) -> bool {
         let any = |list: &[String], wanted: &str| list.iter().any(|x| x == "*" || x == wanted);
         let resource_matches = self.resources.iter().any(|r| {
             r == "*"
@@ -80,7 +81,7 @@ impl RoleRule {
                     resource.split_once('/').is_some_and(|(_, s)| s == sub)
                 })
         });
-        any(&self.api_groups, "")
+        any(&self.api_groups, group)
             && any(&self.verbs, verb)
             && resource_matches
             && (self.resource_names.is_empty()

@@ -2,47 +2,97 @@
 //! request log, and the Status errors the API answers with.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, LockResult, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use super::kubelet::{PodRun, PodScript};
 use super::rbac::RoleRule;
+use super::schema::{FieldValidation, decode};
 use super::{Denied, RecordedRequest};
+
+/// The range Service cluster IPs come from (kube-apiserver's default
+/// `--service-cluster-ip-range`).
+pub(crate) const SERVICE_CIDR: &str = "10.96.0.0/16";
+const SERVICE_NETWORK: u32 = 0x0A60_0000;
+
+fn in_service_cidr(ip: Ipv4Addr) -> bool {
+    u32::from(ip) >> 16 == SERVICE_NETWORK >> 16
+}
+
+/// The elements of an array field, none if it is not an array.
+fn array_mut(value: &mut Value) -> impl Iterator<Item = &mut Value> {
+    value.as_array_mut().into_iter().flatten()
+}
 
 /// The callback that chooses how the fake kubelet plays a pod.
 pub(crate) type PodScripter = dyn Fn(&Value) -> PodScript + Send + Sync;
 
-/// The resources the fake serves.
+/// The resources the fake serves, all namespaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Resource {
     Pods,
     Secrets,
     PersistentVolumeClaims,
+    Services,
+    NetworkPolicies,
 }
 
 impl Resource {
-    pub(crate) fn parse(plural: &str) -> Option<Resource> {
-        match plural {
-            "pods" => Some(Resource::Pods),
-            "secrets" => Some(Resource::Secrets),
-            "persistentvolumeclaims" => Some(Resource::PersistentVolumeClaims),
-            _ => None,
+    pub(crate) const ALL: [Resource; 5] = [
+        Resource::Pods,
+        Resource::Secrets,
+        Resource::PersistentVolumeClaims,
+        Resource::Services,
+        Resource::NetworkPolicies,
+    ];
+
+    /// The resource a path names: its API group (`""` for core), version
+    /// and plural.
+    pub(crate) fn parse(group: &str, version: &str, plural: &str) -> Option<Resource> {
+        Resource::ALL
+            .into_iter()
+            .find(|r| r.group() == group && r.version() == version && r.plural() == plural)
+    }
+
+    /// Parses a test-side resource name (a plural: they are unique across
+    /// the groups served); a typo there is the test's bug.
+    pub(crate) fn named(plural: &str) -> Resource {
+        Resource::ALL
+            .into_iter()
+            .find(|r| r.plural() == plural)
+            .unwrap_or_else(|| {
+                let served: Vec<&str> = Resource::ALL.iter().map(|r| r.plural()).collect();
+                panic!("the fake serves {}, not {plural:?}", served.join(", "))
+            })
+    }
+
+    pub(crate) fn group(self) -> &'static str {
+        match self {
+            Resource::NetworkPolicies => "networking.k8s.io",
+            _ => "",
         }
     }
 
-    /// Parses a test-side resource name; a typo there is the test's bug.
-    pub(crate) fn named(plural: &str) -> Resource {
-        Resource::parse(plural).unwrap_or_else(|| {
-            panic!("the fake serves pods, secrets and persistentvolumeclaims, not {plural:?}")
-        })
+    pub(crate) fn version(self) -> &'static str {
+        "v1"
+    }
+
+    /// `v1` for the core group, `group/v1` otherwise.
+    pub(crate) fn api_version(self) -> &'static str {
+        match self {
+            Resource::NetworkPolicies => "networking.k8s.io/v1",
+            _ => "v1",
+        }
     }
 
     pub(crate) fn plural(self) -> &'static str {
@@ -50,6 +100,8 @@ impl Resource {
             Resource::Pods => "pods",
             Resource::Secrets => "secrets",
             Resource::PersistentVolumeClaims => "persistentvolumeclaims",
+            Resource::Services => "services",
+            Resource::NetworkPolicies => "networkpolicies",
         }
     }
 
@@ -58,7 +110,28 @@ impl Resource {
             Resource::Pods => "Pod",
             Resource::Secrets => "Secret",
             Resource::PersistentVolumeClaims => "PersistentVolumeClaim",
+            Resource::Services => "Service",
+            Resource::NetworkPolicies => "NetworkPolicy",
         }
+    }
+
+    /// `pods`, `networkpolicies.networking.k8s.io`: how the API server
+    /// names a resource in its messages.
+    pub(crate) fn qualified(self) -> String {
+        match self.group() {
+            "" => self.plural().to_owned(),
+            group => format!("{}.{group}", self.plural()),
+        }
+    }
+
+    /// Whether a DELETE answers with the deleted object (true of the
+    /// resources whose registry sets ReturnDeletedObject) rather than a
+    /// Success Status.
+    pub(crate) fn returns_deleted_object(self) -> bool {
+        matches!(
+            self,
+            Resource::Pods | Resource::PersistentVolumeClaims | Resource::Services
+        )
     }
 
     /// The field selectors the real API server accepts for the resource;
@@ -78,7 +151,15 @@ impl Resource {
                 "status.nominatedNodeName",
             ],
             Resource::Secrets => &["metadata.name", "metadata.namespace", "type"],
-            Resource::PersistentVolumeClaims => &["metadata.name", "metadata.namespace"],
+            Resource::Services => &[
+                "metadata.name",
+                "metadata.namespace",
+                "spec.clusterIP",
+                "spec.type",
+            ],
+            Resource::PersistentVolumeClaims | Resource::NetworkPolicies => {
+                &["metadata.name", "metadata.namespace"]
+            }
         }
     }
 }
@@ -130,14 +211,34 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, resource: &str, name: &str) -> ApiError {
-        self.details = Some(json!({ "name": name, "kind": resource }));
+    /// Status details name the resource by its plural, and its group when
+    /// it has one.
+    fn with_details(mut self, group: &str, plural: &str, name: &str) -> ApiError {
+        let mut details = json!({ "name": name, "kind": plural });
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        self.details = Some(details);
         self
     }
 
-    pub(crate) fn not_found(resource: &str, name: &str) -> ApiError {
-        ApiError::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
-            .with_details(resource, name)
+    fn for_resource(self, resource: Resource, name: &str) -> ApiError {
+        self.with_details(resource.group(), resource.plural(), name)
+    }
+
+    pub(crate) fn not_found(resource: Resource, name: &str) -> ApiError {
+        let qualified = resource.qualified();
+        ApiError::new(404, "NotFound", format!("{qualified} \"{name}\" not found"))
+            .for_resource(resource, name)
+    }
+
+    pub(crate) fn namespace_not_found(namespace: &str) -> ApiError {
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+        )
+        .with_details("", "namespaces", namespace)
     }
 
     pub(crate) fn no_such_path() -> ApiError {
@@ -149,47 +250,57 @@ impl ApiError {
     }
 
     pub(crate) fn already_exists(resource: Resource, name: &str) -> ApiError {
-        let plural = resource.plural();
+        let qualified = resource.qualified();
         ApiError::new(
             409,
             "AlreadyExists",
-            format!("{plural} \"{name}\" already exists"),
+            format!("{qualified} \"{name}\" already exists"),
         )
-        .with_details(plural, name)
+        .for_resource(resource, name)
     }
 
     pub(crate) fn conflict(resource: Resource, name: &str) -> ApiError {
-        let plural = resource.plural();
+        let qualified = resource.qualified();
         ApiError::new(
             409,
             "Conflict",
             format!(
-                "Operation cannot be fulfilled on {plural} \"{name}\": the object has been \
+                "Operation cannot be fulfilled on {qualified} \"{name}\": the object has been \
                  modified; please apply your changes to the latest version and try again"
             ),
         )
-        .with_details(plural, name)
+        .for_resource(resource, name)
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "BadRequest", message.into())
     }
 
+    /// A 422: the kind is qualified by the group, as `Kind.group "name"`.
     pub(crate) fn invalid(resource: Resource, name: &str, causes: &str) -> ApiError {
+        let kind = match resource.group() {
+            "" => resource.kind().to_owned(),
+            group => format!("{}.{group}", resource.kind()),
+        };
         ApiError::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {causes}", resource.kind()),
+            format!("{kind} \"{name}\" is invalid: {causes}"),
         )
-        .with_details(resource.plural(), name)
+        .for_resource(resource, name)
     }
 
-    pub(crate) fn forbidden(message: String, resource: &str, name: Option<&str>) -> ApiError {
+    pub(crate) fn forbidden(
+        message: String,
+        group: &str,
+        resource: &str,
+        name: Option<&str>,
+    ) -> ApiError {
         let error = ApiError::new(403, "Forbidden", message);
         if resource.is_empty() {
             error
         } else {
-            error.with_details(resource, name.unwrap_or_default())
+            error.with_details(group, resource, name.unwrap_or_default())
         }
     }
 
@@ -201,12 +312,8 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn unsupported_media_type(content_type: &str) -> ApiError {
-        ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            format!("the fake supports merge patches only, not {content_type:?}"),
-        )
+    pub(crate) fn unsupported_media_type(message: String) -> ApiError {
+        ApiError::new(415, "UnsupportedMediaType", message)
     }
 
     /// A watch from a resourceVersion the fake has forgotten. Kubernetes says
@@ -407,25 +514,33 @@ impl State {
         });
     }
 
-    /// Creates an object as POST does: validated, with the server's
-    /// metadata. `keep_metadata` keeps a uid and creationTimestamp the
-    /// caller set (for objects inserted by the test as pre-existing).
+    /// Creates an object as POST does: decoded (see [`decode`]), validated,
+    /// with the server's metadata and defaults. `keep_metadata` keeps a uid
+    /// and creationTimestamp the caller set (for objects inserted by the
+    /// test as pre-existing). Returns the object and the warnings to send.
     pub(crate) fn create(
         &mut self,
         resource: Resource,
         namespace: &str,
         mut object: Value,
         keep_metadata: bool,
-    ) -> Result<Value, ApiError> {
+        validation: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        if !object.is_object() {
+            return Err(ApiError::bad_request(
+                "the request body is not a JSON object",
+            ));
+        }
+        let warnings = decode(resource, &mut object, validation)?;
         if !self.namespaces.iter().any(|ns| ns == namespace) {
-            return Err(ApiError::not_found("namespaces", namespace));
+            return Err(ApiError::namespace_not_found(namespace));
         }
         let Some(fields) = object.as_object_mut() else {
             return Err(ApiError::bad_request(
                 "the request body is not a JSON object",
             ));
         };
-        fields.insert("apiVersion".to_owned(), json!("v1"));
+        fields.insert("apiVersion".to_owned(), json!(resource.api_version()));
         fields.insert("kind".to_owned(), json!(resource.kind()));
         let metadata = fields
             .entry("metadata")
@@ -471,62 +586,79 @@ impl State {
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(resource, &name));
         }
-        if resource == Resource::Pods {
-            let terminal = matches!(
-                str_at(&object, "/status/phase"),
-                Some("Succeeded" | "Failed")
-            );
-            // A pod the test inserts as already finished stays as it is;
-            // any other starts from the beginning, for the kubelet to play.
-            if !(keep_metadata && terminal) {
-                object["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
+        match resource {
+            Resource::Pods => {
+                let terminal = matches!(
+                    str_at(&object, "/status/phase"),
+                    Some("Succeeded" | "Failed")
+                );
+                // A pod the test inserts as already finished stays as it is;
+                // any other starts from the beginning, for the kubelet to play.
+                if !(keep_metadata && terminal) {
+                    object["status"] = json!({ "phase": "Pending", "qosClass": "BestEffort" });
+                }
             }
+            Resource::PersistentVolumeClaims => {
+                // No provisioner binds it: it stays Pending, as in a cluster
+                // whose storage class waits for a first consumer.
+                object["status"] = json!({ "phase": "Pending" });
+            }
+            _ => {}
         }
+        self.apply_defaults(resource, &name, &mut object, None)?;
         self.commit(resource, namespace, EventType::Added, &mut object);
         self.objects.insert(key, object.clone());
-        Ok(object)
+        Ok((object, warnings))
     }
 
-    /// Replaces an object as PUT does; a pod's status is kept (it is a
-    /// subresource the client cannot write this way).
+    /// Replaces an object as PUT does; a pod's or claim's status is kept (it
+    /// is a subresource the client cannot write this way), and so is a
+    /// Service's cluster IP when the new object leaves it out.
     pub(crate) fn replace(
         &mut self,
         resource: Resource,
         namespace: &str,
         name: &str,
         mut object: Value,
-    ) -> Result<Value, ApiError> {
+        validation: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         if !object.is_object() {
             return Err(ApiError::bad_request(
                 "the request body is not a JSON object",
             ));
         }
+        let warnings = decode(resource, &mut object, validation)?;
         if str_at(&object, "/metadata/name") != Some(name) {
             return Err(ApiError::bad_request(
                 "the name of the object does not match the name on the URL",
             ));
         }
         let Some(current) = self.get(resource, namespace, name) else {
-            return Err(ApiError::not_found(resource.plural(), name));
+            return Err(ApiError::not_found(resource, name));
         };
         if let Some(rv) = str_at(&object, "/metadata/resourceVersion")
             && Some(rv) != str_at(current, "/metadata/resourceVersion")
         {
             return Err(ApiError::conflict(resource, name));
         }
+        let current = current.clone();
         for field in ["uid", "creationTimestamp", "namespace"] {
             object["metadata"][field] = current["metadata"][field].clone();
         }
-        object["apiVersion"] = json!("v1");
+        object["apiVersion"] = json!(resource.api_version());
         object["kind"] = json!(resource.kind());
-        if resource == Resource::Pods {
+        if matches!(
+            resource,
+            Resource::Pods | Resource::PersistentVolumeClaims | Resource::Services
+        ) {
             object["status"] = current["status"].clone();
         }
         validate(resource, name, &object)?;
+        self.apply_defaults(resource, name, &mut object, Some(&current))?;
         self.commit(resource, namespace, EventType::Modified, &mut object);
         self.objects
             .insert(State::key(resource, namespace, name), object.clone());
-        Ok(object)
+        Ok((object, warnings))
     }
 
     /// Applies a JSON merge patch (RFC 7386), which is also how the fake
@@ -537,9 +669,10 @@ impl State {
         namespace: &str,
         name: &str,
         patch: &Value,
-    ) -> Result<Value, ApiError> {
+        validation: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let Some(current) = self.get(resource, namespace, name) else {
-            return Err(ApiError::not_found(resource.plural(), name));
+            return Err(ApiError::not_found(resource, name));
         };
         let mut object = current.clone();
         merge_patch(&mut object, patch);
@@ -552,7 +685,179 @@ impl State {
         {
             return Err(ApiError::conflict(resource, name));
         }
-        self.replace(resource, namespace, name, object)
+        self.replace(resource, namespace, name, object, validation)
+    }
+
+    /// What the API server fills in or converts on every write (`current`
+    /// is the object being replaced, if any).
+    fn apply_defaults(
+        &self,
+        resource: Resource,
+        name: &str,
+        object: &mut Value,
+        current: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        match resource {
+            Resource::Secrets => {
+                // stringData is write-only: the API server merges it into
+                // data (base64, its entries winning) and never returns it.
+                if let Some(Value::Object(strings)) =
+                    object.as_object_mut().and_then(|o| o.remove("stringData"))
+                {
+                    for (key, value) in strings {
+                        let text = value.as_str().unwrap_or_default();
+                        object["data"][key] = json!(BASE64.encode(text));
+                    }
+                }
+                if str_at(object, "/type").is_none_or(str::is_empty) {
+                    object["type"] = json!("Opaque");
+                }
+            }
+            Resource::PersistentVolumeClaims => {
+                if object["spec"]["volumeMode"].is_null() {
+                    object["spec"]["volumeMode"] = json!("Filesystem");
+                }
+            }
+            Resource::Services => self.default_service(name, object, current)?,
+            Resource::NetworkPolicies => {
+                // Ingress is always a policy type; Egress when egress rules
+                // are given.
+                if object["spec"]["policyTypes"].is_null() {
+                    let mut types = vec!["Ingress"];
+                    if object["spec"]["egress"].is_array() {
+                        types.push("Egress");
+                    }
+                    object["spec"]["policyTypes"] = json!(types);
+                }
+                for direction in ["ingress", "egress"] {
+                    for rule in array_mut(&mut object["spec"][direction]) {
+                        for port in array_mut(&mut rule["ports"]) {
+                            if port["protocol"].is_null() {
+                                port["protocol"] = json!("TCP");
+                            }
+                        }
+                    }
+                }
+            }
+            Resource::Pods => {}
+        }
+        Ok(())
+    }
+
+    /// A Service's defaults and its cluster IP: kept from `current`,
+    /// allocated from [`SERVICE_CIDR`] (unique among live Services), or
+    /// none for a headless (`None`) or ExternalName Service.
+    fn default_service(
+        &self,
+        name: &str,
+        object: &mut Value,
+        current: Option<&Value>,
+    ) -> Result<(), ApiError> {
+        let spec = &mut object["spec"];
+        if str_at(spec, "/type").is_none_or(str::is_empty) {
+            spec["type"] = json!("ClusterIP");
+        }
+        if spec["sessionAffinity"].is_null() {
+            spec["sessionAffinity"] = json!("None");
+        }
+        for port in array_mut(&mut spec["ports"]) {
+            if port["protocol"].is_null() {
+                port["protocol"] = json!("TCP");
+            }
+            if port["targetPort"].is_null() {
+                port["targetPort"] = port["port"].clone();
+            }
+        }
+        let invalid = |field: &str, value: &str, why: &str| {
+            ApiError::invalid(
+                Resource::Services,
+                name,
+                &format!("{field}: Invalid value: \"{value}\": {why}"),
+            )
+        };
+        let old = current.and_then(|c| str_at(c, "/spec/clusterIP"));
+        let asked = str_at(spec, "/clusterIP")
+            .filter(|ip| !ip.is_empty())
+            .map(str::to_owned);
+        if spec["type"] == "ExternalName" {
+            return Ok(());
+        }
+        let ip = match (asked, old) {
+            (Some(asked), Some(old)) if asked != old => {
+                return Err(invalid("spec.clusterIP", &asked, "field is immutable"));
+            }
+            (Some(asked), Some(_)) => asked,
+            (None, Some(old)) => old.to_owned(),
+            (Some(asked), None) if asked == "None" => asked,
+            (Some(asked), None) => {
+                let parsed: Option<Ipv4Addr> = asked.parse().ok();
+                if !parsed.is_some_and(in_service_cidr) {
+                    return Err(invalid(
+                        "spec.clusterIPs",
+                        &asked,
+                        &format!(
+                            "failed to allocate IP {asked}: the provided IP ({asked}) is not in \
+                             the valid range. The range of valid IPs is {SERVICE_CIDR}"
+                        ),
+                    ));
+                }
+                if self.cluster_ip_taken(&asked) {
+                    return Err(invalid(
+                        "spec.clusterIPs",
+                        &asked,
+                        &format!("failed to allocate IP {asked}: provided IP is already allocated"),
+                    ));
+                }
+                asked
+            }
+            (None, None) => self.allocate_cluster_ip().ok_or_else(|| {
+                ApiError::internal(format!(
+                    "failed to allocate a serviceIP: range is full ({SERVICE_CIDR})"
+                ))
+            })?,
+        };
+        let headless = ip == "None";
+        if !headless && spec["ports"].as_array().is_none_or(Vec::is_empty) {
+            return Err(ApiError::invalid(
+                Resource::Services,
+                name,
+                "spec.ports: Required value",
+            ));
+        }
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+        // A single-stack IPv4 cluster's families, headless Services' too.
+        spec["ipFamilies"] = json!(["IPv4"]);
+        spec["ipFamilyPolicy"] = json!("SingleStack");
+        if spec["internalTrafficPolicy"].is_null() {
+            spec["internalTrafficPolicy"] = json!("Cluster");
+        }
+        if object["status"].is_null() {
+            object["status"] = json!({ "loadBalancer": {} });
+        }
+        Ok(())
+    }
+
+    fn cluster_ip_taken(&self, ip: &str) -> bool {
+        self.objects.iter().any(|((r, _, _), o)| {
+            *r == Resource::Services && str_at(o, "/spec/clusterIP") == Some(ip)
+        })
+    }
+
+    /// A free address of [`SERVICE_CIDR`], from a random start as the API
+    /// server's allocator picks at random (so no client can rely on an
+    /// order); never the network or broadcast address.
+    fn allocate_cluster_ip(&self) -> Option<String> {
+        let random = uuid::Uuid::new_v4();
+        let start = u32::from(u16::from_le_bytes([
+            random.as_bytes()[0],
+            random.as_bytes()[1],
+        ]));
+        (0..=u32::from(u16::MAX))
+            .map(|i| (start + i) % (1 << 16))
+            .filter(|offset| *offset != 0 && *offset != u32::from(u16::MAX))
+            .map(|offset| Ipv4Addr::from(SERVICE_NETWORK + offset).to_string())
+            .find(|ip| !self.cluster_ip_taken(ip))
     }
 
     /// Updates a pod's status for the fake kubelet; false if the pod is gone
@@ -588,7 +893,7 @@ impl State {
         orphan: bool,
     ) -> Result<Value, ApiError> {
         let Some(deleted) = self.remove(resource, namespace, name) else {
-            return Err(ApiError::not_found(resource.plural(), name));
+            return Err(ApiError::not_found(resource, name));
         };
         if !orphan {
             let mut gone = vec![
@@ -711,6 +1016,33 @@ fn validate(resource: Resource, name: &str, object: &Value) -> Result<(), ApiErr
                     "a valid label must be an empty string or consist of alphanumeric \
                      characters, '-', '_' or '.', and must start and end with an alphanumeric \
                      character, at most 63 characters",
+                ));
+            }
+        }
+    }
+    if resource == Resource::Services {
+        let ports = object["spec"]["ports"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (i, port) in ports.iter().enumerate() {
+            let number = port["port"].as_i64().unwrap_or_default();
+            if !(1..=65535).contains(&number) {
+                return Err(ApiError::invalid(
+                    resource,
+                    name,
+                    &format!(
+                        "spec.ports[{i}].port: Invalid value: {number}: must be between 1 and \
+                         65535, inclusive"
+                    ),
+                ));
+            }
+            // Several ports need names to tell them apart.
+            if ports.len() > 1 && port["name"].as_str().is_none_or(str::is_empty) {
+                return Err(ApiError::invalid(
+                    resource,
+                    name,
+                    &format!("spec.ports[{i}].name: Required value"),
                 ));
             }
         }
