@@ -608,18 +608,30 @@ async fn bytecode_is_shared_through_the_cache_directory_and_checked() {
         .await
         .unwrap()
     };
+    // The script's bytecode under each plugin these tests ran with (the
+    // cache directory outlives a rebuilt plugin): only this plugin's is
+    // to be found once compiled.
+    let compiled_copies = || {
+        std::fs::read_dir(cache.join("bytecode"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .contains(&hex_of(&script.key()))
+            })
+            .collect::<Vec<_>>()
+    };
+    for stale in compiled_copies() {
+        std::fs::remove_file(stale).unwrap();
+    }
     let first = process().await;
     first.compile(&script).await.unwrap();
-    let file = std::fs::read_dir(cache.join("bytecode"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .contains(&hex_of(&script.key()))
-        })
+    let file = compiled_copies()
+        .pop()
         .expect("the bytecode is in the cache directory");
     let whole = std::fs::read(&file).unwrap();
     for damaged in [whole[..whole.len() / 2].to_vec(), {
