@@ -27,6 +27,7 @@
     JobWait: 11,
     JobCancel: 12,
     JobLogs: 13,
+    ServiceStart: 14,
     Sleep: 20,
     TicketCancel: 21,
     WaitAny: 30, // called by the plugin's driver loop, not from here
@@ -401,6 +402,48 @@
     }
   }
 
+  // Mizzen's addition: a container that lives as long as the event (or until
+  // stop()), started once and reached by its name from every job of the
+  // event, on the event's own network: one database for a sequence of jobs.
+  // A service is named like a job (the two share the event's names).
+  class Service extends Container {
+    constructor(name, image) {
+      super(image);
+      Object.defineProperty(this, "name", { value: name, writable: true, enumerable: false });
+      Object.defineProperty(this, "logger", { value: logger.child({ job: name }), writable: true, enumerable: false });
+    }
+
+    // Resolves once the service is ready (its readiness, or up for 3 s),
+    // with the host ports it got: { ports: { "6379": 49153 } }.
+    async start() {
+      this.logger.info(`Starting service ${this.name}`);
+      const container = {};
+      for (const key of Object.keys(this)) container[key] = this[key];
+      try {
+        return await submit(OP.ServiceStart, { name: this.name, container });
+      } catch (e) {
+        const error = new Error(`Error starting service "${this.name}": ${e.message}`);
+        error.code = e.code;
+        throw error;
+      }
+    }
+
+    // Stops the service; it would otherwise run until the event ends.
+    async stop() {
+      call(OP.JobCancel, { name: this.name });
+    }
+
+    // How the service ended: { phase, exitCode, reason }.
+    async wait() {
+      return submit(OP.JobWait, { name: this.name });
+    }
+
+    async logs() {
+      const result = await submit(OP.JobLogs, { name: this.name });
+      return result.lines.join("\n");
+    }
+  }
+
   class Group {
     constructor(...runnables) {
       this.runnables = runnables;
@@ -451,6 +494,7 @@
     EventRegistry,
     Job,
     Container,
+    Service,
     JobHost,
     SerialGroup,
     ConcurrentGroup,

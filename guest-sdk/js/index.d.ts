@@ -171,11 +171,63 @@ declare module "@brigadecore/brigadier" {
     /** Mount the host's Docker socket (needs `jobPolicies.allowDockerSocketMount`). */
     useHostDockerSocket: boolean;
     /**
-     * For a sidecar: when it counts as ready. The primary container starts
-     * only once every sidecar that declares readiness is ready, or the job
-     * fails after the timeout (default 60 s). Mizzen's addition to Brigade.
+     * For a sidecar or a service: when it counts as ready. The primary
+     * container starts only once every sidecar that declares readiness is
+     * ready, or the job fails after the timeout (default 60 s). Mizzen's
+     * addition to Brigade.
      */
     readiness?: Readiness;
+    /**
+     * Names this container starts after: a sidecar's (or the primary's) among
+     * the job's sidecars, a service's among the event's services started
+     * before it. It starts once each is ready — its `readiness`, or else up
+     * for 3 s without exiting — and is not started (the job or service fails,
+     * naming it) when one is not. A cycle or an unknown name is refused
+     * before anything starts. Mizzen's addition.
+     */
+    after?: string[];
+    /**
+     * A service's or sidecar's ports: `"5432"` declares a container port
+     * (the event's jobs reach it by name without more); `"8080:80"`
+     * publishes it on the host's loopback, `"0.0.0.0:8080:80"` on an address,
+     * `"0:6379"` on a free host port (a service's only) that `start()`
+     * returns and later jobs get as `MIZZEN_SERVICE_<NAME>_PORT_6379`. Host
+     * ports need `jobPolicies.allowHostPorts`. Mizzen's addition.
+     */
+    ports?: string[];
+  }
+
+  /**
+   * A container that lives as long as the event (or until `stop()`),
+   * started once and reached by its name from every job of the event, on
+   * the event's own network (no other event's containers reach it). Named
+   * like a job: the two share the event's names. Mizzen's addition.
+   *
+   * ```ts
+   * const db = new Service("db", "postgres:16");
+   * db.environment = { POSTGRES_PASSWORD: "test" };
+   * db.readiness = { tcpPort: 5432 };
+   * await db.start();
+   * await new Job("test", "python:3", e).run(); // reaches db:5432
+   * ```
+   */
+  export class Service extends Container {
+    constructor(name: string, image: string);
+    /** Unique among the event's jobs and services; the host name jobs use. */
+    name: string;
+    /**
+     * Starts the service; resolves once it is ready (its `readiness`, or up
+     * for 3 s), with the host ports it got by container port. Rejects with
+     * the reason (code `not_ready`) when it ends or times out first, or when
+     * a service it comes `after` was not ready.
+     */
+    start(): Promise<{ ports: { [containerPort: string]: number } }>;
+    /** Stops the service (it would otherwise run until the event ends). */
+    stop(): Promise<void>;
+    /** How the service ended (ABORTED when stopped). */
+    wait(): Promise<{ phase: string; exitCode?: number; reason?: string }>;
+    /** The service's output so far, lines joined with "\n". */
+    logs(): Promise<string>;
   }
 
   /** When a sidecar is ready. */

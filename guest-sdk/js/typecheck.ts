@@ -1,6 +1,6 @@
 // Exercises the declarations the way Brigade scripts use the API; `npm run
 // typecheck` (in CI) fails when index.d.ts stops describing them.
-import { events, Job, Container, logger, Event, ImagePullPolicy, workspace } from "@brigadecore/brigadier";
+import { events, Job, Container, Service, logger, Event, ImagePullPolicy, workspace } from "@brigadecore/brigadier";
 import brigadier from "brigadier";
 
 class MyJob extends Job {
@@ -19,6 +19,18 @@ events.on("brigade.sh/cli", "exec", async (event: Event) => {
   job.timeoutSeconds = 60;
   job.fallible = true;
   await Job.sequence(job, Job.concurrent(new Job("a", "alpine", event), new Job("b", "alpine", event))).run();
+  const db = new Service("db", "postgres:16");
+  db.readiness = { tcpPort: 5432 };
+  db.ports = ["0:5432"];
+  const migrate = new Service("migrate", "migrate/migrate");
+  migrate.readiness = { exited: true };
+  migrate.after = ["db"];
+  const [ready] = await Promise.all([db.start(), migrate.start()]);
+  const hostPort: number | undefined = ready.ports["5432"];
+  job.sidecarContainers.db.after = [];
+  await db.stop();
+  const ended: string = (await db.wait()).phase;
+  logger.info(`${hostPort} ${ended} ${await db.logs()}`);
   const output: string = await job.logs();
   logger.child({ job: job.name }).info(output);
   workspace.writeFile("out/report.txt", output);

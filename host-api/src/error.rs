@@ -32,6 +32,9 @@ pub enum ErrorCode {
     UnknownOperation = 9,
     /// A bug in the host. The message says what went wrong.
     Internal = 10,
+    /// A service ended, failed or timed out before it was ready (or one it
+    /// comes after did). The message names the service and why.
+    NotReady = 11,
 }
 
 impl ErrorCode {
@@ -49,6 +52,7 @@ impl ErrorCode {
             8 => Cancelled,
             9 => UnknownOperation,
             10 => Internal,
+            11 => NotReady,
             _ => return None,
         })
     }

@@ -45,6 +45,12 @@ pub enum Op {
     /// at once with [`crate::types::JobLogs`]: the container's output kept so
     /// far (wait for the job first to read all of it).
     JobLogs = code::JOB_LOGS,
+    /// Request: [`crate::types::ServiceStartRequest`]. Reply: ticket,
+    /// completing with [`crate::types::ServiceReady`] once the service is
+    /// ready, or failing (`failed`) when it ended or timed out first. A
+    /// service is named like a job: `job.wait`, `job.cancel` (which stops
+    /// it) and `job.logs` take its name.
+    ServiceStart = code::SERVICE_START,
     /// Request: [`crate::types::SleepRequest`]. Reply: ticket, completing
     /// with `null` after the delay. Backs `setTimeout`.
     Sleep = code::SLEEP,
@@ -71,7 +77,7 @@ pub enum Op {
 
 impl Op {
     /// Every operation, for tables and tests.
-    pub const ALL: [Op; 17] = [
+    pub const ALL: [Op; 18] = [
         Op::EventGet,
         Op::Log,
         Op::SummarySet,
@@ -82,6 +88,7 @@ impl Op {
         Op::JobWait,
         Op::JobCancel,
         Op::JobLogs,
+        Op::ServiceStart,
         Op::Sleep,
         Op::TicketCancel,
         Op::WaitAny,
@@ -109,6 +116,7 @@ impl Op {
             Op::JobWait => "job.wait",
             Op::JobCancel => "job.cancel",
             Op::JobLogs => "job.logs",
+            Op::ServiceStart => "service.start",
             Op::Sleep => "sleep",
             Op::TicketCancel => "ticket.cancel",
             Op::WaitAny => "wait_any",

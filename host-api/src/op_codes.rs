@@ -31,6 +31,8 @@ pub const JOB_WAIT: u32 = 11;
 pub const JOB_CANCEL: u32 = 12;
 /// `job.logs`: a ticket for a job's output.
 pub const JOB_LOGS: u32 = 13;
+/// `service.start`: starts a service of the event; a ticket for its readiness.
+pub const SERVICE_START: u32 = 14;
 /// `sleep`: a ticket that completes after a delay.
 pub const SLEEP: u32 = 20;
 /// `ticket.cancel`: forgets a ticket.

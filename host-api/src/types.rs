@@ -372,6 +372,20 @@ pub struct ContainerSpec {
     /// addition; Brigade left start-up ordering to the script.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<Readiness>,
+    /// The containers this one starts after, by name: a sidecar's among its
+    /// job's sidecars (the primary's too), a service's among the event's
+    /// services started before it. It starts once each is ready: its
+    /// `readiness` when it declares one, else up for 3 seconds without
+    /// exiting (the perp seed's rule). (Mizzen's addition.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Ports of a service or a sidecar: `"PORT"` declares a container port;
+    /// `"HOSTPORT:PORT"` and `"IP:HOSTPORT:PORT"` publish it on the host
+    /// (loopback unless an address is given; needs the project's
+    /// `allowHostPorts`), `0` for HOSTPORT choosing a free one, told as
+    /// `MIZZEN_SERVICE_<NAME>_PORT_<PORT>`. (Mizzen's addition.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 /// How long a sidecar may take to become ready when it does not say, in
@@ -393,6 +407,28 @@ pub struct Readiness {
     /// How long to wait before the job fails, in seconds (default 60).
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
+}
+
+/// Request of [`crate::Op::ServiceStart`]: a container that lives as long
+/// as the event (or until `job.cancel` stops it), reachable by its name from
+/// every job of the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceStartRequest {
+    /// Unique among the event's jobs and services, and the host name its
+    /// jobs reach it by; the rule of job names.
+    pub name: String,
+    /// What to run.
+    pub container: ContainerSpec,
+}
+
+/// The completion of a [`crate::Op::ServiceStart`] ticket: the service is
+/// ready.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReady {
+    /// The host port each published container port got, by container port
+    /// (as text, a JSON object's key).
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// When an image is pulled.

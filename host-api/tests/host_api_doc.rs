@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use mizzen_host_api::types::{
     Event, ExitRequest, JobLogs, JobLogsRequest, JobRef, JobResult, JobStartRequest, LogRequest,
-    ScriptError, SecretRequest, SecretValue, SleepRequest, SummaryRequest, Ticket, WaitAnyReply,
-    WorkspaceFile, WorkspaceListing, WorkspacePath,
+    ScriptError, SecretRequest, SecretValue, ServiceReady, ServiceStartRequest, SleepRequest,
+    SummaryRequest, Ticket, WaitAnyReply, WorkspaceFile, WorkspaceListing, WorkspacePath,
 };
 use mizzen_host_api::{ErrorCode, HostError, Op, abi};
 
@@ -166,6 +166,8 @@ fn check_example(type_name: &str, json: &str) -> Result<(), String> {
         "JobResult" => parses_as::<JobResult>(json, REPLY),
         "JobLogsRequest" => parses_as::<JobLogsRequest>(json, REQUEST),
         "JobLogs" => parses_as::<JobLogs>(json, REPLY),
+        "ServiceStartRequest" => parses_as::<ServiceStartRequest>(json, REQUEST),
+        "ServiceReady" => parses_as::<ServiceReady>(json, REPLY),
         "SleepRequest" => parses_as::<SleepRequest>(json, REQUEST),
         // A reply of sleep, job.wait and job.logs, and the request of
         // ticket.cancel: both ways, exactly.

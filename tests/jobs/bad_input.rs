@@ -54,7 +54,7 @@ async fn a_job_name_is_used_once_per_event() {
     .await;
     assert_eq!(
         message,
-        r#"Error creating job "same-name": a job named "same-name" already exists in this event (job names are unique within an event, and a job runs once)"#
+        r#"Error creating job "same-name": a job or service named "same-name" already exists in this event (names are unique within an event, and each runs once)"#
     );
 }
 

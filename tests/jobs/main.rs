@@ -10,6 +10,7 @@ mod limits;
 mod mounts;
 mod output;
 mod running;
+mod services;
 mod sidecars;
 mod users;
 mod util;

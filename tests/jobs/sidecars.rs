@@ -94,7 +94,7 @@ async fn a_one_shot_sidecar_must_exit_zero_before_the_primary_starts() {
         run.outcome.summary.as_deref(),
         Some(r#"Job "setup-fails" failed"#)
     );
-    run.assert_logged("sidecar \"setup\" exited with code 4 before the primary container started");
+    run.assert_logged("sidecar \"setup\" exited with code 4 before it was ready");
 }
 
 #[tokio::test]

@@ -66,7 +66,17 @@ pub async fn run_js(script: &str, project: Project) -> Run {
 
 /// [`run_js`] under `limits`.
 pub async fn run_js_with_limits(script: &str, project: Project, limits: WorkerLimits) -> Run {
-    let event_id = uuid();
+    run_js_as(&uuid(), script, project, limits).await
+}
+
+/// [`run_js_with_limits`] for the event `event_id`.
+pub async fn run_js_as(
+    event_id: &str,
+    script: &str,
+    project: Project,
+    limits: WorkerLimits,
+) -> Run {
+    let event_id = event_id.to_string();
     let mut event = Event::new(&event_id, "test-project", "brigade.sh/cli", "exec");
     event.project.secrets = project.secrets;
     event.project.script_secrets = project.script_secrets;
@@ -103,6 +113,12 @@ pub async fn run_js_with_limits(script: &str, project: Project, limits: WorkerLi
     assert!(
         left.is_empty(),
         "containers left behind: {left:?}\nlog:\n{}",
+        run.log.text()
+    );
+    let left = networks_of(&run.event_id).await;
+    assert!(
+        left.is_empty(),
+        "networks left behind: {left:?}\nlog:\n{}",
         run.log.text()
     );
     assert!(
@@ -150,14 +166,31 @@ pub async fn containers_of(event_id: &str) -> Vec<String> {
         .all(true)
         .filters(&filters)
         .build();
-    executor()
-        .await
-        .docker()
-        .list_containers(Some(options))
+    mizzen_docker::list_containers(executor().await.docker(), options)
         .await
         .expect("the engine lists containers")
         .into_iter()
         .flat_map(|c| c.names.unwrap_or_default())
+        .collect()
+}
+
+/// Names of the networks labelled with an event.
+pub async fn networks_of(event_id: &str) -> Vec<String> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("sh.mizzen.event={event_id}")],
+    )]);
+    let options = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    executor()
+        .await
+        .docker()
+        .list_networks(Some(options))
+        .await
+        .expect("the engine lists networks")
+        .into_iter()
+        .filter_map(|n| n.name)
         .collect()
 }
 

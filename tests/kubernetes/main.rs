@@ -3,8 +3,8 @@
 //! (`mizzen_tests::fake_kube`), which authorises every request with the
 //! Role of `deploy/base/role.yaml` and plays back each Pod's life: success,
 //! failure by exit code, image pull failure, deadline, deletion from
-//! outside, a dropped watch, a Pod left by an earlier attempt, and a
-//! refused permission.
+//! outside, a dropped watch, a Pod left by an earlier attempt, a refused
+//! permission, and an event's services.
 
 mod kubectl;
 mod services;
@@ -107,7 +107,13 @@ impl Cluster {
             log,
             event_id: event_id.to_string(),
         };
-        for resource in ["pods", "secrets", "persistentvolumeclaims"] {
+        for resource in [
+            "pods",
+            "secrets",
+            "persistentvolumeclaims",
+            "services",
+            "networkpolicies",
+        ] {
             let left: Vec<Value> = self
                 .fake
                 .objects(resource, NAMESPACE)
@@ -781,4 +787,93 @@ async fn wasm_jobs_run_in_the_sandbox_and_container_jobs_as_pods() {
         "the environment file's variable is in the job's environment Secret"
     );
     cluster.assert_nothing_denied();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_pods_that_the_events_jobs_reach_through_its_headless_service() {
+    let cluster = cluster().await;
+    let pods = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = pods.clone();
+    cluster.fake.on_pod(move |pod| {
+        seen.lock().unwrap().push(pod.clone());
+        let job = pod["metadata"]["labels"]["mizzen.sh/job"]
+            .as_str()
+            .unwrap_or_default();
+        match job {
+            "db" | "cache" => PodScript::default().with(job, forever()),
+            "broken" => PodScript::default().with(job, lines(&["no config"], 3)),
+            _ => PodScript::default().with(job, lines(&[&format!("{job} ran")], 0)),
+        }
+    });
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job, Service } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              const db = new Service("db", "postgres");
+              db.readiness = { tcpPort: 5432 };
+              db.ports = ["5432"];
+              const migrate = new Service("migrate", "migrate/migrate");
+              migrate.readiness = { exited: true };
+              migrate.after = ["db"];
+              const cache = new Service("cache", "redis");
+              const begun = Date.now();
+              await Promise.all([db.start(), migrate.start(), cache.start()]);
+              console.log("cache up 3 s first:", Date.now() - begun >= 3000);
+              await new Job("test", "debian", event).run();
+              const broken = new Service("broken", "debian");
+              const after = new Service("after-broken", "debian");
+              after.after = ["broken"];
+              const [b, a] = await Promise.allSettled([broken.start(), after.start()]);
+              console.log(b.reason.code, a.reason.message);
+              const port = new Service("published", "redis");
+              port.ports = ["0:6379"];
+              await port.start().catch((e) => console.log(e.message));
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_succeeded();
+    cluster.assert_nothing_denied();
+    run.assert_logged("cache up 3 s first: true");
+    run.assert_logged("[job: test] test ran");
+    run.assert_logged(
+        r#"not_ready Error starting service "after-broken": service "after-broken" was not started: "broken", which it comes after, was not ready (service "broken" was not ready: it ended FAILED"#,
+    );
+    run.assert_logged(
+        r#"service "published": port "0:6379" publishes a host port, which the project's policy forbids (spec.workerTemplate.jobPolicies.allowHostPorts is not true)"#,
+    );
+    let pods = pods.lock().unwrap();
+    let pod = |job: &str| {
+        pods.iter()
+            .find(|p| p["metadata"]["labels"]["mizzen.sh/job"] == job)
+            .unwrap_or_else(|| panic!("no Pod for {job}"))
+            .clone()
+    };
+    let domain = format!("mizzen-services-{}", run.event_id);
+    let db = pod("db");
+    assert_eq!(db["spec"]["hostname"], "db");
+    assert_eq!(db["spec"]["subdomain"], domain.as_str());
+    assert_eq!(db["metadata"]["labels"]["mizzen.sh/service"], "true");
+    assert_eq!(
+        db["spec"]["containers"][0]["startupProbe"]["tcpSocket"]["port"],
+        5432
+    );
+    assert_eq!(
+        pod("test")["spec"]["dnsConfig"]["searches"][0],
+        format!("{domain}.{NAMESPACE}.svc.cluster.local").as_str()
+    );
+    // The event's headless Service and NetworkPolicy were made once, for
+    // the first service, and went with the event.
+    let created = |resource: &str| {
+        cluster
+            .fake
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with(&format!("/{resource}")))
+            .count()
+    };
+    assert_eq!(created("services"), 1);
+    assert_eq!(created("networkpolicies"), 1);
 }

@@ -118,7 +118,7 @@ events.process();
     let messages = log.messages();
     assert!(
         messages.iter().any(|m| m
-            .ends_with("job \"third\" was not started: 2 jobs of this worker are already running, its limit (spec.workerTemplate.limits.concurrentJobs)")),
+            .ends_with("job \"third\" was not started: 2 jobs and services of this worker are already running, its limit (spec.workerTemplate.limits.concurrentJobs)")),
         "{messages:#?}"
     );
     for job in ["first", "second"] {

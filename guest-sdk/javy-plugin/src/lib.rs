@@ -46,11 +46,12 @@ const SDK_FILE_NAME: &str = "mizzen:brigadier.js";
 const MODULE_NAMES: [&str; 2] = ["@brigadecore/brigadier", "brigadier"];
 /// What the ES module exports (the library's own names plus `default`).
 /// (host-api/tests/op_codes.rs checks it against brigadier.js's object.)
-const MODULE_EXPORTS: [&str; 12] = [
+const MODULE_EXPORTS: [&str; 13] = [
     "events",
     "EventRegistry",
     "Job",
     "Container",
+    "Service",
     "JobHost",
     "SerialGroup",
     "ConcurrentGroup",

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use mizzen_kubernetes::{
-    DEFAULT_CPU_REQUEST, DEFAULT_GIT_IMAGE, DEFAULT_MEMORY_REQUEST, DEFAULT_RUN_AS_USER,
-    DEFAULT_WORKSPACE_SIZE, KubernetesConfig, KubernetesExecutor, ResourceRequests,
+    DEFAULT_CLUSTER_DOMAIN, DEFAULT_CPU_REQUEST, DEFAULT_GIT_IMAGE, DEFAULT_MEMORY_REQUEST,
+    DEFAULT_RUN_AS_USER, DEFAULT_WORKSPACE_SIZE, KubernetesConfig, KubernetesExecutor,
+    ResourceRequests,
 };
 
 use crate::parse_duration;
@@ -45,6 +46,10 @@ pub struct KubernetesArgs {
     /// How long an image may keep failing to pull before its job fails
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2m")]
     kubernetes_image_pull_timeout: Duration,
+    /// The cluster's DNS domain, in which jobs find the event's services by
+    /// name
+    #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_CLUSTER_DOMAIN)]
+    kubernetes_cluster_domain: String,
 }
 
 impl KubernetesArgs {
@@ -70,6 +75,7 @@ impl KubernetesArgs {
             git_image: self.kubernetes_git_image.clone(),
             run_as_user: self.kubernetes_run_as_user,
             image_pull_timeout: self.kubernetes_image_pull_timeout,
+            cluster_domain: self.kubernetes_cluster_domain.clone(),
             ..KubernetesConfig::new(namespace)
         };
         Ok(KubernetesExecutor::new(client, config))

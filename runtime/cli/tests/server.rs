@@ -530,7 +530,8 @@ fn a_script_in_a_sandbox_process_reaches_its_events_workspace() {
 /// recorded as any job's — and a container job reads what one wrote. The
 /// same event checks what the host does before any job runs: environment
 /// files and containers' users (with the project's allowRoot kept by the
-/// server).
+/// server); and a service its job reaches by name, on a host port under the
+/// project's allowHostPorts, recorded with the event's jobs.
 fn wasm_jobs_end_to_end(database_url: Option<String>) {
     use base64::Engine as _;
     let tool = std::fs::read(concat!(
@@ -542,9 +543,9 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
     let server = TestServer::start(database_url, &["--sandbox-processes", "1"]);
     let dir = script_project(
         "wasm-jobs",
-        "    useWorkspace: true\n    jobPolicies:\n      allowRoot: true\n",
+        "    useWorkspace: true\n    jobPolicies:\n      allowRoot: true\n      allowHostPorts: true\n",
         &format!(
-            r#"const {{ Job, Container, workspace }} = require("@brigadecore/brigadier");
+            r#"const {{ Job, Container, Service, workspace }} = require("@brigadecore/brigadier");
           workspace.writeFile("tool.wasm", "{tool}", "base64");
           const args = new Job("wasm-args", "wasm:workspace:tool.wasm", event);
           args.primaryContainer.arguments = ["args", "in a sandbox process"];
@@ -576,6 +577,15 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
           users.sidecarContainers.root.user = "root";
           users.sidecarContainers.root.command = ["sh", "-c", "id -u"];
           await users.run();
+          const cache = new Service("cache", "localhost/busybox");
+          cache.command = ["sh", "-c", "echo serving; while true; do echo from the service | nc -l -p 7000; done"];
+          cache.readiness = {{ tcpPort: 7000 }};
+          cache.ports = ["0:7000"];
+          const started = await cache.start();
+          const client = new Job("uses-service", "localhost/busybox", event);
+          client.primaryContainer.command = ["sh", "-c", "nc cache 7000; echo port $MIZZEN_SERVICE_CACHE_PORT_7000"];
+          await client.run();
+          console.log("published on", started.ports["7000"]);
           return "wasm jobs ran";"#
         ),
     );
@@ -610,6 +620,18 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
         "root",
     ]);
     assert_eq!(root.trim(), "0");
+    // The service: reached by name, its host port told to the job, its
+    // output kept as a job's, and stopped (ABORTED) with the event.
+    let client = server.ok(&["event", "logs", "--id", &id, "--job", "uses-service"]);
+    let client: Vec<&str> = client.lines().collect();
+    assert_eq!(client[0], "from the service", "{client:?}");
+    let port = client[1]
+        .strip_prefix("port ")
+        .expect("the job printed its port");
+    assert!(port.parse::<u16>().is_ok(), "{port}");
+    assert!(logs.contains(&format!("published on {port}")), "{logs}");
+    let cache = server.ok(&["event", "logs", "--id", &id, "--job", "cache"]);
+    assert_eq!(cache.lines().next(), Some("serving"), "{cache}");
     let event = server.json(&["event", "get", "--id", &id]);
     let phases: Vec<(String, String)> = event["worker"]["jobs"]
         .as_array()
@@ -627,6 +649,8 @@ fn wasm_jobs_end_to_end(database_url: Option<String>) {
         ("wasm-fails", "FAILED"),
         ("wasm-files", "SUCCEEDED"),
         ("read", "SUCCEEDED"),
+        ("uses-service", "SUCCEEDED"),
+        ("cache", "ABORTED"),
     ] {
         assert!(
             phases.contains(&(job.to_string(), phase.to_string())),

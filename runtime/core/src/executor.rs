@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mizzen_host_api::types::{ContainerSpec, GitConfig, JobResult, JobSpec, Phase};
+use mizzen_host_api::types::{
+    ContainerSpec, GitConfig, JobResult, JobSpec, Phase, Readiness, ServiceReady,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -162,6 +164,128 @@ impl std::fmt::Display for ContainerUser {
     }
 }
 
+/// How long a container that declares no readiness must have run, without
+/// exiting, before what comes `after` it starts: the perp seed's rule for a
+/// long-running service ("up for 3 seconds without restarting"), long
+/// enough for a program that fails on a bad configuration to have failed.
+pub const UP_FOR_READY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// When a container counts as ready for what comes after it: its declared
+/// readiness, or up for [`UP_FOR_READY`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadyWhen {
+    /// Something accepts TCP connections on this port of its network
+    /// namespace.
+    TcpPort(u16),
+    /// It exited with code 0 (a one-shot container).
+    Exited,
+    /// It has run for [`UP_FOR_READY`] without exiting.
+    Up,
+}
+
+impl ReadyWhen {
+    /// The rule for `readiness` (none: [`ReadyWhen::Up`]).
+    pub fn of(readiness: Option<&Readiness>) -> Self {
+        match readiness {
+            Some(Readiness {
+                tcp_port: Some(port),
+                ..
+            }) => ReadyWhen::TcpPort(*port),
+            Some(Readiness { exited: true, .. }) => ReadyWhen::Exited,
+            _ => ReadyWhen::Up,
+        }
+    }
+}
+
+/// One of a container's `ports`, parsed: the container port, and where on
+/// the host it is published, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMapping {
+    /// The port inside the container.
+    pub container_port: u16,
+    /// Where it is published on the host.
+    pub host: Option<HostPort>,
+}
+
+/// A container port published on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPort {
+    /// The host address it listens on: loopback unless the port says
+    /// otherwise, so that publishing a port does not open it to the network.
+    pub address: std::net::IpAddr,
+    /// The host port; 0 for one the engine chooses.
+    pub port: u16,
+}
+
+impl PortMapping {
+    /// Parses `"PORT"`, `"HOSTPORT:PORT"` or `"IP:HOSTPORT:PORT"` (an IPv6
+    /// address in brackets).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let number = |part: &str, what: &str, zero: bool| {
+            part.parse::<u16>()
+                .ok()
+                .filter(|port| zero || *port != 0)
+                .ok_or_else(|| {
+                    format!(
+                        "port {text:?}: {what} {part:?} must be a number from {} to 65535",
+                        u8::from(!zero)
+                    )
+                })
+        };
+        let (host, container) = match text.rsplit_once(':') {
+            None => (None, text),
+            Some((host, container)) => (Some(host), container),
+        };
+        let container_port = number(container, "the container port", false)?;
+        let host = match host {
+            None => None,
+            Some(host) => {
+                let (address, port) = match host.rsplit_once(':') {
+                    None => (std::net::IpAddr::from([127, 0, 0, 1]), host),
+                    Some((address, port)) => {
+                        let bare = address
+                            .strip_prefix('[')
+                            .and_then(|a| a.strip_suffix(']'))
+                            .unwrap_or(address);
+                        let address = bare.parse().map_err(|_| {
+                            format!("port {text:?}: {address:?} is not an IP address")
+                        })?;
+                        (address, port)
+                    }
+                };
+                Some(HostPort {
+                    address,
+                    port: number(port, "the host port", true)?,
+                })
+            }
+        };
+        Ok(Self {
+            container_port,
+            host,
+        })
+    }
+
+    /// The container's ports; the job's rules refused those that do not
+    /// parse before any executor sees them.
+    pub fn all(container: &ContainerSpec) -> Vec<Self> {
+        container
+            .ports
+            .iter()
+            .filter_map(|port| Self::parse(port).ok())
+            .collect()
+    }
+}
+
+/// The environment variable that tells jobs the host port a service's
+/// container port got: `MIZZEN_SERVICE_<NAME>_PORT_<PORT>`, the name upper
+/// case with `-` as `_`.
+pub fn service_port_variable(service: &str, container_port: &str) -> String {
+    format!(
+        "MIZZEN_SERVICE_{}_PORT_{container_port}",
+        service.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
 /// Where a job's source checkout comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
@@ -229,6 +353,20 @@ pub trait JobExecutor: Send + Sync {
         ))
     }
 
+    /// Starts a service of the event: `service.spec`'s primary container,
+    /// reachable by `service.name` from the event's jobs until the event
+    /// ends or the service is cancelled. It may take as long as it needs
+    /// (it runs on the service's own task); an error means it never ran.
+    async fn start_service(
+        &self,
+        service: JobRequest,
+    ) -> Result<Arc<dyn RunningService>, ExecutorError> {
+        Err(ExecutorError::Unsupported(format!(
+            "service \"{}\": this executor cannot run services",
+            service.name
+        )))
+    }
+
     /// Waits until what [`JobExecutor::finish_event`] left to do in the
     /// background (deleting an ended event's files) is done: a process
     /// calls it before it exits.
@@ -244,6 +382,72 @@ pub trait RunningJob: Send + Sync {
     /// Stops the job: ABORTED when it had started, CANCELED when it had not.
     /// Does nothing to a job that has ended.
     async fn cancel(&self);
+}
+
+/// A service that was started: a job that also says when it is ready.
+#[async_trait]
+pub trait RunningService: RunningJob {
+    /// Waits until the service is ready, with the host ports it got; the
+    /// reason when it ended, failed or timed out first.
+    async fn ready(&self) -> Result<ServiceReady, String>;
+}
+
+/// Where a service's task says it is ready (or why it never will be).
+pub type ReadySender = watch::Sender<Option<Result<ServiceReady, String>>>;
+
+/// A service run by a task of its own, as [`SpawnedJob`] runs a job.
+pub struct SpawnedService {
+    job: Arc<SpawnedJob>,
+    ready: watch::Receiver<Option<Result<ServiceReady, String>>>,
+}
+
+impl SpawnedService {
+    /// Runs `service` on a new task; it says on the [`ReadySender`] when
+    /// the service is ready.
+    pub fn spawn<F, Fut>(service: F) -> Arc<Self>
+    where
+        F: FnOnce(watch::Receiver<bool>, ReadySender) -> Fut,
+        Fut: Future<Output = JobResult> + Send + 'static,
+    {
+        let (sender, ready) = watch::channel(None);
+        let job = SpawnedJob::spawn(|cancelled| service(cancelled, sender));
+        Arc::new(Self { job, ready })
+    }
+}
+
+#[async_trait]
+impl RunningJob for SpawnedService {
+    async fn wait(&self) -> JobResult {
+        self.job.wait().await
+    }
+
+    async fn cancel(&self) {
+        self.job.cancel().await
+    }
+}
+
+#[async_trait]
+impl RunningService for SpawnedService {
+    async fn ready(&self) -> Result<ServiceReady, String> {
+        let mut ready = self.ready.clone();
+        if let Ok(ready) = ready.wait_for(Option::is_some).await
+            && let Some(ready) = ready.clone()
+        {
+            return ready;
+        }
+        // The task ended without a word: its end says why.
+        let ended = self.wait().await;
+        Err(ended_before_ready(&ended))
+    }
+}
+
+/// Why a service that ended was never ready.
+pub fn ended_before_ready(ended: &JobResult) -> String {
+    match (&ended.reason, ended.exit_code) {
+        (Some(reason), _) => format!("it ended {}: {reason}", ended.phase),
+        (None, Some(code)) => format!("it ended {} with exit code {code}", ended.phase),
+        (None, None) => format!("it ended {}", ended.phase),
+    }
 }
 
 /// A job run by a task of its own: what executors return from `start`.
@@ -328,4 +532,84 @@ pub enum ExecutorError {
     /// The executor's backend (container engine, cluster) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_as_declared_or_published() {
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let cases = [
+            ("5432", 5432, None),
+            (
+                "8080:80",
+                80,
+                Some(HostPort {
+                    address: loopback,
+                    port: 8080,
+                }),
+            ),
+            (
+                "0:6379",
+                6379,
+                Some(HostPort {
+                    address: loopback,
+                    port: 0,
+                }),
+            ),
+            (
+                "0.0.0.0:8080:80",
+                80,
+                Some(HostPort {
+                    address: std::net::IpAddr::from([0, 0, 0, 0]),
+                    port: 8080,
+                }),
+            ),
+            (
+                "[::1]:0:80",
+                80,
+                Some(HostPort {
+                    address: "::1".parse().unwrap(),
+                    port: 0,
+                }),
+            ),
+        ];
+        for (text, container_port, host) in cases {
+            assert_eq!(
+                PortMapping::parse(text),
+                Ok(PortMapping {
+                    container_port,
+                    host
+                }),
+                "{text}"
+            );
+        }
+        for (text, error) in [
+            (
+                "0",
+                "the container port \"0\" must be a number from 1 to 65535",
+            ),
+            ("http", "the container port \"http\""),
+            ("70000", "the container port \"70000\""),
+            (
+                "x:80",
+                "the host port \"x\" must be a number from 0 to 65535",
+            ),
+            ("localhost:1:80", "\"localhost\" is not an IP address"),
+            ("", "the container port \"\""),
+        ] {
+            let got = PortMapping::parse(text).unwrap_err();
+            assert!(got.contains(error), "{text}: {got}");
+        }
+    }
+
+    #[test]
+    fn port_variables_name_the_service_and_the_port() {
+        assert_eq!(
+            service_port_variable("my-redis", "6379"),
+            "MIZZEN_SERVICE_MY_REDIS_PORT_6379"
+        );
+    }
 }

@@ -159,6 +159,11 @@ pub struct JobPolicies {
     /// addition.)
     #[serde(default)]
     pub allow_root: bool,
+    /// Publishing services' and sidecars' ports on the host (`ports:
+    /// ["HOSTPORT:PORT"]`); declared ports need nothing. (Mizzen's
+    /// addition.)
+    #[serde(default)]
+    pub allow_host_ports: bool,
 }
 
 /// What an event says about itself, before it is given to a project.
@@ -554,6 +559,8 @@ struct JobPoliciesFile {
     allow_docker_socket_mount: bool,
     #[serde(default)]
     allow_root: bool,
+    #[serde(default)]
+    allow_host_ports: bool,
     /// Accepted for compatibility; Brigade ignored it too.
     #[serde(default)]
     #[expect(
@@ -841,6 +848,7 @@ impl Validator<'_> {
                 allow_privileged: p.allow_privileged,
                 allow_docker_socket_mount: p.allow_docker_socket_mount,
                 allow_root: p.allow_root,
+                allow_host_ports: p.allow_host_ports,
             })
             .unwrap_or_default();
         Ok(WorkerTemplate {
@@ -1083,7 +1091,7 @@ mod tests {
     fn job_policies_are_brigades_and_allow_root() {
         let yaml = MINIMAL.replace(
             "workerTemplate: {}",
-            "workerTemplate:\n    jobPolicies:\n      allowPrivileged: true\n      allowRoot: true\n",
+            "workerTemplate:\n    jobPolicies:\n      allowPrivileged: true\n      allowRoot: true\n      allowHostPorts: true\n",
         );
         let policies = parse(&yaml).unwrap().worker.job_policies;
         assert_eq!(
@@ -1092,6 +1100,7 @@ mod tests {
                 allow_privileged: true,
                 allow_docker_socket_mount: false,
                 allow_root: true,
+                allow_host_ports: true,
             }
         );
         assert_eq!(

@@ -32,8 +32,8 @@ use tokio::sync::watch;
 
 use crate::environment_file::{EnvironmentFileRef, MAX_ENVIRONMENT_FILE_BYTES};
 use crate::executor::{
-    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, Source,
-    SpawnedJob, WorkspaceError,
+    EventContext, ExecutorError, JobExecutor, JobOutput, JobRequest, RunningJob, RunningService,
+    Source, SpawnedJob, WorkspaceError,
 };
 use crate::module::MAX_MODULE_BYTES;
 
@@ -402,7 +402,8 @@ impl JobExecutor for HostJobExecutor {
                 fetcher: &fetcher,
                 source: source.as_deref(),
             };
-            if let Err(reason) = read_environment_files(&name, &mut spec, &event, &places).await {
+            let owner = format!("job \"{name}\"");
+            if let Err(reason) = read_environment_files(&owner, &mut spec, &event, &places).await {
                 return JobResult::ended(Phase::Failed, None, reason);
             }
             let Some(module) = module else {
@@ -436,6 +437,30 @@ impl JobExecutor for HostJobExecutor {
             drop(checkout);
             result
         }))
+    }
+
+    async fn start_service(
+        &self,
+        mut service: JobRequest,
+    ) -> Result<Arc<dyn RunningService>, ExecutorError> {
+        let file = &service.spec.primary_container.environment_file;
+        if !file.is_empty() {
+            let reads_source = matches!(
+                EnvironmentFileRef::parse(file),
+                Ok(EnvironmentFileRef::Source(_))
+            );
+            let source = reads_source.then(|| self.source_of(&service.event));
+            let places = Places {
+                containers: self.containers.as_ref(),
+                fetcher: &self.fetcher,
+                source: source.as_deref(),
+            };
+            let owner = format!("service \"{}\"", service.name);
+            read_environment_files(&owner, &mut service.spec, &service.event, &places)
+                .await
+                .map_err(ExecutorError::Unsupported)?;
+        }
+        self.containers.start_service(service).await
     }
 
     async fn finish_event(&self, event: &EventContext) {
@@ -473,24 +498,29 @@ struct Places<'a> {
 /// error names the job, the container, the file and, for what is in it,
 /// its line.
 async fn read_environment_files(
-    name: &str,
+    owner: &str,
     spec: &mut JobSpec,
     event: &EventContext,
     places: &Places<'_>,
 ) -> Result<(), String> {
-    let containers = std::iter::once(("primaryContainer".to_string(), &mut spec.primary_container))
-        .chain(
-            spec.sidecar_containers
-                .iter_mut()
-                .map(|(sidecar, container)| (format!("sidecar \"{sidecar}\""), container)),
-        );
+    // A service is one container: its name says which.
+    let primary = if owner.starts_with("service") {
+        owner.to_string()
+    } else {
+        format!("{owner}: primaryContainer")
+    };
+    let containers = std::iter::once((primary, &mut spec.primary_container)).chain(
+        spec.sidecar_containers
+            .iter_mut()
+            .map(|(sidecar, container)| (format!("{owner}: sidecar \"{sidecar}\""), container)),
+    );
     for (place, container) in containers {
         if container.environment_file.is_empty() {
             continue;
         }
         let at = |problem: String| {
             format!(
-                "job \"{name}\": {place}: environmentFile {:?}: {problem}",
+                "{place}: environmentFile {:?}: {problem}",
                 container.environment_file
             )
         };

@@ -8,23 +8,30 @@
 //! starts. The primary's exit code decides the job; when it exits, the
 //! sidecars are stopped and every container of the job is removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::{AttachContainerResults, LogOutput};
-use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig, Mount, MountType};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, ExecConfig, HostConfig, Mount, MountType,
+    NetworkingConfig, PortBinding,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
-use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::{FutureExt, StreamExt};
 use mizzen_host_api::types::{
-    ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, JobResult, Phase, Readiness,
+    ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, JobResult, Phase, Readiness, ServiceReady,
 };
-use mizzen_runtime::executor::{ContainerUser, JobOutput, JobRequest, SpawnedJob};
+use mizzen_runtime::executor::{
+    ContainerUser, JobOutput, JobRequest, PortMapping, ReadySender, ReadyWhen, SpawnedJob,
+    SpawnedService, UP_FOR_READY,
+};
 use mizzen_runtime::source;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -148,48 +155,81 @@ enum JobError {
     /// Running the pod helper's readiness probe in the pod failed.
     #[error("probing a sidecar failed: {}", engine_message(.0))]
     Probe(#[source] bollard::errors::Error),
-    /// A sidecar that is ready once it exits exited with another code than 0.
-    #[error("sidecar \"{sidecar}\" exited with code {code} before the primary container started")]
+    /// The event's network could not be made.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    /// A sidecar or service that is ready once it exits exited with another
+    /// code than 0.
+    #[error("{container} exited with code {code} before it was ready")]
     SidecarFailed {
-        /// The sidecar's name.
-        sidecar: String,
+        /// `sidecar "name"` or `service "name"`.
+        container: String,
         /// Its exit code.
         code: i64,
     },
-    /// A sidecar exited while it was probed for a port.
-    #[error(
-        "sidecar \"{sidecar}\" exited with code {code} before it accepted connections on port {port}"
-    )]
+    /// A sidecar or service exited while it was probed for a port.
+    #[error("{container} exited with code {code} before it accepted connections on port {port}")]
     SidecarExited {
-        /// The sidecar's name.
-        sidecar: String,
+        /// `sidecar "name"` or `service "name"`.
+        container: String,
         /// Its exit code.
         code: i64,
         /// The port it was to accept connections on.
         port: u16,
     },
-    /// Nothing accepted connections on a sidecar's port within its readiness
-    /// timeout.
+    /// A sidecar or service without a readiness check exited before it had
+    /// been up for [`UP_FOR_READY`].
     #[error(
-        "sidecar \"{sidecar}\" was not ready after {seconds}s: nothing accepted connections on port {port}"
+        "{container} exited with code {code} within {}s of starting, before what comes after it could start (declare readiness: {{ exited: true }} for a one-shot container)",
+        UP_FOR_READY.as_secs()
+    )]
+    ExitedEarly {
+        /// `sidecar "name"` or `service "name"`.
+        container: String,
+        /// Its exit code.
+        code: i64,
+    },
+    /// Nothing accepted connections on a sidecar's or service's port
+    /// within its readiness timeout.
+    #[error(
+        "{container} was not ready after {seconds}s: nothing accepted connections on port {port}"
     )]
     SidecarNotListening {
-        /// The sidecar's name.
-        sidecar: String,
+        /// `sidecar "name"` or `service "name"`.
+        container: String,
         /// Its readiness timeout.
         seconds: f64,
         /// The port probed.
         port: u16,
     },
-    /// A sidecar that is ready once it exits was still running at the end of
-    /// its readiness timeout.
-    #[error("sidecar \"{sidecar}\" was not ready after {seconds}s: it had not exited")]
+    /// A sidecar or service that is ready once it exits was still running at
+    /// the end of its readiness timeout.
+    #[error("{container} was not ready after {seconds}s: it had not exited")]
     SidecarRunning {
-        /// The sidecar's name.
-        sidecar: String,
+        /// `sidecar "name"` or `service "name"`.
+        container: String,
         /// Its readiness timeout.
         seconds: f64,
     },
+    /// A sidecar was not started because one it comes after was not ready.
+    #[error(
+        "{container} was not started: \"{after}\", which it comes after, was not ready: {cause}"
+    )]
+    NotStarted {
+        /// `sidecar "name"`.
+        container: String,
+        /// The sidecar it comes after.
+        after: String,
+        /// Why that one was not ready.
+        cause: Arc<JobError>,
+    },
+    /// A sidecar's failure, shared by the containers that come after it.
+    #[error(transparent)]
+    Shared(Arc<JobError>),
+}
+
+fn sidecar(name: &str) -> String {
+    format!("sidecar \"{name}\"")
 }
 
 /// Starts the job's task and returns its handle.
@@ -197,13 +237,33 @@ pub(crate) fn spawn(context: JobContext) -> Arc<SpawnedJob> {
     SpawnedJob::spawn(|cancelled| run(context, cancelled))
 }
 
-async fn run(context: JobContext, mut cancelled: watch::Receiver<bool>) -> JobResult {
-    let pod = Pod {
-        docker: context.state.engine.docker.clone(),
-        containers: Mutex::new(Vec::new()),
-        followers: Mutex::new(Vec::new()),
-        primary_started: std::sync::atomic::AtomicBool::new(false),
+/// Starts a service's task and returns its handle.
+pub(crate) fn spawn_service(context: JobContext) -> Arc<SpawnedService> {
+    SpawnedService::spawn(|cancelled, ready| serve(context, cancelled, ready))
+}
+
+async fn serve(
+    context: JobContext,
+    mut cancelled: watch::Receiver<bool>,
+    ready: ReadySender,
+) -> JobResult {
+    let pod = Pod::new(&context);
+    let result = tokio::select! {
+        result = pod.serve(&context, &ready) => match result {
+            Ok(result) => result,
+            Err(error) => JobResult::ended(Phase::Failed, None, error.to_string()),
+        },
+        reason = context.scratch.exceeded() => JobResult::ended(Phase::Failed, None, reason),
+        _ = cancelled.wait_for(|cancel| *cancel) => {
+            JobResult::ended(Phase::Aborted, None, "the service was stopped")
+        }
     };
+    pod.remove_all().await;
+    result
+}
+
+async fn run(context: JobContext, mut cancelled: watch::Receiver<bool>) -> JobResult {
+    let pod = Pod::new(&context);
     let timeout = Duration::from_secs_f64(context.request.spec.timeout_seconds);
     let result = tokio::select! {
         result = pod.run(&context) => result,
@@ -235,6 +295,176 @@ struct Pod {
 }
 
 impl Pod {
+    fn new(context: &JobContext) -> Self {
+        Self {
+            docker: context.state.engine.docker.clone(),
+            containers: Mutex::new(Vec::new()),
+            followers: Mutex::new(Vec::new()),
+            primary_started: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Runs a service: an infra container on the event's network, with the
+    /// service's name as its alias and its published ports, and the
+    /// service's container in its namespace. Says when it is ready (with the
+    /// host ports it got) and ends when the container exits.
+    async fn serve(
+        &self,
+        context: &JobContext,
+        ready: &ReadySender,
+    ) -> Result<JobResult, JobError> {
+        let request = &context.request;
+        let container = &request.spec.primary_container;
+        let mounts = prepare_mounts(context).await?;
+        images::ensure(&self.docker, &container.image, container.image_pull_policy).await?;
+        let network = crate::network::ensure(&context.state, &request.event).await?;
+        let labels = Labels::new(&context.state, &request.event, &request.name);
+        let base_name = format!("mizzen_{}_{}", request.event.event_id, request.name);
+        let infra = self
+            .start_infra(
+                &base_name,
+                &labels,
+                &network,
+                Some(&request.name),
+                &[],
+                &PortMapping::all(container),
+            )
+            .await?;
+        let body = container_body(
+            container,
+            &labels.for_container(&request.name),
+            Some(format!("container:{infra}")),
+            &mounts,
+            context,
+        )?;
+        let id = self
+            .create_and_start(
+                &format!("{base_name}_{}", request.name),
+                &request.name,
+                body,
+                Some(&request.output),
+            )
+            .await?;
+        self.primary_started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let label = format!("service \"{}\"", request.name);
+        let readiness = container.readiness.as_ref();
+        self.ready(
+            &label,
+            &id,
+            &infra,
+            ReadyWhen::of(readiness),
+            readiness_seconds(readiness),
+        )
+        .await?;
+        let ports = self.host_ports(&infra).await?;
+        let _ = ready.send(Some(Ok(ServiceReady { ports })));
+        let code = exit_code(&self.docker, &id).await?;
+        Ok(if code == 0 {
+            JobResult {
+                phase: Phase::Succeeded,
+                exit_code: Some(0),
+                reason: None,
+            }
+        } else {
+            JobResult::ended(
+                Phase::Failed,
+                Some(code),
+                format!("the service's container exited with code {code}"),
+            )
+        })
+    }
+
+    /// Creates and starts a pod's infra container on the event's network:
+    /// with `alias` (a service's name) there, `localhost_names` (a job's
+    /// containers) resolving to the pod itself, and `ports` published.
+    async fn start_infra(
+        &self,
+        base_name: &str,
+        labels: &Labels,
+        network: &str,
+        alias: Option<&str>,
+        localhost_names: &[&str],
+        ports: &[PortMapping],
+    ) -> Result<String, JobError> {
+        let helper = images::pod_helper(&self.docker).await?;
+        let extra_hosts = localhost_names
+            .iter()
+            .map(|name| format!("{name}:127.0.0.1"))
+            .collect();
+        let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = ports
+            .iter()
+            .filter_map(|port| {
+                let host = port.host?;
+                Some((
+                    format!("{}/tcp", port.container_port),
+                    Some(vec![PortBinding {
+                        host_ip: Some(host.address.to_string()),
+                        // Empty: a port the engine chooses.
+                        host_port: Some(if host.port == 0 {
+                            String::new()
+                        } else {
+                            host.port.to_string()
+                        }),
+                    }]),
+                ))
+            })
+            .collect();
+        let exposed_ports = ports
+            .iter()
+            .map(|port| format!("{}/tcp", port.container_port))
+            .collect::<Vec<_>>();
+        let networking_config = alias.map(|alias| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.to_string(),
+                EndpointSettings {
+                    aliases: Some(vec![alias.to_string()]),
+                    ..EndpointSettings::default()
+                },
+            )])),
+        });
+        let body = ContainerCreateBody {
+            image: Some(helper),
+            cmd: Some(vec![POD_HELPER_PATH.to_string()]),
+            labels: Some(labels.for_container("pod")),
+            exposed_ports: (!exposed_ports.is_empty()).then_some(exposed_ports),
+            networking_config,
+            host_config: Some(HostConfig {
+                network_mode: Some(network.to_string()),
+                extra_hosts: Some(extra_hosts),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                cap_drop: Some(vec!["ALL".into()]),
+                pids_limit: Some(POD_HELPER_PROCESSES),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        self.create_and_start(base_name, "pod", body, None).await
+    }
+
+    /// The host port each published container port got, from the infra
+    /// container (the engine chose those asked for as 0).
+    async fn host_ports(&self, infra: &str) -> Result<BTreeMap<String, u16>, JobError> {
+        let inspected = self
+            .docker
+            .inspect_container(infra, None)
+            .await
+            .map_err(JobError::Probe)?;
+        let ports = inspected
+            .network_settings
+            .and_then(|settings| settings.ports)
+            .unwrap_or_default();
+        Ok(ports
+            .into_iter()
+            .filter_map(|(port, bindings)| {
+                let container_port = port.split('/').next()?.to_string();
+                let host_port = bindings?.first()?.host_port.as_deref()?.parse().ok()?;
+                Some((container_port, host_port))
+            })
+            .collect())
+    }
+
     async fn run(&self, context: &JobContext) -> JobResult {
         match self.run_containers(context).await {
             Ok(result) => result,
@@ -258,37 +488,42 @@ impl Pod {
 
         let labels = Labels::new(&context.state, &request.event, &request.name);
         let base_name = format!("mizzen_{}_{}", request.event.event_id, request.name);
-        let mut network_mode = None;
-        let mut infra = None;
+        let network = crate::network::ensure(&context.state, &request.event).await?;
+        let mut network_mode = Some(network.clone());
+        let mut infra = String::new();
         if !spec.sidecar_containers.is_empty() {
-            let helper = images::pod_helper(&self.docker).await?;
             // Every name the job's containers use resolves to the pod's
             // localhost, as `redis:6379` does in a Kubernetes pod with
-            // hostAliases.
-            let extra_hosts = std::iter::once(&request.name)
-                .chain(spec.sidecar_containers.keys())
-                .map(|name| format!("{name}:127.0.0.1"))
+            // hostAliases; the event's services resolve on its network.
+            let names: Vec<&str> = std::iter::once(request.name.as_str())
+                .chain(spec.sidecar_containers.keys().map(String::as_str))
                 .collect();
-            let body = ContainerCreateBody {
-                image: Some(helper),
-                cmd: Some(vec![POD_HELPER_PATH.to_string()]),
-                labels: Some(labels.for_container("pod")),
-                host_config: Some(HostConfig {
-                    extra_hosts: Some(extra_hosts),
-                    security_opt: Some(vec!["no-new-privileges".into()]),
-                    cap_drop: Some(vec!["ALL".into()]),
-                    pids_limit: Some(POD_HELPER_PROCESSES),
-                    ..HostConfig::default()
-                }),
-                ..ContainerCreateBody::default()
-            };
-            let id = self.create_and_start(&base_name, "pod", body, None).await?;
-            network_mode = Some(format!("container:{id}"));
-            infra = Some(id);
+            let ports: Vec<PortMapping> = spec
+                .sidecar_containers
+                .values()
+                .flat_map(PortMapping::all)
+                .collect();
+            infra = self
+                .start_infra(&base_name, &labels, &network, None, &names, &ports)
+                .await?;
+            network_mode = Some(format!("container:{infra}"));
         }
 
-        let mut sidecar_ids = BTreeMap::new();
-        for (name, container) in &spec.sidecar_containers {
+        // Sidecars start in the order their `after` gives (the rules refused
+        // unknown names and cycles), each once those it comes after are
+        // ready; the primary once every sidecar has started and those that
+        // declare readiness, or that it comes after, are ready. Each step is
+        // a shared future, run once however many wait for it.
+        type Step<'a> = Shared<BoxFuture<'a, Result<String, Arc<JobError>>>>;
+        let mut started: BTreeMap<&str, Step<'_>> = BTreeMap::new();
+        let mut ready: BTreeMap<&str, Step<'_>> = BTreeMap::new();
+        for name in start_order(&spec.sidecar_containers) {
+            let container = &spec.sidecar_containers[name];
+            let before: Vec<(&str, Step<'_>)> = container
+                .after
+                .iter()
+                .map(|after| (after.as_str(), ready[after.as_str()].clone()))
+                .collect();
             let body = container_body(
                 container,
                 &labels.for_container(name),
@@ -296,30 +531,64 @@ impl Pod {
                 &mounts,
                 context,
             )?;
-            let id = self
-                .create_and_start(
-                    &format!("{base_name}_{name}"),
-                    name,
-                    body,
-                    Some(&request.output),
-                )
-                .await?;
-            sidecar_ids.insert(name.clone(), id);
+            let full_name = format!("{base_name}_{name}");
+            let start = async move {
+                for (after, before) in before {
+                    before.await.map_err(|cause| {
+                        Arc::new(JobError::NotStarted {
+                            container: sidecar(name),
+                            after: after.to_string(),
+                            cause,
+                        })
+                    })?;
+                }
+                self.create_and_start(&full_name, name, body, Some(&request.output))
+                    .await
+                    .map_err(Arc::new)
+            }
+            .boxed()
+            .shared();
+            let infra = infra.clone();
+            let readiness = container.readiness.as_ref();
+            let is_ready = {
+                let start = start.clone();
+                async move {
+                    let id = start.await?;
+                    self.ready(
+                        &sidecar(name),
+                        &id,
+                        &infra,
+                        ReadyWhen::of(readiness),
+                        readiness_seconds(readiness),
+                    )
+                    .await
+                    .map_err(Arc::new)?;
+                    Ok(id)
+                }
+                .boxed()
+                .shared()
+            };
+            started.insert(name, start);
+            ready.insert(name, is_ready);
         }
-
-        let checks = spec
+        let primary = &spec.primary_container;
+        let waited_for = spec
             .sidecar_containers
             .iter()
-            .filter_map(|(name, container)| {
-                let readiness = container.readiness?;
-                let sidecar = sidecar_ids.get(name)?.clone();
-                Some(self.ready(name, sidecar, infra.clone(), readiness))
-            });
-        for check in futures_util::future::join_all(checks).await {
-            check?;
+            .filter(|(name, c)| c.readiness.is_some() || primary.after.contains(name))
+            .map(|(name, _)| ready[name.as_str()].clone());
+        let outcomes =
+            futures_util::future::join_all(started.values().cloned().chain(waited_for)).await;
+        // A sidecar not started because of another's failure says both.
+        let failures: Vec<Arc<JobError>> = outcomes.into_iter().filter_map(Result::err).collect();
+        if let Some(failure) = failures
+            .iter()
+            .find(|f| matches!(***f, JobError::NotStarted { .. }))
+            .or(failures.first())
+        {
+            return Err(JobError::Shared(failure.clone()));
         }
 
-        let primary = &spec.primary_container;
         let body = container_body(
             primary,
             &labels.for_container(&request.name),
@@ -403,55 +672,63 @@ impl Pod {
         Ok(created.id)
     }
 
-    /// Waits until a sidecar is ready, within its readiness timeout.
+    /// Waits until a sidecar or service (`container`, named so in errors)
+    /// is ready, within `seconds`; its TCP port is probed from `infra`, the
+    /// pod's namespace.
     async fn ready(
         &self,
-        name: &str,
-        sidecar: String,
-        infra: Option<String>,
-        readiness: Readiness,
+        container: &str,
+        id: &str,
+        infra: &str,
+        when: ReadyWhen,
+        seconds: f64,
     ) -> Result<(), JobError> {
-        let seconds = readiness
-            .timeout_seconds
-            .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS);
+        let container = container.to_string();
         let check = async {
-            if readiness.exited {
-                return match exit_code(&self.docker, &sidecar).await? {
+            match when {
+                ReadyWhen::Exited => match exit_code(&self.docker, id).await? {
                     0 => Ok(()),
                     code => Err(JobError::SidecarFailed {
-                        sidecar: name.to_string(),
+                        container: container.clone(),
                         code,
                     }),
-                };
-            }
-            let port = readiness.tcp_port.unwrap_or_default();
-            let infra = infra.as_deref().unwrap_or(&sidecar);
-            loop {
-                if self.probe_tcp(infra, port).await? {
-                    return Ok(());
+                },
+                ReadyWhen::Up => {
+                    match tokio::time::timeout(UP_FOR_READY, exit_code(&self.docker, id)).await {
+                        Err(_) => Ok(()),
+                        Ok(code) => Err(JobError::ExitedEarly {
+                            container: container.clone(),
+                            code: code?,
+                        }),
+                    }
                 }
-                if let Some(code) = self.exited(&sidecar).await {
-                    return Err(JobError::SidecarExited {
-                        sidecar: name.to_string(),
-                        code,
-                        port,
-                    });
-                }
-                tokio::time::sleep(PROBE_INTERVAL).await;
+                ReadyWhen::TcpPort(port) => loop {
+                    if self.probe_tcp(infra, port).await? {
+                        return Ok(());
+                    }
+                    if let Some(code) = self.exited(id).await {
+                        return Err(JobError::SidecarExited {
+                            container: container.clone(),
+                            code,
+                            port,
+                        });
+                    }
+                    tokio::time::sleep(PROBE_INTERVAL).await;
+                },
             }
         };
+        if when == ReadyWhen::Up {
+            return check.await;
+        }
         match tokio::time::timeout(Duration::from_secs_f64(seconds), check).await {
             Ok(ready) => ready,
-            Err(_) => Err(match readiness.tcp_port {
-                Some(port) => JobError::SidecarNotListening {
-                    sidecar: name.to_string(),
+            Err(_) => Err(match when {
+                ReadyWhen::TcpPort(port) => JobError::SidecarNotListening {
+                    container,
                     seconds,
                     port,
                 },
-                None => JobError::SidecarRunning {
-                    sidecar: name.to_string(),
-                    seconds,
-                },
+                _ => JobError::SidecarRunning { container, seconds },
             }),
         }
     }
@@ -531,6 +808,38 @@ impl Pod {
     }
 }
 
+/// How long a readiness check may take.
+fn readiness_seconds(readiness: Option<&Readiness>) -> f64 {
+    readiness
+        .and_then(|r| r.timeout_seconds)
+        .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS)
+}
+
+/// The job's sidecars in an order where each comes after those it names in
+/// `after` (the rules refused cycles and unknown names).
+fn start_order(sidecars: &BTreeMap<String, ContainerSpec>) -> Vec<&str> {
+    fn visit<'a>(
+        name: &'a str,
+        sidecars: &'a BTreeMap<String, ContainerSpec>,
+        order: &mut Vec<&'a str>,
+    ) {
+        if order.contains(&name) {
+            return;
+        }
+        if let Some(container) = sidecars.get(name) {
+            for after in &container.after {
+                visit(after, sidecars, order);
+            }
+            order.push(name);
+        }
+    }
+    let mut order = Vec::with_capacity(sidecars.len());
+    for name in sidecars.keys() {
+        visit(name, sidecars, &mut order);
+    }
+    order
+}
+
 /// The bind mounts a job's containers may ask for, prepared on the host.
 struct Mounts {
     workspace: Option<PathBuf>,
@@ -604,7 +913,7 @@ fn make_shared(dir: &Path) -> std::io::Result<()> {
 /// The engine's view of one of the job's containers.
 fn container_body(
     container: &ContainerSpec,
-    labels: &std::collections::HashMap<String, String>,
+    labels: &HashMap<String, String>,
     network_mode: Option<String>,
     mounts: &Mounts,
     context: &JobContext,
@@ -957,14 +1266,14 @@ mod tests {
             ),
             (
                 JobError::SidecarFailed {
-                    sidecar: "setup".into(),
+                    container: sidecar("setup"),
                     code: 4,
                 },
-                "sidecar \"setup\" exited with code 4 before the primary container started",
+                "sidecar \"setup\" exited with code 4 before it was ready",
             ),
             (
                 JobError::SidecarExited {
-                    sidecar: "db".into(),
+                    container: sidecar("db"),
                     code: 1,
                     port: 5432,
                 },
@@ -972,7 +1281,7 @@ mod tests {
             ),
             (
                 JobError::SidecarNotListening {
-                    sidecar: "silent".into(),
+                    container: sidecar("silent"),
                     seconds: 2.0,
                     port: 6000,
                 },
@@ -980,10 +1289,28 @@ mod tests {
             ),
             (
                 JobError::SidecarRunning {
-                    sidecar: "setup".into(),
+                    container: sidecar("setup"),
                     seconds: 1.5,
                 },
                 "sidecar \"setup\" was not ready after 1.5s: it had not exited",
+            ),
+            (
+                JobError::ExitedEarly {
+                    container: "service \"cache\"".to_string(),
+                    code: 0,
+                },
+                "service \"cache\" exited with code 0 within 3s of starting, before what comes after it could start (declare readiness: { exited: true } for a one-shot container)",
+            ),
+            (
+                JobError::NotStarted {
+                    container: sidecar("app"),
+                    after: "db".into(),
+                    cause: Arc::new(JobError::SidecarFailed {
+                        container: sidecar("db"),
+                        code: 1,
+                    }),
+                },
+                "sidecar \"app\" was not started: \"db\", which it comes after, was not ready: sidecar \"db\" exited with code 1 before it was ready",
             ),
         ];
         for (error, reason) in reasons {

@@ -5,6 +5,9 @@
 //! the primary's network namespace and are reachable on `localhost` and by
 //! name; the primary's exit code decides the job; the event's workspace and
 //! each job's source checkout are host directories mounted where the job asks.
+//! An event's services are pods of one container on the event's own network
+//! ([`network`]), which every job of the event joins: its jobs reach them by
+//! name, and no other event's containers reach them at all.
 //!
 //! Everything the executor creates carries labels (`sh.mizzen.*`) naming the
 //! event, the job and the process that made it. When an event ends its
@@ -15,7 +18,9 @@
 //! # Layout
 //! - [`engine`]: finding and connecting to the engine.
 //! - `images`: pulling images, importing the pod helper's image.
-//! - `job`: running one job as a pod, with the project's job limits.
+//! - `job`: running one job or service as a pod, with the project's job
+//!   limits, in the order of `after`.
+//! - `network`: each event's network.
 //! - `scratch`: an event's directory on the host, private to this user and
 //!   measured against the event's workspace size.
 
@@ -28,7 +33,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use mizzen_runtime::executor::{
-    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, WorkspaceError,
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService,
+    WorkspaceError,
 };
 use mizzen_runtime::limits::parse_quantity;
 use tokio::sync::watch;
@@ -36,6 +42,7 @@ use tokio::sync::watch;
 pub mod engine;
 mod images;
 mod job;
+mod network;
 mod scratch;
 
 pub use engine::{Engine, EngineNotFound};
@@ -80,6 +87,8 @@ pub(crate) struct SharedState {
     events: Mutex<HashMap<String, Arc<EventScratch>>>,
     /// Clean-ups under way (an ended event's files being deleted).
     cleanups: watch::Sender<usize>,
+    /// Events' networks.
+    networks: network::EventNetworks,
 }
 
 impl DockerExecutor {
@@ -99,6 +108,7 @@ impl DockerExecutor {
                 work_root: config.data_dir.join("work"),
                 events: Mutex::default(),
                 cleanups: watch::channel(0).0,
+                networks: network::EventNetworks::default(),
             }),
         };
         executor.sweep().await;
@@ -169,7 +179,7 @@ impl DockerExecutor {
             .all(true)
             .filters(&filters)
             .build();
-        let containers = match docker.list_containers(Some(options)).await {
+        let containers = match list_containers(docker, options).await {
             Ok(containers) => containers,
             Err(e) => {
                 tracing::warn!(error = %e, "could not list containers to remove leftovers");
@@ -194,6 +204,12 @@ impl DockerExecutor {
         for (id, _) in leftovers {
             tracing::info!(container = %id, "removing a container left behind by a process that ended");
             let _ = docker.remove_container(&id, Some(remove.clone())).await;
+        }
+        for (name, owner) in network::managed(&self.state).await {
+            if !owner_is_alive(&owner) {
+                tracing::info!(network = %name, "removing a network left behind by a process that ended");
+                let _ = docker.remove_network(&name).await;
+            }
         }
         if let Ok(dirs) = std::fs::read_dir(&self.state.work_root) {
             for dir in dirs.flatten() {
@@ -252,6 +268,20 @@ impl JobExecutor for DockerExecutor {
         }))
     }
 
+    async fn start_service(
+        &self,
+        service: JobRequest,
+    ) -> Result<Arc<dyn RunningService>, ExecutorError> {
+        let scratch = self
+            .scratch(&service.event)
+            .map_err(|e| ExecutorError::Unavailable(e.to_string()))?;
+        Ok(job::spawn_service(job::JobContext {
+            request: service,
+            state: self.state.clone(),
+            scratch,
+        }))
+    }
+
     async fn workspace_dir(&self, event: &EventContext) -> Result<PathBuf, WorkspaceError> {
         let workspace = job::workspace_dir(self.scratch(event)?.dir());
         job::create_shared_dir(&workspace).map_err(|source| WorkspaceError::Create {
@@ -271,7 +301,7 @@ impl JobExecutor for DockerExecutor {
             .all(true)
             .filters(&filters)
             .build();
-        if let Ok(containers) = docker.list_containers(Some(options)).await {
+        if let Ok(containers) = list_containers(docker, options).await {
             let remove = RemoveContainerOptionsBuilder::default()
                 .force(true)
                 .v(true)
@@ -293,6 +323,7 @@ impl JobExecutor for DockerExecutor {
                 let _ = docker.remove_container(&id, Some(remove.clone())).await;
             }
         }
+        network::remove(&self.state, &event.event_id).await;
         // The files go in the background: a big pipeline's checkouts take
         // seconds to delete, and the event's end must not wait for them.
         let scratch = self
@@ -317,6 +348,32 @@ impl JobExecutor for DockerExecutor {
     async fn cleaned_up(&self) {
         let mut cleanups = self.state.cleanups.subscribe();
         let _ = cleanups.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// How many times a listing of containers is asked for again when the
+/// engine names a state the client does not know: Podman reports a
+/// container between its stop and its exit as `stopped`, which Docker's API
+/// (and so bollard) does not have, and a listing that meets one fails whole.
+/// The state lasts milliseconds.
+const LISTING_ATTEMPTS: u32 = 20;
+
+/// Lists containers, asking again while one of them is in a state only
+/// Podman has (see [`LISTING_ATTEMPTS`]); a clean-up that gave up on the
+/// first such listing would leave the event's containers behind.
+pub async fn list_containers(
+    docker: &Docker,
+    options: bollard::query_parameters::ListContainersOptions,
+) -> Result<Vec<bollard::models::ContainerSummary>, bollard::errors::Error> {
+    let mut attempt = 1;
+    loop {
+        match docker.list_containers(Some(options.clone())).await {
+            Err(bollard::errors::Error::JsonDataError { .. }) if attempt < LISTING_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            listed => return listed,
+        }
     }
 }
 
@@ -416,6 +473,16 @@ impl JobExecutor for LazyDockerExecutor {
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
         match self.connected().await {
             Ok(executor) => executor.start(job).await,
+            Err(e) => Err(ExecutorError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn start_service(
+        &self,
+        service: JobRequest,
+    ) -> Result<Arc<dyn RunningService>, ExecutorError> {
+        match self.connected().await {
+            Ok(executor) => executor.start_service(service).await,
             Err(e) => Err(ExecutorError::Unavailable(e.to_string())),
         }
     }

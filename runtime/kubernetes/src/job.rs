@@ -1,7 +1,7 @@
 //! One job as a Pod: created (or adopted after a restart), watched to its
 //! end, its containers' logs streamed, and removed when it ends.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,11 @@ use futures_util::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use mizzen_host_api::types::{JobResult, Phase};
-use mizzen_runtime::executor::{ExecutorError, JobOutput, JobRequest, RunningJob, SpawnedJob};
+use mizzen_host_api::types::{JobResult, Phase, ServiceReady};
+use mizzen_runtime::executor::{
+    ExecutorError, JobOutput, JobRequest, PortMapping, ReadySender, ReadyWhen, RunningJob,
+    RunningService, SpawnedJob, SpawnedService, UP_FOR_READY,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -62,6 +65,87 @@ pub(crate) async fn start(
     request: JobRequest,
     built: JobObjects,
 ) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+    let watched = create(client, config, namespace, request, built).await?;
+    Ok(SpawnedJob::spawn(|cancelled| watched.run(cancelled, None)))
+}
+
+/// Creates a service's objects and starts watching its Pod, which says
+/// when the service is ready.
+pub(crate) async fn start_service(
+    client: kube::Client,
+    config: &KubernetesConfig,
+    namespace: &str,
+    request: JobRequest,
+    built: JobObjects,
+) -> Result<Arc<dyn RunningService>, ExecutorError> {
+    let container = &request.spec.primary_container;
+    let when = ReadyWhen::of(container.readiness.as_ref());
+    // Host ports are named on Kubernetes (the manifest refused 0).
+    let ports = PortMapping::all(container)
+        .into_iter()
+        .filter_map(|port| Some((port.container_port.to_string(), port.host?.port)))
+        .collect();
+    let watched = create(client, config, namespace, request, built).await?;
+    Ok(SpawnedService::spawn(move |cancelled, sender| {
+        watched.run(
+            cancelled,
+            Some(Readiness {
+                sender,
+                when,
+                ports,
+                up_since: None,
+            }),
+        )
+    }))
+}
+
+/// What says when a service's Pod is ready.
+struct Readiness {
+    sender: ReadySender,
+    when: ReadyWhen,
+    /// The host ports, by container port.
+    ports: BTreeMap<String, u16>,
+    /// When its container was first seen running.
+    up_since: Option<Instant>,
+}
+
+impl Readiness {
+    fn say_ready(&self) {
+        let ports = self.ports.clone();
+        self.sender.send_if_modified(|ready| {
+            let first = ready.is_none();
+            if first {
+                *ready = Some(Ok(ServiceReady { ports }));
+            }
+            first
+        });
+    }
+
+    /// After an update of the Pod: whether the container is now ready.
+    fn update(&mut self, tracker: &PodTracker, now: Instant) {
+        match self.when {
+            ReadyWhen::TcpPort(_) if tracker.primary_ready => self.say_ready(),
+            ReadyWhen::Up if tracker.primary_started && self.up_since.is_none() => {
+                self.up_since = Some(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// When a long-running container will have been up long enough.
+    fn up_deadline(&self) -> Option<Instant> {
+        (self.when == ReadyWhen::Up && self.sender.borrow().is_none())
+            .then_some(self.up_since? + UP_FOR_READY)
+    }
+}
+
+async fn create(
+    client: kube::Client,
+    config: &KubernetesConfig,
+    namespace: &str,
+    request: JobRequest,
+    built: JobObjects,
+) -> Result<WatchedJob, ExecutorError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let name = built.pod.metadata.name.clone().unwrap_or_default();
@@ -108,7 +192,7 @@ pub(crate) async fn start(
         }
     }
 
-    let watched = WatchedJob {
+    Ok(WatchedJob {
         pods,
         secrets,
         has_secret: built.environment.is_some(),
@@ -118,8 +202,7 @@ pub(crate) async fn start(
         timeout_seconds: request.spec.timeout_seconds,
         image_pull_timeout: config.image_pull_timeout,
         output: request.output.clone(),
-    };
-    Ok(SpawnedJob::spawn(|cancelled| watched.run(cancelled)))
+    })
 }
 
 /// What the task watching a job's Pod needs.
@@ -136,7 +219,11 @@ struct WatchedJob {
 }
 
 impl WatchedJob {
-    async fn run(self, mut cancelled: watch::Receiver<bool>) -> JobResult {
+    async fn run(
+        self,
+        mut cancelled: watch::Receiver<bool>,
+        mut readiness: Option<Readiness>,
+    ) -> JobResult {
         let (terminated, terminated_rx) = watch::channel(BTreeSet::new());
         let mut followers = HashMap::new();
         let mut tracker = PodTracker::new(&self.job, self.image_pull_timeout);
@@ -167,6 +254,9 @@ impl WatchedJob {
                         if let Some(result) = tracker.update(&pod, now) {
                             ended_in_pod = true;
                             break result;
+                        }
+                        if let Some(readiness) = &mut readiness {
+                            readiness.update(&tracker, now);
                         }
                         let _ = terminated.send(tracker.terminated.clone());
                         for container in &tracker.running {
@@ -206,6 +296,11 @@ impl WatchedJob {
                     }
                     None => break JobResult::ended(Phase::Unknown, None, "the watch of the job's Pod ended"),
                 },
+                _ = sleep_until(readiness.as_ref().and_then(Readiness::up_deadline)) => {
+                    if let Some(readiness) = &readiness {
+                        readiness.say_ready();
+                    }
+                }
                 _ = sleep_until(pull_deadline) => {
                     if let Some(failure) = tracker.retry_failure() {
                         break failure;
@@ -227,6 +322,13 @@ impl WatchedJob {
             }
         };
 
+        // A one-shot service is ready once it has exited 0.
+        if let Some(readiness) = &readiness
+            && readiness.when == ReadyWhen::Exited
+            && result.phase == Phase::Succeeded
+        {
+            readiness.say_ready();
+        }
         if ended_in_pod {
             // Every container's log is read to its end (the API server
             // serves a stopped container's log at once), then the Pod goes.
@@ -305,6 +407,8 @@ struct PodTracker {
     image_pull_timeout: Duration,
     /// Whether the primary container has started.
     primary_started: bool,
+    /// Whether the primary container is ready (its readiness probe passed).
+    primary_ready: bool,
     /// Containers that have started (their logs can be read).
     running: BTreeSet<String>,
     /// Containers that have terminated.
@@ -319,6 +423,7 @@ impl PodTracker {
             job: job.to_string(),
             image_pull_timeout,
             primary_started: false,
+            primary_ready: false,
             running: BTreeSet::new(),
             terminated: BTreeSet::new(),
             retrying: None,
@@ -374,6 +479,7 @@ impl PodTracker {
             let state = primary.state.clone().unwrap_or_default();
             if state.running.is_some() {
                 self.primary_started = true;
+                self.primary_ready = primary.ready;
             }
             if let Some(terminated) = state.terminated {
                 self.primary_started = true;

@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
 use mizzen_runtime::executor::{
-    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, WorkspaceError,
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService,
+    WorkspaceError,
 };
 use tokio::sync::OnceCell;
 
@@ -57,7 +59,13 @@ pub struct KubernetesConfig {
     /// How long an image may fail to pull before its job fails; the kubelet
     /// retries with back-off, so a registry's hiccup does not fail a job.
     pub image_pull_timeout: Duration,
+    /// The cluster's DNS domain, in which an event's services' names are
+    /// searched.
+    pub cluster_domain: String,
 }
+
+/// Kubernetes' default cluster domain.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// A workspace's size when neither the project nor the configuration says:
 /// Brigade's default.
@@ -87,6 +95,7 @@ impl KubernetesConfig {
             git_image: DEFAULT_GIT_IMAGE.to_string(),
             run_as_user: DEFAULT_RUN_AS_USER,
             image_pull_timeout: DEFAULT_IMAGE_PULL_TIMEOUT,
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
         }
     }
 
@@ -149,6 +158,8 @@ struct EventObjects {
     namespace: String,
     owner: OnceCell<Owner>,
     workspace: OnceCell<()>,
+    /// The headless Service and NetworkPolicy of the event's services.
+    services: OnceCell<()>,
 }
 
 impl KubernetesExecutor {
@@ -181,6 +192,7 @@ impl KubernetesExecutor {
                     namespace: self.state.config.namespace_of(&event.project_id),
                     owner: OnceCell::new(),
                     workspace: OnceCell::new(),
+                    services: OnceCell::new(),
                 })
             })
             .clone()
@@ -251,8 +263,72 @@ impl KubernetesExecutor {
     }
 }
 
+impl KubernetesExecutor {
+    /// The event's headless Service and NetworkPolicy, created at its first
+    /// service (ones that exist are this event's, made by an earlier
+    /// process).
+    async fn services(
+        &self,
+        objects: &EventObjects,
+        event: &EventContext,
+        owner: &Owner,
+    ) -> Result<(), ExecutorError> {
+        objects
+            .services
+            .get_or_try_init(|| async {
+                let (service, policy) = manifest::event_services(&objects.namespace, event, owner);
+                let post = PostParams::default();
+                let services: Api<Service> =
+                    Api::namespaced(self.state.client.clone(), &objects.namespace);
+                match services.create(&post, &service).await {
+                    Ok(_) => {}
+                    Err(e) if is_conflict(&e) => {}
+                    Err(e) => return Err(refused("create", "services", &objects.namespace, e)),
+                }
+                let policies: Api<NetworkPolicy> =
+                    Api::namespaced(self.state.client.clone(), &objects.namespace);
+                match policies.create(&post, &policy).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_conflict(&e) => Ok(()),
+                    Err(e) => Err(refused("create", "networkpolicies", &objects.namespace, e)),
+                }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl JobExecutor for KubernetesExecutor {
+    async fn start_service(
+        &self,
+        service: JobRequest,
+    ) -> Result<Arc<dyn RunningService>, ExecutorError> {
+        let objects = self.event_objects(&service.event);
+        let owner = self.owner(&objects, &service.event).await?;
+        let built = manifest::service_objects(
+            &self.state.config,
+            &objects.namespace,
+            &service.event,
+            &owner,
+            &service.name,
+            &service.spec,
+        )
+        .map_err(|e| ExecutorError::Unsupported(e.to_string()))?;
+        self.services(&objects, &service.event, &owner).await?;
+        if built.mounts_workspace {
+            self.workspace(&objects, &service.event, &owner).await?;
+        }
+        job::start_service(
+            self.state.client.clone(),
+            &self.state.config,
+            &objects.namespace,
+            service,
+            built,
+        )
+        .await
+    }
+
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
         let objects = self.event_objects(&job.event);
         let owner = self.owner(&objects, &job.event).await?;

@@ -7,13 +7,21 @@
 //! PersistentVolumeClaim when a job mounts the workspace. Per job: one Pod
 //! (the primary container, sidecars as native sidecars, the source checkout
 //! as an init container) and a Secret holding the containers' environment,
-//! which the Pod spec only references.
+//! which the Pod spec only references. Per service of the event: a Pod of
+//! one container whose host name is the service's, in the event's headless
+//! Service (made at its first service, with a NetworkPolicy that lets only
+//! the event's own Pods reach its services); every Pod of the event
+//! searches that Service's domain, so that `db` resolves as on a local
+//! engine.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use mizzen_host_api::types::{ContainerSpec, ImagePullPolicy, JobSpec};
-use mizzen_runtime::executor::{ContainerLimits, ContainerUser, EventContext, Source};
+use mizzen_runtime::executor::{
+    ContainerLimits, ContainerUser, EventContext, PortMapping, ReadyWhen, Source,
+};
 use mizzen_runtime::limits::{LimitValue, parse_cpu, parse_quantity};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -28,6 +36,8 @@ pub const LABEL_PROJECT: &str = "mizzen.sh/project";
 pub const LABEL_EVENT: &str = "mizzen.sh/event";
 /// Label naming the job a Pod or Secret belongs to.
 pub const LABEL_JOB: &str = "mizzen.sh/job";
+/// Label on a service's Pod: what the event's headless Service selects.
+pub const LABEL_SERVICE: &str = "mizzen.sh/service";
 
 /// The init container that checks the project's source out.
 pub const SOURCE_CONTAINER: &str = "mizzen-source";
@@ -90,6 +100,12 @@ pub fn event_owner_name(event_id: &str) -> String {
 /// The name of an event's workspace claim.
 pub fn workspace_name(event_id: &str) -> String {
     dns_label(&format!("mizzen-workspace-{event_id}"))
+}
+
+/// The name of an event's headless Service, the domain its services' host
+/// names live in.
+pub fn services_name(event_id: &str) -> String {
+    dns_label(&format!("mizzen-services-{event_id}"))
 }
 
 /// The name of a job's Pod (and of its environment Secret):
@@ -168,10 +184,92 @@ pub fn job_objects(
     job: &str,
     spec: &JobSpec,
 ) -> Result<JobObjects, ManifestError> {
+    pod_objects(config, namespace, event, owner, job, spec, false)
+}
+
+/// Builds a service's objects: a job's, whose one container is the
+/// service's, with its readiness as probes, its host name the service's
+/// name in the event's headless Service, and the label that Service
+/// selects.
+pub fn service_objects(
+    config: &KubernetesConfig,
+    namespace: &str,
+    event: &EventContext,
+    owner: &Owner,
+    service: &str,
+    spec: &JobSpec,
+) -> Result<JobObjects, ManifestError> {
+    pod_objects(config, namespace, event, owner, service, spec, true)
+}
+
+/// The event's headless Service (no cluster IP, no ports: each service Pod
+/// is reached at its own address, on any port) and the NetworkPolicy that
+/// admits to the event's services only the event's own Pods.
+pub fn event_services(
+    namespace: &str,
+    event: &EventContext,
+    owner: &Owner,
+) -> (Service, NetworkPolicy) {
+    let name = services_name(&event.event_id);
+    let selector = json!({ LABEL_EVENT: label_value(&event.event_id), LABEL_SERVICE: "true" });
+    let metadata = json!({
+        "name": name,
+        "namespace": namespace,
+        "labels": event_labels(event),
+        "ownerReferences": owner.reference(),
+    });
+    let service = from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector,
+            // Mizzen says when a service is ready; its name resolves from
+            // its start, as on a local engine.
+            "publishNotReadyAddresses": true,
+        },
+    }));
+    let policy = from_json(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": { "matchLabels": selector },
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{ "podSelector": { "matchLabels": { LABEL_EVENT: label_value(&event.event_id) } } }],
+            }],
+        },
+    }));
+    (service, policy)
+}
+
+fn pod_objects(
+    config: &KubernetesConfig,
+    namespace: &str,
+    event: &EventContext,
+    owner: &Owner,
+    job: &str,
+    spec: &JobSpec,
+    service: bool,
+) -> Result<JobObjects, ManifestError> {
     let error = |reason: String| ManifestError {
         job: job.to_string(),
         reason,
     };
+    for (name, c) in std::iter::once((job, &spec.primary_container))
+        .chain(spec.sidecar_containers.iter().map(|(n, c)| (n.as_str(), c)))
+    {
+        if PortMapping::all(c)
+            .iter()
+            .any(|port| port.host.is_some_and(|host| host.port == 0))
+        {
+            return Err(error(format!(
+                "container \"{name}\": a host port the engine chooses (\"0:PORT\") exists only on a local engine; on Kubernetes name the host port"
+            )));
+        }
+    }
     let name = pod_name(&event.event_id, job);
     let windows = spec.host.os.as_deref() == Some("windows");
     if spec.sidecar_containers.contains_key(SOURCE_CONTAINER) {
@@ -230,38 +328,28 @@ pub fn job_objects(
         windows,
         resources: resources(&config.requests, &event.container_limits),
     };
-    let primary = build.container(job, &spec.primary_container);
+    let mut primary = build.container(job, &spec.primary_container);
+    if service {
+        add_probes(&mut primary, &spec.primary_container);
+    }
     // Service sidecars (no readiness, or a TCP port) start first as native
     // sidecars; one-shot sidecars (`exited`) then run to completion in order,
     // with the services already up; the primary starts after all of them.
+    // `after` moves a sidecar behind those it names: the kubelet starts an
+    // init container once the one before it has started (a native sidecar,
+    // past its start-up probe) or completed (a one-shot).
     let mut init_containers = Vec::new();
     if let Some(git) = git {
         init_containers.push(build.checkout(git));
     }
-    for (sidecar, c) in &spec.sidecar_containers {
+    for sidecar in init_order(&spec.sidecar_containers) {
+        let c = &spec.sidecar_containers[sidecar];
+        let mut container = build.container(sidecar, c);
         if !c.readiness.is_some_and(|r| r.exited) {
-            let mut container = build.container(sidecar, c);
             container["restartPolicy"] = json!("Always");
-            if let Some(port) = c.readiness.and_then(|r| r.tcp_port) {
-                let timeout = c
-                    .readiness
-                    .and_then(|r| r.timeout_seconds)
-                    .unwrap_or(mizzen_host_api::types::DEFAULT_READINESS_TIMEOUT_SECONDS);
-                let probe = json!({
-                    "tcpSocket": { "port": port },
-                    "periodSeconds": 1,
-                    "failureThreshold": whole_seconds(timeout),
-                });
-                container["startupProbe"] = probe.clone();
-                container["readinessProbe"] = probe;
-            }
-            init_containers.push(container);
+            add_probes(&mut container, c);
         }
-    }
-    for (sidecar, c) in &spec.sidecar_containers {
-        if c.readiness.is_some_and(|r| r.exited) {
-            init_containers.push(build.container(sidecar, c));
-        }
+        init_containers.push(container);
     }
 
     let mut volumes = Vec::new();
@@ -301,8 +389,18 @@ pub fn job_objects(
         "activeDeadlineSeconds": whole_seconds(spec.timeout_seconds),
         "nodeSelector": node_selector,
         "hostAliases": [{ "ip": "127.0.0.1", "hostnames": host_names }],
+        // The event's services by their names alone, as on a local engine.
+        "dnsConfig": { "searches": [format!(
+            "{}.{namespace}.svc.{}",
+            services_name(&event.event_id),
+            config.cluster_domain
+        )] },
         "containers": [primary],
     });
+    if service {
+        pod_spec["hostname"] = json!(job);
+        pod_spec["subdomain"] = json!(services_name(&event.event_id));
+    }
     if !init_containers.is_empty() {
         pod_spec["initContainers"] = json!(init_containers);
     }
@@ -332,7 +430,10 @@ pub fn job_objects(
         });
     }
 
-    let labels = job_labels(event, job);
+    let mut labels = job_labels(event, job);
+    if service {
+        labels.insert(LABEL_SERVICE, "true".to_string());
+    }
     let pod = from_json(json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -394,6 +495,23 @@ impl ContainerBuilder<'_> {
         }
         if !c.working_directory.is_empty() {
             container["workingDir"] = json!(c.working_directory);
+        }
+        let ports = PortMapping::all(c);
+        if !ports.is_empty() {
+            container["ports"] = json!(
+                ports
+                    .iter()
+                    .map(|port| {
+                        let mut declared =
+                            json!({ "containerPort": port.container_port, "protocol": "TCP" });
+                        if let Some(host) = port.host {
+                            declared["hostPort"] = json!(host.port);
+                            declared["hostIP"] = json!(host.address.to_string());
+                        }
+                        declared
+                    })
+                    .collect::<Vec<_>>()
+            );
         }
         if !c.environment.is_empty() {
             container["env"] = json!(
@@ -462,6 +580,55 @@ impl ContainerBuilder<'_> {
             "securityContext": restricted_container_security(),
         })
     }
+}
+
+/// A TCP readiness as a start-up probe (which the kubelet waits for before
+/// the next init container) and a readiness probe.
+fn add_probes(container: &mut Value, c: &ContainerSpec) {
+    if let ReadyWhen::TcpPort(port) = ReadyWhen::of(c.readiness.as_ref()) {
+        let timeout = c
+            .readiness
+            .and_then(|r| r.timeout_seconds)
+            .unwrap_or(mizzen_host_api::types::DEFAULT_READINESS_TIMEOUT_SECONDS);
+        let probe = json!({
+            "tcpSocket": { "port": port },
+            "periodSeconds": 1,
+            "failureThreshold": whole_seconds(timeout),
+        });
+        container["startupProbe"] = probe.clone();
+        container["readinessProbe"] = probe;
+    }
+}
+
+/// The sidecars as init containers: native sidecars first, then one-shots,
+/// each by name, except that a sidecar comes after those it names in
+/// `after` (the rules refused cycles and unknown names).
+fn init_order(sidecars: &BTreeMap<String, ContainerSpec>) -> Vec<&str> {
+    fn visit<'a>(
+        name: &'a str,
+        sidecars: &'a BTreeMap<String, ContainerSpec>,
+        order: &mut Vec<&'a str>,
+    ) {
+        if order.contains(&name) {
+            return;
+        }
+        if let Some(c) = sidecars.get(name) {
+            for after in &c.after {
+                visit(after, sidecars, order);
+            }
+            order.push(name);
+        }
+    }
+    let one_shot = |c: &ContainerSpec| c.readiness.is_some_and(|r| r.exited);
+    let mut order = Vec::with_capacity(sidecars.len());
+    for (name, _) in sidecars
+        .iter()
+        .filter(|(_, c)| !one_shot(c))
+        .chain(sidecars.iter().filter(|(_, c)| one_shot(c)))
+    {
+        visit(name, sidecars, &mut order);
+    }
+    order
 }
 
 /// A container's `resources`: the project's job limits, and the executor's

@@ -408,3 +408,126 @@ fn a_projects_job_limits_bound_each_container_and_lower_larger_requests() {
     assert_eq!(resources["requests"]["memory"], "64Mi");
     assert_eq!(resources["requests"]["cpu"], "50m");
 }
+
+#[test]
+fn a_service_is_a_pod_named_in_the_events_headless_service() {
+    let mut db = container("postgres", &[]);
+    db.readiness = Some(Readiness {
+        tcp_port: Some(5432),
+        exited: false,
+        timeout_seconds: Some(30.0),
+    });
+    db.ports = vec!["5432".into()];
+    let config = KubernetesConfig::new("mizzen-jobs");
+    let event = event(JobPolicies::default());
+    let objects =
+        manifest::service_objects(&config, "mizzen-jobs", &event, &owner(), "db", &job(db))
+            .expect("the service becomes a Pod");
+    let (service, policy) = manifest::event_services("mizzen-jobs", &event, &owner());
+    let documents = [
+        serde_norway::to_string(&objects.pod).unwrap(),
+        serde_norway::to_string(&service).unwrap(),
+        serde_norway::to_string(&policy).unwrap(),
+    ];
+    assert_golden("service.yaml", &documents.join("---\n"));
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    assert_eq!(pod["spec"]["hostname"], "db");
+    assert_eq!(pod["spec"]["subdomain"], manifest::services_name(EVENT));
+    assert_eq!(
+        pod["metadata"]["labels"][manifest::LABEL_SERVICE],
+        "true",
+        "the headless Service selects it"
+    );
+    let service = serde_json::to_value(&service).unwrap();
+    assert_eq!(service["spec"]["clusterIP"], "None");
+    assert_eq!(service["spec"]["selector"][manifest::LABEL_EVENT], EVENT);
+    assert!(restricted_violations(&pod).is_empty());
+    // A job of the event searches the Service's domain, so `db` resolves.
+    let (job_pod, _) = render(&event, "test", &job(container("debian", &["true"])));
+    assert_eq!(
+        job_pod["spec"]["dnsConfig"]["searches"][0],
+        format!(
+            "{}.mizzen-jobs.svc.cluster.local",
+            manifest::services_name(EVENT)
+        )
+    );
+}
+
+#[test]
+fn sidecars_become_init_containers_in_the_order_of_after() {
+    let mut spec = job(container("debian", &["true"]));
+    let sidecar = |after: &[&str], exited: bool| {
+        let mut c = container("debian", &["true"]);
+        c.after = after.iter().map(|s| s.to_string()).collect();
+        c.readiness = exited.then_some(Readiness {
+            tcp_port: None,
+            exited: true,
+            timeout_seconds: None,
+        });
+        c
+    };
+    spec.sidecar_containers = BTreeMap::from([
+        // A native sidecar after a one-shot: the one-shot moves ahead.
+        ("app".to_string(), sidecar(&["migrate"], false)),
+        ("db".to_string(), sidecar(&[], false)),
+        ("migrate".to_string(), sidecar(&["db"], true)),
+        ("zz-cache".to_string(), sidecar(&[], false)),
+    ]);
+    let (pod, _) = render(&event(JobPolicies::default()), "ordered", &spec);
+    let names: Vec<&str> = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["db", "migrate", "app", "zz-cache"]);
+    let native = |name: &str| {
+        pod["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["restartPolicy"] == "Always")
+            .unwrap()
+    };
+    assert!(native("db") && native("app") && !native("migrate"));
+}
+
+#[test]
+fn host_ports_are_named_on_kubernetes() {
+    let mut redis = container("redis", &[]);
+    redis.ports = vec!["127.0.0.1:16379:6379".into()];
+    let config = KubernetesConfig::new("mizzen-jobs");
+    let event = event(JobPolicies {
+        allow_host_ports: true,
+        ..JobPolicies::default()
+    });
+    let objects = manifest::service_objects(
+        &config,
+        "mizzen-jobs",
+        &event,
+        &owner(),
+        "redis",
+        &job(redis.clone()),
+    )
+    .expect("a named host port is published");
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    assert_eq!(
+        pod["spec"]["containers"][0]["ports"][0],
+        serde_json::json!({ "containerPort": 6379, "hostPort": 16379, "hostIP": "127.0.0.1", "protocol": "TCP" })
+    );
+    redis.ports = vec!["0:6379".into()];
+    let error = manifest::service_objects(
+        &config,
+        "mizzen-jobs",
+        &event,
+        &owner(),
+        "redis",
+        &job(redis),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        r#"job "redis": container "redis": a host port the engine chooses ("0:PORT") exists only on a local engine; on Kubernetes name the host port"#
+    );
+}

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use mizzen_host_api::types::{JobResult, Phase};
+use mizzen_host_api::types::{JobResult, Phase, ServiceReady};
 use mizzen_runtime::executor::{
-    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, WorkspaceError,
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService,
+    WorkspaceError,
 };
 use mizzen_runtime::redact::Redactor;
 use serde_json::Value;
@@ -155,6 +156,76 @@ impl JobExecutor for RecordedExecutor {
         Ok(recorded)
     }
 
+    /// A service is recorded as a job of the event (its phases, its logs),
+    /// never inherited from an earlier run (it holds no result, and the
+    /// jobs after it need it running), and takes no job slot: it lives as
+    /// long as the event, and a project's services holding its slots would
+    /// leave its jobs waiting for themselves. The worker's concurrent-jobs
+    /// limit bounds them.
+    async fn start_service(
+        &self,
+        service: JobRequest,
+    ) -> Result<Arc<dyn RunningService>, ExecutorError> {
+        let masked_name = self.redactor.redact(&service.name);
+        if masked_name != service.name {
+            return Err(ExecutorError::Unsupported(format!(
+                "service \"{masked_name}\" was not started: its name holds the value of one of the project's secrets, and names are shown unmasked in the API"
+            )));
+        }
+        self.inherited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&service.name);
+        let event_id = service.event.event_id.clone();
+        let name = service.name.clone();
+        let record = JobRecord {
+            event_id: event_id.clone(),
+            name: name.clone(),
+            created: now_micros(),
+            spec: self
+                .redactor
+                .redact_json(&serde_json::to_value(&service.spec).unwrap_or_default()),
+            phase: Phase::Starting,
+            started: None,
+            ended: None,
+            logs_event_id: event_id.clone(),
+            uses_workspace: !service
+                .spec
+                .primary_container
+                .workspace_mount_path
+                .is_empty(),
+        };
+        let unavailable = |e: store::StoreError| {
+            ExecutorError::Unavailable(format!("cannot record service \"{name}\": {e}"))
+        };
+        self.store.create_job(&record).await.map_err(unavailable)?;
+        let running = match self.inner.start_service(service).await {
+            Ok(running) => running,
+            Err(e) => {
+                let _ = self.store.job_phase(&event_id, &name, Phase::Failed).await;
+                return Err(e);
+            }
+        };
+        self.store
+            .job_phase(&event_id, &name, Phase::Running)
+            .await
+            .map_err(unavailable)?;
+        let recorded = Arc::new(RecordedService {
+            job: RecordedJob {
+                inner: running.clone(),
+                store: self.store.clone(),
+                event_id,
+                name,
+            },
+            service: running,
+        });
+        let watched = recorded.clone();
+        tokio::spawn(async move {
+            watched.wait().await;
+        });
+        Ok(recorded)
+    }
+
     async fn finish_event(&self, event: &EventContext) {
         self.inner.finish_event(event).await;
     }
@@ -202,6 +273,30 @@ impl RunningJob for RecordedJob {
 
     async fn cancel(&self) {
         self.inner.cancel().await;
+    }
+}
+
+/// A running service, recorded as [`RecordedJob`] records a job.
+struct RecordedService {
+    job: RecordedJob,
+    service: Arc<dyn RunningService>,
+}
+
+#[async_trait]
+impl RunningJob for RecordedService {
+    async fn wait(&self) -> JobResult {
+        self.job.wait().await
+    }
+
+    async fn cancel(&self) {
+        self.job.cancel().await;
+    }
+}
+
+#[async_trait]
+impl RunningService for RecordedService {
+    async fn ready(&self) -> Result<ServiceReady, String> {
+        self.service.ready().await
     }
 }
 

@@ -1,7 +1,10 @@
-//! Jobs: `job.start`, `job.wait`, `job.cancel` and `job.logs`. Held by the
-//! worker's host: the table of the worker's jobs, their rules ([`rules`]),
-//! their output ([`output`]) and their end. A job is refused with an error
-//! the script can catch, naming the job, the container and the rule.
+//! Jobs and services: `job.start`, `service.start`, `job.wait`, `job.cancel`
+//! and `job.logs`. Held by the worker's host: the table of the worker's jobs
+//! and services (one namespace: a service is a container the event's jobs
+//! reach by its name, so no job may take it), their rules ([`rules`]), their
+//! output ([`output`]), the start order of services (`after`) and their end.
+//! A job or service is refused with an error the script can catch, naming
+//! it, the container and the rule.
 
 mod output;
 pub mod rules;
@@ -10,24 +13,40 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeMap;
+
 use mizzen_host_api::types::{
-    EventProject, JobLogs, JobLogsRequest, JobRef, JobResult, LogLevel, Phase,
+    EventProject, JobHost, JobLogs, JobLogsRequest, JobRef, JobResult, JobSpec, LogLevel, Phase,
+    ServiceReady,
 };
 use mizzen_host_api::{ErrorCode, HostError, Op};
+use tokio::sync::watch;
 
 use crate::capability::Answer;
-use crate::executor::{EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob};
+use crate::executor::{
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, SpawnedJob,
+    service_port_variable,
+};
 use crate::host::parse;
 use crate::limits::{Limit, WorkerLimits};
 use crate::log::{LogRecord, LogSink};
 use crate::redact::Redactor;
 pub(crate) use output::CappedOutput;
 use output::JobRecorder;
-use rules::resolve_secret_references;
-pub use rules::{MAX_JOB_TIMEOUT_SECONDS, MAX_SIDECARS, decode_start, validate_image};
+pub use rules::{
+    MAX_JOB_TIMEOUT_SECONDS, MAX_PORTS, MAX_SIDECARS, decode_service_start, decode_start,
+    validate_image,
+};
+use rules::{resolve_container_secrets, resolve_secret_references};
 
 /// The operations this capability answers.
-pub const OPS: &[Op] = &[Op::JobStart, Op::JobWait, Op::JobCancel, Op::JobLogs];
+pub const OPS: &[Op] = &[
+    Op::JobStart,
+    Op::ServiceStart,
+    Op::JobWait,
+    Op::JobCancel,
+    Op::JobLogs,
+];
 
 /// Answers one of [`OPS`].
 pub(crate) async fn call(
@@ -42,6 +61,24 @@ pub(crate) async fn call(
             .start(request)
             .await
             .map(|()| Answer::Now(None)),
+        Op::ServiceStart => {
+            let mut ready = jobs.lock().await.start_service(request)?;
+            Ok(Answer::Later(Box::pin(async move {
+                match ready.wait_for(Option::is_some).await {
+                    Ok(ready) => match ready.clone() {
+                        Some(Ok(ready)) => {
+                            Ok(serde_json::to_value(ready).expect("ports serialise"))
+                        }
+                        Some(Err(why)) => Err(HostError::new(ErrorCode::NotReady, why)),
+                        None => unreachable!("waited for a value"),
+                    },
+                    Err(_) => Err(HostError::new(
+                        ErrorCode::NotReady,
+                        "the service's task ended without a word",
+                    )),
+                }
+            })))
+        }
         Op::JobWait => {
             let job = parse::<JobRef>(op, request)?;
             let running = jobs.lock().await.running(&job.name)?;
@@ -106,6 +143,9 @@ pub(crate) struct WorkerJobs {
     jobs: HashMap<String, StartedJob>,
     /// The project's id and secrets, for `"${{ secrets.name }}"` references.
     project: EventProject,
+    /// The host ports of ready services, by service: the jobs started after
+    /// get them as `MIZZEN_SERVICE_<NAME>_PORT_<PORT>`.
+    service_ports: Arc<Mutex<BTreeMap<String, BTreeMap<String, u16>>>>,
     /// The secrets the script may not read, masked in the job output it
     /// reads back; built at the first `job.logs()`, so that a worker that
     /// reads none does not spend time linear in its project's secrets.
@@ -117,7 +157,12 @@ struct StartedJob {
     output: Arc<JobRecorder>,
     /// The task that logs how the job ended.
     ended: tokio::task::JoinHandle<()>,
+    /// For a service: whether it is ready (or why it never will be).
+    ready: Option<ServiceReadiness>,
 }
+
+/// Whether a service is ready: `None` until it is, or until it cannot be.
+type ServiceReadiness = watch::Receiver<Option<Result<ServiceReady, String>>>;
 
 impl WorkerJobs {
     pub fn new(
@@ -136,27 +181,28 @@ impl WorkerJobs {
             jobs: HashMap::new(),
             hidden: std::sync::OnceLock::new(),
             project,
+            service_ports: Arc::default(),
         }
     }
 
-    /// Validates and starts a job (`Op::JobStart`).
-    async fn start(&mut self, request: &[u8]) -> Result<(), HostError> {
-        let (executor, event) = match &self.capability {
-            JobCapability::Executor { executor, event } => (executor.clone(), event.clone()),
-            JobCapability::Unavailable(why) => {
-                return Err(HostError::not_configured(format!(
-                    "{why}, so jobs cannot run"
-                )));
-            }
-        };
-        let mut job = decode_start(request, &event)?;
-        resolve_secret_references(&mut job, &self.project)?;
-        if self.jobs.contains_key(&job.name) {
+    /// The executor and the event, or why jobs and services cannot run.
+    fn executor(&self, what: &str) -> Result<(Arc<dyn JobExecutor>, Arc<EventContext>), HostError> {
+        match &self.capability {
+            JobCapability::Executor { executor, event } => Ok((executor.clone(), event.clone())),
+            JobCapability::Unavailable(why) => Err(HostError::not_configured(format!(
+                "{why}, so {what} cannot run"
+            ))),
+        }
+    }
+
+    /// Refuses a name the event's jobs or services already have, and a
+    /// start past the concurrent-jobs limit.
+    fn check_room(&self, what: &str, name: &str) -> Result<(), HostError> {
+        if self.jobs.contains_key(name) {
             return Err(HostError::new(
                 ErrorCode::Conflict,
                 format!(
-                    "a job named \"{}\" already exists in this event (job names are unique within an event, and a job runs once)",
-                    job.name
+                    "a job or service named \"{name}\" already exists in this event (names are unique within an event, and each runs once)"
                 ),
             ));
         }
@@ -165,23 +211,166 @@ impl WorkerJobs {
             return Err(HostError::new(
                 ErrorCode::LimitExceeded,
                 format!(
-                    "job \"{}\" was not started: {concurrent} jobs of this worker are already running, its limit ({})",
-                    job.name,
+                    "{what} \"{name}\" was not started: {concurrent} jobs and services of this worker are already running, its limit ({})",
                     Limit::ConcurrentJobs.project_field()
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The output of a job or service: kept for `job.logs`, capped, and in
+    /// the worker's log.
+    fn output_for(&self, name: &str) -> (Arc<JobRecorder>, Arc<CappedOutput>) {
         let recorder = Arc::new(JobRecorder {
-            job: job.name.clone(),
+            job: name.to_string(),
             log: self.log.clone(),
             lines: Mutex::default(),
         });
         let output = Arc::new(CappedOutput::new(
-            &job.name,
+            name,
             self.limits.job_log_bytes,
             recorder.clone(),
             self.log.clone(),
         ));
+        (recorder, output)
+    }
+
+    /// Puts a started job or service in the table, with the task that says
+    /// how it ended.
+    fn track(
+        &mut self,
+        name: String,
+        kind: Kind,
+        running: Arc<dyn RunningJob>,
+        recorder: Arc<JobRecorder>,
+        output: Arc<CappedOutput>,
+        ready: Option<ServiceReadiness>,
+    ) {
+        // Say how it ended, with its reason: the script only learns the
+        // phase.
+        let (watched, log, level, counter) = (
+            running.clone(),
+            self.log.clone(),
+            self.level,
+            self.running.clone(),
+        );
+        counter.fetch_add(1, Ordering::SeqCst);
+        let label = name.clone();
+        let ended = tokio::spawn(async move {
+            let result = watched.wait().await;
+            counter.fetch_sub(1, Ordering::SeqCst);
+            // The executor has passed on every line by now.
+            output.finish();
+            let record = end_record(kind, &label, &result);
+            if record.level.passes(level) {
+                log.record(record);
+            }
+        });
+        self.jobs.insert(
+            name,
+            StartedJob {
+                running,
+                output: recorder,
+                ended,
+                ready,
+            },
+        );
+    }
+
+    /// Validates a service and starts it on its own task once the services
+    /// it comes after are ready (`Op::ServiceStart`); the receiver says when
+    /// it is ready, or why it never will be.
+    fn start_service(&mut self, request: &[u8]) -> Result<ServiceReadiness, HostError> {
+        let (executor, event) = self.executor("services")?;
+        let mut service = decode_service_start(request, &event)?;
+        let name = service.name.clone();
+        resolve_container_secrets(
+            &format!("service \"{name}\""),
+            &mut service.container,
+            &self.project,
+        )?;
+        self.check_room("service", &name)?;
+        // Those it comes after must have been started before it, so no
+        // services can wait for each other in a cycle.
+        let mut before = Vec::new();
+        for after in &service.container.after {
+            match self.jobs.get(after) {
+                Some(StartedJob {
+                    ready: Some(ready), ..
+                }) => before.push((after.clone(), ready.clone())),
+                Some(_) => {
+                    return Err(HostError::invalid(format!(
+                        "service \"{name}\" comes after \"{after}\", which is a job; a service comes after services"
+                    )));
+                }
+                None => {
+                    return Err(HostError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "service \"{name}\" comes after \"{after}\", which is not a service of this event (start the services it comes after first)"
+                        ),
+                    ));
+                }
+            }
+        }
+        self.add_service_ports(&mut service.container.environment);
+        let (recorder, output) = self.output_for(&name);
+        let request = JobRequest {
+            event,
+            name: name.clone(),
+            spec: JobSpec {
+                primary_container: service.container,
+                sidecar_containers: BTreeMap::new(),
+                // A service lives as long as its event: the worker's
+                // lifetime bounds it.
+                timeout_seconds: MAX_JOB_TIMEOUT_SECONDS,
+                host: JobHost::default(),
+                fallible: false,
+            },
+            output: output.clone(),
+        };
+        let (ready_sender, ready) = watch::channel(None);
+        let ports = self.service_ports.clone();
+        let running = SpawnedJob::spawn(move |cancelled| {
+            run_service(executor, request, before, ready_sender, ports, cancelled)
+        });
+        self.track(
+            name,
+            Kind::Service,
+            running,
+            recorder,
+            output,
+            Some(ready.clone()),
+        );
+        Ok(ready)
+    }
+
+    /// Tells a container the host ports of the services ready so far,
+    /// unless it sets the variable itself.
+    fn add_service_ports(&self, environment: &mut BTreeMap<String, String>) {
+        let ports = self.service_ports.lock().unwrap_or_else(|e| e.into_inner());
+        for (service, ports) in ports.iter() {
+            for (container_port, host_port) in ports {
+                environment
+                    .entry(service_port_variable(service, container_port))
+                    .or_insert_with(|| host_port.to_string());
+            }
+        }
+    }
+
+    /// Validates and starts a job (`Op::JobStart`).
+    async fn start(&mut self, request: &[u8]) -> Result<(), HostError> {
+        let (executor, event) = self.executor("jobs")?;
+        let mut job = decode_start(request, &event)?;
+        resolve_secret_references(&mut job, &self.project)?;
+        self.check_room("job", &job.name)?;
+        for container in std::iter::once(&mut job.spec.primary_container)
+            .chain(job.spec.sidecar_containers.values_mut())
+        {
+            self.add_service_ports(&mut container.environment);
+        }
+        let (recorder, output) = self.output_for(&job.name);
         let running = executor
             .start(JobRequest {
                 event,
@@ -190,38 +379,8 @@ impl WorkerJobs {
                 output: output.clone(),
             })
             .await
-            .map_err(|e| match e {
-                ExecutorError::Unsupported(m) => HostError::invalid(m),
-                ExecutorError::Unavailable(m) => HostError::new(ErrorCode::Unavailable, m),
-            })?;
-        // Say how the job ended, with its reason: the script only learns the
-        // phase.
-        let (watched, log, name, level, counter) = (
-            running.clone(),
-            self.log.clone(),
-            job.name.clone(),
-            self.level,
-            self.running.clone(),
-        );
-        counter.fetch_add(1, Ordering::SeqCst);
-        let ended = tokio::spawn(async move {
-            let result = watched.wait().await;
-            counter.fetch_sub(1, Ordering::SeqCst);
-            // The executor has passed on every line by now.
-            output.finish();
-            let record = end_record(&name, &result);
-            if record.level.passes(level) {
-                log.record(record);
-            }
-        });
-        self.jobs.insert(
-            job.name,
-            StartedJob {
-                running,
-                output: recorder,
-                ended,
-            },
-        );
+            .map_err(executor_error)?;
+        self.track(job.name, Kind::Job, running, recorder, output, None);
         Ok(())
     }
 
@@ -286,12 +445,117 @@ impl WorkerJobs {
 fn not_found(name: &str) -> HostError {
     HostError::new(
         ErrorCode::NotFound,
-        format!("this event has no job named \"{name}\""),
+        format!("this event has no job or service named \"{name}\""),
     )
 }
 
-fn end_record(name: &str, result: &JobResult) -> LogRecord {
-    let mut message = format!("job {name} ended {}", result.phase);
+fn executor_error(error: ExecutorError) -> HostError {
+    match error {
+        ExecutorError::Unsupported(m) => HostError::invalid(m),
+        ExecutorError::Unavailable(m) => HostError::new(ErrorCode::Unavailable, m),
+    }
+}
+
+/// What is in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Job,
+    Service,
+}
+
+/// A service's life on its task: waits for the services it comes after,
+/// has the executor start it, says when it is ready, and ends when it
+/// ends, or when it is stopped (the script's `job.cancel`, the event's end).
+async fn run_service(
+    executor: Arc<dyn JobExecutor>,
+    request: JobRequest,
+    before: Vec<(String, ServiceReadiness)>,
+    ready: watch::Sender<Option<Result<ServiceReady, String>>>,
+    ports: Arc<Mutex<BTreeMap<String, BTreeMap<String, u16>>>>,
+    mut cancelled: watch::Receiver<bool>,
+) -> JobResult {
+    let name = request.name.clone();
+    let not_ready = |why: String| {
+        let _ = ready.send(Some(Err(format!("service \"{name}\" {why}"))));
+    };
+    for (after, mut before) in before {
+        tokio::select! {
+            outcome = before.wait_for(Option::is_some) => {
+                if let Ok(outcome) = outcome
+                    && let Some(Err(why)) = outcome.clone()
+                {
+                    let why = format!("was not started: \"{after}\", which it comes after, was not ready ({why})");
+                    not_ready(why.clone());
+                    return JobResult::ended(Phase::Failed, None, format!("it {why}"));
+                }
+            }
+            () = stopped(&mut cancelled) => {
+                not_ready("was stopped before it started".into());
+                return JobResult::ended(Phase::Canceled, None, "the service was stopped before it started");
+            }
+        }
+    }
+    let service = tokio::select! {
+        started = executor.start_service(request) => match started {
+            Ok(service) => service,
+            Err(e) => {
+                let why = executor_error(e).message;
+                not_ready(format!("was not started: {why}"));
+                return JobResult::ended(Phase::Failed, None, why);
+            }
+        },
+        () = stopped(&mut cancelled) => {
+            not_ready("was stopped before it started".into());
+            return JobResult::ended(Phase::Canceled, None, "the service was stopped before it started");
+        }
+    };
+    tokio::select! {
+        outcome = service.ready() => {
+            match &outcome {
+                Ok(ServiceReady { ports: published }) if !published.is_empty() => {
+                    ports
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.clone(), published.clone());
+                }
+                _ => {}
+            }
+            let _ = ready.send(Some(outcome.map_err(|why| format!("service \"{name}\" was not ready: {why}"))));
+        }
+        () = stopped(&mut cancelled) => {
+            not_ready("was stopped before it was ready".into());
+            service.cancel().await;
+            return service.wait().await;
+        }
+    }
+    tokio::select! {
+        result = service.wait() => result,
+        () = stopped(&mut cancelled) => {
+            service.cancel().await;
+            service.wait().await
+        }
+    }
+}
+
+/// Resolves once `cancelled` turns true (or its sender is gone).
+async fn stopped(cancelled: &mut watch::Receiver<bool>) {
+    let _ = cancelled.wait_for(|stop| *stop).await;
+}
+
+fn end_record(kind: Kind, name: &str, result: &JobResult) -> LogRecord {
+    if kind == Kind::Service && result.phase == Phase::Aborted {
+        // Stopped by the script or at the event's end: how a service ends.
+        return LogRecord::logger(
+            LogLevel::Debug,
+            &format!("service {name} stopped"),
+            Some(name.to_string()),
+        );
+    }
+    let what = match kind {
+        Kind::Job => "job",
+        Kind::Service => "service",
+    };
+    let mut message = format!("{what} {name} ended {}", result.phase);
     if let Some(code) = result.exit_code {
         message.push_str(&format!(" (exit code {code})"));
     }

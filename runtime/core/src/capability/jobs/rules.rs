@@ -8,6 +8,7 @@
 
 use mizzen_host_api::types::{
     ContainerSpec, DEFAULT_READINESS_TIMEOUT_SECONDS, EventProject, JobSpec, JobStartRequest,
+    Readiness, ServiceStartRequest,
 };
 use mizzen_host_api::{ErrorCode, HostError};
 use serde_json::Value;
@@ -15,7 +16,7 @@ use serde_json::Value;
 use crate::environment_file::EnvironmentFileRef;
 use crate::wasm_job::{IMAGE_PREFIX, ModuleRef};
 
-use crate::executor::{ContainerUser, EventContext};
+use crate::executor::{ContainerUser, EventContext, PortMapping};
 use crate::project::is_dns_label;
 
 /// Brigade's observer killed jobs after 24 hours at the latest
@@ -25,6 +26,10 @@ pub const MAX_JOB_TIMEOUT_SECONDS: f64 = 24.0 * 60.0 * 60.0;
 /// Sidecars per job. Kubernetes has no fixed limit, but a pod of more than a
 /// few containers is a design smell, and each sidecar costs a container.
 pub const MAX_SIDECARS: usize = 16;
+
+/// Ports per service or sidecar: a server listens on a few, and each one
+/// published is a host resource taken from every other tenant.
+pub const MAX_PORTS: usize = 16;
 
 /// `"${{ secrets.name }}"` as the whole of an environment value: the job
 /// gets the project's secret `name`, which its script may not be allowed to
@@ -47,21 +52,36 @@ pub(crate) fn resolve_secret_references(
     let containers = std::iter::once((&name, &mut spec.primary_container))
         .chain(spec.sidecar_containers.iter_mut());
     for (container, container_spec) in containers {
-        for (variable, value) in &mut container_spec.environment {
-            let Some(key) = secret_reference(value) else {
-                continue;
-            };
-            let Some(secret) = project.secrets.get(key) else {
-                return Err(HostError::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "job \"{name}\": container \"{container}\": environment variable {variable} refers to secret \"{key}\", which project \"{}\" does not have",
-                        project.id
-                    ),
-                ));
-            };
-            *value = secret.clone();
-        }
+        resolve_container_secrets(
+            &format!("job \"{name}\": container \"{container}\""),
+            container_spec,
+            project,
+        )?;
+    }
+    Ok(())
+}
+
+/// Replaces the secret references in one container's environment; `who`
+/// names the container in the error.
+pub(crate) fn resolve_container_secrets(
+    who: &str,
+    container: &mut ContainerSpec,
+    project: &EventProject,
+) -> Result<(), HostError> {
+    for (variable, value) in &mut container.environment {
+        let Some(key) = secret_reference(value) else {
+            continue;
+        };
+        let Some(secret) = project.secrets.get(key) else {
+            return Err(HostError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "{who}: environment variable {variable} refers to secret \"{key}\", which project \"{}\" does not have",
+                    project.id
+                ),
+            ));
+        };
+        *value = secret.clone();
     }
     Ok(())
 }
@@ -72,6 +92,41 @@ pub fn decode_start(request: &[u8], event: &EventContext) -> Result<JobStartRequ
     let job = parse_start(request)?;
     validate(&job, event)?;
     Ok(job)
+}
+
+/// Decodes a guest's `service.start` request and checks it against the
+/// event's project. The names it comes `after` are checked against the
+/// event's services by the jobs capability, which knows them.
+pub fn decode_service_start(
+    request: &[u8],
+    event: &EventContext,
+) -> Result<ServiceStartRequest, HostError> {
+    let service: ServiceStartRequest = serde_json::from_slice(request)
+        .map_err(|e| HostError::invalid(format!("invalid service.start request: {e}")))?;
+    let name = &service.name;
+    if !is_dns_label(name) || name.len() > 63 {
+        return Err(HostError::invalid(format!(
+            "service name {name:?} must match ^[a-z][a-z\\d-]*[a-z\\d]$ and be at most 63 characters (it is the host name jobs reach it by)"
+        )));
+    }
+    let who = format!("service \"{name}\"");
+    let container = &service.container;
+    if container.image.starts_with(IMAGE_PREFIX) {
+        return Err(HostError::invalid(format!(
+            "{who}: a service must be a container image; a Wasm module (image \"wasm:...\") runs as a job"
+        )));
+    }
+    validate_container(&who, false, container, event)?;
+    if let Some(readiness) = &container.readiness {
+        validate_readiness(&who, readiness, MAX_JOB_TIMEOUT_SECONDS)?;
+    }
+    validate_ports(&who, container, event, true)?;
+    if container.after.iter().any(|after| after == name) {
+        return Err(HostError::invalid(format!(
+            "{who}: it cannot come after itself (after)"
+        )));
+    }
+    Ok(service)
 }
 
 /// Parses a `job.start` request, naming the container whose fields are wrong
@@ -135,7 +190,13 @@ pub(crate) fn validate(job: &JobStartRequest, event: &EventContext) -> Result<()
             ),
         ));
     }
-    validate_container(name, "primaryContainer", &spec.primary_container, event)?;
+    let job = format!("job \"{name}\"");
+    validate_container(
+        &format!("{job}: primaryContainer"),
+        true,
+        &spec.primary_container,
+        event,
+    )?;
     if spec.primary_container.image.starts_with(IMAGE_PREFIX) && !spec.sidecar_containers.is_empty()
     {
         return Err(HostError::invalid(format!(
@@ -159,47 +220,159 @@ pub(crate) fn validate(job: &JobStartRequest, event: &EventContext) -> Result<()
                 "job \"{name}\": {place} has the job's name, which is the primary container's"
             )));
         }
-        validate_container(name, &place, container, event)?;
+        let who = format!("{job}: {place}");
+        validate_container(&who, false, container, event)?;
         if let Some(readiness) = &container.readiness {
-            let timeout = readiness
-                .timeout_seconds
-                .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS);
-            let one_kind = readiness.tcp_port.is_some() != readiness.exited;
-            if !one_kind || readiness.tcp_port == Some(0) {
-                return Err(HostError::invalid(format!(
-                    "job \"{name}\": {place}: readiness must be either {{ tcpPort: <1-65535> }} or {{ exited: true }}"
-                )));
-            }
-            if !(timeout.is_finite() && timeout > 0.0 && timeout <= spec.timeout_seconds) {
-                return Err(HostError::invalid(format!(
-                    "job \"{name}\": {place}: readiness.timeoutSeconds must be more than 0 and at most the job's timeoutSeconds"
-                )));
-            }
+            validate_readiness(&who, readiness, spec.timeout_seconds)?;
+        }
+        validate_ports(&who, container, event, false)?;
+    }
+    if !spec.primary_container.ports.is_empty() {
+        return Err(HostError::invalid(format!(
+            "{job}: primaryContainer: ports are for services and sidecars (nothing connects to a job's primary container)"
+        )));
+    }
+    validate_start_order(&job, spec)
+}
+
+/// A readiness check: exactly one kind, and a timeout within `max_seconds`.
+fn validate_readiness(who: &str, readiness: &Readiness, max_seconds: f64) -> Result<(), HostError> {
+    let timeout = readiness
+        .timeout_seconds
+        .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS);
+    let one_kind = readiness.tcp_port.is_some() != readiness.exited;
+    if !one_kind || readiness.tcp_port == Some(0) {
+        return Err(HostError::invalid(format!(
+            "{who}: readiness must be either {{ tcpPort: <1-65535> }} or {{ exited: true }}"
+        )));
+    }
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= max_seconds) {
+        return Err(HostError::invalid(format!(
+            "{who}: readiness.timeoutSeconds must be more than 0 and at most {max_seconds} (the job's timeoutSeconds for a sidecar)"
+        )));
+    }
+    Ok(())
+}
+
+/// Ports a service or sidecar may have: how many, that they parse, and host
+/// ports only under the project's policy. An ephemeral host port is told
+/// to the event's jobs, so only a service may ask for one.
+fn validate_ports(
+    who: &str,
+    container: &ContainerSpec,
+    event: &EventContext,
+    service: bool,
+) -> Result<(), HostError> {
+    if container.ports.len() > MAX_PORTS {
+        return Err(HostError::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "{who}: {} ports; the limit is {MAX_PORTS}",
+                container.ports.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for port in &container.ports {
+        let mapping =
+            PortMapping::parse(port).map_err(|e| HostError::invalid(format!("{who}: {e}")))?;
+        if !seen.insert(mapping.container_port) {
+            return Err(HostError::invalid(format!(
+                "{who}: container port {} is listed twice (ports)",
+                mapping.container_port
+            )));
+        }
+        let Some(host) = mapping.host else { continue };
+        if !event.policies.allow_host_ports {
+            return Err(HostError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "{who}: port {port:?} publishes a host port, which the project's policy forbids (spec.workerTemplate.jobPolicies.allowHostPorts is not true); its jobs reach it by name without one"
+                ),
+            ));
+        }
+        if host.port == 0 && !service {
+            return Err(HostError::invalid(format!(
+                "{who}: port {port:?} asks for a host port the engine chooses, which only a service's is told (as MIZZEN_SERVICE_<NAME>_PORT_<PORT>); name the host port"
+            )));
         }
     }
     Ok(())
 }
 
+/// A job's start order: each container's `after` names sidecars of the job
+/// (not itself), and no sidecars wait for each other in a cycle. Checked
+/// before anything starts, so that a job never half-starts on a typo.
+fn validate_start_order(job: &str, spec: &JobSpec) -> Result<(), HostError> {
+    let containers = std::iter::once(("primaryContainer".to_string(), &spec.primary_container))
+        .chain(
+            spec.sidecar_containers
+                .iter()
+                .map(|(name, c)| (format!("sidecar \"{name}\""), c)),
+        );
+    for (place, container) in containers {
+        for after in &container.after {
+            if !spec.sidecar_containers.contains_key(after) {
+                return Err(HostError::invalid(format!(
+                    "{job}: {place}: it comes after {after:?}, which is not a sidecar of this job (after names sidecars of the same job)"
+                )));
+            }
+            if place == format!("sidecar \"{after}\"") {
+                return Err(HostError::invalid(format!(
+                    "{job}: {place}: it cannot come after itself (after)"
+                )));
+            }
+        }
+    }
+    // Depth-first, remembering the path, so that a cycle is named whole.
+    fn visit<'a>(
+        name: &'a str,
+        spec: &'a JobSpec,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Result<(), String> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if let Some(start) = path.iter().position(|n| *n == name) {
+            let mut cycle: Vec<&str> = path[start..].to_vec();
+            cycle.push(name);
+            return Err(cycle.join(" → "));
+        }
+        path.push(name);
+        for after in &spec.sidecar_containers[name].after {
+            visit(after, spec, path, done)?;
+        }
+        path.pop();
+        done.insert(name);
+        Ok(())
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for name in spec.sidecar_containers.keys() {
+        visit(name, spec, &mut Vec::new(), &mut done).map_err(|cycle| {
+            HostError::invalid(format!(
+                "{job}: its sidecars wait for each other in a cycle (after): {cycle}"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// One container's fields against the rules and the project's policies;
+/// `who` names it in errors (`job "build": sidecar "db"`, `service "db"`).
 fn validate_container(
-    job: &str,
-    place: &str,
+    who: &str,
+    primary: bool,
     container: &ContainerSpec,
     event: &EventContext,
 ) -> Result<(), HostError> {
-    let fail = |problem: String| HostError::invalid(format!("job \"{job}\": {place}: {problem}"));
-    let deny = |problem: String| {
-        HostError::new(
-            ErrorCode::PermissionDenied,
-            format!("job \"{job}\": {place}: {problem}"),
-        )
-    };
+    let fail = |problem: String| HostError::invalid(format!("{who}: {problem}"));
+    let deny =
+        |problem: String| HostError::new(ErrorCode::PermissionDenied, format!("{who}: {problem}"));
     match ModuleRef::parse(&container.image) {
         None => validate_image(&container.image).map_err(|e| fail(e.to_string()))?,
-        Some(module) => {
-            validate_wasm(container, place, module, event).map_err(|(code, problem)| {
-                HostError::new(code, format!("job \"{job}\": {place}: {problem}"))
-            })?
-        }
+        Some(module) => validate_wasm(container, primary, module, event)
+            .map_err(|(code, problem)| HostError::new(code, format!("{who}: {problem}")))?,
     }
     for (field, path) in [
         ("workspaceMountPath", &container.workspace_mount_path),
@@ -275,13 +448,13 @@ fn validate_container(
 /// What a Wasm job may not ask for, and where its module may come from.
 fn validate_wasm(
     container: &ContainerSpec,
-    place: &str,
+    primary: bool,
     module: Result<ModuleRef, String>,
     event: &EventContext,
 ) -> Result<(), (ErrorCode, String)> {
     let refuse = |problem: &str| Err((ErrorCode::InvalidRequest, problem.to_string()));
     let module = module.map_err(|e| (ErrorCode::InvalidRequest, format!("image: {e}")))?;
-    if place != "primaryContainer" {
+    if !primary {
         return refuse(
             "a sidecar cannot be a Wasm module (image \"wasm:...\"); only a job's primary container can",
         );
@@ -542,10 +715,10 @@ mod tests {
             "{message}"
         );
         let message = error(
-            r#"{"name":"build","spec":{"primaryContainer":{"image":"x"},"sidecarContainers":{"db":{"image":"y","ports":[1]}}}}"#,
+            r#"{"name":"build","spec":{"primaryContainer":{"image":"x"},"sidecarContainers":{"db":{"image":"y","expose":[1]}}}}"#,
         );
         assert!(
-            message.starts_with("job \"build\": sidecar \"db\": unknown field `ports`"),
+            message.starts_with("job \"build\": sidecar \"db\": unknown field `expose`"),
             "{message}"
         );
     }
