@@ -22,9 +22,12 @@ type fake struct {
 	mu       sync.Mutex
 	event    map[string]any
 	now      int
-	duration map[string]int // a job's run time, by name (default 10)
-	exit     map[string]int // a job's exit code, by name (default 0)
-	ends     map[string]int // when each started job ends
+	duration map[string]int    // a job's run time, a service's time to be ready, by name (default 10)
+	exit     map[string]int    // a job's exit code, by name (default 0)
+	ends     map[string]int    // when each started job or service ends
+	notReady map[string]string // the not_ready message of a service that will not be ready
+	aborted  map[string]bool   // jobs and services job.cancel stopped
+	requests map[uint32][]string
 	tickets  map[uint64]fakeTicket
 	next     uint64
 	ops      []string // what the guest did, in order
@@ -39,6 +42,7 @@ type fake struct {
 type fakeTicket struct {
 	end    int
 	result string
+	err    string // the error JSON of a ticket that fails, instead of result
 }
 
 func newFake(t *testing.T, source, eventType string) *fake {
@@ -50,6 +54,7 @@ func newFake(t *testing.T, source, eventType string) *fake {
 			"worker": map[string]any{"apiAddress": "", "apiToken": "", "logLevel": "INFO", "configFilesDirectory": ".brigade", "defaultConfigFiles": nil, "git": nil},
 		},
 		duration: map[string]int{}, exit: map[string]int{}, ends: map[string]int{}, tickets: map[uint64]fakeTicket{},
+		notReady: map[string]string{}, aborted: map[string]bool{}, requests: map[uint32][]string{},
 	}
 	fakeHost = f.handle
 	sched.mu.Lock()
@@ -82,7 +87,15 @@ func newFake(t *testing.T, source, eventType string) *fake {
 
 func (f *fake) ticket(end int, result string) []byte {
 	f.next++
-	f.tickets[f.next] = fakeTicket{end, result}
+	f.tickets[f.next] = fakeTicket{end: end, result: result}
+	return []byte(fmt.Sprintf(`{"ticket":%d}`, f.next))
+}
+
+// failingTicket is a ticket that fails at end with the host's error.
+func (f *fake) failingTicket(end int, code, message string) []byte {
+	b, _ := json.Marshal(map[string]string{"code": code, "message": message})
+	f.next++
+	f.tickets[f.next] = fakeTicket{end: end, err: string(b)}
 	return []byte(fmt.Sprintf(`{"ticket":%d}`, f.next))
 }
 
@@ -101,6 +114,7 @@ func (f *fake) handle(op uint32, req []byte) (uint32, []byte) {
 		}
 	}
 	name, _ := r["name"].(string)
+	f.requests[op] = append(f.requests[op], string(req))
 	switch op {
 	case opEventGet:
 		b, _ := json.Marshal(f.event)
@@ -146,12 +160,58 @@ func (f *fake) handle(op uint32, req []byte) (uint32, []byte) {
 		if !ok {
 			return fail(3, "not_found", "no job "+name)
 		}
-		phase := "SUCCEEDED"
+		phase, exitCode := "SUCCEEDED", fmt.Sprint(f.exit[name])
 		if f.exit[name] != 0 {
 			phase = "FAILED"
 		}
+		if f.aborted[name] {
+			phase, exitCode = "ABORTED", "null"
+		}
 		f.ops = append(f.ops, "wait "+name)
-		return 0, f.ticket(end, fmt.Sprintf(`{"phase":%q,"exitCode":%d,"reason":null}`, phase, f.exit[name]))
+		return 0, f.ticket(end, fmt.Sprintf(`{"phase":%q,"exitCode":%s,"reason":null}`, phase, exitCode))
+	case opJobCancel:
+		if _, ok := f.ends[name]; !ok {
+			return fail(3, "not_found", "no job "+name)
+		}
+		if f.ends[name] > f.now {
+			f.ends[name], f.aborted[name] = f.now, true
+		}
+		f.settle()
+		f.ops = append(f.ops, fmt.Sprintf("cancel %s @%d", name, f.now))
+		return 0, nil
+	case opServiceStart:
+		if _, ok := f.ends[name]; ok {
+			return fail(4, "conflict", "job name used twice")
+		}
+		f.settle()
+		d, ok := f.duration[name]
+		if !ok {
+			d = 10
+		}
+		f.ends[name] = 1 << 30 // until job.cancel stops it
+		f.ops = append(f.ops, fmt.Sprintf("service %s @%d", name, f.now))
+		if message, ok := f.notReady[name]; ok {
+			return 0, f.failingTicket(f.now+d, "not_ready", message)
+		}
+		// "0:PORT" gets 49153, 49154...; "HOST:PORT" and "IP:HOST:PORT"
+		// get HOST; "PORT" is not published.
+		ports := map[string]int{}
+		container, _ := r["container"].(map[string]any)
+		list, _ := container["ports"].([]any)
+		for _, p := range list {
+			parts := strings.Split(p.(string), ":")
+			if len(parts) < 2 {
+				continue
+			}
+			host := 0
+			fmt.Sscan(parts[len(parts)-2], &host)
+			if host == 0 {
+				host = 49153 + len(ports)
+			}
+			ports[parts[len(parts)-1]] = host
+		}
+		b, _ := json.Marshal(map[string]any{"ports": ports})
+		return 0, f.ticket(f.now+d, string(b))
 	case opJobLogs:
 		return 0, f.ticket(f.now, `{"lines":["one","two"]}`)
 	case opSleep:
@@ -173,6 +233,9 @@ func (f *fake) handle(op uint32, req []byte) (uint32, []byte) {
 		delete(f.tickets, ids[0])
 		f.now = max(f.now, t.end)
 		f.settle()
+		if t.err != "" {
+			return 0, []byte(fmt.Sprintf(`{"status":"failed","ticket":%d,"error":%s}`, ids[0], t.err))
+		}
 		return 0, []byte(fmt.Sprintf(`{"status":"completed","ticket":%d,"result":%s}`, ids[0], t.result))
 	case opWorkspaceRead:
 		return fail(2, "not_configured", `project "p" has no workspace (set spec.workerTemplate.useWorkspace: true)`)
@@ -404,5 +467,143 @@ func TestJobRequestShape(t *testing.T) {
 	want := `{"name":"x","spec":{"primaryContainer":{"image":"localhost/busybox:latest","imagePullPolicy":"IfNotPresent","command":["sh","-c"],"arguments":["true"]},"sidecarContainers":{"db":{"image":"redis","environmentFile":"workspace:db.env","user":"999","readiness":{"tcpPort":6379}}},"timeoutSeconds":900,"host":{},"fallible":false}}`
 	if string(b) != want {
 		t.Fatalf("%s", b)
+	}
+}
+
+func TestServiceStartSendsItsContainerAndReturnsItsPorts(t *testing.T) {
+	f := newFake(t, "s", "x")
+	f.duration["db"] = 5
+	db := NewService("db", "postgres:16")
+	db.Environment = map[string]string{"POSTGRES_PASSWORD": "test"}
+	db.Readiness = &Readiness{TCPPort: 5432}
+	db.After = []string{"net"}
+	db.Ports = []string{"0:5432", "127.0.0.1:8080:80", "9000"}
+	ready, err := db.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"name":"db","container":{"image":"postgres:16","imagePullPolicy":"IfNotPresent","environment":{"POSTGRES_PASSWORD":"test"},"readiness":{"tcpPort":5432},"after":["net"],"ports":["0:5432","127.0.0.1:8080:80","9000"]}}`
+	if got := strings.Join(f.requests[opServiceStart], "\n"); got != want {
+		t.Fatalf("service.start request\n%s\nwant\n%s", got, want)
+	}
+	if len(ready.Ports) != 2 || ready.Ports["5432"] != 49153 || ready.Ports["80"] != 8080 {
+		t.Fatalf("ports %v", ready.Ports)
+	}
+	if port, ok := ready.Port(5432); !ok || port != 49153 {
+		t.Fatalf("Port(5432) = %d, %v", port, ok)
+	}
+	if _, ok := ready.Port(9000); ok {
+		t.Fatal("an unpublished port has a host port")
+	}
+	// Start returned once the ticket completed, not when the call did.
+	if f.now != 5 || strings.Join(f.logs, "|") != "INFO [job: db] Starting service db" {
+		t.Fatalf("at %d, logs %q", f.now, f.logs)
+	}
+}
+
+// After and Ports are left out when empty (the host's shape skips them),
+// and sent for a sidecar as for a service.
+func TestAfterAndPortsOfSidecarsAndABareService(t *testing.T) {
+	f := newFake(t, "s", "x")
+	if _, err := NewService("cache", "redis:7").Start(); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"name":"cache","container":{"image":"redis:7","imagePullPolicy":"IfNotPresent"}}`
+	if got := strings.Join(f.requests[opServiceStart], "\n"); got != want {
+		t.Fatalf("service.start request %s", got)
+	}
+	j := job("x", "true")
+	j.SidecarContainers["app"] = &Container{Image: "app", After: []string{"db"}, Ports: []string{"8080"}}
+	b, _ := json.Marshal(j.request().Spec.SidecarContainers)
+	if string(b) != `{"app":{"image":"app","after":["db"],"ports":["8080"]}}` {
+		t.Fatalf("%s", b)
+	}
+}
+
+func TestServiceNotReadySurfacesWithItsCode(t *testing.T) {
+	f := newFake(t, "s", "x")
+	message := `service "migrate" was not started: "db", which it comes after, was not ready`
+	f.notReady["migrate"] = message
+	migrate := NewService("migrate", "flyway")
+	migrate.After = []string{"db"}
+	migrate.Readiness = &Readiness{Exited: true}
+	ready, err := migrate.Start()
+	var hostErr *Error
+	if !errors.As(err, &hostErr) || hostErr.Code != "not_ready" || hostErr.Message != message || !errors.Is(err, ErrNotReady) {
+		t.Fatalf("err = %#v", err)
+	}
+	var startErr *ServiceStartError
+	if !errors.As(err, &startErr) || startErr.Service != "migrate" || err.Error() != `Error starting service "migrate": `+message {
+		t.Fatalf("err = %v", err)
+	}
+	if ready.Ports != nil {
+		t.Fatalf("a service that is not ready has ports %v", ready.Ports)
+	}
+
+	// A refusal of the call itself (not of the ticket) is wrapped the same way.
+	if err := job("taken", "true").Run(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = NewService("taken", "redis:7").Start()
+	if !errors.Is(err, ErrConflict) || err.Error() != `Error starting service "taken": job name used twice` {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestServiceStopWaitAndLogs(t *testing.T) {
+	f := newFake(t, "s", "x")
+	db := NewService("db", "postgres:16")
+	if _, err := db.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if logs, err := db.Logs(); err != nil || logs != "one\ntwo" {
+		t.Fatalf("logs %q, %v", logs, err)
+	}
+	if err := db.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	result, err := db.Wait()
+	if err != nil || result != (JobResult{Phase: PhaseAborted, ExitCode: -1}) {
+		t.Fatalf("result %+v, %v", result, err)
+	}
+	if got := strings.Join(f.ops, ","); got != "service db @0,cancel db @10,wait db" {
+		t.Fatalf("ops %s", got)
+	}
+	for _, op := range []uint32{opJobCancel, opJobWait, opJobLogs} {
+		if got := strings.Join(f.requests[op], ","); got != `{"name":"db"}` {
+			t.Fatalf("op %d sent %s", op, got)
+		}
+	}
+	if _, err := NewService("never", "redis:7").Wait(); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("waiting for a service never started: %v", err)
+	}
+}
+
+// A goroutine waiting for its service to be ready lets the others run: the
+// job beside it runs meanwhile, the one after it starts once the service is
+// ready.
+func TestServiceStartWaitsWithoutBlockingAGroup(t *testing.T) {
+	f := newFake(t, "s", "x")
+	f.duration = map[string]int{"db": 5, "lint": 20, "test": 10}
+	err := Concurrent(
+		RunnableFunc(func() error {
+			if _, err := NewService("db", "postgres:16").Start(); err != nil {
+				return err
+			}
+			return job("test", "").Run()
+		}),
+		job("lint", ""),
+	).Run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(f.ops, ","); got != "start lint @0,wait lint,service db @0,start test @5,wait test" || f.now != 20 {
+		t.Fatalf("ops %s, done at %d", got, f.now)
+	}
+}
+
+func TestAnUnreadableNotReadyReplyKeepsItsCode(t *testing.T) {
+	if e := hostError(11, []byte("the service exited")); e.Code != "not_ready" || e.Message != "the service exited" {
+		t.Fatalf("%#v", e)
 	}
 }

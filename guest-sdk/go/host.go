@@ -19,6 +19,7 @@ const (
 	opJobWait         = 11
 	opJobCancel       = 12
 	opJobLogs         = 13
+	opServiceStart    = 14
 	opSleep           = 20
 	opTicketCancel    = 21 // unused: no Go API forgets a ticket
 	opWaitAny         = 30
@@ -45,6 +46,7 @@ var codeNames = [...]string{
 	8:  "cancelled",
 	9:  "unknown_operation",
 	10: "internal",
+	11: "not_ready",
 }
 
 // hostMu keeps each call and its take_reply together.
@@ -53,7 +55,8 @@ var hostMu sync.Mutex
 // Error is an error the host answered an operation with. Code is one of the
 // host's error codes (invalid_request, not_configured, not_found, conflict,
 // permission_denied, limit_exceeded, unavailable, cancelled,
-// unknown_operation, internal) and Message says what was wrong, for people.
+// unknown_operation, internal, not_ready) and Message says what was wrong,
+// for people.
 //
 //	err := brigadier.SetSummary(text)
 //	var hostErr *brigadier.Error
@@ -91,6 +94,7 @@ var (
 	ErrCancelled        = &Error{Code: "cancelled"}
 	ErrUnknownOperation = &Error{Code: "unknown_operation"}
 	ErrInternal         = &Error{Code: "internal"}
+	ErrNotReady         = &Error{Code: "not_ready"}
 )
 
 // call performs operation op with request (nil for none) encoded as JSON and

@@ -3,6 +3,7 @@ package brigadier
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -17,7 +18,7 @@ const (
 	Always ImagePullPolicy = "Always"
 )
 
-// Container is one container of a job.
+// Container is one container of a job, or a Service's.
 type Container struct {
 	// Image is the OCI image reference — or, for a job's primary container,
 	// a WASI preview 1 module that runs in the sandbox instead of a
@@ -61,9 +62,23 @@ type Container struct {
 	// UseHostDockerSocket mounts the host's Docker socket (needs the
 	// project's allowDockerSocketMount policy).
 	UseHostDockerSocket bool
-	// Readiness, for a sidecar, says when it counts as ready: the primary
-	// container starts once every sidecar that declares readiness is ready.
+	// Readiness, for a sidecar or a service, says when it counts as ready:
+	// the primary container starts once every sidecar that declares
+	// readiness is ready, and a service's Start returns once it is.
 	Readiness *Readiness
+	// After names the containers this one starts after: a sidecar's (or the
+	// primary's) among the job's sidecars, a service's among the event's
+	// services started before it. It starts once each is ready (its
+	// Readiness, or else up for 3 s without exiting), and is not started
+	// (the job or service fails, naming it) when one is not.
+	After []string
+	// Ports are a service's or a sidecar's ports: "5432" declares a
+	// container port (the event's jobs reach it by name without more);
+	// "8080:80" publishes it on the host's loopback, "0.0.0.0:8080:80" on an
+	// address, "0:6379" on a free host port (a service's only), which Start
+	// returns and later jobs get as MIZZEN_SERVICE_<NAME>_PORT_6379. Host
+	// ports need the project's allowHostPorts policy.
+	Ports []string
 }
 
 // NewContainer returns a container that runs image, with Brigade's defaults.
@@ -71,14 +86,16 @@ func NewContainer(image string) *Container {
 	return &Container{Image: image, ImagePullPolicy: IfNotPresent}
 }
 
-// Readiness says when a sidecar is ready: set exactly one of TCPPort and
-// Exited.
+// Readiness says when a sidecar or a service is ready: set exactly one of
+// TCPPort and Exited.
 type Readiness struct {
 	// TCPPort: ready once something accepts TCP connections on this port of
-	// the job's localhost (a service such as a database).
+	// the job's localhost (a sidecar such as a database), or of the
+	// service's own container.
 	TCPPort int `json:"tcpPort,omitempty"`
 	// Exited: ready once the container has exited with 0 (a one-shot setup
-	// container); a non-zero exit fails the job.
+	// container); a non-zero exit fails the job (a service's Start, with
+	// not_ready).
 	Exited bool `json:"exited,omitempty"`
 	// TimeoutSeconds is how long to wait before the job fails (0 for the
 	// default, 60).
@@ -231,13 +248,9 @@ func (j *Job) Wait() error {
 	if out.err != nil {
 		return out.err
 	}
-	var result struct {
-		Phase    Phase  `json:"phase"`
-		ExitCode *int   `json:"exitCode"`
-		Reason   string `json:"reason"`
-	}
-	if err := json.Unmarshal(out.result, &result); err != nil {
-		return &Error{Code: "internal", Message: "a job result could not be decoded: " + err.Error()}
+	result, err := decodeJobResult(out.result)
+	if err != nil {
+		return err
 	}
 	sched.mu.Lock()
 	first := !j.ended
@@ -249,11 +262,37 @@ func (j *Job) Wait() error {
 	if j.Fallible || result.Phase == PhaseSucceeded {
 		return nil
 	}
-	e := &JobError{Job: j.Name, Phase: result.Phase, ExitCode: -1, Reason: result.Reason}
-	if result.ExitCode != nil {
-		e.ExitCode = *result.ExitCode
+	return &JobError{Job: j.Name, Phase: result.Phase, ExitCode: result.ExitCode, Reason: result.Reason}
+}
+
+// JobResult is how a job or a service ended: what job.wait answers.
+type JobResult struct {
+	// Phase is how it ended: SUCCEEDED, FAILED, ABORTED (stopped while it
+	// ran), CANCELED, TIMED_OUT or SCHEDULING_FAILED.
+	Phase Phase
+	// ExitCode is the (primary) container's exit code, or -1 when it did
+	// not exit.
+	ExitCode int
+	// Reason says why when the phase does not (a failed pull, the timeout);
+	// may be empty.
+	Reason string
+}
+
+// decodeJobResult reads a job.wait ticket's result.
+func decodeJobResult(raw json.RawMessage) (JobResult, error) {
+	var result struct {
+		Phase    Phase  `json:"phase"`
+		ExitCode *int   `json:"exitCode"`
+		Reason   string `json:"reason"`
 	}
-	return e
+	if err := json.Unmarshal(raw, &result); err != nil {
+		return JobResult{}, &Error{Code: "internal", Message: "a job result could not be decoded: " + err.Error()}
+	}
+	r := JobResult{Phase: result.Phase, ExitCode: -1, Reason: result.Reason}
+	if result.ExitCode != nil {
+		r.ExitCode = *result.ExitCode
+	}
+	return r, nil
 }
 
 // Run starts the job and waits for it to end: nil when it succeeded (or
@@ -290,10 +329,16 @@ func (j *Job) Logs() (string, error) {
 
 // ContainerLogs is Logs for the sidecar named container ("" for the primary).
 func (j *Job) ContainerLogs(container string) (string, error) {
+	return readLogs(j.Name, container)
+}
+
+// readLogs asks job.logs for the output of the job or service name (of its
+// sidecar container, unless that is "").
+func readLogs(name, container string) (string, error) {
 	request := struct {
 		Name      string  `json:"name"`
 		Container *string `json:"container,omitempty"`
-	}{Name: j.Name}
+	}{Name: name}
 	if container != "" {
 		request.Container = &container
 	}
@@ -309,7 +354,7 @@ func (j *Job) ContainerLogs(container string) (string, error) {
 		Lines []string `json:"lines"`
 	}
 	if err := json.Unmarshal(out.result, &logs); err != nil {
-		return "", &Error{Code: "internal", Message: "a job's logs could not be decoded: " + err.Error()}
+		return "", &Error{Code: "internal", Message: "the logs of \"" + name + "\" could not be decoded: " + err.Error()}
 	}
 	return strings.Join(logs.Lines, "\n"), nil
 }
@@ -333,6 +378,8 @@ type wireContainer struct {
 	Privileged          bool              `json:"privileged,omitempty"`
 	UseHostDockerSocket bool              `json:"useHostDockerSocket,omitempty"`
 	Readiness           *Readiness        `json:"readiness,omitempty"`
+	After               []string          `json:"after,omitempty"`
+	Ports               []string          `json:"ports,omitempty"`
 }
 
 type wireHost struct {
@@ -368,6 +415,8 @@ func wire(c *Container) wireContainer {
 		Privileged:          c.Privileged,
 		UseHostDockerSocket: c.UseHostDockerSocket,
 		Readiness:           c.Readiness,
+		After:               c.After,
+		Ports:               c.Ports,
 	}
 }
 
@@ -387,6 +436,131 @@ func (j *Job) request() wireJob {
 		}
 	}
 	return wireJob{Name: j.Name, Spec: spec}
+}
+
+// Service is a container that lives as long as the event (or until Stop),
+// started once and reached by its Name from every job of the event, on the
+// event's own network, where no other event's containers reach it: one
+// database for a sequence of jobs instead of a sidecar in each. Its fields
+// are its Container's (Image, Environment, Readiness, After, Ports...); an
+// image may not be a Wasm module. (Mizzen's addition, brigadier.js's
+// `Service`.)
+//
+//	db := brigadier.NewService("db", "postgres:16")
+//	db.Environment = map[string]string{"POSTGRES_PASSWORD": "test"}
+//	db.Readiness = &brigadier.Readiness{TCPPort: 5432}
+//	if _, err := db.Start(); err != nil {
+//		return err
+//	}
+//	err := brigadier.NewJob("test", "python:3").Run() // reaches db:5432
+type Service struct {
+	// Name is unique among the event's jobs and services (the two share the
+	// event's names, and job.wait, job.cancel and job.logs take either), and
+	// the host name the event's jobs reach it by: ^[a-z][a-z\d-]*[a-z\d]$,
+	// at most 63 characters.
+	Name string
+	Container
+}
+
+// NewService returns a service named name that runs image, with Brigade's
+// defaults for its container.
+func NewService(name, image string) *Service {
+	return &Service{Name: name, Container: *NewContainer(image)}
+}
+
+// Logger returns a logger whose lines carry `[job: <name>]`, as a job's do:
+// the host lists a service among the event's jobs.
+func (s *Service) Logger() *Logger {
+	return Log.WithJob(s.Name)
+}
+
+// ServiceReady is what Start returns once a service is ready.
+type ServiceReady struct {
+	// Ports holds the host port each published container port got, by
+	// container port as text ("5432": 49153), as the host sends it.
+	Ports map[string]int `json:"ports"`
+}
+
+// Port returns the host port containerPort was published on, and whether it
+// was published.
+func (r ServiceReady) Port(containerPort int) (int, bool) {
+	port, ok := r.Ports[strconv.Itoa(containerPort)]
+	return port, ok
+}
+
+// Start starts the service and waits until it is ready: once the services
+// it comes After are ready, its Readiness (or, without one, up for 3 s
+// without exiting; with Exited, once it has exited 0). It returns the host
+// ports it got; jobs started from then on get each as
+// MIZZEN_SERVICE_<NAME>_PORT_<PORT>. Other goroutines of a Concurrent group
+// go on meanwhile.
+//
+// A service that ends, fails or times out first, or one whose After service
+// was not ready, is a *ServiceStartError that unwraps to the host's *Error
+// with Code "not_ready" (errors.Is(err, ErrNotReady)); one the host would not
+// start (a policy, a name used twice) unwraps to that refusal.
+func (s *Service) Start() (ServiceReady, error) {
+	s.Logger().Info("Starting service " + s.Name)
+	f, err := submit(opServiceStart, wireService{Name: s.Name, Container: wire(&s.Container)})
+	if err != nil {
+		return ServiceReady{}, &ServiceStartError{Service: s.Name, Err: err}
+	}
+	out := f.await()
+	if out.err != nil {
+		return ServiceReady{}, &ServiceStartError{Service: s.Name, Err: out.err}
+	}
+	var ready ServiceReady
+	if err := json.Unmarshal(out.result, &ready); err != nil {
+		return ServiceReady{}, &Error{Code: "internal", Message: `the readiness of service "` + s.Name + `" could not be decoded: ` + err.Error()}
+	}
+	return ready, nil
+}
+
+// ServiceStartError is a service that was not started or not ready; it
+// unwraps to the host's *Error.
+type ServiceStartError struct {
+	Service string
+	Err     error
+}
+
+// Error is brigadier.js's message: `Error starting service "<name>": <why>`.
+func (e *ServiceStartError) Error() string {
+	return `Error starting service "` + e.Service + `": ` + e.Err.Error()
+}
+
+func (e *ServiceStartError) Unwrap() error { return e.Err }
+
+// Stop stops the service (job.cancel); it would otherwise run until the
+// event ends. It then ends ABORTED (CANCELED when it had not started yet).
+func (s *Service) Stop() error {
+	_, err := call(opJobCancel, jobRef{s.Name})
+	return err
+}
+
+// Wait waits until the service ends and returns how (job.wait): ABORTED
+// once stopped. A service that did not succeed is not an error here, only a
+// host's refusal is (not_found for a service never started).
+func (s *Service) Wait() (JobResult, error) {
+	f, err := submit(opJobWait, jobRef{s.Name})
+	if err != nil {
+		return JobResult{}, err
+	}
+	out := f.await()
+	if out.err != nil {
+		return JobResult{}, out.err
+	}
+	return decodeJobResult(out.result)
+}
+
+// Logs returns what the service has printed so far, lines joined with "\n".
+func (s *Service) Logs() (string, error) {
+	return readLogs(s.Name, "")
+}
+
+// The service.start request.
+type wireService struct {
+	Name      string        `json:"name"`
+	Container wireContainer `json:"container"`
 }
 
 // Runnable is anything a group can run: a *Job, a group, or a RunnableFunc.

@@ -56,7 +56,9 @@ impl Error {
     /// The host's error code, for an error the host answered:
     /// `invalid_request`, `not_configured`, `not_found`, `conflict`,
     /// `permission_denied`, `limit_exceeded`, `unavailable`, `cancelled`,
-    /// `unknown_operation` or `internal` (docs/host-api.md, "Errors").
+    /// `unknown_operation`, `internal` or `not_ready` (a service that was not
+    /// ready: [`Service::start`](crate::Service::start)) (docs/host-api.md,
+    /// "Errors").
     pub fn code(&self) -> Option<&str> {
         self.0.code.as_deref()
     }

@@ -46,6 +46,7 @@ fn code_name(status: u32) -> &'static str {
         7 => "unavailable",
         8 => "cancelled",
         9 => "unknown_operation",
+        11 => "not_ready",
         // 10, and any status the contract does not list.
         _ => "internal",
     }

@@ -1,5 +1,7 @@
 //! Jobs, their containers, and groups of runnables: Brigade's `Job`,
-//! `Container`, `SerialGroup` and `ConcurrentGroup`.
+//! `Container`, `SerialGroup` and `ConcurrentGroup`; and services (Mizzen's
+//! addition, brigadier.js's `Service`): containers that live as long as the
+//! event and that its jobs share.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::executor::{submit, try_join_all};
-use crate::host::{self, op};
+use crate::host::{self, HostError, op};
 use crate::logger::Logger;
 
 /// A job's default timeout, as in Brigade: 15 minutes.
@@ -79,14 +81,16 @@ pub enum ImagePullPolicy {
     Always,
 }
 
-/// When a sidecar counts as ready (Mizzen's addition to Brigade): the primary
-/// container starts once every sidecar that declares readiness is ready, or
-/// the job fails after the timeout (60 s unless set).
+/// When a sidecar or a service counts as ready (Mizzen's addition to
+/// Brigade): the primary container starts once every sidecar that declares
+/// readiness is ready, or the job fails after the timeout (60 s unless set);
+/// a [`Service`](crate::Service)'s `start` returns once it is, or fails with
+/// `not_ready`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Readiness {
     /// Ready once something accepts TCP connections on this port of the job's
-    /// localhost.
+    /// localhost (of the service's own container, for a service).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_port: Option<u16>,
     /// Ready once the container has exited with 0 (a one-shot setup).
@@ -121,7 +125,8 @@ impl Readiness {
     }
 }
 
-/// One container of a job: Brigade's `Container`, field for field.
+/// One container of a job, or a [`Service`](crate::Service)'s: Brigade's
+/// `Container`, field for field, and Mizzen's additions.
 ///
 /// The fields are public, as the JS object's properties are; the methods of
 /// the same names set them and return the container, for chaining:
@@ -169,9 +174,25 @@ pub struct Container {
     pub privileged: bool,
     /// Mount the host's Docker socket (needs `allowDockerSocketMount`).
     pub use_host_docker_socket: bool,
-    /// For a sidecar: when it counts as ready.
+    /// For a sidecar or a service: when it counts as ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness: Option<Readiness>,
+    /// The containers this one starts after, by name: a sidecar's (or the
+    /// primary's) among the job's sidecars, a service's among the event's
+    /// services started before it. It starts once each is ready (its
+    /// `readiness`, or else up for 3 s without exiting), and is not started
+    /// (the job or service fails, naming it) when one is not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// A service's or a sidecar's ports: `"5432"` declares a container port
+    /// (the event's jobs reach it by name without more); `"8080:80"`
+    /// publishes it on the host's loopback, `"0.0.0.0:8080:80"` on an
+    /// address, `"0:6379"` on a free host port (a service's only), which
+    /// [`Service::start`](crate::Service::start) returns and later jobs get
+    /// as `MIZZEN_SERVICE_<NAME>_PORT_6379`. Host ports need the project's
+    /// `allowHostPorts`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 fn strings(items: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
@@ -253,9 +274,21 @@ impl Container {
         self
     }
 
-    /// Sets `readiness` (for a sidecar).
+    /// Sets `readiness` (for a sidecar or a service).
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = Some(readiness);
+        self
+    }
+
+    /// Sets `after`: the names this container starts after.
+    pub fn after(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.after = strings(names);
+        self
+    }
+
+    /// Sets `ports` (for a sidecar or a service).
+    pub fn ports(mut self, ports: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.ports = strings(ports);
         self
     }
 }
@@ -332,14 +365,21 @@ struct JobLogsRequest<'a> {
     container: Option<&'a str>,
 }
 
-#[derive(Deserialize)]
+/// How a job or a service ended: what `job.wait` answers
+/// ([`Service::wait`](crate::Service::wait) returns it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct JobResult {
-    phase: Phase,
+#[non_exhaustive]
+pub struct JobResult {
+    /// The phase it ended in: `Succeeded`, `Failed`, `Aborted` (stopped while
+    /// it ran), `Canceled`, `TimedOut` or `SchedulingFailed`.
+    pub phase: Phase,
+    /// The (primary) container's exit code, when it exited.
     #[serde(default)]
-    exit_code: Option<i64>,
+    pub exit_code: Option<i64>,
+    /// Why, when the phase does not say (a failed pull, the timeout).
     #[serde(default)]
-    reason: Option<String>,
+    pub reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -501,7 +541,7 @@ impl Job {
     /// (`job.logs`): wait for the job first to read all of it.
     #[track_caller]
     pub fn logs(&self) -> impl Future<Output = Result<String>> + '_ {
-        self.read_logs(None, Location::caller())
+        read_logs(&self.name, None, Location::caller())
     }
 
     /// A sidecar's output so far, its lines joined with `"\n"`.
@@ -510,28 +550,7 @@ impl Job {
         &'a self,
         container: &'a str,
     ) -> impl Future<Output = Result<String>> + 'a {
-        self.read_logs(Some(container), Location::caller())
-    }
-
-    async fn read_logs(
-        &self,
-        container: Option<&str>,
-        at: &'static Location<'static>,
-    ) -> Result<String> {
-        let request = JobLogsRequest {
-            name: &self.name,
-            container,
-        };
-        let ticket = submit(op::JOB_LOGS, &request).map_err(|e| Error::host(e, Some(at)))?;
-        let result = ticket.await.map_err(|e| Error::host(e, Some(at)))?;
-        let logs: JobLogs = serde_json::from_value(result).map_err(|e| {
-            Error::internal(format!(
-                "the logs of job \"{}\" could not be read: {e}",
-                self.name
-            ))
-            .located(at)
-        })?;
-        Ok(logs.lines.join("\n"))
+        read_logs(&self.name, Some(container), Location::caller())
     }
 
     /// Stops the job (`job.cancel`): a running job ends `ABORTED`, one not
@@ -541,6 +560,247 @@ impl Job {
         let at = Location::caller();
         host::call_unit(op::JOB_CANCEL, &JobRef { name: &self.name })
             .map_err(|e| Error::host(e, Some(at)))
+    }
+}
+
+/// The output of the job or service `name` so far (of its sidecar
+/// `container`, when given), its lines joined with `"\n"` (`job.logs`).
+async fn read_logs(
+    name: &str,
+    container: Option<&str>,
+    at: &'static Location<'static>,
+) -> Result<String> {
+    let request = JobLogsRequest { name, container };
+    let ticket = submit(op::JOB_LOGS, &request).map_err(|e| Error::host(e, Some(at)))?;
+    let result = ticket.await.map_err(|e| Error::host(e, Some(at)))?;
+    let logs: JobLogs = serde_json::from_value(result).map_err(|e| {
+        Error::internal(format!("the logs of \"{name}\" could not be read: {e}")).located(at)
+    })?;
+    Ok(logs.lines.join("\n"))
+}
+
+/// A container that lives as long as the event (or until
+/// [`stop`](Service::stop)), started once and reached by its name from every
+/// job of the event, on the event's own network, where no other event's
+/// containers reach it: one database for a sequence of jobs instead of a
+/// sidecar in each. Its container has a job's fields (not a Wasm image).
+///
+/// A service is named like a job: the two share the event's names, and its
+/// [`wait`](Service::wait), [`stop`](Service::stop) and
+/// [`logs`](Service::logs) are `job.wait`, `job.cancel` and `job.logs`.
+///
+/// ```no_run
+/// # async fn f() -> brigadier::Result<()> {
+/// use brigadier::{Job, Readiness, Service};
+///
+/// let db = Service::new("db", "postgres:16")
+///     .env("POSTGRES_PASSWORD", "test")
+///     .readiness(Readiness::tcp_port(5432))
+///     .ports(["0:5432"]);
+/// let ready = db.start().await?; // once db accepts connections
+/// brigadier::info!("db is on the host's port {:?}", ready.port(5432));
+/// Job::new("test", "python:3").run().await?; // reaches db:5432
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Unique among the event's jobs and services, and the host name its jobs
+    /// reach it by: `^[a-z][a-z\d-]*[a-z\d]$`, at most 63 characters.
+    pub name: String,
+    /// What it runs.
+    pub container: Container,
+}
+
+/// What [`Service::start`] returns once the service is ready.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct ServiceReady {
+    /// The host port each published container port got, by container port
+    /// as text (`"5432": 49153`), as the host sends it.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl ServiceReady {
+    /// The host port `container_port` was published on, if it was.
+    pub fn port(&self, container_port: u16) -> Option<u16> {
+        self.ports.get(&container_port.to_string()).copied()
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceStart<'a> {
+    name: &'a str,
+    container: &'a Container,
+}
+
+impl Service {
+    /// A service named `name` that runs `image`, with Brigade's defaults for
+    /// its container.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            container: Container::new(image),
+        }
+    }
+
+    /// Sets the container's `command`.
+    pub fn command(mut self, command: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.container.command = strings(command);
+        self
+    }
+
+    /// Sets the container's `arguments`.
+    pub fn arguments(mut self, arguments: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.container.arguments = strings(arguments);
+        self
+    }
+
+    /// Adds a variable to the container's `environment`.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.container.environment.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the container's `working_directory`.
+    pub fn working_directory(mut self, path: impl Into<String>) -> Self {
+        self.container.working_directory = path.into();
+        self
+    }
+
+    /// Sets the container's `environment_file`.
+    pub fn environment_file(mut self, path: impl Into<String>) -> Self {
+        self.container.environment_file = path.into();
+        self
+    }
+
+    /// Sets the container's `workspace_mount_path`.
+    pub fn workspace_mount_path(mut self, path: impl Into<String>) -> Self {
+        self.container.workspace_mount_path = path.into();
+        self
+    }
+
+    /// Sets the container's `source_mount_path`.
+    pub fn source_mount_path(mut self, path: impl Into<String>) -> Self {
+        self.container.source_mount_path = path.into();
+        self
+    }
+
+    /// Sets the container's `user`.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.container.user = user.into();
+        self
+    }
+
+    /// Sets the container's `readiness`: when [`start`](Service::start)
+    /// returns.
+    pub fn readiness(mut self, readiness: Readiness) -> Self {
+        self.container.readiness = Some(readiness);
+        self
+    }
+
+    /// Sets the container's `after`: the services, started before this one,
+    /// that must be ready before it starts.
+    pub fn after(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.container.after = strings(names);
+        self
+    }
+
+    /// Sets the container's `ports`.
+    pub fn ports(mut self, ports: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.container.ports = strings(ports);
+        self
+    }
+
+    /// Replaces the container (for the fields without a setter here).
+    pub fn container(mut self, container: Container) -> Self {
+        self.container = container;
+        self
+    }
+
+    /// A logger whose lines carry `[job: <name>]`, as a job's do: the host
+    /// lists a service among the event's jobs.
+    pub fn logger(&self) -> Logger {
+        crate::logger().child(self.name.clone())
+    }
+
+    /// Starts the service (`service.start`): logs `Starting service <name>`
+    /// and waits until it is ready, once the services it comes `after` are
+    /// ready and then its `readiness` (without one, up for 3 s without
+    /// exiting). Returns the host port each published container port got;
+    /// jobs started from then on get each as
+    /// `MIZZEN_SERVICE_<NAME>_PORT_<PORT>`. Other futures go on meanwhile.
+    ///
+    /// A service that ends, fails or times out first, or one whose `after`
+    /// service was not ready, is an error `Error starting service "<name>":
+    /// ...` with [`code`](Error::code) `not_ready`; one the host refuses (a
+    /// policy, a name used twice) has that refusal's code.
+    #[track_caller]
+    pub fn start(&self) -> impl Future<Output = Result<ServiceReady>> + '_ {
+        let at = Location::caller();
+        async move { self.begin().await.map_err(|e| e.located(at)) }
+    }
+
+    async fn begin(&self) -> Result<ServiceReady> {
+        self.logger()
+            .info(format_args!("Starting service {}", self.name));
+        // The host's message, led by the service's name as brigadier.js's
+        // is, keeping the host's code.
+        let not_started = |e: HostError| {
+            let message = format!("Error starting service \"{}\": {}", self.name, e.message);
+            Error::host(e, None).with_message(message)
+        };
+        let request = ServiceStart {
+            name: &self.name,
+            container: &self.container,
+        };
+        let ticket = submit(op::SERVICE_START, &request).map_err(not_started)?;
+        let ready = ticket.await.map_err(not_started)?;
+        serde_json::from_value(ready).map_err(|e| {
+            Error::internal(format!(
+                "the readiness of service \"{}\" could not be read: {e}",
+                self.name
+            ))
+        })
+    }
+
+    /// Stops the service (`job.cancel`); it would otherwise run until the
+    /// event ends. It then ends `ABORTED` (`CANCELED` when it had not
+    /// started yet).
+    #[track_caller]
+    pub fn stop(&self) -> Result<()> {
+        let at = Location::caller();
+        host::call_unit(op::JOB_CANCEL, &JobRef { name: &self.name })
+            .map_err(|e| Error::host(e, Some(at)))
+    }
+
+    /// Waits until the service ends and says how (`job.wait`): `Aborted`
+    /// once stopped. A service that did not succeed is not an error here;
+    /// only the host's refusal is (`not_found` for one never started).
+    #[track_caller]
+    pub fn wait(&self) -> impl Future<Output = Result<JobResult>> + '_ {
+        let at = Location::caller();
+        async move {
+            let ticket = submit(op::JOB_WAIT, &JobRef { name: &self.name })
+                .map_err(|e| Error::host(e, Some(at)))?;
+            let result = ticket.await.map_err(|e| Error::host(e, Some(at)))?;
+            let mut result: JobResult = serde_json::from_value(result).map_err(|e| {
+                Error::internal(format!(
+                    "the result of service \"{}\" could not be read: {e}",
+                    self.name
+                ))
+                .located(at)
+            })?;
+            // As a job's error does: an empty reason is none.
+            result.reason = result.reason.filter(|r| !r.is_empty());
+            Ok(result)
+        }
+    }
+
+    /// The service's output so far, its lines joined with `"\n"`
+    /// (`job.logs`).
+    #[track_caller]
+    pub fn logs(&self) -> impl Future<Output = Result<String>> + '_ {
+        read_logs(&self.name, None, Location::caller())
     }
 }
 

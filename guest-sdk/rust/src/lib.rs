@@ -3,10 +3,11 @@
 //!
 //! The model is brigadier.js (`guest-sdk/js/brigadier.js`), in Rust's terms:
 //! an [`Events`] registry of async handlers, [`Job`]s and their
-//! [`Container`]s, [`sequence`] and [`concurrent`] groups, a levelled
-//! [`logger()`], the event's [`summary`](set_summary), [`secret`]s,
-//! [`sleep`] and the event's [`workspace`]. Every call reaches the host
-//! through the two imports of `mizzen:host/v1` (docs/host-api.md).
+//! [`Container`]s, [`Service`]s the event's jobs share, [`sequence`] and
+//! [`concurrent`] groups, a levelled [`logger()`], the event's
+//! [`summary`](set_summary), [`secret`]s, [`sleep`] and the event's
+//! [`workspace`]. Every call reaches the host through the two imports of
+//! `mizzen:host/v1` (docs/host-api.md).
 //!
 //! ```no_run
 //! use brigadier::{Event, Events, Job, Result, concurrent, info};
@@ -49,8 +50,9 @@ pub use error::{Error, Result};
 pub use event::{Event, Events, GitConfig, IntoSummary, Kubernetes, Project, Worker, event};
 pub use executor::{block_on, join_all, try_join_all};
 pub use job::{
-    ConcurrentGroup, Container, DEFAULT_TIMEOUT_SECONDS, ImagePullPolicy, Job, JobHost, Phase,
-    Readiness, RunFuture, Runnable, SerialGroup, concurrent, sequence,
+    ConcurrentGroup, Container, DEFAULT_TIMEOUT_SECONDS, ImagePullPolicy, Job, JobHost, JobResult,
+    Phase, Readiness, RunFuture, Runnable, SerialGroup, Service, ServiceReady, concurrent,
+    sequence,
 };
 pub use logger::{Level, Logger, level, logger, set_level};
 

@@ -15,12 +15,18 @@ use crate::*;
 struct Host {
     /// Every call: (op, request).
     calls: Vec<(u32, Value)>,
-    /// Outstanding tickets: (ticket, result), completed oldest first.
-    outstanding: Vec<(u64, Value)>,
+    /// Outstanding tickets: (ticket, result or error), completed oldest
+    /// first.
+    outstanding: Vec<(u64, Result<Value, Value>)>,
     next_ticket: u64,
     /// How each job ends, by name: (phase, exit code).
     jobs: BTreeMap<String, (String, i64)>,
+    /// Jobs and services started, in order (one namespace, as the host's).
     started: Vec<String>,
+    /// The `not_ready` message of each service that will not be ready.
+    not_ready: BTreeMap<String, String>,
+    /// Jobs and services `job.cancel` stopped.
+    stopped: Vec<String>,
 }
 
 impl Host {
@@ -80,7 +86,7 @@ fn install(source: &str, event_type: &str, log_level: &str) -> Rc<RefCell<Host>>
             serde_json::from_str(request).unwrap()
         };
         host.calls.push((op, request.clone()));
-        let ticket = |host: &mut Host, result: Value| {
+        let ticket = |host: &mut Host, result: Result<Value, Value>| {
             host.next_ticket += 1;
             let t = host.next_ticket;
             host.outstanding.push((t, result));
@@ -113,6 +119,10 @@ fn install(source: &str, event_type: &str, log_level: &str) -> Rc<RefCell<Host>>
             }
             op::JOB_WAIT => {
                 let name = request["name"].as_str().unwrap();
+                if host.stopped.iter().any(|s| s == name) {
+                    let aborted = json!({"phase": "ABORTED", "exitCode": null, "reason": ""});
+                    return ticket(&mut host, Ok(aborted));
+                }
                 let (phase, code) = host
                     .jobs
                     .get(name)
@@ -120,17 +130,60 @@ fn install(source: &str, event_type: &str, log_level: &str) -> Rc<RefCell<Host>>
                     .unwrap_or(("SUCCEEDED".into(), 0));
                 ticket(
                     &mut host,
-                    json!({"phase": phase, "exitCode": code, "reason": null}),
+                    Ok(json!({"phase": phase, "exitCode": code, "reason": null})),
                 )
             }
-            op::JOB_LOGS => ticket(&mut host, json!({"lines": ["one", "two"]})),
-            op::SLEEP => ticket(&mut host, Value::Null),
+            op::JOB_CANCEL => {
+                let name = request["name"].as_str().unwrap().to_string();
+                if !host.started.contains(&name) {
+                    return error("not_found", "no such job");
+                }
+                host.stopped.push(name);
+                Ok(String::new())
+            }
+            op::SERVICE_START => {
+                let name = request["name"].as_str().unwrap().to_string();
+                if host.started.contains(&name) {
+                    return error("conflict", "a job of that name exists");
+                }
+                host.started.push(name.clone());
+                if let Some(message) = host.not_ready.get(&name).cloned() {
+                    let not_ready = json!({"code": "not_ready", "message": message});
+                    return ticket(&mut host, Err(not_ready));
+                }
+                // "0:PORT" gets 49153, 49154...; "HOST:PORT" and
+                // "IP:HOST:PORT" get HOST; "PORT" is not published.
+                let mut ports = serde_json::Map::new();
+                for port in request["container"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let parts: Vec<&str> = port.as_str().unwrap().split(':').collect();
+                    if let [.., host_port, container_port] = parts[..] {
+                        let host_port = match host_port.parse::<u16>().unwrap() {
+                            0 => 49153 + ports.len() as u16,
+                            published => published,
+                        };
+                        ports.insert(container_port.into(), host_port.into());
+                    }
+                }
+                ticket(&mut host, Ok(json!({ "ports": ports })))
+            }
+            op::JOB_LOGS => ticket(&mut host, Ok(json!({"lines": ["one", "two"]}))),
+            op::SLEEP => ticket(&mut host, Ok(Value::Null)),
             op::WAIT_ANY => {
                 if host.outstanding.is_empty() {
                     return Ok(json!({"status": "idle"}).to_string());
                 }
-                let (t, result) = host.outstanding.remove(0);
-                Ok(json!({"status": "completed", "ticket": t, "result": result}).to_string())
+                match host.outstanding.remove(0) {
+                    (t, Ok(result)) => Ok(
+                        json!({"status": "completed", "ticket": t, "result": result}).to_string(),
+                    ),
+                    (t, Err(error)) => {
+                        Ok(json!({"status": "failed", "ticket": t, "error": error}).to_string())
+                    }
+                }
             }
             op::WORKSPACE_READ => error("not_configured", "no workspace"),
             _ => error("unknown_operation", "no such operation"),
@@ -491,4 +544,134 @@ fn sidecars_and_hosts_are_sent_in_the_hosts_shape() {
             "sourceMountPath": "", "privileged": false, "useHostDockerSocket": false
         })
     );
+}
+
+#[test]
+fn a_service_sends_its_container_and_returns_its_ports() {
+    let host = install("src", "t", "INFO");
+    let db = Service::new("db", "postgres:16")
+        .env("POSTGRES_PASSWORD", "test")
+        .readiness(Readiness::tcp_port(5432))
+        .after(["net"])
+        .ports(["0:5432", "127.0.0.1:8080:80", "9000"]);
+    let ready = block_on(db.start()).unwrap().unwrap();
+    assert_eq!(
+        ready.ports,
+        BTreeMap::from([("5432".into(), 49153), ("80".into(), 8080)])
+    );
+    assert_eq!(ready.port(5432), Some(49153));
+    assert_eq!(ready.port(9000), None);
+    let host = host.borrow();
+    assert_eq!(
+        host.requests(op::SERVICE_START),
+        [json!({"name": "db", "container": {
+            "image": "postgres:16", "imagePullPolicy": "IfNotPresent", "workingDirectory": "",
+            "command": [], "arguments": [], "environment": {"POSTGRES_PASSWORD": "test"},
+            "workspaceMountPath": "", "sourceMountPath": "", "privileged": false,
+            "useHostDockerSocket": false, "readiness": {"tcpPort": 5432},
+            "after": ["net"], "ports": ["0:5432", "127.0.0.1:8080:80", "9000"]
+        }})]
+    );
+    // It returned once its ticket completed, not when the call did.
+    let ops = host.ops();
+    assert!(ops.ends_with(&[op::SERVICE_START, op::WAIT_ANY]), "{ops:?}");
+    assert_eq!(host.lines(), ["[db] INFO: Starting service db"]);
+}
+
+#[test]
+fn a_service_that_is_not_ready_is_an_error_with_its_code() {
+    let host = install("src", "t", "INFO");
+    let message =
+        "service \"migrate\" was not started: \"db\", which it comes after, was not ready";
+    host.borrow_mut()
+        .not_ready
+        .insert("migrate".into(), message.into());
+    let migrate = Service::new("migrate", "flyway")
+        .after(["db"])
+        .readiness(Readiness::exited());
+    let error = block_on(migrate.start()).unwrap().unwrap_err();
+    assert_eq!(error.code(), Some("not_ready"));
+    assert_eq!(
+        error.to_string(),
+        format!("Error starting service \"migrate\": {message}")
+    );
+    assert!(error.location().unwrap().file().ends_with("tests.rs"));
+
+    // A refusal of the call itself, not of its ticket, reads the same way.
+    block_on(Job::new("taken", "img").run()).unwrap().unwrap();
+    let error = block_on(Service::new("taken", "redis:7").start())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code(), Some("conflict"));
+    assert_eq!(
+        error.to_string(),
+        "Error starting service \"taken\": a job of that name exists"
+    );
+}
+
+#[test]
+fn a_status_of_not_ready_keeps_its_code_when_its_error_cannot_be_read() {
+    fake::install(|_, _| Err((11, "the service exited".into())));
+    let error = crate::host::call_json(op::SERVICE_START, "{}").unwrap_err();
+    assert_eq!(
+        (error.code.as_str(), error.message.as_str()),
+        ("not_ready", "the service exited")
+    );
+}
+
+#[test]
+fn a_service_is_stopped_waited_for_and_read_by_its_name() {
+    let host = install("src", "t", "INFO");
+    let db = Service::new("db", "postgres:16");
+    block_on(db.start()).unwrap().unwrap();
+    assert_eq!(block_on(db.logs()).unwrap().unwrap(), "one\ntwo");
+    db.stop().unwrap();
+    let ended = block_on(db.wait()).unwrap().unwrap();
+    assert_eq!(
+        (ended.phase, ended.exit_code, ended.reason),
+        (Phase::Aborted, None, None)
+    );
+    for op in [op::JOB_LOGS, op::JOB_CANCEL, op::JOB_WAIT] {
+        assert_eq!(host.borrow().requests(op), [json!({"name": "db"})]);
+    }
+    let error = Service::new("never", "redis:7").stop().unwrap_err();
+    assert_eq!(error.code(), Some("not_found"));
+}
+
+/// Waiting for a service to be ready lets the other futures go on: a job
+/// awaited with it starts before the guest waits.
+#[test]
+fn a_service_and_a_job_awaited_together_both_start_before_the_guest_waits() {
+    let host = install("src", "t", "INFO");
+    let db = Service::new("db", "postgres:16");
+    let lint = Job::new("lint", "img");
+    let both = try_join_all([
+        Box::pin(async { db.start().await.map(drop) })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>>>>,
+        Box::pin(lint.run()),
+    ]);
+    block_on(both).unwrap().unwrap();
+    let ops = host.borrow().ops();
+    let first_wait = ops.iter().position(|&o| o == op::WAIT_ANY).unwrap();
+    assert!(ops[..first_wait].contains(&op::SERVICE_START), "{ops:?}");
+    assert!(ops[..first_wait].contains(&op::JOB_START), "{ops:?}");
+}
+
+#[test]
+fn after_and_ports_are_sent_for_a_sidecar_and_left_out_when_empty() {
+    let host = install("src", "t", "INFO");
+    let job = Job::new("app-test", "img")
+        .sidecar("db", Container::new("postgres:16"))
+        .sidecar("app", Container::new("app").after(["db"]).ports(["8080"]));
+    block_on(job.run()).unwrap().unwrap();
+    let spec = host.borrow().requests(op::JOB_START)[0]["spec"].clone();
+    assert_eq!(spec["sidecarContainers"]["app"]["after"], json!(["db"]));
+    assert_eq!(spec["sidecarContainers"]["app"]["ports"], json!(["8080"]));
+    for container in [&spec["sidecarContainers"]["db"], &spec["primaryContainer"]] {
+        let fields = container.as_object().unwrap();
+        assert!(
+            !fields.contains_key("after") && !fields.contains_key("ports"),
+            "{container}"
+        );
+    }
 }
