@@ -448,3 +448,36 @@ async fn nothing_of_an_event_is_left_however_it_ends() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_service_stopped_while_it_waits_for_another_never_starts() {
+    let run = run_js(
+        &script(
+            r#"const slow = service("slow", "sleep 2; while true; do echo up | nc -l -p 6000; done");
+          slow.readiness = { tcpPort: 6000 };
+          const waiting = service("waiting", "echo should never run; sleep 600");
+          waiting.after = ["slow"];
+          const slowStarted = slow.start();
+          const waitingStarted = waiting.start();
+          // Stopped while it waits for slow, which is not ready yet.
+          await waiting.stop();
+          const [s, w] = await Promise.allSettled([slowStarted, waitingStarted]);
+          console.log("slow", s.status, "waiting", w.status, w.reason.code, w.reason.message);
+          console.log("waiting ended", (await waiting.wait()).phase);
+          await job("after", "nc slow 6000").run();"#,
+        ),
+        Project::default(),
+    )
+    .await;
+    run.assert_succeeded();
+    run.assert_logged(
+        r#"slow fulfilled waiting rejected not_ready Error starting service "waiting": service "waiting" was stopped before it started"#,
+    );
+    run.assert_logged("waiting ended CANCELED");
+    assert!(
+        !run.log.text().contains("should never run"),
+        "{}",
+        run.log.text()
+    );
+    assert_eq!(run.job_lines(), ["[after] up"]);
+}
