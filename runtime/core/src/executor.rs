@@ -197,6 +197,36 @@ impl ReadyWhen {
     }
 }
 
+/// A job's sidecars in a start order where each comes after those it names
+/// in `after`, and otherwise in the order of `preferred` (every sidecar's
+/// name). The job's rules refused cycles and unknown names; one such name
+/// is skipped here rather than followed.
+pub fn start_order<'a>(
+    sidecars: &'a std::collections::BTreeMap<String, ContainerSpec>,
+    preferred: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    fn visit<'a>(
+        name: &'a str,
+        sidecars: &'a std::collections::BTreeMap<String, ContainerSpec>,
+        order: &mut Vec<&'a str>,
+    ) {
+        if order.contains(&name) {
+            return;
+        }
+        if let Some(container) = sidecars.get(name) {
+            for after in &container.after {
+                visit(after, sidecars, order);
+            }
+            order.push(name);
+        }
+    }
+    let mut order = Vec::with_capacity(sidecars.len());
+    for name in preferred {
+        visit(name, sidecars, &mut order);
+    }
+    order
+}
+
 /// One of a container's `ports`, parsed: the container port, and where on
 /// the host it is published, if anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,7 @@ use mizzen_host_api::types::{
 };
 use mizzen_runtime::executor::{
     ContainerUser, JobOutput, JobRequest, PortMapping, ReadySender, ReadyWhen, SpawnedJob,
-    SpawnedService, UP_FOR_READY,
+    SpawnedService, UP_FOR_READY, start_order,
 };
 use mizzen_runtime::source;
 use tokio::sync::watch;
@@ -517,7 +517,8 @@ impl Pod {
         type Step<'a> = Shared<BoxFuture<'a, Result<String, Arc<JobError>>>>;
         let mut started: BTreeMap<&str, Step<'_>> = BTreeMap::new();
         let mut ready: BTreeMap<&str, Step<'_>> = BTreeMap::new();
-        for name in start_order(&spec.sidecar_containers) {
+        let names = spec.sidecar_containers.keys().map(String::as_str);
+        for name in start_order(&spec.sidecar_containers, names) {
             let container = &spec.sidecar_containers[name];
             let before: Vec<(&str, Step<'_>)> = container
                 .after
@@ -813,31 +814,6 @@ fn readiness_seconds(readiness: Option<&Readiness>) -> f64 {
     readiness
         .and_then(|r| r.timeout_seconds)
         .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS)
-}
-
-/// The job's sidecars in an order where each comes after those it names in
-/// `after` (the rules refused cycles and unknown names).
-fn start_order(sidecars: &BTreeMap<String, ContainerSpec>) -> Vec<&str> {
-    fn visit<'a>(
-        name: &'a str,
-        sidecars: &'a BTreeMap<String, ContainerSpec>,
-        order: &mut Vec<&'a str>,
-    ) {
-        if order.contains(&name) {
-            return;
-        }
-        if let Some(container) = sidecars.get(name) {
-            for after in &container.after {
-                visit(after, sidecars, order);
-            }
-            order.push(name);
-        }
-    }
-    let mut order = Vec::with_capacity(sidecars.len());
-    for name in sidecars.keys() {
-        visit(name, sidecars, &mut order);
-    }
-    order
 }
 
 /// The bind mounts a job's containers may ask for, prepared on the host.

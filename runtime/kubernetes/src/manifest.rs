@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use mizzen_host_api::types::{ContainerSpec, ImagePullPolicy, JobSpec};
 use mizzen_runtime::executor::{
-    ContainerLimits, ContainerUser, EventContext, PortMapping, ReadyWhen, Source,
+    ContainerLimits, ContainerUser, EventContext, PortMapping, ReadyWhen, Source, start_order,
 };
 use mizzen_runtime::limits::{LimitValue, parse_cpu, parse_quantity};
 use serde_json::{Value, json};
@@ -604,31 +604,13 @@ fn add_probes(container: &mut Value, c: &ContainerSpec) {
 /// each by name, except that a sidecar comes after those it names in
 /// `after` (the rules refused cycles and unknown names).
 fn init_order(sidecars: &BTreeMap<String, ContainerSpec>) -> Vec<&str> {
-    fn visit<'a>(
-        name: &'a str,
-        sidecars: &'a BTreeMap<String, ContainerSpec>,
-        order: &mut Vec<&'a str>,
-    ) {
-        if order.contains(&name) {
-            return;
-        }
-        if let Some(c) = sidecars.get(name) {
-            for after in &c.after {
-                visit(after, sidecars, order);
-            }
-            order.push(name);
-        }
-    }
     let one_shot = |c: &ContainerSpec| c.readiness.is_some_and(|r| r.exited);
-    let mut order = Vec::with_capacity(sidecars.len());
-    for (name, _) in sidecars
-        .iter()
-        .filter(|(_, c)| !one_shot(c))
-        .chain(sidecars.iter().filter(|(_, c)| one_shot(c)))
-    {
-        visit(name, sidecars, &mut order);
-    }
-    order
+    let natives = sidecars.iter().filter(|(_, c)| !one_shot(c));
+    let one_shots = sidecars.iter().filter(|(_, c)| one_shot(c));
+    start_order(
+        sidecars,
+        natives.chain(one_shots).map(|(name, _)| name.as_str()),
+    )
 }
 
 /// A container's `resources`: the project's job limits, and the executor's
