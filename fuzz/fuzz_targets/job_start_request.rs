@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         image_pull_secrets: Vec::new(),
         workspace_size: None,
         container_limits: Default::default(),
+        volumes: Default::default(),
     };
     let Ok(job) = decode_start(data.get(1..).unwrap_or_default(), &event) else {
         return;

@@ -79,6 +79,13 @@ type Container struct {
 	// returns and later jobs get as MIZZEN_SERVICE_<NAME>_PORT_6379. Host
 	// ports need the project's allowHostPorts policy.
 	Ports []string
+	// Volumes, as Docker Compose writes them: "/path" (the container's own,
+	// fresh each time), "name:/path" (shared by the event's jobs and
+	// services and removed when the event ends, or kept between events when
+	// the project declares the name in spec.workerTemplate.volumes),
+	// "/host/path:/path" (a host directory under the project's
+	// allowedHostPaths policy); ":ro" after any for read-only.
+	Volumes []string
 }
 
 // NewContainer returns a container that runs image, with Brigade's defaults.
@@ -380,6 +387,7 @@ type wireContainer struct {
 	Readiness           *Readiness        `json:"readiness,omitempty"`
 	After               []string          `json:"after,omitempty"`
 	Ports               []string          `json:"ports,omitempty"`
+	Volumes             []string          `json:"volumes,omitempty"`
 }
 
 type wireHost struct {
@@ -417,6 +425,7 @@ func wire(c *Container) wireContainer {
 		Readiness:           c.Readiness,
 		After:               c.After,
 		Ports:               c.Ports,
+		Volumes:             c.Volumes,
 	}
 }
 

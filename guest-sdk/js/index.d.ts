@@ -195,6 +195,18 @@ declare module "@brigadecore/brigadier" {
      * ports need `jobPolicies.allowHostPorts`. Mizzen's addition.
      */
     ports?: string[];
+    /**
+     * Volumes, as Docker Compose writes them: `"/var/lib/mysql"` (anonymous:
+     * the container's own, fresh each time); `"data:/var/lib/mysql"` (named:
+     * shared by the event's jobs and services and removed when the event
+     * ends, or kept between events when the project declares the name in
+     * `spec.workerTemplate.volumes` with a size); `"/opt/data:/data"` (a
+     * host directory, only under the project's
+     * `jobPolicies.allowedHostPaths`, and never on a server started with
+     * `--forbid-host-paths` or on Kubernetes); `":ro"` after any for
+     * read-only. Mizzen's addition.
+     */
+    volumes?: string[];
   }
 
   /**

@@ -22,6 +22,7 @@ events.on("brigade.sh/cli", "exec", async (event: Event) => {
   const db = new Service("db", "postgres:16");
   db.readiness = { tcpPort: 5432 };
   db.ports = ["0:5432"];
+  db.volumes = ["pgdata:/var/lib/postgresql/data", "/tmp/scratch", "/opt/fixtures:/fixtures:ro"];
   const migrate = new Service("migrate", "migrate/migrate");
   migrate.readiness = { exited: true };
   migrate.after = ["db"];

@@ -386,6 +386,15 @@ pub struct ContainerSpec {
     /// `MIZZEN_SERVICE_<NAME>_PORT_<PORT>`. (Mizzen's addition.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Volumes, as Docker Compose writes them: `"/path"` (anonymous: the
+    /// container's own, fresh each time), `"name:/path"` (named: shared by
+    /// the event's jobs and services and removed when the event ends, or
+    /// kept between events when the project declares the name in
+    /// `spec.workerTemplate.volumes`), `"/host/path:/path"` (a host
+    /// directory, under the project's `allowedHostPaths` policy); `:ro`
+    /// after any for read-only. (Mizzen's addition.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 /// How long a sidecar may take to become ready when it does not say, in

@@ -431,6 +431,7 @@ async fn run(script: &ScriptSource, behaviour: &Behaviour) -> (Run, Setup) {
     let context = Arc::new(EventContext {
         use_workspace: setup.use_workspace,
         container_limits: ContainerLimits::of(&setup.limits),
+        volumes: Default::default(),
         ..mizzen_tests::worker::context(&event_id, "conformance")
     });
     let log = MemoryLog::new();

@@ -14,4 +14,5 @@ mod services;
 mod sidecars;
 mod users;
 mod util;
+mod volumes;
 mod wasm;

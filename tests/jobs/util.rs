@@ -13,6 +13,7 @@ use mizzen_runtime::executor::{ContainerLimits, EventContext, JobExecutor, JobOu
 use mizzen_runtime::log::MemoryLog;
 use mizzen_runtime::project::JobPolicies;
 use mizzen_runtime::script::ScriptSource;
+use mizzen_runtime::volume::EventVolumes;
 use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher, WasmJob, WasmJobRunner};
 use mizzen_runtime::{JobCapability, Sandbox, WorkerLimits, WorkerRequest};
 pub use mizzen_tests::worker::Run;
@@ -56,6 +57,10 @@ pub struct Project {
     pub script_secrets: Option<BTreeSet<String>>,
     /// `spec.workerTemplate.workspaceSize`.
     pub workspace_size: Option<String>,
+    /// The project's id; `test-project` when empty.
+    pub id: String,
+    /// Its volumes and the host paths it may bind.
+    pub volumes: EventVolumes,
 }
 
 /// Runs a script for a fresh `brigade.sh/cli`/`exec` event of `project`,
@@ -77,7 +82,12 @@ pub async fn run_js_as(
     limits: WorkerLimits,
 ) -> Run {
     let event_id = event_id.to_string();
-    let mut event = Event::new(&event_id, "test-project", "brigade.sh/cli", "exec");
+    let project_id = if project.id.is_empty() {
+        "test-project".to_string()
+    } else {
+        project.id.clone()
+    };
+    let mut event = Event::new(&event_id, &project_id, "brigade.sh/cli", "exec");
     event.project.secrets = project.secrets;
     event.project.script_secrets = project.script_secrets;
     let context = Arc::new(EventContext {
@@ -85,8 +95,9 @@ pub async fn run_js_as(
         source: project.source,
         policies: project.policies,
         container_limits: ContainerLimits::of(&limits),
+        volumes: project.volumes,
         workspace_size: project.workspace_size,
-        ..mizzen_tests::worker::context(&event_id, "test-project")
+        ..mizzen_tests::worker::context(&event_id, &project_id)
     });
     let log = MemoryLog::new();
     let outcome = sandbox()
@@ -119,6 +130,12 @@ pub async fn run_js_as(
     assert!(
         left.is_empty(),
         "networks left behind: {left:?}\nlog:\n{}",
+        run.log.text()
+    );
+    let left = volumes_labelled(&format!("sh.mizzen.event={}", run.event_id)).await;
+    assert!(
+        left.is_empty(),
+        "volumes left behind: {left:?}\nlog:\n{}",
         run.log.text()
     );
     assert!(
@@ -191,6 +208,25 @@ pub async fn networks_of(event_id: &str) -> Vec<String> {
         .expect("the engine lists networks")
         .into_iter()
         .filter_map(|n| n.name)
+        .collect()
+}
+
+/// Names of the volumes with the label `label` (`key=value`).
+pub async fn volumes_labelled(label: &str) -> Vec<String> {
+    let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+    let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    executor()
+        .await
+        .docker()
+        .list_volumes(Some(options))
+        .await
+        .expect("the engine lists volumes")
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.name)
         .collect()
 }
 

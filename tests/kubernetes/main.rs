@@ -8,6 +8,7 @@
 
 mod kubectl;
 mod services;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;

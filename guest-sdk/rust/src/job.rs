@@ -193,6 +193,14 @@ pub struct Container {
     /// `allowHostPorts`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// Volumes, as Docker Compose writes them: `"/path"` (the container's
+    /// own, fresh each time), `"name:/path"` (shared by the event's jobs and
+    /// services and removed when the event ends, or kept between events
+    /// when the project declares the name in `spec.workerTemplate.volumes`),
+    /// `"/host/path:/path"` (a host directory under the project's
+    /// `allowedHostPaths`); `:ro` after any for read-only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 fn strings(items: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
@@ -289,6 +297,12 @@ impl Container {
     /// Sets `ports` (for a sidecar or a service).
     pub fn ports(mut self, ports: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.ports = strings(ports);
+        self
+    }
+
+    /// Sets `volumes`.
+    pub fn volumes(mut self, volumes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.volumes = strings(volumes);
         self
     }
 }
@@ -708,6 +722,13 @@ impl Service {
     /// Sets the container's `ports`.
     pub fn ports(mut self, ports: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.container.ports = strings(ports);
+        self
+    }
+
+    /// Sets the container's `volumes` (a named one is how a service keeps
+    /// its data where the event's jobs, or later events, find it).
+    pub fn volumes(mut self, volumes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.container.volumes = strings(volumes);
         self
     }
 

@@ -134,6 +134,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             })?,
             cache_dir,
         )),
+        // The user's own machine: the project's policy decides.
+        forbid_host_paths: false,
     }
     .prepare()
     .await

@@ -111,6 +111,11 @@ pub struct ServerArgs {
         value_parser = parse_ceilings
     )]
     limit_ceilings: LimitSettings,
+    /// Refuse every container volume that binds a host path, whatever a
+    /// project's jobPolicies.allowedHostPaths lists: for a server whose
+    /// projects belong to tenants who must not reach its files
+    #[arg(long, env = "MIZZEN_FORBID_HOST_PATHS")]
+    forbid_host_paths: bool,
     /// Sandbox processes running the workers; 0 runs them in this process.
     /// One per core, the default, scales with the cores: instance churn in
     /// one process does not
@@ -200,6 +205,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
             jobs_per_project: args.max_jobs_per_project,
             max_attempts: MAX_ATTEMPTS,
             limit_ceilings: args.limit_ceilings,
+            forbid_host_paths: args.forbid_host_paths,
         },
         executor,
         log_retention: args.log_retention,

@@ -672,6 +672,128 @@ fn wasm_jobs_run_in_sandbox_processes_on_postgres() {
     wasm_jobs_end_to_end(Some(url));
 }
 
+/// A project's volumes through the server: kept between events, listed
+/// with what they hold, deleted from the CLI; over the server's quota
+/// refused when the project is created; host paths refused outright on a
+/// server that forbids them, whatever the project allows.
+fn project_volumes_end_to_end(database_url: Option<String>, store: &str) {
+    let server = TestServer::start(
+        database_url,
+        &["--forbid-host-paths", "--limit-ceilings", "volumeSize=64Mi"],
+    );
+    let project = format!("volumes-{store}");
+    let dir = script_project(
+        &project,
+        "    volumes:\n    - name: data\n      size: 8Mi\n    jobPolicies:\n      allowedHostPaths: [/tmp]\n",
+        r#"const { Job } = require("@brigadecore/brigadier");
+          const write = new Job("write", "localhost/busybox", event);
+          write.primaryContainer.volumes = ["data:/data"];
+          write.primaryContainer.command = ["sh", "-c", "cat /data/runs 2>/dev/null; echo run >> /data/runs; head -c 65536 /dev/zero > /data/blob"];
+          await write.run();
+          const host = new Job("host", "localhost/busybox", event);
+          host.primaryContainer.volumes = ["/tmp:/host"];
+          try { await host.run(); } catch (e) { console.log("host path:", e.message); }"#,
+    );
+    let path = dir.path().to_str().unwrap();
+    server.ok(&["project", "create", "-f", path]);
+    // A volume an interrupted earlier run kept: the project's by its id.
+    server.cli(&[
+        "project", "volumes", "delete", "-p", &project, "data", "--yes",
+    ]);
+    let mut logs = String::new();
+    for _ in 0..2 {
+        let id = server.create_event(&project, &[]);
+        let event = wait_until_ended(&server, &id);
+        logs = server.ok(&["event", "logs", "--id", &id]);
+        assert_eq!(phase_of(&event), "SUCCEEDED", "{event}\n{logs}");
+    }
+    assert!(
+        logs.contains("which this server forbids (mizzen server --forbid-host-paths)"),
+        "{logs}"
+    );
+    let id = server.create_event(&project, &[]);
+    wait_until_ended(&server, &id);
+    let write = server.ok(&["event", "logs", "--id", &id, "--job", "write"]);
+    assert_eq!(
+        write.lines().collect::<Vec<_>>(),
+        ["run", "run"],
+        "kept between events"
+    );
+
+    let list = server.json(&["project", "volumes", "list", "-p", &project]);
+    assert_eq!(list["quotaBytes"], 64 * 1024 * 1024, "{list}");
+    let data = &list["items"][0];
+    assert_eq!(data["name"], "data", "{list}");
+    assert_eq!(data["sizeBytes"], 8 * 1024 * 1024, "{list}");
+    assert_eq!(data["created"], true, "{list}");
+    assert!(data["usedBytes"].as_u64().unwrap() >= 65536, "{list}");
+    let table = server.ok(&["project", "volumes", "list", "-p", &project]);
+    assert!(
+        table.contains("data") && table.contains("8 MiB") && table.contains("kept"),
+        "{table}"
+    );
+
+    server.ok(&[
+        "project", "volumes", "delete", "-p", &project, "data", "--yes",
+    ]);
+    let list = server.json(&["project", "volumes", "list", "-p", &project]);
+    assert_eq!(list["items"][0]["created"], false, "{list}");
+    let again = server.cli(&[
+        "project", "volumes", "delete", "-p", &project, "data", "--yes",
+    ]);
+    assert_ne!(again.code, 0);
+    assert!(
+        again.stderr.contains("Volume \"data\" not found"),
+        "{again:?}"
+    );
+
+    // Over the server's ceiling: refused when the project is created, naming
+    // the field and the quota.
+    let greedy = script_project(
+        &format!("greedy-{store}"),
+        "    volumes:\n    - name: aa\n      size: 48Mi\n    - name: bb\n      size: 48Mi\n",
+        "return;",
+    );
+    let refused = server.cli(&["project", "create", "-f", greedy.path().to_str().unwrap()]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("spec.workerTemplate.volumes")
+            && refused
+                .stderr
+                .contains("over the project's volume quota of 64 MiB"),
+        "{refused:?}"
+    );
+    // A deleted project's volumes go with it.
+    let id = server.create_event(&project, &[]);
+    wait_until_ended(&server, &id);
+    server.ok(&["project", "delete", "-i", &project, "--yes"]);
+    let left = Command::new("podman")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=mizzen_project_{project}_"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert_eq!(left, "", "volumes left after the project was deleted");
+}
+
+#[test]
+fn project_volumes_on_sqlite() {
+    project_volumes_end_to_end(None, "sqlite");
+}
+
+#[test]
+fn project_volumes_on_postgres() {
+    let Some(url) = postgres_database("project_volumes_on_postgres") else {
+        return;
+    };
+    project_volumes_end_to_end(Some(url), "postgres");
+}
+
 /// An HTTP client. reqwest is built with TLS whose crypto provider is
 /// chosen at run time.
 fn http() -> reqwest::Client {

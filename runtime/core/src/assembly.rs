@@ -23,6 +23,7 @@ use crate::log::{LogRecord, LogSink};
 use crate::project::{Project, ProjectDir, ProjectError};
 use crate::script::ScriptSource;
 use crate::source::{self, SourceError};
+use crate::volume::{EventVolumes, HostPaths};
 use mizzen_host_api::types::LogLevel;
 
 /// Where a project's files (its script, what its jobs mount) come from.
@@ -65,6 +66,9 @@ pub struct WorkerPlan {
     /// Prepares its script's modules and npm packages (shared by every
     /// worker of the process, which is what makes it once per version).
     pub dependencies: Arc<Dependencies>,
+    /// Whether host paths are forbidden whatever the project's policy
+    /// allows (a multi-tenant server's choice).
+    pub forbid_host_paths: bool,
 }
 
 /// A worker ready to run.
@@ -112,6 +116,7 @@ impl WorkerPlan {
             executor,
             log,
             dependencies,
+            forbid_host_paths,
         } = self;
         let label = || PathBuf::from(format!("project \"{}\"", project.id));
         let prepare = Prepare {
@@ -156,6 +161,20 @@ impl WorkerPlan {
             image_pull_secrets: project.worker.image_pull_secrets.clone(),
             workspace_size: project.worker.workspace_size.clone(),
             container_limits: ContainerLimits::of(&limits),
+            volumes: EventVolumes {
+                project: project
+                    .worker
+                    .volumes
+                    .iter()
+                    .map(|v| (v.name.clone(), v.size_bytes))
+                    .collect(),
+                quota_bytes: limits.volume_bytes,
+                host_paths: if forbid_host_paths {
+                    HostPaths::Forbidden
+                } else {
+                    HostPaths::Under(project.worker.allowed_host_paths.clone())
+                },
+            },
         });
         let jobs = match executor {
             Ok(executor) => JobCapability::Executor {

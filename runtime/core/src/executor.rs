@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::limits::WorkerLimits;
 use crate::project::JobPolicies;
+use crate::volume::EventVolumes;
 
 /// What an executor needs to know about the event a job belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +44,9 @@ pub struct EventContext {
     pub workspace_size: Option<String>,
     /// What each container of the event's jobs may use.
     pub container_limits: ContainerLimits,
+    /// The project's volumes and the host paths containers may bind.
+    #[serde(default)]
+    pub volumes: EventVolumes,
 }
 
 /// What each container of a job may use: the project's job limits
@@ -401,6 +405,43 @@ pub trait JobExecutor: Send + Sync {
     /// background (deleting an ended event's files) is done: a process
     /// calls it before it exits.
     async fn cleaned_up(&self) {}
+
+    /// The project's volumes that this executor keeps (those its events
+    /// have mounted and nobody deleted), each measured up to just past
+    /// `measure_up_to` bytes.
+    async fn project_volumes(
+        &self,
+        project_id: &str,
+        measure_up_to: u64,
+    ) -> Result<Vec<StoredVolume>, ExecutorError> {
+        let _ = (project_id, measure_up_to);
+        Err(ExecutorError::Unsupported(
+            "this executor keeps no project volumes".into(),
+        ))
+    }
+
+    /// Deletes the project's volume `name` and what it holds; refused
+    /// ([`ExecutorError::InUse`]) while a running job mounts it.
+    async fn delete_project_volume(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<(), ExecutorError> {
+        let _ = (project_id, name);
+        Err(ExecutorError::Unsupported(
+            "this executor keeps no project volumes".into(),
+        ))
+    }
+}
+
+/// A project's volume as an executor keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredVolume {
+    /// Its name, as containers mount it.
+    pub name: String,
+    /// What it holds, when the executor can tell (measured up to a bound:
+    /// more than that reads as just past it).
+    pub used_bytes: Option<u64>,
 }
 
 /// A job that was accepted.
@@ -562,6 +603,13 @@ pub enum ExecutorError {
     /// The executor's backend (container engine, cluster) cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// What was asked for does not exist (a project volume).
+    #[error("{0}")]
+    NotFound(String),
+    /// What was asked for is in use and was left alone (a project volume
+    /// that a running job mounts).
+    #[error("{0}")]
+    InUse(String),
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ mod sandbox;
 pub mod sandbox_process;
 pub mod script;
 pub mod source;
+pub mod volume;
 mod wasi;
 pub mod wasm_job;
 mod worker;

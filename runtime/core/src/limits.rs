@@ -67,6 +67,12 @@ pub const DEFAULT_JOB_LOG_BYTES: u64 = 16 * 1024 * 1024;
 /// stopped early.
 pub const DEFAULT_WORKSPACE_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// What a project's volumes (`spec.workerTemplate.volumes`, kept between
+/// events) may declare in all when the project sets no `volumeSize`: the
+/// 10 GB GitHub gives each repository's cache, which is what CI users know
+/// of storage kept between runs.
+pub const DEFAULT_VOLUME_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
 /// Memory of each of a job's containers. A build (a compiler, a test
 /// suite, a bundler) fits in 2 GiB, Kubernetes executors have long defaulted
 /// to it, and without a limit one job on a local engine could take the
@@ -99,7 +105,9 @@ pub const DEFAULT_JOB_PROCESSES: u64 = 1024;
 /// - `workspaceSize=100Gi`: what one event may write to the server's disk.
 /// - `jobMemory=16Gi`, `jobCpu=8`, `jobProcesses=8192`: eight times each
 ///   default; a job needing more belongs on a dedicated machine.
-pub const DEFAULT_CEILINGS: &str = "memory=1Gi,cpuTime=5m,timeout=24h,logSize=64Mi,logLines=1000000,requestSize=16Mi,summaryLength=4096,concurrentJobs=256,jobLogSize=256Mi,workspaceSize=100Gi,jobMemory=16Gi,jobCpu=8,jobProcesses=8192";
+/// - `volumeSize=100Gi`: what one project may keep on the server's disk
+///   between events, as `workspaceSize` bounds one event.
+pub const DEFAULT_CEILINGS: &str = "memory=1Gi,cpuTime=5m,timeout=24h,logSize=64Mi,logLines=1000000,requestSize=16Mi,summaryLength=4096,concurrentJobs=256,jobLogSize=256Mi,workspaceSize=100Gi,jobMemory=16Gi,jobCpu=8,jobProcesses=8192,volumeSize=100Gi";
 
 /// How often the engine's epoch advances: the granularity of CPU accounting
 /// and the longest a guest holds a thread before it yields (Spin uses 10 ms).
@@ -134,6 +142,13 @@ pub struct WorkerLimits {
     pub job_cpu_millis: u64,
     /// Processes of each job container.
     pub job_processes: u64,
+    /// Bytes the project's volumes may declare in all.
+    #[serde(default = "default_volume_bytes")]
+    pub volume_bytes: u64,
+}
+
+fn default_volume_bytes() -> u64 {
+    DEFAULT_VOLUME_BYTES
 }
 
 impl Default for WorkerLimits {
@@ -152,6 +167,7 @@ impl Default for WorkerLimits {
             job_memory_bytes: DEFAULT_JOB_MEMORY_BYTES,
             job_cpu_millis: DEFAULT_JOB_CPU_MILLIS,
             job_processes: DEFAULT_JOB_PROCESSES,
+            volume_bytes: DEFAULT_VOLUME_BYTES,
         }
     }
 }
@@ -222,6 +238,8 @@ pub enum Limit {
     JobCpu,
     /// [`WorkerLimits::job_processes`].
     JobProcesses,
+    /// [`WorkerLimits::volume_bytes`].
+    VolumeSize,
 }
 
 /// A limit's value: a size, a count or a time, as the limit takes.
@@ -260,7 +278,7 @@ enum Unit {
 
 impl Limit {
     /// Every limit, in the order they are documented.
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Limit::Memory,
         Limit::CpuTime,
         Limit::Timeout,
@@ -274,6 +292,7 @@ impl Limit {
         Limit::JobMemory,
         Limit::JobCpu,
         Limit::JobProcesses,
+        Limit::VolumeSize,
     ];
 
     /// The limit's name in `spec.workerTemplate.limits` and in a server's
@@ -293,6 +312,7 @@ impl Limit {
             Limit::JobMemory => "jobMemory",
             Limit::JobCpu => "jobCpu",
             Limit::JobProcesses => "jobProcesses",
+            Limit::VolumeSize => "volumeSize",
         }
     }
 
@@ -317,7 +337,8 @@ impl Limit {
             | Limit::RequestSize
             | Limit::JobLogSize
             | Limit::WorkspaceSize
-            | Limit::JobMemory => Unit::Bytes,
+            | Limit::JobMemory
+            | Limit::VolumeSize => Unit::Bytes,
             Limit::LogLines
             | Limit::SummaryLength
             | Limit::ConcurrentJobs
@@ -384,6 +405,7 @@ impl Limit {
             Limit::JobMemory => LimitValue::Bytes(limits.job_memory_bytes),
             Limit::JobCpu => LimitValue::Cpu(limits.job_cpu_millis),
             Limit::JobProcesses => LimitValue::Count(limits.job_processes),
+            Limit::VolumeSize => LimitValue::Bytes(limits.volume_bytes),
         }
     }
 
@@ -406,6 +428,7 @@ impl Limit {
             (Limit::JobMemory, LimitValue::Bytes(v)) => limits.job_memory_bytes = v,
             (Limit::JobCpu, LimitValue::Cpu(v)) => limits.job_cpu_millis = v,
             (Limit::JobProcesses, LimitValue::Count(v)) => limits.job_processes = v,
+            (Limit::VolumeSize, LimitValue::Bytes(v)) => limits.volume_bytes = v,
             _ => {}
         }
     }

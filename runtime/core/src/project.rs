@@ -21,6 +21,10 @@ use crate::duration::parse_go_duration;
 use crate::executor::Source;
 use crate::limits::{Limit, LimitError, LimitSettings, LimitValue};
 use crate::script::{MAX_SCRIPT_BYTES, ScriptSource};
+use crate::volume::{
+    DEFAULT_PROJECT_VOLUME_BYTES, MAX_PROJECT_VOLUMES, MAX_VOLUME_NAME, ProjectVolume,
+    is_volume_name, validate_allowed_host_path,
+};
 
 /// A compiled script's file name, in the config files directory or inline.
 pub const MODULE_SCRIPT: &str = "brigade.wasm";
@@ -145,6 +149,23 @@ pub struct WorkerTemplate {
     /// by reference (`"${{ secrets.name }}"` as an environment value), so a
     /// third-party script never holds them.
     pub script_secrets: Option<BTreeSet<String>>,
+    /// The project's volumes (`spec.workerTemplate.volumes`, Mizzen's
+    /// addition): named volumes kept between events.
+    pub volumes: Vec<ProjectVolume>,
+    /// The host directories under which containers may bind host paths
+    /// (`spec.workerTemplate.jobPolicies.allowedHostPaths`, Mizzen's
+    /// addition); none by default.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+impl WorkerTemplate {
+    /// What the project's volumes declare in all, against its quota (the
+    /// `volumeSize` limit).
+    pub fn declared_volume_bytes(&self) -> u64 {
+        self.volumes
+            .iter()
+            .fold(0, |sum, v| sum.saturating_add(v.size_bytes))
+    }
 }
 
 /// What a project allows its jobs.
@@ -528,6 +549,18 @@ struct WorkerTemplateFile {
     /// [`WorkerTemplate::script_secrets`]).
     #[serde(default)]
     script_secrets: Option<Vec<String>>,
+    /// Mizzen's addition: volumes kept between events (see
+    /// [`WorkerTemplate::volumes`]).
+    #[serde(default)]
+    volumes: Option<Vec<ProjectVolumeFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProjectVolumeFile {
+    name: String,
+    #[serde(default)]
+    size: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -561,6 +594,8 @@ struct JobPoliciesFile {
     allow_root: bool,
     #[serde(default)]
     allow_host_ports: bool,
+    #[serde(default)]
+    allowed_host_paths: Vec<String>,
     /// Accepted for compatibility; Brigade ignored it too.
     #[serde(default)]
     #[expect(
@@ -842,15 +877,28 @@ impl Validator<'_> {
                 Some(keys.into_iter().collect())
             }
         };
-        let job_policies = w
-            .job_policies
-            .map(|p| JobPolicies {
-                allow_privileged: p.allow_privileged,
-                allow_docker_socket_mount: p.allow_docker_socket_mount,
-                allow_root: p.allow_root,
-                allow_host_ports: p.allow_host_ports,
-            })
-            .unwrap_or_default();
+        let mut allowed_host_paths = Vec::new();
+        let job_policies = match w.job_policies {
+            None => JobPolicies::default(),
+            Some(p) => {
+                for (i, path) in p.allowed_host_paths.iter().enumerate() {
+                    let path = validate_allowed_host_path(path).map_err(|problem| {
+                        self.invalid(
+                            format!("{FIELD}.jobPolicies.allowedHostPaths[{i}]"),
+                            format!("{path:?} {problem}"),
+                        )
+                    })?;
+                    allowed_host_paths.push(path);
+                }
+                JobPolicies {
+                    allow_privileged: p.allow_privileged,
+                    allow_docker_socket_mount: p.allow_docker_socket_mount,
+                    allow_root: p.allow_root,
+                    allow_host_ports: p.allow_host_ports,
+                }
+            }
+        };
+        let volumes = self.volumes(w.volumes.unwrap_or_default(), &limits)?;
         Ok(WorkerTemplate {
             use_workspace: w.use_workspace,
             workspace_size: w.workspace_size,
@@ -863,7 +911,79 @@ impl Validator<'_> {
             inline_module,
             limits,
             script_secrets,
+            volumes,
+            allowed_host_paths,
         })
+    }
+
+    /// The project's volumes: named once each, sized, at most
+    /// [`MAX_PROJECT_VOLUMES`], and within the project's own `volumeSize`
+    /// when it sets one (a server's ceiling is checked when an event mounts
+    /// them).
+    fn volumes(
+        &self,
+        files: Vec<ProjectVolumeFile>,
+        limits: &LimitSettings,
+    ) -> Result<Vec<ProjectVolume>, ProjectError> {
+        const FIELD: &str = "spec.workerTemplate.volumes";
+        if files.len() > MAX_PROJECT_VOLUMES {
+            return Err(self.invalid(
+                FIELD,
+                format!(
+                    "{} volumes; a project may declare at most {MAX_PROJECT_VOLUMES}",
+                    files.len()
+                ),
+            ));
+        }
+        let mut volumes: Vec<ProjectVolume> = Vec::with_capacity(files.len());
+        for (i, file) in files.into_iter().enumerate() {
+            let field = format!("{FIELD}[{i}]");
+            if !is_volume_name(&file.name) {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!(
+                        "{:?} must match ^[a-z][a-z\\d-]*[a-z\\d]$ and be at most {MAX_VOLUME_NAME} characters",
+                        file.name
+                    ),
+                ));
+            }
+            if volumes.iter().any(|v| v.name == file.name) {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!("{:?} is declared twice", file.name),
+                ));
+            }
+            let size_bytes = match &file.size {
+                None => DEFAULT_PROJECT_VOLUME_BYTES,
+                Some(size) => match Limit::VolumeSize.parse(size) {
+                    Ok(LimitValue::Bytes(bytes)) => bytes,
+                    Ok(_) => unreachable!("volumeSize is a size"),
+                    Err(problem) => {
+                        return Err(self.invalid(format!("{field}.size"), problem.to_string()));
+                    }
+                },
+            };
+            volumes.push(ProjectVolume {
+                name: file.name,
+                size_bytes,
+            });
+        }
+        let declared = volumes
+            .iter()
+            .fold(0u64, |sum, v| sum.saturating_add(v.size_bytes));
+        if let Some(LimitValue::Bytes(quota)) = limits.get(Limit::VolumeSize)
+            && declared > quota
+        {
+            return Err(self.invalid(
+                FIELD,
+                format!(
+                    "the volumes' sizes add up to {}, over the project's spec.workerTemplate.limits.volumeSize of {}",
+                    LimitValue::Bytes(declared),
+                    LimitValue::Bytes(quota)
+                ),
+            ));
+        }
+        Ok(volumes)
     }
 }
 
@@ -1107,6 +1227,62 @@ mod tests {
             parse(MINIMAL).unwrap().worker.job_policies,
             JobPolicies::default()
         );
+    }
+
+    #[test]
+    fn volumes_and_host_paths_are_declared_with_their_limits() {
+        let with = |worker: &str| MINIMAL.replace("workerTemplate: {}", worker);
+        let project = parse(&with(
+            "workerTemplate:\n    volumes:\n    - name: pgdata\n      size: 2Gi\n    - name: cache\n    jobPolicies:\n      allowedHostPaths: [/opt/data/]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            project.worker.volumes,
+            [
+                ProjectVolume {
+                    name: "pgdata".into(),
+                    size_bytes: 2 << 30
+                },
+                ProjectVolume {
+                    name: "cache".into(),
+                    size_bytes: DEFAULT_PROJECT_VOLUME_BYTES
+                },
+            ]
+        );
+        assert_eq!(project.worker.declared_volume_bytes(), 3 << 30);
+        assert_eq!(
+            project.worker.allowed_host_paths,
+            [PathBuf::from("/opt/data")]
+        );
+        for (worker, expected) in [
+            (
+                "workerTemplate:\n    volumes:\n    - name: Data\n",
+                "spec.workerTemplate.volumes[0].name",
+            ),
+            (
+                "workerTemplate:\n    volumes:\n    - name: data\n    - name: data\n",
+                "\"data\" is declared twice",
+            ),
+            (
+                "workerTemplate:\n    volumes:\n    - name: data\n      size: lots\n",
+                "spec.workerTemplate.volumes[0].size",
+            ),
+            (
+                "workerTemplate:\n    volumes:\n    - name: data\n      size: 2Gi\n    limits:\n      volumeSize: 1Gi\n",
+                "add up to 2 GiB, over the project's spec.workerTemplate.limits.volumeSize of 1 GiB",
+            ),
+            (
+                "workerTemplate:\n    jobPolicies:\n      allowedHostPaths: [/]\n",
+                "spec.workerTemplate.jobPolicies.allowedHostPaths[0]",
+            ),
+            (
+                "workerTemplate:\n    jobPolicies:\n      allowedHostPaths: [/opt/../etc]\n",
+                "must not contain '.' or '..'",
+            ),
+        ] {
+            let error = parse(&with(worker)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{worker}: {error}");
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
     job_memory_bytes: 0,
     job_cpu_millis: 0,
     job_processes: 0,
+    volume_bytes: 0,
 };
 
 /// One compilation that concurrent events of a script share.

@@ -483,6 +483,26 @@ impl JobExecutor for HostJobExecutor {
     async fn cleaned_up(&self) {
         self.containers.cleaned_up().await;
     }
+
+    async fn project_volumes(
+        &self,
+        project_id: &str,
+        measure_up_to: u64,
+    ) -> Result<Vec<crate::executor::StoredVolume>, ExecutorError> {
+        self.containers
+            .project_volumes(project_id, measure_up_to)
+            .await
+    }
+
+    async fn delete_project_volume(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<(), ExecutorError> {
+        self.containers
+            .delete_project_volume(project_id, name)
+            .await
+    }
 }
 
 /// Where a Wasm job's module and directories come from.

@@ -170,6 +170,7 @@ async fn jobs(
         image_pull_secrets: Vec::new(),
         workspace_size: None,
         container_limits: Default::default(),
+        volumes: Default::default(),
     });
     let started = Instant::now();
     let outcome = sandbox

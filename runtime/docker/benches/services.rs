@@ -160,6 +160,7 @@ async fn event(
         image_pull_secrets: Vec::new(),
         workspace_size: None,
         container_limits: Default::default(),
+        volumes: Default::default(),
     });
     let started = Instant::now();
     let outcome = sandbox

@@ -107,6 +107,7 @@ async fn main() {
         Arc::new(EventContext {
             source: Some(Source::Directory(source.path().to_path_buf())),
             container_limits: ContainerLimits::of(&limits),
+            volumes: Default::default(),
             event_id: id.to_string(),
             project_id: "bench".into(),
             use_workspace: false,

@@ -33,6 +33,7 @@ use mizzen_runtime::executor::{
     SpawnedService, UP_FOR_READY, start_order,
 };
 use mizzen_runtime::source;
+use mizzen_runtime::volume::{VolumeMount, VolumeSource};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -158,6 +159,9 @@ enum JobError {
     /// The event's network could not be made.
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    /// A volume a container mounts could not be made ready.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     /// A sidecar or service that is ready once it exits exited with another
     /// code than 0.
     #[error("{container} exited with code {code} before it was ready")]
@@ -347,6 +351,8 @@ impl Pod {
             .await?;
         self.primary_started
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Every container is made: a project volume may be deleted now.
+        drop(mounts);
         let label = format!("service \"{}\"", request.name);
         let readiness = container.readiness.as_ref();
         self.ready(
@@ -607,6 +613,8 @@ impl Pod {
             .await?;
         self.primary_started
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Every container is made: a project volume may be deleted now.
+        drop(mounts);
         let code = exit_code(&self.docker, &id).await?;
         // `job.logs()` right after `run()` must see every line: the
         // primary's follower was the last one started.
@@ -816,10 +824,15 @@ fn readiness_seconds(readiness: Option<&Readiness>) -> f64 {
         .unwrap_or(DEFAULT_READINESS_TIMEOUT_SECONDS)
 }
 
-/// The bind mounts a job's containers may ask for, prepared on the host.
+/// What a job's containers mount, prepared: the workspace and checkout
+/// directories on the host, and the engine's names of the named volumes,
+/// each held (see [`crate::volume::VolumeLock`]) until the job's containers
+/// are made.
 struct Mounts {
     workspace: Option<PathBuf>,
     source: Option<PathBuf>,
+    named: HashMap<String, String>,
+    _held: Vec<crate::volume::VolumeLock>,
 }
 
 async fn prepare_mounts(context: &JobContext) -> Result<Mounts, JobError> {
@@ -865,7 +878,36 @@ async fn prepare_mounts(context: &JobContext) -> Result<Mounts, JobError> {
         }
         _ => None,
     };
-    Ok(Mounts { workspace, source })
+    let mut named = HashMap::new();
+    let mut held = Vec::new();
+    let event = &context.request.event;
+    for container in &containers {
+        for volume in VolumeMount::all(container) {
+            match &volume.source {
+                VolumeSource::Anonymous => {}
+                VolumeSource::Named(name) if !named.contains_key(name) => {
+                    let (engine_name, lock) =
+                        crate::volume::ensure(&context.state, event, name).await?;
+                    named.insert(name.clone(), engine_name);
+                    held.push(lock);
+                }
+                VolumeSource::Named(_) => {}
+                VolumeSource::Host(path) => {
+                    crate::volume::check_host_path(
+                        &event.volumes.host_paths,
+                        &format!("{}:{}", path.display(), volume.path),
+                        path,
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(Mounts {
+        workspace,
+        source,
+        named,
+        _held: held,
+    })
 }
 
 /// Where the event's workspace is in its scratch directory: one place for
@@ -918,6 +960,24 @@ fn container_body(
             .as_ref()
             .ok_or(JobError::NoLocalSocket)?;
         bind(socket, "/var/run/docker.sock");
+    }
+    for volume in VolumeMount::all(container) {
+        let (typ, source) = match &volume.source {
+            // No source: the engine makes the container a volume of its
+            // own, removed with it.
+            VolumeSource::Anonymous => (MountType::VOLUME, None),
+            VolumeSource::Named(name) => (MountType::VOLUME, mounts.named.get(name).cloned()),
+            VolumeSource::Host(path) => {
+                (MountType::BIND, Some(path.to_string_lossy().into_owned()))
+            }
+        };
+        binds.push(Mount {
+            target: Some(volume.path.clone()),
+            source,
+            typ: Some(typ),
+            read_only: Some(volume.read_only),
+            ..Mount::default()
+        });
     }
     let (entrypoint, cmd) = match (container.command.is_empty(), container.arguments.is_empty()) {
         // As in Kubernetes: `command` replaces the image's entrypoint (and

@@ -23,6 +23,8 @@
 //! - `network`: each event's network.
 //! - `scratch`: an event's directory on the host, private to this user and
 //!   measured against the event's workspace size.
+//! - `volume`: events' and projects' named volumes, and the host paths
+//!   containers bind.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,7 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use mizzen_runtime::executor::{
-    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService,
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService, StoredVolume,
     WorkspaceError,
 };
 use mizzen_runtime::limits::parse_quantity;
@@ -44,6 +46,7 @@ mod images;
 mod job;
 mod network;
 mod scratch;
+mod volume;
 
 pub use engine::{Engine, EngineNotFound};
 pub use scratch::DEFAULT_WORKSPACE_BYTES;
@@ -89,6 +92,8 @@ pub(crate) struct SharedState {
     cleanups: watch::Sender<usize>,
     /// Events' networks.
     networks: network::EventNetworks,
+    /// Volumes being made ready or deleted (see `volume::VolumeLock`).
+    volume_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl DockerExecutor {
@@ -109,6 +114,7 @@ impl DockerExecutor {
                 events: Mutex::default(),
                 cleanups: watch::channel(0).0,
                 networks: network::EventNetworks::default(),
+                volume_locks: Mutex::default(),
             }),
         };
         executor.sweep().await;
@@ -211,6 +217,7 @@ impl DockerExecutor {
                 let _ = docker.remove_network(&name).await;
             }
         }
+        volume::sweep(&self.state).await;
         if let Ok(dirs) = std::fs::read_dir(&self.state.work_root) {
             for dir in dirs.flatten() {
                 let abandoned = match std::fs::read_to_string(dir.path().join(OWNER_FILE)) {
@@ -324,6 +331,7 @@ impl JobExecutor for DockerExecutor {
             }
         }
         network::remove(&self.state, &event.event_id).await;
+        volume::remove_event_volumes(&self.state, &event.event_id).await;
         // The files go in the background: a big pipeline's checkouts take
         // seconds to delete, and the event's end must not wait for them.
         let scratch = self
@@ -348,6 +356,22 @@ impl JobExecutor for DockerExecutor {
     async fn cleaned_up(&self) {
         let mut cleanups = self.state.cleanups.subscribe();
         let _ = cleanups.wait_for(|n| *n == 0).await;
+    }
+
+    async fn project_volumes(
+        &self,
+        project_id: &str,
+        measure_up_to: u64,
+    ) -> Result<Vec<StoredVolume>, ExecutorError> {
+        volume::list_project(&self.state, project_id, measure_up_to).await
+    }
+
+    async fn delete_project_volume(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<(), ExecutorError> {
+        volume::delete_project(&self.state, project_id, name).await
     }
 }
 
@@ -413,7 +437,7 @@ fn owner_of_this_process() -> String {
 
 /// Whether the process an owner label names is still running. Owners on
 /// other hosts are assumed alive: only their host can tell.
-fn owner_is_alive(owner: &str) -> bool {
+pub(crate) fn owner_is_alive(owner: &str) -> bool {
     let mut parts = owner.rsplitn(3, ':');
     let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
         return false;
@@ -503,6 +527,28 @@ impl JobExecutor for LazyDockerExecutor {
     async fn cleaned_up(&self) {
         if let Some(Ok(executor)) = self.executor.get() {
             executor.cleaned_up().await;
+        }
+    }
+
+    async fn project_volumes(
+        &self,
+        project_id: &str,
+        measure_up_to: u64,
+    ) -> Result<Vec<StoredVolume>, ExecutorError> {
+        match self.connected().await {
+            Ok(executor) => executor.project_volumes(project_id, measure_up_to).await,
+            Err(e) => Err(ExecutorError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn delete_project_volume(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<(), ExecutorError> {
+        match self.connected().await {
+            Ok(executor) => executor.delete_project_volume(project_id, name).await,
+            Err(e) => Err(ExecutorError::Unavailable(e.to_string())),
         }
     }
 }

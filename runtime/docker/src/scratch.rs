@@ -145,7 +145,7 @@ async fn watch_size(root: Dir, limit: u64, report: watch::Sender<Option<String>>
     loop {
         let started = Instant::now();
         let walked = root.clone();
-        let measured = tokio::task::spawn_blocking(move || measure(&walked))
+        let measured = tokio::task::spawn_blocking(move || measure(&walked, limit))
             .await
             .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
         let problem = match measured {
@@ -171,8 +171,9 @@ async fn watch_size(root: Dir, limit: u64, report: watch::Sender<Option<String>>
 
 /// The bytes the tree under `root` takes on disk (allocated blocks, so a
 /// sparse or preallocated file counts for what it holds), clearing
-/// set-user-ID and set-group-ID bits on the way. Links are not followed.
-fn measure(root: &Dir) -> io::Result<u64> {
+/// set-user-ID and set-group-ID bits on the way; the walk stops once it
+/// has counted more than `stop_above`. Links are not followed.
+pub(crate) fn measure(root: &Dir, stop_above: u64) -> io::Result<u64> {
     let mut total = 0;
     // One open directory per level being walked.
     let mut levels = vec![root.entries()?];
@@ -193,6 +194,9 @@ fn measure(root: &Dir) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         total += metadata.blocks() * 512;
+        if total > stop_above {
+            return Ok(total);
+        }
         if metadata.is_dir() {
             if levels.len() >= MAX_DEPTH {
                 return Err(io::Error::other(format!(
@@ -232,7 +236,7 @@ fn clear_set_id_bits(entry: &cap_std::fs::DirEntry) -> io::Result<()> {
     Ok(())
 }
 
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     if bytes >= 1 << 30 {
         format!("{:.1} GiB", bytes as f64 / (MIB * 1024.0))

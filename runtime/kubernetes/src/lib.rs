@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use mizzen_runtime::executor::{
-    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService,
+    EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService, StoredVolume,
     WorkspaceError,
 };
 use tokio::sync::OnceCell;
@@ -264,6 +264,54 @@ impl KubernetesExecutor {
 }
 
 impl KubernetesExecutor {
+    /// The claims of the named volumes a Pod mounts, created unless they
+    /// exist (an event's made by an earlier job, a project's by an earlier
+    /// event).
+    async fn claims(
+        &self,
+        objects: &EventObjects,
+        claims: &[PersistentVolumeClaim],
+    ) -> Result<(), ExecutorError> {
+        let api: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.state.client.clone(), &objects.namespace);
+        for claim in claims {
+            match api.create(&PostParams::default(), claim).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) => {}
+                Err(e) => {
+                    return Err(refused(
+                        "create",
+                        "persistentvolumeclaims",
+                        &objects.namespace,
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The claims of the project's volumes.
+    async fn project_claims(
+        &self,
+        project_id: &str,
+    ) -> Result<Vec<PersistentVolumeClaim>, ExecutorError> {
+        let namespace = self.state.config.namespace_of(project_id);
+        let api: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.state.client.clone(), &namespace);
+        let selector = format!(
+            "{}=true,{}={}",
+            manifest::LABEL_PROJECT_VOLUME,
+            manifest::LABEL_PROJECT,
+            manifest::label_value(project_id)
+        );
+        let claims = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| refused("list", "persistentvolumeclaims", &namespace, e))?;
+        Ok(claims.items)
+    }
+
     /// The event's headless Service and NetworkPolicy, created at its first
     /// service (ones that exist are this event's, made by an earlier
     /// process).
@@ -319,6 +367,7 @@ impl JobExecutor for KubernetesExecutor {
         if built.mounts_workspace {
             self.workspace(&objects, &service.event, &owner).await?;
         }
+        self.claims(&objects, &built.claims).await?;
         job::start_service(
             self.state.client.clone(),
             &self.state.config,
@@ -344,6 +393,7 @@ impl JobExecutor for KubernetesExecutor {
         if built.mounts_workspace {
             self.workspace(&objects, &job.event, &owner).await?;
         }
+        self.claims(&objects, &built.claims).await?;
         job::start(
             self.state.client.clone(),
             &self.state.config,
@@ -361,6 +411,81 @@ impl JobExecutor for KubernetesExecutor {
         Err(WorkspaceError::JobsOnly(
             "on Kubernetes the workspace is a volume claim that only the event's jobs mount; the script cannot read or write it (a job can)",
         ))
+    }
+
+    async fn project_volumes(
+        &self,
+        project_id: &str,
+        _measure_up_to: u64,
+    ) -> Result<Vec<StoredVolume>, ExecutorError> {
+        let claims = self.project_claims(project_id).await?;
+        let mut volumes: Vec<StoredVolume> = claims
+            .into_iter()
+            .filter_map(|claim| {
+                let name = claim.metadata.labels?.remove(manifest::LABEL_VOLUME)?;
+                // What a claim holds is its storage's to tell, not the API's.
+                Some(StoredVolume {
+                    name,
+                    used_bytes: None,
+                })
+            })
+            .collect();
+        volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(volumes)
+    }
+
+    async fn delete_project_volume(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> Result<(), ExecutorError> {
+        let namespace = self.state.config.namespace_of(project_id);
+        let claim = manifest::project_volume_claim_name(project_id, name);
+        // The cluster would keep a claim in use until its Pods end (its
+        // protection finalizer) and say nothing: refuse as a local engine
+        // does instead.
+        let pods: Api<Pod> = Api::namespaced(self.state.client.clone(), &namespace);
+        let selector = format!(
+            "{}={}",
+            manifest::LABEL_PROJECT,
+            manifest::label_value(project_id)
+        );
+        let listed = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| refused("list", "pods", &namespace, e))?;
+        let in_use = listed.items.iter().any(|pod| {
+            let running = !matches!(
+                pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            );
+            let mounts = pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.volumes.as_ref())
+                .is_some_and(|volumes| {
+                    volumes.iter().any(|v| {
+                        v.persistent_volume_claim
+                            .as_ref()
+                            .is_some_and(|c| c.claim_name == claim)
+                    })
+                });
+            running && mounts
+        });
+        if in_use {
+            return Err(ExecutorError::InUse(format!(
+                "the volume \"{name}\" is in use by a Pod of a running event; delete it once the event ends"
+            )));
+        }
+        let api: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.state.client.clone(), &namespace);
+        match api.delete(&claim, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(ExecutorError::NotFound(format!(
+                "project \"{project_id}\" has no volume \"{name}\" in namespace \"{namespace}\""
+            ))),
+            Err(e) => Err(refused("delete", "persistentvolumeclaims", &namespace, e)),
+        }
     }
 
     async fn finish_event(&self, event: &EventContext) {

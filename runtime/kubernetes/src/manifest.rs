@@ -23,6 +23,7 @@ use mizzen_runtime::executor::{
     ContainerLimits, ContainerUser, EventContext, PortMapping, ReadyWhen, Source, start_order,
 };
 use mizzen_runtime::limits::{LimitValue, parse_cpu, parse_quantity};
+use mizzen_runtime::volume::{VolumeMount, VolumeSource};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +39,10 @@ pub const LABEL_EVENT: &str = "mizzen.sh/event";
 pub const LABEL_JOB: &str = "mizzen.sh/job";
 /// Label on a service's Pod: what the event's headless Service selects.
 pub const LABEL_SERVICE: &str = "mizzen.sh/service";
+/// Label naming a volume claim's volume, as containers mount it.
+pub const LABEL_VOLUME: &str = "mizzen.sh/volume";
+/// Label on a project volume's claim, which outlives events.
+pub const LABEL_PROJECT_VOLUME: &str = "mizzen.sh/project-volume";
 
 /// The init container that checks the project's source out.
 pub const SOURCE_CONTAINER: &str = "mizzen-source";
@@ -141,15 +146,29 @@ pub fn workspace_claim(
         .workspace_size
         .as_deref()
         .unwrap_or(&config.workspace_size);
-    let mut claim = json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {
+    read_write_many_claim(
+        config,
+        json!({
             "name": workspace_name(&event.event_id),
             "namespace": namespace,
             "labels": event_labels(event),
             "ownerReferences": owner.reference(),
-        },
+        }),
+        size,
+    )
+}
+
+/// A ReadWriteMany claim (an event's jobs may run on several nodes) of
+/// `size`, in the configured storage class.
+fn read_write_many_claim(
+    config: &KubernetesConfig,
+    metadata: Value,
+    size: &str,
+) -> PersistentVolumeClaim {
+    let mut claim = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata,
         "spec": {
             "accessModes": ["ReadWriteMany"],
             "resources": { "requests": { "storage": size } },
@@ -172,6 +191,71 @@ pub struct JobObjects {
     /// Whether the Pod mounts the event's workspace claim (which must
     /// exist before it starts).
     pub mounts_workspace: bool,
+    /// The claims of the named volumes the Pod mounts, to create before it
+    /// starts unless they exist.
+    pub claims: Vec<PersistentVolumeClaim>,
+}
+
+/// The name of the claim behind a named volume: the event's
+/// (`mizzen-event-volume.<event>.<name>`) or, for a name the project
+/// declares, the project's (`mizzen-project-volume.<project>.<name>`). The
+/// dots keep two projects' names apart (neither ids nor volume names hold
+/// one), and ids and volume names are short enough for a claim's 253.
+pub fn volume_claim_name(event: &EventContext, volume: &str) -> String {
+    if event.volumes.project.contains_key(volume) {
+        project_volume_claim_name(&event.project_id, volume)
+    } else {
+        format!("mizzen-event-volume.{}.{volume}", event.event_id)
+    }
+}
+
+/// The name of a project volume's claim.
+pub fn project_volume_claim_name(project_id: &str, volume: &str) -> String {
+    format!("mizzen-project-volume.{project_id}.{volume}")
+}
+
+/// The claim behind a named volume. An event's is owned by the event, sized as its
+/// workspace; a project's has no owner (it outlives events) and the size
+/// the project declares, which the cluster's storage enforces.
+pub fn volume_claim(
+    config: &KubernetesConfig,
+    namespace: &str,
+    event: &EventContext,
+    owner: &Owner,
+    volume: &str,
+) -> PersistentVolumeClaim {
+    let mut labels = event_labels(event);
+    labels.insert(LABEL_VOLUME, volume.to_string());
+    let mut metadata = json!({
+        "name": volume_claim_name(event, volume),
+        "namespace": namespace,
+    });
+    let size = match event.volumes.project.get(volume) {
+        Some(bytes) => {
+            labels.remove(LABEL_EVENT);
+            labels.insert(LABEL_PROJECT_VOLUME, "true".to_string());
+            bytes.to_string()
+        }
+        None => {
+            metadata["ownerReferences"] = owner.reference();
+            event
+                .workspace_size
+                .clone()
+                .unwrap_or_else(|| config.workspace_size.clone())
+        }
+    };
+    metadata["labels"] = json!(labels);
+    read_write_many_claim(config, metadata, &size)
+}
+
+/// The Pod volume of a container's anonymous volume `index`.
+fn anonymous_volume_name(container: &str, index: usize) -> String {
+    dns_label(&format!("anonymous-{container}-{index}"))
+}
+
+/// The Pod volume of the named volume `volume`.
+fn named_volume_name(volume: &str) -> String {
+    format!("volume-{volume}")
 }
 
 /// Builds a job's objects. The job has passed the host's checks (names,
@@ -368,6 +452,32 @@ fn pod_objects(
             "hostPath": { "path": "/var/run/docker.sock", "type": "Socket" },
         }));
     }
+    let mut named = std::collections::BTreeSet::new();
+    for (container, c) in &containers {
+        for (index, volume) in VolumeMount::all(c).into_iter().enumerate() {
+            match volume.source {
+                VolumeSource::Anonymous => volumes.push(json!({
+                    "name": anonymous_volume_name(container, index),
+                    "emptyDir": {},
+                })),
+                VolumeSource::Named(name) => {
+                    if named.insert(name.clone()) {
+                        volumes.push(json!({
+                            "name": named_volume_name(&name),
+                            "persistentVolumeClaim": { "claimName": volume_claim_name(event, &name) },
+                        }));
+                    }
+                }
+                VolumeSource::Host(path) => {
+                    return Err(error(format!(
+                        "container \"{container}\": volume \"{}:{}\" binds a host path, which the Kubernetes executor does not do: a Pod's node is not the host whose paths the project's allowedHostPaths lists; use a named volume",
+                        path.display(),
+                        volume.path
+                    )));
+                }
+            }
+        }
+    }
 
     let mut node_selector = BTreeMap::from([(
         "kubernetes.io/os".to_string(),
@@ -463,6 +573,10 @@ fn pod_objects(
         pod,
         environment,
         mounts_workspace,
+        claims: named
+            .iter()
+            .map(|volume| volume_claim(config, namespace, event, owner, volume))
+            .collect(),
     })
 }
 
@@ -533,6 +647,19 @@ impl ContainerBuilder<'_> {
         }
         if c.use_host_docker_socket {
             mounts.push(json!({ "name": "docker-socket", "mountPath": "/var/run/docker.sock" }));
+        }
+        for (index, volume) in VolumeMount::all(c).into_iter().enumerate() {
+            let volume_name = match &volume.source {
+                VolumeSource::Anonymous => anonymous_volume_name(name, index),
+                VolumeSource::Named(named) => named_volume_name(named),
+                // Refused before the Pod is built.
+                VolumeSource::Host(_) => continue,
+            };
+            let mut mount = json!({ "name": volume_name, "mountPath": volume.path });
+            if volume.read_only {
+                mount["readOnly"] = json!(true);
+            }
+            mounts.push(mount);
         }
         if !mounts.is_empty() {
             container["volumeMounts"] = json!(mounts);
@@ -721,7 +848,7 @@ pub fn dns_label(raw: &str) -> String {
 }
 
 /// `raw` as a label value (letters, digits, '-', '_', '.'; at most 63).
-fn label_value(raw: &str) -> String {
+pub fn label_value(raw: &str) -> String {
     let valid = raw.len() <= MAX_NAME_LEN
         && raw
             .bytes()

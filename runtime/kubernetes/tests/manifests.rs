@@ -31,6 +31,7 @@ fn event(policies: JobPolicies) -> EventContext {
         image_pull_secrets: vec!["registry-credentials".into()],
         workspace_size: Some("2Gi".into()),
         container_limits: Default::default(),
+        volumes: Default::default(),
     }
 }
 
@@ -529,5 +530,215 @@ fn host_ports_are_named_on_kubernetes() {
     assert_eq!(
         error.to_string(),
         r#"job "redis": container "redis": a host port the engine chooses ("0:PORT") exists only on a local engine; on Kubernetes name the host port"#
+    );
+}
+
+/// Whether `name` is an RFC 1123 label, as Kubernetes checks Pod volume
+/// names.
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Whether `name` is an RFC 1123 subdomain, as Kubernetes checks object
+/// names.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+/// A container's mounts as (volume, path, read-only).
+fn mounts(container: &Value) -> Vec<(String, String, bool)> {
+    container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["mountPath"].as_str().unwrap().to_string(),
+                m["readOnly"] == Value::Bool(true),
+            )
+        })
+        .collect()
+}
+
+/// Anonymous volumes are the container's own `emptyDir`s; named ones are
+/// claims: an event's owned by the event and sized as its workspace, a
+/// project's (declared, 1 GiB) with no owner, the project's labels and its
+/// declared size. `:ro` mounts read-only.
+#[test]
+fn anonymous_volumes_are_empty_dirs_and_named_ones_claims() {
+    const GIB: u64 = 1024 * 1024 * 1024;
+    let mut event = event(JobPolicies::default());
+    event.source = None;
+    event.image_pull_secrets.clear();
+    event.volumes.project = BTreeMap::from([("db".to_string(), GIB)]);
+    event.volumes.quota_bytes = 10 * GIB;
+    let mut primary = container("postgres:16", &["postgres"]);
+    primary.volumes = vec!["/cache".into(), "shared:/shared".into(), "db:/db:ro".into()];
+    let mut helper = container("busybox", &["sleep", "600"]);
+    helper.volumes = vec!["/tmp/x".into()];
+    let mut spec = job(primary);
+    spec.sidecar_containers = BTreeMap::from([("helper".to_string(), helper)]);
+
+    let config = KubernetesConfig::new("mizzen-jobs");
+    let objects = manifest::job_objects(&config, "mizzen-jobs", &event, &owner(), "store", &spec)
+        .expect("the job becomes a Pod");
+    let mut documents = vec![serde_norway::to_string(&objects.pod).unwrap()];
+    for claim in &objects.claims {
+        documents.push(serde_norway::to_string(claim).unwrap());
+    }
+    assert_golden("volumes.yaml", &documents.join("---\n"));
+
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+    assert!(!objects.mounts_workspace);
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let names: Vec<&str> = volumes
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for name in &names {
+        assert!(
+            is_dns_label(name),
+            "Pod volume name {name:?} is not a DNS label"
+        );
+    }
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "duplicate Pod volumes: {names:?}"
+    );
+
+    // Every mount names a volume of the Pod, of the right kind.
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no Pod volume {name:?} in {names:?}"))
+    };
+    let event_claim = format!("mizzen-event-volume.{EVENT}.shared");
+    let project_claim = "mizzen-project-volume.hello-world.db";
+    let primary = mounts(&pod["spec"]["containers"][0]);
+    assert_eq!(primary.len(), 3, "{primary:?}");
+    let by_path = |path: &str| {
+        primary
+            .iter()
+            .find(|(_, p, _)| p == path)
+            .unwrap_or_else(|| panic!("no mount at {path} in {primary:?}"))
+            .clone()
+    };
+    let (cache, _, cache_ro) = by_path("/cache");
+    assert!(volume(&cache)["emptyDir"].is_object() && !cache_ro);
+    let (shared, _, shared_ro) = by_path("/shared");
+    assert_eq!(
+        volume(&shared)["persistentVolumeClaim"]["claimName"],
+        event_claim.as_str()
+    );
+    assert!(!shared_ro);
+    let (db, _, db_ro) = by_path("/db");
+    assert_eq!(
+        volume(&db)["persistentVolumeClaim"]["claimName"],
+        project_claim
+    );
+    assert!(db_ro, "\"db:/db:ro\" is mounted read-only");
+    let helper = pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "helper")
+        .unwrap();
+    let helper = mounts(helper);
+    assert_eq!(helper.len(), 1, "{helper:?}");
+    assert_eq!(helper[0].1, "/tmp/x");
+    assert!(volume(&helper[0].0)["emptyDir"].is_object());
+    assert_ne!(
+        helper[0].0, cache,
+        "each container's anonymous volume is its own"
+    );
+
+    // The claims.
+    let claims: Vec<Value> = objects
+        .claims
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    let claim_names: Vec<&str> = claims
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(claim_names, [project_claim, event_claim.as_str()]);
+    for name in &claim_names {
+        assert!(is_dns_subdomain(name), "claim name {name:?}");
+    }
+    let [project, shared] = &claims[..] else {
+        unreachable!()
+    };
+    assert!(project["metadata"]["ownerReferences"].is_null());
+    assert_eq!(
+        project["metadata"]["labels"],
+        serde_json::json!({
+            "app.kubernetes.io/managed-by": "mizzen",
+            "mizzen.sh/project": "hello-world",
+            "mizzen.sh/project-volume": "true",
+            "mizzen.sh/volume": "db",
+        })
+    );
+    assert_eq!(
+        project["spec"]["resources"]["requests"]["storage"],
+        GIB.to_string()
+    );
+    assert_eq!(
+        project["spec"]["accessModes"],
+        serde_json::json!(["ReadWriteMany"])
+    );
+    assert_eq!(
+        shared["metadata"]["ownerReferences"][0]["uid"],
+        owner().uid.as_str()
+    );
+    assert_eq!(shared["metadata"]["labels"]["mizzen.sh/event"], EVENT);
+    assert_eq!(shared["metadata"]["labels"]["mizzen.sh/volume"], "shared");
+    assert!(shared["metadata"]["labels"]["mizzen.sh/project-volume"].is_null());
+    assert_eq!(
+        shared["spec"]["resources"]["requests"]["storage"], "2Gi",
+        "an event's volume is sized as its workspace"
+    );
+}
+
+/// A host path is a directory of the server's host, not of the Pod's
+/// node: the job is refused, naming the container and the volume.
+#[test]
+fn a_host_path_volume_is_refused_by_name() {
+    let mut event = event(JobPolicies::default());
+    event.volumes.host_paths = mizzen_runtime::volume::HostPaths::Under(vec!["/data".into()]);
+    let config = KubernetesConfig::new("ns");
+    let mut primary = container("alpine", &["ls"]);
+    primary.volumes = vec!["shared:/shared".into(), "/data/cache:/cache".into()];
+    let error =
+        manifest::job_objects(&config, "ns", &event, &owner(), "build", &job(primary)).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "job \"build\": container \"build\": volume \"/data/cache:/cache\" binds a host path, \
+         which the Kubernetes executor does not do: a Pod's node is not the host whose paths the \
+         project's allowedHostPaths lists; use a named volume"
+    );
+
+    let mut spec = job(container("alpine", &["ls"]));
+    let mut sidecar = container("alpine", &["true"]);
+    sidecar.volumes = vec!["/data:/data:ro".into()];
+    spec.sidecar_containers = BTreeMap::from([("helper".to_string(), sidecar)]);
+    let error = manifest::service_objects(&config, "ns", &event, &owner(), "web", &spec)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("job \"web\": container \"helper\": volume \"/data:/data\" binds a host path, which the Kubernetes executor does not do"),
+        "{error}"
     );
 }

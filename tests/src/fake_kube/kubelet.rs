@@ -191,7 +191,6 @@ fn containers(pod: &Value, list: &str) -> Vec<ContainerSpec> {
 
 impl Kubelet {
     async fn run(self) {
-        let started = Instant::now();
         let (pod, scripter) = {
             let state = self.shared.lock();
             let pod = state
@@ -200,6 +199,12 @@ impl Kubelet {
             (pod, state.on_pod.clone())
         };
         let Some(pod) = pod else { return };
+        // The deadline counts from the pod's start on a node, which it
+        // reaches once its claims exist.
+        if self.wait_for_claims(&pod).await.is_err() {
+            return;
+        }
+        let started = Instant::now();
         // Called outside the lock: the test's callback may use the fake.
         let script = scripter.map(|f| f(&pod)).unwrap_or_default();
         let deadline = pod["spec"]["activeDeadlineSeconds"]
@@ -215,6 +220,51 @@ impl Kubelet {
             _ = self.play(&pod, &script) => {}
             () = deadline => {
                 let _ = self.update(PodModel::deadline_exceeded);
+            }
+        }
+    }
+
+    /// Leaves the pod unscheduled while a claim it mounts does not exist,
+    /// as the scheduler does (`persistentvolumeclaim "x" not found`); it is
+    /// scheduled once they all exist.
+    async fn wait_for_claims(&self, pod: &Value) -> Result<(), Gone> {
+        let claims: Vec<&str> = pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| str_at(v, "/persistentVolumeClaim/claimName"))
+            .collect();
+        let mut changes = self.shared.subscribe();
+        let mut said = None;
+        loop {
+            // Marked seen before looking, so that no change is missed.
+            changes.borrow_and_update();
+            let missing = {
+                let state = self.shared.lock();
+                if !state.pods.contains_key(&self.uid) {
+                    return Err(Gone);
+                }
+                claims
+                    .iter()
+                    .find(|claim| {
+                        state
+                            .get(Resource::PersistentVolumeClaims, &self.namespace, claim)
+                            .is_none()
+                    })
+                    .map(|claim| (*claim).to_owned())
+            };
+            let Some(missing) = missing else {
+                return Ok(());
+            };
+            if said.as_ref() != Some(&missing) {
+                let message = format!(
+                    "0/1 nodes are available: persistentvolumeclaim \"{missing}\" not found."
+                );
+                self.update(|m| m.unschedulable(message))?;
+                said = Some(missing);
+            }
+            if changes.changed().await.is_err() {
+                return Err(Gone);
             }
         }
     }
@@ -387,6 +437,8 @@ pub(crate) struct PodModel {
     containers: Vec<ContainerModel>,
     /// Condition type → (status, lastTransitionTime).
     conditions: HashMap<&'static str, (bool, String)>,
+    /// Why the scheduler cannot place the pod, while it cannot.
+    unschedulable: Option<String>,
 }
 
 impl PodModel {
@@ -418,6 +470,7 @@ impl PodModel {
                 })
                 .collect(),
             conditions: HashMap::new(),
+            unschedulable: None,
         }
     }
 
@@ -431,7 +484,12 @@ impl PodModel {
             .any(|c| c.name == name && matches!(c.state, ContainerState::Running { .. }))
     }
 
+    fn unschedulable(&mut self, message: String) {
+        self.unschedulable = Some(message);
+    }
+
     fn schedule(&mut self) {
+        self.unschedulable = None;
         self.start_time = Some(now_seconds());
         let initializing = self.containers.iter().any(|c| c.role != Role::Main);
         for c in &mut self.containers {
@@ -539,6 +597,20 @@ impl PodModel {
             status["message"] = json!(message);
         }
         let Some(start_time) = &self.start_time else {
+            if let Some(message) = &self.unschedulable {
+                let since = self
+                    .conditions
+                    .entry("PodScheduled")
+                    .or_insert_with(|| (false, now_seconds()));
+                status["conditions"] = json!([{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "lastProbeTime": null,
+                    "lastTransitionTime": since.1,
+                    "reason": "Unschedulable",
+                    "message": message,
+                }]);
+            }
             return status;
         };
         status["startTime"] = json!(start_time);

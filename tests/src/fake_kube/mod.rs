@@ -7,21 +7,25 @@
 //!
 //! - core/v1 `pods` (with `pods/log`: follow, timestamps, tailLines),
 //!   `secrets` (`stringData` merged into `data`, as the API server does),
-//!   `persistentvolumeclaims` (left Pending) and `services` (a cluster IP
-//!   from 10.96.0.0/16, unique among live Services, unless headless;
-//!   `type` ClusterIP and the other defaults);
+//!   `persistentvolumeclaims` (left Pending; a pod that mounts one that
+//!   does not exist stays unscheduled, `PodScheduled` False, until it
+//!   does) and `services` (a cluster IP from 10.96.0.0/16, unique among
+//!   live Services, unless headless; `type` ClusterIP and the other
+//!   defaults);
 //! - networking.k8s.io/v1 `networkpolicies` (stored, not enforced);
 //!
 //! each with create (409 for a taken name), get, replace, merge patch,
 //! delete and deletecollection (the garbage collector following
 //! ownerReferences), list and watch (label and field selectors,
 //! resourceVersions, resuming watches, 410 after [`FakeKube::expire_history`]);
-//! bodies decoded into the resource's type, with `fieldValidation`
-//! (Strict, Warn with `Warning` headers, Ignore); `Table` answers for a
-//! client that asks for one (kubectl's default output), with Kubernetes'
-//! columns. Every request is authorised with one Role's rules ([`RoleRule`],
-//! by verb, API group and resource) and refused with the API server's
-//! words. Anyone may read `/version`, the discovery documents (`/api`,
+//! bodies decoded into the resource's type (quantities parsed) and
+//! validated where clients go wrong (names, labels, a pod's containers,
+//! volumes and mounts, a claim's access modes and storage request), with
+//! `fieldValidation` (Strict, Warn with `Warning` headers, Ignore); `Table`
+//! answers for a client that asks for one (kubectl's default output), with
+//! Kubernetes' columns. Every request is authorised with one Role's rules
+//! ([`RoleRule`], by verb, API group and resource) and refused with the API
+//! server's words. Anyone may read `/version`, the discovery documents (`/api`,
 //! `/apis`, each group version's resource list) and OpenAPI v3 (the paths,
 //! kinds and parameters, without schemas). A fake kubelet plays each pod's
 //! life from a [`PodScript`] the test chooses.
@@ -29,7 +33,9 @@
 //! What it does not do: protobuf bodies (kubectl's typed commands, such as
 //! `kubectl create secret`, send them: a 415 says so), server-side apply,
 //! JSON patches, `limit`/`continue` paging, graceful deletion (objects go
-//! at once), scheduling (pods get no node), and anything cluster-scoped.
+//! at once; so a claim in use goes at once too, where a cluster's
+//! `kubernetes.io/pvc-protection` finalizer keeps it until no pod uses it),
+//! scheduling (pods get no node), and anything cluster-scoped.
 //!
 //! ```no_run
 //! # async fn example() -> std::io::Result<()> {

@@ -66,6 +66,7 @@ pub(crate) fn decode(
         ))
     };
     let kept = kept.map_err(|e| cannot(&e))?;
+    quantities(resource, &kept).map_err(cannot)?;
     let mut unknown = Vec::new();
     drop_unknown(object, &kept, "", &mut unknown);
     let unknown: Vec<String> = unknown
@@ -114,5 +115,102 @@ fn drop_unknown(sent: &mut Value, kept: &Value, path: &str, unknown: &mut Vec<St
             }
         }
         _ => {}
+    }
+}
+
+/// The quantities of a resource's requests and limits, which k8s-openapi
+/// keeps as strings but the API server parses while decoding
+/// (`resource.ParseQuantity`): a claim's storage, a container's CPU and
+/// memory.
+fn quantities(resource: Resource, object: &Value) -> Result<(), &'static str> {
+    let mut lists = Vec::new();
+    match resource {
+        Resource::PersistentVolumeClaims => lists.push(&object["spec"]["resources"]),
+        Resource::Pods => {
+            for kind in ["initContainers", "containers"] {
+                for container in object["spec"][kind].as_array().into_iter().flatten() {
+                    lists.push(&container["resources"]);
+                }
+            }
+        }
+        _ => {}
+    }
+    for resources in lists {
+        for list in ["requests", "limits"] {
+            for quantity in resources[list]
+                .as_object()
+                .into_iter()
+                .flat_map(|q| q.values())
+            {
+                parse_quantity(quantity.as_str().unwrap_or_default())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// k8s.io/apimachinery's ParseQuantity, as far as saying whether `text`
+/// is one: a signed decimal number, then a binary (`Ki` … `Ei`) or decimal
+/// (`n` … `E`) suffix or a decimal exponent (`e3`); its errors' words.
+fn parse_quantity(text: &str) -> Result<(), &'static str> {
+    const FORMAT: &str = "quantities must match the regular expression \
+         '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+    const SUFFIX: &str = "unable to parse quantity's suffix";
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let number_end = unsigned
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(number_end);
+    if !number.bytes().any(|b| b.is_ascii_digit()) || number.matches('.').count() > 1 {
+        return Err(FORMAT);
+    }
+    let letters = suffix
+        .find(|c: char| !"eEinumkKMGTP".contains(c))
+        .unwrap_or(suffix.len());
+    let exponent = &suffix[letters..];
+    let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+    if !exponent.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(FORMAT);
+    }
+    let known = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E",
+    ];
+    let decimal_exponent = suffix
+        .strip_prefix(['e', 'E'])
+        .is_some_and(|e| e.parse::<i32>().is_ok());
+    if known.contains(&suffix) || decimal_exponent {
+        Ok(())
+    } else {
+        Err(SUFFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_quantity;
+
+    #[test]
+    fn quantities_parse_as_the_api_server_parses_them() {
+        for good in [
+            "1",
+            "1073741824",
+            "2Gi",
+            "100m",
+            "0.5",
+            "+1.5Ki",
+            "1e3",
+            "1E-3",
+            "5M",
+        ] {
+            assert_eq!(parse_quantity(good), Ok(()), "{good}");
+        }
+        for bad in ["", "Gi", "10 GB", "1.2.3", "-", "1GB", "1iG", "1e"] {
+            assert!(parse_quantity(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_quantity("1mi"),
+            Err("unable to parse quantity's suffix")
+        );
+        assert!(parse_quantity("1GB").is_err_and(|e| e.starts_with("quantities must match")));
     }
 }

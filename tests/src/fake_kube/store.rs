@@ -1085,6 +1085,181 @@ fn validate(resource: Resource, name: &str, object: &Value) -> Result<(), ApiErr
                 "spec.containers: Required value",
             ));
         }
+        validate_pod_volumes(name, object)?;
+    }
+    if resource == Resource::PersistentVolumeClaims {
+        validate_claim(name, object)?;
+    }
+    Ok(())
+}
+
+/// The volume types of core/v1's Volume: a volume has exactly one.
+const VOLUME_TYPES: &[&str] = &[
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "gitRepo",
+    "glusterfs",
+    "hostPath",
+    "image",
+    "iscsi",
+    "nfs",
+    "persistentVolumeClaim",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "projected",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "secret",
+    "storageos",
+    "vsphereVolume",
+];
+
+/// A Pod's volumes and its containers' mounts, as the API server checks
+/// them (ValidatePodSpec's validateVolumes and validateVolumeMounts): each
+/// volume named by a unique DNS label and of one type, a claim named; each
+/// mount naming a volume of the Pod, at a path no other mount of its
+/// container uses.
+fn validate_pod_volumes(name: &str, object: &Value) -> Result<(), ApiError> {
+    let invalid = |causes: String| ApiError::invalid(Resource::Pods, name, &causes);
+    let volumes = object["spec"]["volumes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    for (i, volume) in volumes.iter().enumerate() {
+        let volume_name = volume["name"].as_str().unwrap_or_default();
+        if volume_name.is_empty() {
+            return Err(invalid(format!("spec.volumes[{i}].name: Required value")));
+        }
+        if !is_dns_label(volume_name) {
+            return Err(invalid(format!(
+                "spec.volumes[{i}].name: Invalid value: \"{volume_name}\": {LABEL_RULE}"
+            )));
+        }
+        if names.contains(&volume_name) {
+            return Err(invalid(format!(
+                "spec.volumes[{i}].name: Duplicate value: \"{volume_name}\""
+            )));
+        }
+        names.push(volume_name);
+        let types: Vec<&str> = volume
+            .as_object()
+            .into_iter()
+            .flat_map(|fields| fields.keys())
+            .map(String::as_str)
+            .filter(|key| VOLUME_TYPES.contains(key))
+            .collect();
+        match types.as_slice() {
+            [] => {
+                return Err(invalid(format!(
+                    "spec.volumes[{i}]: Required value: must specify a volume type"
+                )));
+            }
+            [_] => {}
+            [_, second, ..] => {
+                return Err(invalid(format!(
+                    "spec.volumes[{i}].{second}: Forbidden: may not specify more than 1 volume \
+                     type"
+                )));
+            }
+        }
+        if volume["persistentVolumeClaim"].is_object()
+            && str_at(volume, "/persistentVolumeClaim/claimName").is_none_or(str::is_empty)
+        {
+            return Err(invalid(format!(
+                "spec.volumes[{i}].persistentVolumeClaim.claimName: Required value"
+            )));
+        }
+    }
+    for list in ["initContainers", "containers"] {
+        for (i, container) in object["spec"][list]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let mut paths = Vec::new();
+            for (j, mount) in container["volumeMounts"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let field = format!("spec.{list}[{i}].volumeMounts[{j}]");
+                let mount_name = mount["name"].as_str().unwrap_or_default();
+                if !names.contains(&mount_name) {
+                    return Err(invalid(format!(
+                        "{field}.name: Not found: \"{mount_name}\""
+                    )));
+                }
+                let path = mount["mountPath"].as_str().unwrap_or_default();
+                if path.is_empty() {
+                    return Err(invalid(format!("{field}.mountPath: Required value")));
+                }
+                if paths.contains(&path) {
+                    return Err(invalid(format!(
+                        "{field}.mountPath: Invalid value: \"{path}\": must be unique"
+                    )));
+                }
+                paths.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The access modes a claim may ask for.
+const ACCESS_MODES: &[&str] = &[
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOnce",
+    "ReadWriteOncePod",
+];
+
+/// A claim's spec, as the API server checks it
+/// (ValidatePersistentVolumeClaimSpec): access modes it knows, at least
+/// one, and a storage request.
+fn validate_claim(name: &str, object: &Value) -> Result<(), ApiError> {
+    let invalid =
+        |causes: String| ApiError::invalid(Resource::PersistentVolumeClaims, name, &causes);
+    let modes = object["spec"]["accessModes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if modes.is_empty() {
+        return Err(invalid(
+            "spec.accessModes: Required value: at least 1 access mode is required".to_owned(),
+        ));
+    }
+    for mode in modes {
+        let mode = mode.as_str().unwrap_or_default();
+        if !ACCESS_MODES.contains(&mode) {
+            let supported: Vec<String> = ACCESS_MODES.iter().map(|m| format!("\"{m}\"")).collect();
+            return Err(invalid(format!(
+                "spec.accessModes: Unsupported value: \"{mode}\": supported values: {}",
+                supported.join(", ")
+            )));
+        }
+    }
+    if str_at(object, "/spec/resources/requests/storage").is_none() {
+        return Err(invalid(
+            "spec.resources[storage]: Required value".to_owned(),
+        ));
     }
     Ok(())
 }

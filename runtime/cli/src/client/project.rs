@@ -68,6 +68,37 @@ pub enum ProjectCommand {
     /// Manage who may use a project
     #[command(subcommand, visible_alias = "roles")]
     Role(ProjectRoleCommand),
+    /// Manage a project's volumes (spec.workerTemplate.volumes, kept between
+    /// events)
+    #[command(subcommand, visible_alias = "volume")]
+    Volumes(VolumeCommand),
+}
+
+/// `mizzen project volumes`.
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// List a project's volumes: those it declares and those kept for it,
+    /// with their sizes and what they hold
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        project: ProjectArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
+    /// Delete a project's volume and everything in it (refused while a
+    /// running job mounts it); the next event that mounts it starts empty
+    #[command(visible_alias = "rm")]
+    Delete {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// The volume's name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(short, long)]
+        yes: bool,
+    },
 }
 
 /// `-f/--file`.
@@ -272,6 +303,68 @@ pub async fn run(command: ProjectCommand) -> Result<(), Failure> {
         }
         ProjectCommand::Secret(command) => secrets(command).await,
         ProjectCommand::Role(command) => roles(command).await,
+        ProjectCommand::Volumes(command) => volumes(command).await,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Volumes.
+
+async fn volumes(command: VolumeCommand) -> Result<(), Failure> {
+    match command {
+        VolumeCommand::List { project, output } => {
+            let api = Api::from_config()?;
+            let list = api
+                .get(&["v2", "projects", &project.project, "volumes"])
+                .send()
+                .await?;
+            print::emit(output.output, &list, |list| {
+                let empty = format!(
+                    "Project {:?} declares no volumes and has none kept.",
+                    project.project
+                );
+                print::list_table(list, &empty, |items| {
+                    let mut table = Table::new(&["NAME", "SIZE", "USED", "STATE"]);
+                    for item in items {
+                        let bytes = |key: &str| {
+                            item[key]
+                                .as_u64()
+                                .map(mizzen_runtime::limits::LimitValue::Bytes)
+                                .map_or_else(|| "-".to_string(), |b| b.to_string())
+                        };
+                        let state = match (item["declared"].as_bool(), item["created"].as_bool()) {
+                            (Some(false), _) => "not declared (delete it to free its room)",
+                            (_, Some(false)) => "not created yet",
+                            _ => "kept",
+                        };
+                        table.row(vec![
+                            field(item, &["name"]),
+                            bytes("sizeBytes"),
+                            bytes("usedBytes"),
+                            state.into(),
+                        ]);
+                    }
+                    table
+                })
+            })
+        }
+        VolumeCommand::Delete { project, name, yes } => {
+            let project = &project.project;
+            let question =
+                format!("Delete volume {name:?} of project {project:?} and everything in it?");
+            if !confirm(yes, &question)? {
+                return Ok(());
+            }
+            let api = Api::from_config()?;
+            api.request(
+                Method::DELETE,
+                &["v2", "projects", project, "volumes", &name],
+            )
+            .send()
+            .await?;
+            out(format!("Deleted volume {name:?} of project {project:?}."));
+            Ok(())
+        }
     }
 }
 

@@ -40,6 +40,9 @@ pub enum ApiError {
     },
     /// 501 NotSupportedError.
     NotSupported(String),
+    /// 503 UnavailableError: what the request needs (the container engine,
+    /// the cluster) did not answer.
+    Unavailable(String),
     /// 500 InternalServerError (the cause goes to the server's log only).
     Internal(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -101,6 +104,10 @@ impl IntoResponse for ApiError {
             ApiError::NotSupported(details) => (
                 StatusCode::NOT_IMPLEMENTED,
                 json!({"kind": "NotSupportedError", "details": details}),
+            ),
+            ApiError::Unavailable(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"kind": "UnavailableError", "reason": reason}),
             ),
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");

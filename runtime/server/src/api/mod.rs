@@ -6,6 +6,7 @@
 //! they have in common (lists and their pages, the caller's principal and
 //! roles, what a caller may see); each resource has its own module:
 //! `system` (health, ping, metrics), `sessions`, `projects`, `secrets`,
+//! `volumes` (a project's volumes kept between events),
 //! `events` (with `accept`, which fans new events out and stores them, and
 //! `documents`, the memory large events may take), `streams` (statuses and
 //! logs), `service_accounts`, `roles`, `users` and `gateways` (the webhook
@@ -28,6 +29,7 @@ mod sessions;
 mod streams;
 mod system;
 mod users;
+mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(sessions::routes())
         .merge(projects::routes())
         .merge(secrets::routes())
+        .merge(volumes::routes())
         .merge(roles::routes())
         .merge(events::routes())
         .merge(streams::routes())

@@ -9,7 +9,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use mizzen_host_api::types::Phase;
+use mizzen_runtime::WorkerLimits;
 use mizzen_runtime::dependencies::{ConfigFiles, NPM_TOKEN_SECRET};
+use mizzen_runtime::executor::ExecutorError;
+use mizzen_runtime::limits::LimitValue;
 use mizzen_runtime::project::{Project, server_clone_url_problem};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -63,6 +66,16 @@ async fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(Project, Va
         .limits
         .check_within(state.scheduler.limit_ceilings())
         .map_err(|e| invalid(e.to_string()))?;
+    let (limits, _) =
+        WorkerLimits::for_project(&project.worker.limits, state.scheduler.limit_ceilings());
+    let declared = project.worker.declared_volume_bytes();
+    if declared > limits.volume_bytes {
+        return Err(invalid(format!(
+            "spec.workerTemplate.volumes: the volumes' sizes add up to {}, over the project's volume quota of {} (the volumeSize limit under this server's ceiling)",
+            LimitValue::Bytes(declared),
+            LimitValue::Bytes(limits.volume_bytes)
+        )));
+    }
     if let Some(problem) = project
         .worker
         .git
@@ -280,5 +293,29 @@ async fn delete_project(
         });
     }
     state.projects.forget(&id);
+    delete_volumes(&state, &id).await;
     ok(StatusCode::OK, json!({}))
+}
+
+/// Deletes a deleted project's volumes, so that a project made later with
+/// its id does not find them. One that a cancelled event's container still
+/// holds is left, with a warning; `DELETE /v2/projects/{id}/volumes/{name}`
+/// removes it.
+async fn delete_volumes(state: &AppState, id: &str) {
+    let Some(executor) = state.scheduler.executor() else {
+        return;
+    };
+    let volumes = match executor.project_volumes(id, 0).await {
+        Ok(volumes) => volumes,
+        Err(ExecutorError::Unsupported(_)) => return,
+        Err(e) => {
+            tracing::warn!(project = %id, error = %e, "could not list a deleted project's volumes");
+            return;
+        }
+    };
+    for volume in volumes {
+        if let Err(e) = executor.delete_project_volume(id, &volume.name).await {
+            tracing::warn!(project = %id, volume = %volume.name, error = %e, "could not delete a deleted project's volume");
+        }
+    }
 }

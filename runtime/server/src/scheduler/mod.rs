@@ -54,6 +54,9 @@ pub struct SchedulerConfig {
     /// The most any project's workers may have of each limit; projects that
     /// ask for more are refused, and defaults above a ceiling come down.
     pub limit_ceilings: LimitSettings,
+    /// Whether containers may never bind host paths, whatever a project's
+    /// `allowedHostPaths` says (a multi-tenant server's choice).
+    pub forbid_host_paths: bool,
 }
 
 /// Workers and jobs running in this process, and what wakes the scheduler.
@@ -228,6 +231,11 @@ impl Scheduler {
             }
             None => false,
         }
+    }
+
+    /// What runs jobs, when this server has an executor.
+    pub fn executor(&self) -> Option<&Arc<dyn JobExecutor>> {
+        self.executor.as_ref()
     }
 
     /// The server's ceilings on every project's worker limits.

@@ -141,6 +141,7 @@ impl Scheduler {
             executor,
             log: log.clone(),
             dependencies: self.projects.dependencies().clone(),
+            forbid_host_paths: self.config.forbid_host_paths,
         }
         .prepare()
         .await?;

@@ -453,6 +453,8 @@ fn executor_error(error: ExecutorError) -> HostError {
     match error {
         ExecutorError::Unsupported(m) => HostError::invalid(m),
         ExecutorError::Unavailable(m) => HostError::new(ErrorCode::Unavailable, m),
+        ExecutorError::NotFound(m) => HostError::new(ErrorCode::NotFound, m),
+        ExecutorError::InUse(m) => HostError::new(ErrorCode::Conflict, m),
     }
 }
 

@@ -18,6 +18,8 @@ use crate::wasm_job::{IMAGE_PREFIX, ModuleRef};
 
 use crate::executor::{ContainerUser, EventContext, PortMapping};
 use crate::project::is_dns_label;
+use crate::volume::{HostPaths, MAX_VOLUMES_PER_CONTAINER, Shown, VolumeMount, VolumeSource};
+use crate::worker::human_bytes;
 
 /// Brigade's observer killed jobs after 24 hours at the latest
 /// (`MAX_JOB_LIFETIME`); a longer timeout is refused rather than silently cut.
@@ -430,6 +432,8 @@ fn validate_container(
             "mounts the host's Docker socket, which the project's policy forbids (spec.workerTemplate.jobPolicies.allowDockerSocketMount is not true); a Docker-in-Docker sidecar is the safer way".into(),
         ));
     }
+    validate_volumes(container, event)
+        .map_err(|(code, problem)| HostError::new(code, format!("{who}: {problem}")))?;
     for (key, value) in &container.environment {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
             return Err(fail(format!(
@@ -474,6 +478,11 @@ fn validate_wasm(
             "user is for containers; a Wasm job's module has no user: it reaches only the directories it is given",
         );
     }
+    if !container.volumes.is_empty() {
+        return refuse(
+            "volumes are for containers; a Wasm job's module reaches only the workspace and the source (workspaceMountPath, sourceMountPath)",
+        );
+    }
     if !container.working_directory.is_empty() {
         return refuse(
             "workingDirectory is for containers; a Wasm job's module opens files beneath workspaceMountPath or sourceMountPath by their full paths",
@@ -490,6 +499,79 @@ fn validate_wasm(
         )),
         _ => Ok(()),
     }
+}
+
+/// A container's volumes: how many, that they parse, one mount per path, the
+/// project's quota for its volumes, and host paths only where the project's
+/// policy and the server allow them.
+fn validate_volumes(
+    container: &ContainerSpec,
+    event: &EventContext,
+) -> Result<(), (ErrorCode, String)> {
+    let invalid = |problem: String| (ErrorCode::InvalidRequest, problem);
+    let deny = |problem: String| Err((ErrorCode::PermissionDenied, problem));
+    if container.volumes.len() > MAX_VOLUMES_PER_CONTAINER {
+        return Err((
+            ErrorCode::LimitExceeded,
+            format!(
+                "{} volumes; the limit is {MAX_VOLUMES_PER_CONTAINER}",
+                container.volumes.len()
+            ),
+        ));
+    }
+    let mut paths: Vec<String> = [
+        &container.workspace_mount_path,
+        &container.source_mount_path,
+    ]
+    .into_iter()
+    .filter(|p| !p.is_empty())
+    .map(|p| p.trim_end_matches('/').to_string())
+    .collect();
+    for text in &container.volumes {
+        let shown = Shown(text);
+        let volume = VolumeMount::parse(text).map_err(invalid)?;
+        let path = volume.path.trim_end_matches('/').to_string();
+        if paths.contains(&path) {
+            return Err(invalid(format!(
+                "volume {shown} mounts at {}, where something else is mounted already (another volume, workspaceMountPath or sourceMountPath)",
+                Shown(&path)
+            )));
+        }
+        paths.push(path);
+        match &volume.source {
+            VolumeSource::Anonymous => {}
+            VolumeSource::Named(name) => {
+                let volumes = &event.volumes;
+                if volumes.project.contains_key(name)
+                    && volumes.declared_bytes() > volumes.quota_bytes
+                {
+                    return Err((
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "volume {shown} is one of the project's volumes, whose sizes add up to {}, over the project's volume quota of {} (the volumeSize limit); make spec.workerTemplate.volumes smaller",
+                            human_bytes(volumes.declared_bytes()),
+                            human_bytes(volumes.quota_bytes)
+                        ),
+                    ));
+                }
+            }
+            VolumeSource::Host(host) => match &event.volumes.host_paths {
+                HostPaths::Forbidden => {
+                    return deny(format!(
+                        "volume {shown} binds a host path, which this server forbids (mizzen server --forbid-host-paths) whatever the project allows; use a named volume"
+                    ));
+                }
+                paths @ HostPaths::Under(_) if !paths.allows(host) => {
+                    return deny(format!(
+                        "volume {shown} binds the host path {}, which is under none of the project's spec.workerTemplate.jobPolicies.allowedHostPaths; use a named volume, or list the directory there",
+                        Shown(&host.to_string_lossy())
+                    ));
+                }
+                HostPaths::Under(_) => {}
+            },
+        }
+    }
+    Ok(())
 }
 
 /// A path inside a container: absolute, not `/`, no `..`, no control
@@ -651,6 +733,7 @@ mod tests {
             image_pull_secrets: Vec::new(),
             workspace_size: None,
             container_limits: Default::default(),
+            volumes: Default::default(),
         }
     }
 
@@ -785,6 +868,49 @@ mod tests {
             r#"{"name":"ws","spec":{"primaryContainer":{"image":"x","workspaceMountPath":"/share"}}}"#,
         );
         assert!(e.message.contains("useWorkspace"), "{}", e.message);
+    }
+
+    #[test]
+    fn volumes_are_checked_by_entry_with_their_container_named() {
+        let spec = |volumes: &str| {
+            format!(
+                r#"{{"name":"build","spec":{{"primaryContainer":{{"image":"x","workspaceMountPath":"","volumes":{volumes}}}}}}}"#
+            )
+        };
+        assert!(job(&spec(r#"["/cache","data:/data:ro","/tmp/x:ro"]"#)).is_ok());
+        let e = error(&spec(r#"["data"]"#));
+        assert!(
+            e.starts_with("job \"build\": primaryContainer: volume \"data\""),
+            "{e}"
+        );
+        let e = error(&spec(r#"["one:/data","two:/data/"]"#));
+        assert!(
+            e.contains("mounts at \"/data\", where something else is mounted"),
+            "{e}"
+        );
+        let many: Vec<String> = (0..=MAX_VOLUMES_PER_CONTAINER)
+            .map(|i| format!("\"/v{i}\""))
+            .collect();
+        let e = job(&spec(&format!("[{}]", many.join(",")))).unwrap_err();
+        assert_eq!(e.code, ErrorCode::LimitExceeded);
+        assert!(e.message.contains("the limit is 16"), "{}", e.message);
+        // Host paths: off unless the project lists them, never when the
+        // server forbids them.
+        let e = job(&spec(r#"["/opt/data:/data"]"#)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        assert!(e.message.contains("allowedHostPaths"), "{}", e.message);
+        let mut allowed = event();
+        allowed.volumes.host_paths = HostPaths::Under(vec!["/opt".into()]);
+        let request = parse_start(spec(r#"["/opt/data:/data"]"#).as_bytes()).unwrap();
+        assert!(validate(&request, &allowed).is_ok());
+        allowed.volumes.host_paths = HostPaths::Forbidden;
+        let e = validate(&request, &allowed).unwrap_err();
+        assert!(e.message.contains("--forbid-host-paths"), "{}", e.message);
+        // A Wasm job has none.
+        let e = error(
+            r#"{"name":"wasm","spec":{"primaryContainer":{"image":"wasm:workspace:x.wasm","volumes":["/x"]}}}"#,
+        );
+        assert!(e.contains("volumes are for containers"), "{e}");
     }
 
     #[test]
