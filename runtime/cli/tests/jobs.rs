@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::ListContainersOptionsBuilder;
+use mizzen_runtime::executor::{ExecutorError, JobExecutor};
 
 fn command(args: &[&str]) -> Command {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
@@ -47,6 +48,35 @@ fn containers_of_project(project: &str) -> Vec<String> {
             .unwrap()
             .into_iter()
             .flat_map(|c| c.names.unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Events' volumes on the engine labelled with a project.
+fn event_volumes_of_project(project: &str) -> Vec<String> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let engine = mizzen_docker::engine::connect()
+            .await
+            .expect("an engine answers");
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("sh.mizzen.project={project}"),
+                "sh.mizzen.volume-scope=event".to_string(),
+            ],
+        )]);
+        let options = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        engine
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .unwrap()
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
             .collect()
     })
 }
@@ -181,6 +211,96 @@ fn sidecar_service_example_tests_against_a_ready_database() {
     );
 }
 
+/// Deletes a project's volume, through the executor's own call for it,
+/// when made and when dropped: a test starts from a brand-new volume and
+/// leaves none behind, whatever it asserts.
+struct ProjectVolume {
+    project: &'static str,
+    name: &'static str,
+}
+
+impl ProjectVolume {
+    fn fresh(project: &'static str, name: &'static str) -> Self {
+        let volume = ProjectVolume { project, name };
+        volume.delete().expect("the project's volume is deleted");
+        volume
+    }
+
+    fn delete(&self) -> Result<(), ExecutorError> {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let data = tempfile::tempdir().unwrap();
+            let executor = mizzen_docker::DockerExecutor::connect(mizzen_docker::DockerConfig {
+                data_dir: data.path().to_path_buf(),
+            })
+            .await
+            .expect("an engine answers");
+            match executor
+                .delete_project_volume(self.project, self.name)
+                .await
+            {
+                Ok(()) | Err(ExecutorError::NotFound(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+}
+
+impl Drop for ProjectVolume {
+    fn drop(&mut self) {
+        // Not a panic: the test may be failing already.
+        if let Err(e) = self.delete() {
+            eprintln!("could not delete the volume {}: {e}", self.name);
+        }
+    }
+}
+
+/// How many runs example 19's database says it has seen.
+fn runs_seen(ran: &Ran) -> u64 {
+    let line = ran
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "[job: integration-test] Tests passed against db and cache; the database has seen ",
+            )
+        })
+        .unwrap_or_else(|| panic!("the test job's success line: {ran:?}"));
+    line.strip_suffix(" run(s)")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count of runs in {line:?}"))
+}
+
+#[test]
+fn services_example_migrates_and_tests_against_a_database_kept_between_runs() {
+    let _volume = ProjectVolume::fresh("services", "pgdata");
+    let first = run(&["run", "examples/19-services"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(
+        first
+            .stdout
+            .contains("[job: db] initialised a new database"),
+        "{first:?}"
+    );
+    assert!(
+        first.stdout.contains("[job: migrate] CREATE TABLE"),
+        "{first:?}"
+    );
+    assert_eq!(runs_seen(&first), 1, "{first:?}");
+    assert!(
+        first.stdout.contains("Summary: integration tests passed"),
+        "{first:?}"
+    );
+    // The project volume outlived the first event: the second finds its
+    // database, schema and row.
+    let second = run(&["run", "examples/19-services"]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(
+        !second.stdout.contains("initialised a new database"),
+        "{second:?}"
+    );
+    assert_eq!(runs_seen(&second), 2, "{second:?}");
+}
+
 #[test]
 fn job_logs_are_kept_in_the_data_directory() {
     let data = tempfile::tempdir().unwrap();
@@ -266,6 +386,7 @@ fn start_sleeping_job(id: &str) -> (std::process::Child, tempfile::TempDir) {
 events.on("brigade.sh/cli", "exec", async (event) => {
   const job = new Job("sleeper", "localhost/busybox", event);
   job.primaryContainer.command = ["sh", "-c", "echo started; sleep 600"];
+  job.primaryContainer.volumes = ["scratch:/scratch"];
   await job.run();
 });
 events.process();"#,
@@ -297,6 +418,7 @@ events.process();"#,
 fn ctrl_c_removes_the_events_containers_before_exiting() {
     let (mut child, _dir) = start_sleeping_job("interrupted-run");
     assert_eq!(containers_of_project("interrupted-run").len(), 1);
+    assert_eq!(event_volumes_of_project("interrupted-run").len(), 1);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -308,6 +430,10 @@ fn ctrl_c_removes_the_events_containers_before_exiting() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(
         containers_of_project("interrupted-run"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        event_volumes_of_project("interrupted-run"),
         Vec::<String>::new()
     );
 }
@@ -331,10 +457,15 @@ fn the_next_run_removes_what_a_killed_run_left_behind() {
         }
     }
     assert_eq!(left, 1, "a SIGKILL leaves the container");
-    // Any later run that uses the engine sweeps it away.
+    assert!(
+        !event_volumes_of_project("killed-run").is_empty(),
+        "and the event's volume"
+    );
+    // Any later run that uses the engine sweeps them away.
     let ran = run(&["run", "examples/03-first-job"]);
     assert_eq!(ran.code, 0, "{ran:?}");
     assert_eq!(containers_of_project("killed-run"), Vec::<String>::new());
+    assert_eq!(event_volumes_of_project("killed-run"), Vec::<String>::new());
 }
 
 #[test]
