@@ -112,13 +112,14 @@ async fn another_events_jobs_do_not_reach_a_service_by_name() {
     another_event_tries_to_reach_a_service(false).await;
 }
 
-/// Ignored: Podman's netavark 1.4 (Debian 12's) enforces `isolate` with
-/// shared firewall chains that the teardown of other networks rewrites, so
-/// while many events come and go another event's job has reached a
-/// service by its address (once in six full runs). Run it alone with
-/// `--ignored` to check an engine.
+/// Ignored: Podman's netavark 1.4 (Debian 12's) enforces `isolate` through
+/// one `FORWARD` rule that jumps to its isolation chains, and tearing down
+/// any container of an isolated network deletes that rule until the next
+/// container starts on one: while events come and go, another event's job
+/// reaches a service by its address. Run it alone with `--ignored` to check
+/// an engine (it passes when no other event's container ends meanwhile).
 #[tokio::test]
-#[ignore = "netavark 1.4 can drop network isolation while other networks are torn down"]
+#[ignore = "netavark 1.4 deletes its isolation jump whenever an isolated network's container is torn down"]
 async fn another_events_jobs_do_not_reach_a_service_by_address() {
     another_event_tries_to_reach_a_service(true).await;
 }
