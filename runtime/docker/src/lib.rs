@@ -21,6 +21,8 @@
 //! - `job`: running one job or service as a pod, with the project's job
 //!   limits, in the order of `after`.
 //! - `network`: each event's network.
+//! - `isolation`: Mizzen's own firewall rule per event bridge, where the
+//!   engine's isolation does not hold.
 //! - `scratch`: an event's directory on the host, private to this user and
 //!   measured against the event's workspace size.
 //! - `volume`: events' and projects' named volumes, and the host paths
@@ -43,6 +45,7 @@ use tokio::sync::watch;
 
 pub mod engine;
 mod images;
+mod isolation;
 mod job;
 mod network;
 mod scratch;
@@ -215,6 +218,9 @@ impl DockerExecutor {
             if !owner_is_alive(&owner) {
                 tracing::info!(network = %name, "removing a network left behind by a process that ended");
                 let _ = docker.remove_network(&name).await;
+                if let Some(event_id) = name.strip_prefix("mizzen_") {
+                    isolation::release(&isolation::bridge_name(event_id)).await;
+                }
             }
         }
         volume::sweep(&self.state).await;

@@ -13,6 +13,7 @@ use mizzen_runtime::executor::EventContext;
 use tokio::sync::OnceCell;
 
 use crate::images::engine_message;
+use crate::isolation;
 use crate::{LABEL_EVENT, LABEL_MANAGED, LABEL_OWNER, LABEL_PROJECT, SharedState};
 
 /// The networks of events with containers here, each created once.
@@ -72,7 +73,14 @@ async fn create(state: &SharedState, event: &EventContext) -> Result<String, Net
             })
         })
         .await;
-    let options = podman.then(|| HashMap::from([("isolate".to_string(), "true".to_string())]));
+    // The bridge is named after the event, for the firewall rule of Mizzen's
+    // own that Podman's isolation needs (see `isolation`).
+    let bridge = isolation::bridge_name(&event.event_id);
+    let mut options =
+        HashMap::from([("com.docker.network.bridge.name".to_string(), bridge.clone())]);
+    if podman {
+        options.insert("isolate".to_string(), "true".to_string());
+    }
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_OWNER.to_string(), state.owner.clone()),
@@ -82,18 +90,22 @@ async fn create(state: &SharedState, event: &EventContext) -> Result<String, Net
     let request = NetworkCreateRequest {
         name: name.clone(),
         driver: Some("bridge".into()),
-        options,
+        options: Some(options),
         labels: Some(labels),
         ..NetworkCreateRequest::default()
     };
     match docker.create_network(request).await {
-        Ok(_) => Ok(name),
+        Ok(_) => {}
         // A process that restarted finds its event's network made.
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 409, ..
-        }) => Ok(name),
-        Err(source) => Err(NetworkError { name, source }),
+        }) => {}
+        Err(source) => return Err(NetworkError { name, source }),
     }
+    if podman {
+        isolation::isolate(&bridge).await;
+    }
+    Ok(name)
 }
 
 /// Removes the event's network, once its containers are gone.
@@ -105,6 +117,7 @@ pub(crate) async fn remove(state: &SharedState, event_id: &str) {
         .unwrap_or_else(|e| e.into_inner())
         .remove(event_id);
     let name = name_of(event_id);
+    isolation::release(&isolation::bridge_name(event_id)).await;
     match state.engine.docker.remove_network(&name).await {
         Ok(())
         | Err(bollard::errors::Error::DockerResponseServerError {
