@@ -103,6 +103,35 @@ async fn a_named_volume_is_shared_by_the_events_jobs_and_services_and_ends_with_
 }
 
 #[tokio::test]
+async fn other_events_ending_leave_this_events_volumes_alone() {
+    // Event A writes to its volume, then waits between two jobs while other
+    // events that use the same name end. Podman lists volumes with any of
+    // several labels, and an event's clean-up that asked for two took every
+    // event's volumes not in use at that moment: A's second job found a new,
+    // empty one.
+    let a = tokio::spawn(run_js_owned(
+        script(
+            r#"await job("write", "echo kept > /data/note", ["data:/data"]).run();
+          await new Promise((resolve) => setTimeout(resolve, 6000));
+          await job("read", "cat /data/note 2>/dev/null || echo lost", ["data:/data"]).run();"#,
+        ),
+        Project::default(),
+    ));
+    for _ in 0..4 {
+        run_js(
+            &script(r#"await job("other", "true", ["data:/data"]).run();"#),
+            Project::default(),
+        )
+        .await
+        .assert_succeeded();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let a = a.await.unwrap();
+    a.assert_succeeded();
+    assert_eq!(a.job_lines(), ["[read] kept"]);
+}
+
+#[tokio::test]
 async fn a_project_volume_is_kept_between_events_and_measured_against_its_size() {
     const MIB: u64 = 1024 * 1024;
     let project = project_with(&[("cache", MIB)]);

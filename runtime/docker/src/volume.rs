@@ -227,30 +227,39 @@ pub(crate) fn check_host_path(
     }
 }
 
-/// Volumes with all of these labels.
+/// Volumes with all of these labels. The engine is asked for the first
+/// only and the others are checked here: Podman 4.3 lists volumes with
+/// *any* of several label filters (unlike containers and networks), so an
+/// event's clean-up asking for two would have taken other events' volumes.
 async fn labelled(
     state: &SharedState,
     labels: &[(&str, &str)],
 ) -> Result<Vec<bollard::models::Volume>, bollard::errors::Error> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        labels
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect::<Vec<_>>(),
-    )]);
+    let Some((key, value)) = labels.first() else {
+        return Ok(Vec::new());
+    };
+    let filters = HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
     let options = ListVolumesOptionsBuilder::default()
         .filters(&filters)
         .build();
     let listed = state.engine.docker.list_volumes(Some(options)).await?;
-    Ok(listed.volumes.unwrap_or_default())
+    Ok(listed
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|volume| {
+            labels
+                .iter()
+                .all(|(key, value)| volume.labels.get(*key).map(String::as_str) == Some(*value))
+        })
+        .collect())
 }
 
 /// Removes the event's volumes, once its containers are gone.
 pub(crate) async fn remove_event_volumes(state: &SharedState, event_id: &str) {
     let volumes = match labelled(
         state,
-        &[(LABEL_SCOPE, SCOPE_EVENT), (LABEL_EVENT, event_id)],
+        &[(LABEL_EVENT, event_id), (LABEL_SCOPE, SCOPE_EVENT)],
     )
     .await
     {
@@ -269,7 +278,7 @@ pub(crate) async fn remove_event_volumes(state: &SharedState, event_id: &str) {
 pub(crate) async fn sweep(state: &SharedState) {
     let Ok(volumes) = labelled(
         state,
-        &[(LABEL_MANAGED, "true"), (LABEL_SCOPE, SCOPE_EVENT)],
+        &[(LABEL_SCOPE, SCOPE_EVENT), (LABEL_MANAGED, "true")],
     )
     .await
     else {
