@@ -214,13 +214,11 @@ impl DockerExecutor {
             tracing::info!(container = %id, "removing a container left behind by a process that ended");
             let _ = docker.remove_container(&id, Some(remove.clone())).await;
         }
-        for (name, owner) in network::managed(&self.state).await {
+        for (event_id, owner) in network::managed(&self.state).await {
             if !owner_is_alive(&owner) {
-                tracing::info!(network = %name, "removing a network left behind by a process that ended");
-                let _ = docker.remove_network(&name).await;
-                if let Some(event_id) = name.strip_prefix("mizzen_") {
-                    isolation::release(&isolation::bridge_name(event_id)).await;
-                }
+                tracing::info!(event = %event_id, "removing an event's network left behind by a process that ended");
+                // As at an event's end: its isolation rule goes too.
+                network::remove(&self.state, &event_id).await;
             }
         }
         volume::sweep(&self.state).await;

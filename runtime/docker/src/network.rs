@@ -129,7 +129,7 @@ pub(crate) async fn remove(state: &SharedState, event_id: &str) {
     }
 }
 
-/// The networks this executor made, with their owners.
+/// The events whose networks this executor made, with their owners.
 pub(crate) async fn managed(state: &SharedState) -> Vec<(String, String)> {
     let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
     let options = ListNetworksOptionsBuilder::default()
@@ -139,8 +139,11 @@ pub(crate) async fn managed(state: &SharedState) -> Vec<(String, String)> {
         Ok(networks) => networks
             .into_iter()
             .filter_map(|n| {
-                let owner = n.labels?.get(LABEL_OWNER)?.clone();
-                Some((n.name?, owner))
+                let labels = n.labels?;
+                Some((
+                    labels.get(LABEL_EVENT)?.clone(),
+                    labels.get(LABEL_OWNER)?.clone(),
+                ))
             })
             .collect(),
         Err(e) => {

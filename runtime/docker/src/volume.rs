@@ -74,13 +74,12 @@ pub(crate) enum VolumeError {
     HostPathEscapes { volume: String, path: PathBuf },
 }
 
-/// The engine's name of the event's volume `name`, and whether it is the
-/// project's.
-pub(crate) fn engine_name(event: &EventContext, name: &str) -> (String, bool) {
+/// The engine's name of the event's volume `name`.
+fn engine_name(event: &EventContext, name: &str) -> String {
     if event.volumes.project.contains_key(name) {
-        (project_volume_name(&event.project_id, name), true)
+        project_volume_name(&event.project_id, name)
     } else {
-        (format!("mizzen_{}_{name}", event.event_id), false)
+        format!("mizzen_{}_{name}", event.event_id)
     }
 }
 
@@ -107,13 +106,11 @@ pub(crate) type VolumeLock = tokio::sync::OwnedRwLockReadGuard<()>;
 
 /// The lock of the engine's volume `engine_name`.
 fn lock_of(state: &SharedState, engine_name: &str) -> std::sync::Arc<tokio::sync::RwLock<()>> {
-    {
-        let mut locks = state.volume_locks.lock().unwrap_or_else(|e| e.into_inner());
-        // Locks nobody holds or waits for go, so that the map holds only
-        // volumes in use.
-        locks.retain(|_, mutex| std::sync::Arc::strong_count(mutex) > 1);
-        locks.entry(engine_name.to_string()).or_default().clone()
-    }
+    let mut locks = state.volume_locks.lock().unwrap_or_else(|e| e.into_inner());
+    // Locks nobody holds or waits for go, so that the map holds only
+    // volumes in use.
+    locks.retain(|_, mutex| std::sync::Arc::strong_count(mutex) > 1);
+    locks.entry(engine_name.to_string()).or_default().clone()
 }
 
 /// Makes the event's volume `name` ready to mount, and returns the engine's
@@ -125,14 +122,16 @@ pub(crate) async fn ensure(
     name: &str,
 ) -> Result<(String, VolumeLock), VolumeError> {
     let docker = &state.engine.docker;
-    let (engine_name, project) = engine_name(event, name);
+    let engine_name = engine_name(event, name);
+    // The declared size of a project's volume; none for the event's.
+    let project_size = event.volumes.project.get(name).copied();
     let held = lock_of(state, &engine_name).read_owned().await;
     let mut labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_PROJECT.to_string(), event.project_id.clone()),
         (LABEL_VOLUME.to_string(), name.to_string()),
     ]);
-    if project {
+    if project_size.is_some() {
         labels.insert(LABEL_SCOPE.to_string(), SCOPE_PROJECT.to_string());
     } else {
         labels.insert(LABEL_SCOPE.to_string(), SCOPE_EVENT.to_string());
@@ -159,7 +158,7 @@ pub(crate) async fn ensure(
             }
         },
     };
-    if let Some(limit) = event.volumes.project.get(name).copied().filter(|_| project) {
+    if let Some(limit) = project_size {
         let mountpoint = PathBuf::from(&volume.mountpoint);
         match usage(&mountpoint, limit).await {
             Ok(Some(used)) if used > limit => {

@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use mizzen_runtime::executor::{
     EventContext, ExecutorError, JobExecutor, JobRequest, RunningJob, RunningService, StoredVolume,
@@ -242,21 +241,10 @@ impl KubernetesExecutor {
         objects
             .workspace
             .get_or_try_init(|| async {
-                let api: Api<PersistentVolumeClaim> =
-                    Api::namespaced(self.state.client.clone(), &objects.namespace);
                 let claim =
                     manifest::workspace_claim(&self.state.config, &objects.namespace, event, owner);
-                match api.create(&PostParams::default(), &claim).await {
-                    Ok(_) => Ok(()),
-                    // Made by an earlier process for this same event.
-                    Err(e) if is_conflict(&e) => Ok(()),
-                    Err(e) => Err(refused(
-                        "create",
-                        "persistentvolumeclaims",
-                        &objects.namespace,
-                        e,
-                    )),
-                }
+                self.create_unless_exists(&objects.namespace, "persistentvolumeclaims", &claim)
+                    .await
             })
             .await?;
         Ok(())
@@ -264,6 +252,30 @@ impl KubernetesExecutor {
 }
 
 impl KubernetesExecutor {
+    /// Creates `object` in `namespace` unless it exists: one that does is
+    /// this event's (made by an earlier process or job) or this project's.
+    async fn create_unless_exists<K>(
+        &self,
+        namespace: &str,
+        resource: &str,
+        object: &K,
+    ) -> Result<(), ExecutorError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(self.state.client.clone(), namespace);
+        match api.create(&PostParams::default(), object).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(refused("create", resource, namespace, e)),
+        }
+    }
+
     /// The claims of the named volumes a Pod mounts, created unless they
     /// exist (an event's made by an earlier job, a project's by an earlier
     /// event).
@@ -272,21 +284,9 @@ impl KubernetesExecutor {
         objects: &EventObjects,
         claims: &[PersistentVolumeClaim],
     ) -> Result<(), ExecutorError> {
-        let api: Api<PersistentVolumeClaim> =
-            Api::namespaced(self.state.client.clone(), &objects.namespace);
         for claim in claims {
-            match api.create(&PostParams::default(), claim).await {
-                Ok(_) => {}
-                Err(e) if is_conflict(&e) => {}
-                Err(e) => {
-                    return Err(refused(
-                        "create",
-                        "persistentvolumeclaims",
-                        &objects.namespace,
-                        e,
-                    ));
-                }
-            }
+            self.create_unless_exists(&objects.namespace, "persistentvolumeclaims", claim)
+                .await?;
         }
         Ok(())
     }
@@ -325,21 +325,10 @@ impl KubernetesExecutor {
             .services
             .get_or_try_init(|| async {
                 let (service, policy) = manifest::event_services(&objects.namespace, event, owner);
-                let post = PostParams::default();
-                let services: Api<Service> =
-                    Api::namespaced(self.state.client.clone(), &objects.namespace);
-                match services.create(&post, &service).await {
-                    Ok(_) => {}
-                    Err(e) if is_conflict(&e) => {}
-                    Err(e) => return Err(refused("create", "services", &objects.namespace, e)),
-                }
-                let policies: Api<NetworkPolicy> =
-                    Api::namespaced(self.state.client.clone(), &objects.namespace);
-                match policies.create(&post, &policy).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if is_conflict(&e) => Ok(()),
-                    Err(e) => Err(refused("create", "networkpolicies", &objects.namespace, e)),
-                }
+                self.create_unless_exists(&objects.namespace, "services", &service)
+                    .await?;
+                self.create_unless_exists(&objects.namespace, "networkpolicies", &policy)
+                    .await
             })
             .await?;
         Ok(())
