@@ -1,0 +1,509 @@
+//! Content-addressed storage of file trees: what Mizzen keeps of a job's
+//! files after the job (its artifacts, its caches).
+//!
+//! A tree is saved from a tar stream (what a container engine's archive API
+//! gives for a path in a container) and restored as one. Each file's content
+//! is an object named by its SHA-256, so a file that two trees (or two saves
+//! of one cache) hold is stored once; the tree itself is a [`Manifest`]
+//! (paths, modes, sizes, digests), stored as an object too and named by its
+//! own digest. Whoever keeps artifacts and caches keeps that one digest.
+//!
+//! Objects live in an [`object_store`] store: a directory (the data
+//! directory, the default) or an S3-compatible bucket (shared by replicas).
+//! An object becomes visible whole or not at all (a rename on disk, a
+//! completed upload on S3), and every read is checked against its name: a
+//! stored object that was altered or cut is a named error, never content.
+
+mod tree;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest as _, Sha256};
+
+pub use tree::{Entry, EntryKind, Manifest, SaveOptions, SavedTree, TarOwner};
+
+/// Why storing or reading objects failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    /// The storage could not be reached or refused.
+    #[error("object storage {location}: {source}")]
+    Storage {
+        /// Where the objects are (a directory, a bucket).
+        location: String,
+        /// What the storage said.
+        source: Box<object_store::Error>,
+    },
+    /// An object the tree names is not stored (deleted, or never written).
+    #[error("object {digest} is missing from {location}")]
+    Missing {
+        /// The object's digest.
+        digest: Digest,
+        /// Where the objects are.
+        location: String,
+    },
+    /// A stored object's content is not what its name says.
+    #[error("object {digest} in {location} is corrupt: {why}; it was not used")]
+    Corrupt {
+        /// The object's digest.
+        digest: Digest,
+        /// Where the objects are.
+        location: String,
+        /// What was wrong (its hash, its length).
+        why: String,
+    },
+    /// The tree to save is larger than it may be.
+    #[error("{what} holds more than {limit} bytes{why}")]
+    TooLarge {
+        /// What was being saved.
+        what: String,
+        /// The limit.
+        limit: u64,
+        /// Which limit it is.
+        why: String,
+    },
+    /// The tree to save has more entries than a manifest may list.
+    #[error("{what} has more than {limit} files and directories")]
+    TooManyEntries {
+        /// What was being saved.
+        what: String,
+        /// The limit ([`tree::MAX_TREE_ENTRIES`]).
+        limit: usize,
+    },
+    /// The tar stream to save could not be read, or the one restored
+    /// could not be written.
+    #[error("{what}: {source}")]
+    Archive {
+        /// What was being saved or restored.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stored manifest does not parse (it was written by another version,
+    /// or altered in a way that kept its hash: never by accident).
+    #[error("manifest {digest}: {why}")]
+    BadManifest {
+        /// Its digest.
+        digest: Digest,
+        /// Why it does not parse.
+        why: String,
+    },
+    /// The storage's address is not one Mizzen can use.
+    #[error("object storage {url:?}: {why}")]
+    Url {
+        /// The address given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// A SHA-256, the name of an object.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    /// The digest a hasher has computed.
+    pub fn from_hasher(hasher: Sha256) -> Self {
+        Self(hasher.finalize().into())
+    }
+
+    /// The 64 hexadecimal digits.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Where the object is kept: `sha256/ab/abcdef…`, two levels so that no
+    /// directory of a local store holds millions of entries.
+    fn location(&self) -> ObjectPath {
+        let hex = self.hex();
+        ObjectPath::from(format!("{OBJECTS_PREFIX}/{}/{hex}", &hex[..2]))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for Digest {
+    type Err = String;
+
+    /// `sha256:` and 64 hexadecimal digits, or the digits alone.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let hex = text.strip_prefix("sha256:").unwrap_or(text);
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex, &mut bytes)
+            .map_err(|_| format!("{text:?} is not a SHA-256 (64 hexadecimal digits)"))?;
+        Ok(Self(bytes))
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where objects are kept beneath the store's root.
+const OBJECTS_PREFIX: &str = "sha256";
+
+/// Objects kept in a directory or a bucket.
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+    location: Arc<str>,
+}
+
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Objects")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// What a sweep of unreferenced objects did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Objects kept: referenced, or too recent to judge.
+    pub kept: u64,
+    /// Objects deleted.
+    pub deleted: u64,
+    /// The bytes they held.
+    pub deleted_bytes: u64,
+}
+
+impl Objects {
+    /// Objects in directory `dir` (created if need be). Each is written to
+    /// a staging name, synced and renamed, so that a crash leaves either the
+    /// whole object or none.
+    pub fn local(dir: &Path) -> Result<Self, ObjectsError> {
+        let url = dir.display().to_string();
+        std::fs::create_dir_all(dir).map_err(|e| ObjectsError::Url {
+            url: url.clone(),
+            why: format!("cannot create the directory: {e}"),
+        })?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| ObjectsError::Url {
+                url: url.clone(),
+                why: e.to_string(),
+            })?
+            .with_fsync(true)
+            .with_automatic_cleanup(false);
+        Ok(Self {
+            store: Arc::new(store),
+            location: url.into(),
+        })
+    }
+
+    /// Objects at `url`: `s3://BUCKET[/PREFIX]` (the endpoint, region and
+    /// credentials from the usual `AWS_*` variables: `AWS_ENDPOINT` for an
+    /// S3-compatible server, `AWS_ALLOW_HTTP=true` for one without TLS), or
+    /// a directory (`file:///path` or a plain path).
+    pub fn open(url: &str) -> Result<Self, ObjectsError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            return Self::local(Path::new(path));
+        }
+        if !url.starts_with("s3://") {
+            if url.contains("://") {
+                return Err(ObjectsError::Url {
+                    url: url.to_string(),
+                    why: "expected s3://BUCKET[/PREFIX], file:///PATH or a directory".into(),
+                });
+            }
+            return Self::local(Path::new(url));
+        }
+        let rest = &url["s3://".len()..];
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(ObjectsError::Url {
+                url: url.to_string(),
+                why: "no bucket named".into(),
+            });
+        }
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| ObjectsError::Url {
+                url: url.to_string(),
+                why: e.to_string(),
+            })?;
+        let prefix = prefix.trim_matches('/');
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(s3)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
+        };
+        Ok(Self {
+            store,
+            location: url.into(),
+        })
+    }
+
+    /// Where the objects are, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn storage_error(&self, source: object_store::Error) -> ObjectsError {
+        ObjectsError::Storage {
+            location: self.location.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Whether object `digest` is stored.
+    pub async fn contains(&self, digest: &Digest) -> Result<bool, ObjectsError> {
+        match self.store.head(&digest.location()).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.storage_error(e)),
+        }
+    }
+
+    /// Stores `bytes` (whose digest is `digest`) unless an object of that
+    /// name is there already. Two writers of one object write the same
+    /// bytes, so whichever rename or upload lands last changes nothing.
+    async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<bool, ObjectsError> {
+        if self.contains(digest).await? {
+            return Ok(false);
+        }
+        self.store
+            .put(&digest.location(), bytes.into())
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        Ok(true)
+    }
+
+    /// Stores a file's content from `file` (its digest `digest`, `size`
+    /// bytes) in parts, for content too large to hold in memory. The object
+    /// is visible once the last part is written.
+    async fn put_file(
+        &self,
+        digest: &Digest,
+        file: std::fs::File,
+        size: u64,
+    ) -> Result<bool, ObjectsError> {
+        use tokio::io::AsyncReadExt;
+        if self.contains(digest).await? {
+            return Ok(false);
+        }
+        let upload = self
+            .store
+            .put_multipart(&digest.location())
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut file = tokio::fs::File::from_std(file);
+        let mut left = size;
+        let mut buffer = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = file
+                .read(&mut buffer)
+                .await
+                .map_err(|source| ObjectsError::Archive {
+                    what: format!("object {digest}'s staging file"),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            writer
+                .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
+                .await
+                .map_err(|e| self.storage_error(e))?;
+            writer.write(&buffer[..n]);
+            left = left.saturating_sub(n as u64);
+        }
+        writer.finish().await.map_err(|e| self.storage_error(e))?;
+        Ok(true)
+    }
+
+    /// The whole content of object `digest`, checked against its name;
+    /// at most `max` bytes (a larger object is an error, not read).
+    pub async fn read(&self, digest: &Digest, max: u64) -> Result<Bytes, ObjectsError> {
+        let mut stream = self.stream(digest, None).await?;
+        let mut content = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (content.len() + chunk.len()) as u64 > max {
+                return Err(ObjectsError::TooLarge {
+                    what: format!("object {digest}"),
+                    limit: max,
+                    why: String::new(),
+                });
+            }
+            content.extend_from_slice(&chunk);
+        }
+        Ok(content.into())
+    }
+
+    /// Object `digest`'s content as a stream of chunks, checked as it is
+    /// read: once its bytes are all read, a last error instead of the end
+    /// when they are not what the digest (and `size`, when known) says. A
+    /// reader that forwards chunks before the end (a download) must stop
+    /// at that error.
+    pub async fn stream(
+        &self,
+        digest: &Digest,
+        size: Option<u64>,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, ObjectsError>>, ObjectsError>
+    {
+        let result = match self.store.get(&digest.location()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(ObjectsError::Missing {
+                    digest: *digest,
+                    location: self.location.to_string(),
+                });
+            }
+            Err(e) => return Err(self.storage_error(e)),
+        };
+        let this = self.clone();
+        let digest = *digest;
+        let state = (result.into_stream(), Sha256::new(), 0u64, false);
+        Ok(futures_util::stream::try_unfold(
+            state,
+            move |(mut inner, mut hasher, mut read, done)| {
+                let this = this.clone();
+                async move {
+                    if done {
+                        return Ok(None);
+                    }
+                    match inner.try_next().await.map_err(|e| this.storage_error(e))? {
+                        Some(chunk) => {
+                            hasher.update(&chunk);
+                            read += chunk.len() as u64;
+                            if let Some(size) = size.filter(|size| read > *size) {
+                                return Err(this.corrupt(
+                                    &digest,
+                                    format!("it holds more than the {size} bytes listed"),
+                                ));
+                            }
+                            Ok(Some((chunk, (inner, hasher, read, false))))
+                        }
+                        None => {
+                            if let Some(size) = size.filter(|size| read != *size) {
+                                return Err(this.corrupt(
+                                    &digest,
+                                    format!("it holds {read} bytes, not the {size} listed"),
+                                ));
+                            }
+                            let actual = Digest::from_hasher(hasher);
+                            if actual != digest {
+                                return Err(this
+                                    .corrupt(&digest, format!("its content hashes to {actual}")));
+                            }
+                            Ok(Some((Bytes::new(), (inner, Sha256::new(), read, true))))
+                        }
+                    }
+                }
+            },
+        )
+        .try_filter(|chunk| futures_util::future::ready(!chunk.is_empty()))
+        .boxed())
+    }
+
+    fn corrupt(&self, digest: &Digest, why: String) -> ObjectsError {
+        ObjectsError::Corrupt {
+            digest: *digest,
+            location: self.location.to_string(),
+            why,
+        }
+    }
+
+    /// Tree `digest`'s manifest, checked against its name.
+    pub async fn manifest(&self, digest: &Digest) -> Result<Manifest, ObjectsError> {
+        let bytes = self.read(digest, tree::MAX_MANIFEST_BYTES).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ObjectsError::BadManifest {
+            digest: *digest,
+            why: e.to_string(),
+        })
+    }
+
+    /// Deletes every object that none of `manifests` (the trees still kept)
+    /// names and that was written before `written_before`: an object younger
+    /// than that may belong to a tree being saved right now, whose manifest
+    /// is not kept yet. A manifest that cannot be read keeps nothing of its
+    /// own, so its tree's objects are deleted: the tree was unreadable anyway.
+    pub async fn sweep(
+        &self,
+        manifests: impl IntoIterator<Item = Digest>,
+        written_before: SystemTime,
+    ) -> Result<Sweep, ObjectsError> {
+        let mut keep = HashSet::new();
+        for digest in manifests {
+            if !keep.insert(digest) {
+                continue;
+            }
+            match self.manifest(&digest).await {
+                Ok(manifest) => keep.extend(manifest.entries.iter().filter_map(|e| e.digest)),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "a kept tree's manifest is unreadable")
+                }
+            }
+        }
+        let cutoff = micros(written_before);
+        let mut sweep = Sweep::default();
+        let mut listing = self.store.list(Some(&ObjectPath::from(OBJECTS_PREFIX)));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| self.storage_error(e))?;
+            let name = meta.location.filename().unwrap_or_default();
+            let referenced = name.parse::<Digest>().is_ok_and(|d| keep.contains(&d));
+            let recent = meta.last_modified.timestamp_micros() >= cutoff;
+            if referenced || recent {
+                sweep.kept += 1;
+                continue;
+            }
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    sweep.deleted += 1;
+                    sweep.deleted_bytes += meta.size;
+                }
+                Err(e) => return Err(self.storage_error(e)),
+            }
+        }
+        Ok(sweep)
+    }
+}
+
+/// The size of each part of an upload in parts: S3's minimum is 5 MiB.
+const PART_BYTES: usize = 8 << 20;
+
+/// Parts of one upload sent at once; with [`PART_BYTES`], 32 MiB held.
+const MAX_PARTS_IN_FLIGHT: usize = 4;
+
+/// Microseconds since the Unix epoch (before it, negative).
+fn micros(time: SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}

@@ -1,0 +1,234 @@
+//! Trees saved from tar streams and restored as tar streams, on a local
+//! store: contents, links, patterns, limits, deduplication and corruption.
+
+use std::path::Path;
+
+use mizzen_objects::{EntryKind, Objects, ObjectsError, SaveOptions, TarOwner};
+
+/// A tar of `dir` as `docker cp` writes one: every entry beneath `name`.
+fn tar_of(dir: &Path, name: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(name, dir).unwrap();
+    builder.into_inner().unwrap()
+}
+
+fn options(what: &str) -> SaveOptions {
+    SaveOptions {
+        what: what.into(),
+        pattern: None,
+        max_bytes: u64::MAX,
+        limit_name: String::new(),
+    }
+}
+
+async fn restore(objects: &Objects, digest: &mizzen_objects::Digest, into: &Path, name: &str) {
+    let manifest = objects.manifest(digest).await.unwrap();
+    let (writer, mut reader) = tokio::io::duplex(1 << 16);
+    let writing = objects.write_tar(manifest, name.into(), TarOwner { uid: 0, gid: 0 }, writer);
+    let mut bytes = Vec::new();
+    let reading = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes);
+    let (written, read) = tokio::join!(writing, reading);
+    written.unwrap();
+    read.unwrap();
+    tar::Archive::new(bytes.as_slice()).unpack(into).unwrap();
+}
+
+fn sample_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("lib/deep")).unwrap();
+    std::fs::write(dir.join("a.txt"), "alpha").unwrap();
+    std::fs::write(dir.join("lib/b.txt"), "beta").unwrap();
+    std::fs::write(dir.join("lib/deep/report.xml"), "<ok/>").unwrap();
+    std::fs::write(dir.join("lib/copy.txt"), "alpha").unwrap();
+    std::fs::write(dir.join("big.bin"), vec![7u8; 5 << 20]).unwrap();
+    std::os::unix::fs::symlink("a.txt", dir.join("link")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_comes_back_as_it_was_and_identical_files_are_stored_once() {
+    let temp = tempfile::tempdir().unwrap();
+    let source = temp.path().join("source");
+    sample_tree(&source);
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+
+    let saved = objects
+        .save_tar(
+            std::io::Cursor::new(tar_of(&source, "dist")),
+            options("artifact \"dist\""),
+        )
+        .await
+        .unwrap();
+    assert_eq!(saved.files, 5);
+    assert_eq!(saved.bytes, 5 + 4 + 5 + 5 + (5 << 20));
+    // "alpha" twice is one object.
+    assert!(saved.written_bytes < saved.bytes - 5 + 4096);
+
+    let out = temp.path().join("out");
+    restore(&objects, &saved.manifest, &out, "build").await;
+    assert_eq!(
+        std::fs::read_to_string(out.join("build/a.txt")).unwrap(),
+        "alpha"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("build/lib/copy.txt")).unwrap(),
+        "alpha"
+    );
+    assert_eq!(
+        std::fs::read(out.join("build/big.bin")).unwrap(),
+        vec![7u8; 5 << 20]
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("build/link")).unwrap(),
+        Path::new("a.txt")
+    );
+
+    // Saving it again writes its manifest at most.
+    let again = objects
+        .save_tar(
+            std::io::Cursor::new(tar_of(&source, "dist")),
+            options("again"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.manifest, saved.manifest);
+    assert_eq!(again.written_bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pattern_keeps_matching_files_and_the_directories_leading_to_them() {
+    let temp = tempfile::tempdir().unwrap();
+    let source = temp.path().join("source");
+    sample_tree(&source);
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+    let mut options = options("reports");
+    options.pattern = Some(glob::Pattern::new("**/*.xml").unwrap());
+    let saved = objects
+        .save_tar(std::io::Cursor::new(tar_of(&source, "reports")), options)
+        .await
+        .unwrap();
+    let manifest = objects.manifest(&saved.manifest).await.unwrap();
+    let paths: Vec<(&str, EntryKind)> = manifest
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.kind))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("", EntryKind::Directory),
+            ("lib", EntryKind::Directory),
+            ("lib/deep", EntryKind::Directory),
+            ("lib/deep/report.xml", EntryKind::File)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_over_its_limit_is_refused_by_name() {
+    let temp = tempfile::tempdir().unwrap();
+    let source = temp.path().join("source");
+    sample_tree(&source);
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+    let mut options = options("cache \"npm-1\"");
+    options.max_bytes = 1 << 20;
+    options.limit_name = " (the project's cacheSize limit)".into();
+    let error = objects
+        .save_tar(std::io::Cursor::new(tar_of(&source, "npm")), options)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ObjectsError::TooLarge { .. }));
+    assert_eq!(
+        error.to_string(),
+        "cache \"npm-1\" holds more than 1048576 bytes (the project's cacheSize limit)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_object_is_detected_on_restore_and_never_handed_out() {
+    let temp = tempfile::tempdir().unwrap();
+    let source = temp.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("a.txt"), "the original").unwrap();
+    let store = temp.path().join("objects");
+    let objects = Objects::local(&store).unwrap();
+    let saved = objects
+        .save_tar(
+            std::io::Cursor::new(tar_of(&source, "dist")),
+            options("dist"),
+        )
+        .await
+        .unwrap();
+    let manifest = objects.manifest(&saved.manifest).await.unwrap();
+    let digest = manifest.entry("a.txt").unwrap().digest.unwrap();
+    let hex = digest.hex();
+    let file = store.join("sha256").join(&hex[..2]).join(&hex);
+    // Same length, other bytes: only the hash tells.
+    std::fs::write(&file, "the tampered").unwrap();
+
+    let (writer, mut reader) = tokio::io::duplex(1 << 16);
+    let writing = objects.write_tar(manifest, "dist".into(), TarOwner { uid: 0, gid: 0 }, writer);
+    let mut sink = Vec::new();
+    let reading = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sink);
+    let (written, _) = tokio::join!(writing, reading);
+    let error = written.unwrap_err();
+    assert!(matches!(error, ObjectsError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains(&digest.to_string()), "{error}");
+    assert!(objects.read(&digest, 1 << 20).await.is_err());
+
+    std::fs::remove_file(&file).unwrap();
+    let error = objects.read(&digest, 1 << 20).await.unwrap_err();
+    assert!(matches!(error, ObjectsError::Missing { .. }), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_leading_out_of_the_tree_are_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(2);
+    header.set_entry_type(tar::EntryType::Regular);
+    // `append_data` refuses `..`; the raw name field does not.
+    header.as_gnu_mut().unwrap().name[..17].copy_from_slice(b"dist/../../escape");
+    header.set_cksum();
+    builder.append(&header, &b"hi"[..]).unwrap();
+    let bytes = builder.into_inner().unwrap();
+    let error = objects
+        .save_tar(std::io::Cursor::new(bytes), options("dist"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("leads out of the tree"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_deletes_only_old_objects_no_kept_tree_names() {
+    let temp = tempfile::tempdir().unwrap();
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+    let save = |text: &'static str| {
+        let objects = objects.clone();
+        let dir = temp.path().join(text);
+        async move {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("f"), text).unwrap();
+            objects
+                .save_tar(std::io::Cursor::new(tar_of(&dir, "t")), options(text))
+                .await
+                .unwrap()
+        }
+    };
+    let kept = save("kept").await;
+    let dropped = save("dropped").await;
+    // Written after the sweep's start: a save in progress; kept.
+    let started = std::time::SystemTime::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let young = save("young").await;
+
+    let sweep = objects.sweep([kept.manifest], started).await.unwrap();
+    assert_eq!(sweep.deleted, 2, "{sweep:?}"); // dropped's manifest and file
+    assert!(objects.manifest(&kept.manifest).await.is_ok());
+    assert!(objects.manifest(&young.manifest).await.is_ok());
+    assert!(!objects.contains(&dropped.manifest).await.unwrap());
+}
