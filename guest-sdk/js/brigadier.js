@@ -353,6 +353,11 @@
       this.timeoutSeconds = 900;
       this.host = new JobHost();
       this.fallible = false;
+      // Mizzen's additions: what the job keeps for later jobs of the event
+      // ({ save: [{ name, path, onFailure }], restore: [{ name, path }] })
+      // and for the project's later events ([{ key, restoreKeys, path }]).
+      this.artifacts = { save: [], restore: [] };
+      this.caches = [];
       Object.defineProperty(this, "event", { value: event, writable: true, enumerable: false });
       Object.defineProperty(this, "logger", { value: logger.child({ job: name }), writable: true, enumerable: false });
     }
@@ -368,6 +373,8 @@
             timeoutSeconds: this.timeoutSeconds,
             host: this.host,
             fallible: this.fallible,
+            artifacts: this.artifacts,
+            caches: this.caches,
           },
         });
       } catch (e) {

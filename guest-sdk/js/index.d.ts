@@ -273,6 +273,18 @@ declare module "@brigadecore/brigadier" {
     host: JobHost;
     /** When true, the job's failure does not reject `run()`. */
     fallible: boolean;
+    /**
+     * Files the job keeps with the event for later jobs (and for people:
+     * `mizzen event artifacts`), and files earlier jobs kept, restored into
+     * the primary container before it starts. Mizzen's addition.
+     */
+    artifacts: JobArtifacts;
+    /**
+     * Directories kept between the project's events by key: restored before
+     * the primary container starts, saved after it succeeds when the key
+     * had no entry. Mizzen's addition.
+     */
+    caches: JobCache[];
     /** The event that triggered the job. */
     protected event: Event;
     /** A logger whose lines carry `[job: <name>]`. */
@@ -291,6 +303,52 @@ declare module "@brigadecore/brigadier" {
     static sequence(...runnables: Runnable[]): SerialGroup;
     /** Runs `runnables` at the same time; rejects when any rejects. */
     static concurrent(...runnables: Runnable[]): ConcurrentGroup;
+  }
+
+  /** A job's artifacts (Mizzen's addition). */
+  export interface JobArtifacts {
+    /** Saved from the primary container when the job ends (on success, unless `onFailure`). */
+    save: SaveArtifact[];
+    /** Restored into the primary container before it starts; each must be saved by an earlier job of the event. */
+    restore: RestoreArtifact[];
+  }
+
+  /** An artifact a job saves. */
+  export interface SaveArtifact {
+    /** Unique within the event: letters, digits, `-`, `_`, `.`; at most 63 characters. */
+    name: string;
+    /**
+     * A file or directory in the primary container, absolute or relative to
+     * its `workingDirectory`; its last components may be a pattern
+     * (`reports/*.xml`, `out/**\/*.json`).
+     */
+    path: string;
+    /** Saved when the job fails too (test reports); default false. */
+    onFailure?: boolean;
+  }
+
+  /** An artifact a job restores. */
+  export interface RestoreArtifact {
+    /** The name an earlier job of the event saved it under. */
+    name: string;
+    /** Where it goes in the primary container; default: where it was saved from. */
+    path?: string;
+  }
+
+  /**
+   * A directory kept between the project's events. Restored from the entry
+   * of `key`, or on a miss from the newest entry whose key starts with the
+   * first of `restoreKeys` that has one; saved under `key` after the job
+   * succeeds when `key` had no entry. Entries are never replaced; the
+   * project's least recently used are evicted past its `cacheSize` limit.
+   */
+  export interface JobCache {
+    /** What the directory's content depends on (`npm-<hash of package-lock.json>`); at most 512 bytes. */
+    key: string;
+    /** Key prefixes tried in order on a miss (at most 10). */
+    restoreKeys?: string[];
+    /** The directory in the primary container, absolute or relative to its `workingDirectory`. */
+    path: string;
   }
 
   /** Runnables run one after another. */

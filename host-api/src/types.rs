@@ -319,6 +319,80 @@ pub struct JobSpec {
     /// When true, the job's failure does not fail `run()`.
     #[serde(default)]
     pub fallible: bool,
+    /// What the job keeps for later jobs of its event, and what it brings
+    /// back from earlier ones. (Mizzen's addition.)
+    #[serde(default, skip_serializing_if = "JobArtifacts::is_empty")]
+    pub artifacts: JobArtifacts,
+    /// Directories kept between the project's events, by key. (Mizzen's
+    /// addition.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caches: Vec<JobCache>,
+}
+
+/// A job's artifacts: files it produces, kept with its event, and files
+/// earlier jobs of the event produced, restored before it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobArtifacts {
+    /// Saved from the primary container when the job ends.
+    #[serde(default)]
+    pub save: Vec<SaveArtifact>,
+    /// Restored into the primary container before it starts.
+    #[serde(default)]
+    pub restore: Vec<RestoreArtifact>,
+}
+
+impl JobArtifacts {
+    /// Whether the job saves and restores nothing.
+    pub fn is_empty(&self) -> bool {
+        self.save.is_empty() && self.restore.is_empty()
+    }
+}
+
+/// An artifact a job saves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SaveArtifact {
+    /// Its name, unique within the event.
+    pub name: String,
+    /// A file or directory in the primary container (absolute, or relative
+    /// to its working directory); its last components may be a pattern
+    /// (`reports/*.xml`, `out/**/*.json`).
+    pub path: String,
+    /// Saved when the job fails too (test reports), not only when it
+    /// succeeds.
+    #[serde(default)]
+    pub on_failure: bool,
+}
+
+/// An artifact a job restores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreArtifact {
+    /// The name an earlier job of the event saved it under.
+    pub name: String,
+    /// Where it goes in the primary container; empty for where it was
+    /// saved from.
+    #[serde(default)]
+    pub path: String,
+}
+
+/// A directory kept between the project's events: restored before the job
+/// starts from the entry of its key (or, on a miss, the newest entry whose
+/// key starts with one of its restore keys, tried in order), and saved
+/// under its key when the job succeeds after a miss.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobCache {
+    /// The entry's key: what the directory's content depends on
+    /// (`npm-<hash of package-lock.json>`).
+    pub key: String,
+    /// Key prefixes tried in order when `key` has no entry.
+    #[serde(default)]
+    pub restore_keys: Vec<String>,
+    /// The directory in the primary container (absolute, or relative to
+    /// its working directory).
+    pub path: String,
 }
 
 /// One container of a job: Brigade's `Container` class, field for field.

@@ -47,6 +47,7 @@ async fn executor() -> Arc<DockerExecutor> {
         .get_or_init(|| async {
             let config = DockerConfig {
                 data_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("conformance-data"),
+                storage: None,
             };
             let executor = DockerExecutor::connect(config).await.unwrap_or_else(|e| {
                 panic!(
@@ -431,6 +432,7 @@ async fn run(script: &ScriptSource, behaviour: &Behaviour) -> (Run, Setup) {
     let context = Arc::new(EventContext {
         use_workspace: setup.use_workspace,
         container_limits: ContainerLimits::of(&setup.limits),
+        kept: Default::default(),
         volumes: Default::default(),
         ..mizzen_tests::worker::context(&event_id, "conformance")
     });

@@ -97,6 +97,7 @@ async fn executor_over(data_dir: &std::path::Path) -> DockerExecutor {
         engine,
         DockerConfig {
             data_dir: data_dir.to_path_buf(),
+            storage: None,
         },
     )
     .await

@@ -34,6 +34,7 @@ pub async fn executor() -> Arc<DockerExecutor> {
         .get_or_init(|| async {
             let executor = DockerExecutor::connect(DockerConfig {
                 data_dir: data_dir(),
+                storage: None,
             })
             .await
             .unwrap_or_else(|e| {
@@ -95,6 +96,7 @@ pub async fn run_js_as(
         source: project.source,
         policies: project.policies,
         container_limits: ContainerLimits::of(&limits),
+        kept: Default::default(),
         volumes: project.volumes,
         workspace_size: project.workspace_size,
         ..mizzen_tests::worker::context(&event_id, &project_id)

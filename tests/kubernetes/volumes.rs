@@ -467,6 +467,8 @@ fn job_mounting(volumes: &[&str]) -> JobSpec {
         timeout_seconds: 60.0,
         host: JobHost::default(),
         fallible: false,
+        artifacts: Default::default(),
+        caches: Vec::new(),
     }
 }
 

@@ -37,6 +37,7 @@ pub fn context(event_id: &str, project_id: &str) -> EventContext {
         image_pull_secrets: Vec::new(),
         workspace_size: None,
         container_limits: Default::default(),
+        kept: Default::default(),
         volumes: Default::default(),
     }
 }

@@ -7,16 +7,18 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use mizzen_docker::{DockerConfig, DockerExecutor, LazyDockerExecutor};
+use mizzen_objects::{JobStorage, Objects};
 use mizzen_runtime::assembly::{ProjectFiles, WorkerPlan};
 use mizzen_runtime::dependencies::Dependencies;
 use mizzen_runtime::executor::{JobExecutor, Source};
-use mizzen_runtime::limits::LimitSettings;
+use mizzen_runtime::limits::{LimitSettings, LimitValue};
 use mizzen_runtime::project::{
     EventDetails, ProjectDir, validate_secret_key, validate_secret_value, validate_secrets,
 };
 use mizzen_runtime::redact::Redactor;
 use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher};
 use mizzen_runtime::{Sandbox, SandboxConfig, WorkerLimits};
+use mizzen_server::store::Store;
 
 use crate::kubernetes::KubernetesArgs;
 use crate::output::RunLog;
@@ -91,7 +93,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     })?);
     // Wasm jobs run in this process's sandbox, beside the script; the rest
     // on the executor asked for.
-    let executor = executor(args.executor, &args.kubernetes, &data_dir)
+    let storage = run_storage(&data_dir).await?;
+    let executor = executor(args.executor, &args.kubernetes, &data_dir, storage.clone())
         .await?
         .map(|containers| -> Arc<dyn JobExecutor> {
             Arc::new(HostJobExecutor::new(
@@ -170,6 +173,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             log.dir().display()
         );
     }
+    write_artifacts(&storage, &context.event_id, &data_dir).await;
     // The result is out; the event's files may still be being deleted.
     if let Some(executor) = &executor {
         executor.cleaned_up().await;
@@ -196,9 +200,11 @@ async fn executor(
     kind: Option<ExecutorKind>,
     kubernetes: &KubernetesArgs,
     data_dir: &Path,
+    storage: JobStorage,
 ) -> Result<Option<Arc<dyn JobExecutor>>, Failure> {
     let config = DockerConfig {
         data_dir: data_dir.to_path_buf(),
+        storage: Some(storage),
     };
     Ok(match kind {
         Some(ExecutorKind::Docker) => {
@@ -212,6 +218,77 @@ async fn executor(
         Some(ExecutorKind::None) => None,
         None => Some(Arc::new(LazyDockerExecutor::new(config))),
     })
+}
+
+/// Where `mizzen run` keeps jobs' artifacts and caches: objects and a
+/// SQLite catalog in `run/` of the data directory, apart from what a server
+/// on the same directory keeps (whose sweeps know only its own catalog).
+/// Caches are kept per project across runs, as a server keeps them.
+async fn run_storage(data_dir: &Path) -> Result<JobStorage, Failure> {
+    let dir = data_dir.join("run");
+    let failed = |error: anyhow::Error| Failure {
+        code: EXIT_FAILED,
+        error: error.context(format!(
+            "the artifacts and caches kept in {} cannot be opened",
+            dir.display()
+        )),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| failed(e.into()))?;
+    let objects = Objects::local(&dir.join("objects")).map_err(|e| failed(e.into()))?;
+    let url = format!("sqlite://{}?mode=rwc", dir.join("catalog.db").display());
+    let store = Store::open(Some(&url), &dir)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    Ok(JobStorage {
+        objects,
+        catalog: Arc::new(store),
+    })
+}
+
+/// Writes the event's artifacts into `events/<id>/artifacts/<name>` of the
+/// data directory and lists them.
+async fn write_artifacts(storage: &JobStorage, event_id: &str, data_dir: &Path) {
+    let artifacts = match storage.catalog.artifacts(event_id).await {
+        Ok(artifacts) => artifacts,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "mizzen: listing the artifacts failed: {e}"
+            );
+            return;
+        }
+    };
+    if artifacts.is_empty() {
+        return;
+    }
+    let dir = data_dir.join("events").join(event_id).join("artifacts");
+    let _ = writeln!(
+        std::io::stderr(),
+        "mizzen: artifacts kept in {}:",
+        dir.display()
+    );
+    for artifact in artifacts {
+        let written = match storage.objects.manifest(&artifact.tree).await {
+            Ok(manifest) => {
+                storage
+                    .objects
+                    .write_dir(manifest, &dir.join(&artifact.name))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = match written {
+            Ok(()) => writeln!(
+                std::io::stderr(),
+                "  {} ({} files, {}) from job {}",
+                artifact.name,
+                artifact.files,
+                LimitValue::Bytes(artifact.bytes),
+                artifact.job
+            ),
+            Err(e) => writeln!(std::io::stderr(), "  {}: {e}", artifact.name),
+        };
+    }
 }
 
 /// `$MIZZEN_DATA_DIR`, else the user's data directory (`~/.local/share/mizzen`).

@@ -13,7 +13,9 @@ use mizzen_runtime::executor::JobExecutor;
 use mizzen_runtime::limits::LimitSettings;
 use mizzen_server::sandbox_pool::SandboxCommand;
 use mizzen_server::store::ClaimLimits;
-use mizzen_server::{GatewayConfig, HttpLimits, SchedulerConfig, Server, ServerConfig};
+use mizzen_server::{
+    GatewayConfig, HttpLimits, MakeExecutor, SchedulerConfig, Server, ServerConfig,
+};
 
 use crate::kubernetes::KubernetesArgs;
 use crate::{ExecutorKind, Failure, parse_duration};
@@ -62,6 +64,12 @@ pub struct ServerArgs {
     executor: Option<ExecutorKind>,
     #[command(flatten)]
     kubernetes: KubernetesArgs,
+    /// Where jobs' artifacts and caches are kept: s3://BUCKET[/PREFIX]
+    /// (endpoint, region and credentials from the AWS_* variables:
+    /// AWS_ENDPOINT for an S3-compatible server, AWS_ALLOW_HTTP=true without
+    /// TLS) or a directory [default: objects/ in the data directory]
+    #[arg(long, env = "MIZZEN_OBJECT_STORE", value_name = "URL")]
+    object_store: Option<String>,
     /// Delete logs this long after their event ended (e.g. 720h); kept
     /// forever by default
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -165,12 +173,21 @@ fn parse_ceilings(text: &str) -> Result<LimitSettings, String> {
 
 pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
     let data_dir = args.data_dir.unwrap_or_else(crate::run::default_data_dir);
-    let executor: Option<Arc<dyn JobExecutor>> = match args.executor {
+    let executor: Option<MakeExecutor> = match args.executor {
         Some(ExecutorKind::None) => None,
-        Some(ExecutorKind::Kubernetes) => Some(Arc::new(args.kubernetes.executor().await?)),
-        _ => Some(Arc::new(LazyDockerExecutor::new(DockerConfig {
-            data_dir: data_dir.clone(),
-        }))),
+        Some(ExecutorKind::Kubernetes) => {
+            let executor: Arc<dyn JobExecutor> = Arc::new(args.kubernetes.executor().await?);
+            Some(Arc::new(move |_| executor.clone()))
+        }
+        _ => {
+            let data_dir = data_dir.clone();
+            Some(Arc::new(move |storage| {
+                Arc::new(LazyDockerExecutor::new(DockerConfig {
+                    data_dir: data_dir.clone(),
+                    storage: Some(storage),
+                }))
+            }))
+        }
     };
     let root_password = std::env::var("MIZZEN_ROOT_PASSWORD")
         .ok()
@@ -208,6 +225,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
             forbid_host_paths: args.forbid_host_paths,
         },
         executor,
+        object_store: args.object_store,
         log_retention: args.log_retention,
         shutdown_grace: args.shutdown_grace,
         sandbox_processes: shard_plan(args.sandbox_processes)?,

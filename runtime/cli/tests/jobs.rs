@@ -230,6 +230,7 @@ impl ProjectVolume {
             let data = tempfile::tempdir().unwrap();
             let executor = mizzen_docker::DockerExecutor::connect(mizzen_docker::DockerConfig {
                 data_dir: data.path().to_path_buf(),
+                storage: None,
             })
             .await
             .expect("an engine answers");

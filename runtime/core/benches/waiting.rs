@@ -208,6 +208,7 @@ async fn bench() {
                 image_pull_secrets: Vec::new(),
                 workspace_size: None,
                 container_limits: Default::default(),
+                kept: Default::default(),
                 volumes: Default::default(),
             };
             let request = WorkerRequest {

@@ -18,6 +18,7 @@ use crate::WorkerRequest;
 use crate::dependencies::{ConfigFiles, Dependencies, DependencyError, NPM_TOKEN_SECRET};
 use crate::executor::{ContainerLimits, EventContext, JobExecutor, Source};
 use crate::jobs::JobCapability;
+use crate::kept::KeptQuotas;
 use crate::limits::WorkerLimits;
 use crate::log::{LogRecord, LogSink};
 use crate::project::{Project, ProjectDir, ProjectError};
@@ -161,6 +162,7 @@ impl WorkerPlan {
             image_pull_secrets: project.worker.image_pull_secrets.clone(),
             workspace_size: project.worker.workspace_size.clone(),
             container_limits: ContainerLimits::of(&limits),
+            kept: KeptQuotas::of(&limits),
             volumes: EventVolumes {
                 project: project
                     .worker

@@ -44,6 +44,9 @@ pub struct EventContext {
     pub workspace_size: Option<String>,
     /// What each container of the event's jobs may use.
     pub container_limits: ContainerLimits,
+    /// What the event's artifacts and the project's caches may hold.
+    #[serde(default)]
+    pub kept: crate::kept::KeptQuotas,
     /// The project's volumes and the host paths containers may bind.
     #[serde(default)]
     pub volumes: EventVolumes,

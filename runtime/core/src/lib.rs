@@ -69,6 +69,7 @@ mod duration;
 pub mod environment_file;
 pub mod executor;
 mod host;
+pub mod kept;
 pub mod limits;
 pub mod log;
 pub mod module;

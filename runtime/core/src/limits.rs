@@ -73,6 +73,16 @@ pub const DEFAULT_WORKSPACE_BYTES: u64 = 1024 * 1024 * 1024;
 /// of storage kept between runs.
 pub const DEFAULT_VOLUME_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
+/// What a project's caches (`job.caches`, kept between events and evicted
+/// least recently used first) may hold in all when the project sets no
+/// `cacheSize`: GitHub's 10 GB cache per repository.
+pub const DEFAULT_CACHE_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
+/// What one event's artifacts (`job.artifacts.save`, kept with the event)
+/// may hold in all when the project sets no `artifactSize`: a build's
+/// packages, reports and logs, with room for a container image or two.
+pub const DEFAULT_ARTIFACT_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
 /// Memory of each of a job's containers. A build (a compiler, a test
 /// suite, a bundler) fits in 2 GiB, Kubernetes executors have long defaulted
 /// to it, and without a limit one job on a local engine could take the
@@ -107,7 +117,9 @@ pub const DEFAULT_JOB_PROCESSES: u64 = 1024;
 ///   default; a job needing more belongs on a dedicated machine.
 /// - `volumeSize=100Gi`: what one project may keep on the server's disk
 ///   between events, as `workspaceSize` bounds one event.
-pub const DEFAULT_CEILINGS: &str = "memory=1Gi,cpuTime=5m,timeout=24h,logSize=64Mi,logLines=1000000,requestSize=16Mi,summaryLength=4096,concurrentJobs=256,jobLogSize=256Mi,workspaceSize=100Gi,jobMemory=16Gi,jobCpu=8,jobProcesses=8192,volumeSize=100Gi";
+/// - `cacheSize=100Gi`, `artifactSize=100Gi`: likewise for a project's
+///   caches and one event's artifacts, in the server's object storage.
+pub const DEFAULT_CEILINGS: &str = "memory=1Gi,cpuTime=5m,timeout=24h,logSize=64Mi,logLines=1000000,requestSize=16Mi,summaryLength=4096,concurrentJobs=256,jobLogSize=256Mi,workspaceSize=100Gi,jobMemory=16Gi,jobCpu=8,jobProcesses=8192,volumeSize=100Gi,cacheSize=100Gi,artifactSize=100Gi";
 
 /// How often the engine's epoch advances: the granularity of CPU accounting
 /// and the longest a guest holds a thread before it yields (Spin uses 10 ms).
@@ -145,10 +157,24 @@ pub struct WorkerLimits {
     /// Bytes the project's volumes may declare in all.
     #[serde(default = "default_volume_bytes")]
     pub volume_bytes: u64,
+    /// Bytes the project's caches may hold in all.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// Bytes one event's artifacts may hold in all.
+    #[serde(default = "default_artifact_bytes")]
+    pub artifact_bytes: u64,
 }
 
 fn default_volume_bytes() -> u64 {
     DEFAULT_VOLUME_BYTES
+}
+
+fn default_cache_bytes() -> u64 {
+    DEFAULT_CACHE_BYTES
+}
+
+fn default_artifact_bytes() -> u64 {
+    DEFAULT_ARTIFACT_BYTES
 }
 
 impl Default for WorkerLimits {
@@ -168,6 +194,8 @@ impl Default for WorkerLimits {
             job_cpu_millis: DEFAULT_JOB_CPU_MILLIS,
             job_processes: DEFAULT_JOB_PROCESSES,
             volume_bytes: DEFAULT_VOLUME_BYTES,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            artifact_bytes: DEFAULT_ARTIFACT_BYTES,
         }
     }
 }
@@ -240,6 +268,10 @@ pub enum Limit {
     JobProcesses,
     /// [`WorkerLimits::volume_bytes`].
     VolumeSize,
+    /// [`WorkerLimits::cache_bytes`].
+    CacheSize,
+    /// [`WorkerLimits::artifact_bytes`].
+    ArtifactSize,
 }
 
 /// A limit's value: a size, a count or a time, as the limit takes.
@@ -278,7 +310,7 @@ enum Unit {
 
 impl Limit {
     /// Every limit, in the order they are documented.
-    pub const ALL: [Limit; 14] = [
+    pub const ALL: [Limit; 16] = [
         Limit::Memory,
         Limit::CpuTime,
         Limit::Timeout,
@@ -293,6 +325,8 @@ impl Limit {
         Limit::JobCpu,
         Limit::JobProcesses,
         Limit::VolumeSize,
+        Limit::CacheSize,
+        Limit::ArtifactSize,
     ];
 
     /// The limit's name in `spec.workerTemplate.limits` and in a server's
@@ -313,6 +347,8 @@ impl Limit {
             Limit::JobCpu => "jobCpu",
             Limit::JobProcesses => "jobProcesses",
             Limit::VolumeSize => "volumeSize",
+            Limit::CacheSize => "cacheSize",
+            Limit::ArtifactSize => "artifactSize",
         }
     }
 
@@ -338,7 +374,9 @@ impl Limit {
             | Limit::JobLogSize
             | Limit::WorkspaceSize
             | Limit::JobMemory
-            | Limit::VolumeSize => Unit::Bytes,
+            | Limit::VolumeSize
+            | Limit::CacheSize
+            | Limit::ArtifactSize => Unit::Bytes,
             Limit::LogLines
             | Limit::SummaryLength
             | Limit::ConcurrentJobs
@@ -406,6 +444,8 @@ impl Limit {
             Limit::JobCpu => LimitValue::Cpu(limits.job_cpu_millis),
             Limit::JobProcesses => LimitValue::Count(limits.job_processes),
             Limit::VolumeSize => LimitValue::Bytes(limits.volume_bytes),
+            Limit::CacheSize => LimitValue::Bytes(limits.cache_bytes),
+            Limit::ArtifactSize => LimitValue::Bytes(limits.artifact_bytes),
         }
     }
 
@@ -429,6 +469,8 @@ impl Limit {
             (Limit::JobCpu, LimitValue::Cpu(v)) => limits.job_cpu_millis = v,
             (Limit::JobProcesses, LimitValue::Count(v)) => limits.job_processes = v,
             (Limit::VolumeSize, LimitValue::Bytes(v)) => limits.volume_bytes = v,
+            (Limit::CacheSize, LimitValue::Bytes(v)) => limits.cache_bytes = v,
+            (Limit::ArtifactSize, LimitValue::Bytes(v)) => limits.artifact_bytes = v,
             _ => {}
         }
     }

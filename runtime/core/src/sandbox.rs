@@ -49,6 +49,8 @@ pub(crate) const INITIALISATION_LIMITS: WorkerLimits = WorkerLimits {
     job_cpu_millis: 0,
     job_processes: 0,
     volume_bytes: 0,
+    cache_bytes: 0,
+    artifact_bytes: 0,
 };
 
 /// One compilation that concurrent events of a script share.

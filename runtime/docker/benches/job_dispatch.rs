@@ -58,6 +58,7 @@ async fn main() {
     let executor = Arc::new(
         DockerExecutor::connect(DockerConfig {
             data_dir: target.join("mizzen-bench-data"),
+            storage: None,
         })
         .await
         .expect("an engine answers (scripts/setup-engine)"),
@@ -170,6 +171,7 @@ async fn jobs(
         image_pull_secrets: Vec::new(),
         workspace_size: None,
         container_limits: Default::default(),
+        kept: Default::default(),
         volumes: Default::default(),
     });
     let started = Instant::now();

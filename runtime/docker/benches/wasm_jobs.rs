@@ -81,6 +81,7 @@ async fn main() {
     let containers = Arc::new(
         DockerExecutor::connect(DockerConfig {
             data_dir: target.join("mizzen-bench-data"),
+            storage: None,
         })
         .await
         .expect("an engine answers (scripts/setup-engine)"),
@@ -107,6 +108,7 @@ async fn main() {
         Arc::new(EventContext {
             source: Some(Source::Directory(source.path().to_path_buf())),
             container_limits: ContainerLimits::of(&limits),
+            kept: Default::default(),
             volumes: Default::default(),
             event_id: id.to_string(),
             project_id: "bench".into(),
@@ -283,6 +285,8 @@ fn spec(mut container: ContainerSpec) -> JobSpec {
         timeout_seconds: 900.0,
         host: Default::default(),
         fallible: false,
+        artifacts: Default::default(),
+        caches: Vec::new(),
     }
 }
 

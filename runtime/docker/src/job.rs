@@ -162,6 +162,9 @@ enum JobError {
     /// A volume a container mounts could not be made ready.
     #[error(transparent)]
     Volume(#[from] crate::volume::VolumeError),
+    /// An artifact or cache could not be restored or saved.
+    #[error(transparent)]
+    Kept(#[from] crate::kept::KeptError),
     /// A sidecar or service that is ready once it exits exited with another
     /// code than 0.
     #[error("{container} exited with code {code} before it was ready")]
@@ -481,6 +484,14 @@ impl Pod {
     async fn run_containers(&self, context: &JobContext) -> Result<JobResult, JobError> {
         let request = &context.request;
         let spec = &request.spec;
+        // What the job restores is found first: a missing artifact fails
+        // the job before anything of it runs.
+        let kept = match &context.state.storage {
+            Some(storage) if !spec.artifacts.is_empty() || !spec.caches.is_empty() => {
+                Some((storage, crate::kept::find(storage, context).await?))
+            }
+            _ => None,
+        };
         let mounts = prepare_mounts(context).await?;
 
         let mut pulled = BTreeMap::new();
@@ -604,13 +615,17 @@ impl Pod {
             context,
         )?;
         let id = self
-            .create_and_start(
+            .create(
                 &format!("{base_name}_{}", request.name),
                 &request.name,
                 body,
                 Some(&request.output),
             )
             .await?;
+        if let Some((storage, restores)) = &kept {
+            crate::kept::restore(&self.docker, storage, &id, context, restores).await?;
+        }
+        self.start(&id, &request.name).await?;
         self.primary_started
             .store(true, std::sync::atomic::Ordering::SeqCst);
         // Every container is made: a project volume may be deleted now.
@@ -625,6 +640,18 @@ impl Pod {
             .pop();
         if let Some(follower) = primary_output {
             follower.drain().await;
+        }
+        if let Some((storage, restores)) = &kept {
+            let saved =
+                crate::kept::save(&self.docker, storage, &id, context, restores, code == 0).await;
+            match saved {
+                Err(error) if code == 0 => return Err(error.into()),
+                // The container's failure is the job's; the save's is said.
+                Err(error) => request
+                    .output
+                    .line(&request.name, &format!("[mizzen] {error}")),
+                Ok(()) => {}
+            }
         }
         Ok(if code == 0 {
             JobResult {
@@ -651,6 +678,19 @@ impl Pod {
         body: ContainerCreateBody,
         output: Option<&Arc<dyn JobOutput>>,
     ) -> Result<String, JobError> {
+        let id = self.create(name, container, body, output).await?;
+        self.start(&id, container).await?;
+        Ok(id)
+    }
+
+    /// Creates a container, its output attached when there is `output`.
+    async fn create(
+        &self,
+        name: &str,
+        container: &str,
+        body: ContainerCreateBody,
+        output: Option<&Arc<dyn JobOutput>>,
+    ) -> Result<String, JobError> {
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let created = self
             .docker
@@ -671,14 +711,18 @@ impl Pod {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(follower);
         }
+        Ok(created.id)
+    }
+
+    /// Starts a created container.
+    async fn start(&self, id: &str, container: &str) -> Result<(), JobError> {
         self.docker
-            .start_container(&created.id, None)
+            .start_container(id, None)
             .await
             .map_err(|source| JobError::Start {
                 container: container.to_string(),
                 source,
-            })?;
-        Ok(created.id)
+            })
     }
 
     /// Waits until a sidecar or service (`container`, named so in errors)

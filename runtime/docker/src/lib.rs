@@ -47,6 +47,7 @@ pub mod engine;
 mod images;
 mod isolation;
 mod job;
+mod kept;
 mod network;
 mod scratch;
 mod volume;
@@ -77,6 +78,9 @@ pub struct DockerConfig {
     /// `work/`. They are bind-mounted into containers, so the engine must
     /// share this machine's file system.
     pub data_dir: PathBuf,
+    /// Where jobs' artifacts and caches are kept; without it, a job that
+    /// declares any is refused, saying so.
+    pub storage: Option<mizzen_objects::JobStorage>,
 }
 
 /// Runs jobs as containers on a local engine.
@@ -97,6 +101,8 @@ pub(crate) struct SharedState {
     networks: network::EventNetworks,
     /// Volumes being made ready or deleted (see `volume::VolumeLock`).
     volume_locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    /// Where jobs' artifacts and caches are kept.
+    pub storage: Option<mizzen_objects::JobStorage>,
 }
 
 impl DockerExecutor {
@@ -118,6 +124,7 @@ impl DockerExecutor {
                 cleanups: watch::channel(0).0,
                 networks: network::EventNetworks::default(),
                 volume_locks: Mutex::default(),
+                storage: config.storage,
             }),
         };
         executor.sweep().await;
@@ -267,6 +274,14 @@ impl JobExecutor for DockerExecutor {
             return Err(ExecutorError::Unsupported(format!(
                 "job \"{}\" mounts the host's Docker socket, but the engine at {} is not a local socket",
                 job.name, self.state.engine.endpoint
+            )));
+        }
+        if self.state.storage.is_none()
+            && (!job.spec.artifacts.is_empty() || !job.spec.caches.is_empty())
+        {
+            return Err(ExecutorError::Unsupported(format!(
+                "job \"{}\" declares artifacts or caches, and this executor was given no storage for them",
+                job.name
             )));
         }
         let scratch = self

@@ -31,6 +31,7 @@ fn event(policies: JobPolicies) -> EventContext {
         image_pull_secrets: vec!["registry-credentials".into()],
         workspace_size: Some("2Gi".into()),
         container_limits: Default::default(),
+        kept: Default::default(),
         volumes: Default::default(),
     }
 }
@@ -57,6 +58,8 @@ fn job(primary: ContainerSpec) -> JobSpec {
         timeout_seconds: 900.0,
         host: JobHost::default(),
         fallible: false,
+        artifacts: Default::default(),
+        caches: Vec::new(),
     }
 }
 

@@ -14,6 +14,7 @@
 //! completed upload on S3), and every read is checked against its name: a
 //! stored object that was altered or cut is a named error, never content.
 
+mod catalog;
 mod tree;
 
 use std::collections::HashSet;
@@ -28,6 +29,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest as _, Sha256};
 
+pub use catalog::{
+    CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache, MAX_ARTIFACT_NAME,
+    MAX_CACHE_ENTRIES, MAX_CACHE_KEY, MAX_RESTORE_KEYS,
+};
 pub use tree::{Entry, EntryKind, Manifest, SaveOptions, SavedTree, TarOwner};
 
 /// Why storing or reading objects failed.

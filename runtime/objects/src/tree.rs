@@ -51,6 +51,23 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// An empty directory: what a cache that missed restores, so that its
+    /// directory exists, owned by the job's user.
+    pub fn empty_directory() -> Self {
+        Self {
+            version: MANIFEST_VERSION,
+            entries: vec![Entry {
+                path: String::new(),
+                kind: EntryKind::Directory,
+                mode: 0o755,
+                mtime: 0,
+                size: 0,
+                digest: None,
+                target: None,
+            }],
+        }
+    }
+
     /// The bytes its files hold.
     pub fn size(&self) -> u64 {
         self.entries.iter().map(|e| e.size).sum()
@@ -470,6 +487,45 @@ impl Objects {
         writer.flush().map_err(error)?;
         writer.shutdown().map_err(error)?;
         Ok(())
+    }
+}
+
+impl Objects {
+    /// Writes tree `manifest` into directory `dir` (made if need be; what
+    /// it holds of the same names is replaced), owned by this process.
+    pub async fn write_dir(
+        &self,
+        manifest: Manifest,
+        dir: &std::path::Path,
+    ) -> Result<(), ObjectsError> {
+        let what = format!("writing {}", dir.display());
+        let (parent, name) = match (dir.parent(), dir.file_name().and_then(|n| n.to_str())) {
+            (Some(parent), Some(name)) => (parent.to_path_buf(), name.to_string()),
+            _ => {
+                return Err(ObjectsError::Archive {
+                    what,
+                    source: std::io::Error::other("not a directory with a parent"),
+                });
+            }
+        };
+        std::fs::create_dir_all(&parent).map_err(|source| ObjectsError::Archive {
+            what: what.clone(),
+            source,
+        })?;
+        let (writer, reader) = tokio::io::duplex(1 << 16);
+        let owner = TarOwner { uid: 0, gid: 0 };
+        let writing = self.write_tar(manifest, name, owner, writer);
+        let reader = SyncIoBridge::new(reader);
+        let unpacking = tokio::task::spawn_blocking(move || {
+            let mut archive = tar::Archive::new(reader);
+            archive.set_preserve_ownerships(false);
+            archive.unpack(parent)
+        });
+        let (written, unpacked) = tokio::join!(writing, unpacking);
+        written?;
+        unpacked
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .map_err(|source| ObjectsError::Archive { what, source })
     }
 }
 

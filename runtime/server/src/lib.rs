@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mizzen_objects::{JobStorage, Objects};
 use mizzen_runtime::dependencies::Dependencies;
 use mizzen_runtime::executor::JobExecutor;
 use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher, WasmJobRunner};
@@ -50,6 +51,9 @@ pub enum ServerError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The object storage for artifacts and caches cannot be used.
+    #[error(transparent)]
+    Objects(#[from] mizzen_objects::ObjectsError),
     /// The sandbox could not be set up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -89,8 +93,12 @@ pub struct ServerConfig {
     pub gateways: GatewayConfig,
     /// The scheduler's limits and leases.
     pub scheduler: SchedulerConfig,
-    /// What runs jobs; `None` refuses them with a message.
-    pub executor: Option<Arc<dyn JobExecutor>>,
+    /// What runs jobs, made once the storage of their artifacts and caches
+    /// is open; `None` refuses jobs with a message.
+    pub executor: Option<MakeExecutor>,
+    /// Where jobs' artifacts and caches are kept: `s3://BUCKET[/PREFIX]`
+    /// or a directory; `None` for `objects/` in the data directory.
+    pub object_store: Option<String>,
     /// How long logs are kept after their event ended; `None` keeps them.
     pub log_retention: Option<Duration>,
     /// How long running workers may finish when the server stops before
@@ -104,8 +112,14 @@ pub struct ServerConfig {
     pub http: HttpLimits,
 }
 
+/// Makes the executor of a server's container jobs, given where their
+/// artifacts and caches are kept.
+pub type MakeExecutor = Arc<dyn Fn(JobStorage) -> Arc<dyn JobExecutor> + Send + Sync>;
+
 /// A server bound to its address, ready to run.
 pub struct Server {
+    /// The executor of container jobs, made from the config's.
+    containers: Option<Arc<dyn JobExecutor>>,
     /// Held while the server runs on the embedded database: a second
     /// server on the same data directory would take the first one's
     /// running events for abandoned ones.
@@ -176,8 +190,16 @@ impl Server {
                     (sandbox.clone(), sandbox)
                 }
             };
-        let executor = config
-            .executor
+        let objects = match &config.object_store {
+            Some(url) => Objects::open(url)?,
+            None => Objects::local(&config.data_dir.join("objects"))?,
+        };
+        let storage = JobStorage {
+            objects: objects.clone(),
+            catalog: Arc::new(store.clone()),
+        };
+        let containers = config.executor.as_ref().map(|make| make(storage));
+        let executor = containers
             .clone()
             .map(|containers| -> Arc<dyn JobExecutor> {
                 Arc::new(HostJobExecutor::new(
@@ -214,6 +236,7 @@ impl Server {
                 })?;
         let state = Arc::new(api::AppState {
             store,
+            objects,
             scheduler: scheduler.clone(),
             projects,
             metrics,
@@ -223,6 +246,7 @@ impl Server {
             body_timeout: config.http.body_timeout,
         });
         Ok(Self {
+            containers,
             _data_dir_lock: data_dir_lock,
             listener,
             state,
@@ -277,7 +301,7 @@ impl Server {
         self.state.store.flush_logs().await;
         // Ended events' files still being deleted; a crash instead leaves
         // them to the next start's sweep.
-        if let Some(executor) = &self.config.executor {
+        if let Some(executor) = &self.containers {
             executor.cleaned_up().await;
         }
         Ok(())

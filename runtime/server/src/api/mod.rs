@@ -72,6 +72,8 @@ const MAX_PAGE: i64 = 100;
 pub struct AppState {
     /// The store.
     pub store: Store,
+    /// Where jobs' artifacts and caches are kept.
+    pub objects: mizzen_objects::Objects,
     /// The scheduler of this replica.
     pub scheduler: Arc<Scheduler>,
     /// Parsed project definitions.

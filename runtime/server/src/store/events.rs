@@ -379,13 +379,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes an event with its jobs and logs; `false` when there was none.
+    /// Deletes an event with its jobs, logs and artifacts (their objects
+    /// go at the next sweep); `false` when there was none.
     pub async fn delete_event(&self, id: &str) -> Result<bool, StoreError> {
         self.delete_with(
             id,
             &[
                 "DELETE FROM logs WHERE event_id = $1",
                 "DELETE FROM jobs WHERE event_id = $1",
+                "DELETE FROM artifacts WHERE event_id = $1",
             ],
             "DELETE FROM events WHERE id = $1",
         )

@@ -10,12 +10,14 @@
 //! store's methods live with their domain: `projects` (and their
 //! secrets), `events`, `claims` (the scheduler's lock and leases),
 //! `jobs`, `logs`, `principals` (sessions, service accounts, roles)
-//! and `deliveries` (webhook replays).
+//! `deliveries` (webhook replays) and `kept` (jobs' artifacts and caches,
+//! the catalog of `mizzen-objects`).
 
 mod claims;
 mod deliveries;
 mod events;
 mod jobs;
+mod kept;
 mod logs;
 mod principals;
 mod projects;
@@ -281,7 +283,7 @@ impl Store {
 const SERIAL_KEY: (&str, &str) = ("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY");
 
 /// The schema's migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i64, &str, &str); 3] = [
+const MIGRATIONS: [(i64, &str, &str); 4] = [
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
@@ -292,6 +294,11 @@ const MIGRATIONS: [(i64, &str, &str); 3] = [
         3,
         "scripts",
         include_str!("../../migrations/0003_scripts.sql"),
+    ),
+    (
+        4,
+        "artifacts_caches",
+        include_str!("../../migrations/0004_artifacts_caches.sql"),
     ),
 ];
 

@@ -89,6 +89,8 @@ impl Store {
             "DELETE FROM logs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
             "DELETE FROM jobs WHERE event_id IN (SELECT id FROM events WHERE project_id = $1)",
             "DELETE FROM events WHERE project_id = $1",
+            "DELETE FROM artifacts WHERE project_id = $1",
+            "DELETE FROM caches WHERE project_id = $1",
             "DELETE FROM secrets WHERE project_id = $1",
             "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
             "DELETE FROM projects WHERE id = $1",

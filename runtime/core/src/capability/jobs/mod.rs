@@ -150,6 +150,8 @@ pub(crate) struct WorkerJobs {
     /// reads back; built at the first `job.logs()`, so that a worker that
     /// reads none does not spend time linear in its project's secrets.
     hidden: std::sync::OnceLock<Redactor>,
+    /// The artifacts the event's jobs save, by name: the job that saves each.
+    artifacts: HashMap<String, String>,
 }
 
 struct StartedJob {
@@ -180,6 +182,7 @@ impl WorkerJobs {
             running: Arc::new(AtomicU64::new(0)),
             jobs: HashMap::new(),
             hidden: std::sync::OnceLock::new(),
+            artifacts: HashMap::new(),
             project,
             service_ports: Arc::default(),
         }
@@ -327,6 +330,8 @@ impl WorkerJobs {
                 timeout_seconds: MAX_JOB_TIMEOUT_SECONDS,
                 host: JobHost::default(),
                 fallible: false,
+                artifacts: Default::default(),
+                caches: Vec::new(),
             },
             output: output.clone(),
         };
@@ -365,12 +370,20 @@ impl WorkerJobs {
         let mut job = decode_start(request, &event)?;
         resolve_secret_references(&mut job, &self.project)?;
         self.check_room("job", &job.name)?;
+        self.check_artifacts(&job.name, &job.spec)?;
         for container in std::iter::once(&mut job.spec.primary_container)
             .chain(job.spec.sidecar_containers.values_mut())
         {
             self.add_service_ports(&mut container.environment);
         }
         let (recorder, output) = self.output_for(&job.name);
+        let saved: Vec<String> = job
+            .spec
+            .artifacts
+            .save
+            .iter()
+            .map(|a| a.name.clone())
+            .collect();
         let running = executor
             .start(JobRequest {
                 event,
@@ -380,7 +393,46 @@ impl WorkerJobs {
             })
             .await
             .map_err(executor_error)?;
+        for artifact in &saved {
+            self.artifacts.insert(artifact.clone(), job.name.clone());
+        }
         self.track(job.name, Kind::Job, running, recorder, output, None);
+        Ok(())
+    }
+
+    /// Refuses an artifact name another job of the event saves, and one to
+    /// restore that no job started before saves: a job restores what an
+    /// earlier one produced (the script runs the producer first).
+    fn check_artifacts(&self, job: &str, spec: &JobSpec) -> Result<(), HostError> {
+        for artifact in &spec.artifacts.save {
+            if let Some(other) = self.artifacts.get(&artifact.name) {
+                return Err(HostError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "job \"{job}\": artifact \"{}\" is saved by job \"{other}\" already; artifact names are unique within an event",
+                        artifact.name
+                    ),
+                ));
+            }
+        }
+        for artifact in &spec.artifacts.restore {
+            if !self.artifacts.contains_key(&artifact.name) {
+                let mut known: Vec<&str> = self.artifacts.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                return Err(HostError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "job \"{job}\": artifact \"{}\" is not saved by any job started before it in this event (saved: {})",
+                        artifact.name,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -234,6 +234,14 @@ pub(crate) fn validate(job: &JobStartRequest, event: &EventContext) -> Result<()
             "{job}: primaryContainer: ports are for services and sidecars (nothing connects to a job's primary container)"
         )));
     }
+    if spec.primary_container.image.starts_with(IMAGE_PREFIX)
+        && (!spec.artifacts.is_empty() || !spec.caches.is_empty())
+    {
+        return Err(HostError::invalid(format!(
+            "{job}: artifacts and caches are for container jobs; a Wasm job's module reaches the workspace (workspaceMountPath), which later jobs of the event share"
+        )));
+    }
+    crate::kept::validate(name, spec)?;
     validate_start_order(&job, spec)
 }
 
@@ -733,6 +741,7 @@ mod tests {
             image_pull_secrets: Vec::new(),
             workspace_size: None,
             container_limits: Default::default(),
+            kept: Default::default(),
             volumes: Default::default(),
         }
     }

@@ -1,0 +1,168 @@
+//! Which saved trees are kept as what: an event's artifacts by name, a
+//! project's caches by key. The catalog is a database (the server's store);
+//! the trees themselves are objects ([`crate::Objects`]).
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::{Digest, Objects};
+
+/// The longest artifact name: as long as a job's name may be.
+pub const MAX_ARTIFACT_NAME: usize = 63;
+
+/// The longest cache key or restore key: GitHub's limit, so that keys made
+/// for GitHub's cache fit.
+pub const MAX_CACHE_KEY: usize = 512;
+
+/// Restore keys one cache may try: GitHub's limit.
+pub const MAX_RESTORE_KEYS: usize = 10;
+
+/// Entries one project may keep in its caches, however small: each is a
+/// row, and a lookup by restore key reads the project's keys.
+pub const MAX_CACHE_ENTRIES: u64 = 10_000;
+
+/// Why the catalog refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The database failed.
+    #[error("the artifact and cache catalog failed: {0}")]
+    Database(String),
+    /// An artifact of that name exists in the event already.
+    #[error(
+        "artifact {name:?} was saved already in this event (by job {job:?}); artifact names are unique within an event"
+    )]
+    ArtifactExists {
+        /// The name.
+        name: String,
+        /// The job that saved it.
+        job: String,
+    },
+    /// Keeping the artifact would take the event's artifacts past their
+    /// quota.
+    #[error(
+        "artifact {name:?} ({bytes} bytes) would take the event's artifacts to {total} bytes, over the project's artifactSize limit of {quota} bytes"
+    )]
+    ArtifactQuota {
+        /// The name.
+        name: String,
+        /// Its size.
+        bytes: u64,
+        /// The event's artifacts with it.
+        total: u64,
+        /// The limit.
+        quota: u64,
+    },
+    /// The project is gone (deleted while the job ran).
+    #[error("project {0:?} does not exist")]
+    NoProject(String),
+}
+
+/// An artifact kept with its event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptArtifact {
+    /// The event's id.
+    pub event_id: String,
+    /// The project's id.
+    pub project_id: String,
+    /// Its name.
+    pub name: String,
+    /// The job that saved it.
+    pub job: String,
+    /// The path in the job's container it was saved from (without a
+    /// pattern): where it is restored unless a job says otherwise.
+    pub path: String,
+    /// Its tree.
+    pub tree: Digest,
+    /// The bytes its files hold.
+    pub bytes: u64,
+    /// How many files it holds.
+    pub files: u64,
+    /// When it was saved, in microseconds since the Unix epoch.
+    pub created: i64,
+}
+
+/// A cache entry kept for a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptCache {
+    /// The project's id.
+    pub project_id: String,
+    /// Its key.
+    pub key: String,
+    /// Its tree.
+    pub tree: Digest,
+    /// The bytes its files hold.
+    pub bytes: u64,
+    /// How many files it holds.
+    pub files: u64,
+    /// When it was saved, in microseconds since the Unix epoch.
+    pub created: i64,
+    /// When it was last restored (or saved).
+    pub last_used: i64,
+}
+
+/// How keeping a cache entry went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheKept {
+    /// Kept; these keys were evicted (least recently used first) to make
+    /// room under the project's quota.
+    Kept {
+        /// The keys evicted.
+        evicted: Vec<String>,
+    },
+    /// Another job kept an entry under the key first; entries are never
+    /// replaced (a key names one content).
+    AlreadyKept,
+}
+
+/// Where artifacts and caches are recorded.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    /// Artifact `name` of event `event_id`.
+    async fn artifact(
+        &self,
+        event_id: &str,
+        name: &str,
+    ) -> Result<Option<KeptArtifact>, CatalogError>;
+
+    /// Every artifact of event `event_id`, by name.
+    async fn artifacts(&self, event_id: &str) -> Result<Vec<KeptArtifact>, CatalogError>;
+
+    /// Keeps `artifact`, unless its name is taken in the event or the
+    /// event's artifacts would hold more than `quota` bytes with it.
+    async fn keep_artifact(&self, artifact: &KeptArtifact, quota: u64) -> Result<(), CatalogError>;
+
+    /// The entry of project `project_id` to restore for `key`: its own, or
+    /// else the newest whose key starts with the first of `restore_keys`
+    /// that has one. Its `last_used` becomes now.
+    async fn find_cache(
+        &self,
+        project_id: &str,
+        key: &str,
+        restore_keys: &[String],
+    ) -> Result<Option<KeptCache>, CatalogError>;
+
+    /// Keeps `cache`, evicting the project's least recently used entries
+    /// until its entries hold at most `quota` bytes and number at most
+    /// [`MAX_CACHE_ENTRIES`].
+    async fn keep_cache(&self, cache: &KeptCache, quota: u64) -> Result<CacheKept, CatalogError>;
+}
+
+/// What jobs keep their artifacts and caches in: the objects and the
+/// catalog that names them.
+#[derive(Clone)]
+pub struct JobStorage {
+    /// The trees' objects.
+    pub objects: Objects,
+    /// Which trees are which artifacts and caches.
+    pub catalog: std::sync::Arc<dyn Catalog>,
+}
+
+impl std::fmt::Debug for JobStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStorage")
+            .field("objects", &self.objects)
+            .finish_non_exhaustive()
+    }
+}
