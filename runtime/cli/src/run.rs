@@ -239,10 +239,7 @@ async fn run_storage(data_dir: &Path) -> Result<JobStorage, Failure> {
     let store = Store::open(Some(&url), &dir)
         .await
         .map_err(|e| failed(e.into()))?;
-    Ok(JobStorage {
-        objects,
-        catalog: Arc::new(store),
-    })
+    Ok(JobStorage::new(objects, Arc::new(store)))
 }
 
 /// Writes the event's artifacts into `events/<id>/artifacts/<name>` of the

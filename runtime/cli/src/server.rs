@@ -70,6 +70,10 @@ pub struct ServerArgs {
     /// TLS) or a directory [default: objects/ in the data directory]
     #[arg(long, env = "MIZZEN_OBJECT_STORE", value_name = "URL")]
     object_store: Option<String>,
+    /// Delete artifacts this long after they were saved (e.g. 720h); kept
+    /// as long as their event by default
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    artifact_retention: Option<Duration>,
     /// Delete logs this long after their event ended (e.g. 720h); kept
     /// forever by default
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
@@ -227,6 +231,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
         executor,
         object_store: args.object_store,
         log_retention: args.log_retention,
+        artifact_retention: args.artifact_retention,
         shutdown_grace: args.shutdown_grace,
         sandbox_processes: shard_plan(args.sandbox_processes)?,
         http: HttpLimits {

@@ -250,6 +250,7 @@ pub(crate) async fn save(
     let request = &context.request;
     let event = &request.event;
     let working_directory = &request.spec.primary_container.working_directory;
+    let _saving = storage.saving.read().await;
     for artifact in &request.spec.artifacts.save {
         if !(succeeded || artifact.on_failure) {
             continue;

@@ -157,6 +157,22 @@ pub struct JobStorage {
     pub objects: Objects,
     /// Which trees are which artifacts and caches.
     pub catalog: std::sync::Arc<dyn Catalog>,
+    /// Held (shared) by each save from its first object to its entry in the
+    /// catalog, and (exclusively) by a sweep of unreferenced objects: a
+    /// save may find an object it needs already stored, unreferenced and
+    /// old, which a sweep at that moment would delete.
+    pub saving: std::sync::Arc<tokio::sync::RwLock<()>>,
+}
+
+impl JobStorage {
+    /// Objects named by `catalog`.
+    pub fn new(objects: Objects, catalog: std::sync::Arc<dyn Catalog>) -> Self {
+        Self {
+            objects,
+            catalog,
+            saving: std::sync::Arc::default(),
+        }
+    }
 }
 
 impl std::fmt::Debug for JobStorage {

@@ -125,6 +125,11 @@ impl Digest {
         Self(hasher.finalize().into())
     }
 
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 64 hexadecimal digits.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

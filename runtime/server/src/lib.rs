@@ -42,7 +42,9 @@ pub use gateways::GatewayConfig;
 pub use http::HttpLimits;
 pub use scheduler::SchedulerConfig;
 
-/// How often old logs are looked for when a retention is set.
+/// How often old logs and artifacts are looked for, and objects that no
+/// artifact or cache names are swept: an hour's garbage is small beside
+/// what is kept, and a sweep lists every object.
 const RETENTION_SWEEP: Duration = Duration::from_secs(60 * 60);
 
 /// Why the server could not start or stopped.
@@ -101,6 +103,9 @@ pub struct ServerConfig {
     pub object_store: Option<String>,
     /// How long logs are kept after their event ended; `None` keeps them.
     pub log_retention: Option<Duration>,
+    /// How long artifacts are kept after they were saved; `None` keeps
+    /// them as long as their event.
+    pub artifact_retention: Option<Duration>,
     /// How long running workers may finish when the server stops before
     /// they go back to the queue.
     pub shutdown_grace: Duration,
@@ -120,6 +125,8 @@ pub type MakeExecutor = Arc<dyn Fn(JobStorage) -> Arc<dyn JobExecutor> + Send + 
 pub struct Server {
     /// The executor of container jobs, made from the config's.
     containers: Option<Arc<dyn JobExecutor>>,
+    /// Where jobs' artifacts and caches are kept.
+    storage: JobStorage,
     /// Held while the server runs on the embedded database: a second
     /// server on the same data directory would take the first one's
     /// running events for abandoned ones.
@@ -194,11 +201,8 @@ impl Server {
             Some(url) => Objects::open(url)?,
             None => Objects::local(&config.data_dir.join("objects"))?,
         };
-        let storage = JobStorage {
-            objects: objects.clone(),
-            catalog: Arc::new(store.clone()),
-        };
-        let containers = config.executor.as_ref().map(|make| make(storage));
+        let storage = JobStorage::new(objects, Arc::new(store.clone()));
+        let containers = config.executor.as_ref().map(|make| make(storage.clone()));
         let executor = containers
             .clone()
             .map(|containers| -> Arc<dyn JobExecutor> {
@@ -236,7 +240,7 @@ impl Server {
                 })?;
         let state = Arc::new(api::AppState {
             store,
-            objects,
+            objects: storage.objects.clone(),
             scheduler: scheduler.clone(),
             projects,
             metrics,
@@ -247,6 +251,7 @@ impl Server {
         });
         Ok(Self {
             containers,
+            storage,
             _data_dir_lock: data_dir_lock,
             listener,
             state,
@@ -273,6 +278,12 @@ impl Server {
                 .clone()
                 .run(stop_rx.clone(), self.config.shutdown_grace),
         );
+        tokio::spawn(sweep_objects(
+            self.state.store.clone(),
+            self.storage.clone(),
+            self.config.artifact_retention,
+            stop_rx.clone(),
+        ));
         if let Some(retention) = self.config.log_retention {
             tokio::spawn(expire_logs(
                 self.state.store.clone(),
@@ -332,6 +343,54 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
             source,
         }),
     }
+}
+
+/// Deletes artifacts past `retention`, then the objects that nothing kept
+/// names (those of deleted events, evicted caches, saves that failed).
+async fn sweep_objects(
+    store: store::Store,
+    storage: JobStorage,
+    retention: Option<Duration>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_SWEEP) => {}
+            _ = stop.changed() => return,
+        }
+        if let Some(retention) = retention {
+            let before =
+                store::now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+            match store.delete_artifacts_before(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(artifacts = n, "deleted artifacts past their retention"),
+                Err(e) => tracing::error!(error = %e, "deleting old artifacts failed"),
+            }
+        }
+        if let Err(e) = sweep_once(&store, &storage).await {
+            tracing::error!(error = %e, "sweeping the object storage failed");
+        }
+    }
+}
+
+/// One sweep of the object storage, no save under way meanwhile.
+pub async fn sweep_once(
+    store: &store::Store,
+    storage: &JobStorage,
+) -> Result<mizzen_objects::Sweep, ServerError> {
+    let _no_saves = storage.saving.write().await;
+    let started = std::time::SystemTime::now();
+    let kept = store.kept_trees().await?;
+    let sweep = storage.objects.sweep(kept, started).await?;
+    if sweep.deleted > 0 {
+        tracing::info!(
+            deleted = sweep.deleted,
+            bytes = sweep.deleted_bytes,
+            kept = sweep.kept,
+            "swept objects no artifact or cache names"
+        );
+    }
+    Ok(sweep)
 }
 
 async fn expire_logs(store: store::Store, retention: Duration, mut stop: watch::Receiver<bool>) {

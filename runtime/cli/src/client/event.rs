@@ -144,6 +144,9 @@ pub enum EventCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// List and download what an event's jobs saved (job.artifacts)
+    #[command(subcommand, visible_alias = "artifact")]
+    Artifacts(super::kept::ArtifactCommand),
 }
 
 /// `-i/--id` (also `-e/--event`, as in brig).
@@ -157,7 +160,7 @@ pub struct EventIdArg {
         visible_alias = "event",
         value_name = "ID"
     )]
-    id: String,
+    pub(super) id: String,
 }
 
 /// `-p/--project`.
@@ -439,6 +442,7 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
             out(format!("Deleted {} event(s).", count(&result)));
             Ok(())
         }
+        EventCommand::Artifacts(command) => super::kept::artifacts(command).await,
         EventCommand::Logs {
             id,
             job,

@@ -241,6 +241,17 @@ impl Call<'_> {
         })
     }
 
+    /// Sends the request and hands over the response, whose body is read by
+    /// the caller as it arrives (a download), when the status is a success.
+    pub async fn download(self) -> Result<reqwest::Response, Failure> {
+        let request = self.build("application/octet-stream", None)?;
+        let response = request.send().await.map_err(|e| self.api.unreachable(&e))?;
+        if !response.status().is_success() {
+            return Err(self.refused(response).await);
+        }
+        Ok(response)
+    }
+
     /// Opens a server-sent event stream.
     pub async fn stream(self) -> Result<Stream, Failure> {
         let request = self.build("text/event-stream", None)?;

@@ -11,6 +11,7 @@ mod auth;
 mod config;
 mod event;
 mod http;
+mod kept;
 mod print;
 mod project;
 mod sse;

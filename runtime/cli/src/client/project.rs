@@ -72,6 +72,9 @@ pub enum ProjectCommand {
     /// events)
     #[command(subcommand, visible_alias = "volume")]
     Volumes(VolumeCommand),
+    /// Manage a project's caches (job.caches, kept between events)
+    #[command(subcommand, visible_alias = "cache")]
+    Caches(super::kept::CacheCommand),
 }
 
 /// `mizzen project volumes`.
@@ -130,7 +133,7 @@ pub struct ProjectIdArg {
 pub struct ProjectArg {
     /// The project's ID
     #[arg(short = 'p', long = "project", value_name = "ID")]
-    project: String,
+    pub(super) project: String,
 }
 
 /// `mizzen project secret`.
@@ -304,6 +307,7 @@ pub async fn run(command: ProjectCommand) -> Result<(), Failure> {
         ProjectCommand::Secret(command) => secrets(command).await,
         ProjectCommand::Role(command) => roles(command).await,
         ProjectCommand::Volumes(command) => volumes(command).await,
+        ProjectCommand::Caches(command) => super::kept::caches(command).await,
     }
 }
 

@@ -20,6 +20,7 @@ mod documents;
 mod error;
 mod events;
 mod gateways;
+mod kept;
 mod projects;
 mod query;
 mod roles;
@@ -98,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(projects::routes())
         .merge(secrets::routes())
         .merge(volumes::routes())
+        .merge(kept::routes())
         .merge(roles::routes())
         .merge(events::routes())
         .merge(streams::routes())
