@@ -338,6 +338,180 @@ fn job_logs_are_kept_in_the_data_directory() {
     );
 }
 
+/// `mizzen run` with its own data directory.
+fn run_in(data: &Path, args: &[&str]) -> Ran {
+    Ran::from(
+        command(args)
+            .env("MIZZEN_DATA_DIR", data)
+            .output()
+            .expect("mizzen runs"),
+    )
+}
+
+#[test]
+fn artifacts_example_misses_its_cache_then_hits_it_and_hands_its_build_to_the_test() {
+    let data = tempfile::tempdir().unwrap();
+    let first = run_in(data.path(), &["run", "examples/20-artifacts-caches"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.stdout.contains("has no entry"), "{first:?}");
+    assert!(first.stdout.contains("fetching dependencies"), "{first:?}");
+    assert!(first.stdout.contains("saved cache"), "{first:?}");
+    assert!(
+        first
+            .stdout
+            .contains("[job: test] hello from the build, with 2 dependencies"),
+        "{first:?}"
+    );
+    let second = run_in(data.path(), &["run", "examples/20-artifacts-caches"]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(second.stdout.contains("restored cache"), "{second:?}");
+    assert!(
+        second
+            .stdout
+            .contains("dependencies restored from the cache"),
+        "{second:?}"
+    );
+    assert!(
+        !second.stdout.contains("saved cache"),
+        "a hit saves nothing: {second:?}"
+    );
+    // Each run's artifacts are written out and listed.
+    assert!(second.stderr.contains("artifacts kept in"), "{second:?}");
+    let apps: Vec<_> = std::fs::read_dir(data.path().join("events"))
+        .unwrap()
+        .flatten()
+        .map(|event| event.path().join("artifacts/dist/app"))
+        .collect();
+    assert_eq!(apps.len(), 2);
+    for app in apps {
+        let text = std::fs::read_to_string(&app).unwrap();
+        assert!(
+            text.contains("hello from the build"),
+            "{}: {text}",
+            app.display()
+        );
+    }
+
+    // Every file object altered (same length, other bytes), manifests left
+    // alone: the next restore names the corrupt object, and the job's
+    // container never runs on what it restored.
+    let objects = data.path().join("run/objects/sha256");
+    let mut altered = 0;
+    for dir in std::fs::read_dir(&objects).unwrap().flatten() {
+        for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let content = std::fs::read(file.path()).unwrap();
+            if !content.starts_with(b"{\"version\"") {
+                std::fs::write(file.path(), vec![b'x'; content.len()]).unwrap();
+                altered += 1;
+            }
+        }
+    }
+    assert!(altered > 0);
+    let third = run_in(data.path(), &["run", "examples/20-artifacts-caches"]);
+    assert_ne!(third.code, 0, "{third:?}");
+    assert!(
+        third
+            .stdout
+            .contains("job build ended FAILED: cache \"deps-"),
+        "{third:?}"
+    );
+    assert!(
+        third
+            .stdout
+            .contains("is corrupt: its content hashes to sha256:"),
+        "{third:?}"
+    );
+    assert!(third.stdout.contains("it was not used"), "{third:?}");
+    assert!(!third.stdout.contains("dependencies restored"), "{third:?}");
+}
+
+/// A project `id` whose script runs one job with `job` (lines of
+/// JavaScript setting up `job`), under `limits` (YAML lines for
+/// `workerTemplate.limits`).
+fn kept_project(id: &str, limits: &str, job: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        format!(
+            r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: {id}
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/cli
+    types: [exec]
+  workerTemplate:
+    limits:
+{limits}
+    defaultConfigFiles:
+      brigade.js: |
+        const {{ events, Job }} = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {{
+          const job = new Job("make", "debian", event);
+          job.primaryContainer.workingDirectory = "/tmp";
+          job.primaryContainer.command = ["sh", "-c", "mkdir -p out /tmp/cache && head -c 4096 /dev/zero > out/blob && head -c 4096 /dev/urandom > /tmp/cache/blob"];
+          {job}
+          await job.run();
+        }});
+        events.process();
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_cache_or_artifacts_over_their_quota_fail_the_job_naming_the_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = kept_project(
+        "cache-quota",
+        "      cacheSize: 1Ki",
+        r#"job.caches = [{ key: "k", path: "/tmp/cache" }];"#,
+    );
+    let ran = run_in(data.path(), &["run", cache.path().to_str().unwrap()]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout.contains(
+            "job make ended FAILED: cache \"k\" holds more than 1024 bytes (the project's cacheSize limit of 1 KiB)"
+        ),
+        "{ran:?}"
+    );
+    let artifacts = kept_project(
+        "artifact-quota",
+        "      artifactSize: 1Ki",
+        r#"job.artifacts.save = [{ name: "out", path: "out" }];"#,
+    );
+    let ran = run_in(data.path(), &["run", artifacts.path().to_str().unwrap()]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("job make ended FAILED: artifact \"out\" holds more than 1024 bytes"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout.contains("artifactSize limit of 1 KiB"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn restoring_an_artifact_no_earlier_job_saves_is_refused_by_name() {
+    let data = tempfile::tempdir().unwrap();
+    let project = kept_project(
+        "restore-unknown",
+        "      artifactSize: 1Mi",
+        r#"job.artifacts.restore = [{ name: "dist" }];"#,
+    );
+    let ran = run_in(data.path(), &["run", project.path().to_str().unwrap()]);
+    assert_ne!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stderr.contains("artifact \"dist\" is not saved by any job started before it in this event (saved: none)"),
+        "{ran:?}"
+    );
+}
+
 #[test]
 fn a_missing_engine_is_one_clear_message() {
     let missing = "unix:///nonexistent/docker.sock";

@@ -794,6 +794,237 @@ fn project_volumes_on_postgres() {
     project_volumes_end_to_end(Some(url), "postgres");
 }
 
+/// examples/20-artifacts-caches as project `id`.
+fn artifacts_project(id: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::fs::read_to_string(repo().join("examples/20-artifacts-caches/project.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        example.replace("id: artifacts-caches", &format!("id: {id}")),
+    )
+    .unwrap();
+    dir
+}
+
+/// Artifacts and caches through a server: a build's cache missed then hit,
+/// its artifact restored into the test job, listed and downloaded (checked)
+/// through the API and the CLI; another project's identical key is a miss;
+/// a tenant of another project reads nothing of this one's.
+async fn artifacts_and_caches_end_to_end(database_url: Option<String>, store: &str) {
+    let (a, b) = (format!("kept-a-{store}"), format!("kept-b-{store}"));
+    let (server, first, second, other) = {
+        let (a, b) = (a.clone(), b.clone());
+        tokio::task::spawn_blocking(move || {
+            let server = TestServer::start(database_url, &[]);
+            for id in [&a, &b] {
+                let dir = artifacts_project(id);
+                server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+            }
+            let mut ran = Vec::new();
+            for project in [&a, &a, &b] {
+                let id = server.create_event(project, &[]);
+                let event = wait_until_ended(&server, &id);
+                let build = server.ok(&["event", "logs", "--id", &id, "--job", "build"]);
+                let worker = server.ok(&["event", "logs", "--id", &id]);
+                assert_eq!(phase_of(&event), "SUCCEEDED", "{event}\n{worker}\n{build}");
+                let test = server.ok(&["event", "logs", "--id", &id, "--job", "test"]);
+                assert!(
+                    test.contains("hello from the build, with 2 dependencies"),
+                    "{test}"
+                );
+                ran.push((id, build));
+            }
+            let mut ran = ran.into_iter();
+            let (first, second, other) = (
+                ran.next().unwrap(),
+                ran.next().unwrap(),
+                ran.next().unwrap(),
+            );
+            (server, first, second, other)
+        })
+        .await
+        .unwrap()
+    };
+    assert!(first.1.contains("has no entry"), "{}", first.1);
+    assert!(first.1.contains("saved cache"), "{}", first.1);
+    assert!(second.1.contains("restored cache"), "{}", second.1);
+    assert!(
+        !second.1.contains("saved cache"),
+        "a hit saves nothing: {}",
+        second.1
+    );
+    // The same key in another project is that project's own miss.
+    assert!(other.1.contains("has no entry"), "{}", other.1);
+
+    let base = server.url.clone();
+    let root = server.root_token();
+    let event = &second.0;
+    let (status, list) = call(
+        "GET",
+        &format!("{base}/v2/events/{event}/artifacts"),
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["build-report", "dist"], "{list}");
+    let (status, dist) = call(
+        "GET",
+        &format!("{base}/v2/events/{event}/artifacts/dist"),
+        Some(&root),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{dist}");
+    let app = dist["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "app")
+        .unwrap()
+        .clone();
+    let response = http()
+        .get(format!("{base}/v2/events/{event}/artifacts/dist/files/app"))
+        .bearer_auth(&root)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let length: u64 = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let digest = response.headers()["repr-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = response.bytes().await.unwrap();
+    assert_eq!(length, body.len() as u64);
+    assert_eq!(app["sizeBytes"], body.len());
+    let sha = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&body)
+    };
+    assert_eq!(app["sha256"], hex_of(&sha), "{dist}");
+    assert_eq!(digest, format!("sha-256=:{}:", base64_of(&sha)));
+    assert!(String::from_utf8_lossy(&body).contains("hello from the build"));
+
+    // A tenant of project b only: a's artifacts and caches do not exist.
+    let (status, token) = call(
+        "POST",
+        &format!("{base}/v2/service-accounts"),
+        Some(&root),
+        Some(
+            json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount",
+                    "metadata": {"id": "tenant-b"}, "description": "tenant b"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "{token}");
+    let tenant = token["value"].as_str().unwrap().to_string();
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v2/projects/{b}/role-assignments"),
+        Some(&root),
+        Some(json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": "tenant-b"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for path in [
+        format!("/v2/events/{event}/artifacts"),
+        format!("/v2/events/{event}/artifacts/dist"),
+        format!("/v2/events/{event}/artifacts/dist/files/app"),
+        format!("/v2/projects/{a}/caches"),
+    ] {
+        let (status, body) = call("GET", &format!("{base}{path}"), Some(&tenant), None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    let (status, body) = call(
+        "GET",
+        &format!("{base}/v2/events/{}/artifacts", other.0),
+        Some(&tenant),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "its own: {body}");
+    let (status, body) = call(
+        "GET",
+        &format!("{base}/v2/projects/{b}/caches"),
+        Some(&tenant),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let key = body["items"][0]["key"].as_str().unwrap().to_string();
+    let (status, body) = call(
+        "DELETE",
+        &format!("{base}/v2/projects/{b}/caches/{key}"),
+        Some(&tenant),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "deleting a cache takes PROJECT_ADMIN: {body}");
+
+    let (a2, event2, key2) = (a.clone(), event.clone(), key.clone());
+    tokio::task::spawn_blocking(move || {
+        let out = tempfile::tempdir().unwrap();
+        let into = out.path().join("dist");
+        server.ok(&[
+            "event",
+            "artifacts",
+            "get",
+            "-e",
+            &event2,
+            "dist",
+            "--dir",
+            into.to_str().unwrap(),
+        ]);
+        let app = std::fs::read_to_string(into.join("app")).unwrap();
+        assert!(app.contains("hello from the build"), "{app}");
+        let table = server.ok(&["project", "caches", "list", "-p", &a2]);
+        assert!(table.contains(&key2), "{table}");
+        server.ok(&["project", "caches", "delete", "-p", &a2, &key2, "--yes"]);
+        let table = server.ok(&["project", "caches", "list", "-p", &a2]);
+        assert!(table.contains("has no cache entries"), "{table}");
+        // Deleting the event deletes its artifacts.
+        server.ok(&["event", "delete", "--id", &event2, "--yes"]);
+        let gone = server.cli(&["event", "artifacts", "list", "-e", &event2]);
+        assert_ne!(gone.code, 0, "{gone:?}");
+    })
+    .await
+    .unwrap();
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_and_caches_on_sqlite() {
+    artifacts_and_caches_end_to_end(None, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_and_caches_on_postgres() {
+    let Some(url) = postgres_database("artifacts_and_caches_on_postgres") else {
+        return;
+    };
+    artifacts_and_caches_end_to_end(Some(url), "postgres").await;
+}
+
 /// An HTTP client. reqwest is built with TLS whose crypto provider is
 /// chosen at run time.
 fn http() -> reqwest::Client {

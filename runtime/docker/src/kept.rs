@@ -59,7 +59,7 @@ pub(crate) enum KeptError {
         source: bollard::errors::Error,
     },
     /// Storing or reading the tree failed (a quota, a corrupt object).
-    #[error("{what}: {source}")]
+    #[error("{}", prefixed(what, source))]
     Objects {
         /// `artifact "dist"`.
         what: String,
@@ -74,6 +74,16 @@ pub(crate) enum KeptError {
         /// Why.
         source: mizzen_objects::CatalogError,
     },
+}
+
+/// `what: error`, unless the error names `what` already.
+fn prefixed(what: &str, error: &ObjectsError) -> String {
+    let text = error.to_string();
+    if text.starts_with(what) {
+        text
+    } else {
+        format!("{what}: {text}")
+    }
 }
 
 /// What a job restores, found before its container is made.

@@ -158,9 +158,8 @@ async fn download(
             )));
         };
         match entry["kind"].as_str() {
-            Some("directory") => std::fs::create_dir_all(&target_path).map_err(|e| {
-                failed(anyhow::anyhow!("creating {}: {e}", target_path.display()))
-            })?,
+            Some("directory") => std::fs::create_dir_all(&target_path)
+                .map_err(|e| failed(anyhow::anyhow!("creating {}: {e}", target_path.display())))?,
             Some("symlink") => links.push((
                 target_path,
                 entry["target"].as_str().unwrap_or_default().to_string(),
@@ -263,7 +262,9 @@ pub async fn caches(command: CacheCommand) -> Result<(), Failure> {
             api.request(Method::DELETE, &["v2", "projects", project, "caches", &key])
                 .send()
                 .await?;
-            out(format!("Deleted cache entry {key:?} of project {project:?}."));
+            out(format!(
+                "Deleted cache entry {key:?} of project {project:?}."
+            ));
             Ok(())
         }
     }

@@ -166,7 +166,13 @@ async fn download_root_file(
     download(&state, &who, &id, &name, "").await
 }
 
-async fn download(state: &AppState, who: &Principal, id: &str, name: &str, path: &str) -> ApiResult {
+async fn download(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    name: &str,
+    path: &str,
+) -> ApiResult {
     let artifact = visible_artifact(state, who, id, name).await?;
     let manifest = state
         .objects
@@ -232,7 +238,10 @@ async fn delete_cache(
     visible_project(&state, &who, &id).await?;
     require_project(&who, "PROJECT_ADMIN", &id)?;
     if !state.store.delete_cache(&id, &key).await? {
-        return Err(ApiError::NotFound { kind: "Cache", id: key });
+        return Err(ApiError::NotFound {
+            kind: "Cache",
+            id: key,
+        });
     }
     ok(StatusCode::OK, json!({}))
 }
