@@ -811,12 +811,17 @@ fn artifacts_project(id: &str) -> tempfile::TempDir {
 /// its artifact restored into the test job, listed and downloaded (checked)
 /// through the API and the CLI; another project's identical key is a miss;
 /// a tenant of another project reads nothing of this one's.
-async fn artifacts_and_caches_end_to_end(database_url: Option<String>, store: &str) {
+async fn artifacts_and_caches_end_to_end(
+    database_url: Option<String>,
+    store: &str,
+    extra: Vec<String>,
+) {
     let (a, b) = (format!("kept-a-{store}"), format!("kept-b-{store}"));
     let (server, first, second, other) = {
         let (a, b) = (a.clone(), b.clone());
         tokio::task::spawn_blocking(move || {
-            let server = TestServer::start(database_url, &[]);
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let server = TestServer::start(database_url, &extra);
             for id in [&a, &b] {
                 let dir = artifacts_project(id);
                 server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
@@ -1014,7 +1019,23 @@ fn base64_of(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn artifacts_and_caches_on_sqlite() {
-    artifacts_and_caches_end_to_end(None, "sqlite").await;
+    artifacts_and_caches_end_to_end(None, "sqlite", Vec::new()).await;
+}
+
+/// The same with the objects on a real S3-compatible server (moto, from
+/// scripts/setup-s3), as replicas sharing the work keep them.
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_and_caches_on_s3() {
+    let Ok(url) = std::env::var("MIZZEN_TEST_S3_URL") else {
+        eprintln!("MIZZEN_TEST_S3_URL is not set (scripts/setup-s3 starts a server); skipped");
+        return;
+    };
+    let (endpoint, bucket) = url.rsplit_once('/').unwrap();
+    let store = format!(
+        "s3://{bucket}/server-{}?aws_endpoint={endpoint}&aws_allow_http=true&aws_region=us-east-1&aws_access_key_id=test&aws_secret_access_key=test",
+        std::process::id()
+    );
+    artifacts_and_caches_end_to_end(None, "s3", vec!["--object-store".into(), store]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1022,7 +1043,7 @@ async fn artifacts_and_caches_on_postgres() {
     let Some(url) = postgres_database("artifacts_and_caches_on_postgres") else {
         return;
     };
-    artifacts_and_caches_end_to_end(Some(url), "postgres").await;
+    artifacts_and_caches_end_to_end(Some(url), "postgres", Vec::new()).await;
 }
 
 /// An HTTP client. reqwest is built with TLS whose crypto provider is

@@ -233,47 +233,58 @@ impl Objects {
         })
     }
 
-    /// Objects at `url`: `s3://BUCKET[/PREFIX]` (the endpoint, region and
-    /// credentials from the usual `AWS_*` variables: `AWS_ENDPOINT` for an
-    /// S3-compatible server, `AWS_ALLOW_HTTP=true` for one without TLS), or
-    /// a directory (`file:///path` or a plain path).
+    /// Objects at `url`: `s3://BUCKET[/PREFIX][?KEY=VALUE&...]`, or a
+    /// directory (`file:///path` or a plain path). For S3, the endpoint,
+    /// region and credentials come from the usual `AWS_*` variables
+    /// (`AWS_ENDPOINT` for an S3-compatible server, `AWS_ALLOW_HTTP=true`
+    /// for one without TLS), and query parameters may set any of
+    /// object_store's S3 options by their `aws_` names (`aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`...), overriding the variables.
     pub fn open(url: &str) -> Result<Self, ObjectsError> {
+        let bad = |why: String| ObjectsError::Url {
+            url: url.to_string(),
+            why,
+        };
         if let Some(path) = url.strip_prefix("file://") {
             return Self::local(Path::new(path));
         }
-        if !url.starts_with("s3://") {
+        let Some(rest) = url.strip_prefix("s3://") else {
             if url.contains("://") {
-                return Err(ObjectsError::Url {
-                    url: url.to_string(),
-                    why: "expected s3://BUCKET[/PREFIX], file:///PATH or a directory".into(),
-                });
+                return Err(bad(
+                    "expected s3://BUCKET[/PREFIX], file:///PATH or a directory".into(),
+                ));
             }
             return Self::local(Path::new(url));
-        }
-        let rest = &url["s3://".len()..];
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        };
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
         if bucket.is_empty() {
-            return Err(ObjectsError::Url {
-                url: url.to_string(),
-                why: "no bucket named".into(),
-            });
+            return Err(bad("no bucket named".into()));
         }
-        let s3 = object_store::aws::AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| ObjectsError::Url {
-                url: url.to_string(),
-                why: e.to_string(),
+        // The HTTP client's TLS needs a crypto provider: ring, as the rest of
+        // Mizzen's clients (a binary that installed one already keeps it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = key.parse().map_err(|_| {
+                bad(format!(
+                    "{key:?} is not an S3 option (aws_endpoint, aws_region, aws_allow_http...)"
+                ))
             })?;
+            builder = builder.with_config(key, value);
+        }
+        let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
         let prefix = prefix.trim_matches('/');
         let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
             Arc::new(s3)
         } else {
             Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))
         };
+        // Credentials never reach messages.
         Ok(Self {
             store,
-            location: url.into(),
+            location: format!("s3://{location}").into(),
         })
     }
 
