@@ -111,7 +111,7 @@ async fn an_object_altered_on_s3_is_detected_on_restore() {
     let (written, _) = tokio::join!(writing, reading);
     let error = written.unwrap_err();
     assert!(matches!(error, ObjectsError::Corrupt { .. }), "{error}");
-    assert!(error.to_string().contains(&format!("s3://")), "{error}");
+    assert!(error.to_string().contains("s3://"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
