@@ -470,6 +470,28 @@ func TestJobRequestShape(t *testing.T) {
 	}
 }
 
+// Artifacts and Caches are sent in the host's shape (camelCase, what has a
+// default left out), and left out when empty.
+func TestArtifactsAndCachesRequestShape(t *testing.T) {
+	j := job("x", "true")
+	j.Artifacts.Save = []SaveArtifact{{Name: "dist", Path: "dist"}, {Name: "reports", Path: "reports/*.xml", OnFailure: true}}
+	j.Artifacts.Restore = []RestoreArtifact{{Name: "deps"}, {Name: "tools", Path: "/opt/tools"}}
+	j.Caches = []JobCache{{Key: "npm-abc", RestoreKeys: []string{"npm-"}, Path: "/root/.npm"}, {Key: "apt", Path: "/var/cache/apt"}}
+	b, _ := json.Marshal(j.request().Spec)
+	want := `{"primaryContainer":{"image":"localhost/busybox:latest","imagePullPolicy":"IfNotPresent","command":["sh","-c"],"arguments":["true"]},"timeoutSeconds":900,"host":{},"fallible":false,` +
+		`"artifacts":{"save":[{"name":"dist","path":"dist"},{"name":"reports","path":"reports/*.xml","onFailure":true}],"restore":[{"name":"deps"},{"name":"tools","path":"/opt/tools"}]},` +
+		`"caches":[{"key":"npm-abc","restoreKeys":["npm-"],"path":"/root/.npm"},{"key":"apt","path":"/var/cache/apt"}]}`
+	if string(b) != want {
+		t.Fatalf("%s\nwant\n%s", b, want)
+	}
+	j = job("y", "true")
+	j.Artifacts.Save = []SaveArtifact{}
+	b, _ = json.Marshal(j.request().Spec)
+	if strings.Contains(string(b), "artifacts") || strings.Contains(string(b), "caches") {
+		t.Fatalf("%s", b)
+	}
+}
+
 func TestServiceStartSendsItsContainerAndReturnsItsPorts(t *testing.T) {
 	f := newFake(t, "s", "x")
 	f.duration["db"] = 5

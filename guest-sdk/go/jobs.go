@@ -117,6 +117,78 @@ type JobHost struct {
 	NodeSelector map[string]string
 }
 
+// JobArtifacts are a job's artifacts: files its primary container produces,
+// kept with the event for its later jobs (and for people: `mizzen event
+// artifacts`), and files earlier jobs of the event produced, brought back
+// before it starts.
+//
+//	build.Artifacts.Save = []brigadier.SaveArtifact{
+//		{Name: "dist", Path: "dist"},
+//		{Name: "reports", Path: "reports/*.xml", OnFailure: true},
+//	}
+//	deploy.Artifacts.Restore = []brigadier.RestoreArtifact{{Name: "dist"}}
+type JobArtifacts struct {
+	// Save lists the artifacts saved from the primary container when the
+	// job ends: when it succeeds, or also when it fails for those
+	// OnFailure. At most 16.
+	Save []SaveArtifact `json:"save,omitempty"`
+	// Restore lists the artifacts restored into the primary container
+	// before it starts; each must be saved by a job of the event started
+	// before this one (else the host refuses the job, not_found). At most
+	// 16.
+	Restore []RestoreArtifact `json:"restore,omitempty"`
+}
+
+// SaveArtifact is an artifact a job saves.
+type SaveArtifact struct {
+	// Name is unique within the event (another job saving the same name is
+	// refused, conflict): letters, digits, '-', '_' and '.', not starting
+	// with '.', at most 63 characters.
+	Name string `json:"name"`
+	// Path is a file or directory in the primary container, absolute or
+	// relative to its WorkingDirectory; its last components may be a
+	// pattern ("reports/*.xml", "out/**/*.json").
+	Path string `json:"path"`
+	// OnFailure: saved when the job fails too (test reports), not only when
+	// it succeeds.
+	OnFailure bool `json:"onFailure,omitempty"`
+}
+
+// RestoreArtifact is an artifact a job restores.
+type RestoreArtifact struct {
+	// Name is the name a job of the event started before this one saves it
+	// under.
+	Name string `json:"name"`
+	// Path is where it goes in the primary container, absolute or relative
+	// to its WorkingDirectory (not a pattern); empty for where it was saved
+	// from.
+	Path string `json:"path,omitempty"`
+}
+
+// JobCache is a directory kept between the project's events, by key: a
+// package manager's or a compiler's cache. Before the job starts it is
+// restored from the entry of Key, or, when Key has none, from the newest
+// entry whose key starts with the first of RestoreKeys that has one (on a
+// miss it starts empty); after the job succeeds it is saved under Key when
+// Key had no entry (entries are never replaced). The project's caches are
+// held to its cacheSize limit (default 10 GiB), the least recently used
+// entries evicted.
+//
+//	build.Caches = []brigadier.JobCache{
+//		{Key: "npm-" + lockHash, RestoreKeys: []string{"npm-"}, Path: "/root/.npm"},
+//	}
+type JobCache struct {
+	// Key is what the directory's content depends on ("npm-<hash of
+	// package-lock.json>"): 1 to 512 bytes without control characters.
+	Key string `json:"key"`
+	// RestoreKeys are key prefixes tried in order when Key has no entry (at
+	// most 10, each as a key).
+	RestoreKeys []string `json:"restoreKeys,omitempty"`
+	// Path is the directory in the primary container, absolute or relative
+	// to its WorkingDirectory (not a pattern).
+	Path string `json:"path"`
+}
+
 // DefaultTimeoutSeconds is a job's timeout unless it sets one: 15 minutes.
 const DefaultTimeoutSeconds = 900
 
@@ -137,6 +209,15 @@ type Job struct {
 	Host JobHost
 	// Fallible: when true, the job's failure does not make Run fail.
 	Fallible bool
+	// Artifacts are what the job keeps for later jobs of its event (Save),
+	// and what it brings back from earlier ones (Restore). (Mizzen's
+	// addition; not for a Wasm job, nor yet on the Kubernetes executor.)
+	Artifacts JobArtifacts
+	// Caches are directories of the primary container kept between the
+	// project's events, by key: at most 8, each a different directory.
+	// (Mizzen's addition; not for a Wasm job, nor yet on the Kubernetes
+	// executor.)
+	Caches []JobCache
 
 	started bool
 	wait    *future // the job.wait ticket's
@@ -401,6 +482,8 @@ type wireSpec struct {
 	TimeoutSeconds    float64                  `json:"timeoutSeconds"`
 	Host              wireHost                 `json:"host"`
 	Fallible          bool                     `json:"fallible"`
+	Artifacts         *JobArtifacts            `json:"artifacts,omitempty"`
+	Caches            []JobCache               `json:"caches,omitempty"`
 }
 
 type wireJob struct {
@@ -435,6 +518,10 @@ func (j *Job) request() wireJob {
 		TimeoutSeconds:   j.TimeoutSeconds,
 		Host:             wireHost{OS: j.Host.OS, NodeSelector: j.Host.NodeSelector},
 		Fallible:         j.Fallible,
+		Caches:           j.Caches,
+	}
+	if len(j.Artifacts.Save) > 0 || len(j.Artifacts.Restore) > 0 {
+		spec.Artifacts = &j.Artifacts
 	}
 	if len(j.SidecarContainers) > 0 {
 		spec.SidecarContainers = map[string]wireContainer{}

@@ -244,6 +244,31 @@ async fn a_non_zero_exit_fails_the_job_and_a_fallible_one_does_not_fail_the_work
     cluster.assert_nothing_denied();
 }
 
+/// Artifacts and caches are kept by the local engine only so far: a job
+/// that declares them is refused by name, and no Pod is made for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_artifacts_or_caches_is_refused_by_name() {
+    let cluster = cluster().await;
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              const build = new Job("build", "debian", event);
+              build.caches = [{ key: "npm", path: "/root/.npm" }];
+              await build.run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_failed_with(
+        "job \"build\" declares artifacts or caches, which the Kubernetes executor does not keep yet",
+    );
+    assert!(run.job_lines().is_empty());
+    cluster.assert_nothing_denied();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_cannot_be_pulled_fails_the_job_in_bounded_time() {
     let cluster = cluster_with(|c| c.image_pull_timeout = Duration::from_millis(500)).await;

@@ -318,6 +318,150 @@ pub struct JobHost {
     pub node_selector: BTreeMap<String, String>,
 }
 
+/// A job's artifacts (Mizzen's addition): files its primary container
+/// produces, kept with the event for its later jobs (and for people: `mizzen
+/// event artifacts`), and files earlier jobs of the event produced, brought
+/// back before it starts. Not for a Wasm job, nor yet on the Kubernetes
+/// executor.
+///
+/// The [`Job`] setters [`save_artifact`](Job::save_artifact),
+/// [`save_artifact_on_failure`](Job::save_artifact_on_failure),
+/// [`restore_artifact`](Job::restore_artifact) and
+/// [`restore_artifact_to`](Job::restore_artifact_to) fill it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobArtifacts {
+    /// Saved from the primary container when the job ends: when it
+    /// succeeds, or also when it fails for those `on_failure`. At most 16.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub save: Vec<SaveArtifact>,
+    /// Restored into the primary container before it starts; each must be
+    /// saved by a job of the event started before this one (else the host
+    /// refuses the job, `not_found`). At most 16.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restore: Vec<RestoreArtifact>,
+}
+
+impl JobArtifacts {
+    /// Whether the job saves and restores nothing.
+    pub fn is_empty(&self) -> bool {
+        self.save.is_empty() && self.restore.is_empty()
+    }
+}
+
+/// An artifact a job saves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SaveArtifact {
+    /// Unique within the event (another job saving the same name is
+    /// refused, `conflict`): letters, digits, `-`, `_` and `.`, not starting
+    /// with `.`, at most 63 characters.
+    pub name: String,
+    /// A file or directory in the primary container, absolute or relative to
+    /// its `working_directory`; its last components may be a pattern
+    /// (`reports/*.xml`, `out/**/*.json`).
+    pub path: String,
+    /// Saved when the job fails too (test reports), not only when it
+    /// succeeds.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_failure: bool,
+}
+
+impl SaveArtifact {
+    /// The artifact `name`, saved from `path` when the job succeeds.
+    pub fn new(name: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            on_failure: false,
+        }
+    }
+
+    /// Sets `on_failure`: saved when the job fails too.
+    pub fn on_failure(mut self, on_failure: bool) -> Self {
+        self.on_failure = on_failure;
+        self
+    }
+}
+
+/// An artifact a job restores.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreArtifact {
+    /// The name a job of the event started before this one saves it under.
+    pub name: String,
+    /// Where it goes in the primary container, absolute or relative to its
+    /// `working_directory` (not a pattern); empty for where it was saved
+    /// from.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+}
+
+impl RestoreArtifact {
+    /// The artifact `name`, restored where it was saved from.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            path: String::new(),
+        }
+    }
+
+    /// Sets `path`: where the artifact goes instead.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = path.into();
+        self
+    }
+}
+
+/// A directory kept between the project's events, by key (Mizzen's
+/// addition): a package manager's or a compiler's cache. Before the job
+/// starts it is restored from the entry of `key`, or, when `key` has none,
+/// from the newest entry whose key starts with the first of `restore_keys`
+/// that has one (on a miss it starts empty); after the job succeeds it is
+/// saved under `key` when `key` had no entry (entries are never replaced).
+/// The project's caches are held to its `cacheSize` limit (default 10 GiB),
+/// the least recently used entries evicted. Not for a Wasm job, nor yet on
+/// the Kubernetes executor.
+///
+/// ```no_run
+/// use brigadier::{Job, JobCache};
+///
+/// let build = Job::new("build", "node:22")
+///     .working_directory("/src")
+///     .caches([JobCache::new("npm-3f2a9c", "/root/.npm").restore_keys(["npm-"])]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCache {
+    /// What the directory's content depends on (`npm-<hash of
+    /// package-lock.json>`): 1 to 512 bytes without control characters.
+    pub key: String,
+    /// Key prefixes tried in order when `key` has no entry (at most 10, each
+    /// as a key).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restore_keys: Vec<String>,
+    /// The directory in the primary container, absolute or relative to its
+    /// `working_directory` (not a pattern).
+    pub path: String,
+}
+
+impl JobCache {
+    /// The cache of directory `path` under `key`, without restore keys.
+    pub fn new(key: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            restore_keys: Vec::new(),
+            path: path.into(),
+        }
+    }
+
+    /// Sets `restore_keys`: the key prefixes tried in order on a miss.
+    pub fn restore_keys(mut self, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.restore_keys = strings(keys);
+        self
+    }
+}
+
 /// A job: a primary container whose exit code decides it, and sidecars that
 /// run beside it. Brigade's `Job`, field for field.
 ///
@@ -348,6 +492,12 @@ pub struct Job {
     pub host: JobHost,
     /// When true, [`run`](Job::run) succeeds whatever phase the job ends in.
     pub fallible: bool,
+    /// What the job keeps for later jobs of its event, and what it brings
+    /// back from earlier ones (Mizzen's addition).
+    pub artifacts: JobArtifacts,
+    /// Directories kept between the project's events, by key (Mizzen's
+    /// addition). At most 8, each a different directory.
+    pub caches: Vec<JobCache>,
 }
 
 #[derive(Serialize)]
@@ -365,6 +515,18 @@ struct JobSpec<'a> {
     timeout_seconds: u64,
     host: &'a JobHost,
     fallible: bool,
+    #[serde(skip_serializing_if = "no_artifacts")]
+    artifacts: &'a JobArtifacts,
+    #[serde(skip_serializing_if = "no_caches")]
+    caches: &'a [JobCache],
+}
+
+fn no_artifacts(artifacts: &&JobArtifacts) -> bool {
+    artifacts.is_empty()
+}
+
+fn no_caches(caches: &&[JobCache]) -> bool {
+    caches.is_empty()
 }
 
 #[derive(Serialize)]
@@ -412,6 +574,8 @@ impl Job {
             timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
             host: JobHost::default(),
             fallible: false,
+            artifacts: JobArtifacts::default(),
+            caches: Vec::new(),
         }
     }
 
@@ -489,6 +653,91 @@ impl Job {
         self
     }
 
+    /// Saves the artifact `name` from `path` of the primary container when
+    /// the job succeeds, for later jobs of the event
+    /// ([`restore_artifact`](Job::restore_artifact)) and for people.
+    /// `path` is absolute or relative to the primary container's
+    /// `working_directory`, and its last components may be a pattern
+    /// (`reports/*.xml`). `name` is unique within the event: letters,
+    /// digits, `-`, `_` and `.`, not starting with `.`, at most 63
+    /// characters. The event's artifacts are held to the project's
+    /// `artifactSize` limit (default 10 GiB). Not for a Wasm job.
+    pub fn save_artifact(mut self, name: impl Into<String>, path: impl Into<String>) -> Self {
+        self.artifacts.save.push(SaveArtifact::new(name, path));
+        self
+    }
+
+    /// As [`save_artifact`](Job::save_artifact), but saved when the job
+    /// fails too, not only when it succeeds (test reports, logs).
+    pub fn save_artifact_on_failure(
+        mut self,
+        name: impl Into<String>,
+        path: impl Into<String>,
+    ) -> Self {
+        self.artifacts
+            .save
+            .push(SaveArtifact::new(name, path).on_failure(true));
+        self
+    }
+
+    /// Restores the artifact `name`, which a job of the event started
+    /// before this one saves, into the primary container before it starts,
+    /// where it was saved from. The host refuses the job (`not_found`) when
+    /// no earlier job saves it.
+    pub fn restore_artifact(mut self, name: impl Into<String>) -> Self {
+        self.artifacts.restore.push(RestoreArtifact::new(name));
+        self
+    }
+
+    /// As [`restore_artifact`](Job::restore_artifact), into `path` instead
+    /// (absolute or relative to the primary container's
+    /// `working_directory`; not a pattern).
+    pub fn restore_artifact_to(mut self, name: impl Into<String>, path: impl Into<String>) -> Self {
+        self.artifacts
+            .restore
+            .push(RestoreArtifact::new(name).path(path));
+        self
+    }
+
+    /// Keeps the directory `path` of the primary container between the
+    /// project's events under `key` (see [`JobCache`]): restored before the
+    /// job starts from the entry of `key`, else from the newest entry whose
+    /// key starts with the first of `restore_keys` that has one (empty on a
+    /// miss), and saved after the job succeeds when `key` had no entry. At
+    /// most 8 per job; a cache without restore keys is
+    /// `job.caches.push(JobCache::new(key, path))`, or
+    /// [`caches`](Job::caches).
+    ///
+    /// ```no_run
+    /// # let lock_hash = "3f2a9c";
+    /// let build = brigadier::Job::new("build", "node:22")
+    ///     .working_directory("/src")
+    ///     .cache(format!("npm-{lock_hash}"), ["npm-"], "/root/.npm")
+    ///     .save_artifact("dist", "dist");
+    /// ```
+    pub fn cache(
+        mut self,
+        key: impl Into<String>,
+        restore_keys: impl IntoIterator<Item = impl Into<String>>,
+        path: impl Into<String>,
+    ) -> Self {
+        self.caches
+            .push(JobCache::new(key, path).restore_keys(restore_keys));
+        self
+    }
+
+    /// Sets `caches` (for caches built as [`JobCache`]s).
+    pub fn caches(mut self, caches: impl IntoIterator<Item = JobCache>) -> Self {
+        self.caches = caches.into_iter().collect();
+        self
+    }
+
+    /// Sets `artifacts`.
+    pub fn artifacts(mut self, artifacts: JobArtifacts) -> Self {
+        self.artifacts = artifacts;
+        self
+    }
+
     /// A logger whose lines carry `[job: <name>]`.
     pub fn logger(&self) -> Logger {
         crate::logger().child(self.name.clone())
@@ -524,6 +773,8 @@ impl Job {
                 timeout_seconds: self.timeout_seconds,
                 host: &self.host,
                 fallible: self.fallible,
+                artifacts: &self.artifacts,
+                caches: &self.caches,
             },
         };
         if let Err(e) = host::call_unit(op::JOB_START, &start) {

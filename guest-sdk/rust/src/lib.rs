@@ -50,9 +50,9 @@ pub use error::{Error, Result};
 pub use event::{Event, Events, GitConfig, IntoSummary, Kubernetes, Project, Worker, event};
 pub use executor::{block_on, join_all, try_join_all};
 pub use job::{
-    ConcurrentGroup, Container, DEFAULT_TIMEOUT_SECONDS, ImagePullPolicy, Job, JobHost, JobResult,
-    Phase, Readiness, RunFuture, Runnable, SerialGroup, Service, ServiceReady, concurrent,
-    sequence,
+    ConcurrentGroup, Container, DEFAULT_TIMEOUT_SECONDS, ImagePullPolicy, Job, JobArtifacts,
+    JobCache, JobHost, JobResult, Phase, Readiness, RestoreArtifact, RunFuture, Runnable,
+    SaveArtifact, SerialGroup, Service, ServiceReady, concurrent, sequence,
 };
 pub use logger::{Level, Logger, level, logger, set_level};
 

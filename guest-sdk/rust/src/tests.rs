@@ -675,3 +675,50 @@ fn after_and_ports_are_sent_for_a_sidecar_and_left_out_when_empty() {
         );
     }
 }
+
+#[test]
+fn artifacts_and_caches_are_sent_in_the_hosts_shape_and_left_out_when_empty() {
+    let host = install("src", "t", "INFO");
+    let build = Job::new("build", "node:22")
+        .working_directory("/src")
+        .cache("npm-abc", ["npm-"], "/root/.npm")
+        .save_artifact("dist", "dist")
+        .save_artifact_on_failure("reports", "reports/*.xml");
+    let deploy = Job::new("deploy", "img")
+        .restore_artifact("dist")
+        .restore_artifact_to("reports", "/tmp/reports")
+        .caches([JobCache::new("apt", "/var/cache/apt")]);
+    let plain = Job::new("plain", "img");
+    block_on(sequence([&build, &deploy, &plain]).run())
+        .unwrap()
+        .unwrap();
+    let requests = host.borrow().requests(op::JOB_START);
+    let [build, deploy, plain] = [0, 1, 2].map(|i| requests[i]["spec"].clone());
+    assert_eq!(
+        build["artifacts"],
+        json!({"save": [
+            {"name": "dist", "path": "dist"},
+            {"name": "reports", "path": "reports/*.xml", "onFailure": true}
+        ]})
+    );
+    assert_eq!(
+        build["caches"],
+        json!([{"key": "npm-abc", "restoreKeys": ["npm-"], "path": "/root/.npm"}])
+    );
+    assert_eq!(
+        deploy["artifacts"],
+        json!({"restore": [
+            {"name": "dist"},
+            {"name": "reports", "path": "/tmp/reports"}
+        ]})
+    );
+    assert_eq!(
+        deploy["caches"],
+        json!([{"key": "apt", "path": "/var/cache/apt"}])
+    );
+    let fields = plain.as_object().unwrap();
+    assert!(
+        !fields.contains_key("artifacts") && !fields.contains_key("caches"),
+        "{plain}"
+    );
+}

@@ -368,6 +368,12 @@ impl JobExecutor for KubernetesExecutor {
     }
 
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
+        if !job.spec.artifacts.is_empty() || !job.spec.caches.is_empty() {
+            return Err(ExecutorError::Unsupported(format!(
+                "job \"{}\" declares artifacts or caches, which the Kubernetes executor does not keep yet (the local engine does: mizzen run, or mizzen server --executor docker)",
+                job.name
+            )));
+        }
         let objects = self.event_objects(&job.event);
         let owner = self.owner(&objects, &job.event).await?;
         let built = manifest::job_objects(

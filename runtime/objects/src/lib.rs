@@ -409,7 +409,11 @@ impl Objects {
         };
         let this = self.clone();
         let digest = *digest;
-        let state = (result.into_stream(), Sha256::new(), 0u64, false);
+        let chunks = match result.payload {
+            object_store::GetResultPayload::File(file, _) => file_chunks(file),
+            object_store::GetResultPayload::Stream(stream) => stream,
+        };
+        let state = (chunks, Sha256::new(), 0u64, false);
         Ok(futures_util::stream::try_unfold(
             state,
             move |(mut inner, mut hasher, mut read, done)| {
@@ -513,6 +517,47 @@ impl Objects {
         }
         Ok(sweep)
     }
+}
+
+/// What a file read in chunks of: object_store reads a local object 8 KiB
+/// at a time, each a task on the blocking pool, which made a restore four
+/// times slower than tar; one blocking task reading 1 MiB chunks is not.
+const FILE_CHUNK_BYTES: usize = 1 << 20;
+
+/// A local object's content as a stream of chunks, read on one blocking
+/// task at most two chunks ahead of the reader.
+fn file_chunks(
+    mut file: std::fs::File,
+) -> futures_util::stream::BoxStream<'static, object_store::Result<Bytes>> {
+    use std::io::Read;
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut chunk = vec![0u8; FILE_CHUNK_BYTES];
+            let read = match file.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    }));
+                    return;
+                }
+            };
+            chunk.truncate(read);
+            if sender.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream_of(receiver)
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> futures_util::stream::BoxStream<'static, T> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
 }
 
 /// The size of each part of an upload in parts: S3's minimum is 5 MiB.

@@ -36,6 +36,10 @@ const SMALL_FILE_BYTES: u64 = 4 << 20;
 /// most 32 MiB held.
 const UPLOADS_IN_FLIGHT: usize = 8;
 
+/// The buffer between the synchronous tar code and the asynchronous stream
+/// it reads or writes.
+const BRIDGE_BUFFER_BYTES: usize = 256 << 10;
+
 /// The manifest format this version writes and reads.
 const MANIFEST_VERSION: u32 = 1;
 
@@ -178,7 +182,9 @@ impl Objects {
     {
         let this = self.clone();
         let handle = Handle::current();
-        let reader = SyncIoBridge::new(tar);
+        // The tar parser reads 512 bytes at a time; each read of the bridge
+        // is a trip to the runtime.
+        let reader = std::io::BufReader::with_capacity(BRIDGE_BUFFER_BYTES, SyncIoBridge::new(tar));
         tokio::task::spawn_blocking(move || this.save_blocking(reader, &options, &handle))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
@@ -434,7 +440,12 @@ impl Objects {
                 source: std::io::Error::other("the stream was closed"),
             },
         };
-        let mut builder = tar::Builder::new(writer);
+        // The tar builder writes headers of 512 bytes and content 8 KiB at a
+        // time; each write of the bridge is a trip to the runtime.
+        let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(
+            BRIDGE_BUFFER_BYTES,
+            writer,
+        ));
         for entry in &manifest.entries {
             let path = if entry.path.is_empty() {
                 root.to_string()
@@ -483,7 +494,10 @@ impl Objects {
                 }
             }
         }
-        let mut writer = builder.into_inner().map_err(error)?;
+        let writer = builder.into_inner().map_err(error)?;
+        let mut writer = writer
+            .into_inner()
+            .map_err(|e| error(e.into_error()))?;
         writer.flush().map_err(error)?;
         writer.shutdown().map_err(error)?;
         Ok(())
