@@ -495,9 +495,7 @@ impl Objects {
             }
         }
         let writer = builder.into_inner().map_err(error)?;
-        let mut writer = writer
-            .into_inner()
-            .map_err(|e| error(e.into_error()))?;
+        let mut writer = writer.into_inner().map_err(|e| error(e.into_error()))?;
         writer.flush().map_err(error)?;
         writer.shutdown().map_err(error)?;
         Ok(())

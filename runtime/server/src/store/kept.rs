@@ -342,3 +342,167 @@ impl Catalog for Store {
         Ok(CacheKept::Kept { evicted })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh store on SQLite, and on PostgreSQL when the tests have one
+    /// (MIZZEN_TEST_DATABASE_URL, from scripts/setup-postgres).
+    async fn stores(test: &str) -> Vec<(Store, tempfile::TempDir)> {
+        let mut stores = Vec::new();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("kept.db").display());
+        stores.push((Store::open(Some(&url), dir.path()).await.unwrap(), dir));
+        if let Ok(admin) = std::env::var("MIZZEN_TEST_DATABASE_URL") {
+            sqlx::any::install_default_drivers();
+            let database = format!("kept_{test}_{}", std::process::id());
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+                .await
+                .unwrap();
+            let _ = sqlx::Executor::execute(
+                &mut conn,
+                sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")),
+            )
+            .await;
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(Some(&format!("{base}/{database}")), dir.path())
+                .await
+                .unwrap();
+            stores.push((store, dir));
+        }
+        stores
+    }
+
+    fn tree(n: u8) -> Digest {
+        Digest::of(&[n])
+    }
+
+    fn cache(key: &str, bytes: u64) -> KeptCache {
+        KeptCache {
+            project_id: "p".into(),
+            key: key.into(),
+            tree: tree(1),
+            bytes,
+            files: 1,
+            created: now_micros(),
+            last_used: now_micros(),
+        }
+    }
+
+    /// Twenty jobs keeping entries of 100 bytes at once under a quota of
+    /// 1,000: all are kept, ten evicted, and the project never holds more
+    /// than its quota.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn caches_kept_at_once_stay_under_the_quota() {
+        for (store, _dir) in stores("caches_race").await {
+            let saves = (0..20).map(|i| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.keep_cache(&cache(&format!("k{i}"), 100), 1000).await },
+                )
+            });
+            let mut evicted = 0;
+            for save in futures_util::future::join_all(saves).await {
+                match save.unwrap().unwrap() {
+                    CacheKept::Kept { evicted: keys } => evicted += keys.len(),
+                    CacheKept::AlreadyKept => panic!("distinct keys"),
+                }
+            }
+            let kept = store.caches("p").await.unwrap();
+            assert_eq!(evicted, 10);
+            assert_eq!(kept.len(), 10);
+            assert_eq!(kept.iter().map(|c| c.bytes).sum::<u64>(), 1000);
+        }
+    }
+
+    /// Ten jobs keeping one key at once: one entry, the others told so.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_key_kept_at_once_is_kept_once() {
+        for (store, _dir) in stores("one_key").await {
+            let saves = (0..10).map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.keep_cache(&cache("same", 10), 1000).await })
+            });
+            let outcomes: Vec<CacheKept> = futures_util::future::join_all(saves)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap().unwrap())
+                .collect();
+            let kept = outcomes
+                .iter()
+                .filter(|o| matches!(o, CacheKept::Kept { .. }))
+                .count();
+            assert_eq!(kept, 1, "{outcomes:?}");
+        }
+    }
+
+    /// Ten artifacts of 100 bytes saved at once in one event under a quota
+    /// of 550: five are kept, five refused naming the quota.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn artifacts_kept_at_once_stay_under_the_quota() {
+        for (store, _dir) in stores("artifacts_race").await {
+            let saves = (0..10).map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let artifact = KeptArtifact {
+                        event_id: "e".into(),
+                        project_id: "p".into(),
+                        name: format!("a{i}"),
+                        job: format!("j{i}"),
+                        path: "/out".into(),
+                        tree: tree(2),
+                        bytes: 100,
+                        files: 1,
+                        created: now_micros(),
+                    };
+                    store.keep_artifact(&artifact, 550).await
+                })
+            });
+            let outcomes: Vec<_> = futures_util::future::join_all(saves)
+                .await
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
+            let kept = outcomes.iter().filter(|o| o.is_ok()).count();
+            assert_eq!(kept, 5, "{outcomes:?}");
+            for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+                assert!(
+                    refused
+                        .to_string()
+                        .contains("over the project's artifactSize limit of 550 bytes"),
+                    "{refused}"
+                );
+            }
+            assert_eq!(store.artifacts("e").await.unwrap().len(), 5);
+        }
+    }
+
+    /// A restore key is a literal prefix: `%` and `_` match themselves, and
+    /// case counts.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn restore_keys_are_literal_prefixes() {
+        for (store, _dir) in stores("prefixes").await {
+            for key in ["npm-a%b", "npm-axb", "NPM-a%c"] {
+                store.keep_cache(&cache(key, 1), 1000).await.unwrap();
+            }
+            let found = store
+                .find_cache("p", "npm-zzz", &["npm-a%".into()])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.key, "npm-a%b");
+            let found = store
+                .find_cache("p", "npm-zzz", &["npm-a_".into(), "nothing".into()])
+                .await
+                .unwrap();
+            assert_eq!(found, None);
+            assert_eq!(
+                store.find_cache("q", "npm-a%b", &[]).await.unwrap(),
+                None,
+                "another project's"
+            );
+        }
+    }
+}
