@@ -456,6 +456,54 @@ impl Objects {
         .boxed())
     }
 
+    /// Object `digest`'s whole content, `size` bytes, checked: read at once
+    /// (a local file on one blocking task), for files small enough to hold.
+    async fn read_checked(&self, digest: &Digest, size: u64) -> Result<Bytes, ObjectsError> {
+        let result = match self.store.get(&digest.location()).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(ObjectsError::Missing {
+                    digest: *digest,
+                    location: self.location.to_string(),
+                });
+            }
+            Err(e) => return Err(self.storage_error(e)),
+        };
+        let content = match result.payload {
+            object_store::GetResultPayload::File(mut file, _) => {
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    let mut content = Vec::with_capacity(size as usize);
+                    // One byte past the size tells a longer object.
+                    (&mut file).take(size + 1).read_to_end(&mut content)?;
+                    Ok::<_, std::io::Error>(Bytes::from(content))
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+                .map_err(|e| {
+                    self.storage_error(object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    })
+                })?
+            }
+            object_store::GetResultPayload::Stream(_) => {
+                result.bytes().await.map_err(|e| self.storage_error(e))?
+            }
+        };
+        if content.len() as u64 != size {
+            return Err(self.corrupt(
+                digest,
+                format!("it holds {} bytes, not the {size} listed", content.len()),
+            ));
+        }
+        let actual = Digest::of(&content);
+        if actual != *digest {
+            return Err(self.corrupt(digest, format!("its content hashes to {actual}")));
+        }
+        Ok(content)
+    }
+
     fn corrupt(&self, digest: &Digest, why: String) -> ObjectsError {
         ObjectsError::Corrupt {
             digest: *digest,
