@@ -1046,6 +1046,89 @@ async fn artifacts_and_caches_on_postgres() {
     artifacts_and_caches_end_to_end(Some(url), "postgres", Vec::new()).await;
 }
 
+/// Every object stored under `objects` (the data directory's), as (name,
+/// content's SHA-256); staging files (`NAME#N`, object_store's) apart.
+fn stored_objects(objects: &std::path::Path) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut whole, mut staging) = (Vec::new(), Vec::new());
+    let Ok(dirs) = std::fs::read_dir(objects.join("sha256")) else {
+        return (whole, staging);
+    };
+    for dir in dirs.flatten() {
+        for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if name.contains('#') {
+                staging.push(name);
+                continue;
+            }
+            let content = std::fs::read(file.path()).unwrap();
+            let sha = {
+                use sha2::Digest;
+                sha2::Sha256::digest(&content)
+            };
+            whole.push((name, hex_of(&sha)));
+        }
+    }
+    (whole, staging)
+}
+
+/// A server killed while it stores an artifact's large file leaves only
+/// whole objects behind and no artifact naming the half-stored one; the
+/// event runs again after the restart and keeps its artifact then.
+#[test]
+fn an_upload_cut_by_killing_the_server_leaves_nothing_half_visible() {
+    let mut server = TestServer::start(None, &[]);
+    let dir = script_project(
+        "cut-upload",
+        "",
+        r#"const { Job } = require("@brigadecore/brigadier");
+          const job = new Job("big", "debian", event);
+          job.primaryContainer.command = ["sh", "-c", "mkdir -p /tmp/out && head -c 400000000 /dev/urandom > /tmp/out/big.bin"];
+          job.artifacts.save = [{ name: "big", path: "/tmp/out" }];
+          await job.run();"#,
+    );
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+    let id = server.create_event("cut-upload", &[]);
+    let objects = server.data_dir.path().join("objects");
+    // The file is staged (hashed into a temporary file), then written to
+    // the store under a staging name, then renamed: kill while it is
+    // staged there.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, staging) = stored_objects(&objects);
+        if !staging.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upload never started\n{}",
+            server.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill_and_restart();
+    let (whole, _) = stored_objects(&objects);
+    for (name, sha) in &whole {
+        assert_eq!(
+            name, sha,
+            "an object is visible under a name its content does not have"
+        );
+    }
+    let event = wait_until_ended(&server, &id);
+    assert_eq!(
+        phase_of(&event),
+        "SUCCEEDED",
+        "{event}\n{}",
+        server.server_log()
+    );
+    let list = server.json(&["event", "artifacts", "list", "-e", &id]);
+    assert_eq!(list["items"][0]["name"], "big", "{list}");
+    assert_eq!(list["items"][0]["sizeBytes"], 400_000_000u64, "{list}");
+    let (whole, _) = stored_objects(&objects);
+    for (name, sha) in &whole {
+        assert_eq!(name, sha);
+    }
+}
+
 /// An HTTP client. reqwest is built with TLS whose crypto provider is
 /// chosen at run time.
 fn http() -> reqwest::Client {
