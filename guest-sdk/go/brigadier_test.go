@@ -3,6 +3,7 @@
 package brigadier
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // A fake host: jobs take a scripted number of ticks of a fake clock, timers
@@ -37,6 +39,12 @@ type fake struct {
 	running  int // jobs running now
 	maxRun   int // most jobs running at once
 	waitAnys int
+	// artifacts holds the event's artifacts: by name, their files' contents
+	// by path ("" for an artifact that is one file).
+	artifacts map[string]map[string]string
+	// artifactsRefused fails artifact.list and artifact.read's tickets
+	// with invalid_request and this message, as Kubernetes does.
+	artifactsRefused string
 }
 
 type fakeTicket struct {
@@ -55,6 +63,7 @@ func newFake(t *testing.T, source, eventType string) *fake {
 		},
 		duration: map[string]int{}, exit: map[string]int{}, ends: map[string]int{}, tickets: map[uint64]fakeTicket{},
 		notReady: map[string]string{}, aborted: map[string]bool{}, requests: map[uint32][]string{},
+		artifacts: map[string]map[string]string{},
 	}
 	fakeHost = f.handle
 	sched.mu.Lock()
@@ -239,6 +248,41 @@ func (f *fake) handle(op uint32, req []byte) (uint32, []byte) {
 		return 0, []byte(fmt.Sprintf(`{"status":"completed","ticket":%d,"result":%s}`, ids[0], t.result))
 	case opWorkspaceRead:
 		return fail(2, "not_configured", `project "p" has no workspace (set spec.workerTemplate.useWorkspace: true)`)
+	case opArtifactList:
+		if f.artifactsRefused != "" {
+			return 0, f.failingTicket(f.now, "invalid_request", f.artifactsRefused)
+		}
+		// By name, each saved by "build" from /src/<name>.
+		list := []map[string]any{}
+		var names []string
+		for n := range f.artifacts {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			size := 0
+			for _, contents := range f.artifacts[n] {
+				size += len(contents)
+			}
+			list = append(list, map[string]any{"name": n, "job": "build", "path": "/src/" + n, "sizeBytes": size, "files": len(f.artifacts[n])})
+		}
+		b, _ := json.Marshal(map[string]any{"artifacts": list})
+		return 0, f.ticket(f.now, string(b))
+	case opArtifactRead:
+		if f.artifactsRefused != "" {
+			return 0, f.failingTicket(f.now, "invalid_request", f.artifactsRefused)
+		}
+		path, _ := r["path"].(string)
+		contents, ok := f.artifacts[name][path]
+		if !ok {
+			return 0, f.failingTicket(f.now, "not_found", fmt.Sprintf("artifact %q has no file %q", name, path))
+		}
+		file := map[string]string{"path": path, "contents": contents, "encoding": "utf8"}
+		if !utf8.ValidString(contents) {
+			file["contents"], file["encoding"] = base64.StdEncoding.EncodeToString([]byte(contents)), "base64"
+		}
+		b, _ := json.Marshal(file)
+		return 0, f.ticket(f.now, string(b))
 	}
 	return fail(9, "unknown_operation", fmt.Sprint("no operation ", op))
 }
@@ -627,5 +671,72 @@ func TestServiceStartWaitsWithoutBlockingAGroup(t *testing.T) {
 func TestAnUnreadableNotReadyReplyKeepsItsCode(t *testing.T) {
 	if e := hostError(11, []byte("the service exited")); e.Code != "not_ready" || e.Message != "the service exited" {
 		t.Fatalf("%#v", e)
+	}
+}
+
+// Artifacts.List and Artifacts.ReadFile send the host's requests, wait for
+// their tickets, and decode the artifacts and the files (text or base64).
+func TestArtifactsListAndReadFiles(t *testing.T) {
+	f := newFake(t, "s", "x")
+	f.artifacts["dist"] = map[string]string{"app.js": "console.log(1)\n", "app.bin": "\x00\xff\x01"}
+	f.artifacts["build-report"] = map[string]string{"": "built dist/app\n"}
+	list, err := Artifacts.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []ArtifactInfo{
+		{Name: "build-report", Job: "build", Path: "/src/build-report", SizeBytes: 15, Files: 1},
+		{Name: "dist", Job: "build", Path: "/src/dist", SizeBytes: 18, Files: 2},
+	}
+	if fmt.Sprint(list) != fmt.Sprint(want) {
+		t.Fatalf("artifacts %+v\nwant %+v", list, want)
+	}
+	if got := strings.Join(f.requests[opArtifactList], "\n"); got != `{}` {
+		t.Fatalf("artifact.list request %s", got)
+	}
+	// List returned once its ticket completed, not when the call did.
+	if f.waitAnys != 1 {
+		t.Fatalf("%d wait_any calls", f.waitAnys)
+	}
+
+	text, err := Artifacts.ReadFile("dist", "app.js")
+	if err != nil || string(text) != "console.log(1)\n" {
+		t.Fatalf("app.js %q, %v", text, err)
+	}
+	binary, err := Artifacts.ReadFile("dist", "app.bin")
+	if err != nil || string(binary) != "\x00\xff\x01" {
+		t.Fatalf("app.bin %q, %v", binary, err)
+	}
+	single, err := Artifacts.ReadFile("build-report", "")
+	if err != nil || string(single) != "built dist/app\n" {
+		t.Fatalf("build-report %q, %v", single, err)
+	}
+	_, err = Artifacts.ReadFile("dist", "missing.txt")
+	var hostErr *Error
+	if !errors.As(err, &hostErr) || !errors.Is(err, ErrNotFound) || hostErr.Message != `artifact "dist" has no file "missing.txt"` {
+		t.Fatalf("err = %#v", err)
+	}
+	want2 := `{"name":"dist","path":"app.js"}` + "\n" + `{"name":"dist","path":"app.bin"}` + "\n" +
+		`{"name":"build-report","path":""}` + "\n" + `{"name":"dist","path":"missing.txt"}`
+	if got := strings.Join(f.requests[opArtifactRead], "\n"); got != want2 {
+		t.Fatalf("artifact.read requests\n%s\nwant\n%s", got, want2)
+	}
+}
+
+// With no artifacts the list is empty, not an error; an executor that keeps
+// none fails the tickets, and that error is returned as it is.
+func TestArtifactsEmptyAndRefused(t *testing.T) {
+	f := newFake(t, "s", "x")
+	list, err := Artifacts.List()
+	if err != nil || list == nil || len(list) != 0 {
+		t.Fatalf("artifacts %#v, %v", list, err)
+	}
+	message := "artifacts are not kept on Kubernetes (yet)"
+	f.artifactsRefused = message
+	if _, err := Artifacts.List(); !errors.Is(err, ErrInvalidRequest) || err.Error() != message {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := Artifacts.ReadFile("dist", ""); !errors.Is(err, ErrInvalidRequest) || err.Error() != message {
+		t.Fatalf("err = %v", err)
 	}
 }

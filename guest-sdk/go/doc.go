@@ -8,10 +8,10 @@
 // containers (Job, Container), services the event's jobs share (Service),
 // groups that run jobs one after another or at the same time (Sequence,
 // Concurrent), a levelled logger (Log), the event's summary (SetSummary), the
-// project's secrets (Secret), timers (Sleep) and the event's shared workspace
-// (Workspace). It talks to the host through the two functions of
-// mizzen:host/v1 (docs/host-api.md) and needs nothing but Go's standard
-// library.
+// project's secrets (Secret), timers (Sleep), the event's shared workspace
+// (Workspace) and the artifacts its jobs saved (Artifacts). It talks to the
+// host through the two functions of mizzen:host/v1 (docs/host-api.md) and
+// needs nothing but Go's standard library.
 //
 //	func main() {
 //		brigadier.Events.On("brigade.sh/cli", "exec", func(e brigadier.Event) error {
@@ -25,6 +25,7 @@
 // Errors are values: the host's refusals are *Error (with the host's Code),
 // jobs that fail are *JobError. A handler's error, or a panic, fails the
 // worker with its message; os.Exit(n) ends it with code n. Everything that
-// waits (Job.Run, Job.Wait, Job.Logs, Service.Start, Sleep, groups) lets the
-// goroutines of a Concurrent group run meanwhile.
+// waits (Job.Run, Job.Wait, Job.Logs, Service.Start, Sleep, Artifacts.List,
+// Artifacts.ReadFile, groups) lets the goroutines of a Concurrent group run
+// meanwhile.
 package brigadier

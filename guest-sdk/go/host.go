@@ -27,6 +27,8 @@ const (
 	opWorkspaceWrite  = 41
 	opWorkspaceList   = 42
 	opWorkspaceRemove = 43
+	opArtifactList    = 50
+	opArtifactRead    = 51
 )
 
 const (

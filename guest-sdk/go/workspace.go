@@ -41,6 +41,12 @@ func (EventWorkspace) ReadFile(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return file.bytes()
+}
+
+// bytes returns a file's contents as the host sent them: UTF-8 text, or
+// base64.
+func (file workspaceFile) bytes() ([]byte, error) {
 	if file.Encoding == "base64" {
 		contents, err := base64.StdEncoding.DecodeString(file.Contents)
 		if err != nil {

@@ -35,6 +35,8 @@
     WorkspaceWrite: 41,
     WorkspaceList: 42,
     WorkspaceRemove: 43,
+    ArtifactList: 50,
+    ArtifactRead: 51,
   };
 
   // Brigade's worker never printed lines longer than a container log line;
@@ -496,7 +498,21 @@
     },
   });
 
+  // ------------------------------------------------------------- artifacts
+  // Mizzen's addition: what the event's jobs saved (job.artifacts.save), as
+  // they end: listed, and small files read (8 MiB at most; each checked
+  // against its SHA-256). Paths are within the artifact.
+  const artifacts = Object.freeze({
+    async list() {
+      return (await submit(OP.ArtifactList, {})).artifacts;
+    },
+    async readFile(name, path = "", encoding = "utf8") {
+      return (await submit(OP.ArtifactRead, { name: String(name), path: String(path), encoding })).contents;
+    },
+  });
+
   const brigadier = Object.freeze({
+    artifacts,
     events,
     EventRegistry,
     Job,

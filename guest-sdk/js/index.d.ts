@@ -305,6 +305,33 @@ declare module "@brigadecore/brigadier" {
     static concurrent(...runnables: Runnable[]): ConcurrentGroup;
   }
 
+  /** An artifact the event's jobs saved (Mizzen's addition). */
+  export interface ArtifactInfo {
+    name: string;
+    /** The job that saved it. */
+    job: string;
+    /** The path in that job's container it was saved from. */
+    path: string;
+    sizeBytes: number;
+    files: number;
+  }
+
+  /**
+   * What the event's jobs saved (`job.artifacts.save`), as they end
+   * (Mizzen's addition). On executors that keep no artifacts (Kubernetes,
+   * for now) both reject, saying so.
+   */
+  export const artifacts: {
+    /** The artifacts saved so far, by name. */
+    list(): Promise<ArtifactInfo[]>;
+    /**
+     * A file of an artifact (`path` within it; empty for an artifact that
+     * is one file), at most 8 MiB, checked against its SHA-256: UTF-8 text,
+     * or base64 with `encoding: "base64"`.
+     */
+    readFile(name: string, path?: string, encoding?: "utf8" | "base64"): Promise<string>;
+  };
+
   /** A job's artifacts (Mizzen's addition). */
   export interface JobArtifacts {
     /** Saved from the primary container when the job ends (on success, unless `onFailure`). */

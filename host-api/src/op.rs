@@ -73,11 +73,20 @@ pub enum Op {
     /// Request: [`crate::types::WorkspacePath`]. Reply: none. Removes a file
     /// of the workspace, or a directory with everything in it.
     WorkspaceRemove = code::WORKSPACE_REMOVE,
+    /// Request: none. Reply: ticket, completing with
+    /// [`crate::types::ArtifactList`]: the artifacts the event's jobs saved
+    /// so far.
+    ArtifactList = code::ARTIFACT_LIST,
+    /// Request: [`crate::types::ArtifactFileRequest`]. Reply: ticket,
+    /// completing with [`crate::types::WorkspaceFile`] (its `path` the
+    /// file's within the artifact): one file of an artifact, checked
+    /// against its SHA-256.
+    ArtifactRead = code::ARTIFACT_READ,
 }
 
 impl Op {
     /// Every operation, for tables and tests.
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 20] = [
         Op::EventGet,
         Op::Log,
         Op::SummarySet,
@@ -96,6 +105,8 @@ impl Op {
         Op::WorkspaceWrite,
         Op::WorkspaceList,
         Op::WorkspaceRemove,
+        Op::ArtifactList,
+        Op::ArtifactRead,
     ];
 
     /// The operation with this number, if there is one.
@@ -124,6 +135,8 @@ impl Op {
             Op::WorkspaceWrite => "workspace.write",
             Op::WorkspaceList => "workspace.list",
             Op::WorkspaceRemove => "workspace.remove",
+            Op::ArtifactList => "artifact.list",
+            Op::ArtifactRead => "artifact.read",
         }
     }
 }

@@ -47,3 +47,7 @@ pub const WORKSPACE_WRITE: u32 = 41;
 pub const WORKSPACE_LIST: u32 = 42;
 /// `workspace.remove`: removes a workspace file, or a directory with everything in it.
 pub const WORKSPACE_REMOVE: u32 = 43;
+/// `artifact.list`: a ticket for the artifacts the event's jobs saved so far.
+pub const ARTIFACT_LIST: u32 = 50;
+/// `artifact.read`: a ticket for a file of one of the event's artifacts.
+pub const ARTIFACT_READ: u32 = 51;

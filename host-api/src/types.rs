@@ -737,6 +737,47 @@ pub struct WorkspaceFile {
     pub encoding: ContentEncoding,
 }
 
+/// The artifacts an event's jobs saved so far: the reply of
+/// [`crate::Op::ArtifactList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactList {
+    /// By name.
+    pub artifacts: Vec<ArtifactInfo>,
+}
+
+/// One artifact of the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactInfo {
+    /// Its name.
+    pub name: String,
+    /// The job that saved it.
+    pub job: String,
+    /// The path in that job's container it was saved from.
+    pub path: String,
+    /// The bytes its files hold.
+    pub size_bytes: u64,
+    /// How many files it holds.
+    pub files: u64,
+}
+
+/// The request of [`crate::Op::ArtifactRead`]: a file of an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactFileRequest {
+    /// The artifact's name.
+    pub name: String,
+    /// The file's path within the artifact; empty for an artifact that is a
+    /// single file.
+    #[serde(default)]
+    pub path: String,
+    /// How the reply carries the contents, as for
+    /// [`crate::Op::WorkspaceRead`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<ContentEncoding>,
+}
+
 /// How file contents travel in JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -9,9 +9,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use mizzen_host_api::types::{
-    Event, ExitRequest, JobLogs, JobLogsRequest, JobRef, JobResult, JobStartRequest, LogRequest,
-    ScriptError, SecretRequest, SecretValue, ServiceReady, ServiceStartRequest, SleepRequest,
-    SummaryRequest, Ticket, WaitAnyReply, WorkspaceFile, WorkspaceListing, WorkspacePath,
+    ArtifactFileRequest, ArtifactList, Event, ExitRequest, JobLogs, JobLogsRequest, JobRef,
+    JobResult, JobStartRequest, LogRequest, ScriptError, SecretRequest, SecretValue, ServiceReady,
+    ServiceStartRequest, SleepRequest, SummaryRequest, Ticket, WaitAnyReply, WorkspaceFile,
+    WorkspaceListing, WorkspacePath,
 };
 use mizzen_host_api::{ErrorCode, HostError, Op, abi};
 
@@ -177,6 +178,8 @@ fn check_example(type_name: &str, json: &str) -> Result<(), String> {
         // The reply of workspace.read and the request of workspace.write.
         "WorkspaceFile" => parses_as::<WorkspaceFile>(json, REPLY),
         "WorkspaceListing" => parses_as::<WorkspaceListing>(json, REPLY),
+        "ArtifactList" => parses_as::<ArtifactList>(json, REPLY),
+        "ArtifactFileRequest" => parses_as::<ArtifactFileRequest>(json, REQUEST),
         "HostError" => parses_as::<HostError>(json, REPLY),
         other => Err(format!(
             "`{other}` is not a type of host-api this test knows (add it to check_example)"

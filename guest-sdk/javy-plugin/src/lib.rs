@@ -46,7 +46,7 @@ const SDK_FILE_NAME: &str = "mizzen:brigadier.js";
 const MODULE_NAMES: [&str; 2] = ["@brigadecore/brigadier", "brigadier"];
 /// What the ES module exports (the library's own names plus `default`).
 /// (host-api/tests/op_codes.rs checks it against brigadier.js's object.)
-const MODULE_EXPORTS: [&str; 13] = [
+const MODULE_EXPORTS: [&str; 14] = [
     "events",
     "EventRegistry",
     "Job",
@@ -59,6 +59,7 @@ const MODULE_EXPORTS: [&str; 13] = [
     "logger",
     "Logger",
     "workspace",
+    "artifacts",
     "setSummary",
 ];
 

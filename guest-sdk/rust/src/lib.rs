@@ -5,9 +5,9 @@
 //! an [`Events`] registry of async handlers, [`Job`]s and their
 //! [`Container`]s, [`Service`]s the event's jobs share, [`sequence`] and
 //! [`concurrent`] groups, a levelled [`logger()`], the event's
-//! [`summary`](set_summary), [`secret`]s, [`sleep`] and the event's
-//! [`workspace`]. Every call reaches the host through the two imports of
-//! `mizzen:host/v1` (docs/host-api.md).
+//! [`summary`](set_summary), [`secret`]s, [`sleep`], the event's
+//! [`workspace`] and the [`artifacts`] its jobs saved. Every call reaches the
+//! host through the two imports of `mizzen:host/v1` (docs/host-api.md).
 //!
 //! ```no_run
 //! use brigadier::{Event, Events, Job, Result, concurrent, info};
@@ -29,6 +29,7 @@
 //! in the host's `wait_any` whenever every future is pending, so jobs and
 //! timers awaited together really run at the same time.
 
+pub mod artifacts;
 mod error;
 mod event;
 mod executor;

@@ -27,6 +27,12 @@ struct Host {
     not_ready: BTreeMap<String, String>,
     /// Jobs and services `job.cancel` stopped.
     stopped: Vec<String>,
+    /// The event's artifacts: by name, their files' contents by path (`""`
+    /// for an artifact that is one file).
+    artifacts: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// Fails `artifact.list` and `artifact.read`'s tickets with
+    /// `invalid_request` and this message, as Kubernetes does.
+    artifacts_refused: Option<String>,
 }
 
 impl Host {
@@ -186,6 +192,55 @@ fn install(source: &str, event_type: &str, log_level: &str) -> Rc<RefCell<Host>>
                 }
             }
             op::WORKSPACE_READ => error("not_configured", "no workspace"),
+            op::ARTIFACT_LIST | op::ARTIFACT_READ if host.artifacts_refused.is_some() => {
+                let message = host.artifacts_refused.clone().unwrap();
+                let refused = json!({"code": "invalid_request", "message": message});
+                ticket(&mut host, Err(refused))
+            }
+            op::ARTIFACT_LIST => {
+                // By name, each saved by "build" from /src/<name>.
+                let artifacts: Vec<Value> = host
+                    .artifacts
+                    .iter()
+                    .map(|(name, files)| {
+                        json!({
+                            "name": name, "job": "build", "path": format!("/src/{name}"),
+                            "sizeBytes": files.values().map(Vec::len).sum::<usize>(),
+                            "files": files.len()
+                        })
+                    })
+                    .collect();
+                ticket(&mut host, Ok(json!({ "artifacts": artifacts })))
+            }
+            op::ARTIFACT_READ => {
+                let (name, path) = (
+                    request["name"].as_str().unwrap(),
+                    request["path"].as_str().unwrap(),
+                );
+                let Some(contents) = host.artifacts.get(name).and_then(|a| a.get(path)) else {
+                    let message = format!("artifact \"{name}\" has no file \"{path}\"");
+                    let missing = json!({"code": "not_found", "message": message});
+                    return ticket(&mut host, Err(missing));
+                };
+                // Encoded as the host encodes workspace.read's files.
+                let file = match (request["encoding"].as_str(), std::str::from_utf8(contents)) {
+                    (Some("base64"), _) | (None, Err(_)) => {
+                        json!({"path": path, "contents": workspace::base64_encode(contents),
+                            "encoding": "base64"})
+                    }
+                    (_, Ok(text)) => json!({"path": path, "contents": text, "encoding": "utf8"}),
+                    (_, Err(_)) => {
+                        let message = format!(
+                            "file \"{path}\" of artifact \"{name}\" is not UTF-8 text; read it in base64"
+                        );
+                        return ticket(
+                            &mut host,
+                            Err(json!({"code": "invalid_request", "message": message})),
+                        );
+                    }
+                };
+                ticket(&mut host, Ok(file))
+            }
             _ => error("unknown_operation", "no such operation"),
         }
     });
@@ -721,4 +776,100 @@ fn artifacts_and_caches_are_sent_in_the_hosts_shape_and_left_out_when_empty() {
         !fields.contains_key("artifacts") && !fields.contains_key("caches"),
         "{plain}"
     );
+}
+
+#[test]
+fn artifacts_are_listed_and_read_through_tickets() {
+    let host = install("src", "t", "INFO");
+    host.borrow_mut().artifacts = BTreeMap::from([
+        (
+            "dist".into(),
+            BTreeMap::from([
+                ("app.js".into(), b"console.log(1)\n".to_vec()),
+                ("app.bin".into(), b"\x00\xff\x01".to_vec()),
+            ]),
+        ),
+        (
+            "build-report".into(),
+            BTreeMap::from([("".into(), b"built dist/app\n".to_vec())]),
+        ),
+    ]);
+    let list = block_on(artifacts::list()).unwrap().unwrap();
+    let summary: Vec<_> = list
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.job.as_str(),
+                a.path.as_str(),
+                a.size_bytes,
+                a.files,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("build-report", "build", "/src/build-report", 15, 1),
+            ("dist", "build", "/src/dist", 18, 2)
+        ]
+    );
+    assert_eq!(host.borrow().requests(op::ARTIFACT_LIST), [json!({})]);
+    // It returned once its ticket completed, not when the call did.
+    assert!(
+        host.borrow()
+            .ops()
+            .ends_with(&[op::ARTIFACT_LIST, op::WAIT_ANY])
+    );
+
+    let text = block_on(artifacts::read_file("dist", "app.js"));
+    assert_eq!(text.unwrap().unwrap(), "console.log(1)\n");
+    let single = block_on(artifacts::read_file("build-report", ""));
+    assert_eq!(single.unwrap().unwrap(), "built dist/app\n");
+    let binary = block_on(artifacts::read_file_bytes("dist", "app.bin"));
+    assert_eq!(binary.unwrap().unwrap(), b"\x00\xff\x01");
+    let text_as_bytes = block_on(artifacts::read_file_bytes("dist", "app.js"));
+    assert_eq!(text_as_bytes.unwrap().unwrap(), b"console.log(1)\n");
+    assert_eq!(
+        host.borrow().requests(op::ARTIFACT_READ),
+        [
+            json!({"name": "dist", "path": "app.js", "encoding": "utf8"}),
+            json!({"name": "build-report", "path": "", "encoding": "utf8"}),
+            json!({"name": "dist", "path": "app.bin"}),
+            json!({"name": "dist", "path": "app.js"}),
+        ]
+    );
+
+    let error = block_on(artifacts::read_file("dist", "app.bin"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code(), Some("invalid_request"));
+    let error = block_on(artifacts::read_file("dist", "missing.txt"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code(), Some("not_found"));
+    assert_eq!(
+        error.to_string(),
+        "artifact \"dist\" has no file \"missing.txt\""
+    );
+    assert!(error.location().unwrap().file().ends_with("tests.rs"));
+}
+
+/// With no artifacts the list is empty, not an error; an executor that keeps
+/// none fails the tickets, and that is the error.
+#[test]
+fn no_artifacts_is_an_empty_list_and_a_refusal_keeps_its_code() {
+    let host = install("src", "t", "INFO");
+    assert!(block_on(artifacts::list()).unwrap().unwrap().is_empty());
+    let message = "artifacts are not kept on Kubernetes (yet)";
+    host.borrow_mut().artifacts_refused = Some(message.into());
+    let error = block_on(artifacts::list()).unwrap().unwrap_err();
+    assert_eq!(
+        (error.code(), error.to_string()),
+        (Some("invalid_request"), message.into())
+    );
+    let error = block_on(artifacts::read_file_bytes("dist", ""))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code(), Some("invalid_request"));
 }

@@ -174,6 +174,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         );
     }
     write_artifacts(&storage, &context.event_id, &data_dir).await;
+    sweep_now_and_then(&storage, &data_dir).await;
     // The result is out; the event's files may still be being deleted.
     if let Some(executor) = &executor {
         executor.cleaned_up().await;
@@ -285,6 +286,33 @@ async fn write_artifacts(storage: &JobStorage, event_id: &str, data_dir: &Path) 
             ),
             Err(e) => writeln!(std::io::stderr(), "  {}: {e}", artifact.name),
         };
+    }
+}
+
+/// How often `mizzen run` sweeps the objects no artifact or cache names (an
+/// evicted cache's): a sweep lists every object, and what a day of runs
+/// leaves behind is small beside what is kept.
+const RUN_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Sweeps the run's objects when the last sweep (`run/last-sweep`) was
+/// more than [`RUN_SWEEP_INTERVAL`] ago.
+async fn sweep_now_and_then(storage: &JobStorage, data_dir: &Path) {
+    let stamp = data_dir.join("run").join("last-sweep");
+    let due = std::fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .map_or(true, |last| {
+            last.elapsed()
+                .map_or(true, |since| since > RUN_SWEEP_INTERVAL)
+        });
+    if !due {
+        return;
+    }
+    let _ = std::fs::write(&stamp, b"");
+    if let Err(e) = storage.sweep().await {
+        let _ = writeln!(
+            std::io::stderr(),
+            "mizzen: sweeping the kept objects failed: {e}"
+        );
     }
 }
 

@@ -362,6 +362,13 @@ fn artifacts_example_misses_its_cache_then_hits_it_and_hands_its_build_to_the_te
             .contains("[job: test] hello from the build, with 2 dependencies"),
         "{first:?}"
     );
+    // The script reads the report and lists what was saved.
+    assert!(
+        first.stdout.contains(
+            "build report: built dist/app; artifacts: build-report (1 file), dist (1 file)"
+        ),
+        "{first:?}"
+    );
     let second = run_in(data.path(), &["run", "examples/20-artifacts-caches"]);
     assert_eq!(second.code, 0, "{second:?}");
     assert!(second.stdout.contains("restored cache"), "{second:?}");

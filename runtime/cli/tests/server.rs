@@ -833,6 +833,7 @@ async fn artifacts_and_caches_end_to_end(
                 let build = server.ok(&["event", "logs", "--id", &id, "--job", "build"]);
                 let worker = server.ok(&["event", "logs", "--id", &id]);
                 assert_eq!(phase_of(&event), "SUCCEEDED", "{event}\n{worker}\n{build}");
+                assert!(worker.contains("build report: built dist/app"), "{worker}");
                 let test = server.ok(&["event", "logs", "--id", &id, "--job", "test"]);
                 assert!(
                     test.contains("hello from the build, with 2 dependencies"),

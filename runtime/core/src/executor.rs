@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mizzen_host_api::types::{
-    ContainerSpec, GitConfig, JobResult, JobSpec, Phase, Readiness, ServiceReady,
+    ArtifactInfo, ContainerSpec, GitConfig, JobResult, JobSpec, Phase, Readiness, ServiceReady,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -387,6 +387,31 @@ pub trait JobExecutor: Send + Sync {
         let _ = event;
         Err(WorkspaceError::JobsOnly(
             "this executor keeps the workspace where only the event's jobs reach it",
+        ))
+    }
+
+    /// The artifacts the event's jobs saved so far (`artifact.list`). An
+    /// executor that keeps none says so.
+    async fn artifacts(&self, event: &EventContext) -> Result<Vec<ArtifactInfo>, ExecutorError> {
+        let _ = event;
+        Err(ExecutorError::Unsupported(
+            "this executor keeps no artifacts".into(),
+        ))
+    }
+
+    /// File `path` of artifact `name` of the event (`artifact.read`),
+    /// checked against its SHA-256; a file of more than `max_bytes` is
+    /// refused, naming its size.
+    async fn read_artifact(
+        &self,
+        event: &EventContext,
+        name: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ExecutorError> {
+        let _ = (event, name, path, max_bytes);
+        Err(ExecutorError::Unsupported(
+            "this executor keeps no artifacts".into(),
         ))
     }
 

@@ -484,6 +484,25 @@ impl JobExecutor for HostJobExecutor {
         self.containers.cleaned_up().await;
     }
 
+    async fn artifacts(
+        &self,
+        event: &EventContext,
+    ) -> Result<Vec<mizzen_host_api::types::ArtifactInfo>, ExecutorError> {
+        self.containers.artifacts(event).await
+    }
+
+    async fn read_artifact(
+        &self,
+        event: &EventContext,
+        name: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ExecutorError> {
+        self.containers
+            .read_artifact(event, name, path, max_bytes)
+            .await
+    }
+
     async fn project_volumes(
         &self,
         project_id: &str,

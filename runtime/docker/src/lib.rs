@@ -377,6 +377,23 @@ impl JobExecutor for DockerExecutor {
         let _ = cleanups.wait_for(|n| *n == 0).await;
     }
 
+    async fn artifacts(
+        &self,
+        event: &EventContext,
+    ) -> Result<Vec<mizzen_host_api::types::ArtifactInfo>, ExecutorError> {
+        kept::list(self.state.storage.as_ref(), event).await
+    }
+
+    async fn read_artifact(
+        &self,
+        event: &EventContext,
+        name: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ExecutorError> {
+        kept::read(self.state.storage.as_ref(), event, name, path, max_bytes).await
+    }
+
     async fn project_volumes(
         &self,
         project_id: &str,
@@ -546,6 +563,29 @@ impl JobExecutor for LazyDockerExecutor {
     async fn cleaned_up(&self) {
         if let Some(Ok(executor)) = self.executor.get() {
             executor.cleaned_up().await;
+        }
+    }
+
+    async fn artifacts(
+        &self,
+        event: &EventContext,
+    ) -> Result<Vec<mizzen_host_api::types::ArtifactInfo>, ExecutorError> {
+        match self.connected().await {
+            Ok(executor) => executor.artifacts(event).await,
+            Err(e) => Err(ExecutorError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn read_artifact(
+        &self,
+        event: &EventContext,
+        name: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ExecutorError> {
+        match self.connected().await {
+            Ok(executor) => executor.read_artifact(event, name, path, max_bytes).await,
+            Err(e) => Err(ExecutorError::Unavailable(e.to_string())),
         }
     }
 

@@ -7,16 +7,6 @@ use serde::Serialize;
 
 use crate::{Digest, Objects};
 
-/// The longest artifact name: as long as a job's name may be.
-pub const MAX_ARTIFACT_NAME: usize = 63;
-
-/// The longest cache key or restore key: GitHub's limit, so that keys made
-/// for GitHub's cache fit.
-pub const MAX_CACHE_KEY: usize = 512;
-
-/// Restore keys one cache may try: GitHub's limit.
-pub const MAX_RESTORE_KEYS: usize = 10;
-
 /// Entries one project may keep in its caches, however small: each is a
 /// row, and a lookup by restore key reads the project's keys.
 pub const MAX_CACHE_ENTRIES: u64 = 10_000;
@@ -55,6 +45,17 @@ pub enum CatalogError {
     /// The project is gone (deleted while the job ran).
     #[error("project {0:?} does not exist")]
     NoProject(String),
+}
+
+/// Why a sweep failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// The catalog could not list what it keeps.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The objects could not be listed or deleted.
+    #[error(transparent)]
+    Objects(#[from] crate::ObjectsError),
 }
 
 /// An artifact kept with its event.
@@ -147,6 +148,9 @@ pub trait Catalog: Send + Sync {
     /// until its entries hold at most `quota` bytes and number at most
     /// [`MAX_CACHE_ENTRIES`].
     async fn keep_cache(&self, cache: &KeptCache, quota: u64) -> Result<CacheKept, CatalogError>;
+
+    /// The trees every artifact and cache entry names: what a sweep keeps.
+    async fn kept_trees(&self) -> Result<Vec<Digest>, CatalogError>;
 }
 
 /// What jobs keep their artifacts and caches in: the objects and the
@@ -165,6 +169,15 @@ pub struct JobStorage {
 }
 
 impl JobStorage {
+    /// Deletes the objects no artifact or cache names, no save running
+    /// meanwhile (see [`JobStorage::saving`]).
+    pub async fn sweep(&self) -> Result<crate::Sweep, SweepError> {
+        let _no_saves = self.saving.write().await;
+        let started = std::time::SystemTime::now();
+        let kept = self.catalog.kept_trees().await?;
+        Ok(self.objects.sweep(kept, started).await?)
+    }
+
     /// Objects named by `catalog`.
     pub fn new(objects: Objects, catalog: std::sync::Arc<dyn Catalog>) -> Self {
         Self {

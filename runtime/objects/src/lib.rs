@@ -30,8 +30,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest as _, Sha256};
 
 pub use catalog::{
-    CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache, MAX_ARTIFACT_NAME,
-    MAX_CACHE_ENTRIES, MAX_CACHE_KEY, MAX_RESTORE_KEYS,
+    CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache, MAX_CACHE_ENTRIES,
+    SweepError,
 };
 pub use tree::{Entry, EntryKind, Manifest, SaveOptions, SavedTree, TarOwner};
 
@@ -189,6 +189,9 @@ const OBJECTS_PREFIX: &str = "sha256";
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
     location: Arc<str>,
+    /// The directory of a local store: where a crash may have left staging
+    /// files, which the store does not list.
+    local_dir: Option<Arc<Path>>,
 }
 
 impl fmt::Debug for Objects {
@@ -230,6 +233,7 @@ impl Objects {
         Ok(Self {
             store: Arc::new(store),
             location: url.into(),
+            local_dir: Some(dir.into()),
         })
     }
 
@@ -285,6 +289,7 @@ impl Objects {
         Ok(Self {
             store,
             location: format!("s3://{location}").into(),
+            local_dir: None,
         })
     }
 
@@ -309,11 +314,41 @@ impl Objects {
         }
     }
 
+    /// Whether object `digest` is stored already, so that a save may name it
+    /// instead of storing it again. A local object's modification time
+    /// becomes now: a sweep keeps what was written since it started, and an
+    /// old object no tree named until this save would otherwise be fair
+    /// game to a sweep in another process (`mizzen run`s sharing a data
+    /// directory), which the in-process lock (`JobStorage::saving`) does not
+    /// hold back.
+    async fn reuse(&self, digest: &Digest) -> Result<bool, ObjectsError> {
+        if !self.contains(digest).await? {
+            return Ok(false);
+        }
+        if let Some(dir) = &self.local_dir {
+            let hex = digest.hex();
+            let path = dir.join(OBJECTS_PREFIX).join(&hex[..2]).join(&hex);
+            let touched = tokio::task::spawn_blocking(move || {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)?
+                    .set_modified(SystemTime::now())
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            if touched.is_err() {
+                // Deleted since: store it again.
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Stores `bytes` (whose digest is `digest`) unless an object of that
     /// name is there already. Two writers of one object write the same
     /// bytes, so whichever rename or upload lands last changes nothing.
     async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<bool, ObjectsError> {
-        if self.contains(digest).await? {
+        if self.reuse(digest).await? {
             return Ok(false);
         }
         self.store
@@ -333,7 +368,7 @@ impl Objects {
         size: u64,
     ) -> Result<bool, ObjectsError> {
         use tokio::io::AsyncReadExt;
-        if self.contains(digest).await? {
+        if self.reuse(digest).await? {
             return Ok(false);
         }
         let upload = self
@@ -563,6 +598,15 @@ impl Objects {
                 Err(e) => return Err(self.storage_error(e)),
             }
         }
+        if let Some(dir) = &self.local_dir {
+            let dir = dir.clone();
+            let (deleted, bytes) =
+                tokio::task::spawn_blocking(move || sweep_staging(&dir, written_before))
+                    .await
+                    .unwrap_or_default();
+            sweep.deleted += deleted;
+            sweep.deleted_bytes += bytes;
+        }
         Ok(sweep)
     }
 }
@@ -613,6 +657,35 @@ const PART_BYTES: usize = 8 << 20;
 
 /// Parts of one upload sent at once; with [`PART_BYTES`], 32 MiB held.
 const MAX_PARTS_IN_FLIGHT: usize = 4;
+
+/// Deletes the staging files (`NAME#N`) under a local store's `dir` last
+/// written before `written_before`: what a process killed mid-write left,
+/// which the store neither lists nor ever renames; how many, and their
+/// bytes.
+fn sweep_staging(dir: &Path, written_before: SystemTime) -> (u64, u64) {
+    let (mut deleted, mut bytes) = (0, 0);
+    let Ok(prefixes) = std::fs::read_dir(dir.join(OBJECTS_PREFIX)) else {
+        return (0, 0);
+    };
+    for prefix in prefixes.flatten() {
+        let Ok(files) = std::fs::read_dir(prefix.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            if !file.file_name().to_string_lossy().contains('#') {
+                continue;
+            }
+            let Ok(meta) = file.metadata() else { continue };
+            if meta.modified().is_ok_and(|m| m < written_before)
+                && std::fs::remove_file(file.path()).is_ok()
+            {
+                deleted += 1;
+                bytes += meta.len();
+            }
+        }
+    }
+    (deleted, bytes)
+}
 
 /// Microseconds since the Unix epoch (before it, negative).
 fn micros(time: SystemTime) -> i64 {

@@ -185,14 +185,53 @@ async fn a_sweep_deletes_only_old_objects_no_kept_tree_names() {
     };
     let kept = save("kept").await;
     let dropped = save("dropped").await;
+    // What a process killed mid-write leaves: a staging file, never listed.
+    let staging = temp.path().join("objects/sha256/00/0000#1");
+    std::fs::create_dir_all(staging.parent().unwrap()).unwrap();
+    std::fs::write(&staging, "half").unwrap();
     // Written after the sweep's start: a save in progress; kept.
     let started = std::time::SystemTime::now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let young = save("young").await;
 
     let sweep = objects.sweep([kept.manifest], started).await.unwrap();
-    assert_eq!(sweep.deleted, 2, "{sweep:?}"); // dropped's manifest and file
+    // Dropped's manifest and file, and the staging file.
+    assert_eq!(sweep.deleted, 3, "{sweep:?}");
+    assert!(!staging.exists());
     assert!(objects.manifest(&kept.manifest).await.is_ok());
     assert!(objects.manifest(&young.manifest).await.is_ok());
     assert!(!objects.contains(&dropped.manifest).await.unwrap());
+}
+
+/// A save that reuses an old object no kept tree names, while a sweep that
+/// started before it runs (in another process: nothing holds them apart),
+/// keeps the object: reusing it made it as young as the save.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_save_reusing_an_unreferenced_object_during_a_sweep_keeps_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+    let dir = temp.path().join("tree");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f"), "shared content").unwrap();
+    let old = objects
+        .save_tar(std::io::Cursor::new(tar_of(&dir, "old")), options("old"))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let started = std::time::SystemTime::now();
+    let new = objects
+        .save_tar(std::io::Cursor::new(tar_of(&dir, "new")), options("new"))
+        .await
+        .unwrap();
+    assert_eq!(new.written_bytes, 0, "the file is reused, its manifest too");
+    // The sweep knew of no kept tree when it started.
+    objects.sweep([], started).await.unwrap();
+    let (writer, mut reader) = tokio::io::duplex(1 << 16);
+    let manifest = objects.manifest(&new.manifest).await.unwrap();
+    let writing = objects.write_tar(manifest, "new".into(), TarOwner { uid: 0, gid: 0 }, writer);
+    let mut sink = Vec::new();
+    let reading = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sink);
+    let (written, _) = tokio::join!(writing, reading);
+    written.unwrap();
+    let _ = old;
 }

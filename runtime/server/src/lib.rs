@@ -367,30 +367,17 @@ async fn sweep_objects(
                 Err(e) => tracing::error!(error = %e, "deleting old artifacts failed"),
             }
         }
-        if let Err(e) = sweep_once(&store, &storage).await {
-            tracing::error!(error = %e, "sweeping the object storage failed");
+        match storage.sweep().await {
+            Ok(sweep) if sweep.deleted > 0 => tracing::info!(
+                deleted = sweep.deleted,
+                bytes = sweep.deleted_bytes,
+                kept = sweep.kept,
+                "swept objects no artifact or cache names"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "sweeping the object storage failed"),
         }
     }
-}
-
-/// One sweep of the object storage, no save under way meanwhile.
-pub async fn sweep_once(
-    store: &store::Store,
-    storage: &JobStorage,
-) -> Result<mizzen_objects::Sweep, ServerError> {
-    let _no_saves = storage.saving.write().await;
-    let started = std::time::SystemTime::now();
-    let kept = store.kept_trees().await?;
-    let sweep = storage.objects.sweep(kept, started).await?;
-    if sweep.deleted > 0 {
-        tracing::info!(
-            deleted = sweep.deleted,
-            bytes = sweep.deleted_bytes,
-            kept = sweep.kept,
-            "swept objects no artifact or cache names"
-        );
-    }
-    Ok(sweep)
 }
 
 async fn expire_logs(store: store::Store, retention: Duration, mut stop: watch::Receiver<bool>) {

@@ -27,10 +27,33 @@ use crate::host::{parse, reply};
 use crate::limits::Limit;
 use crate::worker::human_bytes;
 
+/// A file's `contents` as a reply carries them: UTF-8 text when they are
+/// (unless base64 is asked for), else base64; asked for UTF-8, contents
+/// that are not are an error naming `what`.
+pub(crate) fn encode(
+    contents: Vec<u8>,
+    asked: Option<ContentEncoding>,
+    what: &str,
+) -> Result<(String, ContentEncoding), HostError> {
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    Ok(match (asked, String::from_utf8(contents)) {
+        (Some(ContentEncoding::Base64), Ok(text)) => {
+            (base64(text.as_bytes()), ContentEncoding::Base64)
+        }
+        (_, Ok(text)) => (text, ContentEncoding::Utf8),
+        (Some(ContentEncoding::Utf8), Err(_)) => {
+            return Err(HostError::invalid(format!(
+                "{what} is not UTF-8 text; read it in base64"
+            )));
+        }
+        (_, Err(e)) => (base64(e.as_bytes()), ContentEncoding::Base64),
+    })
+}
+
 /// The largest file a script reads in one call. Its JSON reply (base64 for
 /// binary files) must fit in a worker's memory beside the script (64 MiB
 /// by default); bigger files are for jobs.
-const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+pub(crate) const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Entries counted when the workspace's size is measured before a write. A
 /// workspace with more is treated as full rather than walked for ever.
@@ -161,20 +184,11 @@ impl ScriptWorkspace {
         if contents.len() as u64 > MAX_READ_BYTES {
             return Err(too_big(&request.path, contents.len() as u64));
         }
-        let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-        let (contents, encoding) = match (request.encoding, String::from_utf8(contents)) {
-            (Some(ContentEncoding::Base64), Ok(text)) => {
-                (base64(text.as_bytes()), ContentEncoding::Base64)
-            }
-            (_, Ok(text)) => (text, ContentEncoding::Utf8),
-            (Some(ContentEncoding::Utf8), Err(_)) => {
-                return Err(HostError::invalid(format!(
-                    "workspace file \"{}\" is not UTF-8 text; read it in base64",
-                    request.path
-                )));
-            }
-            (_, Err(e)) => (base64(e.as_bytes()), ContentEncoding::Base64),
-        };
+        let (contents, encoding) = encode(
+            contents,
+            request.encoding,
+            &format!("workspace file \"{}\"", request.path),
+        )?;
         Ok(WorkspaceFile {
             path: request.path.clone(),
             contents,

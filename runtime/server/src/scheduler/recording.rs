@@ -240,6 +240,22 @@ impl JobExecutor for RecordedExecutor {
     ) -> Result<std::path::PathBuf, WorkspaceError> {
         self.inner.workspace_dir(event).await
     }
+    async fn artifacts(
+        &self,
+        event: &EventContext,
+    ) -> Result<Vec<mizzen_host_api::types::ArtifactInfo>, ExecutorError> {
+        self.inner.artifacts(event).await
+    }
+
+    async fn read_artifact(
+        &self,
+        event: &EventContext,
+        name: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ExecutorError> {
+        self.inner.read_artifact(event, name, path, max_bytes).await
+    }
 }
 
 /// A running job whose end is in the store before the script hears of it,

@@ -85,17 +85,6 @@ impl Store {
             .await?;
         Ok(result.rows_affected() == 1)
     }
-
-    /// The trees every artifact and cache entry names: what a sweep of the
-    /// object storage keeps.
-    pub async fn kept_trees(&self) -> Result<Vec<Digest>, StoreError> {
-        let rows = sqlx::query("SELECT tree FROM artifacts UNION SELECT tree FROM caches")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| digest_of(row.try_get("tree")?))
-            .collect()
-    }
 }
 
 fn digest_of(text: String) -> Result<Digest, StoreError> {
@@ -262,6 +251,17 @@ impl Catalog for Store {
             .await
             .map_err(database)?;
         Ok(Some(cache))
+    }
+
+    async fn kept_trees(&self) -> Result<Vec<Digest>, CatalogError> {
+        let rows = sqlx::query("SELECT tree FROM artifacts UNION SELECT tree FROM caches")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database)?;
+        Ok(rows
+            .iter()
+            .map(|row| digest_of(row.try_get("tree")?))
+            .collect::<Result<_, StoreError>>()?)
     }
 
     async fn keep_cache(&self, cache: &KeptCache, quota: u64) -> Result<CacheKept, CatalogError> {

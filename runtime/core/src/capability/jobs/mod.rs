@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::collections::BTreeMap;
 
 use mizzen_host_api::types::{
-    EventProject, JobHost, JobLogs, JobLogsRequest, JobRef, JobResult, JobSpec, LogLevel, Phase,
-    ServiceReady,
+    ArtifactFileRequest, ArtifactList, EventProject, JobHost, JobLogs, JobLogsRequest, JobRef,
+    JobResult, JobSpec, LogLevel, Phase, ServiceReady, WorkspaceFile,
 };
 use mizzen_host_api::{ErrorCode, HostError, Op};
 use tokio::sync::watch;
@@ -46,6 +46,8 @@ pub const OPS: &[Op] = &[
     Op::JobWait,
     Op::JobCancel,
     Op::JobLogs,
+    Op::ArtifactList,
+    Op::ArtifactRead,
 ];
 
 /// Answers one of [`OPS`].
@@ -97,6 +99,37 @@ pub(crate) async fn call(
             let running = jobs.lock().await.running(&job.name)?;
             running.cancel().await;
             Ok(Answer::Now(None))
+        }
+        Op::ArtifactList => {
+            let (executor, event) = jobs.lock().await.executor("artifacts")?;
+            Ok(Answer::Later(Box::pin(async move {
+                let artifacts = executor.artifacts(&event).await.map_err(executor_error)?;
+                Ok(serde_json::to_value(ArtifactList { artifacts }).expect("artifacts serialise"))
+            })))
+        }
+        Op::ArtifactRead => {
+            let file = parse::<ArtifactFileRequest>(op, request)?;
+            let (executor, event) = jobs.lock().await.executor("artifacts")?;
+            Ok(Answer::Later(Box::pin(async move {
+                let contents = executor
+                    .read_artifact(
+                        &event,
+                        &file.name,
+                        &file.path,
+                        crate::capability::workspace::MAX_READ_BYTES,
+                    )
+                    .await
+                    .map_err(executor_error)?;
+                let what = format!("file {:?} of artifact \"{}\"", file.path, file.name);
+                let (contents, encoding) =
+                    crate::capability::workspace::encode(contents, file.encoding, &what)?;
+                Ok(serde_json::to_value(WorkspaceFile {
+                    path: file.path,
+                    contents,
+                    encoding,
+                })
+                .expect("a file serialises"))
+            })))
         }
         _ => {
             let logs = parse::<JobLogsRequest>(op, request)?;
