@@ -278,9 +278,9 @@ async fn write_artifacts(storage: &JobStorage, event_id: &str, data_dir: &Path) 
         let _ = match written {
             Ok(()) => writeln!(
                 std::io::stderr(),
-                "  {} ({} files, {}) from job {}",
+                "  {} ({}, {}) from job {}",
                 artifact.name,
-                artifact.files,
+                mizzen_runtime::kept::files(artifact.files),
                 LimitValue::Bytes(artifact.bytes),
                 artifact.job
             ),

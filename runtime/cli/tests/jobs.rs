@@ -469,6 +469,58 @@ spec:
     dir
 }
 
+/// A secret the script may not read (`scriptSecrets`), written by a job
+/// into an artifact, reaches the script masked.
+#[test]
+fn an_artifact_read_by_the_script_masks_the_secrets_it_may_not_read() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: artifact-secrets
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/cli
+    types: [exec]
+  workerTemplate:
+    scriptSecrets: [visible]
+    defaultConfigFiles:
+      brigade.js: |
+        const { artifacts, events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {
+          const job = new Job("leak", "debian", event);
+          job.primaryContainer.environment = { TOKEN: "${{ secrets.hidden }}" };
+          job.primaryContainer.command = ["sh", "-c", "mkdir -p /tmp/out && printf 'token=%s' \"$TOKEN\" > /tmp/out/t.txt"];
+          job.artifacts.save = [{ name: "out", path: "/tmp/out" }];
+          await job.run();
+          const text = await artifacts.readFile("out", "t.txt");
+          const bytes = await artifacts.readFile("out", "t.txt", "base64");
+          console.log(`text ${text === "token=***" ? "masked" : "UNMASKED " + text.length}`);
+          console.log(`base64 ${bytes === "dG9rZW49Kioq" ? "masked" : "UNMASKED " + bytes}`);
+        });
+        events.process();
+"#,
+    )
+    .unwrap();
+    let ran = run_in(
+        data.path(),
+        &[
+            "run",
+            dir.path().to_str().unwrap(),
+            "--secret",
+            "hidden=hidden-canary-5d1",
+            "--secret",
+            "visible=seen",
+        ],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(ran.stdout.contains("text masked"), "{ran:?}");
+    assert!(ran.stdout.contains("base64 masked"), "{ran:?}");
+}
+
 #[test]
 fn a_cache_or_artifacts_over_their_quota_fail_the_job_naming_the_limit() {
     let data = tempfile::tempdir().unwrap();

@@ -116,6 +116,15 @@ impl KeptPath {
     }
 }
 
+/// `1 file`, `2 files`: how messages count a tree's files.
+pub fn files(count: u64) -> String {
+    if count == 1 {
+        "1 file".to_string()
+    } else {
+        format!("{count} files")
+    }
+}
+
 fn is_artifact_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_ARTIFACT_NAME

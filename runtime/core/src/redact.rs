@@ -159,6 +159,25 @@ impl Redactor {
 }
 
 impl Redactor {
+    /// `bytes` (a file's, text or not) with every secret value replaced by
+    /// [`MASK`].
+    pub fn redact_bytes<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        let values = match &self.values {
+            Values::None => return Cow::Borrowed(bytes),
+            Values::Unmatchable => return Cow::Borrowed(MASK.as_bytes()),
+            Values::Matcher { whole, .. } => whole,
+        };
+        if !values.is_match(bytes) {
+            return Cow::Borrowed(bytes);
+        }
+        let mut masked = Vec::with_capacity(bytes.len());
+        values.replace_all_with_bytes(bytes, &mut masked, |_, _, masked| {
+            masked.extend_from_slice(MASK.as_bytes());
+            true
+        });
+        Cow::Owned(masked)
+    }
+
     /// `value` with every secret value masked in its strings and its
     /// objects' keys.
     pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {

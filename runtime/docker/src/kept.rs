@@ -232,9 +232,10 @@ pub(crate) async fn restore(
         })?;
         let line = match restore.tree {
             Some(_) => format!(
-                "restored {} into {} ({files} files, {})",
+                "restored {} into {} ({}, {})",
                 restore.what,
                 restore.target,
+                mizzen_runtime::kept::files(files as u64),
                 LimitValue::Bytes(bytes)
             ),
             None => format!(
@@ -327,13 +328,13 @@ pub(crate) async fn save(
         say(
             context,
             &format!(
-                "saved {what} from {}{} ({} files, {}; {} new)",
+                "saved {what} from {}{} ({}, {}; {} new)",
                 path.base,
                 path.pattern
                     .as_deref()
                     .map(|p| format!("/{p}"))
                     .unwrap_or_default(),
-                saved.files,
+                mizzen_runtime::kept::files(saved.files),
                 LimitValue::Bytes(saved.bytes),
                 LimitValue::Bytes(saved.written_bytes)
             ),
@@ -387,8 +388,8 @@ pub(crate) async fn save(
                 format!("{what} was saved by another job first; kept that one")
             }
             CacheKept::Kept { evicted } => format!(
-                "saved {what} from {base} ({} files, {}; {} new){}",
-                saved.files,
+                "saved {what} from {base} ({}, {}; {} new){}",
+                mizzen_runtime::kept::files(saved.files),
                 LimitValue::Bytes(saved.bytes),
                 LimitValue::Bytes(saved.written_bytes),
                 if evicted.is_empty() {

@@ -108,8 +108,9 @@ pub async fn artifacts(command: ArtifactCommand) -> Result<(), Failure> {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let (files, size) = download(&api, &id.id, &name, &artifact, &dir).await?;
             out(format!(
-                "Wrote artifact {name:?} into {} ({files} files, {}), each file's SHA-256 checked.",
+                "Wrote artifact {name:?} into {} ({}, {}), each file's SHA-256 checked.",
                 dir.display(),
+                mizzen_runtime::kept::files(files),
                 LimitValue::Bytes(size)
             ));
             Ok(())

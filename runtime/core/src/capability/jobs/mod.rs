@@ -109,7 +109,11 @@ pub(crate) async fn call(
         }
         Op::ArtifactRead => {
             let file = parse::<ArtifactFileRequest>(op, request)?;
-            let (executor, event) = jobs.lock().await.executor("artifacts")?;
+            let (executor, event, hidden) = {
+                let jobs = jobs.lock().await;
+                let (executor, event) = jobs.executor("artifacts")?;
+                (executor, event, jobs.hidden())
+            };
             Ok(Answer::Later(Box::pin(async move {
                 let contents = executor
                     .read_artifact(
@@ -120,6 +124,7 @@ pub(crate) async fn call(
                     )
                     .await
                     .map_err(executor_error)?;
+                let contents = hidden.redact_bytes(&contents).into_owned();
                 let what = format!("file {:?} of artifact \"{}\"", file.path, file.name);
                 let (contents, encoding) =
                     crate::capability::workspace::encode(contents, file.encoding, &what)?;
@@ -182,7 +187,7 @@ pub(crate) struct WorkerJobs {
     /// The secrets the script may not read, masked in the job output it
     /// reads back; built at the first `job.logs()`, so that a worker that
     /// reads none does not spend time linear in its project's secrets.
-    hidden: std::sync::OnceLock<Redactor>,
+    hidden: std::sync::OnceLock<Arc<Redactor>>,
     /// The artifacts the event's jobs save, by name: the job that saves each.
     artifacts: HashMap<String, String>,
 }
@@ -477,21 +482,28 @@ impl WorkerJobs {
             .ok_or_else(|| not_found(name))
     }
 
+    /// What masks the secrets the script may not read: a job can print such
+    /// a secret, or write it into an artifact, and what the script reads
+    /// back from its jobs must not carry it.
+    fn hidden(&self) -> Arc<Redactor> {
+        self.hidden
+            .get_or_init(|| {
+                Arc::new(Redactor::new(
+                    self.project
+                        .secrets
+                        .iter()
+                        .filter(|(key, _)| !self.project.script_may_read(key))
+                        .map(|(_, value)| value),
+                ))
+            })
+            .clone()
+    }
+
     /// A container's output so far (`Op::JobLogs`); the primary's by default.
     fn logs(&self, name: &str, container: Option<&str>) -> Result<JobLogs, HostError> {
         let job = self.jobs.get(name).ok_or_else(|| not_found(name))?;
         let container = container.unwrap_or(name);
-        // A secret the script may not read stays out of what it reads back
-        // from its jobs, when a job prints it as it is.
-        let hidden = self.hidden.get_or_init(|| {
-            Redactor::new(
-                self.project
-                    .secrets
-                    .iter()
-                    .filter(|(key, _)| !self.project.script_may_read(key))
-                    .map(|(_, value)| value),
-            )
-        });
+        let hidden = self.hidden();
         let kept = job.output.lines.lock().unwrap_or_else(|e| e.into_inner());
         let lines = kept
             .get(container)
