@@ -297,6 +297,7 @@ pub(crate) async fn save(
                 " (the room left of the event's artifacts under the project's artifactSize limit of {})",
                 LimitValue::Bytes(quota)
             ),
+            max_entries: mizzen_objects::MAX_TREE_ENTRIES,
         };
         let Some(saved) = save_tree(docker, storage, id, &path.base, options, !succeeded).await?
         else {
@@ -357,6 +358,7 @@ pub(crate) async fn save(
                 " (the project's cacheSize limit of {})",
                 LimitValue::Bytes(quota)
             ),
+            max_entries: mizzen_objects::MAX_TREE_ENTRIES,
         };
         let Some(saved) = save_tree(docker, storage, id, base, options, true).await? else {
             say(

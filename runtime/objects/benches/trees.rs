@@ -85,6 +85,7 @@ async fn save(objects: &Objects, parent: &Path) -> (Duration, mizzen_objects::Sa
         pattern: None,
         max_bytes: u64::MAX,
         limit_name: String::new(),
+        max_entries: mizzen_objects::MAX_TREE_ENTRIES,
     };
     let saved = objects.save_tar(stdout, options).await.unwrap();
     assert!(child.wait().await.unwrap().success());

@@ -33,7 +33,7 @@ pub use catalog::{
     CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache, MAX_CACHE_ENTRIES,
     SweepError,
 };
-pub use tree::{Entry, EntryKind, Manifest, SaveOptions, SavedTree, TarOwner};
+pub use tree::{Entry, EntryKind, MAX_TREE_ENTRIES, Manifest, SaveOptions, SavedTree, TarOwner};
 
 /// Why storing or reading objects failed.
 #[derive(Debug, thiserror::Error)]
@@ -380,23 +380,33 @@ impl Objects {
         let mut file = tokio::fs::File::from_std(file);
         let mut left = size;
         let mut buffer = vec![0u8; 1 << 20];
-        while left > 0 {
-            let n = file
-                .read(&mut buffer)
-                .await
-                .map_err(|source| ObjectsError::Archive {
-                    what: format!("object {digest}'s staging file"),
-                    source,
-                })?;
-            if n == 0 {
-                break;
+        let written: Result<(), ObjectsError> = async {
+            while left > 0 {
+                let n = file
+                    .read(&mut buffer)
+                    .await
+                    .map_err(|source| ObjectsError::Archive {
+                        what: format!("object {digest}'s staging file"),
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                writer
+                    .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| self.storage_error(e))?;
+                writer.write(&buffer[..n]);
+                left = left.saturating_sub(n as u64);
             }
-            writer
-                .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
-                .await
-                .map_err(|e| self.storage_error(e))?;
-            writer.write(&buffer[..n]);
-            left = left.saturating_sub(n as u64);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            // An upload left open costs storage (S3 keeps its parts until it
+            // is aborted) and is never visible.
+            let _ = writer.abort().await;
+            return Err(e);
         }
         writer.finish().await.map_err(|e| self.storage_error(e))?;
         Ok(true)

@@ -148,6 +148,9 @@ pub struct SaveOptions {
     /// Which limit `max_bytes` is, for errors: ` (the project's cacheSize
     /// limit)`.
     pub limit_name: String,
+    /// The most files, directories and links it may list (at most
+    /// [`MAX_TREE_ENTRIES`]).
+    pub max_entries: usize,
 }
 
 /// A tree saved.
@@ -276,10 +279,11 @@ impl Objects {
                 parent = up;
             }
             entries.extend(parents.into_iter().rev());
-            if entries.len() >= MAX_TREE_ENTRIES {
+            let max_entries = options.max_entries.min(MAX_TREE_ENTRIES);
+            if entries.len() >= max_entries {
                 return Err(ObjectsError::TooManyEntries {
                     what: what.clone(),
-                    limit: MAX_TREE_ENTRIES,
+                    limit: max_entries,
                 });
             }
             let mut entry = Entry {

@@ -107,6 +107,32 @@ async fn a_tree_over_its_limit_is_refused_by_name() {
     );
 }
 
+/// A tree of more entries than allowed is refused by its count, at the
+/// first entry past it, however many follow: 10 and 100 times the limit
+/// cost the same to refuse.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_of_too_many_entries_is_refused_by_their_count() {
+    let temp = tempfile::tempdir().unwrap();
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+    for files in [200, 2_000] {
+        let source = temp.path().join(format!("many-{files}"));
+        std::fs::create_dir_all(&source).unwrap();
+        for i in 0..files {
+            std::fs::write(source.join(format!("f{i}")), i.to_string()).unwrap();
+        }
+        let mut options = options("cache \"many\"");
+        options.max_entries = 100;
+        let error = objects
+            .save_tar(std::io::Cursor::new(tar_of(&source, "many")), options)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cache \"many\" has more than 100 files and directories"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_object_is_detected_on_restore_and_never_handed_out() {
     let temp = tempfile::tempdir().unwrap();

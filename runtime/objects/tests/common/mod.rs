@@ -21,6 +21,7 @@ pub fn options(what: &str) -> SaveOptions {
         pattern: None,
         max_bytes: u64::MAX,
         limit_name: String::new(),
+        max_entries: mizzen_objects::MAX_TREE_ENTRIES,
     }
 }
 
