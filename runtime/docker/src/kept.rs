@@ -101,6 +101,10 @@ struct Restore {
     /// (whichever user it runs as) can fill it.
     tree: Option<Digest>,
     target: String,
+    /// For a cache's entry: its key, forgotten when the entry is found
+    /// corrupt, so that the next job that declares it misses and saves it
+    /// anew rather than failing on it for ever.
+    cache_key: Option<String>,
 }
 
 /// Finds what the job restores: its artifacts (each must have been saved)
@@ -144,6 +148,7 @@ pub(crate) async fn find(
             what,
             tree: Some(kept.tree),
             target,
+            cache_key: None,
         });
     }
     for cache in &spec.caches {
@@ -160,21 +165,23 @@ pub(crate) async fn find(
                 source,
             })?;
         let exact = hit.as_ref().is_some_and(|hit| hit.key == cache.key);
-        let (what, tree) = match hit {
-            Some(hit) if exact => (what, Some(hit.tree)),
+        let (what, tree, cache_key) = match hit {
+            Some(hit) if exact => (what, Some(hit.tree), Some(hit.key)),
             Some(hit) => (
                 format!(
                     "{what} (from the entry of restore key match \"{}\")",
                     hit.key
                 ),
                 Some(hit.tree),
+                Some(hit.key),
             ),
-            None => (what, None),
+            None => (what, None, None),
         };
         found.trees.push(Restore {
             what,
             tree,
             target: base.clone(),
+            cache_key,
         });
         found.caches.push((cache.key.clone(), base, exact));
     }
@@ -196,55 +203,89 @@ pub(crate) async fn restore(
         gid: user.gid.into(),
     };
     for restore in &restores.trees {
-        let objects_error = |source| KeptError::Objects {
-            what: restore.what.clone(),
-            source,
-        };
-        let manifest = match &restore.tree {
-            Some(tree) => storage
-                .objects
-                .manifest(tree)
-                .await
-                .map_err(objects_error)?,
-            None => Manifest::empty_directory(),
-        };
-        let (files, bytes) = (manifest.files(), manifest.size());
-        // The tar's first component is the whole target path, extracted at
-        // `/`, so that directories missing on the way are made.
-        let (writer, reader) = tokio::io::duplex(1 << 16);
-        let writing = storage.objects.write_tar(
-            manifest,
-            restore.target.trim_start_matches('/').to_string(),
-            owner,
-            writer,
-        );
-        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(reader));
-        let options = UploadToContainerOptionsBuilder::default().path("/").build();
-        let uploading = docker.upload_to_container(id, Some(options), body);
-        let (written, uploaded) = tokio::join!(writing, uploading);
-        // A corrupt object cuts the tar short; its error says why, not the
-        // engine's complaint about the cut.
-        written.map_err(objects_error)?;
-        uploaded.map_err(|source| KeptError::Engine {
-            what: restore.what.clone(),
-            path: restore.target.clone(),
-            source,
-        })?;
-        let line = match restore.tree {
-            Some(_) => format!(
-                "restored {} into {} ({}, {})",
-                restore.what,
-                restore.target,
-                mizzen_runtime::kept::files(files as u64),
-                LimitValue::Bytes(bytes)
-            ),
-            None => format!(
-                "{} has no entry (nor has any restore key): {} starts empty",
-                restore.what, restore.target
-            ),
-        };
-        say(context, &line);
+        let restored = restore_one(docker, storage, id, context, restore, owner).await;
+        if let (Err(KeptError::Objects { source, .. }), Some(key)) = (&restored, &restore.cache_key)
+            && matches!(
+                source,
+                ObjectsError::Corrupt { .. } | ObjectsError::Missing { .. }
+            )
+        {
+            let project = &context.request.event.project_id;
+            match storage.catalog.forget_cache(project, key).await {
+                Ok(()) => say(
+                    context,
+                    &format!(
+                        "cache entry \"{key}\" is damaged and was deleted: the next job that declares it starts empty and saves it again"
+                    ),
+                ),
+                Err(e) => say(
+                    context,
+                    &format!("cache entry \"{key}\" is damaged, and deleting it failed: {e}"),
+                ),
+            }
+        }
+        restored?;
     }
+    Ok(())
+}
+
+/// Restores one tree into container `id`.
+async fn restore_one(
+    docker: &Docker,
+    storage: &JobStorage,
+    id: &str,
+    context: &JobContext,
+    restore: &Restore,
+    owner: TarOwner,
+) -> Result<(), KeptError> {
+    let objects_error = |source| KeptError::Objects {
+        what: restore.what.clone(),
+        source,
+    };
+    let manifest = match &restore.tree {
+        Some(tree) => storage
+            .objects
+            .manifest(tree)
+            .await
+            .map_err(objects_error)?,
+        None => Manifest::empty_directory(),
+    };
+    let (files, bytes) = (manifest.files(), manifest.size());
+    // The tar's first component is the whole target path, extracted at
+    // `/`, so that directories missing on the way are made.
+    let (writer, reader) = tokio::io::duplex(1 << 16);
+    let writing = storage.objects.write_tar(
+        manifest,
+        restore.target.trim_start_matches('/').to_string(),
+        owner,
+        writer,
+    );
+    let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(reader));
+    let options = UploadToContainerOptionsBuilder::default().path("/").build();
+    let uploading = docker.upload_to_container(id, Some(options), body);
+    let (written, uploaded) = tokio::join!(writing, uploading);
+    // A corrupt object cuts the tar short; its error says why, not the
+    // engine's complaint about the cut.
+    written.map_err(objects_error)?;
+    uploaded.map_err(|source| KeptError::Engine {
+        what: restore.what.clone(),
+        path: restore.target.clone(),
+        source,
+    })?;
+    let line = match restore.tree {
+        Some(_) => format!(
+            "restored {} into {} ({}, {})",
+            restore.what,
+            restore.target,
+            mizzen_runtime::kept::files(files as u64),
+            LimitValue::Bytes(bytes)
+        ),
+        None => format!(
+            "{} has no entry (nor has any restore key): {} starts empty",
+            restore.what, restore.target
+        ),
+    };
+    say(context, &line);
     Ok(())
 }
 

@@ -149,6 +149,9 @@ pub trait Catalog: Send + Sync {
     /// [`MAX_CACHE_ENTRIES`].
     async fn keep_cache(&self, cache: &KeptCache, quota: u64) -> Result<CacheKept, CatalogError>;
 
+    /// Forgets cache entry `key` of project `project_id` (found damaged).
+    async fn forget_cache(&self, project_id: &str, key: &str) -> Result<(), CatalogError>;
+
     /// The trees every artifact and cache entry names: what a sweep keeps.
     async fn kept_trees(&self) -> Result<Vec<Digest>, CatalogError>;
 }

@@ -55,7 +55,9 @@ pub enum ObjectsError {
         location: String,
     },
     /// A stored object's content is not what its name says.
-    #[error("object {digest} in {location} is corrupt: {why}; it was not used")]
+    #[error(
+        "object {digest} in {location} is corrupt: {why}; it was not used, and is deleted so that the next save stores it anew"
+    )]
     Corrupt {
         /// The object's digest.
         digest: Digest,
@@ -314,16 +316,19 @@ impl Objects {
         }
     }
 
-    /// Whether object `digest` is stored already, so that a save may name it
-    /// instead of storing it again. A local object's modification time
-    /// becomes now: a sweep keeps what was written since it started, and an
-    /// old object no tree named until this save would otherwise be fair
-    /// game to a sweep in another process (`mizzen run`s sharing a data
-    /// directory), which the in-process lock (`JobStorage::saving`) does not
-    /// hold back.
-    async fn reuse(&self, digest: &Digest) -> Result<bool, ObjectsError> {
-        if !self.contains(digest).await? {
-            return Ok(false);
+    /// Whether object `digest` is stored already, whole (`size` bytes), so
+    /// that a save may name it instead of storing it again; an object of
+    /// another size (cut short by a crash, or altered) is stored anew over
+    /// it. A local object's modification time becomes now: a sweep keeps
+    /// what was written since it started, and an old object no tree named
+    /// until this save would otherwise be fair game to a sweep in another
+    /// process (`mizzen run`s sharing a data directory), which the
+    /// in-process lock (`JobStorage::saving`) does not hold back.
+    async fn reuse(&self, digest: &Digest, size: u64) -> Result<bool, ObjectsError> {
+        match self.store.head(&digest.location()).await {
+            Ok(meta) if meta.size == size => {}
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(self.storage_error(e)),
         }
         if let Some(dir) = &self.local_dir {
             let hex = digest.hex();
@@ -348,7 +353,7 @@ impl Objects {
     /// name is there already. Two writers of one object write the same
     /// bytes, so whichever rename or upload lands last changes nothing.
     async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<bool, ObjectsError> {
-        if self.reuse(digest).await? {
+        if self.reuse(digest, bytes.len() as u64).await? {
             return Ok(false);
         }
         self.store
@@ -368,7 +373,7 @@ impl Objects {
         size: u64,
     ) -> Result<bool, ObjectsError> {
         use tokio::io::AsyncReadExt;
-        if self.reuse(digest).await? {
+        if self.reuse(digest, size).await? {
             return Ok(false);
         }
         let upload = self
@@ -472,24 +477,29 @@ impl Objects {
                             hasher.update(&chunk);
                             read += chunk.len() as u64;
                             if let Some(size) = size.filter(|size| read > *size) {
-                                return Err(this.corrupt(
-                                    &digest,
-                                    format!("it holds more than the {size} bytes listed"),
-                                ));
+                                return Err(this
+                                    .corrupt(
+                                        &digest,
+                                        format!("it holds more than the {size} bytes listed"),
+                                    )
+                                    .await);
                             }
                             Ok(Some((chunk, (inner, hasher, read, false))))
                         }
                         None => {
                             if let Some(size) = size.filter(|size| read != *size) {
-                                return Err(this.corrupt(
-                                    &digest,
-                                    format!("it holds {read} bytes, not the {size} listed"),
-                                ));
+                                return Err(this
+                                    .corrupt(
+                                        &digest,
+                                        format!("it holds {read} bytes, not the {size} listed"),
+                                    )
+                                    .await);
                             }
                             let actual = Digest::from_hasher(hasher);
                             if actual != digest {
                                 return Err(this
-                                    .corrupt(&digest, format!("its content hashes to {actual}")));
+                                    .corrupt(&digest, format!("its content hashes to {actual}"))
+                                    .await);
                             }
                             Ok(Some((Bytes::new(), (inner, Sha256::new(), read, true))))
                         }
@@ -537,19 +547,29 @@ impl Objects {
             }
         };
         if content.len() as u64 != size {
-            return Err(self.corrupt(
-                digest,
-                format!("it holds {} bytes, not the {size} listed", content.len()),
-            ));
+            return Err(self
+                .corrupt(
+                    digest,
+                    format!("it holds {} bytes, not the {size} listed", content.len()),
+                )
+                .await);
         }
         let actual = Digest::of(&content);
         if actual != *digest {
-            return Err(self.corrupt(digest, format!("its content hashes to {actual}")));
+            return Err(self
+                .corrupt(digest, format!("its content hashes to {actual}"))
+                .await);
         }
         Ok(content)
     }
 
-    fn corrupt(&self, digest: &Digest, why: String) -> ObjectsError {
+    /// The error for object `digest` found corrupt, once the object is
+    /// deleted: every tree naming it is damaged already, and a save that
+    /// found it stored would name it again instead of storing it anew.
+    async fn corrupt(&self, digest: &Digest, why: String) -> ObjectsError {
+        if let Err(e) = self.store.delete(&digest.location()).await {
+            tracing::warn!(%digest, error = %e, "a corrupt object could not be deleted");
+        }
         ObjectsError::Corrupt {
             digest: *digest,
             location: self.location.to_string(),

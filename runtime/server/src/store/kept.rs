@@ -253,6 +253,11 @@ impl Catalog for Store {
         Ok(Some(cache))
     }
 
+    async fn forget_cache(&self, project_id: &str, key: &str) -> Result<(), CatalogError> {
+        self.delete_cache(project_id, key).await?;
+        Ok(())
+    }
+
     async fn kept_trees(&self) -> Result<Vec<Digest>, CatalogError> {
         let rows = sqlx::query("SELECT tree FROM artifacts UNION SELECT tree FROM caches")
             .fetch_all(&self.pool)
