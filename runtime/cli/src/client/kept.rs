@@ -1,6 +1,7 @@
 //! `mizzen event artifacts` and `mizzen project caches`: what jobs keep.
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use clap::Subcommand;
@@ -8,6 +9,7 @@ use mizzen_runtime::limits::LimitValue;
 use reqwest::Method;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::event::EventIdArg;
 use super::http::Api;
@@ -128,9 +130,12 @@ fn local_path(dir: &Path, entry: &str) -> Option<PathBuf> {
         .then(|| dir.join(relative))
 }
 
-/// Writes every entry of `artifact` under `dir`: directories, then files
-/// (each streamed to a temporary file, checked, then renamed into place),
-/// then symbolic links, last, so that no file is written through one.
+/// Writes `artifact` under `dir` from its archive (one request, the server
+/// reading the artifact's manifest once): each file into a temporary file
+/// beside its place, checked against the SHA-256 the artifact lists, then
+/// renamed into place; symbolic links last, so that no file is written
+/// through one. A file that does not arrive (the server cut the archive on
+/// a corrupt object) is an error naming it.
 async fn download(
     api: &Api,
     event: &str,
@@ -138,83 +143,137 @@ async fn download(
     artifact: &Value,
     dir: &Path,
 ) -> Result<(u64, u64), Failure> {
+    let expected: HashMap<String, String> = artifact["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| entry["kind"] == "file")
+        .map(|entry| {
+            (
+                entry["path"].as_str().unwrap_or_default().to_string(),
+                entry["sha256"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let response = api
+        .get(&["v2", "events", event, "artifacts", name, "archive"])
+        .download()
+        .await?;
+    let chunks = futures_util::stream::unfold(response, |mut response| async move {
+        match response.chunk().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), response)),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e)), response)),
+        }
+    });
+    let reader = SyncIoBridge::new(StreamReader::new(Box::pin(chunks)));
+    let (dir, name) = (dir.to_path_buf(), name.to_string());
+    tokio::task::spawn_blocking(move || unpack(reader, &dir, &name, expected))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+fn unpack(
+    reader: impl Read,
+    dir: &Path,
+    name: &str,
+    mut expected: HashMap<String, String>,
+) -> Result<(u64, u64), Failure> {
     let failed = |error: anyhow::Error| Failure {
         code: EXIT_FAILED,
         error,
     };
-    let entries = artifact["entries"].as_array().cloned().unwrap_or_default();
+    let broke = |e: std::io::Error| {
+        failed(anyhow::anyhow!(
+            "downloading artifact {name:?} broke off: {e}"
+        ))
+    };
     let (mut files, mut size) = (0u64, 0u64);
     let mut links = Vec::new();
-    for entry in &entries {
-        let path = entry["path"].as_str().unwrap_or_default();
-        let target_path = if path.is_empty() {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(broke)? {
+        let mut entry = entry.map_err(broke)?;
+        let path = entry.path().map_err(broke)?.to_string_lossy().into_owned();
+        let rest = match path.strip_prefix(name) {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.trim_matches('/'),
+            _ => {
+                return Err(failed(anyhow::anyhow!(
+                    "artifact {name:?}'s archive holds {path:?}, outside the artifact"
+                )));
+            }
+        };
+        let target = if rest.is_empty() {
             Some(dir.to_path_buf())
         } else {
-            local_path(dir, path)
+            local_path(dir, rest)
         };
-        let Some(target_path) = target_path else {
+        let Some(target) = target else {
             return Err(bad_input(anyhow::anyhow!(
-                "artifact {name:?} lists {path:?}, which leads out of {}",
+                "artifact {name:?} holds {rest:?}, which leads out of {}",
                 dir.display()
             )));
         };
-        match entry["kind"].as_str() {
-            Some("directory") => std::fs::create_dir_all(&target_path)
-                .map_err(|e| failed(anyhow::anyhow!("creating {}: {e}", target_path.display())))?,
-            Some("symlink") => links.push((
-                target_path,
-                entry["target"].as_str().unwrap_or_default().to_string(),
-            )),
-            Some("file") => {
-                let expected = entry["sha256"].as_str().unwrap_or_default().to_string();
-                let mut segments = vec!["v2", "events", event, "artifacts", name, "files"];
-                segments.extend(path.split('/').filter(|s| !s.is_empty()));
-                let mut response = api.get(&segments).download().await?;
-                if let Some(parent) = target_path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        failed(anyhow::anyhow!("creating {}: {e}", parent.display()))
-                    })?;
-                }
-                let parent = target_path.parent().unwrap_or(dir);
-                let mut temporary = tempfile::NamedTempFile::new_in(parent).map_err(|e| {
-                    failed(anyhow::anyhow!("writing into {}: {e}", parent.display()))
-                })?;
+        let creating = |e: std::io::Error, path: &Path| {
+            failed(anyhow::anyhow!("writing {}: {e}", path.display()))
+        };
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&target).map_err(|e| creating(e, &target))?;
+            }
+            tar::EntryType::Symlink => {
+                let link = entry.link_name().map_err(broke)?.unwrap_or_default();
+                links.push((target, link.into_owned()));
+            }
+            tar::EntryType::Regular => {
+                let Some(want) = expected.remove(rest) else {
+                    return Err(failed(anyhow::anyhow!(
+                        "artifact {name:?}'s archive holds {rest:?}, which the artifact does not list"
+                    )));
+                };
+                let parent = target.parent().unwrap_or(dir).to_path_buf();
+                std::fs::create_dir_all(&parent).map_err(|e| creating(e, &parent))?;
+                let mut temporary =
+                    tempfile::NamedTempFile::new_in(&parent).map_err(|e| creating(e, &parent))?;
                 let mut hasher = Sha256::new();
+                let mut buffer = vec![0u8; 1 << 16];
                 let mut written = 0u64;
                 loop {
-                    let chunk = response.chunk().await.map_err(|e| {
-                        failed(anyhow::anyhow!(
-                            "downloading {path:?} of artifact {name:?} broke off: {e}"
-                        ))
-                    })?;
-                    let Some(chunk) = chunk else { break };
-                    hasher.update(&chunk);
-                    written += chunk.len() as u64;
-                    temporary.write_all(&chunk).map_err(|e| {
-                        failed(anyhow::anyhow!("writing {}: {e}", target_path.display()))
-                    })?;
+                    let n = entry.read(&mut buffer).map_err(broke)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buffer[..n]);
+                    written += n as u64;
+                    temporary
+                        .write_all(&buffer[..n])
+                        .map_err(|e| creating(e, &target))?;
                 }
                 let actual = hex_of(&hasher.finalize());
-                if actual != expected {
+                if actual != want {
                     return Err(failed(anyhow::anyhow!(
-                        "file {path:?} of artifact {name:?} arrived with SHA-256 {actual} ({written} bytes), not the {expected} the server lists; it was not written"
+                        "file {rest:?} of artifact {name:?} arrived with SHA-256 {actual} ({written} bytes), not the {want} the server lists; it was not written"
                     )));
                 }
-                #[cfg(unix)]
-                if let Some(mode) = entry["mode"].as_u64() {
+                if let Ok(mode) = entry.header().mode() {
                     use std::os::unix::fs::PermissionsExt;
                     let _ = temporary
                         .as_file()
-                        .set_permissions(std::fs::Permissions::from_mode(mode as u32 & 0o777));
+                        .set_permissions(std::fs::Permissions::from_mode(mode & 0o777));
                 }
-                temporary.persist(&target_path).map_err(|e| {
-                    failed(anyhow::anyhow!("writing {}: {e}", target_path.display()))
-                })?;
+                temporary
+                    .persist(&target)
+                    .map_err(|e| creating(e.error, &target))?;
                 files += 1;
                 size += written;
             }
             _ => {}
         }
+    }
+    if let Some(missing) = expected.keys().min() {
+        return Err(failed(anyhow::anyhow!(
+            "artifact {name:?}'s archive ended before file {missing:?} arrived ({} files missing): the server found a stored file damaged, or the connection broke",
+            expected.len()
+        )));
     }
     for (path, target) in links {
         let _ = std::fs::remove_file(&path);

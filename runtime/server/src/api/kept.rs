@@ -36,6 +36,10 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
             "/v2/events/{id}/artifacts/{name}/files",
             get(download_root_file),
         )
+        .route(
+            "/v2/events/{id}/artifacts/{name}/archive",
+            get(download_archive),
+        )
         .route("/v2/projects/{id}/caches", get(list_caches))
         .route("/v2/projects/{id}/caches/{*key}", delete(delete_cache))
 }
@@ -155,6 +159,37 @@ async fn download_file(
     Path((id, name, path)): Path<(String, String, String)>,
 ) -> ApiResult {
     download(&state, &who, &id, &name, &path).await
+}
+
+/// The whole artifact as one tar stream (its first path component the
+/// artifact's name), each file checked as it is read: a download of many
+/// files reads the artifact's manifest once, not once per file. A stored
+/// object found corrupt ends the stream early (a cut tar).
+async fn download_archive(
+    State(state): AppStateRef,
+    who: Principal,
+    Path((id, name)): Path<(String, String)>,
+) -> ApiResult {
+    let artifact = visible_artifact(&state, &who, &id, &name).await?;
+    let manifest = state
+        .objects
+        .manifest(&artifact.tree)
+        .await
+        .map_err(objects_error)?;
+    let (writer, reader) = tokio::io::duplex(1 << 16);
+    let objects = state.objects.clone();
+    let owner = mizzen_objects::TarOwner { uid: 0, gid: 0 };
+    tokio::spawn(async move {
+        if let Err(e) = objects.write_tar(manifest, name, owner, writer).await {
+            tracing::error!(error = %e, "an artifact's archive was cut short");
+        }
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(tokio_util::io::ReaderStream::new(reader)),
+    )
+        .into_response())
 }
 
 /// The file an artifact of one file is.

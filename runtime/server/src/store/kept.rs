@@ -226,13 +226,14 @@ impl Catalog for Store {
                 break;
             }
             // A prefix compared by `substr`, not `LIKE`: a key may hold `%`
-            // and `_`, and SQLite's LIKE ignores case.
+            // and `_`, and SQLite's LIKE ignores case. The length is a
+            // 32-bit number: PostgreSQL has no substr(text, int, bigint).
             found = sqlx::query(
                 "SELECT * FROM caches WHERE project_id = $1 AND substr(cache_key, 1, $2) = $3
                  ORDER BY created DESC, cache_key LIMIT 1",
             )
             .bind(project_id)
-            .bind(signed(prefix.chars().count() as u64))
+            .bind(i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX))
             .bind(prefix)
             .fetch_optional(&self.pool)
             .await
@@ -361,15 +362,20 @@ mod tests {
         stores.push((Store::open(Some(&url), dir.path()).await.unwrap(), dir));
         if let Ok(admin) = std::env::var("MIZZEN_TEST_DATABASE_URL") {
             sqlx::any::install_default_drivers();
-            let database = format!("kept_{test}_{}", std::process::id());
+            // One database per test, made afresh: a run leaves nothing
+            // behind but its own, which the next run drops.
+            let database = format!("kept_{test}");
             let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
                 .await
                 .unwrap();
-            let _ = sqlx::Executor::execute(
-                &mut conn,
-                sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")),
-            )
-            .await;
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+                format!("CREATE DATABASE {database}"),
+            ] {
+                sqlx::Executor::execute(&mut conn, sqlx::AssertSqlSafe(sql))
+                    .await
+                    .unwrap();
+            }
             let (base, _) = admin.rsplit_once('/').unwrap();
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(Some(&format!("{base}/{database}")), dir.path())
