@@ -40,7 +40,7 @@ pub struct InitArgs {
 
 /// The Rust SDK's files, as guest-sdk/rust has them (a test checks that
 /// none is missing).
-const RUST_SDK: [(&str, &str); 10] = [
+const RUST_SDK: [(&str, &str); 11] = [
     (
         "Cargo.toml",
         include_str!("../../../guest-sdk/rust/Cargo.toml"),
@@ -48,6 +48,10 @@ const RUST_SDK: [(&str, &str); 10] = [
     (
         "README.md",
         include_str!("../../../guest-sdk/rust/README.md"),
+    ),
+    (
+        "src/artifacts.rs",
+        include_str!("../../../guest-sdk/rust/src/artifacts.rs"),
     ),
     (
         "src/error.rs",
@@ -95,9 +99,13 @@ const OP_CODES_INCLUDE: &str = r#"include!("../../../host-api/src/op_codes.rs");
 
 /// The Go SDK's files, as guest-sdk/go has them (tests and build script
 /// aside; a test checks that none is missing).
-const GO_SDK: [(&str, &str); 11] = [
+const GO_SDK: [(&str, &str); 12] = [
     ("go.mod", include_str!("../../../guest-sdk/go/go.mod")),
     ("README.md", include_str!("../../../guest-sdk/go/README.md")),
+    (
+        "artifacts.go",
+        include_str!("../../../guest-sdk/go/artifacts.go"),
+    ),
     ("doc.go", include_str!("../../../guest-sdk/go/doc.go")),
     ("events.go", include_str!("../../../guest-sdk/go/events.go")),
     ("host.go", include_str!("../../../guest-sdk/go/host.go")),
