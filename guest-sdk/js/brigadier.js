@@ -358,8 +358,9 @@
       // Mizzen's additions: what the job keeps for later jobs of the event
       // ({ save: [{ name, path, onFailure }], restore: [{ name, path }] })
       // and for the project's later events ([{ key, restoreKeys, path }]).
-      this.artifacts = { save: [], restore: [] };
-      this.caches = [];
+      // Not enumerable, so that a job still has Brigade's shape as JSON.
+      Object.defineProperty(this, "artifacts", { value: { save: [], restore: [] }, writable: true, enumerable: false });
+      Object.defineProperty(this, "caches", { value: [], writable: true, enumerable: false });
       Object.defineProperty(this, "event", { value: event, writable: true, enumerable: false });
       Object.defineProperty(this, "logger", { value: logger.child({ job: name }), writable: true, enumerable: false });
     }
