@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{options, restore, sample_tree, tar_of};
-use mizzen_objects::{Objects, ObjectsError, TarOwner};
+use common::{options, restore, sample_tree, tar_of, tar_stream};
+use mizzen_objects::{Objects, ObjectsError};
 use object_store::{ObjectStore, ObjectStoreExt};
 
 /// The endpoint and bucket of the test server; `None` (and a note) when
@@ -104,11 +104,7 @@ async fn an_object_altered_on_s3_is_detected_on_restore() {
     let location = object_store::path::Path::from(format!("{prefix}/sha256/{}/{hex}", &hex[..2]));
     raw.put(&location, "the tampered".into()).await.unwrap();
 
-    let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let writing = objects.write_tar(manifest, "dist".into(), TarOwner { uid: 0, gid: 0 }, writer);
-    let mut sink = Vec::new();
-    let reading = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sink);
-    let (written, _) = tokio::join!(writing, reading);
+    let (written, _) = tar_stream(&objects, manifest, "dist").await;
     let error = written.unwrap_err();
     assert!(matches!(error, ObjectsError::Corrupt { .. }), "{error}");
     assert!(error.to_string().contains("s3://"), "{error}");

@@ -5,8 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{options, restore, sample_tree, tar_of};
-use mizzen_objects::{EntryKind, Objects, ObjectsError, TarOwner};
+use common::{options, restore, sample_tree, tar_of, tar_stream};
+use mizzen_objects::{EntryKind, Objects, ObjectsError};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tree_comes_back_as_it_was_and_identical_files_are_stored_once() {
@@ -155,11 +155,7 @@ async fn a_corrupt_object_is_detected_on_restore_and_never_handed_out() {
     // Same length, other bytes: only the hash tells.
     std::fs::write(&file, "the tampered").unwrap();
 
-    let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let writing = objects.write_tar(manifest, "dist".into(), TarOwner { uid: 0, gid: 0 }, writer);
-    let mut sink = Vec::new();
-    let reading = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sink);
-    let (written, _) = tokio::join!(writing, reading);
+    let (written, _) = tar_stream(&objects, manifest, "dist").await;
     let error = written.unwrap_err();
     assert!(matches!(error, ObjectsError::Corrupt { .. }), "{error}");
     assert!(error.to_string().contains(&digest.to_string()), "{error}");
@@ -261,12 +257,8 @@ async fn a_save_reusing_an_unreferenced_object_during_a_sweep_keeps_it() {
     assert_eq!(new.written_bytes, 0, "the file is reused, its manifest too");
     // The sweep knew of no kept tree when it started.
     objects.sweep([], started).await.unwrap();
-    let (writer, mut reader) = tokio::io::duplex(1 << 16);
     let manifest = objects.manifest(&new.manifest).await.unwrap();
-    let writing = objects.write_tar(manifest, "new".into(), TarOwner { uid: 0, gid: 0 }, writer);
-    let mut sink = Vec::new();
-    let reading = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut sink);
-    let (written, _) = tokio::join!(writing, reading);
+    let (written, _) = tar_stream(&objects, manifest, "new").await;
     written.unwrap();
     let _ = old;
 }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use mizzen_objects::{Objects, SaveOptions, TarOwner};
+use mizzen_objects::{Manifest, Objects, ObjectsError, SaveOptions, TarOwner};
 
 /// A tar of `dir` as `docker cp` writes one: every entry beneath `name`.
 pub fn tar_of(dir: &Path, name: &str) -> Vec<u8> {
@@ -25,15 +25,25 @@ pub fn options(what: &str) -> SaveOptions {
     }
 }
 
-pub async fn restore(objects: &Objects, digest: &mizzen_objects::Digest, into: &Path, name: &str) {
-    let manifest = objects.manifest(digest).await.unwrap();
+/// Tree `manifest` written as a tar stream under `name`: how the write
+/// ended, and the bytes it wrote.
+pub async fn tar_stream(
+    objects: &Objects,
+    manifest: Manifest,
+    name: &str,
+) -> (Result<(), ObjectsError>, Vec<u8>) {
     let (writer, mut reader) = tokio::io::duplex(1 << 16);
     let writing = objects.write_tar(manifest, name.into(), TarOwner { uid: 0, gid: 0 }, writer);
     let mut bytes = Vec::new();
     let reading = tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes);
-    let (written, read) = tokio::join!(writing, reading);
+    let (written, _) = tokio::join!(writing, reading);
+    (written, bytes)
+}
+
+pub async fn restore(objects: &Objects, digest: &mizzen_objects::Digest, into: &Path, name: &str) {
+    let manifest = objects.manifest(digest).await.unwrap();
+    let (written, bytes) = tar_stream(objects, manifest, name).await;
     written.unwrap();
-    read.unwrap();
     tar::Archive::new(bytes.as_slice()).unpack(into).unwrap();
 }
 

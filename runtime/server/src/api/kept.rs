@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get};
 use base64::Engine as _;
 use futures_util::StreamExt;
-use mizzen_objects::{Catalog, EntryKind, KeptArtifact, KeptCache, ObjectsError};
+use mizzen_objects::{Catalog, EntryKind, KeptArtifact, KeptCache, Manifest, ObjectsError};
 use serde_json::{Value, json};
 
 use super::{
@@ -80,15 +80,15 @@ fn objects_error(e: ObjectsError) -> ApiError {
     }
 }
 
-/// The artifact, when the caller may read its event.
+/// The artifact and its manifest, when the caller may read its event.
 async fn visible_artifact(
     state: &AppState,
     who: &Principal,
     id: &str,
     name: &str,
-) -> ApiResult<KeptArtifact> {
+) -> ApiResult<(KeptArtifact, Manifest)> {
     visible_head(state, who, id).await?;
-    state
+    let artifact = state
         .store
         .artifact(id, name)
         .await
@@ -96,7 +96,13 @@ async fn visible_artifact(
         .ok_or_else(|| ApiError::NotFound {
             kind: "Artifact",
             id: name.to_string(),
-        })
+        })?;
+    let manifest = state
+        .objects
+        .manifest(&artifact.tree)
+        .await
+        .map_err(objects_error)?;
+    Ok((artifact, manifest))
 }
 
 async fn list_artifacts(
@@ -116,12 +122,7 @@ async fn get_artifact(
     who: Principal,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let artifact = visible_artifact(&state, &who, &id, &name).await?;
-    let manifest = state
-        .objects
-        .manifest(&artifact.tree)
-        .await
-        .map_err(objects_error)?;
+    let (artifact, manifest) = visible_artifact(&state, &who, &id, &name).await?;
     let entries: Vec<Value> = manifest
         .entries
         .iter()
@@ -170,12 +171,7 @@ async fn download_archive(
     who: Principal,
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult {
-    let artifact = visible_artifact(&state, &who, &id, &name).await?;
-    let manifest = state
-        .objects
-        .manifest(&artifact.tree)
-        .await
-        .map_err(objects_error)?;
+    let (_, manifest) = visible_artifact(&state, &who, &id, &name).await?;
     let (writer, reader) = tokio::io::duplex(1 << 16);
     let objects = state.objects.clone();
     let owner = mizzen_objects::TarOwner { uid: 0, gid: 0 };
@@ -208,12 +204,7 @@ async fn download(
     name: &str,
     path: &str,
 ) -> ApiResult {
-    let artifact = visible_artifact(state, who, id, name).await?;
-    let manifest = state
-        .objects
-        .manifest(&artifact.tree)
-        .await
-        .map_err(objects_error)?;
+    let (_, manifest) = visible_artifact(state, who, id, name).await?;
     let path = path.trim_matches('/');
     let not_found = || ApiError::NotFound {
         kind: "ArtifactFile",
