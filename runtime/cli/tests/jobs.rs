@@ -666,7 +666,8 @@ events.process();"#,
 #[test]
 fn ctrl_c_removes_the_events_containers_before_exiting() {
     let (mut child, _dir) = start_sleeping_job("interrupted-run");
-    assert_eq!(containers_of_project("interrupted-run").len(), 1);
+    // The job's pod: its infra container and its primary.
+    assert_eq!(containers_of_project("interrupted-run").len(), 2);
     assert_eq!(event_volumes_of_project("interrupted-run").len(), 1);
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -708,7 +709,7 @@ fn the_next_run_removes_what_a_killed_run_left_behind() {
             break;
         }
     }
-    assert_eq!(left, 1, "a SIGKILL leaves the container");
+    assert!(left > 0, "a SIGKILL leaves the pod's containers");
     assert!(volumes > 0, "and the event's volume");
     // Any later run that uses the engine sweeps them away.
     let ran = run(&["run", "examples/03-first-job"]);

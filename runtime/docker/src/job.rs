@@ -20,8 +20,8 @@ use bollard::models::{
     NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptions,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::{FutureExt, StreamExt};
@@ -265,7 +265,7 @@ async fn serve(
             JobResult::ended(Phase::Aborted, None, "the service was stopped")
         }
     };
-    pod.remove_all().await;
+    pod.remove_all(&context).await;
     result
 }
 
@@ -288,7 +288,7 @@ async fn run(context: JobContext, mut cancelled: watch::Receiver<bool>) -> JobRe
             }
         }
     };
-    pod.remove_all().await;
+    pod.remove_all(&context).await;
     result
 }
 
@@ -324,14 +324,13 @@ impl Pod {
         let container = &request.spec.primary_container;
         let mounts = prepare_mounts(context).await?;
         images::ensure(&self.docker, &container.image, container.image_pull_policy).await?;
-        let network = crate::network::ensure(&context.state, &request.event).await?;
         let labels = Labels::new(&context.state, &request.event, &request.name);
         let base_name = format!("mizzen_{}_{}", request.event.event_id, request.name);
         let infra = self
             .start_infra(
+                context,
                 &base_name,
                 &labels,
-                &network,
                 Some(&request.name),
                 &[],
                 &PortMapping::all(container),
@@ -389,13 +388,14 @@ impl Pod {
     /// containers) resolving to the pod itself, and `ports` published.
     async fn start_infra(
         &self,
+        context: &JobContext,
         base_name: &str,
         labels: &Labels,
-        network: &str,
         alias: Option<&str>,
         localhost_names: &[&str],
         ports: &[PortMapping],
     ) -> Result<String, JobError> {
+        let network = crate::network::ensure(&context.state, &context.request.event).await?;
         let helper = images::pod_helper(&self.docker).await?;
         let extra_hosts = localhost_names
             .iter()
@@ -449,6 +449,9 @@ impl Pod {
             }),
             ..ContainerCreateBody::default()
         };
+        let _joining =
+            crate::network::membership_change(&context.state, &context.request.event.event_id)
+                .await;
         self.create_and_start(base_name, "pod", body, None).await
     }
 
@@ -505,26 +508,26 @@ impl Pod {
 
         let labels = Labels::new(&context.state, &request.event, &request.name);
         let base_name = format!("mizzen_{}_{}", request.event.event_id, request.name);
-        let network = crate::network::ensure(&context.state, &request.event).await?;
-        let mut network_mode = Some(network.clone());
-        let mut infra = String::new();
-        if !spec.sidecar_containers.is_empty() {
-            // Every name the job's containers use resolves to the pod's
-            // localhost, as `redis:6379` does in a Kubernetes pod with
-            // hostAliases; the event's services resolve on its network.
-            let names: Vec<&str> = std::iter::once(request.name.as_str())
-                .chain(spec.sidecar_containers.keys().map(String::as_str))
-                .collect();
-            let ports: Vec<PortMapping> = spec
-                .sidecar_containers
-                .values()
-                .flat_map(PortMapping::all)
-                .collect();
-            infra = self
-                .start_infra(&base_name, &labels, &network, None, &names, &ports)
-                .await?;
-            network_mode = Some(format!("container:{infra}"));
-        }
+        // Every pod has an infra container, even without sidecars: then
+        // only Mizzen starts and stops the members of the event's network,
+        // under its lock (see `network::membership_change`), rather than a
+        // primary container leaving it whenever it exits.
+        //
+        // Every name the job's containers use resolves to the pod's
+        // localhost, as `redis:6379` does in a Kubernetes pod with
+        // hostAliases; the event's services resolve on its network.
+        let names: Vec<&str> = std::iter::once(request.name.as_str())
+            .chain(spec.sidecar_containers.keys().map(String::as_str))
+            .collect();
+        let ports: Vec<PortMapping> = spec
+            .sidecar_containers
+            .values()
+            .flat_map(PortMapping::all)
+            .collect();
+        let infra = self
+            .start_infra(context, &base_name, &labels, None, &names, &ports)
+            .await?;
+        let network_mode = Some(format!("container:{infra}"));
 
         // Sidecars start in the order their `after` gives (the rules refused
         // unknown names and cycles), each once those it comes after are
@@ -832,31 +835,40 @@ impl Pod {
 
     /// Stops every container of the job (the sidecars when the primary has
     /// exited), collects the rest of their output, and removes them, the
-    /// infra container last (its network namespace is the others').
-    async fn remove_all(&self) {
+    /// infra container last (its network namespace is the others'), under
+    /// the lock on the event's network's members.
+    async fn remove_all(&self, context: &JobContext) {
         let containers =
             std::mem::take(&mut *self.containers.lock().unwrap_or_else(|e| e.into_inner()));
-        for id in containers.iter().rev() {
-            let options = StopContainerOptionsBuilder::default().t(0).build();
-            let _ = self.docker.stop_container(id, Some(options)).await;
+        let Some((infra, members)) = containers.split_first() else {
+            return;
+        };
+        let stop = StopContainerOptionsBuilder::default().t(0).build();
+        for id in members.iter().rev() {
+            let _ = self.docker.stop_container(id, Some(stop.clone())).await;
         }
         let followers =
             std::mem::take(&mut *self.followers.lock().unwrap_or_else(|e| e.into_inner()));
         for follower in followers {
             follower.drain().await;
         }
-        let options = RemoveContainerOptionsBuilder::default()
+        let remove = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        for id in containers.iter().rev() {
-            if let Err(e) = self
-                .docker
-                .remove_container(id, Some(options.clone()))
-                .await
-            {
-                tracing::warn!(container = %id, error = %engine_message(&e), "could not remove a job's container");
-            }
+        for id in members.iter().rev() {
+            self.remove(id, remove.clone()).await;
+        }
+        let _leaving =
+            crate::network::membership_change(&context.state, &context.request.event.event_id)
+                .await;
+        let _ = self.docker.stop_container(infra, Some(stop)).await;
+        self.remove(infra, remove).await;
+    }
+
+    async fn remove(&self, id: &str, options: RemoveContainerOptions) {
+        if let Err(e) = self.docker.remove_container(id, Some(options)).await {
+            tracing::warn!(container = %id, error = %engine_message(&e), "could not remove a job's container");
         }
     }
 }

@@ -19,9 +19,24 @@ use crate::{LABEL_EVENT, LABEL_MANAGED, LABEL_OWNER, LABEL_PROJECT, SharedState}
 /// The networks of events with containers here, each created once.
 #[derive(Default)]
 pub(crate) struct EventNetworks {
-    created: std::sync::Mutex<HashMap<String, Arc<OnceCell<String>>>>,
+    created: std::sync::Mutex<HashMap<String, Arc<EventNetwork>>>,
     /// Whether the engine is Podman, asked once.
     podman: OnceCell<bool>,
+}
+
+/// One event's network: its name once made, and the lock that its members'
+/// joining and leaving take.
+#[derive(Default)]
+struct EventNetwork {
+    name: OnceCell<String>,
+    /// Held while a container joins the network (is started) or leaves it
+    /// (is stopped and removed). Podman's netavark 1.4 rewrites the
+    /// network's name-server file when a container leaves without the lock
+    /// it takes when one joins, so a container that joins meanwhile can be
+    /// dropped from the file: the network's name server then no longer
+    /// knows it and answers none of its questions (`db` does not resolve
+    /// for the job started as a one-shot service ended).
+    membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The event's network could not be created.
@@ -46,7 +61,7 @@ pub(crate) async fn ensure(
     state: &SharedState,
     event: &EventContext,
 ) -> Result<String, NetworkError> {
-    let cell = state
+    let network = state
         .networks
         .created
         .lock()
@@ -54,7 +69,27 @@ pub(crate) async fn ensure(
         .entry(event.event_id.clone())
         .or_default()
         .clone();
-    cell.get_or_try_init(|| create(state, event)).await.cloned()
+    network
+        .name
+        .get_or_try_init(|| create(state, event))
+        .await
+        .cloned()
+}
+
+/// Holds the event's network still while a container joins or leaves it
+/// (see [`EventNetwork::membership`]); `None` once the network is gone.
+pub(crate) async fn membership_change(
+    state: &SharedState,
+    event_id: &str,
+) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    let network = state
+        .networks
+        .created
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(event_id)
+        .cloned()?;
+    Some(network.membership.clone().lock_owned().await)
 }
 
 async fn create(state: &SharedState, event: &EventContext) -> Result<String, NetworkError> {
