@@ -64,10 +64,11 @@ async fn a_secret_the_script_may_not_read_reaches_its_job_only_by_reference() {
             ("hidden".to_string(), "hidden-value-4711".to_string()),
         ]),
         script_secrets: Some(BTreeSet::from(["visible".to_string()])),
+        use_workspace: true,
         ..Project::default()
     };
     let run = run_js(
-        r#"const { events, Job } = require("@brigadecore/brigadier");
+        r#"const { events, Job, workspace } = require("@brigadecore/brigadier");
         events.on("brigade.sh/cli", "exec", async (event) => {
           console.log(`script sees: ${JSON.stringify(event.project)}`);
           const job = new Job("by-reference", "localhost/busybox", event);
@@ -75,9 +76,12 @@ async fn a_secret_the_script_may_not_read_reaches_its_job_only_by_reference() {
             TOKEN: "${{ secrets.hidden }}",
             SHOWN: event.project.secrets.visible,
           };
-          job.primaryContainer.command = ["sh", "-c", "echo \"$TOKEN\" | rev; echo \"$TOKEN|$SHOWN\""];
+          job.primaryContainer.workspaceMountPath = "/workspace";
+          job.primaryContainer.command = ["sh", "-c",
+            "echo \"$TOKEN\" | rev; echo \"$TOKEN|$SHOWN\"; echo \"token=$TOKEN\" > /workspace/leak.txt"];
           await job.run();
           console.log(`script reads back: ${(await job.logs()).replace("\n", " / ")}`);
+          console.log(`script reads the workspace: ${workspace.readFile("leak.txt").trim()}`);
           const missing = new Job("missing", "localhost/busybox", event);
           missing.primaryContainer.environment = { KEY: "${{ secrets.nonesuch }}" };
           await missing.run().catch(e => console.log(`refused: ${e.message}`));
@@ -105,6 +109,11 @@ async fn a_secret_the_script_may_not_read_reaches_its_job_only_by_reference() {
     // What the job printed as it is, the script reads back masked.
     assert!(
         worker.contains("script reads back: 1174-eulav-neddih / ***|shown-value"),
+        "{worker}"
+    );
+    // And what the job wrote into the workspace.
+    assert!(
+        worker.contains("script reads the workspace: token=***"),
         "{worker}"
     );
     assert!(

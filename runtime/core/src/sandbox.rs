@@ -13,7 +13,7 @@ use mizzen_host_api::types::{Event, ScriptErrorKind};
 use wasmtime::{Engine, InstancePre, Linker, Memory, Store, Trap, UpdateDeadline};
 
 use crate::capability::event::EventView;
-use crate::capability::jobs::{JobCapability, WorkerJobs};
+use crate::capability::jobs::{HiddenSecrets, JobCapability, WorkerJobs};
 use crate::capability::log::WorkerLog;
 use crate::capability::secrets::ScriptSecrets;
 use crate::capability::workspace::WorkspaceAccess;
@@ -157,6 +157,8 @@ impl WorkerRequest {
             hidden_secrets,
             limits,
         };
+        let project = Arc::new(event.project);
+        let hidden = Arc::new(HiddenSecrets::new(project.clone()));
         let hosted = HostedWorker::new(
             WorkerLog::new(log.clone(), limits),
             WorkerJobs::new(
@@ -164,9 +166,10 @@ impl WorkerRequest {
                 log,
                 event.worker.log_level,
                 limits,
-                event.project,
+                project,
+                hidden.clone(),
             ),
-            WorkspaceAccess::new(jobs, limits.workspace_bytes),
+            WorkspaceAccess::new(jobs, limits.workspace_bytes, hidden),
         );
         (worker, hosted)
     }

@@ -11,6 +11,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use cap_std::ambient_authority;
@@ -22,9 +23,10 @@ use mizzen_host_api::{ErrorCode, HostError, Op};
 use tokio::sync::OnceCell;
 
 use crate::capability::Answer;
-use crate::capability::jobs::JobCapability;
+use crate::capability::jobs::{HiddenSecrets, JobCapability};
 use crate::host::{parse, reply};
 use crate::limits::Limit;
+use crate::redact::Redactor;
 use crate::worker::human_bytes;
 
 /// A file's `contents` as a reply carries them: UTF-8 text when they are
@@ -73,16 +75,20 @@ pub const OPS: &[Op] = &[
 pub(crate) struct WorkspaceAccess {
     jobs: JobCapability,
     limit: u64,
+    /// A job can write a secret the script may not read into the workspace:
+    /// what the script reads is masked as its jobs' logs are.
+    hidden: Arc<HiddenSecrets>,
     opened: OnceCell<ScriptWorkspace>,
 }
 
 impl WorkspaceAccess {
     /// The workspace of the event `jobs` runs for, holding at most `limit`
     /// bytes of the script's files.
-    pub fn new(jobs: JobCapability, limit: u64) -> Self {
+    pub fn new(jobs: JobCapability, limit: u64, hidden: Arc<HiddenSecrets>) -> Self {
         Self {
             jobs,
             limit,
+            hidden,
             opened: OnceCell::new(),
         }
     }
@@ -123,7 +129,7 @@ pub(crate) async fn call(
     let workspace = access.open().await?;
     let reply = match op {
         Op::WorkspaceRead => parse::<WorkspacePath>(op, request)
-            .and_then(|path| workspace.read(&path))
+            .and_then(|path| workspace.read(&path, &access.hidden.redactor()))
             .and_then(|file| reply(&file)),
         Op::WorkspaceWrite => parse::<WorkspaceFile>(op, request)
             .and_then(|file| workspace.write(&file))
@@ -162,7 +168,11 @@ impl ScriptWorkspace {
     }
 
     /// `workspace.read`: the file's contents, as text when they are UTF-8.
-    pub fn read(&self, request: &WorkspacePath) -> Result<WorkspaceFile, HostError> {
+    pub fn read(
+        &self,
+        request: &WorkspacePath,
+        hidden: &Redactor,
+    ) -> Result<WorkspaceFile, HostError> {
         let path = relative(&request.path, false)?;
         let file = self
             .dir
@@ -184,6 +194,7 @@ impl ScriptWorkspace {
         if contents.len() as u64 > MAX_READ_BYTES {
             return Err(too_big(&request.path, contents.len() as u64));
         }
+        let contents = hidden.redact_bytes(&contents).into_owned();
         let (contents, encoding) = encode(
             contents,
             request.encoding,
@@ -450,10 +461,13 @@ mod tests {
         let workspace = ScriptWorkspace::open(root.path(), 1024).unwrap();
         for path in ["escape/secret", "file"] {
             let error = workspace
-                .read(&WorkspacePath {
-                    path: path.into(),
-                    encoding: None,
-                })
+                .read(
+                    &WorkspacePath {
+                        path: path.into(),
+                        encoding: None,
+                    },
+                    &Redactor::default(),
+                )
                 .unwrap_err();
             assert_eq!(error.code, ErrorCode::PermissionDenied, "{path}: {error}");
         }
@@ -501,10 +515,13 @@ mod tests {
             .write(&file("bin", "/wA=", ContentEncoding::Base64))
             .unwrap();
         let read = workspace
-            .read(&WorkspacePath {
-                path: "bin".into(),
-                encoding: None,
-            })
+            .read(
+                &WorkspacePath {
+                    path: "bin".into(),
+                    encoding: None,
+                },
+                &Redactor::default(),
+            )
             .unwrap();
         assert_eq!(read.encoding, ContentEncoding::Base64);
         assert_eq!(read.contents, "/wA=");

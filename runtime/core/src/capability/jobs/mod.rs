@@ -180,14 +180,13 @@ pub(crate) struct WorkerJobs {
     running: Arc<AtomicU64>,
     jobs: HashMap<String, StartedJob>,
     /// The project's id and secrets, for `"${{ secrets.name }}"` references.
-    project: EventProject,
+    project: Arc<EventProject>,
     /// The host ports of ready services, by service: the jobs started after
     /// get them as `MIZZEN_SERVICE_<NAME>_PORT_<PORT>`.
     service_ports: Arc<Mutex<BTreeMap<String, BTreeMap<String, u16>>>>,
     /// The secrets the script may not read, masked in the job output it
-    /// reads back; built at the first `job.logs()`, so that a worker that
-    /// reads none does not spend time linear in its project's secrets.
-    hidden: std::sync::OnceLock<Arc<Redactor>>,
+    /// reads back.
+    hidden: Arc<HiddenSecrets>,
     /// The artifacts the event's jobs save, by name: the job that saves each.
     artifacts: HashMap<String, String>,
 }
@@ -204,13 +203,47 @@ struct StartedJob {
 /// Whether a service is ready: `None` until it is, or until it cannot be.
 type ServiceReadiness = watch::Receiver<Option<Result<ServiceReady, String>>>;
 
+/// The secrets of a project that its script may not read, masked in all
+/// that the script reads back of what its jobs made (their logs, artifacts,
+/// the workspace). Built at the first read, so that a worker that reads
+/// nothing back does not spend time linear in its project's secrets.
+pub(crate) struct HiddenSecrets {
+    project: Arc<EventProject>,
+    redactor: std::sync::OnceLock<Arc<Redactor>>,
+}
+
+impl HiddenSecrets {
+    pub fn new(project: Arc<EventProject>) -> Self {
+        Self {
+            project,
+            redactor: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The redactor of the hidden secrets' values.
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.redactor
+            .get_or_init(|| {
+                Arc::new(Redactor::new(
+                    self.project
+                        .secrets
+                        .iter()
+                        .filter(|(key, _)| !self.project.script_may_read(key))
+                        .map(|(_, value)| value),
+                ))
+            })
+            .clone()
+    }
+}
+
 impl WorkerJobs {
     pub fn new(
         capability: JobCapability,
         log: Arc<dyn LogSink>,
         level: LogLevel,
         limits: WorkerLimits,
-        project: EventProject,
+        project: Arc<EventProject>,
+        hidden: Arc<HiddenSecrets>,
     ) -> Self {
         Self {
             capability,
@@ -219,7 +252,7 @@ impl WorkerJobs {
             limits,
             running: Arc::new(AtomicU64::new(0)),
             jobs: HashMap::new(),
-            hidden: std::sync::OnceLock::new(),
+            hidden,
             artifacts: HashMap::new(),
             project,
             service_ports: Arc::default(),
@@ -486,17 +519,7 @@ impl WorkerJobs {
     /// a secret, or write it into an artifact, and what the script reads
     /// back from its jobs must not carry it.
     fn hidden(&self) -> Arc<Redactor> {
-        self.hidden
-            .get_or_init(|| {
-                Arc::new(Redactor::new(
-                    self.project
-                        .secrets
-                        .iter()
-                        .filter(|(key, _)| !self.project.script_may_read(key))
-                        .map(|(_, value)| value),
-                ))
-            })
-            .clone()
+        self.hidden.redactor()
     }
 
     /// A container's output so far (`Op::JobLogs`); the primary's by default.
