@@ -1206,6 +1206,15 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("DELETE", "/v2/role-assignments"),
     ("GET", "/v2/users"),
     ("GET", "/v2/users/x"),
+    ("GET", "/v2/projects/alpha/volumes"),
+    ("DELETE", "/v2/projects/alpha/volumes/v"),
+    ("GET", "/v2/projects/alpha/caches"),
+    ("DELETE", "/v2/projects/alpha/caches/k"),
+    ("GET", "/v2/events/x/artifacts"),
+    ("GET", "/v2/events/x/artifacts/a"),
+    ("GET", "/v2/events/x/artifacts/a/files"),
+    ("GET", "/v2/events/x/artifacts/a/files/p/q"),
+    ("GET", "/v2/events/x/artifacts/a/archive"),
 ];
 
 #[tokio::test(flavor = "multi_thread")]
