@@ -346,3 +346,28 @@ fn an_event_the_project_does_not_subscribe_to_runs_nothing() {
     );
     assert!(ran.stdout.is_empty(), "{ran:?}");
 }
+
+#[test]
+fn runs_started_at_once_on_a_new_data_directory_all_succeed() {
+    // Each run opens (and on the first, creates and migrates) the data
+    // directory's catalog of artifacts and caches: the migrations of one
+    // must not trip over another's.
+    let data = tempfile::tempdir().unwrap();
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_mizzen"))
+                .args(["run", "examples/01-hello-world", "--executor", "none"])
+                .current_dir(repo())
+                .env("MIZZEN_DATA_DIR", data.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("mizzen runs")
+        })
+        .collect();
+    for child in runs {
+        let ran = Ran::from(child.wait_with_output().unwrap());
+        assert_eq!(ran.code, 0, "{ran:?}");
+        assert!(ran.stdout.contains("Hello, World!"), "{ran:?}");
+    }
+}

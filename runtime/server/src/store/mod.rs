@@ -21,6 +21,7 @@ mod kept;
 mod logs;
 mod principals;
 mod projects;
+mod settings;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -86,6 +87,14 @@ pub enum StoreError {
     /// The event writer could not store the batch a request was part of.
     #[error("storing a batch of events failed: {0}")]
     EventBatch(#[source] Arc<StoreError>),
+    /// The lock that SQLite's migrations are run under could not be taken.
+    #[error("cannot lock {path} to bring the database's schema up to date: {source}")]
+    MigrationLock {
+        /// The lock file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The event writer has stopped (the server is shutting down).
     #[error("the store is shutting down")]
     Closed,
@@ -219,7 +228,12 @@ impl Store {
             })
             .connect(&url)
             .await?;
+        let _migrating = match backend {
+            Backend::Sqlite => sqlite_migration_lock(&url).await?,
+            Backend::Postgres => None,
+        };
         migrator(backend).run(&pool).await?;
+        drop(_migrating);
 
         let (events, event_rx) = mpsc::channel(4 * MAX_EVENT_BATCH);
         let (logs, log_rx) = mpsc::unbounded_channel();
@@ -282,8 +296,43 @@ impl Store {
 /// PostgreSQL writes it.
 const SERIAL_KEY: (&str, &str) = ("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY");
 
+/// Holds an exclusive lock on a file beside SQLite database `url` (none for
+/// one in memory). sqlx's migrator locks a PostgreSQL database while it
+/// migrates but not a SQLite one: two processes opening a new database at
+/// once (two `mizzen run`s on a fresh data directory) both ran the first
+/// migration, and one failed on "table scripts already exists".
+async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") {
+        return Ok(None);
+    }
+    let path = format!("{path}.migrating");
+    let locked = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    };
+    locked
+        .map(Some)
+        .map_err(|source| StoreError::MigrationLock { path, source })
+}
+
 /// The schema's migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i64, &str, &str); 4] = [
+const MIGRATIONS: [(i64, &str, &str); 5] = [
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
@@ -299,6 +348,11 @@ const MIGRATIONS: [(i64, &str, &str); 4] = [
         4,
         "artifacts_caches",
         include_str!("../../migrations/0004_artifacts_caches.sql"),
+    ),
+    (
+        5,
+        "settings",
+        include_str!("../../migrations/0005_settings.sql"),
     ),
 ];
 
