@@ -10,6 +10,7 @@
 
 mod client;
 mod init;
+mod job_files;
 mod kubernetes;
 mod output;
 mod run;
@@ -48,6 +49,10 @@ enum Command {
     /// the server, one per core)
     #[command(hide = true)]
     SandboxShard,
+    /// Restore and save a Kubernetes job's artifacts and caches (run by
+    /// Mizzen's image beside the job's containers)
+    #[command(hide = true)]
+    JobFiles(job_files::JobFilesArgs),
 }
 
 #[derive(Args)]
@@ -163,6 +168,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour_on_stderr())
         .init();
+    // reqwest is built without a default crypto provider; ring's serves for
+    // every HTTPS client of the process (the CLI's, the helper's, S3's).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // A sandbox process is one core's worth of the sandbox stage.
     let runtime = match cli.command {
         Command::SandboxShard => tokio::runtime::Builder::new_current_thread()
@@ -184,6 +192,10 @@ fn main() -> ExitCode {
             Command::Init(args) => init::init(args).map_err(Failure::from),
             Command::Client(command) => client::run(command).await,
             Command::SandboxShard => server::serve_shard().await,
+            Command::JobFiles(args) => job_files::run(args).await.map_err(|error| Failure {
+                code: EXIT_FAILED,
+                error,
+            }),
         }
     });
     match result {

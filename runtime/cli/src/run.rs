@@ -240,7 +240,12 @@ async fn run_storage(data_dir: &Path) -> Result<JobStorage, Failure> {
     let store = Store::open(Some(&url), &dir)
         .await
         .map_err(|e| failed(e.into()))?;
-    Ok(JobStorage::new(objects, Arc::new(store)))
+    let key = store.job_token_key().await.map_err(|e| failed(e.into()))?;
+    Ok(JobStorage::new(
+        objects,
+        Arc::new(store),
+        mizzen_objects::JobTokens::new(key),
+    ))
 }
 
 /// Writes the event's artifacts into `events/<id>/artifacts/<name>` of the

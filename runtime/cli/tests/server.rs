@@ -171,23 +171,6 @@ fn created_id(out: &str) -> String {
         .to_string()
 }
 
-/// A fresh PostgreSQL database for one test, or `None` (with a message)
-/// when no server is configured.
-fn postgres_database(test: &str) -> Option<String> {
-    let Ok(admin) = std::env::var("MIZZEN_TEST_DATABASE_URL") else {
-        eprintln!("SKIPPED {test}: MIZZEN_TEST_DATABASE_URL is not set (scripts/test sets it)");
-        return None;
-    };
-    let name = format!("mizzen_test_{}", uuid::Uuid::new_v4().simple());
-    let status = Command::new("psql")
-        .args([&admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
-        .status()
-        .expect("psql runs");
-    assert!(status.success(), "cannot create database {name}");
-    let base = admin.rsplit_once('/').expect("URL with a database").0;
-    Some(format!("{base}/{name}"))
-}
-
 /// The walk-through of the issue: projects from examples/, events
 /// followed, job logs by job and by container.
 fn examples_end_to_end(server: &TestServer) {
@@ -333,7 +316,7 @@ fn examples_run_end_to_end_on_sqlite() {
 
 #[test]
 fn examples_run_end_to_end_on_postgres() {
-    let Some(url) = postgres_database("examples_run_end_to_end_on_postgres") else {
+    let Some(url) = common::postgres_database("examples_run_end_to_end_on_postgres") else {
         return;
     };
     let server = TestServer::start(Some(url), &[]);
@@ -400,7 +383,7 @@ fn script_dependencies_run_on_sqlite() {
 
 #[test]
 fn script_dependencies_run_on_postgres() {
-    let Some(url) = postgres_database("script_dependencies_run_on_postgres") else {
+    let Some(url) = common::postgres_database("script_dependencies_run_on_postgres") else {
         return;
     };
     script_dependencies_end_to_end(Some(url));
@@ -666,7 +649,8 @@ fn wasm_jobs_run_in_sandbox_processes_on_sqlite() {
 
 #[test]
 fn wasm_jobs_run_in_sandbox_processes_on_postgres() {
-    let Some(url) = postgres_database("wasm_jobs_run_in_sandbox_processes_on_postgres") else {
+    let Some(url) = common::postgres_database("wasm_jobs_run_in_sandbox_processes_on_postgres")
+    else {
         return;
     };
     wasm_jobs_end_to_end(Some(url));
@@ -788,7 +772,7 @@ fn project_volumes_on_sqlite() {
 
 #[test]
 fn project_volumes_on_postgres() {
-    let Some(url) = postgres_database("project_volumes_on_postgres") else {
+    let Some(url) = common::postgres_database("project_volumes_on_postgres") else {
         return;
     };
     project_volumes_end_to_end(Some(url), "postgres");
@@ -1041,7 +1025,7 @@ async fn artifacts_and_caches_on_s3() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn artifacts_and_caches_on_postgres() {
-    let Some(url) = postgres_database("artifacts_and_caches_on_postgres") else {
+    let Some(url) = common::postgres_database("artifacts_and_caches_on_postgres") else {
         return;
     };
     artifacts_and_caches_end_to_end(Some(url), "postgres", Vec::new()).await;
@@ -2515,7 +2499,8 @@ async fn large_payloads_are_listed_in_bounded_memory_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn large_payloads_are_listed_in_bounded_memory_on_postgres() {
-    let Some(url) = postgres_database("large_payloads_are_listed_in_bounded_memory_on_postgres")
+    let Some(url) =
+        common::postgres_database("large_payloads_are_listed_in_bounded_memory_on_postgres")
     else {
         return;
     };
@@ -2723,7 +2708,8 @@ async fn writes_racing_a_projects_deletion_die_with_it_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_racing_a_projects_deletion_die_with_it_on_postgres() {
-    let Some(url) = postgres_database("writes_racing_a_projects_deletion_die_with_it_on_postgres")
+    let Some(url) =
+        common::postgres_database("writes_racing_a_projects_deletion_die_with_it_on_postgres")
     else {
         return;
     };

@@ -327,19 +327,12 @@ pub(crate) async fn save(
             .map(|a| a.bytes)
             .sum();
         let quota = event.kept.artifact_bytes;
-        let options = SaveOptions {
-            what: what.clone(),
-            pattern: path
-                .pattern
-                .as_deref()
-                .and_then(|p| glob::Pattern::new(p).ok()),
-            max_bytes: quota.saturating_sub(used),
-            limit_name: format!(
-                " (the room left of the event's artifacts under the project's artifactSize limit of {})",
-                LimitValue::Bytes(quota)
-            ),
-            max_entries: mizzen_objects::MAX_TREE_ENTRIES,
-        };
+        let options = SaveOptions::artifact(
+            &artifact.name,
+            path.pattern.as_deref(),
+            quota.saturating_sub(used),
+            &LimitValue::Bytes(quota).to_string(),
+        );
         let Some(saved) = save_tree(docker, storage, id, &path.base, options, !succeeded).await?
         else {
             say(
@@ -391,16 +384,7 @@ pub(crate) async fn save(
             continue;
         }
         let what = format!("cache \"{key}\"");
-        let options = SaveOptions {
-            what: what.clone(),
-            pattern: None,
-            max_bytes: quota,
-            limit_name: format!(
-                " (the project's cacheSize limit of {})",
-                LimitValue::Bytes(quota)
-            ),
-            max_entries: mizzen_objects::MAX_TREE_ENTRIES,
-        };
+        let options = SaveOptions::cache(key, quota, &LimitValue::Bytes(quota).to_string());
         let Some(saved) = save_tree(docker, storage, id, base, options, true).await? else {
             say(
                 context,

@@ -169,24 +169,39 @@ pub struct JobStorage {
     /// save may find an object it needs already stored, unreferenced and
     /// old, which a sweep at that moment would delete.
     pub saving: std::sync::Arc<tokio::sync::RwLock<()>>,
+    /// Signs and checks the tokens of jobs' helpers (on Kubernetes) and
+    /// their receipts.
+    pub tokens: crate::JobTokens,
 }
+
+/// How long an object stays unswept after it was written, whether or not
+/// anything names it yet. A Kubernetes job's helper stores a tree when the
+/// job's primary container has ended, and the executor names it in the
+/// catalog only once it has seen the pod end: an hour is far more than
+/// that takes, and an object written but never named waits one more sweep.
+const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl JobStorage {
     /// Deletes the objects no artifact or cache names, no save running
     /// meanwhile (see [`JobStorage::saving`]).
     pub async fn sweep(&self) -> Result<crate::Sweep, SweepError> {
         let _no_saves = self.saving.write().await;
-        let started = std::time::SystemTime::now();
+        let written_before = std::time::SystemTime::now() - SWEEP_GRACE;
         let kept = self.catalog.kept_trees().await?;
-        Ok(self.objects.sweep(kept, started).await?)
+        Ok(self.objects.sweep(kept, written_before).await?)
     }
 
-    /// Objects named by `catalog`.
-    pub fn new(objects: Objects, catalog: std::sync::Arc<dyn Catalog>) -> Self {
+    /// Objects named by `catalog`; helpers' tokens signed by `tokens`.
+    pub fn new(
+        objects: Objects,
+        catalog: std::sync::Arc<dyn Catalog>,
+        tokens: crate::JobTokens,
+    ) -> Self {
         Self {
             objects,
             catalog,
             saving: std::sync::Arc::default(),
+            tokens,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! stored object that was altered or cut is a named error, never content.
 
 mod catalog;
+mod job_token;
 mod tree;
 
 use std::collections::HashSet;
@@ -33,6 +34,7 @@ pub use catalog::{
     CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache, MAX_CACHE_ENTRIES,
     SweepError,
 };
+pub use job_token::{JOB_TOKEN_KEY_BYTES, JobClaim, JobTokenError, JobTokens, Receipt};
 pub use tree::{Entry, EntryKind, MAX_TREE_ENTRIES, Manifest, SaveOptions, SavedTree, TarOwner};
 
 /// Why storing or reading objects failed.

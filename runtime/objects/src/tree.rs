@@ -153,6 +153,35 @@ pub struct SaveOptions {
     pub max_entries: usize,
 }
 
+impl SaveOptions {
+    /// An artifact's save: the files beneath its path that `pattern` picks,
+    /// in at most `room` bytes (what the event's artifacts have left under
+    /// the project's `artifactSize` limit, `quota`, said as a quantity).
+    pub fn artifact(name: &str, pattern: Option<&str>, room: u64, quota: &str) -> Self {
+        Self {
+            what: format!("artifact \"{name}\""),
+            pattern: pattern.and_then(|p| glob::Pattern::new(p).ok()),
+            max_bytes: room,
+            limit_name: format!(
+                " (the room left of the event's artifacts under the project's artifactSize limit of {quota})"
+            ),
+            max_entries: MAX_TREE_ENTRIES,
+        }
+    }
+
+    /// A cache's save: its whole directory, in at most `quota` bytes (the
+    /// project's `cacheSize` limit; `quota_text` says it as a quantity).
+    pub fn cache(key: &str, quota: u64, quota_text: &str) -> Self {
+        Self {
+            what: format!("cache \"{key}\""),
+            pattern: None,
+            max_bytes: quota,
+            limit_name: format!(" (the project's cacheSize limit of {quota_text})"),
+            max_entries: MAX_TREE_ENTRIES,
+        }
+    }
+}
+
 /// A tree saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SavedTree {

@@ -201,7 +201,8 @@ impl Server {
             Some(url) => Objects::open(url)?,
             None => Objects::local(&config.data_dir.join("objects"))?,
         };
-        let storage = JobStorage::new(objects, Arc::new(store.clone()));
+        let tokens = mizzen_objects::JobTokens::new(store.job_token_key().await?);
+        let storage = JobStorage::new(objects, Arc::new(store.clone()), tokens);
         let containers = config.executor.as_ref().map(|make| make(storage.clone()));
         let executor = containers
             .clone()
@@ -240,7 +241,7 @@ impl Server {
                 })?;
         let state = Arc::new(api::AppState {
             store,
-            objects: storage.objects.clone(),
+            storage: storage.clone(),
             scheduler: scheduler.clone(),
             projects,
             metrics,

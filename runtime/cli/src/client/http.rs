@@ -38,9 +38,6 @@ impl Api {
             code: EXIT_BAD_INPUT,
             error,
         })?;
-        // reqwest is built without a default crypto provider; ring's serves
-        // for https. Installing twice is harmless ("already installed").
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("mizzen/", env!("CARGO_PKG_VERSION")))

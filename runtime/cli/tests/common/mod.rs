@@ -202,3 +202,20 @@ pub fn raw_get(url: &str) -> Option<String> {
     let (head, body) = answer.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
+
+/// A fresh PostgreSQL database for one test, or `None` (with a message)
+/// when no server is configured.
+pub fn postgres_database(test: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("MIZZEN_TEST_DATABASE_URL") else {
+        eprintln!("SKIPPED {test}: MIZZEN_TEST_DATABASE_URL is not set (scripts/test sets it)");
+        return None;
+    };
+    let name = format!("mizzen_test_{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("psql")
+        .args([&admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("psql runs");
+    assert!(status.success(), "cannot create database {name}");
+    let base = admin.rsplit_once('/').expect("URL with a database").0;
+    Some(format!("{base}/{name}"))
+}

@@ -98,6 +98,7 @@ async fn visible_artifact(
             id: name.to_string(),
         })?;
     let manifest = state
+        .storage
         .objects
         .manifest(&artifact.tree)
         .await
@@ -173,7 +174,7 @@ async fn download_archive(
 ) -> ApiResult {
     let (_, manifest) = visible_artifact(&state, &who, &id, &name).await?;
     let (writer, reader) = tokio::io::duplex(1 << 16);
-    let objects = state.objects.clone();
+    let objects = state.storage.objects.clone();
     let owner = mizzen_objects::TarOwner { uid: 0, gid: 0 };
     tokio::spawn(async move {
         if let Err(e) = objects.write_tar(manifest, name, owner, writer).await {
@@ -215,6 +216,7 @@ async fn download(
         return Err(not_found());
     };
     let stream = state
+        .storage
         .objects
         .stream(&digest, Some(entry.size))
         .await

@@ -20,6 +20,7 @@ mod documents;
 mod error;
 mod events;
 mod gateways;
+mod job_files;
 mod kept;
 mod projects;
 mod query;
@@ -73,8 +74,9 @@ const MAX_PAGE: i64 = 100;
 pub struct AppState {
     /// The store.
     pub store: Store,
-    /// Where jobs' artifacts and caches are kept.
-    pub objects: mizzen_objects::Objects,
+    /// Where jobs' artifacts and caches are kept, and the key of their
+    /// helpers' tokens.
+    pub storage: mizzen_objects::JobStorage,
     /// The scheduler of this replica.
     pub scheduler: Arc<Scheduler>,
     /// Parsed project definitions.
@@ -112,6 +114,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             body::limit_body_time,
         ))
+        // A job's saved tree may be gigabytes: its body has an idle timeout
+        // of its own rather than the API's size and time limits.
+        .merge(job_files::routes())
         .with_state(state)
 }
 
