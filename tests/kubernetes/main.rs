@@ -247,7 +247,7 @@ async fn a_non_zero_exit_fails_the_job_and_a_fallible_one_does_not_fail_the_work
 /// Artifacts and caches are kept by the local engine only so far: a job
 /// that declares them is refused by name, and no Pod is made for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_with_artifacts_or_caches_is_refused_by_name() {
+async fn a_job_with_artifacts_or_caches_is_refused_by_name_without_a_server_to_keep_them() {
     let cluster = cluster().await;
     let run = cluster
         .run_js(
@@ -262,8 +262,11 @@ async fn a_job_with_artifacts_or_caches_is_refused_by_name() {
             "#,
         )
         .await;
+    // The executor has no storage or URL for the Pod's helpers: as under
+    // `mizzen run --executor kubernetes` (mizzen server keeps them: see
+    // runtime/cli/tests/server.rs, artifacts_and_caches_on_kubernetes).
     run.assert_failed_with(
-        "job \"build\" declares artifacts or caches, which the Kubernetes executor does not keep yet",
+        "job \"build\": it declares artifacts or caches, which on Kubernetes its Pod's helpers send to and fetch from the server: start the server with --kubernetes-job-files-url",
     );
     assert!(run.job_lines().is_empty());
     cluster.assert_nothing_denied();

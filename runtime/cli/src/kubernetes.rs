@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use mizzen_kubernetes::kept::{DEFAULT_JOB_FILES_IMAGE, JobFilesConfig};
 use mizzen_kubernetes::{
     DEFAULT_CLUSTER_DOMAIN, DEFAULT_CPU_REQUEST, DEFAULT_GIT_IMAGE, DEFAULT_MEMORY_REQUEST,
     DEFAULT_RUN_AS_USER, DEFAULT_WORKSPACE_SIZE, KubernetesConfig, KubernetesExecutor,
     ResourceRequests,
 };
+use mizzen_objects::JobStorage;
 
 use crate::parse_duration;
 
@@ -50,12 +52,21 @@ pub struct KubernetesArgs {
     /// name
     #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_CLUSTER_DOMAIN)]
     kubernetes_cluster_domain: String,
+    /// The server's URL as job Pods reach it (e.g.
+    /// http://mizzen.mizzen.svc:8080), for the helpers that restore and save
+    /// jobs' artifacts and caches; without it such jobs are refused
+    /// (`mizzen server` only)
+    #[arg(long, value_name = "URL")]
+    kubernetes_job_files_url: Option<String>,
+    /// Mizzen's image, which those helpers run
+    #[arg(long, value_name = "IMAGE", default_value = DEFAULT_JOB_FILES_IMAGE)]
+    kubernetes_job_files_image: String,
 }
 
 impl KubernetesArgs {
     /// Connects to the cluster that KUBECONFIG (or ~/.kube/config, or the
-    /// in-cluster service account) names and makes the executor.
-    pub async fn executor(&self) -> anyhow::Result<KubernetesExecutor> {
+    /// in-cluster service account) names.
+    pub async fn connect(&self) -> anyhow::Result<KubernetesCluster> {
         let client = KubernetesExecutor::client_from_environment()
             .await
             .context("--executor kubernetes")?;
@@ -78,6 +89,46 @@ impl KubernetesArgs {
             cluster_domain: self.kubernetes_cluster_domain.clone(),
             ..KubernetesConfig::new(namespace)
         };
-        Ok(KubernetesExecutor::new(client, config))
+        Ok(KubernetesCluster {
+            client,
+            config,
+            job_files_url: self
+                .kubernetes_job_files_url
+                .clone()
+                .filter(|u| !u.is_empty()),
+            job_files_image: self.kubernetes_job_files_image.clone(),
+        })
+    }
+}
+
+/// A cluster connected to, and how its executor is configured.
+#[derive(Clone)]
+pub struct KubernetesCluster {
+    client: kube::Client,
+    config: KubernetesConfig,
+    job_files_url: Option<String>,
+    job_files_image: String,
+}
+
+impl KubernetesCluster {
+    /// The executor, keeping jobs' artifacts and caches in `storage` (the
+    /// server's) when their helpers have a URL to reach it at.
+    pub fn executor(&self, storage: Option<JobStorage>) -> KubernetesExecutor {
+        let job_files = self
+            .job_files_url
+            .clone()
+            .zip(storage)
+            .map(|(server_url, storage)| JobFilesConfig {
+                server_url,
+                image: self.job_files_image.clone(),
+                storage,
+            });
+        KubernetesExecutor::new(
+            self.client.clone(),
+            KubernetesConfig {
+                job_files,
+                ..self.config.clone()
+            },
+        )
     }
 }

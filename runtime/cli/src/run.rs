@@ -215,7 +215,9 @@ async fn executor(
             })?;
             Some(Arc::new(executor))
         }
-        Some(ExecutorKind::Kubernetes) => Some(Arc::new(kubernetes.executor().await?)),
+        Some(ExecutorKind::Kubernetes) => {
+            Some(Arc::new(kubernetes.connect().await?.executor(None)))
+        }
         Some(ExecutorKind::None) => None,
         None => Some(Arc::new(LazyDockerExecutor::new(config))),
     })

@@ -180,8 +180,10 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
     let executor: Option<MakeExecutor> = match args.executor {
         Some(ExecutorKind::None) => None,
         Some(ExecutorKind::Kubernetes) => {
-            let executor: Arc<dyn JobExecutor> = Arc::new(args.kubernetes.executor().await?);
-            Some(Arc::new(move |_| executor.clone()))
+            let cluster = args.kubernetes.connect().await?;
+            Some(Arc::new(move |storage| -> Arc<dyn JobExecutor> {
+                Arc::new(cluster.executor(Some(storage)))
+            }))
         }
         _ => {
             let data_dir = data_dir.clone();

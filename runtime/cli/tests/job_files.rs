@@ -404,6 +404,37 @@ async fn a_job_token_opens_its_own_jobs_entries(database_url: Option<String>) {
             assert!(body.contains(says), "{method} {path}: {body}");
         }
     }
+    // A tree whose entry leads out of it, and one past the project's
+    // artifact quota (1 MiB in these tokens), are refused by name.
+    let tar_of = |path: &str, size: usize| {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        // Written raw: the tar crate's own setters refuse "..".
+        let name = &mut header.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        header.set_cksum();
+        builder.append(&header, &vec![b'x'; size][..]).unwrap();
+        builder.into_inner().unwrap()
+    };
+    for (body, says) in [
+        (tar_of("tree/../../escape", 3), "escape"),
+        (tar_of("tree/big", 2 << 20), "artifactSize limit"),
+    ] {
+        let response = http
+            .put(format!("{}/v2/job-files/saves/0", server.url))
+            .bearer_auth(&build)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        let body = response.text().await.unwrap();
+        assert!(body.contains(says), "{body}");
+    }
+
     // A job token opens nothing of the rest of the API.
     let response = http
         .get(format!("{}/v2/events", server.url))

@@ -13,6 +13,7 @@ use common::{Ran, github_signature, repo};
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -1381,7 +1382,7 @@ const CRASH_KILLS: usize = 5;
 async fn post_until_accepted(
     url: String,
     token: String,
-    accepted: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    accepted: Arc<std::sync::Mutex<Vec<String>>>,
 ) {
     let client = http();
     let body = json!({"apiVersion": "brigade.sh/v2", "kind": "Event",
@@ -2190,6 +2191,257 @@ async fn the_server_runs_jobs_as_pods_when_configured_for_kubernetes() {
     assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
 }
 
+/// What the fake kubelet does for a Pod of example 20 on Kubernetes: what
+/// a real kubelet and the job's containers would. Mizzen's helpers run for
+/// real (`mizzen job-files`, against the server, with the token from the
+/// job's Secret), their volumes directories of `root`; the job's primary
+/// container is played by writing what its script writes.
+fn play_kept_pod(
+    pod: &Value,
+    reader: &mizzen_tests::fake_kube::FakeKubeReader,
+    server_url: &str,
+    root: &std::path::Path,
+) -> mizzen_tests::fake_kube::PodScript {
+    use mizzen_tests::fake_kube::{ContainerScript, PodScript};
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap();
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The token, as the helpers' Secret volume holds it.
+    let secret = reader
+        .get("secrets", namespace, name)
+        .expect("the job's Secret");
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["mizzen-job-token"].as_str().unwrap())
+        .unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    // Each kept volume, a directory.
+    let volume = |n: &str| dir.join(format!("kept-{n}"));
+    let helper = |container: &Value, extra: &[String]| -> (i32, String) {
+        let mut args: Vec<String> = Vec::new();
+        let given: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let mut given = given.into_iter();
+        while let Some(arg) = given.next() {
+            match arg.as_str() {
+                "--server" => {
+                    given.next();
+                    args.extend(["--server".to_string(), server_url.to_string()]);
+                }
+                "--token-file" => {
+                    given.next();
+                    args.extend(["--token-file".to_string(), token_file.display().to_string()]);
+                }
+                "--after-sigterm" => {}
+                entry if entry.contains("=/mizzen/kept/") => {
+                    let (index, path) = entry.split_once('=').unwrap();
+                    let n = path.trim_start_matches("/mizzen/kept/");
+                    std::fs::create_dir_all(volume(n)).unwrap();
+                    args.push(format!("{index}={}", volume(n).display()));
+                }
+                _ => args.push(arg),
+            }
+        }
+        args.extend(extra.iter().cloned());
+        let output = Command::new(env!("CARGO_BIN_EXE_mizzen"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code().unwrap_or(-1), format!("{out}{err}"))
+    };
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let find = |name: &str| init.iter().find(|c| c["name"] == name).cloned();
+    let mut script = PodScript::default();
+    if let Some(restore) = find("mizzen-restore") {
+        let (code, said) = helper(&restore, &[]);
+        let lines: Vec<String> = said.lines().map(str::to_string).collect();
+        script = script.with("mizzen-restore", ContainerScript::new(lines, code));
+    }
+    // The primary's volumes by the paths it mounts them at.
+    let primary = &pod["spec"]["containers"][0];
+    let at = |path: &str| -> PathBuf {
+        let mount = primary["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .unwrap_or_else(|| panic!("no volume at {path}: {primary}"));
+        let dir = volume(
+            mount["name"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("mizzen-kept-"),
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let job = primary["name"].as_str().unwrap().to_string();
+    let printed = match job.as_str() {
+        "build" => {
+            let deps = at("/deps");
+            let mut lines = Vec::new();
+            if deps.join("fetched").exists() {
+                lines.push("dependencies restored from the cache".to_string());
+            } else {
+                lines.push("fetching dependencies (slow: a cache miss)".to_string());
+                std::fs::write(deps.join("list"), "left-pad@1.3.0\nright-pad@1.0.1\n").unwrap();
+                std::fs::write(deps.join("fetched"), "1").unwrap();
+            }
+            std::fs::write(at("/tmp/dist").join("app"), "#!/bin/sh\necho hello\n").unwrap();
+            std::fs::write(at("/tmp/reports").join("build.txt"), "built dist/app\n").unwrap();
+            lines
+        }
+        "test" => {
+            let app = std::fs::read_to_string(at("/opt/app").join("app")).unwrap_or_default();
+            vec![format!(
+                "the test found: {}",
+                app.lines().last().unwrap_or("nothing")
+            )]
+        }
+        other => panic!("an unexpected job {other}"),
+    };
+    script = script.with(&job, ContainerScript::new(printed, 0));
+    if let Some(save) = find("mizzen-save") {
+        let receipts = dir.join("receipts");
+        let (code, said) = helper(
+            &save,
+            &["--receipts".to_string(), receipts.display().to_string()],
+        );
+        let mut saver = ContainerScript::new(said.lines().map(str::to_string), code);
+        saver.termination_message = std::fs::read_to_string(&receipts).ok();
+        script = script.with("mizzen-save", saver);
+    }
+    script
+}
+
+/// Example 20 on Kubernetes (a fake cluster): its build caches its
+/// dependencies and hands its output to the test job through Mizzen's
+/// helpers in their Pods, with a token for each job that appears in no Pod
+/// and no log; the second run hits the cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_and_caches_on_kubernetes() {
+    use mizzen_tests::fake_kube::{FakeConfig, FakeKube};
+    let fake = FakeKube::start(FakeConfig::deployed(&["mizzen-jobs"])).await;
+    let server_url = Arc::new(std::sync::OnceLock::<String>::new());
+    let volumes = tempfile::tempdir().unwrap();
+    {
+        let reader = fake.reader();
+        let server_url = server_url.clone();
+        let root = volumes.path().to_path_buf();
+        fake.on_pod(move |pod| play_kept_pod(pod, &reader, server_url.get().unwrap(), &root));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    fake.write_kubeconfig(&kubeconfig, "default").unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap().to_string();
+    let (server, first, second) = tokio::task::spawn_blocking(move || {
+        let server = TestServer::start_with_env(
+            None,
+            &[
+                "--executor",
+                "kubernetes",
+                "--kubernetes-namespace",
+                "mizzen-jobs",
+                // What the Pods would reach; the fake kubelet reaches the
+                // server where it listens.
+                "--kubernetes-job-files-url",
+                "http://mizzen.mizzen.svc:8080",
+            ],
+            &[("KUBECONFIG", &kubeconfig)],
+        );
+        server_url.set(server.url.clone()).unwrap();
+        server.ok(&["project", "create", "-f", "examples/20-artifacts-caches"]);
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let id = server.create_event("artifacts-caches", &[]);
+            let event = wait_until_ended(&server, &id);
+            assert_eq!(
+                phase_of(&event),
+                "SUCCEEDED",
+                "{event}\n{}",
+                server.server_log()
+            );
+            let logs = server.ok(&["event", "logs", "--id", &id]);
+            let build = server.ok(&["event", "logs", "--id", &id, "--job", "build"]);
+            let test = server.ok(&["event", "logs", "--id", &id, "--job", "test"]);
+            runs.push((id, format!("{logs}\n{build}\n{test}")));
+        }
+        let second = runs.pop().unwrap();
+        let first = runs.pop().unwrap();
+        (server, first, second)
+    })
+    .await
+    .unwrap();
+    let (first_id, first) = first;
+    assert!(first.contains("fetching dependencies"), "{first}");
+    assert!(
+        first.contains("[mizzen] saved artifact \"dist\" from /tmp/dist"),
+        "{first}"
+    );
+    assert!(first.contains("[mizzen] saved cache \"deps-"), "{first}");
+    assert!(first.contains("the test found: echo hello"), "{first}");
+    assert!(
+        first.contains(
+            "build report: built dist/app; artifacts: build-report (1 file), dist (1 file)"
+        ),
+        "{first}"
+    );
+    let (_, second) = second;
+    assert!(
+        second.contains("dependencies restored from the cache"),
+        "{second}"
+    );
+    assert!(!second.contains("[mizzen] saved cache"), "{second}");
+    // The artifacts are the event's, through the API as on any executor.
+    let listed = server.json(&["event", "artifacts", "list", "--id", &first_id]);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+
+    // Each job's Pod has Mizzen's helpers and names its token's Secret, and
+    // no Pod, log or event holds a token itself.
+    let pods = fake.created("pods");
+    assert_eq!(pods.len(), 4, "{pods:#?}");
+    let tokens: Vec<String> = fake
+        .created("secrets")
+        .iter()
+        .filter_map(|s| {
+            s["stringData"]["mizzen-job-token"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(tokens.len(), 4);
+    let everything = format!(
+        "{}\n{}\n{}\n{first}\n{second}",
+        serde_json::to_string(&pods).unwrap(),
+        server.server_log(),
+        server.ok(&["event", "get", "--id", &first_id, "-o", "json"])
+    );
+    for token in &tokens {
+        assert!(token.starts_with("mzjob1."));
+        assert!(!everything.contains(token.as_str()), "a token leaked");
+    }
+    let build = &pods[0]["spec"];
+    let init: Vec<&str> = build["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init, ["mizzen-restore", "mizzen-save"]);
+    assert_eq!(build["initContainers"][1]["restartPolicy"], "Always");
+    assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
+}
+
 #[test]
 fn a_jobs_whole_log_is_stored_when_its_event_ends() {
     // Sandbox processes put a hop between a job's lines and the store; the
@@ -2445,7 +2697,7 @@ async fn large_payloads_are_listed_in_bounded_memory(server: TestServer) {
 
     let pid = server.child.id();
     let before = rss(pid);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
         let done = done.clone();
         std::thread::spawn(move || {

@@ -20,8 +20,8 @@ use bollard::query_parameters::{
 use futures_util::{StreamExt, TryStreamExt};
 use mizzen_host_api::types::ArtifactInfo;
 use mizzen_objects::{
-    CacheKept, Digest, JobStorage, KeptArtifact, KeptCache, Manifest, ObjectsError, SaveOptions,
-    TarOwner,
+    ArtifactReadError, CacheKept, Digest, JobStorage, KeptArtifact, KeptCache, Manifest,
+    ObjectsError, SaveOptions, TarOwner,
 };
 use mizzen_runtime::executor::{ContainerUser, EventContext, ExecutorError, JobOutput};
 use mizzen_runtime::kept::KeptPath;
@@ -503,21 +503,10 @@ pub(crate) async fn list(
     event: &EventContext,
 ) -> Result<Vec<ArtifactInfo>, ExecutorError> {
     let storage = storage.ok_or_else(no_storage)?;
-    let kept = storage
-        .catalog
-        .artifacts(&event.event_id)
+    storage
+        .artifact_infos(&event.event_id)
         .await
-        .map_err(|e| ExecutorError::Unavailable(e.to_string()))?;
-    Ok(kept
-        .into_iter()
-        .map(|a| ArtifactInfo {
-            name: a.name,
-            job: a.job,
-            path: a.path,
-            size_bytes: a.bytes,
-            files: a.files,
-        })
-        .collect())
+        .map_err(|e| ExecutorError::Unavailable(e.to_string()))
 }
 
 /// File `path` of the event's artifact `name`, for its script.
@@ -529,45 +518,14 @@ pub(crate) async fn read(
     max_bytes: u64,
 ) -> Result<Vec<u8>, ExecutorError> {
     let storage = storage.ok_or_else(no_storage)?;
-    let artifact = storage
-        .catalog
-        .artifact(&event.event_id, name)
+    storage
+        .read_artifact_file(&event.event_id, name, path, max_bytes)
         .await
-        .map_err(|e| ExecutorError::Unavailable(e.to_string()))?
-        .ok_or_else(|| {
-            ExecutorError::NotFound(format!(
-                "artifact \"{name}\" is not saved in this event (yet)"
-            ))
-        })?;
-    let manifest = storage
-        .objects
-        .manifest(&artifact.tree)
-        .await
-        .map_err(|e| ExecutorError::Unavailable(format!("artifact \"{name}\": {e}")))?;
-    let path = path.trim_matches('/');
-    let not_found = || {
-        ExecutorError::NotFound(format!(
-            "artifact \"{name}\" has no file {path:?} (saved from {})",
-            artifact.path
-        ))
-    };
-    let entry = manifest.entry(path).ok_or_else(not_found)?;
-    let Some(digest) = entry.digest else {
-        return Err(not_found());
-    };
-    if entry.size > max_bytes {
-        return Err(ExecutorError::Unsupported(format!(
-            "file {path:?} of artifact \"{name}\" holds {}; a script reads at most {} (download it: mizzen event artifacts get)",
-            LimitValue::Bytes(entry.size),
-            LimitValue::Bytes(max_bytes)
-        )));
-    }
-    let content = storage
-        .objects
-        .read(&digest, max_bytes)
-        .await
-        .map_err(|e| ExecutorError::Unavailable(format!("artifact \"{name}\": {e}")))?;
-    Ok(content.to_vec())
+        .map_err(|e| match e {
+            e if e.is_not_found() => ExecutorError::NotFound(e.to_string()),
+            ArtifactReadError::TooLarge { .. } => ExecutorError::Unsupported(e.to_string()),
+            e => ExecutorError::Unavailable(e.to_string()),
+        })
 }
 
 fn no_storage() -> ExecutorError {

@@ -19,6 +19,7 @@ use mizzen_runtime::executor::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::kept::{KeptCommit, SAVE_CONTAINER, SAVE_GRACE_SECONDS};
 use crate::manifest::{JobObjects, LABEL_EVENT, LABEL_JOB, SOURCE_CONTAINER};
 use crate::{KubernetesConfig, describe, is_conflict, is_not_found, refused};
 
@@ -192,9 +193,20 @@ async fn create(
         }
     }
 
+    let kept = match (&config.job_files, built.saves) {
+        (Some(files), true) => Some(KeptCommit {
+            storage: files.storage.clone(),
+            event: request.event.as_ref().clone(),
+            job: request.name.clone(),
+            spec: request.spec.clone(),
+            output: request.output.clone(),
+        }),
+        _ => None,
+    };
     Ok(WatchedJob {
         pods,
         secrets,
+        kept,
         has_secret: built.environment.is_some(),
         name,
         namespace: namespace.to_string(),
@@ -209,6 +221,8 @@ async fn create(
 struct WatchedJob {
     pods: Api<Pod>,
     secrets: Api<Secret>,
+    /// What the job saves, kept once its Pod's saving sidecar has sent it.
+    kept: Option<KeptCommit>,
     has_secret: bool,
     name: String,
     namespace: String,
@@ -240,8 +254,10 @@ impl WatchedJob {
         // Whether the Pod itself says the job ended (its containers have
         // stopped), rather than Mizzen stopping it.
         let mut ended_in_pod = false;
+        // The Pod as last seen, for the saving sidecar's end.
+        let mut last_seen: Option<Pod> = None;
 
-        let result = loop {
+        let mut result = loop {
             let pull_deadline = tracker.retry_deadline();
             tokio::select! {
                 event = events.next() => match event {
@@ -251,7 +267,9 @@ impl WatchedJob {
                         listed = true;
                         failing_since = None;
                         let now = Instant::now();
-                        if let Some(result) = tracker.update(&pod, now) {
+                        let ended = tracker.update(&pod, now);
+                        last_seen = Some(pod);
+                        if let Some(result) = ended {
                             ended_in_pod = true;
                             break result;
                         }
@@ -329,6 +347,18 @@ impl WatchedJob {
         {
             readiness.say_ready();
         }
+        if ended_in_pod && let Some(kept) = &self.kept {
+            let saver = saver_ended(last_seen.as_ref(), &mut events).await;
+            let succeeded = result.phase == Phase::Succeeded;
+            if let Err(why) = kept.commit(succeeded, saver).await {
+                tracing::warn!(pod = %self.name, error = %why, "a job's artifacts and caches were not kept");
+                if succeeded {
+                    result = JobResult::ended(Phase::Failed, result.exit_code, why);
+                } else {
+                    kept.output.line(&self.job, &format!("[mizzen] {why}"));
+                }
+            }
+        }
         if ended_in_pod {
             // Every container's log is read to its end (the API server
             // serves a stopped container's log at once), then the Pod goes.
@@ -371,6 +401,47 @@ impl WatchedJob {
             );
         }
     }
+}
+
+/// How the Pod's saving sidecar ended (its exit code and termination
+/// message), once it has: Kubernetes stops it after the primary container,
+/// and it has the Pod's grace period to save. `None` if it did not end by
+/// then (or the Pod went).
+async fn saver_ended(
+    last_seen: Option<&Pod>,
+    events: &mut (impl futures_util::Stream<Item = Result<watcher::Event<Pod>, watcher::Error>> + Unpin),
+) -> Option<(i32, String)> {
+    if let Some(ended) = last_seen.and_then(saver_state) {
+        return Some(ended);
+    }
+    let watching = async {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    if let Some(ended) = saver_state(&pod) {
+                        return Some(ended);
+                    }
+                }
+                Ok(watcher::Event::Delete(_)) => return None,
+                _ => {}
+            }
+        }
+        None
+    };
+    let limit = Duration::from_secs(SAVE_GRACE_SECONDS) + DEADLINE_MARGIN;
+    tokio::time::timeout(limit, watching).await.ok().flatten()
+}
+
+/// The saving sidecar's exit code and termination message, once it has
+/// terminated.
+fn saver_state(pod: &Pod) -> Option<(i32, String)> {
+    let statuses = pod.status.as_ref()?.init_container_statuses.as_ref()?;
+    let saver = statuses.iter().find(|c| c.name == SAVE_CONTAINER)?;
+    let terminated = saver.state.as_ref()?.terminated.as_ref()?;
+    Some((
+        terminated.exit_code,
+        terminated.message.clone().unwrap_or_default(),
+    ))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

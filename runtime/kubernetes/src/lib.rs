@@ -26,6 +26,7 @@ use mizzen_runtime::executor::{
 use tokio::sync::OnceCell;
 
 mod job;
+pub mod kept;
 pub mod manifest;
 
 use manifest::Owner;
@@ -61,6 +62,9 @@ pub struct KubernetesConfig {
     /// The cluster's DNS domain, in which an event's services' names are
     /// searched.
     pub cluster_domain: String,
+    /// How jobs' artifacts and caches are kept; `None` (no server for the
+    /// Pods' helpers to reach) refuses jobs that declare them.
+    pub job_files: Option<kept::JobFilesConfig>,
 }
 
 /// Kubernetes' default cluster domain.
@@ -95,6 +99,7 @@ impl KubernetesConfig {
             run_as_user: DEFAULT_RUN_AS_USER,
             image_pull_timeout: DEFAULT_IMAGE_PULL_TIMEOUT,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
+            job_files: None,
         }
     }
 
@@ -335,6 +340,22 @@ impl KubernetesExecutor {
     }
 }
 
+impl KubernetesExecutor {
+    /// The server's storage of artifacts, or why there is none.
+    fn job_storage(&self) -> Result<&mizzen_objects::JobStorage, ExecutorError> {
+        self.state
+            .config
+            .job_files
+            .as_ref()
+            .map(|files| &files.storage)
+            .ok_or_else(|| {
+                ExecutorError::Unsupported(
+                    "artifacts on Kubernetes are kept by mizzen server with --kubernetes-job-files-url".into(),
+                )
+            })
+    }
+}
+
 #[async_trait]
 impl JobExecutor for KubernetesExecutor {
     async fn start_service(
@@ -368,12 +389,7 @@ impl JobExecutor for KubernetesExecutor {
     }
 
     async fn start(&self, job: JobRequest) -> Result<Arc<dyn RunningJob>, ExecutorError> {
-        if !job.spec.artifacts.is_empty() || !job.spec.caches.is_empty() {
-            return Err(ExecutorError::Unsupported(format!(
-                "job \"{}\" declares artifacts or caches, which the Kubernetes executor does not keep yet (the local engine does: mizzen run, or mizzen server --executor docker)",
-                job.name
-            )));
-        }
+        let files = kept::plan(self.state.config.job_files.as_ref(), &job).await?;
         let objects = self.event_objects(&job.event);
         let owner = self.owner(&objects, &job.event).await?;
         let built = manifest::job_objects(
@@ -383,6 +399,7 @@ impl JobExecutor for KubernetesExecutor {
             &owner,
             &job.name,
             &job.spec,
+            files.as_ref(),
         )
         .map_err(|e| ExecutorError::Unsupported(e.to_string()))?;
         if built.mounts_workspace {
@@ -397,6 +414,37 @@ impl JobExecutor for KubernetesExecutor {
             built,
         )
         .await
+    }
+
+    async fn artifacts(
+        &self,
+        event: &EventContext,
+    ) -> Result<Vec<mizzen_host_api::types::ArtifactInfo>, ExecutorError> {
+        let storage = self.job_storage()?;
+        storage
+            .artifact_infos(&event.event_id)
+            .await
+            .map_err(|e| ExecutorError::Unavailable(e.to_string()))
+    }
+
+    async fn read_artifact(
+        &self,
+        event: &EventContext,
+        name: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ExecutorError> {
+        let storage = self.job_storage()?;
+        storage
+            .read_artifact_file(&event.event_id, name, path, max_bytes)
+            .await
+            .map_err(|e| match e {
+                e if e.is_not_found() => ExecutorError::NotFound(e.to_string()),
+                mizzen_objects::ArtifactReadError::TooLarge { .. } => {
+                    ExecutorError::Unsupported(e.to_string())
+                }
+                e => ExecutorError::Unavailable(e.to_string()),
+            })
     }
 
     async fn workspace_dir(

@@ -27,6 +27,10 @@ use mizzen_runtime::volume::{VolumeMount, VolumeSource};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::kept::{
+    KEPT_ROOT, PodFiles, RESTORE_CONTAINER, SAVE_CONTAINER, SAVE_GRACE_SECONDS, TOKEN_DIR,
+    TOKEN_KEY,
+};
 use crate::{KubernetesConfig, ResourceRequests};
 
 /// Label naming who manages an object (the recommended Kubernetes label).
@@ -194,6 +198,8 @@ pub struct JobObjects {
     /// The claims of the named volumes the Pod mounts, to create before it
     /// starts unless they exist.
     pub claims: Vec<PersistentVolumeClaim>,
+    /// Whether a sidecar of Mizzen's saves the job's artifacts and caches.
+    pub saves: bool,
 }
 
 /// The name of the claim behind a named volume: the event's
@@ -253,6 +259,14 @@ fn anonymous_volume_name(container: &str, index: usize) -> String {
     dns_label(&format!("anonymous-{container}-{index}"))
 }
 
+/// The Pod volume of the job's kept path `index`.
+fn kept_volume_name(index: usize) -> String {
+    format!("mizzen-kept-{index}")
+}
+
+/// The Pod volume of the job's token, mounted only into Mizzen's helpers.
+const TOKEN_VOLUME: &str = "mizzen-job-token";
+
 /// The Pod volume of the named volume `volume`.
 fn named_volume_name(volume: &str) -> String {
     format!("volume-{volume}")
@@ -267,8 +281,17 @@ pub fn job_objects(
     owner: &Owner,
     job: &str,
     spec: &JobSpec,
+    files: Option<&PodFiles>,
 ) -> Result<JobObjects, ManifestError> {
-    pod_objects(config, namespace, event, owner, job, spec, false)
+    pod_objects(
+        config,
+        namespace,
+        event,
+        owner,
+        job,
+        spec,
+        PodKind::Job(files),
+    )
 }
 
 /// Builds a service's objects: a job's, whose one container is the
@@ -283,7 +306,15 @@ pub fn service_objects(
     service: &str,
     spec: &JobSpec,
 ) -> Result<JobObjects, ManifestError> {
-    pod_objects(config, namespace, event, owner, service, spec, true)
+    pod_objects(
+        config,
+        namespace,
+        event,
+        owner,
+        service,
+        spec,
+        PodKind::Service,
+    )
 }
 
 /// The event's headless Service (no cluster IP, no ports: each service Pod
@@ -329,6 +360,13 @@ pub fn event_services(
     (service, policy)
 }
 
+/// What a Pod runs: a job (with Mizzen's helpers for its artifacts and
+/// caches, if it keeps any) or a service.
+enum PodKind<'a> {
+    Job(Option<&'a PodFiles>),
+    Service,
+}
+
 fn pod_objects(
     config: &KubernetesConfig,
     namespace: &str,
@@ -336,8 +374,12 @@ fn pod_objects(
     owner: &Owner,
     job: &str,
     spec: &JobSpec,
-    service: bool,
+    kind: PodKind<'_>,
 ) -> Result<JobObjects, ManifestError> {
+    let (files, service) = match kind {
+        PodKind::Job(files) => (files, false),
+        PodKind::Service => (None, true),
+    };
     let error = |reason: String| ManifestError {
         job: job.to_string(),
         reason,
@@ -360,6 +402,13 @@ fn pod_objects(
         return Err(error(format!(
             "the sidecar name \"{SOURCE_CONTAINER}\" is reserved for the source checkout on Kubernetes"
         )));
+    }
+    for helper in [RESTORE_CONTAINER, SAVE_CONTAINER] {
+        if spec.sidecar_containers.contains_key(helper) {
+            return Err(error(format!(
+                "the sidecar name \"{helper}\" is reserved for Mizzen's helpers on Kubernetes"
+            )));
+        }
     }
     let containers: Vec<(&str, &ContainerSpec)> = std::iter::once((job, &spec.primary_container))
         .chain(spec.sidecar_containers.iter().map(|(n, c)| (n.as_str(), c)))
@@ -416,6 +465,20 @@ fn pod_objects(
     if service {
         add_probes(&mut primary, &spec.primary_container);
     }
+    if let Some(files) = files {
+        environment.insert(TOKEN_KEY.to_string(), files.token.clone());
+        let mounts = primary
+            .as_object_mut()
+            .expect("a container is an object")
+            .entry("volumeMounts")
+            .or_insert_with(|| json!([]));
+        for (index, path) in files.paths.iter().enumerate() {
+            mounts
+                .as_array_mut()
+                .expect("volumeMounts is a list")
+                .push(json!({ "name": kept_volume_name(index), "mountPath": path }));
+        }
+    }
     // Service sidecars (no readiness, or a TCP port) start first as native
     // sidecars; one-shot sidecars (`exited`) then run to completion in order,
     // with the services already up; the primary starts after all of them.
@@ -425,6 +488,30 @@ fn pod_objects(
     let mut init_containers = Vec::new();
     if let Some(git) = git {
         init_containers.push(build.checkout(git));
+    }
+    if let Some(files) = files {
+        if !files.restores.is_empty() {
+            init_containers.push(build.helper(
+                RESTORE_CONTAINER,
+                files,
+                &spec.primary_container,
+                &["restore"],
+                &files.restores,
+            ));
+        }
+        if !files.saves.is_empty() {
+            // A native sidecar: Kubernetes sends it SIGTERM once the
+            // primary container has exited, and it saves then.
+            let mut saver = build.helper(
+                SAVE_CONTAINER,
+                files,
+                &spec.primary_container,
+                &["save", "--after-sigterm"],
+                &files.saves,
+            );
+            saver["restartPolicy"] = json!("Always");
+            init_containers.push(saver);
+        }
     }
     for sidecar in init_order(&spec.sidecar_containers) {
         let c = &spec.sidecar_containers[sidecar];
@@ -479,6 +566,20 @@ fn pod_objects(
         }
     }
 
+    if let Some(files) = files {
+        for index in 0..files.paths.len() {
+            volumes.push(json!({ "name": kept_volume_name(index), "emptyDir": {} }));
+        }
+        volumes.push(json!({
+            "name": TOKEN_VOLUME,
+            "secret": {
+                "secretName": name,
+                "items": [{ "key": TOKEN_KEY, "path": "token" }],
+                "defaultMode": 0o440,
+            },
+        }));
+    }
+
     let mut node_selector = BTreeMap::from([(
         "kubernetes.io/os".to_string(),
         if windows { "windows" } else { "linux" }.to_string(),
@@ -507,6 +608,9 @@ fn pod_objects(
         )] },
         "containers": [primary],
     });
+    if files.is_some_and(|f| !f.saves.is_empty()) {
+        pod_spec["terminationGracePeriodSeconds"] = json!(SAVE_GRACE_SECONDS);
+    }
     if service {
         pod_spec["hostname"] = json!(job);
         pod_spec["subdomain"] = json!(services_name(&event.event_id));
@@ -573,6 +677,7 @@ fn pod_objects(
         pod,
         environment,
         mounts_workspace,
+        saves: files.is_some_and(|f| !f.saves.is_empty()),
         claims: named
             .iter()
             .map(|volume| volume_claim(config, namespace, event, owner, volume))
@@ -680,6 +785,52 @@ impl ContainerBuilder<'_> {
             };
             // The container's user, as on every executor.
             let user = ContainerUser::of(c);
+            security["runAsNonRoot"] = json!(!user.is_root());
+            security["runAsUser"] = json!(user.uid);
+            security["runAsGroup"] = json!(user.gid);
+            container["securityContext"] = security;
+        }
+        container
+    }
+
+    /// One of Mizzen's helpers (`mizzen job-files ARGS ENTRIES`): the
+    /// job's kept volumes at `/mizzen/kept/<n>` and its token, as the
+    /// primary container's user, so that what it restores is that user's
+    /// and what it saves it can read.
+    fn helper(
+        &self,
+        name: &str,
+        files: &PodFiles,
+        primary: &ContainerSpec,
+        args: &[&str],
+        entries: &[(usize, usize)],
+    ) -> Value {
+        let mut mounts: Vec<Value> = (0..files.paths.len())
+            .map(|index| {
+                json!({ "name": kept_volume_name(index), "mountPath": format!("{KEPT_ROOT}/{index}") })
+            })
+            .collect();
+        mounts.push(json!({ "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true }));
+        let mut command_args = vec!["job-files".to_string()];
+        command_args.extend(args.iter().map(|a| a.to_string()));
+        command_args.extend([
+            "--server".to_string(),
+            files.server_url.clone(),
+            "--token-file".to_string(),
+            format!("{TOKEN_DIR}/token"),
+        ]);
+        command_args.extend(PodFiles::entries(entries));
+        let mut container = json!({
+            "name": name,
+            "image": files.image,
+            "imagePullPolicy": "IfNotPresent",
+            "args": command_args,
+            "volumeMounts": mounts,
+            "resources": self.resources,
+        });
+        if !self.windows {
+            let user = ContainerUser::of(primary);
+            let mut security = restricted_container_security();
             security["runAsNonRoot"] = json!(!user.is_root());
             security["runAsUser"] = json!(user.uid);
             security["runAsGroup"] = json!(user.gid);

@@ -12,7 +12,7 @@ use mizzen_kubernetes::KubernetesConfig;
 use mizzen_kubernetes::manifest::{self, Owner};
 use mizzen_runtime::executor::{ContainerLimits, EventContext, Source};
 use mizzen_runtime::project::JobPolicies;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const EVENT: &str = "5f0c3c4e-8a53-4d8e-9a57-2a3b1f5f9e10";
 
@@ -67,7 +67,7 @@ fn job(primary: ContainerSpec) -> JobSpec {
 /// and the event's owner, in that order.
 fn render(event: &EventContext, name: &str, spec: &JobSpec) -> (Value, String) {
     let config = KubernetesConfig::new("mizzen-jobs");
-    let objects = manifest::job_objects(&config, "mizzen-jobs", event, &owner(), name, spec)
+    let objects = manifest::job_objects(&config, "mizzen-jobs", event, &owner(), name, spec, None)
         .expect("the job becomes a Pod");
     let pod = serde_json::to_value(&objects.pod).unwrap();
     let mut documents = vec![serde_norway::to_string(&objects.pod).unwrap()];
@@ -359,6 +359,7 @@ fn long_names_are_shortened_with_a_hash_and_bad_environment_names_refused() {
         &owner(),
         "build",
         &job(primary),
+        None,
     )
     .unwrap_err();
     assert!(
@@ -380,6 +381,7 @@ fn a_local_source_directory_cannot_be_mounted_in_a_cluster() {
         &owner(),
         "list",
         &job(primary),
+        None,
     )
     .unwrap_err();
     assert!(error.to_string().contains("/home/me/project"), "{error}");
@@ -589,8 +591,16 @@ fn anonymous_volumes_are_empty_dirs_and_named_ones_claims() {
     spec.sidecar_containers = BTreeMap::from([("helper".to_string(), helper)]);
 
     let config = KubernetesConfig::new("mizzen-jobs");
-    let objects = manifest::job_objects(&config, "mizzen-jobs", &event, &owner(), "store", &spec)
-        .expect("the job becomes a Pod");
+    let objects = manifest::job_objects(
+        &config,
+        "mizzen-jobs",
+        &event,
+        &owner(),
+        "store",
+        &spec,
+        None,
+    )
+    .expect("the job becomes a Pod");
     let mut documents = vec![serde_norway::to_string(&objects.pod).unwrap()];
     for claim in &objects.claims {
         documents.push(serde_norway::to_string(claim).unwrap());
@@ -724,8 +734,16 @@ fn a_host_path_volume_is_refused_by_name() {
     let config = KubernetesConfig::new("ns");
     let mut primary = container("alpine", &["ls"]);
     primary.volumes = vec!["shared:/shared".into(), "/data/cache:/cache".into()];
-    let error =
-        manifest::job_objects(&config, "ns", &event, &owner(), "build", &job(primary)).unwrap_err();
+    let error = manifest::job_objects(
+        &config,
+        "ns",
+        &event,
+        &owner(),
+        "build",
+        &job(primary),
+        None,
+    )
+    .unwrap_err();
     assert_eq!(
         error.to_string(),
         "job \"build\": container \"build\": volume \"/data/cache:/cache\" binds a host path, \
@@ -742,6 +760,153 @@ fn a_host_path_volume_is_refused_by_name() {
         .to_string();
     assert!(
         error.starts_with("job \"web\": container \"helper\": volume \"/data:/data\" binds a host path, which the Kubernetes executor does not do"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_job_that_keeps_files_gets_mizzens_helpers_and_its_token_only_in_its_secret() {
+    use mizzen_kubernetes::kept::PodFiles;
+    let mut primary = container("node", &["npm", "ci"]);
+    primary.user = "1000:1000".into();
+    let spec = job(primary);
+    let files = PodFiles {
+        paths: vec!["/src/dist".into(), "/root/.npm".into(), "/opt/tools".into()],
+        // A restored artifact (restore 0) into /opt/tools, the cache (restore 1) into /root/.npm.
+        restores: vec![(0, 2), (1, 1)],
+        // A saved artifact (save 0) from /src/dist, the cache (save 1) from /root/.npm.
+        saves: vec![(0, 0), (1, 1)],
+        token: "mzjob1.claim.signature".into(),
+        server_url: "http://mizzen.mizzen.svc:7000".into(),
+        image: "ghcr.io/mizzen-dev/mizzen:test".into(),
+    };
+    let objects = manifest::job_objects(
+        &KubernetesConfig::new("ns"),
+        "ns",
+        &event(JobPolicies::default()),
+        &owner(),
+        "build",
+        &spec,
+        Some(&files),
+    )
+    .unwrap();
+    let pod = serde_json::to_value(&objects.pod).unwrap();
+    assert!(objects.saves);
+    // The token: in the job's Secret, mounted only into the helpers.
+    assert!(!pod.to_string().contains("mzjob1."), "{pod:#}");
+    let secret = serde_json::to_value(objects.environment.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        secret["stringData"]["mizzen-job-token"],
+        "mzjob1.claim.signature"
+    );
+    let init = pod["spec"]["initContainers"].as_array().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mizzen-restore", "mizzen-save"]);
+    let (restore, save) = (&init[0], &init[1]);
+    assert_eq!(
+        restore["args"],
+        json!([
+            "job-files",
+            "restore",
+            "--server",
+            "http://mizzen.mizzen.svc:7000",
+            "--token-file",
+            "/var/run/mizzen/job/token",
+            "0=/mizzen/kept/2",
+            "1=/mizzen/kept/1"
+        ])
+    );
+    assert_eq!(
+        save["args"],
+        json!([
+            "job-files",
+            "save",
+            "--after-sigterm",
+            "--server",
+            "http://mizzen.mizzen.svc:7000",
+            "--token-file",
+            "/var/run/mizzen/job/token",
+            "0=/mizzen/kept/0",
+            "1=/mizzen/kept/1"
+        ])
+    );
+    // The saver is a native sidecar, stopped once the primary has exited,
+    // with the grace period its upload needs.
+    assert_eq!(save["restartPolicy"], "Always");
+    assert!(restore.get("restartPolicy").is_none());
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 600);
+    // The helpers run as the job's user, restricted.
+    for helper in [restore, save] {
+        assert_eq!(helper["image"], "ghcr.io/mizzen-dev/mizzen:test");
+        assert_eq!(helper["securityContext"]["runAsUser"], 1000);
+        assert_eq!(helper["securityContext"]["allowPrivilegeEscalation"], false);
+        let mounts: Vec<&str> = helper["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                "/mizzen/kept/0",
+                "/mizzen/kept/1",
+                "/mizzen/kept/2",
+                "/var/run/mizzen/job"
+            ]
+        );
+    }
+    // The primary mounts each kept path, and not the token.
+    let primary_mounts = pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap();
+    let mounted: Vec<(&str, &str)> = primary_mounts
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounted,
+        [
+            ("mizzen-kept-0", "/src/dist"),
+            ("mizzen-kept-1", "/root/.npm"),
+            ("mizzen-kept-2", "/opt/tools")
+        ]
+    );
+    let token_volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "mizzen-job-token")
+        .unwrap();
+    assert_eq!(
+        token_volume["secret"]["items"],
+        json!([{ "key": "mizzen-job-token", "path": "token" }])
+    );
+
+    // The helpers' names are reserved.
+    let mut taken = job(container("node", &["true"]));
+    taken
+        .sidecar_containers
+        .insert("mizzen-save".into(), container("busybox", &["true"]));
+    let error = manifest::job_objects(
+        &KubernetesConfig::new("ns"),
+        "ns",
+        &event(JobPolicies::default()),
+        &owner(),
+        "build",
+        &taken,
+        Some(&files),
+    )
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("\"mizzen-save\" is reserved for Mizzen's helpers"),
         "{error}"
     );
 }

@@ -206,6 +206,132 @@ impl JobStorage {
     }
 }
 
+/// Why a script could not read a file of an artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactReadError {
+    /// No artifact of that name in the event.
+    #[error("artifact \"{name}\" is not saved in this event (yet)")]
+    NotSaved {
+        /// The artifact.
+        name: String,
+    },
+    /// The artifact has no such file.
+    #[error("artifact \"{name}\" has no file {path:?} (saved from {saved_from})")]
+    NoFile {
+        /// The artifact.
+        name: String,
+        /// The file asked for.
+        path: String,
+        /// Where the artifact was saved from.
+        saved_from: String,
+    },
+    /// The file is larger than a script reads.
+    #[error(
+        "file {path:?} of artifact \"{name}\" holds {size} bytes; a script reads at most {max} (download it: mizzen event artifacts get)"
+    )]
+    TooLarge {
+        /// The artifact.
+        name: String,
+        /// The file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The most a script reads.
+        max: u64,
+    },
+    /// The catalog failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The objects could not be read (or were found damaged).
+    #[error("artifact \"{name}\": {source}")]
+    Objects {
+        /// The artifact.
+        name: String,
+        /// Why.
+        source: crate::ObjectsError,
+    },
+}
+
+impl From<KeptArtifact> for mizzen_host_api::types::ArtifactInfo {
+    fn from(a: KeptArtifact) -> Self {
+        Self {
+            name: a.name,
+            job: a.job,
+            path: a.path,
+            size_bytes: a.bytes,
+            files: a.files,
+        }
+    }
+}
+
+impl ArtifactReadError {
+    /// Whether the artifact or its file is not there (rather than too
+    /// large, or unreadable).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::NotSaved { .. } | Self::NoFile { .. })
+    }
+}
+
+impl JobStorage {
+    /// Event `event_id`'s artifacts, as its script lists them.
+    pub async fn artifact_infos(
+        &self,
+        event_id: &str,
+    ) -> Result<Vec<mizzen_host_api::types::ArtifactInfo>, CatalogError> {
+        let kept = self.catalog.artifacts(event_id).await?;
+        Ok(kept.into_iter().map(Into::into).collect())
+    }
+
+    /// File `path` of event `event_id`'s artifact `name`, checked, if it
+    /// holds at most `max_bytes`: what a script reads of its jobs' output.
+    pub async fn read_artifact_file(
+        &self,
+        event_id: &str,
+        name: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>, ArtifactReadError> {
+        let artifact = self
+            .catalog
+            .artifact(event_id, name)
+            .await?
+            .ok_or_else(|| ArtifactReadError::NotSaved { name: name.into() })?;
+        let objects_error = |source| ArtifactReadError::Objects {
+            name: name.into(),
+            source,
+        };
+        let manifest = self
+            .objects
+            .manifest(&artifact.tree)
+            .await
+            .map_err(objects_error)?;
+        let path = path.trim_matches('/');
+        let no_file = || ArtifactReadError::NoFile {
+            name: name.into(),
+            path: path.into(),
+            saved_from: artifact.path.clone(),
+        };
+        let entry = manifest.entry(path).ok_or_else(no_file)?;
+        let Some(digest) = entry.digest else {
+            return Err(no_file());
+        };
+        if entry.size > max_bytes {
+            return Err(ArtifactReadError::TooLarge {
+                name: name.into(),
+                path: path.into(),
+                size: entry.size,
+                max: max_bytes,
+            });
+        }
+        let content = self
+            .objects
+            .read(&digest, max_bytes)
+            .await
+            .map_err(objects_error)?;
+        Ok(content.to_vec())
+    }
+}
+
 impl std::fmt::Debug for JobStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobStorage")

@@ -31,8 +31,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest as _, Sha256};
 
 pub use catalog::{
-    CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache, MAX_CACHE_ENTRIES,
-    SweepError,
+    ArtifactReadError, CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache,
+    MAX_CACHE_ENTRIES, SweepError,
 };
 pub use job_token::{JOB_TOKEN_KEY_BYTES, JobClaim, JobTokenError, JobTokens, Receipt};
 pub use tree::{Entry, EntryKind, MAX_TREE_ENTRIES, Manifest, SaveOptions, SavedTree, TarOwner};

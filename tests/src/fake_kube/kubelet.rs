@@ -52,6 +52,10 @@ pub struct ContainerScript {
     /// It never exits by itself (it prints its lines, then runs until the
     /// pod's deadline or deletion).
     pub forever: bool,
+    /// What it leaves in its termination message (`terminationMessagePath`)
+    /// when it ends; for a native sidecar, when it is stopped once the main
+    /// containers have exited, with `exit_code`.
+    pub termination_message: Option<String>,
 }
 
 impl Default for ContainerScript {
@@ -62,6 +66,7 @@ impl Default for ContainerScript {
             exit_code: 0,
             runs_for: Duration::from_millis(10),
             forever: false,
+            termination_message: None,
         }
     }
 }
@@ -296,9 +301,9 @@ impl Kubelet {
             if s.forever {
                 std::future::pending::<()>().await;
             }
-            self.update(|m| m.terminate(&c.name, s.exit_code))?;
+            self.update(|m| m.terminate(&c.name, &s))?;
             if s.exit_code != 0 {
-                return self.update(PodModel::fail_initialization);
+                return self.update(|m| m.fail_initialization(script));
             }
         }
         let mains = containers(pod, "containers");
@@ -313,12 +318,12 @@ impl Kubelet {
             if s.forever {
                 std::future::pending::<()>().await;
             }
-            self.update(|m| m.terminate(&c.name, s.exit_code))
+            self.update(|m| m.terminate(&c.name, &s))
         });
         for result in futures_util::future::join_all(runs).await {
             result?;
         }
-        self.update(PodModel::finish)
+        self.update(|m| m.finish(script))
     }
 
     async fn print_over(&self, container: &str, script: &ContainerScript) -> Result<(), Gone> {
@@ -414,6 +419,7 @@ enum ContainerState {
     Terminated {
         exit_code: i32,
         reason: &'static str,
+        message: Option<String>,
         started_at: Option<String>,
         finished_at: String,
     },
@@ -540,34 +546,46 @@ impl PodModel {
         self.phase = "Running";
     }
 
-    fn terminate(&mut self, name: &str, exit_code: i32) {
+    fn terminate(&mut self, name: &str, script: &ContainerScript) {
         if let Some(c) = self.container(name) {
-            c.terminate(
-                exit_code,
-                if exit_code == 0 { "Completed" } else { "Error" },
+            c.terminate_saying(
+                script.exit_code,
+                if script.exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                },
+                script.termination_message.clone(),
             );
         }
     }
 
-    fn stop_sidecars(&mut self) {
+    /// Stops the native sidecars still running, each as its script says.
+    fn stop_sidecars(&mut self, script: &PodScript) {
         for c in self
             .containers
             .iter_mut()
             .filter(|c| c.role == Role::Sidecar)
         {
             if matches!(c.state, ContainerState::Running { .. }) {
-                c.terminate(0, "Completed");
+                let s = script.container(&c.name);
+                let reason = if s.exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                };
+                c.terminate_saying(s.exit_code, reason, s.termination_message);
             }
         }
     }
 
-    fn fail_initialization(&mut self) {
-        self.stop_sidecars();
+    fn fail_initialization(&mut self, script: &PodScript) {
+        self.stop_sidecars(script);
         self.phase = "Failed";
     }
 
-    fn finish(&mut self) {
-        self.stop_sidecars();
+    fn finish(&mut self, script: &PodScript) {
+        self.stop_sidecars(script);
         let all_succeeded = self
             .containers
             .iter()
@@ -678,6 +696,10 @@ impl PodModel {
 
 impl ContainerModel {
     fn terminate(&mut self, exit_code: i32, reason: &'static str) {
+        self.terminate_saying(exit_code, reason, None);
+    }
+
+    fn terminate_saying(&mut self, exit_code: i32, reason: &'static str, message: Option<String>) {
         let started_at = match &self.state {
             ContainerState::Running { started_at } => Some(started_at.clone()),
             _ => None,
@@ -685,6 +707,7 @@ impl ContainerModel {
         self.state = ContainerState::Terminated {
             exit_code,
             reason,
+            message,
             started_at,
             finished_at: now_seconds(),
         };
@@ -709,16 +732,23 @@ impl ContainerModel {
             ContainerState::Terminated {
                 exit_code,
                 reason,
+                message,
                 started_at,
                 finished_at,
             } => (
-                json!({ "terminated": {
-                    "exitCode": exit_code,
-                    "reason": reason,
-                    "startedAt": started_at,
-                    "finishedAt": finished_at,
-                    "containerID": container_id,
-                }}),
+                {
+                    let mut terminated = json!({
+                        "exitCode": exit_code,
+                        "reason": reason,
+                        "startedAt": started_at,
+                        "finishedAt": finished_at,
+                        "containerID": container_id,
+                    });
+                    if let Some(message) = message {
+                        terminated["message"] = json!(message);
+                    }
+                    json!({ "terminated": terminated })
+                },
                 self.role == Role::Init && *exit_code == 0,
                 false,
             ),

@@ -276,6 +276,15 @@ impl FakeKube {
             .collect()
     }
 
+    /// A handle that reads what the fake stores, for a test's
+    /// [`on_pod`](FakeKube::on_pod) callback (which plays the kubelet, and
+    /// may need what a pod mounts: its Secret, say).
+    pub fn reader(&self) -> FakeKubeReader {
+        FakeKubeReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Stores an object as if created earlier by someone else (e.g. a pod a
     /// previous Mizzen process left): the uid and creationTimestamp it has
     /// are kept, the rest of the metadata filled in. A pod is played by the
@@ -342,6 +351,24 @@ impl FakeKube {
     /// The current resourceVersion (the last change's).
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().rv
+    }
+}
+
+/// Reads what the fake stores (see [`FakeKube::reader`]).
+#[derive(Clone)]
+pub struct FakeKubeReader {
+    shared: Arc<Shared>,
+}
+
+impl FakeKubeReader {
+    /// The object `name` of a resource in a namespace, as stored.
+    ///
+    /// # Panics
+    ///
+    /// If the fake does not serve `resource`.
+    pub fn get(&self, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let resource = Resource::named(resource);
+        self.shared.lock().get(resource, namespace, name).cloned()
     }
 }
 
