@@ -272,6 +272,81 @@ async fn a_job_with_artifacts_or_caches_is_refused_by_name_without_a_server_to_k
     cluster.assert_nothing_denied();
 }
 
+/// A job's kept files with the server's storage configured: the saving
+/// sidecar's failure, or a receipt it did not get from the server, fails
+/// the job and keeps nothing. (Saves that succeed, with the real helpers
+/// and server: runtime/cli/tests/server.rs, artifacts_and_caches_on_kubernetes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_save_or_a_forged_receipt_fails_the_job_and_keeps_nothing() {
+    use mizzen_objects::{Catalog, JobStorage, JobTokens, Objects};
+    let dir = tempfile::tempdir().unwrap();
+    let store = mizzen_server::store::Store::open(None, dir.path())
+        .await
+        .unwrap();
+    let catalog: Arc<dyn Catalog> = Arc::new(store);
+    let storage = JobStorage::new(
+        Objects::local(&dir.path().join("objects")).unwrap(),
+        catalog.clone(),
+        JobTokens::new([3; 32]),
+    );
+    let cluster = cluster_with(|c| {
+        c.job_files = Some(mizzen_kubernetes::kept::JobFilesConfig {
+            server_url: "http://mizzen.mizzen.svc:7000".into(),
+            image: "ghcr.io/mizzen-dev/mizzen:test".into(),
+            storage,
+        });
+    })
+    .await;
+    let script = r#"
+        const { events, Job } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async event => {
+          const build = new Job("build", "debian", event);
+          build.artifacts.save = [{ name: "dist", path: "/out" }];
+          await build.run();
+        });
+        events.process();
+        "#;
+    let forged_tree = mizzen_objects::Digest::of(b"someone else's tree");
+    for (message, exit_code, expected) in [
+        (
+            "error: save 0: the server answered 503 Service Unavailable: object storage down"
+                .to_string(),
+            1,
+            "saving the job's artifacts and caches failed (mizzen-save exited with code 1): save 0: the server answered 503",
+        ),
+        (
+            format!("0 {forged_tree} 10 1 c2lnbmF0dXJl"),
+            0,
+            "mizzen-save's termination message: a receipt does not match the job or its signature",
+        ),
+    ] {
+        let saver = ContainerScript {
+            termination_message: Some(message),
+            ..ContainerScript::new(Vec::<String>::new(), exit_code)
+        };
+        cluster.play(vec![(
+            "build",
+            PodScript::default().with("mizzen-save", saver),
+        )]);
+        let event_id = uuid();
+        let run = cluster.run_js_for(&event_id, script).await;
+        run.assert_failed_with("Job \"build\" failed");
+        let log = run.log.text();
+        assert!(
+            log.contains(&format!("job build ended FAILED (exit code 0): {expected}")),
+            "{log}"
+        );
+        assert!(catalog.artifacts(&event_id).await.unwrap().is_empty());
+    }
+    // The Pods named their helpers and their token's Secret, never a token.
+    let pods = serde_json::to_string(&cluster.fake.created("pods")).unwrap();
+    assert!(
+        pods.contains("mizzen-save") && !pods.contains("mzjob1."),
+        "{pods}"
+    );
+    cluster.assert_nothing_denied();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_that_cannot_be_pulled_fails_the_job_in_bounded_time() {
     let cluster = cluster_with(|c| c.image_pull_timeout = Duration::from_millis(500)).await;
