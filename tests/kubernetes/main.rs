@@ -338,6 +338,27 @@ async fn a_failed_save_or_a_forged_receipt_fails_the_job_and_keeps_nothing() {
         );
         assert!(catalog.artifacts(&event_id).await.unwrap().is_empty());
     }
+    // Kept paths that nest cannot each be a volume: refused by name, before
+    // any Pod is made.
+    let pods_before = cluster.fake.created("pods").len();
+    let run = cluster
+        .run_js(
+            r#"
+            const { events, Job } = require("@brigadecore/brigadier");
+            events.on("brigade.sh/cli", "exec", async event => {
+              const build = new Job("build", "debian", event);
+              build.caches = [{ key: "deps", path: "/out" }];
+              build.artifacts.save = [{ name: "dist", path: "/out/dist" }];
+              await build.run();
+            });
+            events.process();
+            "#,
+        )
+        .await;
+    run.assert_failed_with(
+        "job \"build\": kept paths /out/dist and /out are nested: on Kubernetes each is a volume of its own",
+    );
+    assert_eq!(cluster.fake.created("pods").len(), pods_before);
     // The Pods named their helpers and their token's Secret, never a token.
     let pods = serde_json::to_string(&cluster.fake.created("pods")).unwrap();
     assert!(
