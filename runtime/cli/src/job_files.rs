@@ -183,39 +183,60 @@ async fn extract(response: reqwest::Response, dir: &Path) -> anyhow::Result<(u64
         .map(|chunk| chunk.map_err(std::io::Error::other));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(body));
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(u64, u64)> {
-        let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 16, reader));
-        // As root (the init container), what is restored is the job's
-        // user's, as the server wrote it; otherwise the helper's own.
-        archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
-        archive.set_preserve_permissions(true);
-        let (mut files, mut bytes) = (0, 0);
-        for entry in archive.entries().context("reading the tree")? {
-            let mut entry = entry.context("reading the tree")?;
-            let path = entry.path().context("an entry's path")?.into_owned();
-            let Ok(relative) = path.strip_prefix(TREE_ROOT) else {
-                bail!("entry {} is not beneath {TREE_ROOT}/", path.display());
-            };
-            if relative
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_)))
-            {
-                bail!("entry {} leads out of the tree", path.display());
-            }
-            if relative.as_os_str().is_empty() {
-                continue;
-            }
-            if entry.header().entry_type().is_file() {
-                files += 1;
-                bytes += entry.size();
-            }
-            entry
-                .unpack(dir.join(relative))
-                .with_context(|| format!("writing {}", relative.display()))?;
-        }
-        Ok((files, bytes))
+    tokio::task::spawn_blocking(move || {
+        extract_tar(std::io::BufReader::with_capacity(1 << 16, reader), &dir)
     })
     .await?
+}
+
+/// Extracts the tar stream `reader` into `dir`, beneath its root component
+/// ([`TREE_ROOT`]); the files and bytes it held.
+fn extract_tar(reader: impl std::io::Read, dir: &Path) -> anyhow::Result<(u64, u64)> {
+    let mut archive = tar::Archive::new(reader);
+    // As root (the init container), what is restored is the job's user's,
+    // as the server wrote it; otherwise the helper's own.
+    archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
+    archive.set_preserve_permissions(true);
+    let (mut files, mut bytes) = (0, 0);
+    for entry in archive.entries().context("reading the tree")? {
+        let mut entry = entry.context("reading the tree")?;
+        let path = entry.path().context("an entry's path")?.into_owned();
+        let Ok(relative) = path.strip_prefix(TREE_ROOT) else {
+            bail!("entry {} is not beneath {TREE_ROOT}/", path.display());
+        };
+        if relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            bail!("entry {} leads out of the tree", path.display());
+        }
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        // Nothing is written through a link the tree made earlier (a link
+        // `x` to `/etc`, then `x/passwd`): every directory on the way must
+        // be a real one.
+        let mut on_the_way = dir.to_path_buf();
+        for component in relative.parent().into_iter().flat_map(Path::components) {
+            on_the_way.push(component);
+            if std::fs::symlink_metadata(&on_the_way).is_ok_and(|m| m.file_type().is_symlink()) {
+                bail!("entry {} leads through a symbolic link", path.display());
+            }
+        }
+        if entry.header().entry_type().is_file() {
+            files += 1;
+            bytes += entry.size();
+        }
+        let target = dir.join(relative);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("making the directory of {}", relative.display()))?;
+        }
+        entry
+            .unpack(&target)
+            .with_context(|| format!("writing {}", relative.display()))?;
+    }
+    Ok((files, bytes))
 }
 
 async fn save(transfer: &Transfer) -> anyhow::Result<Vec<String>> {
@@ -276,4 +297,63 @@ async fn save(transfer: &Transfer) -> anyhow::Result<Vec<String>> {
         receipts.push(receipt.trim().to_string());
     }
     Ok(receipts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, link) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            match link {
+                Some(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    header.set_size(0);
+                    builder.append_link(&mut header, path, target).unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(2);
+                    builder.append_data(&mut header, path, &b"hi"[..]).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_restore_writes_beneath_its_directory_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let tree = tar_of(&[("tree/a.txt", None), ("tree/b/c.txt", None)]);
+        assert_eq!(extract_tar(&tree[..], dir.path()).unwrap(), (2, 4));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("b/c.txt")).unwrap(),
+            "hi"
+        );
+
+        let target = outside.path().to_str().unwrap();
+        let through = tar_of(&[("tree/x", Some(target)), ("tree/x/evil", None)]);
+        let error = extract_tar(&through[..], dir.path()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("tree/x/evil leads through a symbolic link"),
+            "{error:#}"
+        );
+        assert!(!outside.path().join("evil").exists());
+
+        let elsewhere = tar_of(&[("other/a.txt", None)]);
+        let error = extract_tar(&elsewhere[..], dir.path()).unwrap_err();
+        assert!(
+            error.to_string().contains("is not beneath tree/"),
+            "{error:#}"
+        );
+    }
 }

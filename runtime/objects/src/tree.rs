@@ -243,6 +243,7 @@ impl Objects {
         // is kept.
         let mut waiting_dirs: BTreeMap<String, Entry> = BTreeMap::new();
         let mut files_by_path: HashMap<String, (Digest, u64)> = HashMap::new();
+        let mut links: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut uploads = tokio::task::JoinSet::new();
         let mut saved = SavedTree {
             manifest: Digest([0; 32]),
@@ -275,6 +276,21 @@ impl Objects {
                 tar::EntryType::Symlink => EntryKind::Symlink,
                 _ => continue,
             };
+            // A real tree has nothing beneath a link; a crafted one that
+            // had would write through the link when restored.
+            let mut ancestor = path.as_str();
+            while let Some((parent, _)) = ancestor.rsplit_once('/') {
+                if links.contains(parent) {
+                    return Err(archive_error(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("entry {path:?} lies beneath the symbolic link {parent:?}"),
+                    )));
+                }
+                ancestor = parent;
+            }
+            if kind == EntryKind::Symlink {
+                links.insert(path.clone());
+            }
             let kept = path.is_empty()
                 || options
                     .pattern

@@ -199,6 +199,37 @@ async fn entries_leading_out_of_the_tree_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn entries_beneath_a_link_are_refused() {
+    // A tree read from a filesystem has nothing beneath a link; a crafted
+    // one would write through it when restored.
+    let temp = tempfile::tempdir().unwrap();
+    let objects = Objects::local(&temp.path().join("objects")).unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    builder.append_link(&mut link, "dist/etc", "/etc").unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_entry_type(tar::EntryType::Regular);
+    file.set_size(2);
+    file.set_mode(0o644);
+    builder
+        .append_data(&mut file, "dist/etc/passwd", &b"hi"[..])
+        .unwrap();
+    let bytes = builder.into_inner().unwrap();
+    let error = objects
+        .save_tar(std::io::Cursor::new(bytes), options("dist"))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains(r#"entry "etc/passwd" lies beneath the symbolic link "etc""#),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_sweep_deletes_only_old_objects_no_kept_tree_names() {
     let temp = tempfile::tempdir().unwrap();
     let objects = Objects::local(&temp.path().join("objects")).unwrap();
