@@ -508,6 +508,8 @@ mod tests {
 
     #[test]
     fn paths_are_encoded_and_joined_under_a_prefix() {
+        // As main() does before any client is made.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let api = Api::new("https://example.com/prefix/", None, false)
             .unwrap_or_else(|f| panic!("{:#}", f.error));
         let url = api
