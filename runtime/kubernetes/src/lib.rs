@@ -7,6 +7,9 @@
 //! watches the Pod to its end with kube's watcher, streams its containers'
 //! logs and maps how it ended to a job phase. When an event ends its owner
 //! Secret is deleted and the cluster's garbage collector removes the rest.
+//! [`kept`] adds a job's artifacts and caches: volumes, Mizzen's own helper
+//! containers with the job's token, and what the executor keeps of their
+//! receipts.
 //!
 //! The executor needs, in each job namespace, the verbs of
 //! `deploy/base/role.yaml` and nothing cluster-wide; a refusal names the

@@ -13,6 +13,9 @@
 //! An object becomes visible whole or not at all (a rename on disk, a
 //! completed upload on S3), and every read is checked against its name: a
 //! stored object that was altered or cut is a named error, never content.
+//!
+//! [`JobTokens`] signs what a job's own helper shows the server to restore
+//! and save that job's trees (on Kubernetes), and the receipts it hands on.
 
 mod catalog;
 mod job_token;
