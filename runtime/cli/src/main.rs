@@ -160,14 +160,16 @@ fn main() -> ExitCode {
         Command::Server(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MIZZEN_LOG")
                 .unwrap_or_else(|_| default_filter.into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(colour_on_stderr())
-        .init();
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Server(args) if args.log_format == server::LogFormat::Json => log.json().init(),
+        _ => log.with_ansi(colour_on_stderr()).init(),
+    }
     // reqwest is built without a default crypto provider; ring's serves for
     // every HTTPS client of the process (the CLI's, the helper's, S3's).
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -29,6 +29,10 @@ pub struct ServerArgs {
     /// Where to listen
     #[arg(long, default_value = "127.0.0.1:7744", value_name = "ADDR")]
     listen: SocketAddr,
+    /// The server's own log on stderr: lines of text (coloured only on a
+    /// terminal), or one JSON object per line for a log pipeline
+    #[arg(long, env = "MIZZEN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Where the embedded database and the jobs' scratch files live
     /// [default: $MIZZEN_DATA_DIR, else ~/.local/share/mizzen]
     #[arg(long, value_name = "DIR")]
@@ -169,6 +173,15 @@ fn shard_plan(count: Option<usize>) -> anyhow::Result<Option<(usize, SandboxComm
             args: vec!["sandbox-shard".into()],
         },
     )))
+}
+
+/// How the server writes its own log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: time, level, message and fields.
+    Json,
 }
 
 fn parse_ceilings(text: &str) -> Result<LimitSettings, String> {

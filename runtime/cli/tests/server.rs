@@ -2442,6 +2442,55 @@ async fn artifacts_and_caches_on_kubernetes() {
     assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
 }
 
+/// The server's own log says when an event is accepted and its worker
+/// starts and ends: as JSON for a log pipeline with `--log-format json`,
+/// and as text without colour codes when stderr is no terminal.
+#[test]
+fn the_servers_own_log_says_what_happened_in_text_or_json() {
+    let json_server = TestServer::start(None, &["--executor", "none", "--log-format", "json"]);
+    json_server.ok(&["project", "create", "-f", "examples/01-hello-world"]);
+    let id = json_server.create_event("hello-world", &[]);
+    let event = wait_until_ended(&json_server, &id);
+    assert_eq!(phase_of(&event), "SUCCEEDED", "{event}");
+    let log = json_server.server_log();
+    let records: Vec<Value> = log
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect();
+    let said = |message: &str| {
+        records
+            .iter()
+            .find(|r| r["fields"]["message"] == message && r["fields"]["event"] == id.as_str())
+            .unwrap_or_else(|| panic!("no {message:?} for {id} in:\n{log}"))
+            .clone()
+    };
+    let accepted = said("event accepted");
+    assert_eq!(accepted["level"], "INFO");
+    assert_eq!(accepted["fields"]["project"], "hello-world");
+    assert_eq!(accepted["fields"]["source"], "brigade.sh/cli");
+    assert_eq!(said("worker started")["fields"]["attempt"], 1);
+    let ended = said("worker ended");
+    assert_eq!(ended["fields"]["phase"], "SUCCEEDED");
+    assert!(
+        ended["fields"]["seconds"]
+            .as_str()
+            .is_some_and(|s| s.parse::<f64>().is_ok())
+    );
+
+    let text_server = TestServer::start(None, &["--executor", "none"]);
+    text_server.ok(&["project", "create", "-f", "examples/01-hello-world"]);
+    let id = text_server.create_event("hello-world", &[]);
+    wait_until_ended(&text_server, &id);
+    let log = text_server.server_log();
+    assert!(log.contains(&format!("event accepted event={id}")), "{log}");
+    assert!(log.contains("worker ended"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log that is no terminal: {log}"
+    );
+}
+
 #[test]
 fn a_jobs_whole_log_is_stored_when_its_event_ends() {
     // Sandbox processes put a hop between a job's lines and the store; the

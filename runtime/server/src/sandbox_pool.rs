@@ -497,6 +497,7 @@ impl SandboxProcess {
                         self.lock().to_process = Some(to_process);
                         // Workers given out meanwhile wait for this.
                         self.revived.send_modify(|count| *count += 1);
+                        tracing::info!(process = self.index, "sandbox process restarted");
                         break;
                     }
                     Err(e) => {

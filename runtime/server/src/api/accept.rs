@@ -229,7 +229,16 @@ pub(super) async fn store_events(
     events: Vec<NewEvent>,
 ) -> ApiResult<(usize, std::collections::BTreeSet<String>)> {
     let projects: Vec<String> = events.iter().map(|e| e.project_id.clone()).collect();
+    let said: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| (e.id.clone(), e.source.clone(), e.event_type.clone()))
+        .collect();
     let gone = state.store.insert_events(events).await?;
+    for ((id, source, event_type), project) in said.iter().zip(&projects) {
+        if !gone.contains(project) {
+            tracing::info!(event = %id, project = %project, source = %source, r#type = %event_type, "event accepted");
+        }
+    }
     let count = projects.iter().filter(|p| !gone.contains(*p)).count();
     state.metrics.events_accepted(count);
     state.scheduler.wake();

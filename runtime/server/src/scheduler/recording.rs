@@ -148,9 +148,17 @@ impl JobExecutor for RecordedExecutor {
         });
         // Record the end even of a job nobody waits for.
         let (watched, metrics) = (recorded.clone(), self.metrics.clone());
+        let started = std::time::Instant::now();
         tokio::spawn(async move {
             let result = watched.wait().await;
             drop(permits);
+            tracing::info!(
+                event = %watched.event_id,
+                job = %watched.name,
+                phase = %result.phase,
+                seconds = format_args!("{:.3}", started.elapsed().as_secs_f64()),
+                "job ended"
+            );
             metrics.job_ended(result.phase);
         });
         Ok(recorded)

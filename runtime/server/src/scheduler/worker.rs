@@ -22,6 +22,14 @@ impl Scheduler {
     pub(super) async fn run_worker(&self, event: EventRecord, cancel: Arc<Notify>) {
         let id = event.id.clone();
         let started = std::time::Instant::now();
+        tracing::info!(
+            event = %id,
+            project = %event.project_id,
+            source = %event.source,
+            r#type = %event.event_type,
+            attempt = event.attempts,
+            "worker started"
+        );
         let ended = match self.work(&event, cancel).await {
             Ok(ended) => ended,
             Err(error) => {
@@ -32,8 +40,15 @@ impl Scheduler {
                 }
             }
         };
-        self.metrics
-            .worker_ended(ended.phase, started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            event = %id,
+            project = %event.project_id,
+            phase = %ended.phase,
+            seconds = format_args!("{seconds:.3}"),
+            "worker ended"
+        );
+        self.metrics.worker_ended(ended.phase, seconds);
         // Whoever sees the event ended reads its whole log: every line the
         // worker and its jobs printed is in the store first.
         self.store.flush_logs().await;
