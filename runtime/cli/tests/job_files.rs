@@ -48,13 +48,23 @@ fn start(database_url: Option<&str>) -> Server {
 }
 
 async fn record_job(store: &Store, event_id: &str, name: &str, spec: serde_json::Value) {
+    record_job_in(store, event_id, name, spec, Phase::Running).await;
+}
+
+async fn record_job_in(
+    store: &Store,
+    event_id: &str,
+    name: &str,
+    spec: serde_json::Value,
+    phase: Phase,
+) {
     store
         .create_job(&JobRecord {
             event_id: event_id.into(),
             name: name.into(),
             created: 0,
             spec,
-            phase: Phase::Running,
+            phase,
             started: None,
             ended: None,
             logs_event_id: event_id.into(),
@@ -382,10 +392,24 @@ async fn a_job_token_opens_its_own_jobs_entries(database_url: Option<String>) {
     });
     let foreign = JobTokens::new([9; 32]).issue(&claim(event, "web", "test"));
     let unknown = tokens.issue(&claim(event, "web", "deploy"));
+    record_job_in(
+        &store,
+        event,
+        "lint",
+        job_spec(json!({ "artifacts": { "restore": [{ "name": "dist" }] } })),
+        Phase::Succeeded,
+    )
+    .await;
+    let ended = tokens.issue(&claim(event, "web", "lint"));
     for (token, status, says) in [
         (expired.as_str(), 401, "expired"),
         (foreign.as_str(), 401, "signature"),
         (unknown.as_str(), 403, "not there"),
+        (
+            ended.as_str(),
+            403,
+            "has ended (SUCCEEDED): its token opens nothing any more",
+        ),
         ("f".repeat(64).as_str(), 401, "not a Mizzen job token"),
     ] {
         for (method, path) in [

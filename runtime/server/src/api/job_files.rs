@@ -76,6 +76,15 @@ async fn job_of(state: &AppState, headers: &HeaderMap) -> ApiResult<(JobClaim, J
         .job(&claim.event_id, &claim.job)
         .await?
         .ok_or_else(gone)?;
+    // The helpers work while the job runs (the executor records its end
+    // only once the saving sidecar is done): an ended job's token, however
+    // long before its expiry, opens nothing.
+    if record.phase.is_terminal() {
+        return Err(ApiError::Forbidden(format!(
+            "job \"{}\" of event {} has ended ({}): its token opens nothing any more",
+            claim.job, claim.event_id, record.phase
+        )));
+    }
     let spec: JobSpec = serde_json::from_value(record.spec).map_err(|e| {
         ApiError::Internal(format!("job \"{}\"'s stored spec: {e}", claim.job).into())
     })?;
