@@ -11,7 +11,6 @@
 //! as well as its own layer.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bollard::Docker;
 use bollard::query_parameters::{
@@ -350,7 +349,7 @@ pub(crate) async fn save(
             tree: saved.manifest,
             bytes: saved.bytes,
             files: saved.files,
-            created: micros_now(),
+            created: mizzen_objects::micros_now(),
         };
         storage
             .catalog
@@ -392,7 +391,7 @@ pub(crate) async fn save(
             );
             continue;
         };
-        let now = micros_now();
+        let now = mizzen_objects::micros_now();
         let kept = KeptCache {
             project_id: event.project_id.clone(),
             key: key.clone(),
@@ -488,13 +487,6 @@ async fn save_tree(
 fn say(context: &JobContext, line: &str) {
     let output: &Arc<dyn JobOutput> = &context.request.output;
     output.line(&context.request.name, &format!("[mizzen] {line}"));
-}
-
-fn micros_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The event's artifacts, for its script.

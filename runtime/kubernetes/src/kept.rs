@@ -238,7 +238,7 @@ impl KeptCommit {
                 .tokens
                 .check_receipt(&self.event.event_id, &self.job, line)
                 .map_err(|e| format!("{SAVE_CONTAINER}'s termination message: {e}"))?;
-            let now = micros_now();
+            let now = mizzen_objects::micros_now();
             if let Some(artifact) = self.spec.artifacts.save.get(receipt.save) {
                 if !(succeeded || artifact.on_failure) {
                     continue;
@@ -299,11 +299,4 @@ impl KeptCommit {
         }
         Ok(())
     }
-}
-
-fn micros_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -156,6 +156,15 @@ pub trait Catalog: Send + Sync {
     async fn kept_trees(&self) -> Result<Vec<Digest>, CatalogError>;
 }
 
+/// Now, in microseconds since the Unix epoch: the clock of the catalog's
+/// `created` and `last_used`, as whoever keeps a tree stamps it.
+pub fn micros_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// What jobs keep their artifacts and caches in: the objects and the
 /// catalog that names them.
 #[derive(Clone)]

@@ -35,7 +35,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use catalog::{
     ArtifactReadError, CacheKept, Catalog, CatalogError, JobStorage, KeptArtifact, KeptCache,
-    MAX_CACHE_ENTRIES, SweepError,
+    MAX_CACHE_ENTRIES, SweepError, micros_now,
 };
 pub use job_token::{JOB_TOKEN_KEY_BYTES, JobClaim, JobTokenError, JobTokens, Receipt};
 pub use tree::{Entry, EntryKind, MAX_TREE_ENTRIES, Manifest, SaveOptions, SavedTree, TarOwner};
