@@ -9,6 +9,7 @@
 //! 130 interrupted (the event's containers are removed first).
 
 mod client;
+mod forwarding;
 mod init;
 mod job_files;
 mod kubernetes;
@@ -100,6 +101,8 @@ struct RunArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     kubernetes: kubernetes::KubernetesArgs,
+    #[command(flatten)]
+    forwarding: forwarding::ForwardingArgs,
 }
 
 /// What runs a worker's jobs.

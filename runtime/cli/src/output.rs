@@ -11,6 +11,7 @@ use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use mizzen_forwarding::{ForwardedLine, Forwarder};
 use mizzen_host_api::types::LogLevel;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
 use mizzen_runtime::redact::{Redactor, StreamRedactor, stream_of};
@@ -26,6 +27,9 @@ pub struct RunLog {
     streams: Mutex<StreamRedactor<LogRecord>>,
     /// Whether any job printed anything.
     jobs_ran: std::sync::atomic::AtomicBool,
+    /// Log forwarding, and each line's fields but its job, container, time
+    /// and text.
+    forwarding: Option<(Arc<Forwarder>, ForwardedLine)>,
 }
 
 impl RunLog {
@@ -38,7 +42,14 @@ impl RunLog {
             jobs: Mutex::new(HashMap::new()),
             streams: Mutex::new(StreamRedactor::new(redactor)),
             jobs_ran: std::sync::atomic::AtomicBool::new(false),
+            forwarding: None,
         }
+    }
+
+    /// Forwards each line too (masked), filled in from `line`.
+    pub fn forwarding_to(mut self, forwarder: Arc<Forwarder>, line: ForwardedLine) -> Self {
+        self.forwarding = Some((forwarder, line));
+        self
     }
 
     /// `text` with the secret values masked (a summary, an error).
@@ -67,6 +78,33 @@ impl RunLog {
             }
             LogSource::Console | LogSource::Logger => masked,
         };
+        if let Some((forwarder, fields)) = &self.forwarding {
+            let (job, container) = match &record.source {
+                LogSource::Container(sidecar) => {
+                    let job = record.job.clone().unwrap_or_default();
+                    let container = sidecar.clone().unwrap_or_else(|| job.clone());
+                    (job, container)
+                }
+                LogSource::Console | LogSource::Logger => (
+                    String::new(),
+                    mizzen_runtime::redact::WORKER_STREAM.to_string(),
+                ),
+            };
+            let since_epoch = record
+                .time
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            forwarder.offer(ForwardedLine {
+                time_nanos: i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX),
+                job,
+                container,
+                message: match record.source {
+                    LogSource::Container(_) => record.message.clone(),
+                    LogSource::Console | LogSource::Logger => line.clone(),
+                },
+                ..fields.clone()
+            });
+        }
         let to_stderr = record.source == LogSource::Console && record.level <= LogLevel::Warn;
         if to_stderr {
             let _ = writeln!(std::io::stderr(), "{line}");

@@ -26,6 +26,7 @@ use crate::{
     EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_SUBSCRIBED, ExecutorKind, Failure,
     RunArgs,
 };
+use mizzen_forwarding::{ForwardedLine, Forwarder};
 
 /// Payloads travel inside the event; Brigade's gateways accepted up to
 /// GitHub's 25 MB, and the CLI allows as much.
@@ -35,6 +36,8 @@ const MAX_PAYLOAD_BYTES: u64 = 25 * 1024 * 1024;
 /// concurrent-jobs limit is the bound). Each slot reserves address space
 /// only (4 GiB of the 128 TiB a process has), not memory.
 const CLI_MAX_INSTANCES: u32 = 1_000;
+/// How long a finished run waits for its lines to reach the collector.
+const FORWARDING_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// A secrets file is a flat map of a few keys; 1 MiB is generous.
 const MAX_SECRETS_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -106,10 +109,36 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     // Every secret value is masked in what the run prints and keeps, as the
     // server masks it.
     let redactor = Arc::new(Redactor::new(event.project.secrets.values()));
-    let log = Arc::new(RunLog::new(
+    let mut log = RunLog::new(
         data_dir.join("events").join(&event.id).join("logs"),
         redactor,
-    ));
+    );
+    let forwarder = match args.forwarding.config(&data_dir)? {
+        Some(config) if dir.project.worker.log_forwarding.enabled => {
+            let forwarder = Arc::new(
+                Forwarder::start(config, Arc::default())
+                    .await
+                    .context("log forwarding")?,
+            );
+            log = log.forwarding_to(
+                forwarder.clone(),
+                ForwardedLine {
+                    time_nanos: 0,
+                    project: dir.project.id.clone(),
+                    event: event.id.clone(),
+                    source: args.source.clone(),
+                    event_type: args.event_type.clone(),
+                    job: String::new(),
+                    container: String::new(),
+                    message: String::new(),
+                    labels: dir.project.worker.log_forwarding.labels.clone(),
+                },
+            );
+            Some(forwarder)
+        }
+        _ => None,
+    };
+    let log = Arc::new(log);
     // A project whose scripts live in its repository is checked out and
     // read from there (as Brigade's worker read them from /var/vcs): the
     // user's own project, so a plain git fetch, local and file:// URLs
@@ -156,6 +185,10 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 executor.finish_event(&context).await;
                 executor.cleaned_up().await;
             }
+            // Spooled, not waited for: the next run delivers them.
+            if let Some(forwarder) = &forwarder {
+                forwarder.close(std::time::Duration::ZERO).await;
+            }
             return Err(Failure {
                 code: EXIT_INTERRUPTED,
                 error: anyhow::anyhow!("{signal}: the worker was stopped and the event's containers were removed"),
@@ -173,6 +206,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             log.dir().display()
         );
     }
+    if let Some(forwarder) = &forwarder {
+        finish_forwarding(forwarder).await;
+    }
     write_artifacts(&storage, &context.event_id, &data_dir).await;
     sweep_now_and_then(&storage, &data_dir).await;
     // The result is out; the event's files may still be being deleted.
@@ -189,6 +225,28 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 log.redact(&failure.to_string())
             ),
         }),
+    }
+}
+
+/// Lets log forwarding deliver what the run printed, for a while; what is
+/// left waits in the spool and goes with the next run's lines (or the
+/// server's, on this data directory).
+async fn finish_forwarding(forwarder: &Forwarder) {
+    forwarder.close(FORWARDING_GRACE).await;
+    let stats = forwarder.stats();
+    let waiting = stats.spool_lines.load(std::sync::atomic::Ordering::Relaxed);
+    if waiting > 0 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "mizzen: {waiting} log line(s) wait in the forwarding spool for the collector"
+        );
+    }
+    let dropped = stats.dropped();
+    if dropped > 0 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "mizzen: {dropped} log line(s) could not be forwarded (see the warnings above)"
+        );
     }
 }
 

@@ -68,6 +68,8 @@ pub struct ServerArgs {
     executor: Option<ExecutorKind>,
     #[command(flatten)]
     kubernetes: KubernetesArgs,
+    #[command(flatten)]
+    forwarding: crate::forwarding::ForwardingArgs,
     /// Where jobs' artifacts and caches are kept: s3://BUCKET[/PREFIX]
     /// (endpoint, region and credentials from the AWS_* variables:
     /// AWS_ENDPOINT for an S3-compatible server, AWS_ALLOW_HTTP=true without
@@ -214,7 +216,12 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
     if root_password.is_none() {
         tracing::warn!("MIZZEN_ROOT_PASSWORD is not set: root login is disabled");
     }
+    let forwarding = args.forwarding.config(&data_dir).map_err(|error| Failure {
+        code: crate::EXIT_BAD_INPUT,
+        error,
+    })?;
     let config = ServerConfig {
+        forwarding,
         listen: args.listen,
         data_dir,
         database_url: args.database_url,

@@ -156,7 +156,52 @@ pub struct WorkerTemplate {
     /// (`spec.workerTemplate.jobPolicies.allowedHostPaths`, Mizzen's
     /// addition); none by default.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Whether the project's lines go to the server's log forwarding, and
+    /// with which extra labels (`spec.workerTemplate.logForwarding`,
+    /// Mizzen's addition).
+    pub log_forwarding: LogForwarding,
 }
+
+/// A project's part in log forwarding: its lines are forwarded unless it
+/// opts out, with its own labels added to each. Where they go is the
+/// server's choice alone, and the project, event, job and container each
+/// line carries are the host's: a label cannot take their names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogForwarding {
+    /// `enabled` (default true).
+    pub enabled: bool,
+    /// `labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for LogForwarding {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// The names each forwarded line carries from the host; a project's labels
+/// may not use them.
+pub const LOG_FORWARDING_RESERVED: &[&str] = &[
+    "message",
+    "project",
+    "event",
+    "source",
+    "type",
+    "job",
+    "container",
+];
+
+/// Labels a project may add to its forwarded lines: each is sent with
+/// every line, so a few short ones.
+pub const MAX_LOG_FORWARDING_LABELS: usize = 16;
+
+/// A label's value at most, in bytes (as a Kubernetes label's 63 and an
+/// annotation's more: room for a team or a cost centre, not a document).
+pub const MAX_LOG_FORWARDING_LABEL_VALUE: usize = 256;
 
 impl WorkerTemplate {
     /// What the project's volumes declare in all, against its quota (the
@@ -553,6 +598,18 @@ struct WorkerTemplateFile {
     /// [`WorkerTemplate::volumes`]).
     #[serde(default)]
     volumes: Option<Vec<ProjectVolumeFile>>,
+    /// Mizzen's addition: see [`WorkerTemplate::log_forwarding`].
+    #[serde(default)]
+    log_forwarding: Option<LogForwardingFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LogForwardingFile {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -899,6 +956,7 @@ impl Validator<'_> {
             }
         };
         let volumes = self.volumes(w.volumes.unwrap_or_default(), &limits)?;
+        let log_forwarding = self.log_forwarding(w.log_forwarding)?;
         Ok(WorkerTemplate {
             use_workspace: w.use_workspace,
             workspace_size: w.workspace_size,
@@ -913,6 +971,64 @@ impl Validator<'_> {
             script_secrets,
             volumes,
             allowed_host_paths,
+            log_forwarding,
+        })
+    }
+
+    /// `logForwarding`: at most [`MAX_LOG_FORWARDING_LABELS`] labels, each
+    /// named like an identifier and none named as the host's own fields.
+    fn log_forwarding(
+        &self,
+        file: Option<LogForwardingFile>,
+    ) -> Result<LogForwarding, ProjectError> {
+        const FIELD: &str = "spec.workerTemplate.logForwarding";
+        let Some(file) = file else {
+            return Ok(LogForwarding::default());
+        };
+        if file.labels.len() > MAX_LOG_FORWARDING_LABELS {
+            return Err(self.invalid(
+                format!("{FIELD}.labels"),
+                format!(
+                    "{} labels; at most {MAX_LOG_FORWARDING_LABELS}",
+                    file.labels.len()
+                ),
+            ));
+        }
+        for (name, value) in &file.labels {
+            let field = format!("{FIELD}.labels.{name}");
+            let well_formed = name.len() <= 63
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !well_formed {
+                return Err(self.invalid(
+                    field,
+                    "a label's name is a letter then up to 62 letters, digits, '_', '.' or '-'",
+                ));
+            }
+            if LOG_FORWARDING_RESERVED.contains(&name.as_str()) {
+                return Err(self.invalid(
+                    field,
+                    format!(
+                        "{name:?} is set by the host on every line (reserved: {})",
+                        LOG_FORWARDING_RESERVED.join(", ")
+                    ),
+                ));
+            }
+            if value.len() > MAX_LOG_FORWARDING_LABEL_VALUE {
+                return Err(self.invalid(
+                    field,
+                    format!(
+                        "{} bytes; a label's value is at most {MAX_LOG_FORWARDING_LABEL_VALUE}",
+                        value.len()
+                    ),
+                ));
+            }
+        }
+        Ok(LogForwarding {
+            enabled: file.enabled.unwrap_or(true),
+            labels: file.labels,
         })
     }
 

@@ -36,7 +36,7 @@ use mizzen_runtime::wasm_job::{HostJobExecutor, ModuleFetcher, WasmJobRunner};
 use mizzen_runtime::{Sandbox, SandboxConfig, SandboxError};
 use sandbox_pool::{SandboxCommand, SandboxPool, SandboxPoolError, SandboxStage};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 pub use gateways::GatewayConfig;
 pub use http::HttpLimits;
@@ -56,6 +56,9 @@ pub enum ServerError {
     /// The object storage for artifacts and caches cannot be used.
     #[error(transparent)]
     Objects(#[from] mizzen_objects::ObjectsError),
+    /// Log forwarding could not start (its spool, a sink's configuration).
+    #[error(transparent)]
+    Forwarding(#[from] mizzen_forwarding::ForwardingError),
     /// The sandbox could not be set up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -115,7 +118,13 @@ pub struct ServerConfig {
     pub sandbox_processes: Option<(usize, SandboxCommand)>,
     /// Client connections: how many, and how long they may be slow.
     pub http: HttpLimits,
+    /// Where workers' and jobs' lines are forwarded; `None`, nowhere.
+    pub forwarding: Option<mizzen_forwarding::ForwardingConfig>,
 }
+
+/// How long a stopping server's log forwarding may go on delivering what
+/// its spool holds; the rest waits there for the next start.
+const FORWARDING_GRACE: Duration = Duration::from_secs(5);
 
 /// Makes the executor of a server's container jobs, given where their
 /// artifacts and caches are kept.
@@ -125,6 +134,8 @@ pub type MakeExecutor = Arc<dyn Fn(JobStorage) -> Arc<dyn JobExecutor> + Send + 
 pub struct Server {
     /// The executor of container jobs, made from the config's.
     containers: Option<Arc<dyn JobExecutor>>,
+    /// Log forwarding, when configured.
+    forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
     /// Where jobs' artifacts and caches are kept.
     storage: JobStorage,
     /// Held while the server runs on the embedded database: a second
@@ -186,10 +197,12 @@ impl Server {
         let store = store::Store::open(config.database_url.as_deref(), &config.data_dir).await?;
         // Wasm jobs run where workers run: in the sandbox processes, or in
         // this process's sandbox when there are none.
+        let metrics = Arc::new(metrics::Metrics::new());
         let (sandbox, wasm_jobs): (Arc<dyn SandboxStage>, Arc<dyn WasmJobRunner>) =
             match &config.sandbox_processes {
                 Some((count, command)) => {
                     let pool = Arc::new(SandboxPool::start(*count, command.clone()).await?);
+                    metrics.watch_sandbox_restarts(pool.restarts());
                     (pool.clone(), pool)
                 }
                 None => {
@@ -215,7 +228,16 @@ impl Server {
                     )),
                 ))
             });
-        let metrics = Arc::new(metrics::Metrics::new());
+        let forwarder = match &config.forwarding {
+            Some(forwarding) => Some(Arc::new(
+                mizzen_forwarding::Forwarder::start(
+                    forwarding.clone(),
+                    metrics.forwarding_stats().clone(),
+                )
+                .await?,
+            )),
+            None => None,
+        };
         // Scripts' npm packages and bundles are kept with the server's data,
         // shared by its sandbox processes and kept across restarts.
         let dependencies = Arc::new(Dependencies::new(
@@ -230,7 +252,7 @@ impl Server {
             executor,
             config.scheduler.clone(),
             metrics.clone(),
-            Arc::new(Notify::new()),
+            forwarder.clone(),
         );
         let listener =
             TcpListener::bind(config.listen)
@@ -252,6 +274,7 @@ impl Server {
         });
         Ok(Self {
             containers,
+            forwarder,
             storage,
             _data_dir_lock: data_dir_lock,
             listener,
@@ -311,6 +334,9 @@ impl Server {
         // the workers are done.
         let _ = scheduler.await;
         self.state.store.flush_logs().await;
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.close(FORWARDING_GRACE).await;
+        }
         // Ended events' files still being deleted; a crash instead leaves
         // them to the next start's sweep.
         if let Some(executor) = &self.containers {

@@ -144,6 +144,11 @@ struct PoolWorker {
 }
 
 impl SandboxPool {
+    /// How many times a process was started again, as it grows.
+    pub fn restarts(&self) -> watch::Receiver<u64> {
+        self.revived.subscribe()
+    }
+
     /// Starts `count` sandbox processes and waits until each has set up its
     /// sandbox.
     pub async fn start(count: usize, command: SandboxCommand) -> Result<Self, SandboxPoolError> {

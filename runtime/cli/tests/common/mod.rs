@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses only some of these helpers")]
 
+pub mod collectors;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

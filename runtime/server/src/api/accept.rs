@@ -239,8 +239,11 @@ pub(super) async fn store_events(
             tracing::info!(event = %id, project = %project, source = %source, r#type = %event_type, "event accepted");
         }
     }
-    let count = projects.iter().filter(|p| !gone.contains(*p)).count();
-    state.metrics.events_accepted(count);
+    let mut count = 0;
+    for project in projects.iter().filter(|p| !gone.contains(*p)) {
+        state.metrics.event_accepted(project);
+        count += 1;
+    }
     state.scheduler.wake();
     Ok((count, gone))
 }

@@ -46,40 +46,66 @@ async fn deliver(
     uri: Uri,
     body: Bytes,
 ) -> Response {
+    let (response, outcome, reason) = deliver_counted(&state, gateway, headers, uri, body).await;
+    state
+        .metrics
+        .gateway_delivery(gateway.path, outcome, reason);
+    response
+}
+
+/// [`deliver`]'s answer, with its outcome and reason for the metrics.
+async fn deliver_counted(
+    state: &AppState,
+    gateway: &Gateway,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> (Response, &'static str, &'static str) {
     let config = &state.gateways;
     if !gateway.enabled(config) {
-        return gateway_disabled(gateway.name);
+        return (gateway_disabled(gateway.name), "refused", "disabled");
     }
     let delivery = gateway
         .authenticate(config, &headers, uri.query(), &body)
         .and_then(|()| (gateway.parse)(&headers, &body));
     let delivery = match delivery {
         Ok(delivery) => delivery,
-        Err(e) => return gateway_error(e),
+        Err(e) => {
+            let (outcome, reason) = match &e {
+                GatewayError::Unauthorized(_) => ("refused", "unauthorized"),
+                GatewayError::BadRequest(_) => ("refused", "bad_request"),
+                GatewayError::Ignored(_) => ("ignored", ""),
+            };
+            return (gateway_error(e), outcome, reason);
+        }
     };
     if let Some(id) = &delivery.id {
         match state.store.record_delivery(gateway.path, id).await {
             Ok(true) => {}
             Ok(false) => {
-                return (
+                let answer = (
                     StatusCode::OK,
                     axum::Json(json!({"message": format!(
                         "delivery {id} was already received; ignored"
                     )})),
-                )
-                    .into_response();
+                );
+                return (answer.into_response(), "duplicate", "");
             }
-            Err(e) => return ApiError::from(e).into_response(),
+            Err(e) => return (ApiError::from(e).into_response(), "failed", "store"),
         }
     }
-    match accept_gateway_event(&state, delivery.event).await {
-        Ok(count) => accepted(count),
+    match accept_gateway_event(state, delivery.event).await {
+        Ok(count) => (accepted(count), "accepted", ""),
         Err(e) => {
             // Let the source's redelivery through: this one was not stored.
             if let Some(id) = &delivery.id {
                 let _ = state.store.forget_delivery(gateway.path, id).await;
             }
-            e.into_response()
+            let (outcome, reason) = match &e {
+                ApiError::BadRequest { .. } => ("refused", "bad_request"),
+                _ => ("failed", "store"),
+            };
+            (e.into_response(), outcome, reason)
         }
     }
 }

@@ -22,6 +22,7 @@ mod events;
 mod gateways;
 mod job_files;
 mod kept;
+mod observe;
 mod projects;
 mod query;
 mod roles;
@@ -117,6 +118,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         // A job's saved tree may be gigabytes: its body has an idle timeout
         // of its own rather than the API's size and time limits.
         .merge(job_files::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 

@@ -71,6 +71,8 @@ pub struct Scheduler {
     /// Wakes the scheduler: new events, freed capacity.
     wake: Arc<Notify>,
     job_slots: Arc<JobSlots>,
+    /// Where workers' and jobs' lines are forwarded, when they are.
+    forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
 }
 
 /// Claims are retried this often even when nothing woke the scheduler:
@@ -87,7 +89,7 @@ impl Scheduler {
         executor: Option<Arc<dyn JobExecutor>>,
         config: SchedulerConfig,
         metrics: Arc<Metrics>,
-        wake: Arc<Notify>,
+        forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
     ) -> Arc<Self> {
         let job_slots = Arc::new(JobSlots::new(config.jobs, config.jobs_per_project));
         Arc::new(Self {
@@ -98,8 +100,9 @@ impl Scheduler {
             config,
             metrics,
             running: Mutex::default(),
-            wake,
+            wake: Arc::new(Notify::new()),
             job_slots,
+            forwarder,
         })
     }
 

@@ -48,10 +48,14 @@ impl Scheduler {
             seconds = format_args!("{seconds:.3}"),
             "worker ended"
         );
-        self.metrics.worker_ended(ended.phase, seconds);
+        self.metrics
+            .worker_ended(&event.project_id, ended.phase, seconds);
         // Whoever sees the event ended reads its whole log: every line the
         // worker and its jobs printed is in the store first.
         self.store.flush_logs().await;
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.flush().await;
+        }
         match self
             .store
             .worker_ended(
@@ -105,11 +109,26 @@ impl Scheduler {
 
         self.metrics.worker_started(micros_since(event.created));
 
-        let log = Arc::new(EventLog::new(
-            self.store.clone(),
-            event.id.clone(),
-            redactor.clone(),
-        ));
+        let mut log = EventLog::new(self.store.clone(), event.id.clone(), redactor.clone());
+        if let Some(forwarder) = &self.forwarder
+            && project.worker.log_forwarding.enabled
+        {
+            log = log.forwarding_to(
+                forwarder.clone(),
+                mizzen_forwarding::ForwardedLine {
+                    time_nanos: 0,
+                    project: event.project_id.clone(),
+                    event: event.id.clone(),
+                    source: event.source.clone(),
+                    event_type: event.event_type.clone(),
+                    job: String::new(),
+                    container: String::new(),
+                    message: String::new(),
+                    labels: project.worker.log_forwarding.labels.clone(),
+                },
+            );
+        }
+        let log = Arc::new(log);
         let (limits, notes) =
             WorkerLimits::for_project(&project.worker.limits, &self.config.limit_ceilings);
         for note in notes {
