@@ -92,22 +92,10 @@ impl ForwardingArgs {
         };
         let otlp_logs = match &self.otlp_logs_endpoint {
             None => None,
-            Some(endpoint) => {
-                let mut headers = Vec::new();
-                for header in &self.otlp_headers {
-                    let (name, value) = header.split_once('=').with_context(|| {
-                        format!(
-                            "--otlp-header {:?}: give NAME=VALUE",
-                            header.split('=').next().unwrap_or_default()
-                        )
-                    })?;
-                    headers.push((name.trim().to_string(), value.trim().to_string()));
-                }
-                Some(OtlpLogsConfig {
-                    endpoint: endpoint.clone(),
-                    headers,
-                })
-            }
+            Some(endpoint) => Some(OtlpLogsConfig {
+                endpoint: endpoint.clone(),
+                headers: self.otlp_headers()?,
+            }),
         };
         if fluentd.is_none() && otlp_logs.is_none() {
             return Ok(None);
@@ -118,6 +106,24 @@ impl ForwardingArgs {
             spool_dir: data_dir.join("forwarding"),
             spool_bytes: self.forwarding_spool_size,
         }))
+    }
+}
+
+impl ForwardingArgs {
+    /// The `--otlp-header`s, for every OTLP endpoint.
+    pub fn otlp_headers(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut headers = Vec::new();
+        for header in &self.otlp_headers {
+            // The value may be a secret: only the name goes into the error.
+            let (name, value) = header.split_once('=').with_context(|| {
+                format!(
+                    "--otlp-header {:?}: give NAME=VALUE",
+                    header.split('=').next().unwrap_or_default()
+                )
+            })?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        Ok(headers)
     }
 }
 

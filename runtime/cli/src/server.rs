@@ -70,6 +70,17 @@ pub struct ServerArgs {
     kubernetes: KubernetesArgs,
     #[command(flatten)]
     forwarding: crate::forwarding::ForwardingArgs,
+    /// Export a trace per event (accepted, queued, worker, each job) to
+    /// this OTLP traces endpoint, HTTP with protobuf (e.g.
+    /// http://collector:4318/v1/traces); a `traceparent` on the request
+    /// that brings an event continues the caller's trace
+    #[arg(
+        long,
+        env = "MIZZEN_OTLP_TRACES_ENDPOINT",
+        value_name = "URL",
+        help_heading = "Log forwarding"
+    )]
+    otlp_traces_endpoint: Option<String>,
     /// Where jobs' artifacts and caches are kept: s3://BUCKET[/PREFIX]
     /// (endpoint, region and credentials from the AWS_* variables:
     /// AWS_ENDPOINT for an S3-compatible server, AWS_ALLOW_HTTP=true without
@@ -220,8 +231,19 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
         code: crate::EXIT_BAD_INPUT,
         error,
     })?;
+    let traces = match &args.otlp_traces_endpoint {
+        None => None,
+        Some(endpoint) => Some(mizzen_forwarding::OtlpTracesConfig {
+            endpoint: endpoint.clone(),
+            headers: args.forwarding.otlp_headers().map_err(|error| Failure {
+                code: crate::EXIT_BAD_INPUT,
+                error,
+            })?,
+        }),
+    };
     let config = ServerConfig {
         forwarding,
+        traces,
         listen: args.listen,
         data_dir,
         database_url: args.database_url,

@@ -3355,3 +3355,100 @@ fn no_line_is_lost_when_the_collector_and_mizzen_are_killed() {
         "{duplicates} lines arrived twice; at most one batch per kill may"
     );
 }
+
+/// One trace per event, exported over OTLP to a decoder of others' making:
+/// the event's span (accepted to ended) in the caller's trace when the
+/// request carried a `traceparent`, with `queued`, `worker` and a span per
+/// job beneath the worker, each with the project, event, source and type;
+/// a failed job's span says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_event_is_a_trace_that_continues_the_callers() {
+    use common::collectors::{self, Kind, Receiver};
+    let Some(dir) = collectors::dir("each_event_is_a_trace") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let otlp = Receiver::start(Kind::Otlp, &dir, &tmp.path().join("otlp.jsonl"), &[]);
+    let endpoint = format!("http://127.0.0.1:{}/v1/traces", otlp.port);
+    let server = tokio::task::spawn_blocking(move || {
+        let server = TestServer::start(None, &["--otlp-traces-endpoint", &endpoint]);
+        let project = script_project(
+            "traced",
+            "",
+            r#"const { Job } = require("@brigadecore/brigadier");
+          const build = new Job("build", "localhost/busybox", event);
+          build.primaryContainer.command = ["true"];
+          await build.run();
+          const lint = new Job("lint", "localhost/busybox", event);
+          lint.primaryContainer.command = ["false"];
+          lint.fallible = true;
+          await lint.run();"#,
+        );
+        server.ok(&["project", "create", "-f", project.path().to_str().unwrap()]);
+        server
+    })
+    .await
+    .unwrap();
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let response = http()
+        .post(format!("{}/v2/events", server.url))
+        .bearer_auth(server.root_token())
+        .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))
+        .json(&json!({"projectID": "traced", "source": "brigade.sh/cli", "type": "exec"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let created: Value = response.json().await.unwrap();
+    let id = created["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let spans = tokio::task::spawn_blocking(move || {
+        otlp.wait_for("the event's spans", |records| {
+            records
+                .iter()
+                .any(|r| r["kind"] == "span" && r["name"] == "event")
+        })
+    })
+    .await
+    .unwrap();
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} span in {spans:?}"))
+    };
+    let event = named("event");
+    assert_eq!(event["trace_id"], caller_trace);
+    assert_eq!(event["parent_span_id"], caller_span);
+    assert_eq!(event["attributes"]["event"], id.as_str());
+    assert_eq!(event["attributes"]["project"], "traced");
+    assert_eq!(event["attributes"]["source"], "brigade.sh/cli");
+    assert_eq!(event["attributes"]["phase"], "SUCCEEDED");
+    assert_eq!(event["resource"]["service.name"], "mizzen");
+    let (queued, worker) = (named("queued"), named("worker"));
+    for child in [queued, worker] {
+        assert_eq!(child["trace_id"], caller_trace);
+        assert_eq!(child["parent_span_id"], event["span_id"]);
+    }
+    for job in [named("job build"), named("job lint")] {
+        assert_eq!(job["trace_id"], caller_trace);
+        assert_eq!(job["parent_span_id"], worker["span_id"]);
+    }
+    assert_eq!(named("job lint")["attributes"]["phase"], "FAILED");
+    assert_eq!(named("job lint")["status_code"], 2, "STATUS_CODE_ERROR");
+    let start = |s: &Value| s["start_time_unix_nano"].as_u64().unwrap();
+    let end = |s: &Value| s["end_time_unix_nano"].as_u64().unwrap();
+    assert!(start(event) <= start(queued) && end(queued) <= start(worker) + 1_000);
+    assert!(end(worker) <= end(event) && start(named("job build")) >= start(worker));
+    // The server's own log names the trace, to go from a line to its trace.
+    assert!(
+        server
+            .server_log()
+            .contains(&format!("trace_id={caller_trace}")),
+        "{}",
+        server.server_log()
+    );
+}

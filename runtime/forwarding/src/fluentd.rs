@@ -225,7 +225,7 @@ impl FluentdSink {
 }
 
 #[async_trait::async_trait]
-impl Sink for FluentdSink {
+impl Sink<ForwardedLine> for FluentdSink {
     fn name(&self) -> &'static str {
         "fluentd"
     }

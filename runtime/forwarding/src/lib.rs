@@ -38,7 +38,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use fluentd::{FluentdConfig, FluentdTls, TagTemplate, TagTemplateError};
-pub use otlp::OtlpLogsConfig;
+pub use otlp::{OtlpLogsConfig, OtlpTracesConfig, TraceSpan};
 use spool::Spool;
 
 /// Lines waiting between [`Forwarder::offer`] and the spool's writer. At a
@@ -177,16 +177,23 @@ pub enum SinkError {
     Config(String),
 }
 
-/// Where one sink sends batches.
+/// Where one sink sends batches of `T` (log lines, spans).
 #[async_trait::async_trait]
-pub trait Sink: Send {
-    /// The sink's name in metrics and logs: `fluentd`, `otlp`.
+pub trait Sink<T>: Send {
+    /// The sink's name in metrics and logs: `fluentd`, `otlp`, `otlp-traces`.
     fn name(&self) -> &'static str;
-    /// Sends `lines` and returns once the collector acknowledged them; the
-    /// count is of lines the collector said it refused (OTLP's partial
+    /// Sends `items` and returns once the collector acknowledged them; the
+    /// count is of items the collector said it refused (OTLP's partial
     /// success), which are dropped.
-    async fn send(&mut self, lines: &[ForwardedLine]) -> Result<u64, SinkError>;
+    async fn send(&mut self, items: &[T]) -> Result<u64, SinkError>;
 }
+
+/// What a forwarder carries: stored in the spool as JSON.
+pub trait Forwardable:
+    serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Forwardable for T {}
 
 /// Counts for the server's metrics and for tests.
 #[derive(Debug, Default)]
@@ -240,39 +247,65 @@ impl ForwardingStats {
     }
 }
 
-/// Forwarding, running: offers lines, and stops with a grace period.
-pub struct Forwarder {
-    lines: mpsc::Sender<Offered>,
+/// Forwarding, running: offers lines (or spans), and stops with a grace
+/// period.
+pub struct Forwarder<T = ForwardedLine> {
+    lines: mpsc::Sender<Offered<T>>,
     stats: Arc<ForwardingStats>,
     closing: watch::Sender<Option<Instant>>,
     delivery: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the spool's writer receives.
-enum Offered {
-    Line(ForwardedLine),
+enum Offered<T> {
+    Line(T),
     /// Spool what came before and say so.
     Flush(tokio::sync::oneshot::Sender<()>),
     /// Spool what came before, say so, and stop.
     Close(tokio::sync::oneshot::Sender<()>),
 }
 
-impl Forwarder {
+impl Forwarder<ForwardedLine> {
     /// Opens the spool and starts the writer and the sinks' delivery (in
     /// this process once it holds the spool's delivery lock).
     pub async fn start(
         config: ForwardingConfig,
         stats: Arc<ForwardingStats>,
     ) -> Result<Self, ForwardingError> {
-        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let mut sinks: Vec<Box<dyn Sink<ForwardedLine>>> = Vec::new();
         if let Some(fluentd) = &config.fluentd {
             sinks.push(Box::new(fluentd::FluentdSink::new(fluentd.clone())?));
         }
         if let Some(otlp) = &config.otlp_logs {
             sinks.push(Box::new(otlp::OtlpLogsSink::new(otlp.clone())?));
         }
+        Self::with_sinks(&config.spool_dir, config.spool_bytes, sinks, stats).await
+    }
+}
+
+impl Forwarder<TraceSpan> {
+    /// Spans of events, to an OTLP traces endpoint, through a spool of
+    /// their own in `spool_dir`.
+    pub async fn start_traces(
+        config: OtlpTracesConfig,
+        spool_dir: &std::path::Path,
+        spool_bytes: u64,
+        stats: Arc<ForwardingStats>,
+    ) -> Result<Self, ForwardingError> {
+        let sink: Box<dyn Sink<TraceSpan>> = Box::new(otlp::OtlpTracesSink::new(config)?);
+        Self::with_sinks(spool_dir, spool_bytes, vec![sink], stats).await
+    }
+}
+
+impl<T: Forwardable> Forwarder<T> {
+    async fn with_sinks(
+        spool_dir: &std::path::Path,
+        spool_bytes: u64,
+        sinks: Vec<Box<dyn Sink<T>>>,
+        stats: Arc<ForwardingStats>,
+    ) -> Result<Self, ForwardingError> {
         let names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
-        let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_bytes, &names).await?);
+        let spool = Arc::new(Spool::open(spool_dir, spool_bytes, &names).await?);
         spool.publish_depth(&stats).await;
         let (lines, received) = mpsc::channel(OFFER_CAPACITY);
         let (closing, closing_seen) = watch::channel(None);
@@ -289,7 +322,7 @@ impl Forwarder {
             stats.clone(),
             appended,
             closing_seen,
-            config.spool_dir.join("deliver.lock"),
+            spool_dir.join("deliver.lock"),
         ));
         Ok(Self {
             lines,
@@ -299,8 +332,8 @@ impl Forwarder {
         })
     }
 
-    /// Takes a line; never waits.
-    pub fn offer(&self, line: ForwardedLine) {
+    /// Takes a line (or a span); never waits.
+    pub fn offer(&self, line: T) {
         if self.lines.try_send(Offered::Line(line)).is_err() {
             self.stats
                 .dropped_writer_behind
@@ -345,8 +378,8 @@ impl Forwarder {
 }
 
 /// Moves offered lines into the spool, a batch a transaction.
-async fn write_spool(
-    mut received: mpsc::Receiver<Offered>,
+async fn write_spool<T: Forwardable>(
+    mut received: mpsc::Receiver<Offered<T>>,
     spool: Arc<Spool>,
     stats: Arc<ForwardingStats>,
     appended: Arc<Notify>,
@@ -403,9 +436,9 @@ async fn write_spool(
 }
 
 /// Takes the spool's delivery lock, then runs each sink's delivery.
-async fn deliver_all(
+async fn deliver_all<T: Forwardable>(
     spool: Arc<Spool>,
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<Box<dyn Sink<T>>>,
     stats: Arc<ForwardingStats>,
     appended: Arc<Notify>,
     mut closing: watch::Receiver<Option<Instant>>,
@@ -463,9 +496,9 @@ fn take_lock(path: &std::path::Path) -> std::io::Result<Option<std::fs::File>> {
 }
 
 /// One sink's delivery: batches from its cursor, sent until acknowledged.
-async fn deliver(
+async fn deliver<T: Forwardable>(
     spool: Arc<Spool>,
-    mut sink: Box<dyn Sink>,
+    mut sink: Box<dyn Sink<T>>,
     stats: Arc<ForwardingStats>,
     appended: Arc<Notify>,
     mut closing: watch::Receiver<Option<Instant>>,
@@ -500,7 +533,7 @@ async fn deliver(
             }
             continue;
         };
-        let lines: Vec<ForwardedLine> = batch
+        let lines: Vec<T> = batch
             .iter()
             .filter_map(|(_, bytes)| serde_json::from_slice(bytes).ok())
             .collect();

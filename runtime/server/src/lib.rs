@@ -21,6 +21,7 @@ pub mod project_cache;
 pub mod sandbox_pool;
 pub mod scheduler;
 pub mod store;
+pub mod traces;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -120,7 +121,13 @@ pub struct ServerConfig {
     pub http: HttpLimits,
     /// Where workers' and jobs' lines are forwarded; `None`, nowhere.
     pub forwarding: Option<mizzen_forwarding::ForwardingConfig>,
+    /// Where events' traces are exported; `None`, nowhere.
+    pub traces: Option<mizzen_forwarding::OtlpTracesConfig>,
 }
+
+/// The most the traces' spool holds while the collector is down: an
+/// event's spans take a few KiB, so this is some 100,000 events' worth.
+const TRACES_SPOOL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// How long a stopping server's log forwarding may go on delivering what
 /// its spool holds; the rest waits there for the next start.
@@ -136,6 +143,8 @@ pub struct Server {
     containers: Option<Arc<dyn JobExecutor>>,
     /// Log forwarding, when configured.
     forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
+    /// Traces' export, when configured.
+    traces: Option<Arc<mizzen_forwarding::Forwarder<mizzen_forwarding::TraceSpan>>>,
     /// Where jobs' artifacts and caches are kept.
     storage: JobStorage,
     /// Held while the server runs on the embedded database: a second
@@ -238,6 +247,18 @@ impl Server {
             )),
             None => None,
         };
+        let traces = match &config.traces {
+            Some(traces) => Some(Arc::new(
+                mizzen_forwarding::Forwarder::start_traces(
+                    traces.clone(),
+                    &config.data_dir.join("forwarding").join("traces"),
+                    TRACES_SPOOL_BYTES,
+                    metrics.forwarding_stats().clone(),
+                )
+                .await?,
+            )),
+            None => None,
+        };
         // Scripts' npm packages and bundles are kept with the server's data,
         // shared by its sandbox processes and kept across restarts.
         let dependencies = Arc::new(Dependencies::new(
@@ -252,7 +273,10 @@ impl Server {
             executor,
             config.scheduler.clone(),
             metrics.clone(),
-            forwarder.clone(),
+            scheduler::Forwarding {
+                lines: forwarder.clone(),
+                traces: traces.clone(),
+            },
         );
         let listener =
             TcpListener::bind(config.listen)
@@ -275,6 +299,7 @@ impl Server {
         Ok(Self {
             containers,
             forwarder,
+            traces,
             storage,
             _data_dir_lock: data_dir_lock,
             listener,
@@ -336,6 +361,9 @@ impl Server {
         self.state.store.flush_logs().await;
         if let Some(forwarder) = &self.forwarder {
             forwarder.close(FORWARDING_GRACE).await;
+        }
+        if let Some(traces) = &self.traces {
+            traces.close(FORWARDING_GRACE).await;
         }
         // Ended events' files still being deleted; a crash instead leaves
         // them to the next start's sweep.

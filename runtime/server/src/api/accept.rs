@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use mizzen_host_api::types::Phase;
 use mizzen_runtime::project::{
     EventDetails, MAX_LABEL_LEN, is_event_source_char, is_label_char, server_clone_url_problem,
@@ -20,6 +20,7 @@ use super::{ApiError, ApiResult, AppState, MAX_PAGE};
 use crate::auth::Principal;
 use crate::gateways;
 use crate::store::{EventDocument, EventRecord, NewEvent, now_micros};
+use crate::traces::EventTrace;
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -180,6 +181,7 @@ pub(super) async fn fan_out(
                 payload: String::new(),
                 source_state: BTreeMap::new(),
                 project: parsed.snapshot.clone(),
+                trace: None,
             },
             inherited_jobs: Vec::new(),
         });
@@ -196,7 +198,12 @@ pub(super) async fn fan_out(
 /// Stores events (durably); the JSON of those stored, as Brigade's API
 /// shows them. An event whose project was deleted meanwhile is not stored
 /// and not shown.
-pub(super) async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult<Vec<Value>> {
+pub(super) async fn accept(
+    state: &AppState,
+    mut events: Vec<NewEvent>,
+    request: Option<&HeaderMap>,
+) -> ApiResult<Vec<Value>> {
+    start_traces(&mut events, request);
     let records: Vec<EventRecord> = events
         .iter()
         .map(|e| EventRecord {
@@ -214,7 +221,7 @@ pub(super) async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult
             attempts: 0,
         })
         .collect();
-    let (_, gone) = store_events(state, events).await?;
+    let (_, gone) = store_events(state, events, None).await?;
     Ok(records
         .into_iter()
         .filter(|r| !gone.contains(&r.project_id))
@@ -222,21 +229,44 @@ pub(super) async fn accept(state: &AppState, events: Vec<NewEvent>) -> ApiResult
         .collect())
 }
 
+/// Gives each event its own span in a trace: the caller's, when the
+/// request carried a `traceparent`. A retry or a clone gets a span of its
+/// own, never the original's.
+fn start_traces(events: &mut [NewEvent], request: Option<&HeaderMap>) {
+    for event in events {
+        event.document.trace = Some(EventTrace::start(request));
+    }
+}
+
 /// Stores events durably, counts them and wakes the scheduler; how many
 /// were stored, and the projects deleted meanwhile whose events were not.
+/// `request` is the request that brought them, whose `traceparent` their
+/// traces continue.
 pub(super) async fn store_events(
     state: &AppState,
-    events: Vec<NewEvent>,
+    mut events: Vec<NewEvent>,
+    request: Option<&HeaderMap>,
 ) -> ApiResult<(usize, std::collections::BTreeSet<String>)> {
+    if events.iter().any(|e| e.document.trace.is_none()) {
+        start_traces(&mut events, request);
+    }
     let projects: Vec<String> = events.iter().map(|e| e.project_id.clone()).collect();
-    let said: Vec<(String, String, String)> = events
+    let said: Vec<(String, String, String, String)> = events
         .iter()
-        .map(|e| (e.id.clone(), e.source.clone(), e.event_type.clone()))
+        .map(|e| {
+            let trace = e.document.trace.as_ref().map(|t| t.trace_id.clone());
+            (
+                e.id.clone(),
+                e.source.clone(),
+                e.event_type.clone(),
+                trace.unwrap_or_default(),
+            )
+        })
         .collect();
     let gone = state.store.insert_events(events).await?;
-    for ((id, source, event_type), project) in said.iter().zip(&projects) {
+    for ((id, source, event_type, trace), project) in said.iter().zip(&projects) {
         if !gone.contains(project) {
-            tracing::info!(event = %id, project = %project, source = %source, r#type = %event_type, "event accepted");
+            tracing::info!(event = %id, project = %project, source = %source, r#type = %event_type, trace_id = %trace, "event accepted");
         }
     }
     let mut count = 0;
@@ -256,7 +286,7 @@ pub(super) async fn accept_one(
     share: Option<OwnedSemaphorePermit>,
 ) -> ApiResult {
     let project = event.project_id.clone();
-    match accept(state, vec![event]).await?.pop() {
+    match accept(state, vec![event], None).await?.pop() {
         Some(value) => Ok(held_answer(StatusCode::CREATED, &value, share)),
         None => Err(project_gone(&project)),
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use futures_util::{StreamExt, stream};
@@ -210,7 +210,12 @@ pub(super) fn event_json(event: EventRecord, jobs: &[JobRecord]) -> Value {
     value
 }
 
-async fn create_events(State(state): AppStateRef, who: Principal, body: Bytes) -> ApiResult {
+async fn create_events(
+    State(state): AppStateRef,
+    who: Principal,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let body: EventBody = parse_body(&body, "event")?;
     validate_event(&body)?;
     if !may_create(&who, &body.source, &body.project_id) {
@@ -236,7 +241,7 @@ async fn create_events(State(state): AppStateRef, who: Principal, body: Bytes) -
     let project = body.project_id.clone();
     let events = fan_out(&state, body, &BTreeMap::new()).await?;
     let subscribed = events.len();
-    let items = accept(&state, events).await?;
+    let items = accept(&state, events, Some(&headers)).await?;
     if subscribed > 0 && items.is_empty() && !project.is_empty() {
         return Err(project_gone(&project));
     }

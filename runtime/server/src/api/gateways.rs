@@ -94,7 +94,7 @@ async fn deliver_counted(
             Err(e) => return (ApiError::from(e).into_response(), "failed", "store"),
         }
     }
-    match accept_gateway_event(state, delivery.event).await {
+    match accept_gateway_event(state, delivery.event, &headers).await {
         Ok(count) => (accepted(count), "accepted", ""),
         Err(e) => {
             // Let the source's redelivery through: this one was not stored.
@@ -124,7 +124,11 @@ fn gateway_disabled(name: &str) -> Response {
 }
 
 /// Fans a gateway's event out and stores it; 200 only once it is durable.
-async fn accept_gateway_event(state: &AppState, event: GatewayEvent) -> ApiResult<usize> {
+async fn accept_gateway_event(
+    state: &AppState,
+    event: GatewayEvent,
+    headers: &HeaderMap,
+) -> ApiResult<usize> {
     let git = event.git.map(|git| {
         // The project's own clone URL (perhaps SSH, for a private
         // repository) stays; the delivery says which commit and ref.
@@ -142,7 +146,7 @@ async fn accept_gateway_event(state: &AppState, event: GatewayEvent) -> ApiResul
         payload: event.payload,
     };
     let events = fan_out(state, body, &BTreeMap::new()).await?;
-    Ok(store_events(state, events).await?.0)
+    Ok(store_events(state, events, Some(headers)).await?.0)
 }
 
 fn accepted(count: usize) -> Response {

@@ -71,8 +71,18 @@ pub struct Scheduler {
     /// Wakes the scheduler: new events, freed capacity.
     wake: Arc<Notify>,
     job_slots: Arc<JobSlots>,
-    /// Where workers' and jobs' lines are forwarded, when they are.
-    forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
+    /// Where workers' and jobs' lines, and events' spans, go.
+    forwarding: Forwarding,
+}
+
+/// Where workers' and jobs' lines are forwarded, and events' spans
+/// exported, when they are.
+#[derive(Default)]
+pub struct Forwarding {
+    /// Log lines.
+    pub lines: Option<Arc<mizzen_forwarding::Forwarder>>,
+    /// Spans.
+    pub traces: Option<Arc<mizzen_forwarding::Forwarder<mizzen_forwarding::TraceSpan>>>,
 }
 
 /// Claims are retried this often even when nothing woke the scheduler:
@@ -89,7 +99,7 @@ impl Scheduler {
         executor: Option<Arc<dyn JobExecutor>>,
         config: SchedulerConfig,
         metrics: Arc<Metrics>,
-        forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
+        forwarding: Forwarding,
     ) -> Arc<Self> {
         let job_slots = Arc::new(JobSlots::new(config.jobs, config.jobs_per_project));
         Arc::new(Self {
@@ -102,7 +112,7 @@ impl Scheduler {
             running: Mutex::default(),
             wake: Arc::new(Notify::new()),
             job_slots,
-            forwarder,
+            forwarding,
         })
     }
 

@@ -17,6 +17,7 @@ use super::Scheduler;
 use super::event_log::EventLog;
 use super::recording::RecordedExecutor;
 use crate::store::{EventRecord, StoreError, now_micros};
+use crate::traces::{EventTrace, event_spans};
 
 impl Scheduler {
     pub(super) async fn run_worker(&self, event: EventRecord, cancel: Arc<Notify>) {
@@ -53,7 +54,7 @@ impl Scheduler {
         // Whoever sees the event ended reads its whole log: every line the
         // worker and its jobs printed is in the store first.
         self.store.flush_logs().await;
-        if let Some(forwarder) = &self.forwarder {
+        if let Some(forwarder) = &self.forwarding.lines {
             forwarder.flush().await;
         }
         match self
@@ -66,11 +67,41 @@ impl Scheduler {
             )
             .await
         {
-            Ok(true) => {}
+            Ok(true) => self.export_trace(&event, ended.phase).await,
             Ok(false) => {
                 tracing::warn!(event = %id, "the worker ended after its event was taken over")
             }
             Err(e) => tracing::error!(event = %id, error = %e, "recording the worker's end failed"),
+        }
+    }
+
+    /// The event's spans, to the traces' export when there is one.
+    async fn export_trace(&self, event: &EventRecord, phase: Phase) {
+        let Some(traces) = &self.forwarding.traces else {
+            return;
+        };
+        let jobs = match self.store.jobs(&event.id).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(event = %event.id, error = %e, "the event's jobs could not be read for its trace");
+                Vec::new()
+            }
+        };
+        // As recorded now: when the worker started and ended.
+        let event = match self.store.event(&event.id).await {
+            Ok(Some(stored)) => stored,
+            _ => event.clone(),
+        };
+        // Events accepted before traces were kept have none: a trace of
+        // their own.
+        let trace = event
+            .document
+            .trace
+            .clone()
+            .unwrap_or_else(|| EventTrace::start(None));
+        let ended = event.ended.unwrap_or_else(now_micros);
+        for span in event_spans(&event, &trace, &jobs, phase, ended) {
+            traces.offer(span);
         }
     }
 
@@ -110,7 +141,7 @@ impl Scheduler {
         self.metrics.worker_started(micros_since(event.created));
 
         let mut log = EventLog::new(self.store.clone(), event.id.clone(), redactor.clone());
-        if let Some(forwarder) = &self.forwarder
+        if let Some(forwarder) = &self.forwarding.lines
             && project.worker.log_forwarding.enabled
         {
             log = log.forwarding_to(

@@ -51,6 +51,9 @@ pub struct EventDocument {
     /// The project's definition when the event was created: later edits do
     /// not change an existing event's worker (as in Brigade).
     pub project: Value,
+    /// Its place in a trace, given when it was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::traces::EventTrace>,
 }
 
 /// An event as stored.
