@@ -14,103 +14,20 @@
     reason = "a benchmark reports its figures on stdout"
 )]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "bench";
+mod common;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mizzen"));
-    command
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--executor",
-            "none",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .args(["--max-workers", "1000", "--max-workers-per-project", "1000"])
-        .env("MIZZEN_ROOT_PASSWORD", PASSWORD)
-        .env("MIZZEN_LOG", "warn")
-        .env(
-            "MIZZEN_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("mizzen-cache"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Ok(url) = std::env::var("MIZZEN_BENCH_DATABASE_URL") {
-        command.args(["--database-url", &url]);
-    }
-    let mut child = command.spawn().expect("mizzen server starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = line.strip_prefix("mizzen server listening on ") {
-                let _ = tx.send(url.to_string());
-            } else {
-                eprintln!("server: {line}");
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server address");
-    Server {
-        child,
-        url,
-        _data: data,
-    }
-}
-
-fn micros(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
-
-fn parse_time(text: &str) -> i64 {
-    micros(humantime::parse_rfc3339(text).expect("RFC 3339 time"))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
+use common::{PASSWORD, env_usize, micros, parse_time, percentile, start_server};
 
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else is expected.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let server = start_server();
+    let server = start_server(&[]);
     let client = reqwest::Client::new();
     let base = server.url.clone();
     let token: Value = client
