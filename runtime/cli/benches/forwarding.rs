@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, Server, env_usize, parse_time, percentile, start_server};
+use common::{PASSWORD, Server, env_usize, parse_time, percentile, process_cpu, start_server};
 use serde_json::{Value, json};
 
 /// The goals of issue 19: what forwarding may cost against none.
@@ -77,6 +77,8 @@ struct Mode {
     token: String,
     rates: Vec<f64>,
     latencies: Vec<f64>,
+    /// The server's CPU time spent in the rounds.
+    cpu: Duration,
 }
 
 async fn prepare(
@@ -122,12 +124,14 @@ async fn prepare(
         token,
         rates: Vec::new(),
         latencies: Vec::new(),
+        cpu: Duration::ZERO,
     }
 }
 
 /// One round: `events` events over `connections`, until every one ended.
 async fn round(mode: &mut Mode, client: &reqwest::Client, events: usize, connections: usize) {
     let base = mode.server.url.clone();
+    let cpu_before = mode.server.cpu();
     let event = json!({"projectID": "bench", "source": "brigade.sh/cli", "type": "exec"});
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -187,6 +191,7 @@ async fn round(mode: &mut Mode, client: &reqwest::Client, events: usize, connect
     }
     mode.rates
         .push(events as f64 / started.elapsed().as_secs_f64());
+    mode.cpu += mode.server.cpu().saturating_sub(cpu_before);
     for id in ids {
         let event: Value = client
             .get(format!("{base}/v2/events/{id}"))
@@ -237,6 +242,7 @@ async fn main() {
             round(mode, &client, events, connections).await;
         }
     }
+    let collector_cpu = process_cpu(collector.id());
     let _ = collector.kill();
     let delivered = std::fs::read_to_string(received.path().join("fluentd.jsonl"))
         .map(|t| t.lines().count())
@@ -252,9 +258,10 @@ async fn main() {
         let rate = percentile(&mode.rates, 0.5);
         let p99 = percentile(&mode.latencies, 0.99);
         println!(
-            "forwarding {}: {rate:.0} events/s (median of rounds), event latency p50 {:.1} ms, p99 {p99:.1} ms",
+            "forwarding {}: {rate:.0} events/s (median of rounds), event latency p50 {:.1} ms, p99 {p99:.1} ms, server CPU {:.2} ms an event",
             mode.name,
             percentile(&mode.latencies, 0.5),
+            mode.cpu.as_secs_f64() * 1000.0 / (rounds * events) as f64,
         );
         figures.push((rate, p99));
     }
@@ -266,7 +273,7 @@ async fn main() {
         let cost = (off_rate - rate) / off_rate;
         let latency_cost = (p99 - off_p99) / off_p99;
         println!(
-            "forwarding cost, collector {name}: {:+.1} % events/s, {:+.1} % p99 latency (goal <= {:.0} %): {}",
+            "figure | log forwarding on, collector {name}, against off: events/s, p99 event latency | {:+.1} %, {:+.1} % | cost ≤ {:.0} % | {}",
             -cost * 100.0,
             latency_cost * 100.0,
             goal * 100.0,
@@ -278,7 +285,9 @@ async fn main() {
         );
     }
     println!(
-        "forwarding: the collector received {delivered} lines (of {} printed with it up)",
-        rounds * events * lines
+        "forwarding: the collector received {delivered} lines (of {} printed with it up) and used {:.1} s of CPU on this machine's cores ({:.2} ms an event)",
+        rounds * events * lines,
+        collector_cpu.as_secs_f64(),
+        collector_cpu.as_secs_f64() * 1000.0 / (rounds * events) as f64,
     );
 }

@@ -2641,3 +2641,90 @@ fn hostile_inline_modules_are_refused_when_saved() {
     );
     tally.finish();
 }
+
+// ----- log forwarding: a project's labels -------------------------------------------
+
+/// A project's part in log forwarding is its opt-out and its labels; a
+/// label that would pass its lines off as another project's or event's, or
+/// that would bloat every line, is refused naming the field.
+#[test]
+fn log_forwarding_labels_cannot_impersonate_or_bloat() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("log-forwarding");
+    let root = server.root.clone();
+    let many: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("label{i}"), json!("x"))).collect();
+    let cases = [
+        (
+            "a label named project",
+            json!({"labels": {"project": "other"}}),
+            "logForwarding.labels.project",
+        ),
+        (
+            "a label named event",
+            json!({"labels": {"event": "e"}}),
+            "logForwarding.labels.event",
+        ),
+        (
+            "a label named message",
+            json!({"labels": {"message": "m"}}),
+            "logForwarding.labels.message",
+        ),
+        (
+            "a label named container",
+            json!({"labels": {"container": "worker"}}),
+            "logForwarding.labels.container",
+        ),
+        (
+            "17 labels",
+            json!({"labels": Value::Object(many)}),
+            "at most 16",
+        ),
+        (
+            "a value of 257 bytes",
+            json!({"labels": {"team": "x".repeat(257)}}),
+            "at most 256",
+        ),
+        (
+            "a name with a newline",
+            json!({"labels": {"team\nX-Injected": "1"}}),
+            "a label's name is a letter",
+        ),
+        (
+            "a name in another script",
+            json!({"labels": {"t\u{0435}am": "1"}}),
+            "a label's name is a letter",
+        ),
+        (
+            "a name of 64 characters",
+            json!({"labels": {"a".repeat(64): "1"}}),
+            "a label's name is a letter",
+        ),
+        (
+            "enabled given as text",
+            json!({"enabled": "yes"}),
+            "logForwarding",
+        ),
+        (
+            "an unknown field",
+            json!({"endpoint": "http://attacker.example"}),
+            "unknown field",
+        ),
+    ];
+    for (name, spec, problem) in cases {
+        let mut body = project("labelled", INERT);
+        body["spec"]["workerTemplate"]["logForwarding"] = spec;
+        let (status, answer) = server.call("POST", "/v2/projects", Some(&root), Some(&body));
+        tally.case(
+            &mut server,
+            name,
+            check(
+                status == 400 && answer.to_string().contains(problem),
+                || format!("answered {status}: {answer}"),
+            ),
+        );
+    }
+    let (_, projects) = server.call("GET", "/v2/projects", Some(&root), None);
+    assert_eq!(projects["items"].as_array().unwrap().len(), 0, "{projects}");
+    tally.finish();
+}

@@ -23,6 +23,33 @@ pub struct Server {
     _data: tempfile::TempDir,
 }
 
+impl Server {
+    /// The CPU time the server's process has used so far.
+    pub fn cpu(&self) -> Duration {
+        process_cpu(self.child.id())
+    }
+}
+
+/// A process's CPU time (user and system) from /proc, in the kernel's
+/// clock ticks of 1/100 s (Linux's USER_HZ on every architecture it runs).
+pub fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime
+    // are the 14th and 15th of the whole line.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
