@@ -347,3 +347,78 @@ fn forwarding_that_cannot_work_is_named() {
         assert!(ran.stderr.contains(problem), "{problem}: {ran:?}");
     }
 }
+
+/// Runs sharing a data directory share its spool: each appends, one at a
+/// time delivers, and every run's lines arrive once, whichever run sent
+/// them (what a run leaves, the next one sends).
+#[test]
+fn parallel_runs_on_one_spool_deliver_each_line_once() {
+    const RUNS: usize = 4;
+    const LINES: usize = 2_000;
+    let Some(dir) = collectors::dir("parallel_runs_on_one_spool") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let fluentd = Receiver::start(Kind::Fluentd, &dir, &tmp.path().join("fluentd.jsonl"), &[]);
+    let address = format!("127.0.0.1:{}", fluentd.port);
+    let project_dir = tempfile::tempdir().unwrap();
+    project(
+        project_dir.path(),
+        "parallel",
+        "",
+        &format!(
+            r#"require("@brigadecore/brigadier").events.on("brigade.sh/cli", "exec", async (event) => {{ for (let i = 0; i < {LINES}; i++) console.log(`run ${{event.payload}} line ${{i}}`); }}); require("@brigadecore/brigadier").events.process();"#
+        ),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let runs: Vec<_> = (1..=RUNS)
+        .map(|n| {
+            let (project, data, address) = (
+                project_dir.path().to_path_buf(),
+                data.path().to_path_buf(),
+                address.clone(),
+            );
+            std::thread::spawn(move || {
+                run(
+                    &project,
+                    &data,
+                    &["--fluentd", &address, "--payload", &n.to_string()],
+                )
+            })
+        })
+        .collect();
+    for handle in runs {
+        let ran = handle.join().unwrap();
+        assert_eq!(ran.code, 0, "{ran:?}");
+    }
+    // A last run, alone, sends what the others left with its own lines.
+    let last = run(
+        project_dir.path(),
+        data.path(),
+        &["--fluentd", &address, "--payload", "0"],
+    );
+    assert_eq!(last.code, 0, "{last:?}");
+    let received = fluentd.wait_for("every run's lines", |records| {
+        records
+            .iter()
+            .filter(|r| {
+                r["record"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("run "))
+            })
+            .count()
+            >= (RUNS + 1) * LINES
+    });
+    let mut counts = std::collections::HashMap::new();
+    for record in &received {
+        if let Some(message) = record["record"]["message"].as_str()
+            && message.starts_with("run ")
+        {
+            *counts
+                .entry((record["record"]["event"].to_string(), message.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+    assert_eq!(counts.len(), (RUNS + 1) * LINES, "every line of every run");
+    assert!(counts.values().all(|&n| n == 1), "a line arrived twice");
+}
