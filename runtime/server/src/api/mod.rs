@@ -16,6 +16,7 @@
 
 mod accept;
 mod body;
+mod dashboard;
 mod documents;
 mod error;
 mod events;
@@ -97,6 +98,7 @@ pub struct AppState {
 /// The API's routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .merge(dashboard::routes())
         .merge(system::routes())
         .merge(sessions::routes())
         .merge(projects::routes())

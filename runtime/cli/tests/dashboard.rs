@@ -1,0 +1,416 @@
+//! The dashboard in a real browser: headless Chromium from Debian's
+//! packages, driven over WebDriver (chromedriver, which scripts/setup-browser
+//! installs and names in `MIZZEN_TEST_CHROMEDRIVER`). Sign in, see an event
+//! appear and end live, its job timeline and a job's log followed as lines
+//! arrive, cancel a running event, and a tenant who sees only its own
+//! project. Screenshots of each step are saved in
+//! `target/tmp/dashboard-screenshots/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+const ROOT_PASSWORD: &str = "dashboard-root-password";
+
+/// How long a page may take to show what a step waits for: the events
+/// list is read again every 2 s, and jobs start containers.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A W3C WebDriver session on a chromedriver of its own.
+struct Browser {
+    driver: Child,
+    url: String,
+    session: String,
+    client: reqwest::Client,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn start(chromedriver: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{url}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not answer");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+            }
+        }}});
+        let created: Value = client
+            .post(format!("{url}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
+            .to_string();
+        let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        Self {
+            driver,
+            url,
+            session,
+            client,
+            shots,
+        }
+    }
+
+    async fn command(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.url, self.session);
+        let request = match method {
+            "GET" => self.client.get(url),
+            _ => self.client.post(url).json(&body),
+        };
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        answer["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.command("POST", "/url", json!({"url": url})).await;
+    }
+
+    /// Runs `script` in the page; its result.
+    async fn run(&self, script: &str) -> Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// Waits until `script` (an expression) is true in the page.
+    async fn until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.run(&format!("return !!({script});")).await == json!(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let text = self.run("return document.body.innerText;").await;
+                self.shot(&format!("failed-{}", what.replace(' ', "-")))
+                    .await;
+                panic!("the page did not show {what} within {PATIENCE:?}; it shows:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .command(
+                "POST",
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.command("POST", &format!("/element/{id}/click"), json!({}))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.command("POST", &format!("/element/{id}/clear"), json!({}))
+            .await;
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.command("GET", "/screenshot", json!(null)).await;
+        if let Some(data) = png.as_str()
+            && let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data)
+        {
+            let _ = std::fs::write(self.shots.join(format!("{name}.png")), bytes);
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn call(method: &str, url: &str, token: &str, body: Option<Value>) -> Value {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(method.parse().unwrap(), url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{method} {url}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+fn project(id: &str, handler: &str) -> Value {
+    json!({
+        "apiVersion": "brigade.sh/v2", "kind": "Project", "metadata": {"id": id},
+        "spec": {
+            "eventSubscriptions": [{"source": "brigade.sh/cli", "types": ["exec"]}],
+            "workerTemplate": {"defaultConfigFiles": {"brigade.js": format!(
+                "const {{ events, Job }} = require(\"@brigadecore/brigadier\");\n\
+                 events.on(\"brigade.sh/cli\", \"exec\", async (event) => {{\n{handler}\n}});\n\
+                 events.process();\n")}}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_in_a_real_browser() {
+    let Ok(chromedriver) = std::env::var("MIZZEN_TEST_CHROMEDRIVER") else {
+        eprintln!(
+            "SKIPPED the_dashboard_in_a_real_browser: MIZZEN_TEST_CHROMEDRIVER is not set (scripts/setup-browser prints it; scripts/test sets it)"
+        );
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("server.log");
+    let (mut server, base) = common::spawn_server(data.path(), &log, ROOT_PASSWORD, &[], &[], None);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let session: Value = reqwest::Client::new()
+        .post(format!("{base}/v2/sessions?root=true"))
+        .basic_auth("root", Some(ROOT_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let root = session["value"].as_str().unwrap().to_string();
+    // Two jobs side by side, one printing a line a second.
+    let pipeline = project(
+        "pipeline",
+        r#"const slow = new Job("slow", "localhost/busybox", event);
+  slow.primaryContainer.command = ["sh", "-c", "for i in 1 2 3 4 5 6; do echo line $i; sleep 1; done"];
+  const quick = new Job("quick", "localhost/busybox", event);
+  quick.primaryContainer.command = ["echo", "quick done"];
+  await Promise.all([slow.run(), quick.run()]);
+  return "both jobs ran";"#,
+    );
+    call(
+        "POST",
+        &format!("{base}/v2/projects"),
+        &root,
+        Some(pipeline),
+    )
+    .await;
+    let long = project(
+        "long",
+        r#"const job = new Job("sleeper", "localhost/busybox", event);
+  job.primaryContainer.command = ["sleep", "120"];
+  await job.run();"#,
+    );
+    call("POST", &format!("{base}/v2/projects"), &root, Some(long)).await;
+
+    let browser = Browser::start(&chromedriver).await;
+    // Signing in as root.
+    browser.go(&format!("{base}/")).await;
+    browser
+        .until("the sign-in form", "document.querySelector('#password')")
+        .await;
+    browser.shot("1-sign-in").await;
+    browser.type_into("#password", ROOT_PASSWORD).await;
+    browser.click("form[aria-labelledby=as-root] button").await;
+    browser
+        .until(
+            "the events page",
+            "document.querySelector('#filter-project')",
+        )
+        .await;
+
+    // An event appears in the list and ends there, live.
+    let created = call(
+        "POST",
+        &format!("{base}/v2/events"),
+        &root,
+        Some(json!({"projectID": "pipeline", "source": "brigade.sh/cli", "type": "exec"})),
+    )
+    .await;
+    let id = created["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser
+        .until(
+            "the new event in the list",
+            &format!("document.querySelector('tr[data-event=\"{id}\"]')"),
+        )
+        .await;
+    browser.shot("2-events").await;
+
+    // Its page: the log of the slow job followed as lines arrive.
+    browser.go(&format!("{base}/#/events/{id}")).await;
+    browser
+        .until("the event's page", "document.querySelector('#log-of')")
+        .await;
+    browser
+        .until(
+            "the slow job in the log menu",
+            "[...document.querySelectorAll('#log-of option')].some(o => o.value === 'slow/slow')",
+        )
+        .await;
+    browser
+        .run("const s = document.querySelector('#log-of'); s.value = 'slow/slow'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    browser
+        .until(
+            "the slow job's first lines",
+            "document.querySelector('#log').textContent.includes('line 2')",
+        )
+        .await;
+    let partial = browser
+        .run("return document.querySelector('#log').textContent;")
+        .await;
+    assert!(
+        !partial.as_str().unwrap().contains("line 6"),
+        "the log was followed while the job ran: {partial}"
+    );
+    browser.shot("3-following").await;
+    browser
+        .until(
+            "the slow job's last line",
+            "document.querySelector('#log').textContent.includes('line 6')",
+        )
+        .await;
+    browser
+        .until(
+            "SUCCEEDED",
+            "document.querySelector('#phase').textContent === 'SUCCEEDED'",
+        )
+        .await;
+    // The timeline: both jobs, side by side.
+    browser
+        .until(
+            "two bars in the timeline",
+            "document.querySelectorAll('.timeline .bar').length === 2",
+        )
+        .await;
+    let text = browser.run("return document.body.innerText;").await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("Summary: both jobs ran"), "{text}");
+    assert!(text.contains("quick"), "{text}");
+    browser.shot("4-event").await;
+
+    // Cancelling a running event.
+    let created = call(
+        "POST",
+        &format!("{base}/v2/events"),
+        &root,
+        Some(json!({"projectID": "long", "source": "brigade.sh/cli", "type": "exec"})),
+    )
+    .await;
+    let long_id = created["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.go(&format!("{base}/#/events/{long_id}")).await;
+    browser
+        .until("RUNNING", "document.querySelector('#phase') && document.querySelector('#phase').textContent === 'RUNNING'")
+        .await;
+    browser.click("#cancel").await;
+    browser
+        .until(
+            "the event aborted",
+            "['ABORTED', 'CANCELED'].includes(document.querySelector('#phase').textContent)",
+        )
+        .await;
+    browser.shot("5-canceled").await;
+
+    // A tenant of the pipeline project only: the long project's event is
+    // neither listed nor shown.
+    let account = call(
+        "POST",
+        &format!("{base}/v2/service-accounts"),
+        &root,
+        Some(json!({"apiVersion": "brigade.sh/v2", "kind": "ServiceAccount", "metadata": {"id": "tenant"}, "description": "a tenant"})),
+    )
+    .await;
+    let tenant = account["value"].as_str().unwrap().to_string();
+    call(
+        "POST",
+        &format!("{base}/v2/projects/pipeline/role-assignments"),
+        &root,
+        Some(json!({"role": "PROJECT_USER", "principal": {"type": "SERVICE_ACCOUNT", "id": "tenant"}})),
+    )
+    .await;
+    browser.click("#sign-out").await;
+    browser
+        .until("the sign-in form", "document.querySelector('#token')")
+        .await;
+    browser.type_into("#token", &tenant).await;
+    browser
+        .click("form[aria-labelledby=with-token] button")
+        .await;
+    browser
+        .until(
+            "the tenant's events",
+            &format!("document.querySelector('tr[data-event=\"{id}\"]')"),
+        )
+        .await;
+    let listed = browser
+        .run("return document.querySelector('main').innerText;")
+        .await;
+    assert!(
+        !listed.as_str().unwrap().contains(&long_id[..8]),
+        "{listed}"
+    );
+    assert!(!listed.as_str().unwrap().contains("long"), "{listed}");
+    browser.go(&format!("{base}/#/events/{long_id}")).await;
+    browser
+        .until(
+            "the other project's event refused",
+            "document.querySelector('main').innerText.includes('404')",
+        )
+        .await;
+    browser.shot("6-tenant").await;
+
+    let _ = server.kill();
+    let _ = server.wait();
+}
