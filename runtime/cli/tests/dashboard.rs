@@ -249,6 +249,36 @@ async fn the_dashboard_in_a_real_browser() {
     );
     call("POST", &format!("{base}/v2/projects"), &root, Some(long)).await;
 
+    // The page comes with its policy: only its own script and style.
+    let page = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        policy.contains("script-src 'self'") && !policy.contains("unsafe-inline"),
+        "{policy}"
+    );
+    let etag = page.headers()["etag"].clone();
+    let again = reqwest::Client::new()
+        .get(format!("{base}/ui/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 200);
+    let unchanged = reqwest::Client::new()
+        .get(format!("{base}/"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status().as_u16(), 304);
+
     let browser = Browser::start(&chromedriver).await;
     // Signing in as root.
     browser.go(&format!("{base}/")).await;
@@ -284,6 +314,14 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     browser.shot("2-events").await;
+    browser.go(&format!("{base}/#/projects")).await;
+    browser
+        .until(
+            "the projects",
+            "document.querySelector('main').innerText.includes('pipeline')",
+        )
+        .await;
+    browser.shot("2-projects").await;
 
     // Its page: the log of the slow job followed as lines arrive.
     browser.go(&format!("{base}/#/events/{id}")).await;
