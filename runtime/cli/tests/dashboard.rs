@@ -401,6 +401,45 @@ async fn the_dashboard_in_a_real_browser() {
         .await;
     browser.shot("5-canceled").await;
 
+    // The list follows phases live (Server-Sent Events): a new event
+    // appears, then turns SUCCEEDED in its row, with no reload.
+    browser.go(&format!("{base}/#/events")).await;
+    browser
+        .until(
+            "the events page",
+            "document.querySelector('#filter-project')",
+        )
+        .await;
+    let created = call(
+        "POST",
+        &format!("{base}/v2/events"),
+        &root,
+        Some(json!({"projectID": "pipeline", "source": "brigade.sh/cli", "type": "exec"})),
+    )
+    .await;
+    let live = created["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let row = format!("document.querySelector('tr[data-event=\"{live}\"]')");
+    browser.until("the newer event in the list", &row).await;
+    browser
+        .run(&format!("{row}.dataset.marker = 'same row'; return true;"))
+        .await;
+    browser
+        .until(
+            "its phase turning SUCCEEDED in the list",
+            &format!("{row} && {row}.cells[4].textContent === 'SUCCEEDED'"),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .run(&format!("return {row}.dataset.marker || null;"))
+            .await,
+        json!("same row"),
+        "the row was updated in place, not read again"
+    );
+
     // A tenant of the pipeline project only: the long project's event is
     // neither listed nor shown.
     let account = call(
@@ -448,6 +487,26 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     browser.shot("6-tenant").await;
+
+    // The watch behind the list tells a tenant nothing of another's event.
+    let watched = reqwest::Client::new()
+        .get(format!("{base}/v2/event-watches?ids={long_id},{id}"))
+        .bearer_auth(&tenant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watched.status().as_u16(), 200);
+    let mut body = watched.bytes_stream();
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        use futures_util::StreamExt as _;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(seen.contains(&id), "its own event's phase: {seen}");
+    assert!(!seen.contains(&long_id), "another tenant's event: {seen}");
 
     let _ = server.kill();
     let _ = server.wait();

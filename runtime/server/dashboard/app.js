@@ -216,6 +216,28 @@ async function events(params) {
   const list = el("div");
   const more = el("button", { type: "button", hidden: true }, "Next page");
   let next = null;
+  // Live: the server says (Server-Sent Events) when a listed event's phase
+  // changes, and when a newer event is accepted (then the page is read
+  // again and watched anew).
+  let watch = null;
+  const follow = async (ids) => {
+    if (watch) watch.abort();
+    const mine = new AbortController();
+    watch = mine;
+    const q = new URLSearchParams({ ids: ids.join(",") });
+    if (filters.project) q.set("projectID", filters.project);
+    await readEvents(`/v2/event-watches?${q}`, mine.signal, (message) => {
+      if (message.kind === "phase") {
+        const row = list.querySelector(`tr[data-event="${CSS.escape(message.id)}"]`);
+        if (row) {
+          row.cells[4].replaceChildren(phaseBadge(message.status.phase));
+          row.cells[6].textContent = seconds(message.status.started, message.status.ended);
+        }
+      } else if (message.kind === "newer" && pages.length === 1) {
+        load(null).catch((e) => say(e.message, true));
+      }
+    });
+  };
   const load = async (from) => {
     const q = new URLSearchParams(query);
     if (from) q.set("continue", from);
@@ -223,13 +245,34 @@ async function events(params) {
     list.replaceChildren(eventRows(page.items));
     next = page.metadata && page.metadata.continue;
     more.hidden = !next;
+    follow(page.items.map((e) => e.metadata.id)).catch(() => {});
   };
+  onLeave(() => { if (watch) watch.abort(); });
   more.addEventListener("click", async () => { pages.push(next); await load(next); });
   await load(null);
-  // Live: the page shown is read again every two seconds.
-  const timer = setInterval(() => load(pages[pages.length - 1]).catch((e) => say(e.message, true)), 2000);
-  onLeave(() => clearInterval(timer));
   show("Events", filterForm, createForm(filters.project), list, more);
+}
+
+// Reads a Server-Sent Events stream with the token (EventSource cannot
+// send one), calling `each` with every message's JSON, until `signal`.
+async function readEvents(path, signal, each) {
+  const response = await fetch(path, { headers: { Authorization: `Bearer ${token()}` }, signal });
+  if (!response.ok) return;
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let rest = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    rest += decoder.decode(value, { stream: true });
+    const frames = rest.split("\n\n");
+    rest = frames.pop();
+    for (const frame of frames) {
+      const data = frame.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (!data) continue;
+      try { each(JSON.parse(data)); } catch { /* a keep-alive or a frame that is not ours */ }
+    }
+  }
 }
 
 function createForm(projectId) {

@@ -38,6 +38,119 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
         .route("/v2/events/{id}/worker/status", get(worker_status))
         .route("/v2/events/{id}/worker/jobs/{job}/status", get(job_status))
         .route("/v2/events/{id}/logs", get(logs))
+        .route("/v2/event-watches", get(watch_events))
+}
+
+/// Events one watch follows at most: a page of the event list.
+const MAX_WATCHED: usize = 100;
+
+/// The least time between two reads of a watch's events after a change:
+/// quick enough to look live, slow enough that a thousand open dashboards
+/// do not read the store on every one of a busy server's changes.
+const WATCH_SETTLE: Duration = Duration::from_millis(250);
+
+/// `GET /v2/event-watches`' parameters.
+#[derive(Deserialize)]
+struct WatchQuery {
+    /// The events whose phases to follow, comma-separated.
+    #[serde(default)]
+    ids: String,
+    /// Say when a newer event of this project (or of any the caller sees)
+    /// is accepted.
+    #[serde(rename = "projectID", default)]
+    project_id: String,
+}
+
+/// Server-Sent Events for a page of the event list (the dashboard's): a
+/// `phase` message whenever one of the events' phase or times change
+/// (first their state when the watch starts), and a `newer` message when an
+/// event newer than any seen is accepted. Only what the caller may see:
+/// an event of another tenant is as unknown as to `GET /v2/events/{id}`,
+/// and `newer` counts the caller's events only. The watch holds the ids
+/// and their last state, never a document.
+async fn watch_events(
+    State(state): AppStateRef,
+    who: Principal,
+    Query(query): Query<WatchQuery>,
+) -> ApiResult {
+    let ids: Vec<String> = query
+        .ids
+        .split(',')
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.len() > MAX_WATCHED {
+        return Err(ApiError::bad(format!(
+            "{} ids; a watch follows at most {MAX_WATCHED} events",
+            ids.len()
+        )));
+    }
+    let filter = crate::store::EventFilter {
+        project_id: Some(query.project_id).filter(|p| !p.is_empty()),
+        visible_projects: who.visible_projects(),
+        ..Default::default()
+    };
+    let updates = state.store.status_updates();
+    let seen: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    let stream = stream::unfold(
+        (
+            state,
+            who,
+            ids,
+            filter,
+            updates,
+            seen,
+            None::<Option<i64>>,
+            Vec::<Value>::new(),
+        ),
+        |(state, who, ids, filter, mut updates, mut seen, mut newest, mut ready)| async move {
+            loop {
+                if let Some(message) = ready.pop() {
+                    return Some((
+                        (None, message),
+                        (state, who, ids, filter, updates, seen, newest, ready),
+                    ));
+                }
+                for id in &ids {
+                    let Ok(head) = visible_head(&state, &who, id).await else {
+                        continue;
+                    };
+                    let now = json!({
+                        "kind": "phase",
+                        "id": head.id,
+                        "status": status_json(head.phase, head.started, head.ended),
+                    });
+                    if seen.get(id) != Some(&now) {
+                        seen.insert(id.clone(), now.clone());
+                        ready.push(now);
+                    }
+                }
+                if let Ok(page) = state.store.event_page(&filter, None, 1, u64::MAX).await {
+                    // The newest when the watch started (perhaps none) is the
+                    // baseline; anything newer after it is news.
+                    let top = page.items.first().map(|slot| slot.seq);
+                    match newest {
+                        Some(known) if top > known => {
+                            ready.push(json!({"kind": "newer"}));
+                            newest = Some(top);
+                        }
+                        Some(_) => {}
+                        None => newest = Some(top),
+                    }
+                }
+                if ready.is_empty() {
+                    tokio::select! {
+                        // A busy server changes statuses many times a
+                        // second: a watch reads its page at most every
+                        // WATCH_SETTLE, whatever the rate.
+                        _ = updates.changed() => tokio::time::sleep(WATCH_SETTLE).await,
+                        _ = tokio::time::sleep(STREAM_POLL) => {}
+                    }
+                }
+            }
+        },
+    );
+    Ok(stream_response(stream, true))
 }
 
 /// A stream of values as Server-Sent Events (`message` frames, then
