@@ -1180,6 +1180,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v2/events/x/worker/status"),
     ("GET", "/v2/events/x/worker/jobs/j/status"),
     ("GET", "/v2/events/x/logs"),
+    ("GET", "/v2/event-watches"),
     ("GET", "/v2/service-accounts"),
     ("POST", "/v2/service-accounts"),
     ("GET", "/v2/service-accounts/x"),
