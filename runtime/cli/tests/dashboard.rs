@@ -189,6 +189,21 @@ async fn call(method: &str, url: &str, token: &str, body: Option<Value>) -> Valu
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
+/// Creates an event for `project` through the API; its id.
+async fn create_event(base: &str, token: &str, project: &str) -> String {
+    let created = call(
+        "POST",
+        &format!("{base}/v2/events"),
+        token,
+        Some(json!({"projectID": project, "source": "brigade.sh/cli", "type": "exec"})),
+    )
+    .await;
+    created["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn project(id: &str, handler: &str) -> Value {
     json!({
         "apiVersion": "brigade.sh/v2", "kind": "Project", "metadata": {"id": id},
@@ -296,17 +311,7 @@ async fn the_dashboard_in_a_real_browser() {
         .await;
 
     // An event appears in the list and ends there, live.
-    let created = call(
-        "POST",
-        &format!("{base}/v2/events"),
-        &root,
-        Some(json!({"projectID": "pipeline", "source": "brigade.sh/cli", "type": "exec"})),
-    )
-    .await;
-    let id = created["items"][0]["metadata"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = create_event(&base, &root, "pipeline").await;
     browser
         .until(
             "the new event in the list",
@@ -377,17 +382,7 @@ async fn the_dashboard_in_a_real_browser() {
     browser.shot("4-event").await;
 
     // Cancelling a running event.
-    let created = call(
-        "POST",
-        &format!("{base}/v2/events"),
-        &root,
-        Some(json!({"projectID": "long", "source": "brigade.sh/cli", "type": "exec"})),
-    )
-    .await;
-    let long_id = created["items"][0]["metadata"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let long_id = create_event(&base, &root, "long").await;
     browser.go(&format!("{base}/#/events/{long_id}")).await;
     browser
         .until("RUNNING", "document.querySelector('#phase') && document.querySelector('#phase').textContent === 'RUNNING'")
@@ -410,17 +405,7 @@ async fn the_dashboard_in_a_real_browser() {
             "document.querySelector('#filter-project')",
         )
         .await;
-    let created = call(
-        "POST",
-        &format!("{base}/v2/events"),
-        &root,
-        Some(json!({"projectID": "pipeline", "source": "brigade.sh/cli", "type": "exec"})),
-    )
-    .await;
-    let live = created["items"][0]["metadata"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let live = create_event(&base, &root, "pipeline").await;
     let row = format!("document.querySelector('tr[data-event=\"{live}\"]')");
     browser.until("the newer event in the list", &row).await;
     browser
