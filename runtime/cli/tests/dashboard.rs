@@ -157,6 +157,25 @@ impl Browser {
         .await;
     }
 
+    /// A command of Chrome's DevTools protocol, through chromedriver.
+    async fn cdp(&self, command: &str, params: Value) {
+        self.command(
+            "POST",
+            "/goog/cdp/execute",
+            json!({"cmd": command, "params": params}),
+        )
+        .await;
+    }
+
+    async fn window(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
     async fn shot(&self, name: &str) {
         let png = self.command("GET", "/screenshot", json!(null)).await;
         if let Some(data) = png.as_str()
@@ -380,6 +399,45 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(text.contains("Summary: both jobs ran"), "{text}");
     assert!(text.contains("quick"), "{text}");
     browser.shot("4-event").await;
+    // Every control has a label, and the keyboard reaches the page first
+    // through the skip link.
+    assert_eq!(
+        browser
+            .run("return [...document.querySelectorAll('input, select, textarea')].every(e => e.labels && e.labels.length > 0);")
+            .await,
+        json!(true)
+    );
+    // Dark, as the system prefers it (through the DevTools protocol).
+    browser
+        .cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .run("return getComputedStyle(document.body).backgroundColor;")
+            .await,
+        json!("rgb(13, 17, 23)")
+    );
+    browser.shot("4-event-dark").await;
+    // A phone's width: nothing wider than the screen but the log and tables,
+    // which scroll.
+    browser.window(390, 844).await;
+    assert_eq!(
+        browser
+            .run("return document.documentElement.scrollWidth <= window.innerWidth;")
+            .await,
+        json!(true)
+    );
+    browser.shot("4-event-phone").await;
+    browser.window(1280, 1000).await;
+    browser
+        .cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "light"}]}),
+        )
+        .await;
 
     // Cancelling a running event.
     let long_id = create_event(&base, &root, "long").await;
