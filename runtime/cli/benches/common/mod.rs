@@ -20,10 +20,15 @@ pub fn env_usize(name: &str, default: usize) -> usize {
 pub struct Server {
     child: Child,
     pub url: String,
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Server {
+    /// The server's process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The CPU time the server's process has used so far.
     pub fn cpu(&self) -> Duration {
         process_cpu(self.child.id())
@@ -58,9 +63,16 @@ impl Drop for Server {
 }
 
 /// A server with `extra` arguments (PostgreSQL when
-/// `MIZZEN_BENCH_DATABASE_URL` is set).
+/// `MIZZEN_BENCH_DATABASE_URL` is set) on a data directory of its own.
 pub fn start_server(extra: &[String]) -> Server {
     let data = tempfile::tempdir().unwrap();
+    let mut server = start_server_on(data.path(), extra);
+    server._data = Some(data);
+    server
+}
+
+/// A server on `data_dir`, which outlives it.
+pub fn start_server_on(data_dir: &Path, extra: &[String]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mizzen"));
     command
         .args([
@@ -71,7 +83,7 @@ pub fn start_server(extra: &[String]) -> Server {
             "none",
             "--data-dir",
         ])
-        .arg(data.path())
+        .arg(data_dir)
         .args(["--max-workers", "1000", "--max-workers-per-project", "1000"])
         .args(extra)
         .env("MIZZEN_ROOT_PASSWORD", PASSWORD)
@@ -103,7 +115,7 @@ pub fn start_server(extra: &[String]) -> Server {
     Server {
         child,
         url,
-        _data: data,
+        _data: None,
     }
 }
 

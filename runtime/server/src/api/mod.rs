@@ -144,7 +144,11 @@ fn list(kind: &str, items: Vec<Value>, next: Option<String>, remaining: i64) -> 
     let mut metadata = json!({});
     if let Some(next) = next {
         metadata["continue"] = json!(next);
-        metadata["remainingItemCount"] = json!(remaining);
+        // Negative: more than the store counted (as Kubernetes' lists, the
+        // count is then left out).
+        if remaining >= 0 {
+            metadata["remainingItemCount"] = json!(remaining);
+        }
     }
     json!({"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "items": items})
 }

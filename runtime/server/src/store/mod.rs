@@ -681,6 +681,51 @@ mod tests {
         assert_eq!(remaining("SELECT event_id FROM logs").await, ["e1"]);
     }
 
+    /// A page of a large store reads the page and a bounded count after it:
+    /// past that the count is unknown (negative), and paging still reaches
+    /// every event once.
+    #[tokio::test]
+    async fn a_page_of_a_large_store_counts_a_bounded_remainder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        let total = events::REMAINING_COUNTED as usize + 45;
+        sqlx::query(AssertSqlSafe(format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {total})
+             INSERT INTO events (id, project_id, created, source, event_type, document, phase)
+             SELECT 'e' || i, 'p', i, 's', 't', '{{\"project\":{{}}}}', 'SUCCEEDED' FROM n"
+        )))
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let filter = EventFilter::default();
+        let first = store.event_page(&filter, None, 20, u64::MAX).await.unwrap();
+        assert_eq!(first.items.len(), 20);
+        assert_eq!(first.remaining, -1, "more than it counts: unknown");
+        let mut seen = first.items.len();
+        let mut next = first.next;
+        let mut last_remaining = first.remaining;
+        while let Some(after) = next {
+            let page = store
+                .event_page(&filter, Some(after.parse().unwrap()), 1_000, u64::MAX)
+                .await
+                .unwrap();
+            seen += page.items.len();
+            last_remaining = page.remaining;
+            next = page.next;
+        }
+        assert_eq!(seen, total, "every event once");
+        assert_eq!(last_remaining, 0);
+        let near_end = store
+            .event_page(&filter, Some(31), 20, u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            (near_end.items.len(), near_end.remaining),
+            (20, 10),
+            "counted exactly"
+        );
+    }
+
     #[test]
     fn pages_say_where_the_next_starts() {
         let page = paginate(vec![1, 2, 3, 4, 5], 2, |n| n.to_string());
