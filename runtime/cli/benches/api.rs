@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{PASSWORD, env_usize, micros, parse_time, percentile, start_server};
+use common::{env_usize, micros, parse_time, percentile, root_token, start_server};
 
 #[tokio::main]
 async fn main() {
@@ -30,16 +30,7 @@ async fn main() {
     let server = start_server(&[]);
     let client = reqwest::Client::new();
     let base = server.url.clone();
-    let token: Value = client
-        .post(format!("{base}/v2/sessions?root=true"))
-        .basic_auth("root", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["value"].as_str().unwrap().to_string();
+    let token = root_token(&client, &base).await;
     let project = json!({
         "apiVersion": "brigade.sh/v2", "kind": "Project", "metadata": {"id": "bench"},
         "spec": {

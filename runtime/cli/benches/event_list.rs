@@ -21,7 +21,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, env_usize, percentile, start_server_on};
+use common::{env_usize, percentile, root_token, start_server_on};
 use serde_json::{Value, json};
 use sqlx::Executor as _;
 
@@ -122,16 +122,7 @@ async fn main() {
     let server = start_server_on(data.path(), &[]);
     let base = server.url.clone();
     let client = reqwest::Client::new();
-    let session: Value = client
-        .post(format!("{base}/v2/sessions?root=true"))
-        .basic_auth("root", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = session["value"].as_str().unwrap().to_string();
+    let token = root_token(&client, &base).await;
 
     // Deep in the list: 50 pages of 20 in, through `continue`.
     let mut next = String::new();

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, Server, env_usize, parse_time, percentile, process_cpu, start_server};
+use common::{Server, env_usize, parse_time, percentile, process_cpu, root_token, start_server};
 use serde_json::{Value, json};
 
 /// The goals of issue 19: what forwarding may cost against none.
@@ -88,16 +88,7 @@ async fn prepare(
     lines: usize,
 ) -> Mode {
     let base = &server.url;
-    let token: Value = client
-        .post(format!("{base}/v2/sessions?root=true"))
-        .basic_auth("root", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = token["value"].as_str().unwrap().to_string();
+    let token = root_token(client, base).await;
     let script = format!(
         "const {{ events }} = require(\"@brigadecore/brigadier\");\n\
          events.on(\"brigade.sh/cli\", \"exec\", async () => {{ for (let i = 0; i < {lines}; i++) console.log(`line ${{i}} of the event`); }});\n\

@@ -107,9 +107,7 @@ impl ForwardingArgs {
             spool_bytes: self.forwarding_spool_size,
         }))
     }
-}
 
-impl ForwardingArgs {
     /// The `--otlp-header`s, for every OTLP endpoint.
     pub fn otlp_headers(&self) -> anyhow::Result<Vec<(String, String)>> {
         let mut headers = Vec::new();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use mizzen_forwarding::{ForwardedLine, Forwarder};
 use mizzen_host_api::types::LogLevel;
 use mizzen_runtime::log::{LogRecord, LogSink, LogSource};
-use mizzen_runtime::redact::{Redactor, StreamRedactor, stream_of};
+use mizzen_runtime::redact::{Redactor, StreamRedactor, stream_id, stream_of};
 
 /// Prints worker and job lines (`console.warn` and `console.error` to
 /// stderr, the rest to stdout) and stores them, secret values masked.
@@ -79,17 +79,7 @@ impl RunLog {
             LogSource::Console | LogSource::Logger => masked,
         };
         if let Some((forwarder, fields)) = &self.forwarding {
-            let (job, container) = match &record.source {
-                LogSource::Container(sidecar) => {
-                    let job = record.job.clone().unwrap_or_default();
-                    let container = sidecar.clone().unwrap_or_else(|| job.clone());
-                    (job, container)
-                }
-                LogSource::Console | LogSource::Logger => (
-                    String::new(),
-                    mizzen_runtime::redact::WORKER_STREAM.to_string(),
-                ),
-            };
+            let (job, container) = stream_id(&record);
             let since_epoch = record
                 .time
                 .duration_since(std::time::UNIX_EPOCH)
@@ -98,6 +88,7 @@ impl RunLog {
                 time_nanos: i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX),
                 job,
                 container,
+                // The stream's text, masked, as the server forwards it.
                 message: match record.source {
                     LogSource::Container(_) => record.message.clone(),
                     LogSource::Console | LogSource::Logger => line.clone(),
@@ -126,11 +117,10 @@ impl RunLog {
 
     fn store(&self, record: &LogRecord, line: &str) {
         let stored = match &record.source {
-            LogSource::Container(sidecar) => {
+            LogSource::Container(_) => {
                 self.jobs_ran
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                let job = record.job.clone().unwrap_or_default();
-                let container = sidecar.clone().unwrap_or_else(|| job.clone());
+                let (job, container) = stream_id(record);
                 let path = self
                     .dir
                     .join("jobs")

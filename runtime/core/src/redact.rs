@@ -290,15 +290,22 @@ pub type StreamId = (String, String);
 /// The stream `record` belongs to and its text as it is kept: the worker's
 /// line as Brigade printed it, or the container's line as it printed it.
 pub fn stream_of(record: &LogRecord) -> (StreamId, String) {
+    let text = match record.source {
+        LogSource::Container(_) => record.message.clone(),
+        LogSource::Console | LogSource::Logger => record.to_line(),
+    };
+    (stream_id(record), text)
+}
+
+/// The stream `record` belongs to.
+pub fn stream_id(record: &LogRecord) -> StreamId {
     match &record.source {
         LogSource::Container(sidecar) => {
             let job = record.job.clone().unwrap_or_default();
             let container = sidecar.clone().unwrap_or_else(|| job.clone());
-            ((job, container), record.message.clone())
+            (job, container)
         }
-        LogSource::Console | LogSource::Logger => {
-            ((String::new(), WORKER_STREAM.to_string()), record.to_line())
-        }
+        LogSource::Console | LogSource::Logger => (String::new(), WORKER_STREAM.to_string()),
     }
 }
 

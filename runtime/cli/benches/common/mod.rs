@@ -119,6 +119,20 @@ pub fn start_server_on(data_dir: &Path, extra: &[String]) -> Server {
     }
 }
 
+/// Root's session token on the server at `base`.
+pub async fn root_token(client: &reqwest::Client, base: &str) -> String {
+    let session: serde_json::Value = client
+        .post(format!("{base}/v2/sessions?root=true"))
+        .basic_auth("root", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    session["value"].as_str().unwrap().to_string()
+}
+
 pub fn micros(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
