@@ -1,8 +1,9 @@
 //! What the dashboard asks of a server with a million events: the event
-//! list's pages (the first, a project's, a phase's, and a page deep in the
-//! list through `continue`), timed from the client on loopback, so an upper
-//! bound of the server's time; and a thousand followers of one event's log,
-//! the server's memory before and while they follow.
+//! list's pages (the first, a project's, a phase's, a time range's, and a
+//! page deep in the list through `continue`), timed from the client on
+//! loopback, so an upper bound of the server's time; and a thousand
+//! followers of one event's log, the server's memory before and while they
+//! follow.
 //!
 //! `cargo bench -p mizzen-cli --bench event_list`; `MIZZEN_BENCH_EVENTS`
 //! (default 1,000,000) events are written straight into the store before the
@@ -65,10 +66,23 @@ async fn fill(url: &str, n: usize, postgres: bool) {
     pool.execute(sqlx::AssertSqlSafe(sql))
         .await
         .expect("the events are written");
-    if !postgres {
+    if postgres {
+        // What autovacuum gives a database that has run for a while: the
+        // planner's statistics and the map that lets a count read an
+        // index alone.
+        pool.execute("VACUUM ANALYZE events").await.ok();
+    } else {
         pool.execute("PRAGMA wal_checkpoint(TRUNCATE)").await.ok();
     }
     pool.close().await;
+}
+
+/// When the `i`th event written by [`fill`] was accepted, as the API takes
+/// a time.
+fn created(i: usize) -> String {
+    let micros = 1_700_000_000_000_000 + i as u64 * 1000;
+    humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + Duration::from_micros(micros))
+        .to_string()
 }
 
 fn resident_mib(pid: u32) -> f64 {
@@ -107,16 +121,16 @@ async fn main() {
     let url = database
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", data.path().join("mizzen.db").display()));
+    let backend = if database.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let filling = Instant::now();
     fill(&url, events, database.is_some()).await;
     println!(
-        "event list: {events} events written in {:.1} s ({})",
+        "event list: {events} events written in {:.1} s ({backend})",
         filling.elapsed().as_secs_f64(),
-        if database.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        }
     );
 
     let server = start_server_on(data.path(), &[]);
@@ -156,12 +170,23 @@ async fn main() {
             "the 51st page",
             format!("/v2/events?limit=20&continue={next}"),
         ),
+        (
+            "a time range's first page (the newest tenth)",
+            format!(
+                "/v2/events?limit=20&createdAfter={}",
+                created(events * 9 / 10)
+            ),
+        ),
+        (
+            "a time range's first page (the oldest tenth)",
+            format!("/v2/events?limit=20&createdBefore={}", created(events / 10)),
+        ),
     ] {
         let times = timed(&client, &format!("{base}{path}"), &token, requests).await;
         let p95 = percentile(&times, 0.95);
         met &= p95 <= GOAL_PAGE_P95_MS;
         println!(
-            "figure | event list of {events}, {what}: p50, p95 (client on loopback) | {:.1} ms, {p95:.1} ms | p95 ≤ {GOAL_PAGE_P95_MS} ms | {}",
+            "figure | event list of {events} ({backend}), {what}: p50, p95 (client on loopback) | {:.1} ms, {p95:.1} ms | p95 ≤ {GOAL_PAGE_P95_MS} ms | {}",
             percentile(&times, 0.5),
             if p95 <= GOAL_PAGE_P95_MS {
                 "met"

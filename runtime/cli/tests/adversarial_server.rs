@@ -748,6 +748,37 @@ fn hostile_ids_headers_and_bodies_are_refused_by_name() {
             }),
         );
     }
+    // The event list's filters: a bad value is refused naming its
+    // parameter; an absurd but well-formed one lists nothing.
+    for (query, named) in [
+        ("createdAfter=yesterday", Some("createdAfter")),
+        ("createdBefore=2026-13-40T00:00:00Z", Some("createdBefore")),
+        (
+            "createdAfter=2026-12-06T17:00:00%2B01:00",
+            Some("createdAfter"),
+        ),
+        ("createdAfter=%00", Some("createdAfter")),
+        ("createdBefore=1970-01-01T00:00:00Z", None),
+        ("createdAfter=9999-12-31T23:59:59Z", None),
+        ("workerPhases=RUNNING,BOGUS", Some("workerPhases")),
+        ("limit=0", Some("limit")),
+        ("limit=100000000000000000000", Some("limit")),
+        ("continue=%27%3B%20DROP%20TABLE%20events", Some("continue")),
+    ] {
+        let (status, body) = server.call("GET", &format!("/v2/events?{query}"), Some(&root), None);
+        let outcome = match named {
+            Some(name) => check(
+                status == 400 && body["reason"].as_str().unwrap_or_default().contains(name),
+                || format!("answered {status}: {body}"),
+            ),
+            None => check(
+                status == 200 && body["items"].as_array().is_some_and(Vec::is_empty),
+                || format!("answered {status}: {body}"),
+            ),
+        };
+        tally.case(&mut server, &format!("GET /v2/events?{query}"), outcome);
+    }
+
     let long_id = format!("/v2/events/{}", "e".repeat(60_000));
     let (status, _) = server.call("GET", &long_id, Some(&root), None);
     tally.case(

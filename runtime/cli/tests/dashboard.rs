@@ -2,7 +2,8 @@
 //! packages, driven over WebDriver (chromedriver, which scripts/setup-browser
 //! installs and names in `MIZZEN_TEST_CHROMEDRIVER`). Sign in, see an event
 //! appear and end live, its job timeline and a job's log followed as lines
-//! arrive, cancel a running event, and a tenant who sees only its own
+//! arrive, cancel a running event, the keyboard alone, text contrast in
+//! light and dark, the time filters, and a tenant who sees only its own
 //! project. Screenshots of each step are saved in
 //! `target/tmp/dashboard-screenshots/`.
 
@@ -20,6 +21,35 @@ const ROOT_PASSWORD: &str = "dashboard-root-password";
 /// How long a page may take to show what a step waits for: the events
 /// list is read again every 2 s, and jobs start containers.
 const PATIENCE: Duration = Duration::from_secs(60);
+
+/// WebDriver's key codes.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
+/// The page's text whose contrast with what is behind it is under WCAG AA's
+/// (4.5:1, 3:1 for large text), as `element "text": ratio`; semi-transparent
+/// colours are laid over what is beneath them.
+const LOW_CONTRAST: &str = r#"
+const rgba = (c) => { const m = c.match(/rgba?\(([^)]+)\)/); if (!m) return null;
+  const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+const over = (top, under) => under.map((v, i) => top[i] * top[3] + v * (1 - top[3]));
+const behind = (e) => { const layers = [];
+  for (; e; e = e.parentElement) { const c = rgba(getComputedStyle(e).backgroundColor);
+    if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+  return layers.reverse().reduce((under, top) => over(top, under), [255, 255, 255]); };
+const lum = (rgb) => { const [r, g, b] = rgb.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+const low = [];
+for (const e of document.querySelectorAll('body *')) {
+  if (e.closest('option') || ![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+  const s = getComputedStyle(e);
+  if (s.visibility === 'hidden' || e.getClientRects().length === 0) continue;
+  const under = behind(e), fg = over(rgba(s.color), under);
+  const [hi, lo] = [lum(fg), lum(under)].sort((a, b) => b - a), ratio = (hi + 0.05) / (lo + 0.05);
+  const size = parseFloat(s.fontSize), large = size >= 24 || (size >= 18.66 && Number(s.fontWeight) >= 700);
+  if (ratio < (large ? 3 : 4.5)) low.push(`${e.tagName.toLowerCase()}.${e.className} "${e.textContent.trim().slice(0, 30)}": ${ratio.toFixed(2)}`);
+}
+return low;"#;
 
 /// A W3C WebDriver session on a chromedriver of its own.
 struct Browser {
@@ -153,6 +183,18 @@ impl Browser {
             "POST",
             &format!("/element/{id}/value"),
             json!({"text": text}),
+        )
+        .await;
+    }
+
+    /// Presses `key` (a WebDriver key code: TAB, ENTER) wherever the
+    /// focus is, as a person at the keyboard.
+    async fn press(&self, key: &str) {
+        self.command(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]}),
         )
         .await;
     }
@@ -346,6 +388,26 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     browser.shot("2-projects").await;
+    // A project's page: its secrets by name, never by value.
+    call(
+        "PUT",
+        &format!("{base}/v2/projects/pipeline/secrets/deploy_token"),
+        &root,
+        Some(json!({"key": "deploy_token", "value": "s3cr3t-value"})),
+    )
+    .await;
+    browser.go(&format!("{base}/#/projects/pipeline")).await;
+    browser
+        .until(
+            "the project's page with its recent event",
+            &format!("document.querySelector('tr[data-event=\"{id}\"]')"),
+        )
+        .await;
+    let text = browser.run("return document.body.innerText;").await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("deploy_token"), "{text}");
+    assert!(!text.contains("s3cr3t-value"), "{text}");
+    browser.shot("2-project").await;
 
     // Its page: the log of the slow job followed as lines arrive.
     browser.go(&format!("{base}/#/events/{id}")).await;
@@ -407,6 +469,9 @@ async fn the_dashboard_in_a_real_browser() {
             .await,
         json!(true)
     );
+    // Every text readable against what is behind it (WCAG AA), in light
+    // and then in dark.
+    assert_eq!(browser.run(LOW_CONTRAST).await, json!([]), "light");
     // Dark, as the system prefers it (through the DevTools protocol).
     browser
         .cdp(
@@ -420,6 +485,7 @@ async fn the_dashboard_in_a_real_browser() {
             .await,
         json!("rgb(13, 17, 23)")
     );
+    assert_eq!(browser.run(LOW_CONTRAST).await, json!([]), "dark");
     browser.shot("4-event-dark").await;
     // A phone's width: nothing wider than the screen but the log and tables,
     // which scroll.
@@ -482,6 +548,105 @@ async fn the_dashboard_in_a_real_browser() {
         json!("same row"),
         "the row was updated in place, not read again"
     );
+    assert_eq!(browser.run(LOW_CONTRAST).await, json!([]), "the list");
+
+    // The keyboard alone. The skip link is the page's first stop; Enter on
+    // it puts the focus on the content, on the same page; from there Tab
+    // walks the menu, every filter and the events' links, each showing its
+    // focus; Enter on an event's link opens it.
+    assert_eq!(
+        browser
+            .run("return document.querySelector('a[href], button, input, select, textarea') === document.querySelector('.skip');")
+            .await,
+        json!(true)
+    );
+    browser
+        .run("document.querySelector('.skip').focus(); return true;")
+        .await;
+    browser.press(ENTER).await;
+    assert_eq!(
+        browser
+            .run("return [document.activeElement.id, location.hash];")
+            .await,
+        json!(["main", "#/events"])
+    );
+    browser
+        .run("document.querySelector('.skip').focus(); return true;")
+        .await;
+    let mut stops = Vec::new();
+    for _ in 0..80 {
+        browser.press(TAB).await;
+        let stop = browser
+            .run("const a = document.activeElement; return [a.id || `${a.tagName}:${a.textContent.trim().slice(0, 12)}`, a.matches(':focus-within') && getComputedStyle(a).outlineStyle !== 'none'];")
+            .await;
+        assert_eq!(stop[1], json!(true), "no visible focus on {stop}");
+        let name = stop[0].as_str().unwrap().to_string();
+        let at_event = name == format!("A:{}", &live[..8]);
+        if stops.last() != Some(&name) {
+            stops.push(name);
+        }
+        if at_event {
+            break;
+        }
+    }
+    let position = |name: &str| {
+        stops
+            .iter()
+            .position(|s| s == name)
+            .unwrap_or_else(|| panic!("Tab never reached {name}: {stops:?}"))
+    };
+    let order = [
+        "A:Projects",
+        "A:Events",
+        "sign-out",
+        "filter-project",
+        "filter-source",
+        "filter-type",
+        "filter-phase",
+        "filter-since",
+        "filter-before",
+        "BUTTON:Filter",
+    ];
+    let places: Vec<usize> = order.iter().map(|name| position(name)).collect();
+    assert!(places.is_sorted(), "Tab's order: {stops:?}");
+    assert!(
+        stops.last().unwrap().starts_with("A:"),
+        "Tab reached the event's link: {stops:?}"
+    );
+    browser.press(ENTER).await;
+    browser
+        .until(
+            "the event opened from the keyboard",
+            &format!("location.hash === '#/events/{live}' && document.querySelector('#phase')"),
+        )
+        .await;
+
+    // The time filters: the last hour holds the event; before 2000, none.
+    browser.go(&format!("{base}/#/events")).await;
+    browser
+        .until("the events page", "document.querySelector('#filter-since')")
+        .await;
+    browser
+        .run("document.querySelector('#filter-since').value = '1h'; return true;")
+        .await;
+    browser.click("form[role=search] button[type=submit]").await;
+    browser
+        .until(
+            "the last hour's events",
+            &format!("location.hash.includes('since=1h') && {row}"),
+        )
+        .await;
+    browser
+        .run("document.querySelector('#filter-before').value = '2000-01-01T00:00'; return true;")
+        .await;
+    browser.click("form[role=search] button[type=submit]").await;
+    browser
+        .until(
+            "no events before 2000",
+            "location.hash.includes('before=') && document.querySelector('main .empty')",
+        )
+        .await;
+    browser.shot("2-events-filtered").await;
 
     // A tenant of the pipeline project only: the long project's event is
     // neither listed nor shown.
@@ -530,6 +695,20 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     browser.shot("6-tenant").await;
+    browser.go(&format!("{base}/#/projects")).await;
+    browser
+        .until(
+            "the tenant's projects",
+            "document.querySelector('main').innerText.includes('pipeline')",
+        )
+        .await;
+    let projects = browser
+        .run("return document.querySelector('main').innerText;")
+        .await;
+    assert!(
+        !projects.as_str().unwrap().contains("long"),
+        "another tenant's project: {projects}"
+    );
 
     // The watch behind the list tells a tenant nothing of another's event.
     let watched = reqwest::Client::new()

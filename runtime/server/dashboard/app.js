@@ -175,6 +175,7 @@ async function project(id) {
 // ----- events -------------------------------------------------------------------
 
 function eventRows(items) {
+  if (!items.length) return el("p", { class: "empty" }, "No events.");
   return table(["Event", "Project", "Source", "Type", "Phase", "Created", "Took"],
     items.map((e) => el("tr", { "data-event": e.metadata.id },
       el("td", {}, el("a", { href: `#/events/${e.metadata.id}` }, e.metadata.id.slice(0, 8))),
@@ -187,31 +188,53 @@ function eventRows(items) {
     "Events");
 }
 
+// The event list's time ranges: a label and how far back, in milliseconds.
+const SINCE = {
+  "": ["at any time"],
+  "1h": ["in the last hour", 3600e3],
+  "24h": ["in the last day", 86400e3],
+  "7d": ["in the last 7 days", 7 * 86400e3],
+  "30d": ["in the last 30 days", 30 * 86400e3],
+};
+
 async function events(params) {
   const filters = {
     project: params.get("project") || "",
     source: params.get("source") || "",
     type: params.get("type") || "",
     phase: params.get("phase") || "",
+    since: params.get("since") || "",
+    before: params.get("before") || "",
   };
   const input = (name, label) => el("label", { for: `filter-${name}` }, label,
     el("input", { id: `filter-${name}`, name, value: filters[name] }));
   const phase = el("select", { id: "filter-phase", name: "phase" },
     ["", "PENDING", "STARTING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "ABORTED", "TIMED_OUT"]
       .map((p) => el("option", { value: p, selected: p === filters.phase }, p || "any")));
+  const since = el("select", { id: "filter-since", name: "since" },
+    Object.entries(SINCE).map(([value, [label]]) => el("option", { value, selected: value === filters.since }, label)));
+  const before = el("input", { id: "filter-before", name: "before", type: "datetime-local", value: filters.before });
   const filterForm = el("form", { role: "search", "aria-label": "Filter events", onsubmit: (e) => {
     e.preventDefault();
     const data = new URLSearchParams(new FormData(filterForm));
     for (const [k, v] of [...data]) if (!v) data.delete(k);
     location.hash = `#/events?${data}`;
   } }, input("project", "Project"), input("source", "Source"), input("type", "Type"),
-    el("label", { for: "filter-phase" }, "Phase", phase), el("button", { type: "submit" }, "Filter"));
+    el("label", { for: "filter-phase" }, "Phase", phase),
+    el("label", { for: "filter-since" }, "Accepted", since),
+    el("label", { for: "filter-before" }, "Accepted before", before),
+    el("button", { type: "submit" }, "Filter"));
 
   const query = new URLSearchParams({ limit: "20" });
   if (filters.project) query.set("projectID", filters.project);
   if (filters.source) query.set("source", filters.source);
   if (filters.type) query.set("type", filters.type);
   if (filters.phase) query.set("workerPhases", filters.phase);
+  // Times go to the server in UTC; `before` is the person's local time.
+  const range = SINCE[filters.since] && SINCE[filters.since][1];
+  if (range) query.set("createdAfter", new Date(Date.now() - range).toISOString());
+  const beforeTime = filters.before && new Date(filters.before);
+  if (beforeTime && !isNaN(beforeTime)) query.set("createdBefore", beforeTime.toISOString());
   const pages = [null];
   const list = el("div");
   const more = el("button", { type: "button", hidden: true }, "Next page");
@@ -441,6 +464,12 @@ document.getElementById("sign-out").addEventListener("click", async () => {
   await api("/v2/session", { method: "DELETE" }).catch(() => {});
   sessionStorage.removeItem(TOKEN_KEY);
   location.hash = "#/sign-in";
+});
+// The skip link moves focus to the page's content; followed as a link it
+// would change the hash, which is the route.
+document.querySelector(".skip").addEventListener("click", (e) => {
+  e.preventDefault();
+  main.focus();
 });
 window.addEventListener("hashchange", route);
 route();

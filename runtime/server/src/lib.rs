@@ -76,10 +76,18 @@ pub enum ServerError {
     #[error("{0}")]
     Environment(String),
     /// The listen address could not be bound or served.
-    #[error("{address}: {source}")]
+    #[error("cannot listen on {address}")]
     Listen {
         /// The address.
         address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The data directory (or its lock) cannot be made or opened.
+    #[error("cannot use {}", .path.display())]
+    DataDir {
+        /// The directory or file.
+        path: PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -195,8 +203,8 @@ impl Server {
             .recursive(true)
             .mode(0o700)
             .create(&config.data_dir)
-            .map_err(|source| ServerError::Listen {
-                address: config.data_dir.display().to_string(),
+            .map_err(|source| ServerError::DataDir {
+                path: config.data_dir.clone(),
                 source,
             })?;
         let data_dir_lock = match &config.database_url {
@@ -384,8 +392,8 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| ServerError::Listen {
-            address: path.display().to_string(),
+        .map_err(|source| ServerError::DataDir {
+            path: path.clone(),
             source,
         })?;
     match file.try_lock() {
@@ -393,10 +401,7 @@ fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, ServerErro
         Err(std::fs::TryLockError::WouldBlock) => {
             Err(ServerError::DataDirInUse(data_dir.to_path_buf()))
         }
-        Err(std::fs::TryLockError::Error(source)) => Err(ServerError::Listen {
-            address: path.display().to_string(),
-            source,
-        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServerError::DataDir { path, source }),
     }
 }
 

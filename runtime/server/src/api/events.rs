@@ -20,7 +20,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::accept::{EventBody, accept, accept_one, fan_out, may_create, validate_event};
 use super::documents::{COPIED, RENDERED, document_share, held_answer, held_json};
 use super::projects::project_gone;
-use super::query::{PageQuery, Query, pairs, phases};
+use super::query::{PageQuery, Query, pairs, phases, time};
 use super::{
     API_VERSION, ApiError, ApiResult, AppState, AppStateRef, list, ok, parse_body, require,
     require_project, visible_head,
@@ -262,6 +262,10 @@ struct EventListQuery {
     labels: Option<String>,
     #[serde(rename = "sourceState")]
     source_state: Option<String>,
+    #[serde(rename = "createdAfter")]
+    created_after: Option<String>,
+    #[serde(rename = "createdBefore")]
+    created_before: Option<String>,
     #[serde(flatten)]
     page: PageQuery,
 }
@@ -282,6 +286,8 @@ async fn list_events(
         qualifiers: pairs("qualifiers", query.qualifiers.as_deref())?,
         labels: pairs("labels", query.labels.as_deref())?,
         source_state: pairs("sourceState", query.source_state.as_deref())?,
+        created_after: time("createdAfter", query.created_after.as_deref())?,
+        created_before: time("createdBefore", query.created_before.as_deref())?,
     };
     let after = match query.page.after.filter(|s| !s.is_empty()) {
         Some(text) => Some(text.parse::<i64>().map_err(|_| {

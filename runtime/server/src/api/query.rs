@@ -97,6 +97,22 @@ pub(super) fn phases(text: Option<&str>) -> ApiResult<Vec<Phase>> {
     }
 }
 
+/// A time filter (`createdAfter`, `createdBefore`): an RFC 3339 time in UTC,
+/// as `2026-12-06T17:00:00Z` (fractions of a second allowed), read into the
+/// store's microseconds; `name` is the parameter's, for messages.
+pub(super) fn time(name: &str, text: Option<&str>) -> ApiResult<Option<i64>> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    humantime::parse_rfc3339(text)
+        .map(|time| Some(crate::store::micros_at(time)))
+        .map_err(|e| {
+            ApiError::bad(format!(
+                "{name} {text:?}: {e}; expected an RFC 3339 time in UTC such as 2026-12-06T17:00:00Z"
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ const FILTER_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 const FILTER_CHUNK_EVENTS: usize = 500;
 
 /// Events after a page that a list counts (its `remainingItemCount`); past
-/// this the count is left out. Reading them is most of a page's cost on a
+/// this the count is left out. Counting them is most of a page's cost on a
 /// large store: ten thousand keeps a page within milliseconds at any size.
 pub(super) const REMAINING_COUNTED: i64 = 10_000;
 
@@ -222,6 +222,10 @@ pub struct EventFilter {
     pub labels: BTreeMap<String, String>,
     /// Only events whose source state has these values.
     pub source_state: BTreeMap<String, String>,
+    /// Only events accepted after this time (microseconds since the epoch).
+    pub created_after: Option<i64>,
+    /// Only events accepted before this time.
+    pub created_before: Option<i64>,
 }
 
 impl Store {
@@ -318,12 +322,10 @@ impl Store {
         let by_document = !(filter.qualifiers.is_empty()
             && filter.labels.is_empty()
             && filter.source_state.is_empty());
-        // The page and at most REMAINING_COUNTED events after it: a page's
-        // cost does not grow with the store (a million events would
-        // otherwise all be read to count those left).
-        let scanned = limit.max(1).saturating_add(REMAINING_COUNTED);
+        // The page and one event past it, which says whether another page
+        // follows; those after it are counted apart, from the index alone.
         if !by_document {
-            sql.push_str(&format!(" LIMIT {scanned}"));
+            sql.push_str(&format!(" LIMIT {}", limit.max(1).saturating_add(1)));
         }
         let mut rows = bind_all(sqlx::query(AssertSqlSafe(sql)), binds).fetch(&self.pool);
         let mut page = PageBuilder::new(limit, page_bytes);
@@ -349,10 +351,28 @@ impl Store {
         drop(rows);
         self.filter_by_documents(filter, chunk, &mut page).await?;
         let mut page = page.finish();
-        if !by_document && page.remaining >= REMAINING_COUNTED {
-            page.remaining = -1;
+        if !by_document
+            && page.remaining > 0
+            && let Some(last) = page.items.last()
+        {
+            page.remaining = self.count_older(filter, last.seq).await?;
         }
         Ok(page)
+    }
+
+    /// How many events matching `filter` are older than `seq`, counting at
+    /// most REMAINING_COUNTED (past that, -1: unknown), so that a page's
+    /// cost does not grow with the store (a million events would otherwise
+    /// all be read to count those left). Only the columns of the filters
+    /// are read: with a project's or a phase's filter, only its index.
+    async fn count_older(&self, filter: &EventFilter, seq: i64) -> Result<i64, StoreError> {
+        let (older, binds) = event_query(filter, Some(seq), "1 AS one");
+        let sql = format!("SELECT COUNT(*) AS n FROM ({older} LIMIT {REMAINING_COUNTED}) AS older");
+        let n: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(if n >= REMAINING_COUNTED { -1 } else { n })
     }
 
     /// Adds to `page` the events of `chunk` whose qualifiers, labels and
@@ -571,6 +591,12 @@ fn event_query(filter: &EventFilter, after: Option<i64>, columns: &str) -> (Stri
             push(&mut sql, "?", Bind::Text(phase.as_str().to_string()));
         }
         sql.push(')');
+    }
+    if let Some(time) = filter.created_after {
+        push(&mut sql, " AND created > ?", Bind::Int(time));
+    }
+    if let Some(time) = filter.created_before {
+        push(&mut sql, " AND created < ?", Bind::Int(time));
     }
     if let Some(after) = after {
         push(&mut sql, " AND seq < ?", Bind::Int(after));

@@ -332,7 +332,7 @@ async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>, Store
 }
 
 /// The schema's migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i64, &str, &str); 5] = [
+const MIGRATIONS: [(i64, &str, &str); 6] = [
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
@@ -353,6 +353,11 @@ const MIGRATIONS: [(i64, &str, &str); 5] = [
         5,
         "settings",
         include_str!("../../migrations/0005_settings.sql"),
+    ),
+    (
+        6,
+        "events_by_created",
+        include_str!("../../migrations/0006_events_by_created.sql"),
     ),
 ];
 
@@ -724,6 +729,35 @@ mod tests {
             (20, 10),
             "counted exactly"
         );
+    }
+
+    /// The time filters keep the events accepted strictly between their
+    /// bounds, with the other filters, newest first.
+    #[tokio::test]
+    async fn a_time_range_lists_the_events_accepted_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+             INSERT INTO events (id, project_id, created, source, event_type, document, phase)
+             SELECT 'e' || i, 'p' || (i % 2), i * 10, 's', 't', '{\"project\":{}}', 'SUCCEEDED' FROM n",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let filter = EventFilter {
+            project_id: Some("p1".into()),
+            created_after: Some(1_000),
+            created_before: Some(2_000),
+            ..EventFilter::default()
+        };
+        let page = store.event_page(&filter, None, 20, u64::MAX).await.unwrap();
+        // Odd i with 100 < i < 200: 101, 103, ... 199.
+        assert_eq!((page.items.len(), page.remaining), (20, 30));
+        let heads = store.event_heads(&filter).await.unwrap();
+        let ids: Vec<&str> = heads.iter().map(|h| h.id.as_str()).collect();
+        assert_eq!(ids.len(), 50);
+        assert_eq!((ids[0], ids[49]), ("e199", "e101"));
     }
 
     #[test]
