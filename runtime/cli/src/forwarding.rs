@@ -54,14 +54,8 @@ pub struct ForwardingArgs {
     /// The most the forwarding spool (forwarding/ in the data directory)
     /// holds while a collector is down; past it the oldest lines are
     /// dropped and counted
-    #[arg(long, value_name = "SIZE", default_value = DEFAULT_SPOOL_SIZE, value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_SPOOL_SIZE, value_parser = crate::parse_size)]
     forwarding_spool_size: u64,
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    mizzen_runtime::limits::parse_quantity(text)
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{text:?} is not a size such as 512Mi or 2Gi"))
 }
 
 impl ForwardingArgs {

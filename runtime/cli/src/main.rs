@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use mizzen_host_api::types::LogLevel;
 use mizzen_runtime::parse_go_duration;
 
@@ -41,11 +41,18 @@ enum Command {
     /// Handle one event for a project on this machine (no server, no cluster)
     Run(RunArgs),
     /// Serve the REST API, the scheduler and the webhook gateways
+    #[command(after_help = server::ENVIRONMENT_HELP)]
     Server(server::ServerArgs),
     /// Create a project whose script builds and runs (js, ts, rust or go)
     Init(init::InitArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Print the completion script of a shell: `source <(mizzen completion bash)`
+    Completion {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run workers for a `mizzen server` over stdin and stdout (started by
     /// the server, one per core)
     #[command(hide = true)]
@@ -87,8 +94,8 @@ struct RunArgs {
     /// CPU time the script may use (e.g. 500ms)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     cpu_limit: Option<Duration>,
-    /// Memory the script may use, in MiB
-    #[arg(long, value_name = "MIB")]
+    /// Memory the script may use, as a quantity (e.g. 128Mi, 1Gi)
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit)]
     memory_limit: Option<u64>,
     /// What runs the jobs: a local container engine, a Kubernetes cluster,
     /// or nothing; by default the engine found at DOCKER_HOST, Docker's or
@@ -127,6 +134,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a positive duration such as 500ms, 30s or 1h30m"))
 }
 
+/// A size as Kubernetes writes quantities (`512Mi`, `2Gi`, `1G`; bytes when
+/// bare), as project files and the server take them.
+fn parse_size(text: &str) -> Result<u64, String> {
+    mizzen_runtime::limits::parse_quantity(text)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size such as 512Mi or 2Gi"))
+}
+
+/// `--memory-limit`: a size of at least a MiB. A bare number is bytes, as
+/// in a project file; one too small for any script was most likely meant
+/// in MiB (the flag's unit before it took quantities).
+fn parse_memory_limit(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 1024 * 1024 {
+        return Err(format!(
+            "{text:?} is {bytes} bytes, less than a script needs (1Mi at least); did you mean {text}Mi?"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Whether log lines may be coloured: only for a person at a terminal, and
 /// not when `NO_COLOR` is set (no-color.org). Files and journals would keep
 /// the escape codes as text.
@@ -158,6 +186,10 @@ const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "mizzen", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     // The server reports what it does; the other commands only problems.
     let default_filter = match cli.command {
         Command::Server(_) => "info",
@@ -196,6 +228,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::serve(args).await,
             Command::Init(args) => init::init(args).map_err(Failure::from),
             Command::Client(command) => client::run(command).await,
+            Command::Completion { .. } => Ok(()),
             Command::SandboxShard => server::serve_shard().await,
             Command::JobFiles(args) => job_files::run(args).await.map_err(|error| Failure {
                 code: EXIT_FAILED,

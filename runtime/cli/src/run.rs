@@ -80,8 +80,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if let Some(cpu) = args.cpu_limit {
         limits.cpu_time = cpu;
     }
-    if let Some(mib) = args.memory_limit {
-        limits.memory_bytes = mib.saturating_mul(1024 * 1024);
+    if let Some(bytes) = args.memory_limit {
+        limits.memory_bytes = bytes;
     }
 
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);

@@ -24,6 +24,21 @@ use crate::{ExecutorKind, Failure, parse_duration};
 /// about half a MiB, and the sandbox reserves address space per slot.
 const DEFAULT_LOCAL_WORKERS: usize = 500;
 
+/// What `mizzen server --help` says after the flags: the settings that are
+/// not flags, and the endpoints an operator points probes and scrapers at.
+pub const ENVIRONMENT_HELP: &str = "\
+Environment:
+  MIZZEN_ROOT_PASSWORD  root's password (`mizzen login --root`); unset, root cannot log in
+  MIZZEN_LOG            what the server logs, as tracing's filter (default: info; e.g. debug,
+                        mizzen_server=trace)
+  MIZZEN_DATA_DIR       the data directory when --data-dir is not given
+  MIZZEN_CACHE_DIR      where compiled scripts are cached (default: ~/.cache/mizzen)
+
+Endpoints besides the API (/v2/...) and the dashboard (/):
+  /healthz              200 while the store answers, for liveness and readiness probes
+  /metrics              Prometheus / OpenMetrics text: events, workers, jobs, HTTP, forwarding
+  /gateways/...         the webhook gateways enabled under \"Gateways\"";
+
 #[derive(Args)]
 pub struct ServerArgs {
     /// Where to listen
@@ -47,20 +62,20 @@ pub struct ServerArgs {
     )]
     database_url: Option<String>,
     /// Workers running at once, across all replicas
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, help_heading = "Workers and jobs")]
     max_workers: i64,
     /// Workers of one project running at once, across all replicas
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, help_heading = "Workers and jobs")]
     max_workers_per_project: i64,
     /// Jobs running at once in this process
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, help_heading = "Workers and jobs")]
     max_jobs: usize,
     /// Jobs of one project running at once in this process
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, help_heading = "Workers and jobs")]
     max_jobs_per_project: usize,
     /// How long a claimed event stays this replica's without renewal: the
     /// time another replica waits before taking over a dead one's events
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Workers and jobs")]
     lease: Duration,
     /// What runs the jobs (default: the container engine found when the
     /// first job starts)
@@ -85,22 +100,32 @@ pub struct ServerArgs {
     /// (endpoint, region and credentials from the AWS_* variables:
     /// AWS_ENDPOINT for an S3-compatible server, AWS_ALLOW_HTTP=true without
     /// TLS) or a directory [default: objects/ in the data directory]
-    #[arg(long, env = "MIZZEN_OBJECT_STORE", value_name = "URL")]
+    #[arg(
+        long,
+        env = "MIZZEN_OBJECT_STORE",
+        value_name = "URL",
+        help_heading = "Artifacts, caches and logs"
+    )]
     object_store: Option<String>,
     /// Delete artifacts this long after they were saved (e.g. 720h); kept
     /// as long as their event by default
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Artifacts, caches and logs")]
     artifact_retention: Option<Duration>,
     /// Delete logs this long after their event ended (e.g. 720h); kept
     /// forever by default
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", help_heading = "Artifacts, caches and logs")]
     log_retention: Option<Duration>,
     /// On SIGTERM, how long running workers may finish before they go back
     /// to the queue
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Workers and jobs")]
     shutdown_grace: Duration,
     /// GitHub webhook secret; enables POST /gateways/github
-    #[arg(long, env = "MIZZEN_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MIZZEN_GITHUB_WEBHOOK_SECRET",
+        hide_env_values = true,
+        help_heading = "Gateways"
+    )]
     github_webhook_secret: Option<String>,
     /// Tokens Docker Hub webhooks present (?access_token=); enables POST
     /// /gateways/dockerhub
@@ -108,7 +133,8 @@ pub struct ServerArgs {
         long,
         env = "MIZZEN_DOCKERHUB_TOKENS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Gateways"
     )]
     dockerhub_token: Vec<String>,
     /// Tokens ACR webhooks present (Authorization: Bearer); enables POST
@@ -117,7 +143,8 @@ pub struct ServerArgs {
         long,
         env = "MIZZEN_ACR_TOKENS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Gateways"
     )]
     acr_token: Vec<String>,
     /// Tokens CloudEvents producers present; enables POST
@@ -126,7 +153,8 @@ pub struct ServerArgs {
         long,
         env = "MIZZEN_CLOUDEVENTS_TOKENS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Gateways"
     )]
     cloudevents_token: Vec<String>,
     /// The most any project's worker may have of each limit, as key=value
@@ -137,34 +165,44 @@ pub struct ServerArgs {
         env = "MIZZEN_LIMIT_CEILINGS",
         value_name = "KEY=VALUE,...",
         default_value = "",
-        value_parser = parse_ceilings
+        value_parser = parse_ceilings,
+        help_heading = "Tenants' limits"
     )]
     limit_ceilings: LimitSettings,
     /// Refuse every container volume that binds a host path, whatever a
     /// project's jobPolicies.allowedHostPaths lists: for a server whose
     /// projects belong to tenants who must not reach its files
-    #[arg(long, env = "MIZZEN_FORBID_HOST_PATHS")]
+    #[arg(
+        long,
+        env = "MIZZEN_FORBID_HOST_PATHS",
+        help_heading = "Tenants' limits"
+    )]
     forbid_host_paths: bool,
     /// Sandbox processes running the workers; 0 runs them in this process.
     /// One per core, the default, scales with the cores: instance churn in
     /// one process does not
-    #[arg(long, env = "MIZZEN_SANDBOX_PROCESSES", value_name = "COUNT")]
+    #[arg(
+        long,
+        env = "MIZZEN_SANDBOX_PROCESSES",
+        value_name = "COUNT",
+        help_heading = "Workers and jobs"
+    )]
     sandbox_processes: Option<usize>,
     /// Client connections served at once; beyond them, the connection idle
     /// the longest is closed, or new ones wait to be accepted [default: the
     /// descriptor limit, raised to its hard limit, minus 256 kept for the
     /// store, sandbox processes, git and the container engine]
-    #[arg(long, env = "MIZZEN_MAX_CONNECTIONS", value_name = "COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "MIZZEN_MAX_CONNECTIONS", value_name = "COUNT", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Connections")]
     max_connections: Option<u32>,
     /// How long a request's head may take to arrive (and a connection may
     /// sit idle between requests)
-    #[arg(long, env = "MIZZEN_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MIZZEN_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration, help_heading = "Connections")]
     header_timeout: Duration,
     /// How long a request's body may take to arrive, from its head on
-    #[arg(long, env = "MIZZEN_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MIZZEN_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Connections")]
     body_timeout: Duration,
     /// How long an answer may wait for a client that reads nothing
-    #[arg(long, env = "MIZZEN_WRITE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MIZZEN_WRITE_TIMEOUT", default_value = "60s", value_parser = parse_duration, help_heading = "Connections")]
     write_timeout: Duration,
 }
 

@@ -173,12 +173,27 @@ fn a_runaway_loop_is_stopped_by_the_cpu_limit() {
 #[test]
 fn a_memory_bomb_is_stopped_by_the_memory_limit() {
     let dir = inline_project("const a = [];\nfor (;;) a.push(new Array(1e6).fill(1));");
-    let ran = run(&["run", path(&dir), "--memory-limit", "48"]);
+    let ran = run(&["run", path(&dir), "--memory-limit", "48Mi"]);
     assert_eq!(ran.code, 1, "{ran:?}");
     assert!(
         ran.stderr
             .contains("worker FAILED: memory limit of 48 MiB exceeded"),
         "{ran:?}"
+    );
+    // The flag takes quantities, as project files do; a bare number is
+    // bytes, and one too small says what was likely meant.
+    let small = run(&["run", path(&dir), "--memory-limit", "48"]);
+    assert_eq!(small.code, 2, "{small:?}");
+    assert!(
+        small.stderr.contains("\"48\" is 48 bytes") && small.stderr.contains("did you mean 48Mi?"),
+        "{small:?}"
+    );
+    let wrong = run(&["run", path(&dir), "--memory-limit", "48MB"]);
+    assert!(
+        wrong
+            .stderr
+            .contains("\"48MB\" is not a size such as 512Mi or 2Gi"),
+        "{wrong:?}"
     );
 }
 

@@ -109,7 +109,14 @@ fn root_token(url: &str) -> String {
     let config = tempfile::tempdir().unwrap();
     let login = mizzen(
         config.path(),
-        &["login", "--server", url, "--root", "--password", ROOT_PASSWORD],
+        &[
+            "login",
+            "--server",
+            url,
+            "--root",
+            "--password",
+            ROOT_PASSWORD,
+        ],
         &[],
     );
     assert_eq!(login.code, 0, "{login:?}");
@@ -132,13 +139,17 @@ fn version_names_the_client_and_the_server() {
             .starts_with(&format!("Client: {version} (commit ")),
         "{alone:?}"
     );
-    assert!(
-        alone.stdout.contains("Server: not logged in"),
-        "{alone:?}"
-    );
+    assert!(alone.stdout.contains("Server: not logged in"), "{alone:?}");
     mizzen(
         config.path(),
-        &["login", "--server", &url, "--root", "--password", ROOT_PASSWORD],
+        &[
+            "login",
+            "--server",
+            &url,
+            "--root",
+            "--password",
+            ROOT_PASSWORD,
+        ],
         &[],
     );
     let both = mizzen(config.path(), &["version", "-o", "json"], &[]);
@@ -152,7 +163,8 @@ fn version_names_the_client_and_the_server() {
     let gone = mizzen(config.path(), &["version"], &[]);
     assert_eq!(gone.code, 0, "{gone:?}");
     assert!(
-        gone.stdout.contains(&format!("Server: {url} did not answer")),
+        gone.stdout
+            .contains(&format!("Server: {url} did not answer")),
         "{gone:?}"
     );
 }
@@ -237,11 +249,7 @@ fn a_ci_job_logs_in_from_the_environment() {
         );
         let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
     });
-    let elsewhere = mizzen(
-        stored.path(),
-        &["whoami"],
-        &[("MIZZEN_SERVER", &other_url)],
-    );
+    let elsewhere = mizzen(stored.path(), &["whoami"], &[("MIZZEN_SERVER", &other_url)]);
     assert_eq!(elsewhere.code, 1, "{elsewhere:?}");
     let head = rx.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(head.starts_with("GET /v2/whoami"), "{head}");
@@ -289,7 +297,14 @@ fn destructive_verbs_ask_and_refuse_without_a_terminal() {
     let config = tempfile::tempdir().unwrap();
     mizzen(
         config.path(),
-        &["login", "--server", &url, "--root", "--password", ROOT_PASSWORD],
+        &[
+            "login",
+            "--server",
+            &url,
+            "--root",
+            "--password",
+            ROOT_PASSWORD,
+        ],
         &[],
     );
     let project = repo().join("examples/01-hello-world");
@@ -353,8 +368,9 @@ fn a_busy_listen_address_is_named_once() {
     );
     assert_ne!(ran.code, 0, "{ran:?}");
     assert!(
-        ran.stderr
-            .contains(&format!("cannot listen on {address}: Address already in use")),
+        ran.stderr.contains(&format!(
+            "cannot listen on {address}: Address already in use"
+        )),
         "{ran:?}"
     );
     assert_eq!(
@@ -412,7 +428,12 @@ fn server_help_groups_its_flags_under_their_own_headings() {
             .map(|(heading, _)| heading.as_str())
             .collect::<Vec<_>>()
     };
-    assert_eq!(under("github-webhook-secret"), ["Gateways"], "{}", help.stdout);
+    assert_eq!(
+        under("github-webhook-secret"),
+        ["Gateways"],
+        "{}",
+        help.stdout
+    );
     assert_eq!(under("limit-ceilings"), ["Tenants' limits"]);
     assert_eq!(under("sandbox-processes"), ["Workers and jobs"]);
     assert_eq!(under("header-timeout"), ["Connections"]);
@@ -421,8 +442,17 @@ fn server_help_groups_its_flags_under_their_own_headings() {
         under("kubernetes-namespace"),
         ["Kubernetes executor (--executor kubernetes)"]
     );
-    for documented in ["MIZZEN_ROOT_PASSWORD", "MIZZEN_LOG ", "/metrics", "/healthz"] {
-        assert!(help.stdout.contains(documented), "{documented}: {}", help.stdout);
+    for documented in [
+        "MIZZEN_ROOT_PASSWORD",
+        "MIZZEN_LOG ",
+        "/metrics",
+        "/healthz",
+    ] {
+        assert!(
+            help.stdout.contains(documented),
+            "{documented}: {}",
+            help.stdout
+        );
     }
 }
 
@@ -448,7 +478,14 @@ fn following_an_event_streams_its_jobs_and_ends_with_its_outcome() {
     let config = tempfile::tempdir().unwrap();
     mizzen(
         config.path(),
-        &["login", "--server", &url, "--root", "--password", ROOT_PASSWORD],
+        &[
+            "login",
+            "--server",
+            &url,
+            "--root",
+            "--password",
+            ROOT_PASSWORD,
+        ],
         &[],
     );
     let failing = job_project(
@@ -580,7 +617,10 @@ fn following_an_event_streams_its_jobs_and_ends_with_its_outcome() {
         &[],
     );
     assert_eq!(ok.code, 0, "{ok:?}");
-    assert!(ok.stdout.contains("[job: hello] hello from the job"), "{ok:?}");
+    assert!(
+        ok.stdout.contains("[job: hello] hello from the job"),
+        "{ok:?}"
+    );
     assert!(ok.stdout.contains("worker SUCCEEDED in "), "{ok:?}");
     assert!(ok.stdout.contains("Summary: all good"), "{ok:?}");
     let _ = child.kill();

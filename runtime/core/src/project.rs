@@ -531,12 +531,24 @@ pub fn validate_secret_key(key: &str) -> Result<(), InvalidSecretKey> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ProjectFile {
+    // Both may be left out (as `mizzen project create` always allowed);
+    // given, they must be Brigade's.
+    #[serde(default = "brigade_api_version")]
     api_version: String,
+    #[serde(default = "project_kind")]
     kind: String,
     metadata: Metadata,
     #[serde(default)]
     description: String,
     spec: Spec,
+}
+
+fn brigade_api_version() -> String {
+    "brigade.sh/v2".into()
+}
+
+fn project_kind() -> String {
+    "Project".into()
 }
 
 #[derive(Deserialize)]

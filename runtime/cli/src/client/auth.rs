@@ -14,9 +14,9 @@ use super::{Failure, bad_input, confirm, failed, warn};
 #[command(group(ArgGroup::new("how").required(true).args(["root", "token"])))]
 pub struct LoginArgs {
     /// The server's address, such as https://mizzen.example.com
-    #[arg(short, long, value_name = "URL")]
+    #[arg(short, long, value_name = "URL", env = "MIZZEN_SERVER")]
     server: String,
-    /// Log in as root, with --password
+    /// Log in as root, with --password (asked for on a terminal when not given)
     #[arg(short, long)]
     root: bool,
     /// The root password
@@ -46,11 +46,10 @@ pub async fn login(args: LoginArgs) -> Result<(), Failure> {
             (token, principal_name(&principal))
         }
         None => {
-            let password = args.password.filter(|p| !p.is_empty()).ok_or_else(|| {
-                bad_input(anyhow::anyhow!(
-                    "--root needs the root password: --password or MIZZEN_ROOT_PASSWORD"
-                ))
-            })?;
+            let password = match args.password.filter(|p| !p.is_empty()) {
+                Some(password) => password,
+                None => ask_password()?,
+            };
             let session = api
                 .request(Method::POST, &["v2", "sessions"])
                 .query("root", "true")
@@ -75,6 +74,29 @@ pub async fn login(args: LoginArgs) -> Result<(), Failure> {
     config::save(&path, &stored).map_err(failed)?;
     out(format!("Logged in to {} as {who}.", api.address()));
     Ok(())
+}
+
+/// Asks for root's password on the terminal, without echoing it; without a
+/// terminal (a script, a CI job) it must be given.
+fn ask_password() -> Result<String, Failure> {
+    use std::io::IsTerminal;
+    let missing = || {
+        bad_input(anyhow::anyhow!(
+            "--root needs the root password: --password or MIZZEN_ROOT_PASSWORD (or a terminal to type it in)"
+        ))
+    };
+    if !std::io::stdin().is_terminal() {
+        return Err(missing());
+    }
+    let terminal = console::Term::stderr();
+    let _ = terminal.write_str("Root password: ");
+    let password = terminal
+        .read_secure_line()
+        .map_err(|e| bad_input(anyhow::Error::new(e).context("cannot read the password")))?;
+    if password.is_empty() {
+        return Err(missing());
+    }
+    Ok(password)
 }
 
 /// `mizzen logout`: ends the session on the server (`DELETE /v2/session`)

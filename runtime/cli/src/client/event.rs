@@ -1,6 +1,7 @@
 //! `mizzen event`: creating events, following their workers, and managing
 //! them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -152,7 +153,8 @@ pub enum EventCommand {
 /// `-i/--id` (also `-e/--event`, as in brig).
 #[derive(Args)]
 pub struct EventIdArg {
-    /// The event's ID
+    /// The event's ID; `@latest` for the newest event you may see,
+    /// `PROJECT@latest` for a project's newest
     #[arg(
         short = 'i',
         long = "id",
@@ -161,6 +163,37 @@ pub struct EventIdArg {
         value_name = "ID"
     )]
     pub(super) id: String,
+}
+
+/// What stands for the newest event in an event's ID (`@latest`,
+/// `PROJECT@latest`), so that "the event I just created" needs no copying.
+const LATEST: &str = "@latest";
+
+impl EventIdArg {
+    /// The event's ID, with `@latest` and `PROJECT@latest` looked up (the
+    /// newest event of those the caller may see).
+    pub(super) async fn resolve(&self, api: &Api) -> Result<String, Failure> {
+        let Some(project) = self.id.strip_suffix(LATEST) else {
+            return Ok(self.id.clone());
+        };
+        let list = api
+            .get(&["v2", "events"])
+            .query("limit", "1")
+            .query_opt("projectID", (!project.is_empty()).then_some(project))
+            .send()
+            .await?;
+        let newest = items(&list)
+            .first()
+            .map(|event| field(event, &["metadata", "id"]))
+            .filter(|id| !id.is_empty());
+        newest.ok_or_else(|| {
+            bad_input(if project.is_empty() {
+                anyhow::anyhow!("@latest: there are no events you may see")
+            } else {
+                anyhow::anyhow!("{}: project {project:?} has no events you may see", self.id)
+            })
+        })
+    }
 }
 
 /// `-p/--project`.
@@ -197,6 +230,26 @@ pub struct CreateArgs {
     /// Wait for the worker, print its logs, and exit 1 unless it SUCCEEDED
     #[arg(short, long)]
     follow: bool,
+    /// What to print of the created events: a sentence each, their IDs
+    /// alone (`name`, for scripts), or the API's list
+    #[arg(short, long, value_enum, default_value_t = CreatedOutput::Text)]
+    output: CreatedOutput,
+    /// Print only the created events' IDs (as `-o name`)
+    #[arg(short, long, conflicts_with = "output")]
+    quiet: bool,
+}
+
+/// `event create -o`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CreatedOutput {
+    /// `Created event "ID".`
+    Text,
+    /// The IDs, one a line
+    Name,
+    /// The API's EventList as JSON
+    Json,
+    /// The API's EventList as YAML
+    Yaml,
 }
 
 /// `mizzen event list`.
@@ -213,11 +266,35 @@ pub struct ListArgs {
     event_type: Option<String>,
     #[command(flatten)]
     phases: PhaseFlags,
+    /// Only events accepted after this: a time (RFC 3339) or how long ago
+    /// (`90m`, `2h`, `7d`)
+    #[arg(long, value_name = "WHEN", value_parser = when)]
+    since: Option<String>,
+    /// Only events accepted before this: a time (RFC 3339) or how long ago
+    #[arg(long, value_name = "WHEN", value_parser = when)]
+    before: Option<String>,
     /// Continue a previous listing from this token
     #[arg(long = "continue", value_name = "TOKEN")]
     continue_from: Option<String>,
     #[command(flatten)]
     output: OutputArg,
+}
+
+/// `--since` and `--before`: a time, or a duration before now, as the API's
+/// RFC 3339 time in UTC.
+fn when(text: &str) -> Result<String, String> {
+    let time = match print::parse_rfc3339(text) {
+        Some(time) => time,
+        None => {
+            let ago = humantime::parse_duration(text).map_err(|e| {
+                format!("{e}: expected a time such as 2026-12-06T17:00:00Z or a duration such as 2h or 7d")
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(ago)
+                .ok_or_else(|| format!("{text} ago is before the epoch"))?
+        }
+    };
+    Ok(humantime::format_rfc3339_micros(time).to_string())
 }
 
 /// Worker phases to select events by.
@@ -295,7 +372,8 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
         EventCommand::Create(args) => create(args).await,
         EventCommand::Get { id, output } => {
             let api = Api::from_config()?;
-            let event = api.get(&["v2", "events", &id.id]).send().await?;
+            let id = id.resolve(&api).await?;
+            let event = api.get(&["v2", "events", &id]).send().await?;
             print::emit(output.output, &event, event_details)
         }
         EventCommand::List(args) => {
@@ -310,6 +388,8 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
                     "workerPhases",
                     (!phases.is_empty()).then(|| phases.join(",")).as_deref(),
                 )
+                .query_opt("createdAfter", args.since.as_deref())
+                .query_opt("createdBefore", args.before.as_deref())
                 .query_opt("continue", args.continue_from.as_deref())
                 .send()
                 .await?;
@@ -319,13 +399,14 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
         }
         EventCommand::Cancel { id, yes } => {
             let api = Api::from_config()?;
-            if !confirm(yes, &format!("Cancel event {:?}?", id.id))? {
+            let id = id.resolve(&api).await?;
+            if !confirm(yes, &format!("Cancel event {:?}?", id))? {
                 return Ok(());
             }
-            api.request(Method::PUT, &["v2", "events", &id.id, "cancellation"])
+            api.request(Method::PUT, &["v2", "events", &id, "cancellation"])
                 .send()
                 .await?;
-            out(format!("Canceled event {:?}.", id.id));
+            out(format!("Canceled event {:?}.", id));
             Ok(())
         }
         EventCommand::CancelMany {
@@ -361,15 +442,13 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
         }
         EventCommand::Retry { id, follow } => {
             let api = Api::from_config()?;
+            let id = id.resolve(&api).await?;
             let event = api
-                .request(Method::POST, &["v2", "events", &id.id, "retries"])
+                .request(Method::POST, &["v2", "events", &id, "retries"])
                 .send()
                 .await?;
             let new_id = field(&event, &["metadata", "id"]);
-            out(format!(
-                "Created event {new_id:?} to retry event {:?}.",
-                id.id
-            ));
+            out(format!("Created event {new_id:?} to retry event {:?}.", id));
             if follow {
                 follow_event(&api, &new_id).await
             } else {
@@ -378,14 +457,15 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
         }
         EventCommand::Clone { id, follow } => {
             let api = Api::from_config()?;
+            let id = id.resolve(&api).await?;
             let event = api
-                .request(Method::POST, &["v2", "events", &id.id, "clones"])
+                .request(Method::POST, &["v2", "events", &id, "clones"])
                 .send()
                 .await?;
             let new_id = field(&event, &["metadata", "id"]);
             out(format!(
                 "Created event {new_id:?} as a clone of event {:?}.",
-                id.id
+                id
             ));
             if follow {
                 follow_event(&api, &new_id).await
@@ -395,13 +475,14 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
         }
         EventCommand::Delete { id, yes } => {
             let api = Api::from_config()?;
-            if !confirm(yes, &format!("Delete event {:?} and its logs?", id.id))? {
+            let id = id.resolve(&api).await?;
+            if !confirm(yes, &format!("Delete event {:?} and its logs?", id))? {
                 return Ok(());
             }
-            api.request(Method::DELETE, &["v2", "events", &id.id])
+            api.request(Method::DELETE, &["v2", "events", &id])
                 .send()
                 .await?;
-            out(format!("Deleted event {:?}.", id.id));
+            out(format!("Deleted event {:?}.", id));
             Ok(())
         }
         EventCommand::DeleteMany {
@@ -450,7 +531,10 @@ pub async fn run(command: EventCommand) -> Result<(), Failure> {
             follow,
         } => {
             let api = Api::from_config()?;
-            print_logs(&api, &id.id, job.as_deref(), container.as_deref(), follow).await
+            let id = id.resolve(&api).await?;
+            print_logs(&api, &id, job.as_deref(), container.as_deref(), follow, "")
+                .await
+                .map(drop)
         }
     }
 }
@@ -496,8 +580,18 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
             ),
         });
     };
-    for id in &created {
-        out(format!("Created event {id:?}."));
+    let output = if args.quiet {
+        CreatedOutput::Name
+    } else {
+        args.output
+    };
+    match output {
+        CreatedOutput::Text => created
+            .iter()
+            .for_each(|id| out(format!("Created event {id:?}."))),
+        CreatedOutput::Name => created.iter().for_each(out),
+        CreatedOutput::Json => print::emit(print::Output::Json, &list, |_| String::new())?,
+        CreatedOutput::Yaml => print::emit(print::Output::Yaml, &list, |_| String::new())?,
     }
     if args.follow {
         follow_event(&api, first).await
@@ -507,8 +601,11 @@ async fn create(args: CreateArgs) -> Result<(), Failure> {
 }
 
 /// `--follow`: waits (with a spinner on a terminal) until the worker leaves
-/// PENDING and STARTING, prints its logs until they end, then fails unless
-/// the worker SUCCEEDED.
+/// PENDING and STARTING, then prints the worker's log and, as jobs start,
+/// each job's and sidecar's lines prefixed `[job: name]` (as `mizzen run`
+/// prints them) until the worker ends; then the worker's phase, its
+/// summary, and for each job that failed its last lines and the command
+/// that shows the rest. Fails unless the worker SUCCEEDED.
 async fn follow_event(api: &Api, id: &str) -> Result<(), Failure> {
     let spinner = std::io::stderr().is_terminal().then(|| {
         let spinner = ProgressBar::new_spinner();
@@ -521,22 +618,69 @@ async fn follow_event(api: &Api, id: &str) -> Result<(), Failure> {
         spinner.finish_and_clear();
     }
     let started = started?;
+    let mut followers = tokio::task::JoinSet::new();
     // A worker canceled or never scheduled has no logs to wait for.
-    if !matches!(started.as_str(), "CANCELED" | "SCHEDULING_FAILED")
-        && let Err(failure) = print_logs(api, id, None, None, true).await
-    {
+    if !matches!(started.as_str(), "CANCELED" | "SCHEDULING_FAILED") {
+        let (api, id) = (api.clone(), id.to_string());
+        followers.spawn(async move {
+            let tail = print_logs(&api, &id, None, None, true, "").await;
+            (None, tail)
+        });
+    }
+    // Jobs are found as the worker starts them: each container's log is
+    // followed from then on, beside the worker's.
+    let mut followed = BTreeSet::new();
+    let event = loop {
+        let event = api.get(&["v2", "events", id]).send().await?;
+        for (job, container) in containers(&event) {
+            if followed.insert((job.clone(), container.clone())) {
+                let (api, id) = (api.clone(), id.to_string());
+                // As `mizzen run` prints a job's lines.
+                let prefix = if container == job {
+                    format!("[job: {job}] ")
+                } else {
+                    format!("[job: {job}/{container}] ")
+                };
+                followers.spawn(async move {
+                    let tail =
+                        print_logs(&api, &id, Some(&job), Some(&container), true, &prefix).await;
+                    (Some(job), tail)
+                });
+            }
+        }
+        if is_terminal_phase(&field(&event, &["worker", "status", "phase"])) {
+            break event;
+        }
+        tokio::time::sleep(JOB_POLL).await;
+    };
+    // The worker has ended: its jobs have too, or end now; their last lines
+    // are on their way.
+    let mut tails: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let drained = tokio::time::timeout(LOG_DRAIN, async {
+        while let Some(joined) = followers.join_next().await {
+            match joined {
+                Ok((job, Ok(tail))) => {
+                    if let Some(job) = job {
+                        tails.entry(job).or_default().extend(tail);
+                    }
+                }
+                Ok((_, Err(failure))) => warn(format!(
+                    "cannot follow the event's logs: {:#}",
+                    failure.error
+                )),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        followers.abort_all();
         warn(format!(
-            "cannot follow the worker's logs: {:#}",
-            failure.error
+            "some logs were still open {LOG_DRAIN:?} after the worker ended; `mizzen event logs --id {id}` shows them"
         ));
     }
-    let status_path = ["v2", "events", id, "worker", "status"];
-    let mut phase = field(&api.get(&status_path).send().await?, &["phase"]);
-    if !is_terminal_phase(&phase) {
-        // The logs ended a moment before the worker's phase did.
-        watch_status(api, id, is_terminal_phase).await?;
-        phase = field(&api.get(&status_path).send().await?, &["phase"]);
-    }
+    print_outcome(id, &event, &tails);
+    let phase = field(&event, &["worker", "status", "phase"]);
     if phase == "SUCCEEDED" {
         Ok(())
     } else {
@@ -545,6 +689,95 @@ async fn follow_event(api: &Api, id: &str) -> Result<(), Failure> {
             error: anyhow::anyhow!("event {id:?}: worker {phase}"),
         })
     }
+}
+
+/// How often a followed event is read for the jobs its worker started.
+const JOB_POLL: Duration = Duration::from_secs(1);
+/// How long the logs of an ended worker's jobs may take to end: a job's log
+/// ends when the job does, which the worker's end brings about at once.
+const LOG_DRAIN: Duration = Duration::from_secs(15);
+/// The lines of a failed job printed again at the end.
+const FAILED_JOB_TAIL: usize = 10;
+
+/// Every (job, container) of an event's jobs: each job's primary container
+/// (named as the job) and its sidecars.
+fn containers(event: &Value) -> Vec<(String, String)> {
+    let jobs = event
+        .pointer("/worker/jobs")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let mut all = Vec::new();
+    for job in jobs {
+        let name = field(job, &["name"]);
+        if name.is_empty() {
+            continue;
+        }
+        all.push((name.clone(), name.clone()));
+        if let Some(sidecars) = job
+            .pointer("/spec/sidecarContainers")
+            .and_then(Value::as_object)
+        {
+            all.extend(
+                sidecars
+                    .keys()
+                    .map(|sidecar| (name.clone(), sidecar.clone())),
+            );
+        }
+    }
+    all
+}
+
+/// The end of a followed event: the worker's phase and how long it ran,
+/// its summary, and each failed job's last lines with the command that
+/// shows them all.
+fn print_outcome(id: &str, event: &Value, tails: &BTreeMap<String, Vec<String>>) {
+    let status = &event["worker"]["status"];
+    let phase = field(status, &["phase"]);
+    let took = match (
+        print::parse_rfc3339(&field(status, &["started"])),
+        print::parse_rfc3339(&field(status, &["ended"])),
+    ) {
+        (Some(started), Some(ended)) => ended
+            .duration_since(started)
+            .map(|d| format!(" in {:.1} s", d.as_secs_f64()))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let mut text = String::new();
+    let jobs = event
+        .pointer("/worker/jobs")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    for job in jobs {
+        let job_phase = field(job, &["status", "phase"]);
+        if !matches!(job_phase.as_str(), "FAILED" | "TIMED_OUT" | "ABORTED") {
+            continue;
+        }
+        let name = field(job, &["name"]);
+        text.push_str(&format!("\nJob {name:?} {}", print::phase(&job_phase)));
+        match tails.get(&name).filter(|t| !t.is_empty()) {
+            Some(tail) => {
+                text.push_str("; its last lines:\n");
+                let skip = tail.len().saturating_sub(FAILED_JOB_TAIL);
+                for line in &tail[skip..] {
+                    text.push_str(&format!("  {line}\n"));
+                }
+            }
+            None => text.push('\n'),
+        }
+        text.push_str(&format!(
+            "All of its log: mizzen event logs --id {id} --job {name}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "\nEvent {id:?}: worker {}{took}.",
+        print::phase(&phase)
+    ));
+    let summary = field(event, &["summary"]);
+    if !summary.is_empty() {
+        text.push_str(&format!("\nSummary: {summary}"));
+    }
+    out(text.trim_start_matches('\n'));
 }
 
 /// Watches the worker's status (`?watch=true&sse=true`) until `until`
@@ -588,15 +821,18 @@ async fn watch_status(
 }
 
 /// Prints log lines (`GET /v2/events/{id}/logs?sse=true`) until the
-/// server says `done`. A followed stream that breaks off is opened again
-/// from the last line's id.
+/// server says `done`, each after `prefix`. A followed stream that
+/// breaks off is opened again from the last line's id. Returns the last
+/// lines printed (at most [`FAILED_JOB_TAIL`]).
 async fn print_logs(
     api: &Api,
     id: &str,
     job: Option<&str>,
     container: Option<&str>,
     follow: bool,
-) -> Result<(), Failure> {
+    prefix: &str,
+) -> Result<Vec<String>, Failure> {
+    let mut tail = std::collections::VecDeque::with_capacity(FAILED_JOB_TAIL);
     let mut last_id: Option<String> = None;
     let mut printed = false;
     let mut attempts = 0;
@@ -614,13 +850,18 @@ async fn print_logs(
         let broke = loop {
             match stream.next().await {
                 Ok(Some(frame)) => match frame.event.as_str() {
-                    "done" => return Ok(()),
+                    "done" => return Ok(tail.into()),
                     "message" => {
                         attempts = 0;
                         if frame.id.is_some() {
                             last_id = frame.id;
                         }
-                        print_log_entry(&frame.data);
+                        let line = log_line(&frame.data);
+                        let _ = writeln!(std::io::stdout().lock(), "{prefix}{line}");
+                        if tail.len() == FAILED_JOB_TAIL {
+                            tail.pop_front();
+                        }
+                        tail.push_back(line);
                         printed = true;
                     }
                     _ => {}
@@ -635,15 +876,16 @@ async fn print_logs(
         if !follow || !resumable || attempts > MAX_LOG_RECONNECTS {
             return match broke {
                 Some(failure) => Err(failure),
-                None => Ok(()),
+                None => Ok(tail.into()),
             };
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-/// A LogEntry's message (or the data as it came, if it is not one).
-fn print_log_entry(data: &str) {
+/// A LogEntry's message without its line ending (or the data as it came,
+/// if it is not one).
+fn log_line(data: &str) -> String {
     let message = serde_json::from_str::<Value>(data).ok().and_then(|entry| {
         entry
             .get("message")
@@ -654,8 +896,7 @@ fn print_log_entry(data: &str) {
         Some(message) => message.strip_suffix('\n').unwrap_or(message),
         None => data,
     };
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
+    line.strip_suffix('\r').unwrap_or(line).to_string()
 }
 
 fn events_table(items: &[Value]) -> Table {
@@ -667,7 +908,7 @@ fn events_table(items: &[Value]) -> Table {
             field(item, &["source"]),
             field(item, &["type"]),
             age_of(item, &["metadata", "created"]),
-            field(item, &["worker", "status", "phase"]),
+            print::phase(&field(item, &["worker", "status", "phase"])),
         ]);
     }
     table
@@ -691,7 +932,7 @@ fn event_details(event: &Value) -> String {
                 field(job, &["name"]),
                 age_of(job, &["status", "started"]),
                 age_of(job, &["status", "ended"]),
-                field(job, &["status", "phase"]),
+                print::phase(&field(job, &["status", "phase"])),
             ]);
         }
         text.push_str(&table.render());

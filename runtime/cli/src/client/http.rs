@@ -24,6 +24,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// A client of one API server.
+#[derive(Clone)]
 pub struct Api {
     address: String,
     token: Option<String>,
@@ -51,23 +52,40 @@ impl Api {
         })
     }
 
-    /// A client for the login stored in the config file.
+    /// A client for the server and token of `MIZZEN_SERVER` and
+    /// `MIZZEN_TOKEN` (for CI jobs), else of the login stored in the config
+    /// file. The stored token goes only to the stored server: with
+    /// `MIZZEN_SERVER` naming another, it is not sent.
     pub fn from_config() -> Result<Self, Failure> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let (server, token) = (env("MIZZEN_SERVER"), env("MIZZEN_TOKEN"));
         let path = config::path()?;
-        let Some(config) = config::load(&path)? else {
+        let stored = match (&server, &token) {
+            // Both from the environment: the file is not needed.
+            (Some(_), Some(_)) => None,
+            _ => config::load(&path)?,
+        };
+        let Some(address) = server
+            .clone()
+            .or_else(|| stored.as_ref().map(|c| c.api_address.clone()))
+        else {
             return Err(Failure {
                 code: EXIT_BAD_INPUT,
                 error: anyhow::anyhow!(
-                    "not logged in ({} does not exist); run `mizzen login --server URL` first",
+                    "not logged in ({} does not exist); run `mizzen login --server URL` first, or set MIZZEN_SERVER and MIZZEN_TOKEN",
                     path.display()
                 ),
             });
         };
-        Self::new(
-            &config.api_address,
-            Some(config.api_token),
-            config.ignore_cert_errors,
-        )
+        let same_server = |c: &config::Config| {
+            server.as_deref().is_none_or(|s| {
+                normalize_address(s).ok().as_deref() == Some(c.api_address.as_str())
+            })
+        };
+        let stored = stored.filter(same_server);
+        let insecure = stored.as_ref().is_some_and(|c| c.ignore_cert_errors);
+        let token = token.or(stored.map(|c| c.api_token));
+        Self::new(&address, token, insecure)
     }
 
     /// The server's address, as stored (no trailing slash).

@@ -79,12 +79,10 @@ pub async fn artifacts(command: ArtifactCommand) -> Result<(), Failure> {
     match command {
         ArtifactCommand::List { id, output } => {
             let api = Api::from_config()?;
-            let list = api
-                .get(&["v2", "events", &id.id, "artifacts"])
-                .send()
-                .await?;
+            let id = id.resolve(&api).await?;
+            let list = api.get(&["v2", "events", &id, "artifacts"]).send().await?;
             print::emit(output.output, &list, |list| {
-                let empty = format!("Event {:?} has no artifacts.", id.id);
+                let empty = format!("Event {:?} has no artifacts.", id);
                 print::list_table(list, &empty, |items| {
                     let mut table = Table::new(&["NAME", "JOB", "FILES", "SIZE", "PATH", "AGE"]);
                     for item in items {
@@ -103,12 +101,13 @@ pub async fn artifacts(command: ArtifactCommand) -> Result<(), Failure> {
         }
         ArtifactCommand::Get { id, name, dir } => {
             let api = Api::from_config()?;
+            let id = id.resolve(&api).await?;
             let artifact = api
-                .get(&["v2", "events", &id.id, "artifacts", &name])
+                .get(&["v2", "events", &id, "artifacts", &name])
                 .send()
                 .await?;
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let (files, size) = download(&api, &id.id, &name, &artifact, &dir).await?;
+            let (files, size) = download(&api, &id, &name, &artifact, &dir).await?;
             out(format!(
                 "Wrote artifact {name:?} into {} ({}, {}), each file's SHA-256 checked.",
                 dir.display(),

@@ -43,6 +43,8 @@ pub enum ClientCommand {
     /// Grant, revoke and list system roles
     #[command(subcommand, visible_alias = "roles")]
     Role(auth::RoleCommand),
+    /// Show the version and commit of this client and of the server it uses
+    Version(print::OutputArg),
 }
 
 /// Runs a client command.
@@ -55,7 +57,54 @@ pub async fn run(command: ClientCommand) -> Result<(), Failure> {
         ClientCommand::Event(command) => event::run(command).await,
         ClientCommand::ServiceAccount(command) => auth::service_account(command).await,
         ClientCommand::Role(command) => auth::role(command).await,
+        ClientCommand::Version(args) => version(args).await,
     }
+}
+
+/// `mizzen version`: this client's version and commit, and those the server
+/// it is logged in to gives (`GET /v2/ping`); a server that cannot be asked
+/// is said to be so, and the command still succeeds.
+async fn version(args: print::OutputArg) -> Result<(), Failure> {
+    let client = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": option_env!("MIZZEN_COMMIT").unwrap_or("unknown"),
+    });
+    let server = match http::Api::from_config() {
+        Err(_) => serde_json::Value::Null,
+        Ok(api) => match api.get(&["v2", "ping"]).send().await {
+            Ok(ping) => serde_json::json!({
+                "address": api.address(),
+                "version": print::field(&ping, &["version"]),
+                "commit": print::field(&ping, &["commit"]),
+            }),
+            Err(failure) => serde_json::json!({
+                "address": api.address(),
+                "error": format!("{:#}", failure.error),
+            }),
+        },
+    };
+    let versions = serde_json::json!({"client": client, "server": server});
+    print::emit(args.output, &versions, |v| {
+        let line = |v: &serde_json::Value| {
+            format!(
+                "{} (commit {})",
+                print::field(v, &["version"]),
+                print::field(v, &["commit"])
+            )
+        };
+        let server = &v["server"];
+        let server = if server.is_null() {
+            "not logged in".to_string()
+        } else if let Some(error) = server["error"].as_str() {
+            format!(
+                "{} did not answer: {error}",
+                print::field(server, &["address"])
+            )
+        } else {
+            format!("{} at {}", line(server), print::field(server, &["address"]))
+        };
+        format!("Client: {}\nServer: {server}", line(&v["client"]))
+    })
 }
 
 /// A failure of the server, the network or a followed worker (exit 1).
@@ -84,11 +133,17 @@ fn warn(message: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "mizzen: warning: {message}");
 }
 
-/// Asks `question` (y/N) when stdin is a terminal; without one (scripts,
-/// tests), or with `--yes`, the answer is yes.
+/// Asks `question` (y/N) when stdin is a terminal. Without one (a script, a
+/// CI job) nothing is asked and nothing is done: `--yes` must say so, as
+/// brig asked before destroying anything.
 fn confirm(yes: bool, question: &str) -> Result<bool, Failure> {
-    if yes || !std::io::stdin().is_terminal() {
+    if yes {
         return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(bad_input(anyhow::anyhow!(
+            "{question} Not done: stdin is not a terminal to ask on; give --yes to confirm"
+        )));
     }
     let mut stderr = std::io::stderr();
     let _ = write!(stderr, "{question} [y/N] ");

@@ -29,6 +29,26 @@ pub struct OutputArg {
     pub output: Output,
 }
 
+/// A worker's or job's phase, coloured for a person at a terminal (green
+/// when it succeeded, red when it did not, yellow on its way), never when
+/// stdout is piped or `NO_COLOR` is set (no-color.org).
+pub fn phase(phase: &str) -> String {
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let code = match phase {
+        "SUCCEEDED" => "32",
+        "FAILED" | "ABORTED" | "TIMED_OUT" | "SCHEDULING_FAILED" | "CANCELED" => "31",
+        "PENDING" | "STARTING" | "RUNNING" => "33",
+        _ => return phase.to_string(),
+    };
+    if colour {
+        format!("\x1b[{code}m{phase}\x1b[0m")
+    } else {
+        phase.to_string()
+    }
+}
+
 /// Writes to stdout; a closed pipe (`mizzen event list | head`) is not an
 /// error worth reporting.
 pub fn out(text: impl std::fmt::Display) {

@@ -436,6 +436,10 @@ pub fn load_project(path: &Path) -> anyhow::Result<LoadedProject> {
     }
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read the project file {}", file.display()))?;
+    // Checked here with the server's own parser, so that a mistake is named
+    // by the user's file, field and line rather than by a place in the JSON
+    // sent; the server checks again.
+    mizzen_runtime::project::Project::parse(&file, &text)?;
     let mut body: Value = serde_norway::from_str(&text)
         .with_context(|| format!("{}: not a valid YAML or JSON project", file.display()))?;
     let Some(object) = body.as_object_mut() else {
