@@ -221,7 +221,6 @@ type Job struct {
 
 	started bool
 	wait    *future // the job.wait ticket's
-	ended   bool    // "ended" has been logged
 }
 
 // NewJob returns a job named name whose primary container runs image, with
@@ -294,7 +293,7 @@ func (j *Job) Start() error {
 		return &StartError{Job: j.Name, Err: err}
 	}
 	sched.mu.Lock()
-	j.started, j.wait, j.ended = true, nil, false
+	j.started, j.wait = true, nil
 	sched.mu.Unlock()
 	return nil
 }
@@ -340,13 +339,7 @@ func (j *Job) Wait() error {
 	if err != nil {
 		return err
 	}
-	sched.mu.Lock()
-	first := !j.ended
-	j.ended = true
-	sched.mu.Unlock()
-	if first {
-		j.Logger().Debug("Job " + j.Name + " ended " + string(result.Phase))
-	}
+	// The host logs how the job ended (with its exit code), once.
 	if j.Fallible || result.Phase == PhaseSucceeded {
 		return nil
 	}

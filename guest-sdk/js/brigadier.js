@@ -383,8 +383,8 @@
       } catch (e) {
         throw new Error(`Error creating job "${this.name}": ${e.message}`);
       }
+      // The host logs how the job ended (with its exit code), once.
       const result = await submit(OP.JobWait, { name: this.name });
-      this.logger.debug(`Job ${this.name} ended ${result.phase}`);
       if (this.fallible || result.phase === "SUCCEEDED") return;
       const what = PHASE_ERRORS[result.phase] || `ended ${result.phase}`;
       const error = new Error(`Job "${this.name}" ${what}`);

@@ -790,7 +790,7 @@ impl Job {
                 self.name
             ))
         })?;
-        logger.debug(format_args!("Job {} ended {}", self.name, result.phase));
+        // The host logs how the job ended (with its exit code), once.
         if self.fallible || result.phase == Phase::Succeeded {
             return Ok(());
         }

@@ -1,3 +1,4 @@
--- The event list's time filters (createdAfter, createdBefore): a time range
--- is found through this index, not by reading every event after it.
-CREATE INDEX events_by_created ON events (created);
+-- The event list's time filters (createdAfter, createdBefore): a list
+-- filtered by time is read in order of acceptance through this index, so an
+-- old range is reached without reading every newer event.
+CREATE INDEX events_by_created ON events (created, seq);

@@ -28,7 +28,8 @@ use super::{
 use crate::auth::Principal;
 use crate::scheduler::RETRY_LABEL;
 use crate::store::{
-    EventFilter, EventHead, EventRecord, JobRecord, NewEvent, StoreError, now_micros, rfc3339,
+    EventCursor, EventFilter, EventHead, EventRecord, JobRecord, NewEvent, StoreError, now_micros,
+    rfc3339,
 };
 
 /// What one page of an event list may hold in event documents (payloads,
@@ -290,8 +291,10 @@ async fn list_events(
         created_before: time("createdBefore", query.created_before.as_deref())?,
     };
     let after = match query.page.after.filter(|s| !s.is_empty()) {
-        Some(text) => Some(text.parse::<i64>().map_err(|_| {
-            ApiError::bad(format!("continue {text:?} is not a value this server gave"))
+        Some(text) => Some(EventCursor::parse(&text, &filter).ok_or_else(|| {
+            ApiError::bad(format!(
+                "continue {text:?} is not a value this server gave for a list with these filters"
+            ))
         })?),
         None => None,
     };

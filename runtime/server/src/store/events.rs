@@ -120,8 +120,62 @@ pub struct EventHead {
 pub struct EventSlot {
     /// Insertion order; newer events have larger numbers.
     pub seq: i64,
+    /// When it was accepted.
+    pub created: i64,
     /// The stored document's length in bytes.
     pub size: u64,
+}
+
+/// Where a page of events starts: after this event, in the list's order.
+/// A list is in insertion order, newest first; a list filtered by time is in
+/// order of acceptance (then insertion), which the time index serves
+/// without reading the events outside the range. Written in a `continue`
+/// token as `SEQ` or `CREATED.SEQ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventCursor {
+    /// After the event of this insertion number.
+    Seq(i64),
+    /// After the event accepted at `created` with this insertion number.
+    Created {
+        /// When it was accepted.
+        created: i64,
+        /// Its insertion number.
+        seq: i64,
+    },
+}
+
+impl EventCursor {
+    /// Reads a `continue` token given for a list with `filter`; `None` when
+    /// it is not one this store gives for such a list.
+    pub fn parse(text: &str, filter: &EventFilter) -> Option<Self> {
+        if filter.by_time() {
+            let (created, seq) = text.split_once('.')?;
+            Some(Self::Created {
+                created: created.parse().ok()?,
+                seq: seq.parse().ok()?,
+            })
+        } else {
+            text.parse().ok().map(Self::Seq)
+        }
+    }
+
+    fn after(slot: &EventSlot, filter: &EventFilter) -> Self {
+        if filter.by_time() {
+            Self::Created {
+                created: slot.created,
+                seq: slot.seq,
+            }
+        } else {
+            Self::Seq(slot.seq)
+        }
+    }
+
+    fn token(&self) -> String {
+        match self {
+            Self::Seq(seq) => seq.to_string(),
+            Self::Created { created, seq } => format!("{created}.{seq}"),
+        }
+    }
 }
 
 /// The parts of an event's document that list filters look at.
@@ -172,9 +226,13 @@ impl PageBuilder {
         }
     }
 
-    fn finish(self) -> Page<EventSlot> {
+    fn finish(self, filter: &EventFilter) -> Page<EventSlot> {
         let next = (self.remaining > 0)
-            .then(|| self.items.last().map(|slot| slot.seq.to_string()))
+            .then(|| {
+                self.items
+                    .last()
+                    .map(|slot| EventCursor::after(slot, filter).token())
+            })
             .flatten();
         Page {
             items: self.items,
@@ -226,6 +284,13 @@ pub struct EventFilter {
     pub created_after: Option<i64>,
     /// Only events accepted before this time.
     pub created_before: Option<i64>,
+}
+
+impl EventFilter {
+    /// Whether the list is filtered by time, and so in order of acceptance.
+    pub fn by_time(&self) -> bool {
+        self.created_after.is_some() || self.created_before.is_some()
+    }
 }
 
 impl Store {
@@ -314,7 +379,7 @@ impl Store {
     pub async fn event_page(
         &self,
         filter: &EventFilter,
-        after: Option<i64>,
+        after: Option<EventCursor>,
         limit: i64,
         page_bytes: u64,
     ) -> Result<Page<EventSlot>, StoreError> {
@@ -334,6 +399,7 @@ impl Store {
             let size: i64 = row.try_get("size")?;
             let slot = EventSlot {
                 seq: row.try_get("seq")?,
+                created: row.try_get("created")?,
                 size: u64::try_from(size).unwrap_or(0),
             };
             if !by_document {
@@ -350,23 +416,28 @@ impl Store {
         }
         drop(rows);
         self.filter_by_documents(filter, chunk, &mut page).await?;
-        let mut page = page.finish();
+        let mut page = page.finish(filter);
         if !by_document
             && page.remaining > 0
             && let Some(last) = page.items.last()
         {
-            page.remaining = self.count_older(filter, last.seq).await?;
+            let after = EventCursor::after(last, filter);
+            page.remaining = self.count_older(filter, after).await?;
         }
         Ok(page)
     }
 
-    /// How many events matching `filter` are older than `seq`, counting at
+    /// How many events matching `filter` come after `after`, counting at
     /// most REMAINING_COUNTED (past that, -1: unknown), so that a page's
     /// cost does not grow with the store (a million events would otherwise
     /// all be read to count those left). Only the columns of the filters
     /// are read: with a project's or a phase's filter, only its index.
-    async fn count_older(&self, filter: &EventFilter, seq: i64) -> Result<i64, StoreError> {
-        let (older, binds) = event_query(filter, Some(seq), "1 AS one");
+    async fn count_older(
+        &self,
+        filter: &EventFilter,
+        after: EventCursor,
+    ) -> Result<i64, StoreError> {
+        let (older, binds) = event_query(filter, Some(after), "1 AS one");
         let sql = format!("SELECT COUNT(*) AS n FROM ({older} LIMIT {REMAINING_COUNTED}) AS older");
         let n: i64 = bind_all(sqlx::query(AssertSqlSafe(sql)), binds)
             .fetch_one(&self.pool)
@@ -525,7 +596,7 @@ impl Store {
 pub(super) const EVENT_COLUMNS: &str = "seq, id, project_id, created, source, event_type, document, summary, phase, started, ended, attempts";
 
 /// An event's place and size, from columns stored before its document.
-const SLOT_COLUMNS: &str = "seq, CAST(OCTET_LENGTH(document) AS BIGINT) AS size";
+const SLOT_COLUMNS: &str = "seq, created, CAST(OCTET_LENGTH(document) AS BIGINT) AS size";
 /// An event's head; `size` is the document's length in bytes (OCTET_LENGTH
 /// reads it from the row's header in SQLite, without the document).
 const HEAD_COLUMNS: &str = "seq, id, project_id, source, phase, started, ended, CAST(OCTET_LENGTH(document) AS BIGINT) AS size";
@@ -548,7 +619,11 @@ fn bind_all(
     query
 }
 
-fn event_query(filter: &EventFilter, after: Option<i64>, columns: &str) -> (String, Vec<Bind>) {
+fn event_query(
+    filter: &EventFilter,
+    after: Option<EventCursor>,
+    columns: &str,
+) -> (String, Vec<Bind>) {
     let mut sql = format!("SELECT {columns} FROM events WHERE 1 = 1");
     let mut binds = Vec::new();
     let mut push = |sql: &mut String, clause: &str, bind: Bind| {
@@ -598,10 +673,23 @@ fn event_query(filter: &EventFilter, after: Option<i64>, columns: &str) -> (Stri
     if let Some(time) = filter.created_before {
         push(&mut sql, " AND created < ?", Bind::Int(time));
     }
-    if let Some(after) = after {
-        push(&mut sql, " AND seq < ?", Bind::Int(after));
+    match after {
+        None => {}
+        Some(EventCursor::Seq(seq)) => push(&mut sql, " AND seq < ?", Bind::Int(seq)),
+        Some(EventCursor::Created { created, seq }) => {
+            push(&mut sql, " AND (created < ?", Bind::Int(created));
+            push(&mut sql, " OR (created = ?", Bind::Int(created));
+            push(&mut sql, " AND seq < ?))", Bind::Int(seq));
+        }
     }
-    sql.push_str(" ORDER BY seq DESC");
+    // Insertion order, newest first. A time range is read in order of
+    // acceptance through the time index (events_by_created): in insertion
+    // order a database would read every newer event to reach an old range.
+    sql.push_str(if filter.by_time() {
+        " ORDER BY created DESC, seq DESC"
+    } else {
+        " ORDER BY seq DESC"
+    });
     (sql, binds)
 }
 

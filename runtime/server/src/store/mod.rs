@@ -39,7 +39,9 @@ use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Sql
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use claims::{Claim, ClaimLimits};
-pub use events::{EventDocument, EventFilter, EventHead, EventRecord, EventSlot, NewEvent};
+pub use events::{
+    EventCursor, EventDocument, EventFilter, EventHead, EventRecord, EventSlot, NewEvent,
+};
 pub use jobs::JobRecord;
 pub use logs::LogLine;
 pub use principals::{RoleAssignment, ServiceAccountRecord};
@@ -711,7 +713,12 @@ mod tests {
         let mut last_remaining = first.remaining;
         while let Some(after) = next {
             let page = store
-                .event_page(&filter, Some(after.parse().unwrap()), 1_000, u64::MAX)
+                .event_page(
+                    &filter,
+                    EventCursor::parse(&after, &filter),
+                    1_000,
+                    u64::MAX,
+                )
                 .await
                 .unwrap();
             seen += page.items.len();
@@ -721,7 +728,7 @@ mod tests {
         assert_eq!(seen, total, "every event once");
         assert_eq!(last_remaining, 0);
         let near_end = store
-            .event_page(&filter, Some(31), 20, u64::MAX)
+            .event_page(&filter, Some(EventCursor::Seq(31)), 20, u64::MAX)
             .await
             .unwrap();
         assert_eq!(
@@ -758,6 +765,42 @@ mod tests {
         let ids: Vec<&str> = heads.iter().map(|h| h.id.as_str()).collect();
         assert_eq!(ids.len(), 50);
         assert_eq!((ids[0], ids[49]), ("e199", "e101"));
+        // Paged in order of acceptance: events accepted out of insertion
+        // order (as replicas' clocks allow) are each listed once, in time.
+        sqlx::query(
+            "INSERT INTO events (id, project_id, created, source, event_type, document, phase)
+             VALUES ('late', 'p1', 1500, 's', 't', '{\"project\":{}}', 'SUCCEEDED'),
+                    ('same', 'p1', 1510, 's', 't', '{\"project\":{}}', 'SUCCEEDED')",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap();
+        let ids: std::collections::BTreeMap<i64, String> = store
+            .event_heads(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|head| (head.seq, head.id))
+            .collect();
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.event_page(&filter, after, 7, u64::MAX).await.unwrap();
+            listed.extend(
+                page.items
+                    .iter()
+                    .map(|slot| (slot.created, ids[&slot.seq].clone())),
+            );
+            match page.next {
+                Some(next) => after = EventCursor::parse(&next, &filter),
+                None => break,
+            }
+        }
+        assert_eq!(listed.len(), 52, "{listed:?}");
+        assert!(listed.windows(2).all(|w| w[0].0 >= w[1].0), "{listed:?}");
+        let place = |id: &str| listed.iter().position(|(_, i)| i == id).unwrap();
+        assert_eq!(listed[place("late") + 1].1, "e149");
+        assert_eq!(listed[place("same") + 1].1, "e151");
     }
 
     #[test]
