@@ -765,9 +765,15 @@ fn hostile_ids_headers_and_bodies_are_refused_by_name() {
         ("limit=100000000000000000000", Some("limit")),
         ("continue=%27%3B%20DROP%20TABLE%20events", Some("continue")),
         // A time-filtered list's token is not a plain list's, nor the reverse.
-        ("createdAfter=2026-01-01T00:00:00Z&continue=42", Some("continue")),
+        (
+            "createdAfter=2026-01-01T00:00:00Z&continue=42",
+            Some("continue"),
+        ),
         ("continue=1700000000000000.42", Some("continue")),
-        ("createdBefore=2026-01-01T00:00:00Z&continue=1.2.3", Some("continue")),
+        (
+            "createdBefore=2026-01-01T00:00:00Z&continue=1.2.3",
+            Some("continue"),
+        ),
     ] {
         let (status, body) = server.call("GET", &format!("/v2/events?{query}"), Some(&root), None);
         let outcome = match named {

@@ -66,12 +66,15 @@ const MAX_CONNECTIONS: u32 = 16;
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    // These two say their cause in their message, for logs that print the
+    // message alone, and so do not also give it as their source: a chain
+    // printed whole (`mizzen: {error:#}`) would say it twice.
     /// The database refused or could not be reached.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// The schema could not be brought up to date.
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// A stored document is not what this version of Mizzen wrote.
     #[error("stored {what} is corrupt: {source}")]
     Corrupt {
@@ -100,6 +103,18 @@ pub enum StoreError {
     /// The event writer has stopped (the server is shutting down).
     #[error("the store is shutting down")]
     Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(error)
+    }
 }
 
 /// Microseconds since the Unix epoch, the store's clock.
