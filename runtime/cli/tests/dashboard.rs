@@ -730,6 +730,46 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(seen.contains(&id), "its own event's phase: {seen}");
     assert!(!seen.contains(&long_id), "another tenant's event: {seen}");
 
+    // Past the API's page of 100 projects, the search still finds them.
+    for i in 0..120 {
+        call(
+            "POST",
+            &format!("{base}/v2/projects"),
+            &root,
+            Some(project(&format!("bulk-{i:03}"), "")),
+        )
+        .await;
+    }
+    browser.click("#sign-out").await;
+    browser
+        .until("the sign-in form", "document.querySelector('#password')")
+        .await;
+    browser.type_into("#password", ROOT_PASSWORD).await;
+    browser.click("form[aria-labelledby=as-root] button").await;
+    browser
+        .until(
+            "the events page",
+            "document.querySelector('#filter-project')",
+        )
+        .await;
+    browser.go(&format!("{base}/#/projects")).await;
+    browser
+        .until("the projects page", "document.querySelector('#search')")
+        .await;
+    browser.type_into("#search", "bulk-119").await;
+    browser
+        .until(
+            "the 122nd project found by the search",
+            "[...document.querySelectorAll('main tbody tr')].map(r => r.innerText).join() .includes('bulk-119')",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .run("return document.querySelectorAll('main tbody tr').length;")
+            .await,
+        json!(1)
+    );
+
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -135,10 +135,23 @@ async function whoami() {
 
 // ----- projects -----------------------------------------------------------------
 
+// The projects page reads at most this many pages of 100: a person sees
+// ten thousand projects before the page would take long to load.
+const MAX_PROJECT_PAGES = 100;
+
 async function projects() {
   const search = el("input", { id: "search", type: "search", placeholder: "id or description" });
   const body = el("tbody");
-  const list = await api("/v2/projects?limit=100");
+  // Every project the person may see, read a page of 100 at a time, so
+  // that the search covers them all (the API has no search of its own).
+  const list = { items: [] };
+  let next = "";
+  for (let pages = 0; pages < MAX_PROJECT_PAGES; pages++) {
+    const page = await api(`/v2/projects?limit=100${next ? `&continue=${encodeURIComponent(next)}` : ""}`);
+    list.items.push(...page.items);
+    next = page.metadata && page.metadata.continue;
+    if (!next) break;
+  }
   const render = () => {
     const needle = search.value.toLowerCase();
     body.replaceChildren(...list.items
