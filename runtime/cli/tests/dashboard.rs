@@ -199,6 +199,20 @@ impl Browser {
         .await;
     }
 
+    /// Signs in with root's password on the sign-in page, and waits for
+    /// the events page.
+    async fn sign_in_as_root(&self) {
+        self.until("the sign-in form", "document.querySelector('#password')")
+            .await;
+        self.type_into("#password", ROOT_PASSWORD).await;
+        self.click("form[aria-labelledby=as-root] button").await;
+        self.until(
+            "the events page",
+            "document.querySelector('#filter-project')",
+        )
+        .await;
+    }
+
     /// A command of Chrome's DevTools protocol, through chromedriver.
     async fn cdp(&self, command: &str, params: Value) {
         self.command(
@@ -362,14 +376,7 @@ async fn the_dashboard_in_a_real_browser() {
         .until("the sign-in form", "document.querySelector('#password')")
         .await;
     browser.shot("1-sign-in").await;
-    browser.type_into("#password", ROOT_PASSWORD).await;
-    browser.click("form[aria-labelledby=as-root] button").await;
-    browser
-        .until(
-            "the events page",
-            "document.querySelector('#filter-project')",
-        )
-        .await;
+    browser.sign_in_as_root().await;
 
     // An event appears in the list and ends there, live.
     let id = create_event(&base, &root, "pipeline").await;
@@ -741,17 +748,7 @@ async fn the_dashboard_in_a_real_browser() {
         .await;
     }
     browser.click("#sign-out").await;
-    browser
-        .until("the sign-in form", "document.querySelector('#password')")
-        .await;
-    browser.type_into("#password", ROOT_PASSWORD).await;
-    browser.click("form[aria-labelledby=as-root] button").await;
-    browser
-        .until(
-            "the events page",
-            "document.querySelector('#filter-project')",
-        )
-        .await;
+    browser.sign_in_as_root().await;
     browser.go(&format!("{base}/#/projects")).await;
     browser
         .until("the projects page", "document.querySelector('#search')")

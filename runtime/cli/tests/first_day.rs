@@ -105,10 +105,10 @@ fn server() -> (std::process::Child, String, tempfile::TempDir) {
     server_with(false)
 }
 
-fn root_token(url: &str) -> String {
-    let config = tempfile::tempdir().unwrap();
+/// Logs in to `url` as root with the config in `config`.
+fn log_in(config: &Path, url: &str) {
     let login = mizzen(
-        config.path(),
+        config,
         &[
             "login",
             "--server",
@@ -120,6 +120,11 @@ fn root_token(url: &str) -> String {
         &[],
     );
     assert_eq!(login.code, 0, "{login:?}");
+}
+
+fn root_token(url: &str) -> String {
+    let config = tempfile::tempdir().unwrap();
+    log_in(config.path(), url);
     let stored: Value =
         serde_json::from_str(&std::fs::read_to_string(config.path().join("config")).unwrap())
             .unwrap();
@@ -140,18 +145,7 @@ fn version_names_the_client_and_the_server() {
         "{alone:?}"
     );
     assert!(alone.stdout.contains("Server: not logged in"), "{alone:?}");
-    mizzen(
-        config.path(),
-        &[
-            "login",
-            "--server",
-            &url,
-            "--root",
-            "--password",
-            ROOT_PASSWORD,
-        ],
-        &[],
-    );
+    log_in(config.path(), &url);
     let both = mizzen(config.path(), &["version", "-o", "json"], &[]);
     let both: Value = serde_json::from_str(&both.stdout).unwrap();
     assert_eq!(both["client"]["version"], version);
@@ -295,18 +289,7 @@ fn login_asks_for_the_password_on_a_terminal_only() {
 fn destructive_verbs_ask_and_refuse_without_a_terminal() {
     let (mut child, url, _data) = server();
     let config = tempfile::tempdir().unwrap();
-    mizzen(
-        config.path(),
-        &[
-            "login",
-            "--server",
-            &url,
-            "--root",
-            "--password",
-            ROOT_PASSWORD,
-        ],
-        &[],
-    );
+    log_in(config.path(), &url);
     let project = repo().join("examples/01-hello-world");
     let created = mizzen(
         config.path(),
@@ -476,18 +459,7 @@ fn job_project(id: &str, jobs: &str) -> tempfile::TempDir {
 fn following_an_event_streams_its_jobs_and_ends_with_its_outcome() {
     let (mut child, url, _data) = server_with(true);
     let config = tempfile::tempdir().unwrap();
-    mizzen(
-        config.path(),
-        &[
-            "login",
-            "--server",
-            &url,
-            "--root",
-            "--password",
-            ROOT_PASSWORD,
-        ],
-        &[],
-    );
+    log_in(config.path(), &url);
     let failing = job_project(
         "failing",
         r#"  const build = new Job("build", "localhost/busybox", event);
