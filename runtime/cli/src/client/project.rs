@@ -436,10 +436,6 @@ pub fn load_project(path: &Path) -> anyhow::Result<LoadedProject> {
     }
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read the project file {}", file.display()))?;
-    // Checked here with the server's own parser, so that a mistake is named
-    // by the user's file, field and line rather than by a place in the JSON
-    // sent; the server checks again.
-    mizzen_runtime::project::Project::parse(&file, &text)?;
     let mut body: Value = serde_norway::from_str(&text)
         .with_context(|| format!("{}: not a valid YAML or JSON project", file.display()))?;
     let Some(object) = body.as_object_mut() else {
@@ -456,6 +452,10 @@ pub fn load_project(path: &Path) -> anyhow::Result<LoadedProject> {
     if id.is_empty() {
         anyhow::bail!("{}: metadata.id is missing", file.display());
     }
+    // Checked here with the server's own parser, so that a mistake is named
+    // by the user's file, field and line rather than by a place in the JSON
+    // sent; the server checks again.
+    mizzen_runtime::project::Project::parse(&file, &text)?;
     let root = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -909,7 +909,7 @@ mod tests {
     }
 
     #[test]
-    fn git_projects_and_escaping_directories_send_nothing() {
+    fn git_projects_send_nothing_and_escaping_directories_are_refused() {
         let git = format!("{HEAD}    git:\n      cloneURL: https://github.com/x/y.git\n");
         let dir = project_dir(&git, &[(".brigade/brigade.js", "js")]);
         let project = load_project(dir.path()).unwrap();
@@ -920,9 +920,16 @@ mod tests {
                 .is_none()
         );
 
+        // A directory outside the project is refused before anything is
+        // read or sent, as the server would refuse it.
         let escaping = format!("{HEAD}    configFilesDirectory: ../elsewhere\n");
         let dir = project_dir(&escaping, &[]);
-        assert!(load_project(dir.path()).unwrap().inlined.is_empty());
+        let err = format!("{:#}", load_project(dir.path()).unwrap_err());
+        assert!(
+            err.contains("spec.workerTemplate.configFilesDirectory")
+                && err.contains("stays inside the repository"),
+            "{err}"
+        );
     }
 
     #[test]
