@@ -160,7 +160,13 @@ fn parse_memory_limit(text: &str) -> Result<u64, String> {
 /// the escape codes as text.
 fn colour_on_stderr() -> bool {
     use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colour_on(std::io::stderr().is_terminal())
+}
+
+/// Whether output to a stream that `is_terminal` (or not) may be coloured:
+/// only a terminal's, and not when `NO_COLOR` is set.
+fn colour_on(is_terminal: bool) -> bool {
+    is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// An exit code with the message that explains it.

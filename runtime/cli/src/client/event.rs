@@ -699,13 +699,18 @@ const LOG_DRAIN: Duration = Duration::from_secs(15);
 /// The lines of a failed job printed again at the end.
 const FAILED_JOB_TAIL: usize = 10;
 
+/// An event's jobs (`worker.jobs`), none when it has none.
+fn jobs_of(event: &Value) -> &[Value] {
+    event
+        .pointer("/worker/jobs")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice)
+}
+
 /// Every (job, container) of an event's jobs: each job's primary container
 /// (named as the job) and its sidecars.
 fn containers(event: &Value) -> Vec<(String, String)> {
-    let jobs = event
-        .pointer("/worker/jobs")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
+    let jobs = jobs_of(event);
     let mut all = Vec::new();
     for job in jobs {
         let name = field(job, &["name"]);
@@ -744,10 +749,7 @@ fn print_outcome(id: &str, event: &Value, tails: &BTreeMap<String, Vec<String>>)
         _ => String::new(),
     };
     let mut text = String::new();
-    let jobs = event
-        .pointer("/worker/jobs")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
+    let jobs = jobs_of(event);
     for job in jobs {
         let job_phase = field(job, &["status", "phase"]);
         if !matches!(job_phase.as_str(), "FAILED" | "TIMED_OUT" | "ABORTED") {
@@ -917,10 +919,7 @@ fn events_table(items: &[Value]) -> Table {
 /// `event get`: the event's row, then its jobs.
 fn event_details(event: &Value) -> String {
     let mut text = events_table(std::slice::from_ref(event)).render();
-    let jobs = event
-        .pointer("/worker/jobs")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
+    let jobs = jobs_of(event);
     if !jobs.is_empty() {
         text.push_str(&format!(
             "\nEvent {:?} jobs:\n\n",

@@ -34,8 +34,7 @@ pub struct OutputArg {
 /// stdout is piped or `NO_COLOR` is set (no-color.org).
 pub fn phase(phase: &str) -> String {
     use std::io::IsTerminal;
-    let colour = std::io::stdout().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let colour = crate::colour_on(std::io::stdout().is_terminal());
     let code = match phase {
         "SUCCEEDED" => "32",
         "FAILED" | "ABORTED" | "TIMED_OUT" | "SCHEDULING_FAILED" | "CANCELED" => "31",
