@@ -35,6 +35,7 @@ pub fn context(event_id: &str, project_id: &str) -> EventContext {
         source: None,
         policies: Default::default(),
         image_pull_secrets: Vec::new(),
+        pull_secrets: Vec::new(),
         workspace_size: None,
         container_limits: Default::default(),
         kept: Default::default(),

@@ -2769,3 +2769,138 @@ fn log_forwarding_labels_cannot_impersonate_or_bloat() {
     assert_eq!(projects["items"].as_array().unwrap().len(), 0, "{projects}");
     tally.finish();
 }
+
+// ----- H: registry credentials --------------------------------------------------------
+
+/// A project's pull secret (a project secret named in imagePullSecrets) is a
+/// tenant's input the local engine reads as a Docker config: one naming a
+/// credential helper must not make the server run it (the helper here
+/// exists on the server's PATH and would leave a mark), a malformed or
+/// hostile one fails the job by name, and none puts the secret's parts in
+/// the log.
+#[test]
+fn hostile_pull_secrets_fail_the_job_by_name_and_run_nothing() {
+    let helpers = tempfile::tempdir().unwrap();
+    let mark = helpers.path().join("helper-ran");
+    let helper = helpers.path().join("docker-credential-evil");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\ntouch {}\necho '{{\"Username\":\"u\",\"Secret\":\"p\"}}'\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        helpers.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let mut server = Server::start_under(None, &[], &[("PATH", &path)]);
+    // Nothing listens on port 1: a pull that gets that far fails at once.
+    let registry = "127.0.0.1:1";
+    let script = format!(
+        r#"const {{ events, Job }} = require("@brigadecore/brigadier");
+events.on("brigade.sh/cli", "exec", async (event) => {{
+  const job = new Job("pull", "{registry}/team/app:v1", event);
+  job.primaryContainer.imagePullPolicy = "Always";
+  await job.run();
+}});
+events.process();
+"#
+    );
+    let mut document = project("puller", &script);
+    document["spec"]["workerTemplate"]["kubernetes"] = json!({"imagePullSecrets": ["regcred"]});
+    server.create_project(&document);
+
+    let b64 = |text: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    };
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let many: serde_json::Map<String, Value> = (0..1_000)
+        .map(|i| {
+            (
+                format!("registry-{i}.example.com"),
+                json!({"auth": b64("u:p")}),
+            )
+        })
+        .collect();
+    let many = json!({ "auths": many }).to_string();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "credsStore naming a helper on the server's PATH",
+            json!({"credsStore": "evil"}).to_string(),
+            "names a credential helper (credsStore): a project's secret may not make the host run a program",
+        ),
+        (
+            "credHelpers for the image's registry",
+            json!({"credHelpers": {registry: "evil"}}).to_string(),
+            "names a credential helper (credHelpers)",
+        ),
+        (
+            "a helper name that climbs out of the PATH",
+            json!({"auths": {}, "credsStore": "../../../../bin/evil"}).to_string(),
+            "names a credential helper (credsStore)",
+        ),
+        ("not JSON", "registry:user:password".into(), "is not a Docker config JSON: expected value at line 1 column 1"),
+        ("a JSON array", "[]".into(), "is not a Docker config JSON: expected an object such as {\"auths\": {...}}"),
+        ("10,000 levels deep", deep, "is not a Docker config JSON: recursion limit exceeded"),
+        (
+            "an auth that is not base64",
+            json!({"auths": {registry: {"auth": "%%%"}}}).to_string(),
+            "the \"auth\" of 127.0.0.1:1 is not base64 of USER:PASSWORD",
+        ),
+        (
+            "an auth contradicting its password (the canary)",
+            json!({"auths": {registry: {"auth": b64("u:other"), "username": "u", "password": SECRET}}}).to_string(),
+            "the \"auth\" of 127.0.0.1:1 does not match its \"username\" and \"password\"",
+        ),
+        (
+            "1,000 other registries (43 KiB, near the 48 KiB a secret holds)",
+            many,
+            "(no credentials for 127.0.0.1:1 in project secret \"regcred\")",
+        ),
+        (
+            "credentials sent to a registry that does not answer",
+            json!({"auths": {registry: {"auth": b64(&format!("u:{SECRET}"))}}}).to_string(),
+            "(with the credentials for 127.0.0.1:1 from project secret \"regcred\")",
+        ),
+    ];
+    let mut tally = Tally::new("pull secrets");
+    for (name, value, expected) in cases {
+        server.set_secret("puller", "regcred", &value);
+        let id = server.create_event("puller", "", None);
+        let event = server.wait(&id);
+        let (_, logs) = server.call(
+            "GET",
+            &format!("/v2/events/{id}/logs"),
+            Some(&server.root),
+            None,
+        );
+        // The log's messages (it comes as one JSON entry a line).
+        let logs: String = match logs {
+            Value::String(text) => text
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter_map(|entry| entry["message"].as_str().map(|m| format!("{m}\n")))
+                .collect(),
+            other => other.to_string(),
+        };
+        let result = check(
+            event["worker"]["status"]["phase"] == "FAILED" && logs.contains(expected),
+            || format!("expected the job to fail with {expected:?}; event {event}, logs {logs}"),
+        )
+        .and_then(|()| {
+            check(!mark.exists(), || {
+                "the server ran the credential helper".into()
+            })
+        });
+        if SECRET_HALVES.iter().any(|half| logs.contains(half)) {
+            tally.leak(name, logs.clone());
+        }
+        tally.case(&mut server, name, result);
+    }
+    tally.finish();
+}

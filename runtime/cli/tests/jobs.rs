@@ -978,3 +978,180 @@ fn init_scaffolds_a_project_that_builds_and_runs_in_every_language() {
         "{again:?}"
     );
 }
+
+/// A project whose one job runs the registry's private image, pulled every
+/// time, with `imagePullSecrets: [regcred]`.
+fn private_image_project(address: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        format!(
+            r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: private-image
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/cli
+    types: [exec]
+  workerTemplate:
+    kubernetes:
+      imagePullSecrets: [regcred]
+    defaultConfigFiles:
+      brigade.js: |
+        const {{ events, Job }} = require("@brigadecore/brigadier");
+        events.on("brigade.sh/cli", "exec", async (event) => {{
+          const job = new Job("private", "{address}/private/busybox:latest", event);
+          job.primaryContainer.imagePullPolicy = "Always";
+          job.primaryContainer.command = ["sh", "-c", "echo pulled privately"];
+          await job.run();
+        }});
+        events.process();
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Docker's and Podman's credentials, a credential helper, and a project's
+/// pull secret each let a job's private image be pulled; without them, or
+/// with wrong ones, the job fails saying which credentials went (or where
+/// none was found). A project's secret may not name a helper.
+#[test]
+fn private_images_are_pulled_with_the_engines_or_the_projects_credentials() {
+    let Some((address, user, password)) = common::private_registry(
+        "private_images_are_pulled_with_the_engines_or_the_projects_credentials",
+    ) else {
+        return;
+    };
+    let project = private_image_project(&address);
+    let project = project.path().to_str().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let docker_config = home.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let auth = base64_of(&format!("{user}:{password}"));
+    let wrong = base64_of(&format!("{user}:not-the-password"));
+    // Every credentials file Mizzen might read is under `home`.
+    let isolated = |args: &[&str]| {
+        let mut command = command(args);
+        command
+            .env("HOME", home.path())
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("XDG_RUNTIME_DIR", home.path().join("run"))
+            .env_remove("REGISTRY_AUTH_FILE");
+        command
+    };
+    let pulled =
+        |ran: &Ran| ran.code == 0 && ran.stdout.contains("[job: private] pulled privately");
+
+    // None anywhere: the registry refuses, and the error says where
+    // Mizzen looked.
+    let ran = Ran::from(isolated(&["run", project]).output().unwrap());
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        said(&ran).contains(&format!("image \"{address}/private/busybox:latest\" could not be pulled: "))
+            && said(&ran).contains(&format!(
+                "(no credentials for {address} in imagePullSecrets \"regcred\" (no such project secret))"
+            )),
+        "{ran:?}"
+    );
+
+    // Podman's auth file, named by REGISTRY_AUTH_FILE.
+    let podman_auth = home.path().join("podman-auth.json");
+    std::fs::write(
+        &podman_auth,
+        format!(r#"{{"auths": {{"{address}": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let ran = Ran::from(
+        isolated(&["run", project])
+            .env("REGISTRY_AUTH_FILE", &podman_auth)
+            .output()
+            .unwrap(),
+    );
+    assert!(pulled(&ran), "{ran:?}");
+
+    // Docker's config.json, through a credential helper on the PATH.
+    let helpers = home.path().join("bin");
+    std::fs::create_dir_all(&helpers).unwrap();
+    let asked = home.path().join("helper-asked");
+    let helper = helpers.join("docker-credential-mizzentest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" > {asked}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"{user}\",\"Secret\":\"{password}\"}}' \"$server\"\n",
+            asked = asked.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!(r#"{{"credHelpers": {{"{address}": "mizzentest"}}}}"#),
+    )
+    .unwrap();
+    let path = format!("{}:{}", helpers.display(), std::env::var("PATH").unwrap());
+    let ran = Ran::from(
+        isolated(&["run", project])
+            .env("PATH", &path)
+            .output()
+            .unwrap(),
+    );
+    assert!(pulled(&ran), "{ran:?}");
+    assert_eq!(std::fs::read_to_string(&asked).unwrap().trim(), address);
+    std::fs::remove_file(docker_config.join("config.json")).unwrap();
+
+    // The project's own pull secret, with nothing on the host.
+    let secret = format!(r#"regcred={{"auths": {{"{address}": {{"auth": "{auth}"}}}}}}"#);
+    let ran = Ran::from(
+        isolated(&["run", project, "--secret", &secret])
+            .output()
+            .unwrap(),
+    );
+    assert!(pulled(&ran), "{ran:?}");
+
+    // A wrong password in it: the registry refuses, and the error names
+    // the secret the credentials came from.
+    let secret = format!(r#"regcred={{"auths": {{"{address}": {{"auth": "{wrong}"}}}}}}"#);
+    let ran = Ran::from(
+        isolated(&["run", project, "--secret", &secret])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        said(&ran).contains(&format!(
+            "(with the credentials for {address} from project secret \"regcred\")"
+        )),
+        "{ran:?}"
+    );
+    assert!(!said(&ran).contains(&wrong), "{ran:?}");
+
+    // A helper named in a project's secret would run on the host: refused.
+    let secret = r#"regcred={"credsStore": "mizzentest"}"#;
+    let ran = Ran::from(
+        isolated(&["run", project, "--secret", secret])
+            .env("PATH", &path)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert!(
+        said(&ran).contains(
+            "project secret \"regcred\" (named in spec.workerTemplate.kubernetes.imagePullSecrets) names a credential helper (credsStore): a project's secret may not make the host run a program"
+        ),
+        "{ran:?}"
+    );
+}
+
+/// All a run printed.
+fn said(ran: &Ran) -> String {
+    format!("{}{}", ran.stdout, ran.stderr)
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

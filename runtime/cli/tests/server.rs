@@ -3453,3 +3453,64 @@ async fn each_event_is_a_trace_that_continues_the_callers() {
         server.server_log()
     );
 }
+
+/// On the server's local engine, a job's private image is pulled with the
+/// project's pull secret (a project secret named in imagePullSecrets),
+/// set through the API like any other; without it the job fails saying so.
+fn private_images_with_the_projects_pull_secret(database_url: Option<String>, test: &str) {
+    let Some((address, user, password)) = common::private_registry(test) else {
+        return;
+    };
+    let server = TestServer::start(database_url, &[]);
+    let project = script_project(
+        "private-image",
+        "    kubernetes:\n      imagePullSecrets: [regcred]\n",
+        &format!(
+            r#"const {{ Job }} = require("@brigadecore/brigadier");
+          const job = new Job("private", "{address}/private/busybox:latest", event);
+          job.primaryContainer.imagePullPolicy = "Always";
+          job.primaryContainer.command = ["sh", "-c", "echo pulled privately"];
+          await job.run();"#
+        ),
+    );
+    server.ok(&["project", "create", "-f", project.path().to_str().unwrap()]);
+
+    let id = server.create_event("private-image", &[]);
+    assert_eq!(phase_of(&wait_until_ended(&server, &id)), "FAILED");
+    let log = server.ok(&["event", "logs", "--id", &id]);
+    assert!(
+        log.contains(&format!(
+            "(no credentials for {address} in imagePullSecrets \"regcred\" (no such project secret))"
+        )),
+        "{log}"
+    );
+
+    let auth = base64_of(format!("{user}:{password}").as_bytes());
+    server.ok(&[
+        "project",
+        "secret",
+        "set",
+        "--project",
+        "private-image",
+        "-s",
+        &format!(r#"regcred={{"auths": {{"{address}": {{"auth": "{auth}"}}}}}}"#),
+    ]);
+    let id = server.create_event("private-image", &[]);
+    let event = wait_until_ended(&server, &id);
+    assert_eq!(phase_of(&event), "SUCCEEDED", "{event}");
+    let log = server.ok(&["event", "logs", "--id", &id, "--job", "private"]);
+    assert!(log.contains("pulled privately"), "{log}");
+}
+
+#[test]
+fn private_images_on_sqlite() {
+    private_images_with_the_projects_pull_secret(None, "private_images_on_sqlite");
+}
+
+#[test]
+fn private_images_on_postgres() {
+    let Some(url) = common::postgres_database("private_images_on_postgres") else {
+        return;
+    };
+    private_images_with_the_projects_pull_secret(Some(url), "private_images_on_postgres");
+}

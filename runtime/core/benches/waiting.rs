@@ -206,6 +206,7 @@ async fn bench() {
                 source: None,
                 policies: JobPolicies::default(),
                 image_pull_secrets: Vec::new(),
+                pull_secrets: Vec::new(),
                 workspace_size: None,
                 container_limits: Default::default(),
                 kept: Default::default(),

@@ -16,7 +16,7 @@ use mizzen_host_api::types::{Event, GitConfig};
 
 use crate::WorkerRequest;
 use crate::dependencies::{ConfigFiles, Dependencies, DependencyError, NPM_TOKEN_SECRET};
-use crate::executor::{ContainerLimits, EventContext, JobExecutor, Source};
+use crate::executor::{ContainerLimits, EventContext, JobExecutor, PullSecret, Source};
 use crate::jobs::JobCapability;
 use crate::kept::KeptQuotas;
 use crate::limits::WorkerLimits;
@@ -160,6 +160,10 @@ impl WorkerPlan {
             source,
             policies: project.worker.job_policies,
             image_pull_secrets: project.worker.image_pull_secrets.clone(),
+            pull_secrets: PullSecret::lookup(
+                &project.worker.image_pull_secrets,
+                &event.project.secrets,
+            ),
             workspace_size: project.worker.workspace_size.clone(),
             container_limits: ContainerLimits::of(&limits),
             kept: KeptQuotas::of(&limits),

@@ -39,6 +39,13 @@ pub struct EventContext {
     /// Registry credentials (names of pre-created Kubernetes Secrets) for
     /// the jobs' images; executors without such secrets ignore them.
     pub image_pull_secrets: Vec<String>,
+    /// The same names looked up among the project's own secrets, for an
+    /// executor that pulls images itself (the local engine): each holds a
+    /// Docker config JSON, as a Kubernetes pull secret's
+    /// `.dockerconfigjson` does. Never serialized, so credentials cross no
+    /// pipe and reach no file.
+    #[serde(skip)]
+    pub pull_secrets: Vec<PullSecret>,
     /// The size of the event's workspace (a Kubernetes quantity), when the
     /// project sets one; executors that cannot size it ignore it.
     pub workspace_size: Option<String>,
@@ -50,6 +57,42 @@ pub struct EventContext {
     /// The project's volumes and the host paths containers may bind.
     #[serde(default)]
     pub volumes: EventVolumes,
+}
+
+/// A project secret named in `imagePullSecrets`, as the local engine reads
+/// it. Its value is never printed (not even by `Debug`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PullSecret {
+    /// The name, as `imagePullSecrets` gives it.
+    pub name: String,
+    /// The project secret's value, or `None` when the project has no
+    /// secret of that name.
+    pub value: Option<String>,
+}
+
+impl PullSecret {
+    /// Each of `names` looked up in `secrets`.
+    pub fn lookup(
+        names: &[String],
+        secrets: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<PullSecret> {
+        names
+            .iter()
+            .map(|name| PullSecret {
+                name: name.clone(),
+                value: secrets.get(name).cloned(),
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for PullSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullSecret")
+            .field("name", &self.name)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// What each container of a job may use: the project's job limits

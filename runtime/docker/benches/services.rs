@@ -159,6 +159,7 @@ async fn event(
         source: None,
         policies: Default::default(),
         image_pull_secrets: Vec::new(),
+        pull_secrets: Vec::new(),
         workspace_size: None,
         container_limits: Default::default(),
         kept: Default::default(),

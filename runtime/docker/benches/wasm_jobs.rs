@@ -115,6 +115,7 @@ async fn main() {
             use_workspace: false,
             policies: Default::default(),
             image_pull_secrets: Vec::new(),
+            pull_secrets: Vec::new(),
             workspace_size: None,
         })
     };

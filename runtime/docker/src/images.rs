@@ -5,7 +5,10 @@ use bollard::Docker;
 use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
 use mizzen_host_api::types::ImagePullPolicy;
+use mizzen_runtime::executor::PullSecret;
 use sha2::{Digest, Sha256};
+
+use crate::credentials::{self, CredentialError, Credentials};
 
 /// The pod helper (helper/mizzen-pause.c), built statically by build.rs.
 const POD_HELPER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mizzen-pause"));
@@ -17,32 +20,50 @@ pub(crate) const POD_HELPER_PATH: &str = "/mizzen-pause";
 /// see: they name the registry's or the engine's own reason.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ImageError {
+    /// The credentials for the image's registry could not be read.
+    #[error("image {image:?} could not be pulled: {source}")]
+    Credentials {
+        /// The image asked for.
+        image: String,
+        /// Why.
+        #[source]
+        source: CredentialError,
+    },
     /// The engine's pull request failed.
-    #[error("image {image:?} could not be pulled: {}", engine_message(source))]
+    #[error(
+        "image {image:?} could not be pulled: {} ({provenance})",
+        engine_message(source)
+    )]
     Pull {
         /// The image asked for.
         image: String,
+        /// Which credentials went with the pull, or where none was found.
+        provenance: String,
         /// Why.
         #[source]
         source: bollard::errors::Error,
     },
     /// The engine reported an error in the pull's progress.
-    #[error("image {image:?} could not be pulled: {message}")]
+    #[error("image {image:?} could not be pulled: {message} ({provenance})")]
     PullRefused {
         /// The image asked for.
         image: String,
+        /// Which credentials went with the pull, or where none was found.
+        provenance: String,
         /// The engine's message.
         message: String,
     },
     /// The pull ended without an error, but the engine does not have the
     /// image.
     #[error(
-        "image {image:?} is not available after pulling: {}",
+        "image {image:?} is not available after pulling: {} ({provenance})",
         engine_message(source)
     )]
     Missing {
         /// The image asked for.
         image: String,
+        /// Which credentials went with the pull, or where none was found.
+        provenance: String,
         /// Why it could not be inspected.
         #[source]
         source: bollard::errors::Error,
@@ -63,26 +84,38 @@ pub(crate) enum ImageError {
 }
 
 /// Makes `image` available as `policy` says: `IfNotPresent` uses a local copy
-/// when there is one, `Always` pulls.
+/// when there is one, `Always` pulls, with the registry's credentials from
+/// the project's pull secrets or the host's files ([`credentials`]).
 pub(crate) async fn ensure(
     docker: &Docker,
     image: &str,
     policy: ImagePullPolicy,
+    pull_secrets: &[PullSecret],
 ) -> Result<(), ImageError> {
     if policy == ImagePullPolicy::IfNotPresent && docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
+    let Credentials {
+        credentials,
+        provenance,
+    } = credentials::for_image(image, pull_secrets)
+        .await
+        .map_err(|source| ImageError::Credentials {
+            image: image.to_string(),
+            source,
+        })?;
     let (from_image, tag) = split_tag(image);
     let mut options = CreateImageOptionsBuilder::default().from_image(from_image);
     if let Some(tag) = tag {
         options = options.tag(tag);
     }
-    let mut progress = docker.create_image(Some(options.build()), None, None);
+    let mut progress = docker.create_image(Some(options.build()), None, credentials);
     while let Some(item) = progress.next().await {
         match item {
             Err(source) => {
                 return Err(ImageError::Pull {
                     image: image.to_string(),
+                    provenance,
                     source,
                 });
             }
@@ -90,6 +123,7 @@ pub(crate) async fn ensure(
                 if let Some(message) = info.error_detail.and_then(|d| d.message) {
                     return Err(ImageError::PullRefused {
                         image: image.to_string(),
+                        provenance,
                         message,
                     });
                 }
@@ -104,6 +138,7 @@ pub(crate) async fn ensure(
         .map(|_| ())
         .map_err(|source| ImageError::Missing {
             image: image.to_string(),
+            provenance,
             source,
         })
 }
@@ -197,35 +232,40 @@ mod tests {
         assert_eq!(split_tag(pinned), (pinned, None));
     }
 
-    /// The reasons users see, as they were written when they were strings.
+    /// The reasons users see: the engine's words, then which credentials
+    /// went with the pull.
     #[test]
-    fn image_errors_read_as_before() {
+    fn image_errors_name_the_engines_reason_and_the_credentials() {
         let engine_error = || bollard::errors::Error::DockerResponseServerError {
             status_code: 404,
             message: "manifest unknown".into(),
         };
         let image = || "localhost/app:v0".to_string();
+        let provenance = || "no credentials for localhost in /root/.docker/config.json".to_string();
         let reasons = [
             (
                 ImageError::Pull {
                     image: image(),
+                    provenance: provenance(),
                     source: engine_error(),
                 },
-                "image \"localhost/app:v0\" could not be pulled: manifest unknown",
+                "image \"localhost/app:v0\" could not be pulled: manifest unknown (no credentials for localhost in /root/.docker/config.json)",
             ),
             (
                 ImageError::PullRefused {
                     image: image(),
+                    provenance: provenance(),
                     message: "denied".into(),
                 },
-                "image \"localhost/app:v0\" could not be pulled: denied",
+                "image \"localhost/app:v0\" could not be pulled: denied (no credentials for localhost in /root/.docker/config.json)",
             ),
             (
                 ImageError::Missing {
                     image: image(),
+                    provenance: provenance(),
                     source: engine_error(),
                 },
-                "image \"localhost/app:v0\" is not available after pulling: manifest unknown",
+                "image \"localhost/app:v0\" is not available after pulling: manifest unknown (no credentials for localhost in /root/.docker/config.json)",
             ),
             (
                 ImageError::PackHelper(std::io::Error::other("full")),

@@ -323,7 +323,13 @@ impl Pod {
         let request = &context.request;
         let container = &request.spec.primary_container;
         let mounts = prepare_mounts(context).await?;
-        images::ensure(&self.docker, &container.image, container.image_pull_policy).await?;
+        images::ensure(
+            &self.docker,
+            &container.image,
+            container.image_pull_policy,
+            &request.event.pull_secrets,
+        )
+        .await?;
         let labels = Labels::new(&context.state, &request.event, &request.name);
         let base_name = format!("mizzen_{}_{}", request.event.event_id, request.name);
         let infra = self
@@ -502,7 +508,13 @@ impl Pod {
             std::iter::once(&spec.primary_container).chain(spec.sidecar_containers.values())
         {
             if pulled.insert(container.image.clone(), ()).is_none() {
-                images::ensure(&self.docker, &container.image, container.image_pull_policy).await?;
+                images::ensure(
+                    &self.docker,
+                    &container.image,
+                    container.image_pull_policy,
+                    &request.event.pull_secrets,
+                )
+                .await?;
             }
         }
 

@@ -18,6 +18,8 @@
 //! # Layout
 //! - [`engine`]: finding and connecting to the engine.
 //! - `images`: pulling images, importing the pod helper's image.
+//! - `credentials`: the registry credentials a pull sends: the project's
+//!   pull secrets, then the host's Docker and Podman credentials.
 //! - `job`: running one job or service as a pod, with the project's job
 //!   limits, in the order of `after`.
 //! - `network`: each event's network.
@@ -43,6 +45,7 @@ use mizzen_runtime::executor::{
 use mizzen_runtime::limits::parse_quantity;
 use tokio::sync::watch;
 
+mod credentials;
 pub mod engine;
 mod images;
 mod isolation;

@@ -29,6 +29,7 @@ fn event(policies: JobPolicies) -> EventContext {
         })),
         policies,
         image_pull_secrets: vec!["registry-credentials".into()],
+        pull_secrets: Vec::new(),
         workspace_size: Some("2Gi".into()),
         container_limits: Default::default(),
         kept: Default::default(),

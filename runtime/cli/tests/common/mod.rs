@@ -221,3 +221,18 @@ pub fn postgres_database(test: &str) -> Option<String> {
     let base = admin.rsplit_once('/').expect("URL with a database").0;
     Some(format!("{base}/{name}"))
 }
+
+/// The private registry scripts/setup-registry starts: its address, user
+/// and password, or `None` (the test says it is skipped).
+pub fn private_registry(test: &str) -> Option<(String, String, String)> {
+    let value = std::env::var("MIZZEN_TEST_REGISTRY").unwrap_or_default();
+    match value.split_whitespace().collect::<Vec<_>>()[..] {
+        [address, user, password] => Some((address.into(), user.into(), password.into())),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: MIZZEN_TEST_REGISTRY is not set (scripts/setup-registry prints it; scripts/test sets it)"
+            );
+            None
+        }
+    }
+}

@@ -739,6 +739,7 @@ mod tests {
             source: None,
             policies: JobPolicies::default(),
             image_pull_secrets: Vec::new(),
+            pull_secrets: Vec::new(),
             workspace_size: None,
             container_limits: Default::default(),
             kept: Default::default(),
