@@ -73,6 +73,13 @@ struct RunArgs {
     /// The event's type
     #[arg(long = "type", default_value = "exec")]
     event_type: String,
+    /// An event qualifier (repeatable); a project whose subscription names
+    /// qualifiers gets only events with exactly those
+    #[arg(long = "qualifier", value_name = "KEY=VALUE", value_parser = parse_event_pair)]
+    qualifiers: Vec<(String, String)>,
+    /// An event label (repeatable), e.g. job=test for a ci:job_requested event
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_event_pair)]
+    labels: Vec<(String, String)>,
     /// The event's payload
     #[arg(long, conflicts_with = "payload_file")]
     payload: Option<String>,
@@ -140,6 +147,34 @@ fn parse_size(text: &str) -> Result<u64, String> {
     mizzen_runtime::limits::parse_quantity(text)
         .filter(|n| *n > 0)
         .ok_or_else(|| format!("{text:?} is not a size such as 512Mi or 2Gi"))
+}
+
+/// `KEY=VALUE` for an event's qualifier or label: the value as the server
+/// checks it (Brigade's label pattern, at most 255 characters), so a run
+/// is refused where `event create` would be.
+fn parse_event_pair(pair: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = pair.split_once('=') else {
+        return Err(format!("{pair:?} must have the form KEY=VALUE"));
+    };
+    if key.is_empty() {
+        return Err(format!("{pair:?} has an empty key"));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !mizzen_runtime::project::is_label_char(*c))
+    {
+        return Err(format!(
+            "the value of {key:?} contains {c:?}; values may hold ASCII letters, digits and _ : / - . ? = *"
+        ));
+    }
+    if value.len() > mizzen_runtime::project::MAX_LABEL_LEN {
+        return Err(format!(
+            "the value of {key:?} is {} characters long; at most {} are allowed",
+            value.len(),
+            mizzen_runtime::project::MAX_LABEL_LEN
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// `--memory-limit`: a size of at least a MiB. A bare number is bytes, as

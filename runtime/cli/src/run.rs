@@ -52,6 +52,8 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let details = EventDetails {
         source: args.source.clone(),
         event_type: args.event_type.clone(),
+        qualifiers: args.qualifiers.iter().cloned().collect(),
+        labels: args.labels.iter().cloned().collect(),
         payload,
         ..EventDetails::default()
     };
@@ -59,10 +61,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         return Err(Failure {
             code: EXIT_NOT_SUBSCRIBED,
             error: anyhow::anyhow!(
-                "project \"{}\" does not subscribe to events of source \"{}\" and type \"{}\"; no worker ran",
+                "project \"{}\" does not subscribe to events of source \"{}\" and type \"{}\"{}; no worker ran{}",
                 dir.project.id,
                 details.source,
-                details.event_type
+                details.event_type,
+                pairs_said(&details.qualifiers, &details.labels),
+                subscription_hint(&dir.project, &details),
             ),
         });
     }
@@ -449,4 +453,50 @@ fn read_limited(path: &Path, limit: u64) -> anyhow::Result<String> {
         bail!("the file is {size} bytes; the limit is {limit} bytes");
     }
     Ok(std::fs::read_to_string(path)?)
+}
+
+/// ` with qualifiers K=V, ... and labels K=V, ...`, each part only when
+/// there are any.
+fn pairs_said(qualifiers: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = [("qualifiers", qualifiers), ("labels", labels)]
+        .into_iter()
+        .filter(|(_, map)| !map.is_empty())
+        .map(|(heading, map)| {
+            let pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{heading} {}", pairs.join(", "))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" with {}", parts.join(" and "))
+    }
+}
+
+/// What the project's subscriptions of the event's source and type ask for
+/// that the run did not give (qualifiers must match exactly, labels be
+/// present), as the flags that would give it.
+fn subscription_hint(project: &mizzen_runtime::project::Project, details: &EventDetails) -> String {
+    let wanted: Vec<String> = project
+        .event_subscriptions
+        .iter()
+        .filter(|s| {
+            s.source == details.source
+                && s.types.iter().any(|t| t == "*" || *t == details.event_type)
+        })
+        .map(|s| {
+            s.qualifiers
+                .iter()
+                .map(|(k, v)| format!("--qualifier {k}={v}"))
+                .chain(s.labels.iter().map(|(k, v)| format!("--label {k}={v}")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|flags| !flags.is_empty())
+        .collect();
+    match wanted.as_slice() {
+        [] => String::new(),
+        [one] => format!(" (its subscription asks for {one})"),
+        many => format!(" (its subscriptions ask for one of: {})", many.join("; ")),
+    }
 }

@@ -351,6 +351,97 @@ fn bad_secrets_exit_2_naming_the_problem() {
     );
 }
 
+/// A Brigade CI project subscribes to GitHub's synthetic events of one
+/// repository: `mizzen run` gives the qualifier and labels such an event
+/// carries, and without them says which flags the subscription asks for.
+#[test]
+fn qualifiers_and_labels_reach_a_project_subscribed_to_them() {
+    let dir = project(
+        r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: brigade-ci
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/github
+    types: [ci:job_requested]
+    qualifiers:
+      repo: brigadecore/brigade
+  workerTemplate:
+    defaultConfigFiles:
+      brigade.js: |
+        const { events } = require("@brigadecore/brigadier");
+        events.on("brigade.sh/github", "ci:job_requested", async (event) => {
+          console.log(`repo ${event.qualifiers.repo}, job ${event.labels.job}`);
+        });
+        events.process();
+"#,
+        &[],
+    );
+    let github = [
+        "--source",
+        "brigade.sh/github",
+        "--type",
+        "ci:job_requested",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = vec!["run", path(&dir)];
+        args.extend(github);
+        args.extend(extra);
+        run(&args)
+    };
+    let ran = with(&[
+        "--qualifier",
+        "repo=brigadecore/brigade",
+        "--label",
+        "job=test-unit",
+    ]);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("repo brigadecore/brigade, job test-unit\n"),
+        "{ran:?}"
+    );
+
+    let ran = with(&["--label", "job=test-unit"]);
+    assert_eq!(ran.code, 3, "{ran:?}");
+    assert!(
+        ran.stderr.contains(
+            "project \"brigade-ci\" does not subscribe to events of source \"brigade.sh/github\" and type \"ci:job_requested\" with labels job=test-unit; no worker ran (its subscription asks for --qualifier repo=brigadecore/brigade)"
+        ),
+        "{ran:?}"
+    );
+    // Qualifiers match exactly: one more is another event.
+    let ran = with(&[
+        "--qualifier",
+        "repo=brigadecore/brigade",
+        "--qualifier",
+        "extra=x",
+    ]);
+    assert_eq!(ran.code, 3, "{ran:?}");
+
+    for (flag, value, error) in [
+        (
+            "--qualifier",
+            "repo",
+            "\"repo\" must have the form KEY=VALUE",
+        ),
+        ("--qualifier", "=x", "\"=x\" has an empty key"),
+        ("--label", "job=a b", "the value of \"job\" contains ' '"),
+    ] {
+        let ran = with(&[flag, value]);
+        assert_eq!(ran.code, 2, "{ran:?}");
+        assert!(ran.stderr.contains(error), "{flag} {value}: {ran:?}");
+    }
+    let long = format!("job={}", "x".repeat(256));
+    let ran = with(&["--label", &long]);
+    assert_eq!(ran.code, 2, "{ran:?}");
+    assert!(
+        ran.stderr.contains("256 characters long; at most 255"),
+        "{ran:?}"
+    );
+}
+
 #[test]
 fn an_event_the_project_does_not_subscribe_to_runs_nothing() {
     let ran = run(&["run", "examples/02-first-event", "--type", "push"]);
