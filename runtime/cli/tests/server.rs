@@ -3514,3 +3514,223 @@ fn private_images_on_postgres() {
     };
     private_images_with_the_projects_pull_secret(Some(url), "private_images_on_postgres");
 }
+
+/// GitHub's own documented webhook bodies (the examples its documentation
+/// shows, from npm's @octokit/webhooks-examples, which
+/// scripts/setup-webhook-examples installs), signed as GitHub signs them,
+/// make Brigade's CI/CD events beside the plain ones: a check suite asks
+/// for the pipeline (tracked, from an App installation), a re-run check run
+/// `<project>:<job>` for that project's job only, a published release for
+/// the deployment, and a trusted `/brig run` comment on a pull request for
+/// its pipeline; a stranger's comment and a check run of no project make
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
+    const SECRET: &str = "github-app-webhook-secret";
+    let Ok(index) = std::env::var("MIZZEN_TEST_WEBHOOK_EXAMPLES") else {
+        eprintln!(
+            "SKIPPED githubs_documented_webhooks_make_brigades_ci_and_cd_events: MIZZEN_TEST_WEBHOOK_EXAMPLES is not set (scripts/setup-webhook-examples prints it; scripts/test sets it)"
+        );
+        return;
+    };
+    let examples: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
+    let example = |name: &str, action: Option<&str>| -> Value {
+        examples
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["examples"].as_array())
+            .and_then(|list| {
+                list.iter()
+                    .find(|x| x.get("action").and_then(Value::as_str) == action)
+            })
+            .unwrap_or_else(|| panic!("no documented {name} {action:?}"))
+            .clone()
+    };
+    let server = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(None, &["--executor", "none", "--github-webhook-secret", SECRET]);
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"      brigade.js: |
+        const { events } = require("@brigadecore/brigadier");
+        events.process();
+"#;
+        for (id, subscriptions) in [
+            (
+                "hello-ci",
+                "  - source: brigade.sh/github\n    types: [ci:pipeline_requested, ci:job_requested]\n    qualifiers:\n      repo: Codertocat/Hello-World\n  - source: brigade.sh/github\n    types: [ci:job_requested]\n    qualifiers:\n      repo: github/hello-world\n",
+            ),
+            (
+                "hello-cd",
+                "  - source: brigade.sh/github\n    types: [cd:pipeline_requested]\n    qualifiers:\n      repo: Codertocat/Hello-World\n",
+            ),
+            (
+                "hello-all",
+                "  - source: brigade.sh/github\n    types: ['*']\n    qualifiers:\n      repo: Codertocat/Hello-World\n",
+            ),
+        ] {
+            std::fs::write(
+                dir.path().join("project.yaml"),
+                format!(
+                    "apiVersion: brigade.sh/v2\nkind: Project\nmetadata:\n  id: {id}\nspec:\n  eventSubscriptions:\n{subscriptions}  workerTemplate:\n    defaultConfigFiles:\n{script}"
+                ),
+            )
+            .unwrap();
+            server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        }
+        server
+    })
+    .await
+    .unwrap();
+    let client = http();
+    let base = server.url.clone();
+    let token = server.root_token();
+    let mut delivery = 0;
+    let mut send = async |event: &str, body: Value| -> String {
+        delivery += 1;
+        let body = body.to_string();
+        let answer = client
+            .post(format!("{base}/gateways/github"))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", format!("delivery-{delivery}"))
+            .header("X-GitHub-Hook-Installation-Target-Type", "integration")
+            .header("X-GitHub-Hook-Installation-Target-ID", "375706")
+            .header(
+                "X-Hub-Signature-256",
+                github_signature(SECRET, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        answer.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Each project's events, newest first: (type, labels, git, sourceState).
+    let events_of = async |project: &str| -> Vec<Value> {
+        let (status, list) = call(
+            "GET",
+            &format!("{base}/v2/events?projectID={project}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{list}");
+        list["items"].as_array().unwrap().clone()
+    };
+
+    // A check suite requested: check_suite:requested for the project of
+    // every type, and ci:pipeline_requested, tracked, for both.
+    let said = send("check_suite", example("check_suite", Some("requested"))).await;
+    assert_eq!(said, "accepted: 3 event(s) created");
+    let ci = &events_of("hello-ci").await[0];
+    assert_eq!(ci["type"], "ci:pipeline_requested");
+    assert_eq!(ci["qualifiers"]["repo"], "Codertocat/Hello-World");
+    assert_eq!(ci["labels"]["appID"], "375706");
+    assert_eq!(
+        ci["git"]["commit"],
+        "f95f852bd8fca8fcc58a9a2d6c842781e32a215e"
+    );
+    assert_eq!(ci["git"]["ref"], "refs/heads/master");
+    assert_eq!(ci["shortTitle"], "branch: master");
+    assert_eq!(
+        ci["sourceState"]["state"],
+        json!({"tracking": "true", "installationID": "957387", "owner": "Codertocat",
+               "repo": "Hello-World", "headSHA": "f95f852bd8fca8fcc58a9a2d6c842781e32a215e"})
+    );
+    let all: Vec<Value> = events_of("hello-all")
+        .await
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(
+        all,
+        [
+            json!("ci:pipeline_requested"),
+            json!("check_suite:requested")
+        ]
+    );
+
+    // Re-run from a pull request: the pull request's number is the title.
+    let said = send("check_suite", example("check_suite", Some("rerequested"))).await;
+    assert_eq!(said, "accepted: 3 event(s) created");
+    assert_eq!(events_of("hello-ci").await[0]["shortTitle"], "PR #2");
+
+    // A check run re-run: the documented one is no project's ("randscape").
+    let mut run = example("check_run", Some("rerequested"));
+    assert_eq!(
+        send("check_run", run.clone()).await,
+        "accepted: 0 event(s) created"
+    );
+    // Named as Mizzen names its check runs, it is that project's job.
+    run["check_run"]["name"] = json!("hello-ci:unit-tests");
+    assert_eq!(
+        send("check_run", run.clone()).await,
+        "accepted: 1 event(s) created"
+    );
+    let job = &events_of("hello-ci").await[0];
+    assert_eq!(job["type"], "ci:job_requested");
+    assert_eq!(job["labels"]["job"], "unit-tests");
+    assert_eq!(job["qualifiers"]["repo"], "github/hello-world");
+    assert_eq!(
+        job["git"]["commit"],
+        "d6fde92930d4715a2b49857d24b940956b26d2d3"
+    );
+    // A project that does not exist: nothing, and no error.
+    run["check_run"]["name"] = json!("no-such-project:unit");
+    assert_eq!(send("check_run", run).await, "accepted: 0 event(s) created");
+
+    // A release published: the deployment, with its tag.
+    let said = send("release", example("release", Some("published"))).await;
+    assert_eq!(said, "accepted: 3 event(s) created");
+    let cd = &events_of("hello-cd").await[0];
+    assert_eq!(cd["type"], "cd:pipeline_requested");
+    assert_eq!(cd["labels"]["release"], "0.0.1");
+    assert_eq!(cd["git"]["ref"], "refs/tags/0.0.1");
+
+    // A comment: on an issue, as documented, it asks for nothing; on a pull
+    // request, `/brig run` by its owner asks for the pipeline, by a
+    // stranger not.
+    let comment = example("issue_comment", Some("created"));
+    assert_eq!(
+        send("issue_comment", comment.clone()).await,
+        "accepted: 1 event(s) created"
+    );
+    let mut on_pr = comment.clone();
+    on_pr["issue"]["pull_request"] =
+        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/1"});
+    on_pr["comment"]["body"] = json!("/brig run");
+    let mut stranger = on_pr.clone();
+    stranger["comment"]["author_association"] = json!("NONE");
+    assert_eq!(
+        send("issue_comment", stranger).await,
+        "accepted: 1 event(s) created"
+    );
+    assert_eq!(
+        send("issue_comment", on_pr).await,
+        "accepted: 3 event(s) created"
+    );
+    let ci = &events_of("hello-ci").await[0];
+    assert_eq!(ci["type"], "ci:pipeline_requested");
+    assert_eq!(ci["git"]["ref"], "refs/pull/1/head");
+
+    // Plain events stay as they were: a pull request and a push.
+    assert_eq!(
+        send("pull_request", example("pull_request", Some("opened"))).await,
+        "accepted: 1 event(s) created"
+    );
+    assert_eq!(
+        send("push", example("push", None)).await,
+        "accepted: 1 event(s) created"
+    );
+    let all: Vec<Value> = events_of("hello-all")
+        .await
+        .iter()
+        .take(2)
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(all, [json!("push"), json!("pull_request:opened")]);
+}

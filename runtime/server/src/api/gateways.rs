@@ -1,7 +1,7 @@
 //! The webhook gateways' HTTP side: a route for each gateway of
 //! [`GATEWAYS`], which answers only when the server has the gateway's
 //! credentials, drops deliveries it has seen, and accepts the delivery's
-//! event like any other.
+//! events like any others, stored together.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,7 +94,7 @@ async fn deliver_counted(
             Err(e) => return (ApiError::from(e).into_response(), "failed", "store"),
         }
     }
-    match accept_gateway_event(state, delivery.event, &headers).await {
+    match accept_gateway_events(state, delivery.events, &headers).await {
         Ok(count) => (accepted(count), "accepted", ""),
         Err(e) => {
             // Let the source's redelivery through: this one was not stored.
@@ -123,30 +123,43 @@ fn gateway_disabled(name: &str) -> Response {
         .into_response()
 }
 
-/// Fans a gateway's event out and stores it; 200 only once it is durable.
-async fn accept_gateway_event(
+/// Fans a gateway's events out and stores them together; 200 only once
+/// they are durable. An event for one project (a GitHub check run names
+/// it) that does not exist makes no event.
+async fn accept_gateway_events(
     state: &AppState,
-    event: GatewayEvent,
+    events: Vec<GatewayEvent>,
     headers: &HeaderMap,
 ) -> ApiResult<usize> {
-    let git = event.git.map(|git| {
-        // The project's own clone URL (perhaps SSH, for a private
-        // repository) stays; the delivery says which commit and ref.
-        json!({"commit": git.commit, "ref": git.git_ref})
-    });
-    let body = EventBody {
-        project_id: String::new(),
-        source: event.source,
-        event_type: event.event_type,
-        qualifiers: Some(event.qualifiers),
-        labels: Some(event.labels),
-        short_title: event.short_title,
-        long_title: event.long_title,
-        git,
-        payload: event.payload,
-    };
-    let events = fan_out(state, body, &BTreeMap::new()).await?;
-    Ok(store_events(state, events, Some(headers)).await?.0)
+    let mut all = Vec::new();
+    for event in events {
+        let git = event.git.map(|git| {
+            // The project's own clone URL (perhaps SSH, for a private
+            // repository) stays; the delivery says which commit and ref.
+            json!({"commit": git.commit, "ref": git.git_ref})
+        });
+        let for_one = !event.project_id.is_empty();
+        let body = EventBody {
+            project_id: event.project_id,
+            source: event.source,
+            event_type: event.event_type,
+            qualifiers: Some(event.qualifiers),
+            labels: Some(event.labels),
+            short_title: event.short_title,
+            long_title: event.long_title,
+            git,
+            payload: event.payload,
+        };
+        let copies = match fan_out(state, body, &BTreeMap::new()).await {
+            Err(ApiError::NotFound { .. }) if for_one => continue,
+            copies => copies?,
+        };
+        all.extend(copies.into_iter().map(|mut copy| {
+            copy.document.source_state = event.source_state.clone();
+            copy
+        }));
+    }
+    Ok(store_events(state, all, Some(headers)).await?.0)
 }
 
 fn accepted(count: usize) -> Response {

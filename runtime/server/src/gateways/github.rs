@@ -45,13 +45,27 @@ const MAX_DELIVERY_ID_LEN: usize = 255;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A verified GitHub delivery: GitHub's delivery id plus the event it maps to.
+/// Comments on a pull request that ask for its pipeline, as Brigade's
+/// gateway read them (its "check suite forwarding": a pull request from a
+/// fork gets no check suite of its own, so a trusted person asks for one).
+const PIPELINE_COMMANDS: &[&str] = &["/brig run", "/brig check"];
+
+/// Who may ask for a pull request's pipeline by comment: people with
+/// write access to the repository, as GitHub reports them
+/// (`comment.author_association`). A stranger's fork must not run a
+/// pipeline that sees the project's secrets.
+const TRUSTED_ASSOCIATIONS: &[&str] = &["OWNER", "MEMBER", "COLLABORATOR"];
+
+/// A verified GitHub delivery: GitHub's delivery id plus the events it maps to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GithubDelivery {
     /// The `X-GitHub-Delivery` GUID; the caller can use it to drop redeliveries.
     pub delivery_id: String,
-    /// The event to fan out.
+    /// The event to fan out, of type `<event>` or `<event>:<action>`.
     pub event: GatewayEvent,
+    /// Brigade's CI/CD event for the same delivery, when it is one:
+    /// `ci:pipeline_requested`, `ci:job_requested` or `cd:pipeline_requested`.
+    pub synthetic: Option<GatewayEvent>,
 }
 
 /// Verifies and translates a GitHub webhook delivery.
@@ -159,10 +173,119 @@ pub(super) fn github_delivery(
     event.short_title = truncate_title(short_title);
     event.long_title = long_title;
 
+    let synthetic = synthetic_event(event_name, action, &json, &event)?;
     Ok(GithubDelivery {
         delivery_id: delivery_id.to_owned(),
         event,
+        synthetic,
     })
+}
+
+/// Brigade's CI/CD events, made beside the plain one as Brigade's GitHub
+/// gateway made them:
+///
+/// - `ci:pipeline_requested` when a check suite is requested or
+///   re-requested, or when a trusted person comments `/brig run` or
+///   `/brig check` on a pull request (its git ref `refs/pull/N/head`);
+/// - `ci:job_requested` when a check run named `<project>:<job>` is
+///   re-requested: for that project only, with label `job`;
+/// - `cd:pipeline_requested` when a release is published, with label
+///   `release` (its tag).
+///
+/// Each asks to be tracked (source state `tracking`, with the installation,
+/// owner, repository and head commit) when the delivery comes from a GitHub
+/// App installation, so its jobs can be reported back as check runs.
+fn synthetic_event(
+    event_name: &str,
+    action: Option<&str>,
+    json: &Value,
+    plain: &GatewayEvent,
+) -> Result<Option<GatewayEvent>, GatewayError> {
+    let mut event = GatewayEvent {
+        source: GITHUB_SOURCE.to_owned(),
+        ..plain.clone()
+    };
+    match (event_name, action) {
+        ("check_suite", Some("requested" | "rerequested")) => {
+            event.event_type = "ci:pipeline_requested".into();
+            if let Some(number) = lookup(json, "check_suite.pull_requests")
+                .and_then(|prs| prs.get(0))
+                .and_then(|pr| pr.get("number"))
+                .and_then(Value::as_u64)
+            {
+                event.short_title = format!("PR #{number}");
+            } else if let Some(branch) = opt_str(json, "check_suite.head_branch") {
+                event.short_title = truncate_title(format!("branch: {branch}"));
+            }
+        }
+        ("check_run", Some("rerequested")) => {
+            let name = req_str(json, "check_run.name")?;
+            // A check run of another app, or of no project: nothing to run.
+            let Some((project, job)) = name.split_once(':') else {
+                return Ok(None);
+            };
+            if project.is_empty() || job.is_empty() {
+                return Ok(None);
+            }
+            check_label_value("the job of check run `check_run.name`", job)?;
+            event.event_type = "ci:job_requested".into();
+            event.project_id = project.to_owned();
+            event.labels.insert("job".into(), job.to_owned());
+            event.short_title = truncate_title(format!("job: {job}"));
+        }
+        ("release", Some("published")) => {
+            let tag = req_str(json, "release.tag_name")?;
+            check_label_value("field `release.tag_name`", tag)?;
+            event.event_type = "cd:pipeline_requested".into();
+            event.labels.insert("release".into(), tag.to_owned());
+            event.short_title = truncate_title(format!("release: {tag}"));
+            event.long_title = opt_str(json, "release.name")
+                .map(|name| format!("release: {tag}: {name}"))
+                .unwrap_or_default();
+        }
+        ("issue_comment", Some("created")) => {
+            let asks = opt_str(json, "comment.body")
+                .and_then(|body| body.lines().next())
+                .is_some_and(|line| PIPELINE_COMMANDS.contains(&line.trim()));
+            let trusted = opt_str(json, "comment.author_association")
+                .is_some_and(|who| TRUSTED_ASSOCIATIONS.contains(&who));
+            let number = lookup(json, "issue.pull_request")
+                .and(lookup(json, "issue.number"))
+                .and_then(Value::as_u64);
+            let (true, true, Some(number)) = (asks, trusted, number) else {
+                return Ok(None);
+            };
+            event.event_type = "ci:pipeline_requested".into();
+            if let Some(git) = &mut event.git {
+                git.git_ref = format!("refs/pull/{number}/head");
+            }
+            event.short_title = format!("PR #{number}");
+            event.long_title = opt_str(json, "issue.title")
+                .map(|title| format!("PR #{number}: {title}"))
+                .unwrap_or_default();
+        }
+        _ => return Ok(None),
+    }
+    if let Some(installation) = lookup(json, "installation.id").and_then(Value::as_u64) {
+        let full_name = opt_str(json, "repository.full_name").unwrap_or_default();
+        let (owner, repo) = full_name.split_once('/').unwrap_or(("", full_name));
+        let head_sha = event
+            .git
+            .as_ref()
+            .map(|g| g.commit.clone())
+            .unwrap_or_default();
+        event.source_state = [
+            ("tracking", "true".to_owned()),
+            ("installationID", installation.to_string()),
+            ("owner", owner.to_owned()),
+            ("repo", repo.to_owned()),
+            ("headSHA", head_sha),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    }
+    Ok(Some(event))
 }
 
 pub(super) fn verify_github_signature(
@@ -508,9 +631,28 @@ mod tests {
             "x-github-hook-installation-target-id",
             HeaderValue::from_static("29310"),
         );
-        let event = github(&h, body.as_bytes(), SECRET)
-            .expect("check_suite accepted")
-            .event;
+        let delivery = github(&h, body.as_bytes(), SECRET).expect("check_suite accepted");
+        let synthetic = delivery
+            .synthetic
+            .expect("a ci:pipeline_requested beside it");
+        assert_eq!(synthetic.event_type, "ci:pipeline_requested");
+        assert_eq!(synthetic.qualifiers["repo"], "octocat/Hello-World");
+        assert_eq!(synthetic.short_title, "branch: changes");
+        assert_eq!(synthetic.project_id, "");
+        assert_eq!(
+            synthetic.source_state,
+            BTreeMap::from(
+                [
+                    ("tracking", "true"),
+                    ("installationID", "2311213"),
+                    ("owner", "octocat"),
+                    ("repo", "Hello-World"),
+                    ("headSHA", "ec26c3e57ca3a959ca5aad62de7213c562f8c821"),
+                ]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            )
+        );
+        let event = delivery.event;
         assert_eq!(event.event_type, "check_suite:requested");
         assert_eq!(event.labels["appID"], "29310");
         let git = event.git.expect("git details");
@@ -533,7 +675,14 @@ mod tests {
             "repository": {REPO}
         }}"#
         );
-        let event = deliver("check_run", &body).expect("accepted").event;
+        let delivery = deliver("check_run", &body).expect("accepted");
+        let synthetic = delivery.synthetic.expect("a ci:job_requested beside it");
+        assert_eq!(synthetic.event_type, "ci:job_requested");
+        assert_eq!(synthetic.project_id, "my-project");
+        assert_eq!(synthetic.labels["job"], "test");
+        // Not from an App installation: nothing to report back to.
+        assert!(synthetic.source_state.is_empty());
+        let event = delivery.event;
         assert_eq!(event.event_type, "check_run:rerequested");
         let git = event.git.expect("git details");
         assert_eq!(git.commit, "ec26c3e57ca3a959ca5aad62de7213c562f8c821");
@@ -548,7 +697,14 @@ mod tests {
                              "target_commitish": "main", "draft": false}},
                 "repository": {REPO}}}"#
         );
-        let event = deliver("release", &body).expect("accepted").event;
+        let delivery = deliver("release", &body).expect("accepted");
+        let synthetic = delivery
+            .synthetic
+            .expect("a cd:pipeline_requested beside it");
+        assert_eq!(synthetic.event_type, "cd:pipeline_requested");
+        assert_eq!(synthetic.labels["release"], "v1.0.0");
+        assert_eq!(synthetic.git.as_ref().unwrap().git_ref, "refs/tags/v1.0.0");
+        let event = delivery.event;
         assert_eq!(event.event_type, "release:published");
         let git = event.git.expect("git details");
         assert_eq!(git.git_ref, "refs/tags/v1.0.0");
@@ -584,7 +740,10 @@ mod tests {
                 "comment": {{"id": 1, "body": "/brig run"}},
                 "repository": {REPO}}}"#
         );
-        let event = deliver("issue_comment", &body).expect("accepted").event;
+        let delivery = deliver("issue_comment", &body).expect("accepted");
+        // On an issue, not a pull request, and from nobody known.
+        assert_eq!(delivery.synthetic, None);
+        let event = delivery.event;
         assert_eq!(event.event_type, "issue_comment:created");
         assert_eq!(
             event.git,
@@ -757,5 +916,59 @@ mod tests {
             msg.contains("X-GitHub-Hook-Installation-Target-ID"),
             "{msg}"
         );
+    }
+
+    fn pr_comment(body: &str, association: &str) -> String {
+        format!(
+            r#"{{"action": "created",
+                "issue": {{"number": 12, "title": "Fix the flux",
+                           "pull_request": {{"url": "https://api.github.com/repos/octocat/Hello-World/pulls/12"}}}},
+                "comment": {{"id": 1, "body": {body:?}, "author_association": "{association}"}},
+                "repository": {REPO}}}"#
+        )
+    }
+
+    #[test]
+    fn github_a_trusted_pull_request_comment_asks_for_the_pipeline() {
+        let delivery =
+            deliver("issue_comment", &pr_comment("/brig run\nplease", "MEMBER")).expect("accepted");
+        let synthetic = delivery.synthetic.expect("a ci:pipeline_requested");
+        assert_eq!(synthetic.event_type, "ci:pipeline_requested");
+        assert_eq!(synthetic.git.unwrap().git_ref, "refs/pull/12/head");
+        assert_eq!(synthetic.short_title, "PR #12");
+        assert_eq!(synthetic.long_title, "PR #12: Fix the flux");
+        for (body, association) in [
+            ("/brig check", "FIRST_TIME_CONTRIBUTOR"),
+            ("/brig check", "NONE"),
+            ("please /brig run", "OWNER"),
+            ("/brig deploy", "OWNER"),
+        ] {
+            let delivery =
+                deliver("issue_comment", &pr_comment(body, association)).expect("accepted");
+            assert_eq!(delivery.synthetic, None, "{body} by {association}");
+        }
+        let delivery =
+            deliver("issue_comment", &pr_comment("/brig check", "OWNER")).expect("accepted");
+        assert!(delivery.synthetic.is_some());
+    }
+
+    #[test]
+    fn github_a_check_run_of_no_project_asks_for_nothing() {
+        for name in ["lint", ":test", "project:", "other-app check"] {
+            let body = format!(
+                r#"{{"action": "rerequested",
+                    "check_run": {{"id": 1, "name": "{name}", "head_sha": "ec26c3e57ca3a959ca5aad62de7213c562f8c821"}},
+                    "repository": {REPO}}}"#
+            );
+            let delivery = deliver("check_run", &body).expect("accepted");
+            assert_eq!(delivery.synthetic, None, "{name}");
+        }
+        let body = format!(
+            r#"{{"action": "rerequested",
+                "check_run": {{"id": 1, "name": "project:bad job"}},
+                "repository": {REPO}}}"#
+        );
+        let message = expect_bad(deliver("check_run", &body));
+        assert!(message.contains("the job of check run"), "{message}");
     }
 }

@@ -98,13 +98,16 @@ pub struct Delivery {
     /// The source's id for it, when the source gives one: a delivery seen
     /// before is acknowledged and dropped.
     pub id: Option<String>,
-    /// The event to fan out.
-    pub event: GatewayEvent,
+    /// The events to fan out: one, or with GitHub's a CI/CD event beside it.
+    pub events: Vec<GatewayEvent>,
 }
 
 impl From<GatewayEvent> for Delivery {
     fn from(event: GatewayEvent) -> Self {
-        Self { id: None, event }
+        Self {
+            id: None,
+            events: vec![event],
+        }
     }
 }
 
@@ -117,7 +120,9 @@ pub static GATEWAYS: [Gateway; 4] = [
         parse: |headers, body| {
             github_delivery(headers, body).map(|delivery| Delivery {
                 id: Some(delivery.delivery_id),
-                event: delivery.event,
+                events: std::iter::once(delivery.event)
+                    .chain(delivery.synthetic)
+                    .collect(),
             })
         },
         handshake: false,
@@ -221,6 +226,18 @@ pub struct GatewayEvent {
     pub git: Option<GitDetails>,
     /// The raw request body as UTF-8 (for CloudEvents, the whole event in structured JSON form).
     pub payload: String,
+    /// The one project the event is for (a GitHub check run names it);
+    /// empty: every project that subscribes.
+    #[serde(
+        rename = "projectID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub project_id: String,
+    /// State for whoever reports on the event (`tracking` and what it needs
+    /// to find the commit), kept as the event's `sourceState`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub source_state: BTreeMap<String, String>,
 }
 
 impl GatewayEvent {
