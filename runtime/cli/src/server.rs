@@ -127,6 +127,15 @@ pub struct ServerArgs {
         help_heading = "Gateways"
     )]
     github_webhook_secret: Option<String>,
+    /// Slack app's signing secret; enables POST /gateways/slack (slash
+    /// commands)
+    #[arg(
+        long,
+        env = "MIZZEN_SLACK_SIGNING_SECRET",
+        hide_env_values = true,
+        help_heading = "Gateways"
+    )]
+    slack_signing_secret: Option<String>,
     /// Tokens Docker Hub webhooks present (?access_token=); enables POST
     /// /gateways/dockerhub
     #[arg(
@@ -291,6 +300,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
             dockerhub_tokens: nonempty(args.dockerhub_token),
             acr_tokens: nonempty(args.acr_token),
             cloudevents_tokens: nonempty(args.cloudevents_token),
+            slack_signing_secret: args.slack_signing_secret.filter(|s| !s.is_empty()),
         },
         scheduler: SchedulerConfig {
             replica: format!(

@@ -3734,3 +3734,104 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
         .collect();
     assert_eq!(all, [json!("push"), json!("pull_request:opened")]);
 }
+
+/// Slack's documented slash command (the body of its "Verifying requests
+/// from Slack"), signed as Slack signs it with the current time, makes an
+/// event for the project subscribed to the command; Slack is answered with
+/// a message it shows; a replay, a stale timestamp and another secret's
+/// signature are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_slash_commands_make_events_once() {
+    const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+    const BODY: &str = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+    let server = tokio::task::spawn_blocking(|| {
+        let server = TestServer::start(
+            None,
+            &["--executor", "none", "--slack-signing-secret", SECRET],
+        );
+        let project = script_project("chatops", "", "");
+        let file = project.path().join("project.yaml");
+        let yaml = std::fs::read_to_string(&file).unwrap().replace(
+            "source: brigade.sh/cli\n    types: [exec]",
+            "source: brigade.sh/slack\n    types: [webhook-collect]",
+        );
+        std::fs::write(&file, yaml).unwrap();
+        server.ok(&["project", "create", "-f", project.path().to_str().unwrap()]);
+        server
+    })
+    .await
+    .unwrap();
+    let client = http();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |secret: &str, timestamp: u64| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("v0:{timestamp}:{BODY}").as_bytes());
+        format!("v0={}", hex_of(&mac.finalize().into_bytes()))
+    };
+    let send = async |signature: String, timestamp: u64| {
+        let answer = client
+            .post(format!("{}/gateways/slack", server.url))
+            .header("X-Slack-Signature", signature)
+            .header("X-Slack-Request-Timestamp", timestamp.to_string())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        (
+            answer.status().as_u16(),
+            answer.json::<Value>().await.unwrap(),
+        )
+    };
+    let (status, said) = send(sign(SECRET, now), now).await;
+    assert_eq!(status, 200, "{said}");
+    assert_eq!(
+        said,
+        json!({"response_type": "ephemeral", "text": "accepted: 1 event(s) created"})
+    );
+    let (_, list) = call(
+        "GET",
+        &format!("{}/v2/events?projectID=chatops", server.url),
+        Some(&server.root_token()),
+        None,
+    )
+    .await;
+    let event = &list["items"][0];
+    assert_eq!(event["source"], "brigade.sh/slack");
+    assert_eq!(event["type"], "webhook-collect");
+    assert_eq!(
+        event["labels"],
+        json!({"teamID": "T1DC2JH3J", "channelID": "G8PSS9T3V", "userID": "U2CERLKJA"})
+    );
+
+    let (status, said) = send(sign(SECRET, now), now).await;
+    assert_eq!(status, 200);
+    assert!(
+        said["text"].as_str().unwrap().contains("already received"),
+        "{said}"
+    );
+    let stale = now - 301;
+    let (status, said) = send(sign(SECRET, stale), stale).await;
+    assert_eq!(status, 401);
+    assert!(
+        said["text"]
+            .as_str()
+            .unwrap()
+            .contains("more than 300 seconds"),
+        "{said}"
+    );
+    let (status, _) = send(sign("another-secret", now), now).await;
+    assert_eq!(status, 401);
+    let (_, list) = call(
+        "GET",
+        &format!("{}/v2/events?projectID=chatops", server.url),
+        Some(&server.root_token()),
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}

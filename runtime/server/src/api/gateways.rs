@@ -63,10 +63,13 @@ async fn deliver_counted(
 ) -> (Response, &'static str, &'static str) {
     let config = &state.gateways;
     if !gateway.enabled(config) {
-        return (gateway_disabled(gateway.name), "refused", "disabled");
+        return (gateway_disabled(gateway), "refused", "disabled");
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let delivery = gateway
-        .authenticate(config, &headers, uri.query(), &body)
+        .authenticate(config, &headers, uri.query(), &body, now)
         .and_then(|()| (gateway.parse)(&headers, &body));
     let delivery = match delivery {
         Ok(delivery) => delivery,
@@ -76,26 +79,24 @@ async fn deliver_counted(
                 GatewayError::BadRequest(_) => ("refused", "bad_request"),
                 GatewayError::Ignored(_) => ("ignored", ""),
             };
-            return (gateway_error(e), outcome, reason);
+            return (answer(gateway, e.status(), e.message()), outcome, reason);
         }
     };
     if let Some(id) = &delivery.id {
         match state.store.record_delivery(gateway.path, id).await {
             Ok(true) => {}
             Ok(false) => {
-                let answer = (
-                    StatusCode::OK,
-                    axum::Json(json!({"message": format!(
-                        "delivery {id} was already received; ignored"
-                    )})),
-                );
-                return (answer.into_response(), "duplicate", "");
+                let said = format!("delivery {id} was already received; ignored");
+                return (answer(gateway, StatusCode::OK, &said), "duplicate", "");
             }
             Err(e) => return (ApiError::from(e).into_response(), "failed", "store"),
         }
     }
     match accept_gateway_events(state, delivery.events, &headers).await {
-        Ok(count) => (accepted(count), "accepted", ""),
+        Ok(count) => {
+            let said = format!("accepted: {count} event(s) created");
+            (answer(gateway, StatusCode::OK, &said), "accepted", "")
+        }
         Err(e) => {
             // Let the source's redelivery through: this one was not stored.
             if let Some(id) = &delivery.id {
@@ -110,17 +111,20 @@ async fn deliver_counted(
     }
 }
 
-fn gateway_error(error: GatewayError) -> Response {
-    let status = error.status();
-    (status, axum::Json(json!({"message": error.message()}))).into_response()
+/// A gateway's answer: `{"message": ...}`, or for Slack a message only
+/// the person who typed the command sees (Slack shows an answer's `text`).
+fn answer(gateway: &Gateway, status: StatusCode, message: &str) -> Response {
+    let body = if gateway.slack_reply {
+        json!({"response_type": "ephemeral", "text": message})
+    } else {
+        json!({"message": message})
+    };
+    (status, axum::Json(body)).into_response()
 }
 
-fn gateway_disabled(name: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(json!({"message": format!("the {name} gateway is not enabled on this server")})),
-    )
-        .into_response()
+fn gateway_disabled(gateway: &Gateway) -> Response {
+    let said = format!("the {} gateway is not enabled on this server", gateway.name);
+    answer(gateway, StatusCode::NOT_FOUND, &said)
 }
 
 /// Fans a gateway's events out and stores them together; 200 only once
@@ -162,19 +166,11 @@ async fn accept_gateway_events(
     Ok(store_events(state, all, Some(headers)).await?.0)
 }
 
-fn accepted(count: usize) -> Response {
-    (
-        StatusCode::OK,
-        axum::Json(json!({"message": format!("accepted: {count} event(s) created")})),
-    )
-        .into_response()
-}
-
 /// CloudEvents' webhook abuse protection: a sender asks with OPTIONS
 /// whether it may deliver; the gateway allows the origin it was asked about.
 async fn handshake(state: Arc<AppState>, gateway: &Gateway, headers: HeaderMap) -> Response {
     if !gateway.enabled(&state.gateways) {
-        return gateway_disabled(gateway.name);
+        return gateway_disabled(gateway);
     }
     let origin = headers
         .get("webhook-request-origin")

@@ -30,6 +30,7 @@ mod acr;
 mod cloudevents;
 mod dockerhub;
 mod github;
+mod slack;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -47,6 +48,8 @@ pub use github::{GITHUB_SOURCE, GithubDelivery, github};
 use github::{github_delivery, verify_github_signature};
 pub use mizzen_runtime::project::MAX_LABEL_LEN;
 use mizzen_runtime::project::is_label_char;
+pub use slack::SLACK_SOURCE;
+use slack::{slack_delivery, verify_slack_signature};
 
 /// Longest `short_title` (in characters) the gateways produce; longer titles
 /// are cut on a character boundary and end with `…`.
@@ -64,6 +67,8 @@ pub struct GatewayConfig {
     pub acr_tokens: Vec<String>,
     /// Tokens CloudEvents producers may present.
     pub cloudevents_tokens: Vec<String>,
+    /// Slack's signing secret (HMAC key of `X-Slack-Signature`).
+    pub slack_signing_secret: Option<String>,
 }
 
 /// A webhook gateway, as the API serves it.
@@ -79,6 +84,9 @@ pub struct Gateway {
     pub parse: fn(&HeaderMap, &[u8]) -> Result<Delivery, GatewayError>,
     /// Whether it answers CloudEvents' `OPTIONS` abuse-protection handshake.
     pub handshake: bool,
+    /// Whether its answers are Slack messages (`text`, shown only to the
+    /// person who typed the command), which is what Slack shows.
+    pub slack_reply: bool,
 }
 
 /// How a gateway's deliveries authenticate, with which of the server's
@@ -90,6 +98,9 @@ pub enum Auth {
     /// One of these tokens, as a bearer token or `?access_token=`
     /// ([`bearer_token`]).
     Token(fn(&GatewayConfig) -> &[String]),
+    /// Slack's `X-Slack-Signature`: an HMAC-SHA256 of the timestamp and the
+    /// body keyed with this signing secret, within the time window.
+    SlackSignature(fn(&GatewayConfig) -> Option<&str>),
 }
 
 /// What a gateway made of a delivery.
@@ -112,7 +123,7 @@ impl From<GatewayEvent> for Delivery {
 }
 
 /// The webhook gateways.
-pub static GATEWAYS: [Gateway; 4] = [
+pub static GATEWAYS: [Gateway; 5] = [
     Gateway {
         name: "GitHub",
         path: "github",
@@ -126,6 +137,7 @@ pub static GATEWAYS: [Gateway; 4] = [
             })
         },
         handshake: false,
+        slack_reply: false,
     },
     Gateway {
         name: "Docker Hub",
@@ -133,6 +145,7 @@ pub static GATEWAYS: [Gateway; 4] = [
         auth: Auth::Token(|config| &config.dockerhub_tokens),
         parse: |_, body| dockerhub(body).map(Delivery::from),
         handshake: false,
+        slack_reply: false,
     },
     Gateway {
         name: "ACR",
@@ -140,6 +153,7 @@ pub static GATEWAYS: [Gateway; 4] = [
         auth: Auth::Token(|config| &config.acr_tokens),
         parse: |_, body| acr(body).map(Delivery::from),
         handshake: false,
+        slack_reply: false,
     },
     Gateway {
         name: "CloudEvents",
@@ -147,6 +161,20 @@ pub static GATEWAYS: [Gateway; 4] = [
         auth: Auth::Token(|config| &config.cloudevents_tokens),
         parse: |headers, body| cloudevent(headers, body).map(Delivery::from),
         handshake: true,
+        slack_reply: false,
+    },
+    Gateway {
+        name: "Slack",
+        path: "slack",
+        auth: Auth::SlackSignature(|config| config.slack_signing_secret.as_deref()),
+        parse: |headers, body| {
+            slack_delivery(headers, body).map(|(id, event)| Delivery {
+                id: Some(id),
+                events: vec![event],
+            })
+        },
+        handshake: false,
+        slack_reply: true,
     },
 ];
 
@@ -154,25 +182,35 @@ impl Gateway {
     /// Whether the server has its credentials: one without is disabled.
     pub fn enabled(&self, config: &GatewayConfig) -> bool {
         match self.auth {
-            Auth::GithubSignature(secret) => secret(config).is_some(),
+            Auth::GithubSignature(secret) | Auth::SlackSignature(secret) => {
+                secret(config).is_some()
+            }
             Auth::Token(tokens) => !tokens(config).is_empty(),
         }
     }
 
     /// Checks that a request comes from the source; `query` is its raw
-    /// query string.
+    /// query string, `now` the server's clock in seconds since the epoch
+    /// (for signatures that expire).
     pub fn authenticate(
         &self,
         config: &GatewayConfig,
         headers: &HeaderMap,
         query: Option<&str>,
         body: &[u8],
+        now: u64,
     ) -> Result<(), GatewayError> {
         match self.auth {
             Auth::GithubSignature(secret) => verify_github_signature(
                 headers,
                 body,
                 secret(config).unwrap_or_default().as_bytes(),
+            ),
+            Auth::SlackSignature(secret) => verify_slack_signature(
+                headers,
+                body,
+                secret(config).unwrap_or_default().as_bytes(),
+                now,
             ),
             Auth::Token(tokens) => {
                 if bearer_token(headers, query)
@@ -570,17 +608,42 @@ mod tests {
         assert_eq!(enabled, ["github", "acr"]);
         let acr = GATEWAYS.iter().find(|g| g.path == "acr").unwrap();
         let bearer = headers(&[("authorization", "Bearer acr-token")]);
-        assert!(acr.authenticate(&config, &bearer, None, b"").is_ok());
+        assert!(acr.authenticate(&config, &bearer, None, b"", 0).is_ok());
         let none = HeaderMap::new();
         assert!(
-            acr.authenticate(&config, &none, Some("access_token=acr-token"), b"")
+            acr.authenticate(&config, &none, Some("access_token=acr-token"), b"", 0)
                 .is_ok()
         );
         let msg =
-            expect_unauthorized(acr.authenticate(&config, &none, Some("access_token=x"), b""));
+            expect_unauthorized(acr.authenticate(&config, &none, Some("access_token=x"), b"", 0));
         assert!(msg.contains("the ACR gateway needs a valid token"), "{msg}");
         let github = &GATEWAYS[0];
-        let msg = expect_unauthorized(github.authenticate(&config, &bearer, None, b"{}"));
+        let msg = expect_unauthorized(github.authenticate(&config, &bearer, None, b"{}", 0));
         assert!(msg.contains("X-Hub-Signature-256"), "{msg}");
+        // Slack's signature is checked against the server's clock.
+        let config = GatewayConfig {
+            slack_signing_secret: Some("slack-secret".into()),
+            ..GatewayConfig::default()
+        };
+        let slack = GATEWAYS.iter().find(|g| g.path == "slack").unwrap();
+        assert!(slack.enabled(&config));
+        let body = b"command=%2Fdeploy";
+        let signature = {
+            let mut mac =
+                <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(b"slack-secret").unwrap();
+            hmac::Mac::update(&mut mac, b"v0:1000:command=%2Fdeploy");
+            format!("v0={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()))
+        };
+        let signed = headers(&[
+            ("x-slack-signature", &signature),
+            ("x-slack-request-timestamp", "1000"),
+        ]);
+        assert!(
+            slack
+                .authenticate(&config, &signed, None, body, 1_100)
+                .is_ok()
+        );
+        let msg = expect_unauthorized(slack.authenticate(&config, &signed, None, body, 2_000));
+        assert!(msg.contains("more than 300 seconds"), "{msg}");
     }
 }
