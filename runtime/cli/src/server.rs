@@ -136,6 +136,18 @@ pub struct ServerArgs {
         help_heading = "Gateways"
     )]
     slack_signing_secret: Option<String>,
+    /// Addresses Bitbucket's webhooks may come from, as CIDR ranges
+    /// (Bitbucket signs nothing; it publishes its ranges); enables POST
+    /// /gateways/bitbucket
+    #[arg(
+        long,
+        env = "MIZZEN_BITBUCKET_ADDRESSES",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        value_parser = parse_address_range,
+        help_heading = "Gateways"
+    )]
+    bitbucket_addresses: Vec<ipnet::IpNet>,
     /// Tokens Docker Hub webhooks present (?access_token=); enables POST
     /// /gateways/dockerhub
     #[arg(
@@ -301,6 +313,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
             acr_tokens: nonempty(args.acr_token),
             cloudevents_tokens: nonempty(args.cloudevents_token),
             slack_signing_secret: args.slack_signing_secret.filter(|s| !s.is_empty()),
+            bitbucket_addresses: args.bitbucket_addresses,
         },
         scheduler: SchedulerConfig {
             replica: format!(
@@ -377,4 +390,12 @@ pub async fn serve_shard() -> Result<(), Failure> {
         .await
         .context("the sandbox process could not start")?;
     Ok(())
+}
+
+/// A CIDR range (`104.192.136.0/21`), or one address (`192.0.2.7`, as /32
+/// or /128).
+fn parse_address_range(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR range (e.g. 104.192.136.0/21)"))
 }

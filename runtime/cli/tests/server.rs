@@ -3835,3 +3835,82 @@ async fn slack_slash_commands_make_events_once() {
     .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
 }
+
+/// Bitbucket's deliveries are trusted by their address: from one on the
+/// allow-list a push (as Bitbucket's "Event payloads" page describes it)
+/// makes an event with its repository, branch and commit, once per
+/// X-Request-UUID; from any other the server refuses, naming the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitbucket_deliveries_are_trusted_by_address() {
+    const PUSH: &str = r#"{"actor": {"type": "user", "display_name": "Emma"},
+        "repository": {"type": "repository", "name": "repo_name", "full_name": "team_name/repo_name", "scm": "git"},
+        "push": {"changes": [{"new": {"type": "branch", "name": "main",
+            "target": {"type": "commit", "hash": "709d658dc5b6d6afcd46049c2f332ee3f515a67d"}},
+            "old": null, "created": true, "forced": false, "closed": false, "truncated": false}]}}"#;
+    let start = |addresses: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let server = TestServer::start(
+                None,
+                &["--executor", "none", "--bitbucket-addresses", addresses],
+            );
+            let project = script_project("bitbucket-ci", "", "");
+            let file = project.path().join("project.yaml");
+            let yaml = std::fs::read_to_string(&file).unwrap().replace(
+                "source: brigade.sh/cli\n    types: [exec]",
+                "source: brigade.sh/bitbucket\n    types: [repo:push]\n    qualifiers:\n      repo: team_name/repo_name",
+            );
+            std::fs::write(&file, yaml).unwrap();
+            server.ok(&["project", "create", "-f", project.path().to_str().unwrap()]);
+            server
+        })
+    };
+    let send = async |server: &TestServer, request: &str| {
+        let answer = http()
+            .post(format!("{}/gateways/bitbucket", server.url))
+            .header("X-Event-Key", "repo:push")
+            .header("X-Request-UUID", request)
+            .header("Content-Type", "application/json")
+            .body(PUSH)
+            .send()
+            .await
+            .unwrap();
+        (
+            answer.status().as_u16(),
+            answer.json::<Value>().await.unwrap()["message"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let allowed = start("192.0.2.0/24,127.0.0.1").await.unwrap();
+    assert_eq!(
+        send(&allowed, "r-1").await,
+        (200, "accepted: 1 event(s) created".to_string())
+    );
+    let (status, said) = send(&allowed, "r-1").await;
+    assert_eq!(status, 200);
+    assert!(said.contains("already received"), "{said}");
+    let (_, list) = call(
+        "GET",
+        &format!("{}/v2/events?projectID=bitbucket-ci", allowed.url),
+        Some(&allowed.root_token()),
+        None,
+    )
+    .await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["source"], "brigade.sh/bitbucket");
+    assert_eq!(
+        items[0]["git"]["commit"],
+        "709d658dc5b6d6afcd46049c2f332ee3f515a67d"
+    );
+    assert_eq!(items[0]["git"]["ref"], "refs/heads/main");
+
+    let elsewhere = start("192.0.2.0/24").await.unwrap();
+    let (status, said) = send(&elsewhere, "r-2").await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        said,
+        "127.0.0.1 is not among the addresses the Bitbucket gateway accepts deliveries from"
+    );
+}

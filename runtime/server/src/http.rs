@@ -235,9 +235,15 @@ async fn serve_connection(
 ) {
     let slot = Arc::new(Slot::default());
     connections.idle(&slot);
+    // Who is on the other end, for the handlers that decide by it (axum's
+    // ConnectInfo, as its own server would set it).
+    let peer = stream.peer_addr().ok().map(axum::extract::ConnectInfo);
     let service = {
         let (connections, slot) = (connections.clone(), slot.clone());
-        hyper::service::service_fn(move |request: Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(peer);
+            }
             slot.in_request.store(true, Ordering::Relaxed);
             connections.busy(&slot);
             let done = IdleWhenDropped {

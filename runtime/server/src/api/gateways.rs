@@ -4,27 +4,33 @@
 //! events like any others, stored together.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Router};
 use serde_json::json;
 
 use super::accept::{EventBody, fan_out, store_events};
 use super::{ApiError, ApiResult, AppState, AppStateRef};
-use crate::gateways::{GATEWAYS, Gateway, GatewayError, GatewayEvent};
+use crate::gateways::{GATEWAYS, Gateway, GatewayError, GatewayEvent, Request};
 
 /// The routes of this resource: `/gateways/<path>` for each gateway.
 pub(super) fn routes() -> Router<Arc<AppState>> {
     let mut router = Router::new();
     for gateway in &GATEWAYS {
         let mut route = post(
-            move |State(state): AppStateRef, headers: HeaderMap, uri: Uri, body: Bytes| {
-                deliver(state, gateway, headers, uri, body)
+            move |State(state): AppStateRef,
+                  peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+                  headers: HeaderMap,
+                  uri: Uri,
+                  body: Bytes| {
+                let peer = peer.map(|Extension(ConnectInfo(address))| address.ip());
+                deliver(state, gateway, peer, headers, uri, body)
             },
         );
         if gateway.handshake {
@@ -42,11 +48,13 @@ pub(super) fn routes() -> Router<Arc<AppState>> {
 async fn deliver(
     state: Arc<AppState>,
     gateway: &Gateway,
+    peer: Option<IpAddr>,
     headers: HeaderMap,
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let (response, outcome, reason) = deliver_counted(&state, gateway, headers, uri, body).await;
+    let (response, outcome, reason) =
+        deliver_counted(&state, gateway, peer, headers, uri, body).await;
     state
         .metrics
         .gateway_delivery(gateway.path, outcome, reason);
@@ -57,6 +65,7 @@ async fn deliver(
 async fn deliver_counted(
     state: &AppState,
     gateway: &Gateway,
+    peer: Option<IpAddr>,
     headers: HeaderMap,
     uri: Uri,
     body: Bytes,
@@ -68,8 +77,14 @@ async fn deliver_counted(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let request = Request {
+        headers: &headers,
+        query: uri.query(),
+        body: &body,
+        peer,
+    };
     let delivery = gateway
-        .authenticate(config, &headers, uri.query(), &body, now)
+        .authenticate(config, &request, now)
         .and_then(|()| (gateway.parse)(&headers, &body));
     let delivery = match delivery {
         Ok(delivery) => delivery,

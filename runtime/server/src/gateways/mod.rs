@@ -1,4 +1,4 @@
-//! Inbound webhook gateways: turns deliveries from GitHub, Docker Hub, Azure
+//! Inbound webhook gateways: turns deliveries from GitHub, Slack, Bitbucket, Docker Hub, Azure
 //! Container Registry (ACR) and CloudEvents producers into [`GatewayEvent`]s,
 //! the Brigade v2 events that subscription fan-out later copies to projects.
 //!
@@ -27,6 +27,7 @@
 //! belong to the caller.
 
 mod acr;
+mod bitbucket;
 mod cloudevents;
 mod dockerhub;
 mod github;
@@ -42,6 +43,8 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 pub use acr::{ACR_SOURCE, acr};
+pub use bitbucket::BITBUCKET_SOURCE;
+use bitbucket::bitbucket_delivery;
 pub use cloudevents::{CLOUDEVENT_TYPE, CLOUDEVENTS_SOURCE, cloudevent};
 pub use dockerhub::{DOCKERHUB_SOURCE, LEGACY_PUSH_TYPE, dockerhub};
 pub use github::{GITHUB_SOURCE, GithubDelivery, github};
@@ -69,6 +72,8 @@ pub struct GatewayConfig {
     pub cloudevents_tokens: Vec<String>,
     /// Slack's signing secret (HMAC key of `X-Slack-Signature`).
     pub slack_signing_secret: Option<String>,
+    /// The addresses Bitbucket's deliveries may come from.
+    pub bitbucket_addresses: Vec<ipnet::IpNet>,
 }
 
 /// A webhook gateway, as the API serves it.
@@ -89,6 +94,19 @@ pub struct Gateway {
     pub slack_reply: bool,
 }
 
+/// What a gateway sees of a request.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    /// Its headers.
+    pub headers: &'a HeaderMap,
+    /// Its raw query string.
+    pub query: Option<&'a str>,
+    /// Its body.
+    pub body: &'a [u8],
+    /// The address it came from.
+    pub peer: Option<std::net::IpAddr>,
+}
+
 /// How a gateway's deliveries authenticate, with which of the server's
 /// credentials.
 pub enum Auth {
@@ -101,6 +119,9 @@ pub enum Auth {
     /// Slack's `X-Slack-Signature`: an HMAC-SHA256 of the timestamp and the
     /// body keyed with this signing secret, within the time window.
     SlackSignature(fn(&GatewayConfig) -> Option<&str>),
+    /// The connection's address, within one of these ranges (a source that
+    /// signs nothing: Bitbucket).
+    Address(fn(&GatewayConfig) -> &[ipnet::IpNet]),
 }
 
 /// What a gateway made of a delivery.
@@ -123,7 +144,7 @@ impl From<GatewayEvent> for Delivery {
 }
 
 /// The webhook gateways.
-pub static GATEWAYS: [Gateway; 5] = [
+pub static GATEWAYS: [Gateway; 6] = [
     Gateway {
         name: "GitHub",
         path: "github",
@@ -176,6 +197,19 @@ pub static GATEWAYS: [Gateway; 5] = [
         handshake: false,
         slack_reply: true,
     },
+    Gateway {
+        name: "Bitbucket",
+        path: "bitbucket",
+        auth: Auth::Address(|config| &config.bitbucket_addresses),
+        parse: |headers, body| {
+            bitbucket_delivery(headers, body).map(|(id, event)| Delivery {
+                id,
+                events: vec![event],
+            })
+        },
+        handshake: false,
+        slack_reply: false,
+    },
 ];
 
 impl Gateway {
@@ -186,20 +220,26 @@ impl Gateway {
                 secret(config).is_some()
             }
             Auth::Token(tokens) => !tokens(config).is_empty(),
+            Auth::Address(ranges) => !ranges(config).is_empty(),
         }
     }
 
     /// Checks that a request comes from the source; `query` is its raw
-    /// query string, `now` the server's clock in seconds since the epoch
-    /// (for signatures that expire).
+    /// query string, `peer` the connection's address (unknown: refused by
+    /// an address allow-list), `now` the server's clock in seconds since
+    /// the epoch (for signatures that expire).
     pub fn authenticate(
         &self,
         config: &GatewayConfig,
-        headers: &HeaderMap,
-        query: Option<&str>,
-        body: &[u8],
+        request: &Request<'_>,
         now: u64,
     ) -> Result<(), GatewayError> {
+        let Request {
+            headers,
+            query,
+            body,
+            peer,
+        } = *request;
         match self.auth {
             Auth::GithubSignature(secret) => verify_github_signature(
                 headers,
@@ -212,6 +252,17 @@ impl Gateway {
                 secret(config).unwrap_or_default().as_bytes(),
                 now,
             ),
+            Auth::Address(ranges) => match peer {
+                Some(address) if ranges(config).iter().any(|r| r.contains(&address)) => Ok(()),
+                Some(address) => Err(unauthorized(format!(
+                    "{address} is not among the addresses the {} gateway accepts deliveries from",
+                    self.name
+                ))),
+                None => Err(unauthorized(format!(
+                    "the {} gateway accepts deliveries by address, and this connection's is unknown",
+                    self.name
+                ))),
+            },
             Auth::Token(tokens) => {
                 if bearer_token(headers, query)
                     .is_some_and(|token| token_matches(&token, tokens(config)))
@@ -595,6 +646,18 @@ mod tests {
 
     #[test]
     fn each_gateway_authenticates_with_its_own_credentials() {
+        fn request<'a>(
+            headers: &'a HeaderMap,
+            query: Option<&'a str>,
+            body: &'a [u8],
+        ) -> Request<'a> {
+            Request {
+                headers,
+                query,
+                body,
+                peer: Some([192, 0, 2, 7].into()),
+            }
+        }
         let config = GatewayConfig {
             github_secret: Some("secret".into()),
             acr_tokens: vec!["acr-token".into()],
@@ -608,17 +671,28 @@ mod tests {
         assert_eq!(enabled, ["github", "acr"]);
         let acr = GATEWAYS.iter().find(|g| g.path == "acr").unwrap();
         let bearer = headers(&[("authorization", "Bearer acr-token")]);
-        assert!(acr.authenticate(&config, &bearer, None, b"", 0).is_ok());
-        let none = HeaderMap::new();
         assert!(
-            acr.authenticate(&config, &none, Some("access_token=acr-token"), b"", 0)
+            acr.authenticate(&config, &request(&bearer, None, b""), 0)
                 .is_ok()
         );
-        let msg =
-            expect_unauthorized(acr.authenticate(&config, &none, Some("access_token=x"), b"", 0));
+        let none = HeaderMap::new();
+        assert!(
+            acr.authenticate(
+                &config,
+                &request(&none, Some("access_token=acr-token"), b""),
+                0
+            )
+            .is_ok()
+        );
+        let msg = expect_unauthorized(acr.authenticate(
+            &config,
+            &request(&none, Some("access_token=x"), b""),
+            0,
+        ));
         assert!(msg.contains("the ACR gateway needs a valid token"), "{msg}");
         let github = &GATEWAYS[0];
-        let msg = expect_unauthorized(github.authenticate(&config, &bearer, None, b"{}", 0));
+        let msg =
+            expect_unauthorized(github.authenticate(&config, &request(&bearer, None, b"{}"), 0));
         assert!(msg.contains("X-Hub-Signature-256"), "{msg}");
         // Slack's signature is checked against the server's clock.
         let config = GatewayConfig {
@@ -640,10 +714,39 @@ mod tests {
         ]);
         assert!(
             slack
-                .authenticate(&config, &signed, None, body, 1_100)
+                .authenticate(&config, &request(&signed, None, body), 1_100)
                 .is_ok()
         );
-        let msg = expect_unauthorized(slack.authenticate(&config, &signed, None, body, 2_000));
+        let msg =
+            expect_unauthorized(slack.authenticate(&config, &request(&signed, None, body), 2_000));
         assert!(msg.contains("more than 300 seconds"), "{msg}");
+
+        // Bitbucket's by the connection's address.
+        let config = GatewayConfig {
+            bitbucket_addresses: vec!["192.0.2.0/28".parse().unwrap()],
+            ..GatewayConfig::default()
+        };
+        let bitbucket = GATEWAYS.iter().find(|g| g.path == "bitbucket").unwrap();
+        let none = HeaderMap::new();
+        assert!(
+            bitbucket
+                .authenticate(&config, &request(&none, None, b"{}"), 0)
+                .is_ok()
+        );
+        let outside = Request {
+            peer: Some([192, 0, 2, 16].into()),
+            ..request(&none, None, b"{}")
+        };
+        let msg = expect_unauthorized(bitbucket.authenticate(&config, &outside, 0));
+        assert!(
+            msg.contains("192.0.2.16 is not among the addresses"),
+            "{msg}"
+        );
+        let unknown = Request {
+            peer: None,
+            ..request(&none, None, b"{}")
+        };
+        let msg = expect_unauthorized(bitbucket.authenticate(&config, &unknown, 0));
+        assert!(msg.contains("this connection's is unknown"), "{msg}");
     }
 }
