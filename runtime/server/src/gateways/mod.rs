@@ -1,11 +1,14 @@
-//! Inbound webhook gateways: turns deliveries from GitHub, Slack, Bitbucket, Docker Hub, Azure
-//! Container Registry (ACR) and CloudEvents producers into [`GatewayEvent`]s,
+//! Inbound webhook gateways: turns deliveries from GitHub, Slack, Bitbucket,
+//! Docker Hub, Azure Container Registry (ACR) and CloudEvents producers into
+//! [`GatewayEvent`]s,
 //! the Brigade v2 events that subscription fan-out later copies to projects.
 //!
-//! Each source has its own module (`github`, `dockerhub`, `acr`,
-//! `cloudevents`), which owns:
+//! Each source has its own module (`github`, `slack`, `bitbucket`,
+//! `dockerhub`, `acr`, `cloudevents`), which owns:
 //! - authenticating the delivery where the source signs it (GitHub's
-//!   `X-Hub-Signature-256` HMAC, checked in constant time); the sources that
+//!   `X-Hub-Signature-256` HMAC, Slack's `X-Slack-Signature` within its
+//!   time window, both checked in constant time; Bitbucket's by the
+//!   connection's address, [`Auth::Address`]); the sources that
 //!   authenticate with a token (Docker Hub, ACR, CloudEvents) share the
 //!   token helpers here ([`bearer_token`], [`token_matches`]);
 //! - validating the body and mapping it onto Brigade v2's event fields
