@@ -2904,3 +2904,337 @@ events.process();
     }
     tally.finish();
 }
+
+// ----- E4: Slack, Bitbucket and GitHub's CI/CD events ----------------------------------
+
+/// What a stranger controls in the newer gateways' deliveries: a Slack
+/// command's fields and signature headers, a Bitbucket delivery's key and
+/// body (its sender cannot be checked but by address), and on GitHub a
+/// comment's words and a check run's name, which pick the project a
+/// `ci:job_requested` is for. Each is refused by name, or makes no event it
+/// should not (another tenant's project is reached only through its own
+/// subscription), and a delivery of 100,000 push changes costs no more than
+/// one.
+#[test]
+fn slack_bitbucket_and_github_ci_inputs_are_refused_by_name() {
+    const SLACK_SECRET: &str = "adversarial-slack-secret";
+    let mut server = Server::start(&[
+        "--executor",
+        "none",
+        "--github-webhook-secret",
+        GITHUB_SECRET,
+        "--slack-signing-secret",
+        SLACK_SECRET,
+        "--bitbucket-addresses",
+        "127.0.0.1",
+    ]);
+    let mut tally = Tally::new("slack, bitbucket, github ci");
+    // A tenant's project that takes CI events from its own repository only.
+    let mut ci = project("tenant-ci", INERT);
+    ci["spec"]["eventSubscriptions"] = json!([
+        {"source": "brigade.sh/github", "types": ["ci:job_requested", "ci:pipeline_requested"],
+         "qualifiers": {"repo": "tenant/app"}},
+        {"source": "brigade.sh/slack", "types": ["deploy"]},
+        {"source": "brigade.sh/bitbucket", "types": ["repo:push"], "qualifiers": {"repo": "team/app"}},
+    ]);
+    server.create_project(&ci);
+    let base = server.url.clone();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let slack_sign = |timestamp: u64, body: &str| {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SLACK_SECRET.as_bytes()).unwrap();
+        mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+        let tag: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("v0={tag}")
+    };
+    let slack = |headers: Vec<(&str, String)>, body: &str| {
+        let mut request = http()
+            .post(format!("{base}/gateways/slack"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        send(request)
+    };
+    let command = "team_id=T1&channel_id=C1&user_id=U1&command=%2Fdeploy&text=api";
+    let ts = now();
+    // (name, headers, body, status, what the answer says)
+    type SlackCase<'a> = (&'a str, Vec<(&'a str, String)>, String, u16, &'a str);
+    let slack_cases: Vec<SlackCase> = vec![
+        (
+            "no signature",
+            vec![("X-Slack-Request-Timestamp", ts.to_string())],
+            command.into(),
+            401,
+            "missing X-Slack-Signature",
+        ),
+        (
+            "a signature an hour old",
+            vec![
+                ("X-Slack-Request-Timestamp", (ts - 3600).to_string()),
+                ("X-Slack-Signature", slack_sign(ts - 3600, command)),
+            ],
+            command.into(),
+            401,
+            "more than 300 seconds",
+        ),
+        (
+            "a signature from the future",
+            vec![
+                ("X-Slack-Request-Timestamp", (ts + 3600).to_string()),
+                ("X-Slack-Signature", slack_sign(ts + 3600, command)),
+            ],
+            command.into(),
+            401,
+            "more than 300 seconds",
+        ),
+        (
+            "the signature of another timestamp",
+            vec![
+                ("X-Slack-Request-Timestamp", ts.to_string()),
+                ("X-Slack-Signature", slack_sign(ts - 1, command)),
+            ],
+            command.into(),
+            401,
+            "does not match",
+        ),
+        (
+            "a command with a space",
+            vec![
+                ("X-Slack-Request-Timestamp", ts.to_string()),
+                (
+                    "X-Slack-Signature",
+                    slack_sign(ts, "team_id=T1&channel_id=C1&user_id=U1&command=%2Fde+ploy"),
+                ),
+            ],
+            "team_id=T1&channel_id=C1&user_id=U1&command=%2Fde+ploy".into(),
+            400,
+            "field `command` contains ' '",
+        ),
+        (
+            "a channel id with a newline",
+            vec![
+                ("X-Slack-Request-Timestamp", ts.to_string()),
+                (
+                    "X-Slack-Signature",
+                    slack_sign(
+                        ts,
+                        "team_id=T1&channel_id=C%0A1&user_id=U1&command=%2Fdeploy",
+                    ),
+                ),
+            ],
+            "team_id=T1&channel_id=C%0A1&user_id=U1&command=%2Fdeploy".into(),
+            400,
+            "field `channel_id` contains '\\\\n'",
+        ),
+    ];
+    for (name, headers, body, status, said) in slack_cases {
+        let answer = slack(headers, &body);
+        let result = check(
+            answer.status == status && answer.text.contains(said),
+            || {
+                format!(
+                    "expected {status} saying {said:?}, got {} {}",
+                    answer.status, answer.text
+                )
+            },
+        );
+        tally.case(&mut server, name, result);
+    }
+
+    let bitbucket = |key: &str, body: String| {
+        send(
+            http()
+                .post(format!("{base}/gateways/bitbucket"))
+                .header("X-Event-Key", key)
+                .header("Content-Type", "application/json")
+                .body(body),
+        )
+    };
+    let push = |changes: usize| {
+        let change =
+            json!({"new": {"type": "branch", "name": "main", "target": {"hash": "0123abcd"}}});
+        json!({"repository": {"full_name": "team/app"}, "push": {"changes": vec![change; changes]}})
+            .to_string()
+    };
+    let long_key = "repo:".to_string() + &"x".repeat(300);
+    let bitbucket_cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "an event key with a space",
+            "repo push",
+            push(1),
+            400,
+            "the X-Event-Key header contains ' '",
+        ),
+        (
+            "an event key of 305 characters",
+            &long_key,
+            push(1),
+            400,
+            "Brigade allows at most 255",
+        ),
+        (
+            "a repository name with a slash-dot",
+            "repo:push",
+            json!({"repository": {"full_name": "team/../app"}}).to_string(),
+            200,
+            "accepted: 0 event(s) created",
+        ),
+        (
+            "a repository name with a quote",
+            "repo:push",
+            json!({"repository": {"full_name": "team/a\"pp"}}).to_string(),
+            400,
+            "field `repository.full_name` contains",
+        ),
+        (
+            "a body that is a list",
+            "repo:push",
+            "[]".into(),
+            400,
+            "must be a JSON object",
+        ),
+        (
+            "100,000 changes",
+            "repo:push",
+            push(100_000),
+            200,
+            "accepted: 1 event(s) created",
+        ),
+    ];
+    for (name, key, body, status, said) in bitbucket_cases {
+        let answer = bitbucket(key, body);
+        let result = check(
+            answer.status == status && answer.text.contains(said),
+            || {
+                format!(
+                    "expected {status} saying {said:?}, got {} {}",
+                    answer.status, answer.text
+                )
+            },
+        );
+        tally.case(&mut server, name, result);
+    }
+
+    // GitHub: a check run may name any project; only one that subscribes
+    // to the run's repository gets the job.
+    let other = project("other-tenant", INERT);
+    server.create_project(&other);
+    let mut delivery = 0;
+    let mut github = |event: &str, body: Value| {
+        delivery += 1;
+        let body = body.to_string();
+        send(
+            http()
+                .post(format!("{base}/gateways/github"))
+                .header("X-GitHub-Event", event)
+                .header("X-GitHub-Delivery", format!("adversarial-{delivery}"))
+                .header(
+                    "X-Hub-Signature-256",
+                    github_signature(GITHUB_SECRET, body.as_bytes()),
+                )
+                .header("Content-Type", "application/json")
+                .body(body),
+        )
+    };
+    let run = |name: &str, repo: &str| {
+        json!({"action": "rerequested", "check_run": {"id": 1, "name": name, "head_sha": "abc"},
+               "repository": {"full_name": repo, "clone_url": format!("https://github.com/{repo}.git")}})
+    };
+    let comment = |body: &str, association: &str| {
+        json!({"action": "created",
+               "issue": {"number": 3, "title": "t", "pull_request": {"url": "https://api.github.com/repos/tenant/app/pulls/3"}},
+               "comment": {"id": 1, "body": body, "author_association": association},
+               "repository": {"full_name": "tenant/app", "clone_url": "https://github.com/tenant/app.git"}})
+    };
+    let github_cases: Vec<(&str, &str, Value, u16, &str)> = vec![
+        (
+            "a check run naming another tenant's project",
+            "check_run",
+            run("other-tenant:unit", "tenant/app"),
+            200,
+            "accepted: 0 event(s) created",
+        ),
+        (
+            "a check run of another repository naming the project",
+            "check_run",
+            run("tenant-ci:unit", "attacker/app"),
+            200,
+            "accepted: 0 event(s) created",
+        ),
+        (
+            "a check run whose job has a newline",
+            "check_run",
+            run("tenant-ci:unit\nrm", "tenant/app"),
+            400,
+            "the job of check run",
+        ),
+        (
+            "a check run naming a project with a slash",
+            "check_run",
+            run("../tenant-ci:unit", "tenant/app"),
+            200,
+            "accepted: 0 event(s) created",
+        ),
+        (
+            "a check run of its own repository",
+            "check_run",
+            run("tenant-ci:unit", "tenant/app"),
+            200,
+            "accepted: 1 event(s) created",
+        ),
+        (
+            "/brig run by a stranger",
+            "issue_comment",
+            comment("/brig run", "NONE"),
+            200,
+            "accepted: 0 event(s) created",
+        ),
+        (
+            "/brig run by a contributor of another PR",
+            "issue_comment",
+            comment("/brig run", "CONTRIBUTOR"),
+            200,
+            "accepted: 0 event(s) created",
+        ),
+        (
+            "/brig run after other words",
+            "issue_comment",
+            comment("looks good\n/brig run", "OWNER"),
+            200,
+            "accepted: 0 event(s) created",
+        ),
+        (
+            "/brig run by the owner",
+            "issue_comment",
+            comment("/brig run", "OWNER"),
+            200,
+            "accepted: 1 event(s) created",
+        ),
+    ];
+    for (name, event, body, status, said) in github_cases {
+        let answer = github(event, body);
+        let result = check(
+            answer.status == status && answer.text.contains(said),
+            || {
+                format!(
+                    "expected {status} saying {said:?}, got {} {}",
+                    answer.status, answer.text
+                )
+            },
+        );
+        tally.case(&mut server, name, result);
+    }
+    tally.finish();
+}
