@@ -3041,15 +3041,7 @@ fn slack_bitbucket_and_github_ci_inputs_are_refused_by_name() {
     ];
     for (name, headers, body, status, said) in slack_cases {
         let answer = slack(headers, &body);
-        let result = check(
-            answer.status == status && answer.text.contains(said),
-            || {
-                format!(
-                    "expected {status} saying {said:?}, got {} {}",
-                    answer.status, answer.text
-                )
-            },
-        );
+        let result = answered(&answer, status, said);
         tally.case(&mut server, name, result);
     }
 
@@ -3115,15 +3107,7 @@ fn slack_bitbucket_and_github_ci_inputs_are_refused_by_name() {
     ];
     for (name, key, body, status, said) in bitbucket_cases {
         let answer = bitbucket(key, body);
-        let result = check(
-            answer.status == status && answer.text.contains(said),
-            || {
-                format!(
-                    "expected {status} saying {said:?}, got {} {}",
-                    answer.status, answer.text
-                )
-            },
-        );
+        let result = answered(&answer, status, said);
         tally.case(&mut server, name, result);
     }
 
@@ -3225,16 +3209,21 @@ fn slack_bitbucket_and_github_ci_inputs_are_refused_by_name() {
     ];
     for (name, event, body, status, said) in github_cases {
         let answer = github(event, body);
-        let result = check(
-            answer.status == status && answer.text.contains(said),
-            || {
-                format!(
-                    "expected {status} saying {said:?}, got {} {}",
-                    answer.status, answer.text
-                )
-            },
-        );
+        let result = answered(&answer, status, said);
         tally.case(&mut server, name, result);
     }
     tally.finish();
+}
+
+/// Whether an answer has `status` and says `said`.
+fn answered(answer: &Answer, status: u16, said: &str) -> Result<(), String> {
+    check(
+        answer.status == status && answer.text.contains(said),
+        || {
+            format!(
+                "expected {status} saying {said:?}, got {} {}",
+                answer.status, answer.text
+            )
+        },
+    )
 }

@@ -1575,6 +1575,33 @@ spec:
     dir
 }
 
+/// Creates a project whose script does nothing, subscribed as
+/// `subscriptions` says (YAML list items, indented as in a project file).
+fn create_subscribed_project(server: &TestServer, id: &str, subscriptions: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("project.yaml"),
+        format!(
+            "apiVersion: brigade.sh/v2\nkind: Project\nmetadata:\n  id: {id}\nspec:\n  eventSubscriptions:\n{subscriptions}  workerTemplate:\n    defaultConfigFiles:\n      brigade.js: |\n        require(\"@brigadecore/brigadier\").events.process();\n"
+        ),
+    )
+    .unwrap();
+    server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+}
+
+/// A project's events as the API lists them, newest first.
+async fn events_of(server: &TestServer, project: &str) -> Vec<Value> {
+    let (status, list) = call(
+        "GET",
+        &format!("{}/v2/events?projectID={project}", server.url),
+        Some(&server.root_token()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    list["items"].as_array().unwrap().clone()
+}
+
 fn phase_of(event: &Value) -> &str {
     event["worker"]["status"]["phase"].as_str().unwrap()
 }
@@ -3548,12 +3575,10 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
             .clone()
     };
     let server = tokio::task::spawn_blocking(|| {
-        let server = TestServer::start(None, &["--executor", "none", "--github-webhook-secret", SECRET]);
-        let dir = tempfile::tempdir().unwrap();
-        let script = r#"      brigade.js: |
-        const { events } = require("@brigadecore/brigadier");
-        events.process();
-"#;
+        let server = TestServer::start(
+            None,
+            &["--executor", "none", "--github-webhook-secret", SECRET],
+        );
         for (id, subscriptions) in [
             (
                 "hello-ci",
@@ -3568,14 +3593,7 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
                 "  - source: brigade.sh/github\n    types: ['*']\n    qualifiers:\n      repo: Codertocat/Hello-World\n",
             ),
         ] {
-            std::fs::write(
-                dir.path().join("project.yaml"),
-                format!(
-                    "apiVersion: brigade.sh/v2\nkind: Project\nmetadata:\n  id: {id}\nspec:\n  eventSubscriptions:\n{subscriptions}  workerTemplate:\n    defaultConfigFiles:\n{script}"
-                ),
-            )
-            .unwrap();
-            server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+            create_subscribed_project(&server, id, subscriptions);
         }
         server
     })
@@ -3583,7 +3601,6 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
     .unwrap();
     let client = http();
     let base = server.url.clone();
-    let token = server.root_token();
     let mut delivery = 0;
     let mut send = async |event: &str, body: Value| -> String {
         delivery += 1;
@@ -3609,18 +3626,7 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
             .unwrap()
             .to_string()
     };
-    // Each project's events, newest first: (type, labels, git, sourceState).
-    let events_of = async |project: &str| -> Vec<Value> {
-        let (status, list) = call(
-            "GET",
-            &format!("{base}/v2/events?projectID={project}"),
-            Some(&token),
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{list}");
-        list["items"].as_array().unwrap().clone()
-    };
+    let events_of = async |project: &str| events_of(&server, project).await;
 
     // A check suite requested: check_suite:requested for the project of
     // every type, and ci:pipeline_requested, tracked, for both.
@@ -3749,14 +3755,11 @@ async fn slack_slash_commands_make_events_once() {
             None,
             &["--executor", "none", "--slack-signing-secret", SECRET],
         );
-        let project = script_project("chatops", "", "");
-        let file = project.path().join("project.yaml");
-        let yaml = std::fs::read_to_string(&file).unwrap().replace(
-            "source: brigade.sh/cli\n    types: [exec]",
-            "source: brigade.sh/slack\n    types: [webhook-collect]",
+        create_subscribed_project(
+            &server,
+            "chatops",
+            "  - source: brigade.sh/slack\n    types: [webhook-collect]\n",
         );
-        std::fs::write(&file, yaml).unwrap();
-        server.ok(&["project", "create", "-f", project.path().to_str().unwrap()]);
         server
     })
     .await
@@ -3793,14 +3796,8 @@ async fn slack_slash_commands_make_events_once() {
         said,
         json!({"response_type": "ephemeral", "text": "accepted: 1 event(s) created"})
     );
-    let (_, list) = call(
-        "GET",
-        &format!("{}/v2/events?projectID=chatops", server.url),
-        Some(&server.root_token()),
-        None,
-    )
-    .await;
-    let event = &list["items"][0];
+    let events = events_of(&server, "chatops").await;
+    let event = &events[0];
     assert_eq!(event["source"], "brigade.sh/slack");
     assert_eq!(event["type"], "webhook-collect");
     assert_eq!(
@@ -3826,14 +3823,7 @@ async fn slack_slash_commands_make_events_once() {
     );
     let (status, _) = send(sign("another-secret", now), now).await;
     assert_eq!(status, 401);
-    let (_, list) = call(
-        "GET",
-        &format!("{}/v2/events?projectID=chatops", server.url),
-        Some(&server.root_token()),
-        None,
-    )
-    .await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(events_of(&server, "chatops").await.len(), 1);
 }
 
 /// Bitbucket's deliveries are trusted by their address: from one on the
@@ -3853,14 +3843,11 @@ async fn bitbucket_deliveries_are_trusted_by_address() {
                 None,
                 &["--executor", "none", "--bitbucket-addresses", addresses],
             );
-            let project = script_project("bitbucket-ci", "", "");
-            let file = project.path().join("project.yaml");
-            let yaml = std::fs::read_to_string(&file).unwrap().replace(
-                "source: brigade.sh/cli\n    types: [exec]",
-                "source: brigade.sh/bitbucket\n    types: [repo:push]\n    qualifiers:\n      repo: team_name/repo_name",
+            create_subscribed_project(
+                &server,
+                "bitbucket-ci",
+                "  - source: brigade.sh/bitbucket\n    types: [repo:push]\n    qualifiers:\n      repo: team_name/repo_name\n",
             );
-            std::fs::write(&file, yaml).unwrap();
-            server.ok(&["project", "create", "-f", project.path().to_str().unwrap()]);
             server
         })
     };
@@ -3890,15 +3877,8 @@ async fn bitbucket_deliveries_are_trusted_by_address() {
     let (status, said) = send(&allowed, "r-1").await;
     assert_eq!(status, 200);
     assert!(said.contains("already received"), "{said}");
-    let (_, list) = call(
-        "GET",
-        &format!("{}/v2/events?projectID=bitbucket-ci", allowed.url),
-        Some(&allowed.root_token()),
-        None,
-    )
-    .await;
-    let items = list["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{list}");
+    let items = events_of(&allowed, "bitbucket-ci").await;
+    assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["source"], "brigade.sh/bitbucket");
     assert_eq!(
         items[0]["git"]["commit"],
