@@ -201,10 +201,7 @@ fn synthetic_event(
     json: &Value,
     plain: &GatewayEvent,
 ) -> Result<Option<GatewayEvent>, GatewayError> {
-    let mut event = GatewayEvent {
-        source: GITHUB_SOURCE.to_owned(),
-        ..plain.clone()
-    };
+    let mut event = plain.clone();
     match (event_name, action) {
         ("check_suite", Some("requested" | "rerequested")) => {
             event.event_type = "ci:pipeline_requested".into();

@@ -397,18 +397,20 @@ pub fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> 
         return Some(token.to_owned());
     }
     let query = query?;
-    let query = query.strip_prefix('?').unwrap_or(query);
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if percent_decode(key, true)? == "access_token" {
-                percent_decode(value, true)
-            } else {
-                None
-            }
-        })
-        .find(|token| !token.is_empty())
+    form_pairs(query.strip_prefix('?').unwrap_or(query))
+        .flatten()
+        .find_map(|(key, value)| (key == "access_token" && !value.is_empty()).then_some(value))
+}
+
+/// The `key=value` pairs of a query string or a form-encoded body
+/// (`application/x-www-form-urlencoded`), each form-decoded (`%XX` escapes,
+/// `+` as space), or `None` where a pair is not well formed; empty pairs
+/// are skipped.
+fn form_pairs(text: &str) -> impl Iterator<Item = Option<(String, String)>> + '_ {
+    text.split('&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((percent_decode(key, true)?, percent_decode(value, true)?))
+    })
 }
 
 /// Whether `presented` equals one of the configured plain-text tokens.

@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{
-    GatewayError, GatewayEvent, bad, check_label_value, header_str, percent_decode, truncate_title,
+    GatewayError, GatewayEvent, bad, check_label_value, form_pairs, header_str, truncate_title,
     unauthorized,
 };
 
@@ -77,10 +77,8 @@ pub(super) fn slack_delivery(
 ) -> Result<(String, GatewayEvent), GatewayError> {
     let text = std::str::from_utf8(body).map_err(|_| bad("request body is not valid UTF-8"))?;
     let mut fields = std::collections::BTreeMap::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (Some(key), Some(value)) = (percent_decode(key, true), percent_decode(value, true))
-        else {
+    for pair in form_pairs(text) {
+        let Some((key, value)) = pair else {
             return Err(bad(
                 "request body is not form-encoded (Slack sends application/x-www-form-urlencoded)",
             ));
