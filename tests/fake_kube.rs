@@ -159,8 +159,7 @@ async fn pod_runs_and_its_log_follows() {
     let (stamps, texts): (Vec<&str>, Vec<&str>) =
         lines.iter().map(|l| l.split_once(' ').unwrap()).unzip();
     assert_eq!(texts, ["one", "two", "three"]);
-    let stamps: Vec<k8s_openapi::jiff::Timestamp> =
-        stamps.iter().map(|s| s.parse().unwrap()).collect();
+    let stamps: Vec<jiff::Timestamp> = stamps.iter().map(|s| s.parse().unwrap()).collect();
     assert!(stamps.is_sorted_by(|a, b| a < b), "{stamps:?}");
 
     let done = until(&mut watched, |p| phase(p) == "Succeeded").await;

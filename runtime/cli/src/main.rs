@@ -39,10 +39,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Handle one event for a project on this machine (no server, no cluster)
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the REST API, the scheduler and the webhook gateways
     #[command(after_help = server::ENVIRONMENT_HELP)]
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Create a project whose script builds and runs (js, ts, rust or go)
     Init(init::InitArgs),
     #[command(flatten)]
@@ -265,8 +265,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
-            Command::Server(args) => server::serve(args).await,
+            Command::Run(args) => run::run(*args).await,
+            Command::Server(args) => server::serve(*args).await,
             Command::Init(args) => init::init(args).map_err(Failure::from),
             Command::Client(command) => client::run(command).await,
             Command::Completion { .. } => Ok(()),

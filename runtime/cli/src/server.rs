@@ -119,6 +119,16 @@ pub struct ServerArgs {
     /// to the queue
     #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Workers and jobs")]
     shutdown_grace: Duration,
+    /// The shortest interval a project's cron schedule may tick at (a
+    /// project whose schedule ticks more often is refused) [default: 60s]
+    #[arg(
+        long,
+        env = "MIZZEN_MIN_SCHEDULE_INTERVAL",
+        value_parser = parse_duration,
+        value_name = "DURATION",
+        help_heading = "Workers and jobs"
+    )]
+    min_schedule_interval: Option<Duration>,
     /// GitHub webhook secret; enables POST /gateways/github
     #[arg(
         long,
@@ -127,6 +137,34 @@ pub struct ServerArgs {
         help_heading = "Gateways"
     )]
     github_webhook_secret: Option<String>,
+    /// The GitHub App's id: with --github-app-key-file, tracked GitHub
+    /// events' jobs are reported as check runs
+    #[arg(
+        long,
+        env = "MIZZEN_GITHUB_APP_ID",
+        requires = "github_app_key_file",
+        help_heading = "Gateways"
+    )]
+    github_app_id: Option<u64>,
+    /// The GitHub App's private key (the .pem file from the App's settings)
+    #[arg(
+        long,
+        env = "MIZZEN_GITHUB_APP_KEY_FILE",
+        value_name = "FILE",
+        requires = "github_app_id",
+        help_heading = "Gateways"
+    )]
+    github_app_key_file: Option<PathBuf>,
+    /// GitHub's REST API, for check runs (GitHub Enterprise Server:
+    /// https://HOST/api/v3)
+    #[arg(
+        long,
+        env = "MIZZEN_GITHUB_API_URL",
+        value_name = "URL",
+        default_value = mizzen_server::github_app::GITHUB_API,
+        help_heading = "Gateways"
+    )]
+    github_api_url: String,
     /// Slack app's signing secret; enables POST /gateways/slack (slash
     /// commands)
     #[arg(
@@ -136,6 +174,16 @@ pub struct ServerArgs {
         help_heading = "Gateways"
     )]
     slack_signing_secret: Option<String>,
+    /// Slack commands are answered in their channel when their event ends,
+    /// at response URLs under this prefix only
+    #[arg(
+        long,
+        env = "MIZZEN_SLACK_RESPONSE_URLS",
+        value_name = "URL_PREFIX",
+        default_value = mizzen_server::slack_replies::SLACK_RESPONSE_URLS,
+        help_heading = "Gateways"
+    )]
+    slack_response_urls: String,
     /// Addresses Bitbucket's webhooks may come from, as CIDR ranges
     /// (Bitbucket signs nothing; it publishes its ranges); enables POST
     /// /gateways/bitbucket
@@ -300,7 +348,21 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
             })?,
         }),
     };
+    let github_app = match (args.github_app_id, &args.github_app_key_file) {
+        (Some(app_id), Some(file)) => Some(mizzen_server::github_app::GitHubAppConfig {
+            app_id,
+            private_key_pem: std::fs::read(file)
+                .with_context(|| format!("--github-app-key-file {}", file.display()))
+                .map_err(|error| Failure {
+                    code: crate::EXIT_BAD_INPUT,
+                    error,
+                })?,
+            api_url: args.github_api_url.clone(),
+        }),
+        _ => None,
+    };
     let config = ServerConfig {
+        github_app,
         forwarding,
         traces,
         listen: args.listen,
@@ -314,6 +376,7 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
             cloudevents_tokens: nonempty(args.cloudevents_token),
             slack_signing_secret: args.slack_signing_secret.filter(|s| !s.is_empty()),
             bitbucket_addresses: args.bitbucket_addresses,
+            slack_response_urls: Some(args.slack_response_urls),
         },
         scheduler: SchedulerConfig {
             replica: format!(
@@ -338,6 +401,9 @@ pub async fn serve(args: ServerArgs) -> Result<(), Failure> {
         log_retention: args.log_retention,
         artifact_retention: args.artifact_retention,
         shutdown_grace: args.shutdown_grace,
+        min_schedule_interval: args
+            .min_schedule_interval
+            .unwrap_or(mizzen_server::DEFAULT_MIN_SCHEDULE_INTERVAL),
         sandbox_processes: shard_plan(args.sandbox_processes)?,
         http: HttpLimits {
             header_timeout: args.header_timeout,

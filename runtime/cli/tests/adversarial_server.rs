@@ -3227,3 +3227,148 @@ fn answered(answer: &Answer, status: u16, said: &str) -> Result<(), String> {
         },
     )
 }
+
+// ----- I: cron schedules ---------------------------------------------------------------
+
+/// A project's cron schedule is a tenant's input the server acts on by
+/// itself: a bad expression or zone, a schedule on another source or on
+/// `*`, one type on two schedules, one too frequent for the server and too
+/// many schedules are each refused naming the field or the limit, and the
+/// server goes on serving (a good schedule is then accepted and listed).
+#[test]
+fn hostile_schedules_are_refused_by_name() {
+    let mut server = Server::start(&["--executor", "none"]);
+    let mut tally = Tally::new("schedules");
+    let root = server.root.clone();
+    let cron = |types: Value, schedule: &str, zone: Option<&str>| {
+        let mut subscription =
+            json!({"source": "brigade.sh/cron", "types": types, "schedule": schedule});
+        if let Some(zone) = zone {
+            subscription["timeZone"] = json!(zone);
+        }
+        subscription
+    };
+    let many: Vec<String> = (0..17).map(|i| format!("t{i}")).collect();
+    let cases = [
+        (
+            "a bad expression",
+            vec![cron(json!(["nightly"]), "0 3 * *", None)],
+            "spec.eventSubscriptions[0].schedule",
+        ),
+        (
+            "a minute of 61",
+            vec![cron(json!(["nightly"]), "61 3 * * *", None)],
+            "\\\"61 3 * * *\\\" is not a cron expression",
+        ),
+        (
+            "a year field",
+            vec![cron(json!(["nightly"]), "0 3 * * * 2030", None)],
+            "spec.eventSubscriptions[0].schedule",
+        ),
+        (
+            "a date that never comes",
+            vec![cron(json!(["nightly"]), "0 0 30 2 *", None)],
+            "never fires",
+        ),
+        (
+            "an expression of 10,000 characters",
+            vec![cron(json!(["nightly"]), &"1,".repeat(5_000), None)],
+            "longer than 200 characters",
+        ),
+        (
+            "an unknown time zone",
+            vec![cron(json!(["nightly"]), "0 3 * * *", Some("Mars/Olympus"))],
+            "spec.eventSubscriptions[0].timeZone",
+        ),
+        (
+            "a time zone that is a path",
+            vec![cron(
+                json!(["nightly"]),
+                "0 3 * * *",
+                Some("../../../etc/passwd"),
+            )],
+            "is not a time zone",
+        ),
+        (
+            "a time zone without a schedule",
+            vec![json!({"source": "brigade.sh/cron", "types": ["nightly"], "timeZone": "UTC"})],
+            "timeZone: is given without a schedule",
+        ),
+        (
+            "a schedule on another source",
+            vec![json!({"source": "brigade.sh/cli", "types": ["exec"], "schedule": "0 3 * * *"})],
+            "only a subscription of source \\\"brigade.sh/cron\\\" may have a schedule",
+        ),
+        (
+            "a schedule for every type",
+            vec![cron(json!(["*"]), "0 3 * * *", None)],
+            "spec.eventSubscriptions[0].types[0]",
+        ),
+        (
+            "a type on two schedules",
+            vec![
+                cron(json!(["nightly"]), "0 3 * * *", None),
+                cron(json!(["nightly"]), "0 4 * * *", None),
+            ],
+            "already has a schedule in spec.eventSubscriptions[0]",
+        ),
+        (
+            "a schedule's event given a tick label",
+            vec![
+                json!({"source": "brigade.sh/cron", "types": ["nightly"], "schedule": "0 3 * * *", "labels": {"tick": "x"}}),
+            ],
+            "spec.eventSubscriptions[0].labels.tick",
+        ),
+        (
+            "every second",
+            vec![cron(json!(["often"]), "* * * * * *", None)],
+            "project \\\"scheduled\\\", type \\\"often\\\": schedule \\\"* * * * * *\\\" ticks every 1s",
+        ),
+        (
+            "twice within a minute once a day",
+            vec![cron(json!(["burst"]), "0,30 3 3 * * *", None)],
+            "this server allows at least 1m between ticks (--min-schedule-interval)",
+        ),
+        (
+            "17 schedules",
+            vec![cron(json!(many), "0 3 * * *", None)],
+            "a project may have at most 16 schedules",
+        ),
+    ];
+    for (name, subscriptions, problem) in cases {
+        let mut body = project("scheduled", INERT);
+        body["spec"]["eventSubscriptions"] = Value::Array(subscriptions);
+        let (status, answer) = server.call("POST", "/v2/projects", Some(&root), Some(&body));
+        tally.case(
+            &mut server,
+            name,
+            check(
+                status == 400 && answer.to_string().contains(problem),
+                || format!("answered {status}: {answer}"),
+            ),
+        );
+    }
+    let (_, projects) = server.call("GET", "/v2/projects", Some(&root), None);
+    assert_eq!(projects["items"].as_array().unwrap().len(), 0, "{projects}");
+    // The server still takes a good one, and an update cannot smuggle in
+    // what a creation may not.
+    let mut body = project("scheduled", INERT);
+    body["spec"]["eventSubscriptions"] = json!([
+        {"source": "brigade.sh/cron", "types": ["nightly"], "schedule": "0 3 * * *", "timeZone": "Europe/Berlin"}
+    ]);
+    server.expect("POST", "/v2/projects", Some(&body), 201);
+    body["spec"]["eventSubscriptions"][0]["schedule"] = json!("* * * * * *");
+    let (status, answer) = server.call("PUT", "/v2/projects/scheduled", Some(&root), Some(&body));
+    tally.case(
+        &mut server,
+        "an update to every second",
+        check(
+            status == 400 && answer.to_string().contains("--min-schedule-interval"),
+            || format!("answered {status}: {answer}"),
+        ),
+    );
+    let list = server.expect("GET", "/v2/projects/scheduled/schedules", None, 200);
+    assert_eq!(list["items"][0]["schedule"], "0 3 * * *", "{list}");
+    assert_eq!(list["items"][0]["timeZone"], "Europe/Berlin", "{list}");
+    tally.finish();
+}

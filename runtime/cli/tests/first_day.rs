@@ -364,6 +364,61 @@ fn a_busy_listen_address_is_named_once() {
 }
 
 #[test]
+fn a_github_app_that_cannot_be_used_stops_the_server_by_name() {
+    let data = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let not_a_key = data.path().join("not-a-key.pem");
+    std::fs::write(&not_a_key, "ssh-rsa AAAAB3NzaC1yc2E me@laptop\n").unwrap();
+    let missing = data.path().join("missing.pem");
+    for (args, expected) in [
+        (
+            vec![
+                "--github-app-id",
+                "42",
+                "--github-app-key-file",
+                missing.to_str().unwrap(),
+            ],
+            format!(
+                "--github-app-key-file {}: No such file or directory",
+                missing.display()
+            ),
+        ),
+        (
+            vec![
+                "--github-app-id",
+                "42",
+                "--github-app-key-file",
+                not_a_key.to_str().unwrap(),
+            ],
+            "the GitHub App's private key: no PEM private key in it".to_string(),
+        ),
+        (
+            vec!["--github-app-id", "42"],
+            "the following required arguments were not provided:\n  --github-app-key-file <FILE>"
+                .to_string(),
+        ),
+    ] {
+        let mut all = vec![
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--executor",
+            "none",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ];
+        all.extend(args);
+        let ran = mizzen(
+            config.path(),
+            &all,
+            &[("MIZZEN_ROOT_PASSWORD", ROOT_PASSWORD)],
+        );
+        assert_ne!(ran.code, 0, "{ran:?}");
+        assert!(ran.stderr.contains(&expected), "{expected}\n{ran:?}");
+    }
+}
+
+#[test]
 fn a_mistake_in_a_project_file_is_named_by_its_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("project.yaml");

@@ -3741,6 +3741,326 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
     assert_eq!(all, [json!("push"), json!("pull_request:opened")]);
 }
 
+/// A CI project of the shape of Brigade's own (`.brigade/brigade.ts` in
+/// brigadecore's repositories: a `ci:pipeline_requested` handler running
+/// jobs concurrently then in sequence, a `ci:job_requested` handler running
+/// the job `event.labels.job` names), from GitHub's documented webhooks to
+/// the check runs' conclusions, reported as a GitHub App to a fake GitHub
+/// API that checks the App's JWT and installation tokens as GitHub does,
+/// refuses the first creation with a rate limit, and revokes the first
+/// token on the way.
+async fn check_runs_follow_a_brigade_ci_script(database_url: Option<String>, test: &str) {
+    use mizzen_tests::fake_github::{CheckRun, FakeGitHub, FakeGitHubConfig};
+    const SECRET: &str = "github-app-webhook-secret";
+    const APP_ID: u64 = 375706;
+    const INSTALLATION: u64 = 957387;
+    const SUITE_SHA: &str = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e";
+    const PR_SHA: &str = "c0ffee0000000000000000000000000000c0ffee";
+    let Ok(index) = std::env::var("MIZZEN_TEST_WEBHOOK_EXAMPLES") else {
+        eprintln!(
+            "SKIPPED {test}: MIZZEN_TEST_WEBHOOK_EXAMPLES is not set (scripts/setup-webhook-examples prints it; scripts/test sets it)"
+        );
+        return;
+    };
+    let examples: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
+    let example = |name: &str, action: Option<&str>| -> Value {
+        let mut example = examples
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["examples"].as_array())
+            .and_then(|list| {
+                list.iter()
+                    .find(|x| x.get("action").and_then(Value::as_str) == action)
+            })
+            .unwrap_or_else(|| panic!("no documented {name} {action:?}"))
+            .clone();
+        // Nothing here reaches github.com: the project's script is inline,
+        // where a real CI project would clone the repository.
+        example["repository"]["clone_url"] = json!("");
+        example
+    };
+    // The App's key, as GitHub hands it out (PKCS#1 PEM), and its public
+    // half for the fake.
+    let keys = tempfile::tempdir().unwrap();
+    let pem = keys.path().join("app.pem");
+    let der = keys.path().join("app.der");
+    for args in [
+        vec![
+            "genrsa",
+            "-traditional",
+            "-out",
+            pem.to_str().unwrap(),
+            "2048",
+        ],
+        vec![
+            "rsa",
+            "-in",
+            pem.to_str().unwrap(),
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().unwrap(),
+        ],
+    ] {
+        let ran = Command::new("openssl").args(&args).output().unwrap();
+        assert!(ran.status.success(), "openssl {args:?}: {ran:?}");
+    }
+    let github = FakeGitHub::start(FakeGitHubConfig {
+        app_id: APP_ID,
+        public_key_der: std::fs::read(&der).unwrap(),
+        installations: [("Codertocat/Hello-World".to_string(), INSTALLATION)].into(),
+        pulls: [(
+            ("Codertocat/Hello-World".to_string(), 1),
+            PR_SHA.to_string(),
+        )]
+        .into(),
+        rate_limit_first_create: true,
+        revoke_first_token_after: Some(3),
+    })
+    .await;
+    let api_url = github.url.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        let app_id = APP_ID.to_string();
+        let server = TestServer::start(
+            database_url,
+            &[
+                "--github-webhook-secret",
+                SECRET,
+                "--github-app-id",
+                &app_id,
+                "--github-app-key-file",
+                pem.to_str().unwrap(),
+                "--github-api-url",
+                &api_url,
+            ],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("project.yaml"),
+            r#"apiVersion: brigade.sh/v2
+kind: Project
+metadata:
+  id: brigade-ci
+spec:
+  eventSubscriptions:
+  - source: brigade.sh/github
+    qualifiers:
+      repo: Codertocat/Hello-World
+    types: [ci:pipeline_requested, ci:job_requested]
+  workerTemplate:
+    defaultConfigFiles:
+      brigade.js: |
+        const { events, Job, ConcurrentGroup, SerialGroup } = require("@brigadecore/brigadier");
+        const step = (name, script) => (event) => {
+          const job = new Job(name, "localhost/busybox", event);
+          job.primaryContainer.command = ["sh", "-c", script];
+          job.primaryContainer.environment = { TOKEN: event.project.secrets.token };
+          return job;
+        };
+        const jobs = {
+          "lint": step("lint", "echo linted; sleep 1"),
+          "unit-tests": step("unit-tests", "echo 12 tests passed; sleep 1"),
+          "integration": step("integration", "seq 1 5000; head -c 100000 /dev/zero | tr '\\0' x; echo; echo using token $TOKEN; echo 'FAIL: expected 2, got 3'; exit 1"),
+        };
+        events.on("brigade.sh/github", "ci:pipeline_requested", async (event) => {
+          await new SerialGroup(
+            new ConcurrentGroup(jobs["lint"](event), jobs["unit-tests"](event)),
+            jobs["integration"](event),
+          ).run();
+          return "all passed";
+        });
+        events.on("brigade.sh/github", "ci:job_requested", async (event) => {
+          const job = jobs[event.labels.job];
+          if (!job) {
+            throw new Error(`no job ${event.labels.job}`);
+          }
+          await job(event).run();
+          return `${event.labels.job} passed`;
+        });
+        events.process();
+"#,
+        )
+        .unwrap();
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        server.ok(&[
+            "project",
+            "secret",
+            "set",
+            "--project",
+            "brigade-ci",
+            "-s",
+            "token=s3cr3t-t0ken-value",
+        ]);
+        server
+    })
+    .await
+    .unwrap();
+    let client = http();
+    let base = server.url.clone();
+    let mut delivery = 0;
+    let mut send = async |event: &str, body: Value| {
+        delivery += 1;
+        let body = body.to_string();
+        let answer = client
+            .post(format!("{base}/gateways/github"))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", format!("delivery-{delivery}"))
+            .header("X-GitHub-Hook-Installation-Target-Type", "integration")
+            .header("X-GitHub-Hook-Installation-Target-ID", APP_ID.to_string())
+            .header(
+                "X-Hub-Signature-256",
+                github_signature(SECRET, body.as_bytes()),
+            )
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+    };
+    // Waits until `count` check runs exist and all are completed.
+    let completed = async |count: usize| -> Vec<CheckRun> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let runs = github.check_runs();
+            if runs.len() >= count && runs.iter().all(|r| r.status == "completed") {
+                return runs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "check runs never completed: {runs:#?}\n{}",
+                server.server_log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let named = |runs: &[CheckRun], name: &str| -> CheckRun {
+        runs.iter()
+            .rev()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no check run {name}: {runs:#?}"))
+            .clone()
+    };
+    // Each run goes forward only: queued, in progress, completed (a step
+    // may be passed over between two reports, never repeated).
+    let forward = |run: &CheckRun| {
+        let order = ["queued", "in_progress", "completed"];
+        let places: Vec<usize> = run
+            .statuses
+            .iter()
+            .map(|s| order.iter().position(|o| o == s).unwrap())
+            .collect();
+        assert!(
+            places.windows(2).all(|w| w[0] < w[1]),
+            "{}: {:?}",
+            run.name,
+            run.statuses
+        );
+    };
+
+    // The check suite GitHub requests for a push: the pipeline.
+    send("check_suite", example("check_suite", Some("requested"))).await;
+    let runs = completed(4).await;
+    assert_eq!(runs.len(), 4, "{runs:#?}");
+    for run in &runs {
+        assert_eq!(run.head_sha, SUITE_SHA, "{run:?}");
+        forward(run);
+    }
+    for (name, conclusion) in [
+        ("brigade-ci:lint", "success"),
+        ("brigade-ci:unit-tests", "success"),
+        ("brigade-ci:integration", "failure"),
+        ("brigade-ci", "failure"),
+    ] {
+        assert_eq!(
+            named(&runs, name).conclusion.as_deref(),
+            Some(conclusion),
+            "{runs:#?}"
+        );
+    }
+    // The worker's run was seen running: its jobs took seconds.
+    assert!(
+        named(&runs, "brigade-ci")
+            .statuses
+            .contains(&"in_progress".to_string()),
+        "{runs:#?}"
+    );
+    let text = |run: &CheckRun| {
+        run.output.as_ref().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let integration = text(&named(&runs, "brigade-ci:integration"));
+    assert!(
+        integration.contains("FAIL: expected 2, got 3"),
+        "{integration}"
+    );
+    // 5,000 lines and one of 100,000 characters: the tail GitHub takes.
+    assert!(integration.len() <= 65_535, "{}", integration.len());
+    assert!(!integration.contains("\n4900\n"), "{integration}");
+    assert!(integration.contains("using token ***"), "{integration}");
+    assert!(!integration.contains("s3cr3t-t0ken-value"), "{integration}");
+    assert!(text(&named(&runs, "brigade-ci:lint")).contains("linted"));
+    let pipeline = named(&runs, "brigade-ci").output.unwrap();
+    assert_eq!(pipeline["title"], "brigade-ci: FAILED", "{pipeline}");
+
+    // A re-run of one check run from GitHub's page: that job alone, with
+    // its summary on the worker's run.
+    let mut rerun = example("check_run", Some("rerequested"));
+    let suite = example("check_suite", Some("requested"));
+    rerun["repository"] = suite["repository"].clone();
+    rerun["installation"] = json!({ "id": INSTALLATION });
+    rerun["check_run"]["name"] = json!("brigade-ci:lint");
+    let rerun_sha = rerun["check_run"]["head_sha"].as_str().unwrap().to_string();
+    send("check_run", rerun).await;
+    let runs = completed(6).await;
+    assert_eq!(runs.len(), 6, "{runs:#?}");
+    let lint = named(&runs, "brigade-ci:lint");
+    assert_eq!(lint.conclusion.as_deref(), Some("success"));
+    assert_eq!(lint.head_sha, rerun_sha);
+    let pipeline = named(&runs, "brigade-ci");
+    assert_eq!(pipeline.conclusion.as_deref(), Some("success"));
+    assert_eq!(pipeline.output.unwrap()["summary"], "lint passed");
+
+    // `/brig run` by the pull request's owner: the commit is the pull
+    // request's head, which only GitHub knows.
+    let mut comment = example("issue_comment", Some("created"));
+    comment["issue"]["pull_request"] =
+        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/1"});
+    comment["issue"]["number"] = json!(1);
+    comment["comment"]["body"] = json!("/brig run");
+    comment["comment"]["author_association"] = json!("OWNER");
+    comment["installation"] = json!({ "id": INSTALLATION });
+    send("issue_comment", comment).await;
+    let runs = completed(10).await;
+    assert_eq!(runs.len(), 10, "{runs:#?}");
+    for run in &runs[6..] {
+        assert_eq!(run.head_sha, PR_SHA, "{run:?}");
+        forward(run);
+    }
+
+    // The rate limit was waited out and the revoked token replaced: one new
+    // token, and nothing else refused.
+    assert!(github.rate_limited());
+    assert_eq!(github.tokens_issued(), 2);
+    assert_eq!(
+        github.refused(),
+        ["Bad credentials: the token was revoked"],
+        "{}",
+        server.server_log()
+    );
+    assert!(
+        !server
+            .server_log()
+            .contains("could not be reported to GitHub"),
+        "{}",
+        server.server_log()
+    );
+}
+
 /// Slack's documented slash command (the body of its "Verifying requests
 /// from Slack"), signed as Slack signs it with the current time, makes an
 /// event for the project subscribed to the command; Slack is answered with
@@ -3824,6 +4144,142 @@ async fn slack_slash_commands_make_events_once() {
     let (status, _) = send(sign("another-secret", now), now).await;
     assert_eq!(status, 401);
     assert_eq!(events_of(&server, "chatops").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_check_runs_follow_a_brigade_ci_script_on_sqlite() {
+    check_runs_follow_a_brigade_ci_script(
+        None,
+        "github_check_runs_follow_a_brigade_ci_script_on_sqlite",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_check_runs_follow_a_brigade_ci_script_on_postgres() {
+    const TEST: &str = "github_check_runs_follow_a_brigade_ci_script_on_postgres";
+    let Some(url) = common::postgres_database(TEST) else {
+        return;
+    };
+    check_runs_follow_a_brigade_ci_script(Some(url), TEST).await;
+}
+
+/// A Slack command is answered in its channel when its event ends: the
+/// project, the worker's outcome and its summary, posted to the command's
+/// response URL; a response URL outside the allowed prefix gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_commands_are_answered_in_their_channel() {
+    const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+    // Slack's side: one request, answered as Slack answers.
+    let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let posted = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let (stream, _) = receiver.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let (mut request_line, mut length) = (String::new(), 0);
+        reader.read_line(&mut request_line).unwrap();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        (&stream)
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .unwrap();
+        (
+            request_line,
+            serde_json::from_slice::<Value>(&body).unwrap(),
+        )
+    });
+    let allowed = format!("http://127.0.0.1:{port}/");
+    let server = tokio::task::spawn_blocking(move || {
+        let server = TestServer::start(
+            None,
+            &[
+                "--executor",
+                "none",
+                "--slack-signing-secret",
+                SECRET,
+                "--slack-response-urls",
+                &allowed,
+            ],
+        );
+        let dir = script_project("chatops", "", "");
+        let project = dir.path().join("project.yaml");
+        let yaml = std::fs::read_to_string(&project).unwrap().replace(
+            "  - source: brigade.sh/cli\n    types: [exec]\n",
+            "  - source: brigade.sh/slack\n    types: [deploy]\n",
+        );
+        let yaml = yaml.replace(
+            "events.on(\"brigade.sh/cli\", \"exec\", async (event) => {",
+            "events.on(\"brigade.sh/slack\", \"deploy\", async (event) => {\n          return `deployed ${event.payload} for ${event.labels.userID}`;",
+        );
+        std::fs::write(&project, yaml).unwrap();
+        server.ok(&["project", "create", "-f", dir.path().to_str().unwrap()]);
+        server
+    })
+    .await
+    .unwrap();
+    let client = http();
+    let command = async |response_url: &str, trigger: &str| {
+        let body = format!(
+            "team_id=T1DC2JH3J&channel_id=G8PSS9T3V&user_id=U2CERLKJA&command=%2Fdeploy&text=v1.2&response_url={}&trigger_id={trigger}",
+            url::form_urlencoded::byte_serialize(response_url.as_bytes()).collect::<String>()
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("v0:{now}:{body}").as_bytes());
+        let answer = client
+            .post(format!("{}/gateways/slack", server.url))
+            .header(
+                "X-Slack-Signature",
+                format!("v0={}", hex_of(&mac.finalize().into_bytes())),
+            )
+            .header("X-Slack-Request-Timestamp", now.to_string())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+    };
+    // Outside the allowed prefix: no post, and the log says why.
+    command("http://127.0.0.1:9/elsewhere", "1").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server
+        .server_log()
+        .contains("is not under the allowed prefix")
+    {
+        assert!(Instant::now() < deadline, "{}", server.server_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    command(
+        &format!("http://127.0.0.1:{port}/commands/T1DC2JH3J/1/x"),
+        "2",
+    )
+    .await;
+    let (request_line, posted) = tokio::task::spawn_blocking(move || posted.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(request_line.trim(), "POST /commands/T1DC2JH3J/1/x HTTP/1.1");
+    assert_eq!(posted["response_type"], "in_channel", "{posted}");
+    let text = posted["text"].as_str().unwrap();
+    assert!(text.starts_with("*chatops*: SUCCEEDED (event "), "{text}");
+    assert!(text.ends_with("\ndeployed v1.2 for U2CERLKJA"), "{text}");
 }
 
 /// Bitbucket's deliveries are trusted by their address: from one on the

@@ -79,6 +79,7 @@ pub mod project;
 pub mod redact;
 mod sandbox;
 pub mod sandbox_process;
+pub mod schedule;
 pub mod script;
 pub mod source;
 pub mod volume;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::parse_go_duration;
 use crate::executor::Source;
 use crate::limits::{Limit, LimitError, LimitSettings, LimitValue};
+use crate::schedule::{CRON_SOURCE, MAX_SCHEDULES_PER_PROJECT, Schedule, TICK_LABEL};
 use crate::script::{MAX_SCRIPT_BYTES, ScriptSource};
 use crate::volume::{
     DEFAULT_PROJECT_VOLUME_BYTES, MAX_PROJECT_VOLUMES, MAX_VOLUME_NAME, ProjectVolume,
@@ -117,6 +118,9 @@ pub struct EventSubscription {
     pub qualifiers: BTreeMap<String, String>,
     /// Labels an event must carry.
     pub labels: BTreeMap<String, String>,
+    /// When the server fires each of the types itself (`schedule` and
+    /// `timeZone`, Mizzen's addition; `brigade.sh/cron` only).
+    pub schedule: Option<Schedule>,
 }
 
 /// How the project's workers run.
@@ -270,6 +274,16 @@ impl Project {
                 && s.types.iter().any(|t| t == "*" || *t == event.event_type)
                 && s.qualifiers == event.qualifiers
                 && s.labels.iter().all(|(k, v)| event.labels.get(k) == Some(v))
+        })
+    }
+
+    /// The types the project's schedules fire, each with its subscription
+    /// (whose qualifiers and labels its events carry) and schedule.
+    pub fn schedules(&self) -> impl Iterator<Item = (&str, &EventSubscription, &Schedule)> {
+        self.event_subscriptions.iter().flat_map(|s| {
+            s.schedule
+                .iter()
+                .flat_map(move |schedule| s.types.iter().map(move |t| (t.as_str(), s, schedule)))
         })
     }
 
@@ -566,7 +580,7 @@ struct Spec {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SubscriptionFile {
     source: String,
     types: Vec<String>,
@@ -574,6 +588,11 @@ struct SubscriptionFile {
     qualifiers: Option<BTreeMap<String, String>>,
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    /// Mizzen's addition: see [`EventSubscription::schedule`].
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -721,6 +740,7 @@ impl Validator<'_> {
         {
             event_subscriptions.push(self.subscription(i, s)?);
         }
+        self.schedules(&event_subscriptions)?;
         let worker = self.worker(file.spec.worker_template)?;
         Ok(Project {
             id,
@@ -777,12 +797,94 @@ impl Validator<'_> {
                 }
             }
         }
+        let schedule = self.schedule(i, &s.source, &s.types, &labels, s.schedule, s.time_zone)?;
         Ok(EventSubscription {
             source: s.source,
             types: s.types,
             qualifiers,
             labels,
+            schedule,
         })
+    }
+
+    /// A subscription's `schedule` and `timeZone`: only on the cron source,
+    /// for named types.
+    fn schedule(
+        &self,
+        i: usize,
+        source: &str,
+        types: &[String],
+        labels: &BTreeMap<String, String>,
+        expression: Option<String>,
+        time_zone: Option<String>,
+    ) -> Result<Option<Schedule>, ProjectError> {
+        let field = |name: &str| format!("spec.eventSubscriptions[{i}].{name}");
+        let Some(expression) = expression else {
+            if time_zone.is_some() {
+                return Err(self.invalid(field("timeZone"), "is given without a schedule"));
+            }
+            return Ok(None);
+        };
+        if source != CRON_SOURCE {
+            return Err(self.invalid(
+                field("schedule"),
+                format!(
+                    "only a subscription of source {CRON_SOURCE:?} may have a schedule (this one is {source:?})"
+                ),
+            ));
+        }
+        if let Some(j) = types.iter().position(|t| t == "*") {
+            return Err(self.invalid(
+                format!("{}[{j}]", field("types")),
+                "\"*\" cannot fire on a schedule: list the types the schedule fires",
+            ));
+        }
+        if labels.contains_key(TICK_LABEL) {
+            return Err(self.invalid(
+                format!("{}.{TICK_LABEL}", field("labels")),
+                format!("{TICK_LABEL:?} is set by the server on each event a schedule fires"),
+            ));
+        }
+        Schedule::parse(&expression, time_zone.as_deref())
+            .map(Some)
+            .map_err(|e| {
+                let name = match e {
+                    crate::schedule::ScheduleError::TimeZone { .. } => "timeZone",
+                    _ => "schedule",
+                };
+                self.invalid(field(name), e.to_string())
+            })
+    }
+
+    /// The project's schedules together: a type fires on one schedule, and
+    /// a project has at most [`MAX_SCHEDULES_PER_PROJECT`].
+    fn schedules(&self, subscriptions: &[EventSubscription]) -> Result<(), ProjectError> {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, s) in subscriptions.iter().enumerate() {
+            if s.schedule.is_none() {
+                continue;
+            }
+            for (j, t) in s.types.iter().enumerate() {
+                if let Some(first) = seen.insert(t, i) {
+                    return Err(self.invalid(
+                        format!("spec.eventSubscriptions[{i}].types[{j}]"),
+                        format!(
+                            "type {t:?} already has a schedule in spec.eventSubscriptions[{first}]; a type fires on one schedule"
+                        ),
+                    ));
+                }
+            }
+        }
+        if seen.len() > MAX_SCHEDULES_PER_PROJECT {
+            return Err(self.invalid(
+                "spec.eventSubscriptions",
+                format!(
+                    "{} types have a schedule; a project may have at most {MAX_SCHEDULES_PER_PROJECT} schedules",
+                    seen.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn worker(&self, w: WorkerTemplateFile) -> Result<WorkerTemplate, ProjectError> {
@@ -1608,6 +1710,58 @@ mod tests {
             "pull_request",
             &[("repo", "a/b")]
         )));
+    }
+
+    #[test]
+    fn schedules_fire_the_named_types_of_the_cron_source() {
+        let with = |subscriptions: &str| {
+            parse(&MINIMAL.replace(
+                "spec:\n",
+                &format!("spec:\n  eventSubscriptions:\n{subscriptions}"),
+            ))
+        };
+        let project = with(
+            "  - source: brigade.sh/cron\n    types: [nightly, weekly]\n    schedule: '0 3 * * *'\n    timeZone: Europe/Berlin\n  - source: brigade.sh/cron\n    types: [manual]\n",
+        )
+        .unwrap();
+        let schedules: Vec<_> = project
+            .schedules()
+            .map(|(t, _, s)| (t, s.expression(), s.time_zone()))
+            .collect();
+        assert_eq!(
+            schedules,
+            [
+                ("nightly", "0 3 * * *", "Europe/Berlin"),
+                ("weekly", "0 3 * * *", "Europe/Berlin")
+            ]
+        );
+        // Still a subscription: a cron event created by hand reaches it.
+        assert!(project.subscribes_to(&EventDetails {
+            source: "brigade.sh/cron".into(),
+            event_type: "manual".into(),
+            ..Default::default()
+        }));
+        for (subscriptions, expected) in [
+            (
+                "  - source: brigade.sh/cron\n    types: [nightly]\n    schedule: '0 3 * *'\n",
+                "project.yaml: spec.eventSubscriptions[0].schedule: \"0 3 * *\" is not a cron expression",
+            ),
+            (
+                "  - source: brigade.sh/cron\n    types: [nightly]\n    schedule: '0 3 * * *'\n    timeZone: Europe/Nowhere\n",
+                "project.yaml: spec.eventSubscriptions[0].timeZone: \"Europe/Nowhere\" is not a time zone",
+            ),
+            (
+                "  - source: brigade.sh/github\n    types: [push]\n    schedule: '0 3 * * *'\n",
+                "spec.eventSubscriptions[0].schedule: only a subscription of source \"brigade.sh/cron\"",
+            ),
+            (
+                "  - source: brigade.sh/cron\n    types: [nightly, '*']\n    schedule: '0 3 * * *'\n",
+                "spec.eventSubscriptions[0].types[1]: \"*\" cannot fire on a schedule",
+            ),
+        ] {
+            let err = with(subscriptions).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     #[test]

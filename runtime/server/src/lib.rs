@@ -7,19 +7,26 @@
 //! module per domain), [`scheduler`] (claims with leases, limits, fairness,
 //! recovery), [`api`] (the REST API by resource, streams and the gateways'
 //! HTTP side), [`http`] (connections: their limit and timeouts), [`auth`]
-//! (principals, roles and bearer tokens), [`gateways`] (webhook parsing and
-//! authentication, a module per source), [`project_cache`] (parsed projects
-//! and their redactors) and [`metrics`]; secret values are kept out of logs
-//! with [`mizzen_runtime::redact`].
+//! (principals, roles and bearer tokens), [`schedules`] (projects' cron
+//! schedules, fired once per tick across replicas), [`gateways`] (webhook parsing and
+//! authentication, a module per source), [`check_runs`] and
+//! [`slack_replies`] (tracked events reported back, [`github_app`] calling
+//! GitHub as an App), [`project_cache`] (parsed projects and their
+//! redactors) and [`metrics`]; secret values are kept out of logs with
+//! [`mizzen_runtime::redact`].
 
 pub mod api;
 pub mod auth;
+pub mod check_runs;
 pub mod gateways;
+pub mod github_app;
 pub mod http;
 pub mod metrics;
 pub mod project_cache;
 pub mod sandbox_pool;
 pub mod scheduler;
+pub mod schedules;
+pub mod slack_replies;
 pub mod store;
 pub mod traces;
 
@@ -48,6 +55,11 @@ pub use scheduler::SchedulerConfig;
 /// what is kept, and a sweep lists every object.
 const RETENTION_SWEEP: Duration = Duration::from_secs(60 * 60);
 
+/// The shortest interval between a schedule's ticks a server allows by
+/// default: each tick is a worker its project runs, and a minute is cron's
+/// own finest step (a seconds field is for servers that allow less).
+pub const DEFAULT_MIN_SCHEDULE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -72,6 +84,9 @@ pub enum ServerError {
         .0.display()
     )]
     DataDirInUse(PathBuf),
+    /// The GitHub App that check runs are reported as cannot be used.
+    #[error(transparent)]
+    GitHubApp(#[from] github_app::GitHubError),
     /// A setting from the environment is wrong.
     #[error("{0}")]
     Environment(String),
@@ -127,10 +142,16 @@ pub struct ServerConfig {
     pub sandbox_processes: Option<(usize, SandboxCommand)>,
     /// Client connections: how many, and how long they may be slow.
     pub http: HttpLimits,
+    /// The shortest interval a project's schedule may tick at
+    /// ([`DEFAULT_MIN_SCHEDULE_INTERVAL`] unless set).
+    pub min_schedule_interval: Duration,
     /// Where workers' and jobs' lines are forwarded; `None`, nowhere.
     pub forwarding: Option<mizzen_forwarding::ForwardingConfig>,
     /// Where events' traces are exported; `None`, nowhere.
     pub traces: Option<mizzen_forwarding::OtlpTracesConfig>,
+    /// The GitHub App that tracked events' jobs are reported as, as check
+    /// runs; `None`, they are not reported.
+    pub github_app: Option<github_app::GitHubAppConfig>,
 }
 
 /// The most the traces' spool holds while the collector is down: an
@@ -153,6 +174,8 @@ pub struct Server {
     forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
     /// Traces' export, when configured.
     traces: Option<Arc<mizzen_forwarding::Forwarder<mizzen_forwarding::TraceSpan>>>,
+    /// Check runs' reporting, when a GitHub App is configured.
+    check_runs: Option<Arc<check_runs::CheckRunReporter>>,
     /// Where jobs' artifacts and caches are kept.
     storage: JobStorage,
     /// Held while the server runs on the embedded database: a second
@@ -267,6 +290,26 @@ impl Server {
             )),
             None => None,
         };
+        let check_runs = match &config.github_app {
+            Some(app) => Some(check_runs::CheckRunReporter::new(
+                github_app::GitHubApp::new(app.clone())?,
+                store.clone(),
+            )),
+            None => None,
+        };
+        let slack_replies = match &config.gateways.slack_signing_secret {
+            Some(_) => Some(
+                slack_replies::SlackReplies::new(
+                    config
+                        .gateways
+                        .slack_response_urls
+                        .clone()
+                        .unwrap_or_else(|| slack_replies::SLACK_RESPONSE_URLS.into()),
+                )
+                .map_err(|e| ServerError::Environment(format!("an HTTP client for Slack: {e}")))?,
+            ),
+            None => None,
+        };
         // Scripts' npm packages and bundles are kept with the server's data,
         // shared by its sandbox processes and kept across restarts.
         let dependencies = Arc::new(Dependencies::new(
@@ -284,6 +327,8 @@ impl Server {
             scheduler::Forwarding {
                 lines: forwarder.clone(),
                 traces: traces.clone(),
+                check_runs: check_runs.clone(),
+                slack_replies,
             },
         );
         let listener =
@@ -303,11 +348,13 @@ impl Server {
             gateways: config.gateways.clone(),
             documents: Arc::new(tokio::sync::Semaphore::new(api::DOCUMENT_BUDGET as usize)),
             body_timeout: config.http.body_timeout,
+            min_schedule_interval: config.min_schedule_interval,
         });
         Ok(Self {
             containers,
             forwarder,
             traces,
+            check_runs,
             storage,
             _data_dir_lock: data_dir_lock,
             listener,
@@ -335,12 +382,16 @@ impl Server {
                 .clone()
                 .run(stop_rx.clone(), self.config.shutdown_grace),
         );
+        tokio::spawn(schedules::run(self.state.clone(), stop_rx.clone()));
         tokio::spawn(sweep_objects(
             self.state.store.clone(),
             self.storage.clone(),
             self.config.artifact_retention,
             stop_rx.clone(),
         ));
+        if let Some(reporter) = &self.check_runs {
+            tokio::spawn(reporter.clone().run(stop_rx.clone()));
+        }
         if let Some(retention) = self.config.log_retention {
             tokio::spawn(expire_logs(
                 self.state.store.clone(),

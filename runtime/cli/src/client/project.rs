@@ -62,6 +62,15 @@ pub enum ProjectCommand {
         #[arg(short, long)]
         yes: bool,
     },
+    /// List a project's cron schedules (brigade.sh/cron subscriptions with
+    /// a schedule): their last and next ticks
+    #[command(visible_alias = "schedule")]
+    Schedules {
+        #[command(flatten)]
+        id: ProjectIdArg,
+        #[command(flatten)]
+        output: OutputArg,
+    },
     /// Manage a project's secrets
     #[command(subcommand, visible_alias = "secrets")]
     Secret(SecretCommand),
@@ -304,6 +313,16 @@ pub async fn run(command: ProjectCommand) -> Result<(), Failure> {
             out(format!("Deleted project {:?}.", id.id));
             Ok(())
         }
+        ProjectCommand::Schedules { id, output } => {
+            let api = Api::from_config()?;
+            let list = api
+                .get(&["v2", "projects", &id.id, "schedules"])
+                .send()
+                .await?;
+            print::emit(output.output, &list, |list| {
+                print::list_table(list, "The project has no schedules.", schedules_table)
+            })
+        }
         ProjectCommand::Secret(command) => secrets(command).await,
         ProjectCommand::Role(command) => roles(command).await,
         ProjectCommand::Volumes(command) => volumes(command).await,
@@ -370,6 +389,28 @@ async fn volumes(command: VolumeCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn schedules_table(items: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "TYPE",
+        "SCHEDULE",
+        "TIME ZONE",
+        "LAST TICK",
+        "LAST EVENT",
+        "NEXT TICK",
+    ]);
+    for item in items {
+        table.row(vec![
+            field(item, &["type"]),
+            field(item, &["schedule"]),
+            field(item, &["timeZone"]),
+            field(item, &["lastTick"]),
+            field(item, &["lastEventID"]),
+            field(item, &["nextTick"]),
+        ]);
+    }
+    table
 }
 
 fn projects_table(items: &[Value]) -> Table {

@@ -1,14 +1,17 @@
 //! Accepting new events: checking one, copying it to every project that
 //! subscribes to it (Brigade's fan-out) and storing the copies durably. Event
-//! creation, retries, clones and the webhook gateways all go through here.
+//! creation, retries, clones, the webhook gateways and projects' schedules
+//! all go through here.
 
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, StatusCode};
 use mizzen_host_api::types::Phase;
 use mizzen_runtime::project::{
-    EventDetails, MAX_LABEL_LEN, is_event_source_char, is_label_char, server_clone_url_problem,
+    EventDetails, EventSubscription, MAX_LABEL_LEN, is_event_source_char, is_label_char,
+    server_clone_url_problem,
 };
+use mizzen_runtime::schedule::{CRON_SOURCE, Schedule, TICK_LABEL, tick_label};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
@@ -19,7 +22,7 @@ use super::projects::project_gone;
 use super::{ApiError, ApiResult, AppState, MAX_PAGE};
 use crate::auth::Principal;
 use crate::gateways;
-use crate::store::{EventDocument, EventRecord, NewEvent, now_micros};
+use crate::store::{EventDocument, EventRecord, NewEvent, ScheduleRecord, TickOutcome, now_micros};
 use crate::traces::EventTrace;
 
 #[derive(Deserialize, Default)]
@@ -290,6 +293,56 @@ pub(super) async fn accept_one(
         Some(value) => Ok(held_answer(StatusCode::CREATED, &value, share)),
         None => Err(project_gone(&project)),
     }
+}
+
+/// Fires `tick` of a project's schedule: the event its `brigade.sh/cron`
+/// subscription gets (with the subscription's qualifiers and labels, the
+/// tick's label and a title naming the schedule), made by the same fan-out
+/// as an event created through the API, and stored with the tick's key in
+/// one transaction ([`crate::store::Store::fire_tick`]). `None` when the
+/// project no longer subscribes to it, or is gone.
+pub(crate) async fn fire_tick(
+    state: &AppState,
+    record: &ScheduleRecord,
+    subscription: &EventSubscription,
+    schedule: &Schedule,
+    tick: &jiff::Zoned,
+    next_tick: i64,
+) -> ApiResult<Option<TickOutcome>> {
+    let mut labels = subscription.labels.clone();
+    labels.insert(TICK_LABEL.to_string(), tick_label(tick));
+    let title = schedule.title(tick);
+    let body = EventBody {
+        project_id: record.project_id.clone(),
+        source: CRON_SOURCE.to_string(),
+        event_type: record.event_type.clone(),
+        qualifiers: Some(subscription.qualifiers.clone()),
+        labels: Some(labels),
+        short_title: title.clone(),
+        long_title: title,
+        ..EventBody::default()
+    };
+    let mut events = match fan_out(state, body, &BTreeMap::new()).await {
+        Ok(events) => events,
+        Err(ApiError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(mut event) = events.pop() else {
+        return Ok(None);
+    };
+    start_traces(std::slice::from_mut(&mut event), None);
+    let tick_micros = tick.timestamp().as_microsecond();
+    let outcome = state
+        .store
+        .fire_tick(record, tick_micros, next_tick, &event)
+        .await?;
+    if outcome == TickOutcome::Fired {
+        let trace = event.document.trace.as_ref().map(|t| t.trace_id.as_str());
+        tracing::info!(event = %event.id, project = %event.project_id, source = %event.source, r#type = %event.event_type, tick = %tick, trace_id = trace.unwrap_or_default(), "event accepted");
+        state.metrics.event_accepted(&event.project_id);
+        state.scheduler.wake();
+    }
+    Ok(Some(outcome))
 }
 
 #[cfg(test)]

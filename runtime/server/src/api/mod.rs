@@ -6,7 +6,8 @@
 //! they have in common (lists and their pages, the caller's principal and
 //! roles, what a caller may see); each resource has its own module:
 //! `system` (health, ping, metrics), `sessions`, `projects`, `secrets`,
-//! `volumes` (a project's volumes kept between events),
+//! `volumes` (a project's volumes kept between events), `schedules` (a
+//! project's cron schedules, fired by [`crate::schedules`]),
 //! `events` (with `accept`, which fans new events out and stores them, and
 //! `documents`, the memory large events may take), `streams` (statuses and
 //! logs), `service_accounts`, `roles`, `users` and `gateways` (the webhook
@@ -27,6 +28,7 @@ mod observe;
 mod projects;
 mod query;
 mod roles;
+mod schedules;
 mod secrets;
 mod service_accounts;
 mod sessions;
@@ -54,6 +56,7 @@ use crate::project_cache::ProjectCache;
 use crate::scheduler::Scheduler;
 use crate::store::{EventHead, ProjectRecord, Store};
 
+pub(crate) use accept::fire_tick;
 pub use documents::DOCUMENT_BUDGET;
 pub use error::ApiError;
 use error::ApiResult;
@@ -93,6 +96,9 @@ pub struct AppState {
     pub documents: Arc<tokio::sync::Semaphore>,
     /// How long a request's body may take to arrive, from its head on.
     pub body_timeout: Duration,
+    /// The shortest interval a project's schedule may tick at
+    /// (`--min-schedule-interval`).
+    pub min_schedule_interval: Duration,
 }
 
 /// The API's routes.
@@ -102,6 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(system::routes())
         .merge(sessions::routes())
         .merge(projects::routes())
+        .merge(schedules::routes())
         .merge(secrets::routes())
         .merge(volumes::routes())
         .merge(kept::routes())

@@ -14,6 +14,7 @@ use mizzen_runtime::dependencies::{ConfigFiles, NPM_TOKEN_SECRET};
 use mizzen_runtime::executor::ExecutorError;
 use mizzen_runtime::limits::LimitValue;
 use mizzen_runtime::project::{Project, server_clone_url_problem};
+use mizzen_runtime::schedule::Schedule;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -54,13 +55,19 @@ async fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(Project, Va
         reason: "the project is not valid".into(),
         details: vec![detail],
     };
-    // Checking an inline module reads all of it (up to 16 MiB, some 100 ms):
-    // not on a thread that serves other requests.
-    let project =
-        tokio::task::spawn_blocking(move || Project::parse(FsPath::new("request body"), &text))
-            .await
-            .map_err(|e| ApiError::Internal(Box::new(e)))?
-            .map_err(|e| invalid(e.to_string()))?;
+    // Checking an inline module reads all of it (up to 16 MiB, some 100 ms),
+    // and a schedule's interval walks its calendar: not on a thread that
+    // serves other requests.
+    let min_interval = state.min_schedule_interval;
+    let project = tokio::task::spawn_blocking(move || {
+        let project =
+            Project::parse(FsPath::new("request body"), &text).map_err(|e| e.to_string())?;
+        check_schedules(min_interval, &project)?;
+        Ok::<_, String>(project)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(Box::new(e)))?
+    .map_err(invalid)?;
     project
         .worker
         .limits
@@ -89,6 +96,35 @@ async fn parse_project(state: &AppState, body: &Bytes) -> ApiResult<(Project, Va
         state.store.put_script(&hash, text).await?;
     }
     Ok((project, document))
+}
+
+/// Refuses a schedule that ticks more often than the server allows
+/// (`--min-schedule-interval`): each tick is a worker its project runs.
+fn check_schedules(min: std::time::Duration, project: &Project) -> Result<(), String> {
+    for (event_type, _, schedule) in project.schedules() {
+        let Some(shortest) = schedule.shortest_interval(jiff::Timestamp::now()) else {
+            continue;
+        };
+        if shortest < min {
+            return Err(format!(
+                "project {:?}, type {event_type:?}: schedule {:?} ticks every {} at times; this server allows at least {} between ticks (--min-schedule-interval)",
+                project.id,
+                schedule.expression(),
+                humantime::format_duration(shortest),
+                humantime::format_duration(min),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The types a project's schedules fire, with their schedules, as the
+/// store keeps them beside the project.
+fn schedules_of(project: &Project) -> Vec<(String, Schedule)> {
+    project
+        .schedules()
+        .map(|(event_type, _, schedule)| (event_type.to_string(), schedule.clone()))
+        .collect()
 }
 
 /// Preparations started ahead of events at once. Each holds a project and
@@ -138,7 +174,11 @@ async fn create_project(State(state): AppStateRef, who: Principal, body: Bytes) 
     require(&who, "PROJECT_CREATOR", "")?;
     let (parsed, document) = parse_project(&state, &body).await?;
     let id = parsed.id.clone();
-    if !state.store.create_project(&id, &document).await? {
+    if !state
+        .store
+        .create_project(&id, &document, &schedules_of(&parsed))
+        .await?
+    {
         return Err(ApiError::Conflict {
             kind: "Project",
             id: id.clone(),
@@ -247,12 +287,20 @@ async fn update_project(
     let exists = state.store.project(&id).await?.is_some();
     if !exists && query.create.0 {
         require(&who, "PROJECT_CREATOR", "")?;
-        if state.store.create_project(&id, &document).await? {
+        if state
+            .store
+            .create_project(&id, &document, &schedules_of(&parsed))
+            .await?
+        {
             grant_creator(&state, &who, &id).await?;
         }
     } else {
         require_project(&who, "PROJECT_DEVELOPER", &id)?;
-        if !state.store.update_project(&id, &document).await? {
+        if !state
+            .store
+            .update_project(&id, &document, &schedules_of(&parsed))
+            .await?
+        {
             return Err(ApiError::NotFound {
                 kind: "Project",
                 id,

@@ -202,6 +202,9 @@ fn synthetic_event(
     plain: &GatewayEvent,
 ) -> Result<Option<GatewayEvent>, GatewayError> {
     let mut event = plain.clone();
+    // A comment names its pull request, not the commit: the check runs'
+    // reporter reads the head commit from GitHub.
+    let mut pull_request = None;
     match (event_name, action) {
         ("check_suite", Some("requested" | "rerequested")) => {
             event.event_type = "ci:pipeline_requested".into();
@@ -253,6 +256,7 @@ fn synthetic_event(
                 return Ok(None);
             };
             event.event_type = "ci:pipeline_requested".into();
+            pull_request = Some(number);
             if let Some(git) = &mut event.git {
                 git.git_ref = format!("refs/pull/{number}/head");
             }
@@ -279,6 +283,7 @@ fn synthetic_event(
             ("headSHA", head_sha),
         ]
         .into_iter()
+        .chain(pull_request.map(|n| ("pullRequest", n.to_string())))
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     }

@@ -77,6 +77,9 @@ pub struct GatewayConfig {
     pub slack_signing_secret: Option<String>,
     /// The addresses Bitbucket's deliveries may come from.
     pub bitbucket_addresses: Vec<ipnet::IpNet>,
+    /// Where Slack commands may be answered: response URLs under this
+    /// prefix; `None` for Slack's own ([`crate::slack_replies`]).
+    pub slack_response_urls: Option<String>,
 }
 
 /// A webhook gateway, as the API serves it.

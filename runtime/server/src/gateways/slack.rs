@@ -124,6 +124,14 @@ pub(super) fn slack_delivery(
     };
     event.short_title = truncate_title(said.clone());
     event.long_title = said;
+    // Where the outcome is posted when the event ends
+    // (crate::slack_replies).
+    if let Some(url) = field("response_url") {
+        event.source_state = [("tracking", "true"), ("responseURL", url)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    }
     let id = header_str(headers, "x-slack-signature")
         .unwrap_or_default()
         .to_owned();

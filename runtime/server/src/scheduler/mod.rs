@@ -75,14 +75,19 @@ pub struct Scheduler {
     forwarding: Forwarding,
 }
 
-/// Where workers' and jobs' lines are forwarded, and events' spans
-/// exported, when they are.
+/// Where workers' and jobs' lines are forwarded, events' spans exported,
+/// and tracked events reported (GitHub's check runs, Slack's replies), when
+/// they are.
 #[derive(Default)]
 pub struct Forwarding {
     /// Log lines.
     pub lines: Option<Arc<mizzen_forwarding::Forwarder>>,
     /// Spans.
     pub traces: Option<Arc<mizzen_forwarding::Forwarder<mizzen_forwarding::TraceSpan>>>,
+    /// Tracked GitHub events' jobs, as check runs.
+    pub check_runs: Option<Arc<crate::check_runs::CheckRunReporter>>,
+    /// Slack commands' events, answered in their channel when they end.
+    pub slack_replies: Option<Arc<crate::slack_replies::SlackReplies>>,
 }
 
 /// Claims are retried this often even when nothing woke the scheduler:

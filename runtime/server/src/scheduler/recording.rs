@@ -14,6 +14,7 @@ use mizzen_runtime::redact::Redactor;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::check_runs::CheckRunReporter;
 use crate::metrics::Metrics;
 use crate::store::{self, JobRecord, Store, now_micros};
 
@@ -74,6 +75,39 @@ pub(super) struct RecordedExecutor {
     /// shown by the API): a script may put them in a command or an image as
     /// well as in the environment.
     pub redactor: Arc<Redactor>,
+    /// Told of each job's phases when the event is reported as check runs.
+    pub check_runs: Option<Arc<CheckRunReporter>>,
+}
+
+impl RecordedExecutor {
+    /// Records a job's phase, and tells the check runs' reporter.
+    async fn phase(
+        &self,
+        event_id: &str,
+        name: &str,
+        phase: Phase,
+    ) -> Result<(), store::StoreError> {
+        let recorded = self.store.job_phase(event_id, name, phase).await;
+        if let Some(reporter) = &self.check_runs {
+            reporter.changed(event_id);
+        }
+        recorded
+    }
+
+    fn recorded_job(
+        &self,
+        inner: Arc<dyn RunningJob>,
+        event_id: String,
+        name: String,
+    ) -> RecordedJob {
+        RecordedJob {
+            inner,
+            store: self.store.clone(),
+            event_id,
+            name,
+            check_runs: self.check_runs.clone(),
+        }
+    }
 }
 
 #[async_trait]
@@ -123,6 +157,9 @@ impl JobExecutor for RecordedExecutor {
             ExecutorError::Unavailable(format!("cannot record job \"{name}\": {e}"))
         };
         self.store.create_job(&record).await.map_err(unavailable)?;
+        if let Some(reporter) = &self.check_runs {
+            reporter.changed(&event_id);
+        }
         let permits = self.slots.acquire(&job.event.project_id).await;
         self.store
             .job_phase(&event_id, &name, Phase::Starting)
@@ -131,21 +168,15 @@ impl JobExecutor for RecordedExecutor {
         let running = match self.inner.start(job).await {
             Ok(running) => running,
             Err(e) => {
-                let _ = self.store.job_phase(&event_id, &name, Phase::Failed).await;
+                let _ = self.phase(&event_id, &name, Phase::Failed).await;
                 return Err(e);
             }
         };
-        self.store
-            .job_phase(&event_id, &name, Phase::Running)
+        self.phase(&event_id, &name, Phase::Running)
             .await
             .map_err(unavailable)?;
         self.metrics.job_started();
-        let recorded = Arc::new(RecordedJob {
-            inner: running,
-            store: self.store.clone(),
-            event_id,
-            name,
-        });
+        let recorded = Arc::new(self.recorded_job(running, event_id, name));
         // Record the end even of a job nobody waits for.
         let (watched, metrics) = (recorded.clone(), self.metrics.clone());
         let started = std::time::Instant::now();
@@ -210,21 +241,15 @@ impl JobExecutor for RecordedExecutor {
         let running = match self.inner.start_service(service).await {
             Ok(running) => running,
             Err(e) => {
-                let _ = self.store.job_phase(&event_id, &name, Phase::Failed).await;
+                let _ = self.phase(&event_id, &name, Phase::Failed).await;
                 return Err(e);
             }
         };
-        self.store
-            .job_phase(&event_id, &name, Phase::Running)
+        self.phase(&event_id, &name, Phase::Running)
             .await
             .map_err(unavailable)?;
         let recorded = Arc::new(RecordedService {
-            job: RecordedJob {
-                inner: running.clone(),
-                store: self.store.clone(),
-                event_id,
-                name,
-            },
+            job: self.recorded_job(running.clone(), event_id, name),
             service: running,
         });
         let watched = recorded.clone();
@@ -274,6 +299,7 @@ struct RecordedJob {
     store: Store,
     event_id: String,
     name: String,
+    check_runs: Option<Arc<CheckRunReporter>>,
 }
 
 #[async_trait]
@@ -291,6 +317,9 @@ impl RunningJob for RecordedJob {
             .await
         {
             tracing::error!(event = %self.event_id, job = %self.name, error = %e, "recording the job's end failed");
+        }
+        if let Some(reporter) = &self.check_runs {
+            reporter.changed(&self.event_id);
         }
         result
     }

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use super::Scheduler;
 use super::event_log::EventLog;
 use super::recording::RecordedExecutor;
+use crate::check_runs::CheckRunReporter;
 use crate::store::{EventRecord, StoreError, now_micros};
 use crate::traces::{EventTrace, event_spans};
 
@@ -31,6 +32,10 @@ impl Scheduler {
             attempt = event.attempts,
             "worker started"
         );
+        let check_runs = self.check_runs_of(&event);
+        if let Some(reporter) = &check_runs {
+            reporter.changed(&id);
+        }
         let ended = match self.work(&event, cancel).await {
             Ok(ended) => ended,
             Err(error) => {
@@ -67,12 +72,28 @@ impl Scheduler {
             )
             .await
         {
-            Ok(true) => self.export_trace(&event, ended.phase).await,
+            Ok(true) => {
+                if let Some(reporter) = &check_runs {
+                    reporter.changed(&id);
+                }
+                if let Some(replies) = &self.forwarding.slack_replies {
+                    replies.event_ended(&event, ended.phase, ended.summary.as_deref());
+                }
+                self.export_trace(&event, ended.phase).await
+            }
             Ok(false) => {
                 tracing::warn!(event = %id, "the worker ended after its event was taken over")
             }
             Err(e) => tracing::error!(event = %id, error = %e, "recording the worker's end failed"),
         }
+    }
+
+    /// The check runs' reporter, when the event is reported to GitHub.
+    fn check_runs_of(&self, event: &EventRecord) -> Option<Arc<CheckRunReporter>> {
+        self.forwarding
+            .check_runs
+            .clone()
+            .filter(|reporter| reporter.tracks(event))
     }
 
     /// The event's spans, to the traces' export when there is one.
@@ -185,6 +206,7 @@ impl Scheduler {
                 metrics: self.metrics.clone(),
                 inherited: Mutex::new(inherited),
                 redactor: redactor.clone(),
+                check_runs: self.check_runs_of(event),
             })),
             None => Err(
                 "this server has no job executor (start `mizzen server` where a container engine answers)".into(),

@@ -59,18 +59,31 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LogLine {
-                    seq: row.try_get("seq")?,
-                    event_id: row.try_get("event_id")?,
-                    job: row.try_get("job")?,
-                    container: row.try_get("container")?,
-                    time: row.try_get("time")?,
-                    message: row.try_get("message")?,
-                })
-            })
-            .collect()
+        rows.iter().map(log_line).collect()
+    }
+
+    /// The last `limit` lines of one stream, oldest first (a check run's
+    /// log tail): read backwards through the stream's index.
+    pub async fn log_tail(
+        &self,
+        event_id: &str,
+        job: &str,
+        container: &str,
+        limit: i64,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, event_id, job, container, time, message FROM logs
+             WHERE event_id = $1 AND job = $2 AND container = $3 ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(event_id)
+        .bind(job)
+        .bind(container)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut lines = rows.iter().map(log_line).collect::<Result<Vec<_>, _>>()?;
+        lines.reverse();
+        Ok(lines)
     }
 
     /// Deletes the logs of events that ended before `before`; returns how
@@ -84,4 +97,15 @@ impl Store {
         .await?;
         Ok(result.rows_affected())
     }
+}
+
+fn log_line(row: &sqlx::any::AnyRow) -> Result<LogLine, StoreError> {
+    Ok(LogLine {
+        seq: row.try_get("seq")?,
+        event_id: row.try_get("event_id")?,
+        job: row.try_get("job")?,
+        container: row.try_get("container")?,
+        time: row.try_get("time")?,
+        message: row.try_get("message")?,
+    })
 }

@@ -21,6 +21,7 @@ mod kept;
 mod logs;
 mod principals;
 mod projects;
+mod schedules;
 mod settings;
 
 use std::borrow::Cow;
@@ -46,6 +47,8 @@ pub use jobs::JobRecord;
 pub use logs::LogLine;
 pub use principals::{RoleAssignment, ServiceAccountRecord};
 pub use projects::ProjectRecord;
+pub use schedules::{ScheduleRecord, TickOutcome};
+pub(crate) use schedules::{next_tick_after, timestamp};
 
 use jobs::insert_job;
 
@@ -349,7 +352,7 @@ async fn sqlite_migration_lock(url: &str) -> Result<Option<std::fs::File>, Store
 }
 
 /// The schema's migrations, in order: (version, name, SQL).
-const MIGRATIONS: [(i64, &str, &str); 6] = [
+const MIGRATIONS: [(i64, &str, &str); 7] = [
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (
         2,
@@ -375,6 +378,11 @@ const MIGRATIONS: [(i64, &str, &str); 6] = [
         6,
         "events_by_created",
         include_str!("../../migrations/0006_events_by_created.sql"),
+    ),
+    (
+        7,
+        "schedules",
+        include_str!("../../migrations/0007_schedules.sql"),
     ),
 ];
 
@@ -530,21 +538,7 @@ async fn commit_events(
         }
         for (events, _) in batch {
             for event in events.iter().filter(|e| !gone.contains(&e.project_id)) {
-                sqlx::query(
-                    "INSERT INTO events (id, project_id, created, source, event_type, document, phase)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'PENDING')",
-                )
-                .bind(&event.id)
-                .bind(&event.project_id)
-                .bind(event.created)
-                .bind(&event.source)
-                .bind(&event.event_type)
-                .bind(to_json(&event.document))
-                .execute(&mut *tx)
-                .await?;
-                for job in &event.inherited_jobs {
-                    insert_job(&mut tx, job).await?;
-                }
+                insert_event(&mut tx, event).await?;
             }
         }
         tx.commit().await?;
@@ -553,6 +547,31 @@ async fn commit_events(
     attempt
         .await
         .inspect_err(|e| tracing::error!(error = %e, "storing events failed"))
+}
+
+/// Writes a new event (PENDING) and the jobs it inherits in `tx`, whose
+/// caller holds the event's project lock: the one way events are stored,
+/// by the event writer and by a schedule's tick.
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    event: &NewEvent,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (id, project_id, created, source, event_type, document, phase)
+         VALUES ($1, $2, $3, $4, $5, $6, 'PENDING')",
+    )
+    .bind(&event.id)
+    .bind(&event.project_id)
+    .bind(event.created)
+    .bind(&event.source)
+    .bind(&event.event_type)
+    .bind(to_json(&event.document))
+    .execute(&mut **tx)
+    .await?;
+    for job in &event.inherited_jobs {
+        insert_job(tx, job).await?;
+    }
+    Ok(())
 }
 
 /// What the log writer receives.

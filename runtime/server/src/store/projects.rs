@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use mizzen_runtime::schedule::Schedule;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::schedules::sync_schedules;
 use super::{Page, Store, StoreError, corrupt, lock_project, now_micros, paginate};
 
 /// A project as stored: its definition as the API received it (JSON).
@@ -22,27 +24,54 @@ pub struct ProjectRecord {
 }
 
 impl Store {
-    /// Stores a new project; `false` when the id is taken.
-    pub async fn create_project(&self, id: &str, document: &Value) -> Result<bool, StoreError> {
+    /// Stores a new project with its schedules (type and schedule);
+    /// `false` when the id is taken.
+    pub async fn create_project(
+        &self,
+        id: &str,
+        document: &Value,
+        schedules: &[(String, Schedule)],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(
             "INSERT INTO projects (id, created, document) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(now_micros())
         .bind(document.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sync_schedules(&mut tx, id, schedules).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// Replaces a project's definition; `false` when there is no such project.
-    pub async fn update_project(&self, id: &str, document: &Value) -> Result<bool, StoreError> {
+    /// Replaces a project's definition and its schedules, in one
+    /// transaction (a tick fired after it sees the new schedules); `false`
+    /// when there is no such project.
+    pub async fn update_project(
+        &self,
+        id: &str,
+        document: &Value,
+        schedules: &[(String, Schedule)],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The update takes the project's lock (see `lock_project`), which
+        // a tick's firing takes too.
         let result = sqlx::query("UPDATE projects SET document = $1 WHERE id = $2")
             .bind(document.to_string())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sync_schedules(&mut tx, id, schedules).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// A project.
@@ -92,6 +121,8 @@ impl Store {
             "DELETE FROM artifacts WHERE project_id = $1",
             "DELETE FROM caches WHERE project_id = $1",
             "DELETE FROM secrets WHERE project_id = $1",
+            "DELETE FROM schedules WHERE project_id = $1",
+            "DELETE FROM schedule_ticks WHERE project_id = $1",
             "DELETE FROM role_assignments WHERE scope = $1 AND role LIKE 'PROJECT\\_%' ESCAPE '\\'",
             "DELETE FROM projects WHERE id = $1",
         ] {

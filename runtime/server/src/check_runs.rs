@@ -1,0 +1,426 @@
+//! Tracked events reported back to GitHub as check runs, as Brigade's
+//! GitHub gateway's monitor did: each job becomes a check run named
+//! `<project>:<job>` on the event's commit, going queued → in progress →
+//! completed with its conclusion and the tail of its log, and the worker's
+//! run, named `<project>`, carries the event's summary.
+//!
+//! An event asks to be tracked through its source state (`tracking`,
+//! `installationID`, `owner`, `repo`, `headSHA`, or `pullRequest` when the
+//! commit is the pull request's head), which the GitHub gateway writes for
+//! deliveries from an App installation. Only events from the App Mizzen is
+//! configured as (label `appID`) are reported: another App's installations
+//! are not Mizzen's to write to.
+//!
+//! The scheduler says when an event or one of its jobs changed
+//! ([`CheckRunReporter::changed`], which never waits); one task reads the
+//! event as stored and brings its check runs up to date. Changes to one
+//! event coalesce, so what is queued is bounded by the events running. Calls
+//! go to GitHub one at a time, as GitHub asks of integrations. A failed call
+//! is logged and never fails the event. The check runs' ids live in this
+//! process: an event taken over by another replica gets check runs of its
+//! own, which GitHub shows in place of the first ones (same name).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use mizzen_host_api::types::Phase;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+use crate::github_app::{GitHubApp, GitHubError};
+use crate::store::{EventRecord, JobRecord, Store, StoreError};
+
+/// The lines of a job's log a completed check run shows: the end of a
+/// failed build's output, which is what a reader looks for first.
+const LOG_TAIL_LINES: i64 = 50;
+
+/// The most of a log tail a check run carries, in bytes: GitHub refuses an
+/// `output.text` over 65,535 characters.
+const LOG_TAIL_BYTES: usize = 60_000;
+
+/// GitHub's limit on an `output.summary`, less room for the wrapping.
+const SUMMARY_BYTES: usize = 60_000;
+
+/// The least time between two rounds of reports. An event is read whole
+/// (its jobs) each time it is reported: without a pause, an event of N jobs
+/// would be read once per job change, N² rows in its life; with it, the
+/// changes of a round coalesce and the reading grows with time, not with
+/// jobs squared. A quarter second is not seen on GitHub's page.
+const ROUND_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What the reporter could not do for one event.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+    #[error("the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Check runs made for one event, by name, with the status last sent.
+#[derive(Default)]
+struct EventRuns {
+    /// The commit, once known (a `/brig run` comment names only the pull
+    /// request).
+    head_sha: Option<String>,
+    runs: HashMap<String, (u64, Sent)>,
+}
+
+/// What a check run was last told.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Queued,
+    InProgress,
+    Completed,
+}
+
+/// Reports tracked events' jobs as check runs.
+pub struct CheckRunReporter {
+    app: GitHubApp,
+    store: Store,
+    /// Events changed since they were last reported, in order, each once.
+    queue: Mutex<(VecDeque<String>, HashSet<String>)>,
+    wake: Notify,
+    events: tokio::sync::Mutex<HashMap<String, EventRuns>>,
+}
+
+/// Where a tracked event's check runs go.
+struct Tracking {
+    installation: u64,
+    owner: String,
+    repo: String,
+    /// The commit: from the event, or read from its pull request.
+    head_sha: String,
+    pull_request: Option<u64>,
+}
+
+impl CheckRunReporter {
+    /// A reporter writing as `app`.
+    pub fn new(app: GitHubApp, store: Store) -> Arc<Self> {
+        Arc::new(Self {
+            app,
+            store,
+            queue: Mutex::default(),
+            wake: Notify::new(),
+            events: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// Whether `event`'s source state asks for check runs from this App.
+    pub fn tracks(&self, event: &EventRecord) -> bool {
+        self.tracking(event).is_some()
+    }
+
+    /// Notes that `event_id` or one of its jobs changed; returns at once.
+    pub fn changed(&self, event_id: &str) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.1.insert(event_id.to_owned()) {
+            queue.0.push_back(event_id.to_owned());
+        }
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Reports changes until `stop` turns true: in rounds, each taking
+    /// every event changed since the last, at most one round per
+    /// [`ROUND_PAUSE`].
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let round = {
+                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                queue.1.clear();
+                std::mem::take(&mut queue.0)
+            };
+            if round.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+            for event_id in round {
+                if let Err(error) = self.report(&event_id).await {
+                    tracing::warn!(event = %event_id, %error, "the event's check runs could not be reported to GitHub");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ROUND_PAUSE) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    fn tracking(&self, event: &EventRecord) -> Option<Tracking> {
+        let state = &event.document.source_state;
+        if event.source != crate::gateways::GITHUB_SOURCE
+            || state.get("tracking").map(String::as_str) != Some("true")
+            || event.document.labels.get("appID") != Some(&self.app.app_id().to_string())
+        {
+            return None;
+        }
+        Some(Tracking {
+            installation: state.get("installationID")?.parse().ok()?,
+            owner: state.get("owner").filter(|o| github_name(o))?.clone(),
+            repo: state.get("repo").filter(|r| github_name(r))?.clone(),
+            head_sha: state.get("headSHA").cloned().unwrap_or_default(),
+            pull_request: state.get("pullRequest").and_then(|n| n.parse().ok()),
+        })
+    }
+
+    /// Brings the event's check runs up to date with the store.
+    async fn report(&self, event_id: &str) -> Result<(), ReportError> {
+        let Some(event) = self.store.event(event_id).await? else {
+            self.events.lock().await.remove(event_id);
+            return Ok(());
+        };
+        let Some(tracking) = self.tracking(&event) else {
+            return Ok(());
+        };
+        let jobs = self.store.jobs(event_id).await?;
+        let mut events = self.events.lock().await;
+        let runs = events.entry(event_id.to_owned()).or_default();
+        let mut tracking = tracking;
+        tracking.head_sha = match &runs.head_sha {
+            Some(sha) => sha.clone(),
+            None => {
+                let sha = self.head_sha(&tracking).await?;
+                runs.head_sha = Some(sha.clone());
+                sha
+            }
+        };
+        for job in &jobs {
+            let name = format!("{}:{}", event.project_id, job.name);
+            let wanted = job_status(job.phase);
+            let sent = runs.runs.get(&name).map(|(_, sent)| *sent);
+            if sent == Some(wanted.0) || sent == Some(Sent::Completed) {
+                continue;
+            }
+            let mut body = json!({ "status": wanted.1, "external_id": event.id });
+            if wanted.0 == Sent::Completed {
+                body["conclusion"] = json!(conclusion(job.phase));
+                body["output"] = self.job_output(job).await?;
+            }
+            self.send(&tracking, &name, runs, body, wanted.0).await?;
+        }
+        // The worker's run: in progress once it runs, completed with the
+        // summary once the event ends.
+        let wanted = job_status(event.phase);
+        let name = event.project_id.clone();
+        let sent = runs.runs.get(&name).map(|(_, sent)| *sent);
+        if sent != Some(wanted.0) && sent != Some(Sent::Completed) {
+            let mut body = json!({ "status": wanted.1, "external_id": event.id });
+            if wanted.0 == Sent::Completed {
+                body["conclusion"] = json!(conclusion(event.phase));
+                body["output"] = json!({
+                    "title": format!("{}: {}", event.project_id, event.phase),
+                    "summary": if event.summary.is_empty() {
+                        format!("The worker ended {}.", event.phase)
+                    } else {
+                        truncate_start(&event.summary, SUMMARY_BYTES).to_owned()
+                    },
+                    "text": self.log_tail(&event.id, "", "worker").await?,
+                });
+            }
+            self.send(&tracking, &name, runs, body, wanted.0).await?;
+        }
+        if event.phase.is_terminal() && jobs.iter().all(|job| job.phase.is_terminal()) {
+            events.remove(event_id);
+        }
+        Ok(())
+    }
+
+    /// Creates the named check run, or updates it, and notes what it was
+    /// told.
+    async fn send(
+        &self,
+        tracking: &Tracking,
+        name: &str,
+        runs: &mut EventRuns,
+        mut body: Value,
+        sent: Sent,
+    ) -> Result<(), ReportError> {
+        let repo = &format!("/repos/{}/{}/check-runs", tracking.owner, tracking.repo);
+        let id = match runs.runs.get(name) {
+            Some((id, _)) => {
+                self.app
+                    .call(
+                        tracking.installation,
+                        Method::PATCH,
+                        &format!("{repo}/{id}"),
+                        Some(&body),
+                    )
+                    .await?;
+                *id
+            }
+            None => {
+                body["name"] = json!(name);
+                body["head_sha"] = json!(tracking.head_sha);
+                let answer = self
+                    .app
+                    .call(tracking.installation, Method::POST, repo, Some(&body))
+                    .await?;
+                answer
+                    .get("id")
+                    .and_then(Value::as_u64)
+                    .ok_or(GitHubError::Answer {
+                        method: Method::POST,
+                        path: repo.to_owned(),
+                        field: "id",
+                    })?
+            }
+        };
+        runs.runs.insert(name.to_owned(), (id, sent));
+        Ok(())
+    }
+
+    /// The commit the check runs go on: the event's, or its pull request's
+    /// head, read from GitHub.
+    async fn head_sha(&self, tracking: &Tracking) -> Result<String, ReportError> {
+        if !tracking.head_sha.is_empty() {
+            return Ok(tracking.head_sha.clone());
+        }
+        let Some(number) = tracking.pull_request else {
+            return Ok(String::new());
+        };
+        let path = format!("/repos/{}/{}/pulls/{number}", tracking.owner, tracking.repo);
+        let pull = self
+            .app
+            .call(tracking.installation, Method::GET, &path, None)
+            .await?;
+        pull.get("head")
+            .and_then(|head| head.get("sha"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                GitHubError::Answer {
+                    method: Method::GET,
+                    path,
+                    field: "head.sha",
+                }
+                .into()
+            })
+    }
+
+    /// A completed job's title, summary and log tail.
+    async fn job_output(&self, job: &JobRecord) -> Result<Value, ReportError> {
+        Ok(json!({
+            "title": format!("{}: {}", job.name, job.phase),
+            "summary": format!("Job `{}` ended {}.", job.name, job.phase),
+            "text": self.log_tail(&job.logs_event_id, &job.name, &job.name).await?,
+        }))
+    }
+
+    /// The last lines of a log as a Markdown code block (masked as they
+    /// were stored), or nothing when there are none.
+    async fn log_tail(
+        &self,
+        event_id: &str,
+        job: &str,
+        container: &str,
+    ) -> Result<String, ReportError> {
+        let lines = self
+            .store
+            .log_tail(event_id, job, container, LOG_TAIL_LINES)
+            .await?;
+        if lines.is_empty() {
+            return Ok(String::new());
+        }
+        let text = lines
+            .iter()
+            .map(|line| line.message.trim_end_matches('\n'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        // A line of backticks in the log would end the block early.
+        let text = truncate_start(&text, LOG_TAIL_BYTES).replace("```", "ʼʼʼ");
+        Ok(format!("The last lines of the log:\n```\n{text}\n```"))
+    }
+}
+
+/// Whether `name` can be a GitHub owner or repository name (letters,
+/// digits, `.`, `-`, `_`, at most 100): anything else would put another
+/// path into the API's URL (`../app/installations`).
+fn github_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// A phase as a check run's status.
+fn job_status(phase: Phase) -> (Sent, &'static str) {
+    match phase {
+        Phase::Pending | Phase::Starting | Phase::Unknown => (Sent::Queued, "queued"),
+        Phase::Running => (Sent::InProgress, "in_progress"),
+        _ => (Sent::Completed, "completed"),
+    }
+}
+
+/// A terminal phase as a check run's conclusion.
+fn conclusion(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Succeeded => "success",
+        Phase::TimedOut => "timed_out",
+        Phase::Aborted | Phase::Canceled => "cancelled",
+        _ => "failure",
+    }
+}
+
+/// The end of `text`, at most `max` bytes, cut at a character boundary.
+fn truncate_start(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_become_githubs_statuses_and_conclusions() {
+        assert_eq!(job_status(Phase::Pending).1, "queued");
+        assert_eq!(job_status(Phase::Running).1, "in_progress");
+        assert_eq!(job_status(Phase::Failed).1, "completed");
+        assert_eq!(conclusion(Phase::Succeeded), "success");
+        assert_eq!(conclusion(Phase::Failed), "failure");
+        assert_eq!(conclusion(Phase::TimedOut), "timed_out");
+        assert_eq!(conclusion(Phase::Aborted), "cancelled");
+        assert_eq!(conclusion(Phase::SchedulingFailed), "failure");
+    }
+
+    #[test]
+    fn only_githubs_names_go_into_a_path() {
+        for good in ["Codertocat", "Hello-World", "brigade.sh", "a_b"] {
+            assert!(github_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../app",
+            "a?b",
+            "a b",
+            "%2e%2e",
+            &"a".repeat(101),
+        ] {
+            assert!(!github_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_tail_is_cut_at_a_character() {
+        assert_eq!(truncate_start("abc", 5), "abc");
+        assert_eq!(truncate_start("aé€", 3), "€");
+        assert_eq!(truncate_start("aé€", 4), "€");
+        assert_eq!(truncate_start("aé€", 5), "é€");
+    }
+}
