@@ -3749,8 +3749,13 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
 /// API that checks the App's JWT and installation tokens as GitHub does,
 /// refuses the first creation with a rate limit, and revokes the first
 /// token on the way.
-async fn check_runs_follow_a_brigade_ci_script(database_url: Option<String>, test: &str) {
+async fn check_runs_follow_a_brigade_ci_script(
+    database_url: Option<String>,
+    kubernetes: bool,
+    test: &str,
+) {
     use mizzen_tests::fake_github::{CheckRun, FakeGitHub, FakeGitHubConfig};
+    use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript};
     const SECRET: &str = "github-app-webhook-secret";
     const APP_ID: u64 = 375706;
     const INSTALLATION: u64 = 957387;
@@ -3820,22 +3825,55 @@ async fn check_runs_follow_a_brigade_ci_script(database_url: Option<String>, tes
         revoke_first_token_after: Some(3),
     })
     .await;
+    // On Kubernetes, the fake cluster's kubelet prints what the jobs'
+    // commands below would.
+    let cluster = match kubernetes {
+        false => None,
+        true => {
+            let fake = FakeKube::start(FakeConfig::deployed(&["mizzen-jobs"])).await;
+            fake.on_pod(|pod| {
+                let job = pod["metadata"]["labels"]["mizzen.sh/job"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let (lines, code) = match job.as_str() {
+                    "lint" => (vec!["linted".to_string()], 0),
+                    "unit-tests" => (vec!["12 tests passed".to_string()], 0),
+                    _ => {
+                        let mut lines: Vec<String> = (1..=5000).map(|n| n.to_string()).collect();
+                        lines.push("x".repeat(100_000));
+                        lines.push("using token s3cr3t-t0ken-value".into());
+                        lines.push("FAIL: expected 2, got 3".into());
+                        (lines, 1)
+                    }
+                };
+                PodScript::default().with(&job, ContainerScript::new(lines, code))
+            });
+            let kubeconfig = keys.path().join("kubeconfig");
+            fake.write_kubeconfig(&kubeconfig, "default").unwrap();
+            Some((fake, kubeconfig))
+        }
+    };
+    let kubeconfig = cluster.as_ref().map(|(_, path)| path.clone());
     let api_url = github.url.clone();
     let server = tokio::task::spawn_blocking(move || {
         let app_id = APP_ID.to_string();
-        let server = TestServer::start(
-            database_url,
-            &[
-                "--github-webhook-secret",
-                SECRET,
-                "--github-app-id",
-                &app_id,
-                "--github-app-key-file",
-                pem.to_str().unwrap(),
-                "--github-api-url",
-                &api_url,
-            ],
-        );
+        let mut args = vec![
+            "--github-webhook-secret",
+            SECRET,
+            "--github-app-id",
+            &app_id,
+            "--github-app-key-file",
+            pem.to_str().unwrap(),
+            "--github-api-url",
+            &api_url,
+        ];
+        let mut env = Vec::new();
+        if let Some(kubeconfig) = &kubeconfig {
+            args.extend(["--executor", "kubernetes", "--kubernetes-namespace", "mizzen-jobs"]);
+            env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+        }
+        let server = TestServer::start_with_env(database_url, &args, &env);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("project.yaml"),
@@ -4059,6 +4097,11 @@ spec:
         "{}",
         server.server_log()
     );
+    // On Kubernetes every job was a Pod: three, one, then three.
+    if let Some((fake, _)) = &cluster {
+        assert_eq!(fake.created("pods").len(), 7);
+        assert!(fake.denied().is_empty(), "{:#?}", fake.denied());
+    }
 }
 
 /// Slack's documented slash command (the body of its "Verifying requests
@@ -4150,7 +4193,19 @@ async fn slack_slash_commands_make_events_once() {
 async fn github_check_runs_follow_a_brigade_ci_script_on_sqlite() {
     check_runs_follow_a_brigade_ci_script(
         None,
+        false,
         "github_check_runs_follow_a_brigade_ci_script_on_sqlite",
+    )
+    .await;
+}
+
+/// The same with the jobs as Pods on a fake cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_check_runs_follow_a_brigade_ci_script_on_kubernetes() {
+    check_runs_follow_a_brigade_ci_script(
+        None,
+        true,
+        "github_check_runs_follow_a_brigade_ci_script_on_kubernetes",
     )
     .await;
 }
@@ -4161,7 +4216,7 @@ async fn github_check_runs_follow_a_brigade_ci_script_on_postgres() {
     let Some(url) = common::postgres_database(TEST) else {
         return;
     };
-    check_runs_follow_a_brigade_ci_script(Some(url), TEST).await;
+    check_runs_follow_a_brigade_ci_script(Some(url), false, TEST).await;
 }
 
 /// A Slack command is answered in its channel when its event ends: the

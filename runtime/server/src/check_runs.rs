@@ -83,6 +83,9 @@ pub struct CheckRunReporter {
     queue: Mutex<(VecDeque<String>, HashSet<String>)>,
     wake: Notify,
     events: tokio::sync::Mutex<HashMap<String, EventRuns>>,
+    /// Events this replica no longer runs (another took them over): their
+    /// check runs' ids are dropped at the next round.
+    forgotten: Mutex<Vec<String>>,
 }
 
 /// Where a tracked event's check runs go.
@@ -104,12 +107,13 @@ impl CheckRunReporter {
             queue: Mutex::default(),
             wake: Notify::new(),
             events: tokio::sync::Mutex::default(),
+            forgotten: Mutex::default(),
         })
     }
 
     /// Whether `event`'s source state asks for check runs from this App.
     pub fn tracks(&self, event: &EventRecord) -> bool {
-        self.tracking(event).is_some()
+        tracking(event, self.app.app_id()).is_some()
     }
 
     /// Notes that `event_id` or one of its jobs changed; returns at once.
@@ -122,16 +126,34 @@ impl CheckRunReporter {
         self.wake.notify_one();
     }
 
+    /// Notes that this replica no longer runs `event_id`; returns at once.
+    pub fn forget(&self, event_id: &str) {
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event_id.to_owned());
+        self.wake.notify_one();
+    }
+
     /// Reports changes until `stop` turns true: in rounds, each taking
     /// every event changed since the last, at most one round per
     /// [`ROUND_PAUSE`].
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
-            let round = {
+            let mut round = {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 queue.1.clear();
                 std::mem::take(&mut queue.0)
             };
+            let forgotten =
+                std::mem::take(&mut *self.forgotten.lock().unwrap_or_else(|e| e.into_inner()));
+            round.retain(|id| !forgotten.contains(id));
+            if !forgotten.is_empty() {
+                let mut events = self.events.lock().await;
+                for id in &forgotten {
+                    events.remove(id);
+                }
+            }
             if round.is_empty() {
                 tokio::select! {
                     _ = self.wake.notified() => continue,
@@ -150,30 +172,13 @@ impl CheckRunReporter {
         }
     }
 
-    fn tracking(&self, event: &EventRecord) -> Option<Tracking> {
-        let state = &event.document.source_state;
-        if event.source != crate::gateways::GITHUB_SOURCE
-            || state.get("tracking").map(String::as_str) != Some("true")
-            || event.document.labels.get("appID") != Some(&self.app.app_id().to_string())
-        {
-            return None;
-        }
-        Some(Tracking {
-            installation: state.get("installationID")?.parse().ok()?,
-            owner: state.get("owner").filter(|o| github_name(o))?.clone(),
-            repo: state.get("repo").filter(|r| github_name(r))?.clone(),
-            head_sha: state.get("headSHA").cloned().unwrap_or_default(),
-            pull_request: state.get("pullRequest").and_then(|n| n.parse().ok()),
-        })
-    }
-
     /// Brings the event's check runs up to date with the store.
     async fn report(&self, event_id: &str) -> Result<(), ReportError> {
         let Some(event) = self.store.event(event_id).await? else {
             self.events.lock().await.remove(event_id);
             return Ok(());
         };
-        let Some(tracking) = self.tracking(&event) else {
+        let Some(tracking) = tracking(&event, self.app.app_id()) else {
             return Ok(());
         };
         let jobs = self.store.jobs(event_id).await?;
@@ -336,6 +341,25 @@ impl CheckRunReporter {
     }
 }
 
+/// Where `event`'s check runs go, when its source state asks for them from
+/// App `app_id` and names an installation and a repository GitHub could have.
+fn tracking(event: &EventRecord, app_id: u64) -> Option<Tracking> {
+    let state = &event.document.source_state;
+    if event.source != crate::gateways::GITHUB_SOURCE
+        || state.get("tracking").map(String::as_str) != Some("true")
+        || event.document.labels.get("appID") != Some(&app_id.to_string())
+    {
+        return None;
+    }
+    Some(Tracking {
+        installation: state.get("installationID")?.parse().ok()?,
+        owner: state.get("owner").filter(|o| github_name(o))?.clone(),
+        repo: state.get("repo").filter(|r| github_name(r))?.clone(),
+        head_sha: state.get("headSHA").cloned().unwrap_or_default(),
+        pull_request: state.get("pullRequest").and_then(|n| n.parse().ok()),
+    })
+}
+
 /// Whether `name` can be a GitHub owner or repository name (letters,
 /// digits, `.`, `-`, `_`, at most 100): anything else would put another
 /// path into the API's URL (`../app/installations`).
@@ -394,6 +418,71 @@ mod tests {
         assert_eq!(conclusion(Phase::TimedOut), "timed_out");
         assert_eq!(conclusion(Phase::Aborted), "cancelled");
         assert_eq!(conclusion(Phase::SchedulingFailed), "failure");
+    }
+
+    #[test]
+    fn only_a_whole_tracking_state_of_this_app_is_reported() {
+        let event = |source: &str, app: &str, state: &[(&str, &str)]| EventRecord {
+            seq: 1,
+            id: "e".into(),
+            project_id: "p".into(),
+            created: 0,
+            source: source.into(),
+            event_type: "ci:pipeline_requested".into(),
+            document: crate::store::EventDocument {
+                labels: [("appID".to_owned(), app.to_owned())].into(),
+                source_state: state
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            },
+            summary: String::new(),
+            phase: Phase::Pending,
+            started: None,
+            ended: None,
+            attempts: 0,
+        };
+        let whole = [
+            ("tracking", "true"),
+            ("installationID", "957387"),
+            ("owner", "Codertocat"),
+            ("repo", "Hello-World"),
+            ("headSHA", "f95f852bd8fca8fcc58a9a2d6c842781e32a215e"),
+        ];
+        let github = crate::gateways::GITHUB_SOURCE;
+        let tracked = tracking(&event(github, "42", &whole), 42).expect("tracked");
+        assert_eq!(
+            (
+                tracked.installation,
+                tracked.owner.as_str(),
+                tracked.repo.as_str()
+            ),
+            (957387, "Codertocat", "Hello-World")
+        );
+        // Another App's, another source's, or not asking: not ours.
+        assert!(tracking(&event(github, "43", &whole), 42).is_none());
+        assert!(tracking(&event("brigade.sh/slack", "42", &whole), 42).is_none());
+        let with = |key: &'static str, value: &'static str| {
+            let mut state = whole.to_vec();
+            state.retain(|(k, _)| *k != key);
+            state.push((key, value));
+            tracking(&event(github, "42", &state), 42)
+        };
+        assert!(with("tracking", "false").is_none());
+        // What a hostile EVENT_CREATOR could write never reaches a URL.
+        for (key, value) in [
+            ("installationID", "../1"),
+            ("installationID", "99999999999999999999999"),
+            ("installationID", "-1"),
+            ("owner", ".."),
+            ("owner", "a/b"),
+            ("repo", "../../app/installations"),
+            ("repo", "x?y=1"),
+            ("repo", ""),
+        ] {
+            assert!(with(key, value).is_none(), "{key}={value}");
+        }
     }
 
     #[test]

@@ -82,6 +82,9 @@ impl Scheduler {
                 self.export_trace(&event, ended.phase).await
             }
             Ok(false) => {
+                if let Some(reporter) = &check_runs {
+                    reporter.forget(&id);
+                }
                 tracing::warn!(event = %id, "the worker ended after its event was taken over")
             }
             Err(e) => tracing::error!(event = %id, error = %e, "recording the worker's end failed"),
