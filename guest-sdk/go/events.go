@@ -21,7 +21,10 @@ type Event struct {
 	Type string `json:"type"`
 	// Qualifiers the project's subscription matched exactly (may be nil).
 	Qualifiers map[string]string `json:"qualifiers"`
-	// Labels the project's subscription matched (may be nil).
+	// Labels the project's subscription matched (may be nil). Some sources
+	// set their own: "job" (GitHub's ci:job_requested), "release"
+	// (cd:pipeline_requested), "appID" (GitHub App), "teamID", "channelID"
+	// and "userID" (Slack), "tick" (brigade.sh/cron: the tick, RFC 3339).
 	Labels map[string]string `json:"labels"`
 	// ShortTitle is a short title for lists; may be empty.
 	ShortTitle string `json:"shortTitle"`

@@ -32,7 +32,13 @@ declare module "@brigadecore/brigadier" {
     type: string;
     /** Qualifiers the project's subscription matched exactly. */
     qualifiers: StringMap | null;
-    /** Labels the project's subscription matched. */
+    /**
+     * The event's labels, which the project's subscription matched. Some
+     * sources set their own: `job` (GitHub's `ci:job_requested`), `release`
+     * (`cd:pipeline_requested`), `appID` (GitHub App), `teamID`,
+     * `channelID` and `userID` (Slack), `tick` (`brigade.sh/cron`: the
+     * schedule's tick, RFC 3339).
+     */
     labels: StringMap | null;
     /** A short title for lists; may be empty. */
     shortTitle: string;

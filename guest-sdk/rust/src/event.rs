@@ -33,7 +33,11 @@ pub struct Event {
     /// Qualifiers the project's subscription matched exactly.
     #[serde(deserialize_with = "null_as_default")]
     pub qualifiers: BTreeMap<String, String>,
-    /// Labels the project's subscription matched.
+    /// Labels the project's subscription matched. Some sources set their
+    /// own: `job` (GitHub's `ci:job_requested`), `release`
+    /// (`cd:pipeline_requested`), `appID` (GitHub App), `teamID`,
+    /// `channelID` and `userID` (Slack), `tick` (`brigade.sh/cron`: the
+    /// tick, RFC 3339).
     #[serde(deserialize_with = "null_as_default")]
     pub labels: BTreeMap<String, String>,
     /// A short title for lists; may be empty.

@@ -3542,6 +3542,70 @@ fn private_images_on_postgres() {
     private_images_with_the_projects_pull_secret(Some(url), "private_images_on_postgres");
 }
 
+/// GitHub's documented webhook payloads (npm's `@octokit/webhooks-examples`,
+/// installed by scripts/setup-webhook-examples), by event and action.
+struct GitHubExamples(Vec<Value>);
+
+impl GitHubExamples {
+    /// The examples, or `None` (the test says it is skipped) without them.
+    fn load(test: &str) -> Option<Self> {
+        let Ok(index) = std::env::var("MIZZEN_TEST_WEBHOOK_EXAMPLES") else {
+            eprintln!(
+                "SKIPPED {test}: MIZZEN_TEST_WEBHOOK_EXAMPLES is not set (scripts/setup-webhook-examples prints it; scripts/test sets it)"
+            );
+            return None;
+        };
+        Some(Self(
+            serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap(),
+        ))
+    }
+
+    fn get(&self, name: &str, action: Option<&str>) -> Value {
+        self.0
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["examples"].as_array())
+            .and_then(|list| {
+                list.iter()
+                    .find(|x| x.get("action").and_then(Value::as_str) == action)
+            })
+            .unwrap_or_else(|| panic!("no documented {name} {action:?}"))
+            .clone()
+    }
+}
+
+/// Delivers `body` to the server's GitHub gateway as GitHub delivers App
+/// `app_id`'s webhooks, signed with `secret`; the answer's message.
+async fn deliver_github(
+    server: &TestServer,
+    (secret, app_id): (&str, &str),
+    delivery: &str,
+    event: &str,
+    body: &Value,
+) -> String {
+    let body = body.to_string();
+    let answer = http()
+        .post(format!("{}/gateways/github", server.url))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-GitHub-Hook-Installation-Target-Type", "integration")
+        .header("X-GitHub-Hook-Installation-Target-ID", app_id)
+        .header(
+            "X-Hub-Signature-256",
+            github_signature(secret, body.as_bytes()),
+        )
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    answer.json::<Value>().await.unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// GitHub's own documented webhook bodies (the examples its documentation
 /// shows, from npm's @octokit/webhooks-examples, which
 /// scripts/setup-webhook-examples installs), signed as GitHub signs them,
@@ -3554,26 +3618,12 @@ fn private_images_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
     const SECRET: &str = "github-app-webhook-secret";
-    let Ok(index) = std::env::var("MIZZEN_TEST_WEBHOOK_EXAMPLES") else {
-        eprintln!(
-            "SKIPPED githubs_documented_webhooks_make_brigades_ci_and_cd_events: MIZZEN_TEST_WEBHOOK_EXAMPLES is not set (scripts/setup-webhook-examples prints it; scripts/test sets it)"
-        );
+    let Some(examples) =
+        GitHubExamples::load("githubs_documented_webhooks_make_brigades_ci_and_cd_events")
+    else {
         return;
     };
-    let examples: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
-    let example = |name: &str, action: Option<&str>| -> Value {
-        examples
-            .iter()
-            .find(|e| e["name"] == name)
-            .and_then(|e| e["examples"].as_array())
-            .and_then(|list| {
-                list.iter()
-                    .find(|x| x.get("action").and_then(Value::as_str) == action)
-            })
-            .unwrap_or_else(|| panic!("no documented {name} {action:?}"))
-            .clone()
-    };
+    let example = |name: &str, action: Option<&str>| examples.get(name, action);
     let server = tokio::task::spawn_blocking(|| {
         let server = TestServer::start(
             None,
@@ -3599,32 +3649,11 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
     })
     .await
     .unwrap();
-    let client = http();
-    let base = server.url.clone();
     let mut delivery = 0;
     let mut send = async |event: &str, body: Value| -> String {
         delivery += 1;
-        let body = body.to_string();
-        let answer = client
-            .post(format!("{base}/gateways/github"))
-            .header("X-GitHub-Event", event)
-            .header("X-GitHub-Delivery", format!("delivery-{delivery}"))
-            .header("X-GitHub-Hook-Installation-Target-Type", "integration")
-            .header("X-GitHub-Hook-Installation-Target-ID", "375706")
-            .header(
-                "X-Hub-Signature-256",
-                github_signature(SECRET, body.as_bytes()),
-            )
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status().as_u16(), 200);
-        answer.json::<Value>().await.unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        let id = format!("delivery-{delivery}");
+        deliver_github(&server, (SECRET, "375706"), &id, event, &body).await
     };
     let events_of = async |project: &str| events_of(&server, project).await;
 
@@ -3761,25 +3790,11 @@ async fn check_runs_follow_a_brigade_ci_script(
     const INSTALLATION: u64 = 957387;
     const SUITE_SHA: &str = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e";
     const PR_SHA: &str = "c0ffee0000000000000000000000000000c0ffee";
-    let Ok(index) = std::env::var("MIZZEN_TEST_WEBHOOK_EXAMPLES") else {
-        eprintln!(
-            "SKIPPED {test}: MIZZEN_TEST_WEBHOOK_EXAMPLES is not set (scripts/setup-webhook-examples prints it; scripts/test sets it)"
-        );
+    let Some(examples) = GitHubExamples::load(test) else {
         return;
     };
-    let examples: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(index).unwrap()).unwrap();
     let example = |name: &str, action: Option<&str>| -> Value {
-        let mut example = examples
-            .iter()
-            .find(|e| e["name"] == name)
-            .and_then(|e| e["examples"].as_array())
-            .and_then(|list| {
-                list.iter()
-                    .find(|x| x.get("action").and_then(Value::as_str) == action)
-            })
-            .unwrap_or_else(|| panic!("no documented {name} {action:?}"))
-            .clone();
+        let mut example = examples.get(name, action);
         // Nothing here reaches github.com: the project's script is inline,
         // where a real CI project would clone the repository.
         example["repository"]["clone_url"] = json!("");
@@ -3935,28 +3950,13 @@ spec:
     })
     .await
     .unwrap();
-    let client = http();
-    let base = server.url.clone();
     let mut delivery = 0;
+    let app_id = APP_ID.to_string();
     let mut send = async |event: &str, body: Value| {
         delivery += 1;
-        let body = body.to_string();
-        let answer = client
-            .post(format!("{base}/gateways/github"))
-            .header("X-GitHub-Event", event)
-            .header("X-GitHub-Delivery", format!("delivery-{delivery}"))
-            .header("X-GitHub-Hook-Installation-Target-Type", "integration")
-            .header("X-GitHub-Hook-Installation-Target-ID", APP_ID.to_string())
-            .header(
-                "X-Hub-Signature-256",
-                github_signature(SECRET, body.as_bytes()),
-            )
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status().as_u16(), 200);
+        let id = format!("delivery-{delivery}");
+        let said = deliver_github(&server, (SECRET, &app_id), &id, event, &body).await;
+        assert_eq!(said, "accepted: 1 event(s) created", "{event}");
     };
     // Waits until `count` check runs exist and all are completed.
     let completed = async |count: usize| -> Vec<CheckRun> {
