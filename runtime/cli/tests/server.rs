@@ -4219,6 +4219,80 @@ async fn github_check_runs_follow_a_brigade_ci_script_on_postgres() {
     check_runs_follow_a_brigade_ci_script(Some(url), false, TEST).await;
 }
 
+/// GitHub out of reach never fails a tracked event: its worker ends as it
+/// would have, and the server's log says what could not be reported and
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_runs_github_cannot_take_never_fail_the_event() {
+    const SECRET: &str = "github-app-webhook-secret";
+    const TEST: &str = "check_runs_github_cannot_take_never_fail_the_event";
+    let Some(examples) = GitHubExamples::load(TEST) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let pem = keys.path().join("app.pem");
+    let ran = Command::new("openssl")
+        .args([
+            "genrsa",
+            "-traditional",
+            "-out",
+            pem.to_str().unwrap(),
+            "2048",
+        ])
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{ran:?}");
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let server = tokio::task::spawn_blocking(move || {
+        let server = TestServer::start(
+            None,
+            &[
+                "--executor",
+                "none",
+                "--github-webhook-secret",
+                SECRET,
+                "--github-app-id",
+                "375706",
+                "--github-app-key-file",
+                pem.to_str().unwrap(),
+                "--github-api-url",
+                &api_url,
+            ],
+        );
+        create_subscribed_project(
+            &server,
+            "tracked",
+            "  - source: brigade.sh/github\n    types: [ci:pipeline_requested]\n    qualifiers:\n      repo: Codertocat/Hello-World\n",
+        );
+        server
+    })
+    .await
+    .unwrap();
+    let mut suite = examples.get("check_suite", Some("requested"));
+    suite["repository"]["clone_url"] = json!("");
+    let said = deliver_github(&server, (SECRET, "375706"), "d-1", "check_suite", &suite).await;
+    assert_eq!(said, "accepted: 1 event(s) created");
+    let id = events_of(&server, "tracked").await[0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let event = tokio::task::block_in_place(|| wait_until_ended(&server, &id));
+    assert_eq!(phase_of(&event), "SUCCEEDED", "{event}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = server.server_log();
+        if log.contains("the event's check runs could not be reported to GitHub") {
+            assert!(log.contains("GitHub could not be reached"), "{log}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing logged:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A Slack command is answered in its channel when its event ends: the
 /// project, the worker's outcome and its summary, posted to the command's
 /// response URL; a response URL outside the allowed prefix gets nothing.
