@@ -47,6 +47,9 @@ pub struct FakeGitHubConfig {
     pub rate_limit_first_create: bool,
     /// Revoke the first token after this many calls made with it.
     pub revoke_first_token_after: Option<usize>,
+    /// Answer check-run creations for these installations this late (a
+    /// GitHub slow for one tenant).
+    pub slow_installations: BTreeMap<u64, std::time::Duration>,
 }
 
 /// A check run as GitHub keeps it: its fields, and every body it was sent.
@@ -305,6 +308,13 @@ async fn create_run(
     let repository = format!("{owner}/{repo}");
     if let Err(why) = check_token(&config, &calls, &headers, &repository) {
         return refuse(&calls, StatusCode::UNAUTHORIZED, why);
+    }
+    if let Some(delay) = config
+        .installations
+        .get(&repository)
+        .and_then(|installation| config.slow_installations.get(installation))
+    {
+        tokio::time::sleep(*delay).await;
     }
     let mut state = calls.lock().unwrap();
     if config.rate_limit_first_create && !state.rate_limited {

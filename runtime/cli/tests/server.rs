@@ -1809,6 +1809,13 @@ fn events_dispatched_while_the_sandbox_process_restarts_wait_for_it() {
     let running = server.create_event("slow", &[]);
     wait_until_running(&server, &running);
     kill_sandbox_process(shards[0]);
+    // The worker that ran in the dead process fails once the server has
+    // seen the process go. An event given out before that, between the
+    // signal and the server reading the closed pipe, went to the dying
+    // process too (and failed with it, as once on a loaded CI machine):
+    // the events of this test are given out after.
+    let failed = wait_until_ended(&server, &running);
+    assert_eq!(phase_of(&failed), "FAILED", "{failed}");
     // Events until the process is back; the first ones are given out while
     // none is running.
     let mut quick_events = Vec::new();
@@ -1841,8 +1848,6 @@ fn events_dispatched_while_the_sandbox_process_restarts_wait_for_it() {
             server.ok(&["event", "logs", "--id", id])
         );
     }
-    let failed = wait_until_ended(&server, &running);
-    assert_eq!(phase_of(&failed), "FAILED", "{failed}");
     let logs = server.ok(&["event", "logs", "--id", &running]);
     assert!(
         logs.contains("stopped while the worker ran (signal: 9 (SIGKILL))"),
@@ -3838,6 +3843,7 @@ async fn check_runs_follow_a_brigade_ci_script(
         .into(),
         rate_limit_first_create: true,
         revoke_first_token_after: Some(3),
+        ..FakeGitHubConfig::default()
     })
     .await;
     // On Kubernetes, the fake cluster's kubelet prints what the jobs'
@@ -4290,6 +4296,112 @@ async fn check_runs_github_cannot_take_never_fail_the_event() {
         }
         assert!(Instant::now() < deadline, "nothing logged:\n{log}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Each GitHub App installation is reported by a task of its own: one
+/// tenant's installation whose calls GitHub answers slowly (or rate-limits)
+/// does not hold back another's check runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_runs_of_one_installation_do_not_wait_for_anothers() {
+    use mizzen_tests::fake_github::{FakeGitHub, FakeGitHubConfig};
+    const SECRET: &str = "github-app-webhook-secret";
+    const TEST: &str = "check_runs_of_one_installation_do_not_wait_for_anothers";
+    let Some(examples) = GitHubExamples::load(TEST) else {
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let pem = keys.path().join("app.pem");
+    let der = keys.path().join("app.der");
+    for args in [
+        vec![
+            "genrsa",
+            "-traditional",
+            "-out",
+            pem.to_str().unwrap(),
+            "2048",
+        ],
+        vec![
+            "rsa",
+            "-in",
+            pem.to_str().unwrap(),
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+            "-out",
+            der.to_str().unwrap(),
+        ],
+    ] {
+        let ran = Command::new("openssl").args(&args).output().unwrap();
+        assert!(ran.status.success(), "openssl {args:?}: {ran:?}");
+    }
+    let github = FakeGitHub::start(FakeGitHubConfig {
+        app_id: 375706,
+        public_key_der: std::fs::read(&der).unwrap(),
+        installations: [("slow/repo".to_string(), 1), ("quick/repo".to_string(), 2)].into(),
+        slow_installations: [(1, Duration::from_secs(25))].into(),
+        ..FakeGitHubConfig::default()
+    })
+    .await;
+    let api_url = github.url.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        let server = TestServer::start(
+            None,
+            &[
+                "--executor",
+                "none",
+                "--github-webhook-secret",
+                SECRET,
+                "--github-app-id",
+                "375706",
+                "--github-app-key-file",
+                pem.to_str().unwrap(),
+                "--github-api-url",
+                &api_url,
+            ],
+        );
+        create_subscribed_project(
+            &server,
+            "tenants",
+            "  - source: brigade.sh/github\n    types: [ci:pipeline_requested]\n    qualifiers:\n      repo: slow/repo\n  - source: brigade.sh/github\n    types: [ci:pipeline_requested]\n    qualifiers:\n      repo: quick/repo\n",
+        );
+        server
+    })
+    .await
+    .unwrap();
+    for (delivery, repo, installation) in [("d-1", "slow/repo", 1), ("d-2", "quick/repo", 2)] {
+        let mut suite = examples.get("check_suite", Some("requested"));
+        let (owner, name) = repo.split_once('/').unwrap();
+        suite["repository"]["full_name"] = json!(repo);
+        suite["repository"]["name"] = json!(name);
+        suite["repository"]["owner"]["login"] = json!(owner);
+        suite["repository"]["clone_url"] = json!("");
+        suite["installation"] = json!({ "id": installation });
+        let said =
+            deliver_github(&server, (SECRET, "375706"), delivery, "check_suite", &suite).await;
+        assert_eq!(said, "accepted: 1 event(s) created");
+    }
+    // The quick installation's run completes while the slow one's first
+    // call is still waiting on GitHub.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = github.check_runs();
+        if let Some(quick) = runs.iter().find(|r| r.repository == "quick/repo")
+            && quick.status == "completed"
+        {
+            assert!(
+                runs.iter().all(|r| r.repository != "slow/repo"),
+                "{runs:#?}"
+            );
+            assert_eq!(quick.conclusion.as_deref(), Some("success"), "{quick:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{runs:#?}\n{}",
+            server.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

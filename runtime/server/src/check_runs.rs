@@ -12,13 +12,16 @@
 //! are not Mizzen's to write to.
 //!
 //! The scheduler says when an event or one of its jobs changed
-//! ([`CheckRunReporter::changed`], which never waits); one task reads the
-//! event as stored and brings its check runs up to date. Changes to one
-//! event coalesce, so what is queued is bounded by the events running. Calls
-//! go to GitHub one at a time, as GitHub asks of integrations. A failed call
-//! is logged and never fails the event. The check runs' ids live in this
-//! process: an event taken over by another replica gets check runs of its
-//! own, which GitHub shows in place of the first ones (same name).
+//! ([`TrackedEvent::changed`], which never waits); its installation's task
+//! reads the event as stored and brings its check runs up to date. Changes
+//! to one event coalesce, so what is queued is bounded by the events
+//! running. Each installation (a tenant's organisation) has a task of its
+//! own, so one waiting out a rate limit holds back no other; within one,
+//! calls go to GitHub one at a time, as GitHub asks of integrations. A
+//! failed call is logged and never fails the event. The check runs' ids
+//! live in this process: an event taken over by another replica gets check
+//! runs of its own, which GitHub shows in place of the first ones (same
+//! name).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use mizzen_host_api::types::Phase;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::github_app::{GitHubApp, GitHubError};
 use crate::store::{EventRecord, JobRecord, Store, StoreError};
@@ -79,13 +82,40 @@ enum Sent {
 pub struct CheckRunReporter {
     app: GitHubApp,
     store: Store,
-    /// Events changed since they were last reported, in order, each once.
-    queue: Mutex<(VecDeque<String>, HashSet<String>)>,
+    /// The installations with events to report, each served by a task of
+    /// its own (see [`CheckRunReporter::serve`]).
+    installations: Mutex<HashMap<u64, Arc<InstallationQueue>>>,
+}
+
+/// One installation's events changed since they were last reported, in
+/// order, each once, and those this replica no longer runs.
+#[derive(Default)]
+struct InstallationQueue {
+    changed: Mutex<(VecDeque<String>, HashSet<String>, Vec<String>)>,
     wake: Notify,
-    events: tokio::sync::Mutex<HashMap<String, EventRuns>>,
-    /// Events this replica no longer runs (another took them over): their
-    /// check runs' ids are dropped at the next round.
-    forgotten: Mutex<Vec<String>>,
+}
+
+/// A tracked event, as the scheduler tells the reporter of it.
+#[derive(Clone)]
+pub struct TrackedEvent {
+    reporter: Arc<CheckRunReporter>,
+    installation: u64,
+    event_id: String,
+}
+
+impl TrackedEvent {
+    /// Notes that the event or one of its jobs changed; returns at once.
+    pub fn changed(&self) {
+        self.reporter
+            .enqueue(self.installation, &self.event_id, false);
+    }
+
+    /// Notes that this replica no longer runs the event (another took it
+    /// over); returns at once.
+    pub fn forget(&self) {
+        self.reporter
+            .enqueue(self.installation, &self.event_id, true);
+    }
 }
 
 /// Where a tracked event's check runs go.
@@ -98,91 +128,119 @@ struct Tracking {
     pull_request: Option<u64>,
 }
 
+/// How long an installation's task waits for more work before it ends;
+/// the next change starts another. Long enough that a pipeline's pauses
+/// between jobs do not start and end tasks, short enough that a server
+/// serving many installations keeps few tasks.
+const IDLE_INSTALLATION: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl CheckRunReporter {
     /// A reporter writing as `app`.
     pub fn new(app: GitHubApp, store: Store) -> Arc<Self> {
         Arc::new(Self {
             app,
             store,
-            queue: Mutex::default(),
-            wake: Notify::new(),
-            events: tokio::sync::Mutex::default(),
-            forgotten: Mutex::default(),
+            installations: Mutex::default(),
         })
     }
 
-    /// Whether `event`'s source state asks for check runs from this App.
-    pub fn tracks(&self, event: &EventRecord) -> bool {
-        tracking(event, self.app.app_id()).is_some()
+    /// The event's handle for the scheduler, when its source state asks
+    /// for check runs from this App.
+    pub fn track(self: &Arc<Self>, event: &EventRecord) -> Option<TrackedEvent> {
+        let tracking = tracking(event, self.app.app_id())?;
+        Some(TrackedEvent {
+            reporter: self.clone(),
+            installation: tracking.installation,
+            event_id: event.id.clone(),
+        })
     }
 
-    /// Notes that `event_id` or one of its jobs changed; returns at once.
-    pub fn changed(&self, event_id: &str) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.1.insert(event_id.to_owned()) {
-            queue.0.push_back(event_id.to_owned());
+    /// Queues `event_id` on its installation's task, starting the task when
+    /// there is none. Under the installations' lock, so that a task ending
+    /// for want of work cannot miss what is queued meanwhile.
+    fn enqueue(self: &Arc<Self>, installation: u64, event_id: &str, forget: bool) {
+        let mut installations = self.installations.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = match installations.get(&installation) {
+            Some(queue) => queue.clone(),
+            None => {
+                let queue = Arc::new(InstallationQueue::default());
+                installations.insert(installation, queue.clone());
+                tokio::spawn(self.clone().serve(installation, queue.clone()));
+                queue
+            }
+        };
+        let mut changed = queue.changed.lock().unwrap_or_else(|e| e.into_inner());
+        if forget {
+            changed.2.push(event_id.to_owned());
+        } else if changed.1.insert(event_id.to_owned()) {
+            changed.0.push_back(event_id.to_owned());
         }
-        drop(queue);
-        self.wake.notify_one();
+        drop(changed);
+        queue.wake.notify_one();
     }
 
-    /// Notes that this replica no longer runs `event_id`; returns at once.
-    pub fn forget(&self, event_id: &str) {
-        self.forgotten
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(event_id.to_owned());
-        self.wake.notify_one();
-    }
-
-    /// Reports changes until `stop` turns true: in rounds, each taking
-    /// every event changed since the last, at most one round per
-    /// [`ROUND_PAUSE`].
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Reports one installation's changes: in rounds, each taking every
+    /// event changed since the last, at most one round per
+    /// [`ROUND_PAUSE`]. Each installation has a task of its own, so one
+    /// tenant's installation waiting out GitHub's rate limit, or holding
+    /// thousands of jobs, delays no other installation's reports; within
+    /// one, calls go one at a time, as GitHub asks of Apps. The task ends
+    /// when it has had nothing to do for [`IDLE_INSTALLATION`] and no event
+    /// of its is unfinished.
+    async fn serve(self: Arc<Self>, installation: u64, queue: Arc<InstallationQueue>) {
+        let mut events: HashMap<String, EventRuns> = HashMap::new();
         loop {
-            let mut round = {
-                let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                queue.1.clear();
-                std::mem::take(&mut queue.0)
+            let (mut round, forgotten) = {
+                let mut changed = queue.changed.lock().unwrap_or_else(|e| e.into_inner());
+                changed.1.clear();
+                (
+                    std::mem::take(&mut changed.0),
+                    std::mem::take(&mut changed.2),
+                )
             };
-            let forgotten =
-                std::mem::take(&mut *self.forgotten.lock().unwrap_or_else(|e| e.into_inner()));
             round.retain(|id| !forgotten.contains(id));
-            if !forgotten.is_empty() {
-                let mut events = self.events.lock().await;
-                for id in &forgotten {
-                    events.remove(id);
-                }
+            for id in &forgotten {
+                events.remove(id);
             }
             if round.is_empty() {
                 tokio::select! {
-                    _ = self.wake.notified() => continue,
-                    _ = stop.changed() => return,
+                    _ = queue.wake.notified() => continue,
+                    _ = tokio::time::sleep(IDLE_INSTALLATION), if events.is_empty() => {
+                        let mut installations =
+                            self.installations.lock().unwrap_or_else(|e| e.into_inner());
+                        let changed = queue.changed.lock().unwrap_or_else(|e| e.into_inner());
+                        if changed.0.is_empty() && changed.2.is_empty() {
+                            installations.remove(&installation);
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             for event_id in round {
-                if let Err(error) = self.report(&event_id).await {
-                    tracing::warn!(event = %event_id, %error, "the event's check runs could not be reported to GitHub");
+                if let Err(error) = self.report(&mut events, &event_id).await {
+                    tracing::warn!(event = %event_id, installation, %error, "the event's check runs could not be reported to GitHub");
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(ROUND_PAUSE) => {}
-                _ = stop.changed() => return,
-            }
+            tokio::time::sleep(ROUND_PAUSE).await;
         }
     }
 
-    /// Brings the event's check runs up to date with the store.
-    async fn report(&self, event_id: &str) -> Result<(), ReportError> {
+    /// Brings the event's check runs up to date with the store; `events`
+    /// holds what its installation's task made so far.
+    async fn report(
+        &self,
+        events: &mut HashMap<String, EventRuns>,
+        event_id: &str,
+    ) -> Result<(), ReportError> {
         let Some(event) = self.store.event(event_id).await? else {
-            self.events.lock().await.remove(event_id);
+            events.remove(event_id);
             return Ok(());
         };
         let Some(tracking) = tracking(&event, self.app.app_id()) else {
             return Ok(());
         };
         let jobs = self.store.jobs(event_id).await?;
-        let mut events = self.events.lock().await;
         let runs = events.entry(event_id.to_owned()).or_default();
         let mut tracking = tracking;
         tracking.head_sha = match &runs.head_sha {

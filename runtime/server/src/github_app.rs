@@ -7,6 +7,7 @@
 //! (`https://HOST/api/v3`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -132,14 +133,18 @@ impl std::fmt::Debug for GitHubAppConfig {
     }
 }
 
+/// An installation's token, when one was bought, and when to renew it.
+type TokenSlot = Mutex<Option<(String, SystemTime)>>;
+
 /// A GitHub App's credentials and its installations' tokens.
 pub struct GitHubApp {
     app_id: u64,
     key: RsaKeyPair,
     api_url: String,
     http: reqwest::Client,
-    /// Tokens by installation, with when to renew them.
-    tokens: Mutex<HashMap<u64, (String, SystemTime)>>,
+    /// Tokens by installation, with when to renew them; a lock each, so
+    /// that buying one installation's token waits for no other's.
+    tokens: std::sync::Mutex<HashMap<u64, Arc<TokenSlot>>>,
 }
 
 impl GitHubApp {
@@ -184,7 +189,7 @@ impl GitHubApp {
             key,
             api_url,
             http,
-            tokens: Mutex::default(),
+            tokens: std::sync::Mutex::default(),
         })
     }
 
@@ -213,7 +218,7 @@ impl GitHubApp {
                 Err(GitHubError::Refused { status, .. })
                     if status == StatusCode::UNAUTHORIZED && !renewed =>
                 {
-                    self.tokens.lock().await.remove(&installation);
+                    *self.token_slot(installation).lock().await = None;
                     renewed = true;
                 }
                 answer => return answer,
@@ -224,10 +229,11 @@ impl GitHubApp {
     /// The installation's token, from the cache or bought with the App's
     /// JWT.
     async fn installation_token(&self, installation: u64) -> Result<String, GitHubError> {
-        // Held across the purchase: concurrent reports wait for one token
-        // instead of each buying its own.
-        let mut tokens = self.tokens.lock().await;
-        if let Some((token, renew_at)) = tokens.get(&installation)
+        let slot = self.token_slot(installation);
+        // Held across the purchase: concurrent calls for one installation
+        // wait for one token instead of each buying its own.
+        let mut cached = slot.lock().await;
+        if let Some((token, renew_at)) = &*cached
             && SystemTime::now() < *renew_at
         {
             return Ok(token.clone());
@@ -260,8 +266,18 @@ impl GitHubApp {
         let renew_at = expires
             .checked_sub(TOKEN_RENEWAL_MARGIN)
             .unwrap_or(UNIX_EPOCH);
-        tokens.insert(installation, (token.clone(), renew_at));
+        *cached = Some((token.clone(), renew_at));
         Ok(token)
+    }
+
+    /// The installation's place in the token cache.
+    fn token_slot(&self, installation: u64) -> Arc<TokenSlot> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(installation)
+            .or_default()
+            .clone()
     }
 
     /// The App's JSON Web Token: RS256 over `iat`, `exp` and `iss`.

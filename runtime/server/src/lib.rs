@@ -174,8 +174,6 @@ pub struct Server {
     forwarder: Option<Arc<mizzen_forwarding::Forwarder>>,
     /// Traces' export, when configured.
     traces: Option<Arc<mizzen_forwarding::Forwarder<mizzen_forwarding::TraceSpan>>>,
-    /// Check runs' reporting, when a GitHub App is configured.
-    check_runs: Option<Arc<check_runs::CheckRunReporter>>,
     /// Where jobs' artifacts and caches are kept.
     storage: JobStorage,
     /// Held while the server runs on the embedded database: a second
@@ -327,7 +325,7 @@ impl Server {
             scheduler::Forwarding {
                 lines: forwarder.clone(),
                 traces: traces.clone(),
-                check_runs: check_runs.clone(),
+                check_runs,
                 slack_replies,
             },
         );
@@ -354,7 +352,6 @@ impl Server {
             containers,
             forwarder,
             traces,
-            check_runs,
             storage,
             _data_dir_lock: data_dir_lock,
             listener,
@@ -389,9 +386,6 @@ impl Server {
             self.config.artifact_retention,
             stop_rx.clone(),
         ));
-        if let Some(reporter) = &self.check_runs {
-            tokio::spawn(reporter.clone().run(stop_rx.clone()));
-        }
         if let Some(retention) = self.config.log_retention {
             tokio::spawn(expire_logs(
                 self.state.store.clone(),

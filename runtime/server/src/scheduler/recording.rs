@@ -14,7 +14,7 @@ use mizzen_runtime::redact::Redactor;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::check_runs::CheckRunReporter;
+use crate::check_runs::TrackedEvent;
 use crate::metrics::Metrics;
 use crate::store::{self, JobRecord, Store, now_micros};
 
@@ -76,7 +76,7 @@ pub(super) struct RecordedExecutor {
     /// well as in the environment.
     pub redactor: Arc<Redactor>,
     /// Told of each job's phases when the event is reported as check runs.
-    pub check_runs: Option<Arc<CheckRunReporter>>,
+    pub check_runs: Option<TrackedEvent>,
 }
 
 impl RecordedExecutor {
@@ -88,8 +88,8 @@ impl RecordedExecutor {
         phase: Phase,
     ) -> Result<(), store::StoreError> {
         let recorded = self.store.job_phase(event_id, name, phase).await;
-        if let Some(reporter) = &self.check_runs {
-            reporter.changed(event_id);
+        if let Some(tracked) = &self.check_runs {
+            tracked.changed();
         }
         recorded
     }
@@ -157,8 +157,8 @@ impl JobExecutor for RecordedExecutor {
             ExecutorError::Unavailable(format!("cannot record job \"{name}\": {e}"))
         };
         self.store.create_job(&record).await.map_err(unavailable)?;
-        if let Some(reporter) = &self.check_runs {
-            reporter.changed(&event_id);
+        if let Some(tracked) = &self.check_runs {
+            tracked.changed();
         }
         let permits = self.slots.acquire(&job.event.project_id).await;
         self.store
@@ -299,7 +299,7 @@ struct RecordedJob {
     store: Store,
     event_id: String,
     name: String,
-    check_runs: Option<Arc<CheckRunReporter>>,
+    check_runs: Option<TrackedEvent>,
 }
 
 #[async_trait]
@@ -318,8 +318,8 @@ impl RunningJob for RecordedJob {
         {
             tracing::error!(event = %self.event_id, job = %self.name, error = %e, "recording the job's end failed");
         }
-        if let Some(reporter) = &self.check_runs {
-            reporter.changed(&self.event_id);
+        if let Some(tracked) = &self.check_runs {
+            tracked.changed();
         }
         result
     }

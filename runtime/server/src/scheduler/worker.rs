@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use super::Scheduler;
 use super::event_log::EventLog;
 use super::recording::RecordedExecutor;
-use crate::check_runs::CheckRunReporter;
+use crate::check_runs::TrackedEvent;
 use crate::store::{EventRecord, StoreError, now_micros};
 use crate::traces::{EventTrace, event_spans};
 
@@ -33,8 +33,8 @@ impl Scheduler {
             "worker started"
         );
         let check_runs = self.check_runs_of(&event);
-        if let Some(reporter) = &check_runs {
-            reporter.changed(&id);
+        if let Some(tracked) = &check_runs {
+            tracked.changed();
         }
         let ended = match self.work(&event, cancel).await {
             Ok(ended) => ended,
@@ -73,8 +73,8 @@ impl Scheduler {
             .await
         {
             Ok(true) => {
-                if let Some(reporter) = &check_runs {
-                    reporter.changed(&id);
+                if let Some(tracked) = &check_runs {
+                    tracked.changed();
                 }
                 if let Some(replies) = &self.forwarding.slack_replies {
                     replies.event_ended(&event, ended.phase, ended.summary.as_deref());
@@ -82,8 +82,8 @@ impl Scheduler {
                 self.export_trace(&event, ended.phase).await
             }
             Ok(false) => {
-                if let Some(reporter) = &check_runs {
-                    reporter.forget(&id);
+                if let Some(tracked) = &check_runs {
+                    tracked.forget();
                 }
                 tracing::warn!(event = %id, "the worker ended after its event was taken over")
             }
@@ -92,11 +92,11 @@ impl Scheduler {
     }
 
     /// The check runs' reporter, when the event is reported to GitHub.
-    fn check_runs_of(&self, event: &EventRecord) -> Option<Arc<CheckRunReporter>> {
+    fn check_runs_of(&self, event: &EventRecord) -> Option<TrackedEvent> {
         self.forwarding
             .check_runs
-            .clone()
-            .filter(|reporter| reporter.tracks(event))
+            .as_ref()
+            .and_then(|reporter| reporter.track(event))
     }
 
     /// The event's spans, to the traces' export when there is one.
