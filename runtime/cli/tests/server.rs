@@ -3579,25 +3579,89 @@ impl GitHubExamples {
     }
 }
 
-/// Delivers `body` to the server's GitHub gateway as GitHub delivers App
-/// `app_id`'s webhooks, signed with `secret`; the answer's message.
-async fn deliver_github(
-    server: &TestServer,
-    (secret, app_id): (&str, &str),
-    delivery: &str,
-    event: &str,
-    body: &Value,
-) -> String {
+/// The App whose deliveries GitHub's documented webhooks are (their
+/// `X-GitHub-Hook-Installation-Target-ID`), and its webhook secret here.
+const GITHUB_APP_ID: u64 = 375706;
+const GITHUB_WEBHOOK_SECRET: &str = "github-app-webhook-secret";
+
+/// A GitHub App's private key as GitHub hands it out (PKCS#1 PEM, made by
+/// openssl), and its public half for the fake GitHub.
+struct AppKey {
+    _dir: tempfile::TempDir,
+    pem: PathBuf,
+    public_der: Vec<u8>,
+}
+
+impl AppKey {
+    fn generate() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("app.pem");
+        let der = dir.path().join("app.der");
+        for args in [
+            vec![
+                "genrsa",
+                "-traditional",
+                "-out",
+                pem.to_str().unwrap(),
+                "2048",
+            ],
+            vec![
+                "rsa",
+                "-in",
+                pem.to_str().unwrap(),
+                "-RSAPublicKey_out",
+                "-outform",
+                "DER",
+                "-out",
+                der.to_str().unwrap(),
+            ],
+        ] {
+            let ran = Command::new("openssl").args(&args).output().unwrap();
+            assert!(ran.status.success(), "openssl {args:?}: {ran:?}");
+        }
+        let public_der = std::fs::read(&der).unwrap();
+        Self {
+            _dir: dir,
+            pem,
+            public_der,
+        }
+    }
+
+    /// `mizzen server`'s flags for the App's webhooks and its check runs,
+    /// with GitHub's API at `api_url`.
+    fn server_args(&self, api_url: &str) -> Vec<String> {
+        [
+            "--github-webhook-secret",
+            GITHUB_WEBHOOK_SECRET,
+            "--github-app-id",
+            &GITHUB_APP_ID.to_string(),
+            "--github-app-key-file",
+            self.pem.to_str().unwrap(),
+            "--github-api-url",
+            api_url,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+}
+
+/// Delivers `body` to the server's GitHub gateway as GitHub delivers the
+/// App's webhooks (signed with [`GITHUB_WEBHOOK_SECRET`]); the answer's
+/// message.
+async fn deliver_github(server: &TestServer, delivery: &str, event: &str, body: &Value) -> String {
     let body = body.to_string();
     let answer = http()
         .post(format!("{}/gateways/github", server.url))
         .header("X-GitHub-Event", event)
         .header("X-GitHub-Delivery", delivery)
         .header("X-GitHub-Hook-Installation-Target-Type", "integration")
-        .header("X-GitHub-Hook-Installation-Target-ID", app_id)
+        .header(
+            "X-GitHub-Hook-Installation-Target-ID",
+            GITHUB_APP_ID.to_string(),
+        )
         .header(
             "X-Hub-Signature-256",
-            github_signature(secret, body.as_bytes()),
+            github_signature(GITHUB_WEBHOOK_SECRET, body.as_bytes()),
         )
         .header("Content-Type", "application/json")
         .body(body)
@@ -3622,7 +3686,6 @@ async fn deliver_github(
 /// none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
-    const SECRET: &str = "github-app-webhook-secret";
     let Some(examples) =
         GitHubExamples::load("githubs_documented_webhooks_make_brigades_ci_and_cd_events")
     else {
@@ -3632,7 +3695,12 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
     let server = tokio::task::spawn_blocking(|| {
         let server = TestServer::start(
             None,
-            &["--executor", "none", "--github-webhook-secret", SECRET],
+            &[
+                "--executor",
+                "none",
+                "--github-webhook-secret",
+                GITHUB_WEBHOOK_SECRET,
+            ],
         );
         for (id, subscriptions) in [
             (
@@ -3658,7 +3726,7 @@ async fn githubs_documented_webhooks_make_brigades_ci_and_cd_events() {
     let mut send = async |event: &str, body: Value| -> String {
         delivery += 1;
         let id = format!("delivery-{delivery}");
-        deliver_github(&server, (SECRET, "375706"), &id, event, &body).await
+        deliver_github(&server, &id, event, &body).await
     };
     let events_of = async |project: &str| events_of(&server, project).await;
 
@@ -3790,8 +3858,6 @@ async fn check_runs_follow_a_brigade_ci_script(
 ) {
     use mizzen_tests::fake_github::{CheckRun, FakeGitHub, FakeGitHubConfig};
     use mizzen_tests::fake_kube::{ContainerScript, FakeConfig, FakeKube, PodScript};
-    const SECRET: &str = "github-app-webhook-secret";
-    const APP_ID: u64 = 375706;
     const INSTALLATION: u64 = 957387;
     const SUITE_SHA: &str = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e";
     const PR_SHA: &str = "c0ffee0000000000000000000000000000c0ffee";
@@ -3805,36 +3871,10 @@ async fn check_runs_follow_a_brigade_ci_script(
         example["repository"]["clone_url"] = json!("");
         example
     };
-    // The App's key, as GitHub hands it out (PKCS#1 PEM), and its public
-    // half for the fake.
-    let keys = tempfile::tempdir().unwrap();
-    let pem = keys.path().join("app.pem");
-    let der = keys.path().join("app.der");
-    for args in [
-        vec![
-            "genrsa",
-            "-traditional",
-            "-out",
-            pem.to_str().unwrap(),
-            "2048",
-        ],
-        vec![
-            "rsa",
-            "-in",
-            pem.to_str().unwrap(),
-            "-RSAPublicKey_out",
-            "-outform",
-            "DER",
-            "-out",
-            der.to_str().unwrap(),
-        ],
-    ] {
-        let ran = Command::new("openssl").args(&args).output().unwrap();
-        assert!(ran.status.success(), "openssl {args:?}: {ran:?}");
-    }
+    let key = AppKey::generate();
     let github = FakeGitHub::start(FakeGitHubConfig {
-        app_id: APP_ID,
-        public_key_der: std::fs::read(&der).unwrap(),
+        app_id: GITHUB_APP_ID,
+        public_key_der: key.public_der.clone(),
         installations: [("Codertocat/Hello-World".to_string(), INSTALLATION)].into(),
         pulls: [(
             ("Codertocat/Hello-World".to_string(), 1),
@@ -3870,30 +3910,26 @@ async fn check_runs_follow_a_brigade_ci_script(
                 };
                 PodScript::default().with(&job, ContainerScript::new(lines, code))
             });
-            let kubeconfig = keys.path().join("kubeconfig");
-            fake.write_kubeconfig(&kubeconfig, "default").unwrap();
-            Some((fake, kubeconfig))
+            let dir = tempfile::tempdir().unwrap();
+            fake.write_kubeconfig(&dir.path().join("kubeconfig"), "default")
+                .unwrap();
+            Some((fake, dir))
         }
     };
-    let kubeconfig = cluster.as_ref().map(|(_, path)| path.clone());
-    let api_url = github.url.clone();
+    let kubeconfig = cluster
+        .as_ref()
+        .map(|(_, dir)| dir.path().join("kubeconfig"));
+    let mut args = key.server_args(&github.url);
     let server = tokio::task::spawn_blocking(move || {
-        let app_id = APP_ID.to_string();
-        let mut args = vec![
-            "--github-webhook-secret",
-            SECRET,
-            "--github-app-id",
-            &app_id,
-            "--github-app-key-file",
-            pem.to_str().unwrap(),
-            "--github-api-url",
-            &api_url,
-        ];
         let mut env = Vec::new();
         if let Some(kubeconfig) = &kubeconfig {
-            args.extend(["--executor", "kubernetes", "--kubernetes-namespace", "mizzen-jobs"]);
+            args.extend(
+                ["--executor", "kubernetes", "--kubernetes-namespace", "mizzen-jobs"]
+                    .map(str::to_string),
+            );
             env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
         }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let server = TestServer::start_with_env(database_url, &args, &env);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -3957,11 +3993,10 @@ spec:
     .await
     .unwrap();
     let mut delivery = 0;
-    let app_id = APP_ID.to_string();
     let mut send = async |event: &str, body: Value| {
         delivery += 1;
         let id = format!("delivery-{delivery}");
-        let said = deliver_github(&server, (SECRET, &app_id), &id, event, &body).await;
+        let said = deliver_github(&server, &id, event, &body).await;
         assert_eq!(said, "accepted: 1 event(s) created", "{event}");
     };
     // Waits until `count` check runs exist and all are completed.
@@ -4230,44 +4265,19 @@ async fn github_check_runs_follow_a_brigade_ci_script_on_postgres() {
 /// why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_runs_github_cannot_take_never_fail_the_event() {
-    const SECRET: &str = "github-app-webhook-secret";
     const TEST: &str = "check_runs_github_cannot_take_never_fail_the_event";
     let Some(examples) = GitHubExamples::load(TEST) else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let pem = keys.path().join("app.pem");
-    let ran = Command::new("openssl")
-        .args([
-            "genrsa",
-            "-traditional",
-            "-out",
-            pem.to_str().unwrap(),
-            "2048",
-        ])
-        .output()
-        .unwrap();
-    assert!(ran.status.success(), "{ran:?}");
+    let key = AppKey::generate();
     // Nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let api_url = format!("http://{}", closed.local_addr().unwrap());
+    let mut args = key.server_args(&format!("http://{}", closed.local_addr().unwrap()));
     drop(closed);
+    args.extend(["--executor", "none"].map(str::to_string));
     let server = tokio::task::spawn_blocking(move || {
-        let server = TestServer::start(
-            None,
-            &[
-                "--executor",
-                "none",
-                "--github-webhook-secret",
-                SECRET,
-                "--github-app-id",
-                "375706",
-                "--github-app-key-file",
-                pem.to_str().unwrap(),
-                "--github-api-url",
-                &api_url,
-            ],
-        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = TestServer::start(None, &args);
         create_subscribed_project(
             &server,
             "tracked",
@@ -4279,7 +4289,7 @@ async fn check_runs_github_cannot_take_never_fail_the_event() {
     .unwrap();
     let mut suite = examples.get("check_suite", Some("requested"));
     suite["repository"]["clone_url"] = json!("");
-    let said = deliver_github(&server, (SECRET, "375706"), "d-1", "check_suite", &suite).await;
+    let said = deliver_github(&server, "d-1", "check_suite", &suite).await;
     assert_eq!(said, "accepted: 1 event(s) created");
     let id = events_of(&server, "tracked").await[0]["metadata"]["id"]
         .as_str()
@@ -4305,61 +4315,24 @@ async fn check_runs_github_cannot_take_never_fail_the_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_runs_of_one_installation_do_not_wait_for_anothers() {
     use mizzen_tests::fake_github::{FakeGitHub, FakeGitHubConfig};
-    const SECRET: &str = "github-app-webhook-secret";
     const TEST: &str = "check_runs_of_one_installation_do_not_wait_for_anothers";
     let Some(examples) = GitHubExamples::load(TEST) else {
         return;
     };
-    let keys = tempfile::tempdir().unwrap();
-    let pem = keys.path().join("app.pem");
-    let der = keys.path().join("app.der");
-    for args in [
-        vec![
-            "genrsa",
-            "-traditional",
-            "-out",
-            pem.to_str().unwrap(),
-            "2048",
-        ],
-        vec![
-            "rsa",
-            "-in",
-            pem.to_str().unwrap(),
-            "-RSAPublicKey_out",
-            "-outform",
-            "DER",
-            "-out",
-            der.to_str().unwrap(),
-        ],
-    ] {
-        let ran = Command::new("openssl").args(&args).output().unwrap();
-        assert!(ran.status.success(), "openssl {args:?}: {ran:?}");
-    }
+    let key = AppKey::generate();
     let github = FakeGitHub::start(FakeGitHubConfig {
-        app_id: 375706,
-        public_key_der: std::fs::read(&der).unwrap(),
+        app_id: GITHUB_APP_ID,
+        public_key_der: key.public_der.clone(),
         installations: [("slow/repo".to_string(), 1), ("quick/repo".to_string(), 2)].into(),
         slow_installations: [(1, Duration::from_secs(25))].into(),
         ..FakeGitHubConfig::default()
     })
     .await;
-    let api_url = github.url.clone();
+    let mut args = key.server_args(&github.url);
+    args.extend(["--executor", "none"].map(str::to_string));
     let server = tokio::task::spawn_blocking(move || {
-        let server = TestServer::start(
-            None,
-            &[
-                "--executor",
-                "none",
-                "--github-webhook-secret",
-                SECRET,
-                "--github-app-id",
-                "375706",
-                "--github-app-key-file",
-                pem.to_str().unwrap(),
-                "--github-api-url",
-                &api_url,
-            ],
-        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = TestServer::start(None, &args);
         create_subscribed_project(
             &server,
             "tenants",
@@ -4377,8 +4350,7 @@ async fn check_runs_of_one_installation_do_not_wait_for_anothers() {
         suite["repository"]["owner"]["login"] = json!(owner);
         suite["repository"]["clone_url"] = json!("");
         suite["installation"] = json!({ "id": installation });
-        let said =
-            deliver_github(&server, (SECRET, "375706"), delivery, "check_suite", &suite).await;
+        let said = deliver_github(&server, delivery, "check_suite", &suite).await;
         assert_eq!(said, "accepted: 1 event(s) created");
     }
     // The quick installation's run completes while the slow one's first
