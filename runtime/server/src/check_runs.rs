@@ -237,12 +237,11 @@ impl CheckRunReporter {
             events.remove(event_id);
             return Ok(());
         };
-        let Some(tracking) = tracking(&event, self.app.app_id()) else {
+        let Some(mut tracking) = tracking(&event, self.app.app_id()) else {
             return Ok(());
         };
         let jobs = self.store.jobs(event_id).await?;
         let runs = events.entry(event_id.to_owned()).or_default();
-        let mut tracking = tracking;
         tracking.head_sha = match &runs.head_sha {
             Some(sha) => sha.clone(),
             None => {
@@ -253,27 +252,19 @@ impl CheckRunReporter {
         };
         for job in &jobs {
             let name = format!("{}:{}", event.project_id, job.name);
-            let wanted = job_status(job.phase);
-            let sent = runs.runs.get(&name).map(|(_, sent)| *sent);
-            if sent == Some(wanted.0) || sent == Some(Sent::Completed) {
+            let Some((sent, mut body)) = update(runs, &name, job.phase, &event.id) else {
                 continue;
-            }
-            let mut body = json!({ "status": wanted.1, "external_id": event.id });
-            if wanted.0 == Sent::Completed {
-                body["conclusion"] = json!(conclusion(job.phase));
+            };
+            if sent == Sent::Completed {
                 body["output"] = self.job_output(job).await?;
             }
-            self.send(&tracking, &name, runs, body, wanted.0).await?;
+            self.send(&tracking, &name, runs, body, sent).await?;
         }
         // The worker's run: in progress once it runs, completed with the
         // summary once the event ends.
-        let wanted = job_status(event.phase);
         let name = event.project_id.clone();
-        let sent = runs.runs.get(&name).map(|(_, sent)| *sent);
-        if sent != Some(wanted.0) && sent != Some(Sent::Completed) {
-            let mut body = json!({ "status": wanted.1, "external_id": event.id });
-            if wanted.0 == Sent::Completed {
-                body["conclusion"] = json!(conclusion(event.phase));
+        if let Some((sent, mut body)) = update(runs, &name, event.phase, &event.id) {
+            if sent == Sent::Completed {
                 body["output"] = json!({
                     "title": format!("{}: {}", event.project_id, event.phase),
                     "summary": if event.summary.is_empty() {
@@ -284,7 +275,7 @@ impl CheckRunReporter {
                     "text": self.log_tail(&event.id, "", "worker").await?,
                 });
             }
-            self.send(&tracking, &name, runs, body, wanted.0).await?;
+            self.send(&tracking, &name, runs, body, sent).await?;
         }
         if event.phase.is_terminal() && jobs.iter().all(|job| job.phase.is_terminal()) {
             events.remove(event_id);
@@ -429,6 +420,22 @@ fn github_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// What brings the named check run to `phase` (its status, and its
+/// conclusion once completed), unless it was told so already or has
+/// completed.
+fn update(runs: &EventRuns, name: &str, phase: Phase, event_id: &str) -> Option<(Sent, Value)> {
+    let (wanted, status) = job_status(phase);
+    let sent = runs.runs.get(name).map(|(_, sent)| *sent);
+    if sent == Some(wanted) || sent == Some(Sent::Completed) {
+        return None;
+    }
+    let mut body = json!({ "status": status, "external_id": event_id });
+    if wanted == Sent::Completed {
+        body["conclusion"] = json!(conclusion(phase));
+    }
+    Some((wanted, body))
 }
 
 /// A phase as a check run's status.

@@ -36,7 +36,7 @@ impl Scheduler {
         if let Some(tracked) = &check_runs {
             tracked.changed();
         }
-        let ended = match self.work(&event, cancel).await {
+        let ended = match self.work(&event, cancel, check_runs.clone()).await {
             Ok(ended) => ended,
             Err(error) => {
                 self.note(&id, LogLevel::Error, &format!("worker FAILED: {error}"));
@@ -129,8 +129,14 @@ impl Scheduler {
         }
     }
 
-    /// Runs one worker.
-    async fn work(&self, event: &EventRecord, cancel: Arc<Notify>) -> Result<WorkerEnd, WorkError> {
+    /// Runs one worker; its jobs' phases go to `check_runs` when the event
+    /// is reported to GitHub.
+    async fn work(
+        &self,
+        event: &EventRecord,
+        cancel: Arc<Notify>,
+        check_runs: Option<TrackedEvent>,
+    ) -> Result<WorkerEnd, WorkError> {
         let snapshot = &event.document.project;
         let project = match self.projects.cached_snapshot(&event.project_id, snapshot) {
             Some(project) => project,
@@ -209,7 +215,7 @@ impl Scheduler {
                 metrics: self.metrics.clone(),
                 inherited: Mutex::new(inherited),
                 redactor: redactor.clone(),
-                check_runs: self.check_runs_of(event),
+                check_runs,
             })),
             None => Err(
                 "this server has no job executor (start `mizzen server` where a container engine answers)".into(),
